@@ -1,0 +1,25 @@
+//! Wire types that the Levee server and the appliance agent both speak.
+//!
+//! Anything serialised between `levee` (the provisioner) and `levee-agent`
+//! lives here, so that both binaries and the validation agree by
+//! construction. Keep the dependency list short: this crate is linked into
+//! the appliance image.
+//!
+//! ```
+//! use levee_proto::report::StatusReport;
+//! let r: StatusReport = serde_json::from_str(r#"{"mac":"52:54:00:12:34:56","stage":"test-initramfs"}"#).unwrap();
+//! assert_eq!(r.mac, "52:54:00:12:34:56");
+//! ```
+
+pub mod report;
+
+/// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
+/// machines use. One place, so the server's router and the clients agree.
+pub mod paths {
+    /// `GET /boot/<mac>.ipxe`: the machine's rendered iPXE script.
+    pub const BOOT_SCRIPT_PREFIX: &str = "/boot/";
+    /// `POST`: a [`crate::report::StatusReport`] as JSON.
+    pub const REPORT: &str = "/api/v1/report";
+    /// `GET /images/<image-id>/<artifact>`: boot artifacts, with `Range`.
+    pub const IMAGES_PREFIX: &str = "/images/";
+}

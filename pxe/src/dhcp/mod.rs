@@ -1,0 +1,1 @@
+//! DHCPv4 and proxyDHCP (being written).

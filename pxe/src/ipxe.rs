@@ -1,0 +1,1 @@
+//! iPXE scripts (being written).

@@ -1,0 +1,1 @@
+//! IPv6 router advertisements (being written).
