@@ -28,4 +28,14 @@ pub struct StatusReport {
     /// Addresses of the machine, `10.0.0.5/24` style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// Version of the image the machine runs (`IMAGE_VERSION` of os-release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// Free bytes of the file system holding the agent's state
+    /// (`/var/lib/levee`, else `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// Size in bytes of that file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
 }

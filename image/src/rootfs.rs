@@ -1,0 +1,138 @@
+//! The root file system: stripping the bootstrapped tree, laying the
+//! modules, overlay, agent and os-release in, and packing it as a
+//! reproducible zstd squashfs.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::ImageError;
+use crate::util;
+
+/// Paths removed from every image: the package manager and its state,
+/// documentation, manuals, locales, logs and caches. Copyright files stay
+/// (licence notices are not documentation).
+const STRIP: &[&str] = &[
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/i18n",
+    "usr/share/lintian",
+    "usr/share/linda",
+    "usr/share/bug",
+    "usr/share/dpkg",
+    "usr/share/debconf",
+    "usr/share/zsh",
+    "usr/share/doc-base",
+    "usr/share/gcc",
+    "usr/share/gdb",
+    "usr/bin/dpkg",
+    "usr/bin/dpkg-deb",
+    "usr/bin/dpkg-divert",
+    "usr/bin/dpkg-maintscript-helper",
+    "usr/bin/dpkg-query",
+    "usr/bin/dpkg-realpath",
+    "usr/bin/dpkg-split",
+    "usr/bin/dpkg-statoverride",
+    "usr/bin/dpkg-trigger",
+    "usr/bin/update-alternatives",
+    "usr/bin/debconf",
+    "usr/bin/debconf-apt-progress",
+    "usr/bin/debconf-communicate",
+    "usr/bin/debconf-copydb",
+    "usr/bin/debconf-escape",
+    "usr/bin/debconf-set-selections",
+    "usr/bin/debconf-show",
+    "usr/sbin/dpkg-preconfigure",
+    "usr/sbin/dpkg-reconfigure",
+    "usr/lib/apt",
+    "usr/lib/dpkg",
+    "etc/apt",
+    "etc/dpkg",
+    "etc/alternatives/README",
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "var/cache/ldconfig/aux-cache",
+    "var/lib/dbus/machine-id",
+    "var/log/journal",
+    "etc/resolv.conf",
+    "etc/hostname",
+    "etc/machine-id",
+];
+
+/// Strips a freshly bootstrapped tree (cached afterwards).
+pub fn strip(root: &Path) -> Result<(), ImageError> {
+    for p in STRIP {
+        util::remove_any(&root.join(p))?;
+    }
+    let doc = root.join("usr/share/doc");
+    if doc.is_dir() {
+        for rel in util::walk(&doc)? {
+            let full = doc.join(&rel);
+            let keep = rel.file_name().is_some_and(|n| n == "copyright") || rel.components().count() == 1;
+            if !keep && !full.is_dir() {
+                util::remove_any(&full)?;
+            }
+        }
+        // Empty sub-directories left behind (examples/ and the like).
+        for rel in util::walk(&doc)?.into_iter().rev() {
+            let full = doc.join(&rel);
+            if rel.components().count() > 1 && full.is_dir() {
+                let _ = std::fs::remove_dir(&full);
+            }
+        }
+    }
+    let log = root.join("var/log");
+    if log.is_dir() {
+        for rel in util::walk(&log)?.into_iter().filter(|r| r.components().count() == 1) {
+            util::remove_any(&log.join(rel))?;
+        }
+    }
+    // An empty machine-id: systemd makes a fresh one each boot and does not
+    // treat the boot as a first boot.
+    util::write(&root.join("etc/machine-id"), b"")?;
+    Ok(())
+}
+
+/// `/usr/lib/os-release` naming Levee and the image version.
+pub fn os_release(root: &Path, name: &str, version: &str, release: &str) -> Result<(), ImageError> {
+    let text = format!(
+        "NAME=\"Levee\"\nID=levee\nID_LIKE=debian\nPRETTY_NAME=\"Levee appliance {version}\"\n\
+         VERSION=\"{version} ({release})\"\nVERSION_ID=\"{version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
+    );
+    let path = root.join("usr/lib/os-release");
+    util::remove_any(&path)?;
+    util::write(&path, text)?;
+    let etc = root.join("etc/os-release");
+    util::remove_any(&etc)?;
+    std::os::unix::fs::symlink("../usr/lib/os-release", &etc).map_err(ImageError::io(&etc))?;
+    util::write(&root.join("etc/hostname"), "levee\n")?;
+    Ok(())
+}
+
+/// Installs the agent binary as `/usr/bin/levee-agent`.
+pub fn agent(root: &Path, agent: &Path) -> Result<(), ImageError> {
+    if !agent.is_file() {
+        return Err(ImageError::MissingAgent { path: agent.into() });
+    }
+    let to = root.join("usr/bin/levee-agent");
+    std::fs::copy(agent, &to).map_err(ImageError::io(agent))?;
+    util::set_mode(&to, 0o755)
+}
+
+/// Packs `root` into `out`: zstd, fixed times, no xattrs, so the same tree
+/// gives the same bytes wherever it is built.
+pub fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), ImageError> {
+    util::require("mksquashfs", "squashfs-tools")?;
+    util::remove_any(out)?;
+    let e = epoch.to_string();
+    util::run(
+        Command::new("mksquashfs")
+            .arg(root)
+            .arg(out)
+            .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "1M"])
+            .args(["-reproducible", "-no-xattrs", "-mkfs-time", &e, "-all-time", &e, "-no-progress"]),
+    )?;
+    Ok(())
+}
