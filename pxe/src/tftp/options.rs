@@ -87,7 +87,9 @@ pub fn negotiate(request: &Request, file_len: u64, opts: &TftpOptions) -> Negoti
             agreed.oack.push(("timeout".into(), v.to_string()));
         }
     }
-    if request.option("tsize").is_some_and(|v| v.trim().parse::<u64>().is_ok()) {
+    // curl refuses an OACK with "tsize 0" (and then fails the transfer), so
+    // an empty file's size is left out, which RFC 2349 allows.
+    if file_len > 0 && request.option("tsize").is_some_and(|v| v.trim().parse::<u64>().is_ok()) {
         agreed.oack.push(("tsize".into(), file_len.to_string()));
     }
     agreed
@@ -111,6 +113,12 @@ mod tests {
         let n = negotiate(&request(&[]), 10, &TftpOptions::default());
         assert_eq!((n.blksize, n.windowsize), (512, 1));
         assert!(n.oack.is_empty());
+    }
+
+    #[test]
+    fn empty_file_has_no_tsize() {
+        let n = negotiate(&request(&[("tsize", "0"), ("blksize", "512")]), 0, &TftpOptions::default());
+        assert_eq!(n.oack, vec![("blksize".to_string(), "512".to_string())]);
     }
 
     #[test]
