@@ -49,9 +49,15 @@ pub enum RaError {
     #[error("interface {0} does not exist")]
     NoInterface(String),
     #[error("opening the ICMPv6 socket on {interface}: {source}")]
-    Socket { interface: String, source: io::Error },
+    Socket {
+        interface: String,
+        source: io::Error,
+    },
     #[error("reading the addresses of {interface}: {source}")]
-    Addresses { interface: String, source: io::Error },
+    Addresses {
+        interface: String,
+        source: io::Error,
+    },
 }
 
 /// What an advertisement carries about the interface.
@@ -278,8 +284,12 @@ pub fn interface_ipv6(interface: &str) -> io::Result<Advertised> {
             // SAFETY: AF_INET6 addresses and their netmasks are sockaddr_in6.
             let (addr, mask) = unsafe {
                 (
-                    (*(ifa.ifa_addr as *const libc::sockaddr_in6)).sin6_addr.s6_addr,
-                    (*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr,
+                    (*(ifa.ifa_addr as *const libc::sockaddr_in6))
+                        .sin6_addr
+                        .s6_addr,
+                    (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
+                        .sin6_addr
+                        .s6_addr,
                 )
             };
             let prefix_len: u32 = mask.iter().map(|b| b.count_ones()).sum();

@@ -33,7 +33,12 @@ fn run(cmd: &str) {
 fn private_link() {
     // SAFETY: unshare only changes this thread's namespace.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET) needs root: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET) needs root: {}",
+        std::io::Error::last_os_error()
+    );
     // Child processes forked from this thread inherit its namespace.
     run("sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0");
     run("ip link set lo up && ip link add name srv0 type veth peer name cli0");
@@ -43,13 +48,19 @@ fn private_link() {
 
 fn runtime() -> tokio::runtime::Runtime {
     // Current-thread: the sockets must be made on this (unshared) thread.
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The client half of the DHCP test, in a namespace of its own: a packet
 /// whose source is one of the server's own addresses would be dropped as
 /// martian, so the client must not share the server's namespace.
-fn dhcp_client(tid_tx: std::sync::mpsc::Sender<i32>, moved_rx: std::sync::mpsc::Receiver<()>) -> Vec<u8> {
+fn dhcp_client(
+    tid_tx: std::sync::mpsc::Sender<i32>,
+    moved_rx: std::sync::mpsc::Receiver<()>,
+) -> Vec<u8> {
     // SAFETY: unshare only changes this thread's namespace; gettid has no
     // preconditions.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
@@ -62,8 +73,12 @@ fn dhcp_client(tid_tx: std::sync::mpsc::Sender<i32>, moved_rx: std::sync::mpsc::
     client.set_reuse_address(true).unwrap();
     client.set_broadcast(true).unwrap();
     client.bind_device(Some(b"cli0")).unwrap();
-    client.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into()).unwrap();
-    client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    client
+        .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let client = std::net::UdpSocket::from(client);
 
     let mac = MacAddr([0x52, 0x54, 0, 0x99, 0, 1]);
@@ -75,9 +90,14 @@ fn dhcp_client(tid_tx: std::sync::mpsc::Sender<i32>, moved_rx: std::sync::mpsc::
     let mut buf = [0u8; 1500];
     let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
-        client.send_to(&discover, (Ipv4Addr::BROADCAST, 67)).unwrap();
+        client
+            .send_to(&discover, (Ipv4Addr::BROADCAST, 67))
+            .unwrap();
         if let Ok((n, from)) = client.recv_from(&mut buf) {
-            assert_eq!(from, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 67)));
+            assert_eq!(
+                from,
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 67))
+            );
             return buf[..n].to_vec();
         }
     }
@@ -112,8 +132,17 @@ fn broadcast_dhcp_exchange_over_veth() {
     let policy = Arc::new(|req: &BootRequest| BootDecision::Boot {
         script_url: format!("http://10.99.0.1:8080/boot/{}.ipxe", req.mac),
     });
-    let server = rt.spawn(dhcp::serve(options, policy, Arc::new(MemoryLeases::new()), stop.clone()));
-    let reply = rt.block_on(async { tokio::task::spawn_blocking(move || client.join()).await.unwrap() });
+    let server = rt.spawn(dhcp::serve(
+        options,
+        policy,
+        Arc::new(MemoryLeases::new()),
+        stop.clone(),
+    ));
+    let reply = rt.block_on(async {
+        tokio::task::spawn_blocking(move || client.join())
+            .await
+            .unwrap()
+    });
     stop.cancel();
     rt.block_on(async { server.await.unwrap().unwrap() });
     let reply = reply.unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -125,7 +154,9 @@ fn broadcast_dhcp_exchange_over_veth() {
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
     assert_eq!(
         offer.opts().get(OptionCode::BootfileName),
-        Some(&DhcpOption::BootfileName(format!("http://10.99.0.1:8080/boot/{mac}.ipxe").into_bytes()))
+        Some(&DhcpOption::BootfileName(
+            format!("http://10.99.0.1:8080/boot/{mac}.ipxe").into_bytes()
+        ))
     );
 }
 
@@ -135,8 +166,16 @@ fn wait_for_ra(socket: &Socket, timeout: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
     while Instant::now() < deadline {
-        socket.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))).unwrap();
-        let Ok(n) = socket.recv(&mut buf) else { continue };
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .unwrap();
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
         // SAFETY: recv initialised the first `n` bytes.
         let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
         if data.first() == Some(&134) {
@@ -179,19 +218,26 @@ fn kernel_accepts_our_router_advertisement() {
         // The kernel on cli0 configures fd99::/64 from it.
         let deadline = Instant::now() + Duration::from_secs(8);
         loop {
-            let out = Command::new("ip").args(["-6", "addr", "show", "dev", "cli0"]).output().unwrap();
+            let out = Command::new("ip")
+                .args(["-6", "addr", "show", "dev", "cli0"])
+                .output()
+                .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             if text.contains("inet6 fd99::") {
                 break;
             }
-            assert!(Instant::now() < deadline, "no SLAAC address on cli0:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "no SLAAC address on cli0:\n{text}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
         // A solicitation is answered at once (the next tick is ~3 s away).
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rs = [133u8, 0, 0, 0, 0, 0, 0, 0];
-        let all_routers = SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), 0, 0, cli_index);
+        let all_routers =
+            SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), 0, 0, cli_index);
         let sent = Instant::now();
         listener.send_to(&rs, &all_routers.into()).unwrap();
         let reply = tokio::task::spawn_blocking({

@@ -49,10 +49,23 @@ impl Rng {
 fn real_packets() -> Vec<Vec<u8>> {
     let mac = MacAddr([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
     vec![
-        ClientPacket::new(MessageType::Discover, mac, 1).vendor_class(VENDOR_BIOS).arch(0).to_bytes(),
-        ClientPacket::new(MessageType::Discover, mac, 2).vendor_class(VENDOR_OVMF).arch(7).machine_id(&[0; 17]).to_bytes(),
-        ClientPacket::new(MessageType::Discover, mac, 3).vendor_class(VENDOR_BIOS).ipxe().to_bytes(),
-        ClientPacket::new(MessageType::Discover, mac, 4).vendor_class(VENDOR_HTTP).arch(16).to_bytes(),
+        ClientPacket::new(MessageType::Discover, mac, 1)
+            .vendor_class(VENDOR_BIOS)
+            .arch(0)
+            .to_bytes(),
+        ClientPacket::new(MessageType::Discover, mac, 2)
+            .vendor_class(VENDOR_OVMF)
+            .arch(7)
+            .machine_id(&[0; 17])
+            .to_bytes(),
+        ClientPacket::new(MessageType::Discover, mac, 3)
+            .vendor_class(VENDOR_BIOS)
+            .ipxe()
+            .to_bytes(),
+        ClientPacket::new(MessageType::Discover, mac, 4)
+            .vendor_class(VENDOR_HTTP)
+            .arch(16)
+            .to_bytes(),
         ClientPacket::new(MessageType::Request, mac, 5)
             .vendor_class(VENDOR_BIOS)
             .requested_ip(Ipv4Addr::new(10, 99, 0, 100))
@@ -99,12 +112,19 @@ fn truncated_real_packets_never_panic() {
 fn wrong_op_and_hardware_fields_are_ignored() {
     let mut hs = [handler(DhcpMode::Full), handler(DhcpMode::Proxy)];
     for packet in real_packets() {
-        for (offset, values) in [(0usize, [0u8, 2, 3, 255]), (1, [0, 6, 32, 255]), (2, [0, 7, 16, 255])] {
+        for (offset, values) in [
+            (0usize, [0u8, 2, 3, 255]),
+            (1, [0, 6, 32, 255]),
+            (2, [0, 7, 16, 255]),
+        ] {
             for v in values {
                 let mut p = packet.clone();
                 p[offset] = v;
                 for h in hs.iter_mut() {
-                    assert!(h.handle(&p, Port::Dhcp, 1_000).is_none(), "offset {offset} = {v}");
+                    assert!(
+                        h.handle(&p, Port::Dhcp, 1_000).is_none(),
+                        "offset {offset} = {v}"
+                    );
                 }
             }
         }

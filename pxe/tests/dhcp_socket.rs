@@ -42,7 +42,10 @@ async fn start(mode: DhcpMode, leases: Arc<MemoryLeases>) -> Running {
     let options = DhcpOptions {
         interface: "lo".into(),
         mode,
-        range: Some((Ipv4Addr::new(127, 99, 0, 100), Ipv4Addr::new(127, 99, 0, 110))),
+        range: Some((
+            Ipv4Addr::new(127, 99, 0, 100),
+            Ipv4Addr::new(127, 99, 0, 110),
+        )),
         lease_time: Duration::from_secs(600),
         ipxe: IpxeBinaries::with_files(Path::new("/usr/lib/ipxe"), |_| true),
         http_base: "http://127.0.0.1:8080".into(),
@@ -63,7 +66,13 @@ async fn start(mode: DhcpMode, leases: Arc<MemoryLeases>) -> Running {
     let probe = ClientPacket::new(MessageType::Discover, MacAddr([2, 0, 0, 0, 0, 1]), 1)
         .vendor_class(VENDOR_BIOS)
         .to_bytes();
-    let running = Running { client, server, proxy, stop, task };
+    let running = Running {
+        client,
+        server,
+        proxy,
+        stop,
+        task,
+    };
     for _ in 0..50 {
         if running.ask(&probe, server).await.is_some() {
             return running;
@@ -77,10 +86,11 @@ impl Running {
     async fn ask(&self, packet: &[u8], to: SocketAddr) -> Option<(Message, SocketAddr)> {
         self.client.send_to(packet, to).await.unwrap();
         let mut buf = [0u8; 1500];
-        let (n, from) = tokio::time::timeout(Duration::from_millis(200), self.client.recv_from(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let (n, from) =
+            tokio::time::timeout(Duration::from_millis(200), self.client.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
         Some((parse_reply(&buf[..n]).expect("reply decodes"), from))
     }
 
@@ -111,7 +121,9 @@ async fn full_mode_dora_over_loopback_survives_garbage() {
     for junk in [&b""[..], b"\x01", &[0xff; 600], &[1u8; 300]] {
         assert!(s.ask(junk, s.server).await.is_none());
     }
-    let real = ClientPacket::new(MessageType::Discover, mac, 5).vendor_class(VENDOR_BIOS).to_bytes();
+    let real = ClientPacket::new(MessageType::Discover, mac, 5)
+        .vendor_class(VENDOR_BIOS)
+        .to_bytes();
     assert!(s.ask(&real[..200], s.server).await.is_none());
     // Rapid commit (80) with a length that makes dhcproto panic.
     let mut bogus = real[..real.len() - 1].to_vec();
@@ -122,7 +134,10 @@ async fn full_mode_dora_over_loopback_survives_garbage() {
         .vendor_class(VENDOR_BIOS)
         .arch(0)
         .to_bytes();
-    let (offer, from) = s.ask(&discover, s.server).await.expect("offer after garbage");
+    let (offer, from) = s
+        .ask(&discover, s.server)
+        .await
+        .expect("offer after garbage");
     assert_eq!(from, s.server, "replies come from the server port");
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(offer.xid(), 0x42);
@@ -147,7 +162,10 @@ async fn full_mode_dora_over_loopback_survives_garbage() {
 
     // Restart on the same store: the lease survives.
     let s = start(DhcpMode::Full, leases.clone()).await;
-    let (offer, _) = s.ask(&discover, s.server).await.expect("offer after restart");
+    let (offer, _) = s
+        .ask(&discover, s.server)
+        .await
+        .expect("offer after restart");
     assert_eq!(offer.yiaddr(), ip);
     s.stop().await;
 }
@@ -175,7 +193,10 @@ async fn proxy_mode_answers_on_both_ports_over_loopback() {
         .arch(7)
         .ciaddr(LOCAL)
         .to_bytes();
-    let (ack, from) = s.ask(&request, s.proxy).await.expect("ack on the boot server port");
+    let (ack, from) = s
+        .ask(&request, s.proxy)
+        .await
+        .expect("ack on the boot server port");
     assert_eq!(from, s.proxy);
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(boot_file(&ack), b"ipxe.efi");
@@ -196,7 +217,15 @@ async fn full_mode_without_range_fails_to_start() {
         proxy_port: free_udp_port(),
         client_port: free_udp_port(),
     };
-    let policy = Arc::new(|_: &BootRequest| BootDecision::Ignore { reason: "test".into() });
-    let err = dhcp::serve(options, policy, Arc::new(MemoryLeases::new()), CancellationToken::new()).await;
+    let policy = Arc::new(|_: &BootRequest| BootDecision::Ignore {
+        reason: "test".into(),
+    });
+    let err = dhcp::serve(
+        options,
+        policy,
+        Arc::new(MemoryLeases::new()),
+        CancellationToken::new(),
+    )
+    .await;
     assert!(matches!(err, Err(dhcp::DhcpError::NoRange)));
 }

@@ -246,7 +246,8 @@ impl LeasePool {
         if !self.in_range(ip) {
             return None;
         }
-        self.declined.insert(ip, now.saturating_add(DECLINE_HOLD_SECS));
+        self.declined
+            .insert(ip, now.saturating_add(DECLINE_HOLD_SECS));
         let released = self.release(mac, ip, now);
         if released.is_some() {
             // Forget the association so the client is offered another address.
@@ -312,9 +313,21 @@ mod tests {
     fn restore_drops_out_of_range_and_keeps_the_newer_claim() {
         let mut pool = LeasePool::new(ip(100), ip(110), None);
         let n = pool.restore([
-            Lease { mac: mac(1), ip: ip(100), expires_unix: 50 },
-            Lease { mac: mac(2), ip: ip(100), expires_unix: 80 },
-            Lease { mac: mac(3), ip: ip(5), expires_unix: 80 },
+            Lease {
+                mac: mac(1),
+                ip: ip(100),
+                expires_unix: 50,
+            },
+            Lease {
+                mac: mac(2),
+                ip: ip(100),
+                expires_unix: 80,
+            },
+            Lease {
+                mac: mac(3),
+                ip: ip(5),
+                expires_unix: 80,
+            },
         ]);
         assert_eq!(n, 2);
         assert!(pool.holds(mac(2), ip(100), 60));

@@ -275,10 +275,11 @@ pub fn set_boot_file(msg: &mut Message, file: &str) {
 
 /// Option 175 with sub-option 176 = 1: iPXE stops waiting for ProxyDHCP.
 pub fn set_ipxe_no_pxedhcp(msg: &mut Message) {
-    msg.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
-        OptionCode::Unknown(OPT_IPXE_ENCAP),
-        vec![OPT_IPXE_NO_PXEDHCP, 1, 1],
-    )));
+    msg.opts_mut()
+        .insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(OPT_IPXE_ENCAP),
+            vec![OPT_IPXE_NO_PXEDHCP, 1, 1],
+        )));
 }
 
 /// Option 43 for a PXEClient proxy offer: PXE_DISCOVERY_CONTROL (6) = 8,
@@ -344,7 +345,12 @@ mod tests {
         let end = bytes.len() - 1;
         // Rapid commit (80) must be empty; two consecutive option-94 runs
         // concatenate to 6 bytes.
-        for extra in [&[80u8, 1, 0][..], &[94, 3, 1, 2, 3, 94, 3, 1, 2, 3], &[81, 1, 0], &[151, 0]] {
+        for extra in [
+            &[80u8, 1, 0][..],
+            &[94, 3, 1, 2, 3, 94, 3, 1, 2, 3],
+            &[81, 1, 0],
+            &[151, 0],
+        ] {
             let mut b = bytes[..end].to_vec();
             b.extend_from_slice(extra);
             b.push(255);

@@ -98,7 +98,8 @@ impl Handler {
             DhcpMode::Full => {
                 let (first, last) = config.range.ok_or(DhcpError::NoRange)?;
                 let subnet = |ip: Ipv4Addr| u32::from(ip) & prefix_mask(config.prefix_len);
-                if subnet(first) != subnet(config.server_ip) || subnet(last) != subnet(config.server_ip)
+                if subnet(first) != subnet(config.server_ip)
+                    || subnet(last) != subnet(config.server_ip)
                 {
                     return Err(DhcpError::RangeOutsideSubnet {
                         first,
@@ -195,7 +196,11 @@ impl Handler {
                     return Err(());
                 };
                 if class == ClientClass::Http || request.arch.is_http_boot() {
-                    format!("{}/ipxe/{}", self.config.http_base.trim_end_matches('/'), binary)
+                    format!(
+                        "{}/ipxe/{}",
+                        self.config.http_base.trim_end_matches('/'),
+                        binary
+                    )
                 } else {
                     binary.to_string()
                 }
@@ -252,9 +257,8 @@ impl Handler {
                 if !pool.available_to(req.mac, ip, now) {
                     info!(%ip, mode = %DhcpMode::Full, "dhcp nak: address not available to this client");
                     let mut msg = packet::reply_to(req, MessageType::Nak, server_ip);
-                    msg.opts_mut().insert(DhcpOption::Message(format!(
-                        "address {ip} not available"
-                    )));
+                    msg.opts_mut()
+                        .insert(DhcpOption::Message(format!("address {ip} not available")));
                     return self.encode(&msg, self.destination(req, MessageType::Nak));
                 }
                 let lease = pool.assign(req.mac, ip, now.saturating_add(lease_secs));
@@ -280,7 +284,9 @@ impl Handler {
                             warn!(ip = %lease.ip, cause = %err, "dhcp release not persisted");
                         }
                     }
-                    None => debug!(ip = %req.ciaddr, "dhcp ignored: release of an address the client does not hold"),
+                    None => {
+                        debug!(ip = %req.ciaddr, "dhcp ignored: release of an address the client does not hold")
+                    }
                 }
                 None
             }
@@ -307,7 +313,13 @@ impl Handler {
                 msg.set_ciaddr(req.ciaddr);
                 self.add_lease_options(&mut msg, false);
                 self.add_boot_options(&mut msg, boot.as_ref(), false);
-                log_step("dhcp inform-ack", req, Some(req.ciaddr), boot.as_ref(), DhcpMode::Full);
+                log_step(
+                    "dhcp inform-ack",
+                    req,
+                    Some(req.ciaddr),
+                    boot.as_ref(),
+                    DhcpMode::Full,
+                );
                 self.encode(&msg, self.destination(req, MessageType::Ack))
             }
             other => {

@@ -64,7 +64,9 @@ fn file(msg: &Message) -> String {
 
 fn field_file(msg: &Message) -> String {
     let raw = msg.fname().unwrap_or_default();
-    String::from_utf8_lossy(raw).trim_end_matches('\0').to_string()
+    String::from_utf8_lossy(raw)
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 fn vendor_class(msg: &Message) -> Option<Vec<u8>> {
@@ -104,13 +106,22 @@ fn bios_firmware_gets_undionly_over_tftp_with_a_lease() {
     assert_eq!(field_file(&offer), "undionly.kpxe");
     assert_eq!(to, Destination::Broadcast);
     let opts = offer.opts();
-    assert_eq!(opts.get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SERVER)));
+    assert_eq!(
+        opts.get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
     assert_eq!(
         opts.get(OptionCode::SubnetMask),
         Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
     );
-    assert_eq!(opts.get(OptionCode::Router), Some(&DhcpOption::Router(vec![SERVER])));
-    assert_eq!(opts.get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
+    assert_eq!(
+        opts.get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![SERVER]))
+    );
+    assert_eq!(
+        opts.get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(3600))
+    );
     // Firmware is not iPXE: no option 175; full mode: no ProxyDHCP markers.
     assert_eq!(ipxe_encap(&offer), None);
     assert_eq!(vendor_class(&offer), None);
@@ -128,7 +139,10 @@ fn ovmf_gets_ipxe_efi_and_falls_back_to_snponly() {
     assert_eq!(file(&offer), "ipxe.efi");
     assert_eq!(offer.siaddr(), SERVER);
     // PXE asks for its UUID (option 97) back.
-    assert!(offer.opts().get(OptionCode::ClientMachineIdentifier).is_some());
+    assert!(offer
+        .opts()
+        .get(OptionCode::ClientMachineIdentifier)
+        .is_some());
 
     let mut cfg = config(DhcpMode::Full);
     cfg.ipxe = IpxeBinaries::with_files(Path::new("/x"), |f| f == "snponly.efi");
@@ -164,9 +178,16 @@ fn long_script_urls_go_in_option_67_only() {
     let long = format!("{HTTP}/boot/{}", "x".repeat(200));
     let policy: Arc<dyn BootPolicy> = {
         let long = long.clone();
-        Arc::new(move |_: &BootRequest| BootDecision::Boot { script_url: long.clone() })
+        Arc::new(move |_: &BootRequest| BootDecision::Boot {
+            script_url: long.clone(),
+        })
     };
-    let mut h = Handler::new(config(DhcpMode::Full), policy, Arc::new(MemoryLeases::new())).unwrap();
+    let mut h = Handler::new(
+        config(DhcpMode::Full),
+        policy,
+        Arc::new(MemoryLeases::new()),
+    )
+    .unwrap();
     let p = bios_discover(6).ipxe();
     let (offer, _) = ask(&mut h, &p, Port::Dhcp).unwrap();
     assert_eq!(file(&offer), long);
@@ -270,11 +291,14 @@ fn policy_sees_every_boot_request_and_can_refuse() {
         let seen = seen.clone();
         Arc::new(move |req: &BootRequest| {
             seen.lock().unwrap().push(req.clone());
-            BootDecision::Ignore { reason: "unknown machine".into() }
+            BootDecision::Ignore {
+                reason: "unknown machine".into(),
+            }
         })
     };
     for mode in [DhcpMode::Full, DhcpMode::Proxy] {
-        let mut h = Handler::new(config(mode), policy.clone(), Arc::new(MemoryLeases::new())).unwrap();
+        let mut h =
+            Handler::new(config(mode), policy.clone(), Arc::new(MemoryLeases::new())).unwrap();
         assert!(ask(&mut h, &bios_discover(12), Port::Dhcp).is_none());
         assert!(ask(&mut h, &bios_discover(12).ipxe(), Port::Dhcp).is_none());
     }
@@ -282,7 +306,11 @@ fn policy_sees_every_boot_request_and_can_refuse() {
     assert_eq!(seen.len(), 4);
     assert_eq!(
         seen[0],
-        BootRequest { mac: mac(12), arch: Arch::Bios, stage: Stage::Firmware }
+        BootRequest {
+            mac: mac(12),
+            arch: Arch::Bios,
+            stage: Stage::Firmware
+        }
     );
     assert_eq!(seen[1].stage, Stage::Ipxe);
 }
@@ -350,7 +378,11 @@ fn leases_are_persisted_and_reloaded_after_a_restart() {
 #[test]
 fn request_for_a_wrong_address_gets_nak() {
     let mut h = handler(DhcpMode::Full);
-    for wrong in [Ipv4Addr::new(192, 168, 1, 7), Ipv4Addr::new(10, 99, 0, 250), SERVER] {
+    for wrong in [
+        Ipv4Addr::new(192, 168, 1, 7),
+        Ipv4Addr::new(10, 99, 0, 250),
+        SERVER,
+    ] {
         let p = plain(MessageType::Request, 50).requested_ip(wrong);
         let (nak, _) = ask(&mut h, &p, Port::Dhcp).unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak), "{wrong}");
@@ -377,7 +409,12 @@ fn renewal_is_unicast_and_release_frees_the_address() {
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(to, Destination::Client(ip));
 
-    assert!(ask(&mut h, &plain(MessageType::Release, 60).ciaddr(ip), Port::Dhcp).is_none());
+    assert!(ask(
+        &mut h,
+        &plain(MessageType::Release, 60).ciaddr(ip),
+        Port::Dhcp
+    )
+    .is_none());
     assert!(store.snapshot()[0].expires_unix <= NOW);
     // The released address can go to another machine now (once the free
     // ones run out it is the oldest expired one), and the old owner is
@@ -385,7 +422,12 @@ fn renewal_is_unicast_and_release_frees_the_address() {
     let req = plain(MessageType::Request, 61).requested_ip(ip);
     let (ack, _) = ask(&mut h, &req, Port::Dhcp).unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-    let (nak, _) = ask(&mut h, &plain(MessageType::Request, 60).requested_ip(ip), Port::Dhcp).unwrap();
+    let (nak, _) = ask(
+        &mut h,
+        &plain(MessageType::Request, 60).requested_ip(ip),
+        Port::Dhcp,
+    )
+    .unwrap();
     assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
 }
 
@@ -393,7 +435,9 @@ fn renewal_is_unicast_and_release_frees_the_address() {
 fn declined_address_is_not_offered_again() {
     let mut h = handler(DhcpMode::Full);
     let ip = lease(&mut h, 70).unwrap();
-    let decline = plain(MessageType::Decline, 70).requested_ip(ip).server_id(SERVER);
+    let decline = plain(MessageType::Decline, 70)
+        .requested_ip(ip)
+        .server_id(SERVER);
     assert!(ask(&mut h, &decline, Port::Dhcp).is_none());
     let (offer, _) = ask(&mut h, &plain(MessageType::Discover, 70), Port::Dhcp).unwrap();
     assert_ne!(offer.yiaddr(), ip);

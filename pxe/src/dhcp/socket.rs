@@ -50,11 +50,19 @@ pub fn interface_ipv4(interface: &str) -> io::Result<Vec<InterfaceAddr>> {
         }
         // SAFETY: AF_INET means the address is a sockaddr_in, and so is
         // the netmask when present.
-        let ip = unsafe { (*(ifa.ifa_addr as *const libc::sockaddr_in)).sin_addr.s_addr };
+        let ip = unsafe {
+            (*(ifa.ifa_addr as *const libc::sockaddr_in))
+                .sin_addr
+                .s_addr
+        };
         let prefix_len = if ifa.ifa_netmask.is_null() {
             32
         } else {
-            let mask = unsafe { (*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr };
+            let mask = unsafe {
+                (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr
+            };
             u32::from_be(mask).count_ones() as u8
         };
         found.push(InterfaceAddr {

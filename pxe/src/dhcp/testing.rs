@@ -3,9 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{
-    Architecture, DhcpOption, Message, MessageType, OptionCode, UnknownOption,
-};
+use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode, UnknownOption};
 use dhcproto::Encodable;
 
 use crate::boot::MacAddr;
