@@ -13,6 +13,7 @@
 
 pub mod image;
 pub mod report;
+pub mod repo;
 
 /// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
 /// machines use. One place, so the server's router and the clients agree.

@@ -1,0 +1,191 @@
+//! A repository in a local directory. Durability: each file is written to a
+//! temporary name, fsynced, renamed, and its directory fsynced, so nothing is
+//! referenced before its bytes and its name are on disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use super::{BackendError, FileKind, ReadBackend, WriteBackend};
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory layout (packs fan out over 256 directories).
+    pub fn create_layout(&self) -> Result<(), BackendError> {
+        for d in ["keys", "snapshots", "index", "locks", "data"] {
+            mkdir(&self.root.join(d))?;
+        }
+        for i in 0..256 {
+            mkdir(&self.root.join("data").join(format!("{i:02x}")))?;
+        }
+        sync_dir(&self.root.join("data"))?;
+        sync_dir(&self.root)?;
+        if let Some(p) = self.root.parent() {
+            // The repository directory's own entry in its parent.
+            let _ = sync_dir(if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        }
+        Ok(())
+    }
+
+    fn dir(&self, kind: FileKind) -> PathBuf {
+        match kind {
+            FileKind::Config | FileKind::PruneState => self.root.clone(),
+            FileKind::Key => self.root.join("keys"),
+            FileKind::Snapshot => self.root.join("snapshots"),
+            FileKind::Index => self.root.join("index"),
+            FileKind::Pack => self.root.join("data"),
+            FileKind::Lock => self.root.join("locks"),
+        }
+    }
+
+    pub fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Config => self.root.join("config"),
+            FileKind::PruneState => self.root.join("prune-state.json"),
+            FileKind::Pack => self.root.join("data").join(name.get(..2).unwrap_or("00")).join(name),
+            _ => self.dir(kind).join(name),
+        }
+    }
+}
+
+fn mkdir(p: &Path) -> Result<(), BackendError> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(BackendError::io(p, e)),
+    }
+}
+
+pub fn sync_dir(p: &Path) -> Result<(), BackendError> {
+    File::open(p).and_then(|f| f.sync_all()).map_err(|e| BackendError::io(p, e))
+}
+
+fn list_dir(dir: &Path, out: &mut Vec<(String, u64)>) -> Result<(), BackendError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BackendError::io(dir, e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(|e| BackendError::io(dir, e))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        // A file removed between listing and stat is simply gone.
+        if let Ok(md) = ent.metadata() {
+            if md.is_file() {
+                out.push((name, md.len()));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ReadBackend for LocalBackend {
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>, BackendError> {
+        let mut out = Vec::new();
+        match kind {
+            FileKind::Config | FileKind::PruneState => {
+                let p = self.path(kind, "");
+                if let Ok(md) = fs::metadata(&p) {
+                    out.push((String::new(), md.len()));
+                }
+            }
+            FileKind::Pack => {
+                for i in 0..256 {
+                    list_dir(&self.dir(kind).join(format!("{i:02x}")), &mut out)?;
+                }
+            }
+            _ => list_dir(&self.dir(kind), &mut out)?,
+        }
+        Ok(out)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, BackendError> {
+        let p = self.path(kind, name);
+        let mut f = File::open(&p).map_err(|e| BackendError::io(&p, e))?;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).map_err(|e| BackendError::io(&p, e))?;
+        Ok(v)
+    }
+
+    fn read_at(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, BackendError> {
+        let p = self.path(kind, name);
+        let f = File::open(&p).map_err(|e| BackendError::io(&p, e))?;
+        let mut v = vec![0u8; len];
+        f.read_exact_at(&mut v, offset).map_err(|e| BackendError::io(&p, e))?;
+        Ok(v)
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError> {
+        let p = self.path(kind, name);
+        fs::metadata(&p).map(|m| m.len()).map_err(|e| BackendError::io(&p, e))
+    }
+}
+
+impl WriteBackend for LocalBackend {
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<(), BackendError> {
+        let dest = self.path(kind, name);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let mut rnd = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut rnd);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(BackendError::io(&dest, e));
+        }
+        sync_dir(&dir)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<(), BackendError> {
+        let p = self.path(kind, name);
+        fs::remove_file(&p).map_err(|e| BackendError::io(&p, e))?;
+        if let Some(d) = p.parent() {
+            sync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes temporary files older than `max_age` left by killed writers.
+pub fn clean_tmp(root: &Path, max_age: std::time::Duration) -> usize {
+    let mut n = 0;
+    let mut dirs = vec![root.to_path_buf(), root.join("keys"), root.join("snapshots"), root.join("index"), root.join("locks")];
+    dirs.extend((0..256).map(|i| root.join("data").join(format!("{i:02x}"))));
+    for d in dirs {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for ent in rd.flatten() {
+            if !ent.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let old = ent.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a > max_age);
+            if old && fs::remove_file(ent.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}

@@ -1,0 +1,230 @@
+//! The `levee-agent` command line. Adding a subcommand is one variant in
+//! [`Command`] and one arm in [`run`]. Output goes to stdout (text, or one
+//! JSON document with `--json`); progress and logs go to stderr.
+
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use levee_agent::commands::backup::BackupOptions;
+use levee_agent::commands::check::CheckOptions;
+use levee_agent::commands::forget::ForgetOptions;
+use levee_agent::commands::prune::PruneOptions;
+use levee_agent::commands::restore::RestoreOptions;
+use levee_agent::commands::{backup, check, diff, forget, ls, prune, restore};
+use levee_agent::progress::Counters;
+use levee_agent::Repository;
+use levee_proto::repo::KdfParams;
+
+const EXAMPLES: &str = "Examples:
+  export LEVEE_REPO=/var/lib/levee/repo LEVEE_PASSWORD_FILE=/etc/levee/repo.key
+  levee-agent init
+  LEVEE_SMB_PASSWORD=... levee-agent backup smb://backup@fileserver/Company /srv/scans --tag nightly
+  levee-agent snapshots
+  levee-agent restore latest /Company/Accounts --target /tmp/restore
+  levee-agent forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 && levee-agent prune
+  levee-agent check --read-data=10";
+
+/// Levee backup agent: deduplicated, encrypted backups of SMB shares and folders.
+#[derive(Parser)]
+#[command(name = "levee-agent", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Repository directory.
+    #[arg(long, short = 'r', env = "LEVEE_REPO", global = true)]
+    pub repo: Option<PathBuf>,
+    /// File holding the repository password (else $LEVEE_PASSWORD).
+    #[arg(long, env = "LEVEE_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up local paths and smb:// shares.
+    Backup(BackupOptions),
+    /// List snapshots.
+    Snapshots,
+    /// List files in a snapshot.
+    Ls { snapshot: String, path: Option<String> },
+    /// Restore a snapshot (or a path in it) to a directory or smb:// share.
+    Restore(RestoreOptions),
+    /// Show what changed between two snapshots.
+    Diff { a: String, b: String },
+    /// Remove snapshots by id or retention policy (then run `prune`).
+    Forget(ForgetOptions),
+    /// Delete data no snapshot uses (safe while backups run).
+    Prune(PruneOptions),
+    /// Verify the repository's structure and, with --read-data, its data.
+    Check(CheckOptions),
+    /// Manage key slots (passwords, appliance and recovery secrets).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// What the first slot's secret is: password, appliance or recovery.
+    #[arg(long, default_value = "password")]
+    pub kind: String,
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Argon2id memory in KiB (tests lower it; default 64 MiB).
+    #[arg(long, default_value_t = 65536, hide = true)]
+    pub kdf_memory_kib: u32,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List key slots.
+    List,
+    /// Add a key slot; the new secret comes from --new-password-file or $LEVEE_NEW_PASSWORD.
+    Add {
+        #[arg(long, default_value = "password")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 65536, hide = true)]
+        kdf_memory_kib: u32,
+    },
+    /// Remove a key slot (by id prefix); the last one cannot be removed.
+    Remove { id: String },
+}
+
+/// Parses, runs, and returns the process exit code: 0 ok, 1 failure,
+/// 3 finished but some files could not be read or restored.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("levee-agent: {e:#}");
+            1
+        }
+    }
+}
+
+fn password(g: &Global) -> Result<Vec<u8>> {
+    if let Some(f) = &g.password_file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+    }
+    match std::env::var("LEVEE_PASSWORD") {
+        Ok(p) => Ok(p.into_bytes()),
+        Err(_) => bail!("no password: set LEVEE_PASSWORD or --password-file"),
+    }
+}
+
+fn repo_path(g: &Global) -> Result<PathBuf> {
+    g.repo.clone().ok_or_else(|| anyhow!("no repository: use --repo DIR or set LEVEE_REPO"))
+}
+
+fn open(g: &Global) -> Result<Repository> {
+    let path = repo_path(g)?;
+    Ok(Repository::open(&path, &password(g)?)?)
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    let out = output::Out { json: g.json };
+    match cli.command {
+        Command::Init(a) => {
+            let path = repo_path(g)?;
+            let repo = Repository::init(&path, &password(g)?, KdfParams::with_memory(a.kdf_memory_kib), &a.kind, &a.label)?;
+            out.init(&repo)?;
+            Ok(0)
+        }
+        Command::Backup(o) => {
+            let repo = open(g)?;
+            let c = Counters::default();
+            let s = progress::with_progress(g, &c, "backup", || backup::backup(&repo, &o, None, &c))?;
+            out.backup(&s)?;
+            Ok(if s.summary.errors > 0 { 3 } else { 0 })
+        }
+        Command::Snapshots => {
+            let repo = open(g)?;
+            let (snaps, bad) = repo.snapshots()?;
+            out.snapshots(&snaps, &bad)?;
+            Ok(0)
+        }
+        Command::Ls { snapshot, path } => {
+            let repo = open(g)?;
+            out.ls(&ls::ls(&repo, &snapshot, path.as_deref())?)?;
+            Ok(0)
+        }
+        Command::Restore(o) => {
+            let repo = open(g)?;
+            let c = Counters::default();
+            let s = progress::with_progress(g, &c, "restore", || restore::restore(&repo, &o, None, &c))?;
+            out.restore(&s)?;
+            Ok(if s.errors > 0 { 3 } else { 0 })
+        }
+        Command::Diff { a, b } => {
+            let repo = open(g)?;
+            out.diff(&diff::diff(&repo, &a, &b)?)?;
+            Ok(0)
+        }
+        Command::Forget(o) => {
+            let repo = open(g)?;
+            out.forget(&forget::forget(&repo, &o)?, o.dry_run)?;
+            Ok(0)
+        }
+        Command::Prune(o) => {
+            let repo = open(g)?;
+            let c = Counters::default();
+            let r = progress::with_progress(g, &c, "prune", || prune::prune(&repo, &o, &c))?;
+            out.prune(&r)?;
+            Ok(0)
+        }
+        Command::Check(o) => {
+            let repo = open(g)?;
+            let c = Counters::default();
+            let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
+            out.check(&r)?;
+            Ok(if r.errors.is_empty() { 0 } else { 1 })
+        }
+        Command::Key(k) => {
+            let repo = open(g)?;
+            match k {
+                KeyCommand::List => out.keys(&repo.key_slots()?)?,
+                KeyCommand::Add { kind, label, new_password_file, kdf_memory_kib } => {
+                    let pw = match new_password_file {
+                        Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
+                        None => std::env::var("LEVEE_NEW_PASSWORD").map(String::into_bytes).map_err(|_| anyhow!("no new secret: use --new-password-file or LEVEE_NEW_PASSWORD"))?,
+                    };
+                    let id = repo.add_key(&pw, KdfParams::with_memory(kdf_memory_kib), &kind, &label)?;
+                    out.message("added key slot", &id)?;
+                }
+                KeyCommand::Remove { id } => {
+                    let id = repo.remove_key(&id)?;
+                    out.message("removed key slot", &id)?;
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! What each command prints: human text, or one JSON document (`--json`).
+
+use anyhow::Result;
+use levee_agent::commands::backup::BackupSummary;
+use levee_agent::commands::check::CheckReport;
+use levee_agent::commands::diff::Change;
+use levee_agent::commands::forget::ForgetResult;
+use levee_agent::commands::ls::LsEntry;
+use levee_agent::commands::prune::PruneReport;
+use levee_agent::commands::restore::RestoreSummary;
+use levee_agent::util::{format_time, human_bytes};
+use levee_agent::Repository;
+use levee_proto::repo::{KeySlot, NodeKind, Snapshot};
+use serde::Serialize;
+use serde_json::json;
+
+pub struct Out {
+    pub json: bool,
+}
+
+fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+impl Out {
+    pub fn init(&self, repo: &Repository) -> Result<()> {
+        if self.json {
+            return print_json(&json!({"repository": repo.path, "id": repo.config.id}));
+        }
+        println!("created repository {} at {}", repo.config.id, repo.path.display());
+        Ok(())
+    }
+
+    pub fn backup(&self, s: &BackupSummary) -> Result<()> {
+        if self.json {
+            return print_json(s);
+        }
+        let m = &s.summary;
+        for e in &s.error_messages {
+            eprintln!("warning: {e}");
+        }
+        println!("Files:      {} ({} unchanged, {} read)", m.files, m.files_unchanged, m.files - m.files_unchanged);
+        println!("Dirs:       {}", m.dirs);
+        println!("Bytes:      {} total, {} read, {} new, {} stored", human_bytes(m.bytes_total), human_bytes(m.bytes_read), human_bytes(m.bytes_new), human_bytes(s.bytes_stored));
+        println!("Dedup:      {:.2}x (total / stored)", s.dedup_ratio);
+        println!("Errors:     {}", m.errors);
+        println!("Duration:   {:.2} s", m.duration_ms as f64 / 1000.0);
+        println!("snapshot {} saved", s.snapshot);
+        Ok(())
+    }
+
+    pub fn snapshots(&self, snaps: &[(String, Snapshot)], bad: &[(String, String)]) -> Result<()> {
+        if self.json {
+            let v: Vec<_> = snaps.iter().map(|(id, s)| json!({"id": id, "snapshot": s})).collect();
+            return print_json(&json!({"snapshots": v, "unreadable": bad}));
+        }
+        println!("{:<10} {:<20} {:<16} {:<12} paths", "id", "time (UTC)", "host", "tags");
+        for (id, s) in snaps {
+            println!("{:<10} {:<20} {:<16} {:<12} {}", &id[..8.min(id.len())], format_time(s.time_ns), s.hostname, s.tags.join(","), s.paths.join(" "));
+        }
+        for (id, e) in bad {
+            eprintln!("unreadable snapshot {id}: {e}");
+        }
+        println!("{} snapshots", snaps.len());
+        Ok(())
+    }
+
+    pub fn ls(&self, entries: &[LsEntry]) -> Result<()> {
+        if self.json {
+            return print_json(entries);
+        }
+        for e in entries {
+            let k = match e.node.kind {
+                NodeKind::Dir => 'd',
+                NodeKind::File => '-',
+                NodeKind::Symlink => 'l',
+            };
+            println!("{k} {:>12} {} {}", e.node.size, format_time(e.node.mtime_ns), e.path);
+        }
+        Ok(())
+    }
+
+    pub fn restore(&self, s: &RestoreSummary) -> Result<()> {
+        if self.json {
+            return print_json(s);
+        }
+        for e in &s.error_messages {
+            eprintln!("error: {e}");
+        }
+        println!("restored {} files, {} dirs, {} ({} skipped, {} errors) in {:.2} s", s.files, s.dirs, human_bytes(s.bytes), s.skipped, s.errors, s.duration_ms as f64 / 1000.0);
+        Ok(())
+    }
+
+    pub fn diff(&self, changes: &[Change]) -> Result<()> {
+        if self.json {
+            return print_json(changes);
+        }
+        for c in changes {
+            println!("{:<2} {}", c.change, c.path);
+        }
+        Ok(())
+    }
+
+    pub fn forget(&self, r: &ForgetResult, dry_run: bool) -> Result<()> {
+        if self.json {
+            return print_json(&json!({"keep": r.keep, "remove": r.remove, "dry_run": dry_run}));
+        }
+        for id in &r.remove {
+            println!("{} {id}", if dry_run { "would remove" } else { "removed" });
+        }
+        println!("{} kept, {} {}", r.keep.len(), r.remove.len(), if dry_run { "to remove" } else { "removed" });
+        Ok(())
+    }
+
+    pub fn prune(&self, r: &PruneReport) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        println!(
+            "deleted {} packs ({}), marked {}, repacked {}, re-indexed {}, {} pending ({} waiting for running backups)",
+            r.packs_deleted,
+            human_bytes(r.bytes_freed),
+            r.packs_marked,
+            r.packs_repacked,
+            r.packs_reindexed,
+            r.packs_pending,
+            r.waiting_for_backups
+        );
+        Ok(())
+    }
+
+    pub fn check(&self, r: &CheckReport) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        println!("{} snapshots, {} index files, {} packs ({} read, {} blobs verified)", r.snapshots, r.index_files, r.packs, r.packs_read, r.blobs_verified);
+        if !r.unindexed_packs.is_empty() {
+            println!("{} packs not in the index (an interrupted backup's; the next backup re-indexes them)", r.unindexed_packs.len());
+        }
+        for e in &r.errors {
+            println!("error: {e}");
+        }
+        println!("{}", if r.errors.is_empty() { "no errors found".to_string() } else { format!("{} errors found", r.errors.len()) });
+        Ok(())
+    }
+
+    pub fn keys(&self, slots: &[(String, KeySlot)]) -> Result<()> {
+        if self.json {
+            let v: Vec<_> = slots.iter().map(|(id, s)| json!({"id": id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": s.kdf.algorithm})).collect();
+            return print_json(&v);
+        }
+        for (id, s) in slots {
+            println!("{}  {:<10} {:<20} created {}", &id[..8.min(id.len())], s.kind, s.label, format_time(s.created * 1_000_000_000));
+        }
+        Ok(())
+    }
+
+    pub fn message(&self, what: &str, id: &str) -> Result<()> {
+        if self.json {
+            return print_json(&json!({"result": what, "id": id}));
+        }
+        println!("{what} {id}");
+        Ok(())
+    }
+}

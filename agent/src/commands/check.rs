@@ -1,0 +1,166 @@
+//! `check`: is the repository whole? Structure: every index file readable,
+//! every indexed pack present with a plausible size, every snapshot
+//! readable, every tree loadable and every blob a snapshot needs indexed.
+//! `--read-data[=PERCENT]`: also read packs, verify their SHA-256 name, and
+//! decrypt, decompress and verify every blob against its keyed id.
+//! Problems are collected with the file they concern; nothing panics.
+
+use std::collections::{HashMap, HashSet};
+
+use levee_proto::repo::crypto::file_id;
+use levee_proto::repo::pack::parse_trailer;
+use levee_proto::repo::{BlobId, PackHeader, PackId};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{FileKind, ReadBackend};
+use crate::blob;
+use crate::progress::Counters;
+use crate::repository::{RepoError, Repository};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct CheckOptions {
+    /// Also read and verify pack data: all of it, or PERCENT of the packs.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100"))]
+    #[serde(default)]
+    pub read_data: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub index_files: usize,
+    pub packs: usize,
+    pub packs_read: usize,
+    pub blobs_verified: u64,
+    pub unindexed_packs: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Result<CheckReport, RepoError> {
+    let mut r = CheckReport::default();
+    counters.set_phase("index");
+    let loaded = repo.load_index()?;
+    for (name, e) in &loaded.failed {
+        r.errors.push(format!("index file {name}: {e}"));
+    }
+    r.index_files = loaded.names.len();
+    let index = &loaded.index;
+
+    let packs: HashMap<String, u64> = repo.be.list(FileKind::Pack)?.into_iter().collect();
+    r.packs = packs.len();
+    // Which blobs each indexed pack should hold, from the index files.
+    let mut expected: HashMap<PackId, Vec<levee_proto::repo::BlobEntry>> = HashMap::new();
+    for name in &loaded.names {
+        if let Ok(b) = repo.be.load(FileKind::Index, name) {
+            if let Ok(f) = levee_proto::repo::IndexFile::parse(&b) {
+                for p in f.packs {
+                    expected.entry(p.id).or_insert(p.blobs);
+                }
+            }
+        }
+    }
+    for (id, blobs) in &expected {
+        match packs.get(&id.to_hex()) {
+            None => r.errors.push(format!("pack {id}: named in the index but missing")),
+            Some(size) => {
+                let end = blobs.iter().map(|b| u64::from(b.offset) + u64::from(b.length)).max().unwrap_or(0);
+                if end + 8 > *size {
+                    r.errors.push(format!("pack {id}: {size} bytes, too short for the blobs the index lists (truncated)"));
+                }
+            }
+        }
+    }
+    for name in packs.keys() {
+        if name.parse::<PackId>().map(|id| !expected.contains_key(&id)).unwrap_or(true) {
+            r.unindexed_packs.push(name.clone());
+        }
+    }
+
+    counters.set_phase("snapshots");
+    let (snaps, bad) = repo.snapshots()?;
+    for (name, e) in bad {
+        r.errors.push(format!("snapshot {name}: {e}"));
+    }
+    r.snapshots = snaps.len();
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    let mut missing: HashSet<BlobId> = HashSet::new();
+    for (name, s) in &snaps {
+        let mut stack = vec![(s.tree, String::from("/"))];
+        while let Some((tid, path)) = stack.pop() {
+            if !seen_trees.insert(tid) {
+                continue;
+            }
+            let t = match repo.load_tree(index, &tid) {
+                Ok(t) => t,
+                Err(e) => {
+                    r.errors.push(format!("snapshot {name}: directory {path}: {e}"));
+                    continue;
+                }
+            };
+            for n in t.nodes {
+                for id in &n.content {
+                    if !index.contains(id) && missing.insert(*id) {
+                        r.errors.push(format!("snapshot {name}: file {path}{}: blob {id} is missing", n.name));
+                    }
+                }
+                if let Some(st) = n.subtree {
+                    stack.push((st, format!("{path}{}/", n.name)));
+                }
+            }
+        }
+    }
+
+    if let Some(pct) = opts.read_data {
+        counters.set_phase("read data");
+        let mut names: Vec<(&String, &u64)> = packs.iter().collect();
+        names.sort();
+        if pct < 100.0 {
+            names.shuffle(&mut rand::thread_rng());
+            let n = ((names.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
+            names.truncate(n);
+        }
+        Counters::add(&counters.expected, names.iter().map(|(_, s)| **s).sum());
+        for (name, size) in names {
+            r.packs_read += 1;
+            match read_pack(repo, name, *size) {
+                Ok((h, verified, errs)) => {
+                    r.blobs_verified += verified;
+                    r.errors.extend(errs);
+                    if let Some(exp) = name.parse::<PackId>().ok().and_then(|id| expected.get(&id)) {
+                        if *exp != h.blobs {
+                            r.errors.push(format!("pack {name}: header does not match the index"));
+                        }
+                    }
+                }
+                Err(e) => r.errors.push(format!("pack {name}: {e}")),
+            }
+            Counters::add(&counters.done, *size);
+        }
+    }
+    Ok(r)
+}
+
+fn read_pack(repo: &Repository, name: &str, size: u64) -> Result<(PackHeader, u64, Vec<String>), String> {
+    let data = repo.be.read(FileKind::Pack, name).map_err(|e| e.to_string())?;
+    if file_id(&data).to_hex() != name {
+        return Err("contents do not match its name (corrupted)".into());
+    }
+    let t = data.get(data.len().saturating_sub(8)..).unwrap_or(&[]);
+    let (start, len) = parse_trailer(t, size).map_err(|e| e.to_string())?;
+    let hb = &data[start as usize..start as usize + len as usize];
+    let plain = repo.key().decrypt(hb).map_err(|_| "header cannot be decrypted".to_string())?;
+    let h = PackHeader::parse(&plain).map_err(|e| e.to_string())?;
+    h.check_bounds(start).map_err(|e| e.to_string())?;
+    let mut errs = Vec::new();
+    let mut ok = 0;
+    for b in &h.blobs {
+        let stored = &data[b.offset as usize..(b.offset + b.length) as usize];
+        match blob::decode(repo.key(), b.id, b.compression, stored) {
+            Ok(_) => ok += 1,
+            Err(e) => errs.push(format!("pack {name}: {e}")),
+        }
+    }
+    Ok((h, ok, errs))
+}

@@ -1,0 +1,112 @@
+//! `forget`: drop snapshots by retention policy (restic's rules: per group
+//! of host + paths, newest first, keep the newest snapshot of each of the
+//! last N days/weeks/months). Only snapshot files are removed; `prune`
+//! reclaims the space.
+
+use std::collections::{BTreeMap, HashSet};
+
+use levee_proto::repo::Snapshot;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{FileKind, WriteBackend};
+use crate::repository::{RepoError, Repository};
+use crate::util::civil_from_days;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct ForgetOptions {
+    /// Snapshot ids to forget outright (besides any policy).
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub keep_last: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub keep_daily: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub keep_weekly: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub keep_monthly: Option<usize>,
+    /// Show what would be removed without removing it.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl ForgetOptions {
+    fn has_policy(&self) -> bool {
+        self.keep_last.is_some() || self.keep_daily.is_some() || self.keep_weekly.is_some() || self.keep_monthly.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetResult {
+    pub keep: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+/// Which snapshots the policy keeps; pure, for tests.
+pub fn apply_policy(snaps: &[(String, Snapshot)], o: &ForgetOptions) -> HashSet<String> {
+    let mut groups: BTreeMap<(String, Vec<String>), Vec<&(String, Snapshot)>> = BTreeMap::new();
+    for s in snaps {
+        groups.entry((s.1.hostname.clone(), s.1.paths.clone())).or_default().push(s);
+    }
+    let mut keep = HashSet::new();
+    for (_, mut g) in groups {
+        g.sort_by(|a, b| b.1.time_ns.cmp(&a.1.time_ns));
+        let day = |s: &Snapshot| s.time_ns.div_euclid(86_400 * 1_000_000_000);
+        // Weeks start on Monday: 1970-01-01 was a Thursday.
+        let week = |s: &Snapshot| (day(s) + 3).div_euclid(7);
+        let month = |s: &Snapshot| {
+            let (y, m, _) = civil_from_days(day(s));
+            y * 12 + i64::from(m)
+        };
+        let rules: [(Option<usize>, &dyn Fn(&Snapshot) -> i64); 3] = [(o.keep_daily, &day), (o.keep_weekly, &week), (o.keep_monthly, &month)];
+        for (i, s) in g.iter().enumerate() {
+            if o.keep_last.is_some_and(|n| i < n) {
+                keep.insert(s.0.clone());
+            }
+        }
+        for (n, bucket) in rules {
+            let Some(n) = n else { continue };
+            let mut last = None;
+            let mut count = 0;
+            for s in &g {
+                let b = bucket(&s.1);
+                if count < n && last != Some(b) {
+                    keep.insert(s.0.clone());
+                    count += 1;
+                }
+                last = Some(b);
+            }
+        }
+    }
+    keep
+}
+
+pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, RepoError> {
+    let (snaps, _) = repo.snapshots()?;
+    let explicit: Vec<String> = o
+        .snapshots
+        .iter()
+        .map(|spec| repo.find_snapshot(spec).map(|(n, _)| n))
+        .collect::<Result<_, _>>()?;
+    let keep: HashSet<String> = if o.has_policy() { apply_policy(&snaps, o) } else { snaps.iter().map(|s| s.0.clone()).collect() };
+    let mut res = ForgetResult { keep: Vec::new(), remove: Vec::new() };
+    for (name, _) in &snaps {
+        if keep.contains(name) && !explicit.contains(name) {
+            res.keep.push(name.clone());
+        } else {
+            res.remove.push(name.clone());
+        }
+    }
+    if !o.dry_run {
+        for name in &res.remove {
+            repo.be.remove(FileKind::Snapshot, name)?;
+        }
+    }
+    Ok(res)
+}

@@ -1,0 +1,275 @@
+//! `prune`: reclaim space from blobs no snapshot uses, safely while backups
+//! run (a time fence, as in Kopia and Proxmox Backup Server).
+//!
+//! A pack is deleted in two steps, never in one run:
+//! 1. *Mark*: it holds no used blob, so it is written to `prune-state.json`
+//!    and then dropped from the index (partly used packs are first copied:
+//!    their used blobs go to new packs). Once no index file names it, its
+//!    `unindexed_since` time T is recorded.
+//! 2. *Sweep* (a later prune): it is deleted only if every backup alive now
+//!    started after T (so none loaded an index naming it; backups never
+//!    re-index packs listed in the state file), no index names it again, and
+//!    no snapshot uses any of its blobs. Otherwise it is kept (re-indexed if a
+//!    snapshot uses it).
+//! Locks are listed before snapshots are read, so a backup that finishes
+//! meanwhile has its snapshot seen. Every step writes new files before it
+//! removes old ones; a prune killed at any point leaves a valid repository.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use levee_proto::repo::{BlobEntry, BlobId, IndexFile, IndexPack, PackId};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::local::clean_tmp;
+use crate::backend::{FileKind, ReadBackend, WriteBackend};
+use crate::blob::EncodedBlob;
+use crate::lock::{list_locks, Lock};
+use crate::packer::Packer;
+use crate::progress::Counters;
+use crate::repository::{RepoError, Repository};
+use crate::util::now_ns;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct PruneOptions {
+    /// Repack a partly used pack when more than this percent of it is unused.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 25))]
+    #[serde(default)]
+    pub max_unused_percent: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("another prune is running (pid {0} on {1})")]
+    Busy(u32, String),
+    #[error("refusing to prune: {0}")]
+    Unsafe(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PendingPack {
+    pub marked_ns: i64,
+    #[serde(default)]
+    pub unindexed_since_ns: Option<i64>,
+}
+
+/// `prune-state.json`: packs on their way out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneState {
+    pub packs: BTreeMap<String, PendingPack>,
+}
+
+impl PruneState {
+    pub fn load(repo: &Repository) -> Result<Self, RepoError> {
+        match repo.local().read(FileKind::PruneState, "") {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| RepoError::Config(format!("prune-state.json: {e}"))),
+            Err(e) if e.is_not_found() => Ok(Self::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn save(&self, repo: &Repository) -> Result<(), RepoError> {
+        let b = serde_json::to_vec_pretty(self).map_err(|e| RepoError::Config(e.to_string()))?;
+        Ok(repo.local().write(FileKind::PruneState, "", &b)?)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    pub used_blobs: usize,
+    pub packs_deleted: usize,
+    pub bytes_freed: u64,
+    pub packs_marked: usize,
+    pub packs_repacked: usize,
+    pub packs_reindexed: usize,
+    pub packs_pending: usize,
+    pub waiting_for_backups: usize,
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneReport, PruneError> {
+    let now = now_ns();
+    let lock = Lock::acquire(repo.local().clone(), "prune").map_err(RepoError::from)?;
+    // Locks first, then snapshots: see the module comment.
+    let locks = list_locks(repo.local()).map_err(RepoError::from)?;
+    let mut backups_start = Vec::new();
+    for (name, l) in &locks {
+        if name == lock.name() || !l.is_alive(now) {
+            continue;
+        }
+        match l.kind.as_str() {
+            "prune" => return Err(PruneError::Busy(l.pid, l.hostname.clone())),
+            _ => backups_start.push(l.start_ns),
+        }
+    }
+    counters.set_phase("loading");
+    let mut state = PruneState::load(repo)?;
+    let mut rep = PruneReport::default();
+
+    // Index files, kept whole: we rewrite them.
+    let mut files: Vec<(String, IndexFile)> = Vec::new();
+    for (name, _) in repo.be.list(FileKind::Index).map_err(RepoError::from)? {
+        match repo.be.load(FileKind::Index, &name).map_err(RepoError::from).and_then(|b| IndexFile::parse(&b).map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))) {
+            Ok(f) => files.push((name, f)),
+            // Its packs look unindexed below and are re-indexed if used.
+            Err(e) => tracing::warn!(index = %name, "unreadable index file left alone: {e}"),
+        }
+    }
+    let mut index = crate::index::MasterIndex::new();
+    let mut by_pack: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
+    for (_, f) in &files {
+        index.add_file(f);
+        for p in &f.packs {
+            by_pack.entry(p.id).or_insert_with(|| p.blobs.clone());
+        }
+    }
+    index.finish();
+
+    let (snaps, bad) = repo.snapshots()?;
+    if let Some((name, e)) = bad.first() {
+        return Err(PruneError::Unsafe(format!("snapshot {name} is unreadable ({e}); run `check`, then `forget` it")));
+    }
+    let mut used: HashSet<BlobId> = HashSet::new();
+    for (name, s) in &snaps {
+        let mut stack = vec![s.tree];
+        while let Some(t) = stack.pop() {
+            if !used.insert(t) {
+                continue;
+            }
+            let tree = repo.load_tree(&index, &t).map_err(|e| PruneError::Unsafe(format!("snapshot {name}: {e}; run `check`")))?;
+            for n in tree.nodes {
+                used.extend(n.content);
+                if let Some(st) = n.subtree {
+                    stack.push(st);
+                }
+            }
+        }
+    }
+    rep.used_blobs = used.len();
+    let on_disk: HashMap<String, u64> = repo.be.list(FileKind::Pack).map_err(RepoError::from)?.into_iter().collect();
+
+    // Sweep: packs marked by an earlier run.
+    counters.set_phase("sweep");
+    let mut reindex: Vec<IndexPack> = Vec::new();
+    let mut to_delete: Vec<String> = Vec::new();
+    let names: Vec<String> = state.packs.keys().cloned().collect();
+    for name in names {
+        let Some(size) = on_disk.get(&name).copied() else {
+            state.packs.remove(&name);
+            continue;
+        };
+        let Ok(id) = name.parse::<PackId>() else { continue };
+        if by_pack.contains_key(&id) {
+            // An index names it again (a prune killed mid-way): re-decide below.
+            state.packs.remove(&name);
+            continue;
+        }
+        let Some(p) = state.packs.get_mut(&name) else { continue };
+        let Some(since) = p.unindexed_since_ns else {
+            p.unindexed_since_ns = Some(now);
+            continue;
+        };
+        if backups_start.iter().any(|s| *s <= since) {
+            rep.waiting_for_backups += 1;
+            continue;
+        }
+        match repo.read_pack_header(&name, size) {
+            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => {
+                reindex.push(IndexPack { id, blobs: h.blobs });
+                state.packs.remove(&name);
+            }
+            _ => to_delete.push(name),
+        }
+    }
+
+    // Mark: decide every indexed pack, and unindexed ones nobody marked yet.
+    counters.set_phase("mark");
+    let mut keep: Vec<IndexPack> = Vec::new();
+    let mut repack: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut newly_marked: Vec<String> = Vec::new();
+    for (id, blobs) in &by_pack {
+        if !on_disk.contains_key(&id.to_hex()) {
+            continue; // missing pack: dropping it from the index loses nothing
+        }
+        let total: u64 = blobs.iter().map(|b| u64::from(b.length)).sum();
+        let unused: u64 = blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| u64::from(b.length)).sum();
+        if unused == total {
+            newly_marked.push(id.to_hex());
+        } else if unused * 100 > total * u64::from(opts.max_unused_percent.min(100)) {
+            repack.push((*id, blobs.clone()));
+        } else {
+            keep.push(IndexPack { id: *id, blobs: blobs.clone() });
+        }
+    }
+    let mut unindexed_marked = Vec::new();
+    for (name, size) in &on_disk {
+        let Ok(id) = name.parse::<PackId>() else { continue };
+        if by_pack.contains_key(&id) || state.packs.contains_key(name) || to_delete.contains(name) || reindex.iter().any(|p| p.id == id) {
+            continue;
+        }
+        match repo.read_pack_header(name, *size) {
+            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => reindex.push(IndexPack { id, blobs: h.blobs }),
+            // Possibly a running backup's pack: marking only starts the clock.
+            _ => unindexed_marked.push(name.clone()),
+        }
+    }
+
+    // Copy the used blobs of sparse packs (ciphertext as is: no re-encryption).
+    let mut packer = Packer::new(repo.be.clone(), false);
+    let mut copied: HashSet<BlobId> = HashSet::new();
+    for (id, blobs) in &repack {
+        let name = id.to_hex();
+        for b in blobs.iter().filter(|b| used.contains(&b.id)) {
+            if !copied.insert(b.id) {
+                continue;
+            }
+            let data = repo.be.read_at(FileKind::Pack, &name, u64::from(b.offset), b.length as usize).map_err(RepoError::from)?;
+            packer.add(EncodedBlob { kind: b.kind, compression: b.compression, id: b.id, raw_length: b.raw_length, data }).map_err(RepoError::from)?;
+        }
+        newly_marked.push(name);
+        rep.packs_repacked += 1;
+    }
+    packer.finish().map_err(RepoError::from)?;
+
+    // Durable order: state naming the candidates, new index, old index gone,
+    // then the candidates' unindexed time.
+    for name in &newly_marked {
+        state.packs.insert(name.clone(), PendingPack { marked_ns: now, unindexed_since_ns: None });
+    }
+    for name in &unindexed_marked {
+        state.packs.insert(name.clone(), PendingPack { marked_ns: now, unindexed_since_ns: Some(now) });
+    }
+    rep.packs_marked = newly_marked.len() + unindexed_marked.len();
+    rep.packs_reindexed = reindex.len();
+    state.save(repo)?;
+    keep.extend(reindex);
+    let changed = !newly_marked.is_empty() || rep.packs_reindexed > 0 || files.len() > 1;
+    if changed {
+        for chunk in keep.chunks(4096) {
+            repo.be.save(FileKind::Index, &IndexFile { packs: chunk.to_vec() }.to_bytes()).map_err(RepoError::from)?;
+        }
+        for (name, _) in &files {
+            repo.be.remove(FileKind::Index, name).map_err(RepoError::from)?;
+        }
+    }
+    let t = now_ns();
+    for name in &newly_marked {
+        if let Some(p) = state.packs.get_mut(name) {
+            p.unindexed_since_ns = Some(t);
+        }
+    }
+    state.save(repo)?;
+    // Delete, then forget: a kill in between leaves state naming a missing
+    // pack (dropped next run), never an unmarked garbage pack.
+    for name in &to_delete {
+        rep.bytes_freed += on_disk.get(name).copied().unwrap_or(0);
+        repo.be.remove(FileKind::Pack, name).map_err(RepoError::from)?;
+        state.packs.remove(name);
+        rep.packs_deleted += 1;
+    }
+    state.save(repo)?;
+    rep.packs_pending = state.packs.len();
+    clean_tmp(repo.local().root(), std::time::Duration::from_secs(3600));
+    drop(lock);
+    Ok(rep)
+}

@@ -1,0 +1,228 @@
+//! `restore`: write a snapshot (or a path inside it) to a local directory
+//! or an SMB share. Files are restored in parallel; a file whose blobs are
+//! damaged is reported and the rest still restore.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crossbeam_channel::bounded;
+use levee_proto::repo::{BlobId, Node, NodeKind, Tree};
+use serde::{Deserialize, Serialize};
+
+use crate::index::MasterIndex;
+use crate::progress::Counters;
+use crate::repository::{RepoError, Repository};
+use crate::source::join;
+use crate::target::{open_target, Target, TargetError};
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Overwrite {
+    Never,
+    IfChanged,
+    #[default]
+    Always,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct RestoreOptions {
+    /// Snapshot id (or unique prefix), or `latest`.
+    pub snapshot: String,
+    /// Path inside the snapshot to restore (default: everything).
+    pub path: Option<String>,
+    /// Local directory or smb://user@host[:port]/share/path.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub target: String,
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value = "always"))]
+    #[serde(default)]
+    pub overwrite: Overwrite,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{0}: no such path in the snapshot")]
+    NoPath(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    pub snapshot: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub error_messages: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// Finds the node at `path` below a root tree.
+pub fn find_node(repo: &Repository, index: &MasterIndex, root: &BlobId, path: &str) -> Result<Option<Node>, RepoError> {
+    let mut tree = repo.load_tree(index, root)?;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate() {
+        let Some(n) = tree.find(p).cloned() else { return Ok(None) };
+        if i + 1 == parts.len() {
+            return Ok(Some(n));
+        }
+        match n.subtree {
+            Some(id) => tree = repo.load_tree(index, &id)?,
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+struct Job {
+    path: String,
+    node: Node,
+}
+
+pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&str>, counters: &Counters) -> Result<RestoreSummary, RestoreError> {
+    let started = std::time::Instant::now();
+    let loaded = repo.load_index()?;
+    for (name, err) in &loaded.failed {
+        counters.error(format!("index {name}: {err}"));
+    }
+    let index = &loaded.index;
+    let (snap_id, snap) = repo.find_snapshot(&opts.snapshot)?;
+    let target = open_target(&opts.target, smb_password)?;
+    let target: &dyn Target = &*target;
+
+    // What to restore: the whole root, or one node inside it.
+    let (top, base): (Vec<Node>, String) = match opts.path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+        None => (repo.load_tree(index, &snap.tree)?.nodes, String::new()),
+        Some(p) => {
+            let n = find_node(repo, index, &snap.tree, p)?.ok_or_else(|| RestoreError::NoPath(p.into()))?;
+            (vec![n], String::new())
+        }
+    };
+    let zero_blobs: Mutex<HashMap<BlobId, u64>> = Mutex::new(HashMap::new());
+    let (tx, rx) = bounded::<Job>(256);
+    let mut dirs: Vec<(String, Node)> = Vec::new();
+    std::thread::scope(|s| {
+        for _ in 0..target.parallelism() {
+            let rx = rx.clone();
+            let zero_blobs = &zero_blobs;
+            s.spawn(move || {
+                for j in rx {
+                    match restore_file(repo, index, target, &j, zero_blobs) {
+                        Ok(n) => {
+                            Counters::add(&counters.files, 1);
+                            Counters::add(&counters.bytes_read, n);
+                        }
+                        Err(e) => counters.error(format!("{}: {e}", j.path)),
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut stack: Vec<(String, Node)> = top.into_iter().rev().map(|n| (join(&base, &n.name), n)).collect();
+        while let Some((path, node)) = stack.pop() {
+            match node.kind {
+                NodeKind::Dir => {
+                    if let Err(e) = target.mkdir(&path) {
+                        counters.error(e.to_string());
+                        continue;
+                    }
+                    Counters::add(&counters.dirs, 1);
+                    match node.subtree.map(|id| repo.load_tree(index, &id)).transpose() {
+                        Ok(t) => {
+                            for n in t.unwrap_or_default().nodes.into_iter().rev() {
+                                stack.push((join(&path, &n.name), n));
+                            }
+                        }
+                        Err(e) => counters.error(format!("{path}: directory contents lost: {e}")),
+                    }
+                    dirs.push((path, node));
+                }
+                NodeKind::Symlink => {
+                    if let Err(e) = target.symlink(&path, &node) {
+                        counters.error(e.to_string());
+                    }
+                }
+                NodeKind::File => {
+                    if let Some((size, mtime)) = target.existing(&path) {
+                        let skip = match opts.overwrite {
+                            Overwrite::Never => true,
+                            Overwrite::IfChanged => size == node.size && mtime == node.mtime_ns,
+                            Overwrite::Always => false,
+                        };
+                        if skip {
+                            Counters::add(&counters.files_unchanged, 1);
+                            continue;
+                        }
+                    }
+                    let _ = tx.send(Job { path, node });
+                }
+            }
+        }
+        drop(tx);
+    });
+    // Directory times last, deepest first, so writing children does not
+    // move them again.
+    for (path, node) in dirs.iter().rev() {
+        if let Err(e) = target.set_dir_meta(path, node) {
+            counters.error(e.to_string());
+        }
+    }
+    let g = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
+    Ok(RestoreSummary {
+        snapshot: snap_id,
+        files: g(&counters.files),
+        dirs: g(&counters.dirs),
+        skipped: g(&counters.files_unchanged),
+        bytes: g(&counters.bytes_read),
+        errors: g(&counters.errors),
+        error_messages: counters.errors(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn restore_file(repo: &Repository, index: &MasterIndex, target: &dyn Target, j: &Job, zero_blobs: &Mutex<HashMap<BlobId, u64>>) -> Result<u64, String> {
+    // Check every blob is known before touching the target file.
+    if let Some(id) = j.node.content.iter().find(|id| !index.contains(id)) {
+        return Err(format!("blob {id} is missing from the repository"));
+    }
+    let mut sink = target.create(&j.path).map_err(|e| e.to_string())?;
+    let mut n = 0u64;
+    for id in &j.node.content {
+        let known_zero = zero_blobs.lock().ok().and_then(|z| z.get(id).copied());
+        if let Some(len) = known_zero {
+            sink.zeros(len).map_err(|e| e.to_string())?;
+            n += len;
+            continue;
+        }
+        let data = repo.read_blob(index, id).map_err(|e| e.to_string())?;
+        if data.iter().all(|b| *b == 0) {
+            if let Ok(mut z) = zero_blobs.lock() {
+                z.insert(*id, data.len() as u64);
+            }
+            sink.zeros(data.len() as u64).map_err(|e| e.to_string())?;
+        } else {
+            sink.write(&data).map_err(|e| e.to_string())?;
+        }
+        n += data.len() as u64;
+    }
+    sink.finish(&j.node).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// Walks a tree depth-first, calling `f(path, node)` for every node.
+pub fn walk(repo: &Repository, index: &MasterIndex, tree: &Tree, base: &str, f: &mut dyn FnMut(&str, &Node)) -> Result<(), RepoError> {
+    for n in &tree.nodes {
+        let p = join(base, &n.name);
+        f(&p, n);
+        if let Some(id) = n.subtree {
+            let t = repo.load_tree(index, &id)?;
+            walk(repo, index, &t, &p, f)?;
+        }
+    }
+    Ok(())
+}

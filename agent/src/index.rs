@@ -1,0 +1,150 @@
+//! The in-memory master index: every blob id in the repository and where it
+//! lives. A sorted vector of 44-byte entries (no per-entry allocation, no
+//! hash-table slack), so memory is ~44 bytes per chunk; blobs added during a
+//! run go to a small side table.
+
+use std::collections::HashMap;
+
+use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, IndexFile, PackId};
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Entry {
+    id: [u8; 32],
+    pack: u32,
+    offset: u32,
+    /// Stored length; bit 31 = zstd, bit 30 = tree blob.
+    len_flags: u32,
+}
+
+const ZSTD_BIT: u32 = 1 << 31;
+const TREE_BIT: u32 = 1 << 30;
+const LEN_MASK: u32 = TREE_BIT - 1;
+
+/// Where one blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub offset: u32,
+    pub length: u32,
+    pub compression: Compression,
+    pub kind: BlobKind,
+}
+
+#[derive(Default)]
+pub struct MasterIndex {
+    entries: Vec<Entry>,
+    packs: Vec<PackId>,
+    pack_no: HashMap<PackId, u32>,
+    sorted: bool,
+}
+
+impl MasterIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn reserve(&mut self, blobs: usize) {
+        self.entries.reserve_exact(blobs);
+    }
+
+    fn pack_no(&mut self, id: PackId) -> u32 {
+        if let Some(n) = self.pack_no.get(&id) {
+            return *n;
+        }
+        let n = self.packs.len() as u32;
+        self.packs.push(id);
+        self.pack_no.insert(id, n);
+        n
+    }
+
+    pub fn add_pack(&mut self, pack: PackId, blobs: &[BlobEntry]) {
+        let p = self.pack_no(pack);
+        for b in blobs {
+            let mut f = b.length & LEN_MASK;
+            if b.compression == Compression::Zstd {
+                f |= ZSTD_BIT;
+            }
+            if b.kind == BlobKind::Tree {
+                f |= TREE_BIT;
+            }
+            self.entries.push(Entry { id: b.id.0, pack: p, offset: b.offset, len_flags: f });
+        }
+        self.sorted = false;
+    }
+
+    pub fn add_file(&mut self, f: &IndexFile) {
+        for p in &f.packs {
+            self.add_pack(p.id, &p.blobs);
+        }
+    }
+
+    /// Sorts for lookups; duplicates (a blob in two packs) keep one entry.
+    pub fn finish(&mut self) {
+        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.entries.dedup_by(|a, b| a.id == b.id);
+        self.entries.shrink_to_fit();
+        self.sorted = true;
+    }
+
+    fn find(&self, id: &BlobId) -> Option<&Entry> {
+        debug_assert!(self.sorted);
+        self.entries.binary_search_by(|e| e.id.cmp(&id.0)).ok().map(|i| &self.entries[i])
+    }
+
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.find(id).is_some()
+    }
+
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.find(id).map(|e| BlobLocation {
+            pack: self.packs[e.pack as usize],
+            offset: e.offset,
+            length: e.len_flags & LEN_MASK,
+            compression: if e.len_flags & ZSTD_BIT != 0 { Compression::Zstd } else { Compression::None },
+            kind: if e.len_flags & TREE_BIT != 0 { BlobKind::Tree } else { BlobKind::Data },
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn packs(&self) -> &[PackId] {
+        &self.packs
+    }
+
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_no.contains_key(id)
+    }
+
+    /// Bytes of heap held by the entries (for `--json` statistics).
+    pub fn entry_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_44_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 44);
+    }
+
+    #[test]
+    fn lookup() {
+        let mut m = MasterIndex::new();
+        let e = |i: u8| BlobEntry { kind: BlobKind::Tree, compression: Compression::Zstd, id: BlobId([i; 32]), offset: i as u32, length: 10, raw_length: 20 };
+        m.add_pack(PackId([9; 32]), &[e(3), e(1), e(2)]);
+        m.finish();
+        let l = m.get(&BlobId([2; 32])).unwrap();
+        assert_eq!((l.pack, l.offset, l.length, l.compression, l.kind), (PackId([9; 32]), 2, 10, Compression::Zstd, BlobKind::Tree));
+        assert!(!m.contains(&BlobId([4; 32])));
+    }
+}

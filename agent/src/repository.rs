@@ -1,0 +1,268 @@
+//! An open repository: its backend, master key and configuration, plus the
+//! operations every command shares (index loading, blob and tree reads,
+//! snapshot lookup, pack header recovery).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use levee_proto::repo::pack::parse_trailer;
+use levee_proto::repo::{BlobId, IndexFile, KdfParams, KeySlot, KeySlotError, MasterKey, PackHeader, PackId, Snapshot, Tree};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::crypt::{CryptBackend, CryptError};
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, FileKind, ReadBackend, WriteBackend};
+use crate::blob::{self, BlobError};
+use crate::index::MasterIndex;
+use crate::util::now_ns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("{0}: no repository here (no config file); run `levee-agent init` first")]
+    NotARepository(PathBuf),
+    #[error("{0}: a repository already exists here")]
+    AlreadyExists(PathBuf),
+    #[error("no key slot opens with this password")]
+    WrongPassword,
+    #[error("key slot {0}: {1}")]
+    KeySlot(String, KeySlotError),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("blob {0} is not in the index")]
+    MissingBlob(BlobId),
+    #[error("tree {0}: {1}")]
+    BadTree(BlobId, String),
+    #[error("snapshot {0}: {1}")]
+    BadSnapshot(String, String),
+    #[error("no snapshot matches {0:?}")]
+    NoSnapshot(String),
+    #[error("{0:?} matches more than one snapshot")]
+    AmbiguousSnapshot(String),
+    #[error("pack {0}: {1}")]
+    BadPack(String, String),
+    #[error("cannot remove the last key slot")]
+    LastKey,
+    #[error("no key slot {0:?}")]
+    NoKey(String),
+}
+
+/// The plaintext `config` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub version: u8,
+    pub id: String,
+    pub created_ns: i64,
+    pub chunker: String,
+    pub chunk_min: usize,
+    pub chunk_avg: usize,
+    pub chunk_max: usize,
+}
+
+pub struct Repository {
+    pub be: CryptBackend<LocalBackend>,
+    pub config: RepoConfig,
+    pub path: PathBuf,
+}
+
+impl Repository {
+    /// Creates a repository with one password key slot.
+    pub fn init(path: &Path, password: &[u8], kdf: KdfParams, kind: &str, label: &str) -> Result<Self, RepoError> {
+        let local = LocalBackend::new(path);
+        if local.size(FileKind::Config, "").is_ok() {
+            return Err(RepoError::AlreadyExists(path.into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| BackendError::io(path, e))?;
+        local.create_layout()?;
+        let key = MasterKey::generate();
+        let slot = KeySlot::create(&key, password, kdf, kind, label, now_ns() / 1_000_000_000).map_err(|e| RepoError::KeySlot("new".into(), e))?;
+        write_slot(&local, &slot)?;
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let config = RepoConfig {
+            version: 1,
+            id: hex::encode(id),
+            created_ns: now_ns(),
+            chunker: "fastcdc-v2020-seeded".into(),
+            chunk_min: crate::chunker::MIN_SIZE,
+            chunk_avg: crate::chunker::AVG_SIZE,
+            chunk_max: crate::chunker::MAX_SIZE,
+        };
+        // The config is written last: its presence means init completed.
+        local.write(FileKind::Config, "", &serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Config(e.to_string()))?)?;
+        Ok(Self { be: CryptBackend::new(Arc::new(local), key), config, path: path.into() })
+    }
+
+    pub fn open(path: &Path, password: &[u8]) -> Result<Self, RepoError> {
+        let local = LocalBackend::new(path);
+        let cfg = match local.read(FileKind::Config, "") {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(path.into())),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&cfg).map_err(|e| RepoError::Config(e.to_string()))?;
+        if config.version != 1 {
+            return Err(RepoError::Config(format!("unsupported version {}", config.version)));
+        }
+        for (name, _) in local.list(FileKind::Key)? {
+            let Ok(slot) = local.read(FileKind::Key, &name).map_err(RepoError::from).and_then(|b| KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name.clone(), e))) else {
+                tracing::warn!(slot = %name, "unreadable key slot skipped");
+                continue;
+            };
+            match slot.open(password) {
+                Ok(key) => return Ok(Self { be: CryptBackend::new(Arc::new(local), key), config, path: path.into() }),
+                Err(KeySlotError::WrongPassword) => continue,
+                Err(e) => tracing::warn!(slot = %name, error = %e, "key slot skipped"),
+            }
+        }
+        Err(RepoError::WrongPassword)
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        self.be.key()
+    }
+
+    pub fn local(&self) -> &Arc<LocalBackend> {
+        self.be.inner()
+    }
+
+    pub fn chunker(&self) -> crate::chunker::Chunker {
+        crate::chunker::Chunker::with_sizes(self.key().chunker_seed(), self.config.chunk_min, self.config.chunk_avg, self.config.chunk_max)
+    }
+
+    /// Loads every index file. Unreadable ones are returned, not fatal, so
+    /// `check` can name them and restores can still use the rest.
+    pub fn load_index(&self) -> Result<LoadedIndex, RepoError> {
+        let files = self.be.list(FileKind::Index)?;
+        let mut index = MasterIndex::new();
+        index.reserve(files.iter().map(|(_, s)| (*s as usize) / 46).sum());
+        let mut names = Vec::new();
+        let mut failed = Vec::new();
+        for (name, _) in files {
+            match self.be.load(FileKind::Index, &name).map_err(RepoError::from).and_then(|b| IndexFile::parse(&b).map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))) {
+                Ok(f) => {
+                    index.add_file(&f);
+                    names.push(name);
+                }
+                Err(e) => failed.push((name, e.to_string())),
+            }
+        }
+        index.finish();
+        Ok(LoadedIndex { index, names, failed })
+    }
+
+    /// Reads, decrypts, decompresses and verifies one blob.
+    pub fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+        let loc = index.get(id).ok_or(RepoError::MissingBlob(*id))?;
+        let stored = self.be.read_at(FileKind::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length as usize)?;
+        Ok(blob::decode(self.key(), *id, loc.compression, &stored)?)
+    }
+
+    pub fn load_tree(&self, index: &MasterIndex, id: &BlobId) -> Result<Tree, RepoError> {
+        let b = self.read_blob(index, id)?;
+        Tree::parse(&b).map_err(|e| RepoError::BadTree(*id, e.to_string()))
+    }
+
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<PackId, RepoError> {
+        Ok(self.be.save(FileKind::Snapshot, &s.to_bytes())?)
+    }
+
+    pub fn load_snapshot(&self, name: &str) -> Result<Snapshot, RepoError> {
+        let b = self.be.load(FileKind::Snapshot, name)?;
+        Snapshot::parse(&b).map_err(|e| RepoError::BadSnapshot(name.into(), e.to_string()))
+    }
+
+    /// All readable snapshots, oldest first, and the unreadable ones.
+    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Vec<(String, String)>), RepoError> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for (name, _) in self.be.list(FileKind::Snapshot)? {
+            match self.load_snapshot(&name) {
+                Ok(s) => ok.push((name, s)),
+                Err(e) => bad.push((name, e.to_string())),
+            }
+        }
+        ok.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        Ok((ok, bad))
+    }
+
+    /// `latest`, a full id, or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot), RepoError> {
+        if spec == "latest" {
+            let (mut all, _) = self.snapshots()?;
+            return all.pop().ok_or_else(|| RepoError::NoSnapshot(spec.into()));
+        }
+        let names: Vec<String> = self.be.list(FileKind::Snapshot)?.into_iter().map(|(n, _)| n).filter(|n| n.starts_with(spec)).collect();
+        match names.len() {
+            0 => Err(RepoError::NoSnapshot(spec.into())),
+            1 => {
+                let s = self.load_snapshot(&names[0])?;
+                Ok((names[0].clone(), s))
+            }
+            _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
+        }
+    }
+
+    /// Reads a pack's header from its end (no index needed).
+    pub fn read_pack_header(&self, name: &str, size: u64) -> Result<PackHeader, RepoError> {
+        let bad = |w: String| RepoError::BadPack(name.into(), w);
+        if size < 8 {
+            return Err(bad("too short".into()));
+        }
+        let t = self.be.read_at(FileKind::Pack, name, size - 8, 8)?;
+        let (start, len) = parse_trailer(&t, size).map_err(|e| bad(e.to_string()))?;
+        let hb = self.be.read_at(FileKind::Pack, name, start, len as usize)?;
+        let plain = self.key().decrypt(&hb).map_err(|_| bad("header cannot be decrypted".into()))?;
+        let h = PackHeader::parse(&plain).map_err(|e| bad(e.to_string()))?;
+        h.check_bounds(start).map_err(|e| bad(e.to_string()))?;
+        Ok(h)
+    }
+
+    pub fn key_slots(&self) -> Result<Vec<(String, KeySlot)>, RepoError> {
+        let mut out = Vec::new();
+        for (name, _) in self.local().list(FileKind::Key)? {
+            let b = self.local().read(FileKind::Key, &name)?;
+            out.push((name.clone(), KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name, e))?));
+        }
+        Ok(out)
+    }
+
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams, kind: &str, label: &str) -> Result<String, RepoError> {
+        let slot = KeySlot::create(self.key(), password, kdf, kind, label, now_ns() / 1_000_000_000).map_err(|e| RepoError::KeySlot("new".into(), e))?;
+        write_slot(self.local(), &slot)
+    }
+
+    pub fn remove_key(&self, prefix: &str) -> Result<String, RepoError> {
+        let slots = self.key_slots()?;
+        let m: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
+        if m.len() != 1 {
+            return Err(RepoError::NoKey(prefix.into()));
+        }
+        if slots.len() == 1 {
+            return Err(RepoError::LastKey);
+        }
+        self.local().remove(FileKind::Key, &m[0].0)?;
+        Ok(m[0].0.clone())
+    }
+}
+
+fn write_slot(local: &LocalBackend, slot: &KeySlot) -> Result<String, RepoError> {
+    let bytes = slot.to_bytes();
+    let name = levee_proto::repo::crypto::file_id(&bytes).to_hex();
+    local.write(FileKind::Key, &name, &bytes)?;
+    Ok(name)
+}
+
+pub struct LoadedIndex {
+    pub index: MasterIndex,
+    /// Index files that were read (prune replaces exactly these).
+    pub names: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+

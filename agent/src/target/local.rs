@@ -1,0 +1,116 @@
+//! Restoring into a local directory: Unix mode, owner (when root),
+//! nanosecond atime/mtime, and holes for all-zero chunks.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use levee_proto::repo::Node;
+
+use super::{FileSink, Target, TargetError};
+
+pub struct LocalTarget {
+    root: PathBuf,
+}
+
+impl LocalTarget {
+    pub fn new(path: &str) -> Result<Self, TargetError> {
+        fs::create_dir_all(path).map_err(|e| TargetError::Io { path: path.into(), source: e })?;
+        Ok(Self { root: PathBuf::from(path) })
+    }
+    fn full(&self, p: &str) -> PathBuf {
+        if p.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(p)
+        }
+    }
+}
+
+fn io(p: &Path, e: std::io::Error) -> TargetError {
+    TargetError::Io { path: p.to_string_lossy().into_owned(), source: e }
+}
+
+fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| io(p, std::io::Error::other("NUL in path")))?;
+    // Owner only as root; failure to chown is not worth failing a restore.
+    if node.uid != 0 || node.gid != 0 {
+        // SAFETY: c is a valid NUL-terminated path.
+        unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) };
+    }
+    if node.mode != 0 && follow {
+        fs::set_permissions(p, fs::Permissions::from_mode(node.mode)).map_err(|e| io(p, e))?;
+    }
+    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    let times = [ts(if node.atime_ns != 0 { node.atime_ns } else { node.mtime_ns }), ts(node.mtime_ns)];
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: valid path and a two-element timespec array, as utimensat wants.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
+    if r != 0 {
+        return Err(io(p, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+struct LocalSink {
+    f: File,
+    path: PathBuf,
+    pos: u64,
+}
+
+impl FileSink for LocalSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), TargetError> {
+        self.f.write_all(data).map_err(|e| io(&self.path, e))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+    fn zeros(&mut self, n: u64) -> Result<(), TargetError> {
+        self.pos += n;
+        self.f.seek(SeekFrom::Start(self.pos)).map_err(|e| io(&self.path, e))?;
+        Ok(())
+    }
+    fn finish(self: Box<Self>, node: &Node) -> Result<(), TargetError> {
+        // Sets the length a trailing hole implies.
+        self.f.set_len(self.pos).map_err(|e| io(&self.path, e))?;
+        drop(self.f);
+        set_meta(&self.path, node, true)
+    }
+}
+
+impl Target for LocalTarget {
+    fn mkdir(&self, path: &str) -> Result<(), TargetError> {
+        let p = self.full(path);
+        fs::create_dir_all(&p).map_err(|e| io(&p, e))
+    }
+    fn existing(&self, path: &str) -> Option<(u64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(self.full(path)).ok()?;
+        Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+    }
+    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
+        let p = self.full(path);
+        // A read-only file from an earlier restore would refuse the open.
+        if let Ok(m) = fs::symlink_metadata(&p) {
+            if m.file_type().is_symlink() || m.permissions().readonly() {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&p).map_err(|e| io(&p, e))?;
+        Ok(Box::new(LocalSink { f, path: p, pos: 0 }))
+    }
+    fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
+        let p = self.full(path);
+        let _ = fs::remove_file(&p);
+        std::os::unix::fs::symlink(node.link_target.as_deref().unwrap_or(""), &p).map_err(|e| io(&p, e))?;
+        set_meta(&p, node, false)
+    }
+    fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
+        set_meta(&self.full(path), node, true)
+    }
+    fn parallelism(&self) -> usize {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+    }
+}

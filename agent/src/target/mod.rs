@@ -1,0 +1,42 @@
+//! Where a restore writes: a local directory or an SMB share.
+
+pub mod local;
+pub mod smb;
+
+use levee_proto::repo::Node;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Smb(String),
+}
+
+/// A file being written, front to back.
+pub trait FileSink: Send {
+    fn write(&mut self, data: &[u8]) -> Result<(), TargetError>;
+    /// `n` zero bytes; a local target leaves a hole (sparse files stay sparse).
+    fn zeros(&mut self, n: u64) -> Result<(), TargetError>;
+    /// Completes the file and applies its times and attributes.
+    fn finish(self: Box<Self>, node: &Node) -> Result<(), TargetError>;
+}
+
+pub trait Target: Send + Sync {
+    fn mkdir(&self, path: &str) -> Result<(), TargetError>;
+    /// Size and mtime of an existing file, for `--overwrite`.
+    fn existing(&self, path: &str) -> Option<(u64, i64)>;
+    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError>;
+    fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError>;
+    /// Times, mode and attributes of a directory (after its contents).
+    fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
+    fn parallelism(&self) -> usize;
+}
+
+pub fn open_target(spec: &str, smb_password: Option<&str>) -> Result<Box<dyn Target>, TargetError> {
+    if spec.starts_with("smb://") {
+        Ok(Box::new(smb::SmbTarget::connect(spec, smb_password)?))
+    } else {
+        Ok(Box::new(local::LocalTarget::new(spec)?))
+    }
+}

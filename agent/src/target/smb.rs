@@ -1,0 +1,133 @@
+//! Restoring onto an SMB share: contents, the four Windows times and the
+//! attributes (Hidden, Read-only, Archive, ...), set on the writer's own
+//! handle so the server's close does not stamp its own time over them.
+
+use std::sync::Arc;
+
+use levee_proto::repo::Node;
+use smb2::pack::FileTime;
+use smb2::{ErrorKind, FileAttributes, FileTimes, FileWriter};
+use tokio::runtime::Runtime;
+
+use super::{FileSink, Target, TargetError};
+use crate::source::smb::{ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY};
+
+pub struct SmbTarget {
+    conn: SmbConn,
+}
+
+impl SmbTarget {
+    pub fn connect(spec: &str, password: Option<&str>) -> Result<Self, TargetError> {
+        let conn = SmbConn::connect(spec, password).map_err(|e| TargetError::Smb(e.to_string()))?;
+        let t = Self { conn };
+        if !t.conn.url.path.is_empty() {
+            // Create the target directory chain.
+            let mut acc = String::new();
+            for part in t.conn.url.path.clone().split('/') {
+                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                t.mkdir_full(&acc)?;
+            }
+        }
+        Ok(t)
+    }
+
+    fn mkdir_full(&self, full: &str) -> Result<(), TargetError> {
+        let c = &self.conn;
+        match c.rt.block_on(async { c.client.lock().await.create_directory(&c.tree, full).await }) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(TargetError::Smb(format!("{full}: {e}"))),
+        }
+    }
+}
+
+fn times(node: &Node, dir: bool) -> FileTimes {
+    let ft = |ns: i64| FileTime(ns_to_filetime(ns));
+    let mut t = FileTimes::new().set_modified(ft(node.mtime_ns));
+    if node.btime_ns != 0 {
+        t = t.set_created(ft(node.btime_ns));
+    }
+    if node.atime_ns != 0 {
+        t = t.set_accessed(ft(node.atime_ns));
+    }
+    let attrs = node.attributes & !if dir { 0 } else { FILE_ATTRIBUTE_DIRECTORY };
+    if node.attributes != 0 {
+        t = t.set_attributes(FileAttributes(attrs));
+    }
+    t
+}
+
+struct SmbSink {
+    rt: Arc<Runtime>,
+    w: Option<FileWriter>,
+    path: String,
+}
+
+impl SmbSink {
+    fn w(&mut self) -> Result<&mut FileWriter, TargetError> {
+        self.w.as_mut().ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))
+    }
+}
+
+impl FileSink for SmbSink {
+    fn write(&mut self, data: &[u8]) -> Result<(), TargetError> {
+        let rt = self.rt.clone();
+        let path = self.path.clone();
+        let w = self.w()?;
+        rt.block_on(w.write_chunk(data)).map_err(|e| TargetError::Smb(format!("{path}: {e}")))
+    }
+    fn zeros(&mut self, mut n: u64) -> Result<(), TargetError> {
+        let z = vec![0u8; 1024 * 1024];
+        while n > 0 {
+            let k = n.min(z.len() as u64) as usize;
+            self.write(&z[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+    fn finish(mut self: Box<Self>, node: &Node) -> Result<(), TargetError> {
+        let mut w = self.w.take().ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))?;
+        let path = self.path.clone();
+        self.rt
+            .block_on(async {
+                w.set_times(times(node, false)).await?;
+                w.finish().await.map(|_| ())
+            })
+            .map_err(|e| TargetError::Smb(format!("{path}: {e}")))
+    }
+}
+
+impl Target for SmbTarget {
+    fn mkdir(&self, path: &str) -> Result<(), TargetError> {
+        self.mkdir_full(&self.conn.full(path))
+    }
+    fn existing(&self, path: &str) -> Option<(u64, i64)> {
+        let c = &self.conn;
+        let full = c.full(path);
+        let info = c
+            .rt
+            .block_on(async {
+                let mut tree = c.tree.clone();
+                c.client.lock().await.stat(&mut tree, &full).await
+            })
+            .ok()?;
+        Some((info.size, crate::source::smb::filetime_to_ns(info.modified.0)))
+    }
+    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
+        let c = &self.conn;
+        let full = c.full(path);
+        let w = c.rt.block_on(async { c.client.lock().await.create_file_writer(&c.tree, &full).await }).map_err(|e| TargetError::Smb(format!("{full}: {e}")))?;
+        Ok(Box::new(SmbSink { rt: c.rt.clone(), w: Some(w), path: full }))
+    }
+    fn symlink(&self, path: &str, _node: &Node) -> Result<(), TargetError> {
+        Err(TargetError::Smb(format!("{path}: symbolic links cannot be restored onto SMB")))
+    }
+    fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
+        let c = &self.conn;
+        let full = c.full(path);
+        c.rt.block_on(async { c.client.lock().await.set_times(&c.tree, &full, times(node, true)).await }).map_err(|e| TargetError::Smb(format!("{full}: {e}")))
+    }
+    fn parallelism(&self) -> usize {
+        4
+    }
+}

@@ -1,0 +1,21 @@
+//! Frozen magic numbers and format versions. Changing any of these makes old
+//! repositories unreadable: add a new version instead.
+
+/// Plaintext pack header (inside its encryption), followed by a version byte.
+pub const PACK_HEADER_MAGIC: [u8; 4] = *b"LVPH";
+/// Last 4 bytes of every pack file.
+pub const PACK_TRAILER_MAGIC: [u8; 4] = *b"LVP1";
+/// Length of the pack trailer: u32 LE header length + magic.
+pub const PACK_TRAILER_LEN: usize = 8;
+/// Plaintext index file (inside its encryption).
+pub const INDEX_MAGIC: [u8; 4] = *b"LVIX";
+/// Current version byte written after each magic.
+pub const VERSION: u8 = 1;
+/// Size of one blob entry in a pack header or index file.
+pub const BLOB_ENTRY_LEN: usize = 1 + 1 + 32 + 4 + 4 + 4;
+/// AES-256-GCM nonce length; every encrypted object starts with its nonce.
+pub const NONCE_LEN: usize = 12;
+/// AES-GCM tag length; every encrypted object ends with its tag.
+pub const TAG_LEN: usize = 16;
+/// Bytes an encryption adds to its plaintext.
+pub const CRYPTO_OVERHEAD: usize = NONCE_LEN + TAG_LEN;

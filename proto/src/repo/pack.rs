@@ -1,0 +1,153 @@
+//! Pack files: encrypted blobs back to back, then the encrypted header that
+//! lists them, then an 8-byte trailer (header length u32 LE, magic "LVP1").
+//! The header being at the end lets a pack be written in one pass and its
+//! contents recovered without the index (after a crash, or by `check`).
+//!
+//! Plaintext header: magic "LVPH", version u8, count u32 LE, then `count`
+//! entries of 46 bytes: kind u8, compression u8, blob id [32], offset u32,
+//! stored length u32 (ciphertext incl. nonce and tag), raw length u32.
+
+use super::file_formats::{BLOB_ENTRY_LEN, PACK_HEADER_MAGIC, PACK_TRAILER_LEN, PACK_TRAILER_MAGIC, VERSION};
+use super::id::BlobId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PackError {
+    #[error("pack header: bad magic")]
+    BadMagic,
+    #[error("pack header: unsupported version {0}")]
+    Version(u8),
+    #[error("pack header: truncated at byte {0}")]
+    Truncated(usize),
+    #[error("pack header entry {0}: unknown {1} value {2}")]
+    BadField(usize, &'static str, u8),
+    #[error("pack trailer: bad magic")]
+    BadTrailer,
+    #[error("pack trailer: header length {0} exceeds file size {1}")]
+    HeaderTooLong(u32, u64),
+    #[error("pack header entry {0}: blob at {1}+{2} lies outside the data area of {3} bytes")]
+    OutOfBounds(usize, u32, u32, u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    /// File content chunk.
+    Data = 0,
+    /// Serialised directory ([`super::tree::Tree`]).
+    Tree = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub kind: BlobKind,
+    pub compression: Compression,
+    pub id: BlobId,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+impl BlobEntry {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.push(self.compression as u8);
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_length.to_le_bytes());
+    }
+
+    /// Parses one entry; `b` must hold at least [`BLOB_ENTRY_LEN`] bytes.
+    pub fn parse(n: usize, b: &[u8]) -> Result<Self, PackError> {
+        let kind = match b[0] {
+            0 => BlobKind::Data,
+            1 => BlobKind::Tree,
+            v => return Err(PackError::BadField(n, "kind", v)),
+        };
+        let compression = match b[1] {
+            0 => Compression::None,
+            1 => Compression::Zstd,
+            v => return Err(PackError::BadField(n, "compression", v)),
+        };
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[2..34]);
+        Ok(Self { kind, compression, id: BlobId(id), offset: le32(&b[34..38]), length: le32(&b[38..42]), raw_length: le32(&b[42..46]) })
+    }
+}
+
+pub(crate) fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackHeader {
+    pub blobs: Vec<BlobEntry>,
+}
+
+impl PackHeader {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.blobs.len() * BLOB_ENTRY_LEN);
+        out.extend_from_slice(&PACK_HEADER_MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
+        for b in &self.blobs {
+            b.write_to(&mut out);
+        }
+        out
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Self, PackError> {
+        if b.len() < 9 {
+            return Err(PackError::Truncated(b.len()));
+        }
+        if b[..4] != PACK_HEADER_MAGIC {
+            return Err(PackError::BadMagic);
+        }
+        if b[4] != VERSION {
+            return Err(PackError::Version(b[4]));
+        }
+        let count = le32(&b[5..9]) as usize;
+        let body = &b[9..];
+        if body.len() / BLOB_ENTRY_LEN < count || body.len() != count * BLOB_ENTRY_LEN {
+            return Err(PackError::Truncated(b.len()));
+        }
+        let blobs = body.chunks_exact(BLOB_ENTRY_LEN).enumerate().map(|(n, e)| BlobEntry::parse(n, e)).collect::<Result<_, _>>()?;
+        Ok(Self { blobs })
+    }
+
+    /// Checks that every blob lies inside the data area that precedes the
+    /// encrypted header.
+    pub fn check_bounds(&self, data_len: u64) -> Result<(), PackError> {
+        for (n, b) in self.blobs.iter().enumerate() {
+            if u64::from(b.offset) + u64::from(b.length) > data_len {
+                return Err(PackError::OutOfBounds(n, b.offset, b.length, data_len));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The trailer for an encrypted header of `header_len` bytes.
+pub fn trailer(header_len: u32) -> [u8; PACK_TRAILER_LEN] {
+    let mut t = [0u8; PACK_TRAILER_LEN];
+    t[..4].copy_from_slice(&header_len.to_le_bytes());
+    t[4..].copy_from_slice(&PACK_TRAILER_MAGIC);
+    t
+}
+
+/// Reads the trailer (last 8 bytes of a pack of `file_len` bytes) and returns
+/// where the encrypted header starts and how long it is.
+pub fn parse_trailer(t: &[u8], file_len: u64) -> Result<(u64, u32), PackError> {
+    if t.len() != PACK_TRAILER_LEN || t[4..] != PACK_TRAILER_MAGIC {
+        return Err(PackError::BadTrailer);
+    }
+    let len = le32(&t[..4]);
+    let end = file_len.checked_sub(PACK_TRAILER_LEN as u64).ok_or(PackError::BadTrailer)?;
+    let start = end.checked_sub(u64::from(len)).ok_or(PackError::HeaderTooLong(len, file_len))?;
+    Ok((start, len))
+}
