@@ -157,6 +157,28 @@ impl Repository {
         Ok(LoadedIndex { index, names, failed })
     }
 
+    /// [`load_index`](Self::load_index), plus the headers of packs that no
+    /// readable index names (a lost index file, an interrupted backup), in
+    /// memory only: restores and listings then still find every blob.
+    pub fn load_index_recovering(&self) -> Result<(LoadedIndex, Vec<String>), RepoError> {
+        let mut loaded = self.load_index()?;
+        let mut recovered = Vec::new();
+        for (name, size) in self.be.list(FileKind::Pack)? {
+            let Ok(id) = name.parse::<PackId>() else { continue };
+            if loaded.index.has_pack(&id) {
+                continue;
+            }
+            if let Ok(h) = self.read_pack_header(&name, size) {
+                loaded.index.add_pack(id, &h.blobs);
+                recovered.push(name);
+            }
+        }
+        if !recovered.is_empty() {
+            loaded.index.finish();
+        }
+        Ok((loaded, recovered))
+    }
+
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let loc = index.get(id).ok_or(RepoError::MissingBlob(*id))?;

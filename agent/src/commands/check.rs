@@ -95,6 +95,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
             let t = match repo.load_tree(index, &tid) {
                 Ok(t) => t,
                 Err(e) => {
+                    if !index.contains(&tid) {
+                        missing.insert(tid);
+                    }
                     r.errors.push(format!("snapshot {name}: directory {path}: {e}"));
                     continue;
                 }
@@ -107,6 +110,19 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
                 }
                 if let Some(st) = n.subtree {
                     stack.push((st, format!("{path}{}/", n.name)));
+                }
+            }
+        }
+    }
+
+    // Name the packs that hold blobs the index lost.
+    if !missing.is_empty() {
+        for name in &r.unindexed_packs {
+            let Some(size) = packs.get(name) else { continue };
+            if let Ok(h) = repo.read_pack_header(name, *size) {
+                let n = h.blobs.iter().filter(|b| missing.contains(&b.id)).count();
+                if n > 0 {
+                    r.errors.push(format!("pack {name}: no index file names it, but it holds {n} blobs that snapshots use (index file lost?); the next backup re-indexes it"));
                 }
             }
         }

@@ -18,7 +18,7 @@ pub struct Change {
 }
 
 pub fn diff(repo: &Repository, a: &str, b: &str) -> Result<Vec<Change>, RepoError> {
-    let loaded = repo.load_index()?;
+    let (loaded, _) = repo.load_index_recovering()?;
     let index = &loaded.index;
     let (_, sa) = repo.find_snapshot(a)?;
     let (_, sb) = repo.find_snapshot(b)?;

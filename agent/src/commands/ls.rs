@@ -15,7 +15,7 @@ pub struct LsEntry {
 
 /// Every node below `path` (default: the whole snapshot), depth-first.
 pub fn ls(repo: &Repository, snapshot: &str, path: Option<&str>) -> Result<Vec<LsEntry>, RepoError> {
-    let loaded = repo.load_index()?;
+    let (loaded, _) = repo.load_index_recovering()?;
     let index = &loaded.index;
     let (_, snap) = repo.find_snapshot(snapshot)?;
     let mut out = Vec::new();

@@ -86,7 +86,7 @@ struct Job {
 
 pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&str>, counters: &Counters) -> Result<RestoreSummary, RestoreError> {
     let started = std::time::Instant::now();
-    let loaded = repo.load_index()?;
+    let (loaded, _) = repo.load_index_recovering()?;
     for (name, err) in &loaded.failed {
         counters.error(format!("index {name}: {err}"));
     }

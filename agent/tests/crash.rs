@@ -1,0 +1,82 @@
+//! SIGKILL `backup` and `prune` at random moments, again and again; the
+//! repository must stay valid (check --read-data: zero errors), and the
+//! next backup must complete and restore byte-identical.
+//! `bench/backup-soak.sh` runs the same loop for longer (LEVEE_SOAK_ROUNDS).
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_same_tree, rand_bytes, Env};
+
+fn mutate(src: &Path, round: u64) {
+    // Change a few files and add one, so each run has new data to write.
+    for i in 0..3 {
+        let n = (round * 3 + i) % 24;
+        fs::write(src.join(format!("d{}/f{n}.bin", n % 4)), rand_bytes(1000 + round * 10 + i, 1_000_000 + (n as usize) * 50_000)).expect("write");
+    }
+    fs::write(src.join(format!("new-{round}.bin")), rand_bytes(5000 + round, 2_000_000)).expect("write");
+}
+
+pub fn crash_loop(rounds: u64) {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..4 {
+        fs::create_dir_all(src.join(format!("d{d}"))).expect("mkdir");
+    }
+    for n in 0..24u64 {
+        fs::write(src.join(format!("d{}/f{n}.bin", n % 4)), rand_bytes(n, 1_000_000 + (n as usize) * 50_000)).expect("write");
+    }
+    let s = src.to_string_lossy().to_string();
+    env.ok(&["backup", &s]);
+    let mut seed = 0x5eed_u64 ^ u64::from(std::process::id());
+    let mut rnd = move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    let mut killed = 0;
+    for round in 0..rounds {
+        mutate(&src, round);
+        let prune = round % 3 == 2;
+        if prune {
+            env.ok(&["forget", "--keep-last", "2"]);
+        }
+        let args: Vec<&str> = if prune { vec!["prune"] } else { vec!["backup", &s] };
+        let mut child = env.cmd(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        let wait = Duration::from_millis(rnd(700));
+        let t0 = Instant::now();
+        while t0.elapsed() < wait {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill(); // SIGKILL
+            killed += 1;
+        }
+        let _ = child.wait();
+        if round % 5 == 4 {
+            let c = env.json(&["check"]);
+            assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "after round {round}: {c}");
+        }
+    }
+    assert!(killed * 2 >= rounds, "only {killed} of {rounds} runs were killed mid-way; the timing window is wrong");
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
+    env.ok(&["backup", &s]);
+    env.ok(&["prune"]);
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
+    let out = env.path("out");
+    env.ok(&["restore", "latest", "--target", &out.to_string_lossy()]);
+    assert_same_tree(&src, &out.join("src"), 1);
+}
+
+#[test]
+fn sigkill_backup_and_prune_repeatedly() {
+    let rounds = std::env::var("LEVEE_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    crash_loop(rounds);
+}

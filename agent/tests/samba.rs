@@ -1,0 +1,115 @@
+//! A private Samba server on loopback for tests (BOOT-NOTES recipe). Fails
+//! with a clear message when Samba is not installed: a skipped SMB test
+//! proves nothing.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "root";
+pub const PASSWORD: &str = "levee-test-pw";
+
+pub struct Samba {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub conf: PathBuf,
+}
+
+fn need(tool: &str) -> PathBuf {
+    for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = PathBuf::from(d).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} not found: install Samba with `apt-get install -y --no-install-recommends samba smbclient`");
+}
+
+impl Samba {
+    /// Shares: `share` (the source) and `restore` (a target), both empty.
+    pub fn start() -> Self {
+        let smbd = need("smbd");
+        let smbpasswd = need("smbpasswd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for sub in ["private", "lock", "state", "cache", "pid", "ncalrpc", "share", "restore"] {
+            std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        // A free port near 1445; another test may race us for it, so retry.
+        let mut port = 1445 + (std::process::id() % 400) as u16;
+        for attempt in 0..5 {
+            while TcpListener::bind(("127.0.0.1", port)).is_err() {
+                port += 1;
+            }
+            let conf = d.join("smb.conf");
+            let p = d.display();
+            std::fs::write(
+                &conf,
+                format!(
+                    "[global]\n interfaces = 127.0.0.1\n bind interfaces only = yes\n smb ports = {port}\n disable netbios = yes\n \
+                     server role = standalone server\n map to guest = never\n private dir = {p}/private\n lock directory = {p}/lock\n \
+                     state directory = {p}/state\n cache directory = {p}/cache\n pid directory = {p}/pid\n ncalrpc dir = {p}/ncalrpc\n \
+                     passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {p}/log.smbd\n log level = 1\n store dos attributes = yes\n map archive = no\n\
+                     [share]\n path = {p}/share\n read only = no\n\
+                     [restore]\n path = {p}/restore\n read only = no\n"
+                ),
+            )
+            .expect("write smb.conf");
+            let mut pw = Command::new(&smbpasswd).args(["-c"]).arg(&conf).args(["-s", "-a", USER]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("smbpasswd");
+            {
+                use std::io::Write;
+                let mut stdin = pw.stdin.take().expect("stdin");
+                let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
+            }
+            let st = pw.wait_with_output().expect("smbpasswd");
+            assert!(st.status.success(), "smbpasswd failed: {}", String::from_utf8_lossy(&st.stderr));
+            let mut child = Command::new(&smbd).args(["--foreground", "--no-process-group", "-s"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start smbd");
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(20) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, dir, port, conf };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(d.join("log.smbd")).unwrap_or_default();
+            eprintln!("smbd did not come up on port {port} (attempt {attempt}): {log}");
+            port += 1;
+        }
+        panic!("could not start smbd on loopback; see the log above");
+    }
+
+    pub fn share_dir(&self) -> PathBuf {
+        self.dir.path().join("share")
+    }
+
+    pub fn url(&self, share_and_path: &str) -> String {
+        format!("smb://{USER}@127.0.0.1:{}/{share_and_path}", self.port)
+    }
+
+    /// Runs an smbclient command on a share (sets DOS attributes etc.).
+    pub fn smbclient(&self, share: &str, cmd: &str) {
+        let smbclient = need("smbclient");
+        let o = Command::new(smbclient)
+            .arg(format!("//127.0.0.1/{share}"))
+            .args(["-p", &self.port.to_string(), "-U", &format!("{USER}%{PASSWORD}"), "-s"])
+            .arg(&self.conf)
+            .args(["-c", cmd])
+            .output()
+            .expect("smbclient");
+        assert!(o.status.success(), "smbclient {cmd}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,11 @@
+//! One test binary for the backup engine (STYLE.md: `tests/tests.rs` plus
+//! modules). SMB tests start their own Samba on loopback and fail loudly if
+//! it cannot be started.
+
+mod corruption;
+mod crash;
+mod e2e_local;
+mod formats;
+mod samba;
+mod smb;
+mod util;
