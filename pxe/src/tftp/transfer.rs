@@ -174,6 +174,9 @@ impl Transfer {
 
     /// Feeds a packet received from the client.
     pub fn on_packet(&mut self, packet: &Packet, now: Instant) -> Output {
+        if self.phase == Phase::Finished {
+            return Output::Wait;
+        }
         match packet {
             Packet::Error { code, message } => {
                 self.phase = Phase::Finished;
