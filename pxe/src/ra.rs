@@ -112,15 +112,23 @@ pub fn advertisable(addr: Ipv6Addr) -> bool {
 
 /// Sends router advertisements on `interface` until `shutdown`.
 ///
-/// Setup failures (no such interface, no permission for a raw socket) are
-/// returned; send failures later (no link-local address yet, link down)
-/// are logged and retried on the next tick.
+/// A missing interface is an error. Failing to open the ICMPv6 socket (no
+/// IPv6 on the host, no CAP_NET_RAW) is logged as a warning and the task
+/// idles until `shutdown`, since boots still work without RAs. Send
+/// failures later (no link-local address yet, link down) are logged and
+/// retried on the next tick.
 pub async fn serve(interface: &str, shutdown: CancellationToken) -> Result<(), RaError> {
     let ifindex = if_index(interface)?;
-    let socket = open_socket(interface, ifindex).map_err(|source| RaError::Socket {
-        interface: interface.to_string(),
-        source,
-    })?;
+    let socket = match open_socket(interface, ifindex) {
+        Ok(socket) => socket,
+        Err(err) => {
+            // Booting works without RAs, only slower: do not take the DHCP
+            // and TFTP servers down with us (e.g. IPv6 disabled on the host).
+            warn!(%interface, cause = %err, "ra disabled: no ICMPv6 socket; iPXE will wait ~16 s for a router advertisement");
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+    };
     // SAFETY: the AsyncFd owns the socket, so its fd stays open and the
     // same for the AsyncFd's lifetime.
     let fd = unsafe { AsyncFd::register(socket) }.map_err(|err| RaError::Socket {
@@ -345,6 +353,16 @@ mod tests {
     fn loopback_has_no_advertisable_prefix() {
         let adv = interface_ipv6("lo").unwrap();
         assert!(adv.prefixes.is_empty());
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn serve_future_is_send() {
+        // The provisioner spawns it on a multi-threaded runtime.
+        let token = CancellationToken::new();
+        let fut = serve("lo", token);
+        assert_send(&fut);
     }
 
     #[tokio::test]

@@ -229,3 +229,32 @@ async fn full_mode_without_range_fails_to_start() {
     .await;
     assert!(matches!(err, Err(dhcp::DhcpError::NoRange)));
 }
+
+fn assert_send<T: Send>(_: &T) {}
+
+#[test]
+fn serve_future_is_send() {
+    // The provisioner spawns it on a multi-threaded runtime.
+    let options = DhcpOptions {
+        interface: "lo".into(),
+        mode: DhcpMode::Proxy,
+        range: None,
+        lease_time: Duration::from_secs(1),
+        ipxe: IpxeBinaries::default(),
+        http_base: String::new(),
+        server_ip: None,
+        server_port: 0,
+        proxy_port: 0,
+        client_port: 0,
+    };
+    let policy = Arc::new(|_: &BootRequest| BootDecision::Ignore {
+        reason: "test".into(),
+    });
+    let fut = dhcp::serve(
+        options,
+        policy,
+        Arc::new(MemoryLeases::new()),
+        CancellationToken::new(),
+    );
+    assert_send(&fut);
+}

@@ -190,8 +190,10 @@ pub async fn serve(
         let (len, source, from_proxy) = match received {
             Ok(v) => v,
             Err(err) => {
-                // ICMP errors from earlier sends surface here; keep serving.
+                // ICMP errors from earlier sends surface here; keep serving,
+                // without spinning if the error persists (interface gone).
                 debug!(cause = %err, "dhcp receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };

@@ -139,6 +139,17 @@ impl Handler {
         };
         let span = info_span!("dhcp", xid = %format_args!("{:#010x}", req.xid), mac = %req.mac);
         let _entered = span.enter();
+        // Message types a port does not serve are dropped before the policy
+        // is asked, so its log shows only real boot attempts.
+        let served = match (port, self.config.mode) {
+            (Port::Proxy, _) => matches!(req.kind, MessageType::Request | MessageType::Inform),
+            (Port::Dhcp, DhcpMode::Proxy) => req.kind == MessageType::Discover,
+            (Port::Dhcp, DhcpMode::Full) => true,
+        };
+        if !served {
+            debug!(kind = ?req.kind, ?port, mode = %self.config.mode, "dhcp ignored: message type not served on this port");
+            return None;
+        }
         let boot = match self.boot_answer(&req, port) {
             Ok(boot) => boot,
             // Already logged with its reason.
@@ -331,10 +342,6 @@ impl Handler {
 
     /// Proxy mode on port 67: a PXE DISCOVER gets an offer without address.
     fn proxy_offer(&self, req: &Request, boot: BootAnswer) -> Option<Reply> {
-        if req.kind != MessageType::Discover {
-            debug!(kind = ?req.kind, "dhcp ignored: proxy mode answers only DISCOVER on this port");
-            return None;
-        }
         let mut msg = packet::reply_to(req, MessageType::Offer, self.config.server_ip);
         self.add_boot_options(&mut msg, Some(&boot), true);
         log_step("dhcp proxy-offer", req, None, Some(&boot), DhcpMode::Proxy);
@@ -343,10 +350,6 @@ impl Handler {
 
     /// Port 4011: the client's unicast REQUEST to the boot server.
     fn proxy_ack(&self, req: &Request, boot: BootAnswer) -> Option<Reply> {
-        if !matches!(req.kind, MessageType::Request | MessageType::Inform) {
-            debug!(kind = ?req.kind, "dhcp ignored: boot server port answers only REQUEST");
-            return None;
-        }
         let mut msg = packet::reply_to(req, MessageType::Ack, self.config.server_ip);
         msg.set_ciaddr(req.ciaddr);
         // pixiecore's boot-server ACK: vendor class and file, no option 43.
