@@ -60,14 +60,14 @@ use tracing::{debug, info, warn};
 use crate::boot::BootPolicy;
 
 pub use binaries::{IpxeBinaries, BIOS_BINARY, EFI_X64_BINARY, EFI_X64_SNP_BINARY};
+/// The wire-format crate, re-exported so tests can build client packets.
+pub use dhcproto;
 pub use leases::{Lease, LeasePool, LeaseStore, MemoryLeases, PoolError, StoreError};
 pub use packet::{
     parse_reply, ClientClass, PacketError, Request, OPT_IPXE_ENCAP, OPT_IPXE_NO_PXEDHCP,
 };
 pub use server::{prefix_mask, Destination, Handler, HandlerConfig, Port, Reply};
 pub use socket::{interface_ipv4, InterfaceAddr};
-/// The wire-format crate, re-exported so tests can build client packets.
-pub use dhcproto;
 
 /// Which DHCP role the server plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,9 @@ pub struct DhcpOptions {
 pub enum DhcpError {
     #[error("full DHCP mode needs an address range")]
     NoRange,
-    #[error("interface {0} has no IPv4 address (give the server address explicitly or configure one)")]
+    #[error(
+        "interface {0} has no IPv4 address (give the server address explicitly or configure one)"
+    )]
     NoAddress(String),
     #[error("address range {first}-{last} is not inside {server_ip}/{prefix_len}")]
     RangeOutsideSubnet {
@@ -128,7 +130,10 @@ pub enum DhcpError {
     #[error("loading saved DHCP leases: {0}")]
     LoadLeases(StoreError),
     #[error("reading the addresses of interface {interface}: {source}")]
-    Interface { interface: String, source: io::Error },
+    Interface {
+        interface: String,
+        source: io::Error,
+    },
     #[error("binding UDP port {port} on {interface}: {source}")]
     Bind {
         interface: String,
@@ -197,7 +202,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let packet = if from_proxy { &proxy_buf[..len] } else { &buf[..len] };
+        let packet = if from_proxy {
+            &proxy_buf[..len]
+        } else {
+            &buf[..len]
+        };
         let Some(reply) = handler.handle(packet, port, unix_now()) else {
             continue;
         };
@@ -230,7 +239,10 @@ async fn recv_optional(
 /// Our address on the interface: the configured one (with the prefix of the
 /// matching interface address, or /24 if the interface lacks it) or the
 /// interface's first IPv4 address.
-fn local_address(interface: &str, configured: Option<Ipv4Addr>) -> Result<InterfaceAddr, DhcpError> {
+fn local_address(
+    interface: &str,
+    configured: Option<Ipv4Addr>,
+) -> Result<InterfaceAddr, DhcpError> {
     let addrs = socket::interface_ipv4(interface).map_err(|source| DhcpError::Interface {
         interface: interface.to_string(),
         source,
