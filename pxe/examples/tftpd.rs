@@ -1,6 +1,8 @@
 //! Serves a directory over TFTP: `tftpd ROOT [ADDR:PORT]` (default
 //! 0.0.0.0:69). Handy for trying clients by hand and for bench/tftp.sh.
-//! `RUST_LOG=debug` shows ignored packets.
+//! `RUST_LOG=debug` shows ignored packets. For experiments,
+//! `TFTPD_BUSY_POLL_US`, `TFTPD_GSO=0|1`, `TFTPD_MAX_WINDOWSIZE` override
+//! the defaults.
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
             on_signal.cancel();
         }
     });
-    serve(socket, Arc::new(DirSource::new(root)), TftpOptions::default(), shutdown).await?;
+    serve(socket, Arc::new(DirSource::new(root)), options_from_env()?, shutdown).await?;
     Ok(())
 }
 
@@ -43,4 +45,18 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+fn options_from_env() -> anyhow::Result<TftpOptions> {
+    let mut options = TftpOptions::default();
+    if let Ok(us) = std::env::var("TFTPD_BUSY_POLL_US") {
+        options.busy_poll = std::time::Duration::from_micros(us.parse().context("TFTPD_BUSY_POLL_US")?);
+    }
+    if let Ok(gso) = std::env::var("TFTPD_GSO") {
+        options.gso = gso != "0";
+    }
+    if let Ok(w) = std::env::var("TFTPD_MAX_WINDOWSIZE") {
+        options.max_windowsize = w.parse().context("TFTPD_MAX_WINDOWSIZE")?;
+    }
+    Ok(options)
 }
