@@ -8,16 +8,25 @@ use levee_pxe::tftp::{Limits, Negotiated, Output, Packet, Transfer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let [a, b, c, d, e, rest @ ..] = data else { return };
+    let [a, b, c, d, e, rest @ ..] = data else {
+        return;
+    };
     let file_len = u64::from(u16::from_le_bytes([*a, *b])) * u64::from(*c % 8 + 1);
     let blksize = u16::from(*d % 64) + 1;
     let agreed = Negotiated {
         blksize,
         windowsize: u16::from(*e % 32) + 1,
         timeout: Duration::from_secs(1),
-        oack: if *e & 0x80 != 0 { vec![("blksize".into(), blksize.to_string())] } else { vec![] },
+        oack: if *e & 0x80 != 0 {
+            vec![("blksize".into(), blksize.to_string())]
+        } else {
+            vec![]
+        },
     };
-    let limits = Limits { max_timeout: Duration::from_secs(8), retries: 3 };
+    let limits = Limits {
+        max_timeout: Duration::from_secs(8),
+        retries: 3,
+    };
     let mut now = Instant::now();
     let (mut t, mut out) = Transfer::new(file_len, &agreed, limits, now);
     let mut finished = false;
@@ -33,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
             Output::Done | Output::Abort(_) => finished = true,
             Output::SendOack | Output::Wait => {}
         }
-        let arg = u16::from_le_bytes([op.get(1).copied().unwrap_or(0), op.get(2).copied().unwrap_or(0)]);
+        let arg = u16::from_le_bytes([
+            op.get(1).copied().unwrap_or(0),
+            op.get(2).copied().unwrap_or(0),
+        ]);
         out = match op[0] % 4 {
             0 => {
                 now += Duration::from_millis(u64::from(arg));

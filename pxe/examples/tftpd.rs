@@ -21,7 +21,9 @@ async fn main() -> anyhow::Result<()> {
     let root = args.next().context("usage: tftpd ROOT [ADDR:PORT]")?;
     let addr = args.next().unwrap_or_else(|| "0.0.0.0:69".to_string());
     raise_fd_limit();
-    let socket = tokio::net::UdpSocket::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let socket = tokio::net::UdpSocket::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(root, addr = %socket.local_addr()?, "serving TFTP");
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -30,17 +32,27 @@ async fn main() -> anyhow::Result<()> {
             on_signal.cancel();
         }
     });
-    serve(socket, Arc::new(DirSource::new(root)), options_from_env()?, shutdown).await?;
+    serve(
+        socket,
+        Arc::new(DirSource::new(root)),
+        options_from_env()?,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
 /// Each transfer holds a socket and a file: lift the soft descriptor limit
 /// to the hard one so hundreds of transfers fit.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
@@ -50,7 +62,8 @@ fn raise_fd_limit() {
 fn options_from_env() -> anyhow::Result<TftpOptions> {
     let mut options = TftpOptions::default();
     if let Ok(us) = std::env::var("TFTPD_BUSY_POLL_US") {
-        options.busy_poll = std::time::Duration::from_micros(us.parse().context("TFTPD_BUSY_POLL_US")?);
+        options.busy_poll =
+            std::time::Duration::from_micros(us.parse().context("TFTPD_BUSY_POLL_US")?);
     }
     if let Ok(gso) = std::env::var("TFTPD_GSO") {
         options.gso = gso != "0";

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use levee_pxe::tftp::{serve, ChainSource, DirSource, ErrorCode, FileSource, MemorySource, Packet, Request, TftpOptions};
 use levee_pxe::tftp::Mode;
+use levee_pxe::tftp::{
+    serve, ChainSource, DirSource, ErrorCode, FileSource, MemorySource, Packet, Request,
+    TftpOptions,
+};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +53,10 @@ fn content(len: usize, seed: u32) -> Vec<u8> {
 
 /// Starts `serve` on 127.0.0.1:0 over a temp root (plus a memory source).
 async fn start(files: &[(&str, usize)]) -> Result<Server> {
+    start_on("127.0.0.1:0", files).await
+}
+
+async fn start_on(bind: &str, files: &[(&str, usize)]) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("sub"))?;
@@ -59,9 +66,11 @@ async fn start(files: &[(&str, usize)]) -> Result<Server> {
     std::fs::write(dir.path().join("secret"), b"outside the root")?;
     std::os::unix::fs::symlink(dir.path().join("secret"), root.join("escape"))?;
     let memory = Arc::new(MemorySource::new());
-    let source: Arc<dyn FileSource> =
-        Arc::new(ChainSource::new(vec![memory.clone(), Arc::new(DirSource::new(&root))]));
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let source: Arc<dyn FileSource> = Arc::new(ChainSource::new(vec![
+        memory.clone(),
+        Arc::new(DirSource::new(&root)),
+    ]));
+    let socket = UdpSocket::bind(bind).await?;
     let addr = socket.local_addr()?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -70,7 +79,13 @@ async fn start(files: &[(&str, usize)]) -> Result<Server> {
             panic!("serve failed: {err}");
         }
     });
-    Ok(Server { addr, shutdown, task, dir, memory })
+    Ok(Server {
+        addr,
+        shutdown,
+        task,
+        dir,
+        memory,
+    })
 }
 
 fn require(tool: &str) -> Result<()> {
@@ -87,7 +102,10 @@ fn require(tool: &str) -> Result<()> {
 async fn run(cmd: &str, args: &[String]) -> Result<()> {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(cmd).args(args).stdin(Stdio::null()).output(),
+        tokio::process::Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
     )
     .await
     .with_context(|| format!("{cmd} {args:?} timed out"))?
@@ -160,8 +178,11 @@ async fn atftp_fetches_byte_identical() -> Result<()> {
     for (i, options) in option_sets.iter().enumerate() {
         for (name, _) in FILES {
             let out = out_dir.path().join(format!("{name}.{i}"));
-            atftp(&server, name, &out, options).await.with_context(|| format!("{name} with {options:?}"))?;
-            same_file(&out, &server.root().join(name)).with_context(|| format!("{name} with {options:?}"))?;
+            atftp(&server, name, &out, options)
+                .await
+                .with_context(|| format!("{name} with {options:?}"))?;
+            same_file(&out, &server.root().join(name))
+                .with_context(|| format!("{name} with {options:?}"))?;
         }
     }
     server.stop().await;
@@ -173,13 +194,18 @@ async fn curl_fetches_byte_identical() -> Result<()> {
     require("curl")?;
     let server = start(FILES).await?;
     let generated = content(100_000, 99);
-    server.memory.insert("generated/boot.ipxe", generated.clone());
+    server
+        .memory
+        .insert("generated/boot.ipxe", generated.clone());
     let out_dir = tempfile::tempdir()?;
     for extra in [&[][..], &["--tftp-blksize", "1468"], &["--tftp-no-options"]] {
         for (name, _) in FILES {
             let out = out_dir.path().join(name);
-            curl(&server, name, &out, extra).await.with_context(|| format!("{name} with {extra:?}"))?;
-            same_file(&out, &server.root().join(name)).with_context(|| format!("{name} with {extra:?}"))?;
+            curl(&server, name, &out, extra)
+                .await
+                .with_context(|| format!("{name} with {extra:?}"))?;
+            same_file(&out, &server.root().join(name))
+                .with_context(|| format!("{name} with {extra:?}"))?;
         }
         let out = out_dir.path().join("generated");
         curl(&server, "generated/boot.ipxe", &out, extra).await?;
@@ -208,9 +234,16 @@ fn request(name: &str, options: &[(&str, &str)], read: bool) -> Vec<u8> {
     let req = Request {
         filename: name.into(),
         mode: Mode::Octet,
-        options: options.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        options: options
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
     };
-    let packet = if read { Packet::Rrq(req) } else { Packet::Wrq(req) };
+    let packet = if read {
+        Packet::Rrq(req)
+    } else {
+        Packet::Wrq(req)
+    };
     packet.to_bytes().unwrap_or_default()
 }
 
@@ -226,16 +259,41 @@ async fn refusals_are_error_packets() -> Result<()> {
     let server = start(FILES).await?;
     let secret = server.dir.path().join("secret");
     expect_error(&server, &rrq("../secret", &[]), ErrorCode::AccessViolation).await?;
-    expect_error(&server, &rrq("sub/../../secret", &[("blksize", "1468")]), ErrorCode::AccessViolation).await?;
+    expect_error(
+        &server,
+        &rrq("sub/../../secret", &[("blksize", "1468")]),
+        ErrorCode::AccessViolation,
+    )
+    .await?;
     expect_error(&server, &rrq("..\\secret", &[]), ErrorCode::AccessViolation).await?;
     expect_error(&server, &rrq("escape", &[]), ErrorCode::AccessViolation).await?;
     // Absolute names resolve inside the root, where these do not exist.
-    expect_error(&server, &rrq(&secret.to_string_lossy(), &[]), ErrorCode::FileNotFound).await?;
+    expect_error(
+        &server,
+        &rrq(&secret.to_string_lossy(), &[]),
+        ErrorCode::FileNotFound,
+    )
+    .await?;
     expect_error(&server, &rrq("/etc/passwd", &[]), ErrorCode::FileNotFound).await?;
     expect_error(&server, &rrq("sub", &[]), ErrorCode::AccessViolation).await?;
-    expect_error(&server, &request("odd", &[], false), ErrorCode::AccessViolation).await?;
-    expect_error(&server, &request("new-file", &[("tsize", "10")], false), ErrorCode::AccessViolation).await?;
-    expect_error(&server, b"\x00\x01odd\x00mail\x00", ErrorCode::IllegalOperation).await?;
+    expect_error(
+        &server,
+        &request("odd", &[], false),
+        ErrorCode::AccessViolation,
+    )
+    .await?;
+    expect_error(
+        &server,
+        &request("new-file", &[("tsize", "10")], false),
+        ErrorCode::AccessViolation,
+    )
+    .await?;
+    expect_error(
+        &server,
+        b"\x00\x01odd\x00mail\x00",
+        ErrorCode::IllegalOperation,
+    )
+    .await?;
     // An absolute name of a file that is inside the root is served.
     match exchange(&server, &rrq("/odd", &[])).await? {
         (Packet::Data { block: 1, data }, _) => ensure!(data == content(511, 1), "wrong data"),
@@ -247,14 +305,28 @@ async fn refusals_are_error_packets() -> Result<()> {
 
 /// A small TFTP client: fetches `name` and returns its bytes. It keeps
 /// sending the RRQ until answered, so it copes with a full request queue.
-async fn fetch(server: SocketAddr, name: &str, blksize: u16, window: u16, ready: Option<Arc<tokio::sync::Barrier>>) -> Result<Vec<u8>> {
+async fn fetch(
+    server: SocketAddr,
+    name: &str,
+    blksize: u16,
+    window: u16,
+    ready: Option<Arc<tokio::sync::Barrier>>,
+) -> Result<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let request = rrq(name, &[("blksize", &blksize.to_string()), ("windowsize", &window.to_string())]);
+    let request = rrq(
+        name,
+        &[
+            ("blksize", &blksize.to_string()),
+            ("windowsize", &window.to_string()),
+        ],
+    );
     let mut buf = vec![0u8; 70_000];
     let mut peer = None;
     for _ in 0..20 {
         socket.send_to(&request, server).await?;
-        if let Ok(got) = tokio::time::timeout(Duration::from_millis(1500), socket.recv_from(&mut buf)).await {
+        if let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(1500), socket.recv_from(&mut buf)).await
+        {
             let (len, from) = got?;
             match Packet::parse(&buf[..len])? {
                 Packet::Oack { .. } => {
@@ -277,11 +349,16 @@ async fn fetch(server: SocketAddr, name: &str, blksize: u16, window: u16, ready:
     socket.send(&Packet::Ack { block: 0 }.to_bytes()?).await?;
     let started = Instant::now();
     loop {
-        ensure!(started.elapsed() < Duration::from_secs(120), "transfer took too long");
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "transfer took too long"
+        );
         let len = match tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await {
             Ok(got) => got?,
             Err(_) => {
-                socket.send(&Packet::Ack { block: last_ack }.to_bytes()?).await?;
+                socket
+                    .send(&Packet::Ack { block: last_ack }.to_bytes()?)
+                    .await?;
                 continue;
             }
         };
@@ -301,7 +378,9 @@ async fn fetch(server: SocketAddr, name: &str, blksize: u16, window: u16, ready:
             }
             Packet::Data { .. } => {
                 // Out of order: RFC 7440 loss signal.
-                socket.send(&Packet::Ack { block: last_ack }.to_bytes()?).await?;
+                socket
+                    .send(&Packet::Ack { block: last_ack }.to_bytes()?)
+                    .await?;
                 since_ack = 0;
             }
             other => bail!("unexpected {other:?}"),
@@ -321,12 +400,18 @@ async fn many_concurrent_transfers() -> Result<()> {
     for i in 0..CLIENTS {
         let (addr, barrier) = (server.addr, barrier.clone());
         let name = if i % 2 == 0 { "disk" } else { "mem" };
-        tasks.push(tokio::spawn(async move { fetch(addr, name, 1024, 4, Some(barrier)).await }));
+        tasks.push(tokio::spawn(async move {
+            fetch(addr, name, 1024, 4, Some(barrier)).await
+        }));
     }
     for (i, task) in tasks.into_iter().enumerate() {
         let got = task.await?.with_context(|| format!("client {i}"))?;
         let want = if i % 2 == 0 { &want_disk } else { &want_mem };
-        ensure!(&got == want, "client {i} got {} bytes that differ", got.len());
+        ensure!(
+            &got == want,
+            "client {i} got {} bytes that differ",
+            got.len()
+        );
     }
     server.stop().await;
     Ok(())
@@ -357,20 +442,53 @@ async fn malformed_packets_do_not_crash() -> Result<()> {
         socket.send_to(bytes, server.addr).await?;
     }
     for i in 0..2000u32 {
-        socket.send_to(&content((i % 700) as usize, i), server.addr).await?;
+        socket
+            .send_to(&content((i % 700) as usize, i), server.addr)
+            .await?;
     }
     // Junk inside a running transfer, on its own port.
     let transfer = UdpSocket::bind("127.0.0.1:0").await?;
-    transfer.send_to(&rrq("big", &[("blksize", "1468"), ("windowsize", "4")]), server.addr).await?;
+    transfer
+        .send_to(
+            &rrq("big", &[("blksize", "1468"), ("windowsize", "4")]),
+            server.addr,
+        )
+        .await?;
     let mut buf = vec![0u8; 70_000];
-    let (_, port) = tokio::time::timeout(Duration::from_secs(5), transfer.recv_from(&mut buf)).await??;
+    let (_, port) =
+        tokio::time::timeout(Duration::from_secs(5), transfer.recv_from(&mut buf)).await??;
     for bytes in &junk {
         transfer.send_to(bytes, port).await?;
     }
-    transfer.send_to(&Packet::Ack { block: 60_000 }.to_bytes()?, port).await?;
+    transfer
+        .send_to(&Packet::Ack { block: 60_000 }.to_bytes()?, port)
+        .await?;
     // The server still serves, the new transfer as well as others.
     let got = fetch(server.addr, "big", 1468, 16, None).await?;
-    ensure!(got == std::fs::read(server.root().join("big"))?, "big differs after junk");
+    ensure!(
+        got == std::fs::read(server.root().join("big"))?,
+        "big differs after junk"
+    );
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_listener_answers_from_the_requested_address() -> Result<()> {
+    let server = start_on("0.0.0.0:0", FILES).await?;
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        socket
+            .send_to(&rrq("odd", &[]), (ip, server.addr.port()))
+            .await?;
+        let mut buf = vec![0u8; 1024];
+        let (_, from) =
+            tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await??;
+        ensure!(
+            from.ip().to_string() == ip,
+            "asked {ip}, answered from {from}"
+        );
+    }
     server.stop().await;
     Ok(())
 }

@@ -34,6 +34,7 @@
 mod options;
 mod server;
 mod source;
+mod sys;
 mod transfer;
 pub mod wire;
 

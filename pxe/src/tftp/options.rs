@@ -66,22 +66,35 @@ pub fn negotiate(request: &Request, file_len: u64, opts: &TftpOptions) -> Negoti
         oack: Vec::new(),
     };
     // blksize first: the window cap depends on it.
-    if let Some(v) = request.option("blksize").and_then(|v| v.trim().parse::<u32>().ok()) {
+    if let Some(v) = request
+        .option("blksize")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
         if v >= 8 {
             let max = u32::from(opts.max_blksize.clamp(8, MAX_BLKSIZE));
             agreed.blksize = v.min(max) as u16;
-            agreed.oack.push(("blksize".into(), agreed.blksize.to_string()));
+            agreed
+                .oack
+                .push(("blksize".into(), agreed.blksize.to_string()));
         }
     }
-    if let Some(v) = request.option("windowsize").and_then(|v| v.trim().parse::<u32>().ok()) {
+    if let Some(v) = request
+        .option("windowsize")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
         if v >= 1 {
             let by_bytes = (opts.max_window_bytes / u32::from(agreed.blksize)).max(1);
             let max = u32::from(opts.max_windowsize.max(1)).min(by_bytes);
             agreed.windowsize = v.min(max) as u16;
-            agreed.oack.push(("windowsize".into(), agreed.windowsize.to_string()));
+            agreed
+                .oack
+                .push(("windowsize".into(), agreed.windowsize.to_string()));
         }
     }
-    if let Some(v) = request.option("timeout").and_then(|v| v.trim().parse::<u64>().ok()) {
+    if let Some(v) = request
+        .option("timeout")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         if (1..=255).contains(&v) {
             agreed.timeout = Duration::from_secs(v);
             agreed.oack.push(("timeout".into(), v.to_string()));
@@ -89,7 +102,11 @@ pub fn negotiate(request: &Request, file_len: u64, opts: &TftpOptions) -> Negoti
     }
     // curl refuses an OACK with "tsize 0" (and then fails the transfer), so
     // an empty file's size is left out, which RFC 2349 allows.
-    if file_len > 0 && request.option("tsize").is_some_and(|v| v.trim().parse::<u64>().is_ok()) {
+    if file_len > 0
+        && request
+            .option("tsize")
+            .is_some_and(|v| v.trim().parse::<u64>().is_ok())
+    {
         agreed.oack.push(("tsize".into(), file_len.to_string()));
     }
     agreed
@@ -104,7 +121,10 @@ mod tests {
         Request {
             filename: "f".into(),
             mode: Mode::Octet,
-            options: options.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            options: options
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -117,18 +137,30 @@ mod tests {
 
     #[test]
     fn empty_file_has_no_tsize() {
-        let n = negotiate(&request(&[("tsize", "0"), ("blksize", "512")]), 0, &TftpOptions::default());
+        let n = negotiate(
+            &request(&[("tsize", "0"), ("blksize", "512")]),
+            0,
+            &TftpOptions::default(),
+        );
         assert_eq!(n.oack, vec![("blksize".to_string(), "512".to_string())]);
     }
 
     #[test]
     fn atftp_style_request() {
         let n = negotiate(
-            &request(&[("blksize", "1468"), ("windowsize", "16"), ("tsize", "0"), ("TIMEOUT", "3")]),
+            &request(&[
+                ("blksize", "1468"),
+                ("windowsize", "16"),
+                ("tsize", "0"),
+                ("TIMEOUT", "3"),
+            ]),
             123,
             &TftpOptions::default(),
         );
-        assert_eq!((n.blksize, n.windowsize, n.timeout), (1468, 16, Duration::from_secs(3)));
+        assert_eq!(
+            (n.blksize, n.windowsize, n.timeout),
+            (1468, 16, Duration::from_secs(3))
+        );
         assert_eq!(
             n.oack,
             vec![
@@ -142,16 +174,30 @@ mod tests {
 
     #[test]
     fn window_bytes_are_capped() {
-        let n = negotiate(&request(&[("blksize", "8192"), ("windowsize", "64")]), 0, &TftpOptions::default());
+        let n = negotiate(
+            &request(&[("blksize", "8192"), ("windowsize", "64")]),
+            0,
+            &TftpOptions::default(),
+        );
         assert_eq!((n.blksize, n.windowsize), (8192, 8));
-        let n = negotiate(&request(&[("blksize", "100000"), ("windowsize", "4")]), 0, &TftpOptions::default());
+        let n = negotiate(
+            &request(&[("blksize", "100000"), ("windowsize", "4")]),
+            0,
+            &TftpOptions::default(),
+        );
         assert_eq!((n.blksize, n.windowsize), (65464, 1));
     }
 
     #[test]
     fn invalid_values_are_ignored() {
         let n = negotiate(
-            &request(&[("blksize", "7"), ("windowsize", "0"), ("timeout", "256"), ("tsize", "x"), ("foo", "1")]),
+            &request(&[
+                ("blksize", "7"),
+                ("windowsize", "0"),
+                ("timeout", "256"),
+                ("tsize", "x"),
+                ("foo", "1"),
+            ]),
             5,
             &TftpOptions::default(),
         );

@@ -2,7 +2,7 @@
 //! transfer bound to an ephemeral port and connected to the client.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use thiserror::Error;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::options::{negotiate, TftpOptions};
 use super::source::{FileSource, OpenError, TftpFile};
+use super::sys::{enable_pktinfo, preadv_segments, recv_with_dst, set_gso};
 use super::transfer::{AbortReason, Limits, Output, Transfer};
 use super::wire::{put_data_header, ErrorCode, Mode, Packet, Request, DATA_HEADER_LEN};
 
@@ -24,7 +26,10 @@ use super::wire::{put_data_header, ErrorCode, Mode, Packet, Request, DATA_HEADER
 #[derive(Debug, Error)]
 pub enum TftpError {
     #[error("TFTP {context}: {source}")]
-    Io { context: &'static str, source: io::Error },
+    Io {
+        context: &'static str,
+        source: io::Error,
+    },
 }
 
 /// Largest UDP payload the kernel accepts in one GSO send, and its segment cap.
@@ -57,6 +62,13 @@ pub async fn serve(
     if let Err(err) = SockRef::from(&socket).set_recv_buffer_size(4 << 20) {
         debug!(cause = %err, "could not enlarge TFTP receive buffer");
     }
+    if let Ok(local) = socket.local_addr() {
+        if local.ip().is_unspecified() {
+            if let Err(err) = enable_pktinfo(socket.as_raw_fd(), local.is_ipv6()) {
+                debug!(cause = %err, "no IP_PKTINFO: transfers answer from the routed address");
+            }
+        }
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shared = Arc::new(Shared {
         source,
@@ -77,9 +89,10 @@ pub async fn serve(
 async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), TftpError> {
     let mut buf = vec![0u8; 65_536];
     loop {
-        let (len, peer) = tokio::select! {
+        let listener = &shared.listener;
+        let (len, peer, dst) = tokio::select! {
             _ = shared.shutdown.cancelled() => return Ok(()),
-            received = shared.listener.recv_from(&mut buf) => match received {
+            received = listener.async_io(Interest::READABLE, || recv_with_dst(listener.as_raw_fd(), &mut buf)) => match received {
                 Ok(got) => got,
                 // ICMP errors from earlier replies surface here on some
                 // kernels; they concern one client, not the server.
@@ -100,7 +113,14 @@ async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), 
         match packet {
             Packet::Rrq(request) => {
                 if shared.active.load(Ordering::Relaxed) >= shared.options.max_transfers {
-                    refuse(shared, peer, &request.filename, ErrorCode::NotDefined, "server busy").await;
+                    refuse(
+                        shared,
+                        peer,
+                        &request.filename,
+                        ErrorCode::NotDefined,
+                        "server busy",
+                    )
+                    .await;
                     continue;
                 }
                 shared.active.fetch_add(1, Ordering::Relaxed);
@@ -108,16 +128,25 @@ async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), 
                 let task_shared = Arc::clone(shared);
                 tracker.spawn(
                     async move {
-                        run_transfer(&task_shared, peer, request).await;
+                        run_transfer(&task_shared, peer, dst, request).await;
                         task_shared.active.fetch_sub(1, Ordering::Relaxed);
                     }
                     .instrument(span),
                 );
             }
             Packet::Wrq(request) => {
-                refuse(shared, peer, &request.filename, ErrorCode::AccessViolation, "server is read-only").await;
+                refuse(
+                    shared,
+                    peer,
+                    &request.filename,
+                    ErrorCode::AccessViolation,
+                    "server is read-only",
+                )
+                .await;
             }
-            other => debug!(client = %peer, packet = ?kind(&other), "ignored packet on the request port"),
+            other => {
+                debug!(client = %peer, packet = ?kind(&other), "ignored packet on the request port")
+            }
         }
     }
 }
@@ -125,7 +154,9 @@ async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), 
 fn transient(err: &io::Error) -> bool {
     matches!(
         err.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     ) || err.raw_os_error() == Some(libc::EHOSTUNREACH)
         || err.raw_os_error() == Some(libc::ENETUNREACH)
 }
@@ -148,7 +179,9 @@ async fn refuse(shared: &Shared, peer: SocketAddr, file: &str, code: ErrorCode, 
 }
 
 async fn send_error(socket: &UdpSocket, peer: Option<SocketAddr>, code: ErrorCode, message: &str) {
-    let Ok(bytes) = Packet::error(code, message).to_bytes() else { return };
+    let Ok(bytes) = Packet::error(code, message).to_bytes() else {
+        return;
+    };
     let sent = match peer {
         Some(peer) => socket.send_to(&bytes, peer).await,
         None => socket.send(&bytes).await,
@@ -191,10 +224,17 @@ fn transfer_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket>
     UdpSocket::from_std(socket.into())
 }
 
-async fn run_transfer(shared: &Shared, peer: SocketAddr, request: Request) {
+async fn run_transfer(shared: &Shared, peer: SocketAddr, dst: Option<IpAddr>, request: Request) {
     let started = Instant::now();
     if request.mode == Mode::Mail {
-        refuse(shared, peer, &request.filename, ErrorCode::IllegalOperation, "mail mode is not supported").await;
+        refuse(
+            shared,
+            peer,
+            &request.filename,
+            ErrorCode::IllegalOperation,
+            "mail mode is not supported",
+        )
+        .await;
         return;
     }
     // Opening may touch the disk; it is a handful of syscalls and the task
@@ -203,7 +243,13 @@ async fn run_transfer(shared: &Shared, peer: SocketAddr, request: Request) {
         Ok(file) => file,
         Err(err) => {
             info!(client = %peer, file = %request.filename, reason = %err, "tftp request refused");
-            send_error(&shared.listener, Some(peer), open_error_code(&err), open_error_message(&err)).await;
+            send_error(
+                &shared.listener,
+                Some(peer),
+                open_error_code(&err),
+                open_error_message(&err),
+            )
+            .await;
             return;
         }
     };
@@ -212,19 +258,40 @@ async fn run_transfer(shared: &Shared, peer: SocketAddr, request: Request) {
         // dnsmasq does, so sizes and tsize stay exact.
         debug!("netascii requested, serving bytes unconverted");
     }
-    let local = shared.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // Answer from the address the request was sent to (it matters when the
+    // listener is bound to 0.0.0.0 on a host with several addresses).
+    let mut local = shared
+        .listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if let Some(ip) = dst.filter(|ip| ip.is_ipv4() == peer.is_ipv4()) {
+        local.set_ip(ip);
+    }
     let socket = match transfer_socket(local, peer) {
         Ok(socket) => socket,
         Err(err) => {
             warn!(cause = %err, "cannot open a transfer socket");
-            send_error(&shared.listener, Some(peer), ErrorCode::NotDefined, "server error").await;
+            send_error(
+                &shared.listener,
+                Some(peer),
+                ErrorCode::NotDefined,
+                "server error",
+            )
+            .await;
             return;
         }
     };
     let agreed = negotiate(&request, file.len(), &shared.options);
-    let limits = Limits { max_timeout: shared.options.max_timeout, retries: shared.options.retries };
+    let limits = Limits {
+        max_timeout: shared.options.max_timeout,
+        retries: shared.options.retries,
+    };
     let (mut transfer, first) = Transfer::new(file.len(), &agreed, limits, Instant::now());
-    let mut sender = WindowSender::new(&socket, transfer.blksize() as usize, shared.options.gso && transfer.windowsize() > 1);
+    let mut sender = WindowSender::new(
+        &socket,
+        transfer.blksize() as usize,
+        shared.options.gso && transfer.windowsize() > 1,
+    );
     match drive(shared, &socket, &file, &mut transfer, &mut sender, first).await {
         Ok(()) => info!(
             bytes = transfer.file_len(),
@@ -266,7 +333,10 @@ impl std::fmt::Display for Failure {
 }
 
 fn failure(message: impl Into<String>, tell_client: bool) -> Failure {
-    Failure { message: message.into(), tell_client }
+    Failure {
+        message: message.into(),
+        tell_client,
+    }
 }
 
 async fn drive(
@@ -284,28 +354,43 @@ async fn drive(
     loop {
         match out {
             Output::SendOack => {
-                let bytes = transfer.oack().to_bytes().map_err(|e| failure(e.to_string(), true))?;
+                let bytes = transfer
+                    .oack()
+                    .to_bytes()
+                    .map_err(|e| failure(e.to_string(), true))?;
                 socket.send(&bytes).await.map_err(|e| send_failure(&e))?;
             }
             Output::SendWindow { first, count } => {
-                sender.fill(file, transfer, first, count).map_err(|e| failure(format!("reading file: {e}"), true))?;
+                sender
+                    .fill(file, transfer, first, count)
+                    .map_err(|e| failure(format!("reading file: {e}"), true))?;
                 sender.send(socket).await.map_err(|e| send_failure(&e))?;
                 ack_wait.sent = Some(Instant::now());
             }
             Output::Wait => {}
             Output::Done => return Ok(()),
             Output::Abort(AbortReason::TimedOut { retries }) => {
-                return Err(failure(format!("timed out after {retries} retransmissions"), true))
+                return Err(failure(
+                    format!("timed out after {retries} retransmissions"),
+                    true,
+                ))
             }
             Output::Abort(AbortReason::PeerError { code, message }) => {
-                return Err(failure(format!("client sent error {}: {message}", code.to_u16()), false))
+                return Err(failure(
+                    format!("client sent error {}: {message}", code.to_u16()),
+                    false,
+                ))
             }
         }
         let spin = may_spin
             && ack_wait.sent.is_some()
             && ack_wait.typical <= shared.options.busy_poll
             && shared.active.load(Ordering::Relaxed) <= shared.spin_limit;
-        let received = if spin { busy_poll(socket.as_raw_fd(), &mut buf, shared) } else { None };
+        let received = if spin {
+            busy_poll(socket.as_raw_fd(), &mut buf, shared)
+        } else {
+            None
+        };
         let len = match received {
             Some(Ok(len)) => len,
             Some(Err(err)) => return Err(recv_failure(&err)),
@@ -362,7 +447,11 @@ fn recv_failure(err: &io::Error) -> Failure {
 fn has_idle_cpu(cpus: usize) -> bool {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<f64>().ok())
+        })
         .is_some_and(|load| load + 1.0 <= cpus as f64)
 }
 
@@ -377,7 +466,10 @@ struct AckWait {
 
 impl Default for AckWait {
     fn default() -> Self {
-        AckWait { sent: None, typical: Duration::ZERO }
+        AckWait {
+            sent: None,
+            typical: Duration::ZERO,
+        }
     }
 }
 
@@ -425,15 +517,28 @@ struct WindowSender {
 impl WindowSender {
     fn new(socket: &UdpSocket, blksize: usize, want_gso: bool) -> WindowSender {
         let segment = blksize + DATA_HEADER_LEN;
-        let gso = want_gso && segment <= GSO_MAX_SEGMENT && set_gso(socket.as_raw_fd(), segment as u16).is_ok();
-        WindowSender { buf: Vec::new(), blksize, len: 0, gso }
+        let gso = want_gso
+            && segment <= GSO_MAX_SEGMENT
+            && set_gso(socket.as_raw_fd(), segment as u16).is_ok();
+        WindowSender {
+            buf: Vec::new(),
+            blksize,
+            len: 0,
+            gso,
+        }
     }
 
     fn segment(&self) -> usize {
         self.blksize + DATA_HEADER_LEN
     }
 
-    fn fill(&mut self, file: &TftpFile, transfer: &Transfer, first: u64, count: u64) -> io::Result<()> {
+    fn fill(
+        &mut self,
+        file: &TftpFile,
+        transfer: &Transfer,
+        first: u64,
+        count: u64,
+    ) -> io::Result<()> {
         let seg = self.segment();
         let count = count as usize;
         let last_len = transfer.block_len(first + count as u64 - 1);
@@ -442,7 +547,8 @@ impl WindowSender {
             self.buf.resize(count * seg, 0);
         }
         for i in 0..count {
-            let header: &mut [u8; DATA_HEADER_LEN] = (&mut self.buf[i * seg..i * seg + DATA_HEADER_LEN])
+            let header: &mut [u8; DATA_HEADER_LEN] = (&mut self.buf
+                [i * seg..i * seg + DATA_HEADER_LEN])
                 .try_into()
                 .map_err(|_| io::Error::other("window buffer layout"))?;
             put_data_header(header, Transfer::wire_block(first + i as u64));
@@ -481,7 +587,10 @@ impl WindowSender {
                 Ok(_) => at += chunk,
                 // Devices without checksum offload refuse GSO: fall back to
                 // one datagram per block and resend this chunk.
-                Err(err) if self.gso && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                Err(err)
+                    if self.gso
+                        && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
                     debug!(cause = %err, "UDP GSO refused, sending block by block");
                     self.gso = false;
                     let _ = set_gso(socket.as_raw_fd(), 0);
@@ -490,85 +599,5 @@ impl WindowSender {
             }
         }
         Ok(())
-    }
-}
-
-fn set_gso(fd: RawFd, segment: u16) -> io::Result<()> {
-    let value = libc::c_int::from(segment);
-    // SAFETY: plain setsockopt with a correctly sized int argument.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Reads `payload` bytes at `offset` straight into the payload slots of
-/// `count` segments of `seg` bytes (each after a 4-byte header): one
-/// `preadv` per window, repeated only on short reads.
-fn preadv_segments(fd: RawFd, buf: &mut [u8], offset: u64, seg: usize, count: usize, payload: usize) -> io::Result<()> {
-    let blksize = seg - DATA_HEADER_LEN;
-    if buf.len() < count * seg {
-        return Err(io::Error::other("window buffer too small"));
-    }
-    let mut done = 0usize;
-    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(count.min(1024));
-    while done < payload {
-        iovecs.clear();
-        let mut pos = done;
-        while pos < payload && iovecs.len() < 1024 {
-            let (block, within) = (pos / blksize, pos % blksize);
-            let len = (blksize - within).min(payload - pos);
-            let start = block * seg + DATA_HEADER_LEN + within;
-            let slot = &mut buf[start..start + len];
-            iovecs.push(libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: len });
-            pos += len;
-        }
-        let at = libc::off_t::try_from(offset + done as u64).map_err(io::Error::other)?;
-        // SAFETY: every iovec points into `buf`, which outlives the call and
-        // is not otherwise accessed meanwhile; the slots do not overlap.
-        let n = unsafe { libc::preadv(fd, iovecs.as_ptr(), iovecs.len() as libc::c_int, at) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being served"));
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn preadv_fills_payload_slots() {
-        let mut file = tempfile::tempfile().expect("tempfile");
-        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
-        file.write_all(&data).expect("write");
-        let (seg, count) = (104, 3);
-        let mut buf = vec![0xaa; seg * count];
-        preadv_segments(file.as_raw_fd(), &mut buf, 50, seg, count, 200).expect("read");
-        assert_eq!(&buf[4..104], &data[50..150]);
-        assert_eq!(&buf[108..208], &data[150..250]);
-        assert_eq!(&buf[0..4], &[0xaa; 4], "headers untouched");
-        let err = preadv_segments(file.as_raw_fd(), &mut buf, 200, seg, count, 100).expect_err("short file");
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -57,7 +57,9 @@ fn components(path: &str) -> Result<Vec<&str>, OpenError> {
         match part {
             "" | "." => {}
             ".." => return Err(OpenError::AccessDenied(format!("{path:?} contains '..'"))),
-            p if p.contains('\0') => return Err(OpenError::AccessDenied(format!("{path:?} contains NUL"))),
+            p if p.contains('\0') => {
+                return Err(OpenError::AccessDenied(format!("{path:?} contains NUL")))
+            }
             p => parts.push(p),
         }
     }
@@ -89,9 +91,16 @@ impl DirSource {
 
 fn io_error(path: &str, err: io::Error) -> OpenError {
     match err.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => OpenError::NotFound(path.to_owned()),
-        io::ErrorKind::PermissionDenied => OpenError::AccessDenied(format!("{path:?}: permission denied")),
-        _ => OpenError::Io { path: path.to_owned(), source: err },
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+            OpenError::NotFound(path.to_owned())
+        }
+        io::ErrorKind::PermissionDenied => {
+            OpenError::AccessDenied(format!("{path:?}: permission denied"))
+        }
+        _ => OpenError::Io {
+            path: path.to_owned(),
+            source: err,
+        },
     }
 }
 
@@ -106,9 +115,13 @@ impl FileSource for DirSource {
         candidate.extend(parts);
         // canonicalize resolves every symlink; the result must still be under
         // the canonical root.
-        let real = candidate.canonicalize().map_err(|err| io_error(path, err))?;
+        let real = candidate
+            .canonicalize()
+            .map_err(|err| io_error(path, err))?;
         if !real.starts_with(&root) || real.components().any(|c| c == Component::ParentDir) {
-            return Err(OpenError::AccessDenied(format!("{path:?} leads outside the served root")));
+            return Err(OpenError::AccessDenied(format!(
+                "{path:?} leads outside the served root"
+            )));
         }
         // `real` has no symlinks left; O_NOFOLLOW stops a last-moment swap of
         // the final component for one.
@@ -119,9 +132,14 @@ impl FileSource for DirSource {
             .map_err(|err| io_error(path, err))?;
         let meta = file.metadata().map_err(|err| io_error(path, err))?;
         if !meta.is_file() {
-            return Err(OpenError::AccessDenied(format!("{path:?} is not a regular file")));
+            return Err(OpenError::AccessDenied(format!(
+                "{path:?} is not a regular file"
+            )));
         }
-        Ok(TftpFile::Disk { file, len: meta.len() })
+        Ok(TftpFile::Disk {
+            file,
+            len: meta.len(),
+        })
     }
 }
 
@@ -151,7 +169,10 @@ impl MemorySource {
 
     pub fn remove(&self, path: &str) {
         if let Some(key) = Self::key(path) {
-            self.files.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            self.files
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
         }
     }
 }
@@ -226,23 +247,50 @@ mod tests {
         assert_eq!(read_all(src.open("/sub/b.txt").expect("absolute")), b"bee");
         assert_eq!(read_all(src.open("sub\\b.txt").expect("backslash")), b"bee");
         assert_eq!(read_all(src.open("./sub//b.txt").expect("dots")), b"bee");
-        assert_eq!(read_all(src.open("in-link").expect("symlink inside")), b"bee");
+        assert_eq!(
+            read_all(src.open("in-link").expect("symlink inside")),
+            b"bee"
+        );
         assert_eq!(src.open("a.txt").expect("open").len(), 5);
     }
 
     #[test]
     fn refuses_escapes() {
         let (dir, src) = setup();
-        assert!(matches!(src.open("../secret"), Err(OpenError::AccessDenied(_))));
-        assert!(matches!(src.open("sub/../../secret"), Err(OpenError::AccessDenied(_))));
-        assert!(matches!(src.open("sub/../a.txt"), Err(OpenError::AccessDenied(_))));
-        assert!(matches!(src.open("..\\secret"), Err(OpenError::AccessDenied(_))));
-        assert!(matches!(src.open("out-link"), Err(OpenError::AccessDenied(_))));
-        assert!(matches!(src.open("out-dir/secret"), Err(OpenError::AccessDenied(_))));
+        assert!(matches!(
+            src.open("../secret"),
+            Err(OpenError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            src.open("sub/../../secret"),
+            Err(OpenError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            src.open("sub/../a.txt"),
+            Err(OpenError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            src.open("..\\secret"),
+            Err(OpenError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            src.open("out-link"),
+            Err(OpenError::AccessDenied(_))
+        ));
+        assert!(matches!(
+            src.open("out-dir/secret"),
+            Err(OpenError::AccessDenied(_))
+        ));
         // An absolute path names a file inside the root, not the host's.
         let abs = dir.path().join("secret");
-        assert!(matches!(src.open(&abs.to_string_lossy()), Err(OpenError::NotFound(_))));
-        assert!(matches!(src.open("/etc/passwd"), Err(OpenError::NotFound(_))));
+        assert!(matches!(
+            src.open(&abs.to_string_lossy()),
+            Err(OpenError::NotFound(_))
+        ));
+        assert!(matches!(
+            src.open("/etc/passwd"),
+            Err(OpenError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -264,12 +312,21 @@ mod tests {
         mem.insert("a.txt", b"from memory".to_vec());
         assert_eq!(read_all(mem.open("boot.ipxe").expect("mem")), b"#!ipxe\n");
         let chain = ChainSource::new(vec![mem.clone(), Arc::new(disk)]);
-        assert_eq!(read_all(chain.open("a.txt").expect("first wins")), b"from memory");
-        assert_eq!(read_all(chain.open("sub/b.txt").expect("falls through")), b"bee");
+        assert_eq!(
+            read_all(chain.open("a.txt").expect("first wins")),
+            b"from memory"
+        );
+        assert_eq!(
+            read_all(chain.open("sub/b.txt").expect("falls through")),
+            b"bee"
+        );
         assert!(matches!(chain.open("nope"), Err(OpenError::NotFound(_))));
         // AccessDenied from an earlier source stops the chain.
         let (_dir2, disk2) = setup();
         let chain = ChainSource::new(vec![Arc::new(disk2), mem]);
-        assert!(matches!(chain.open("out-link"), Err(OpenError::AccessDenied(_))));
+        assert!(matches!(
+            chain.open("out-link"),
+            Err(OpenError::AccessDenied(_))
+        ));
     }
 }

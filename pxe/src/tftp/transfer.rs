@@ -82,7 +82,12 @@ pub struct Transfer {
 
 impl Transfer {
     /// Starts a transfer of `file_len` bytes; the first output says what to send.
-    pub fn new(file_len: u64, agreed: &Negotiated, limits: Limits, now: Instant) -> (Transfer, Output) {
+    pub fn new(
+        file_len: u64,
+        agreed: &Negotiated,
+        limits: Limits,
+        now: Instant,
+    ) -> (Transfer, Output) {
         let blksize = u64::from(agreed.blksize.max(1));
         let mut t = Transfer {
             blksize,
@@ -115,7 +120,9 @@ impl Transfer {
 
     /// The OACK to send when asked to by [`Output::SendOack`].
     pub fn oack(&self) -> Packet {
-        Packet::Oack { options: self.oack.clone() }
+        Packet::Oack {
+            options: self.oack.clone(),
+        }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -180,7 +187,10 @@ impl Transfer {
         match packet {
             Packet::Error { code, message } => {
                 self.phase = Phase::Finished;
-                Output::Abort(AbortReason::PeerError { code: *code, message: message.clone() })
+                Output::Abort(AbortReason::PeerError {
+                    code: *code,
+                    message: message.clone(),
+                })
             }
             Packet::Ack { block } => self.on_ack(*block, now),
             _ => Output::Wait,
@@ -243,7 +253,9 @@ impl Transfer {
         }
         if self.attempts >= self.limits.retries {
             self.phase = Phase::Finished;
-            return Output::Abort(AbortReason::TimedOut { retries: self.attempts });
+            return Output::Abort(AbortReason::TimedOut {
+                retries: self.attempts,
+            });
         }
         self.attempts += 1;
         self.timeout = (self.timeout * 2).min(self.limits.max_timeout.max(self.base_timeout));
@@ -287,11 +299,18 @@ mod tests {
             blksize,
             windowsize,
             timeout: Duration::from_secs(1),
-            oack: if oack { vec![("blksize".into(), blksize.to_string())] } else { vec![] },
+            oack: if oack {
+                vec![("blksize".into(), blksize.to_string())]
+            } else {
+                vec![]
+            },
         }
     }
 
-    const LIMITS: Limits = Limits { max_timeout: Duration::from_secs(4), retries: 3 };
+    const LIMITS: Limits = Limits {
+        max_timeout: Duration::from_secs(4),
+        retries: 3,
+    };
 
     fn ack(block: u16) -> Packet {
         Packet::Ack { block }
@@ -303,7 +322,10 @@ mod tests {
         let (mut t, out) = Transfer::new(1000, &agreed(512, 1, false), LIMITS, now);
         assert_eq!(out, Output::SendWindow { first: 1, count: 1 });
         assert_eq!((t.block_len(1), t.block_len(2)), (512, 488));
-        assert_eq!(t.on_packet(&ack(1), now), Output::SendWindow { first: 2, count: 1 });
+        assert_eq!(
+            t.on_packet(&ack(1), now),
+            Output::SendWindow { first: 2, count: 1 }
+        );
         assert_eq!(t.on_packet(&ack(2), now), Output::Done);
     }
 
@@ -324,10 +346,23 @@ mod tests {
         let now = Instant::now();
         let (mut t, out) = Transfer::new(10 * 100, &agreed(100, 4, true), LIMITS, now);
         assert_eq!(out, Output::SendOack);
-        assert_eq!(t.on_packet(&ack(5), now), Output::Wait, "ACK before ACK 0 is ignored");
-        assert_eq!(t.on_packet(&ack(0), now), Output::SendWindow { first: 1, count: 4 });
-        assert_eq!(t.on_packet(&ack(4), now), Output::SendWindow { first: 5, count: 4 });
-        assert_eq!(t.on_packet(&ack(8), now), Output::SendWindow { first: 9, count: 3 });
+        assert_eq!(
+            t.on_packet(&ack(5), now),
+            Output::Wait,
+            "ACK before ACK 0 is ignored"
+        );
+        assert_eq!(
+            t.on_packet(&ack(0), now),
+            Output::SendWindow { first: 1, count: 4 }
+        );
+        assert_eq!(
+            t.on_packet(&ack(4), now),
+            Output::SendWindow { first: 5, count: 4 }
+        );
+        assert_eq!(
+            t.on_packet(&ack(8), now),
+            Output::SendWindow { first: 9, count: 3 }
+        );
         assert_eq!(t.on_packet(&ack(11), now), Output::Done);
         assert_eq!(t.retransmits(), 0);
     }
@@ -337,43 +372,83 @@ mod tests {
         let now = Instant::now();
         let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 8, false), LIMITS, now);
         // Client got 1..=3, lost 4: it acks 3. Resend from 4 without waiting.
-        assert_eq!(t.on_packet(&ack(3), now), Output::SendWindow { first: 4, count: 8 });
+        assert_eq!(
+            t.on_packet(&ack(3), now),
+            Output::SendWindow { first: 4, count: 8 }
+        );
         assert_eq!(t.retransmits(), 5);
         // The lost first block of a window shows as an ACK of the previous window's end.
-        assert_eq!(t.on_packet(&ack(11), now), Output::SendWindow { first: 12, count: 8 });
+        assert_eq!(
+            t.on_packet(&ack(11), now),
+            Output::SendWindow {
+                first: 12,
+                count: 8
+            }
+        );
         let later = now + Duration::from_millis(50);
-        assert_eq!(t.on_packet(&ack(11), later), Output::SendWindow { first: 12, count: 8 });
+        assert_eq!(
+            t.on_packet(&ack(11), later),
+            Output::SendWindow {
+                first: 12,
+                count: 8
+            }
+        );
     }
 
     #[test]
     fn repeated_loss_signal_in_one_burst_is_answered_once() {
         let now = Instant::now();
         let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 8, false), LIMITS, now);
-        assert_eq!(t.on_packet(&ack(3), now), Output::SendWindow { first: 4, count: 8 });
+        assert_eq!(
+            t.on_packet(&ack(3), now),
+            Output::SendWindow { first: 4, count: 8 }
+        );
         let soon = now + Duration::from_micros(10);
         assert_eq!(t.on_packet(&ack(3), soon), Output::Wait);
         assert_eq!(t.on_packet(&ack(3), soon), Output::Wait);
         // A round trip later the same ACK is a real new loss signal.
         let later = now + Duration::from_millis(10);
-        assert_eq!(t.on_packet(&ack(3), later), Output::SendWindow { first: 4, count: 8 });
+        assert_eq!(
+            t.on_packet(&ack(3), later),
+            Output::SendWindow { first: 4, count: 8 }
+        );
     }
 
     #[test]
     fn stale_and_future_acks_are_ignored() {
         let now = Instant::now();
         let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 4, false), LIMITS, now);
-        assert_eq!(t.on_packet(&ack(4), now), Output::SendWindow { first: 5, count: 4 });
+        assert_eq!(
+            t.on_packet(&ack(4), now),
+            Output::SendWindow { first: 5, count: 4 }
+        );
         assert_eq!(t.on_packet(&ack(2), now), Output::Wait, "older than acked");
         assert_eq!(t.on_packet(&ack(9), now), Output::Wait, "not sent yet");
-        assert_eq!(t.on_packet(&Packet::Data { block: 5, data: vec![] }, now), Output::Wait);
-        assert_eq!(t.on_packet(&ack(8), now), Output::SendWindow { first: 9, count: 4 });
+        assert_eq!(
+            t.on_packet(
+                &Packet::Data {
+                    block: 5,
+                    data: vec![]
+                },
+                now
+            ),
+            Output::Wait
+        );
+        assert_eq!(
+            t.on_packet(&ack(8), now),
+            Output::SendWindow { first: 9, count: 4 }
+        );
     }
 
     #[test]
     fn timeout_backs_off_then_gives_up() {
         let t0 = Instant::now();
         let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 4, false), LIMITS, t0);
-        assert_eq!(t.on_timeout(t0 + Duration::from_millis(999)), Output::Wait, "not yet");
+        assert_eq!(
+            t.on_timeout(t0 + Duration::from_millis(999)),
+            Output::Wait,
+            "not yet"
+        );
         let mut now = t.deadline();
         let mut gaps = Vec::new();
         for _ in 0..LIMITS.retries {
@@ -382,7 +457,10 @@ mod tests {
             now = t.deadline();
         }
         assert_eq!(gaps, [2, 4, 4].map(Duration::from_secs));
-        assert_eq!(t.on_timeout(now), Output::Abort(AbortReason::TimedOut { retries: 3 }));
+        assert_eq!(
+            t.on_timeout(now),
+            Output::Abort(AbortReason::TimedOut { retries: 3 })
+        );
         assert_eq!(t.retransmits(), 12);
     }
 
@@ -392,7 +470,10 @@ mod tests {
         let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 4, false), LIMITS, t0);
         let now = t.deadline();
         t.on_timeout(now);
-        assert_eq!(t.on_packet(&ack(4), now), Output::SendWindow { first: 5, count: 4 });
+        assert_eq!(
+            t.on_packet(&ack(4), now),
+            Output::SendWindow { first: 5, count: 4 }
+        );
         assert_eq!(t.deadline() - now, Duration::from_secs(1));
     }
 
@@ -401,15 +482,24 @@ mod tests {
         let t0 = Instant::now();
         let (mut t, _) = Transfer::new(10, &agreed(512, 1, true), LIMITS, t0);
         assert_eq!(t.on_timeout(t.deadline()), Output::SendOack);
-        assert_eq!(t.on_packet(&ack(0), t0), Output::SendWindow { first: 1, count: 1 });
+        assert_eq!(
+            t.on_packet(&ack(0), t0),
+            Output::SendWindow { first: 1, count: 1 }
+        );
     }
 
     #[test]
     fn peer_error_aborts() {
         let now = Instant::now();
         let (mut t, _) = Transfer::new(10, &agreed(512, 1, true), LIMITS, now);
-        let err = Packet::Error { code: ErrorCode::OptionNegotiation, message: "no".into() };
-        assert!(matches!(t.on_packet(&err, now), Output::Abort(AbortReason::PeerError { .. })));
+        let err = Packet::Error {
+            code: ErrorCode::OptionNegotiation,
+            message: "no".into(),
+        };
+        assert!(matches!(
+            t.on_packet(&err, now),
+            Output::Abort(AbortReason::PeerError { .. })
+        ));
         assert_eq!(t.on_packet(&ack(0), now), Output::Wait);
     }
 

@@ -18,7 +18,11 @@ pub enum WireError {
     #[error("unknown opcode {0}")]
     UnknownOpcode(u16),
     #[error("{what} packet is truncated: {len} bytes, need at least {need}")]
-    Truncated { what: &'static str, len: usize, need: usize },
+    Truncated {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("{field} at byte {offset} is not terminated by a NUL byte")]
     Unterminated { field: &'static str, offset: usize },
     #[error("{field} at byte {offset} is not valid UTF-8")]
@@ -164,10 +168,16 @@ impl<'a> Fields<'a> {
         let nul = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or(WireError::Unterminated { field, offset: start })?;
+            .ok_or(WireError::Unterminated {
+                field,
+                offset: start,
+            })?;
         let bytes = &rest[..nul];
         self.pos = start + nul + 1;
-        std::str::from_utf8(bytes).map_err(|_| WireError::NotUtf8 { field, offset: start })
+        std::str::from_utf8(bytes).map_err(|_| WireError::NotUtf8 {
+            field,
+            offset: start,
+        })
     }
 
     /// Option name/value pairs up to the end of the packet.
@@ -203,8 +213,16 @@ impl Packet {
                 }
                 let mode = Mode::parse(fields.next_str("mode")?)?;
                 let options = fields.options()?;
-                let request = Request { filename: filename.to_owned(), mode, options };
-                Ok(if opcode == OP_RRQ { Packet::Rrq(request) } else { Packet::Wrq(request) })
+                let request = Request {
+                    filename: filename.to_owned(),
+                    mode,
+                    options,
+                };
+                Ok(if opcode == OP_RRQ {
+                    Packet::Rrq(request)
+                } else {
+                    Packet::Wrq(request)
+                })
             }
             OP_DATA => {
                 let block = u16_at(buf, 2).ok_or(WireError::Truncated {
@@ -212,7 +230,10 @@ impl Packet {
                     len: buf.len(),
                     need: 4,
                 })?;
-                Ok(Packet::Data { block, data: buf[4..].to_vec() })
+                Ok(Packet::Data {
+                    block,
+                    data: buf[4..].to_vec(),
+                })
             }
             OP_ACK => {
                 let block = u16_at(buf, 2).ok_or(WireError::Truncated {
@@ -234,11 +255,16 @@ impl Packet {
                 let rest = &buf[4..];
                 let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
                 let message = String::from_utf8_lossy(&rest[..end]).into_owned();
-                Ok(Packet::Error { code: ErrorCode::from_u16(code), message })
+                Ok(Packet::Error {
+                    code: ErrorCode::from_u16(code),
+                    message,
+                })
             }
             OP_OACK => {
                 let mut fields = Fields { buf, pos: 2 };
-                Ok(Packet::Oack { options: fields.options()? })
+                Ok(Packet::Oack {
+                    options: fields.options()?,
+                })
             }
             other => Err(WireError::UnknownOpcode(other)),
         }
@@ -263,7 +289,11 @@ impl Packet {
         }
         match self {
             Packet::Rrq(req) | Packet::Wrq(req) => {
-                let op = if matches!(self, Packet::Rrq(_)) { OP_RRQ } else { OP_WRQ };
+                let op = if matches!(self, Packet::Rrq(_)) {
+                    OP_RRQ
+                } else {
+                    OP_WRQ
+                };
                 if req.filename.is_empty() {
                     return Err(WireError::EmptyFilename);
                 }
@@ -304,7 +334,10 @@ impl Packet {
     /// An ERROR packet, for replies built by the server. NUL bytes in the
     /// message are dropped so that encoding cannot fail.
     pub fn error(code: ErrorCode, message: &str) -> Packet {
-        Packet::Error { code, message: message.replace('\0', "") }
+        Packet::Error {
+            code,
+            message: message.replace('\0', ""),
+        }
     }
 }
 
@@ -334,35 +367,59 @@ mod tests {
         round_trip(Packet::Rrq(Request {
             filename: "pxelinux.0".into(),
             mode: Mode::Octet,
-            options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())],
+            options: vec![
+                ("blksize".into(), "1468".into()),
+                ("tsize".into(), "0".into()),
+            ],
         }));
         round_trip(Packet::Wrq(Request {
             filename: "a/b".into(),
             mode: Mode::Netascii,
             options: vec![],
         }));
-        round_trip(Packet::Data { block: 65535, data: vec![1, 2, 3] });
-        round_trip(Packet::Data { block: 0, data: vec![] });
+        round_trip(Packet::Data {
+            block: 65535,
+            data: vec![1, 2, 3],
+        });
+        round_trip(Packet::Data {
+            block: 0,
+            data: vec![],
+        });
         round_trip(Packet::Ack { block: 7 });
-        round_trip(Packet::Error { code: ErrorCode::AccessViolation, message: "no".into() });
-        round_trip(Packet::Error { code: ErrorCode::Other(99), message: String::new() });
-        round_trip(Packet::Oack { options: vec![("windowsize".into(), "16".into())] });
+        round_trip(Packet::Error {
+            code: ErrorCode::AccessViolation,
+            message: "no".into(),
+        });
+        round_trip(Packet::Error {
+            code: ErrorCode::Other(99),
+            message: String::new(),
+        });
+        round_trip(Packet::Oack {
+            options: vec![("windowsize".into(), "16".into())],
+        });
         round_trip(Packet::Oack { options: vec![] });
     }
 
     #[test]
     fn golden_rrq_as_atftp_sends_it() {
         let bytes = b"\x00\x01file\x00octet\x00blksize\x001468\x00windowsize\x0016\x00";
-        let Ok(Packet::Rrq(req)) = Packet::parse(bytes) else { panic!("not an RRQ") };
+        let Ok(Packet::Rrq(req)) = Packet::parse(bytes) else {
+            panic!("not an RRQ")
+        };
         assert_eq!(req.filename, "file");
         assert_eq!(req.option("BLKSIZE"), Some("1468"));
         assert_eq!(req.option("windowsize"), Some("16"));
-        assert_eq!(Packet::Rrq(req).to_bytes().expect("encodable"), bytes.to_vec());
+        assert_eq!(
+            Packet::Rrq(req).to_bytes().expect("encodable"),
+            bytes.to_vec()
+        );
     }
 
     #[test]
     fn mode_is_case_insensitive() {
-        let Ok(Packet::Rrq(req)) = Packet::parse(b"\x00\x01f\x00OcTeT\x00") else { panic!() };
+        let Ok(Packet::Rrq(req)) = Packet::parse(b"\x00\x01f\x00OcTeT\x00") else {
+            panic!()
+        };
         assert_eq!(req.mode, Mode::Octet);
     }
 
@@ -371,31 +428,64 @@ mod tests {
         assert_eq!(Packet::parse(b""), Err(WireError::NoOpcode(0)));
         assert_eq!(Packet::parse(b"\x00"), Err(WireError::NoOpcode(1)));
         assert_eq!(Packet::parse(b"\x00\x09"), Err(WireError::UnknownOpcode(9)));
-        assert!(matches!(Packet::parse(b"\x00\x04\x01"), Err(WireError::Truncated { .. })));
-        assert!(matches!(Packet::parse(b"\x00\x03"), Err(WireError::Truncated { .. })));
-        assert!(matches!(Packet::parse(b"\x00\x01file"), Err(WireError::Unterminated { .. })));
-        assert!(matches!(Packet::parse(b"\x00\x01file\x00octet"), Err(WireError::Unterminated { .. })));
-        assert_eq!(Packet::parse(b"\x00\x01\x00octet\x00"), Err(WireError::EmptyFilename));
-        assert!(matches!(Packet::parse(b"\x00\x01f\x00binary\x00"), Err(WireError::UnknownMode(_))));
+        assert!(matches!(
+            Packet::parse(b"\x00\x04\x01"),
+            Err(WireError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Packet::parse(b"\x00\x03"),
+            Err(WireError::Truncated { .. })
+        ));
+        assert!(matches!(
+            Packet::parse(b"\x00\x01file"),
+            Err(WireError::Unterminated { .. })
+        ));
+        assert!(matches!(
+            Packet::parse(b"\x00\x01file\x00octet"),
+            Err(WireError::Unterminated { .. })
+        ));
+        assert_eq!(
+            Packet::parse(b"\x00\x01\x00octet\x00"),
+            Err(WireError::EmptyFilename)
+        );
+        assert!(matches!(
+            Packet::parse(b"\x00\x01f\x00binary\x00"),
+            Err(WireError::UnknownMode(_))
+        ));
         assert!(matches!(
             Packet::parse(b"\x00\x01f\x00octet\x00blksize\x00"),
             Err(WireError::OptionWithoutValue(_))
         ));
-        assert!(matches!(Packet::parse(b"\x00\x01\xff\xfe\x00octet\x00"), Err(WireError::NotUtf8 { .. })));
+        assert!(matches!(
+            Packet::parse(b"\x00\x01\xff\xfe\x00octet\x00"),
+            Err(WireError::NotUtf8 { .. })
+        ));
     }
 
     #[test]
     fn error_without_nul_is_tolerated() {
         assert_eq!(
             Packet::parse(b"\x00\x05\x00\x01gone"),
-            Ok(Packet::Error { code: ErrorCode::FileNotFound, message: "gone".into() })
+            Ok(Packet::Error {
+                code: ErrorCode::FileNotFound,
+                message: "gone".into()
+            })
         );
     }
 
     #[test]
     fn nul_in_strings_is_refused_when_encoding() {
-        let packet = Packet::Oack { options: vec![("a\0".into(), "1".into())] };
-        assert_eq!(packet.to_bytes(), Err(WireError::EmbeddedNul { field: "option name" }));
-        assert!(Packet::error(ErrorCode::NotDefined, "a\0b").to_bytes().is_ok());
+        let packet = Packet::Oack {
+            options: vec![("a\0".into(), "1".into())],
+        };
+        assert_eq!(
+            packet.to_bytes(),
+            Err(WireError::EmbeddedNul {
+                field: "option name"
+            })
+        );
+        assert!(Packet::error(ErrorCode::NotDefined, "a\0b")
+            .to_bytes()
+            .is_ok());
     }
 }
