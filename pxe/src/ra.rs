@@ -15,6 +15,10 @@
 //!
 //! They go to ff02::1 from the interface's link-local address with hop
 //! limit 255, every [`INTERVAL`] and in reply to router solicitations.
+//!
+//! Measured with QEMU's iPXE ROM (Debian 1.0.0+git-20190125) in full
+//! mode: 18.8 s from QEMU start to the boot script without RAs, 2.7-3.1 s
+//! with them.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -26,8 +30,11 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Between unsolicited advertisements.
-pub const INTERVAL: Duration = Duration::from_secs(3);
+/// Between unsolicited advertisements. Shorter than RFC 4861's 3 s
+/// minimum on purpose: the Debian iPXE seen here sends no solicitation
+/// through the bridge, so it waits for the next unsolicited RA, and a
+/// 56-byte packet a second is nothing on a provisioning LAN.
+pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Solicitations within this time of the last advertisement are covered by
 /// it (a client sends a few in a row).
 const MIN_REPLY_GAP: Duration = Duration::from_millis(200);
@@ -118,6 +125,16 @@ pub fn advertisable(addr: Ipv6Addr) -> bool {
 /// failures later (no link-local address yet, link down) are logged and
 /// retried on the next tick.
 pub async fn serve(interface: &str, shutdown: CancellationToken) -> Result<(), RaError> {
+    serve_every(interface, INTERVAL, shutdown).await
+}
+
+/// [`serve`] with another period between unsolicited advertisements
+/// (tests use a long one to see the replies to solicitations).
+pub async fn serve_every(
+    interface: &str,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), RaError> {
     let ifindex = if_index(interface)?;
     let socket = match open_socket(interface, ifindex) {
         Ok(socket) => socket,
@@ -135,7 +152,7 @@ pub async fn serve(interface: &str, shutdown: CancellationToken) -> Result<(), R
         interface: interface.to_string(),
         source: err.into_parts().1,
     })?;
-    let mut tick = tokio::time::interval(INTERVAL);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sender = Sender {
         interface,
@@ -163,6 +180,7 @@ pub async fn serve(interface: &str, shutdown: CancellationToken) -> Result<(), R
                     Ok((len, from)) => {
                         // SAFETY: recv_from initialised the first `len` bytes.
                         let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
+                        tracing::trace!(%interface, icmp_type = data.first().copied(), from = ?from.as_socket_ipv6(), "ra received icmpv6");
                         if is_router_solicitation(data) {
                             let from = from.as_socket_ipv6().map(|a| *a.ip());
                             let recent = sender.last_sent.is_some_and(|t| t.elapsed() < MIN_REPLY_GAP);
