@@ -57,6 +57,11 @@ async fn start(files: &[(&str, usize)]) -> Result<Server> {
 }
 
 async fn start_on(bind: &str, files: &[(&str, usize)]) -> Result<Server> {
+    // Server logs go to the test's output, shown when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("sub"))?;
@@ -120,7 +125,7 @@ async fn run(cmd: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn atftp(server: &Server, file: &str, out: &Path, options: &[&str]) -> Result<()> {
+async fn atftp(server: SocketAddr, file: &str, out: &Path, options: &[&str]) -> Result<()> {
     let mut args = Vec::new();
     for option in options {
         args.push("--option".to_string());
@@ -128,16 +133,16 @@ async fn atftp(server: &Server, file: &str, out: &Path, options: &[&str]) -> Res
     }
     args.extend(["-g", "-r", file, "-l"].map(String::from));
     args.push(out.display().to_string());
-    args.push(server.addr.ip().to_string());
-    args.push(server.addr.port().to_string());
+    args.push(server.ip().to_string());
+    args.push(server.port().to_string());
     run("atftp", &args).await
 }
 
-async fn curl(server: &Server, file: &str, out: &Path, extra: &[&str]) -> Result<()> {
+async fn curl(server: SocketAddr, file: &str, out: &Path, extra: &[&str]) -> Result<()> {
     let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     args.extend(["-sS", "--max-time", "60", "-o"].map(String::from));
     args.push(out.display().to_string());
-    args.push(format!("tftp://{}/{file}", server.addr));
+    args.push(format!("tftp://{server}/{file}"));
     run("curl", &args).await
 }
 
@@ -178,7 +183,7 @@ async fn atftp_fetches_byte_identical() -> Result<()> {
     for (i, options) in option_sets.iter().enumerate() {
         for (name, _) in FILES {
             let out = out_dir.path().join(format!("{name}.{i}"));
-            atftp(&server, name, &out, options)
+            atftp(server.addr, name, &out, options)
                 .await
                 .with_context(|| format!("{name} with {options:?}"))?;
             same_file(&out, &server.root().join(name))
@@ -201,14 +206,14 @@ async fn curl_fetches_byte_identical() -> Result<()> {
     for extra in [&[][..], &["--tftp-blksize", "1468"], &["--tftp-no-options"]] {
         for (name, _) in FILES {
             let out = out_dir.path().join(name);
-            curl(&server, name, &out, extra)
+            curl(server.addr, name, &out, extra)
                 .await
                 .with_context(|| format!("{name} with {extra:?}"))?;
             same_file(&out, &server.root().join(name))
                 .with_context(|| format!("{name} with {extra:?}"))?;
         }
         let out = out_dir.path().join("generated");
-        curl(&server, "generated/boot.ipxe", &out, extra).await?;
+        curl(server.addr, "generated/boot.ipxe", &out, extra).await?;
         ensure!(std::fs::read(&out)? == generated, "in-memory file differs");
     }
     server.stop().await;
@@ -489,6 +494,87 @@ async fn wildcard_listener_answers_from_the_requested_address() -> Result<()> {
             "asked {ip}, answered from {from}"
         );
     }
+    server.stop().await;
+    Ok(())
+}
+
+/// Relays one client's transfers to the server and drops every `nth` DATA
+/// packet on the way back: a lossy link without root or netem.
+async fn lossy_proxy(
+    server: SocketAddr,
+    nth: u64,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let front = UdpSocket::bind("127.0.0.1:0").await?;
+    let back = UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = front.local_addr()?;
+    let task = tokio::spawn(async move {
+        let (mut client, mut transfer_port) = (None, None);
+        let (mut a, mut b) = (vec![0u8; 70_000], vec![0u8; 70_000]);
+        let mut data_seen = 0u64;
+        loop {
+            tokio::select! {
+                Ok((len, from)) = front.recv_from(&mut a) => {
+                    client = Some(from);
+                    let to = match Packet::parse(&a[..len]) {
+                        Ok(Packet::Rrq(_)) => server,
+                        _ => transfer_port.unwrap_or(server),
+                    };
+                    let _ = back.send_to(&a[..len], to).await;
+                }
+                Ok((len, from)) = back.recv_from(&mut b) => {
+                    if from != server {
+                        transfer_port = Some(from);
+                    }
+                    if matches!(Packet::parse(&b[..len]), Ok(Packet::Data { .. })) {
+                        data_seen += 1;
+                        if data_seen % nth == 0 {
+                            continue;
+                        }
+                    }
+                    if let Some(client) = client {
+                        let _ = front.send_to(&b[..len], client).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok((addr, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_link_recovers_without_waiting_for_timeouts() -> Result<()> {
+    require("atftp")?;
+    require("curl")?;
+    let server = start(FILES).await?;
+    let out_dir = tempfile::tempdir()?;
+    let want = server.root().join("big");
+    for (i, options) in [
+        &["blksize 1468", "windowsize 16"][..],
+        &["blksize 1468", "windowsize 4"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (proxy, relay) = lossy_proxy(server.addr, 97).await?;
+        let out = out_dir.path().join(format!("atftp-{i}"));
+        let started = Instant::now();
+        atftp(proxy, "big", &out, options).await?;
+        let took = started.elapsed();
+        relay.abort();
+        eprintln!("lossy atftp transfer with {options:?}: {took:?}");
+        same_file(&out, &want)?;
+        // ~22 losses: waiting out a 1 s timeout for each would take > 20 s.
+        ensure!(
+            took < Duration::from_secs(10),
+            "lossy atftp transfer with {options:?} took {took:?}"
+        );
+    }
+    // Lock step (curl sends no windowsize): a lost block costs one timeout.
+    let (proxy, relay) = lossy_proxy(server.addr, 20).await?;
+    let out = out_dir.path().join("curl");
+    curl(proxy, "blocks-1468", &out, &[]).await?;
+    same_file(&out, &server.root().join("blocks-1468"))?;
+    relay.abort();
     server.stop().await;
     Ok(())
 }

@@ -77,6 +77,11 @@ pub struct Transfer {
     /// sooner than a round trip are from the same burst, and answering
     /// each would multiply windows (sorcerer's apprentice).
     last_resend: Option<(u64, Instant)>,
+    /// When to resend the window's last block if its ACK has not come: a
+    /// lost tail (a full receive buffer drops the end of a window) gives
+    /// the client no out-of-order block to signal with, and both sides
+    /// would otherwise sit out a whole timeout.
+    probe_at: Option<Instant>,
     retransmits: u64,
 }
 
@@ -107,6 +112,7 @@ impl Transfer {
             window_is_resend: false,
             srtt: None,
             last_resend: None,
+            probe_at: None,
             retransmits: 0,
         };
         let out = if t.oack.is_empty() {
@@ -125,8 +131,10 @@ impl Transfer {
         }
     }
 
+    /// When [`Transfer::on_timeout`] next has something to do.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.probe_at
+            .map_or(self.deadline, |probe| probe.min(self.deadline))
     }
 
     pub fn blksize(&self) -> u64 {
@@ -176,6 +184,12 @@ impl Transfer {
         self.window_sent_at = now;
         self.window_is_resend = resend;
         self.deadline = now + self.timeout;
+        // Lock-step transfers (window 1) never probe: a duplicate DATA
+        // there can start the sorcerer's apprentice cascade.
+        self.probe_at = match self.srtt {
+            Some(srtt) if self.windowsize > 1 => Some(now + self.probe_delay(srtt)),
+            _ => None,
+        };
         Output::SendWindow { first, count }
     }
 
@@ -231,6 +245,12 @@ impl Transfer {
                 // once rather than waiting for the timeout, unless this is
                 // a repeat of the ACK we just answered.
                 if block == self.acked {
+                    // In lock step a repeated ACK is only a duplicate;
+                    // answering it doubles every later packet (RFC 1350's
+                    // sorcerer's apprentice). The timeout resends instead.
+                    if self.windowsize == 1 {
+                        return Output::Wait;
+                    }
                     if let Some((prev, at)) = self.last_resend {
                         if prev == block && now.saturating_duration_since(at) < self.holdoff() {
                             return Output::Wait;
@@ -248,7 +268,21 @@ impl Transfer {
 
     /// Called when the deadline may have passed.
     pub fn on_timeout(&mut self, now: Instant) -> Output {
-        if self.phase == Phase::Finished || now < self.deadline {
+        if self.phase == Phase::Finished {
+            return Output::Wait;
+        }
+        if let Some(probe) = self.probe_at {
+            if now >= probe && now < self.deadline {
+                self.probe_at = None;
+                self.retransmits += 1;
+                self.last_resend = Some((self.sent_end, now));
+                return Output::SendWindow {
+                    first: self.sent_end,
+                    count: 1,
+                };
+            }
+        }
+        if now < self.deadline {
             return Output::Wait;
         }
         if self.attempts >= self.limits.retries {
@@ -281,6 +315,15 @@ impl Transfer {
             None => sample,
             Some(srtt) => (srtt * 7 + sample) / 8,
         });
+    }
+
+    /// Several window round trips: long enough that a slow client is not
+    /// probed every window, far shorter than a timeout.
+    fn probe_delay(&self, srtt: Duration) -> Duration {
+        (srtt * 4).clamp(
+            Duration::from_millis(2),
+            (self.base_timeout / 4).max(Duration::from_millis(2)),
+        )
     }
 
     /// How long repeats of an answered ACK are ignored: about one round trip.
@@ -411,6 +454,59 @@ mod tests {
         assert_eq!(
             t.on_packet(&ack(3), later),
             Output::SendWindow { first: 4, count: 8 }
+        );
+    }
+
+    #[test]
+    fn lost_tail_is_probed_after_a_few_round_trips() {
+        let t0 = Instant::now();
+        let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 4, false), LIMITS, t0);
+        assert_eq!(
+            t.deadline(),
+            t0 + Duration::from_secs(1),
+            "no RTT yet: no probe"
+        );
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(
+            t.on_packet(&ack(4), t1),
+            Output::SendWindow { first: 5, count: 4 }
+        );
+        // srtt 1 ms -> probe 4 ms after the window.
+        assert_eq!(t.deadline(), t1 + Duration::from_millis(4));
+        assert_eq!(
+            t.on_timeout(t.deadline()),
+            Output::SendWindow { first: 8, count: 1 }
+        );
+        assert_eq!(t.retransmits(), 1);
+        // One probe per window; then the real timeout.
+        assert_eq!(t.deadline(), t1 + Duration::from_secs(1));
+        // The client had everything but block 8; now it acks the window.
+        let t2 = t1 + Duration::from_millis(5);
+        assert_eq!(
+            t.on_packet(&ack(8), t2),
+            Output::SendWindow { first: 9, count: 4 }
+        );
+        // The probe's duplicate may draw a second ACK 8: not a loss signal.
+        assert_eq!(
+            t.on_packet(&ack(8), t2 + Duration::from_micros(100)),
+            Output::Wait
+        );
+    }
+
+    #[test]
+    fn lock_step_ignores_duplicate_acks_and_never_probes() {
+        let t0 = Instant::now();
+        let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 1, false), LIMITS, t0);
+        assert_eq!(
+            t.on_packet(&ack(1), t0),
+            Output::SendWindow { first: 2, count: 1 }
+        );
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(t.on_packet(&ack(1), later), Output::Wait, "duplicate ACK");
+        assert_eq!(t.deadline(), t0 + Duration::from_secs(1));
+        assert_eq!(
+            t.on_timeout(t.deadline()),
+            Output::SendWindow { first: 2, count: 1 }
         );
     }
 
