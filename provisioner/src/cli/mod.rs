@@ -1,0 +1,136 @@
+//! The `levee` command line. Each subcommand lives in its own module and acts
+//! on the store in `--data-dir`, so it works while `levee serve` runs.
+
+mod appliance;
+mod image;
+mod image_build;
+mod profile;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::store::{SqliteStore, Store};
+
+/// Levee: turns blank machines into managed backup appliances.
+///
+/// `levee serve` network-boots machines (DHCP/proxyDHCP, TFTP, iPXE over
+/// HTTP); the other commands manage what they boot. Every command acts on
+/// the state in --data-dir, also while `levee serve` runs.
+#[derive(Debug, Parser)]
+#[command(name = "levee", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    /// State directory: database, images, files served over TFTP (DIR/tftp/).
+    #[arg(long, global = true, env = "LEVEE_DATA_DIR", default_value = "/var/lib/levee")]
+    pub data_dir: PathBuf,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  # Boot machines on an isolated provisioning LAN (br0), handing out addresses:
+  levee serve --dhcp-interface br0 --dhcp-mode full --dhcp-range 10.99.0.100-10.99.0.200
+
+  # Beside an existing office DHCP server, answer only PXE clients:
+  levee serve --dhcp-interface eth0 --dhcp-mode proxy
+
+  # Import a built image and make it what unknown machines boot:
+  levee image import ./out --profile default";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the network-boot services: DHCP, TFTP and HTTP.
+    Serve(serve::ServeArgs),
+    /// Manage boot profiles (what a machine boots).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Manage appliances (physical boxes, known by MAC).
+    #[command(subcommand)]
+    Appliance(appliance::ApplianceCommand),
+    /// Import and list images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(&cli.data_dir, args),
+        Command::Profile(cmd) => profile::run(&cli.data_dir, cmd),
+        Command::Appliance(cmd) => appliance::run(&cli.data_dir, cmd),
+        Command::Image(cmd) => image::run(&cli.data_dir, cmd),
+    }
+}
+
+/// Opens the store behind `--data-dir`.
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::open(data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot open the Levee store in {}: {e}", data_dir.display())
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Logs go to stderr, one line per step; `RUST_LOG` overrides the level.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints rows as an aligned table.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// `3m ago`-style age of a Unix time.
+fn ago(t: Option<u64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let d = crate::store::now().saturating_sub(t);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86_399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86_400),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `levee serve`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use levee_pxe::dhcp::DhcpMode;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use levee_pxe::dhcp::interface_ipv4;
+use crate::serve::{self, DhcpConfig, Listeners, ServeConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Hand out addresses from --dhcp-range (isolated provisioning LAN).
+    Full,
+    /// Answer only PXE clients, beside an existing DHCP server.
+    Proxy,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Plain-HTTP listener (boot scripts, images, reports).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    http: SocketAddr,
+
+    /// TFTP listener (iPXE binaries, files in DATA_DIR/tftp/).
+    #[arg(long, default_value = "0.0.0.0:69")]
+    tftp: SocketAddr,
+
+    /// Do not run TFTP (HTTP-only networks, UEFI HTTP Boot).
+    #[arg(long)]
+    no_tftp: bool,
+
+    /// Run DHCP on this interface (off when not given).
+    #[arg(long, value_name = "IFACE")]
+    dhcp_interface: Option<String>,
+
+    /// `full` hands out leases; `proxy` only adds boot information to
+    /// another DHCP server's offers.
+    #[arg(long, value_enum, default_value = "proxy", requires = "dhcp_interface")]
+    dhcp_mode: ModeArg,
+
+    /// Address range for `full` mode, e.g. 10.99.0.100-10.99.0.200.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+
+    /// Base URL machines use to reach --http (needed when it is bound to
+    /// 0.0.0.0 and no --dhcp-interface tells the address).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+
+    /// Where the iPXE binaries are (undionly.kpxe, ipxe.efi, snponly.efi).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    ipxe_dir: PathBuf,
+}
+
+fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a range: write FIRST-LAST, e.g. 10.99.0.100-10.99.0.200"))?;
+    let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+    let last: Ipv4Addr = b.trim().parse().map_err(|_| format!("`{b}` is not an IPv4 address"))?;
+    if u32::from(first) > u32::from(last) {
+        return Err(format!("range {first}-{last} runs backwards"));
+    }
+    Ok((first, last))
+}
+
+/// Works out the URL machines use for HTTP: the flag, else the bound
+/// address, else the DHCP interface's address.
+fn public_url(args: &ServeArgs, iface_ip: Option<Ipv4Addr>) -> anyhow::Result<String> {
+    if let Some(url) = &args.public_url {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let ip: IpAddr = if !args.http.ip().is_unspecified() {
+        args.http.ip()
+    } else if let Some(ip) = iface_ip {
+        IpAddr::V4(ip)
+    } else {
+        bail!(
+            "--http is bound to {} and no --dhcp-interface says which address machines reach: pass --public-url http://ADDRESS",
+            args.http
+        );
+    };
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    Ok(match args.http.port() {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    })
+}
+
+pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let store = super::open_store(data_dir)?;
+    std::fs::create_dir_all(data_dir.join("tftp"))
+        .with_context(|| format!("cannot create {}", data_dir.join("tftp").display()))?;
+
+    let dhcp = match &args.dhcp_interface {
+        None => None,
+        Some(iface) => {
+            let ip = interface_ipv4(iface)
+                .ok()
+                .and_then(|addrs| addrs.first().map(|a| a.ip))
+                .with_context(|| {
+                    format!("interface `{iface}` has no IPv4 address: give it one (ip addr add ... dev {iface}) or name another interface")
+                })?;
+            let mode = match args.dhcp_mode {
+                ModeArg::Full => DhcpMode::Full,
+                ModeArg::Proxy => DhcpMode::Proxy,
+            };
+            if mode == DhcpMode::Full && args.dhcp_range.is_none() {
+                bail!("--dhcp-mode full hands out addresses: give --dhcp-range FIRST-LAST");
+            }
+            Some(DhcpConfig {
+                interface: iface.clone(),
+                mode,
+                range: args.dhcp_range,
+                server_ip: ip,
+            })
+        }
+    };
+    let public_url = public_url(&args, dhcp.as_ref().map(|d| d.server_ip))?;
+    let tftp_host = match (&dhcp, args.tftp.ip()) {
+        (_, IpAddr::V4(ip)) if !ip.is_unspecified() => ip.to_string(),
+        (Some(d), _) => d.server_ip.to_string(),
+        _ => url_host(&public_url),
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let http = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
+        let tftp = if args.no_tftp {
+            None
+        } else {
+            Some(
+                tokio::net::UdpSocket::bind(args.tftp)
+                    .await
+                    .with_context(|| format!("cannot listen for TFTP on {}", args.tftp))?,
+            )
+        };
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            info!("stopping");
+            on_signal.cancel();
+        });
+        let config = ServeConfig {
+            data_dir: data_dir.to_path_buf(),
+            ipxe_dir: args.ipxe_dir.clone(),
+            public_url,
+            tftp_host,
+            dhcp,
+        };
+        serve::run(store, Listeners { http, tftp }, config, shutdown).await
+    })
+}
+
+/// `http://10.0.0.1:8080/x` -> `10.0.0.1`.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
+        _ => authority.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_reject_nonsense() {
+        assert!(parse_range("10.0.0.10-10.0.0.20").is_ok());
+        assert!(parse_range("10.0.0.20-10.0.0.10").unwrap_err().contains("backwards"));
+        assert!(parse_range("10.0.0.10").unwrap_err().contains("FIRST-LAST"));
+        assert!(parse_range("10.0.0.x-10.0.0.20").is_err());
+    }
+
+    #[test]
+    fn url_host_strips_scheme_port_and_path() {
+        assert_eq!(url_host("http://10.0.0.1:8080/x"), "10.0.0.1");
+        assert_eq!(url_host("http://example.org"), "example.org");
+    }
+}

@@ -1,0 +1,229 @@
+//! The plain-HTTP listener: what firmware, iPXE and un-enrolled machines ask
+//! for. Boot scripts, image artifacts (with `Range`), iPXE binaries for UEFI
+//! HTTP Boot, and status reports.
+//!
+//! Every response is logged once it has been sent, with its size and
+//! duration, so an operator can see how far a stuck machine got.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use levee_proto::report::StatusReport;
+use levee_pxe::boot::MacAddr;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+use tracing::{debug, info, warn};
+
+use crate::boot::BootService;
+use crate::images::image_dir;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub boot: BootService,
+    /// Where the iPXE binaries are (`--ipxe-dir`).
+    pub ipxe_dir: PathBuf,
+}
+
+/// iPXE binaries that UEFI HTTP Boot clients may fetch.
+const IPXE_FILES: &[&str] = &["ipxe.efi", "snponly.efi", "undionly.kpxe"];
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/boot/{file}", get(boot_script))
+        .route("/images/{image}/{file}", get(image_file))
+        .route("/ipxe/{file}", get(ipxe_file))
+        .route(levee_proto::paths::REPORT, post(report))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn(log_response))
+        .with_state(state)
+}
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, format!("{}\n", msg.into())).into_response()
+}
+
+async fn boot_script(State(st): State<HttpState>, Path(file): Path<String>) -> Response {
+    let Some(mac) = file.strip_suffix(".ipxe") else {
+        return refuse(StatusCode::NOT_FOUND, "boot scripts are at /boot/<mac>.ipxe");
+    };
+    let mac: MacAddr = match mac.parse() {
+        Ok(m) => m,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let boot = st.boot.clone();
+    match tokio::task::spawn_blocking(move || boot.script(mac)).await {
+        Ok(script) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering failed: {e}")),
+    }
+}
+
+/// Plain names only: the router already splits on `/`, this keeps `..` and
+/// hidden staging directories out.
+fn plain(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
+async fn image_file(
+    State(st): State<HttpState>,
+    Path((image, file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    if !plain(&image) || !plain(&file) {
+        return refuse(StatusCode::BAD_REQUEST, "bad image or artifact name");
+    }
+    let path = image_dir(&st.boot.data_dir, &image).join(&file);
+    serve_file(path, req).await
+}
+
+async fn ipxe_file(State(st): State<HttpState>, Path(file): Path<String>, req: Request) -> Response {
+    if !IPXE_FILES.contains(&file.as_str()) {
+        return refuse(StatusCode::NOT_FOUND, format!("no iPXE binary `{file}`"));
+    }
+    serve_file(st.ipxe_dir.join(file), req).await
+}
+
+/// `ServeFile` does `Range`, `If-Modified-Since` and HEAD correctly; no need
+/// to write our own.
+async fn serve_file(path: PathBuf, req: Request) -> Response {
+    match ServeFile::new(path).oneshot(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn report(
+    State(st): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let report: StatusReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(%peer, error = %e, "malformed status report");
+            return refuse(StatusCode::BAD_REQUEST, format!("malformed status report: {e}"));
+        }
+    };
+    let mac: MacAddr = match report.mac.parse() {
+        Ok(m) => m,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    info!(
+        %mac, %peer,
+        stage = report.stage.as_deref().unwrap_or("-"),
+        version = report.version.as_deref().unwrap_or("-"),
+        addresses = %report.addresses.join(","),
+        "status report received"
+    );
+    let boot = st.boot.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        boot.store.record_report(&report, mac)?;
+        boot.store.add_event(
+            mac,
+            "report",
+            &format!(
+                "{} {}",
+                report.stage.as_deref().unwrap_or("report"),
+                report.addresses.join(",")
+            ),
+        )
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Wraps every response body so that one line is logged when it has been
+/// sent (or abandoned), with size and duration.
+async fn log_response(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "-".into());
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    resp.map(|inner| {
+        Body::new(LoggedBody {
+            inner,
+            bytes: 0,
+            started,
+            peer,
+            target,
+            status,
+            finished: false,
+        })
+    })
+}
+
+struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    started: Instant,
+    peer: String,
+    target: String,
+    status: u16,
+    finished: bool,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let complete = self.finished || self.inner.is_end_stream();
+        let (peer, target, status, bytes) = (&self.peer, &self.target, self.status, self.bytes);
+        if target.ends_with("/healthz") {
+            debug!(%peer, %target, status, bytes, "http served");
+        } else if complete {
+            info!(%peer, %target, status, bytes, ms = format!("{ms:.1}"), "http served");
+        } else {
+            warn!(%peer, %target, status, bytes, ms = format!("{ms:.1}"), "http response abandoned by the client");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `levee serve`: one task per protocol (DHCP, router advertisements, TFTP,
+//! HTTP) over one store, all stopped by the first fatal error or by the
+//! shutdown token.
+//!
+//! [`run`] takes sockets that are already bound, so tests can bind port 0
+//! and the binary can bind privileged ports before anything else happens.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use levee_pxe::boot::MacAddr;
+use levee_pxe::dhcp::{self, DhcpMode, Lease, LeaseStore};
+use levee_pxe::tftp::{self, FileSource, OpenError, TftpFile};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::boot::BootService;
+use crate::http::{router, HttpState};
+use crate::images::image_dir;
+use crate::store::Store;
+
+/// DHCP settings; DHCP is off unless an interface is given.
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    pub interface: String,
+    pub mode: DhcpMode,
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The server's own address on that interface (next-server).
+    pub server_ip: Ipv4Addr,
+}
+
+/// What `levee serve` serves, and where machines reach it.
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+    pub public_url: String,
+    pub tftp_host: String,
+    pub dhcp: Option<DhcpConfig>,
+}
+
+/// Sockets bound by the caller.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub tftp: Option<tokio::net::UdpSocket>,
+}
+
+/// Runs until `shutdown` is cancelled or one service fails; then stops the
+/// others and returns the first error.
+pub async fn run(
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let boot = BootService {
+        store: store.clone(),
+        data_dir: config.data_dir.clone(),
+        public_url: config.public_url.clone(),
+        tftp_host: config.tftp_host.clone(),
+    };
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+
+    let http_addr = listeners.http.local_addr()?;
+    let app = router(HttpState {
+        boot: boot.clone(),
+        ipxe_dir: config.ipxe_dir.clone(),
+    })
+    .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listeners.http, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("HTTP server failed");
+        ("http", served)
+    });
+    info!(listen = %http_addr, public_url = %config.public_url, "http listening");
+
+    if let Some(socket) = listeners.tftp {
+        let addr = socket.local_addr()?;
+        let source: Arc<dyn FileSource> = Arc::new(tftp::ChainSource::new(vec![
+            Arc::new(BootFiles { boot: boot.clone() }),
+            Arc::new(tftp::DirSource::new(&config.ipxe_dir)),
+            Arc::new(tftp::DirSource::new(config.data_dir.join("tftp"))),
+        ]));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = tftp::serve(socket, source, tftp::TftpOptions::default(), stop)
+                .await
+                .context("TFTP server failed");
+            ("tftp", served)
+        });
+        info!(listen = %addr, root = %config.data_dir.join("tftp").display(), "tftp listening");
+    }
+
+    if let Some(dhcp_cfg) = config.dhcp {
+        let ipxe = dhcp::IpxeBinaries::discover(&config.ipxe_dir);
+        let options = dhcp::DhcpOptions {
+            interface: dhcp_cfg.interface.clone(),
+            mode: dhcp_cfg.mode,
+            range: dhcp_cfg.range,
+            lease_time: Duration::from_secs(3600),
+            ipxe,
+            http_base: config.public_url.clone(),
+            server_ip: Some(dhcp_cfg.server_ip),
+            server_port: 67,
+            proxy_port: 4011,
+            client_port: 68,
+        };
+        let policy = Arc::new(boot.clone());
+        let leases: Arc<dyn LeaseStore> = Arc::new(StoreLeases(store.clone()));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = dhcp::serve(options, policy, leases, stop)
+                .await
+                .context("DHCP server failed");
+            ("dhcp", served)
+        });
+        if dhcp_cfg.mode == DhcpMode::Full {
+            // iPXE waits ~16 s for a router advertisement before it goes on.
+            let stop = shutdown.clone();
+            let iface = dhcp_cfg.interface.clone();
+            tasks.spawn(async move {
+                let served = levee_pxe::ra::serve(&iface, stop)
+                    .await
+                    .context("router advertisements failed");
+                ("ra", served)
+            });
+        }
+    }
+
+    // The first task to end (error, or a clean stop after cancellation)
+    // stops the rest.
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = match joined {
+            Ok(r) => r,
+            Err(e) => ("task", Err(anyhow::anyhow!("a server task panicked: {e}"))),
+        };
+        if let Err(e) = result {
+            error!(service = name, error = format!("{e:#}"), "service stopped");
+            first_error.get_or_insert(e);
+        }
+        shutdown.cancel();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The files the provisioner generates for TFTP clients: boot scripts at
+/// `boot/<mac>.ipxe` and image artifacts at `images/<id>/<file>`, the same
+/// paths as over HTTP.
+struct BootFiles {
+    boot: BootService,
+}
+
+impl FileSource for BootFiles {
+    fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
+        let path = path.trim_start_matches('/');
+        let not_found = || OpenError::NotFound(path.to_string());
+        if let Some(name) = path.strip_prefix("boot/") {
+            let mac: MacAddr = name
+                .strip_suffix(".ipxe")
+                .and_then(|m| m.parse().ok())
+                .ok_or_else(not_found)?;
+            let script = self.boot.script(mac);
+            return Ok(TftpFile::Memory(Arc::from(script.into_bytes())));
+        }
+        if let Some(rest) = path.strip_prefix("images/") {
+            let (image, file) = rest.split_once('/').ok_or_else(not_found)?;
+            let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\\']);
+            if !plain(image) || !plain(file) {
+                return Err(OpenError::AccessDenied(path.to_string()));
+            }
+            let full = image_dir(&self.boot.data_dir, image).join(file);
+            let io = |source| OpenError::Io { path: path.to_string(), source };
+            let file = match std::fs::File::open(&full) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+                Err(e) => return Err(io(e)),
+            };
+            let len = file.metadata().map_err(io)?.len();
+            return Ok(TftpFile::Disk { file, len });
+        }
+        Err(not_found())
+    }
+}
+
+/// DHCP leases kept in the central store, so they survive restarts.
+struct StoreLeases(Arc<dyn Store>);
+
+impl LeaseStore for StoreLeases {
+    fn load(&self) -> Result<Vec<Lease>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.leases()?)
+    }
+
+    fn save(&self, lease: &Lease) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.save_lease(lease)?)
+    }
+}

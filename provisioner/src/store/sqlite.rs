@@ -1,0 +1,539 @@
+//! The embedded store: one SQLite file in `--data-dir`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use levee_proto::report::StatusReport;
+use levee_pxe::boot::MacAddr;
+use levee_pxe::dhcp::Lease;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{
+    now, validate_name, Appliance, Event, ImageRecord, Profile, Result, Store, StoreError,
+    Transport,
+};
+
+/// Ordered schema migrations; `PRAGMA user_version` records how many ran.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    imported_at INTEGER NOT NULL
+);
+CREATE TABLE profiles (
+    name TEXT PRIMARY KEY,
+    image TEXT NOT NULL REFERENCES images(id),
+    kernel TEXT NOT NULL,
+    initrd TEXT NOT NULL,
+    cmdline TEXT NOT NULL,
+    transport TEXT NOT NULL
+);
+CREATE TABLE appliances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL UNIQUE,
+    serial TEXT,
+    profile TEXT,
+    registered INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER,
+    last_report TEXT,
+    last_report_at INTEGER
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_by_mac ON events(mac, id);
+CREATE TABLE leases (
+    mac TEXT PRIMARY KEY,
+    ip TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+"#];
+
+/// Events kept per machine.
+const EVENTS_KEPT: i64 = 500;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) `DIR/levee.sqlite`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let conn = Connection::open(data_dir.join("levee.sqlite"))?;
+        // WAL lets the CLI read and write while `levee serve` does; the busy
+        // timeout turns a momentary lock into a short wait, not an error.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if done > MIGRATIONS.len() {
+            return Err(StoreError::Invalid(format!(
+                "the database has schema version {done}, newer than this levee ({}): upgrade levee",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+fn mac_col(row: &Row, idx: usize) -> rusqlite::Result<MacAddr> {
+    let s: String = row.get(idx)?;
+    s.parse().map_err(corrupt)
+}
+
+fn image_row(row: &Row) -> rusqlite::Result<ImageRecord> {
+    let manifest: String = row.get(3)?;
+    Ok(ImageRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        manifest: serde_json::from_str(&manifest).map_err(corrupt)?,
+        imported_at: row.get::<_, i64>(4)? as u64,
+    })
+}
+
+fn profile_row(row: &Row) -> rusqlite::Result<Profile> {
+    let transport: String = row.get(5)?;
+    Ok(Profile {
+        name: row.get(0)?,
+        image: row.get(1)?,
+        kernel: row.get(2)?,
+        initrd: row.get(3)?,
+        cmdline: row.get(4)?,
+        transport: Transport::parse(&transport).map_err(corrupt)?,
+    })
+}
+
+const APPLIANCE_COLS: &str =
+    "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at";
+
+fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
+    let report: Option<String> = row.get(7)?;
+    Ok(Appliance {
+        id: row.get(0)?,
+        mac: mac_col(row, 1)?,
+        serial: row.get(2)?,
+        profile: row.get(3)?,
+        registered: row.get::<_, i64>(4)? != 0,
+        first_seen: row.get::<_, i64>(5)? as u64,
+        last_seen: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        last_report: report
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(corrupt)?,
+        last_report_at: row.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+    })
+}
+
+impl Store for SqliteStore {
+    fn put_image(&self, image: &ImageRecord) -> Result<()> {
+        let manifest = serde_json::to_string(&image.manifest)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.lock().execute(
+            "INSERT INTO images (id, name, version, manifest, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest, imported_at = excluded.imported_at",
+            params![image.id, image.name, image.version, manifest, image.imported_at as i64],
+        )?;
+        Ok(())
+    }
+
+    fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name, version, manifest, imported_at FROM images WHERE id = ?1",
+                [id],
+                image_row,
+            )
+            .optional()?)
+    }
+
+    fn images(&self) -> Result<Vec<ImageRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, version, manifest, imported_at FROM images ORDER BY imported_at, id",
+        )?;
+        let rows = stmt.query_map([], image_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn put_profile(&self, p: &Profile) -> Result<()> {
+        validate_name("profile", &p.name)?;
+        let conn = self.lock();
+        let known: Option<String> = conn
+            .query_row("SELECT id FROM images WHERE id = ?1", [&p.image], |r| r.get(0))
+            .optional()?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                what: "image",
+                name: p.image.clone(),
+                hint: ": import it first with `levee image import DIR`",
+            });
+        }
+        conn.execute(
+            "INSERT INTO profiles (name, image, kernel, initrd, cmdline, transport)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET image = excluded.image, kernel = excluded.kernel,
+               initrd = excluded.initrd, cmdline = excluded.cmdline, transport = excluded.transport",
+            params![p.name, p.image, p.kernel, p.initrd, p.cmdline, p.transport.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn profile(&self, name: &str) -> Result<Option<Profile>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, image, kernel, initrd, cmdline, transport FROM profiles WHERE name = ?1",
+                [name],
+                profile_row,
+            )
+            .optional()?)
+    }
+
+    fn profiles(&self) -> Result<Vec<Profile>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, image, kernel, initrd, cmdline, transport FROM profiles ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], profile_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn delete_profile(&self, name: &str) -> Result<()> {
+        let conn = self.lock();
+        let users: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM appliances WHERE profile = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if users > 0 {
+            return Err(StoreError::Invalid(format!(
+                "profile `{name}` is used by {users} appliance(s): move them with `levee appliance set MAC --profile OTHER` first"
+            )));
+        }
+        if conn.execute("DELETE FROM profiles WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound {
+                what: "profile",
+                name: name.to_string(),
+                hint: ": `levee profile list` shows the profiles",
+            });
+        }
+        Ok(())
+    }
+
+    fn register_appliance(
+        &self,
+        mac: MacAddr,
+        serial: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<Appliance> {
+        {
+            let conn = self.lock();
+            conn.execute(
+                "INSERT INTO appliances (mac, serial, profile, registered, first_seen)
+                 VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT(mac) DO UPDATE SET registered = 1,
+                   serial = COALESCE(excluded.serial, serial),
+                   profile = COALESCE(excluded.profile, profile)",
+                params![mac.to_string(), serial, profile, now() as i64],
+            )?;
+        }
+        self.appliance(mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))
+    }
+
+    fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance> {
+        {
+            let conn = self.lock();
+            let t = now() as i64;
+            conn.execute(
+                "INSERT INTO appliances (mac, registered, first_seen, last_seen) VALUES (?1, 0, ?2, ?2)
+                 ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen",
+                params![mac.to_string(), t],
+            )?;
+        }
+        self.appliance(mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))
+    }
+
+    fn set_appliance_profile(&self, mac: MacAddr, profile: Option<&str>) -> Result<()> {
+        let n = self.lock().execute(
+            "UPDATE appliances SET profile = ?2 WHERE mac = ?1",
+            params![mac.to_string(), profile],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "appliance",
+                name: mac.to_string(),
+                hint: ": register it with `levee appliance add --mac MAC`",
+            });
+        }
+        Ok(())
+    }
+
+    fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = ?1"),
+                [mac.to_string()],
+                appliance_row,
+            )
+            .optional()?)
+    }
+
+    fn appliances(&self) -> Result<Vec<Appliance>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"))?;
+        let rows = stmt.query_map([], appliance_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn remove_appliance(&self, mac: MacAddr) -> Result<()> {
+        let conn = self.lock();
+        if conn.execute("DELETE FROM appliances WHERE mac = ?1", [mac.to_string()])? == 0 {
+            return Err(StoreError::NotFound {
+                what: "appliance",
+                name: mac.to_string(),
+                hint: "",
+            });
+        }
+        conn.execute("DELETE FROM events WHERE mac = ?1", [mac.to_string()])?;
+        Ok(())
+    }
+
+    fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
+        let json =
+            serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let t = now() as i64;
+        self.lock().execute(
+            "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
+             VALUES (?1, 0, ?2, ?2, ?3, ?2)
+             ON CONFLICT(mac) DO UPDATE SET last_seen = ?2, last_report = ?3, last_report_at = ?2",
+            params![mac.to_string(), t, json],
+        )?;
+        Ok(())
+    }
+
+    fn add_event(&self, mac: MacAddr, step: &str, detail: &str) -> Result<()> {
+        let conn = self.lock();
+        let mac = mac.to_string();
+        let id = conn.query_row(
+            "INSERT INTO events (mac, at, step, detail) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            params![mac, now() as i64, step, detail],
+            |r| r.get::<_, i64>(0),
+        )?;
+        // Cheap trim: ids grow monotonically, so everything older than the
+        // last EVENTS_KEPT ids of this machine can go.
+        if id % 50 == 0 {
+            conn.execute(
+                "DELETE FROM events WHERE mac = ?1 AND id <= (
+                   SELECT id FROM events WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![mac, EVENTS_KEPT],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn events(&self, mac: MacAddr, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT at, step, detail FROM (
+               SELECT id, at, step, detail FROM events WHERE mac = ?1 ORDER BY id DESC LIMIT ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![mac.to_string(), limit as i64], |r| {
+            Ok(Event {
+                at: r.get::<_, i64>(0)? as u64,
+                step: r.get(1)?,
+                detail: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT mac, ip, expires FROM leases")?;
+        let rows = stmt.query_map([], |r| {
+            let ip: String = r.get(1)?;
+            Ok(Lease {
+                mac: mac_col(r, 0)?,
+                ip: ip.parse::<Ipv4Addr>().map_err(corrupt)?,
+                expires_unix: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn save_lease(&self, lease: &Lease) -> Result<()> {
+        let conn = self.lock();
+        // An address belongs to one MAC at a time: drop any stale holder.
+        conn.execute(
+            "DELETE FROM leases WHERE ip = ?1 AND mac <> ?2",
+            params![lease.ip.to_string(), lease.mac.to_string()],
+        )?;
+        conn.execute(
+            "INSERT INTO leases (mac, ip, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires",
+            params![
+                lease.mac.to_string(),
+                lease.ip.to_string(),
+                lease.expires_unix as i64
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_proto::image::{Artifact, ImageManifest};
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    fn image(id: &str) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            name: "test".into(),
+            version: "1".into(),
+            manifest: ImageManifest {
+                name: "test".into(),
+                version: "1".into(),
+                release: String::new(),
+                packages: Default::default(),
+                artifacts: [(
+                    "vmlinuz".to_string(),
+                    Artifact {
+                        sha256: "00".repeat(32),
+                        size: 1,
+                    },
+                )]
+                .into(),
+                cmdline: String::new(),
+            },
+            imported_at: 1,
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.put_image(&image("test-1")).unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.images().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn profile_needs_an_existing_image() {
+        let (_d, s) = store();
+        let p = Profile {
+            name: "default".into(),
+            image: "nope".into(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd.img".into(),
+            cmdline: String::new(),
+            transport: Transport::Http,
+        };
+        let err = s.put_profile(&p).unwrap_err().to_string();
+        assert!(err.contains("image `nope` does not exist"), "{err}");
+        s.put_image(&image("nope")).unwrap();
+        s.put_profile(&p).unwrap();
+        assert_eq!(s.profile("default").unwrap(), Some(p));
+    }
+
+    #[test]
+    fn appliances_are_registered_seen_and_report() {
+        let (_d, s) = store();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let a = s.appliance_seen(mac).unwrap();
+        assert!(!a.registered);
+        let a = s.register_appliance(mac, Some("SN1"), None).unwrap();
+        assert!(a.registered);
+        assert_eq!(a.serial.as_deref(), Some("SN1"));
+        let report = StatusReport {
+            mac: mac.to_string(),
+            stage: Some("agent".into()),
+            ..Default::default()
+        };
+        s.record_report(&report, mac).unwrap();
+        assert_eq!(s.appliance(mac).unwrap().unwrap().last_report, Some(report));
+    }
+
+    #[test]
+    fn events_are_kept_in_order_and_trimmed() {
+        let (_d, s) = store();
+        let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        for i in 0..(EVENTS_KEPT + 120) {
+            s.add_event(mac, "dhcp", &i.to_string()).unwrap();
+        }
+        let ev = s.events(mac, 3).unwrap();
+        let last: Vec<_> = ev.iter().map(|e| e.detail.as_str()).collect();
+        let n = EVENTS_KEPT + 120;
+        assert_eq!(last, [(n - 3).to_string(), (n - 2).to_string(), (n - 1).to_string()]);
+        assert!(s.events(mac, 10_000).unwrap().len() <= (EVENTS_KEPT + 50) as usize);
+    }
+
+    #[test]
+    fn an_address_is_leased_to_one_mac_at_a_time() {
+        let (_d, s) = store();
+        let a: MacAddr = "52:54:00:00:00:0a".parse().unwrap();
+        let b: MacAddr = "52:54:00:00:00:0b".parse().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        s.save_lease(&Lease { mac: a, ip, expires_unix: 10 }).unwrap();
+        s.save_lease(&Lease { mac: b, ip, expires_unix: 20 }).unwrap();
+        let leases = s.leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].mac, b);
+    }
+}

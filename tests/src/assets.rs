@@ -1,0 +1,39 @@
+//! The test guest: Debian's kernel plus a busybox initramfs that reports to
+//! the server (built by `tests/assets/build-test-initramfs.sh`, once per
+//! target directory, under a file lock so parallel tests share it).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::{require_tool, run, target_dir, workspace_root};
+
+pub struct TestGuest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Builds the test guest if it is not there yet.
+pub fn test_guest() -> anyhow::Result<TestGuest> {
+    let dir = target_dir().join("test-assets").join("guest");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = File::create(dir.join(".lock"))?;
+    // SAFETY: flock on a file descriptor we own; released when `lock` drops.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        anyhow::bail!("cannot lock {}", dir.display());
+    }
+    let guest = TestGuest {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+    };
+    if !guest.kernel.exists() || !guest.initrd.exists() {
+        for (tool, pkg) in [("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio")] {
+            require_tool(tool, pkg)?;
+        }
+        let script = workspace_root().join("tests/assets/build-test-initramfs.sh");
+        run(Command::new("bash").arg(script).arg(&dir)).context("building the test guest")?;
+    }
+    Ok(guest)
+}

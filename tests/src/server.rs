@@ -1,0 +1,100 @@
+//! `levee serve` inside a test network, and the `levee` CLI against its
+//! data directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::net::{TestNet, BRIDGE, SERVER_IP};
+use crate::{binary, run, wait_until};
+
+/// How the server hands out addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    Full,
+    Proxy,
+}
+
+pub struct LeveeServer {
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LeveeServer {
+    /// A data directory with the CLI ready to configure it; `start` runs the
+    /// server.
+    pub fn new() -> anyhow::Result<LeveeServer> {
+        let dir = tempfile::Builder::new().prefix("levee-test-").tempdir()?;
+        Ok(LeveeServer {
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("serve.log"),
+            _dir: dir,
+        })
+    }
+
+    /// Runs `levee --data-dir DIR ARGS...` and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(binary("levee")?);
+        cmd.arg("--data-dir").arg(&self.data_dir).args(args);
+        run(&mut cmd)
+    }
+
+    /// Starts `levee serve` in `net` on the bridge address, with DHCP on the
+    /// bridge in `mode`, and waits until it listens.
+    pub fn start(&self, net: &TestNet, mode: DhcpMode, extra: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = net.cmd(binary("levee")?.to_str().context("non-UTF-8 path")?);
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["serve", "--http", &format!("{SERVER_IP}:80")])
+            .args(["--tftp", &format!("{SERVER_IP}:69")])
+            .args(["--dhcp-interface", BRIDGE]);
+        match mode {
+            DhcpMode::Full => cmd.args(["--dhcp-mode", "full", "--dhcp-range", "10.99.0.100-10.99.0.150"]),
+            DhcpMode::Proxy => cmd.args(["--dhcp-mode", "proxy"]),
+        };
+        cmd.args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&self.log)?);
+        net.adopt(cmd.spawn().context("cannot start levee serve")?);
+        wait_until(Duration::from_secs(20), "levee serve to listen", || {
+            let log = self.log_text();
+            if log.contains("error") && log.contains("service stopped") {
+                anyhow::bail!("levee serve failed to start:\n{log}");
+            }
+            Ok(log.contains("http listening").then_some(()))
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The appliance record as `levee appliance show --json` prints it.
+    pub fn appliance(&self, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let mut cmd = Command::new(binary("levee")?);
+        cmd.arg("--data-dir").arg(&self.data_dir).args(["appliance", "show", mac, "--json"]);
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_slice(&out.stdout)?))
+    }
+
+    /// Waits for a status report from `mac` with the given stage.
+    pub fn wait_for_report(&self, mac: &str, stage: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+        wait_until(timeout, &format!("a `{stage}` report from {mac}"), || {
+            Ok(self.appliance(mac)?.filter(|a| {
+                a["appliance"]["last_report"]["stage"].as_str() == Some(stage)
+            }))
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}

@@ -1,0 +1,123 @@
+//! QEMU machines for the boot tests.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+
+use crate::net::TestNet;
+use crate::{qemu_accel, require_tool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE option ROM on the NIC.
+    Bios,
+    /// OVMF with the NIC's option ROM removed, so the firmware's own PXE
+    /// client starts and must fetch ipxe.efi, like a blank UEFI box.
+    Uefi,
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A machine to boot. Fields are public so tests read like a spec sheet.
+pub struct VmBuilder {
+    pub firmware: Firmware,
+    pub mac: String,
+    pub memory_mib: u32,
+    pub disks: Vec<PathBuf>,
+}
+
+impl VmBuilder {
+    pub fn new(firmware: Firmware, mac: &str) -> VmBuilder {
+        VmBuilder {
+            firmware,
+            mac: mac.into(),
+            memory_mib: 512,
+            disks: Vec::new(),
+        }
+    }
+
+    /// Boots the machine inside `net` on a new tap device.
+    pub fn start(self, net: &TestNet, dir: &Path) -> anyhow::Result<Vm> {
+        require_tool("qemu-system-x86_64", "qemu-system-x86")?;
+        let tap = net.add_tap()?;
+        let serial = dir.join(format!("serial-{}.log", self.mac.replace(':', "")));
+        let mut cmd = net.cmd("qemu-system-x86_64");
+        cmd.args(["-accel", &qemu_accel(), "-m", &self.memory_mib.to_string()])
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ]);
+        let mut nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
+        match self.firmware {
+            Firmware::Bios => {
+                require_tool_file("/usr/share/qemu/pxe-virtio.rom", "ipxe-qemu")?;
+
+            }
+            Firmware::Uefi => {
+                require_tool_file(OVMF_CODE, "ovmf")?;
+                let vars = dir.join(format!("vars-{}.fd", self.mac.replace(':', "")));
+                std::fs::copy(OVMF_VARS, &vars).context("copying OVMF variables")?;
+                cmd.args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
+                nic.push_str(",romfile=");
+            }
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            cmd.args([
+                "-drive",
+                &format!("file={},format=raw,if=none,id=d{i}", disk.display()),
+                "-device",
+                &format!("virtio-blk-pci,drive=d{i},bootindex={}", i + 1),
+            ]);
+        }
+        // Disks first, then the network, as on a real appliance: a blank disk
+        // falls through to PXE, an installed one boots locally.
+        nic.push_str(&format!(",bootindex={}", self.disks.len() + 1));
+        cmd.args(["-device", &nic])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join(format!("qemu-{}.log", self.mac.replace(':', ""))))?);
+        let child = cmd.spawn().context("cannot start qemu")?;
+        let pid = child.id();
+        net.adopt(child);
+        Ok(Vm { serial, pid })
+    }
+}
+
+fn require_tool_file(path: &str, package: &str) -> anyhow::Result<()> {
+    if !Path::new(path).exists() {
+        anyhow::bail!("{path} is missing: install it with `apt-get install {package}`");
+    }
+    Ok(())
+}
+
+pub struct Vm {
+    pub serial: PathBuf,
+    pub pid: u32,
+}
+
+impl Vm {
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+}
+
+/// Prints the logs that explain a failure, then fails the test.
+pub fn check(result: anyhow::Result<()>, logs: &[(&str, String)]) {
+    if let Err(e) = result {
+        for (name, text) in logs {
+            eprintln!("===== {name} =====\n{text}");
+        }
+        panic!("{e:#}");
+    }
+}

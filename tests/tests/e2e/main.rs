@@ -1,0 +1,4 @@
+//! End-to-end tests: real QEMU machines booting over Levee's own servers in
+//! private network namespaces. One test binary; modules by subject.
+
+mod pxe_boot;
