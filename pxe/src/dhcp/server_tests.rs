@@ -481,3 +481,12 @@ fn failing_store_does_not_stop_the_ack() {
     let mut h = Handler::new(config(DhcpMode::Full), script_policy(), Arc::new(Broken)).unwrap();
     assert!(lease(&mut h, 90).is_some());
 }
+
+#[test]
+fn relayed_requests_are_answered_to_the_relay() {
+    let relay = Ipv4Addr::new(10, 99, 0, 254);
+    let mut h = handler(DhcpMode::Full);
+    let (offer, to) = ask(&mut h, &bios_discover(95).giaddr(relay), Port::Dhcp).unwrap();
+    assert_eq!(to, Destination::Relay(relay));
+    assert_eq!(offer.giaddr(), relay);
+}

@@ -89,6 +89,12 @@ impl ClientPacket {
         self
     }
 
+    /// A relay agent's address (as if forwarded by a DHCP relay).
+    pub fn giaddr(mut self, ip: Ipv4Addr) -> Self {
+        self.msg.set_giaddr(ip);
+        self
+    }
+
     pub fn ciaddr(mut self, ip: Ipv4Addr) -> Self {
         self.msg.set_ciaddr(ip);
         self
