@@ -56,7 +56,7 @@ impl VmBuilder {
         let mut nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
         match self.firmware {
             Firmware::Bios => {
-                require_tool_file("/usr/share/qemu/pxe-virtio.rom", "ipxe-qemu")?;
+                require_tool_file("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu")?;
 
             }
             Firmware::Uefi => {
