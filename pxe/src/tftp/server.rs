@@ -362,10 +362,12 @@ async fn drive(
             }
             Output::SendWindow { first, count } => {
                 sender
-                    .fill(file, transfer, first, count)
+                    .load(file, transfer, first, count)
                     .map_err(|e| failure(format!("reading file: {e}"), true))?;
                 sender.send(socket).await.map_err(|e| send_failure(&e))?;
                 ack_wait.sent = Some(Instant::now());
+                // The read is then off the path from ACK to next window.
+                sender.read_ahead(file, transfer);
             }
             Output::Wait => {}
             Output::Done => return Ok(()),
@@ -511,6 +513,10 @@ struct WindowSender {
     blksize: usize,
     /// Length of the datagrams in `buf`: all full except maybe the last.
     len: usize,
+    /// The window read ahead, its length and which blocks it holds.
+    next: Vec<u8>,
+    next_len: usize,
+    next_window: Option<(u64, u64)>,
     gso: bool,
 }
 
@@ -524,6 +530,9 @@ impl WindowSender {
             buf: Vec::new(),
             blksize,
             len: 0,
+            next: Vec::new(),
+            next_len: 0,
+            next_window: None,
             gso,
         }
     }
@@ -539,15 +548,16 @@ impl WindowSender {
         first: u64,
         count: u64,
     ) -> io::Result<()> {
+        self.next_window = None;
         let seg = self.segment();
         let count = count as usize;
         let last_len = transfer.block_len(first + count as u64 - 1);
-        self.len = (count - 1) * seg + DATA_HEADER_LEN + last_len;
-        if self.buf.len() < count * seg {
-            self.buf.resize(count * seg, 0);
+        self.next_len = (count - 1) * seg + DATA_HEADER_LEN + last_len;
+        if self.next.len() < count * seg {
+            self.next.resize(count * seg, 0);
         }
         for i in 0..count {
-            let header: &mut [u8; DATA_HEADER_LEN] = (&mut self.buf
+            let header: &mut [u8; DATA_HEADER_LEN] = (&mut self.next
                 [i * seg..i * seg + DATA_HEADER_LEN])
                 .try_into()
                 .map_err(|_| io::Error::other("window buffer layout"))?;
@@ -563,12 +573,46 @@ impl WindowSender {
                     .ok_or_else(|| io::Error::other("window beyond end of data"))?;
                 for (i, chunk) in data.chunks(self.blksize).enumerate() {
                     let at = i * seg + DATA_HEADER_LEN;
-                    self.buf[at..at + chunk.len()].copy_from_slice(chunk);
+                    self.next[at..at + chunk.len()].copy_from_slice(chunk);
                 }
-                Ok(())
             }
-            TftpFile::Disk { file, .. } => {
-                preadv_segments(file.as_raw_fd(), &mut self.buf, offset, seg, count, payload)
+            TftpFile::Disk { file, .. } => preadv_segments(
+                file.as_raw_fd(),
+                &mut self.next,
+                offset,
+                seg,
+                count,
+                payload,
+            )?,
+        }
+        self.next_window = Some((first, count as u64));
+        Ok(())
+    }
+
+    /// Makes `first ..= first + count - 1` the window to send, reading it
+    /// unless it was read ahead.
+    fn load(
+        &mut self,
+        file: &TftpFile,
+        transfer: &Transfer,
+        first: u64,
+        count: u64,
+    ) -> io::Result<()> {
+        if self.next_window != Some((first, count)) {
+            self.fill(file, transfer, first, count)?;
+        }
+        std::mem::swap(&mut self.buf, &mut self.next);
+        self.len = self.next_len;
+        self.next_window = None;
+        Ok(())
+    }
+
+    /// Reads the window that will most likely be asked for next, while the
+    /// client is busy with the current one; errors surface on [`load`].
+    fn read_ahead(&mut self, file: &TftpFile, transfer: &Transfer) {
+        if let Some((first, count)) = transfer.next_window() {
+            if self.fill(file, transfer, first, count).is_err() {
+                self.next_window = None;
             }
         }
     }

@@ -155,6 +155,15 @@ impl Transfer {
         self.last_block
     }
 
+    /// The window a full ACK of the current one would ask for, if any.
+    pub fn next_window(&self) -> Option<(u64, u64)> {
+        if self.phase != Phase::Data || self.sent_end >= self.last_block {
+            return None;
+        }
+        let first = self.sent_end + 1;
+        Some((first, self.windowsize.min(self.last_block + 1 - first)))
+    }
+
     /// Blocks sent more than once.
     pub fn retransmits(&self) -> u64 {
         self.retransmits
@@ -403,6 +412,7 @@ mod tests {
         let now = Instant::now();
         let (mut t, out) = Transfer::new(10 * 100, &agreed(100, 4, true), LIMITS, now);
         assert_eq!(out, Output::SendOack);
+        assert_eq!(t.next_window(), None);
         assert_eq!(
             t.on_packet(&ack(5), now),
             Output::Wait,
@@ -412,14 +422,17 @@ mod tests {
             t.on_packet(&ack(0), now),
             Output::SendWindow { first: 1, count: 4 }
         );
+        assert_eq!(t.next_window(), Some((5, 4)));
         assert_eq!(
             t.on_packet(&ack(4), now),
             Output::SendWindow { first: 5, count: 4 }
         );
+        assert_eq!(t.next_window(), Some((9, 3)));
         assert_eq!(
             t.on_packet(&ack(8), now),
             Output::SendWindow { first: 9, count: 3 }
         );
+        assert_eq!(t.next_window(), None);
         assert_eq!(t.on_packet(&ack(11), now), Output::Done);
         assert_eq!(t.retransmits(), 0);
     }
