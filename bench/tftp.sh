@@ -8,7 +8,9 @@
 #
 # Environment: ROUNDS (7), SIZE_MIB (64), BLKSIZE (1468), WINDOW (16),
 # LEVEE_SERVER=example|levee (default: `levee serve` if a release build with
-# --tftp exists, else the pxe/examples/tftpd.rs binary).
+# --tftp exists, else the pxe/examples/tftpd.rs binary); EXTRA_NAME and
+# EXTRA_BIN add a fourth server, a binary run as `EXTRA_BIN ROOT ADDR:69`
+# (used once to measure the async-tftp crate).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-7}
@@ -22,6 +24,7 @@ NET=10.123.0
 OURS_IP=$NET.1
 DNSMASQ_IP=$NET.2
 ATFTPD_IP=$NET.3
+EXTRA_IP=$NET.4
 CLIENT_IP=$NET.10
 NS_S=levee-tftpb-s-$$
 NS_C=levee-tftpb-c-$$
@@ -74,6 +77,7 @@ ip -n "$NS_S" link add vs type veth peer name vc netns "$NS_C"
 ip -n "$NS_S" addr add "$OURS_IP/24" dev vs
 ip -n "$NS_S" addr add "$DNSMASQ_IP/24" dev vs
 ip -n "$NS_S" addr add "$ATFTPD_IP/24" dev vs
+ip -n "$NS_S" addr add "$EXTRA_IP/24" dev vs
 ip -n "$NS_C" addr add "$CLIENT_IP/24" dev vc
 for ns in "$NS_S" "$NS_C"; do ip -n "$ns" link set lo up; done
 ip -n "$NS_S" link set vs up
@@ -97,13 +101,21 @@ PIDS+=($!)
 
 names=(levee dnsmasq atftpd)
 addrs=("$OURS_IP" "$DNSMASQ_IP" "$ATFTPD_IP")
+if [ -n "${EXTRA_BIN:-}" ]; then
+    EXTRA_NAME=${EXTRA_NAME:-extra}
+    ip netns exec "$NS_S" "$EXTRA_BIN" "$ROOT" "$EXTRA_IP:69" >"$WORK/extra.log" 2>&1 &
+    PIDS+=($!)
+    names+=("$EXTRA_NAME")
+    addrs+=("$EXTRA_IP")
+fi
+n=${#names[@]}
 
 fetch() { # fetch ADDR OUT
     ip netns exec "$NS_C" atftp --option "blksize $BLKSIZE" --option "windowsize $WINDOW" \
         -g -r "$FILE" -l "$2" "$1" >/dev/null 2>&1
 }
 
-for i in 0 1 2; do
+for i in $(seq 0 $((n - 1))); do
     ok=
     for _ in $(seq 50); do
         if ip netns exec "$NS_C" atftp -g -r probe -l "$WORK/out/probe" "${addrs[$i]}" >/dev/null 2>&1; then
@@ -120,9 +132,9 @@ echo "file: $SIZE_MIB MiB; client: atftp --option \"blksize $BLKSIZE\" --option 
 declare -A times
 for round in $(seq "$ROUNDS"); do
     line="round $round:"
-    for k in 0 1 2; do
+    for k in $(seq 0 $((n - 1))); do
         # Rotate the order each round so no server always goes first.
-        i=$(((k + round) % 3))
+        i=$(((k + round) % n))
         out="$WORK/out/${names[$i]}"
         rm -f "$out"
         start=$EPOCHREALTIME
@@ -146,6 +158,14 @@ read -r dns_med dns_best <<<"$(stats "${times[dnsmasq]}")"
 read -r atf_med atf_best <<<"$(stats "${times[atftpd]}")"
 printf '%-8s %8s %8s\n' server median best
 printf '%-8s %7ss %7ss\n' levee "$ours_med" "$ours_best" dnsmasq "$dns_med" "$dns_best" atftpd "$atf_med" "$atf_best"
+if [ -n "${EXTRA_BIN:-}" ]; then
+    read -r ex_med ex_best <<<"$(stats "${times[$EXTRA_NAME]}")"
+    printf '%-8s %7ss %7ss\n' "$EXTRA_NAME" "$ex_med" "$ex_best"
+    awk -v o="$ours_med" -v e="$ex_med" -v n="$EXTRA_NAME" 'BEGIN { printf "levee vs %s: %.2fx faster (median)\n", n, e / o }'
+fi
 awk -v o="$ours_med" -v d="$dns_med" -v a="$atf_med" -v ob="$ours_best" -v db="$dns_best" -v ab="$atf_best" 'BEGIN {
     printf "levee vs dnsmasq: %.2fx faster (median), %.2fx (best)\n", d / o, db / ob
     printf "levee vs atftpd:  %.2fx faster (median), %.2fx (best)\n", a / o, ab / ob }'
+# Our server logs one line per transfer; show its retransmission counts.
+echo "levee retransmitted blocks per transfer: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/ours.log" |
+    grep "file=$FILE" | grep -o 'retransmits=[0-9]*' | cut -d= -f2 | tr '\n' ' ')"
