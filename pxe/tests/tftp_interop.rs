@@ -563,9 +563,10 @@ async fn lossy_link_recovers_without_waiting_for_timeouts() -> Result<()> {
         relay.abort();
         eprintln!("lossy atftp transfer with {options:?}: {took:?}");
         same_file(&out, &want)?;
-        // ~22 losses: waiting out a 1 s timeout for each would take > 20 s.
+        // ~22 losses: waiting out a 1 s timeout for each would take > 20 s;
+        // the margin is for a loaded CI machine.
         ensure!(
-            took < Duration::from_secs(10),
+            took < Duration::from_secs(15),
             "lossy atftp transfer with {options:?} took {took:?}"
         );
     }
