@@ -227,3 +227,130 @@ impl Drop for LoggedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::default_cmdline;
+    use crate::store::{Profile, SqliteStore, Store, Transport};
+    use axum::http::Request as HttpRequest;
+    use std::sync::Arc;
+
+    const MAC: &str = "52:54:00:00:00:42";
+
+    fn state() -> (tempfile::TempDir, HttpState) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = Arc::new(SqliteStore::open(&data).unwrap());
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("k"), b"0123456789").unwrap();
+        std::fs::write(src.join("i"), b"initrd").unwrap();
+        let image =
+            crate::images::import_files(&data, store.as_ref(), "t", &src.join("k"), &src.join("i"))
+                .unwrap();
+        store
+            .put_profile(&Profile {
+                name: "default".into(),
+                image: image.id,
+                kernel: "vmlinuz".into(),
+                initrd: "initrd.img".into(),
+                cmdline: default_cmdline(false).into(),
+                transport: Transport::Http,
+            })
+            .unwrap();
+        let st = HttpState {
+            boot: BootService {
+                store,
+                data_dir: data,
+                public_url: "http://10.0.0.1".into(),
+                tftp_host: "10.0.0.1".into(),
+            },
+            ipxe_dir: dir.path().join("ipxe"),
+        };
+        (dir, st)
+    }
+
+    async fn call(st: &HttpState, req: HttpRequest<Body>) -> (StatusCode, String) {
+        let mut req = req;
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4242))));
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(uri: &str) -> HttpRequest<Body> {
+        HttpRequest::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_machine_gets_its_own_script() {
+        let (_d, st) = state();
+        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("#!ipxe\n"), "{body}");
+        assert!(body.contains("kernel http://10.0.0.1/images/t-"), "{body}");
+        assert!(body.contains(&format!("levee.mac={MAC}")), "{body}");
+        assert!(body.contains("levee.url=http://10.0.0.1 "), "{body}");
+        // The script fetch is in the machine's history.
+        let mac: MacAddr = MAC.parse().unwrap();
+        let steps: Vec<String> = st.boot.store.events(mac, 10).unwrap().into_iter().map(|e| e.step).collect();
+        assert_eq!(steps, ["script"]);
+    }
+
+    #[tokio::test]
+    async fn a_machine_without_a_profile_is_told_why() {
+        let (_d, st) = state();
+        let mac: MacAddr = MAC.parse().unwrap();
+        st.boot.store.register_appliance(mac, None, None).unwrap();
+        st.boot.store.set_appliance_profile(mac, Some("gone")).unwrap();
+        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("will not boot") && body.contains("no boot profile `gone`"), "{body}");
+        let (status, body) = call(&st, get("/boot/not-a-mac.ipxe")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("not a MAC address"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_served_with_ranges_and_stay_inside_the_store() {
+        let (_d, st) = state();
+        let image = st.boot.store.images().unwrap().remove(0).id;
+        let mut req = get(&format!("/images/{image}/vmlinuz"));
+        req.headers_mut().insert(header::RANGE, "bytes=2-5".parse().unwrap());
+        let (status, body) = call(&st, req).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, "2345");
+        for bad in ["/images/..%2F..%2Fetc/passwd", "/images/.import-x/vmlinuz", "/images/x/..", "/ipxe/..%2Fetc"] {
+            let (status, _) = call(&st, get(bad)).await;
+            assert!(status.is_client_error(), "{bad} gave {status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_are_recorded_and_bad_ones_refused_with_the_reason() {
+        let (_d, st) = state();
+        let post = |body: &str| {
+            HttpRequest::post(levee_proto::paths::REPORT)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let (status, body) = call(&st, post("{\"mac\": 5}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("malformed status report"), "{body}");
+        let (status, body) = call(&st, post("{\"mac\": \"zz\"}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("not a MAC address"), "{body}");
+        let (status, _) = call(
+            &st,
+            post(&format!("{{\"mac\":\"{MAC}\",\"stage\":\"agent\",\"addresses\":[\"10.0.0.9/24\"]}}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let a = st.boot.store.appliance(MAC.parse().unwrap()).unwrap().unwrap();
+        assert_eq!(a.last_report.unwrap().stage.as_deref(), Some("agent"));
+    }
+}

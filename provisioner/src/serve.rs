@@ -31,6 +31,9 @@ pub struct DhcpConfig {
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// The server's own address on that interface (next-server).
     pub server_ip: Ipv4Addr,
+    /// Send IPv6 router advertisements (with our prefixes in full mode,
+    /// none in proxy mode).
+    pub ra: bool,
 }
 
 /// What `levee serve` serves, and where machines reach it.
@@ -120,15 +123,20 @@ pub async fn run(
                 .context("DHCP server failed");
             ("dhcp", served)
         });
-        if dhcp_cfg.mode == DhcpMode::Full {
+        if dhcp_cfg.ra {
             // iPXE waits ~16 s for a router advertisement before it goes on.
+            // In proxy mode the LAN's addresses are someone else's: advertise
+            // no prefix, only end that wait.
             let stop = shutdown.clone();
             let iface = dhcp_cfg.interface.clone();
+            let full = dhcp_cfg.mode == DhcpMode::Full;
             tasks.spawn(async move {
-                let served = levee_pxe::ra::serve(&iface, stop)
-                    .await
-                    .context("router advertisements failed");
-                ("ra", served)
+                let served = if full {
+                    levee_pxe::ra::serve(&iface, stop).await
+                } else {
+                    levee_pxe::ra::serve_without_prefixes(&iface, stop).await
+                };
+                ("ra", served.context("router advertisements failed"))
             });
         }
     }

@@ -128,11 +128,30 @@ pub async fn serve(interface: &str, shutdown: CancellationToken) -> Result<(), R
     serve_every(interface, INTERVAL, shutdown).await
 }
 
+/// Router advertisements that carry no prefix: on a LAN whose addresses
+/// someone else manages (proxy mode), they configure nothing on any host,
+/// yet still end iPXE's ~16 s wait for IPv6 autoconfiguration.
+pub async fn serve_without_prefixes(
+    interface: &str,
+    shutdown: CancellationToken,
+) -> Result<(), RaError> {
+    serve_inner(interface, INTERVAL, false, shutdown).await
+}
+
 /// [`serve`] with another period between unsolicited advertisements
 /// (tests use a long one to see the replies to solicitations).
 pub async fn serve_every(
     interface: &str,
     interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), RaError> {
+    serve_inner(interface, interval, true, shutdown).await
+}
+
+async fn serve_inner(
+    interface: &str,
+    interval: Duration,
+    with_prefixes: bool,
     shutdown: CancellationToken,
 ) -> Result<(), RaError> {
     let ifindex = if_index(interface)?;
@@ -157,6 +176,7 @@ pub async fn serve_every(
     let mut sender = Sender {
         interface,
         ifindex,
+        with_prefixes,
         last_sent: None,
         last_advertised: None,
         last_error: None,
@@ -202,6 +222,7 @@ pub async fn serve_every(
 struct Sender<'a> {
     interface: &'a str,
     ifindex: u32,
+    with_prefixes: bool,
     last_sent: Option<Instant>,
     last_advertised: Option<Advertised>,
     last_error: Option<String>,
@@ -212,7 +233,12 @@ impl Sender<'_> {
     /// the error changes (not every few seconds).
     fn send(&mut self, socket: &Socket) {
         let adv = match interface_ipv6(self.interface) {
-            Ok(adv) => adv,
+            Ok(mut adv) => {
+                if !self.with_prefixes {
+                    adv.prefixes.clear();
+                }
+                adv
+            }
             Err(err) => {
                 self.note_error(format!("reading addresses: {err}"));
                 return;

@@ -47,6 +47,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
     dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
 
+    /// Send no IPv6 router advertisements. Without them iPXE waits ~16 s
+    /// per boot on networks that have no IPv6 router; in proxy mode they
+    /// carry no prefix, so they configure nothing on other hosts.
+    #[arg(long)]
+    no_ra: bool,
+
     /// Base URL machines use to reach --http (needed when it is bound to
     /// 0.0.0.0 and no --dhcp-interface tells the address).
     #[arg(long, value_name = "URL")]
@@ -121,6 +127,7 @@ pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 mode,
                 range: args.dhcp_range,
                 server_ip: ip,
+                ra: !args.no_ra,
             })
         }
     };
