@@ -57,12 +57,18 @@ const FETCH_HOOK: &str = r#"set -eu
 export APT_CONFIG="$MMDEBSTRAP_APT_CONFIG"
 cd "$LEVEE_DEBS"
 fetch() { # fetch SPEC RESULTFILE
-  line=$(apt-get --print-uris download "$1" | tail -n1)
-  file=$(echo "$line" | cut -d' ' -f2)
-  sum=$(echo "$line" | sed -n 's/.*SHA256:\([0-9a-f]*\).*/\1/p')
+  info=$(apt-cache show --no-all-versions "$1")
+  name=$(echo "$info" | sed -n 's/^Package: //p' | head -n1)
+  ver=$(echo "$info" | sed -n 's/^Version: //p' | head -n1)
+  arch=$(echo "$info" | sed -n 's/^Architecture: //p' | head -n1)
+  sum=$(echo "$info" | sed -n 's/^SHA256: //p' | head -n1)
+  [ -n "$name" ] && [ -n "$ver" ] || { echo "E: Unable to locate package $1" >&2; exit 1; }
+  file="${name}_$(echo "$ver" | sed 's/:/%3a/g')_${arch}.deb"
   if ! echo "$sum  $file" | sha256sum -c --status 2>/dev/null; then
-    apt-get -q -o APT::Sandbox::User=root download "$1" >&2
+    rm -f "$file"
+    apt-get -q -o APT::Sandbox::User=root download "$name=$ver" >&2
   fi
+  [ -s "$file" ] || { echo "fetch: $file is missing after download" >&2; exit 1; }
   echo "$file" > "$2"
 }
 kspec="$LEVEE_KERNEL"
@@ -122,6 +128,8 @@ pub fn bootstrap(o: &BootstrapOptions<'_>) -> Result<Bootstrapped, ImageError> {
         .arg("--aptopt=APT::Install-Recommends \"false\"")
         .arg(format!("--include={}", include.join(",")))
         .args(["--skip=download/empty", "--skip=essential/unlink"])
+        // A merged /usr without the usrmerge package, which drags in perl.
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
         .arg(format!("--setup-hook=sync-in {debs} /var/cache/apt/archives/"))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {debs}"))

@@ -15,6 +15,11 @@ use crate::util;
 const INIT: &str = include_str!("../stage1/init.sh");
 const UDHCPC: &str = include_str!("../stage1/udhcpc.script");
 
+/// Hash of stage 1's own files, for the cache key.
+pub fn digest() -> String {
+    util::sha256_hex(format!("{INIT}\0{UDHCPC}").as_bytes())
+}
+
 /// Writes the compressed initramfs to `out`; `scratch` is an empty
 /// directory of this build.
 pub fn build(

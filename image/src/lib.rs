@@ -45,7 +45,7 @@ pub use progress::Progress;
 
 /// Bumped when the builder changes what it makes of the same inputs, so
 /// cached base trees from an older builder are not reused.
-const BUILDER_FORMAT: &str = "levee-image-1";
+const BUILDER_FORMAT: &str = "levee-image-2";
 
 /// What to build, from what, and where.
 #[derive(Debug, Clone)]
@@ -207,9 +207,18 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     let step = progress.step("building initrd.img (stage 1)");
     let scratch = work.join("initrd");
     std::fs::create_dir_all(&scratch).map_err(ImageError::io(&scratch))?;
-    let partial = out.join(format!(".{INITRD}.partial"));
-    initrd::build(&manifest, &kernel, &deb_of(&lock.stage1), &scratch, epoch, &partial)?;
-    std::fs::rename(&partial, out.join(INITRD)).map_err(ImageError::io(out.join(INITRD)))?;
+    // Stage 1 does not depend on the agent or the overlay: cache it.
+    let initrd_key = util::sha256_hex(
+        format!("{BUILDER_FORMAT}\n{}\n{}\n{}\n{epoch}\n{}", initrd::digest(), lock.kernel.sha256, lock.stage1.sha256, manifest.initrd_modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(",")).as_bytes(),
+    );
+    let cached_initrd = cache.join("initrd").join(format!("{initrd_key}.img"));
+    if !cached_initrd.exists() {
+        let partial = cache.join("initrd").join(format!("{initrd_key}.partial"));
+        std::fs::create_dir_all(cache.join("initrd")).map_err(ImageError::io(cache.join("initrd")))?;
+        initrd::build(&manifest, &kernel, &deb_of(&lock.stage1), &scratch, epoch, &partial)?;
+        std::fs::rename(&partial, &cached_initrd).map_err(ImageError::io(&cached_initrd))?;
+    }
+    std::fs::copy(&cached_initrd, out.join(INITRD)).map_err(ImageError::io(out.join(INITRD)))?;
     std::fs::copy(kernel.vmlinuz(), out.join(KERNEL)).map_err(ImageError::io(kernel.vmlinuz()))?;
     steps.push(("initrd".to_string(), step.done("")));
 

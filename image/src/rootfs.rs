@@ -25,6 +25,8 @@ const STRIP: &[&str] = &[
     "usr/share/doc-base",
     "usr/share/gcc",
     "usr/share/gdb",
+    // iconv modules for legacy charsets: nothing on the appliance converts text.
+    "usr/lib/x86_64-linux-gnu/gconv",
     "usr/bin/dpkg",
     "usr/bin/dpkg-deb",
     "usr/bin/dpkg-divert",
@@ -116,8 +118,11 @@ pub fn agent(root: &Path, agent: &Path) -> Result<(), ImageError> {
     if !agent.is_file() {
         return Err(ImageError::MissingAgent { path: agent.into() });
     }
+    util::require("strip", "binutils")?;
     let to = root.join("usr/bin/levee-agent");
     std::fs::copy(agent, &to).map_err(ImageError::io(agent))?;
+    // Debug info is most of a release build's size; the image keeps none.
+    util::run(Command::new("strip").arg(&to))?;
     util::set_mode(&to, 0o755)
 }
 
@@ -131,7 +136,7 @@ pub fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), ImageError> {
         Command::new("mksquashfs")
             .arg(root)
             .arg(out)
-            .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "1M"])
+            .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "9", "-b", "1M"])
             .args(["-reproducible", "-no-xattrs", "-mkfs-time", &e, "-all-time", &e, "-no-progress"]),
     )?;
     Ok(())

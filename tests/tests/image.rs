@@ -342,3 +342,11 @@ fn r3_two_builds_from_the_lock_are_identical() -> anyhow::Result<()> {
     assert_eq!(image, &image2);
     Ok(())
 }
+
+/// Nix cannot fetch its inputs here, so the flake is only checked to parse.
+#[test]
+fn r3_flake_parses() -> anyhow::Result<()> {
+    require_tool("nix-instantiate", "nix-bin")?;
+    levee_tests::run(Command::new("nix-instantiate").arg("--parse").arg(workspace_root().join("flake.nix")))?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The `levee.*` keys of the kernel command line (see ARCHITECTURE.md).
+
+/// What the agent takes from the kernel command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootArgs {
+    /// `levee.url=`: the server's plain-HTTP base URL.
+    pub url: Option<String>,
+    /// `levee.ca=`: sha256 of the server CA certificate.
+    pub ca: Option<String>,
+    /// `levee.token=`: one-time enrollment token.
+    pub token: Option<String>,
+    /// `levee.root=` the system booted from.
+    pub root: Option<String>,
+    /// `BOOTIF=01-aa-bb-..` from PXE, as `aa:bb:..`.
+    pub bootif: Option<String>,
+    /// `levee.interval=SECS`: seconds between reports (tests shorten it).
+    pub interval_secs: Option<u64>,
+}
+
+impl BootArgs {
+    pub fn parse(cmdline: &str) -> BootArgs {
+        let mut a = BootArgs::default();
+        for word in cmdline.split_whitespace() {
+            let Some((k, v)) = word.split_once('=') else { continue };
+            let v = v.trim_matches('"').to_string();
+            match k {
+                "levee.url" => a.url = Some(v.trim_end_matches('/').to_string()),
+                "levee.ca" => a.ca = Some(v),
+                "levee.token" => a.token = Some(v),
+                "levee.root" => a.root = Some(v),
+                "levee.interval" => a.interval_secs = v.parse().ok().filter(|s| *s > 0),
+                "BOOTIF" => {
+                    let mac = v.strip_prefix("01-").unwrap_or(&v).replace('-', ":").to_ascii_lowercase();
+                    if mac.len() == 17 {
+                        a.bootif = Some(mac);
+                    }
+                }
+                _ => {}
+            }
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_levee_keys() {
+        let a = BootArgs::parse("console=ttyS0 levee.url=http://10.0.2.2:8080/ levee.root=http://x/r levee.token=t levee.interval=5 BOOTIF=01-52-54-00-AB-CD-EF quiet\n");
+        assert_eq!(a.url.as_deref(), Some("http://10.0.2.2:8080"));
+        assert_eq!(a.root.as_deref(), Some("http://x/r"));
+        assert_eq!(a.token.as_deref(), Some("t"));
+        assert_eq!(a.interval_secs, Some(5));
+        assert_eq!(a.bootif.as_deref(), Some("52:54:00:ab:cd:ef"));
+        assert_eq!(BootArgs::parse("quiet"), BootArgs::default());
+    }
+}

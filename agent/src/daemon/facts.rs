@@ -1,0 +1,148 @@
+//! What the machine says about itself in a status report.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use levee_proto::report::StatusReport;
+
+use super::BootArgs;
+
+/// Where the appliance keeps its state; its file system's space is reported.
+const STATE_DIR: &str = "/var/lib/levee";
+
+pub(super) fn report(args: &BootArgs) -> StatusReport {
+    let space = disk_space(STATE_DIR).or_else(|| disk_space("/"));
+    StatusReport {
+        mac: boot_mac(args).unwrap_or_default(),
+        stage: Some("agent".into()),
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        boot_id: boot_id(),
+        uptime_secs: std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|u| u.parse().ok())),
+        addresses: addresses(),
+        image_version: image_version(),
+        disk_free_bytes: space.map(|s| s.0),
+        disk_total_bytes: space.map(|s| s.1),
+    }
+}
+
+pub(super) fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+}
+
+/// `IMAGE_VERSION=` of os-release, written by the image builder.
+pub(super) fn image_version() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("IMAGE_VERSION="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// The boot interface: `BOOTIF=` when PXE gave one, else the interface of
+/// the default route, else the first Ethernet port by name.
+fn boot_mac(args: &BootArgs) -> Option<String> {
+    if let Some(mac) = &args.bootif {
+        return Some(mac.clone());
+    }
+    let mac_of = |ifc: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{ifc}/address")).ok().map(|s| s.trim().to_string())
+    };
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    if let Some(ifc) = default_route_interface(&route) {
+        return mac_of(&ifc);
+    }
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| std::fs::read_to_string(format!("/sys/class/net/{n}/type")).is_ok_and(|t| t.trim() == "1"))
+        .collect();
+    names.sort();
+    names.first().and_then(|n| mac_of(n))
+}
+
+fn default_route_interface(proc_net_route: &str) -> Option<String> {
+    proc_net_route.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// Global addresses of every interface but loopback, `10.0.0.5/24` style.
+fn addresses() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; every
+    // pointer is checked for null before use.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        32
+                    } else {
+                        u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr).count_ones()
+                    };
+                    out.push(format!("{ip}/{prefix}"));
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        128
+                    } else {
+                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
+                    };
+                    out.push(format!("{ip}/{prefix}"));
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// (free, total) bytes of the file system holding `path`.
+fn disk_space(path: &str) -> Option<(u64, u64)> {
+    let c = std::ffi::CString::new(path).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let frsize = s.f_frsize as u64;
+    Some((s.f_bavail as u64 * frsize, s.f_blocks as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_route_is_found() {
+        let t = "Iface\tDestination\tGateway\tFlags\nens3\t0002000A\t00000000\t0001\nens4\t00000000\t0202000A\t0003\n";
+        assert_eq!(default_route_interface(t).as_deref(), Some("ens4"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn report_has_stage_and_version() {
+        let r = report(&BootArgs { bootif: Some("52:54:00:00:00:01".into()), ..Default::default() });
+        assert_eq!(r.mac, "52:54:00:00:00:01");
+        assert_eq!(r.stage.as_deref(), Some("agent"));
+        assert!(r.disk_total_bytes.is_some());
+    }
+}
