@@ -107,9 +107,17 @@ fn io_error(path: &str, err: io::Error) -> OpenError {
 impl FileSource for DirSource {
     fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
         let parts = components(path)?;
-        let root = self.root.canonicalize().map_err(|err| OpenError::Io {
-            path: format!("served root {}", self.root.display()),
-            source: err,
+        // A root that does not exist (yet) holds no files: NotFound lets a
+        // ChainSource go on to its next source.
+        let root = self.root.canonicalize().map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => OpenError::NotFound(format!(
+                "{path:?} (served root {} does not exist)",
+                self.root.display()
+            )),
+            _ => OpenError::Io {
+                path: format!("served root {}", self.root.display()),
+                source: err,
+            },
         })?;
         let mut candidate = root.clone();
         candidate.extend(parts);
@@ -301,7 +309,7 @@ mod tests {
         assert!(matches!(src.open("/"), Err(OpenError::NotFound(_))));
         assert!(matches!(src.open("sub"), Err(OpenError::AccessDenied(_))));
         let gone = DirSource::new("/nonexistent/levee-tftp-root");
-        assert!(matches!(gone.open("a"), Err(OpenError::Io { .. })));
+        assert!(matches!(gone.open("a"), Err(OpenError::NotFound(_))));
     }
 
     #[test]
@@ -321,6 +329,15 @@ mod tests {
             b"bee"
         );
         assert!(matches!(chain.open("nope"), Err(OpenError::NotFound(_))));
+        // A source whose root is missing is skipped.
+        let chain = ChainSource::new(vec![
+            Arc::new(DirSource::new("/nonexistent/levee")),
+            mem.clone(),
+        ]);
+        assert_eq!(
+            read_all(chain.open("boot.ipxe").expect("second source")),
+            b"#!ipxe\n"
+        );
         // AccessDenied from an earlier source stops the chain.
         let (_dir2, disk2) = setup();
         let chain = ChainSource::new(vec![Arc::new(disk2), mem]);
