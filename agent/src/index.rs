@@ -35,7 +35,11 @@ pub struct BlobLocation {
 pub struct MasterIndex {
     entries: Vec<Entry>,
     packs: Vec<PackId>,
-    pack_no: HashMap<PackId, u32>,
+    /// Pack numbers ordered by pack id (valid after `finish`): 4 bytes per
+    /// pack instead of a hash map's ~60.
+    pack_order: Vec<u32>,
+    /// Packs added since the last `finish`; dropped by it.
+    pack_new: HashMap<PackId, u32>,
     sorted: bool,
 }
 
@@ -48,13 +52,20 @@ impl MasterIndex {
         self.entries.reserve_exact(blobs);
     }
 
+    fn find_pack(&self, id: &PackId) -> Option<u32> {
+        if let Some(n) = self.pack_new.get(id) {
+            return Some(*n);
+        }
+        self.pack_order.binary_search_by(|n| self.packs[*n as usize].cmp(id)).ok().map(|i| self.pack_order[i])
+    }
+
     fn pack_no(&mut self, id: PackId) -> u32 {
-        if let Some(n) = self.pack_no.get(&id) {
-            return *n;
+        if let Some(n) = self.find_pack(&id) {
+            return n;
         }
         let n = self.packs.len() as u32;
         self.packs.push(id);
-        self.pack_no.insert(id, n);
+        self.pack_new.insert(id, n);
         n
     }
 
@@ -84,6 +95,11 @@ impl MasterIndex {
         self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
+        let mut order: Vec<u32> = (0..self.packs.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.packs[*a as usize].cmp(&self.packs[*b as usize]));
+        self.pack_order = order;
+        self.pack_new = HashMap::new();
+        self.packs.shrink_to_fit();
         self.sorted = true;
     }
 
@@ -119,7 +135,7 @@ impl MasterIndex {
     }
 
     pub fn has_pack(&self, id: &PackId) -> bool {
-        self.pack_no.contains_key(id)
+        self.find_pack(id).is_some()
     }
 
     /// Bytes of heap held by the entries (for `--json` statistics).
@@ -146,5 +162,11 @@ mod tests {
         let l = m.get(&BlobId([2; 32])).unwrap();
         assert_eq!((l.pack, l.offset, l.length, l.compression, l.kind), (PackId([9; 32]), 2, 10, Compression::Zstd, BlobKind::Tree));
         assert!(!m.contains(&BlobId([4; 32])));
+        assert!(m.has_pack(&PackId([9; 32])) && !m.has_pack(&PackId([8; 32])));
+        m.add_pack(PackId([8; 32]), &[e(4)]);
+        m.add_pack(PackId([9; 32]), &[e(5)]);
+        m.finish();
+        assert_eq!(m.packs().len(), 2);
+        assert_eq!(m.get(&BlobId([5; 32])).map(|l| l.pack), Some(PackId([9; 32])));
     }
 }

@@ -107,3 +107,30 @@ fn missing_repo_and_password_are_clear_errors() {
     let o = std::process::Command::new(crate::util::bin()).args(["snapshots", "--repo"]).arg(dir.path()).env_remove("LEVEE_PASSWORD").env_remove("LEVEE_PASSWORD_FILE").output().expect("spawn");
     assert!(String::from_utf8_lossy(&o.stderr).contains("LEVEE_PASSWORD"));
 }
+
+#[test]
+fn excludes_and_several_sources() {
+    let env = Env::new();
+    let (a, b) = (env.path("x/data"), env.path("y/data"));
+    make_tree(&a);
+    fs::create_dir_all(b.join("cache")).expect("mkdir");
+    fs::write(b.join("cache/big.tmp"), rand_bytes(9, 100_000)).expect("write");
+    fs::write(b.join("keep.txt"), "keep\n").expect("write");
+    let single = env.path("one-file.txt");
+    fs::write(&single, "just me\n").expect("write");
+    let s = env.json(&["backup", &a.to_string_lossy(), &b.to_string_lossy(), &single.to_string_lossy(), "--exclude", "*.sh", "--exclude", "cache"]);
+    assert_eq!(s["errors"], 0, "{s}");
+    let ls = env.ok(&["ls", "latest"]);
+    // Two sources named `data`: the second becomes `data-2`.
+    assert!(ls.contains("/data/a/same1.bin") && ls.contains("/data-2/keep.txt") && ls.contains("/one-file.txt"), "{ls}");
+    assert!(!ls.contains("script.sh") && !ls.contains("big.tmp"), "{ls}");
+    let out = env.path("out");
+    env.ok(&["restore", "latest", "/one-file.txt", "--target", &out.to_string_lossy()]);
+    assert_eq!(fs::read(out.join("one-file.txt")).expect("restored"), b"just me\n");
+    // --overwrite never leaves a changed file alone.
+    fs::write(out.join("one-file.txt"), "edited\n").expect("write");
+    env.ok(&["restore", "latest", "/one-file.txt", "--target", &out.to_string_lossy(), "--overwrite", "never"]);
+    assert_eq!(fs::read(out.join("one-file.txt")).expect("read"), b"edited\n");
+    env.ok(&["restore", "latest", "/one-file.txt", "--target", &out.to_string_lossy(), "--overwrite", "if-changed"]);
+    assert_eq!(fs::read(out.join("one-file.txt")).expect("read"), b"just me\n");
+}

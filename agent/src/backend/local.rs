@@ -5,7 +5,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
 
@@ -13,13 +15,17 @@ use super::{BackendError, FileKind, ReadBackend, WriteBackend};
 
 pub struct LocalBackend {
     root: PathBuf,
+    /// Open packs for ranged reads (restores read many small blobs).
+    open_packs: Mutex<HashMap<String, Arc<File>>>,
 }
+
+const MAX_OPEN_PACKS: usize = 128;
 
 const TMP_PREFIX: &str = ".tmp-";
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), open_packs: Mutex::new(HashMap::new()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -128,7 +134,22 @@ impl ReadBackend for LocalBackend {
 
     fn read_at(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         let p = self.path(kind, name);
-        let f = File::open(&p).map_err(|e| BackendError::io(&p, e))?;
+        let cached = if kind == FileKind::Pack { self.open_packs.lock().ok().and_then(|m| m.get(name).cloned()) } else { None };
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(File::open(&p).map_err(|e| BackendError::io(&p, e))?);
+                if kind == FileKind::Pack {
+                    if let Ok(mut m) = self.open_packs.lock() {
+                        if m.len() >= MAX_OPEN_PACKS {
+                            m.clear();
+                        }
+                        m.insert(name.to_string(), f.clone());
+                    }
+                }
+                f
+            }
+        };
         let mut v = vec![0u8; len];
         f.read_exact_at(&mut v, offset).map_err(|e| BackendError::io(&p, e))?;
         Ok(v)
@@ -161,6 +182,9 @@ impl WriteBackend for LocalBackend {
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<(), BackendError> {
+        if let Ok(mut m) = self.open_packs.lock() {
+            m.remove(name);
+        }
         let p = self.path(kind, name);
         fs::remove_file(&p).map_err(|e| BackendError::io(&p, e))?;
         if let Some(d) = p.parent() {

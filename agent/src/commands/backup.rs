@@ -22,6 +22,7 @@ use levee_proto::repo::{BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, Snap
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, EncodedBlob};
+use crate::chunker::Chunker;
 use crate::commands::recover::recover_unindexed;
 use crate::index::MasterIndex;
 use crate::lock::{hostname, Lock};
@@ -208,14 +209,13 @@ impl Walker<'_> {
     }
 }
 
-fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters: &Counters, src: &dyn Source, path: &str) -> Result<(Vec<BlobId>, u64), String> {
+fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters: &Counters, src: &dyn Source, path: &str, buf: &mut [u8], chunker: &mut Chunker) -> Result<(Vec<BlobId>, u64), String> {
     let mut r = src.open(path).map_err(|e| e.to_string())?;
-    let mut chunker = repo.chunker();
+    chunker.reset();
     let key = repo.key();
     let mut content = Vec::new();
     let mut total = 0u64;
     let mut cur: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 1024 * 1024];
     let mut emit = |data: Vec<u8>| {
         let id = key.blob_id(&data);
         content.push(id);
@@ -227,7 +227,7 @@ fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters:
         }
     };
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -298,8 +298,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         for _ in 0..readers {
             let (job_rx, chunk_tx, dedup) = (job_rx.clone(), chunk_tx.clone(), &dedup);
             s.spawn(move || {
+                // One read buffer per reader, not per file (small files are many).
+                let mut buf = vec![0u8; 1024 * 1024];
+                let mut chunker = repo.chunker();
                 for job in job_rx {
-                    let r = read_file(repo, dedup, &chunk_tx, counters, &*job.source, &job.path);
+                    let r = read_file(repo, dedup, &chunk_tx, counters, &*job.source, &job.path, &mut buf, &mut chunker);
                     let _ = job.reply.send(r);
                 }
             });
@@ -307,8 +310,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         for _ in 0..cores {
             let (chunk_rx, pack_tx) = (chunk_rx.clone(), pack_tx.clone());
             s.spawn(move || {
+                let mut z = blob::compressor();
                 for c in chunk_rx {
-                    let b = blob::encode(repo.key(), c.kind, c.id, &c.data);
+                    let b = blob::encode(repo.key(), c.kind, c.id, &c.data, z.as_mut());
                     Counters::add(&counters.bytes_stored, b.data.len() as u64);
                     if pack_tx.send(b).is_err() {
                         break;
@@ -359,6 +363,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
                             },
                         }
                     }
+                    // Subtree ids were assigned in walk order; lookups need name order.
+                    nodes.sort_by(|a, b| a.name.cmp(&b.name));
                     let bytes = Tree { nodes }.to_bytes();
                     let id = repo.key().blob_id(&bytes);
                     if dedup.is_new(&id) {
@@ -391,12 +397,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
                     walker.walk_dir(src, &src.describe(), "", sub)?;
                     roots.push(Pending::Dir(node_from(&e2)));
                 }
-                _ => roots.push(walker.file(src, &e, "", old)),
+                _ => roots.push(walker.file(src, &e2, "", old)),
             }
         }
         let Walker { jobs, dirs, .. } = walker;
         drop(jobs);
-        roots.sort_by(|a, b| pname(a).cmp(pname(b)));
         let _ = dirs.send(DirDone { path: String::new(), entries: roots });
         drop(dirs);
         let root = finaliser.join().ok().flatten();
@@ -434,10 +439,4 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         packs_written: pstats.packs,
         error_messages: counters.errors(),
     })
-}
-
-fn pname(p: &Pending) -> &str {
-    match p {
-        Pending::Ready(n) | Pending::File(n, _) | Pending::Dir(n) => &n.name,
-    }
 }

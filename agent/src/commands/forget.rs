@@ -110,3 +110,29 @@ pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, Repo
     }
     Ok(res)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_proto::repo::BlobId;
+
+    fn snap(day: i64, hour: i64) -> (String, Snapshot) {
+        let t = (day * 86_400 + hour * 3600) * 1_000_000_000;
+        (format!("{day:03}-{hour:02}"), Snapshot { version: 1, time_ns: t, hostname: "h".into(), paths: vec!["/p".into()], tags: vec![], tree: BlobId([0; 32]), parent: None, summary: Default::default(), program: String::new() })
+    }
+
+    #[test]
+    fn daily_weekly_monthly() {
+        // Two snapshots a day for 100 days from 1970-01-01 (a Thursday).
+        let snaps: Vec<_> = (0..100).flat_map(|d| [snap(d, 1), snap(d, 13)]).collect();
+        let o = ForgetOptions { keep_daily: Some(3), ..Default::default() };
+        let k = apply_policy(&snaps, &o);
+        assert_eq!(k, ["099-13", "098-13", "097-13"].iter().map(|s| s.to_string()).collect());
+        let o = ForgetOptions { keep_last: Some(1), keep_weekly: Some(2), keep_monthly: Some(2), ..Default::default() };
+        let k = apply_policy(&snaps, &o);
+        // Last: 099-13 (Fri 1970-04-10); weekly: it and the previous week's
+        // newest (094-13, Sun Apr 5); monthly: it and March's (089-13).
+        assert!(k.contains("099-13") && k.contains("094-13") && k.contains("089-13"), "{k:?}");
+        assert_eq!(k.len(), 3);
+    }
+}

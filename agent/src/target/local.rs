@@ -111,6 +111,7 @@ impl Target for LocalTarget {
         set_meta(&self.full(path), node, true)
     }
     fn parallelism(&self) -> usize {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+        // Decrypting is CPU, writing is I/O: a few more threads than cores.
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2) * 2
     }
 }

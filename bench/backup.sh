@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Backup engine benchmark: levee-agent vs restic vs borgbackup on the same
+# data, in one run. Not a test; prints a table and ratios.
+#
+#   bench/backup.sh                      # ~2 GB from /usr
+#   LEVEE_BENCH_SRC="/usr/lib /usr/share" bench/backup.sh
+#
+# Phases per tool: first backup of v1, second backup after 1% of files
+# changed (v2), full restore of v2, repository size, peak RSS (time -v).
+# Page cache is warm for every tool (the data is read once first).
+set -euo pipefail
+
+SRC=${LEVEE_BENCH_SRC:-"/usr/share /usr/lib/x86_64-linux-gnu /usr/bin /usr/include /usr/lib/gcc /usr/libexec"}
+WORK=${LEVEE_BENCH_DIR:-/tmp/levee-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-backup}
+
+for t in restic borg /usr/bin/time cargo; do
+    command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y restic borgbackup time" >&2; exit 1; }
+done
+(cd "$ROOT" && cargo build --release -q -p levee-agent --bin levee-agent --example index_memory)
+LEVEE=$CARGO_TARGET_DIR/release/levee-agent
+
+rm -rf "$WORK"; mkdir -p "$WORK"
+DATA=$WORK/data
+echo "== copying data from: $SRC" >&2
+mkdir -p "$DATA"
+for s in $SRC; do cp -a --parents "$s" "$DATA"/ 2>/dev/null || true; done
+find "$DATA" -type f | sort > "$WORK/files"
+NFILES=$(wc -l < "$WORK/files")
+BYTES=$(du -sb "$DATA" | cut -f1)
+find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
+
+export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench LEVEE_PASSWORD=bench
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+"$LEVEE" --repo "$WORK/levee" init >/dev/null
+restic init --repo "$WORK/restic" >/dev/null 2>&1
+borg init -e repokey "$WORK/borg" >/dev/null 2>&1
+
+declare -A T M
+run() { # name phase cmd...
+    local name=$1 phase=$2; shift 2
+    /usr/bin/time -v -o "$WORK/time.$name.$phase" "$@" > "$WORK/out.$name.$phase" 2>&1 || { echo "$name $phase failed:"; cat "$WORK/out.$name.$phase"; exit 1; }
+    T[$name.$phase]=$(awk -F': ' '/Elapsed/ {split($2,a,":"); s=0; for(i=1;i<=length(a);i++) s=s*60+a[i]; print s}' "$WORK/time.$name.$phase")
+    M[$name.$phase]=$(awk -F': ' '/Maximum resident/ {print $2}' "$WORK/time.$name.$phase")
+    echo "  $name $phase: ${T[$name.$phase]} s, ${M[$name.$phase]} KiB peak" >&2
+}
+
+phase() { # phase
+    run levee "$1" "$LEVEE" --repo "$WORK/levee" --quiet backup "$DATA"
+    run restic "$1" restic --repo "$WORK/restic" backup --quiet "$DATA"
+    run borg "$1" borg create "$WORK/borg::$1" "$DATA"
+}
+
+echo "== first backup ($NFILES files, $BYTES bytes)" >&2
+phase first
+echo "== changing 1% of files" >&2
+awk 'NR % 100 == 0' "$WORK/files" | while read -r f; do
+    printf 'levee benchmark change %s\n' "$RANDOM" | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") / 2 )) conv=notrunc status=none
+done
+echo "== second backup" >&2
+phase second
+
+echo "== restore" >&2
+run levee restore "$LEVEE" --repo "$WORK/levee" --quiet restore latest --target "$WORK/r-levee"
+run restic restore restic --repo "$WORK/restic" restore latest --target "$WORK/r-restic"
+mkdir -p "$WORK/r-borg"
+run borg restore sh -c "cd '$WORK/r-borg' && borg extract '$WORK/borg::second'"
+diff -rq "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
+
+SIZE_levee=$(du -sb "$WORK/levee" | cut -f1); SIZE_restic=$(du -sb "$WORK/restic" | cut -f1); SIZE_borg=$(du -sb "$WORK/borg" | cut -f1)
+IDX=$("$CARGO_TARGET_DIR/release/examples/index_memory" 2)
+PACKS=$("$LEVEE" --repo "$WORK/levee" --json check | python3 -c 'import json,sys; print(json.load(sys.stdin)["packs"])')
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+echo
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); data: $NFILES files, $((BYTES / 1000000)) MB from $SRC"
+printf '%-16s %10s %10s %10s %12s %12s\n' phase levee restic borg restic/levee borg/levee
+for p in first second restore; do
+    printf '%-16s %9ss %9ss %9ss %12s %12s\n' "$p" "${T[levee.$p]}" "${T[restic.$p]}" "${T[borg.$p]}" "$(ratio "${T[restic.$p]}" "${T[levee.$p]}")" "$(ratio "${T[borg.$p]}" "${T[levee.$p]}")"
+done
+printf '%-16s %10s %10s %10s %12s %12s\n' "repo MB" $((SIZE_levee/1000000)) $((SIZE_restic/1000000)) $((SIZE_borg/1000000)) "$(ratio "$SIZE_restic" "$SIZE_levee")" "$(ratio "$SIZE_borg" "$SIZE_levee")"
+for p in first second restore; do
+    printf '%-16s %10s %10s %10s\n' "peak MiB $p" $((${M[levee.$p]}/1024)) $((${M[restic.$p]}/1024)) $((${M[borg.$p]}/1024))
+done
+echo "levee packs: $PACKS; in-memory index (2 M synthetic chunks, RSS growth): $IDX"
