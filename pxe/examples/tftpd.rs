@@ -2,7 +2,7 @@
 //! 0.0.0.0:69). Handy for trying clients by hand and for bench/tftp.sh.
 //! `RUST_LOG=debug` shows ignored packets. For experiments,
 //! `TFTPD_BUSY_POLL_US`, `TFTPD_GSO=0|1`, `TFTPD_MAX_WINDOWSIZE` override
-//! the defaults.
+//! the defaults and `TFTPD_RUNTIME=current` runs a single-threaded runtime.
 
 use std::sync::Arc;
 
@@ -10,8 +10,17 @@ use anyhow::Context;
 use levee_pxe::tftp::{serve, DirSource, TftpOptions};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // TFTPD_RUNTIME=current: a single-threaded runtime, to compare.
+    let runtime = if std::env::var("TFTPD_RUNTIME").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

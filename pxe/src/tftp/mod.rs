@@ -1,16 +1,18 @@
 //! A read-only TFTP server: RFC 1350, option negotiation (RFC 2347), blksize
 //! (2348), tsize and timeout (2349) and windowsize (7440).
 //!
-//! Hand-written rather than built on the `async-tftp` crate: measured on
-//! these machines (64 MiB, atftp client, blksize 1468, windowsize 16, veth
-//! pair, best/median of 7 interleaved rounds) `async-tftp` 0.4.2 took
-//! 0.22-0.23 / 0.25-0.26 s, no faster than atftpd (0.20 / 0.25 s), and on
-//! RFC 7440's loss signal it waits a full timeout instead of resending.
-//! This server's numbers are in `docs/BENCHMARKS.md` ("TFTP"). What made it
-//! fast: one socket connected to the client per transfer, one `preadv` per
-//! window straight into the packet buffer, UDP GSO to send a window in one
-//! syscall, resending at once on an ACK below the window, and a brief
-//! busy-poll for the window's ACK.
+//! Hand-written rather than built on the `async-tftp` crate, by
+//! measurement (`bench/tftp.sh`: 64 MiB, atftp client, blksize 1468,
+//! windowsize 16, veth pair, medians of 9 interleaved rounds on a loaded
+//! 2-core machine): `async-tftp` 0.4.2 took 0.56-0.68 s, no faster than
+//! atftpd (0.61-0.68 s), while this server took 0.32-0.36 s; and (found
+//! earlier, shared/BOOT-NOTES.md) on RFC 7440's loss signal `async-tftp`
+//! waits a full timeout instead of resending. Details in `docs/BENCHMARKS.md` ("TFTP"). What made this one
+//! fast: a socket connected to the client per transfer, one `preadv` per
+//! window straight into the packet buffer (read ahead while the client
+//! works), UDP GSO to send a window in one syscall, resending at once on an
+//! ACK below the window, probing a lost window tail after a few round trips,
+//! and a brief busy-poll for the ACK when a core is idle.
 //!
 //! Layout: [`wire`] parses and encodes packets, `transfer` is the sending
 //! state machine (no sockets), `source` opens files, `server` owns sockets.
