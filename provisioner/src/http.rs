@@ -38,7 +38,11 @@ pub struct HttpState {
 }
 
 /// iPXE binaries that UEFI HTTP Boot clients may fetch.
-const IPXE_FILES: &[&str] = &["ipxe.efi", "snponly.efi", "undionly.kpxe"];
+const IPXE_FILES: &[&str] = &[
+    levee_pxe::dhcp::EFI_X64_BINARY,
+    levee_pxe::dhcp::EFI_X64_SNP_BINARY,
+    levee_pxe::dhcp::BIOS_BINARY,
+];
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -161,8 +165,10 @@ async fn log_response(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     resp.map(|inner| {
+        let expected = inner.size_hint().exact();
         Body::new(LoggedBody {
             inner,
+            expected,
             bytes: 0,
             started,
             peer,
@@ -175,6 +181,9 @@ async fn log_response(req: Request, next: Next) -> Response {
 
 struct LoggedBody {
     inner: Body,
+    /// Clients such as iPXE close the connection as soon as they have
+    /// Content-Length bytes, before the body is polled to its end.
+    expected: Option<u64>,
     bytes: u64,
     started: Instant,
     peer: String,
@@ -216,7 +225,9 @@ impl http_body::Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let complete = self.finished || self.inner.is_end_stream();
+        let complete = self.finished
+            || self.inner.is_end_stream()
+            || self.expected.is_some_and(|n| self.bytes >= n);
         let (peer, target, status, bytes) = (&self.peer, &self.target, self.status, self.bytes);
         if target.ends_with("/healthz") {
             debug!(%peer, %target, status, bytes, "http served");

@@ -87,7 +87,9 @@ pub async fn run(
         let addr = socket.local_addr()?;
         let source: Arc<dyn FileSource> = Arc::new(tftp::ChainSource::new(vec![
             Arc::new(BootFiles { boot: boot.clone() }),
-            Arc::new(tftp::DirSource::new(&config.ipxe_dir)),
+            Arc::new(IpxeFiles {
+                dir: config.ipxe_dir.clone(),
+            }),
             Arc::new(tftp::DirSource::new(config.data_dir.join("tftp"))),
         ]));
         let stop = shutdown.clone();
@@ -197,6 +199,34 @@ impl FileSource for BootFiles {
             return Ok(TftpFile::Disk { file, len });
         }
         Err(not_found())
+    }
+}
+
+/// The iPXE binaries, by their exact names only. Debian's `/usr/lib/ipxe`
+/// holds symlinks into `/boot`, so a confined directory source would refuse
+/// them; the operator chose `--ipxe-dir`, so its links are trusted, and
+/// nothing else in it is exposed.
+struct IpxeFiles {
+    dir: PathBuf,
+}
+
+impl FileSource for IpxeFiles {
+    fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
+        let name = path.trim_start_matches('/');
+        if ![dhcp::BIOS_BINARY, dhcp::EFI_X64_BINARY, dhcp::EFI_X64_SNP_BINARY].contains(&name) {
+            return Err(OpenError::NotFound(path.to_string()));
+        }
+        let full = self.dir.join(name);
+        let io = |source| OpenError::Io { path: path.to_string(), source };
+        let file = match std::fs::File::open(&full) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::NotFound(path.to_string()))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let len = file.metadata().map_err(io)?.len();
+        Ok(TftpFile::Disk { file, len })
     }
 }
 

@@ -113,7 +113,13 @@ impl Vm {
 }
 
 /// Prints the logs that explain a failure, then fails the test.
+/// `LEVEE_TEST_LOGS=1` prints them on success too.
 pub fn check(result: anyhow::Result<()>, logs: &[(&str, String)]) {
+    if result.is_ok() && std::env::var_os("LEVEE_TEST_LOGS").is_some() {
+        for (name, text) in logs {
+            eprintln!("===== {name} =====\n{text}");
+        }
+    }
     if let Err(e) = result {
         for (name, text) in logs {
             eprintln!("===== {name} =====\n{text}");

@@ -94,10 +94,14 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
         anyhow::ensure!(steps.contains(&"dhcp"), "no DHCP step in the history: {steps:?}");
         anyhow::ensure!(steps.contains(&"script"), "no boot-script step in the history: {steps:?}");
         anyhow::ensure!(steps.contains(&"report"), "no report step in the history: {steps:?}");
+        let tftp_sent = |file: &str| {
+            log.lines()
+                .any(|l| l.contains(&format!("file={file}")) && l.contains("tftp transfer complete"))
+        };
         if firmware == Firmware::Uefi {
             anyhow::ensure!(
-                log.contains("ipxe.efi"),
-                "the UEFI firmware did not fetch ipxe.efi over TFTP:\n{log}"
+                tftp_sent("ipxe.efi"),
+                "the UEFI firmware did not fetch ipxe.efi over TFTP"
             );
         }
         match transport {
@@ -106,7 +110,7 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
                 "kernel and initrd did not come over HTTP"
             ),
             Transport::Tftp => anyhow::ensure!(
-                !log.contains("GET /images/") && log.contains("vmlinuz"),
+                !log.contains("GET /images/") && tftp_sent("images/") ,
                 "kernel and initrd did not come over TFTP only"
             ),
         }
