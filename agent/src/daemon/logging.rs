@@ -1,31 +1,41 @@
-//! Logs go to the journal when there is one (the service), else plain
-//! stderr (a shell, a container, a test).
+//! The daemon's log: the journal when there is one (the service), else
+//! plain stderr (a shell, a container, a test). It writes through its own
+//! `JournalLog` rather than the global `log` logger, which the CLI's
+//! tracing subscriber may already own (and would filter to warnings).
 
-struct Stderr;
+use std::fmt::Arguments;
 
-impl log::Log for Stderr {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("levee-agent: {}: {}", r.level().as_str().to_ascii_lowercase(), r.args());
-        }
-    }
-    fn flush(&self) {}
+use log::Level;
+use systemd_journal_logger::JournalLog;
+
+pub(super) struct Log {
+    journal: Option<JournalLog>,
 }
 
-static STDERR: Stderr = Stderr;
+impl Log {
+    pub(super) fn new() -> Log {
+        let journal = systemd_journal_logger::connected_to_journal()
+            .then(|| JournalLog::new().ok())
+            .flatten()
+            .map(|j| j.with_syslog_identifier("levee-agent".to_string()));
+        Log { journal }
+    }
 
-pub(super) fn init() {
-    let journal = systemd_journal_logger::connected_to_journal()
-        .then(|| systemd_journal_logger::JournalLog::new().ok())
-        .flatten()
-        .map(|j| j.with_syslog_identifier("levee-agent".to_string()));
-    // A second init (tests) keeps the first logger; that is fine.
-    let _ = match journal {
-        Some(j) => j.install(),
-        None => log::set_logger(&STDERR),
-    };
-    log::set_max_level(log::LevelFilter::Info);
+    pub(super) fn info(&self, args: Arguments<'_>) {
+        self.emit(Level::Info, args);
+    }
+
+    pub(super) fn warn(&self, args: Arguments<'_>) {
+        self.emit(Level::Warn, args);
+    }
+
+    fn emit(&self, level: Level, args: Arguments<'_>) {
+        if let Some(j) = &self.journal {
+            let record = log::Record::builder().level(level).target("levee_agent::daemon").args(args).build();
+            if j.journal_send(&record).is_ok() {
+                return;
+            }
+        }
+        eprintln!("levee-agent: {}: {args}", level.as_str().to_ascii_lowercase());
+    }
 }

@@ -48,21 +48,21 @@ pub enum DaemonError {
 
 /// Runs the agent service; returns only with `once` or on a fatal error.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
-    logging::init();
+    let log = logging::Log::new();
     let text = std::fs::read_to_string(&opts.cmdline)
         .map_err(|source| DaemonError::Cmdline { path: opts.cmdline.clone(), source })?;
     let args = BootArgs::parse(&text);
     let boot_id = facts::boot_id();
-    log::info!(
+    log.info(format_args!(
         "levee-agent {} starting (image {}, boot {})",
         env!("CARGO_PKG_VERSION"),
         facts::image_version().as_deref().unwrap_or("unknown"),
         boot_id.as_deref().unwrap_or("unknown")
-    );
+    ));
     let Some(url) = args.url.clone() else {
         // Nothing to report to (an installed appliance gets its server
         // from its configuration later): stay up as the service.
-        log::warn!("no levee.url= on the kernel command line; not reporting");
+        log.warn(format_args!("no levee.url= on the kernel command line; not reporting"));
         if opts.once {
             return Ok(());
         }
@@ -71,7 +71,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         }
     };
     let interval = args.interval_secs.map(Duration::from_secs).unwrap_or(opts.interval);
-    let mut sent = 0u64;
+    let (mut sent, mut failed) = (0u64, 0u64);
     loop {
         let report = facts::report(&args);
         match http::post_json(&url, levee_proto::paths::REPORT, &report) {
@@ -80,11 +80,16 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
                 // The first report and every 20th after it: enough to follow a
                 // box in the journal without one line per heartbeat.
                 if sent == 1 || sent % 20 == 0 {
-                    log::info!("status report {sent} sent to {url} (mac {}, HTTP {status})", report.mac);
+                    log.info(format_args!("status report {sent} sent to {url} (mac {}, HTTP {status})", report.mac));
                 }
             }
             Err(reason) => {
-                log::warn!("status report to {url} failed (mac {}): {reason}", report.mac);
+                failed += 1;
+                // Before the network is up the first tries fail: say so once,
+                // then every tenth time.
+                if failed == 1 || failed % 10 == 0 || opts.once {
+                    log.warn(format_args!("status report to {url} failed (mac {}, attempt {failed}): {reason}", report.mac));
+                }
                 if opts.once {
                     return Err(DaemonError::Report { url, reason });
                 }
