@@ -129,6 +129,12 @@ done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 echo "file: $SIZE_MIB MiB; client: atftp --option \"blksize $BLKSIZE\" --option \"windowsize $WINDOW\"; ours: $mode; rounds: $ROUNDS"
+# One unmeasured fetch per server: warms the page cache and the client (the
+# first big fetch after start-up was up to 1 s slower whoever served it).
+for i in $(seq 0 $((n - 1))); do
+    fetch "${addrs[$i]}" "$WORK/out/warmup" || { echo "warm-up fetch from ${names[$i]} failed" >&2; exit 1; }
+    rm -f "$WORK/out/warmup"
+done
 declare -A times
 for round in $(seq "$ROUNDS"); do
     line="round $round:"
