@@ -173,5 +173,5 @@ awk -v o="$ours_med" -v d="$dns_med" -v a="$atf_med" -v ob="$ours_best" -v db="$
     printf "levee vs dnsmasq: %.2fx faster (median), %.2fx (best)\n", d / o, db / ob
     printf "levee vs atftpd:  %.2fx faster (median), %.2fx (best)\n", a / o, ab / ob }'
 # Our server logs one line per transfer; show its retransmission counts.
-echo "levee retransmitted blocks per transfer: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/ours.log" |
+echo "levee retransmitted blocks per transfer (warm-up first): $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/ours.log" |
     grep "file=$FILE" | grep -o 'retransmits=[0-9]*' | cut -d= -f2 | tr '\n' ' ')"
