@@ -73,12 +73,12 @@ pub struct Transfer {
     /// Whether the current window is a resend (Karn: no RTT sample then).
     window_is_resend: bool,
     srtt: Option<Duration>,
-    /// Highest block we last sent a second time, and when. A client that
-    /// gets a duplicate answers with an ACK of its last block (atftp does),
+    /// Blocks we last sent a second time (first, last), and when. A client
+    /// that gets a duplicate answers with an ACK of its last block (atftp does),
     /// which looks like a loss signal; answering that with another resend
     /// locks the transfer into resending half of every window (measured:
     /// 26,545 of 45,716 blocks after one spurious probe).
-    last_retransmit: Option<(u64, Instant)>,
+    last_retransmit: Option<(u64, u64, Instant)>,
     /// When to resend the window's last block if its ACK has not come: a
     /// lost tail (a full receive buffer drops the end of a window) gives
     /// the client no out-of-order block to signal with, and both sides
@@ -196,7 +196,7 @@ impl Transfer {
         let repeated = self.sent_end.saturating_sub(first - 1).min(count);
         if repeated > 0 {
             self.retransmits += repeated;
-            self.last_retransmit = Some((first + repeated - 1, now));
+            self.last_retransmit = Some((first, first + repeated - 1, now));
         }
         self.sent_end = self.sent_end.max(first + count - 1);
         self.window_sent_at = now;
@@ -294,7 +294,7 @@ impl Transfer {
             if now >= probe && now < self.deadline {
                 self.probe_at = None;
                 self.retransmits += 1;
-                self.last_retransmit = Some((self.sent_end, now));
+                self.last_retransmit = Some((self.sent_end, self.sent_end, now));
                 return Output::SendWindow {
                     first: self.sent_end,
                     count: 1,
@@ -341,8 +341,11 @@ impl Transfer {
     }
 
     /// Whether an ACK of `block` may be the client's answer to a duplicate
-    /// we sent lately rather than a loss: it acknowledges no more than what
-    /// we resent, within a few round trips of resending it.
+    /// we sent lately rather than a loss: within a few round trips of
+    /// resending `first ..= last`, a client that got some of them again
+    /// acknowledges a block in `first - 1 ..= last`. An ACK below that
+    /// range (say, after a probe of the last block when several were
+    /// lost) is a real loss signal.
     fn maybe_answering_duplicate(&self, block: u64, now: Instant) -> bool {
         let window = self
             .srtt
@@ -351,8 +354,9 @@ impl Transfer {
                 Duration::from_millis(1),
                 (self.base_timeout / 4).max(Duration::from_millis(1)),
             );
-        self.last_retransmit
-            .is_some_and(|(upto, at)| block <= upto && now.saturating_duration_since(at) < window)
+        self.last_retransmit.is_some_and(|(first, last, at)| {
+            block + 1 >= first && block <= last && now.saturating_duration_since(at) < window
+        })
     }
 }
 
@@ -550,6 +554,35 @@ mod tests {
             }
         );
         assert_eq!(t.retransmits(), 12);
+    }
+
+    #[test]
+    fn several_lost_at_the_tail_are_resent_after_the_probe() {
+        let t0 = Instant::now();
+        let (mut t, _) = Transfer::new(100 * 100, &agreed(100, 8, false), LIMITS, t0);
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(
+            t.on_packet(&ack(8), t1),
+            Output::SendWindow { first: 9, count: 8 }
+        );
+        // 14..=16 dropped: nothing happens until the probe resends 16.
+        let probe = t.deadline();
+        assert_eq!(
+            t.on_timeout(probe),
+            Output::SendWindow {
+                first: 16,
+                count: 1
+            }
+        );
+        // The client sees 16 out of order and acks 13: resend at once.
+        let soon = probe + Duration::from_micros(100);
+        assert_eq!(
+            t.on_packet(&ack(13), soon),
+            Output::SendWindow {
+                first: 14,
+                count: 8
+            }
+        );
     }
 
     #[test]
