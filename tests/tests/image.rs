@@ -41,7 +41,9 @@ fn tools() -> anyhow::Result<()> {
 }
 
 /// An exclusive flock held while it lives.
-struct FileLock(std::fs::File);
+struct FileLock {
+    _file: std::fs::File,
+}
 
 impl FileLock {
     fn acquire(path: &Path) -> anyhow::Result<FileLock> {
@@ -51,7 +53,7 @@ impl FileLock {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             bail!("flock {}: {}", path.display(), std::io::Error::last_os_error());
         }
-        Ok(FileLock(f))
+        Ok(FileLock { _file: f })
     }
 }
 
@@ -204,6 +206,14 @@ impl Qemu {
         Ok(Qemu { child, console, started: Instant::now(), _dir: dir })
     }
 
+    /// Fails once QEMU has exited (a kernel panic with `-no-reboot`).
+    fn alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("QEMU exited ({status})"),
+            None => Ok(()),
+        }
+    }
+
     fn console(&self) -> String {
         std::fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
@@ -211,14 +221,14 @@ impl Qemu {
     fn wait_console(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Duration> {
         let started = self.started;
         let console = self.console.clone();
-        let r = wait_until(timeout, &format!("`{needle}` on the console"), || {
+        wait_until(timeout, &format!("`{needle}` on the console"), || {
             let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            Ok(text.contains(needle).then(|| started.elapsed()))
-        });
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!("QEMU exited ({status}) while waiting for `{needle}`");
-        }
-        r
+            if text.contains(needle) {
+                return Ok(Some(started.elapsed()));
+            }
+            self.alive()?;
+            Ok(None)
+        })
     }
 }
 
@@ -242,10 +252,12 @@ fn sha_of(image: &serde_json::Value, artifact: &str) -> anyhow::Result<String> {
     image["artifacts"][artifact]["sha256"].as_str().map(str::to_string).context("artifact sha256 in image.json")
 }
 
+/// `no_timer_check`: under TCG on a loaded host the kernel's IO-APIC timer
+/// check can fail and panic ("IO-APIC + timer doesn't work!").
 fn cmdline(port: u16, sha256: &str) -> String {
     format!(
         "console=ttyS0,115200n8 levee.url=http://10.0.2.2:{port} levee.root=http://10.0.2.2:{port}/rootfs.squashfs \
-         levee.sha256={sha256} levee.interval=3 systemd.journald.forward_to_console=1 panic=-1"
+         levee.sha256={sha256} levee.interval=3 systemd.journald.forward_to_console=1 panic=-1 no_timer_check"
     )
 }
 
@@ -266,6 +278,7 @@ fn r3_image_boots_to_agent_that_reports() -> anyhow::Result<()> {
     let started = vm.started;
     with_console(vm.console.clone(), || {
         let first = wait_until(Duration::from_secs(300), "the agent's first report", || {
+            vm.alive()?;
             Ok(server.reports().into_iter().find(|(_, r)| r["stage"] == "agent"))
         })?;
         let report = &first.1;
