@@ -13,9 +13,13 @@ use tokio_util::sync::CancellationToken;
 fn main() -> anyhow::Result<()> {
     // TFTPD_RUNTIME=current: a single-threaded runtime, to compare.
     let runtime = if std::env::var("TFTPD_RUNTIME").is_ok_and(|v| v == "current") {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
     };
     runtime.block_on(run())
 }

@@ -527,7 +527,7 @@ async fn lossy_proxy(
                     }
                     if matches!(Packet::parse(&b[..len]), Ok(Packet::Data { .. })) {
                         data_seen += 1;
-                        if data_seen % nth == 0 {
+                        if data_seen.checked_rem(nth) == Some(0) {
                             continue;
                         }
                     }
