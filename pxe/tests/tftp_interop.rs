@@ -346,7 +346,11 @@ async fn fetch(
     socket.connect(peer).await?;
     if let Some(barrier) = ready {
         // Every transfer is open at once before any data flows.
-        barrier.wait().await;
+        // Bounded, so one client that got no OACK fails the test instead of
+        // leaving the others waiting forever.
+        tokio::time::timeout(Duration::from_secs(90), barrier.wait())
+            .await
+            .context("not every client got its OACK")?;
     }
     let mut data = Vec::new();
     let mut last_ack = 0u16;
