@@ -101,7 +101,21 @@ fn public_url(args: &ServeArgs, iface_ip: Option<Ipv4Addr>) -> anyhow::Result<St
     })
 }
 
+/// Each TFTP transfer holds a socket and a file: raise the soft open-file
+/// limit to the hard one so hundreds of machines booting at once fit.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let store = super::open_store(data_dir)?;
     std::fs::create_dir_all(data_dir.join("tftp"))
         .with_context(|| format!("cannot create {}", data_dir.join("tftp").display()))?;
