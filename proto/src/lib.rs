@@ -11,6 +11,7 @@
 //! assert_eq!(r.mac, "52:54:00:12:34:56");
 //! ```
 
+pub mod config;
 pub mod image;
 pub mod report;
 pub mod repo;

@@ -44,6 +44,15 @@ impl BootService {
     /// The profile and image a machine boots, or why it boots nothing.
     pub fn resolve(&self, mac: MacAddr) -> Result<(Profile, ImageRecord), String> {
         let appliance = self.store.appliance(mac).map_err(|e| e.to_string())?;
+        // A retired (or replaced) machine's credential is revoked; booting it
+        // again would only start an enrollment that must be refused.
+        if let Some(a) = appliance.as_ref().filter(|a| a.revoked_at.is_some()) {
+            return Err(format!(
+                "appliance {mac} (id {}) is retired ({}): not served; `levee appliance remove {mac}` to forget it",
+                a.id,
+                a.state_reason.as_deref().unwrap_or("no reason given")
+            ));
+        }
         let name = appliance
             .and_then(|a| a.profile)
             .unwrap_or_else(|| DEFAULT_PROFILE.to_string());

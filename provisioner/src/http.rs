@@ -315,7 +315,7 @@ mod tests {
     async fn a_machine_without_a_profile_is_told_why() {
         let (_d, st) = state();
         let mac: MacAddr = MAC.parse().unwrap();
-        st.boot.store.register_appliance(mac, None, None).unwrap();
+        st.boot.store.register_appliance(mac, &Default::default()).unwrap();
         st.boot.store.set_appliance_profile(mac, Some("gone")).unwrap();
         let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
         assert_eq!(status, StatusCode::OK);

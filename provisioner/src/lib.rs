@@ -5,11 +5,15 @@
 //! - [`boot`] decides what each machine boots and renders its iPXE script;
 //! - [`http`] is the plain-HTTP listener;
 //! - [`images`] is the image store under `--data-dir`;
+//! - [`config`] reads and validates customer configuration files, and
+//!   [`secrets`] keeps their secrets encrypted at rest;
 //! - [`cli`] is the `levee` command line.
 
 pub mod boot;
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod images;
+pub mod secrets;
 pub mod serve;
 pub mod store;

@@ -1,25 +1,68 @@
-//! `levee appliance ...`: the boxes.
+//! `levee appliance ...`: the boxes, from registration to retirement.
 
-use std::path::Path;
+use std::collections::HashMap;
 
 use anyhow::Context;
 use clap::Subcommand;
 use levee_pxe::boot::MacAddr;
 
+use crate::store::{now, Appliance, ApplianceRef, ApplianceState, Registration, Store};
+
+/// Heartbeat interval assumed for machines without a customer.
+const DEFAULT_HEARTBEAT_SECS: u64 = 300;
+
 #[derive(Debug, Subcommand)]
 pub enum ApplianceCommand {
-    /// Register a machine by MAC (optionally with its serial and profile).
-    #[command(after_help = "Example:\n  levee appliance add --mac 52:54:00:12:34:56 --serial SN-0042 --profile default")]
-    Add {
+    /// Register a machine by MAC for a customer, before it first boots.
+    ///
+    /// A registered machine with a customer enrolls by itself when it
+    /// boots. Without --customer it is only known (and boots), but gets no
+    /// configuration until `levee appliance approve`.
+    #[command(
+        visible_alias = "add",
+        after_help = "Examples:\n  levee appliance register --mac 52:54:00:12:34:56 --customer acme --serial SN-0042\n  levee appliance register --mac 52:54:00:12:34:56 --customer acme --profile rescue"
+    )]
+    Register {
         #[arg(long)]
         mac: MacAddr,
+        /// Customer it will serve (see `levee customer list`).
+        #[arg(long)]
+        customer: Option<String>,
         #[arg(long)]
         serial: Option<String>,
         /// Boot profile (default: the `default` profile).
         #[arg(long)]
         profile: Option<String>,
     },
+    /// Give a machine that booted unregistered (pending) a customer, so it
+    /// enrolls and receives that customer's configuration.
+    #[command(after_help = "Example:\n  levee appliance list        # pending machines show customer -\n  levee appliance approve 52:54:00:12:34:56 --customer acme")]
+    Approve {
+        mac: MacAddr,
+        #[arg(long)]
+        customer: String,
+    },
+    /// Hand an appliance's customer and configuration to a new machine (a
+    /// replacement unit); the old one's credential is revoked.
+    #[command(after_help = "Examples:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef\n  levee appliance replace 7 --with 52:54:00:ab:cd:ef")]
+    Replace {
+        /// The old appliance: MAC or appliance id.
+        old: ApplianceRef,
+        /// MAC of the new machine.
+        #[arg(long = "with", value_name = "NEW_MAC")]
+        with: MacAddr,
+    },
+    /// Revoke an appliance's credential and stop serving it (network boot
+    /// included).
+    #[command(after_help = "Examples:\n  levee appliance retire 52:54:00:12:34:56 --reason 'stolen from site'\n  levee appliance retire 7")]
+    Retire {
+        /// MAC or appliance id.
+        appliance: ApplianceRef,
+        #[arg(long, default_value = "retired by operator")]
+        reason: String,
+    },
     /// Choose the boot profile of a machine.
+    #[command(after_help = "Example:\n  levee appliance set 52:54:00:12:34:56 --profile rescue")]
     Set {
         mac: MacAddr,
         /// Boot profile name.
@@ -30,13 +73,22 @@ pub enum ApplianceCommand {
         default_profile: bool,
     },
     /// List machines: registered ones and those that showed up on the network.
+    ///
+    /// A machine is offline when it sent no report or heartbeat within three
+    /// of its customer's heartbeat intervals.
+    #[command(after_help = "Examples:\n  levee appliance list\n  levee appliance list --customer acme --json")]
     List {
+        /// Only this customer's appliances.
+        #[arg(long)]
+        customer: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Show one machine with its last report and boot history.
+    /// Show one machine with its state, last report and history.
+    #[command(after_help = "Examples:\n  levee appliance show 52:54:00:12:34:56\n  levee appliance show 7 --json")]
     Show {
-        mac: MacAddr,
+        /// MAC or appliance id.
+        appliance: ApplianceRef,
         #[arg(long)]
         json: bool,
     },
@@ -44,76 +96,137 @@ pub enum ApplianceCommand {
     Remove { mac: MacAddr },
 }
 
-pub fn run(data_dir: &Path, cmd: ApplianceCommand) -> anyhow::Result<()> {
-    let store = super::open_store(data_dir)?;
+pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
+    let store = ctx.open_store()?;
+    let store = store.as_ref();
     match cmd {
-        ApplianceCommand::Add { mac, serial, profile } => {
-            if let Some(p) = &profile {
-                store.profile(p)?.with_context(|| {
-                    format!("no profile `{p}`: `levee profile list` shows the profiles")
-                })?;
-            }
-            let a = store.register_appliance(mac, serial.as_deref(), profile.as_deref())?;
+        ApplianceCommand::Register { mac, customer, serial, profile } => {
+            check_profile(store, profile.as_deref())?;
+            let a = store.register_appliance(
+                mac,
+                &Registration {
+                    serial: serial.as_deref(),
+                    profile: profile.as_deref(),
+                    customer: customer.as_deref(),
+                },
+            )?;
             println!(
-                "appliance {} registered (id {}, profile {})",
+                "appliance {} registered (id {}, customer {}, profile {})",
                 a.mac,
                 a.id,
+                a.customer.as_deref().unwrap_or("- (approve it to give it one)"),
                 a.profile.as_deref().unwrap_or("default")
             );
             Ok(())
         }
+        ApplianceCommand::Approve { mac, customer } => {
+            let a = store.approve_appliance(mac, &customer)?;
+            println!("appliance {} (id {}) approved for customer {customer}", a.mac, a.id);
+            Ok(())
+        }
+        ApplianceCommand::Replace { old, with } => {
+            let o = find(store, old)?;
+            let n = store.replace_appliance(o.id, with)?;
+            println!(
+                "appliance {} (id {}) replaces {} (id {}) for customer {}; {}'s credential is revoked",
+                n.mac,
+                n.id,
+                o.mac,
+                o.id,
+                n.customer.as_deref().unwrap_or("-"),
+                o.mac
+            );
+            Ok(())
+        }
+        ApplianceCommand::Retire { appliance, reason } => {
+            let a = find(store, appliance)?;
+            let a = store.retire_appliance(a.id, &reason)?;
+            println!("appliance {} (id {}) retired: credential revoked, no longer served", a.mac, a.id);
+            Ok(())
+        }
         ApplianceCommand::Set { mac, profile, .. } => {
-            if let Some(p) = &profile {
-                store.profile(p)?.with_context(|| {
-                    format!("no profile `{p}`: `levee profile list` shows the profiles")
-                })?;
-            }
+            check_profile(store, profile.as_deref())?;
             store.set_appliance_profile(mac, profile.as_deref())?;
             println!("{mac} boots profile {}", profile.as_deref().unwrap_or("default"));
             Ok(())
         }
-        ApplianceCommand::List { json } => {
-            let all = store.appliances()?;
+        ApplianceCommand::List { customer, json } => {
+            let heartbeats = heartbeat_intervals(store)?;
+            let t = now();
+            let all: Vec<Appliance> = store
+                .appliances()?
+                .into_iter()
+                .filter(|a| customer.is_none() || a.customer == customer)
+                .collect();
+            let online = |a: &Appliance| is_online(a, interval(&heartbeats, a), t);
             if json {
-                return super::print_json(&all);
+                let rows: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|a| with_online(a, online(a)))
+                    .collect::<anyhow::Result<_>>()?;
+                return super::print_json(&rows);
             }
             let rows: Vec<Vec<String>> = all
                 .iter()
                 .map(|a| {
-                    let report = a.last_report.as_ref();
+                    let dash = || "-".to_string();
                     vec![
                         a.id.to_string(),
                         a.mac.to_string(),
-                        a.serial.clone().unwrap_or_else(|| "-".into()),
-                        if a.registered { "registered" } else { "seen" }.into(),
+                        a.serial.clone().unwrap_or_else(dash),
+                        a.customer.clone().unwrap_or_else(dash),
+                        a.state.to_string(),
+                        a.image_version().map(str::to_string).unwrap_or_else(dash),
+                        a.slot.clone().unwrap_or_else(dash),
                         a.profile.clone().unwrap_or_else(|| "default".into()),
-                        report.and_then(|r| r.stage.clone()).unwrap_or_else(|| "-".into()),
-                        report.and_then(|r| r.version.clone()).unwrap_or_else(|| "-".into()),
-                        report.map(|r| r.addresses.join(",")).filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into()),
-                        super::ago(a.last_report_at),
-                        super::ago(a.last_seen.max(a.last_report_at)),
+                        a.last_report.as_ref().and_then(|r| r.stage.clone()).unwrap_or_else(dash),
+                        super::ago(a.last_heartbeat.max(a.last_report_at)),
+                        if online(a) { "online" } else { "offline" }.into(),
                     ]
                 })
                 .collect();
             super::print_table(
-                &["ID", "MAC", "SERIAL", "STATE", "PROFILE", "REPORTED", "VERSION", "ADDRESSES", "LAST REPORT", "LAST SEEN"],
+                &["ID", "MAC", "SERIAL", "CUSTOMER", "STATE", "IMAGE", "SLOT", "PROFILE", "REPORTED", "LAST HEARTBEAT", "STATUS"],
                 &rows,
             );
             Ok(())
         }
-        ApplianceCommand::Show { mac, json } => {
-            let a = store
-                .appliance(mac)?
-                .with_context(|| format!("no appliance {mac}: `levee appliance list` shows them"))?;
-            let events = store.events(mac, 200)?;
+        ApplianceCommand::Show { appliance, json } => {
+            let a = find(store, appliance)?;
+            let events = store.events(a.mac, 200)?;
+            let online = is_online(&a, interval(&heartbeat_intervals(store)?, &a), now());
             if json {
-                return super::print_json(&serde_json::json!({ "appliance": a, "events": events }));
+                return super::print_json(&serde_json::json!({
+                    "appliance": with_online(&a, online)?,
+                    "events": events,
+                }));
             }
             println!("appliance {} (id {})", a.mac, a.id);
-            println!("  serial:      {}", a.serial.as_deref().unwrap_or("-"));
-            println!("  registered:  {}", if a.registered { "yes" } else { "no (seen on the network)" });
-            println!("  profile:     {}", a.profile.as_deref().unwrap_or("default"));
-            println!("  last report: {}", super::ago(a.last_report_at));
+            println!("  serial:         {}", a.serial.as_deref().unwrap_or("-"));
+            match (&a.customer, a.registered) {
+                (Some(c), _) => println!("  customer:       {c}"),
+                (None, _) => println!(
+                    "  customer:       - (waiting for approval: levee appliance approve {} --customer NAME)",
+                    a.mac
+                ),
+            }
+            match (&a.state, &a.state_reason) {
+                (_, Some(r)) => println!("  state:          {} ({r})", a.state),
+                _ => println!("  state:          {}", a.state),
+            }
+            if let Some(t) = a.revoked_at {
+                println!("  revoked:        {}", super::ago(Some(t)));
+            }
+            if let Some(id) = a.replaced_by {
+                println!("  replaced by:    id {id}");
+            }
+            if let Some(id) = a.replaces {
+                println!("  replaces:       id {id}");
+            }
+            println!("  profile:        {}", a.profile.as_deref().unwrap_or("default"));
+            println!("  image:          {} (slot {})", a.image_version().unwrap_or("-"), a.slot.as_deref().unwrap_or("-"));
+            println!("  last heartbeat: {} ({})", super::ago(a.last_heartbeat), if online { "online" } else { "offline" });
+            println!("  last report:    {}", super::ago(a.last_report_at));
             if let Some(r) = &a.last_report {
                 println!("    {}", serde_json::to_string(r)?);
             }
@@ -129,4 +242,52 @@ pub fn run(data_dir: &Path, cmd: ApplianceCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn find(store: &dyn Store, r: ApplianceRef) -> anyhow::Result<Appliance> {
+    store
+        .find_appliance(r)?
+        .with_context(|| format!("no appliance {r}: `levee appliance list` shows them"))
+}
+
+fn check_profile(store: &dyn Store, profile: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = profile {
+        store
+            .profile(p)?
+            .with_context(|| format!("no profile `{p}`: `levee profile list` shows the profiles"))?;
+    }
+    Ok(())
+}
+
+/// Each customer's heartbeat interval in seconds.
+fn heartbeat_intervals(store: &dyn Store) -> anyhow::Result<HashMap<String, u64>> {
+    Ok(store
+        .customers()?
+        .into_iter()
+        .filter_map(|c| {
+            let secs = levee_proto::config::parse_duration(&c.config.heartbeat_interval)?;
+            Some((c.name, secs))
+        })
+        .collect())
+}
+
+fn interval(intervals: &HashMap<String, u64>, a: &Appliance) -> u64 {
+    a.customer
+        .as_ref()
+        .and_then(|c| intervals.get(c).copied())
+        .unwrap_or(DEFAULT_HEARTBEAT_SECS)
+}
+
+/// Retired machines are never online, whatever they last said.
+fn is_online(a: &Appliance, heartbeat_secs: u64, now: u64) -> bool {
+    a.state != ApplianceState::Retired && a.online(heartbeat_secs, now)
+}
+
+/// The appliance as JSON plus the computed `online`.
+fn with_online(a: &Appliance, online: bool) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(a)?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("online".into(), online.into());
+    }
+    Ok(v)
 }

@@ -1,6 +1,6 @@
 //! `levee image ...`: the image store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -33,13 +33,14 @@ pub enum ImageCommand {
     Build(super::image_build::BuildArgs),
 }
 
-pub fn run(data_dir: &Path, cmd: ImageCommand) -> anyhow::Result<()> {
+pub fn run(ctx: &super::Ctx, cmd: ImageCommand) -> anyhow::Result<()> {
     // Building needs no store: do not create one on a build machine.
     let cmd = match cmd {
         ImageCommand::Build(args) => return super::image_build::run(args),
         other => other,
     };
-    let store = super::open_store(data_dir)?;
+    let data_dir = ctx.data_dir();
+    let store = ctx.open_store()?;
     match cmd {
         ImageCommand::Build(_) => Ok(()), // returned above
         ImageCommand::Import { dir, profile } => {

@@ -2,17 +2,18 @@
 //! on the store in `--data-dir`, so it works while `levee serve` runs.
 
 mod appliance;
+mod customer;
 mod image;
 mod image_build;
 mod profile;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgStore, SqliteStore, Store};
 
 /// Levee: turns blank machines into managed backup appliances.
 ///
@@ -25,6 +26,13 @@ pub struct Cli {
     /// State directory: database, images, files served over TFTP (DIR/tftp/).
     #[arg(long, global = true, env = "LEVEE_DATA_DIR", default_value = "/var/lib/levee")]
     pub data_dir: PathBuf,
+
+    /// Keep central state in PostgreSQL instead of DATA_DIR/levee.sqlite,
+    /// e.g. postgres://levee@db.example/levee or
+    /// "host=/run/postgresql dbname=levee". Images and the server key
+    /// (DATA_DIR/server.key, needed to read stored secrets) stay in --data-dir.
+    #[arg(long, global = true, env = "LEVEE_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
 
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -43,7 +51,11 @@ Examples:
   levee serve --dhcp-interface eth0 --dhcp-mode proxy
 
   # Import a built image and make it what unknown machines boot:
-  levee image import ./out --profile default";
+  levee image import ./out --profile default
+
+  # Create a customer and register a machine for it:
+  levee customer apply -f acme.yaml
+  levee appliance register --mac 52:54:00:12:34:56 --customer acme";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -52,29 +64,60 @@ pub enum Command {
     /// Manage boot profiles (what a machine boots).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
-    /// Manage appliances (physical boxes, known by MAC).
+    /// Manage appliances (physical boxes, known by MAC or appliance id).
     #[command(subcommand)]
     Appliance(appliance::ApplianceCommand),
+    /// Manage customers and their configuration.
+    #[command(subcommand)]
+    Customer(customer::CustomerCommand),
     /// Import and list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        data_dir: cli.data_dir,
+        database: cli.database,
+    };
     match cli.command {
-        Command::Serve(args) => serve::run(&cli.data_dir, args),
-        Command::Profile(cmd) => profile::run(&cli.data_dir, cmd),
-        Command::Appliance(cmd) => appliance::run(&cli.data_dir, cmd),
-        Command::Image(cmd) => image::run(&cli.data_dir, cmd),
+        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Profile(cmd) => profile::run(&ctx, cmd),
+        Command::Appliance(cmd) => appliance::run(&ctx, cmd),
+        Command::Customer(cmd) => customer::run(&ctx, cmd),
+        Command::Image(cmd) => image::run(&ctx, cmd),
     }
 }
 
-/// Opens the store behind `--data-dir`.
-fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::open(data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot open the Levee store in {}: {e}", data_dir.display())
-    })?;
-    Ok(Arc::new(store))
+/// Where the state is: the global options every subcommand shares.
+pub struct Ctx {
+    pub data_dir: PathBuf,
+    pub database: Option<String>,
+}
+
+impl Ctx {
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Opens the store: PostgreSQL with `--database`, else SQLite in `--data-dir`.
+    fn open_store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        match &self.database {
+            Some(url) => {
+                let store = PgStore::connect(url).map_err(|e| {
+                    // The URL may carry a password: name only the kind of store.
+                    anyhow::anyhow!("cannot open the Levee store in PostgreSQL (--database): {e}")
+                })?;
+                Ok(Arc::new(store))
+            }
+            None => {
+                let store = SqliteStore::open(&self.data_dir).map_err(|e| {
+                    anyhow::anyhow!("cannot open the Levee store in {}: {e}", self.data_dir.display())
+                })?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
 }
 
 /// Logs go to stderr, one line per step; `RUST_LOG` overrides the level.

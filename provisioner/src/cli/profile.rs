@@ -57,8 +57,9 @@ pub enum ProfileCommand {
     Remove { name: String },
 }
 
-pub fn run(data_dir: &Path, cmd: ProfileCommand) -> anyhow::Result<()> {
-    let store = super::open_store(data_dir)?;
+pub fn run(ctx: &super::Ctx, cmd: ProfileCommand) -> anyhow::Result<()> {
+    let data_dir = ctx.data_dir();
+    let store = ctx.open_store()?;
     match cmd {
         ProfileCommand::Set {
             name,
@@ -102,7 +103,7 @@ pub fn run(data_dir: &Path, cmd: ProfileCommand) -> anyhow::Result<()> {
                     .or(existing.as_ref().map(|p| p.transport))
                     .unwrap_or(Transport::Http),
             };
-            check_template(data_dir, &profile, &record)?;
+            check_template(data_dir, store.clone(), &profile, &record)?;
             store.put_profile(&profile)?;
             println!(
                 "profile `{}` boots image `{}` over {}",
@@ -154,11 +155,12 @@ pub fn run(data_dir: &Path, cmd: ProfileCommand) -> anyhow::Result<()> {
 /// not on a machine at boot.
 fn check_template(
     data_dir: &Path,
+    store: std::sync::Arc<dyn crate::store::Store>,
     profile: &Profile,
     image: &crate::store::ImageRecord,
 ) -> anyhow::Result<()> {
     let probe = BootService {
-        store: super::open_store(data_dir)?,
+        store,
         data_dir: data_dir.to_path_buf(),
         public_url: "http://192.0.2.1".into(),
         tftp_host: "192.0.2.1".into(),

@@ -1,7 +1,7 @@
 //! `levee serve`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -114,9 +114,10 @@ fn raise_open_file_limit() {
     }
 }
 
-pub fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
-    let store = super::open_store(data_dir)?;
+    let data_dir = ctx.data_dir();
+    let store = ctx.open_store()?;
     std::fs::create_dir_all(data_dir.join("tftp"))
         .with_context(|| format!("cannot create {}", data_dir.join("tftp").display()))?;
 

@@ -7,13 +7,18 @@
 //! as `levee serve` and acts on it directly; the SQLite implementation uses
 //! WAL mode and a busy timeout so both can do so at once.
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use levee_proto::config::CustomerConfig;
 use levee_pxe::boot::MacAddr;
 use serde::Serialize;
 
+pub use self::postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the store. Messages name the object and what to do.
@@ -21,6 +26,8 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Pg(#[from] ::postgres::Error),
     #[error("{what} `{name}` does not exist{hint}")]
     NotFound {
         what: &'static str,
@@ -104,6 +111,141 @@ pub struct Appliance {
     /// The last status report, verbatim, and when it arrived.
     pub last_report: Option<levee_proto::report::StatusReport>,
     pub last_report_at: Option<u64>,
+    /// The customer it serves; `None` until registered or approved
+    /// (such a machine gets no configuration).
+    pub customer: Option<String>,
+    pub state: ApplianceState,
+    /// Why it is in its state (the failure reason for `failed`).
+    pub state_reason: Option<String>,
+    /// From the last heartbeat.
+    pub image_version: Option<String>,
+    pub slot: Option<String>,
+    pub last_heartbeat: Option<u64>,
+    /// When its credential was revoked (`replace`, `retire`): enrollment and
+    /// every mTLS request must refuse it from then on.
+    pub revoked_at: Option<u64>,
+    /// The appliance that replaced this one, and the one this one replaced.
+    pub replaced_by: Option<i64>,
+    pub replaces: Option<i64>,
+}
+
+impl Appliance {
+    /// May it receive its customer's configuration?
+    pub fn approved(&self) -> bool {
+        self.customer.is_some() && self.registered && self.revoked_at.is_none()
+    }
+
+    /// Whether it is offline: no report or heartbeat within three heartbeat
+    /// intervals.
+    pub fn online(&self, heartbeat_secs: u64, now: u64) -> bool {
+        let last = self.last_heartbeat.max(self.last_report_at);
+        last.is_some_and(|t| now.saturating_sub(t) <= heartbeat_secs.saturating_mul(3))
+    }
+
+    /// Image version from the last heartbeat, else from the last report.
+    pub fn image_version(&self) -> Option<&str> {
+        self.image_version
+            .as_deref()
+            .or_else(|| self.last_report.as_ref()?.image_version.as_deref())
+    }
+}
+
+/// Where an appliance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplianceState {
+    /// Not enrolled yet (waiting for approval when it has no customer).
+    Pending,
+    Enrolled,
+    Installing,
+    Installed,
+    Failed,
+    /// Retired or replaced: revoked and no longer served.
+    Retired,
+}
+
+impl ApplianceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplianceState::Pending => "pending",
+            ApplianceState::Enrolled => "enrolled",
+            ApplianceState::Installing => "installing",
+            ApplianceState::Installed => "installed",
+            ApplianceState::Failed => "failed",
+            ApplianceState::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<ApplianceState> {
+        Ok(match s {
+            "pending" => ApplianceState::Pending,
+            "enrolled" => ApplianceState::Enrolled,
+            "installing" => ApplianceState::Installing,
+            "installed" => ApplianceState::Installed,
+            "failed" => ApplianceState::Failed,
+            "retired" => ApplianceState::Retired,
+            other => return Err(StoreError::Corrupt(format!("unknown appliance state `{other}`"))),
+        })
+    }
+}
+
+impl std::fmt::Display for ApplianceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An appliance as the operator names it: by MAC or by appliance id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplianceRef {
+    Mac(MacAddr),
+    Id(i64),
+}
+
+impl std::str::FromStr for ApplianceRef {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Ok(mac) = s.parse::<MacAddr>() {
+            return Ok(ApplianceRef::Mac(mac));
+        }
+        s.parse::<i64>()
+            .map(ApplianceRef::Id)
+            .map_err(|_| format!("`{s}` is neither a MAC (52:54:00:12:34:56) nor an appliance id"))
+    }
+}
+
+impl std::fmt::Display for ApplianceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplianceRef::Mac(m) => write!(f, "{m}"),
+            ApplianceRef::Id(i) => write!(f, "id {i}"),
+        }
+    }
+}
+
+/// What ops says when registering a machine; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Registration<'a> {
+    pub serial: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    pub customer: Option<&'a str>,
+}
+
+/// The heartbeat fields kept on the appliance row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heartbeat<'a> {
+    pub image_version: Option<&'a str>,
+    pub slot: Option<&'a str>,
+}
+
+/// A customer and its configuration, secrets sealed (see
+/// [`crate::secrets::ServerKey::seal_config`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerRecord {
+    pub name: String,
+    pub config: CustomerConfig,
+    pub created_at: u64,
+    pub updated_at: u64,
 }
 
 /// One step in a machine's boot history.
@@ -125,13 +267,34 @@ pub trait Store: Send + Sync + 'static {
     fn profiles(&self) -> Result<Vec<Profile>>;
     fn delete_profile(&self, name: &str) -> Result<()>;
 
-    /// Registers a machine (or updates a registered one's fields).
-    fn register_appliance(
-        &self,
-        mac: MacAddr,
-        serial: Option<&str>,
-        profile: Option<&str>,
-    ) -> Result<Appliance>;
+    /// Creates or updates a customer (its configuration with secrets sealed).
+    fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord>;
+    fn customer(&self, name: &str) -> Result<Option<CustomerRecord>>;
+    fn customers(&self) -> Result<Vec<CustomerRecord>>;
+
+    /// Registers a machine (or updates a registered one's fields); with a
+    /// customer it is approved. A retired machine cannot be registered again.
+    fn register_appliance(&self, mac: MacAddr, reg: &Registration) -> Result<Appliance>;
+    /// Gives a machine that showed up (pending) a customer, so it may enroll.
+    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance>;
+    /// Moves an appliance to `state`, with a reason (required in spirit for
+    /// `failed`), and records it in its history.
+    fn set_appliance_state(&self, id: i64, state: ApplianceState, reason: Option<&str>) -> Result<Appliance>;
+    /// Notes a heartbeat; a changed image version or slot goes into the history.
+    fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()>;
+    /// The machine `new_mac` takes over `old`'s customer and profile; `old`
+    /// is revoked and retired. Returns the new appliance.
+    fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance>;
+    /// Revokes an appliance and stops serving it.
+    fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance>;
+    fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>>;
+    /// By MAC or id.
+    fn find_appliance(&self, r: ApplianceRef) -> Result<Option<Appliance>> {
+        match r {
+            ApplianceRef::Mac(mac) => self.appliance(mac),
+            ApplianceRef::Id(id) => self.appliance_by_id(id),
+        }
+    }
     /// Notes that a machine showed up on the network; creates an
     /// unregistered row the first time.
     fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance>;
@@ -156,6 +319,67 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// What a replacement writes, once checked (shared by the stores).
+pub(crate) struct ReplacePlan {
+    pub old_reason: String,
+    pub new_detail: String,
+}
+
+/// Checks that `new_mac` may take over `old`.
+pub(crate) fn plan_replace(old: &Appliance, new: Option<&Appliance>, new_mac: MacAddr) -> Result<ReplacePlan> {
+    if old.revoked_at.is_some() {
+        return Err(StoreError::Invalid(format!(
+            "appliance {} (id {}) is already retired or replaced",
+            old.mac, old.id
+        )));
+    }
+    let Some(customer) = &old.customer else {
+        return Err(StoreError::Invalid(format!(
+            "appliance {} (id {}) has no customer to hand over: register the new machine with `levee appliance register` instead",
+            old.mac, old.id
+        )));
+    };
+    if old.mac == new_mac {
+        return Err(StoreError::Invalid("an appliance cannot replace itself".into()));
+    }
+    if let Some(n) = new {
+        if n.revoked_at.is_some() {
+            return Err(StoreError::Invalid(format!(
+                "appliance {new_mac} (id {}) is retired: `levee appliance remove {new_mac}` first",
+                n.id
+            )));
+        }
+        if let Some(c) = n.customer.as_ref().filter(|c| *c != customer) {
+            return Err(StoreError::Invalid(format!(
+                "appliance {new_mac} (id {}) already serves customer {c}",
+                n.id
+            )));
+        }
+    }
+    Ok(ReplacePlan {
+        old_reason: format!("replaced by {new_mac}"),
+        new_detail: format!("took over customer {customer} from {} (id {})", old.mac, old.id),
+    })
+}
+
+/// The error for an appliance that is not there.
+pub fn no_appliance(name: impl std::fmt::Display) -> StoreError {
+    StoreError::NotFound {
+        what: "appliance",
+        name: name.to_string(),
+        hint: ": `levee appliance list` shows them",
+    }
+}
+
+/// The error for a customer that is not there.
+pub fn no_customer(name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "customer",
+        name: name.to_string(),
+        hint: ": create it with `levee customer apply -f FILE.yaml`",
+    }
 }
 
 /// Profile names end up in URLs, file names and logs: keep them tame.

@@ -10,9 +10,11 @@ use levee_pxe::boot::MacAddr;
 use levee_pxe::dhcp::Lease;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use levee_proto::config::CustomerConfig;
+
 use super::{
-    now, validate_name, Appliance, Event, ImageRecord, Profile, Result, Store, StoreError,
-    Transport,
+    no_appliance, no_customer, now, validate_name, Appliance, ApplianceState, CustomerRecord,
+    Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store, StoreError, Transport,
 };
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many ran.
@@ -57,6 +59,22 @@ CREATE TABLE leases (
     ip TEXT NOT NULL,
     expires INTEGER NOT NULL
 );
+"#, r#"
+CREATE TABLE customers (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+ALTER TABLE appliances ADD COLUMN customer TEXT REFERENCES customers(name);
+ALTER TABLE appliances ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+ALTER TABLE appliances ADD COLUMN state_reason TEXT;
+ALTER TABLE appliances ADD COLUMN image_version TEXT;
+ALTER TABLE appliances ADD COLUMN slot TEXT;
+ALTER TABLE appliances ADD COLUMN last_heartbeat INTEGER;
+ALTER TABLE appliances ADD COLUMN revoked_at INTEGER;
+ALTER TABLE appliances ADD COLUMN replaced_by INTEGER;
+ALTER TABLE appliances ADD COLUMN replaces INTEGER;
 "#];
 
 /// Events kept per machine.
@@ -147,7 +165,59 @@ fn profile_row(row: &Row) -> rusqlite::Result<Profile> {
 }
 
 const APPLIANCE_COLS: &str =
-    "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at";
+    "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
+     customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces";
+
+fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(idx)?.map(|v| v as u64))
+}
+
+fn customer_row(row: &Row) -> rusqlite::Result<CustomerRecord> {
+    let config: String = row.get(1)?;
+    Ok(CustomerRecord {
+        name: row.get(0)?,
+        config: serde_json::from_str(&config).map_err(corrupt)?,
+        created_at: row.get::<_, i64>(2)? as u64,
+        updated_at: row.get::<_, i64>(3)? as u64,
+    })
+}
+
+/// Appends a history entry inside a transaction (trimming is left to
+/// [`Store::add_event`], which runs far more often).
+fn event(conn: &Connection, mac: MacAddr, step: &str, detail: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO events (mac, at, step, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![mac.to_string(), now() as i64, step, detail],
+    )?;
+    Ok(())
+}
+
+fn get_by_id(conn: &Connection, id: i64) -> Result<Appliance> {
+    conn.query_row(
+        &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = ?1"),
+        [id],
+        appliance_row,
+    )
+    .optional()?
+    .ok_or_else(|| no_appliance(format!("id {id}")))
+}
+
+fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Appliance>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = ?1"),
+            [mac.to_string()],
+            appliance_row,
+        )
+        .optional()?)
+}
+
+fn require_customer(conn: &Connection, name: &str) -> Result<()> {
+    let known: Option<String> = conn
+        .query_row("SELECT name FROM customers WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?;
+    known.map(|_| ()).ok_or_else(|| no_customer(name))
+}
 
 fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
     let report: Option<String> = row.get(7)?;
@@ -163,7 +233,16 @@ fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
             .map(|r| serde_json::from_str(&r))
             .transpose()
             .map_err(corrupt)?,
-        last_report_at: row.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        last_report_at: opt_u64(row, 8)?,
+        customer: row.get(9)?,
+        state: ApplianceState::parse(&row.get::<_, String>(10)?).map_err(corrupt)?,
+        state_reason: row.get(11)?,
+        image_version: row.get(12)?,
+        slot: row.get(13)?,
+        last_heartbeat: opt_u64(row, 14)?,
+        revoked_at: opt_u64(row, 15)?,
+        replaced_by: row.get(16)?,
+        replaces: row.get(17)?,
     })
 }
 
@@ -264,24 +343,190 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn register_appliance(
-        &self,
-        mac: MacAddr,
-        serial: Option<&str>,
-        profile: Option<&str>,
-    ) -> Result<Appliance> {
-        {
-            let conn = self.lock();
-            conn.execute(
-                "INSERT INTO appliances (mac, serial, profile, registered, first_seen)
-                 VALUES (?1, ?2, ?3, 1, ?4)
-                 ON CONFLICT(mac) DO UPDATE SET registered = 1,
-                   serial = COALESCE(excluded.serial, serial),
-                   profile = COALESCE(excluded.profile, profile)",
-                params![mac.to_string(), serial, profile, now() as i64],
-            )?;
+    fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
+        validate_name("customer", &config.customer)?;
+        let json =
+            serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let conn = self.lock();
+        Ok(conn.query_row(
+            "INSERT INTO customers (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at
+             RETURNING name, config, created_at, updated_at",
+            params![config.customer, json, now() as i64],
+            customer_row,
+        )?)
+    }
+
+    fn customer(&self, name: &str) -> Result<Option<CustomerRecord>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, config, created_at, updated_at FROM customers WHERE name = ?1",
+                [name],
+                customer_row,
+            )
+            .optional()?)
+    }
+
+    fn customers(&self) -> Result<Vec<CustomerRecord>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT name, config, created_at, updated_at FROM customers ORDER BY name")?;
+        let rows = stmt.query_map([], customer_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn register_appliance(&self, mac: MacAddr, reg: &Registration) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(c) = reg.customer {
+            require_customer(&tx, c)?;
         }
-        self.appliance(mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))
+        if let Some(a) = get_by_mac(&tx, mac)? {
+            if a.revoked_at.is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "appliance {mac} (id {}) is retired and its credential revoked: `levee appliance remove {mac}` first to register it afresh",
+                    a.id
+                )));
+            }
+        }
+        tx.execute(
+            "INSERT INTO appliances (mac, serial, profile, customer, registered, first_seen)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5)
+             ON CONFLICT(mac) DO UPDATE SET registered = 1,
+               serial = COALESCE(excluded.serial, serial),
+               profile = COALESCE(excluded.profile, profile),
+               customer = COALESCE(excluded.customer, customer)",
+            params![mac.to_string(), reg.serial, reg.profile, reg.customer, now() as i64],
+        )?;
+        let detail = match reg.customer {
+            Some(c) => format!("registered for customer {c}"),
+            None => "registered".to_string(),
+        };
+        event(&tx, mac, "registered", &detail)?;
+        let a = get_by_mac(&tx, mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        require_customer(&tx, customer)?;
+        let a = get_by_mac(&tx, mac)?.ok_or_else(|| StoreError::NotFound {
+            what: "appliance",
+            name: mac.to_string(),
+            hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
+        })?;
+        if a.revoked_at.is_some() {
+            return Err(StoreError::Invalid(format!("appliance {mac} (id {}) is retired", a.id)));
+        }
+        tx.execute(
+            "UPDATE appliances SET registered = 1, customer = ?2 WHERE id = ?1",
+            params![a.id, customer],
+        )?;
+        event(&tx, mac, "approved", &format!("approved for customer {customer}"))?;
+        let a = get_by_id(&tx, a.id)?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn set_appliance_state(&self, id: i64, state: ApplianceState, reason: Option<&str>) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        if a.revoked_at.is_some() && state != ApplianceState::Retired {
+            return Err(StoreError::Invalid(format!("appliance {} (id {id}) is retired", a.mac)));
+        }
+        tx.execute(
+            "UPDATE appliances SET state = ?2, state_reason = ?3 WHERE id = ?1",
+            params![id, state.as_str(), reason],
+        )?;
+        let detail = match reason {
+            Some(r) => format!("{}: {r}", state.as_str()),
+            None => state.as_str().to_string(),
+        };
+        event(&tx, a.mac, "state", &detail)?;
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        tx.execute(
+            "UPDATE appliances SET last_heartbeat = ?2, last_seen = ?2,
+               image_version = COALESCE(?3, image_version), slot = COALESCE(?4, slot) WHERE id = ?1",
+            params![id, now() as i64, hb.image_version, hb.slot],
+        )?;
+        let changed = (hb.image_version.is_some() && hb.image_version != a.image_version.as_deref())
+            || (hb.slot.is_some() && hb.slot != a.slot.as_deref());
+        if changed {
+            let detail = format!(
+                "image {} on slot {}",
+                hb.image_version.or(a.image_version.as_deref()).unwrap_or("-"),
+                hb.slot.or(a.slot.as_deref()).unwrap_or("-")
+            );
+            event(&tx, a.mac, "heartbeat", &detail)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let o = get_by_id(&tx, old)?;
+        let plan = super::plan_replace(&o, get_by_mac(&tx, new_mac)?.as_ref(), new_mac)?;
+        let t = now() as i64;
+        let new_id = tx.query_row(
+            "INSERT INTO appliances (mac, profile, customer, registered, first_seen, replaces)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5)
+             ON CONFLICT(mac) DO UPDATE SET registered = 1, profile = excluded.profile,
+               customer = excluded.customer, replaces = excluded.replaces
+             RETURNING id",
+            params![new_mac.to_string(), o.profile, o.customer, t, o.id],
+            |r| r.get::<_, i64>(0),
+        )?;
+        tx.execute(
+            "UPDATE appliances SET state = 'retired', state_reason = ?2, revoked_at = ?3, replaced_by = ?4 WHERE id = ?1",
+            params![o.id, plan.old_reason, t, new_id],
+        )?;
+        event(&tx, o.mac, "replaced", &plan.old_reason)?;
+        event(&tx, new_mac, "replaces", &plan.new_detail)?;
+        let n = get_by_id(&tx, new_id)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        if a.revoked_at.is_some() {
+            return Err(StoreError::Invalid(format!("appliance {} (id {id}) is already retired", a.mac)));
+        }
+        tx.execute(
+            "UPDATE appliances SET state = 'retired', state_reason = ?2, revoked_at = ?3 WHERE id = ?1",
+            params![id, reason, now() as i64],
+        )?;
+        event(&tx, a.mac, "retired", reason)?;
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = ?1"),
+                [id],
+                appliance_row,
+            )
+            .optional()?)
     }
 
     fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance> {
@@ -498,7 +743,7 @@ mod tests {
         let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
         let a = s.appliance_seen(mac).unwrap();
         assert!(!a.registered);
-        let a = s.register_appliance(mac, Some("SN1"), None).unwrap();
+        let a = s.register_appliance(mac, &super::super::Registration { serial: Some("SN1"), ..Default::default() }).unwrap();
         assert!(a.registered);
         assert_eq!(a.serial.as_deref(), Some("SN1"));
         let report = StatusReport {

@@ -1,0 +1,278 @@
+//! The customer configuration schema: what ops writes in YAML
+//! (`levee customer apply -f acme.yaml`) and what an appliance receives.
+//!
+//! These types mirror the file: durations, sizes and rates stay the strings
+//! ops wrote (`5m`, `32GiB`, `20Mbit/s`) and [`parse_duration`],
+//! [`parse_size`] and [`parse_rate`] read them, so the server's validation
+//! and the agent agree by construction. Unknown keys are refused everywhere,
+//! so a typo is an error instead of a silently ignored setting.
+//!
+//! ```
+//! let c: levee_proto::config::CustomerConfig = serde_json::from_value(serde_json::json!({
+//!     "customer": "acme", "sources": [{"name": "scans", "path": "/srv/scans"}]
+//! })).unwrap();
+//! assert_eq!(c.heartbeat_interval, "5m");
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A secret (SMB password, offsite credential). The server keeps it
+/// encrypted at rest and never prints it; `Debug` hides it too.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// One customer's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerConfig {
+    /// Customer name: 1-64 letters, digits, `-`, `_`, `.`; the key that
+    /// `levee appliance register --customer NAME` refers to.
+    pub customer: String,
+    /// Human-readable name for listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// What to back up.
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    /// When to back up. No schedule means backups run only by hand.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+    /// Which snapshots to keep.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Offsite stores, in order of preference: the first reachable one gets
+    /// new packs; with `weight`s, packs are spread over targets.
+    #[serde(default)]
+    pub offsite: Vec<OffsiteTarget>,
+    /// Release channel the appliance follows (`stable`, `beta`, ...).
+    #[serde(default = "default_channel")]
+    pub update_channel: String,
+    /// Upload cap for offsite replication, e.g. `20Mbit/s` or `2MiB/s`;
+    /// none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<String>,
+    /// How often the appliance reports in, e.g. `5m`. An appliance is shown
+    /// offline after three intervals without a report.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: String,
+    /// Whether and where the appliance installs itself.
+    #[serde(default)]
+    pub install: InstallSettings,
+}
+
+fn default_channel() -> String {
+    "stable".into()
+}
+
+fn default_heartbeat() -> String {
+    "5m".into()
+}
+
+/// A backup source: an SMB share or a local path (exactly one of them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Name used by schedules and in snapshot listings.
+    pub name: String,
+    /// `smb://user@host[:port]/share[/path]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smb: Option<String>,
+    /// A local directory on the appliance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// SMB password. In the YAML, give either this or `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// A file holding the SMB password (read by `levee customer apply`,
+    /// relative to the YAML file; the password is stored, not the path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Glob patterns to leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// When backups run: `at` a time of day (on `days`, default every day), or
+/// `every` interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Name for logs.
+    pub name: String,
+    /// Sources this schedule backs up; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// Time of day, `HH:MM` (appliance local time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Days for `at`: `mon` ... `sun`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// Interval, e.g. `4h` (at least `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+/// Snapshots kept after each backup (the `forget` policy). Zero keeps none
+/// of that kind; at least one must be non-zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_last: 3,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 12,
+        }
+    }
+}
+
+/// An offsite store the appliance replicates to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsiteTarget {
+    pub name: String,
+    /// `https://...` (a Levee offsite store, reached with the appliance's
+    /// certificate) or `s3://bucket[/prefix]` (S3-compatible storage).
+    pub url: String,
+    /// S3 endpoint, e.g. `https://s3.eu-central-1.example.com` (s3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 access key id (s3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// S3 secret access key (s3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    /// Share of new packs this target gets relative to the others; 0 (the
+    /// default) makes it a failover target used only when earlier ones fail.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Install-to-disk settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSettings {
+    /// Install to the local disk after enrollment (otherwise the appliance
+    /// keeps booting from the network).
+    #[serde(default = "yes")]
+    pub to_disk: bool,
+    /// Smallest disk the installer may pick, e.g. `32GiB`.
+    #[serde(default = "default_min_disk")]
+    pub min_disk_size: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_min_disk() -> String {
+    "16GiB".into()
+}
+
+impl Default for InstallSettings {
+    fn default() -> Self {
+        InstallSettings {
+            to_disk: true,
+            min_disk_size: default_min_disk(),
+        }
+    }
+}
+
+/// `30s`, `5m`, `4h`, `2d` -> seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `512MiB`, `32GiB`, `1TB`, `4096` -> bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `20Mbit/s`, `500kbit/s`, `2MiB/s`, `1MB/s` -> bytes per second.
+pub fn parse_rate(s: &str) -> Option<u64> {
+    let s = s.trim().strip_suffix("/s")?;
+    for (unit, bits) in [("kbit", 1000_u64), ("Mbit", 1000_000), ("Gbit", 1000_000_000)] {
+        if let Some(num) = s.strip_suffix(unit) {
+            let n: u64 = num.trim().parse().ok()?;
+            return n.checked_mul(bits).map(|b| b / 8);
+        }
+    }
+    parse_size(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_duration("5m"), Some(300));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5y"), None);
+        assert_eq!(parse_size("32GiB"), Some(32 << 30));
+        assert_eq!(parse_size("1TB"), Some(1_000_000_000_000));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_rate("20Mbit/s"), Some(2_500_000));
+        assert_eq!(parse_rate("2MiB/s"), Some(2 << 20));
+        assert_eq!(parse_rate("2MiB"), None);
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,371 @@
+//! The second phase: raw schema -> checked, typed customer configuration.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use levee_proto::config::{parse_duration, parse_rate, parse_size, CustomerConfig, Secret};
+
+use super::{Problem, Seg};
+
+/// A validated customer configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Customer {
+    /// The configuration as the agent receives it: `password_file`s are
+    /// read into `password`.
+    pub config: CustomerConfig,
+    /// `config.sources`, typed, in the same order.
+    pub sources: Vec<SourceKind>,
+    /// `config.schedules`, typed, in the same order.
+    pub schedules: Vec<Schedule>,
+    pub heartbeat_secs: u64,
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    pub min_disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    Smb(SmbUrl),
+    Local(String),
+}
+
+/// `smb://user@host[:port]/share[/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmbUrl {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub share: String,
+    /// Inside the share, without leading `/`; empty for the whole share.
+    pub path: String,
+}
+
+impl SmbUrl {
+    pub fn parse(s: &str) -> Result<SmbUrl, String> {
+        let expected = "expected smb://user@host[:port]/share[/path]";
+        let rest = s
+            .strip_prefix("smb://")
+            .ok_or_else(|| format!("`{s}` is not an smb:// URL; {expected}"))?;
+        let (authority, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` names no share; {expected}"))?;
+        let (user, hostport) = authority
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}` names no user; {expected}"))?;
+        if user.is_empty() || user.contains(':') {
+            return Err(format!(
+                "`{s}`: the user must be non-empty and carry no password (give `password` instead); {expected}"
+            ));
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{s}`: port `{p}` is not a number 1-65535"))?,
+            ),
+            None => (hostport, 445),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !host_ok {
+            return Err(format!("`{s}`: `{host}` is not a host name or IPv4 address; {expected}"));
+        }
+        let (share, inner) = path.split_once('/').unwrap_or((path, ""));
+        if share.is_empty() {
+            return Err(format!("`{s}` names no share; {expected}"));
+        }
+        Ok(SmbUrl {
+            user: user.to_string(),
+            host: host.to_string(),
+            port,
+            share: share.to_string(),
+            path: inner.trim_matches('/').to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Copy)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    fn parse(s: &str) -> Option<Weekday> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "mon" => Weekday::Mon,
+            "tue" => Weekday::Tue,
+            "wed" => Weekday::Wed,
+            "thu" => Weekday::Thu,
+            "fri" => Weekday::Fri,
+            "sat" => Weekday::Sat,
+            "sun" => Weekday::Sun,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Daily at `hour:minute` on `days` (all days when empty).
+    At { hour: u8, minute: u8, days: Vec<Weekday> },
+    Every { secs: u64 },
+}
+
+/// Shortest `every` interval: backups more often than this only churn.
+const MIN_EVERY_SECS: u64 = 300;
+
+fn problem(path: Vec<Seg>, message: impl Into<String>) -> Problem {
+    Problem {
+        path,
+        message: message.into(),
+    }
+}
+
+fn check_name(path: Vec<Seg>, name: &str) -> Result<(), Problem> {
+    crate::store::validate_name("", name).map_err(|_| {
+        problem(path, format!("`{name}` is not a valid name; expected 1-64 letters, digits, `-`, `_` or `.` (not leading)"))
+    })
+}
+
+pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Problem> {
+    use Seg::{Index, Key};
+    check_name(vec![Key("customer")], &c.customer)?;
+
+    let mut sources = Vec::new();
+    let mut names = HashSet::new();
+    for (i, s) in c.sources.iter_mut().enumerate() {
+        let at = |k: &'static str| vec![Key("sources"), Index(i), Key(k)];
+        check_name(at("name"), &s.name)?;
+        if !names.insert(s.name.clone()) {
+            return Err(problem(at("name"), format!("duplicate source name `{}`", s.name)));
+        }
+        let kind = match (&s.smb, &s.path) {
+            (Some(url), None) => SourceKind::Smb(SmbUrl::parse(url).map_err(|e| problem(at("smb"), e))?),
+            (None, Some(p)) => {
+                if !p.starts_with('/') {
+                    return Err(problem(at("path"), format!("`{p}` is not an absolute path; expected /dir/on/the/appliance")));
+                }
+                SourceKind::Local(p.clone())
+            }
+            (Some(_), Some(_)) => {
+                return Err(problem(at("path"), "a source is either `smb` or `path`, not both"));
+            }
+            (None, None) => {
+                return Err(problem(
+                    vec![Key("sources"), Index(i)],
+                    "needs `smb: smb://user@host/share` or `path: /dir`",
+                ));
+            }
+        };
+        match (&kind, &s.password, &s.password_file) {
+            (SourceKind::Smb(_), Some(_), Some(_)) => {
+                return Err(problem(at("password_file"), "give `password` or `password_file`, not both"));
+            }
+            (SourceKind::Smb(_), None, Some(file)) => {
+                let full = base_dir.join(file);
+                let pw = std::fs::read_to_string(&full).map_err(|e| {
+                    problem(at("password_file"), format!("cannot read {}: {e}", full.display()))
+                })?;
+                let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+                if pw.is_empty() {
+                    return Err(problem(at("password_file"), format!("{} is empty", full.display())));
+                }
+                s.password = Some(Secret(pw));
+                s.password_file = None;
+            }
+            (SourceKind::Smb(_), Some(pw), None) if pw.0.is_empty() => {
+                return Err(problem(at("password"), "empty; an SMB source needs a password"));
+            }
+            (SourceKind::Smb(_), Some(_), None) => {}
+            (SourceKind::Smb(_), None, None) => {
+                return Err(problem(at("password"), "missing; an SMB source needs a password (or password_file)"));
+            }
+            (SourceKind::Local(_), None, None) => {}
+            (SourceKind::Local(_), _, _) => {
+                let k = if s.password.is_some() { "password" } else { "password_file" };
+                return Err(problem(at(k), "only SMB sources take a password"));
+            }
+        }
+        sources.push(kind);
+    }
+
+    let mut schedules = Vec::new();
+    let mut schedule_names = HashSet::new();
+    for (i, s) in c.schedules.iter().enumerate() {
+        let at = |k: &'static str| vec![Key("schedules"), Index(i), Key(k)];
+        check_name(at("name"), &s.name)?;
+        if !schedule_names.insert(s.name.clone()) {
+            return Err(problem(at("name"), format!("duplicate schedule name `{}`", s.name)));
+        }
+        for (j, src) in s.sources.iter().enumerate() {
+            if !names.contains(src) {
+                return Err(problem(
+                    vec![Key("schedules"), Index(i), Key("sources"), Index(j)],
+                    format!("no source named `{src}`; expected one of the names under `sources`"),
+                ));
+            }
+        }
+        let kind = match (&s.at, &s.every) {
+            (Some(t), None) => {
+                let (hour, minute) = parse_time(t).ok_or_else(|| {
+                    problem(at("at"), format!("`{t}` is not a time of day; expected HH:MM, e.g. 02:30"))
+                })?;
+                let mut days = Vec::new();
+                for (j, d) in s.days.iter().enumerate() {
+                    days.push(Weekday::parse(d).ok_or_else(|| {
+                        problem(
+                            vec![Key("schedules"), Index(i), Key("days"), Index(j)],
+                            format!("`{d}` is not a day; expected mon, tue, wed, thu, fri, sat or sun"),
+                        )
+                    })?);
+                }
+                Schedule::At { hour, minute, days }
+            }
+            (None, Some(e)) => {
+                if !s.days.is_empty() {
+                    return Err(problem(at("days"), "`days` goes with `at`, not `every`"));
+                }
+                let secs = parse_duration(e).ok_or_else(|| {
+                    problem(at("every"), format!("`{e}` is not a duration; expected e.g. 30m, 4h, 1d"))
+                })?;
+                if secs < MIN_EVERY_SECS {
+                    return Err(problem(at("every"), format!("`{e}` is too often; expected at least 5m")));
+                }
+                Schedule::Every { secs }
+            }
+            (Some(_), Some(_)) => {
+                return Err(problem(at("every"), "a schedule has `at` or `every`, not both"));
+            }
+            (None, None) => {
+                return Err(problem(
+                    vec![Key("schedules"), Index(i)],
+                    "needs `at: HH:MM` or `every: DURATION`",
+                ));
+            }
+        };
+        schedules.push(kind);
+    }
+
+    let r = &c.retention;
+    if r.keep_last == 0 && r.keep_daily == 0 && r.keep_weekly == 0 && r.keep_monthly == 0 {
+        return Err(problem(
+            vec![Key("retention")],
+            "keeps nothing; expected at least one of keep_last, keep_daily, keep_weekly, keep_monthly above 0",
+        ));
+    }
+
+    let mut offsite_names = HashSet::new();
+    for (i, o) in c.offsite.iter().enumerate() {
+        let at = |k: &'static str| vec![Key("offsite"), Index(i), Key(k)];
+        check_name(at("name"), &o.name)?;
+        if !offsite_names.insert(o.name.clone()) {
+            return Err(problem(at("name"), format!("duplicate offsite name `{}`", o.name)));
+        }
+        if let Some(rest) = o.url.strip_prefix("s3://") {
+            if rest.split('/').next().unwrap_or("").is_empty() {
+                return Err(problem(at("url"), format!("`{}` names no bucket; expected s3://bucket[/prefix]", o.url)));
+            }
+            if o.access_key_id.is_none() {
+                return Err(problem(at("access_key_id"), "missing; an s3:// target needs access_key_id and secret_access_key"));
+            }
+            if o.secret_access_key.as_ref().is_none_or(|s| s.0.is_empty()) {
+                return Err(problem(at("secret_access_key"), "missing; an s3:// target needs access_key_id and secret_access_key"));
+            }
+            if let Some(e) = &o.endpoint {
+                if !(e.starts_with("https://") || e.starts_with("http://")) {
+                    return Err(problem(at("endpoint"), format!("`{e}` is not an http(s):// URL")));
+                }
+            }
+        } else if let Some(rest) = o.url.strip_prefix("https://") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(problem(at("url"), format!("`{}` names no host", o.url)));
+            }
+            for (k, set) in [
+                ("endpoint", o.endpoint.is_some()),
+                ("access_key_id", o.access_key_id.is_some()),
+                ("secret_access_key", o.secret_access_key.is_some()),
+            ] {
+                if set {
+                    return Err(problem(at(k), "only s3:// targets take S3 settings; a Levee offsite store (https://) uses the appliance certificate"));
+                }
+            }
+        } else {
+            return Err(problem(at("url"), format!("`{}`: expected https://host/... (Levee offsite store) or s3://bucket[/prefix]", o.url)));
+        }
+    }
+
+    check_name(vec![Key("update_channel")], &c.update_channel)?;
+
+    let bandwidth_bytes_per_sec = match &c.bandwidth_limit {
+        None => None,
+        Some(b) => Some(parse_rate(b).filter(|r| *r > 0).ok_or_else(|| {
+            problem(vec![Key("bandwidth_limit")], format!("`{b}` is not a rate; expected e.g. 20Mbit/s, 500kbit/s or 2MiB/s"))
+        })?),
+    };
+    let heartbeat_secs = parse_duration(&c.heartbeat_interval)
+        .filter(|s| (10..=86_400).contains(s))
+        .ok_or_else(|| {
+            problem(
+                vec![Key("heartbeat_interval")],
+                format!("`{}`: expected a duration from 10s to 1d, e.g. 5m", c.heartbeat_interval),
+            )
+        })?;
+    let min_disk_bytes = parse_size(&c.install.min_disk_size)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| {
+            problem(
+                vec![Key("install"), Key("min_disk_size")],
+                format!("`{}` is not a size; expected e.g. 32GiB", c.install.min_disk_size),
+            )
+        })?;
+
+    Ok(Customer {
+        config: c,
+        sources,
+        schedules,
+        heartbeat_secs,
+        bandwidth_bytes_per_sec,
+        min_disk_bytes,
+    })
+}
+
+fn parse_time(t: &str) -> Option<(u8, u8)> {
+    let (h, m) = t.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smb_urls_parse() {
+        let u = SmbUrl::parse("smb://backup@files.acme.lan:1445/finance/2026/q1").unwrap();
+        assert_eq!((u.user.as_str(), u.host.as_str(), u.port), ("backup", "files.acme.lan", 1445));
+        assert_eq!((u.share.as_str(), u.path.as_str()), ("finance", "2026/q1"));
+        assert_eq!(SmbUrl::parse("smb://u@h/s").unwrap().port, 445);
+        for bad in ["smb://h/s", "smb://u@h", "smb://u:pw@h/s", "http://u@h/s", "smb://u@h:x/s", "smb://u@/s", "smb://u@h/"] {
+            assert!(SmbUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("02:30"), Some((2, 30)));
+        assert_eq!(parse_time("24:00"), None);
+        assert_eq!(parse_time("2:30"), None);
+    }
+}

@@ -1,0 +1,370 @@
+//! The store test suite, written once against `&dyn Store` and run on
+//! SQLite (a temp dir) and on PostgreSQL (a server the test starts itself).
+
+use std::net::Ipv4Addr;
+
+use levee_proto::config::CustomerConfig;
+use levee_proto::image::{Artifact, ImageManifest};
+use levee_proto::report::StatusReport;
+use levee_pxe::boot::MacAddr;
+use levee_pxe::dhcp::Lease;
+
+use super::*;
+
+/// Every case, by name, so a failure says which one.
+pub const CASES: &[(&str, fn(&dyn Store))] = &[
+    ("profile_needs_an_existing_image", profile_needs_an_existing_image),
+    ("appliances_are_registered_seen_and_report", appliances_are_registered_seen_and_report),
+    ("events_are_kept_in_order", events_are_kept_in_order),
+    ("an_address_is_leased_to_one_mac_at_a_time", an_address_is_leased_to_one_mac_at_a_time),
+    ("customers_are_created_and_updated", customers_are_created_and_updated),
+    ("registration_needs_a_known_customer", registration_needs_a_known_customer),
+    ("pending_machines_wait_for_approval", pending_machines_wait_for_approval),
+    ("states_and_heartbeats_make_history", states_and_heartbeats_make_history),
+    ("replace_hands_over_and_revokes", replace_hands_over_and_revokes),
+    ("retire_revokes", retire_revokes),
+];
+
+fn mac(n: u8) -> MacAddr {
+    format!("52:54:00:00:01:{n:02x}").parse().expect("test MAC")
+}
+
+fn image(id: &str) -> ImageRecord {
+    ImageRecord {
+        id: id.into(),
+        name: "test".into(),
+        version: "1".into(),
+        manifest: ImageManifest {
+            name: "test".into(),
+            version: "1".into(),
+            release: String::new(),
+            packages: Default::default(),
+            artifacts: [("vmlinuz".to_string(), Artifact { sha256: "00".repeat(32), size: 1 })].into(),
+            cmdline: String::new(),
+        },
+        imported_at: 1,
+    }
+}
+
+fn customer(name: &str, heartbeat: &str) -> CustomerConfig {
+    serde_json::from_value(serde_json::json!({
+        "customer": name,
+        "heartbeat_interval": heartbeat,
+        "sources": [{"name": "f", "smb": "smb://u@h/s", "password": "sealed:v1:00"}],
+    }))
+    .expect("test config")
+}
+
+fn profile_needs_an_existing_image(s: &dyn Store) {
+    let p = Profile {
+        name: "default".into(),
+        image: "nope".into(),
+        kernel: "vmlinuz".into(),
+        initrd: "initrd.img".into(),
+        cmdline: String::new(),
+        transport: Transport::Http,
+    };
+    let err = s.put_profile(&p).unwrap_err().to_string();
+    assert!(err.contains("image `nope` does not exist"), "{err}");
+    s.put_image(&image("nope")).unwrap();
+    s.put_profile(&p).unwrap();
+    assert_eq!(s.profile("default").unwrap(), Some(p.clone()));
+    assert_eq!(s.profiles().unwrap(), vec![p]);
+    assert_eq!(s.images().unwrap().len(), 1);
+    s.delete_profile("default").unwrap();
+    assert!(s.delete_profile("default").is_err());
+}
+
+fn appliances_are_registered_seen_and_report(s: &dyn Store) {
+    let m = mac(1);
+    let a = s.appliance_seen(m).unwrap();
+    assert!(!a.registered);
+    assert_eq!(a.state, ApplianceState::Pending);
+    let a = s
+        .register_appliance(m, &Registration { serial: Some("SN1"), ..Default::default() })
+        .unwrap();
+    assert!(a.registered);
+    assert_eq!(a.serial.as_deref(), Some("SN1"));
+    let report = StatusReport {
+        mac: m.to_string(),
+        stage: Some("agent".into()),
+        image_version: Some("2026.11".into()),
+        ..Default::default()
+    };
+    s.record_report(&report, m).unwrap();
+    let a = s.appliance(m).unwrap().unwrap();
+    assert_eq!(a.last_report, Some(report));
+    assert_eq!(a.image_version(), Some("2026.11"));
+    assert_eq!(s.appliance_by_id(a.id).unwrap().unwrap().mac, m);
+    assert_eq!(s.find_appliance(ApplianceRef::Id(a.id)).unwrap().unwrap().mac, m);
+    s.set_appliance_profile(m, Some("x")).unwrap();
+    assert!(s.set_appliance_profile(mac(99), None).is_err());
+    s.remove_appliance(m).unwrap();
+    assert!(s.appliance(m).unwrap().is_none());
+    assert!(s.events(m, 10).unwrap().is_empty());
+}
+
+fn events_are_kept_in_order(s: &dyn Store) {
+    let m = mac(2);
+    for i in 0..120 {
+        s.add_event(m, "dhcp", &i.to_string()).unwrap();
+    }
+    let ev = s.events(m, 3).unwrap();
+    let last: Vec<_> = ev.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(last, ["117", "118", "119"]);
+}
+
+fn an_address_is_leased_to_one_mac_at_a_time(s: &dyn Store) {
+    let ip = Ipv4Addr::new(10, 0, 0, 5);
+    s.save_lease(&Lease { mac: mac(10), ip, expires_unix: 10 }).unwrap();
+    s.save_lease(&Lease { mac: mac(11), ip, expires_unix: 20 }).unwrap();
+    let leases = s.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].mac, mac(11));
+}
+
+fn customers_are_created_and_updated(s: &dyn Store) {
+    assert!(s.customer("acme").unwrap().is_none());
+    let first = s.put_customer(&customer("acme", "5m")).unwrap();
+    assert_eq!(first.created_at, first.updated_at);
+    let second = s.put_customer(&customer("acme", "1m")).unwrap();
+    assert_eq!(second.created_at, first.created_at);
+    assert_eq!(second.config.heartbeat_interval, "1m");
+    s.put_customer(&customer("beta", "5m")).unwrap();
+    let names: Vec<_> = s.customers().unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["acme", "beta"]);
+    assert!(s.put_customer(&customer("../evil", "5m")).is_err());
+}
+
+fn registration_needs_a_known_customer(s: &dyn Store) {
+    let reg = Registration { customer: Some("nobody"), ..Default::default() };
+    let err = s.register_appliance(mac(20), &reg).unwrap_err().to_string();
+    assert!(err.contains("customer `nobody` does not exist"), "{err}");
+    assert!(s.appliance(mac(20)).unwrap().is_none(), "a refused registration leaves nothing");
+    s.put_customer(&customer("acme", "5m")).unwrap();
+    let a = s.register_appliance(mac(20), &Registration { customer: Some("acme"), ..reg }).unwrap();
+    assert!(a.approved());
+    assert_eq!(a.customer.as_deref(), Some("acme"));
+    // Registering again without a customer keeps it.
+    let a = s.register_appliance(mac(20), &Registration { serial: Some("S"), ..Default::default() }).unwrap();
+    assert_eq!(a.customer.as_deref(), Some("acme"));
+}
+
+fn pending_machines_wait_for_approval(s: &dyn Store) {
+    s.put_customer(&customer("acme", "5m")).unwrap();
+    let a = s.appliance_seen(mac(30)).unwrap();
+    assert!(!a.approved());
+    assert!(s.approve_appliance(mac(31), "acme").is_err(), "never seen");
+    assert!(s.approve_appliance(mac(30), "nobody").is_err());
+    let a = s.approve_appliance(mac(30), "acme").unwrap();
+    assert!(a.approved());
+    let steps: Vec<_> = s.events(mac(30), 10).unwrap().into_iter().map(|e| e.step).collect();
+    assert!(steps.contains(&"approved".to_string()), "{steps:?}");
+}
+
+fn states_and_heartbeats_make_history(s: &dyn Store) {
+    s.put_customer(&customer("acme", "1m")).unwrap();
+    let a = s.register_appliance(mac(40), &Registration { customer: Some("acme"), ..Default::default() }).unwrap();
+    s.set_appliance_state(a.id, ApplianceState::Enrolled, None).unwrap();
+    let f = s.set_appliance_state(a.id, ApplianceState::Failed, Some("no disk of at least 16GiB")).unwrap();
+    assert_eq!(f.state, ApplianceState::Failed);
+    assert_eq!(f.state_reason.as_deref(), Some("no disk of at least 16GiB"));
+    assert!(!f.online(60, now()));
+    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v1"), slot: Some("a") }).unwrap();
+    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v1"), slot: Some("a") }).unwrap();
+    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v2"), slot: Some("b") }).unwrap();
+    let a = s.appliance_by_id(a.id).unwrap().unwrap();
+    assert_eq!((a.image_version.as_deref(), a.slot.as_deref()), (Some("v2"), Some("b")));
+    assert!(a.online(60, now()));
+    assert!(!a.online(60, now() + 181));
+    let ev = s.events(mac(40), 50).unwrap();
+    let details: Vec<_> = ev.iter().map(|e| format!("{} {}", e.step, e.detail)).collect();
+    assert_eq!(
+        details,
+        [
+            "registered registered for customer acme",
+            "state enrolled",
+            "state failed: no disk of at least 16GiB",
+            "heartbeat image v1 on slot a",
+            "heartbeat image v2 on slot b",
+        ]
+    );
+    assert!(s.set_appliance_state(9999, ApplianceState::Enrolled, None).is_err());
+}
+
+fn replace_hands_over_and_revokes(s: &dyn Store) {
+    s.put_customer(&customer("acme", "5m")).unwrap();
+    s.put_customer(&customer("beta", "5m")).unwrap();
+    let orphan = s.appliance_seen(mac(49)).unwrap();
+    assert!(s.replace_appliance(orphan.id, mac(48)).is_err(), "no customer to hand over");
+    let old = s
+        .register_appliance(mac(50), &Registration { customer: Some("acme"), profile: Some("p"), ..Default::default() })
+        .unwrap();
+    assert!(s.replace_appliance(old.id, mac(50)).is_err(), "itself");
+    let other = s.register_appliance(mac(52), &Registration { customer: Some("beta"), ..Default::default() }).unwrap();
+    assert!(s.replace_appliance(old.id, other.mac).is_err(), "serves another customer");
+    let new = s.replace_appliance(old.id, mac(51)).unwrap();
+    assert_eq!(new.customer.as_deref(), Some("acme"));
+    assert_eq!(new.profile.as_deref(), Some("p"));
+    assert_eq!(new.replaces, Some(old.id));
+    assert!(new.approved());
+    let old = s.appliance_by_id(old.id).unwrap().unwrap();
+    assert!(old.revoked_at.is_some());
+    assert_eq!(old.state, ApplianceState::Retired);
+    assert_eq!(old.replaced_by, Some(new.id));
+    assert!(!old.approved());
+    assert!(s.replace_appliance(old.id, mac(53)).is_err(), "already replaced");
+    assert!(s.register_appliance(old.mac, &Registration::default()).is_err(), "retired MAC");
+}
+
+fn retire_revokes(s: &dyn Store) {
+    s.put_customer(&customer("acme", "5m")).unwrap();
+    let a = s.register_appliance(mac(60), &Registration { customer: Some("acme"), ..Default::default() }).unwrap();
+    let r = s.retire_appliance(a.id, "stolen").unwrap();
+    assert_eq!(r.state, ApplianceState::Retired);
+    assert!(r.revoked_at.is_some());
+    assert!(s.retire_appliance(a.id, "again").is_err());
+    assert!(s.set_appliance_state(a.id, ApplianceState::Enrolled, None).is_err());
+    assert!(s.approve_appliance(a.mac, "acme").is_err());
+    let last = s.events(a.mac, 1).unwrap().remove(0);
+    assert_eq!((last.step.as_str(), last.detail.as_str()), ("retired", "stolen"));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn suite_on_sqlite() {
+        for (name, case) in CASES {
+            eprintln!("sqlite: {name}");
+            let dir = tempfile::tempdir().unwrap();
+            let s = SqliteStore::open(dir.path()).unwrap();
+            case(&s);
+        }
+    }
+
+    #[test]
+    fn suite_on_postgres() {
+        let pg = PgServer::start();
+        for (i, (name, case)) in CASES.iter().enumerate() {
+            eprintln!("postgres: {name}");
+            let s = PgStore::connect(&pg.create_db(&format!("case_{i}"))).unwrap();
+            case(&s);
+        }
+        // Reconnecting does not run the migrations again.
+        let url = pg.create_db("reopen");
+        PgStore::connect(&url).unwrap().put_image(&image("x-1")).unwrap();
+        assert_eq!(PgStore::connect(&url).unwrap().images().unwrap().len(), 1);
+    }
+
+    /// A throwaway PostgreSQL server on a unix socket in a temp dir, stopped
+    /// on drop. Missing binaries fail the test: a skipped store test proves
+    /// nothing.
+    struct PgServer {
+        dir: tempfile::TempDir,
+        bin: PathBuf,
+    }
+
+    const PORT: u16 = 5433;
+
+    impl PgServer {
+        fn start() -> PgServer {
+            let bin = pg_bindir().unwrap_or_else(|| {
+                panic!("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql` (dev/setup does)")
+            });
+            let dir = tempfile::Builder::new().prefix("levee-pg").tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("sock")).unwrap();
+            if is_root() {
+                // initdb refuses to run as root; the server runs as `postgres`.
+                run(Command::new("chown").args(["-R", "postgres:"]).arg(dir.path()));
+            }
+            let server = PgServer { dir, bin };
+            server.run_pg(&["initdb", "-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+            let opts = format!(
+                "-k {} -p {PORT} -c listen_addresses='' -c fsync=off",
+                server.sock().display()
+            );
+            server.run_pg(&["pg_ctl", "-D", "data", "-l", "log", "-w", "-t", "60", "-o", &opts, "start"]);
+            server
+        }
+
+        fn sock(&self) -> PathBuf {
+            self.dir.path().join("sock")
+        }
+
+        fn url(&self, db: &str) -> String {
+            format!("host={} port={PORT} user=postgres dbname={db}", self.sock().display())
+        }
+
+        fn create_db(&self, db: &str) -> String {
+            let mut admin = ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).unwrap();
+            admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+            self.url(db)
+        }
+
+        /// Runs a PostgreSQL program in the server's directory, as `postgres` when root.
+        fn run_pg(&self, args: &[&str]) {
+            let prog = self.bin.join(args[0]);
+            let mut cmd = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&prog);
+                c
+            } else {
+                Command::new(&prog)
+            };
+            cmd.args(&args[1..]).current_dir(self.dir.path());
+            run(&mut cmd);
+        }
+    }
+
+    impl Drop for PgServer {
+        fn drop(&mut self) {
+            let prog = self.bin.join("pg_ctl");
+            let mut cmd = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&prog);
+                c
+            } else {
+                Command::new(&prog)
+            };
+            let _ = cmd
+                .args(["-D", "data", "-m", "immediate", "-w", "stop"])
+                .current_dir(self.dir.path())
+                .output();
+        }
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The newest /usr/lib/postgresql/N/bin with initdb in it (Debian's layout).
+    fn pg_bindir() -> Option<PathBuf> {
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let v: u32 = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                Path::new(&bin.join("initdb")).exists().then_some((v, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, b)| b)
+    }
+}
