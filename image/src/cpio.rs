@@ -57,7 +57,7 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, mtime: u64, size: 
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while out.len() & 3 != 0 {
         out.push(0);
     }
 }

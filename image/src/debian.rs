@@ -124,7 +124,8 @@ pub fn bootstrap(o: &BootstrapOptions<'_>) -> Result<Bootstrapped, ImageError> {
         .env("LEVEE_KERNEL", &kernel)
         .env("LEVEE_STAGE1", &stage1)
         .env("LC_ALL", "C.UTF-8")
-        .args(["--mode=root", "--variant=essential", "--format=directory", "-q"])
+        // Not -q: apt's "Unable to locate package" is only shown at the default verbosity.
+        .args(["--mode=root", "--variant=essential", "--format=directory"])
         .arg("--aptopt=APT::Install-Recommends \"false\"")
         .arg(format!("--include={}", include.join(",")))
         .args(["--skip=download/empty", "--skip=essential/unlink"])

@@ -137,8 +137,8 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
         Some(dir) => (existing.clone().ok_or_else(|| ImageError::Lock { path: lock_path.clone(), message: "vanished".into() })?, dir),
         None => {
             let step = progress.step(if existing.is_some() { "bootstrapping Debian from the lock" } else { "bootstrapping Debian (resolving a new lock)" });
-            let tmp = cache.join("base").join(format!("tmp-{}-{}", std::process::id(), epoch));
-            util::remove_any(&tmp)?;
+            let scratch = util::Scratch::new(cache.join("base").join(format!("tmp-{}-{}", std::process::id(), epoch)))?;
+            let tmp = scratch.path().to_path_buf();
             std::fs::create_dir_all(tmp.join("scratch")).map_err(ImageError::io(&tmp))?;
             let got = debian::bootstrap(&debian::BootstrapOptions {
                 manifest: &manifest,
@@ -166,6 +166,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
             let dir = cache.join("base").join(base_key(&resolved));
             util::remove_any(&dir)?;
             std::fs::rename(&tmp, &dir).map_err(ImageError::io(&dir))?;
+            scratch.keep();
             steps.push(("bootstrap".to_string(), step.done(&format!("{} packages", resolved.packages.len()))));
             (resolved, dir)
         }
@@ -178,9 +179,8 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
 
     // 2. A working copy of the base, with modules, overlay and agent.
     let step = progress.step("assembling the root file system");
-    let work = cache.join("work").join(format!("{}-{}", std::process::id(), epoch));
-    util::remove_any(&work)?;
-    std::fs::create_dir_all(&work).map_err(ImageError::io(&work))?;
+    let work_guard = util::Scratch::new(cache.join("work").join(format!("{}-{}", std::process::id(), epoch)))?;
+    let work = work_guard.path().to_path_buf();
     let root = work.join("root");
     util::run(std::process::Command::new("cp").arg("-a").arg(base.join("root")).arg(&root))?;
     let kernel = kernel::Kernel::unpack(&deb_of(&lock.kernel), &lock.kernel.sha256, &cache)?;
@@ -240,7 +240,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     };
     let json = serde_json::to_string_pretty(&image).map_err(|e| ImageError::io(out.join(IMAGE_MANIFEST))(e.into()))?;
     util::write(&out.join(IMAGE_MANIFEST), json + "\n")?;
-    util::remove_any(&work)?;
+    drop(work_guard);
     Ok(BuildOutput { dir: out.clone(), image, lock: lock_path, lock_written, base_cached, steps })
 }
 

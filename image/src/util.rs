@@ -184,3 +184,34 @@ mod tests {
         assert_eq!(super::date_of(1_709_164_800), "2024.02.29");
     }
 }
+
+/// Removes a scratch directory when dropped, unless [`Scratch::keep`] was
+/// called: failed builds leave nothing half-made in the cache.
+pub(crate) struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    pub(crate) fn new(path: PathBuf) -> Result<Scratch, ImageError> {
+        remove_any(&path)?;
+        std::fs::create_dir_all(&path).map_err(ImageError::io(&path))?;
+        Ok(Scratch { path, keep: false })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = remove_any(&self.path);
+        }
+    }
+}

@@ -363,3 +363,54 @@ fn r3_flake_parses() -> anyhow::Result<()> {
     levee_tests::run(Command::new("nix-instantiate").arg("--parse").arg(workspace_root().join("flake.nix")))?;
     Ok(())
 }
+
+/// Runs `levee image build` on a manifest variant; returns its stderr.
+fn failing_build(name: &str, edit: impl Fn(&str) -> String) -> anyhow::Result<String> {
+    tools()?;
+    let dir = tempfile::tempdir()?;
+    let text = std::fs::read_to_string(workspace_root().join("image/appliance.yaml"))?;
+    let overlay = workspace_root().join("overlay");
+    let text = edit(&text.replace("overlay: ../overlay", &format!("overlay: {}", overlay.display())));
+    let manifest = dir.path().join(name);
+    std::fs::write(&manifest, text)?;
+    let out = Command::new(binary("levee")?)
+        .args(["image", "build", "--manifest"])
+        .arg(&manifest)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg("--agent")
+        .arg(binary("levee-agent")?)
+        .arg("--cache-dir")
+        .arg(work_dir().join("cache"))
+        .arg("--lock")
+        .arg(dir.path().join("x.lock"))
+        .output()?;
+    assert!(!out.status.success(), "the build of a broken manifest must fail");
+    assert!(!dir.path().join("x.lock").exists(), "a failed build writes no lock");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn r3_unknown_package_is_named_with_its_line() -> anyhow::Result<()> {
+    let err = failing_build("unknown.yaml", |t| t.replace("  - gdisk\n", "  - gdisk\n  - levee-no-such-package\n"))?;
+    let line = std::fs::read_to_string(workspace_root().join("image/appliance.yaml"))?
+        .lines()
+        .position(|l| l.trim() == "- gdisk")
+        .map(|i| i + 2)
+        .context("gdisk in the manifest")?;
+    assert!(err.contains(&format!("unknown.yaml:{line}: unknown package `levee-no-such-package`")), "{err}");
+    Ok(())
+}
+
+#[test]
+fn r3_bad_manifest_is_named_with_line_and_column() -> anyhow::Result<()> {
+    let err = failing_build("bad.yaml", |t| t.replace("release: bookworm", "release: [bookworm"))?;
+    assert!(err.contains("bad.yaml:") && err.contains("release"), "{err}");
+    let err = failing_build("nooverlay.yaml", |t| {
+        let mut lines: Vec<String> = t.lines().map(|l| if l.starts_with("overlay:") { "overlay: /nonexistent/levee-overlay".to_string() } else { l.to_string() }).collect();
+        lines.push(String::new());
+        lines.join("\n")
+    })?;
+    assert!(err.contains("overlay directory /nonexistent/levee-overlay does not exist"), "{err}");
+    Ok(())
+}
