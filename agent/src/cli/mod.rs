@@ -77,6 +77,8 @@ pub enum Command {
     /// Manage key slots (passwords, appliance and recovery secrets).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run as the appliance service: log to the journal, report status to levee.url.
+    Run,
 }
 
 #[derive(Args)]
@@ -152,6 +154,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     let out = output::Out { json: g.json };
     match cli.command {
+        Command::Run => {
+            levee_agent::daemon::run(&levee_agent::daemon::RunOptions::default())?;
+            Ok(0)
+        }
         Command::Init(a) => {
             let path = repo_path(g)?;
             let repo = Repository::init(&path, &password(g)?, KdfParams::with_memory(a.kdf_memory_kib), &a.kind, &a.label)?;
