@@ -66,7 +66,7 @@ run levee restore "$LEVEE" --repo "$WORK/levee" --quiet restore latest --target 
 run restic restore restic --repo "$WORK/restic" restore latest --target "$WORK/r-restic"
 mkdir -p "$WORK/r-borg"
 run borg restore sh -c "cd '$WORK/r-borg' && borg extract '$WORK/borg::second'"
-diff -rq "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
+diff -rq --no-dereference "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
 
 SIZE_levee=$(du -sb "$WORK/levee" | cut -f1); SIZE_restic=$(du -sb "$WORK/restic" | cut -f1); SIZE_borg=$(du -sb "$WORK/borg" | cut -f1)
 IDX=$("$CARGO_TARGET_DIR/release/examples/index_memory" 2)

@@ -80,3 +80,41 @@ fn sigkill_backup_and_prune_repeatedly() {
     let rounds = std::env::var("LEVEE_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
     crash_loop(rounds);
 }
+
+/// Prune runs again and again while a backup runs, with every older
+/// snapshot forgotten: the time fence must keep every pack the backup
+/// dedups against, though no snapshot uses them while it runs.
+#[test]
+fn prune_during_backup_loses_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    for n in 0..80u64 {
+        fs::write(src.join(format!("f{n}.bin")), rand_bytes(n, 1_500_000)).expect("write");
+    }
+    let s = src.to_string_lossy().to_string();
+    let s1 = env.json(&["backup", &s])["snapshot"].as_str().unwrap_or("").to_string();
+    // Half the files change; --force re-reads all, deduping the other half.
+    for n in (0..80u64).step_by(2) {
+        fs::write(src.join(format!("f{n}.bin")), rand_bytes(n + 100, 1_500_000)).expect("write");
+    }
+    let mut child = env.cmd(&["backup", &s, "--force"]).stdout(std::process::Stdio::null()).spawn().expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    env.ok(&["forget", &s1]);
+    let mut prunes = 0;
+    while child.try_wait().ok().flatten().is_none() {
+        let o = env.run(&["prune"]);
+        assert!(o.status.success(), "prune: {}", String::from_utf8_lossy(&o.stderr));
+        prunes += 1;
+    }
+    assert!(child.wait().expect("wait").success());
+    assert!(prunes >= 2, "the backup finished before prune could run twice");
+    for _ in 0..3 {
+        env.ok(&["prune"]);
+    }
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
+    let out = env.path("out");
+    env.ok(&["restore", "latest", "--target", &out.to_string_lossy()]);
+    assert_same_tree(&src, &out.join("src"), 1);
+}

@@ -138,6 +138,9 @@ impl Out {
         if !r.unindexed_packs.is_empty() {
             println!("{} packs not in the index (an interrupted backup's; the next backup re-indexes them)", r.unindexed_packs.len());
         }
+        for n in &r.notes {
+            println!("note: {n}");
+        }
         for e in &r.errors {
             println!("error: {e}");
         }

@@ -148,7 +148,8 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
                     }
                 }
                 NodeKind::File => {
-                    if let Some((size, mtime)) = target.existing(&path) {
+                    let existing = if opts.overwrite == Overwrite::Always { None } else { target.existing(&path) };
+                    if let Some((size, mtime)) = existing {
                         let skip = match opts.overwrite {
                             Overwrite::Never => true,
                             Overwrite::IfChanged => size == node.size && mtime == node.mtime_ns,

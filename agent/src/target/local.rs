@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use levee_proto::repo::Node;
@@ -92,13 +92,16 @@ impl Target for LocalTarget {
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
         let p = self.full(path);
-        // A read-only file from an earlier restore would refuse the open.
-        if let Ok(m) = fs::symlink_metadata(&p) {
-            if m.file_type().is_symlink() || m.permissions().readonly() {
+        let open = || OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(&p);
+        let f = match open() {
+            Ok(f) => f,
+            // A read-only file (non-root) or a symlink in the way: replace it.
+            Err(_) if fs::symlink_metadata(&p).is_ok() => {
                 let _ = fs::remove_file(&p);
+                open().map_err(|e| io(&p, e))?
             }
-        }
-        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&p).map_err(|e| io(&p, e))?;
+            Err(e) => return Err(io(&p, e)),
+        };
         Ok(Box::new(LocalSink { f, path: p, pos: 0 }))
     }
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
