@@ -414,3 +414,51 @@ fn r3_bad_manifest_is_named_with_line_and_column() -> anyhow::Result<()> {
     assert!(err.contains("overlay directory /nonexistent/levee-overlay does not exist"), "{err}");
     Ok(())
 }
+
+/// Boots the image over PXE from `levee serve` (full DHCP mode, HTTP after
+/// iPXE) and waits for the agent's report in the server's store.
+fn pxe_boot(tag: &str, firmware: levee_tests::vm::Firmware, mac: &str) -> anyhow::Result<()> {
+    use levee_tests::net::TestNet;
+    use levee_tests::server::{DhcpMode, LeveeServer};
+    use levee_tests::vm::VmBuilder;
+
+    let (dir, image) = image()?;
+    let server = LeveeServer::new()?;
+    let vm_dir = tempfile::tempdir()?;
+    server.cli(&["image", "import", dir.to_str().context("UTF-8 path")?, "--profile", "default"])?;
+    // The profile's template plus what the test reads: the journal on the
+    // console, a short report interval, and no TCG timer panic.
+    server.cli(&[
+        "profile", "set", "default", "--cmdline",
+        "console=ttyS0,115200 levee.url={url} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline} \
+         systemd.journald.forward_to_console=1 levee.interval=3 no_timer_check",
+    ])?;
+    let net = TestNet::new(tag)?;
+    server.start(&net, DhcpMode::Full, &[])?;
+    let vm = VmBuilder { memory_mib: 1024, ..VmBuilder::new(firmware, mac) }.start(&net, vm_dir.path())?;
+    let result = (|| -> anyhow::Result<()> {
+        let shown = server.wait_for_report(mac, "agent", Duration::from_secs(300))?;
+        eprintln!("{firmware:?} PXE: QEMU start to the agent's report in the server: {:.1} s", vm.started.elapsed().as_secs_f64());
+        let report = &shown["appliance"]["last_report"];
+        anyhow::ensure!(report["image_version"] == image["version"], "report {report}");
+        anyhow::ensure!(report["mac"] == mac, "report {report}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(vm.console().contains("Reached target multi-user.target") && vm.console().contains("levee-agent[")) {
+            anyhow::ensure!(Instant::now() < deadline, "no multi-user.target or agent journal line on the console");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    })();
+    levee_tests::vm::check(result, &[("serial console", vm.console()), ("levee serve", server.log_text())]);
+    Ok(())
+}
+
+#[test]
+fn r3_image_pxe_boots_bios() -> anyhow::Result<()> {
+    pxe_boot("imgbios", levee_tests::vm::Firmware::Bios, "52:54:00:03:00:01")
+}
+
+#[test]
+fn r3_image_pxe_boots_uefi() -> anyhow::Result<()> {
+    pxe_boot("imguefi", levee_tests::vm::Firmware::Uefi, "52:54:00:03:00:02")
+}
