@@ -243,7 +243,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// `20Mbit/s`, `500kbit/s`, `2MiB/s`, `1MB/s` -> bytes per second.
 pub fn parse_rate(s: &str) -> Option<u64> {
     let s = s.trim().strip_suffix("/s")?;
-    for (unit, bits) in [("kbit", 1000_u64), ("Mbit", 1000_000), ("Gbit", 1000_000_000)] {
+    for (unit, bits) in [
+        ("kbit", 1000_u64),
+        ("Mbit", 1000_000),
+        ("Gbit", 1000_000_000),
+    ] {
         if let Some(num) = s.strip_suffix(unit) {
             let n: u64 = num.trim().parse().ok()?;
             return n.checked_mul(bits).map(|b| b / 8);

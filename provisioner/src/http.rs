@@ -326,6 +326,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retired_machine_is_not_served() {
+        use levee_pxe::boot::{BootDecision, BootPolicy, BootRequest};
+        let (_d, st) = state();
+        let mac: MacAddr = MAC.parse().unwrap();
+        let a = st.boot.store.register_appliance(mac, &Default::default()).unwrap();
+        st.boot.store.retire_appliance(a.id, "stolen").unwrap();
+        let (_, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
+        assert!(body.contains("will not boot") && body.contains("is retired (stolen)"), "{body}");
+        let req = BootRequest { mac, arch: levee_pxe::boot::Arch::Bios, stage: levee_pxe::boot::Stage::Ipxe };
+        match st.boot.decide(&req) {
+            BootDecision::Ignore { reason } => assert!(reason.contains("retired"), "{reason}"),
+            other => panic!("a retired machine was offered a boot: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn artifacts_are_served_with_ranges_and_stay_inside_the_store() {
         let (_d, st) = state();
         let image = st.boot.store.images().unwrap().remove(0).id;

@@ -98,7 +98,13 @@ impl ServerKey {
         let (nonce, ct) = raw.split_at(12);
         let plain = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| bad())?;
         String::from_utf8(plain).map_err(|_| bad())
     }
@@ -168,7 +174,10 @@ mod tests {
     fn secrets_round_trip_and_are_bound_to_the_customer() {
         let dir = tempfile::tempdir().unwrap();
         let key = ServerKey::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("server.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let sealed = key.seal_config(&config());
         let text = serde_json::to_string(&sealed).unwrap();
@@ -180,6 +189,9 @@ mod tests {
         let mut moved = sealed.clone();
         moved.customer = "other".into();
         assert!(again.open_config(&moved).is_err());
-        assert_eq!(redact(&sealed).sources[0].password.as_ref().unwrap().0, REDACTED);
+        assert_eq!(
+            redact(&sealed).sources[0].password.as_ref().unwrap().0,
+            REDACTED
+        );
     }
 }

@@ -36,7 +36,9 @@ pub enum ApplianceCommand {
     },
     /// Give a machine that booted unregistered (pending) a customer, so it
     /// enrolls and receives that customer's configuration.
-    #[command(after_help = "Example:\n  levee appliance list        # pending machines show customer -\n  levee appliance approve 52:54:00:12:34:56 --customer acme")]
+    #[command(
+        after_help = "Example:\n  levee appliance list        # pending machines show customer -\n  levee appliance approve 52:54:00:12:34:56 --customer acme"
+    )]
     Approve {
         mac: MacAddr,
         #[arg(long)]
@@ -44,7 +46,9 @@ pub enum ApplianceCommand {
     },
     /// Hand an appliance's customer and configuration to a new machine (a
     /// replacement unit); the old one's credential is revoked.
-    #[command(after_help = "Examples:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef\n  levee appliance replace 7 --with 52:54:00:ab:cd:ef")]
+    #[command(
+        after_help = "Examples:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef\n  levee appliance replace 7 --with 52:54:00:ab:cd:ef"
+    )]
     Replace {
         /// The old appliance: MAC or appliance id.
         old: ApplianceRef,
@@ -54,7 +58,9 @@ pub enum ApplianceCommand {
     },
     /// Revoke an appliance's credential and stop serving it (network boot
     /// included).
-    #[command(after_help = "Examples:\n  levee appliance retire 52:54:00:12:34:56 --reason 'stolen from site'\n  levee appliance retire 7")]
+    #[command(
+        after_help = "Examples:\n  levee appliance retire 52:54:00:12:34:56 --reason 'stolen from site'\n  levee appliance retire 7"
+    )]
     Retire {
         /// MAC or appliance id.
         appliance: ApplianceRef,
@@ -66,7 +72,11 @@ pub enum ApplianceCommand {
     Set {
         mac: MacAddr,
         /// Boot profile name.
-        #[arg(long, conflicts_with = "default_profile", required_unless_present = "default_profile")]
+        #[arg(
+            long,
+            conflicts_with = "default_profile",
+            required_unless_present = "default_profile"
+        )]
         profile: Option<String>,
         /// Boot the `default` profile again.
         #[arg(long)]
@@ -76,7 +86,9 @@ pub enum ApplianceCommand {
     ///
     /// A machine is offline when it sent no report or heartbeat within three
     /// of its customer's heartbeat intervals.
-    #[command(after_help = "Examples:\n  levee appliance list\n  levee appliance list --customer acme --json")]
+    #[command(
+        after_help = "Examples:\n  levee appliance list\n  levee appliance list --customer acme --json"
+    )]
     List {
         /// Only this customer's appliances.
         #[arg(long)]
@@ -85,7 +97,9 @@ pub enum ApplianceCommand {
         json: bool,
     },
     /// Show one machine with its state, last report and history.
-    #[command(after_help = "Examples:\n  levee appliance show 52:54:00:12:34:56\n  levee appliance show 7 --json")]
+    #[command(
+        after_help = "Examples:\n  levee appliance show 52:54:00:12:34:56\n  levee appliance show 7 --json"
+    )]
     Show {
         /// MAC or appliance id.
         appliance: ApplianceRef,
@@ -100,7 +114,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
     let store = ctx.open_store()?;
     let store = store.as_ref();
     match cmd {
-        ApplianceCommand::Register { mac, customer, serial, profile } => {
+        ApplianceCommand::Register {
+            mac,
+            customer,
+            serial,
+            profile,
+        } => {
             check_profile(store, profile.as_deref())?;
             let a = store.register_appliance(
                 mac,
@@ -114,14 +133,19 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 "appliance {} registered (id {}, customer {}, profile {})",
                 a.mac,
                 a.id,
-                a.customer.as_deref().unwrap_or("- (approve it to give it one)"),
+                a.customer
+                    .as_deref()
+                    .unwrap_or("- (approve it to give it one)"),
                 a.profile.as_deref().unwrap_or("default")
             );
             Ok(())
         }
         ApplianceCommand::Approve { mac, customer } => {
             let a = store.approve_appliance(mac, &customer)?;
-            println!("appliance {} (id {}) approved for customer {customer}", a.mac, a.id);
+            println!(
+                "appliance {} (id {}) approved for customer {customer}",
+                a.mac, a.id
+            );
             Ok(())
         }
         ApplianceCommand::Replace { old, with } => {
@@ -141,13 +165,19 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Retire { appliance, reason } => {
             let a = find(store, appliance)?;
             let a = store.retire_appliance(a.id, &reason)?;
-            println!("appliance {} (id {}) retired: credential revoked, no longer served", a.mac, a.id);
+            println!(
+                "appliance {} (id {}) retired: credential revoked, no longer served",
+                a.mac, a.id
+            );
             Ok(())
         }
         ApplianceCommand::Set { mac, profile, .. } => {
             check_profile(store, profile.as_deref())?;
             store.set_appliance_profile(mac, profile.as_deref())?;
-            println!("{mac} boots profile {}", profile.as_deref().unwrap_or("default"));
+            println!(
+                "{mac} boots profile {}",
+                profile.as_deref().unwrap_or("default")
+            );
             Ok(())
         }
         ApplianceCommand::List { customer, json } => {
@@ -179,14 +209,29 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                         a.image_version().map(str::to_string).unwrap_or_else(dash),
                         a.slot.clone().unwrap_or_else(dash),
                         a.profile.clone().unwrap_or_else(|| "default".into()),
-                        a.last_report.as_ref().and_then(|r| r.stage.clone()).unwrap_or_else(dash),
+                        a.last_report
+                            .as_ref()
+                            .and_then(|r| r.stage.clone())
+                            .unwrap_or_else(dash),
                         super::ago(a.last_heartbeat.max(a.last_report_at)),
                         if online(a) { "online" } else { "offline" }.into(),
                     ]
                 })
                 .collect();
             super::print_table(
-                &["ID", "MAC", "SERIAL", "CUSTOMER", "STATE", "IMAGE", "SLOT", "PROFILE", "REPORTED", "LAST HEARTBEAT", "STATUS"],
+                &[
+                    "ID",
+                    "MAC",
+                    "SERIAL",
+                    "CUSTOMER",
+                    "STATE",
+                    "IMAGE",
+                    "SLOT",
+                    "PROFILE",
+                    "REPORTED",
+                    "LAST HEARTBEAT",
+                    "STATUS",
+                ],
                 &rows,
             );
             Ok(())
@@ -223,9 +268,20 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             if let Some(id) = a.replaces {
                 println!("  replaces:       id {id}");
             }
-            println!("  profile:        {}", a.profile.as_deref().unwrap_or("default"));
-            println!("  image:          {} (slot {})", a.image_version().unwrap_or("-"), a.slot.as_deref().unwrap_or("-"));
-            println!("  last heartbeat: {} ({})", super::ago(a.last_heartbeat), if online { "online" } else { "offline" });
+            println!(
+                "  profile:        {}",
+                a.profile.as_deref().unwrap_or("default")
+            );
+            println!(
+                "  image:          {} (slot {})",
+                a.image_version().unwrap_or("-"),
+                a.slot.as_deref().unwrap_or("-")
+            );
+            println!(
+                "  last heartbeat: {} ({})",
+                super::ago(a.last_heartbeat),
+                if online { "online" } else { "offline" }
+            );
             println!("  last report:    {}", super::ago(a.last_report_at));
             if let Some(r) = &a.last_report {
                 println!("    {}", serde_json::to_string(r)?);
@@ -252,9 +308,9 @@ fn find(store: &dyn Store, r: ApplianceRef) -> anyhow::Result<Appliance> {
 
 fn check_profile(store: &dyn Store, profile: Option<&str>) -> anyhow::Result<()> {
     if let Some(p) = profile {
-        store
-            .profile(p)?
-            .with_context(|| format!("no profile `{p}`: `levee profile list` shows the profiles"))?;
+        store.profile(p)?.with_context(|| {
+            format!("no profile `{p}`: `levee profile list` shows the profiles")
+        })?;
     }
     Ok(())
 }

@@ -18,7 +18,9 @@ pub enum CustomerCommand {
     /// The file is validated first; errors name the file, line and column.
     /// Passwords and other secrets are stored encrypted with the server key
     /// (DATA_DIR/server.key) and never printed. See docs/examples/acme.yaml.
-    #[command(after_help = "Examples:\n  levee customer apply -f acme.yaml\n  levee customer apply -f acme.yaml --dry-run")]
+    #[command(
+        after_help = "Examples:\n  levee customer apply -f acme.yaml\n  levee customer apply -f acme.yaml --dry-run"
+    )]
     Apply {
         /// The customer's YAML file.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -28,7 +30,9 @@ pub enum CustomerCommand {
         dry_run: bool,
     },
     /// Show a customer's configuration (secrets as ********).
-    #[command(after_help = "Examples:\n  levee customer show acme\n  levee customer show acme --json | jq .config.sources")]
+    #[command(
+        after_help = "Examples:\n  levee customer show acme\n  levee customer show acme --json | jq .config.sources"
+    )]
     Show {
         name: String,
         #[arg(long)]
@@ -88,7 +92,9 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
                 .map(|c| {
                     let n = appliances
                         .iter()
-                        .filter(|a| a.customer.as_deref() == Some(c.name.as_str()) && a.revoked_at.is_none())
+                        .filter(|a| {
+                            a.customer.as_deref() == Some(c.name.as_str()) && a.revoked_at.is_none()
+                        })
                         .count();
                     vec![
                         c.name.clone(),
@@ -102,7 +108,15 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             super::print_table(
-                &["CUSTOMER", "NAME", "SOURCES", "OFFSITE", "CHANNEL", "APPLIANCES", "UPDATED"],
+                &[
+                    "CUSTOMER",
+                    "NAME",
+                    "SOURCES",
+                    "OFFSITE",
+                    "CHANNEL",
+                    "APPLIANCES",
+                    "UPDATED",
+                ],
                 &rows,
             );
             Ok(())
@@ -136,7 +150,10 @@ fn apply(ctx: &super::Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Res
             return Ok(());
         }
         Some(_) => {
-            println!("customer {name} {}updated:", if dry_run { "would be " } else { "" });
+            println!(
+                "customer {name} {}updated:",
+                if dry_run { "would be " } else { "" }
+            );
             for line in &changes {
                 println!("  {line}");
             }
@@ -167,13 +184,22 @@ fn diff(old: &CustomerConfig, new: &CustomerConfig) -> Vec<String> {
         let mut c = c.clone();
         secrets_mut(&mut c).into_iter().map(|(p, _)| p).collect()
     };
-    let secrets: BTreeSet<String> = secret_paths(old).union(&secret_paths(new)).cloned().collect();
+    let secrets: BTreeSet<String> = secret_paths(old)
+        .union(&secret_paths(new))
+        .cloned()
+        .collect();
     let (a, b) = (flatten(old), flatten(new));
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let mut out = Vec::new();
     for k in keys {
         let hidden = secrets.contains(k.as_str());
-        let show = |v: &String| if hidden { "********".to_string() } else { v.clone() };
+        let show = |v: &String| {
+            if hidden {
+                "********".to_string()
+            } else {
+                v.clone()
+            }
+        };
         match (a.get(k), b.get(k)) {
             (Some(x), Some(y)) if x == y => {}
             (Some(_), Some(_)) if hidden => out.push(format!("~ {k}: (changed)")),
@@ -192,7 +218,11 @@ fn flatten(c: &CustomerConfig) -> BTreeMap<String, String> {
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(p, v, out);
                 }
             }
@@ -231,7 +261,13 @@ mod tests {
         new.heartbeat_interval = "1m".into();
         new.sources[0].password = Some(levee_proto::config::Secret("new-secret".into()));
         let d = diff(&old, &new);
-        assert_eq!(d, ["~ heartbeat_interval: 5m -> 1m", "~ sources[0].password: (changed)"]);
+        assert_eq!(
+            d,
+            [
+                "~ heartbeat_interval: 5m -> 1m",
+                "~ sources[0].password: (changed)"
+            ]
+        );
         assert!(diff(&old, &old).is_empty());
     }
 }

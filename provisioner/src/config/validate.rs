@@ -71,7 +71,9 @@ impl SmbUrl {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
         if !host_ok {
-            return Err(format!("`{s}`: `{host}` is not a host name or IPv4 address; {expected}"));
+            return Err(format!(
+                "`{s}`: `{host}` is not a host name or IPv4 address; {expected}"
+            ));
         }
         let (share, inner) = path.split_once('/').unwrap_or((path, ""));
         if share.is_empty() {
@@ -116,8 +118,14 @@ impl Weekday {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
     /// Daily at `hour:minute` on `days` (all days when empty).
-    At { hour: u8, minute: u8, days: Vec<Weekday> },
-    Every { secs: u64 },
+    At {
+        hour: u8,
+        minute: u8,
+        days: Vec<Weekday>,
+    },
+    Every {
+        secs: u64,
+    },
 }
 
 /// Shortest `every` interval: backups more often than this only churn.
@@ -146,18 +154,29 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         let at = |k: &'static str| vec![Key("sources"), Index(i), Key(k)];
         check_name(at("name"), &s.name)?;
         if !names.insert(s.name.clone()) {
-            return Err(problem(at("name"), format!("duplicate source name `{}`", s.name)));
+            return Err(problem(
+                at("name"),
+                format!("duplicate source name `{}`", s.name),
+            ));
         }
         let kind = match (&s.smb, &s.path) {
-            (Some(url), None) => SourceKind::Smb(SmbUrl::parse(url).map_err(|e| problem(at("smb"), e))?),
+            (Some(url), None) => {
+                SourceKind::Smb(SmbUrl::parse(url).map_err(|e| problem(at("smb"), e))?)
+            }
             (None, Some(p)) => {
                 if !p.starts_with('/') {
-                    return Err(problem(at("path"), format!("`{p}` is not an absolute path; expected /dir/on/the/appliance")));
+                    return Err(problem(
+                        at("path"),
+                        format!("`{p}` is not an absolute path; expected /dir/on/the/appliance"),
+                    ));
                 }
                 SourceKind::Local(p.clone())
             }
             (Some(_), Some(_)) => {
-                return Err(problem(at("path"), "a source is either `smb` or `path`, not both"));
+                return Err(problem(
+                    at("path"),
+                    "a source is either `smb` or `path`, not both",
+                ));
             }
             (None, None) => {
                 return Err(problem(
@@ -168,30 +187,49 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         };
         match (&kind, &s.password, &s.password_file) {
             (SourceKind::Smb(_), Some(_), Some(_)) => {
-                return Err(problem(at("password_file"), "give `password` or `password_file`, not both"));
+                return Err(problem(
+                    at("password_file"),
+                    "give `password` or `password_file`, not both",
+                ));
             }
             (SourceKind::Smb(_), None, Some(file)) => {
                 let full = base_dir.join(file);
                 let pw = std::fs::read_to_string(&full).map_err(|e| {
-                    problem(at("password_file"), format!("cannot read {}: {e}", full.display()))
+                    problem(
+                        at("password_file"),
+                        format!("cannot read {}: {e}", full.display()),
+                    )
                 })?;
                 let pw = pw.trim_end_matches(['\n', '\r']).to_string();
                 if pw.is_empty() {
-                    return Err(problem(at("password_file"), format!("{} is empty", full.display())));
+                    return Err(problem(
+                        at("password_file"),
+                        format!("{} is empty", full.display()),
+                    ));
                 }
                 s.password = Some(Secret(pw));
                 s.password_file = None;
             }
             (SourceKind::Smb(_), Some(pw), None) if pw.0.is_empty() => {
-                return Err(problem(at("password"), "empty; an SMB source needs a password"));
+                return Err(problem(
+                    at("password"),
+                    "empty; an SMB source needs a password",
+                ));
             }
             (SourceKind::Smb(_), Some(_), None) => {}
             (SourceKind::Smb(_), None, None) => {
-                return Err(problem(at("password"), "missing; an SMB source needs a password (or password_file)"));
+                return Err(problem(
+                    at("password"),
+                    "missing; an SMB source needs a password (or password_file)",
+                ));
             }
             (SourceKind::Local(_), None, None) => {}
             (SourceKind::Local(_), _, _) => {
-                let k = if s.password.is_some() { "password" } else { "password_file" };
+                let k = if s.password.is_some() {
+                    "password"
+                } else {
+                    "password_file"
+                };
                 return Err(problem(at(k), "only SMB sources take a password"));
             }
         }
@@ -204,7 +242,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         let at = |k: &'static str| vec![Key("schedules"), Index(i), Key(k)];
         check_name(at("name"), &s.name)?;
         if !schedule_names.insert(s.name.clone()) {
-            return Err(problem(at("name"), format!("duplicate schedule name `{}`", s.name)));
+            return Err(problem(
+                at("name"),
+                format!("duplicate schedule name `{}`", s.name),
+            ));
         }
         for (j, src) in s.sources.iter().enumerate() {
             if !names.contains(src) {
@@ -217,14 +258,19 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         let kind = match (&s.at, &s.every) {
             (Some(t), None) => {
                 let (hour, minute) = parse_time(t).ok_or_else(|| {
-                    problem(at("at"), format!("`{t}` is not a time of day; expected HH:MM, e.g. 02:30"))
+                    problem(
+                        at("at"),
+                        format!("`{t}` is not a time of day; expected HH:MM, e.g. 02:30"),
+                    )
                 })?;
                 let mut days = Vec::new();
                 for (j, d) in s.days.iter().enumerate() {
                     days.push(Weekday::parse(d).ok_or_else(|| {
                         problem(
                             vec![Key("schedules"), Index(i), Key("days"), Index(j)],
-                            format!("`{d}` is not a day; expected mon, tue, wed, thu, fri, sat or sun"),
+                            format!(
+                                "`{d}` is not a day; expected mon, tue, wed, thu, fri, sat or sun"
+                            ),
                         )
                     })?);
                 }
@@ -235,15 +281,24 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
                     return Err(problem(at("days"), "`days` goes with `at`, not `every`"));
                 }
                 let secs = parse_duration(e).ok_or_else(|| {
-                    problem(at("every"), format!("`{e}` is not a duration; expected e.g. 30m, 4h, 1d"))
+                    problem(
+                        at("every"),
+                        format!("`{e}` is not a duration; expected e.g. 30m, 4h, 1d"),
+                    )
                 })?;
                 if secs < MIN_EVERY_SECS {
-                    return Err(problem(at("every"), format!("`{e}` is too often; expected at least 5m")));
+                    return Err(problem(
+                        at("every"),
+                        format!("`{e}` is too often; expected at least 5m"),
+                    ));
                 }
                 Schedule::Every { secs }
             }
             (Some(_), Some(_)) => {
-                return Err(problem(at("every"), "a schedule has `at` or `every`, not both"));
+                return Err(problem(
+                    at("every"),
+                    "a schedule has `at` or `every`, not both",
+                ));
             }
             (None, None) => {
                 return Err(problem(
@@ -268,21 +323,36 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         let at = |k: &'static str| vec![Key("offsite"), Index(i), Key(k)];
         check_name(at("name"), &o.name)?;
         if !offsite_names.insert(o.name.clone()) {
-            return Err(problem(at("name"), format!("duplicate offsite name `{}`", o.name)));
+            return Err(problem(
+                at("name"),
+                format!("duplicate offsite name `{}`", o.name),
+            ));
         }
         if let Some(rest) = o.url.strip_prefix("s3://") {
             if rest.split('/').next().unwrap_or("").is_empty() {
-                return Err(problem(at("url"), format!("`{}` names no bucket; expected s3://bucket[/prefix]", o.url)));
+                return Err(problem(
+                    at("url"),
+                    format!("`{}` names no bucket; expected s3://bucket[/prefix]", o.url),
+                ));
             }
             if o.access_key_id.is_none() {
-                return Err(problem(at("access_key_id"), "missing; an s3:// target needs access_key_id and secret_access_key"));
+                return Err(problem(
+                    at("access_key_id"),
+                    "missing; an s3:// target needs access_key_id and secret_access_key",
+                ));
             }
             if o.secret_access_key.as_ref().is_none_or(|s| s.0.is_empty()) {
-                return Err(problem(at("secret_access_key"), "missing; an s3:// target needs access_key_id and secret_access_key"));
+                return Err(problem(
+                    at("secret_access_key"),
+                    "missing; an s3:// target needs access_key_id and secret_access_key",
+                ));
             }
             if let Some(e) = &o.endpoint {
                 if !(e.starts_with("https://") || e.starts_with("http://")) {
-                    return Err(problem(at("endpoint"), format!("`{e}` is not an http(s):// URL")));
+                    return Err(problem(
+                        at("endpoint"),
+                        format!("`{e}` is not an http(s):// URL"),
+                    ));
                 }
             }
         } else if let Some(rest) = o.url.strip_prefix("https://") {
@@ -299,7 +369,13 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
                 }
             }
         } else {
-            return Err(problem(at("url"), format!("`{}`: expected https://host/... (Levee offsite store) or s3://bucket[/prefix]", o.url)));
+            return Err(problem(
+                at("url"),
+                format!(
+                    "`{}`: expected https://host/... (Levee offsite store) or s3://bucket[/prefix]",
+                    o.url
+                ),
+            ));
         }
     }
 
@@ -308,7 +384,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
     let bandwidth_bytes_per_sec = match &c.bandwidth_limit {
         None => None,
         Some(b) => Some(parse_rate(b).filter(|r| *r > 0).ok_or_else(|| {
-            problem(vec![Key("bandwidth_limit")], format!("`{b}` is not a rate; expected e.g. 20Mbit/s, 500kbit/s or 2MiB/s"))
+            problem(
+                vec![Key("bandwidth_limit")],
+                format!("`{b}` is not a rate; expected e.g. 20Mbit/s, 500kbit/s or 2MiB/s"),
+            )
         })?),
     };
     let heartbeat_secs = parse_duration(&c.heartbeat_interval)
@@ -316,7 +395,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         .ok_or_else(|| {
             problem(
                 vec![Key("heartbeat_interval")],
-                format!("`{}`: expected a duration from 10s to 1d, e.g. 5m", c.heartbeat_interval),
+                format!(
+                    "`{}`: expected a duration from 10s to 1d, e.g. 5m",
+                    c.heartbeat_interval
+                ),
             )
         })?;
     let min_disk_bytes = parse_size(&c.install.min_disk_size)
@@ -324,7 +406,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
         .ok_or_else(|| {
             problem(
                 vec![Key("install"), Key("min_disk_size")],
-                format!("`{}` is not a size; expected e.g. 32GiB", c.install.min_disk_size),
+                format!(
+                    "`{}` is not a size; expected e.g. 32GiB",
+                    c.install.min_disk_size
+                ),
             )
         })?;
 
@@ -354,10 +439,21 @@ mod tests {
     #[test]
     fn smb_urls_parse() {
         let u = SmbUrl::parse("smb://backup@files.acme.lan:1445/finance/2026/q1").unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str(), u.port), ("backup", "files.acme.lan", 1445));
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str(), u.port),
+            ("backup", "files.acme.lan", 1445)
+        );
         assert_eq!((u.share.as_str(), u.path.as_str()), ("finance", "2026/q1"));
         assert_eq!(SmbUrl::parse("smb://u@h/s").unwrap().port, 445);
-        for bad in ["smb://h/s", "smb://u@h", "smb://u:pw@h/s", "http://u@h/s", "smb://u@h:x/s", "smb://u@/s", "smb://u@h/"] {
+        for bad in [
+            "smb://h/s",
+            "smb://u@h",
+            "smb://u:pw@h/s",
+            "http://u@h/s",
+            "smb://u@h:x/s",
+            "smb://u@/s",
+            "smb://u@h/",
+        ] {
             assert!(SmbUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -235,7 +235,10 @@ fn event<C: GenericClient>(c: &mut C, mac: MacAddr, step: &str, detail: &str) ->
 
 fn get_by_id<C: GenericClient>(c: &mut C, id: i64) -> Result<Appliance> {
     let row = c
-        .query_opt(&format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"), &[&id])?
+        .query_opt(
+            &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"),
+            &[&id],
+        )?
         .ok_or_else(|| no_appliance(format!("id {id}")))?;
     appliance_row(&row)
 }
@@ -359,8 +362,7 @@ impl Store for PgStore {
 
     fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
         validate_name("customer", &config.customer)?;
-        let json =
-            serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.with(|c| {
             let row = c.query_one(
                 "INSERT INTO customers (name, config, created_at, updated_at) VALUES ($1, $2, $3, $3)
@@ -453,12 +455,20 @@ impl Store for PgStore {
         })
     }
 
-    fn set_appliance_state(&self, id: i64, state: ApplianceState, reason: Option<&str>) -> Result<Appliance> {
+    fn set_appliance_state(
+        &self,
+        id: i64,
+        state: ApplianceState,
+        reason: Option<&str>,
+    ) -> Result<Appliance> {
         self.with(|c| {
             let mut tx = c.transaction()?;
             let a = get_by_id(&mut tx, id)?;
             if a.revoked_at.is_some() && state != ApplianceState::Retired {
-                return Err(StoreError::Invalid(format!("appliance {} (id {id}) is retired", a.mac)));
+                return Err(StoreError::Invalid(format!(
+                    "appliance {} (id {id}) is retired",
+                    a.mac
+                )));
             }
             tx.execute(
                 "UPDATE appliances SET state = $2, state_reason = $3 WHERE id = $1",
@@ -549,9 +559,12 @@ impl Store for PgStore {
 
     fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>> {
         self.with(|c| {
-            c.query_opt(&format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"), &[&id])?
-                .map(|r| appliance_row(&r))
-                .transpose()
+            c.query_opt(
+                &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| appliance_row(&r))
+            .transpose()
         })
     }
 
@@ -593,10 +606,13 @@ impl Store for PgStore {
 
     fn appliances(&self) -> Result<Vec<Appliance>> {
         self.with(|c| {
-            c.query(&format!("SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"), &[])?
-                .iter()
-                .map(appliance_row)
-                .collect()
+            c.query(
+                &format!("SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"),
+                &[],
+            )?
+            .iter()
+            .map(appliance_row)
+            .collect()
         })
     }
 
@@ -617,8 +633,7 @@ impl Store for PgStore {
     }
 
     fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
-        let json =
-            serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
@@ -699,7 +714,11 @@ impl Store for PgStore {
             tx.execute(
                 "INSERT INTO leases (mac, ip, expires) VALUES ($1, $2, $3)
                  ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires",
-                &[&lease.mac.to_string(), &lease.ip.to_string(), &(lease.expires_unix as i64)],
+                &[
+                    &lease.mac.to_string(),
+                    &lease.ip.to_string(),
+                    &(lease.expires_unix as i64),
+                ],
             )?;
             tx.commit()?;
             Ok(())

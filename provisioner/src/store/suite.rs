@@ -13,15 +13,39 @@ use super::*;
 
 /// Every case, by name, so a failure says which one.
 pub const CASES: &[(&str, fn(&dyn Store))] = &[
-    ("profile_needs_an_existing_image", profile_needs_an_existing_image),
-    ("appliances_are_registered_seen_and_report", appliances_are_registered_seen_and_report),
+    (
+        "profile_needs_an_existing_image",
+        profile_needs_an_existing_image,
+    ),
+    (
+        "appliances_are_registered_seen_and_report",
+        appliances_are_registered_seen_and_report,
+    ),
     ("events_are_kept_in_order", events_are_kept_in_order),
-    ("an_address_is_leased_to_one_mac_at_a_time", an_address_is_leased_to_one_mac_at_a_time),
-    ("customers_are_created_and_updated", customers_are_created_and_updated),
-    ("registration_needs_a_known_customer", registration_needs_a_known_customer),
-    ("pending_machines_wait_for_approval", pending_machines_wait_for_approval),
-    ("states_and_heartbeats_make_history", states_and_heartbeats_make_history),
-    ("replace_hands_over_and_revokes", replace_hands_over_and_revokes),
+    (
+        "an_address_is_leased_to_one_mac_at_a_time",
+        an_address_is_leased_to_one_mac_at_a_time,
+    ),
+    (
+        "customers_are_created_and_updated",
+        customers_are_created_and_updated,
+    ),
+    (
+        "registration_needs_a_known_customer",
+        registration_needs_a_known_customer,
+    ),
+    (
+        "pending_machines_wait_for_approval",
+        pending_machines_wait_for_approval,
+    ),
+    (
+        "states_and_heartbeats_make_history",
+        states_and_heartbeats_make_history,
+    ),
+    (
+        "replace_hands_over_and_revokes",
+        replace_hands_over_and_revokes,
+    ),
     ("retire_revokes", retire_revokes),
 ];
 
@@ -39,7 +63,14 @@ fn image(id: &str) -> ImageRecord {
             version: "1".into(),
             release: String::new(),
             packages: Default::default(),
-            artifacts: [("vmlinuz".to_string(), Artifact { sha256: "00".repeat(32), size: 1 })].into(),
+            artifacts: [(
+                "vmlinuz".to_string(),
+                Artifact {
+                    sha256: "00".repeat(32),
+                    size: 1,
+                },
+            )]
+            .into(),
             cmdline: String::new(),
         },
         imported_at: 1,
@@ -81,7 +112,13 @@ fn appliances_are_registered_seen_and_report(s: &dyn Store) {
     assert!(!a.registered);
     assert_eq!(a.state, ApplianceState::Pending);
     let a = s
-        .register_appliance(m, &Registration { serial: Some("SN1"), ..Default::default() })
+        .register_appliance(
+            m,
+            &Registration {
+                serial: Some("SN1"),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(a.registered);
     assert_eq!(a.serial.as_deref(), Some("SN1"));
@@ -96,7 +133,13 @@ fn appliances_are_registered_seen_and_report(s: &dyn Store) {
     assert_eq!(a.last_report, Some(report));
     assert_eq!(a.image_version(), Some("2026.11"));
     assert_eq!(s.appliance_by_id(a.id).unwrap().unwrap().mac, m);
-    assert_eq!(s.find_appliance(ApplianceRef::Id(a.id)).unwrap().unwrap().mac, m);
+    assert_eq!(
+        s.find_appliance(ApplianceRef::Id(a.id))
+            .unwrap()
+            .unwrap()
+            .mac,
+        m
+    );
     s.set_appliance_profile(m, Some("x")).unwrap();
     assert!(s.set_appliance_profile(mac(99), None).is_err());
     s.remove_appliance(m).unwrap();
@@ -116,8 +159,18 @@ fn events_are_kept_in_order(s: &dyn Store) {
 
 fn an_address_is_leased_to_one_mac_at_a_time(s: &dyn Store) {
     let ip = Ipv4Addr::new(10, 0, 0, 5);
-    s.save_lease(&Lease { mac: mac(10), ip, expires_unix: 10 }).unwrap();
-    s.save_lease(&Lease { mac: mac(11), ip, expires_unix: 20 }).unwrap();
+    s.save_lease(&Lease {
+        mac: mac(10),
+        ip,
+        expires_unix: 10,
+    })
+    .unwrap();
+    s.save_lease(&Lease {
+        mac: mac(11),
+        ip,
+        expires_unix: 20,
+    })
+    .unwrap();
     let leases = s.leases().unwrap();
     assert_eq!(leases.len(), 1);
     assert_eq!(leases[0].mac, mac(11));
@@ -137,16 +190,38 @@ fn customers_are_created_and_updated(s: &dyn Store) {
 }
 
 fn registration_needs_a_known_customer(s: &dyn Store) {
-    let reg = Registration { customer: Some("nobody"), ..Default::default() };
+    let reg = Registration {
+        customer: Some("nobody"),
+        ..Default::default()
+    };
     let err = s.register_appliance(mac(20), &reg).unwrap_err().to_string();
     assert!(err.contains("customer `nobody` does not exist"), "{err}");
-    assert!(s.appliance(mac(20)).unwrap().is_none(), "a refused registration leaves nothing");
+    assert!(
+        s.appliance(mac(20)).unwrap().is_none(),
+        "a refused registration leaves nothing"
+    );
     s.put_customer(&customer("acme", "5m")).unwrap();
-    let a = s.register_appliance(mac(20), &Registration { customer: Some("acme"), ..reg }).unwrap();
+    let a = s
+        .register_appliance(
+            mac(20),
+            &Registration {
+                customer: Some("acme"),
+                ..reg
+            },
+        )
+        .unwrap();
     assert!(a.approved());
     assert_eq!(a.customer.as_deref(), Some("acme"));
     // Registering again without a customer keeps it.
-    let a = s.register_appliance(mac(20), &Registration { serial: Some("S"), ..Default::default() }).unwrap();
+    let a = s
+        .register_appliance(
+            mac(20),
+            &Registration {
+                serial: Some("S"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(a.customer.as_deref(), Some("acme"));
 }
 
@@ -158,27 +233,74 @@ fn pending_machines_wait_for_approval(s: &dyn Store) {
     assert!(s.approve_appliance(mac(30), "nobody").is_err());
     let a = s.approve_appliance(mac(30), "acme").unwrap();
     assert!(a.approved());
-    let steps: Vec<_> = s.events(mac(30), 10).unwrap().into_iter().map(|e| e.step).collect();
+    let steps: Vec<_> = s
+        .events(mac(30), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.step)
+        .collect();
     assert!(steps.contains(&"approved".to_string()), "{steps:?}");
 }
 
 fn states_and_heartbeats_make_history(s: &dyn Store) {
     s.put_customer(&customer("acme", "1m")).unwrap();
-    let a = s.register_appliance(mac(40), &Registration { customer: Some("acme"), ..Default::default() }).unwrap();
-    s.set_appliance_state(a.id, ApplianceState::Enrolled, None).unwrap();
-    let f = s.set_appliance_state(a.id, ApplianceState::Failed, Some("no disk of at least 16GiB")).unwrap();
+    let a = s
+        .register_appliance(
+            mac(40),
+            &Registration {
+                customer: Some("acme"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    s.set_appliance_state(a.id, ApplianceState::Enrolled, None)
+        .unwrap();
+    let f = s
+        .set_appliance_state(
+            a.id,
+            ApplianceState::Failed,
+            Some("no disk of at least 16GiB"),
+        )
+        .unwrap();
     assert_eq!(f.state, ApplianceState::Failed);
     assert_eq!(f.state_reason.as_deref(), Some("no disk of at least 16GiB"));
     assert!(!f.online(60, now()));
-    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v1"), slot: Some("a") }).unwrap();
-    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v1"), slot: Some("a") }).unwrap();
-    s.record_heartbeat(a.id, &Heartbeat { image_version: Some("v2"), slot: Some("b") }).unwrap();
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v1"),
+            slot: Some("a"),
+        },
+    )
+    .unwrap();
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v1"),
+            slot: Some("a"),
+        },
+    )
+    .unwrap();
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v2"),
+            slot: Some("b"),
+        },
+    )
+    .unwrap();
     let a = s.appliance_by_id(a.id).unwrap().unwrap();
-    assert_eq!((a.image_version.as_deref(), a.slot.as_deref()), (Some("v2"), Some("b")));
+    assert_eq!(
+        (a.image_version.as_deref(), a.slot.as_deref()),
+        (Some("v2"), Some("b"))
+    );
     assert!(a.online(60, now()));
     assert!(!a.online(60, now() + 181));
     let ev = s.events(mac(40), 50).unwrap();
-    let details: Vec<_> = ev.iter().map(|e| format!("{} {}", e.step, e.detail)).collect();
+    let details: Vec<_> = ev
+        .iter()
+        .map(|e| format!("{} {}", e.step, e.detail))
+        .collect();
     assert_eq!(
         details,
         [
@@ -189,20 +311,43 @@ fn states_and_heartbeats_make_history(s: &dyn Store) {
             "heartbeat image v2 on slot b",
         ]
     );
-    assert!(s.set_appliance_state(9999, ApplianceState::Enrolled, None).is_err());
+    assert!(s
+        .set_appliance_state(9999, ApplianceState::Enrolled, None)
+        .is_err());
 }
 
 fn replace_hands_over_and_revokes(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).unwrap();
     s.put_customer(&customer("beta", "5m")).unwrap();
     let orphan = s.appliance_seen(mac(49)).unwrap();
-    assert!(s.replace_appliance(orphan.id, mac(48)).is_err(), "no customer to hand over");
+    assert!(
+        s.replace_appliance(orphan.id, mac(48)).is_err(),
+        "no customer to hand over"
+    );
     let old = s
-        .register_appliance(mac(50), &Registration { customer: Some("acme"), profile: Some("p"), ..Default::default() })
+        .register_appliance(
+            mac(50),
+            &Registration {
+                customer: Some("acme"),
+                profile: Some("p"),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(s.replace_appliance(old.id, mac(50)).is_err(), "itself");
-    let other = s.register_appliance(mac(52), &Registration { customer: Some("beta"), ..Default::default() }).unwrap();
-    assert!(s.replace_appliance(old.id, other.mac).is_err(), "serves another customer");
+    let other = s
+        .register_appliance(
+            mac(52),
+            &Registration {
+                customer: Some("beta"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(
+        s.replace_appliance(old.id, other.mac).is_err(),
+        "serves another customer"
+    );
     let new = s.replace_appliance(old.id, mac(51)).unwrap();
     assert_eq!(new.customer.as_deref(), Some("acme"));
     assert_eq!(new.profile.as_deref(), Some("p"));
@@ -213,21 +358,41 @@ fn replace_hands_over_and_revokes(s: &dyn Store) {
     assert_eq!(old.state, ApplianceState::Retired);
     assert_eq!(old.replaced_by, Some(new.id));
     assert!(!old.approved());
-    assert!(s.replace_appliance(old.id, mac(53)).is_err(), "already replaced");
-    assert!(s.register_appliance(old.mac, &Registration::default()).is_err(), "retired MAC");
+    assert!(
+        s.replace_appliance(old.id, mac(53)).is_err(),
+        "already replaced"
+    );
+    assert!(
+        s.register_appliance(old.mac, &Registration::default())
+            .is_err(),
+        "retired MAC"
+    );
 }
 
 fn retire_revokes(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).unwrap();
-    let a = s.register_appliance(mac(60), &Registration { customer: Some("acme"), ..Default::default() }).unwrap();
+    let a = s
+        .register_appliance(
+            mac(60),
+            &Registration {
+                customer: Some("acme"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let r = s.retire_appliance(a.id, "stolen").unwrap();
     assert_eq!(r.state, ApplianceState::Retired);
     assert!(r.revoked_at.is_some());
     assert!(s.retire_appliance(a.id, "again").is_err());
-    assert!(s.set_appliance_state(a.id, ApplianceState::Enrolled, None).is_err());
+    assert!(s
+        .set_appliance_state(a.id, ApplianceState::Enrolled, None)
+        .is_err());
     assert!(s.approve_appliance(a.mac, "acme").is_err());
     let last = s.events(a.mac, 1).unwrap().remove(0);
-    assert_eq!((last.step.as_str(), last.detail.as_str()), ("retired", "stolen"));
+    assert_eq!(
+        (last.step.as_str(), last.detail.as_str()),
+        ("retired", "stolen")
+    );
 }
 
 #[cfg(test)]
@@ -257,7 +422,10 @@ mod tests {
         }
         // Reconnecting does not run the migrations again.
         let url = pg.create_db("reopen");
-        PgStore::connect(&url).unwrap().put_image(&image("x-1")).unwrap();
+        PgStore::connect(&url)
+            .unwrap()
+            .put_image(&image("x-1"))
+            .unwrap();
         assert_eq!(PgStore::connect(&url).unwrap().images().unwrap().len(), 1);
     }
 
@@ -276,19 +444,36 @@ mod tests {
             let bin = pg_bindir().unwrap_or_else(|| {
                 panic!("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql` (dev/setup does)")
             });
-            let dir = tempfile::Builder::new().prefix("levee-pg").tempdir().unwrap();
+            let dir = tempfile::Builder::new()
+                .prefix("levee-pg")
+                .tempdir()
+                .unwrap();
             std::fs::create_dir(dir.path().join("sock")).unwrap();
             if is_root() {
                 // initdb refuses to run as root; the server runs as `postgres`.
-                run(Command::new("chown").args(["-R", "postgres:"]).arg(dir.path()));
+                run(Command::new("chown")
+                    .args(["-R", "postgres:"])
+                    .arg(dir.path()));
             }
             let server = PgServer { dir, bin };
-            server.run_pg(&["initdb", "-D", "data", "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+            server.run_pg(&[
+                "initdb",
+                "-D",
+                "data",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
             let opts = format!(
                 "-k {} -p {PORT} -c listen_addresses='' -c fsync=off",
                 server.sock().display()
             );
-            server.run_pg(&["pg_ctl", "-D", "data", "-l", "log", "-w", "-t", "60", "-o", &opts, "start"]);
+            server.run_pg(&[
+                "pg_ctl", "-D", "data", "-l", "log", "-w", "-t", "60", "-o", &opts, "start",
+            ]);
             server
         }
 
@@ -297,12 +482,18 @@ mod tests {
         }
 
         fn url(&self, db: &str) -> String {
-            format!("host={} port={PORT} user=postgres dbname={db}", self.sock().display())
+            format!(
+                "host={} port={PORT} user=postgres dbname={db}",
+                self.sock().display()
+            )
         }
 
         fn create_db(&self, db: &str) -> String {
-            let mut admin = ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).unwrap();
-            admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+            let mut admin =
+                ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).unwrap();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .unwrap();
             self.url(db)
         }
 
@@ -344,7 +535,9 @@ mod tests {
     }
 
     fn run(cmd: &mut Command) {
-        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         assert!(
             out.status.success(),
             "{cmd:?} failed: {}\n{}",
