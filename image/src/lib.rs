@@ -131,10 +131,13 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
         let names: Vec<&str> = manifest.packages.iter().map(|p| p.name.as_str()).collect();
         util::sha256_hex(format!("{BUILDER_FORMAT}\n{}\n{sources}\n{}\n{}", manifest.release, names.join(","), lock.to_text()).as_bytes())
     };
-    let cached = existing.as_ref().map(|l| cache.join("base").join(base_key(l))).filter(|d| d.join("complete").exists());
+    let cached = existing.as_ref().and_then(|l| {
+        let dir = cache.join("base").join(base_key(l));
+        dir.join("complete").exists().then(|| (l.clone(), dir))
+    });
     let base_cached = cached.is_some();
     let (lock, base) = match cached {
-        Some(dir) => (existing.clone().ok_or_else(|| ImageError::Lock { path: lock_path.clone(), message: "vanished".into() })?, dir),
+        Some(found) => found,
         None => {
             let step = progress.step(if existing.is_some() { "bootstrapping Debian from the lock" } else { "bootstrapping Debian (resolving a new lock)" });
             let scratch = util::Scratch::new(cache.join("base").join(format!("tmp-{}-{}", std::process::id(), epoch)))?;

@@ -155,7 +155,7 @@ fn items(
     Ok(out)
 }
 
-/// Debian package names (policy 5.6.1); `dash_ok` also admits `+` and `.`.
+/// Lower-case names; with `debian` also `+` and `.` (Debian policy 5.6.1).
 fn is_name(s: &str, debian: bool) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())

@@ -175,16 +175,6 @@ pub(crate) fn date_of(epoch: u64) -> String {
     format!("{y:04}.{m:02}.{d:02}")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates() {
-        assert_eq!(super::date_of(0), "1970.01.01");
-        assert_eq!(super::date_of(1_767_225_600), "2026.01.01");
-        assert_eq!(super::date_of(1_709_164_800), "2024.02.29");
-    }
-}
-
 /// Removes a scratch directory when dropped, unless [`Scratch::keep`] was
 /// called: failed builds leave nothing half-made in the cache.
 pub(crate) struct Scratch {
@@ -213,5 +203,15 @@ impl Drop for Scratch {
         if !self.keep {
             let _ = remove_any(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::date_of(0), "1970.01.01");
+        assert_eq!(super::date_of(1_767_225_600), "2026.01.01");
+        assert_eq!(super::date_of(1_709_164_800), "2024.02.29");
     }
 }
