@@ -11,6 +11,8 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod suite;
+#[doc(hidden)]
+pub mod testing;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

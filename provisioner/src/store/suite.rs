@@ -397,10 +397,8 @@ fn retire_revokes(s: &dyn Store) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
-
     use super::*;
+    use crate::store::testing::PgServer;
 
     #[test]
     fn suite_on_sqlite() {
@@ -420,6 +418,29 @@ mod tests {
             let s = PgStore::connect(&pg.create_db(&format!("case_{i}"))).unwrap();
             case(&s);
         }
+        // The sync client works from every place `levee serve` calls it:
+        // async tasks and spawn_blocking on the multi-thread runtime, and
+        // a current-thread runtime (tests).
+        let s = std::sync::Arc::new(PgStore::connect(&pg.create_db("async")).unwrap());
+        let multi = tokio::runtime::Runtime::new().unwrap();
+        let s2 = s.clone();
+        multi.block_on(async move {
+            s2.appliance_seen(mac(1)).unwrap();
+            let s3 = s2.clone();
+            tokio::task::spawn_blocking(move || s3.appliance_seen(mac(2)).unwrap())
+                .await
+                .unwrap();
+            let s4 = s2.clone();
+            tokio::spawn(async move { s4.appliance_seen(mac(3)).unwrap() })
+                .await
+                .unwrap();
+        });
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        single.block_on(async { s.appliance_seen(mac(4)).unwrap() });
+        assert_eq!(s.appliances().unwrap().len(), 4);
+
         // Reconnecting does not run the migrations again.
         let url = pg.create_db("reopen");
         PgStore::connect(&url)
@@ -427,137 +448,5 @@ mod tests {
             .put_image(&image("x-1"))
             .unwrap();
         assert_eq!(PgStore::connect(&url).unwrap().images().unwrap().len(), 1);
-    }
-
-    /// A throwaway PostgreSQL server on a unix socket in a temp dir, stopped
-    /// on drop. Missing binaries fail the test: a skipped store test proves
-    /// nothing.
-    struct PgServer {
-        dir: tempfile::TempDir,
-        bin: PathBuf,
-    }
-
-    const PORT: u16 = 5433;
-
-    impl PgServer {
-        fn start() -> PgServer {
-            let bin = pg_bindir().unwrap_or_else(|| {
-                panic!("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql` (dev/setup does)")
-            });
-            let dir = tempfile::Builder::new()
-                .prefix("levee-pg")
-                .tempdir()
-                .unwrap();
-            std::fs::create_dir(dir.path().join("sock")).unwrap();
-            if is_root() {
-                // initdb refuses to run as root; the server runs as `postgres`.
-                run(Command::new("chown")
-                    .args(["-R", "postgres:"])
-                    .arg(dir.path()));
-            }
-            let server = PgServer { dir, bin };
-            server.run_pg(&[
-                "initdb",
-                "-D",
-                "data",
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]);
-            let opts = format!(
-                "-k {} -p {PORT} -c listen_addresses='' -c fsync=off",
-                server.sock().display()
-            );
-            server.run_pg(&[
-                "pg_ctl", "-D", "data", "-l", "log", "-w", "-t", "60", "-o", &opts, "start",
-            ]);
-            server
-        }
-
-        fn sock(&self) -> PathBuf {
-            self.dir.path().join("sock")
-        }
-
-        fn url(&self, db: &str) -> String {
-            format!(
-                "host={} port={PORT} user=postgres dbname={db}",
-                self.sock().display()
-            )
-        }
-
-        fn create_db(&self, db: &str) -> String {
-            let mut admin =
-                ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).unwrap();
-            admin
-                .batch_execute(&format!("CREATE DATABASE {db}"))
-                .unwrap();
-            self.url(db)
-        }
-
-        /// Runs a PostgreSQL program in the server's directory, as `postgres` when root.
-        fn run_pg(&self, args: &[&str]) {
-            let prog = self.bin.join(args[0]);
-            let mut cmd = if is_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&prog);
-                c
-            } else {
-                Command::new(&prog)
-            };
-            cmd.args(&args[1..]).current_dir(self.dir.path());
-            run(&mut cmd);
-        }
-    }
-
-    impl Drop for PgServer {
-        fn drop(&mut self) {
-            let prog = self.bin.join("pg_ctl");
-            let mut cmd = if is_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&prog);
-                c
-            } else {
-                Command::new(&prog)
-            };
-            let _ = cmd
-                .args(["-D", "data", "-m", "immediate", "-w", "stop"])
-                .current_dir(self.dir.path())
-                .output();
-        }
-    }
-
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
-    fn run(cmd: &mut Command) {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The newest /usr/lib/postgresql/N/bin with initdb in it (Debian's layout).
-    fn pg_bindir() -> Option<PathBuf> {
-        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .flatten()
-            .filter_map(|e| {
-                let v: u32 = e.file_name().to_str()?.parse().ok()?;
-                let bin = e.path().join("bin");
-                Path::new(&bin.join("initdb")).exists().then_some((v, bin))
-            })
-            .collect();
-        found.sort();
-        found.pop().map(|(_, b)| b)
     }
 }
