@@ -245,8 +245,8 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     let s = s.trim().strip_suffix("/s")?;
     for (unit, bits) in [
         ("kbit", 1000_u64),
-        ("Mbit", 1000_000),
-        ("Gbit", 1000_000_000),
+        ("Mbit", 1_000_000),
+        ("Gbit", 1_000_000_000),
     ] {
         if let Some(num) = s.strip_suffix(unit) {
             let n: u64 = num.trim().parse().ok()?;

@@ -83,7 +83,7 @@ const EVENTS_KEPT: i64 = 500;
 
 /// Advisory lock key held while migrating, so two `levee` processes
 /// starting at once do not both run a migration.
-const MIGRATION_LOCK: i64 = 0x6c65_7665_65;
+const MIGRATION_LOCK: i64 = 0x006c_6576_6565;
 
 pub struct PgStore {
     client: Mutex<Client>,

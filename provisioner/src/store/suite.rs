@@ -11,8 +11,11 @@ use levee_pxe::dhcp::Lease;
 
 use super::*;
 
+/// A named case of the suite.
+pub type Case = (&'static str, fn(&dyn Store));
+
 /// Every case, by name, so a failure says which one.
-pub const CASES: &[(&str, fn(&dyn Store))] = &[
+pub const CASES: &[Case] = &[
     (
         "profile_needs_an_existing_image",
         profile_needs_an_existing_image,
