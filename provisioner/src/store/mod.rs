@@ -1,11 +1,16 @@
-//! Central state: images, boot profiles, appliances, their boot history,
-//! reports and DHCP leases.
+//! Central state: images, boot profiles, customers, appliances (their
+//! lifecycle, boot history and reports) and DHCP leases.
 //!
-//! Everything goes through the [`Store`] trait so that the SQLite store
-//! (embedded, the default, in `--data-dir`) and a PostgreSQL store can sit
-//! behind the same server and CLI code. The operator CLI opens the same store
-//! as `levee serve` and acts on it directly; the SQLite implementation uses
-//! WAL mode and a busy timeout so both can do so at once.
+//! Everything goes through the [`Store`] trait: [`SqliteStore`] (embedded,
+//! the default, `DATA_DIR/levee.sqlite`) and [`PgStore`] (`--database
+//! postgres://...`) sit behind the same server and CLI code, each with its
+//! own append-only migrations, and one test suite (`suite.rs`) runs against
+//! both. The operator CLI opens the same store as `levee serve` and acts on
+//! it directly; SQLite uses WAL mode and a busy timeout so both can do so at
+//! once, PostgreSQL transactions do the same across machines.
+//!
+//! Customer configurations are stored with their secrets sealed (see
+//! [`crate::secrets`]); the store never sees a secret in clear.
 
 mod postgres;
 mod sqlite;

@@ -444,6 +444,14 @@ impl Store for PgStore {
             if a.revoked_at.is_some() {
                 return Err(StoreError::Invalid(format!("appliance {mac} (id {}) is retired", a.id)));
             }
+            if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
+                // Moving a box between customers would hand it another customer's
+                // configuration: that takes a retire (or replace) first.
+                return Err(StoreError::Invalid(format!(
+                    "appliance {mac} (id {}) already serves customer {other}: retire it first",
+                    a.id
+                )));
+            }
             tx.execute(
                 "UPDATE appliances SET registered = TRUE, customer = $2 WHERE id = $1",
                 &[&a.id, &customer],

@@ -236,6 +236,10 @@ fn pending_machines_wait_for_approval(s: &dyn Store) {
     assert!(s.approve_appliance(mac(30), "nobody").is_err());
     let a = s.approve_appliance(mac(30), "acme").unwrap();
     assert!(a.approved());
+    s.put_customer(&customer("beta", "5m")).unwrap();
+    let err = s.approve_appliance(mac(30), "beta").unwrap_err().to_string();
+    assert!(err.contains("already serves customer acme"), "{err}");
+    s.approve_appliance(mac(30), "acme").unwrap();
     let steps: Vec<_> = s
         .events(mac(30), 10)
         .unwrap()
