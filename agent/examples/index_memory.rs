@@ -8,12 +8,19 @@ use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, PackId};
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 fn main() {
-    let millions: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let millions: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let n = millions * 1_000_000;
     let before = rss_bytes();
     let mut index = MasterIndex::new();
@@ -30,7 +37,14 @@ fn main() {
                 x ^= x << 17;
                 c.copy_from_slice(&x.to_le_bytes());
             }
-            blobs.push(BlobEntry { kind: BlobKind::Data, compression: Compression::Zstd, id: BlobId(id), offset: i * 1_000_000, length: 1_000_000, raw_length: 1_048_576 });
+            blobs.push(BlobEntry {
+                kind: BlobKind::Data,
+                compression: Compression::Zstd,
+                id: BlobId(id),
+                offset: i * 1_000_000,
+                length: 1_000_000,
+                raw_length: 1_048_576,
+            });
         }
         let mut pid = [0u8; 32];
         pid[..8].copy_from_slice(&(p as u64).to_le_bytes());

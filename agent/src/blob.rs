@@ -31,7 +31,13 @@ pub fn compressor() -> Option<zstd::bulk::Compressor<'static>> {
     zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()
 }
 
-pub fn encode(key: &MasterKey, kind: BlobKind, id: BlobId, raw: &[u8], z: Option<&mut zstd::bulk::Compressor<'static>>) -> EncodedBlob {
+pub fn encode(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: BlobId,
+    raw: &[u8],
+    z: Option<&mut zstd::bulk::Compressor<'static>>,
+) -> EncodedBlob {
     let compressed = match z {
         Some(z) => z.compress(raw).ok(),
         None => zstd::bulk::compress(raw, ZSTD_LEVEL).ok(),
@@ -41,11 +47,22 @@ pub fn encode(key: &MasterKey, kind: BlobKind, id: BlobId, raw: &[u8], z: Option
         Some(c) => (Compression::Zstd, key.encrypt(&c)),
         None => (Compression::None, key.encrypt(raw)),
     };
-    EncodedBlob { kind, compression, id, raw_length: raw.len() as u32, data }
+    EncodedBlob {
+        kind,
+        compression,
+        id,
+        raw_length: raw.len() as u32,
+        data,
+    }
 }
 
 /// Decrypts, decompresses and verifies a stored blob.
-pub fn decode(key: &MasterKey, id: BlobId, compression: Compression, stored: &[u8]) -> Result<Vec<u8>, BlobError> {
+pub fn decode(
+    key: &MasterKey,
+    id: BlobId,
+    compression: Compression,
+    stored: &[u8],
+) -> Result<Vec<u8>, BlobError> {
     let plain = key.decrypt(stored).map_err(|_| BlobError::Decrypt(id))?;
     let raw = match compression {
         Compression::None => plain,

@@ -33,7 +33,16 @@ impl Chunker {
     pub fn with_sizes(seed: u64, min: usize, avg: usize, max: usize) -> Self {
         let bits = avg.next_power_of_two().trailing_zeros() as usize;
         let (gear, _) = get_gear_with_seed(seed);
-        Self { gear, mask_s: MASKS[bits + 1], mask_l: MASKS[bits - 1], min, avg, max, pos: 0, hash: 0 }
+        Self {
+            gear,
+            mask_s: MASKS[bits + 1],
+            mask_l: MASKS[bits - 1],
+            min,
+            avg,
+            max,
+            pos: 0,
+            hash: 0,
+        }
     }
 
     /// Scans `data`, the continuation of the current chunk. Returns
@@ -54,7 +63,11 @@ impl Chunker {
             hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
             self.pos += 1;
             i += 1;
-            let mask = if self.pos < self.avg { self.mask_s } else { self.mask_l };
+            let mask = if self.pos < self.avg {
+                self.mask_s
+            } else {
+                self.mask_l
+            };
             if hash & mask == 0 || self.pos >= self.max {
                 self.pos = 0;
                 self.hash = 0;

@@ -56,7 +56,10 @@ impl MasterIndex {
         if let Some(n) = self.pack_new.get(id) {
             return Some(*n);
         }
-        self.pack_order.binary_search_by(|n| self.packs[*n as usize].cmp(id)).ok().map(|i| self.pack_order[i])
+        self.pack_order
+            .binary_search_by(|n| self.packs[*n as usize].cmp(id))
+            .ok()
+            .map(|i| self.pack_order[i])
     }
 
     fn pack_no(&mut self, id: PackId) -> u32 {
@@ -79,7 +82,12 @@ impl MasterIndex {
             if b.kind == BlobKind::Tree {
                 f |= TREE_BIT;
             }
-            self.entries.push(Entry { id: b.id.0, pack: p, offset: b.offset, len_flags: f });
+            self.entries.push(Entry {
+                id: b.id.0,
+                pack: p,
+                offset: b.offset,
+                len_flags: f,
+            });
         }
         self.sorted = false;
     }
@@ -92,7 +100,7 @@ impl MasterIndex {
 
     /// Sorts for lookups; duplicates (a blob in two packs) keep one entry.
     pub fn finish(&mut self) {
-        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.entries.sort_unstable_by_key(|e| e.id);
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
         let mut order: Vec<u32> = (0..self.packs.len() as u32).collect();
@@ -105,7 +113,10 @@ impl MasterIndex {
 
     fn find(&self, id: &BlobId) -> Option<&Entry> {
         debug_assert!(self.sorted);
-        self.entries.binary_search_by(|e| e.id.cmp(&id.0)).ok().map(|i| &self.entries[i])
+        self.entries
+            .binary_search_by(|e| e.id.cmp(&id.0))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
     pub fn contains(&self, id: &BlobId) -> bool {
@@ -117,8 +128,16 @@ impl MasterIndex {
             pack: self.packs[e.pack as usize],
             offset: e.offset,
             length: e.len_flags & LEN_MASK,
-            compression: if e.len_flags & ZSTD_BIT != 0 { Compression::Zstd } else { Compression::None },
-            kind: if e.len_flags & TREE_BIT != 0 { BlobKind::Tree } else { BlobKind::Data },
+            compression: if e.len_flags & ZSTD_BIT != 0 {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
+            kind: if e.len_flags & TREE_BIT != 0 {
+                BlobKind::Tree
+            } else {
+                BlobKind::Data
+            },
         })
     }
 
@@ -156,17 +175,30 @@ mod tests {
     #[test]
     fn lookup() {
         let mut m = MasterIndex::new();
-        let e = |i: u8| BlobEntry { kind: BlobKind::Tree, compression: Compression::Zstd, id: BlobId([i; 32]), offset: i as u32, length: 10, raw_length: 20 };
+        let e = |i: u8| BlobEntry {
+            kind: BlobKind::Tree,
+            compression: Compression::Zstd,
+            id: BlobId([i; 32]),
+            offset: i as u32,
+            length: 10,
+            raw_length: 20,
+        };
         m.add_pack(PackId([9; 32]), &[e(3), e(1), e(2)]);
         m.finish();
         let l = m.get(&BlobId([2; 32])).unwrap();
-        assert_eq!((l.pack, l.offset, l.length, l.compression, l.kind), (PackId([9; 32]), 2, 10, Compression::Zstd, BlobKind::Tree));
+        assert_eq!(
+            (l.pack, l.offset, l.length, l.compression, l.kind),
+            (PackId([9; 32]), 2, 10, Compression::Zstd, BlobKind::Tree)
+        );
         assert!(!m.contains(&BlobId([4; 32])));
         assert!(m.has_pack(&PackId([9; 32])) && !m.has_pack(&PackId([8; 32])));
         m.add_pack(PackId([8; 32]), &[e(4)]);
         m.add_pack(PackId([9; 32]), &[e(5)]);
         m.finish();
         assert_eq!(m.packs().len(), 2);
-        assert_eq!(m.get(&BlobId([5; 32])).map(|l| l.pack), Some(PackId([9; 32])));
+        assert_eq!(
+            m.get(&BlobId([5; 32])).map(|l| l.pack),
+            Some(PackId([9; 32]))
+        );
     }
 }

@@ -45,7 +45,9 @@ pub struct Lock {
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn proc_start(pid: u32) -> Option<u64> {
@@ -69,15 +71,32 @@ impl Lock {
     pub fn acquire(be: Arc<LocalBackend>, kind: &str) -> Result<Self, BackendError> {
         let pid = std::process::id();
         let now = now_ns();
-        let info = LockInfo { kind: kind.into(), hostname: hostname(), pid, pid_start: proc_start(pid).unwrap_or(0), start_ns: now, heartbeat_ns: now };
+        let info = LockInfo {
+            kind: kind.into(),
+            hostname: hostname(),
+            pid,
+            pid_start: proc_start(pid).unwrap_or(0),
+            start_ns: now,
+            heartbeat_ns: now,
+        };
         let mut r = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut r);
         let name = hex::encode(r);
-        be.write(FileKind::Lock, &name, &serde_json::to_vec(&info).unwrap_or_default())?;
+        be.write(
+            FileKind::Lock,
+            &name,
+            &serde_json::to_vec(&info).unwrap_or_default(),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let last_ok = Arc::new(AtomicI64::new(now));
         let thread = {
-            let (be, name, mut info, stop, last_ok) = (be.clone(), name.clone(), info.clone(), stop.clone(), last_ok.clone());
+            let (be, name, mut info, stop, last_ok) = (
+                be.clone(),
+                name.clone(),
+                info.clone(),
+                stop.clone(),
+                last_ok.clone(),
+            );
             std::thread::spawn(move || {
                 let mut since = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
@@ -90,18 +109,34 @@ impl Lock {
                     info.heartbeat_ns = now_ns();
                     // Only a lock file that still exists is refreshed: if a
                     // prune removed it, this run has been fenced out.
-                    if be.size(FileKind::Lock, &name).is_ok() && be.write(FileKind::Lock, &name, &serde_json::to_vec(&info).unwrap_or_default()).is_ok() {
+                    if be.size(FileKind::Lock, &name).is_ok()
+                        && be
+                            .write(
+                                FileKind::Lock,
+                                &name,
+                                &serde_json::to_vec(&info).unwrap_or_default(),
+                            )
+                            .is_ok()
+                    {
                         last_ok.store(info.heartbeat_ns, Ordering::Relaxed);
                     }
                 }
             })
         };
-        Ok(Self { be, name, info, stop, last_ok, thread: Some(thread) })
+        Ok(Self {
+            be,
+            name,
+            info,
+            stop,
+            last_ok,
+            thread: Some(thread),
+        })
     }
 
     /// True if this lock still protects its holder (see [`FENCE_NS`]).
     pub fn still_valid(&self) -> bool {
-        now_ns() - self.last_ok.load(Ordering::Relaxed) < FENCE_NS && self.be.size(FileKind::Lock, &self.name).is_ok()
+        now_ns() - self.last_ok.load(Ordering::Relaxed) < FENCE_NS
+            && self.be.size(FileKind::Lock, &self.name).is_ok()
     }
 
     pub fn name(&self) -> &str {

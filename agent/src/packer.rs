@@ -3,7 +3,6 @@
 //! durably before any index names it, and an index file before any snapshot
 //! can reference its blobs (the backup writes the snapshot last).
 
-
 use levee_proto::repo::crypto::file_id;
 use levee_proto::repo::pack::trailer;
 use levee_proto::repo::{BlobEntry, IndexFile, IndexPack, PackHeader};
@@ -39,11 +38,26 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(be: CryptBackend<LocalBackend>, keep_written: bool) -> Self {
-        Self { be, buf: Vec::with_capacity(PACK_TARGET + 1024 * 1024), entries: Vec::new(), done: Vec::new(), stats: PackerStats::default(), written: Vec::new(), keep_written }
+        Self {
+            be,
+            buf: Vec::with_capacity(PACK_TARGET + 1024 * 1024),
+            entries: Vec::new(),
+            done: Vec::new(),
+            stats: PackerStats::default(),
+            written: Vec::new(),
+            keep_written,
+        }
     }
 
     pub fn add(&mut self, b: EncodedBlob) -> Result<(), CryptError> {
-        self.entries.push(BlobEntry { kind: b.kind, compression: b.compression, id: b.id, offset: self.buf.len() as u32, length: b.data.len() as u32, raw_length: b.raw_length });
+        self.entries.push(BlobEntry {
+            kind: b.kind,
+            compression: b.compression,
+            id: b.id,
+            offset: self.buf.len() as u32,
+            length: b.data.len() as u32,
+            raw_length: b.raw_length,
+        });
         self.buf.extend_from_slice(&b.data);
         self.stats.blobs += 1;
         if self.buf.len() >= PACK_TARGET {
@@ -57,11 +71,18 @@ impl Packer {
             return Ok(());
         }
         let blobs = std::mem::take(&mut self.entries);
-        let header = self.be.key().encrypt(&PackHeader { blobs: blobs.clone() }.to_bytes());
+        let header = self.be.key().encrypt(
+            &PackHeader {
+                blobs: blobs.clone(),
+            }
+            .to_bytes(),
+        );
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(&trailer(header.len() as u32));
         let id = file_id(&self.buf);
-        self.be.write(FileKind::Pack, &id.to_hex(), &self.buf).map_err(CryptError::from)?;
+        self.be
+            .write(FileKind::Pack, &id.to_hex(), &self.buf)
+            .map_err(CryptError::from)?;
         self.stats.packs += 1;
         self.stats.stored_bytes += self.buf.len() as u64;
         self.buf.clear();
@@ -80,7 +101,9 @@ impl Packer {
         if self.done.is_empty() {
             return Ok(());
         }
-        let f = IndexFile { packs: std::mem::take(&mut self.done) };
+        let f = IndexFile {
+            packs: std::mem::take(&mut self.done),
+        };
         self.be.save(FileKind::Index, &f.to_bytes())?;
         self.stats.index_files += 1;
         Ok(())

@@ -42,6 +42,9 @@ impl Counters {
         }
     }
     pub fn errors(&self) -> Vec<String> {
-        self.error_messages.lock().map(|g| g.clone()).unwrap_or_default()
+        self.error_messages
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use levee_proto::repo::pack::parse_trailer;
-use levee_proto::repo::{BlobId, IndexFile, KdfParams, KeySlot, KeySlotError, MasterKey, PackHeader, PackId, Snapshot, Tree};
+use levee_proto::repo::{
+    BlobId, IndexFile, KdfParams, KeySlot, KeySlotError, MasterKey, PackHeader, PackId, Snapshot,
+    Tree,
+};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +76,13 @@ pub struct Repository {
 
 impl Repository {
     /// Creates a repository with one password key slot.
-    pub fn init(path: &Path, password: &[u8], kdf: KdfParams, kind: &str, label: &str) -> Result<Self, RepoError> {
+    pub fn init(
+        path: &Path,
+        password: &[u8],
+        kdf: KdfParams,
+        kind: &str,
+        label: &str,
+    ) -> Result<Self, RepoError> {
         let local = LocalBackend::new(path);
         if local.size(FileKind::Config, "").is_ok() {
             return Err(RepoError::AlreadyExists(path.into()));
@@ -81,7 +90,8 @@ impl Repository {
         std::fs::create_dir_all(path).map_err(|e| BackendError::io(path, e))?;
         local.create_layout()?;
         let key = MasterKey::generate();
-        let slot = KeySlot::create(&key, password, kdf, kind, label, now_ns() / 1_000_000_000).map_err(|e| RepoError::KeySlot("new".into(), e))?;
+        let slot = KeySlot::create(&key, password, kdf, kind, label, now_ns() / 1_000_000_000)
+            .map_err(|e| RepoError::KeySlot("new".into(), e))?;
         write_slot(&local, &slot)?;
         let mut id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut id);
@@ -95,8 +105,16 @@ impl Repository {
             chunk_max: crate::chunker::MAX_SIZE,
         };
         // The config is written last: its presence means init completed.
-        local.write(FileKind::Config, "", &serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Config(e.to_string()))?)?;
-        Ok(Self { be: CryptBackend::new(Arc::new(local), key), config, path: path.into() })
+        local.write(
+            FileKind::Config,
+            "",
+            &serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Config(e.to_string()))?,
+        )?;
+        Ok(Self {
+            be: CryptBackend::new(Arc::new(local), key),
+            config,
+            path: path.into(),
+        })
     }
 
     pub fn open(path: &Path, password: &[u8]) -> Result<Self, RepoError> {
@@ -106,17 +124,31 @@ impl Repository {
             Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(path.into())),
             Err(e) => return Err(e.into()),
         };
-        let config: RepoConfig = serde_json::from_slice(&cfg).map_err(|e| RepoError::Config(e.to_string()))?;
+        let config: RepoConfig =
+            serde_json::from_slice(&cfg).map_err(|e| RepoError::Config(e.to_string()))?;
         if config.version != 1 {
-            return Err(RepoError::Config(format!("unsupported version {}", config.version)));
+            return Err(RepoError::Config(format!(
+                "unsupported version {}",
+                config.version
+            )));
         }
         for (name, _) in local.list(FileKind::Key)? {
-            let Ok(slot) = local.read(FileKind::Key, &name).map_err(RepoError::from).and_then(|b| KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name.clone(), e))) else {
+            let Ok(slot) = local
+                .read(FileKind::Key, &name)
+                .map_err(RepoError::from)
+                .and_then(|b| KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name.clone(), e)))
+            else {
                 tracing::warn!(slot = %name, "unreadable key slot skipped");
                 continue;
             };
             match slot.open(password) {
-                Ok(key) => return Ok(Self { be: CryptBackend::new(Arc::new(local), key), config, path: path.into() }),
+                Ok(key) => {
+                    return Ok(Self {
+                        be: CryptBackend::new(Arc::new(local), key),
+                        config,
+                        path: path.into(),
+                    })
+                }
                 Err(KeySlotError::WrongPassword) => continue,
                 Err(e) => tracing::warn!(slot = %name, error = %e, "key slot skipped"),
             }
@@ -133,7 +165,12 @@ impl Repository {
     }
 
     pub fn chunker(&self) -> crate::chunker::Chunker {
-        crate::chunker::Chunker::with_sizes(self.key().chunker_seed(), self.config.chunk_min, self.config.chunk_avg, self.config.chunk_max)
+        crate::chunker::Chunker::with_sizes(
+            self.key().chunker_seed(),
+            self.config.chunk_min,
+            self.config.chunk_avg,
+            self.config.chunk_max,
+        )
     }
 
     /// Loads every index file. Unreadable ones are returned, not fatal, so
@@ -145,7 +182,14 @@ impl Repository {
         let mut names = Vec::new();
         let mut failed = Vec::new();
         for (name, _) in files {
-            match self.be.load(FileKind::Index, &name).map_err(RepoError::from).and_then(|b| IndexFile::parse(&b).map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))) {
+            match self
+                .be
+                .load(FileKind::Index, &name)
+                .map_err(RepoError::from)
+                .and_then(|b| {
+                    IndexFile::parse(&b)
+                        .map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))
+                }) {
                 Ok(f) => {
                     index.add_file(&f);
                     names.push(name);
@@ -154,7 +198,11 @@ impl Repository {
             }
         }
         index.finish();
-        Ok(LoadedIndex { index, names, failed })
+        Ok(LoadedIndex {
+            index,
+            names,
+            failed,
+        })
     }
 
     /// [`load_index`](Self::load_index), plus the headers of packs that no
@@ -164,7 +212,9 @@ impl Repository {
         let mut loaded = self.load_index()?;
         let mut recovered = Vec::new();
         for (name, size) in self.be.list(FileKind::Pack)? {
-            let Ok(id) = name.parse::<PackId>() else { continue };
+            let Ok(id) = name.parse::<PackId>() else {
+                continue;
+            };
             if loaded.index.has_pack(&id) {
                 continue;
             }
@@ -182,7 +232,12 @@ impl Repository {
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let loc = index.get(id).ok_or(RepoError::MissingBlob(*id))?;
-        let stored = self.be.read_at(FileKind::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length as usize)?;
+        let stored = self.be.read_at(
+            FileKind::Pack,
+            &loc.pack.to_hex(),
+            u64::from(loc.offset),
+            loc.length as usize,
+        )?;
         Ok(blob::decode(self.key(), *id, loc.compression, &stored)?)
     }
 
@@ -201,7 +256,7 @@ impl Repository {
     }
 
     /// All readable snapshots, oldest first, and the unreadable ones.
-    pub fn snapshots(&self) -> Result<(Vec<(String, Snapshot)>, Vec<(String, String)>), RepoError> {
+    pub fn snapshots(&self) -> Result<(Vec<NamedSnapshot>, Vec<Unreadable>), RepoError> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for (name, _) in self.be.list(FileKind::Snapshot)? {
@@ -220,7 +275,13 @@ impl Repository {
             let (mut all, _) = self.snapshots()?;
             return all.pop().ok_or_else(|| RepoError::NoSnapshot(spec.into()));
         }
-        let names: Vec<String> = self.be.list(FileKind::Snapshot)?.into_iter().map(|(n, _)| n).filter(|n| n.starts_with(spec)).collect();
+        let names: Vec<String> = self
+            .be
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(spec))
+            .collect();
         match names.len() {
             0 => Err(RepoError::NoSnapshot(spec.into())),
             1 => {
@@ -240,7 +301,10 @@ impl Repository {
         let t = self.be.read_at(FileKind::Pack, name, size - 8, 8)?;
         let (start, len) = parse_trailer(&t, size).map_err(|e| bad(e.to_string()))?;
         let hb = self.be.read_at(FileKind::Pack, name, start, len as usize)?;
-        let plain = self.key().decrypt(&hb).map_err(|_| bad("header cannot be decrypted".into()))?;
+        let plain = self
+            .key()
+            .decrypt(&hb)
+            .map_err(|_| bad("header cannot be decrypted".into()))?;
         let h = PackHeader::parse(&plain).map_err(|e| bad(e.to_string()))?;
         h.check_bounds(start).map_err(|e| bad(e.to_string()))?;
         Ok(h)
@@ -250,19 +314,39 @@ impl Repository {
         let mut out = Vec::new();
         for (name, _) in self.local().list(FileKind::Key)? {
             let b = self.local().read(FileKind::Key, &name)?;
-            out.push((name.clone(), KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name, e))?));
+            out.push((
+                name.clone(),
+                KeySlot::parse(&b).map_err(|e| RepoError::KeySlot(name, e))?,
+            ));
         }
         Ok(out)
     }
 
-    pub fn add_key(&self, password: &[u8], kdf: KdfParams, kind: &str, label: &str) -> Result<String, RepoError> {
-        let slot = KeySlot::create(self.key(), password, kdf, kind, label, now_ns() / 1_000_000_000).map_err(|e| RepoError::KeySlot("new".into(), e))?;
+    pub fn add_key(
+        &self,
+        password: &[u8],
+        kdf: KdfParams,
+        kind: &str,
+        label: &str,
+    ) -> Result<String, RepoError> {
+        let slot = KeySlot::create(
+            self.key(),
+            password,
+            kdf,
+            kind,
+            label,
+            now_ns() / 1_000_000_000,
+        )
+        .map_err(|e| RepoError::KeySlot("new".into(), e))?;
         write_slot(self.local(), &slot)
     }
 
     pub fn remove_key(&self, prefix: &str) -> Result<String, RepoError> {
         let slots = self.key_slots()?;
-        let m: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
+        let m: Vec<_> = slots
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .collect();
         if m.len() != 1 {
             return Err(RepoError::NoKey(prefix.into()));
         }
@@ -281,10 +365,14 @@ fn write_slot(local: &LocalBackend, slot: &KeySlot) -> Result<String, RepoError>
     Ok(name)
 }
 
+/// A file that could not be read, and why.
+pub type Unreadable = (String, String);
+/// A snapshot and its file name (its id).
+pub type NamedSnapshot = (String, Snapshot);
+
 pub struct LoadedIndex {
     pub index: MasterIndex,
     /// Index files that were read (prune replaces exactly these).
     pub names: Vec<String>,
     pub failed: Vec<(String, String)>,
 }
-

@@ -3,7 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
@@ -26,7 +29,12 @@ pub fn format_time(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -50,6 +58,9 @@ mod tests {
     fn civil() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
         assert_eq!(super::civil_from_days(20_454), (2026, 1, 1));
-        assert_eq!(super::format_time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+        assert_eq!(
+            super::format_time(951_782_400_000_000_000),
+            "2000-02-29 00:00:00"
+        );
     }
 }

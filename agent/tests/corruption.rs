@@ -18,12 +18,26 @@ fn packs(repo: &Path) -> HashSet<PathBuf> {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with(".tmp")).collect()
+    fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".tmp"))
+        .collect()
 }
 
 fn no_panic(o: &std::process::Output) {
-    assert_ne!(o.status.code(), Some(101), "panicked: {}", String::from_utf8_lossy(&o.stderr));
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(
+        o.status.code(),
+        Some(101),
+        "panicked: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Two sources backed up separately, so their data sits in different packs.
@@ -34,16 +48,26 @@ fn setup() -> (Env, PathBuf, PathBuf, String, String, HashSet<PathBuf>) {
     fs::create_dir_all(&b).expect("mkdir");
     fs::write(a.join("a.bin"), rand_bytes(1, 3_000_000)).expect("write");
     fs::write(b.join("b.bin"), rand_bytes(2, 3_000_000)).expect("write");
-    let sa = env.json(&["backup", &a.to_string_lossy()])["snapshot"].as_str().unwrap_or("").to_string();
+    let sa = env.json(&["backup", &a.to_string_lossy()])["snapshot"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let packs_a = packs(&env.repo);
-    let sb = env.json(&["backup", &b.to_string_lossy()])["snapshot"].as_str().unwrap_or("").to_string();
+    let sb = env.json(&["backup", &b.to_string_lossy()])["snapshot"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     (env, a, b, sa, sb, packs_a)
 }
 
 #[test]
 fn flipped_bytes_in_a_pack() {
     let (env, _a, b, sa, sb, packs_a) = setup();
-    let victim = packs_a.iter().max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a pack").clone();
+    let victim = packs_a
+        .iter()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack")
+        .clone();
     let mut bytes = fs::read(&victim).expect("read");
     for i in [100, 5000, 100_000] {
         if i < bytes.len() {
@@ -51,13 +75,19 @@ fn flipped_bytes_in_a_pack() {
         }
     }
     fs::write(&victim, &bytes).expect("write");
-    let name = victim.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = victim
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
 
     let o = env.run(&["check", "--read-data"]);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains(&format!("pack {name}")), "check did not name the damaged pack {name}:\n{out}");
+    assert!(
+        out.contains(&format!("pack {name}")),
+        "check did not name the damaged pack {name}:\n{out}"
+    );
 
     // B's files are elsewhere: they restore.
     let rb = env.path("rb");
@@ -67,7 +97,12 @@ fn flipped_bytes_in_a_pack() {
     let ra = env.path("ra");
     let o = env.run(&["restore", &sa, "--target", &ra.to_string_lossy()]);
     no_panic(&o);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("a.bin"));
 }
 

@@ -13,9 +13,17 @@ fn mutate(src: &Path, round: u64) {
     // Change a few files and add one, so each run has new data to write.
     for i in 0..3 {
         let n = (round * 3 + i) % 24;
-        fs::write(src.join(format!("d{}/f{n}.bin", n % 4)), rand_bytes(1000 + round * 10 + i, 1_000_000 + (n as usize) * 50_000)).expect("write");
+        fs::write(
+            src.join(format!("d{}/f{n}.bin", n % 4)),
+            rand_bytes(1000 + round * 10 + i, 1_000_000 + (n as usize) * 50_000),
+        )
+        .expect("write");
     }
-    fs::write(src.join(format!("new-{round}.bin")), rand_bytes(5000 + round, 2_000_000)).expect("write");
+    fs::write(
+        src.join(format!("new-{round}.bin")),
+        rand_bytes(5000 + round, 2_000_000),
+    )
+    .expect("write");
 }
 
 pub fn crash_loop(rounds: u64) {
@@ -25,7 +33,11 @@ pub fn crash_loop(rounds: u64) {
         fs::create_dir_all(src.join(format!("d{d}"))).expect("mkdir");
     }
     for n in 0..24u64 {
-        fs::write(src.join(format!("d{}/f{n}.bin", n % 4)), rand_bytes(n, 1_000_000 + (n as usize) * 50_000)).expect("write");
+        fs::write(
+            src.join(format!("d{}/f{n}.bin", n % 4)),
+            rand_bytes(n, 1_000_000 + (n as usize) * 50_000),
+        )
+        .expect("write");
     }
     let s = src.to_string_lossy().to_string();
     env.ok(&["backup", &s]);
@@ -43,8 +55,17 @@ pub fn crash_loop(rounds: u64) {
         if prune {
             env.ok(&["forget", "--keep-last", "2"]);
         }
-        let args: Vec<&str> = if prune { vec!["prune"] } else { vec!["backup", &s] };
-        let mut child = env.cmd(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+        let args: Vec<&str> = if prune {
+            vec!["prune"]
+        } else {
+            vec!["backup", &s]
+        };
+        let mut child = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
         let wait = Duration::from_millis(rnd(700));
         let t0 = Instant::now();
         while t0.elapsed() < wait {
@@ -60,10 +81,17 @@ pub fn crash_loop(rounds: u64) {
         let _ = child.wait();
         if round % 5 == 4 {
             let c = env.json(&["check"]);
-            assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "after round {round}: {c}");
+            assert_eq!(
+                c["errors"].as_array().map(Vec::len),
+                Some(0),
+                "after round {round}: {c}"
+            );
         }
     }
-    assert!(killed * 2 >= rounds, "only {killed} of {rounds} runs were killed mid-way; the timing window is wrong");
+    assert!(
+        killed * 2 >= rounds,
+        "only {killed} of {rounds} runs were killed mid-way; the timing window is wrong"
+    );
     let c = env.json(&["check", "--read-data"]);
     assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
     env.ok(&["backup", &s]);
@@ -77,7 +105,10 @@ pub fn crash_loop(rounds: u64) {
 
 #[test]
 fn sigkill_backup_and_prune_repeatedly() {
-    let rounds = std::env::var("LEVEE_SOAK_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let rounds = std::env::var("LEVEE_SOAK_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     crash_loop(rounds);
 }
 
@@ -93,22 +124,40 @@ fn prune_during_backup_loses_nothing() {
         fs::write(src.join(format!("f{n}.bin")), rand_bytes(n, 1_500_000)).expect("write");
     }
     let s = src.to_string_lossy().to_string();
-    let s1 = env.json(&["backup", &s])["snapshot"].as_str().unwrap_or("").to_string();
+    let s1 = env.json(&["backup", &s])["snapshot"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     // Half the files change; --force re-reads all, deduping the other half.
     for n in (0..80u64).step_by(2) {
-        fs::write(src.join(format!("f{n}.bin")), rand_bytes(n + 100, 1_500_000)).expect("write");
+        fs::write(
+            src.join(format!("f{n}.bin")),
+            rand_bytes(n + 100, 1_500_000),
+        )
+        .expect("write");
     }
-    let mut child = env.cmd(&["backup", &s, "--force"]).stdout(std::process::Stdio::null()).spawn().expect("spawn");
+    let mut child = env
+        .cmd(&["backup", &s, "--force"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
     std::thread::sleep(Duration::from_millis(200));
     env.ok(&["forget", &s1]);
     let mut prunes = 0;
     while child.try_wait().ok().flatten().is_none() {
         let o = env.run(&["prune"]);
-        assert!(o.status.success(), "prune: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "prune: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         prunes += 1;
     }
     assert!(child.wait().expect("wait").success());
-    assert!(prunes >= 2, "the backup finished before prune could run twice");
+    assert!(
+        prunes >= 2,
+        "the backup finished before prune could run twice"
+    );
     for _ in 0..3 {
         env.ok(&["prune"]);
     }

@@ -6,29 +6,61 @@ use std::path::PathBuf;
 
 use levee_agent::chunker::Chunker;
 use levee_proto::repo::crypto::{decrypt, encrypt_with_nonce};
-use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, IndexFile, IndexPack, KdfParams, KeySlot, MasterKey, Node, NodeKind, PackHeader, PackId, Snapshot, SnapshotSummary, Tree};
+use levee_proto::repo::{
+    BlobEntry, BlobId, BlobKind, Compression, IndexFile, IndexPack, KdfParams, KeySlot, MasterKey,
+    Node, NodeKind, PackHeader, PackId, Snapshot, SnapshotSummary, Tree,
+};
 
 use crate::util::rand_bytes;
 
 fn golden(name: &str, actual: &[u8]) {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&p, actual).expect("write golden");
     }
-    let expected = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", p.display()));
-    assert!(expected == actual, "{name} differs from its golden file; a format change breaks existing repositories");
+    let expected = std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", p.display()));
+    assert!(
+        expected == actual,
+        "{name} differs from its golden file; a format change breaks existing repositories"
+    );
 }
 
 fn entry(i: u8, kind: BlobKind, c: Compression) -> BlobEntry {
-    BlobEntry { kind, compression: c, id: BlobId([i; 32]), offset: u32::from(i) * 100, length: 100, raw_length: 300 }
+    BlobEntry {
+        kind,
+        compression: c,
+        id: BlobId([i; 32]),
+        offset: u32::from(i) * 100,
+        length: 100,
+        raw_length: 300,
+    }
 }
 
 fn sample_header() -> PackHeader {
-    PackHeader { blobs: vec![entry(1, BlobKind::Data, Compression::Zstd), entry(2, BlobKind::Tree, Compression::None)] }
+    PackHeader {
+        blobs: vec![
+            entry(1, BlobKind::Data, Compression::Zstd),
+            entry(2, BlobKind::Tree, Compression::None),
+        ],
+    }
 }
 
 fn sample_index() -> IndexFile {
-    IndexFile { packs: vec![IndexPack { id: PackId([0xaa; 32]), blobs: sample_header().blobs }, IndexPack { id: PackId([0xbb; 32]), blobs: vec![entry(3, BlobKind::Data, Compression::None)] }] }
+    IndexFile {
+        packs: vec![
+            IndexPack {
+                id: PackId([0xaa; 32]),
+                blobs: sample_header().blobs,
+            },
+            IndexPack {
+                id: PackId([0xbb; 32]),
+                blobs: vec![entry(3, BlobKind::Data, Compression::None)],
+            },
+        ],
+    }
 }
 
 fn sample_tree() -> Tree {
@@ -54,7 +86,12 @@ fn sample_snapshot() -> Snapshot {
         tags: vec!["nightly".into()],
         tree: BlobId([3; 32]),
         parent: Some(PackId([4; 32])),
-        summary: SnapshotSummary { files: 2, dirs: 1, bytes_total: 12, ..Default::default() },
+        summary: SnapshotSummary {
+            files: 2,
+            dirs: 1,
+            bytes_total: 12,
+            ..Default::default()
+        },
         program: "levee-agent 0.1.0".into(),
     }
 }
@@ -113,7 +150,15 @@ fn key_slot_golden_opens() {
     let m = MasterKey::from_bytes(&[7u8; 64]);
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keyslot.json");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let slot = KeySlot::create(&m, b"golden", KdfParams::with_memory(1024), "recovery", "golden", 1_700_000_000).expect("create");
+        let slot = KeySlot::create(
+            &m,
+            b"golden",
+            KdfParams::with_memory(1024),
+            "recovery",
+            "golden",
+            1_700_000_000,
+        )
+        .expect("create");
         std::fs::write(&p, slot.to_bytes()).expect("write");
     }
     let slot = KeySlot::parse(&std::fs::read(&p).expect("golden keyslot")).expect("parse");
@@ -162,6 +207,10 @@ fn chunker_boundaries_stable_and_golden() {
         cuts2.push(off - 8);
     }
     let same = whole.iter().filter(|c| cuts2.contains(c)).count();
-    assert!(same + 3 >= whole.len(), "only {same} of {} boundaries survived an insertion", whole.len());
+    assert!(
+        same + 3 >= whole.len(),
+        "only {same} of {} boundaries survived an insertion",
+        whole.len()
+    );
     golden("chunker_cuts.txt", format!("{whole:?}").as_bytes());
 }

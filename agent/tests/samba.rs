@@ -34,7 +34,9 @@ impl Samba {
         let smbpasswd = need("smbpasswd");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        for sub in ["private", "lock", "state", "cache", "pid", "ncalrpc", "share", "restore"] {
+        for sub in [
+            "private", "lock", "state", "cache", "pid", "ncalrpc", "share", "restore",
+        ] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
         }
         // A free port near 1445; another test may race us for it, so retry.
@@ -57,19 +59,42 @@ impl Samba {
                 ),
             )
             .expect("write smb.conf");
-            let mut pw = Command::new(&smbpasswd).args(["-c"]).arg(&conf).args(["-s", "-a", USER]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("smbpasswd");
+            let mut pw = Command::new(&smbpasswd)
+                .args(["-c"])
+                .arg(&conf)
+                .args(["-s", "-a", USER])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("smbpasswd");
             {
                 use std::io::Write;
                 let mut stdin = pw.stdin.take().expect("stdin");
                 let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
             }
             let st = pw.wait_with_output().expect("smbpasswd");
-            assert!(st.status.success(), "smbpasswd failed: {}", String::from_utf8_lossy(&st.stderr));
-            let mut child = Command::new(&smbd).args(["--foreground", "--no-process-group", "-s"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start smbd");
+            assert!(
+                st.status.success(),
+                "smbpasswd failed: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+            let mut child = Command::new(&smbd)
+                .args(["--foreground", "--no-process-group", "-s"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start smbd");
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(20) {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { child, dir, port, conf };
+                    return Self {
+                        child,
+                        dir,
+                        port,
+                        conf,
+                    };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
@@ -98,12 +123,23 @@ impl Samba {
         let smbclient = need("smbclient");
         let o = Command::new(smbclient)
             .arg(format!("//127.0.0.1/{share}"))
-            .args(["-p", &self.port.to_string(), "-U", &format!("{USER}%{PASSWORD}"), "-s"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &format!("{USER}%{PASSWORD}"),
+                "-s",
+            ])
             .arg(&self.conf)
             .args(["-c", cmd])
             .output()
             .expect("smbclient");
-        assert!(o.status.success(), "smbclient {cmd}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "smbclient {cmd}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 

@@ -18,10 +18,22 @@ fn smb_backup_and_restore_round_trip() {
     let samba = Samba::start();
     let share = samba.share_dir();
     fs::create_dir_all(share.join("Company/Accounts/2024/Q1")).expect("mkdir");
-    fs::write(share.join("Company/Accounts/2024/Q1/ledger.xlsx"), rand_bytes(10, 2_500_000)).expect("write");
-    fs::write(share.join("Company/Accounts/report.docx"), rand_bytes(11, 700_000)).expect("write");
+    fs::write(
+        share.join("Company/Accounts/2024/Q1/ledger.xlsx"),
+        rand_bytes(10, 2_500_000),
+    )
+    .expect("write");
+    fs::write(
+        share.join("Company/Accounts/report.docx"),
+        rand_bytes(11, 700_000),
+    )
+    .expect("write");
     fs::write(share.join("Company/empty.txt"), b"").expect("write");
-    fs::write(share.join("Company/Ünïcødé – 日本語 ✓.txt"), "unicode name\n").expect("write");
+    fs::write(
+        share.join("Company/Ünïcødé – 日本語 ✓.txt"),
+        "unicode name\n",
+    )
+    .expect("write");
     let long = format!("{}.txt", "a very long file name ".repeat(10).trim());
     fs::write(share.join("Company").join(&long), "long\n").expect("write");
     fs::create_dir_all(share.join("Company/attrs")).expect("mkdir");
@@ -34,15 +46,26 @@ fn smb_backup_and_restore_round_trip() {
         f.write_all(&rand_bytes(12, 100_000)).expect("write");
         f.set_len(BIG).expect("set_len");
     }
-    samba.smbclient("share", "setmode Company/attrs/hidden.txt +h; setmode Company/attrs/readonly.txt +r");
+    samba.smbclient(
+        "share",
+        "setmode Company/attrs/hidden.txt +h; setmode Company/attrs/readonly.txt +r",
+    );
 
     let env = Env::new();
     let url = samba.url("share");
     let backup = |extra: &[&str]| {
         let mut args = vec!["backup", url.as_str(), "--json"];
         args.extend_from_slice(extra);
-        let o = env.cmd(&args).env("LEVEE_SMB_PASSWORD", PASSWORD).output().expect("spawn");
-        assert!(o.status.success(), "backup failed: {}", String::from_utf8_lossy(&o.stderr));
+        let o = env
+            .cmd(&args)
+            .env("LEVEE_SMB_PASSWORD", PASSWORD)
+            .output()
+            .expect("spawn");
+        assert!(
+            o.status.success(),
+            "backup failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
     };
     let first = backup(&[]);
@@ -50,7 +73,10 @@ fn smb_backup_and_restore_round_trip() {
     assert_eq!(first["errors"], 0, "{first}");
     assert!(first["bytes_total"].as_u64().unwrap_or(0) > BIG);
     // The sparse file's zeros dedup to almost nothing.
-    assert!(first["bytes_stored"].as_u64().unwrap_or(u64::MAX) < 20_000_000, "{first}");
+    assert!(
+        first["bytes_stored"].as_u64().unwrap_or(u64::MAX) < 20_000_000,
+        "{first}"
+    );
 
     // Unchanged: same size, times and file id: nothing is read again.
     let second = backup(&[]);
@@ -63,17 +89,36 @@ fn smb_backup_and_restore_round_trip() {
     assert_same_tree(&share, &out.join("share"), 100);
     let blocks = {
         use std::os::unix::fs::MetadataExt;
-        fs::metadata(out.join("share/big-sparse.vhd")).expect("stat").blocks()
+        fs::metadata(out.join("share/big-sparse.vhd"))
+            .expect("stat")
+            .blocks()
     };
-    assert!(blocks * 512 < 64 * 1024 * 1024, "restored sparse file is not sparse ({blocks} blocks)");
+    assert!(
+        blocks * 512 < 64 * 1024 * 1024,
+        "restored sparse file is not sparse ({blocks} blocks)"
+    );
 
     // Restore onto SMB: times and DOS attributes come back too.
     let target = samba.url("restore/r1");
-    let o = env.cmd(&["restore", "latest", "/share/Company", "--target", &target]).env("LEVEE_SMB_PASSWORD", PASSWORD).output().expect("spawn");
-    assert!(o.status.success(), "smb restore: {}", String::from_utf8_lossy(&o.stderr));
-    assert_same_tree(&share.join("Company"), &samba.dir.path().join("restore/r1/Company"), 100);
-    let src = SmbSource::connect(&samba.url("share/Company/attrs"), Some(PASSWORD)).expect("connect");
-    let dst = SmbSource::connect(&samba.url("restore/r1/Company/attrs"), Some(PASSWORD)).expect("connect");
+    let o = env
+        .cmd(&["restore", "latest", "/share/Company", "--target", &target])
+        .env("LEVEE_SMB_PASSWORD", PASSWORD)
+        .output()
+        .expect("spawn");
+    assert!(
+        o.status.success(),
+        "smb restore: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_tree(
+        &share.join("Company"),
+        &samba.dir.path().join("restore/r1/Company"),
+        100,
+    );
+    let src =
+        SmbSource::connect(&samba.url("share/Company/attrs"), Some(PASSWORD)).expect("connect");
+    let dst = SmbSource::connect(&samba.url("restore/r1/Company/attrs"), Some(PASSWORD))
+        .expect("connect");
     let mut a = src.list("").expect("list");
     let mut b = dst.list("").expect("list");
     a.sort_by(|x, y| x.name.cmp(&y.name));
@@ -85,9 +130,18 @@ fn smb_backup_and_restore_round_trip() {
         assert_eq!(x.name, y.name);
         assert_eq!(x.mtime_ns, y.mtime_ns, "{}", x.name);
         assert_eq!(x.btime_ns, y.btime_ns, "creation time of {}", x.name);
-        assert_eq!(x.attributes & (HIDDEN | READONLY), y.attributes & (HIDDEN | READONLY), "attributes of {}", x.name);
+        assert_eq!(
+            x.attributes & (HIDDEN | READONLY),
+            y.attributes & (HIDDEN | READONLY),
+            "attributes of {}",
+            x.name
+        );
     }
-    assert!(a.iter().any(|e| e.attributes & HIDDEN != 0) && a.iter().any(|e| e.attributes & READONLY != 0), "setmode did not take: {a:?}");
+    assert!(
+        a.iter().any(|e| e.attributes & HIDDEN != 0)
+            && a.iter().any(|e| e.attributes & READONLY != 0),
+        "setmode did not take: {a:?}"
+    );
 
     let c = env.json(&["check", "--read-data"]);
     assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
@@ -97,7 +151,11 @@ fn smb_backup_and_restore_round_trip() {
 fn smb_wrong_password_is_a_clear_error() {
     let samba = Samba::start();
     let env = Env::new();
-    let o = env.cmd(&["backup", &samba.url("share")]).env("LEVEE_SMB_PASSWORD", "wrong").output().expect("spawn");
+    let o = env
+        .cmd(&["backup", &samba.url("share")])
+        .env("LEVEE_SMB_PASSWORD", "wrong")
+        .output()
+        .expect("spawn");
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("connecting to smb://root@127.0.0.1"), "{err}");

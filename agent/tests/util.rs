@@ -30,7 +30,11 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).env("LEVEE_REPO", &self.repo).env("LEVEE_PASSWORD", PASSWORD).env_remove("LEVEE_PASSWORD_FILE").arg("--quiet");
+        c.args(args)
+            .env("LEVEE_REPO", &self.repo)
+            .env("LEVEE_PASSWORD", PASSWORD)
+            .env_remove("LEVEE_PASSWORD_FILE")
+            .arg("--quiet");
         c
     }
 
@@ -41,7 +45,13 @@ impl Env {
     /// Runs and asserts exit code 0; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "levee-agent {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "levee-agent {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -76,14 +86,31 @@ pub fn assert_same_tree(a: &Path, b: &Path, mtime_precision_ns: i64) {
     while let Some(rel) = stack.pop() {
         let (pa, pb) = (a.join(&rel), b.join(&rel));
         let ma = std::fs::symlink_metadata(&pa).unwrap_or_else(|e| panic!("{}: {e}", pa.display()));
-        let mb = std::fs::symlink_metadata(&pb).unwrap_or_else(|e| panic!("restored {} missing: {e}", pb.display()));
-        assert_eq!(ma.file_type().is_dir(), mb.file_type().is_dir(), "{}", rel.display());
+        let mb = std::fs::symlink_metadata(&pb)
+            .unwrap_or_else(|e| panic!("restored {} missing: {e}", pb.display()));
+        assert_eq!(
+            ma.file_type().is_dir(),
+            mb.file_type().is_dir(),
+            "{}",
+            rel.display()
+        );
         let ta = ma.mtime() * 1_000_000_000 + ma.mtime_nsec();
         let tb = mb.mtime() * 1_000_000_000 + mb.mtime_nsec();
-        assert_eq!(ta / mtime_precision_ns, tb / mtime_precision_ns, "mtime of {}", rel.display());
+        assert_eq!(
+            ta / mtime_precision_ns,
+            tb / mtime_precision_ns,
+            "mtime of {}",
+            rel.display()
+        );
         if ma.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&pa).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
-            let mut nb: Vec<_> = std::fs::read_dir(&pb).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
+            let mut names: Vec<_> = std::fs::read_dir(&pa)
+                .expect("read_dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            let mut nb: Vec<_> = std::fs::read_dir(&pb)
+                .expect("read_dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
             names.sort();
             nb.sort();
             assert_eq!(names, nb, "entries of {}", rel.display());
@@ -92,8 +119,18 @@ pub fn assert_same_tree(a: &Path, b: &Path, mtime_precision_ns: i64) {
             assert_eq!(std::fs::read_link(&pa).ok(), std::fs::read_link(&pb).ok());
         } else {
             assert_eq!(ma.len(), mb.len(), "size of {}", rel.display());
-            assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", rel.display());
-            let st = Command::new("cmp").arg("--silent").arg(&pa).arg(&pb).status().expect("cmp (diffutils) must be installed");
+            assert_eq!(
+                ma.mode() & 0o7777,
+                mb.mode() & 0o7777,
+                "mode of {}",
+                rel.display()
+            );
+            let st = Command::new("cmp")
+                .arg("--silent")
+                .arg(&pa)
+                .arg(&pb)
+                .status()
+                .expect("cmp (diffutils) must be installed");
             assert!(st.success(), "contents of {} differ", rel.display());
             n += 1;
         }

@@ -27,7 +27,10 @@ pub struct CryptBackend<B> {
 
 impl<B> Clone for CryptBackend<B> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), key: self.key.clone() }
+        Self {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+        }
     }
 }
 
@@ -56,9 +59,15 @@ impl<B: WriteBackend> CryptBackend<B> {
     pub fn load(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, CryptError> {
         let ct = self.inner.read(kind, name)?;
         if file_id(&ct).to_hex() != name {
-            return Err(CryptError::HashMismatch { kind, name: name.into() });
+            return Err(CryptError::HashMismatch {
+                kind,
+                name: name.into(),
+            });
         }
-        self.key.decrypt(&ct).map_err(|_| CryptError::Decrypt { kind, name: name.into() })
+        self.key.decrypt(&ct).map_err(|_| CryptError::Decrypt {
+            kind,
+            name: name.into(),
+        })
     }
 }
 
@@ -69,7 +78,13 @@ impl<B: ReadBackend> ReadBackend for CryptBackend<B> {
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, BackendError> {
         self.inner.read(kind, name)
     }
-    fn read_at(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, BackendError> {
+    fn read_at(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BackendError> {
         self.inner.read_at(kind, name, offset, len)
     }
     fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError> {

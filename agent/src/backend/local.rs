@@ -2,10 +2,10 @@
 //! temporary name, fsynced, renamed, and its directory fsynced, so nothing is
 //! referenced before its bytes and its name are on disk.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +25,10 @@ const TMP_PREFIX: &str = ".tmp-";
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), open_packs: Mutex::new(HashMap::new()) }
+        Self {
+            root: root.into(),
+            open_packs: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -44,7 +47,11 @@ impl LocalBackend {
         sync_dir(&self.root)?;
         if let Some(p) = self.root.parent() {
             // The repository directory's own entry in its parent.
-            let _ = sync_dir(if p.as_os_str().is_empty() { Path::new(".") } else { p });
+            let _ = sync_dir(if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            });
         }
         Ok(())
     }
@@ -64,7 +71,11 @@ impl LocalBackend {
         match kind {
             FileKind::Config => self.root.join("config"),
             FileKind::PruneState => self.root.join("prune-state.json"),
-            FileKind::Pack => self.root.join("data").join(name.get(..2).unwrap_or("00")).join(name),
+            FileKind::Pack => self
+                .root
+                .join("data")
+                .join(name.get(..2).unwrap_or("00"))
+                .join(name),
             _ => self.dir(kind).join(name),
         }
     }
@@ -79,7 +90,9 @@ fn mkdir(p: &Path) -> Result<(), BackendError> {
 }
 
 pub fn sync_dir(p: &Path) -> Result<(), BackendError> {
-    File::open(p).and_then(|f| f.sync_all()).map_err(|e| BackendError::io(p, e))
+    File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| BackendError::io(p, e))
 }
 
 fn list_dir(dir: &Path, out: &mut Vec<(String, u64)>) -> Result<(), BackendError> {
@@ -132,9 +145,22 @@ impl ReadBackend for LocalBackend {
         Ok(v)
     }
 
-    fn read_at(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, BackendError> {
+    fn read_at(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BackendError> {
         let p = self.path(kind, name);
-        let cached = if kind == FileKind::Pack { self.open_packs.lock().ok().and_then(|m| m.get(name).cloned()) } else { None };
+        let cached = if kind == FileKind::Pack {
+            self.open_packs
+                .lock()
+                .ok()
+                .and_then(|m| m.get(name).cloned())
+        } else {
+            None
+        };
         let f = match cached {
             Some(f) => f,
             None => {
@@ -151,20 +177,26 @@ impl ReadBackend for LocalBackend {
             }
         };
         let mut v = vec![0u8; len];
-        f.read_exact_at(&mut v, offset).map_err(|e| BackendError::io(&p, e))?;
+        f.read_exact_at(&mut v, offset)
+            .map_err(|e| BackendError::io(&p, e))?;
         Ok(v)
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError> {
         let p = self.path(kind, name);
-        fs::metadata(&p).map(|m| m.len()).map_err(|e| BackendError::io(&p, e))
+        fs::metadata(&p)
+            .map(|m| m.len())
+            .map_err(|e| BackendError::io(&p, e))
     }
 }
 
 impl WriteBackend for LocalBackend {
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<(), BackendError> {
         let dest = self.path(kind, name);
-        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         let mut rnd = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut rnd);
         let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
@@ -197,7 +229,13 @@ impl WriteBackend for LocalBackend {
 /// Removes temporary files older than `max_age` left by killed writers.
 pub fn clean_tmp(root: &Path, max_age: std::time::Duration) -> usize {
     let mut n = 0;
-    let mut dirs = vec![root.to_path_buf(), root.join("keys"), root.join("snapshots"), root.join("index"), root.join("locks")];
+    let mut dirs = vec![
+        root.to_path_buf(),
+        root.join("keys"),
+        root.join("snapshots"),
+        root.join("index"),
+        root.join("locks"),
+    ];
     dirs.extend((0..256).map(|i| root.join("data").join(format!("{i:02x}"))));
     for d in dirs {
         let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -205,7 +243,12 @@ pub fn clean_tmp(root: &Path, max_age: std::time::Duration) -> usize {
             if !ent.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
                 continue;
             }
-            let old = ent.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a > max_age);
+            let old = ent
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > max_age);
             if old && fs::remove_file(ent.path()).is_ok() {
                 n += 1;
             }

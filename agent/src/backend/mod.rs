@@ -12,11 +12,18 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}: not found")]
     NotFound(PathBuf),
     #[error("{kind:?} {name}: {what}")]
-    Invalid { kind: FileKind, name: String, what: String },
+    Invalid {
+        kind: FileKind,
+        name: String,
+        what: String,
+    },
 }
 
 impl BackendError {
@@ -50,7 +57,13 @@ pub trait ReadBackend: Send + Sync {
     /// Names and sizes of all files of a kind (finished files only).
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>, BackendError>;
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, BackendError>;
-    fn read_at(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, BackendError>;
+    fn read_at(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BackendError>;
     fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError>;
 }
 

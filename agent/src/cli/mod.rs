@@ -63,7 +63,10 @@ pub enum Command {
     /// List snapshots.
     Snapshots,
     /// List files in a snapshot.
-    Ls { snapshot: String, path: Option<String> },
+    Ls {
+        snapshot: String,
+        path: Option<String>,
+    },
     /// Restore a snapshot (or a path in it) to a directory or smb:// share.
     Restore(RestoreOptions),
     /// Show what changed between two snapshots.
@@ -117,7 +120,10 @@ pub enum KeyCommand {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -132,7 +138,8 @@ pub fn main() -> i32 {
 
 fn password(g: &Global) -> Result<Vec<u8>> {
     if let Some(f) = &g.password_file {
-        let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("reading password file {}", f.display()))?;
         return Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
     }
     match std::env::var("LEVEE_PASSWORD") {
@@ -142,7 +149,9 @@ fn password(g: &Global) -> Result<Vec<u8>> {
 }
 
 fn repo_path(g: &Global) -> Result<PathBuf> {
-    g.repo.clone().ok_or_else(|| anyhow!("no repository: use --repo DIR or set LEVEE_REPO"))
+    g.repo
+        .clone()
+        .ok_or_else(|| anyhow!("no repository: use --repo DIR or set LEVEE_REPO"))
 }
 
 fn open(g: &Global) -> Result<Repository> {
@@ -160,14 +169,21 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Init(a) => {
             let path = repo_path(g)?;
-            let repo = Repository::init(&path, &password(g)?, KdfParams::with_memory(a.kdf_memory_kib), &a.kind, &a.label)?;
+            let repo = Repository::init(
+                &path,
+                &password(g)?,
+                KdfParams::with_memory(a.kdf_memory_kib),
+                &a.kind,
+                &a.label,
+            )?;
             out.init(&repo)?;
             Ok(0)
         }
         Command::Backup(o) => {
             let repo = open(g)?;
             let c = Counters::default();
-            let s = progress::with_progress(g, &c, "backup", || backup::backup(&repo, &o, None, &c))?;
+            let s =
+                progress::with_progress(g, &c, "backup", || backup::backup(&repo, &o, None, &c))?;
             out.backup(&s)?;
             Ok(if s.summary.errors > 0 { 3 } else { 0 })
         }
@@ -185,7 +201,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(o) => {
             let repo = open(g)?;
             let c = Counters::default();
-            let s = progress::with_progress(g, &c, "restore", || restore::restore(&repo, &o, None, &c))?;
+            let s = progress::with_progress(g, &c, "restore", || {
+                restore::restore(&repo, &o, None, &c)
+            })?;
             out.restore(&s)?;
             Ok(if s.errors > 0 { 3 } else { 0 })
         }
@@ -217,12 +235,28 @@ pub fn run(cli: Cli) -> Result<i32> {
             let repo = open(g)?;
             match k {
                 KeyCommand::List => out.keys(&repo.key_slots()?)?,
-                KeyCommand::Add { kind, label, new_password_file, kdf_memory_kib } => {
+                KeyCommand::Add {
+                    kind,
+                    label,
+                    new_password_file,
+                    kdf_memory_kib,
+                } => {
                     let pw = match new_password_file {
-                        Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
-                        None => std::env::var("LEVEE_NEW_PASSWORD").map(String::into_bytes).map_err(|_| anyhow!("no new secret: use --new-password-file or LEVEE_NEW_PASSWORD"))?,
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading {}", f.display()))?
+                            .trim_end_matches(['\n', '\r'])
+                            .as_bytes()
+                            .to_vec(),
+                        None => std::env::var("LEVEE_NEW_PASSWORD")
+                            .map(String::into_bytes)
+                            .map_err(|_| {
+                                anyhow!(
+                                    "no new secret: use --new-password-file or LEVEE_NEW_PASSWORD"
+                                )
+                            })?,
                     };
-                    let id = repo.add_key(&pw, KdfParams::with_memory(kdf_memory_kib), &kind, &label)?;
+                    let id =
+                        repo.add_key(&pw, KdfParams::with_memory(kdf_memory_kib), &kind, &label)?;
                     out.message("added key slot", &id)?;
                 }
                 KeyCommand::Remove { id } => {

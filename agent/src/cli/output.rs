@@ -28,7 +28,11 @@ impl Out {
         if self.json {
             return print_json(&json!({"repository": repo.path, "id": repo.config.id}));
         }
-        println!("created repository {} at {}", repo.config.id, repo.path.display());
+        println!(
+            "created repository {} at {}",
+            repo.config.id,
+            repo.path.display()
+        );
         Ok(())
     }
 
@@ -40,9 +44,20 @@ impl Out {
         for e in &s.error_messages {
             eprintln!("warning: {e}");
         }
-        println!("Files:      {} ({} unchanged, {} read)", m.files, m.files_unchanged, m.files - m.files_unchanged);
+        println!(
+            "Files:      {} ({} unchanged, {} read)",
+            m.files,
+            m.files_unchanged,
+            m.files - m.files_unchanged
+        );
         println!("Dirs:       {}", m.dirs);
-        println!("Bytes:      {} total, {} read, {} new, {} stored", human_bytes(m.bytes_total), human_bytes(m.bytes_read), human_bytes(m.bytes_new), human_bytes(s.bytes_stored));
+        println!(
+            "Bytes:      {} total, {} read, {} new, {} stored",
+            human_bytes(m.bytes_total),
+            human_bytes(m.bytes_read),
+            human_bytes(m.bytes_new),
+            human_bytes(s.bytes_stored)
+        );
         println!("Dedup:      {:.2}x (total / stored)", s.dedup_ratio);
         println!("Errors:     {}", m.errors);
         println!("Duration:   {:.2} s", m.duration_ms as f64 / 1000.0);
@@ -52,12 +67,25 @@ impl Out {
 
     pub fn snapshots(&self, snaps: &[(String, Snapshot)], bad: &[(String, String)]) -> Result<()> {
         if self.json {
-            let v: Vec<_> = snaps.iter().map(|(id, s)| json!({"id": id, "snapshot": s})).collect();
+            let v: Vec<_> = snaps
+                .iter()
+                .map(|(id, s)| json!({"id": id, "snapshot": s}))
+                .collect();
             return print_json(&json!({"snapshots": v, "unreadable": bad}));
         }
-        println!("{:<10} {:<20} {:<16} {:<12} paths", "id", "time (UTC)", "host", "tags");
+        println!(
+            "{:<10} {:<20} {:<16} {:<12} paths",
+            "id", "time (UTC)", "host", "tags"
+        );
         for (id, s) in snaps {
-            println!("{:<10} {:<20} {:<16} {:<12} {}", &id[..8.min(id.len())], format_time(s.time_ns), s.hostname, s.tags.join(","), s.paths.join(" "));
+            println!(
+                "{:<10} {:<20} {:<16} {:<12} {}",
+                &id[..8.min(id.len())],
+                format_time(s.time_ns),
+                s.hostname,
+                s.tags.join(","),
+                s.paths.join(" ")
+            );
         }
         for (id, e) in bad {
             eprintln!("unreadable snapshot {id}: {e}");
@@ -76,7 +104,12 @@ impl Out {
                 NodeKind::File => '-',
                 NodeKind::Symlink => 'l',
             };
-            println!("{k} {:>12} {} {}", e.node.size, format_time(e.node.mtime_ns), e.path);
+            println!(
+                "{k} {:>12} {} {}",
+                e.node.size,
+                format_time(e.node.mtime_ns),
+                e.path
+            );
         }
         Ok(())
     }
@@ -88,7 +121,15 @@ impl Out {
         for e in &s.error_messages {
             eprintln!("error: {e}");
         }
-        println!("restored {} files, {} dirs, {} ({} skipped, {} errors) in {:.2} s", s.files, s.dirs, human_bytes(s.bytes), s.skipped, s.errors, s.duration_ms as f64 / 1000.0);
+        println!(
+            "restored {} files, {} dirs, {} ({} skipped, {} errors) in {:.2} s",
+            s.files,
+            s.dirs,
+            human_bytes(s.bytes),
+            s.skipped,
+            s.errors,
+            s.duration_ms as f64 / 1000.0
+        );
         Ok(())
     }
 
@@ -109,7 +150,12 @@ impl Out {
         for id in &r.remove {
             println!("{} {id}", if dry_run { "would remove" } else { "removed" });
         }
-        println!("{} kept, {} {}", r.keep.len(), r.remove.len(), if dry_run { "to remove" } else { "removed" });
+        println!(
+            "{} kept, {} {}",
+            r.keep.len(),
+            r.remove.len(),
+            if dry_run { "to remove" } else { "removed" }
+        );
         Ok(())
     }
 
@@ -134,7 +180,10 @@ impl Out {
         if self.json {
             return print_json(r);
         }
-        println!("{} snapshots, {} index files, {} packs ({} read, {} blobs verified)", r.snapshots, r.index_files, r.packs, r.packs_read, r.blobs_verified);
+        println!(
+            "{} snapshots, {} index files, {} packs ({} read, {} blobs verified)",
+            r.snapshots, r.index_files, r.packs, r.packs_read, r.blobs_verified
+        );
         if !r.unindexed_packs.is_empty() {
             println!("{} packs not in the index (an interrupted backup's; the next backup re-indexes them)", r.unindexed_packs.len());
         }
@@ -144,7 +193,14 @@ impl Out {
         for e in &r.errors {
             println!("error: {e}");
         }
-        println!("{}", if r.errors.is_empty() { "no errors found".to_string() } else { format!("{} errors found", r.errors.len()) });
+        println!(
+            "{}",
+            if r.errors.is_empty() {
+                "no errors found".to_string()
+            } else {
+                format!("{} errors found", r.errors.len())
+            }
+        );
         Ok(())
     }
 
@@ -154,7 +210,13 @@ impl Out {
             return print_json(&v);
         }
         for (id, s) in slots {
-            println!("{}  {:<10} {:<20} created {}", &id[..8.min(id.len())], s.kind, s.label, format_time(s.created * 1_000_000_000));
+            println!(
+                "{}  {:<10} {:<20} created {}",
+                &id[..8.min(id.len())],
+                s.kind,
+                s.label,
+                format_time(s.created * 1_000_000_000)
+            );
         }
         Ok(())
     }

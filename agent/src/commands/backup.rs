@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use levee_proto::repo::{BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotSummary, Tree};
+use levee_proto::repo::{
+    BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotSummary, Tree,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, EncodedBlob};
@@ -114,7 +116,12 @@ struct Dedup<'a> {
 
 impl Dedup<'_> {
     fn is_new(&self, id: &BlobId) -> bool {
-        !self.index.contains(id) && self.queued.lock().map(|mut q| q.insert(*id)).unwrap_or(true)
+        !self.index.contains(id)
+            && self
+                .queued
+                .lock()
+                .map(|mut q| q.insert(*id))
+                .unwrap_or(true)
     }
 }
 
@@ -166,7 +173,13 @@ struct Walker<'a> {
 impl Walker<'_> {
     /// Walks one directory depth-first; emits its DirDone after its
     /// children's (post-order), which is what the finaliser's stack needs.
-    fn walk_dir(&self, src: &Arc<dyn Source>, label: &str, rel: &str, parent: Option<Tree>) -> Result<(), SourceError> {
+    fn walk_dir(
+        &self,
+        src: &Arc<dyn Source>,
+        label: &str,
+        rel: &str,
+        parent: Option<Tree>,
+    ) -> Result<(), SourceError> {
         let mut entries = src.list(rel)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = Vec::with_capacity(entries.len());
@@ -178,7 +191,10 @@ impl Walker<'_> {
             let old = parent.as_ref().and_then(|t| t.find(&e.name));
             match e.kind {
                 NodeKind::Dir => {
-                    let sub = old.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree).and_then(|id| self.repo.load_tree(self.index, &id).ok());
+                    let sub = old
+                        .filter(|o| o.kind == NodeKind::Dir)
+                        .and_then(|o| o.subtree)
+                        .and_then(|id| self.repo.load_tree(self.index, &id).ok());
                     match self.walk_dir(src, label, &path, sub) {
                         Ok(()) => out.push(Pending::Dir(node_from(&e))),
                         Err(err) => self.counters.error(format!("{label}/{path}: {err}")),
@@ -190,11 +206,20 @@ impl Walker<'_> {
         }
         Counters::add(&self.counters.dirs, 1);
         // Send fails only if the finaliser died; its error is reported there.
-        let _ = self.dirs.send(DirDone { path: format!("{label}/{rel}"), entries: out });
+        let _ = self.dirs.send(DirDone {
+            path: format!("{label}/{rel}"),
+            entries: out,
+        });
         Ok(())
     }
 
-    fn file(&self, src: &Arc<dyn Source>, e: &SourceEntry, path: &str, old: Option<&Node>) -> Pending {
+    fn file(
+        &self,
+        src: &Arc<dyn Source>,
+        e: &SourceEntry,
+        path: &str,
+        old: Option<&Node>,
+    ) -> Pending {
         let mut node = node_from(e);
         Counters::add(&self.counters.files, 1);
         Counters::add(&self.counters.bytes_total, e.size);
@@ -204,12 +229,31 @@ impl Walker<'_> {
             return Pending::Ready(node);
         }
         let (tx, rx) = bounded(1);
-        let _ = self.jobs.send(FileJob { source: src.clone(), path: path.to_string(), reply: tx });
+        let _ = self.jobs.send(FileJob {
+            source: src.clone(),
+            path: path.to_string(),
+            reply: tx,
+        });
         Pending::File(node, rx)
     }
 }
 
-fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters: &Counters, src: &dyn Source, path: &str, buf: &mut [u8], chunker: &mut Chunker) -> Result<(Vec<BlobId>, u64), String> {
+/// A reader thread's reusable state.
+struct Scratch {
+    buf: Vec<u8>,
+    chunker: Chunker,
+}
+
+fn read_file(
+    repo: &Repository,
+    dedup: &Dedup,
+    chunks: &Sender<Chunk>,
+    counters: &Counters,
+    src: &dyn Source,
+    path: &str,
+    scratch: &mut Scratch,
+) -> Result<(Vec<BlobId>, u64), String> {
+    let Scratch { buf, chunker } = scratch;
     let mut r = src.open(path).map_err(|e| e.to_string())?;
     chunker.reset();
     let key = repo.key();
@@ -223,7 +267,11 @@ fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters:
         if dedup.is_new(&id) {
             Counters::add(&counters.bytes_new, data.len() as u64);
             Counters::add(&counters.blobs_new, 1);
-            let _ = chunks.send(Chunk { kind: BlobKind::Data, id, data });
+            let _ = chunks.send(Chunk {
+                kind: BlobKind::Data,
+                id,
+                data,
+            });
         }
     };
     loop {
@@ -239,7 +287,10 @@ fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters:
             match chunker.scan(data) {
                 Some(k) => {
                     cur.extend_from_slice(&data[..k]);
-                    emit(std::mem::replace(&mut cur, Vec::with_capacity(crate::chunker::AVG_SIZE)));
+                    emit(std::mem::replace(
+                        &mut cur,
+                        Vec::with_capacity(crate::chunker::AVG_SIZE),
+                    ));
                     data = &data[k..];
                 }
                 None => {
@@ -256,7 +307,12 @@ fn read_file(repo: &Repository, dedup: &Dedup, chunks: &Sender<Chunk>, counters:
 }
 
 /// Runs a backup and writes its snapshot.
-pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str>, counters: &Counters) -> Result<BackupSummary, BackupError> {
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    smb_password: Option<&str>,
+    counters: &Counters,
+) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let time_ns = now_ns();
     let host = opts.host.clone().unwrap_or_else(hostname);
@@ -265,7 +321,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
     counters.set_phase("loading index");
     let mut loaded = repo.load_index()?;
     for (name, err) in &loaded.failed {
-        counters.error(format!("index {name}: {err} (its packs are re-read from their headers)"));
+        counters.error(format!(
+            "index {name}: {err} (its packs are re-read from their headers)"
+        ));
     }
     let (_, bad) = recover_unindexed(repo, &mut loaded.index)?;
     for (name, err) in bad {
@@ -273,20 +331,35 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
     }
     let index = &loaded.index;
 
-    let sources: Vec<Arc<dyn Source>> = opts.sources.iter().map(|s| open_source(s, smb_password).map(Arc::from)).collect::<Result<_, _>>()?;
+    let sources: Vec<Arc<dyn Source>> = opts
+        .sources
+        .iter()
+        .map(|s| open_source(s, smb_password).map(Arc::from))
+        .collect::<Result<_, _>>()?;
     let paths: Vec<String> = sources.iter().map(|s| s.describe()).collect();
 
     // Parent: newest snapshot of the same paths from the same host.
     let parent = if opts.force {
         None
     } else {
-        repo.snapshots()?.0.into_iter().rev().find(|(_, s)| s.paths == paths && s.hostname == host)
+        repo.snapshots()?
+            .0
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.paths == paths && s.hostname == host)
     };
-    let parent_root = parent.as_ref().and_then(|(_, s)| repo.load_tree(index, &s.tree).ok());
+    let parent_root = parent
+        .as_ref()
+        .and_then(|(_, s)| repo.load_tree(index, &s.tree).ok());
 
     let excludes = build_excludes(&opts.excludes)?;
-    let dedup = Dedup { index, queued: Mutex::new(HashSet::new()) };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let dedup = Dedup {
+        index,
+        queued: Mutex::new(HashSet::new()),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let readers = sources.iter().map(|s| s.parallelism()).max().unwrap_or(2);
     let (job_tx, job_rx) = bounded::<FileJob>(256);
     let (dir_tx, dir_rx) = bounded::<DirDone>(1024);
@@ -299,10 +372,20 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
             let (job_rx, chunk_tx, dedup) = (job_rx.clone(), chunk_tx.clone(), &dedup);
             s.spawn(move || {
                 // One read buffer per reader, not per file (small files are many).
-                let mut buf = vec![0u8; 1024 * 1024];
-                let mut chunker = repo.chunker();
+                let mut scratch = Scratch {
+                    buf: vec![0u8; 1024 * 1024],
+                    chunker: repo.chunker(),
+                };
                 for job in job_rx {
-                    let r = read_file(repo, dedup, &chunk_tx, counters, &*job.source, &job.path, &mut buf, &mut chunker);
+                    let r = read_file(
+                        repo,
+                        dedup,
+                        &chunk_tx,
+                        counters,
+                        &*job.source,
+                        &job.path,
+                        &mut scratch,
+                    );
                     let _ = job.reply.send(r);
                 }
             });
@@ -342,8 +425,14 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
             s.spawn(move || {
                 let mut stack: Vec<BlobId> = Vec::new();
                 for d in dir_rx {
-                    let ndirs = d.entries.iter().filter(|p| matches!(p, Pending::Dir(_))).count();
-                    let mut subs = stack.split_off(stack.len().saturating_sub(ndirs)).into_iter();
+                    let ndirs = d
+                        .entries
+                        .iter()
+                        .filter(|p| matches!(p, Pending::Dir(_)))
+                        .count();
+                    let mut subs = stack
+                        .split_off(stack.len().saturating_sub(ndirs))
+                        .into_iter();
                     let mut nodes = Vec::with_capacity(d.entries.len());
                     for p in d.entries {
                         match p {
@@ -368,7 +457,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
                     let bytes = Tree { nodes }.to_bytes();
                     let id = repo.key().blob_id(&bytes);
                     if dedup.is_new(&id) {
-                        let _ = chunk_tx.send(Chunk { kind: BlobKind::Tree, id, data: bytes });
+                        let _ = chunk_tx.send(Chunk {
+                            kind: BlobKind::Tree,
+                            id,
+                            data: bytes,
+                        });
                     }
                     stack.push(id);
                 }
@@ -377,7 +470,15 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         };
         drop(chunk_tx);
 
-        let walker = Walker { repo, index, excludes, jobs: job_tx, dirs: dir_tx, counters, force: opts.force };
+        let walker = Walker {
+            repo,
+            index,
+            excludes,
+            jobs: job_tx,
+            dirs: dir_tx,
+            counters,
+            force: opts.force,
+        };
         let mut roots = Vec::new();
         let mut names = HashSet::new();
         for src in &sources {
@@ -393,7 +494,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
             e2.name = name;
             match e.kind {
                 NodeKind::Dir => {
-                    let sub = old.and_then(|o| o.subtree).and_then(|id| repo.load_tree(index, &id).ok());
+                    let sub = old
+                        .and_then(|o| o.subtree)
+                        .and_then(|id| repo.load_tree(index, &id).ok());
                     walker.walk_dir(src, &src.describe(), "", sub)?;
                     roots.push(Pending::Dir(node_from(&e2)));
                 }
@@ -402,10 +505,16 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         }
         let Walker { jobs, dirs, .. } = walker;
         drop(jobs);
-        let _ = dirs.send(DirDone { path: String::new(), entries: roots });
+        let _ = dirs.send(DirDone {
+            path: String::new(),
+            entries: roots,
+        });
         drop(dirs);
         let root = finaliser.join().ok().flatten();
-        let pstats = packer.join().map_err(|_| BackupError::Pack("packer thread panicked".into()))?.map_err(BackupError::Pack)?;
+        let pstats = packer
+            .join()
+            .map_err(|_| BackupError::Pack("packer thread panicked".into()))?
+            .map_err(BackupError::Pack)?;
         Ok((root, pstats))
     })?;
     let root = root.ok_or_else(|| BackupError::Pack("no root tree".into()))?;
@@ -426,7 +535,17 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, smb_password: Option<&str
         duration_ms: started.elapsed().as_millis() as u64,
     };
     let parent_id = parent.as_ref().and_then(|(n, _)| n.parse::<PackId>().ok());
-    let snap = Snapshot { version: 1, time_ns, hostname: host, paths, tags: opts.tags.clone(), tree: root, parent: parent_id, summary: summary.clone(), program: format!("levee-agent {}", env!("CARGO_PKG_VERSION")) };
+    let snap = Snapshot {
+        version: 1,
+        time_ns,
+        hostname: host,
+        paths,
+        tags: opts.tags.clone(),
+        tree: root,
+        parent: parent_id,
+        summary: summary.clone(),
+        program: format!("levee-agent {}", env!("CARGO_PKG_VERSION")),
+    };
     let id = repo.save_snapshot(&snap)?;
     drop(lock);
     let stored = g(&counters.bytes_stored);

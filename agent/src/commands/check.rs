@@ -40,7 +40,11 @@ pub struct CheckReport {
     pub errors: Vec<String>,
 }
 
-pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Result<CheckReport, RepoError> {
+pub fn check(
+    repo: &Repository,
+    opts: &CheckOptions,
+    counters: &Counters,
+) -> Result<CheckReport, RepoError> {
     let mut r = CheckReport::default();
     counters.set_phase("index");
     let loaded = repo.load_index()?;
@@ -65,9 +69,15 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
     }
     for (id, blobs) in &expected {
         match packs.get(&id.to_hex()) {
-            None => r.errors.push(format!("pack {id}: named in the index but missing")),
+            None => r
+                .errors
+                .push(format!("pack {id}: named in the index but missing")),
             Some(size) => {
-                let end = blobs.iter().map(|b| u64::from(b.offset) + u64::from(b.length)).max().unwrap_or(0);
+                let end = blobs
+                    .iter()
+                    .map(|b| u64::from(b.offset) + u64::from(b.length))
+                    .max()
+                    .unwrap_or(0);
                 if end + 8 > *size {
                     r.errors.push(format!("pack {id}: {size} bytes, too short for the blobs the index lists (truncated)"));
                 }
@@ -75,7 +85,11 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
         }
     }
     for name in packs.keys() {
-        if name.parse::<PackId>().map(|id| !expected.contains_key(&id)).unwrap_or(true) {
+        if name
+            .parse::<PackId>()
+            .map(|id| !expected.contains_key(&id))
+            .unwrap_or(true)
+        {
             r.unindexed_packs.push(name.clone());
         }
     }
@@ -110,19 +124,28 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
             if !seen_trees.insert(tid) {
                 continue;
             }
-            classify(&tid, &|| format!("snapshot {name}: directory {path}"), &mut r);
+            classify(
+                &tid,
+                &|| format!("snapshot {name}: directory {path}"),
+                &mut r,
+            );
             let t = match repo.load_tree(full, &tid) {
                 Ok(t) => t,
                 Err(e) => {
                     if full.contains(&tid) {
-                        r.errors.push(format!("snapshot {name}: directory {path}: {e}"));
+                        r.errors
+                            .push(format!("snapshot {name}: directory {path}: {e}"));
                     }
                     continue;
                 }
             };
             for n in t.nodes {
                 for id in &n.content {
-                    classify(id, &|| format!("snapshot {name}: file {path}{}", n.name), &mut r);
+                    classify(
+                        id,
+                        &|| format!("snapshot {name}: file {path}{}", n.name),
+                        &mut r,
+                    );
                 }
                 if let Some(st) = n.subtree {
                     stack.push((st, format!("{path}{}/", n.name)));
@@ -158,9 +181,11 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
                 Ok((h, verified, errs)) => {
                     r.blobs_verified += verified;
                     r.errors.extend(errs);
-                    if let Some(exp) = name.parse::<PackId>().ok().and_then(|id| expected.get(&id)) {
+                    if let Some(exp) = name.parse::<PackId>().ok().and_then(|id| expected.get(&id))
+                    {
                         if *exp != h.blobs {
-                            r.errors.push(format!("pack {name}: header does not match the index"));
+                            r.errors
+                                .push(format!("pack {name}: header does not match the index"));
                         }
                     }
                 }
@@ -172,15 +197,25 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
     Ok(r)
 }
 
-fn read_pack(repo: &Repository, name: &str, size: u64) -> Result<(PackHeader, u64, Vec<String>), String> {
-    let data = repo.be.read(FileKind::Pack, name).map_err(|e| e.to_string())?;
+fn read_pack(
+    repo: &Repository,
+    name: &str,
+    size: u64,
+) -> Result<(PackHeader, u64, Vec<String>), String> {
+    let data = repo
+        .be
+        .read(FileKind::Pack, name)
+        .map_err(|e| e.to_string())?;
     if file_id(&data).to_hex() != name {
         return Err("contents do not match its name (corrupted)".into());
     }
     let t = data.get(data.len().saturating_sub(8)..).unwrap_or(&[]);
     let (start, len) = parse_trailer(t, size).map_err(|e| e.to_string())?;
     let hb = &data[start as usize..start as usize + len as usize];
-    let plain = repo.key().decrypt(hb).map_err(|_| "header cannot be decrypted".to_string())?;
+    let plain = repo
+        .key()
+        .decrypt(hb)
+        .map_err(|_| "header cannot be decrypted".to_string())?;
     let h = PackHeader::parse(&plain).map_err(|e| e.to_string())?;
     h.check_bounds(start).map_err(|e| e.to_string())?;
     let mut errs = Vec::new();

@@ -27,17 +27,36 @@ pub fn diff(repo: &Repository, a: &str, b: &str) -> Result<Vec<Change>, RepoErro
     Ok(out)
 }
 
-fn children(repo: &Repository, index: &MasterIndex, t: Option<BlobId>) -> Result<BTreeMap<String, Node>, RepoError> {
+fn children(
+    repo: &Repository,
+    index: &MasterIndex,
+    t: Option<BlobId>,
+) -> Result<BTreeMap<String, Node>, RepoError> {
     Ok(match t {
-        Some(id) => repo.load_tree(index, &id)?.nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        Some(id) => repo
+            .load_tree(index, &id)?
+            .nodes
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect(),
         None => BTreeMap::new(),
     })
 }
 
-fn all(repo: &Repository, index: &MasterIndex, t: Option<BlobId>, base: &str, sign: &str, out: &mut Vec<Change>) -> Result<(), RepoError> {
+fn all(
+    repo: &Repository,
+    index: &MasterIndex,
+    t: Option<BlobId>,
+    base: &str,
+    sign: &str,
+    out: &mut Vec<Change>,
+) -> Result<(), RepoError> {
     for (name, n) in children(repo, index, t)? {
         let p = join(base, &name);
-        out.push(Change { change: sign.into(), path: format!("/{p}") });
+        out.push(Change {
+            change: sign.into(),
+            path: format!("/{p}"),
+        });
         if n.kind == NodeKind::Dir {
             all(repo, index, n.subtree, &p, sign, out)?;
         }
@@ -45,7 +64,14 @@ fn all(repo: &Repository, index: &MasterIndex, t: Option<BlobId>, base: &str, si
     Ok(())
 }
 
-fn diff_trees(repo: &Repository, index: &MasterIndex, a: Option<BlobId>, b: Option<BlobId>, base: &str, out: &mut Vec<Change>) -> Result<(), RepoError> {
+fn diff_trees(
+    repo: &Repository,
+    index: &MasterIndex,
+    a: Option<BlobId>,
+    b: Option<BlobId>,
+    base: &str,
+    out: &mut Vec<Change>,
+) -> Result<(), RepoError> {
     if a == b {
         return Ok(());
     }
@@ -58,13 +84,19 @@ fn diff_trees(repo: &Repository, index: &MasterIndex, a: Option<BlobId>, b: Opti
         let p = join(base, name);
         match (ca.get(name), cb.get(name)) {
             (Some(x), None) => {
-                out.push(Change { change: "-".into(), path: format!("/{p}") });
+                out.push(Change {
+                    change: "-".into(),
+                    path: format!("/{p}"),
+                });
                 if x.kind == NodeKind::Dir {
                     all(repo, index, x.subtree, &p, "-", out)?;
                 }
             }
             (None, Some(y)) => {
-                out.push(Change { change: "+".into(), path: format!("/{p}") });
+                out.push(Change {
+                    change: "+".into(),
+                    path: format!("/{p}"),
+                });
                 if y.kind == NodeKind::Dir {
                     all(repo, index, y.subtree, &p, "+", out)?;
                 }
@@ -72,10 +104,19 @@ fn diff_trees(repo: &Repository, index: &MasterIndex, a: Option<BlobId>, b: Opti
             (Some(x), Some(y)) => {
                 if x.kind == NodeKind::Dir && y.kind == NodeKind::Dir {
                     diff_trees(repo, index, x.subtree, y.subtree, &p, out)?;
-                } else if x.kind != y.kind || x.content != y.content || x.link_target != y.link_target {
-                    out.push(Change { change: "M".into(), path: format!("/{p}") });
+                } else if x.kind != y.kind
+                    || x.content != y.content
+                    || x.link_target != y.link_target
+                {
+                    out.push(Change {
+                        change: "M".into(),
+                        path: format!("/{p}"),
+                    });
                 } else if x != y {
-                    out.push(Change { change: "U".into(), path: format!("/{p}") });
+                    out.push(Change {
+                        change: "U".into(),
+                        path: format!("/{p}"),
+                    });
                 }
             }
             (None, None) => {}

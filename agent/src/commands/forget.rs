@@ -38,7 +38,10 @@ pub struct ForgetOptions {
 
 impl ForgetOptions {
     fn has_policy(&self) -> bool {
-        self.keep_last.is_some() || self.keep_daily.is_some() || self.keep_weekly.is_some() || self.keep_monthly.is_some()
+        self.keep_last.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
     }
 }
 
@@ -50,13 +53,17 @@ pub struct ForgetResult {
 
 /// Which snapshots the policy keeps; pure, for tests.
 pub fn apply_policy(snaps: &[(String, Snapshot)], o: &ForgetOptions) -> HashSet<String> {
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<&(String, Snapshot)>> = BTreeMap::new();
+    type Group<'a> = Vec<&'a (String, Snapshot)>;
+    let mut groups: BTreeMap<(String, Vec<String>), Group> = BTreeMap::new();
     for s in snaps {
-        groups.entry((s.1.hostname.clone(), s.1.paths.clone())).or_default().push(s);
+        groups
+            .entry((s.1.hostname.clone(), s.1.paths.clone()))
+            .or_default()
+            .push(s);
     }
     let mut keep = HashSet::new();
     for (_, mut g) in groups {
-        g.sort_by(|a, b| b.1.time_ns.cmp(&a.1.time_ns));
+        g.sort_by_key(|s| std::cmp::Reverse(s.1.time_ns));
         let day = |s: &Snapshot| s.time_ns.div_euclid(86_400 * 1_000_000_000);
         // Weeks start on Monday: 1970-01-01 was a Thursday.
         let week = |s: &Snapshot| (day(s) + 3).div_euclid(7);
@@ -64,7 +71,12 @@ pub fn apply_policy(snaps: &[(String, Snapshot)], o: &ForgetOptions) -> HashSet<
             let (y, m, _) = civil_from_days(day(s));
             y * 12 + i64::from(m)
         };
-        let rules: [(Option<usize>, &dyn Fn(&Snapshot) -> i64); 3] = [(o.keep_daily, &day), (o.keep_weekly, &week), (o.keep_monthly, &month)];
+        type Bucket<'a> = &'a dyn Fn(&Snapshot) -> i64;
+        let rules: [(Option<usize>, Bucket); 3] = [
+            (o.keep_daily, &day),
+            (o.keep_weekly, &week),
+            (o.keep_monthly, &month),
+        ];
         for (i, s) in g.iter().enumerate() {
             if o.keep_last.is_some_and(|n| i < n) {
                 keep.insert(s.0.clone());
@@ -94,8 +106,15 @@ pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, Repo
         .iter()
         .map(|spec| repo.find_snapshot(spec).map(|(n, _)| n))
         .collect::<Result<_, _>>()?;
-    let keep: HashSet<String> = if o.has_policy() { apply_policy(&snaps, o) } else { snaps.iter().map(|s| s.0.clone()).collect() };
-    let mut res = ForgetResult { keep: Vec::new(), remove: Vec::new() };
+    let keep: HashSet<String> = if o.has_policy() {
+        apply_policy(&snaps, o)
+    } else {
+        snaps.iter().map(|s| s.0.clone()).collect()
+    };
+    let mut res = ForgetResult {
+        keep: Vec::new(),
+        remove: Vec::new(),
+    };
     for (name, _) in &snaps {
         if keep.contains(name) && !explicit.contains(name) {
             res.keep.push(name.clone());
@@ -118,21 +137,51 @@ mod tests {
 
     fn snap(day: i64, hour: i64) -> (String, Snapshot) {
         let t = (day * 86_400 + hour * 3600) * 1_000_000_000;
-        (format!("{day:03}-{hour:02}"), Snapshot { version: 1, time_ns: t, hostname: "h".into(), paths: vec!["/p".into()], tags: vec![], tree: BlobId([0; 32]), parent: None, summary: Default::default(), program: String::new() })
+        (
+            format!("{day:03}-{hour:02}"),
+            Snapshot {
+                version: 1,
+                time_ns: t,
+                hostname: "h".into(),
+                paths: vec!["/p".into()],
+                tags: vec![],
+                tree: BlobId([0; 32]),
+                parent: None,
+                summary: Default::default(),
+                program: String::new(),
+            },
+        )
     }
 
     #[test]
     fn daily_weekly_monthly() {
         // Two snapshots a day for 100 days from 1970-01-01 (a Thursday).
         let snaps: Vec<_> = (0..100).flat_map(|d| [snap(d, 1), snap(d, 13)]).collect();
-        let o = ForgetOptions { keep_daily: Some(3), ..Default::default() };
+        let o = ForgetOptions {
+            keep_daily: Some(3),
+            ..Default::default()
+        };
         let k = apply_policy(&snaps, &o);
-        assert_eq!(k, ["099-13", "098-13", "097-13"].iter().map(|s| s.to_string()).collect());
-        let o = ForgetOptions { keep_last: Some(1), keep_weekly: Some(2), keep_monthly: Some(2), ..Default::default() };
+        assert_eq!(
+            k,
+            ["099-13", "098-13", "097-13"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        );
+        let o = ForgetOptions {
+            keep_last: Some(1),
+            keep_weekly: Some(2),
+            keep_monthly: Some(2),
+            ..Default::default()
+        };
         let k = apply_policy(&snaps, &o);
         // Last: 099-13 (Fri 1970-04-10); weekly: it and the previous week's
         // newest (094-13, Sun Apr 5); monthly: it and March's (089-13).
-        assert!(k.contains("099-13") && k.contains("094-13") && k.contains("089-13"), "{k:?}");
+        assert!(
+            k.contains("099-13") && k.contains("094-13") && k.contains("089-13"),
+            "{k:?}"
+        );
         assert_eq!(k.len(), 3);
     }
 }

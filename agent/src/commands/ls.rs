@@ -14,7 +14,11 @@ pub struct LsEntry {
 }
 
 /// Every node below `path` (default: the whole snapshot), depth-first.
-pub fn ls(repo: &Repository, snapshot: &str, path: Option<&str>) -> Result<Vec<LsEntry>, RepoError> {
+pub fn ls(
+    repo: &Repository,
+    snapshot: &str,
+    path: Option<&str>,
+) -> Result<Vec<LsEntry>, RepoError> {
     let (loaded, _) = repo.load_index_recovering()?;
     let index = &loaded.index;
     let (_, snap) = repo.find_snapshot(snapshot)?;
@@ -22,12 +26,17 @@ pub fn ls(repo: &Repository, snapshot: &str, path: Option<&str>) -> Result<Vec<L
     let mut f = |p: &str, n: &Node| {
         let mut n = n.clone();
         n.content.clear();
-        out.push(LsEntry { path: format!("/{p}"), node: n });
+        out.push(LsEntry {
+            path: format!("/{p}"),
+            node: n,
+        });
     };
     match path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
         None => walk(repo, index, &repo.load_tree(index, &snap.tree)?, "", &mut f)?,
         Some(p) => {
-            let Some(n) = find_node(repo, index, &snap.tree, p)? else { return Err(RepoError::NoSnapshot(format!("{snapshot}:{p}"))) };
+            let Some(n) = find_node(repo, index, &snap.tree, p)? else {
+                return Err(RepoError::NoSnapshot(format!("{snapshot}:{p}")));
+            };
             f(p, &n);
             if n.kind == NodeKind::Dir {
                 if let Some(id) = n.subtree {

@@ -11,6 +11,7 @@
 //!    re-index packs listed in the state file), no index names it again, and
 //!    no snapshot uses any of its blobs. Otherwise it is kept (re-indexed if a
 //!    snapshot uses it).
+//!
 //! Locks are listed before snapshots are read, so a backup that finishes
 //! meanwhile has its snapshot seen. Every step writes new files before it
 //! removes old ones; a prune killed at any point leaves a valid repository.
@@ -64,7 +65,8 @@ pub struct PruneState {
 impl PruneState {
     pub fn load(repo: &Repository) -> Result<Self, RepoError> {
         match repo.local().read(FileKind::PruneState, "") {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| RepoError::Config(format!("prune-state.json: {e}"))),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| RepoError::Config(format!("prune-state.json: {e}"))),
             Err(e) if e.is_not_found() => Ok(Self::default()),
             Err(e) => Err(e.into()),
         }
@@ -87,7 +89,11 @@ pub struct PruneReport {
     pub waiting_for_backups: usize,
 }
 
-pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneReport, PruneError> {
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    counters: &Counters,
+) -> Result<PruneReport, PruneError> {
     let now = now_ns();
     let lock = Lock::acquire(repo.local().clone(), "prune").map_err(RepoError::from)?;
     // Locks first, then snapshots: see the module comment.
@@ -109,7 +115,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     // Index files, kept whole: we rewrite them.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     for (name, _) in repo.be.list(FileKind::Index).map_err(RepoError::from)? {
-        match repo.be.load(FileKind::Index, &name).map_err(RepoError::from).and_then(|b| IndexFile::parse(&b).map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))) {
+        match repo
+            .be
+            .load(FileKind::Index, &name)
+            .map_err(RepoError::from)
+            .and_then(|b| {
+                IndexFile::parse(&b).map_err(|e| RepoError::BadPack(name.clone(), e.to_string()))
+            }) {
             Ok(f) => files.push((name, f)),
             // Its packs look unindexed below and are re-indexed if used.
             Err(e) => tracing::warn!(index = %name, "unreadable index file left alone: {e}"),
@@ -127,7 +139,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
 
     let (snaps, bad) = repo.snapshots()?;
     if let Some((name, e)) = bad.first() {
-        return Err(PruneError::Unsafe(format!("snapshot {name} is unreadable ({e}); run `check`, then `forget` it")));
+        return Err(PruneError::Unsafe(format!(
+            "snapshot {name} is unreadable ({e}); run `check`, then `forget` it"
+        )));
     }
     let mut used: HashSet<BlobId> = HashSet::new();
     for (name, s) in &snaps {
@@ -136,7 +150,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
             if !used.insert(t) {
                 continue;
             }
-            let tree = repo.load_tree(&index, &t).map_err(|e| PruneError::Unsafe(format!("snapshot {name}: {e}; run `check`")))?;
+            let tree = repo
+                .load_tree(&index, &t)
+                .map_err(|e| PruneError::Unsafe(format!("snapshot {name}: {e}; run `check`")))?;
             for n in tree.nodes {
                 used.extend(n.content);
                 if let Some(st) = n.subtree {
@@ -146,7 +162,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         }
     }
     rep.used_blobs = used.len();
-    let on_disk: HashMap<String, u64> = repo.be.list(FileKind::Pack).map_err(RepoError::from)?.into_iter().collect();
+    let on_disk: HashMap<String, u64> = repo
+        .be
+        .list(FileKind::Pack)
+        .map_err(RepoError::from)?
+        .into_iter()
+        .collect();
 
     // Sweep: packs marked by an earlier run.
     counters.set_phase("sweep");
@@ -158,13 +179,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
             state.packs.remove(&name);
             continue;
         };
-        let Ok(id) = name.parse::<PackId>() else { continue };
+        let Ok(id) = name.parse::<PackId>() else {
+            continue;
+        };
         if by_pack.contains_key(&id) {
             // An index names it again (a prune killed mid-way): re-decide below.
             state.packs.remove(&name);
             continue;
         }
-        let Some(p) = state.packs.get_mut(&name) else { continue };
+        let Some(p) = state.packs.get_mut(&name) else {
+            continue;
+        };
         let Some(since) = p.unindexed_since_ns else {
             p.unindexed_since_ns = Some(now);
             continue;
@@ -192,23 +217,38 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
             continue; // missing pack: dropping it from the index loses nothing
         }
         let total: u64 = blobs.iter().map(|b| u64::from(b.length)).sum();
-        let unused: u64 = blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| u64::from(b.length)).sum();
+        let unused: u64 = blobs
+            .iter()
+            .filter(|b| !used.contains(&b.id))
+            .map(|b| u64::from(b.length))
+            .sum();
         if unused == total {
             newly_marked.push(id.to_hex());
         } else if unused * 100 > total * u64::from(opts.max_unused_percent.min(100)) {
             repack.push((*id, blobs.clone()));
         } else {
-            keep.push(IndexPack { id: *id, blobs: blobs.clone() });
+            keep.push(IndexPack {
+                id: *id,
+                blobs: blobs.clone(),
+            });
         }
     }
     let mut unindexed_marked = Vec::new();
     for (name, size) in &on_disk {
-        let Ok(id) = name.parse::<PackId>() else { continue };
-        if by_pack.contains_key(&id) || state.packs.contains_key(name) || to_delete.contains(name) || reindex.iter().any(|p| p.id == id) {
+        let Ok(id) = name.parse::<PackId>() else {
+            continue;
+        };
+        if by_pack.contains_key(&id)
+            || state.packs.contains_key(name)
+            || to_delete.contains(name)
+            || reindex.iter().any(|p| p.id == id)
+        {
             continue;
         }
         match repo.read_pack_header(name, *size) {
-            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => reindex.push(IndexPack { id, blobs: h.blobs }),
+            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => {
+                reindex.push(IndexPack { id, blobs: h.blobs })
+            }
             // Possibly a running backup's pack: marking only starts the clock.
             _ => unindexed_marked.push(name.clone()),
         }
@@ -223,8 +263,24 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
             if !copied.insert(b.id) {
                 continue;
             }
-            let data = repo.be.read_at(FileKind::Pack, &name, u64::from(b.offset), b.length as usize).map_err(RepoError::from)?;
-            packer.add(EncodedBlob { kind: b.kind, compression: b.compression, id: b.id, raw_length: b.raw_length, data }).map_err(RepoError::from)?;
+            let data = repo
+                .be
+                .read_at(
+                    FileKind::Pack,
+                    &name,
+                    u64::from(b.offset),
+                    b.length as usize,
+                )
+                .map_err(RepoError::from)?;
+            packer
+                .add(EncodedBlob {
+                    kind: b.kind,
+                    compression: b.compression,
+                    id: b.id,
+                    raw_length: b.raw_length,
+                    data,
+                })
+                .map_err(RepoError::from)?;
         }
         newly_marked.push(name);
         rep.packs_repacked += 1;
@@ -234,10 +290,22 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     // Durable order: state naming the candidates, new index, old index gone,
     // then the candidates' unindexed time.
     for name in &newly_marked {
-        state.packs.insert(name.clone(), PendingPack { marked_ns: now, unindexed_since_ns: None });
+        state.packs.insert(
+            name.clone(),
+            PendingPack {
+                marked_ns: now,
+                unindexed_since_ns: None,
+            },
+        );
     }
     for name in &unindexed_marked {
-        state.packs.insert(name.clone(), PendingPack { marked_ns: now, unindexed_since_ns: Some(now) });
+        state.packs.insert(
+            name.clone(),
+            PendingPack {
+                marked_ns: now,
+                unindexed_since_ns: Some(now),
+            },
+        );
     }
     rep.packs_marked = newly_marked.len() + unindexed_marked.len();
     rep.packs_reindexed = reindex.len();
@@ -246,10 +314,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     let changed = !newly_marked.is_empty() || rep.packs_reindexed > 0 || files.len() > 1;
     if changed {
         for chunk in keep.chunks(4096) {
-            repo.be.save(FileKind::Index, &IndexFile { packs: chunk.to_vec() }.to_bytes()).map_err(RepoError::from)?;
+            repo.be
+                .save(
+                    FileKind::Index,
+                    &IndexFile {
+                        packs: chunk.to_vec(),
+                    }
+                    .to_bytes(),
+                )
+                .map_err(RepoError::from)?;
         }
         for (name, _) in &files {
-            repo.be.remove(FileKind::Index, name).map_err(RepoError::from)?;
+            repo.be
+                .remove(FileKind::Index, name)
+                .map_err(RepoError::from)?;
         }
     }
     let t = now_ns();
@@ -263,7 +341,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     // pack (dropped next run), never an unmarked garbage pack.
     for name in &to_delete {
         rep.bytes_freed += on_disk.get(name).copied().unwrap_or(0);
-        repo.be.remove(FileKind::Pack, name).map_err(RepoError::from)?;
+        repo.be
+            .remove(FileKind::Pack, name)
+            .map_err(RepoError::from)?;
         state.packs.remove(name);
         rep.packs_deleted += 1;
     }

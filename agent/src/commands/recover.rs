@@ -13,17 +13,24 @@ use crate::repository::{RepoError, Repository};
 /// Packs listed in prune's pending-deletion state: never recovered, so a
 /// pack on its way out cannot be pulled back into use behind prune's back.
 pub fn pending_packs(repo: &Repository) -> HashSet<String> {
-    crate::commands::prune::PruneState::load(repo).map(|s| s.packs.into_keys().collect()).unwrap_or_default()
+    crate::commands::prune::PruneState::load(repo)
+        .map(|s| s.packs.into_keys().collect())
+        .unwrap_or_default()
 }
 
 /// Indexes unindexed packs (except pending ones); returns how many and the
 /// packs whose headers could not be read.
-pub fn recover_unindexed(repo: &Repository, index: &mut MasterIndex) -> Result<(usize, Vec<(String, String)>), RepoError> {
+pub fn recover_unindexed(
+    repo: &Repository,
+    index: &mut MasterIndex,
+) -> Result<(usize, Vec<(String, String)>), RepoError> {
     let pending = pending_packs(repo);
     let mut found = Vec::new();
     let mut bad = Vec::new();
     for (name, size) in repo.be.list(FileKind::Pack)? {
-        let Ok(id) = name.parse::<PackId>() else { continue };
+        let Ok(id) = name.parse::<PackId>() else {
+            continue;
+        };
         if index.has_pack(&id) || pending.contains(&name) {
             continue;
         }

@@ -63,11 +63,18 @@ pub struct RestoreSummary {
 }
 
 /// Finds the node at `path` below a root tree.
-pub fn find_node(repo: &Repository, index: &MasterIndex, root: &BlobId, path: &str) -> Result<Option<Node>, RepoError> {
+pub fn find_node(
+    repo: &Repository,
+    index: &MasterIndex,
+    root: &BlobId,
+    path: &str,
+) -> Result<Option<Node>, RepoError> {
     let mut tree = repo.load_tree(index, root)?;
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     for (i, p) in parts.iter().enumerate() {
-        let Some(n) = tree.find(p).cloned() else { return Ok(None) };
+        let Some(n) = tree.find(p).cloned() else {
+            return Ok(None);
+        };
         if i + 1 == parts.len() {
             return Ok(Some(n));
         }
@@ -84,7 +91,12 @@ struct Job {
     node: Node,
 }
 
-pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&str>, counters: &Counters) -> Result<RestoreSummary, RestoreError> {
+pub fn restore(
+    repo: &Repository,
+    opts: &RestoreOptions,
+    smb_password: Option<&str>,
+    counters: &Counters,
+) -> Result<RestoreSummary, RestoreError> {
     let started = std::time::Instant::now();
     let (loaded, _) = repo.load_index_recovering()?;
     for (name, err) in &loaded.failed {
@@ -96,10 +108,16 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
     let target: &dyn Target = &*target;
 
     // What to restore: the whole root, or one node inside it.
-    let (top, base): (Vec<Node>, String) = match opts.path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+    let (top, base): (Vec<Node>, String) = match opts
+        .path
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+    {
         None => (repo.load_tree(index, &snap.tree)?.nodes, String::new()),
         Some(p) => {
-            let n = find_node(repo, index, &snap.tree, p)?.ok_or_else(|| RestoreError::NoPath(p.into()))?;
+            let n = find_node(repo, index, &snap.tree, p)?
+                .ok_or_else(|| RestoreError::NoPath(p.into()))?;
             (vec![n], String::new())
         }
     };
@@ -123,7 +141,11 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
             });
         }
         drop(rx);
-        let mut stack: Vec<(String, Node)> = top.into_iter().rev().map(|n| (join(&base, &n.name), n)).collect();
+        let mut stack: Vec<(String, Node)> = top
+            .into_iter()
+            .rev()
+            .map(|n| (join(&base, &n.name), n))
+            .collect();
         while let Some((path, node)) = stack.pop() {
             match node.kind {
                 NodeKind::Dir => {
@@ -132,7 +154,11 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
                         continue;
                     }
                     Counters::add(&counters.dirs, 1);
-                    match node.subtree.map(|id| repo.load_tree(index, &id)).transpose() {
+                    match node
+                        .subtree
+                        .map(|id| repo.load_tree(index, &id))
+                        .transpose()
+                    {
                         Ok(t) => {
                             for n in t.unwrap_or_default().nodes.into_iter().rev() {
                                 stack.push((join(&path, &n.name), n));
@@ -148,7 +174,11 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
                     }
                 }
                 NodeKind::File => {
-                    let existing = if opts.overwrite == Overwrite::Always { None } else { target.existing(&path) };
+                    let existing = if opts.overwrite == Overwrite::Always {
+                        None
+                    } else {
+                        target.existing(&path)
+                    };
                     if let Some((size, mtime)) = existing {
                         let skip = match opts.overwrite {
                             Overwrite::Never => true,
@@ -186,7 +216,13 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, smb_password: Option<&s
     })
 }
 
-fn restore_file(repo: &Repository, index: &MasterIndex, target: &dyn Target, j: &Job, zero_blobs: &Mutex<HashMap<BlobId, u64>>) -> Result<u64, String> {
+fn restore_file(
+    repo: &Repository,
+    index: &MasterIndex,
+    target: &dyn Target,
+    j: &Job,
+    zero_blobs: &Mutex<HashMap<BlobId, u64>>,
+) -> Result<u64, String> {
     // Check every blob is known before touching the target file.
     if let Some(id) = j.node.content.iter().find(|id| !index.contains(id)) {
         return Err(format!("blob {id} is missing from the repository"));
@@ -216,7 +252,13 @@ fn restore_file(repo: &Repository, index: &MasterIndex, target: &dyn Target, j: 
 }
 
 /// Walks a tree depth-first, calling `f(path, node)` for every node.
-pub fn walk(repo: &Repository, index: &MasterIndex, tree: &Tree, base: &str, f: &mut dyn FnMut(&str, &Node)) -> Result<(), RepoError> {
+pub fn walk(
+    repo: &Repository,
+    index: &MasterIndex,
+    tree: &Tree,
+    base: &str,
+    f: &mut dyn FnMut(&str, &Node),
+) -> Result<(), RepoError> {
     for n in &tree.nodes {
         let p = join(base, &n.name);
         f(&p, n);

@@ -34,7 +34,10 @@ pub fn io_err(path: &str, e: std::io::Error) -> SourceError {
     match e.kind() {
         std::io::ErrorKind::NotFound => SourceError::NotFound(path.into()),
         std::io::ErrorKind::PermissionDenied => SourceError::AccessDenied(path.into()),
-        _ => SourceError::Io { path: path.into(), source: e },
+        _ => SourceError::Io {
+            path: path.into(),
+            source: e,
+        },
     }
 }
 
@@ -47,7 +50,13 @@ pub fn entry_from_metadata(name: String, md: &Metadata, path: &Path) -> SourceEn
     } else {
         NodeKind::File
     };
-    let link_target = if kind == NodeKind::Symlink { fs::read_link(path).ok().map(|p| p.to_string_lossy().into_owned()) } else { None };
+    let link_target = if kind == NodeKind::Symlink {
+        fs::read_link(path)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    } else {
+        None
+    };
     SourceEntry {
         name,
         kind,
@@ -68,8 +77,13 @@ pub fn entry_from_metadata(name: String, md: &Metadata, path: &Path) -> SourceEn
 
 impl Source for LocalSource {
     fn root(&self) -> Result<SourceEntry, SourceError> {
-        let md = fs::symlink_metadata(&self.root).map_err(|e| io_err(&self.root.to_string_lossy(), e))?;
-        let name = self.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        let md = fs::symlink_metadata(&self.root)
+            .map_err(|e| io_err(&self.root.to_string_lossy(), e))?;
+        let name = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
         Ok(entry_from_metadata(name, &md, &self.root))
     }
 
@@ -80,12 +94,18 @@ impl Source for LocalSource {
             let ent = ent.map_err(|e| io_err(dir, e))?;
             let path = ent.path();
             // Entries that vanish between listing and stat are skipped.
-            let Ok(md) = fs::symlink_metadata(&path) else { continue };
+            let Ok(md) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             let ft = md.file_type();
             if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
                 continue; // sockets, fifos, devices: not backed up
             }
-            out.push(entry_from_metadata(ent.file_name().to_string_lossy().into_owned(), &md, &path));
+            out.push(entry_from_metadata(
+                ent.file_name().to_string_lossy().into_owned(),
+                &md,
+                &path,
+            ));
         }
         Ok(out)
     }
@@ -96,7 +116,10 @@ impl Source for LocalSource {
     }
 
     fn parallelism(&self) -> usize {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
     }
 
     fn describe(&self) -> String {

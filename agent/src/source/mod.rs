@@ -11,7 +11,10 @@ use levee_proto::repo::NodeKind;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The file is open elsewhere with a sharing mode that forbids reading
     /// (a Windows lock): reported and skipped, not fatal.
     #[error("{0}: locked by another program (sharing violation), skipped")]

@@ -52,15 +52,21 @@ pub struct SmbUrl {
 impl SmbUrl {
     pub fn parse(s: &str) -> Result<Self, SourceError> {
         let bad = |w: &str| SourceError::Invalid(s.into(), w.into());
-        let rest = s.strip_prefix("smb://").ok_or_else(|| bad("must start with smb://"))?;
+        let rest = s
+            .strip_prefix("smb://")
+            .ok_or_else(|| bad("must start with smb://"))?;
         let (auth, rest) = match rest.split_once('@') {
             Some((a, r)) => (a, r),
             None => ("", rest),
         };
         if auth.contains(':') {
-            return Err(bad("put the password in LEVEE_SMB_PASSWORD or the configuration, not the URL"));
+            return Err(bad(
+                "put the password in LEVEE_SMB_PASSWORD or the configuration, not the URL",
+            ));
         }
-        let (hostport, path) = rest.split_once('/').ok_or_else(|| bad("missing share name"))?;
+        let (hostport, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("missing share name"))?;
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| bad("bad port"))?),
             None => (hostport, 445),
@@ -69,13 +75,30 @@ impl SmbUrl {
         if host.is_empty() || share.is_empty() {
             return Err(bad("missing host or share"));
         }
-        Ok(Self { user: auth.into(), host: host.into(), port, share: share.into(), path: path.trim_matches('/').into() })
+        Ok(Self {
+            user: auth.into(),
+            host: host.into(),
+            port,
+            share: share.into(),
+            path: path.trim_matches('/').into(),
+        })
     }
 
     pub fn describe(&self) -> String {
-        let user = if self.user.is_empty() { String::new() } else { format!("{}@", self.user) };
-        let path = if self.path.is_empty() { String::new() } else { format!("/{}", self.path) };
-        format!("smb://{user}{}:{}/{}{path}", self.host, self.port, self.share)
+        let user = if self.user.is_empty() {
+            String::new()
+        } else {
+            format!("{}@", self.user)
+        };
+        let path = if self.path.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.path)
+        };
+        format!(
+            "smb://{user}{}:{}/{}{path}",
+            self.host, self.port, self.share
+        )
     }
 }
 
@@ -103,8 +126,18 @@ impl SmbConn {
             Some(p) => p.to_string(),
             None => std::env::var("LEVEE_SMB_PASSWORD").unwrap_or_default(),
         };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| SourceError::Smb(format!("runtime: {e}")))?;
-        let cfg = ClientConfig { addr: format!("{}:{}", url.host, url.port), username: url.user.clone(), password, auto_reconnect: true, ..Default::default() };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError::Smb(format!("runtime: {e}")))?;
+        let cfg = ClientConfig {
+            addr: format!("{}:{}", url.host, url.port),
+            username: url.user.clone(),
+            password,
+            auto_reconnect: true,
+            ..Default::default()
+        };
         let (client, tree) = rt
             .block_on(async {
                 let mut c = SmbClient::connect(cfg).await?;
@@ -119,7 +152,12 @@ impl SmbConn {
                 };
                 SourceError::Smb(format!("connecting to {}: {e}{hint}", url.describe()))
             })?;
-        Ok(Self { rt: Arc::new(rt), client: Mutex::new(client), tree, url })
+        Ok(Self {
+            rt: Arc::new(rt),
+            client: Mutex::new(client),
+            tree,
+            url,
+        })
     }
 
     /// The share-relative path of a source-relative one.
@@ -138,14 +176,32 @@ pub struct SmbSource {
 
 impl SmbSource {
     pub fn connect(spec: &str, password: Option<&str>) -> Result<Self, SourceError> {
-        Ok(Self { conn: SmbConn::connect(spec, password)? })
+        Ok(Self {
+            conn: SmbConn::connect(spec, password)?,
+        })
     }
 }
 
-fn entry(name: String, is_dir: bool, size: u64, created: u64, modified: u64, accessed: u64, changed: u64, attributes: u32, file_id: u64) -> SourceEntry {
+// Mirrors the listing's fields one to one; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+fn entry(
+    name: String,
+    is_dir: bool,
+    size: u64,
+    created: u64,
+    modified: u64,
+    accessed: u64,
+    changed: u64,
+    attributes: u32,
+    file_id: u64,
+) -> SourceEntry {
     SourceEntry {
         name,
-        kind: if is_dir { NodeKind::Dir } else { NodeKind::File },
+        kind: if is_dir {
+            NodeKind::Dir
+        } else {
+            NodeKind::File
+        },
         size: if is_dir { 0 } else { size },
         mode: 0,
         mtime_ns: filetime_to_ns(modified),
@@ -165,27 +221,41 @@ impl Source for SmbSource {
     fn root(&self) -> Result<SourceEntry, SourceError> {
         let c = &self.conn;
         let path = c.full("");
-        let info = c
-            .rt
-            .block_on(async {
+        let info =
+            c.rt.block_on(async {
                 let mut client = c.client.lock().await;
                 let mut tree = c.tree.clone();
                 client.stat(&mut tree, &path).await
             })
             .map_err(|e| map_err(&path, e))?;
-        let name = if c.url.path.is_empty() { c.url.share.clone() } else { c.url.path.rsplit('/').next().unwrap_or("root").to_string() };
-        Ok(entry(name, info.is_directory, info.size, info.created.0, info.modified.0, info.accessed.0, info.changed.0, info.attributes.0, 0))
+        let name = if c.url.path.is_empty() {
+            c.url.share.clone()
+        } else {
+            c.url.path.rsplit('/').next().unwrap_or("root").to_string()
+        };
+        Ok(entry(
+            name,
+            info.is_directory,
+            info.size,
+            info.created.0,
+            info.modified.0,
+            info.accessed.0,
+            info.changed.0,
+            info.attributes.0,
+            0,
+        ))
     }
 
     fn list(&self, dir: &str) -> Result<Vec<SourceEntry>, SourceError> {
         let c = &self.conn;
         let path = c.full(dir);
-        let entries = c
-            .rt
-            .block_on(async {
+        let entries =
+            c.rt.block_on(async {
                 let mut client = c.client.lock().await;
                 let mut tree = c.tree.clone();
-                client.list_directory_with(&mut tree, &path, ListOptions::new().index_numbers(true)).await
+                client
+                    .list_directory_with(&mut tree, &path, ListOptions::new().index_numbers(true))
+                    .await
             })
             .map_err(|e| map_err(&path, e))?;
         Ok(entries
@@ -194,21 +264,38 @@ impl Source for SmbSource {
             // Junctions and symlinks are listed, never followed: a walk into
             // one could loop or back up another volume.
             .filter(|e| !e.is_link())
-            .map(|e| entry(e.name, e.is_directory, e.size, e.created.0, e.modified.0, 0, e.changed.0, e.attributes.0, e.index_number.unwrap_or(0)))
+            .map(|e| {
+                entry(
+                    e.name,
+                    e.is_directory,
+                    e.size,
+                    e.created.0,
+                    e.modified.0,
+                    0,
+                    e.changed.0,
+                    e.attributes.0,
+                    e.index_number.unwrap_or(0),
+                )
+            })
             .collect())
     }
 
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>, SourceError> {
         let c = &self.conn;
         let full = c.full(path);
-        let dl = c
-            .rt
-            .block_on(async {
+        let dl =
+            c.rt.block_on(async {
                 let mut client = c.client.lock().await;
                 client.open_file_download(&c.tree, &full).await
             })
             .map_err(|e| map_err(&full, e))?;
-        Ok(Box::new(SmbReader { rt: c.rt.clone(), dl, buf: Vec::new(), pos: 0, path: full }))
+        Ok(Box::new(SmbReader {
+            rt: c.rt.clone(),
+            dl,
+            buf: Vec::new(),
+            pos: 0,
+            path: full,
+        }))
     }
 
     fn parallelism(&self) -> usize {
@@ -255,8 +342,20 @@ mod tests {
     #[test]
     fn url() {
         let u = SmbUrl::parse("smb://root@127.0.0.1:1445/share/a/b/").unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str(), u.port, u.share.as_str(), u.path.as_str()), ("root", "127.0.0.1", 1445, "share", "a/b"));
+        assert_eq!(
+            (
+                u.user.as_str(),
+                u.host.as_str(),
+                u.port,
+                u.share.as_str(),
+                u.path.as_str()
+            ),
+            ("root", "127.0.0.1", 1445, "share", "a/b")
+        );
         assert!(SmbUrl::parse("smb://u:pw@h/s").is_err());
-        assert_eq!(filetime_to_ns(ns_to_filetime(1_700_000_000_123_456_700)), 1_700_000_000_123_456_700);
+        assert_eq!(
+            filetime_to_ns(ns_to_filetime(1_700_000_000_123_456_700)),
+            1_700_000_000_123_456_700
+        );
     }
 }

@@ -18,8 +18,13 @@ pub struct LocalTarget {
 
 impl LocalTarget {
     pub fn new(path: &str) -> Result<Self, TargetError> {
-        fs::create_dir_all(path).map_err(|e| TargetError::Io { path: path.into(), source: e })?;
-        Ok(Self { root: PathBuf::from(path) })
+        fs::create_dir_all(path).map_err(|e| TargetError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        Ok(Self {
+            root: PathBuf::from(path),
+        })
     }
     fn full(&self, p: &str) -> PathBuf {
         if p.is_empty() {
@@ -31,11 +36,15 @@ impl LocalTarget {
 }
 
 fn io(p: &Path, e: std::io::Error) -> TargetError {
-    TargetError::Io { path: p.to_string_lossy().into_owned(), source: e }
+    TargetError::Io {
+        path: p.to_string_lossy().into_owned(),
+        source: e,
+    }
 }
 
 fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
-    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| io(p, std::io::Error::other("NUL in path")))?;
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io(p, std::io::Error::other("NUL in path")))?;
     // Owner only as root; failure to chown is not worth failing a restore.
     if node.uid != 0 || node.gid != 0 {
         // SAFETY: c is a valid NUL-terminated path.
@@ -44,8 +53,18 @@ fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
     if node.mode != 0 && follow {
         fs::set_permissions(p, fs::Permissions::from_mode(node.mode)).map_err(|e| io(p, e))?;
     }
-    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
-    let times = [ts(if node.atime_ns != 0 { node.atime_ns } else { node.mtime_ns }), ts(node.mtime_ns)];
+    let ts = |ns: i64| libc::timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    };
+    let times = [
+        ts(if node.atime_ns != 0 {
+            node.atime_ns
+        } else {
+            node.mtime_ns
+        }),
+        ts(node.mtime_ns),
+    ];
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     // SAFETY: valid path and a two-element timespec array, as utimensat wants.
     let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
@@ -69,7 +88,9 @@ impl FileSink for LocalSink {
     }
     fn zeros(&mut self, n: u64) -> Result<(), TargetError> {
         self.pos += n;
-        self.f.seek(SeekFrom::Start(self.pos)).map_err(|e| io(&self.path, e))?;
+        self.f
+            .seek(SeekFrom::Start(self.pos))
+            .map_err(|e| io(&self.path, e))?;
         Ok(())
     }
     fn finish(self: Box<Self>, node: &Node) -> Result<(), TargetError> {
@@ -92,7 +113,14 @@ impl Target for LocalTarget {
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
         let p = self.full(path);
-        let open = || OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(&p);
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+        };
         let f = match open() {
             Ok(f) => f,
             // A read-only file (non-root) or a symlink in the way: replace it.
@@ -107,7 +135,8 @@ impl Target for LocalTarget {
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let p = self.full(path);
         let _ = fs::remove_file(&p);
-        std::os::unix::fs::symlink(node.link_target.as_deref().unwrap_or(""), &p).map_err(|e| io(&p, e))?;
+        std::os::unix::fs::symlink(node.link_target.as_deref().unwrap_or(""), &p)
+            .map_err(|e| io(&p, e))?;
         set_meta(&p, node, false)
     }
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
@@ -115,6 +144,10 @@ impl Target for LocalTarget {
     }
     fn parallelism(&self) -> usize {
         // Decrypting is CPU, writing is I/O: a few more threads than cores.
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2) * 2
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+            * 2
     }
 }

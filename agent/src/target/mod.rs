@@ -8,7 +8,10 @@ use levee_proto::repo::Node;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Smb(String),
 }

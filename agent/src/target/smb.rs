@@ -24,7 +24,11 @@ impl SmbTarget {
             // Create the target directory chain.
             let mut acc = String::new();
             for part in t.conn.url.path.clone().split('/') {
-                acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                acc = if acc.is_empty() {
+                    part.to_string()
+                } else {
+                    format!("{acc}/{part}")
+                };
                 t.mkdir_full(&acc)?;
             }
         }
@@ -33,7 +37,10 @@ impl SmbTarget {
 
     fn mkdir_full(&self, full: &str) -> Result<(), TargetError> {
         let c = &self.conn;
-        match c.rt.block_on(async { c.client.lock().await.create_directory(&c.tree, full).await }) {
+        match c
+            .rt
+            .block_on(async { c.client.lock().await.create_directory(&c.tree, full).await })
+        {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(TargetError::Smb(format!("{full}: {e}"))),
@@ -65,7 +72,9 @@ struct SmbSink {
 
 impl SmbSink {
     fn w(&mut self) -> Result<&mut FileWriter, TargetError> {
-        self.w.as_mut().ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))
+        self.w
+            .as_mut()
+            .ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))
     }
 }
 
@@ -74,7 +83,8 @@ impl FileSink for SmbSink {
         let rt = self.rt.clone();
         let path = self.path.clone();
         let w = self.w()?;
-        rt.block_on(w.write_chunk(data)).map_err(|e| TargetError::Smb(format!("{path}: {e}")))
+        rt.block_on(w.write_chunk(data))
+            .map_err(|e| TargetError::Smb(format!("{path}: {e}")))
     }
     fn zeros(&mut self, mut n: u64) -> Result<(), TargetError> {
         let z = vec![0u8; 1024 * 1024];
@@ -86,7 +96,10 @@ impl FileSink for SmbSink {
         Ok(())
     }
     fn finish(mut self: Box<Self>, node: &Node) -> Result<(), TargetError> {
-        let mut w = self.w.take().ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))?;
+        let mut w = self
+            .w
+            .take()
+            .ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))?;
         let path = self.path.clone();
         self.rt
             .block_on(async {
@@ -104,28 +117,51 @@ impl Target for SmbTarget {
     fn existing(&self, path: &str) -> Option<(u64, i64)> {
         let c = &self.conn;
         let full = c.full(path);
-        let info = c
-            .rt
-            .block_on(async {
+        let info =
+            c.rt.block_on(async {
                 let mut tree = c.tree.clone();
                 c.client.lock().await.stat(&mut tree, &full).await
             })
             .ok()?;
-        Some((info.size, crate::source::smb::filetime_to_ns(info.modified.0)))
+        Some((
+            info.size,
+            crate::source::smb::filetime_to_ns(info.modified.0),
+        ))
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
         let c = &self.conn;
         let full = c.full(path);
-        let w = c.rt.block_on(async { c.client.lock().await.create_file_writer(&c.tree, &full).await }).map_err(|e| TargetError::Smb(format!("{full}: {e}")))?;
-        Ok(Box::new(SmbSink { rt: c.rt.clone(), w: Some(w), path: full }))
+        let w =
+            c.rt.block_on(async {
+                c.client
+                    .lock()
+                    .await
+                    .create_file_writer(&c.tree, &full)
+                    .await
+            })
+            .map_err(|e| TargetError::Smb(format!("{full}: {e}")))?;
+        Ok(Box::new(SmbSink {
+            rt: c.rt.clone(),
+            w: Some(w),
+            path: full,
+        }))
     }
     fn symlink(&self, path: &str, _node: &Node) -> Result<(), TargetError> {
-        Err(TargetError::Smb(format!("{path}: symbolic links cannot be restored onto SMB")))
+        Err(TargetError::Smb(format!(
+            "{path}: symbolic links cannot be restored onto SMB"
+        )))
     }
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let c = &self.conn;
         let full = c.full(path);
-        c.rt.block_on(async { c.client.lock().await.set_times(&c.tree, &full, times(node, true)).await }).map_err(|e| TargetError::Smb(format!("{full}: {e}")))
+        c.rt.block_on(async {
+            c.client
+                .lock()
+                .await
+                .set_times(&c.tree, &full, times(node, true))
+                .await
+        })
+        .map_err(|e| TargetError::Smb(format!("{full}: {e}")))
     }
     fn parallelism(&self) -> usize {
         4

@@ -65,7 +65,8 @@ impl MasterKey {
     /// Keyed chunk id: knowing a file does not reveal whether its chunks
     /// are in the repository.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac).expect("HMAC takes any key length");
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.mac).expect("HMAC takes any key length");
         m.update(plaintext);
         BlobId(m.finalize().into_bytes().into())
     }
@@ -73,7 +74,8 @@ impl MasterKey {
     /// Seed for the chunker's gear table, derived from the MAC key so chunk
     /// boundaries (and so chunk sizes) do not fingerprint known files.
     pub fn chunker_seed(&self) -> u64 {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.mac).expect("HMAC takes any key length");
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.mac).expect("HMAC takes any key length");
         m.update(b"levee chunker seed v1");
         let out = m.finalize().into_bytes();
         let mut s = [0u8; 8];
@@ -112,7 +114,9 @@ pub fn decrypt(key: &[u8; 32], data: &[u8]) -> Result<Vec<u8>, CryptoError> {
     }
     let cipher = Aes256Gcm::new(key.into());
     let (nonce, ct) = data.split_at(NONCE_LEN);
-    cipher.decrypt(Nonce::from_slice(nonce), ct).map_err(|_| CryptoError::Auth)
+    cipher
+        .decrypt(Nonce::from_slice(nonce), ct)
+        .map_err(|_| CryptoError::Auth)
 }
 
 /// SHA-256 of a file's bytes: the id of packs, index and snapshot files.

@@ -36,7 +36,11 @@ pub struct IndexFile {
 
 impl IndexFile {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let n: usize = self.packs.iter().map(|p| 36 + p.blobs.len() * BLOB_ENTRY_LEN).sum();
+        let n: usize = self
+            .packs
+            .iter()
+            .map(|p| 36 + p.blobs.len() * BLOB_ENTRY_LEN)
+            .sum();
         let mut out = Vec::with_capacity(9 + n);
         out.extend_from_slice(&INDEX_MAGIC);
         out.push(VERSION);
@@ -73,7 +77,9 @@ impl IndexFile {
             id.copy_from_slice(&b[pos..pos + 32]);
             let nb = le32(&b[pos + 32..pos + 36]) as usize;
             pos += 36;
-            let need = nb.checked_mul(BLOB_ENTRY_LEN).ok_or(IndexError::Truncated(b.len()))?;
+            let need = nb
+                .checked_mul(BLOB_ENTRY_LEN)
+                .ok_or(IndexError::Truncated(b.len()))?;
             if b.len() - pos < need {
                 return Err(IndexError::Truncated(b.len()));
             }
@@ -84,7 +90,10 @@ impl IndexFile {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| IndexError::Entry(n, e))?;
             pos += need;
-            packs.push(IndexPack { id: PackId(id), blobs });
+            packs.push(IndexPack {
+                id: PackId(id),
+                blobs,
+            });
         }
         if pos != b.len() {
             return Err(IndexError::Trailing(pos));

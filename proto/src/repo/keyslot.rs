@@ -44,7 +44,13 @@ impl KdfParams {
     pub fn with_memory(memory_kib: u32) -> Self {
         let mut salt = vec![0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
-        Self { algorithm: "argon2id".into(), memory_kib, iterations: 3, parallelism: 1, salt }
+        Self {
+            algorithm: "argon2id".into(),
+            memory_kib,
+            iterations: 3,
+            parallelism: 1,
+            salt,
+        }
     }
 
     fn derive(&self, password: &[u8]) -> Result<[u8; 32], KeySlotError> {
@@ -81,24 +87,44 @@ pub struct KeySlot {
 }
 
 impl KeySlot {
-    pub fn create(master: &MasterKey, password: &[u8], kdf: KdfParams, kind: &str, label: &str, created: i64) -> Result<Self, KeySlotError> {
+    pub fn create(
+        master: &MasterKey,
+        password: &[u8],
+        kdf: KdfParams,
+        kind: &str,
+        label: &str,
+        created: i64,
+    ) -> Result<Self, KeySlotError> {
         let kek = kdf.derive(password)?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
         let wrapped = crypto::encrypt_with_nonce(&kek, &nonce, &master.to_bytes());
-        Ok(Self { version: 1, kind: kind.into(), label: label.into(), created, kdf, wrapped })
+        Ok(Self {
+            version: 1,
+            kind: kind.into(),
+            label: label.into(),
+            created,
+            kdf,
+            wrapped,
+        })
     }
 
     pub fn open(&self, password: &[u8]) -> Result<MasterKey, KeySlotError> {
         if self.version != 1 {
-            return Err(KeySlotError::Unsupported(format!("key slot version {}", self.version)));
+            return Err(KeySlotError::Unsupported(format!(
+                "key slot version {}",
+                self.version
+            )));
         }
         let kek = self.kdf.derive(password)?;
         let plain = crypto::decrypt(&kek, &self.wrapped).map_err(|e| match e {
             CryptoError::Auth => KeySlotError::WrongPassword,
             _ => KeySlotError::Damaged("wrapped key too short"),
         })?;
-        let bytes: [u8; 64] = plain.as_slice().try_into().map_err(|_| KeySlotError::Damaged("wrapped key has wrong length"))?;
+        let bytes: [u8; 64] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeySlotError::Damaged("wrapped key has wrong length"))?;
         Ok(MasterKey::from_bytes(&bytes))
     }
 
@@ -130,9 +156,20 @@ mod tests {
     #[test]
     fn wrap_unwrap() {
         let m = MasterKey::generate();
-        let slot = KeySlot::create(&m, b"pw", KdfParams::with_memory(1024), "password", "test", 0).unwrap();
+        let slot = KeySlot::create(
+            &m,
+            b"pw",
+            KdfParams::with_memory(1024),
+            "password",
+            "test",
+            0,
+        )
+        .unwrap();
         let back = KeySlot::parse(&slot.to_bytes()).unwrap();
         assert_eq!(back.open(b"pw").unwrap().to_bytes(), m.to_bytes());
-        assert!(matches!(back.open(b"nope"), Err(KeySlotError::WrongPassword)));
+        assert!(matches!(
+            back.open(b"nope"),
+            Err(KeySlotError::WrongPassword)
+        ));
     }
 }

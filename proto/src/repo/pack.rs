@@ -7,7 +7,9 @@
 //! entries of 46 bytes: kind u8, compression u8, blob id [32], offset u32,
 //! stored length u32 (ciphertext incl. nonce and tag), raw length u32.
 
-use super::file_formats::{BLOB_ENTRY_LEN, PACK_HEADER_MAGIC, PACK_TRAILER_LEN, PACK_TRAILER_MAGIC, VERSION};
+use super::file_formats::{
+    BLOB_ENTRY_LEN, PACK_HEADER_MAGIC, PACK_TRAILER_LEN, PACK_TRAILER_MAGIC, VERSION,
+};
 use super::id::BlobId;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,7 +78,14 @@ impl BlobEntry {
         };
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[2..34]);
-        Ok(Self { kind, compression, id: BlobId(id), offset: le32(&b[34..38]), length: le32(&b[38..42]), raw_length: le32(&b[42..46]) })
+        Ok(Self {
+            kind,
+            compression,
+            id: BlobId(id),
+            offset: le32(&b[34..38]),
+            length: le32(&b[38..42]),
+            raw_length: le32(&b[42..46]),
+        })
     }
 }
 
@@ -116,7 +125,11 @@ impl PackHeader {
         if body.len() / BLOB_ENTRY_LEN < count || body.len() != count * BLOB_ENTRY_LEN {
             return Err(PackError::Truncated(b.len()));
         }
-        let blobs = body.chunks_exact(BLOB_ENTRY_LEN).enumerate().map(|(n, e)| BlobEntry::parse(n, e)).collect::<Result<_, _>>()?;
+        let blobs = body
+            .chunks_exact(BLOB_ENTRY_LEN)
+            .enumerate()
+            .map(|(n, e)| BlobEntry::parse(n, e))
+            .collect::<Result<_, _>>()?;
         Ok(Self { blobs })
     }
 
@@ -147,7 +160,11 @@ pub fn parse_trailer(t: &[u8], file_len: u64) -> Result<(u64, u32), PackError> {
         return Err(PackError::BadTrailer);
     }
     let len = le32(&t[..4]);
-    let end = file_len.checked_sub(PACK_TRAILER_LEN as u64).ok_or(PackError::BadTrailer)?;
-    let start = end.checked_sub(u64::from(len)).ok_or(PackError::HeaderTooLong(len, file_len))?;
+    let end = file_len
+        .checked_sub(PACK_TRAILER_LEN as u64)
+        .ok_or(PackError::BadTrailer)?;
+    let start = end
+        .checked_sub(u64::from(len))
+        .ok_or(PackError::HeaderTooLong(len, file_len))?;
     Ok((start, len))
 }

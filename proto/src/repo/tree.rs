@@ -102,6 +102,9 @@ impl Tree {
         serde_json::to_vec(self).expect("tree serialises")
     }
     pub fn find(&self, name: &str) -> Option<&Node> {
-        self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &self.nodes[i])
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
     }
 }
