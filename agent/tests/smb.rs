@@ -160,3 +160,58 @@ fn smb_wrong_password_is_a_clear_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("connecting to smb://root@127.0.0.1"), "{err}");
 }
+
+/// A file another client holds open without sharing (what Windows does for
+/// an open Office or database file) is reported and skipped; the backup
+/// still completes (exit 3) with everything else.
+#[test]
+fn smb_locked_file_is_skipped_and_reported() {
+    let samba = Samba::start();
+    fs::create_dir_all(samba.share_dir().join("docs")).expect("mkdir");
+    fs::write(samba.share_dir().join("docs/free.txt"), "free\n").expect("write");
+    // smb2's write opens ask for no sharing at all: a second open fails
+    // with STATUS_SHARING_VIOLATION until this writer closes.
+    let holder = levee_agent::source::smb::SmbConn::connect(&samba.url("share"), Some(PASSWORD))
+        .expect("connect");
+    let mut writer = holder
+        .rt
+        .block_on(async {
+            holder
+                .client
+                .lock()
+                .await
+                .create_file_writer(&holder.tree, "docs/locked.db")
+                .await
+        })
+        .expect("open for writing");
+    holder
+        .rt
+        .block_on(writer.write_chunk(b"in use"))
+        .expect("write");
+
+    let env = Env::new();
+    let o = env
+        .cmd(&["backup", &samba.url("share"), "--json"])
+        .env("LEVEE_SMB_PASSWORD", PASSWORD)
+        .output()
+        .expect("spawn");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(s["errors"], 1, "{s}");
+    let msg = s["error_messages"][0].as_str().unwrap_or("");
+    assert!(
+        msg.contains("locked.db") && msg.contains("sharing violation"),
+        "{msg}"
+    );
+    let ls = env.ok(&["ls", "latest"]);
+    assert!(
+        ls.contains("/share/docs/free.txt") && !ls.contains("locked.db"),
+        "{ls}"
+    );
+    let _ = holder.rt.block_on(writer.finish());
+}
