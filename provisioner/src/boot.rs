@@ -20,12 +20,15 @@ use crate::store::{ImageRecord, Profile, Store, Transport};
 pub const DEFAULT_PROFILE: &str = "default";
 
 /// The template a profile gets when none is given: enough for the test
-/// initramfs and for Levee images (whose stage 1 needs the root and its hash).
+/// initramfs and for Levee images (whose stage 1 needs the root and its hash;
+/// the image adds its own arguments through `{image_cmdline}`). A loose
+/// kernel gets `no_timer_check`: under TCG on a loaded host the kernel's
+/// IO-APIC timer check can fail and panic the guest.
 pub fn default_cmdline(image_has_rootfs: bool) -> &'static str {
     if image_has_rootfs {
         "console=ttyS0,115200 levee.url={url} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline}"
     } else {
-        "console=ttyS0,115200 levee.url={url} levee.mac={mac}"
+        "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac}"
     }
 }
 
