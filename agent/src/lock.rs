@@ -53,7 +53,7 @@ pub fn hostname() -> String {
 fn proc_start(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 (starttime), counted after the parenthesised command name.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     rest.split(' ').nth(19)?.parse().ok()
 }
 

@@ -210,8 +210,11 @@ fn read_pack(
         return Err("contents do not match its name (corrupted)".into());
     }
     let t = data.get(data.len().saturating_sub(8)..).unwrap_or(&[]);
-    let (start, len) = parse_trailer(t, size).map_err(|e| e.to_string())?;
-    let hb = &data[start as usize..start as usize + len as usize];
+    // The bytes as read, not the listed size: the file may have changed.
+    let (start, len) = parse_trailer(t, data.len() as u64).map_err(|e| e.to_string())?;
+    let hb = data
+        .get(start as usize..start as usize + len as usize)
+        .ok_or_else(|| format!("header outside the {size}-byte pack"))?;
     let plain = repo
         .key()
         .decrypt(hb)
@@ -221,7 +224,11 @@ fn read_pack(
     let mut errs = Vec::new();
     let mut ok = 0;
     for b in &h.blobs {
-        let stored = &data[b.offset as usize..(b.offset + b.length) as usize];
+        let Some(stored) = data.get(b.offset as usize..b.offset as usize + b.length as usize)
+        else {
+            errs.push(format!("pack {name}: blob {} out of bounds", b.id));
+            continue;
+        };
         match blob::decode(repo.key(), b.id, b.compression, stored) {
             Ok(_) => ok += 1,
             Err(e) => errs.push(format!("pack {name}: {e}")),

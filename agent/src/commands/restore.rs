@@ -147,6 +147,16 @@ pub fn restore(
             .map(|n| (join(&base, &n.name), n))
             .collect();
         while let Some((path, node)) = stack.pop() {
+            // Never write outside the target, whatever a tree says.
+            if node.name.is_empty()
+                || node.name == "."
+                || node.name == ".."
+                || node.name.contains('/')
+                || node.name.contains('\0')
+            {
+                counters.error(format!("{path}: unsafe name {:?} skipped", node.name));
+                continue;
+            }
             match node.kind {
                 NodeKind::Dir => {
                     if let Err(e) = target.mkdir(&path) {
