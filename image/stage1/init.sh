@@ -115,11 +115,9 @@ mount -t overlay overlay -o lowerdir=/run/levee/lower,upperdir=/run/levee/rw/upp
     fail "cannot mount the overlay root"
 [ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || fail "the root file system has no /sbin/init"
 
-# systemd's networkd configures the interface again from scratch.
-if [ -n "${NETIF:-}" ]; then
-    ip addr flush dev "$NETIF"
-    ip link set "$NETIF" down
-fi
+# The lease stays on the boot NIC (with its lifetime) so the agent can
+# report before systemd-networkd has started; networkd then takes the
+# link over with its own DHCP client (same MAC client id, same address).
 say "switching to systemd"
 for d in dev proc sys run; do mount --move "/$d" "/newroot/$d"; done
 exec switch_root /newroot /sbin/init

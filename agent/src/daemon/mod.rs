@@ -31,7 +31,9 @@ impl Default for RunOptions {
         RunOptions {
             cmdline: PathBuf::from("/proc/cmdline"),
             interval: Duration::from_secs(30),
-            retry: Duration::from_secs(2),
+            // Short: the service starts before the network is configured, and
+            // the first report's time is the boot's time to a usable box.
+            retry: Duration::from_millis(500),
             once: false,
         }
     }
