@@ -21,6 +21,8 @@ pub enum DhcpMode {
 pub struct LeveeServer {
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The `levee` binary to run; `None` means the one `binary` finds.
+    pub bin: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -32,13 +34,21 @@ impl LeveeServer {
         Ok(LeveeServer {
             data_dir: dir.path().join("data"),
             log: dir.path().join("serve.log"),
+            bin: None,
             _dir: dir,
         })
     }
 
+    fn levee(&self) -> anyhow::Result<PathBuf> {
+        match &self.bin {
+            Some(bin) => Ok(bin.clone()),
+            None => binary("levee"),
+        }
+    }
+
     /// Runs `levee --data-dir DIR ARGS...` and returns stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new(binary("levee")?);
+        let mut cmd = Command::new(self.levee()?);
         cmd.arg("--data-dir").arg(&self.data_dir).args(args);
         run(&mut cmd)
     }
@@ -46,7 +56,7 @@ impl LeveeServer {
     /// Starts `levee serve` in `net` on the bridge address, with DHCP on the
     /// bridge in `mode`, and waits until it listens.
     pub fn start(&self, net: &TestNet, mode: DhcpMode, extra: &[&str]) -> anyhow::Result<()> {
-        let mut cmd = net.cmd(binary("levee")?.to_str().context("non-UTF-8 path")?);
+        let mut cmd = net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?);
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["serve", "--http", &format!("{SERVER_IP}:80")])
@@ -76,7 +86,7 @@ impl LeveeServer {
 
     /// The appliance record as `levee appliance show --json` prints it.
     pub fn appliance(&self, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let mut cmd = Command::new(binary("levee")?);
+        let mut cmd = Command::new(self.levee()?);
         cmd.arg("--data-dir").arg(&self.data_dir).args(["appliance", "show", mac, "--json"]);
         let out = cmd.output()?;
         if !out.status.success() {

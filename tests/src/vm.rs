@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Instant;
 
 use anyhow::Context;
 
@@ -87,10 +88,11 @@ impl VmBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(dir.join(format!("qemu-{}.log", self.mac.replace(':', ""))))?);
+        let started = Instant::now();
         let child = cmd.spawn().context("cannot start qemu")?;
         let pid = child.id();
         net.adopt(child);
-        Ok(Vm { serial, pid })
+        Ok(Vm { serial, pid, started })
     }
 }
 
@@ -104,6 +106,8 @@ fn require_tool_file(path: &str, package: &str) -> anyhow::Result<()> {
 pub struct Vm {
     pub serial: PathBuf,
     pub pid: u32,
+    /// Just before QEMU was spawned: the zero of boot-time measurements.
+    pub started: Instant,
 }
 
 impl Vm {
