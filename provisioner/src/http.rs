@@ -164,8 +164,15 @@ async fn log_response(req: Request, next: Next) -> Response {
     let target = format!("{} {}", req.method(), req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
+    // ServeFile streams without an exact size hint; Content-Length is what
+    // the client was promised.
+    let expected = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     resp.map(|inner| {
-        let expected = inner.size_hint().exact();
+        let expected = expected.or(inner.size_hint().exact());
         Body::new(LoggedBody {
             inner,
             expected,
