@@ -5,6 +5,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub const USER: &str = "root";
@@ -39,8 +40,11 @@ impl Samba {
         ] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
         }
-        // A free port near 1445; another test may race us for it, so retry.
-        let mut port = 1445 + (std::process::id() % 400) as u16;
+        // A free port near 1445, distinct per test in this process (tests run
+        // in threads) and spread by pid across processes; retried if taken.
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let mut port =
+            1445 + (std::process::id() % 100) as u16 * 40 + NEXT.fetch_add(7, Ordering::Relaxed);
         for attempt in 0..5 {
             while TcpListener::bind(("127.0.0.1", port)).is_err() {
                 port += 1;
@@ -89,12 +93,18 @@ impl Samba {
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(20) {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        dir,
-                        port,
-                        conf,
-                    };
+                    // Ours, not another test's: an smbd that lost the port
+                    // race exits at once.
+                    std::thread::sleep(Duration::from_millis(300));
+                    if let Ok(None) = child.try_wait() {
+                        return Self {
+                            child,
+                            dir,
+                            port,
+                            conf,
+                        };
+                    }
+                    break;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
@@ -105,7 +115,7 @@ impl Samba {
             let _ = child.wait();
             let log = std::fs::read_to_string(d.join("log.smbd")).unwrap_or_default();
             eprintln!("smbd did not come up on port {port} (attempt {attempt}): {log}");
-            port += 1;
+            port += NEXT.fetch_add(7, Ordering::Relaxed) + 1;
         }
         panic!("could not start smbd on loopback; see the log above");
     }

@@ -78,6 +78,21 @@ fn smb_backup_and_restore_round_trip() {
         "{first}"
     );
 
+    // Windows security descriptors (owner, group, DACL) come along.
+    let ls = env.json(&["ls", "latest", "/share/Company/attrs"]);
+    let sds: Vec<&str> = ls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["security_descriptor"].as_str())
+        .collect();
+    assert_eq!(sds.len(), 3, "{ls}");
+    // Self-relative SECURITY_DESCRIPTOR: revision 1, SE_SELF_RELATIVE set.
+    assert!(
+        sds.iter().all(|sd| sd.starts_with("01") && sd.len() > 40),
+        "{sds:?}"
+    );
+
     // Unchanged: same size, times and file id: nothing is read again.
     let second = backup(&[]);
     assert_eq!(second["files_unchanged"], 8, "{second}");

@@ -8,8 +8,9 @@
 //! `AuthRequired`), concurrent reads over one session (pavao serialises every
 //! call behind one process-wide lock), and no C library with ~113 shared
 //! objects in the appliance image. Its gaps and what we do about them:
-//! - no security-descriptor (ACL) read: ACLs are not backed up from SMB
-//!   sources yet (documented; the node field exists for when they are);
+//! - no security-descriptor (ACL) call: [`SmbConn::security_descriptor`]
+//!   sends the CREATE + QUERY_INFO(security) + CLOSE compound itself, and
+//!   the raw descriptor is kept in the snapshot (not yet written back);
 //! - shares that *require* encryption fail to connect: reported as a clear
 //!   connection error naming the cause;
 //! - single-maintainer 0.x crate: kept behind the [`Source`] trait.
@@ -170,6 +171,91 @@ impl SmbConn {
     }
 }
 
+impl SmbConn {
+    /// The raw Windows security descriptor (owner, group, DACL) of a
+    /// share-relative path. `smb2` has no call for it, so this sends the
+    /// compound itself: CREATE (READ_CONTROL) + QUERY_INFO (security) +
+    /// CLOSE, one round trip.
+    pub async fn security_descriptor(
+        client: &SmbClient,
+        tree: &Tree,
+        path: &str,
+    ) -> Result<Vec<u8>, smb2::Error> {
+        use smb2::client::connection::CompoundOp;
+        use smb2::msg::close::CloseRequest;
+        use smb2::msg::create::{
+            CreateDisposition, CreateRequest, ImpersonationLevel, ShareAccess,
+        };
+        use smb2::msg::query_info::{InfoType, QueryInfoRequest, QueryInfoResponse};
+        use smb2::pack::{ReadCursor, Unpack};
+        use smb2::types::flags::FileAccessMask;
+        use smb2::types::status::NtStatus;
+        use smb2::types::{Command, CreditCharge, FileId, OplockLevel};
+
+        const FILE_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        const OWNER_GROUP_DACL: u32 = 0x1 | 0x2 | 0x4;
+        let create = CreateRequest {
+            requested_oplock_level: OplockLevel::None,
+            impersonation_level: ImpersonationLevel::Impersonation,
+            desired_access: FileAccessMask::new(
+                FileAccessMask::READ_CONTROL | FileAccessMask::SYNCHRONIZE,
+            ),
+            file_attributes: 0,
+            share_access: ShareAccess(
+                ShareAccess::FILE_SHARE_READ
+                    | ShareAccess::FILE_SHARE_WRITE
+                    | ShareAccess::FILE_SHARE_DELETE,
+            ),
+            create_disposition: CreateDisposition::FileOpen,
+            create_options: FILE_OPEN_REPARSE_POINT,
+            name: smb2::encode_path(path),
+            create_contexts: vec![],
+        };
+        let query = QueryInfoRequest {
+            info_type: InfoType::Security,
+            file_info_class: 0,
+            output_buffer_length: 64 * 1024,
+            additional_information: OWNER_GROUP_DACL,
+            flags: 0,
+            file_id: FileId::SENTINEL,
+            input_buffer: vec![],
+        };
+        let close = CloseRequest {
+            flags: 0,
+            file_id: FileId::SENTINEL,
+        };
+        let op = |command, body| CompoundOp {
+            command,
+            body,
+            tree_id: Some(tree.tree_id),
+            credit_charge: CreditCharge(1),
+        };
+        let ops = [
+            op(Command::Create, &create as &dyn smb2::pack::Pack),
+            op(Command::QueryInfo, &query),
+            op(Command::Close, &close),
+        ];
+        let mut frames = client
+            .connection()
+            .execute_compound(&ops)
+            .await?
+            .into_iter();
+        let (Some(c), Some(q)) = (frames.next(), frames.next()) else {
+            return Err(smb2::Error::invalid_data("short compound response"));
+        };
+        let (c, q) = (c?, q?);
+        for (f, cmd) in [(&c, Command::Create), (&q, Command::QueryInfo)] {
+            if f.header.status != NtStatus::SUCCESS {
+                return Err(smb2::Error::Protocol {
+                    status: f.header.status,
+                    command: cmd,
+                });
+            }
+        }
+        Ok(QueryInfoResponse::unpack(&mut ReadCursor::new(&q.body))?.output_buffer)
+    }
+}
+
 pub struct SmbSource {
     conn: SmbConn,
 }
@@ -249,23 +335,40 @@ impl Source for SmbSource {
     fn list(&self, dir: &str) -> Result<Vec<SourceEntry>, SourceError> {
         let c = &self.conn;
         let path = c.full(dir);
-        let entries =
+        let (entries, sds) =
             c.rt.block_on(async {
                 let mut client = c.client.lock().await;
                 let mut tree = c.tree.clone();
-                client
+                let entries = client
                     .list_directory_with(&mut tree, &path, ListOptions::new().index_numbers(true))
-                    .await
+                    .await?;
+                // Security descriptors, one compound per entry; a refusal
+                // (no READ_CONTROL) leaves that entry without one.
+                let mut sds = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    let p = if path.is_empty() {
+                        e.name.clone()
+                    } else {
+                        format!("{path}/{}", e.name)
+                    };
+                    let sd = SmbConn::security_descriptor(&client, &c.tree, &p).await;
+                    if let Err(err) = &sd {
+                        tracing::debug!(path = %p, "no security descriptor: {err}");
+                    }
+                    sds.push(sd.ok());
+                }
+                Ok::<_, smb2::Error>((entries, sds))
             })
             .map_err(|e| map_err(&path, e))?;
         Ok(entries
             .into_iter()
-            .filter(|e| e.name != "." && e.name != "..")
+            .zip(sds)
+            .filter(|(e, _)| e.name != "." && e.name != "..")
             // Junctions and symlinks are listed, never followed: a walk into
             // one could loop or back up another volume.
-            .filter(|e| !e.is_link())
-            .map(|e| {
-                entry(
+            .filter(|(e, _)| !e.is_link())
+            .map(|(e, sd)| {
+                let mut s = entry(
                     e.name,
                     e.is_directory,
                     e.size,
@@ -275,7 +378,9 @@ impl Source for SmbSource {
                     e.changed.0,
                     e.attributes.0,
                     e.index_number.unwrap_or(0),
-                )
+                );
+                s.security_descriptor = sd;
+                s
             })
             .collect())
     }
