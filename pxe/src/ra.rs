@@ -301,51 +301,23 @@ fn open_socket(interface: &str, ifindex: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// The MAC and the advertisable /64 prefixes of `interface`.
+/// The MAC and the advertisable /64 prefixes of `interface`, from
+/// getifaddrs(3) through `nix`.
 pub fn interface_ipv6(interface: &str) -> io::Result<Advertised> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut adv = Advertised::default();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_name.is_null() || ifa.ifa_addr.is_null() {
+    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        if ifa.interface_name != interface {
             continue;
         }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != interface.as_bytes() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and starts with the family field.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family == libc::AF_PACKET {
-            // SAFETY: AF_PACKET addresses are sockaddr_ll.
-            let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
-            if ll.sll_halen == 6 {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&ll.sll_addr[..6]);
-                adv.mac = Some(mac);
-            }
-        } else if family == libc::AF_INET6 && !ifa.ifa_netmask.is_null() {
-            // SAFETY: AF_INET6 addresses and their netmasks are sockaddr_in6.
-            let (addr, mask) = unsafe {
-                (
-                    (*(ifa.ifa_addr as *const libc::sockaddr_in6))
-                        .sin6_addr
-                        .s6_addr,
-                    (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
-                        .sin6_addr
-                        .s6_addr,
-                )
-            };
-            let prefix_len: u32 = mask.iter().map(|b| b.count_ones()).sum();
-            let addr = Ipv6Addr::from(addr);
+        let Some(address) = ifa.address.as_ref() else { continue };
+        if let Some(mac) = address.as_link_addr().and_then(|ll| ll.addr()) {
+            adv.mac = Some(mac);
+        } else if let (Some(v6), Some(mask)) = (
+            address.as_sockaddr_in6(),
+            ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in6()),
+        ) {
+            let prefix_len = u128::from(mask.ip()).count_ones();
+            let addr = v6.ip();
             if prefix_len == 64 && advertisable(addr) {
                 let prefix = Ipv6Addr::from(u128::from(addr) & !(u128::MAX >> 64));
                 if !adv.prefixes.contains(&prefix) {
@@ -354,8 +326,6 @@ pub fn interface_ipv6(interface: &str) -> io::Result<Advertised> {
             }
         }
     }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
     Ok(adv)
 }
 

@@ -1,7 +1,6 @@
 //! The DHCP server's sockets: binding to one interface, finding its IPv4
 //! address, and sending replies where [`Destination`] says.
 
-use std::ffi::CStr;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -21,59 +20,25 @@ pub struct InterfaceAddr {
 }
 
 /// The IPv4 addresses of `interface` (empty if it has none or does not
-/// exist), from getifaddrs(3).
+/// exist), from getifaddrs(3) through `nix`.
 pub fn interface_ipv4(interface: &str) -> io::Result<Vec<InterfaceAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, alive
-        // until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_name.is_null() || ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != interface.as_bytes() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and starts with the family field.
-        let family = unsafe { (*ifa.ifa_addr).sa_family };
-        if i32::from(family) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: AF_INET means the address is a sockaddr_in, and so is
-        // the netmask when present.
-        let ip = unsafe {
-            (*(ifa.ifa_addr as *const libc::sockaddr_in))
-                .sin_addr
-                .s_addr
-        };
-        let prefix_len = if ifa.ifa_netmask.is_null() {
-            32
-        } else {
-            let mask = unsafe {
-                (*(ifa.ifa_netmask as *const libc::sockaddr_in))
-                    .sin_addr
-                    .s_addr
-            };
-            u32::from_be(mask).count_ones() as u8
-        };
-        found.push(InterfaceAddr {
-            ip: Ipv4Addr::from(u32::from_be(ip)),
-            prefix_len,
-            loopback: ifa.ifa_flags & (libc::IFF_LOOPBACK as u32) != 0,
-        });
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(found)
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|ifa| ifa.interface_name == interface)
+        .filter_map(|ifa| {
+            let ip = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+            let prefix_len = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+            Some(InterfaceAddr {
+                ip,
+                prefix_len,
+                loopback: ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK),
+            })
+        })
+        .collect())
 }
 
 /// Binds a UDP socket for the DHCP server on `interface`.
