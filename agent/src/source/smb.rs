@@ -40,67 +40,11 @@ pub fn ns_to_filetime(ns: i64) -> u64 {
     (ns / 100 + EPOCH_DIFF_TICKS).max(0) as u64
 }
 
-/// `smb://user@host[:port]/share/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmbUrl {
-    pub user: String,
-    pub host: String,
-    pub port: u16,
-    pub share: String,
-    pub path: String,
-}
+/// The URL form is shared with the server's configuration validation.
+pub use levee_proto::config::SmbUrl;
 
-impl SmbUrl {
-    pub fn parse(s: &str) -> Result<Self, SourceError> {
-        let bad = |w: &str| SourceError::Invalid(s.into(), w.into());
-        let rest = s
-            .strip_prefix("smb://")
-            .ok_or_else(|| bad("must start with smb://"))?;
-        let (auth, rest) = match rest.split_once('@') {
-            Some((a, r)) => (a, r),
-            None => ("", rest),
-        };
-        if auth.contains(':') {
-            return Err(bad(
-                "put the password in LEVEE_SMB_PASSWORD or the configuration, not the URL",
-            ));
-        }
-        let (hostport, path) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("missing share name"))?;
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad("bad port"))?),
-            None => (hostport, 445),
-        };
-        let (share, path) = path.split_once('/').unwrap_or((path, ""));
-        if host.is_empty() || share.is_empty() {
-            return Err(bad("missing host or share"));
-        }
-        Ok(Self {
-            user: auth.into(),
-            host: host.into(),
-            port,
-            share: share.into(),
-            path: path.trim_matches('/').into(),
-        })
-    }
-
-    pub fn describe(&self) -> String {
-        let user = if self.user.is_empty() {
-            String::new()
-        } else {
-            format!("{}@", self.user)
-        };
-        let path = if self.path.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", self.path)
-        };
-        format!(
-            "smb://{user}{}:{}/{}{path}",
-            self.host, self.port, self.share
-        )
-    }
+fn parse_url(spec: &str) -> Result<SmbUrl, SourceError> {
+    SmbUrl::parse(spec).map_err(|e| SourceError::Invalid(spec.into(), e))
 }
 
 pub fn map_err(path: &str, e: smb2::Error) -> SourceError {
@@ -122,7 +66,7 @@ pub struct SmbConn {
 
 impl SmbConn {
     pub fn connect(spec: &str, password: Option<&str>) -> Result<Self, SourceError> {
-        let url = SmbUrl::parse(spec)?;
+        let url = parse_url(spec)?;
         let password = match password {
             Some(p) => p.to_string(),
             None => std::env::var("LEVEE_SMB_PASSWORD").unwrap_or_default(),
@@ -151,7 +95,7 @@ impl SmbConn {
                     ErrorKind::AccessDenied => " (access denied; a share that requires encryption is not supported by the smb2 client yet)",
                     _ => "",
                 };
-                SourceError::Smb(format!("connecting to {}: {e}{hint}", url.describe()))
+                SourceError::Smb(format!("connecting to {}: {e}{hint}", url))
             })?;
         Ok(Self {
             rt: Arc::new(rt),
@@ -409,7 +353,7 @@ impl Source for SmbSource {
     }
 
     fn describe(&self) -> String {
-        self.conn.url.describe()
+        self.conn.url.to_string()
     }
 }
 

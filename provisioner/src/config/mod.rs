@@ -17,7 +17,8 @@ use std::path::Path;
 use levee_proto::config::CustomerConfig;
 
 pub use locate::{display_path, locate, Seg};
-pub use validate::{Customer, Schedule, SmbUrl, SourceKind, Weekday};
+pub use levee_proto::config::SmbUrl;
+pub use validate::{Customer, Schedule, SourceKind, Weekday};
 
 /// A configuration file that cannot be used, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

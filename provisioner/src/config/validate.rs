@@ -1,5 +1,6 @@
 //! The second phase: raw schema -> checked, typed customer configuration.
 
+use levee_proto::config::SmbUrl;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -26,67 +27,6 @@ pub struct Customer {
 pub enum SourceKind {
     Smb(SmbUrl),
     Local(String),
-}
-
-/// `smb://user@host[:port]/share[/path]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmbUrl {
-    pub user: String,
-    pub host: String,
-    pub port: u16,
-    pub share: String,
-    /// Inside the share, without leading `/`; empty for the whole share.
-    pub path: String,
-}
-
-impl SmbUrl {
-    pub fn parse(s: &str) -> Result<SmbUrl, String> {
-        let expected = "expected smb://user@host[:port]/share[/path]";
-        let rest = s
-            .strip_prefix("smb://")
-            .ok_or_else(|| format!("`{s}` is not an smb:// URL; {expected}"))?;
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` names no share; {expected}"))?;
-        let (user, hostport) = authority
-            .split_once('@')
-            .ok_or_else(|| format!("`{s}` names no user; {expected}"))?;
-        if user.is_empty() || user.contains(':') {
-            return Err(format!(
-                "`{s}`: the user must be non-empty and carry no password (give `password` instead); {expected}"
-            ));
-        }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("`{s}`: port `{p}` is not a number 1-65535"))?,
-            ),
-            None => (hostport, 445),
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-        if !host_ok {
-            return Err(format!(
-                "`{s}`: `{host}` is not a host name or IPv4 address; {expected}"
-            ));
-        }
-        let (share, inner) = path.split_once('/').unwrap_or((path, ""));
-        if share.is_empty() {
-            return Err(format!("`{s}` names no share; {expected}"));
-        }
-        Ok(SmbUrl {
-            user: user.to_string(),
-            host: host.to_string(),
-            port,
-            share: share.to_string(),
-            path: inner.trim_matches('/').to_string(),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Copy)]
