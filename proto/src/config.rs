@@ -320,14 +320,17 @@ impl SmbUrl {
 /// Prints the URL without any secret, as `smb://user@host:port/share/path`.
 impl std::fmt::Display for SmbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "smb://{}@{}:{}/{}", self.user, self.host, self.port, self.share)?;
+        write!(
+            f,
+            "smb://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.share
+        )?;
         if !self.path.is_empty() {
             write!(f, "/{}", self.path)?;
         }
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {

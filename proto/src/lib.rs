@@ -13,8 +13,8 @@
 
 pub mod config;
 pub mod image;
-pub mod report;
 pub mod repo;
+pub mod report;
 
 /// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
 /// machines use. One place, so the server's router and the clients agree.

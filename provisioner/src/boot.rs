@@ -70,7 +70,12 @@ impl BootService {
             .store
             .image(&profile.image)
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("profile `{name}` points at missing image `{}`", profile.image))?;
+            .ok_or_else(|| {
+                format!(
+                    "profile `{name}` points at missing image `{}`",
+                    profile.image
+                )
+            })?;
         Ok((profile, image))
     }
 
@@ -107,8 +112,14 @@ impl BootService {
             ("image_version", image.version.clone()),
             ("image_url", image_url.clone()),
             // Always over HTTP: stage 1 downloads the root with its own client.
-            ("root_url", format!("{}/images/{}/{ROOTFS}", self.public_url, image.id)),
-            ("root_sha256", rootfs.map(|a| a.sha256.clone()).unwrap_or_default()),
+            (
+                "root_url",
+                format!("{}/images/{}/{ROOTFS}", self.public_url, image.id),
+            ),
+            (
+                "root_sha256",
+                rootfs.map(|a| a.sha256.clone()).unwrap_or_default(),
+            ),
             ("image_cmdline", image.manifest.cmdline.clone()),
         ]
         .into();
@@ -161,7 +172,11 @@ impl BootPolicy for BootService {
         if let Err(e) = self.store.appliance_seen(req.mac) {
             warn!(mac = %req.mac, error = %e, "could not record machine");
         }
-        self.event(req.mac, "dhcp", &format!("{} stage, {} firmware", req.stage, req.arch));
+        self.event(
+            req.mac,
+            "dhcp",
+            &format!("{} stage, {} firmware", req.stage, req.arch),
+        );
         match self.resolve(req.mac) {
             Ok((profile, _)) => BootDecision::Boot {
                 script_url: self.script_url(req.mac, profile.transport),

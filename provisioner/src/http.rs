@@ -61,7 +61,10 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
 
 async fn boot_script(State(st): State<HttpState>, Path(file): Path<String>) -> Response {
     let Some(mac) = file.strip_suffix(".ipxe") else {
-        return refuse(StatusCode::NOT_FOUND, "boot scripts are at /boot/<mac>.ipxe");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "boot scripts are at /boot/<mac>.ipxe",
+        );
     };
     let mac: MacAddr = match mac.parse() {
         Ok(m) => m,
@@ -69,8 +72,15 @@ async fn boot_script(State(st): State<HttpState>, Path(file): Path<String>) -> R
     };
     let boot = st.boot.clone();
     match tokio::task::spawn_blocking(move || boot.script(mac)).await {
-        Ok(script) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], script).into_response(),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering failed: {e}")),
+        Ok(script) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            script,
+        )
+            .into_response(),
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering failed: {e}"),
+        ),
     }
 }
 
@@ -92,7 +102,11 @@ async fn image_file(
     serve_file(path, req).await
 }
 
-async fn ipxe_file(State(st): State<HttpState>, Path(file): Path<String>, req: Request) -> Response {
+async fn ipxe_file(
+    State(st): State<HttpState>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Response {
     if !IPXE_FILES.contains(&file.as_str()) {
         return refuse(StatusCode::NOT_FOUND, format!("no iPXE binary `{file}`"));
     }
@@ -117,7 +131,10 @@ async fn report(
         Ok(r) => r,
         Err(e) => {
             warn!(%peer, error = %e, "malformed status report");
-            return refuse(StatusCode::BAD_REQUEST, format!("malformed status report: {e}"));
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("malformed status report: {e}"),
+            );
         }
     };
     let mac: MacAddr = match report.mac.parse() {
@@ -295,7 +312,9 @@ mod tests {
             .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4242))));
         let resp = router(st.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -314,7 +333,14 @@ mod tests {
         assert!(body.contains("levee.url=http://10.0.0.1 "), "{body}");
         // The script fetch is in the machine's history.
         let mac: MacAddr = MAC.parse().unwrap();
-        let steps: Vec<String> = st.boot.store.events(mac, 10).unwrap().into_iter().map(|e| e.step).collect();
+        let steps: Vec<String> = st
+            .boot
+            .store
+            .events(mac, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.step)
+            .collect();
         assert_eq!(steps, ["script"]);
     }
 
@@ -322,11 +348,20 @@ mod tests {
     async fn a_machine_without_a_profile_is_told_why() {
         let (_d, st) = state();
         let mac: MacAddr = MAC.parse().unwrap();
-        st.boot.store.register_appliance(mac, &Default::default()).unwrap();
-        st.boot.store.set_appliance_profile(mac, Some("gone")).unwrap();
+        st.boot
+            .store
+            .register_appliance(mac, &Default::default())
+            .unwrap();
+        st.boot
+            .store
+            .set_appliance_profile(mac, Some("gone"))
+            .unwrap();
         let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("will not boot") && body.contains("no boot profile `gone`"), "{body}");
+        assert!(
+            body.contains("will not boot") && body.contains("no boot profile `gone`"),
+            "{body}"
+        );
         let (status, body) = call(&st, get("/boot/not-a-mac.ipxe")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("not a MAC address"), "{body}");
@@ -337,11 +372,22 @@ mod tests {
         use levee_pxe::boot::{BootDecision, BootPolicy, BootRequest};
         let (_d, st) = state();
         let mac: MacAddr = MAC.parse().unwrap();
-        let a = st.boot.store.register_appliance(mac, &Default::default()).unwrap();
+        let a = st
+            .boot
+            .store
+            .register_appliance(mac, &Default::default())
+            .unwrap();
         st.boot.store.retire_appliance(a.id, "stolen").unwrap();
         let (_, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert!(body.contains("will not boot") && body.contains("is retired (stolen)"), "{body}");
-        let req = BootRequest { mac, arch: levee_pxe::boot::Arch::Bios, stage: levee_pxe::boot::Stage::Ipxe };
+        assert!(
+            body.contains("will not boot") && body.contains("is retired (stolen)"),
+            "{body}"
+        );
+        let req = BootRequest {
+            mac,
+            arch: levee_pxe::boot::Arch::Bios,
+            stage: levee_pxe::boot::Stage::Ipxe,
+        };
         match st.boot.decide(&req) {
             BootDecision::Ignore { reason } => assert!(reason.contains("retired"), "{reason}"),
             other => panic!("a retired machine was offered a boot: {other:?}"),
@@ -353,11 +399,17 @@ mod tests {
         let (_d, st) = state();
         let image = st.boot.store.images().unwrap().remove(0).id;
         let mut req = get(&format!("/images/{image}/vmlinuz"));
-        req.headers_mut().insert(header::RANGE, "bytes=2-5".parse().unwrap());
+        req.headers_mut()
+            .insert(header::RANGE, "bytes=2-5".parse().unwrap());
         let (status, body) = call(&st, req).await;
         assert_eq!(status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(body, "2345");
-        for bad in ["/images/..%2F..%2Fetc/passwd", "/images/.import-x/vmlinuz", "/images/x/..", "/ipxe/..%2Fetc"] {
+        for bad in [
+            "/images/..%2F..%2Fetc/passwd",
+            "/images/.import-x/vmlinuz",
+            "/images/x/..",
+            "/ipxe/..%2Fetc",
+        ] {
             let (status, _) = call(&st, get(bad)).await;
             assert!(status.is_client_error(), "{bad} gave {status}");
         }
@@ -380,11 +432,18 @@ mod tests {
         assert!(body.contains("not a MAC address"), "{body}");
         let (status, _) = call(
             &st,
-            post(&format!("{{\"mac\":\"{MAC}\",\"stage\":\"agent\",\"addresses\":[\"10.0.0.9/24\"]}}")),
+            post(&format!(
+                "{{\"mac\":\"{MAC}\",\"stage\":\"agent\",\"addresses\":[\"10.0.0.9/24\"]}}"
+            )),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        let a = st.boot.store.appliance(MAC.parse().unwrap()).unwrap().unwrap();
+        let a = st
+            .boot
+            .store
+            .appliance(MAC.parse().unwrap())
+            .unwrap()
+            .unwrap();
         assert_eq!(a.last_report.unwrap().stage.as_deref(), Some("agent"));
     }
 }

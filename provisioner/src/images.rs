@@ -72,10 +72,7 @@ pub fn read_manifest(dir: &Path) -> Result<ImageManifest, ImageError> {
 }
 
 fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\\', '\0'])
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 /// Copies `src` to `dst`, hashing as it goes, and checks it against `want`.
@@ -146,7 +143,9 @@ pub fn import(data_dir: &Path, store: &dyn Store, src: &Path) -> Result<ImageRec
         } else {
             fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         }
-        File::open(&root).and_then(|d| d.sync_all()).map_err(io_err(&root))?;
+        File::open(&root)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&root))?;
         Ok(())
     })();
     if result.is_err() {
@@ -243,7 +242,10 @@ mod tests {
         // Re-import after tampering with an artifact: refused, store unchanged.
         fs::write(dir.join("initrd.img"), b"initrX").unwrap();
         let err = import(data.path(), &store, &dir).unwrap_err().to_string();
-        assert!(err.contains("initrd.img") && err.contains("sha256"), "{err}");
+        assert!(
+            err.contains("initrd.img") && err.contains("sha256"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -189,7 +189,10 @@ impl FileSource for BootFiles {
                 return Err(OpenError::AccessDenied(path.to_string()));
             }
             let full = image_dir(&self.boot.data_dir, image).join(file);
-            let io = |source| OpenError::Io { path: path.to_string(), source };
+            let io = |source| OpenError::Io {
+                path: path.to_string(),
+                source,
+            };
             let file = match std::fs::File::open(&full) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
@@ -213,11 +216,20 @@ struct IpxeFiles {
 impl FileSource for IpxeFiles {
     fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
         let name = path.trim_start_matches('/');
-        if ![dhcp::BIOS_BINARY, dhcp::EFI_X64_BINARY, dhcp::EFI_X64_SNP_BINARY].contains(&name) {
+        if ![
+            dhcp::BIOS_BINARY,
+            dhcp::EFI_X64_BINARY,
+            dhcp::EFI_X64_SNP_BINARY,
+        ]
+        .contains(&name)
+        {
             return Err(OpenError::NotFound(path.to_string()));
         }
         let full = self.dir.join(name);
-        let io = |source| OpenError::Io { path: path.to_string(), source };
+        let io = |source| OpenError::Io {
+            path: path.to_string(),
+            source,
+        };
         let file = match std::fs::File::open(&full) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

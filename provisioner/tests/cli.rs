@@ -320,7 +320,10 @@ fn appliance_lifecycle_register_approve_replace_retire() -> Result<()> {
     );
     let c = levee.json(&["appliance", "show", C, "--json"])?;
     ensure!(c["appliance"]["customer"] == "acme", "{c}");
-    ensure!(c["appliance"]["replaces"] == a_id.parse::<serde_json::Value>()?, "{c}");
+    ensure!(
+        c["appliance"]["replaces"] == a_id.parse::<serde_json::Value>()?,
+        "{c}"
+    );
     let err = levee.fails(&["appliance", "replace", A, "--with", "52:54:00:00:00:d4"])?;
     ensure!(err.contains("already retired or replaced"), "{err}");
 

@@ -21,7 +21,10 @@ pub enum TemplateError {
 /// Fills `{name}` variables from `vars`. `{{` and `}}` stand for literal
 /// braces. Every variable must be known, so a typo fails when the profile is
 /// saved rather than on a machine at boot.
-pub fn fill_template(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, TemplateError> {
+pub fn fill_template(
+    template: &str,
+    vars: &BTreeMap<&str, String>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len() + 64);
     let mut rest = template;
     let mut offset = 0;
@@ -41,12 +44,20 @@ pub fn fill_template(template: &str, vars: &BTreeMap<&str, String>) -> Result<St
             offset += pos + 1;
             continue;
         }
-        let end = tail.find('}').ok_or(TemplateError::Unclosed { at: offset + pos })?;
+        let end = tail
+            .find('}')
+            .ok_or(TemplateError::Unclosed { at: offset + pos })?;
         let name = &tail[1..end];
-        let value = vars.get(name).ok_or_else(|| TemplateError::UnknownVariable {
-            name: name.to_string(),
-            known: vars.keys().map(|k| format!("{{{k}}}")).collect::<Vec<_>>().join(" "),
-        })?;
+        let value = vars
+            .get(name)
+            .ok_or_else(|| TemplateError::UnknownVariable {
+                name: name.to_string(),
+                known: vars
+                    .keys()
+                    .map(|k| format!("{{{k}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            })?;
         out.push_str(value);
         rest = &tail[end + 1..];
         offset += pos + end + 1;
@@ -58,7 +69,9 @@ pub fn fill_template(template: &str, vars: &BTreeMap<&str, String>) -> Result<St
 
 fn check_cmdline(s: &str) -> Result<(), TemplateError> {
     if s.contains(['\n', '\r']) {
-        return Err(TemplateError::Forbidden { what: "a line break" });
+        return Err(TemplateError::Forbidden {
+            what: "a line break",
+        });
     }
     if s.contains('$') {
         return Err(TemplateError::Forbidden {
@@ -117,7 +130,11 @@ mod tests {
     use super::*;
 
     fn vars() -> BTreeMap<&'static str, String> {
-        [("url", "http://10.0.0.1".to_string()), ("mac", "52:54:00:00:00:01".to_string())].into()
+        [
+            ("url", "http://10.0.0.1".to_string()),
+            ("mac", "52:54:00:00:00:01".to_string()),
+        ]
+        .into()
     }
 
     #[test]
@@ -129,8 +146,14 @@ mod tests {
     #[test]
     fn rejects_unknown_and_unclosed_variables_and_ipxe_syntax() {
         let e = fill_template("x={nope}", &vars()).unwrap_err();
-        assert!(e.to_string().contains("{nope}") && e.to_string().contains("{url}"), "{e}");
-        assert_eq!(fill_template("x={url", &vars()), Err(TemplateError::Unclosed { at: 2 }));
+        assert!(
+            e.to_string().contains("{nope}") && e.to_string().contains("{url}"),
+            "{e}"
+        );
+        assert_eq!(
+            fill_template("x={url", &vars()),
+            Err(TemplateError::Unclosed { at: 2 })
+        );
         assert!(fill_template("x=${net0/mac}", &vars()).is_err());
     }
 

@@ -309,7 +309,9 @@ pub fn interface_ipv6(interface: &str) -> io::Result<Advertised> {
         if ifa.interface_name != interface {
             continue;
         }
-        let Some(address) = ifa.address.as_ref() else { continue };
+        let Some(address) = ifa.address.as_ref() else {
+            continue;
+        };
         if let Some(mac) = address.as_link_addr().and_then(|ll| ll.addr()) {
             adv.mac = Some(mac);
         } else if let (Some(v6), Some(mask)) = (

@@ -29,7 +29,11 @@ pub fn test_guest() -> anyhow::Result<TestGuest> {
         initrd: dir.join("initrd.img"),
     };
     if !guest.kernel.exists() || !guest.initrd.exists() {
-        for (tool, pkg) in [("busybox", "busybox-static"), ("depmod", "kmod"), ("cpio", "cpio")] {
+        for (tool, pkg) in [
+            ("busybox", "busybox-static"),
+            ("depmod", "kmod"),
+            ("cpio", "cpio"),
+        ] {
             require_tool(tool, pkg)?;
         }
         let script = workspace_root().join("tests/assets/build-test-initramfs.sh");

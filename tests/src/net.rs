@@ -40,7 +40,17 @@ impl TestNet {
             vec!["link", "set", "lo", "up"],
             vec!["link", "add", BRIDGE, "type", "bridge"],
             // Forward at once: a bridge that waits for STP would eat boot time.
-            vec!["link", "set", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state", "0"],
+            vec![
+                "link",
+                "set",
+                BRIDGE,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "stp_state",
+                "0",
+            ],
             vec!["addr", "add", "10.99.0.1/24", "dev", BRIDGE],
             vec!["-6", "addr", "add", "fd99::1/64", "dev", BRIDGE, "nodad"],
             vec!["link", "set", BRIDGE, "up"],
@@ -60,8 +70,12 @@ impl TestNet {
     /// Adds a tap device on the bridge and returns its name.
     pub fn add_tap(&self) -> anyhow::Result<String> {
         let name = format!("tap{}", self.taps.fetch_add(1, Ordering::Relaxed));
-        run(self.cmd("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]))?;
-        run(self.cmd("ip").args(["link", "set", &name, "master", BRIDGE, "up"]))?;
+        run(self
+            .cmd("ip")
+            .args(["tuntap", "add", "dev", &name, "mode", "tap"]))?;
+        run(self
+            .cmd("ip")
+            .args(["link", "set", &name, "master", BRIDGE, "up"]))?;
         Ok(name)
     }
 
@@ -71,10 +85,17 @@ impl TestNet {
         let n = self.taps.fetch_add(1, Ordering::Relaxed);
         let ns = format!("{}-h{n}", self.ns);
         run(Command::new("ip").args(["netns", "add", &ns]))?;
-        let host = Host { ns: ns.clone(), children: Mutex::new(Vec::new()) };
+        let host = Host {
+            ns: ns.clone(),
+            children: Mutex::new(Vec::new()),
+        };
         let (outer, inner) = (format!("vh{n}"), format!("vp{n}"));
-        run(self.cmd("ip").args(["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns]))?;
-        run(self.cmd("ip").args(["link", "set", &outer, "master", BRIDGE, "up"]))?;
+        run(self.cmd("ip").args([
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
+        ]))?;
+        run(self
+            .cmd("ip")
+            .args(["link", "set", &outer, "master", BRIDGE, "up"]))?;
         run(host.cmd("ip").args(["link", "set", "lo", "up"]))?;
         run(host.cmd("ip").args(["addr", "add", cidr, "dev", &inner]))?;
         run(host.cmd("ip").args(["link", "set", &inner, "up"]))?;
@@ -98,7 +119,10 @@ impl Drop for TestNet {
             let _ = child.wait();
         }
         // Anything else still in the namespace (e.g. a daemon that forked).
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.ns]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     // SAFETY: plain kill(2) on a pid that lives in our namespace.
@@ -124,7 +148,10 @@ impl Host {
     }
 
     pub fn adopt(&self, child: Child) {
-        self.children.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
     }
 
     /// The host's network interface (the inner end of its veth).
@@ -135,7 +162,12 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        for child in self.children.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+        for child in self
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -63,7 +63,12 @@ impl LeveeServer {
             .args(["--tftp", &format!("{SERVER_IP}:69")])
             .args(["--dhcp-interface", BRIDGE]);
         match mode {
-            DhcpMode::Full => cmd.args(["--dhcp-mode", "full", "--dhcp-range", "10.99.0.100-10.99.0.150"]),
+            DhcpMode::Full => cmd.args([
+                "--dhcp-mode",
+                "full",
+                "--dhcp-range",
+                "10.99.0.100-10.99.0.150",
+            ]),
             DhcpMode::Proxy => cmd.args(["--dhcp-mode", "proxy"]),
         };
         cmd.args(extra)
@@ -87,7 +92,9 @@ impl LeveeServer {
     /// The appliance record as `levee appliance show --json` prints it.
     pub fn appliance(&self, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
         let mut cmd = Command::new(self.levee()?);
-        cmd.arg("--data-dir").arg(&self.data_dir).args(["appliance", "show", mac, "--json"]);
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["appliance", "show", mac, "--json"]);
         let out = cmd.output()?;
         if !out.status.success() {
             return Ok(None);
@@ -96,11 +103,16 @@ impl LeveeServer {
     }
 
     /// Waits for a status report from `mac` with the given stage.
-    pub fn wait_for_report(&self, mac: &str, stage: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    pub fn wait_for_report(
+        &self,
+        mac: &str,
+        stage: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         wait_until(timeout, &format!("a `{stage}` report from {mac}"), || {
-            Ok(self.appliance(mac)?.filter(|a| {
-                a["appliance"]["last_report"]["stage"].as_str() == Some(stage)
-            }))
+            Ok(self
+                .appliance(mac)?
+                .filter(|a| a["appliance"]["last_report"]["stage"].as_str() == Some(stage)))
         })
     }
 

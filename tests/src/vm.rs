@@ -58,7 +58,6 @@ impl VmBuilder {
         match self.firmware {
             Firmware::Bios => {
                 require_tool_file("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu")?;
-
             }
             Firmware::Uefi => {
                 require_tool_file(OVMF_CODE, "ovmf")?;
@@ -87,12 +86,18 @@ impl VmBuilder {
         cmd.args(["-device", &nic])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(dir.join(format!("qemu-{}.log", self.mac.replace(':', ""))))?);
+            .stderr(File::create(
+                dir.join(format!("qemu-{}.log", self.mac.replace(':', ""))),
+            )?);
         let started = Instant::now();
         let child = cmd.spawn().context("cannot start qemu")?;
         let pid = child.id();
         net.adopt(child);
-        Ok(Vm { serial, pid, started })
+        Ok(Vm {
+            serial,
+            pid,
+            started,
+        })
     }
 }
 

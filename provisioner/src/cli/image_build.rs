@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  levee image build --manifest image/appliance.yaml --out ./out\n  levee image import ./out")]
+#[command(
+    after_help = "Example:\n  levee image build --manifest image/appliance.yaml --out ./out\n  levee image import ./out"
+)]
 pub struct BuildArgs {
     /// Image manifest.
     #[arg(long, default_value = "image/appliance.yaml")]
@@ -20,7 +22,11 @@ pub struct BuildArgs {
     #[arg(long)]
     pub agent: Option<PathBuf>,
     /// Cache of downloaded packages and bootstrapped trees, shared by builds.
-    #[arg(long, env = "LEVEE_IMAGE_CACHE", default_value = "/var/cache/levee-image")]
+    #[arg(
+        long,
+        env = "LEVEE_IMAGE_CACHE",
+        default_value = "/var/cache/levee-image"
+    )]
     pub cache_dir: PathBuf,
     /// Lock file [default: the manifest with extension .lock].
     #[arg(long)]
@@ -40,7 +46,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             .context("cannot find this binary's directory; pass --agent")?
             .with_file_name("levee-agent"),
     };
-    let mut opts = levee_image::BuildOptions::new(&args.manifest, &args.out, agent, &args.cache_dir);
+    let mut opts =
+        levee_image::BuildOptions::new(&args.manifest, &args.out, agent, &args.cache_dir);
     opts.lock = args.lock;
     opts.refresh_lock = args.refresh_lock;
     let built = levee_image::build(&opts, &levee_image::Progress::stderr())
@@ -48,9 +55,18 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     if args.json {
         return super::print_json(&built.image);
     }
-    println!("built {} {} in {}", built.image.name, built.image.version, built.dir.display());
+    println!(
+        "built {} {} in {}",
+        built.image.name,
+        built.image.version,
+        built.dir.display()
+    );
     for (name, a) in &built.image.artifacts {
-        println!("  {name:<16} {:>7.1} MiB  sha256 {}", a.size as f64 / (1 << 20) as f64, a.sha256);
+        println!(
+            "  {name:<16} {:>7.1} MiB  sha256 {}",
+            a.size as f64 / (1 << 20) as f64,
+            a.sha256
+        );
     }
     if built.lock_written {
         println!("lock file written: {}", built.lock.display());

@@ -24,7 +24,12 @@ use crate::store::{PgStore, SqliteStore, Store};
 #[command(name = "levee", version, propagate_version = true, after_help = EXAMPLES)]
 pub struct Cli {
     /// State directory: database, images, files served over TFTP (DIR/tftp/).
-    #[arg(long, global = true, env = "LEVEE_DATA_DIR", default_value = "/var/lib/levee")]
+    #[arg(
+        long,
+        global = true,
+        env = "LEVEE_DATA_DIR",
+        default_value = "/var/lib/levee"
+    )]
     pub data_dir: PathBuf,
 
     /// Keep central state in PostgreSQL instead of DATA_DIR/levee.sqlite,
@@ -112,7 +117,10 @@ impl Ctx {
             }
             None => {
                 let store = SqliteStore::open(&self.data_dir).map_err(|e| {
-                    anyhow::anyhow!("cannot open the Levee store in {}: {e}", self.data_dir.display())
+                    anyhow::anyhow!(
+                        "cannot open the Levee store in {}: {e}",
+                        self.data_dir.display()
+                    )
                 })?;
                 Ok(Arc::new(store))
             }

@@ -23,7 +23,9 @@ pub enum ProfileCommand {
     /// the image's files), {root_url} and {root_sha256} (the image's
     /// rootfs.squashfs), {image_cmdline} (the image's own arguments).
     /// Write {{ and }} for literal braces.
-    #[command(after_help = "Examples:\n  levee profile set default --image levee-appliance-2026.11.26\n  levee profile set rescue --kernel ./vmlinuz --initrd ./initrd.img --cmdline 'console=ttyS0 levee.url={url}'")]
+    #[command(
+        after_help = "Examples:\n  levee profile set default --image levee-appliance-2026.11.26\n  levee profile set rescue --kernel ./vmlinuz --initrd ./initrd.img --cmdline 'console=ttyS0 levee.url={url}'"
+    )]
     Set {
         name: String,
         /// Image id (NAME-VERSION, see `levee image list`).
@@ -79,7 +81,9 @@ pub fn run(ctx: &super::Ctx, cmd: ProfileCommand) -> anyhow::Result<()> {
                 }
                 _ => match &existing {
                     Some(p) => p.image.clone(),
-                    None => bail!("profile `{name}` is new: give --image ID, or --kernel and --initrd"),
+                    None => {
+                        bail!("profile `{name}` is new: give --image ID, or --kernel and --initrd")
+                    }
                 },
             };
             let record = store.image(&image_id)?.with_context(|| {

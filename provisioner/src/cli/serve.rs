@@ -9,8 +9,8 @@ use levee_pxe::dhcp::DhcpMode;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use levee_pxe::dhcp::interface_ipv4;
 use crate::serve::{self, DhcpConfig, Listeners, ServeConfig};
+use levee_pxe::dhcp::interface_ipv4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
@@ -64,11 +64,17 @@ pub struct ServeArgs {
 }
 
 fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not a range: write FIRST-LAST, e.g. 10.99.0.100-10.99.0.200"))?;
-    let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
-    let last: Ipv4Addr = b.trim().parse().map_err(|_| format!("`{b}` is not an IPv4 address"))?;
+    let (a, b) = s.split_once('-').ok_or_else(|| {
+        format!("`{s}` is not a range: write FIRST-LAST, e.g. 10.99.0.100-10.99.0.200")
+    })?;
+    let first: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+    let last: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not an IPv4 address"))?;
     if u32::from(first) > u32::from(last) {
         return Err(format!("range {first}-{last} runs backwards"));
     }
@@ -104,7 +110,10 @@ fn public_url(args: &ServeArgs, iface_ip: Option<Ipv4Addr>) -> anyhow::Result<St
 /// Each TFTP transfer holds a socket and a file: raise the soft open-file
 /// limit to the hard one so hundreds of machines booting at once fit.
 fn raise_open_file_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain getrlimit/setrlimit on a struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -170,10 +179,11 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -209,7 +219,9 @@ mod tests {
     #[test]
     fn ranges_parse_and_reject_nonsense() {
         assert!(parse_range("10.0.0.10-10.0.0.20").is_ok());
-        assert!(parse_range("10.0.0.20-10.0.0.10").unwrap_err().contains("backwards"));
+        assert!(parse_range("10.0.0.20-10.0.0.10")
+            .unwrap_err()
+            .contains("backwards"));
         assert!(parse_range("10.0.0.10").unwrap_err().contains("FIRST-LAST"));
         assert!(parse_range("10.0.0.x-10.0.0.20").is_err());
     }

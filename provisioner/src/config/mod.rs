@@ -16,8 +16,8 @@ use std::path::Path;
 
 use levee_proto::config::CustomerConfig;
 
-pub use locate::{display_path, locate, Seg};
 pub use levee_proto::config::SmbUrl;
+pub use locate::{display_path, locate, Seg};
 pub use validate::{Customer, Schedule, SourceKind, Weekday};
 
 /// A configuration file that cannot be used, and where.
@@ -115,9 +115,15 @@ mod tests {
     #[test]
     fn unknown_keys_and_wrong_types_have_a_position_and_path() {
         let e = err("customer: acme\nsources:\n  - name: a\n    path: /x\n    paswd: y\n");
-        assert!(e.starts_with("acme.yaml:5:5: sources[0]: unknown field `paswd`"), "{e}");
+        assert!(
+            e.starts_with("acme.yaml:5:5: sources[0]: unknown field `paswd`"),
+            "{e}"
+        );
         let e = err("customer: acme\nretention:\n  keep_daily: lots\n");
-        assert!(e.starts_with("acme.yaml:3:15: retention.keep_daily: invalid type"), "{e}");
+        assert!(
+            e.starts_with("acme.yaml:3:15: retention.keep_daily: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -191,7 +191,11 @@ impl ApplianceState {
             "installed" => ApplianceState::Installed,
             "failed" => ApplianceState::Failed,
             "retired" => ApplianceState::Retired,
-            other => return Err(StoreError::Corrupt(format!("unknown appliance state `{other}`"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown appliance state `{other}`"
+                )))
+            }
         })
     }
 }
@@ -286,7 +290,12 @@ pub trait Store: Send + Sync + 'static {
     fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance>;
     /// Moves an appliance to `state`, with a reason (required in spirit for
     /// `failed`), and records it in its history.
-    fn set_appliance_state(&self, id: i64, state: ApplianceState, reason: Option<&str>) -> Result<Appliance>;
+    fn set_appliance_state(
+        &self,
+        id: i64,
+        state: ApplianceState,
+        reason: Option<&str>,
+    ) -> Result<Appliance>;
     /// Notes a heartbeat; a changed image version or slot goes into the history.
     fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()>;
     /// The machine `new_mac` takes over `old`'s customer and profile; `old`
@@ -309,7 +318,8 @@ pub trait Store: Send + Sync + 'static {
     fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>>;
     fn appliances(&self) -> Result<Vec<Appliance>>;
     fn remove_appliance(&self, mac: MacAddr) -> Result<()>;
-    fn record_report(&self, report: &levee_proto::report::StatusReport, mac: MacAddr) -> Result<()>;
+    fn record_report(&self, report: &levee_proto::report::StatusReport, mac: MacAddr)
+        -> Result<()>;
 
     /// Appends to a machine's history (the oldest entries beyond a few
     /// hundred are dropped so a machine in a boot loop cannot fill the disk).
@@ -335,7 +345,11 @@ pub(crate) struct ReplacePlan {
 }
 
 /// Checks that `new_mac` may take over `old`.
-pub(crate) fn plan_replace(old: &Appliance, new: Option<&Appliance>, new_mac: MacAddr) -> Result<ReplacePlan> {
+pub(crate) fn plan_replace(
+    old: &Appliance,
+    new: Option<&Appliance>,
+    new_mac: MacAddr,
+) -> Result<ReplacePlan> {
     if old.revoked_at.is_some() {
         return Err(StoreError::Invalid(format!(
             "appliance {} (id {}) is already retired or replaced",
@@ -349,7 +363,9 @@ pub(crate) fn plan_replace(old: &Appliance, new: Option<&Appliance>, new_mac: Ma
         )));
     };
     if old.mac == new_mac {
-        return Err(StoreError::Invalid("an appliance cannot replace itself".into()));
+        return Err(StoreError::Invalid(
+            "an appliance cannot replace itself".into(),
+        ));
     }
     if let Some(n) = new {
         if n.revoked_at.is_some() {
@@ -367,7 +383,10 @@ pub(crate) fn plan_replace(old: &Appliance, new: Option<&Appliance>, new_mac: Ma
     }
     Ok(ReplacePlan {
         old_reason: format!("replaced by {new_mac}"),
-        new_detail: format!("took over customer {customer} from {} (id {})", old.mac, old.id),
+        new_detail: format!(
+            "took over customer {customer} from {} (id {})",
+            old.mac, old.id
+        ),
     })
 }
 

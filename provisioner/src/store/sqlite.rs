@@ -19,7 +19,8 @@ use super::{
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many ran.
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -59,7 +60,8 @@ CREATE TABLE leases (
     ip TEXT NOT NULL,
     expires INTEGER NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE customers (
     name TEXT PRIMARY KEY,
     config TEXT NOT NULL,
@@ -75,7 +77,8 @@ ALTER TABLE appliances ADD COLUMN last_heartbeat INTEGER;
 ALTER TABLE appliances ADD COLUMN revoked_at INTEGER;
 ALTER TABLE appliances ADD COLUMN replaced_by INTEGER;
 ALTER TABLE appliances ADD COLUMN replaces INTEGER;
-"#];
+"#,
+];
 
 /// Events kept per machine.
 const EVENTS_KEPT: i64 = 500;
@@ -214,7 +217,9 @@ fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Appliance>> {
 
 fn require_customer(conn: &Connection, name: &str) -> Result<()> {
     let known: Option<String> = conn
-        .query_row("SELECT name FROM customers WHERE name = ?1", [name], |r| r.get(0))
+        .query_row("SELECT name FROM customers WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
         .optional()?;
     known.map(|_| ()).ok_or_else(|| no_customer(name))
 }
@@ -282,7 +287,9 @@ impl Store for SqliteStore {
         validate_name("profile", &p.name)?;
         let conn = self.lock();
         let known: Option<String> = conn
-            .query_row("SELECT id FROM images WHERE id = ?1", [&p.image], |r| r.get(0))
+            .query_row("SELECT id FROM images WHERE id = ?1", [&p.image], |r| {
+                r.get(0)
+            })
             .optional()?;
         if known.is_none() {
             return Err(StoreError::NotFound {
@@ -345,8 +352,7 @@ impl Store for SqliteStore {
 
     fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
         validate_name("customer", &config.customer)?;
-        let json =
-            serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let conn = self.lock();
         Ok(conn.query_row(
             "INSERT INTO customers (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
@@ -370,8 +376,8 @@ impl Store for SqliteStore {
 
     fn customers(&self) -> Result<Vec<CustomerRecord>> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT name, config, created_at, updated_at FROM customers ORDER BY name")?;
+        let mut stmt = conn
+            .prepare("SELECT name, config, created_at, updated_at FROM customers ORDER BY name")?;
         let rows = stmt.query_map([], customer_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -397,14 +403,21 @@ impl Store for SqliteStore {
                serial = COALESCE(excluded.serial, serial),
                profile = COALESCE(excluded.profile, profile),
                customer = COALESCE(excluded.customer, customer)",
-            params![mac.to_string(), reg.serial, reg.profile, reg.customer, now() as i64],
+            params![
+                mac.to_string(),
+                reg.serial,
+                reg.profile,
+                reg.customer,
+                now() as i64
+            ],
         )?;
         let detail = match reg.customer {
             Some(c) => format!("registered for customer {c}"),
             None => "registered".to_string(),
         };
         event(&tx, mac, "registered", &detail)?;
-        let a = get_by_mac(&tx, mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))?;
+        let a = get_by_mac(&tx, mac)?
+            .ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))?;
         tx.commit()?;
         Ok(a)
     }
@@ -419,7 +432,10 @@ impl Store for SqliteStore {
             hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
         })?;
         if a.revoked_at.is_some() {
-            return Err(StoreError::Invalid(format!("appliance {mac} (id {}) is retired", a.id)));
+            return Err(StoreError::Invalid(format!(
+                "appliance {mac} (id {}) is retired",
+                a.id
+            )));
         }
         if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
             // Moving a box between customers would hand it another customer's
@@ -433,18 +449,31 @@ impl Store for SqliteStore {
             "UPDATE appliances SET registered = 1, customer = ?2 WHERE id = ?1",
             params![a.id, customer],
         )?;
-        event(&tx, mac, "approved", &format!("approved for customer {customer}"))?;
+        event(
+            &tx,
+            mac,
+            "approved",
+            &format!("approved for customer {customer}"),
+        )?;
         let a = get_by_id(&tx, a.id)?;
         tx.commit()?;
         Ok(a)
     }
 
-    fn set_appliance_state(&self, id: i64, state: ApplianceState, reason: Option<&str>) -> Result<Appliance> {
+    fn set_appliance_state(
+        &self,
+        id: i64,
+        state: ApplianceState,
+        reason: Option<&str>,
+    ) -> Result<Appliance> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let a = get_by_id(&tx, id)?;
         if a.revoked_at.is_some() && state != ApplianceState::Retired {
-            return Err(StoreError::Invalid(format!("appliance {} (id {id}) is retired", a.mac)));
+            return Err(StoreError::Invalid(format!(
+                "appliance {} (id {id}) is retired",
+                a.mac
+            )));
         }
         tx.execute(
             "UPDATE appliances SET state = ?2, state_reason = ?3 WHERE id = ?1",
@@ -469,12 +498,15 @@ impl Store for SqliteStore {
                image_version = COALESCE(?3, image_version), slot = COALESCE(?4, slot) WHERE id = ?1",
             params![id, now() as i64, hb.image_version, hb.slot],
         )?;
-        let changed = (hb.image_version.is_some() && hb.image_version != a.image_version.as_deref())
+        let changed = (hb.image_version.is_some()
+            && hb.image_version != a.image_version.as_deref())
             || (hb.slot.is_some() && hb.slot != a.slot.as_deref());
         if changed {
             let detail = format!(
                 "image {} on slot {}",
-                hb.image_version.or(a.image_version.as_deref()).unwrap_or("-"),
+                hb.image_version
+                    .or(a.image_version.as_deref())
+                    .unwrap_or("-"),
                 hb.slot.or(a.slot.as_deref()).unwrap_or("-")
             );
             event(&tx, a.mac, "heartbeat", &detail)?;
@@ -514,7 +546,10 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let a = get_by_id(&tx, id)?;
         if a.revoked_at.is_some() {
-            return Err(StoreError::Invalid(format!("appliance {} (id {id}) is already retired", a.mac)));
+            return Err(StoreError::Invalid(format!(
+                "appliance {} (id {id}) is already retired",
+                a.mac
+            )));
         }
         tx.execute(
             "UPDATE appliances SET state = 'retired', state_reason = ?2, revoked_at = ?3 WHERE id = ?1",
@@ -547,7 +582,8 @@ impl Store for SqliteStore {
                 params![mac.to_string(), t],
             )?;
         }
-        self.appliance(mac)?.ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))
+        self.appliance(mac)?
+            .ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))
     }
 
     fn set_appliance_profile(&self, mac: MacAddr, profile: Option<&str>) -> Result<()> {
@@ -578,8 +614,9 @@ impl Store for SqliteStore {
 
     fn appliances(&self) -> Result<Vec<Appliance>> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare(&format!("SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"
+        ))?;
         let rows = stmt.query_map([], appliance_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -598,8 +635,7 @@ impl Store for SqliteStore {
     }
 
     fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
-        let json =
-            serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let t = now() as i64;
         self.lock().execute(
             "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
@@ -682,38 +718,16 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+/// What only the SQLite store does; everything both stores do is in
+/// `store::suite`, run against each.
 mod tests {
     use super::*;
-    use levee_proto::image::{Artifact, ImageManifest};
+    use crate::store::suite::image;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         (dir, s)
-    }
-
-    fn image(id: &str) -> ImageRecord {
-        ImageRecord {
-            id: id.into(),
-            name: "test".into(),
-            version: "1".into(),
-            manifest: ImageManifest {
-                name: "test".into(),
-                version: "1".into(),
-                release: String::new(),
-                packages: Default::default(),
-                artifacts: [(
-                    "vmlinuz".to_string(),
-                    Artifact {
-                        sha256: "00".repeat(32),
-                        size: 1,
-                    },
-                )]
-                .into(),
-                cmdline: String::new(),
-            },
-            imported_at: 1,
-        }
     }
 
     #[test]
@@ -728,42 +742,6 @@ mod tests {
     }
 
     #[test]
-    fn profile_needs_an_existing_image() {
-        let (_d, s) = store();
-        let p = Profile {
-            name: "default".into(),
-            image: "nope".into(),
-            kernel: "vmlinuz".into(),
-            initrd: "initrd.img".into(),
-            cmdline: String::new(),
-            transport: Transport::Http,
-        };
-        let err = s.put_profile(&p).unwrap_err().to_string();
-        assert!(err.contains("image `nope` does not exist"), "{err}");
-        s.put_image(&image("nope")).unwrap();
-        s.put_profile(&p).unwrap();
-        assert_eq!(s.profile("default").unwrap(), Some(p));
-    }
-
-    #[test]
-    fn appliances_are_registered_seen_and_report() {
-        let (_d, s) = store();
-        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
-        let a = s.appliance_seen(mac).unwrap();
-        assert!(!a.registered);
-        let a = s.register_appliance(mac, &super::super::Registration { serial: Some("SN1"), ..Default::default() }).unwrap();
-        assert!(a.registered);
-        assert_eq!(a.serial.as_deref(), Some("SN1"));
-        let report = StatusReport {
-            mac: mac.to_string(),
-            stage: Some("agent".into()),
-            ..Default::default()
-        };
-        s.record_report(&report, mac).unwrap();
-        assert_eq!(s.appliance(mac).unwrap().unwrap().last_report, Some(report));
-    }
-
-    #[test]
     fn events_are_kept_in_order_and_trimmed() {
         let (_d, s) = store();
         let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
@@ -773,20 +751,14 @@ mod tests {
         let ev = s.events(mac, 3).unwrap();
         let last: Vec<_> = ev.iter().map(|e| e.detail.as_str()).collect();
         let n = EVENTS_KEPT + 120;
-        assert_eq!(last, [(n - 3).to_string(), (n - 2).to_string(), (n - 1).to_string()]);
+        assert_eq!(
+            last,
+            [
+                (n - 3).to_string(),
+                (n - 2).to_string(),
+                (n - 1).to_string()
+            ]
+        );
         assert!(s.events(mac, 10_000).unwrap().len() <= (EVENTS_KEPT + 50) as usize);
-    }
-
-    #[test]
-    fn an_address_is_leased_to_one_mac_at_a_time() {
-        let (_d, s) = store();
-        let a: MacAddr = "52:54:00:00:00:0a".parse().unwrap();
-        let b: MacAddr = "52:54:00:00:00:0b".parse().unwrap();
-        let ip = Ipv4Addr::new(10, 0, 0, 5);
-        s.save_lease(&Lease { mac: a, ip, expires_unix: 10 }).unwrap();
-        s.save_lease(&Lease { mac: b, ip, expires_unix: 20 }).unwrap();
-        let leases = s.leases().unwrap();
-        assert_eq!(leases.len(), 1);
-        assert_eq!(leases[0].mac, b);
     }
 }

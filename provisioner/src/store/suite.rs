@@ -56,7 +56,7 @@ fn mac(n: u8) -> MacAddr {
     format!("52:54:00:00:01:{n:02x}").parse().expect("test MAC")
 }
 
-fn image(id: &str) -> ImageRecord {
+pub(super) fn image(id: &str) -> ImageRecord {
     ImageRecord {
         id: id.into(),
         name: "test".into(),
@@ -237,7 +237,10 @@ fn pending_machines_wait_for_approval(s: &dyn Store) {
     let a = s.approve_appliance(mac(30), "acme").unwrap();
     assert!(a.approved());
     s.put_customer(&customer("beta", "5m")).unwrap();
-    let err = s.approve_appliance(mac(30), "beta").unwrap_err().to_string();
+    let err = s
+        .approve_appliance(mac(30), "beta")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already serves customer acme"), "{err}");
     s.approve_appliance(mac(30), "acme").unwrap();
     let steps: Vec<_> = s

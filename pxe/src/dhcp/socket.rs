@@ -35,7 +35,9 @@ pub fn interface_ipv4(interface: &str) -> io::Result<Vec<InterfaceAddr>> {
             Some(InterfaceAddr {
                 ip,
                 prefix_len,
-                loopback: ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK),
+                loopback: ifa
+                    .flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK),
             })
         })
         .collect())

@@ -80,13 +80,19 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { rounds: 5, firmwares: vec![Firmware::Bios, Firmware::Uefi], keep_logs: None };
+    let mut args = Args {
+        rounds: 5,
+        firmwares: vec![Firmware::Bios, Firmware::Uefi],
+        keep_logs: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => {
                 let v = it.next().context("--rounds needs a number")?;
-                args.rounds = v.parse().with_context(|| format!("--rounds {v}: not a number"))?;
+                args.rounds = v
+                    .parse()
+                    .with_context(|| format!("--rounds {v}: not a number"))?;
                 if args.rounds == 0 {
                     bail!("--rounds must be at least 1");
                 }
@@ -129,7 +135,9 @@ fn levee_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn machine_info() -> String {
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -153,12 +161,12 @@ fn load_average() -> String {
 /// (label, text). BIOS iPXE prints only to the screen, so BIOS rounds show
 /// just the guest's steps.
 const STEPS: [(&str, &str); 7] = [
-    ("pxe", ">>Start PXE"),            // OVMF's own PXE client starts
-    ("nbp", "NBP file downloaded"),     // ipxe.efi came over TFTP
-    ("ipxe-ip", "Next server:"),        // iPXE got its DHCP answer
-    ("kernel", "Linux version"),        // kernel and initrd downloaded, kernel runs
+    ("pxe", ">>Start PXE"),         // OVMF's own PXE client starts
+    ("nbp", "NBP file downloaded"), // ipxe.efi came over TFTP
+    ("ipxe-ip", "Next server:"),    // iPXE got its DHCP answer
+    ("kernel", "Linux version"),    // kernel and initrd downloaded, kernel runs
     ("init", "levee-test: init started"),
-    ("ip", "levee-test: eth0 has"),     // the guest's own DHCP
+    ("ip", "levee-test: eth0 has"), // the guest's own DHCP
     ("report", MARKER),
 ];
 
@@ -192,7 +200,9 @@ impl Boot {
 /// Polls the serial console every 50 ms until the guest reports.
 fn time_to_report(vm: &Vm) -> anyhow::Result<Boot> {
     let deadline = vm.started + BOOT_TIMEOUT;
-    let mut boot = Boot { steps: [None; STEPS.len()] };
+    let mut boot = Boot {
+        steps: [None; STEPS.len()],
+    };
     loop {
         if STOP.load(Ordering::SeqCst) {
             bail!("interrupted");
@@ -224,10 +234,15 @@ fn time_to_report(vm: &Vm) -> anyhow::Result<Boot> {
 /// Prints the end of every log of a failed round (servers, QEMU, serial
 /// console), so the failure can be understood without re-running.
 fn print_logs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
         let text = read(path);
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(40)..];
@@ -243,19 +258,18 @@ fn keep_logs(from: &Path, to: &Path, prefix: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for entry in std::fs::read_dir(from)? {
         let path = entry?.path();
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| n.ends_with(".log")) {
+        if let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".log"))
+        {
             std::fs::copy(&path, to.join(format!("{prefix}-{name}")))?;
         }
     }
     Ok(())
 }
 
-fn round_levee(
-    fw: Firmware,
-    guest: &TestGuest,
-    levee: &Path,
-    dir: &Path,
-) -> anyhow::Result<Boot> {
+fn round_levee(fw: Firmware, guest: &TestGuest, levee: &Path, dir: &Path) -> anyhow::Result<Boot> {
     let mut server = LeveeServer::new()?;
     server.bin = Some(levee.to_path_buf());
     let result = levee_boot(fw, guest, &server, dir);
@@ -264,31 +278,41 @@ fn round_levee(
     result
 }
 
-fn levee_boot(fw: Firmware, guest: &TestGuest, server: &LeveeServer, dir: &Path) -> anyhow::Result<Boot> {
+fn levee_boot(
+    fw: Firmware,
+    guest: &TestGuest,
+    server: &LeveeServer,
+    dir: &Path,
+) -> anyhow::Result<Boot> {
     server.cli(&[
-        "profile", "set", "default",
-        "--kernel", guest.kernel.to_str().context("non-UTF-8 path")?,
-        "--initrd", guest.initrd.to_str().context("non-UTF-8 path")?,
-        "--transport", "http",
+        "profile",
+        "set",
+        "default",
+        "--kernel",
+        guest.kernel.to_str().context("non-UTF-8 path")?,
+        "--initrd",
+        guest.initrd.to_str().context("non-UTF-8 path")?,
+        "--transport",
+        "http",
         // Spelled out so both servers boot the same command line, whatever
         // levee's default becomes (the python server's script has the same).
-        "--cmdline", LEVEE_CMDLINE,
+        "--cmdline",
+        LEVEE_CMDLINE,
     ])?;
     let net = TestNet::new("bench")?;
     server.start(&net, DhcpMode::Full, &[])?;
     let vm = VmBuilder::new(fw, MAC).start(&net, dir)?;
     let t = time_to_report(&vm)?;
-    if !vm.console().contains(&format!("reported to http://{SERVER_IP}")) {
+    if !vm
+        .console()
+        .contains(&format!("reported to http://{SERVER_IP}"))
+    {
         bail!("the guest did not report to levee");
     }
     Ok(t)
 }
 
-fn round_peer(
-    fw: Firmware,
-    guest: &TestGuest,
-    dir: &Path,
-) -> anyhow::Result<Boot> {
+fn round_peer(fw: Firmware, guest: &TestGuest, dir: &Path) -> anyhow::Result<Boot> {
     let tftp = dir.join("tftp");
     std::fs::create_dir(&tftp)?;
     // fs::copy follows Debian's ipxe.efi -> /boot/ipxe.efi symlink, so
@@ -298,7 +322,10 @@ fn round_peer(
         std::fs::copy(&src, tftp.join(name))
             .with_context(|| format!("copying {} (apt-get install ipxe)", src.display()))?;
     }
-    let guest_dir = guest.kernel.parent().context("guest kernel has no directory")?;
+    let guest_dir = guest
+        .kernel
+        .parent()
+        .context("guest kernel has no directory")?;
     let (dnsmasq_log, http_log) = (dir.join("dnsmasq.log"), dir.join("python-http.log"));
 
     let net = TestNet::new("bench")?;
@@ -355,13 +382,21 @@ fn round_peer(
         .context("cannot start dnsmasq")?;
     net.adopt(child);
 
-    wait_until(Duration::from_secs(20), "dnsmasq and the python server to listen", || {
-        let (d, h) = (read(&dnsmasq_log), read(&http_log));
-        if d.contains("FAILED") || d.contains("failed to") || h.contains("Traceback") || h.contains("missing") {
-            bail!("the peer failed to start:\n{d}\n{h}");
-        }
-        Ok((d.contains("TFTP root is") && h.contains("http listening")).then_some(()))
-    })?;
+    wait_until(
+        Duration::from_secs(20),
+        "dnsmasq and the python server to listen",
+        || {
+            let (d, h) = (read(&dnsmasq_log), read(&http_log));
+            if d.contains("FAILED")
+                || d.contains("failed to")
+                || h.contains("Traceback")
+                || h.contains("missing")
+            {
+                bail!("the peer failed to start:\n{d}\n{h}");
+            }
+            Ok((d.contains("TFTP root is") && h.contains("http listening")).then_some(()))
+        },
+    )?;
 
     let vm = VmBuilder::new(fw, MAC).start(&net, dir)?;
     let t = time_to_report(&vm)?;
@@ -432,13 +467,24 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!("machine: {}", machine_info());
-    println!("load average at start: {} (shared machine: numbers are noisy)", load_average());
+    println!(
+        "load average at start: {} (shared machine: numbers are noisy)",
+        load_average()
+    );
     println!("levee: {}", levee.display());
-    println!("qemu accel: {}; rounds: {}; marker: `{MARKER}` on the serial console", levee_tests::qemu_accel(), args.rounds);
+    println!(
+        "qemu accel: {}; rounds: {}; marker: `{MARKER}` on the serial console",
+        levee_tests::qemu_accel(),
+        args.rounds
+    );
     println!();
 
     // boots[firmware][server]
-    let mut boots: Vec<[Vec<Boot>; 2]> = args.firmwares.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    let mut boots: Vec<[Vec<Boot>; 2]> = args
+        .firmwares
+        .iter()
+        .map(|_| [Vec::new(), Vec::new()])
+        .collect();
     let mut failures = 0;
     'rounds: for round in 1..=args.rounds {
         for (fi, &fw) in args.firmwares.iter().enumerate() {
@@ -474,7 +520,11 @@ fn main() -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         failures += 1;
-                        eprintln!("round {round} {} {} FAILED: {e:#}", fw_name(fw), server.name());
+                        eprintln!(
+                            "round {round} {} {} FAILED: {e:#}",
+                            fw_name(fw),
+                            server.name()
+                        );
                         print_logs(dir.path());
                     }
                 }
@@ -483,7 +533,10 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!();
-    println!("{:4}  {:15} {:>9} {:>9}  {:>6}", "fw", "server", "median", "best", "rounds");
+    println!(
+        "{:4}  {:15} {:>9} {:>9}  {:>6}",
+        "fw", "server", "median", "best", "rounds"
+    );
     for (fi, &fw) in args.firmwares.iter().enumerate() {
         let mut medians = [None, None];
         for (si, server) in [Server::Levee, Server::Peer].into_iter().enumerate() {
@@ -512,7 +565,11 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if let [Some(l), Some(p)] = medians {
-            println!("{:4}  levee/peer (median) = {:.2}  (below 1: levee faster)", fw_name(fw), l / p);
+            println!(
+                "{:4}  levee/peer (median) = {:.2}  (below 1: levee faster)",
+                fw_name(fw),
+                l / p
+            );
         }
     }
     println!("load average at end: {}", load_average());

@@ -33,10 +33,15 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
             Transport::Tftp => "tftp",
         };
         server.cli(&[
-            "profile", "set", "default",
-            "--kernel", guest.kernel.to_str().context("path")?,
-            "--initrd", guest.initrd.to_str().context("path")?,
-            "--transport", transport_arg,
+            "profile",
+            "set",
+            "default",
+            "--kernel",
+            guest.kernel.to_str().context("path")?,
+            "--initrd",
+            guest.initrd.to_str().context("path")?,
+            "--transport",
+            transport_arg,
         ])?;
         // Proxy mode: the office's own DHCP server hands out the addresses,
         // on another host of the LAN.
@@ -46,11 +51,20 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
             let leases = dir.path().join("dnsmasq.leases");
             let child = office
                 .cmd("dnsmasq")
-                .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--no-ping", "--log-dhcp"])
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--no-ping",
+                    "--log-dhcp",
+                ])
                 .arg(format!("--interface={}", office.interface()))
                 .arg("--dhcp-range=10.99.0.50,10.99.0.90,255.255.255.0,1h")
                 .arg(format!("--dhcp-leasefile={}", leases.display()))
-                .arg(format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("dnsmasq.pid").display()
+                ))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("dnsmasq.log"))?)
                 .spawn()
@@ -84,19 +98,32 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
                 .next()
                 .and_then(|h| h.parse().ok())
                 .context("address")?;
-            anyhow::ensure!((50..=90).contains(&host), "{addr} is not from the office DHCP server");
+            anyhow::ensure!(
+                (50..=90).contains(&host),
+                "{addr} is not from the office DHCP server"
+            );
         }
 
         // Every boot step is in the server log, one line each.
         let log = server.log_text();
         let events = appliance["events"].as_array().cloned().unwrap_or_default();
         let steps: Vec<&str> = events.iter().filter_map(|e| e["step"].as_str()).collect();
-        anyhow::ensure!(steps.contains(&"dhcp"), "no DHCP step in the history: {steps:?}");
-        anyhow::ensure!(steps.contains(&"script"), "no boot-script step in the history: {steps:?}");
-        anyhow::ensure!(steps.contains(&"report"), "no report step in the history: {steps:?}");
+        anyhow::ensure!(
+            steps.contains(&"dhcp"),
+            "no DHCP step in the history: {steps:?}"
+        );
+        anyhow::ensure!(
+            steps.contains(&"script"),
+            "no boot-script step in the history: {steps:?}"
+        );
+        anyhow::ensure!(
+            steps.contains(&"report"),
+            "no report step in the history: {steps:?}"
+        );
         let tftp_sent = |file: &str| {
-            log.lines()
-                .any(|l| l.contains(&format!("file={file}")) && l.contains("tftp transfer complete"))
+            log.lines().any(|l| {
+                l.contains(&format!("file={file}")) && l.contains("tftp transfer complete")
+            })
         };
         if firmware == Firmware::Uefi {
             anyhow::ensure!(
@@ -110,43 +137,80 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
                 "kernel and initrd did not come over HTTP"
             ),
             Transport::Tftp => anyhow::ensure!(
-                !log.contains("GET /images/") && tftp_sent("images/") ,
+                !log.contains("GET /images/") && tftp_sent("images/"),
                 "kernel and initrd did not come over TFTP only"
             ),
         }
         // The operator's view shows the machine and what it reported.
         let list = server.cli(&["appliance", "list"])?;
-        anyhow::ensure!(list.contains(mac) && list.contains("test-initramfs"), "appliance list:\n{list}");
+        anyhow::ensure!(
+            list.contains(mac) && list.contains("test-initramfs"),
+            "appliance list:\n{list}"
+        );
         Ok(())
     })();
     let dnsmasq = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
     check(
         result,
-        &[("levee serve", server.log_text()), ("serial console", console), ("dnsmasq", dnsmasq)],
+        &[
+            ("levee serve", server.log_text()),
+            ("serial console", console),
+            ("dnsmasq", dnsmasq),
+        ],
     );
 }
 
 #[test]
 fn boot_bios_full_http() {
-    boot("bfh", Firmware::Bios, DhcpMode::Full, Transport::Http, "52:54:00:00:02:01");
+    boot(
+        "bfh",
+        Firmware::Bios,
+        DhcpMode::Full,
+        Transport::Http,
+        "52:54:00:00:02:01",
+    );
 }
 
 #[test]
 fn boot_uefi_full_http() {
-    boot("ufh", Firmware::Uefi, DhcpMode::Full, Transport::Http, "52:54:00:00:02:02");
+    boot(
+        "ufh",
+        Firmware::Uefi,
+        DhcpMode::Full,
+        Transport::Http,
+        "52:54:00:00:02:02",
+    );
 }
 
 #[test]
 fn boot_bios_proxy_http() {
-    boot("bph", Firmware::Bios, DhcpMode::Proxy, Transport::Http, "52:54:00:00:02:03");
+    boot(
+        "bph",
+        Firmware::Bios,
+        DhcpMode::Proxy,
+        Transport::Http,
+        "52:54:00:00:02:03",
+    );
 }
 
 #[test]
 fn boot_uefi_proxy_http() {
-    boot("uph", Firmware::Uefi, DhcpMode::Proxy, Transport::Http, "52:54:00:00:02:04");
+    boot(
+        "uph",
+        Firmware::Uefi,
+        DhcpMode::Proxy,
+        Transport::Http,
+        "52:54:00:00:02:04",
+    );
 }
 
 #[test]
 fn boot_bios_full_tftp_only() {
-    boot("bft", Firmware::Bios, DhcpMode::Full, Transport::Tftp, "52:54:00:00:02:05");
+    boot(
+        "bft",
+        Firmware::Bios,
+        DhcpMode::Full,
+        Transport::Tftp,
+        "52:54:00:00:02:05",
+    );
 }
