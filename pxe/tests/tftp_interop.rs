@@ -583,3 +583,32 @@ async fn lossy_link_recovers_without_waiting_for_timeouts() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+/// A client that sends its request twice (its first try crossed our first
+/// DATA packet) gets one transfer, not two racing ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmitted_request_does_not_start_a_second_transfer() -> Result<()> {
+    let server = start(FILES).await?;
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let request = rrq("odd", &[]);
+    socket.send_to(&request, server.addr).await?;
+    socket.send_to(&request, server.addr).await?;
+    let mut buf = vec![0u8; 70_000];
+    let mut senders = std::collections::HashSet::new();
+    // Without ACKs the transfer resends block 1; listen long enough to see
+    // a second transfer's first block if there were one.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(got) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        let (len, from) = got?;
+        if let Packet::Data { block: 1, .. } = Packet::parse(&buf[..len])? {
+            senders.insert(from);
+        }
+    }
+    ensure!(
+        senders.len() == 1,
+        "DATA 1 came from {} transfers: {senders:?}",
+        senders.len()
+    );
+    server.stop().await;
+    Ok(())
+}

@@ -43,6 +43,13 @@ struct Shared {
     options: TftpOptions,
     listener: Arc<UdpSocket>,
     active: AtomicUsize,
+    /// Clients (address and port: the RFC 1350 transfer id) with a transfer
+    /// running. A client that retransmits its request before our first
+    /// packet reaches it must not get a second transfer, which would only
+    /// time out after tens of seconds, holding a socket and a file.
+    /// Keyed by the address the request was sent to as well: the same
+    /// client port may ask two of our addresses.
+    peers: std::sync::Mutex<std::collections::HashSet<(SocketAddr, Option<IpAddr>)>>,
     /// Busy-poll only while this few transfers run (half the CPUs).
     spin_limit: usize,
     cpus: usize,
@@ -75,6 +82,7 @@ pub async fn serve(
         options,
         listener: Arc::new(socket),
         active: AtomicUsize::new(0),
+        peers: Default::default(),
         spin_limit: (cpus / 2).max(1),
         cpus,
         shutdown,
@@ -123,6 +131,15 @@ async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), 
                     .await;
                     continue;
                 }
+                let fresh = shared
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((peer, dst));
+                if !fresh {
+                    debug!(client = %peer, file = %request.filename, "ignored retransmitted request: its transfer is running");
+                    continue;
+                }
                 shared.active.fetch_add(1, Ordering::Relaxed);
                 let span = info_span!("tftp_transfer", client = %peer, file = %request.filename);
                 let task_shared = Arc::clone(shared);
@@ -130,6 +147,11 @@ async fn accept_loop(shared: &Arc<Shared>, tracker: &TaskTracker) -> Result<(), 
                     async move {
                         run_transfer(&task_shared, peer, dst, request).await;
                         task_shared.active.fetch_sub(1, Ordering::Relaxed);
+                        task_shared
+                            .peers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&(peer, dst));
                     }
                     .instrument(span),
                 );
