@@ -48,17 +48,29 @@ struct FileLock {
 impl FileLock {
     fn acquire(path: &Path) -> anyhow::Result<FileLock> {
         use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("flock {}: {}", path.display(), std::io::Error::last_os_error());
+            bail!(
+                "flock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
         Ok(FileLock { _file: f })
     }
 }
 
 /// Runs `levee image build` into `out` with the given cache and lock.
-fn levee_build(out: &Path, cache: &Path, lock: &Path) -> anyhow::Result<(serde_json::Value, Duration)> {
+fn levee_build(
+    out: &Path,
+    cache: &Path,
+    lock: &Path,
+) -> anyhow::Result<(serde_json::Value, Duration)> {
     tools()?;
     let start = Instant::now();
     let output = Command::new(binary("levee")?)
@@ -79,7 +91,8 @@ fn levee_build(out: &Path, cache: &Path, lock: &Path) -> anyhow::Result<(serde_j
     if !output.status.success() {
         bail!("levee image build failed ({})", output.status);
     }
-    let image: serde_json::Value = serde_json::from_slice(&output.stdout).context("image.json on stdout")?;
+    let image: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("image.json on stdout")?;
     Ok((image, start.elapsed()))
 }
 
@@ -91,7 +104,8 @@ fn image() -> anyhow::Result<&'static (PathBuf, serde_json::Value)> {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let _lock = FileLock::acquire(&dir.join("build.lock")).map_err(|e| format!("{e:#}"))?;
         let out = dir.join("out");
-        let (image, took) = levee_build(&out, &dir.join("cache"), &dir.join("appliance.lock")).map_err(|e| format!("{e:#}"))?;
+        let (image, took) = levee_build(&out, &dir.join("cache"), &dir.join("appliance.lock"))
+            .map_err(|e| format!("{e:#}"))?;
         eprintln!("image built in {:.1} s", took.as_secs_f64());
         Ok((out, image))
     });
@@ -127,13 +141,20 @@ impl Server {
     }
 }
 
-fn serve(conn: TcpStream, root: &Path, reports: &Mutex<Vec<(Instant, serde_json::Value)>>) -> anyhow::Result<()> {
+fn serve(
+    conn: TcpStream,
+    root: &Path,
+    reports: &Mutex<Vec<(Instant, serde_json::Value)>>,
+) -> anyhow::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("").to_string(),
+    );
     let mut length = 0usize;
     loop {
         let mut h = String::new();
@@ -161,13 +182,23 @@ fn serve(conn: TcpStream, root: &Path, reports: &Mutex<Vec<(Instant, serde_json:
             let name = path.trim_start_matches('/');
             match (!name.contains("..")).then(|| std::fs::read(root.join(name))) {
                 Some(Ok(data)) => {
-                    conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()).as_bytes())?;
+                    conn.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            data.len()
+                        )
+                        .as_bytes(),
+                    )?;
                     conn.write_all(&data)?;
                 }
-                _ => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?,
+                _ => conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )?,
             }
         }
-        _ => conn.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?,
+        _ => conn.write_all(
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?,
     }
     Ok(())
 }
@@ -187,7 +218,15 @@ impl Qemu {
         let dir = tempfile::tempdir()?;
         let console = dir.path().join("console.log");
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", &levee_tests::qemu_accel(), "-m", "1024", "-smp", "1", "-no-reboot"])
+            .args([
+                "-accel",
+                &levee_tests::qemu_accel(),
+                "-m",
+                "1024",
+                "-smp",
+                "1",
+                "-no-reboot",
+            ])
             .args(["-display", "none", "-monitor", "none", "-nodefaults"])
             .arg("-kernel")
             .arg(image_dir.join("vmlinuz"))
@@ -203,7 +242,12 @@ impl Qemu {
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start qemu-system-x86_64")?;
-        Ok(Qemu { child, console, started: Instant::now(), _dir: dir })
+        Ok(Qemu {
+            child,
+            console,
+            started: Instant::now(),
+            _dir: dir,
+        })
     }
 
     /// Fails once QEMU has exited (a kernel panic with `-no-reboot`).
@@ -215,14 +259,18 @@ impl Qemu {
     }
 
     fn console(&self) -> String {
-        std::fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     fn wait_console(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Duration> {
         let started = self.started;
         let console = self.console.clone();
         wait_until(timeout, &format!("`{needle}` on the console"), || {
-            let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let text = std::fs::read(&console)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             if text.contains(needle) {
                 return Ok(Some(started.elapsed()));
             }
@@ -242,22 +290,30 @@ impl Drop for Qemu {
 /// Runs `f`; on failure prints the console so the reason is visible.
 fn with_console<T>(console: PathBuf, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     f().map_err(|e| {
-        let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = std::fs::read(&console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         eprintln!("---- serial console ----\n{text}\n---- end ----");
         e
     })
 }
 
 fn sha_of(image: &serde_json::Value, artifact: &str) -> anyhow::Result<String> {
-    image["artifacts"][artifact]["sha256"].as_str().map(str::to_string).context("artifact sha256 in image.json")
+    image["artifacts"][artifact]["sha256"]
+        .as_str()
+        .map(str::to_string)
+        .context("artifact sha256 in image.json")
 }
 
 /// `no_timer_check`: under TCG on a loaded host the kernel's IO-APIC timer
 /// check can fail and panic ("IO-APIC + timer doesn't work!").
-fn cmdline(port: u16, sha256: &str) -> String {
+/// The image's own arguments (image.json `cmdline`, e.g. `net.ifnames=0`)
+/// come first, as `levee serve` puts them in a profile.
+fn cmdline(image: &serde_json::Value, port: u16, sha256: &str) -> String {
     format!(
-        "console=ttyS0,115200n8 levee.url=http://10.0.2.2:{port} levee.root=http://10.0.2.2:{port}/rootfs.squashfs \
-         levee.sha256={sha256} levee.interval=3 systemd.journald.forward_to_console=1 panic=-1 no_timer_check"
+        "{} console=ttyS0,115200n8 levee.url=http://10.0.2.2:{port} levee.root=http://10.0.2.2:{port}/rootfs.squashfs \
+         levee.sha256={sha256} levee.interval=3 systemd.journald.forward_to_console=1 panic=-1 no_timer_check",
+        image["cmdline"].as_str().unwrap_or_default()
     )
 }
 
@@ -265,64 +321,126 @@ fn cmdline(port: u16, sha256: &str) -> String {
 fn r3_image_boots_to_agent_that_reports() -> anyhow::Result<()> {
     let (dir, image) = image()?;
     for a in ["vmlinuz", "initrd.img", "rootfs.squashfs"] {
-        let size = image["artifacts"][a]["size"].as_u64().context("artifact size")?;
+        let size = image["artifacts"][a]["size"]
+            .as_u64()
+            .context("artifact size")?;
         eprintln!("{a}: {size} bytes ({:.1} MiB)", size as f64 / 1048576.0);
     }
-    let sq = image["artifacts"]["rootfs.squashfs"]["size"].as_u64().unwrap_or(u64::MAX);
-    let rd = image["artifacts"]["initrd.img"]["size"].as_u64().unwrap_or(u64::MAX);
-    assert!(sq <= 64 << 20, "rootfs.squashfs is {sq} bytes, over the 64 MiB target");
-    assert!(rd <= 8 << 20, "initrd.img is {rd} bytes, over the 8 MiB target");
+    let sq = image["artifacts"]["rootfs.squashfs"]["size"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let rd = image["artifacts"]["initrd.img"]["size"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        sq <= 64 << 20,
+        "rootfs.squashfs is {sq} bytes, over the 64 MiB target"
+    );
+    assert!(
+        rd <= 8 << 20,
+        "initrd.img is {rd} bytes, over the 8 MiB target"
+    );
 
     let server = Server::start(dir.clone())?;
-    let mut vm = Qemu::boot(dir, &cmdline(server.port, &sha_of(image, "rootfs.squashfs")?))?;
+    let mut vm = Qemu::boot(
+        dir,
+        &cmdline(image, server.port, &sha_of(image, "rootfs.squashfs")?),
+    )?;
     let started = vm.started;
     with_console(vm.console.clone(), || {
         let first = wait_until(Duration::from_secs(300), "the agent's first report", || {
             vm.alive()?;
-            Ok(server.reports().into_iter().find(|(_, r)| r["stage"] == "agent"))
+            Ok(server
+                .reports()
+                .into_iter()
+                .find(|(_, r)| r["stage"] == "agent"))
         })?;
         let report = &first.1;
-        eprintln!("boot to first report: {:.1} s (QEMU start to report, TCG, direct kernel)", (first.0 - started).as_secs_f64());
+        eprintln!(
+            "boot to first report: {:.1} s (QEMU start to report, TCG, direct kernel)",
+            (first.0 - started).as_secs_f64()
+        );
         assert_eq!(report["mac"], MAC, "report: {report}");
-        let boot_id = report["boot_id"].as_str().context("boot_id in report")?.to_string();
+        let boot_id = report["boot_id"]
+            .as_str()
+            .context("boot_id in report")?
+            .to_string();
         assert!(report["version"].is_string(), "report: {report}");
-        assert!(report["image_version"] == image["version"], "report: {report}, image {}", image["version"]);
         assert!(
-            report["addresses"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.starts_with("10.0.2.15/")))),
+            report["image_version"] == image["version"],
+            "report: {report}, image {}",
+            image["version"]
+        );
+        assert!(
+            report["addresses"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|x| x.as_str().is_some_and(|s| s.starts_with("10.0.2.15/")))),
             "report has the DHCP address: {report}"
         );
-        assert!(report["disk_total_bytes"].as_u64().is_some_and(|t| t > 0), "report: {report}");
+        assert!(
+            report["disk_total_bytes"].as_u64().is_some_and(|t| t > 0),
+            "report: {report}"
+        );
         // The stage 1 checks and systemd's own progress, on the console.
         let console = vm.console();
-        assert!(console.contains("levee-stage1: root file system sha256 ok"), "stage 1 checked the root");
+        assert!(
+            console.contains("levee-stage1: root file system sha256 ok"),
+            "stage 1 checked the root"
+        );
         vm.wait_console("Reached target multi-user.target", Duration::from_secs(120))?;
         // The start line went through journald (forwarded to the console).
-        vm.wait_console(&format!("levee-agent {} starting", env!("CARGO_PKG_VERSION")), Duration::from_secs(30))
-            .or_else(|_| vm.wait_console("levee-agent[", Duration::from_secs(1)))?;
-        let journal_line = vm.console().lines().find(|l| l.contains("levee-agent[") && l.contains("starting")).map(str::to_string);
-        assert!(journal_line.is_some(), "the agent's start line came through the journal");
+        vm.wait_console(
+            &format!("levee-agent {} starting", env!("CARGO_PKG_VERSION")),
+            Duration::from_secs(30),
+        )
+        .or_else(|_| vm.wait_console("levee-agent[", Duration::from_secs(1)))?;
+        let journal_line = vm
+            .console()
+            .lines()
+            .find(|l| l.contains("levee-agent[") && l.contains("starting"))
+            .map(str::to_string);
+        assert!(
+            journal_line.is_some(),
+            "the agent's start line came through the journal"
+        );
         // Still running: more reports from the same boot.
-        wait_until(Duration::from_secs(60), "a second report from the same boot", || {
-            Ok((server.reports().iter().filter(|(_, r)| r["stage"] == "agent" && r["boot_id"] == boot_id.as_str()).count() >= 2).then_some(()))
-        })?;
+        wait_until(
+            Duration::from_secs(60),
+            "a second report from the same boot",
+            || {
+                Ok((server
+                    .reports()
+                    .iter()
+                    .filter(|(_, r)| r["stage"] == "agent" && r["boot_id"] == boot_id.as_str())
+                    .count()
+                    >= 2)
+                    .then_some(()))
+            },
+        )?;
         Ok(())
     })
 }
 
 #[test]
 fn r3_wrong_sha256_is_refused() -> anyhow::Result<()> {
-    let (dir, _) = image()?;
+    let (dir, image) = image()?;
     let server = Server::start(dir.clone())?;
     let wrong = "0".repeat(64);
-    let mut vm = Qemu::boot(dir, &cmdline(server.port, &wrong))?;
+    let mut vm = Qemu::boot(dir, &cmdline(image, server.port, &wrong))?;
     with_console(vm.console.clone(), || {
         vm.wait_console("sha256 MISMATCH", Duration::from_secs(180))?;
         vm.wait_console("refusing to boot", Duration::from_secs(10))?;
         // Give a wrongly booting system time to show itself.
         std::thread::sleep(Duration::from_secs(5));
         let console = vm.console();
-        assert!(console.contains(&format!("expected {wrong}")), "the message names the expected sum");
-        assert!(!console.contains("switching to systemd") && !console.contains("systemd[1]"), "no boot past stage 1");
+        assert!(
+            console.contains(&format!("expected {wrong}")),
+            "the message names the expected sum"
+        );
+        assert!(
+            !console.contains("switching to systemd") && !console.contains("systemd[1]"),
+            "no boot past stage 1"
+        );
         assert!(server.reports().is_empty(), "no report from a refused root");
         Ok(())
     })
@@ -333,24 +451,43 @@ fn r3_two_builds_from_the_lock_are_identical() -> anyhow::Result<()> {
     let (dir, image) = image()?;
     // A second build in other directories, with its own cache (only the
     // downloaded .debs are shared, hard-linked), from the same lock.
-    let other = tempfile::Builder::new().prefix("levee-image-repro").tempdir_in(target_dir())?;
+    let other = tempfile::Builder::new()
+        .prefix("levee-image-repro")
+        .tempdir_in(target_dir())?;
     let work = work_dir();
     let cache2 = other.path().join("cache");
     std::fs::create_dir_all(&cache2)?;
     {
         let _lock = FileLock::acquire(&work.join("build.lock"))?;
-        levee_tests::run(Command::new("cp").arg("-al").arg(work.join("cache/debs")).arg(cache2.join("debs")))?;
+        levee_tests::run(
+            Command::new("cp")
+                .arg("-al")
+                .arg(work.join("cache/debs"))
+                .arg(cache2.join("debs")),
+        )?;
     }
     let lock2 = other.path().join("appliance.lock");
     std::fs::copy(work.join("appliance.lock"), &lock2)?;
     let out2 = other.path().join("out");
     let (image2, took) = levee_build(&out2, &cache2, &lock2)?;
-    eprintln!("second (cold, packages cached) build: {:.1} s", took.as_secs_f64());
-    assert_eq!(std::fs::read(&lock2)?, std::fs::read(work.join("appliance.lock"))?, "the lock file was not rewritten");
+    eprintln!(
+        "second (cold, packages cached) build: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        std::fs::read(&lock2)?,
+        std::fs::read(work.join("appliance.lock"))?,
+        "the lock file was not rewritten"
+    );
     for name in ["vmlinuz", "initrd.img", "rootfs.squashfs", "image.json"] {
         let a = std::fs::read(dir.join(name))?;
         let b = std::fs::read(out2.join(name))?;
-        assert!(a == b, "{name} differs between {} and {}", dir.display(), out2.display());
+        assert!(
+            a == b,
+            "{name} differs between {} and {}",
+            dir.display(),
+            out2.display()
+        );
     }
     assert_eq!(image, &image2);
     Ok(())
@@ -360,7 +497,11 @@ fn r3_two_builds_from_the_lock_are_identical() -> anyhow::Result<()> {
 #[test]
 fn r3_flake_parses() -> anyhow::Result<()> {
     require_tool("nix-instantiate", "nix-bin")?;
-    levee_tests::run(Command::new("nix-instantiate").arg("--parse").arg(workspace_root().join("flake.nix")))?;
+    levee_tests::run(
+        Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(workspace_root().join("flake.nix")),
+    )?;
     Ok(())
 }
 
@@ -370,7 +511,10 @@ fn failing_build(name: &str, edit: impl Fn(&str) -> String) -> anyhow::Result<St
     let dir = tempfile::tempdir()?;
     let text = std::fs::read_to_string(workspace_root().join("image/appliance.yaml"))?;
     let overlay = workspace_root().join("overlay");
-    let text = edit(&text.replace("overlay: ../overlay", &format!("overlay: {}", overlay.display())));
+    let text = edit(&text.replace(
+        "overlay: ../overlay",
+        &format!("overlay: {}", overlay.display()),
+    ));
     let manifest = dir.path().join(name);
     std::fs::write(&manifest, text)?;
     let out = Command::new(binary("levee")?)
@@ -385,33 +529,63 @@ fn failing_build(name: &str, edit: impl Fn(&str) -> String) -> anyhow::Result<St
         .arg("--lock")
         .arg(dir.path().join("x.lock"))
         .output()?;
-    assert!(!out.status.success(), "the build of a broken manifest must fail");
-    assert!(!dir.path().join("x.lock").exists(), "a failed build writes no lock");
+    assert!(
+        !out.status.success(),
+        "the build of a broken manifest must fail"
+    );
+    assert!(
+        !dir.path().join("x.lock").exists(),
+        "a failed build writes no lock"
+    );
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
 fn r3_unknown_package_is_named_with_its_line() -> anyhow::Result<()> {
-    let err = failing_build("unknown.yaml", |t| t.replace("  - gdisk\n", "  - gdisk\n  - levee-no-such-package\n"))?;
+    let err = failing_build("unknown.yaml", |t| {
+        t.replace("  - gdisk\n", "  - gdisk\n  - levee-no-such-package\n")
+    })?;
     let line = std::fs::read_to_string(workspace_root().join("image/appliance.yaml"))?
         .lines()
         .position(|l| l.trim() == "- gdisk")
         .map(|i| i + 2)
         .context("gdisk in the manifest")?;
-    assert!(err.contains(&format!("unknown.yaml:{line}: unknown package `levee-no-such-package`")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "unknown.yaml:{line}: unknown package `levee-no-such-package`"
+        )),
+        "{err}"
+    );
     Ok(())
 }
 
 #[test]
 fn r3_bad_manifest_is_named_with_line_and_column() -> anyhow::Result<()> {
-    let err = failing_build("bad.yaml", |t| t.replace("release: bookworm", "release: [bookworm"))?;
-    assert!(err.contains("bad.yaml:") && err.contains("release"), "{err}");
+    let err = failing_build("bad.yaml", |t| {
+        t.replace("release: bookworm", "release: [bookworm")
+    })?;
+    assert!(
+        err.contains("bad.yaml:") && err.contains("release"),
+        "{err}"
+    );
     let err = failing_build("nooverlay.yaml", |t| {
-        let mut lines: Vec<String> = t.lines().map(|l| if l.starts_with("overlay:") { "overlay: /nonexistent/levee-overlay".to_string() } else { l.to_string() }).collect();
+        let mut lines: Vec<String> = t
+            .lines()
+            .map(|l| {
+                if l.starts_with("overlay:") {
+                    "overlay: /nonexistent/levee-overlay".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
         lines.push(String::new());
         lines.join("\n")
     })?;
-    assert!(err.contains("overlay directory /nonexistent/levee-overlay does not exist"), "{err}");
+    assert!(
+        err.contains("overlay directory /nonexistent/levee-overlay does not exist"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -425,7 +599,13 @@ fn pxe_boot(tag: &str, firmware: levee_tests::vm::Firmware, mac: &str) -> anyhow
     let (dir, image) = image()?;
     let server = LeveeServer::new()?;
     let vm_dir = tempfile::tempdir()?;
-    server.cli(&["image", "import", dir.to_str().context("UTF-8 path")?, "--profile", "default"])?;
+    server.cli(&[
+        "image",
+        "import",
+        dir.to_str().context("UTF-8 path")?,
+        "--profile",
+        "default",
+    ])?;
     // The profile's template plus what the test reads: the journal on the
     // console, a short report interval, and no TCG timer panic.
     server.cli(&[
@@ -435,30 +615,59 @@ fn pxe_boot(tag: &str, firmware: levee_tests::vm::Firmware, mac: &str) -> anyhow
     ])?;
     let net = TestNet::new(tag)?;
     server.start(&net, DhcpMode::Full, &[])?;
-    let vm = VmBuilder { memory_mib: 1024, ..VmBuilder::new(firmware, mac) }.start(&net, vm_dir.path())?;
+    let vm = VmBuilder {
+        memory_mib: 1024,
+        ..VmBuilder::new(firmware, mac)
+    }
+    .start(&net, vm_dir.path())?;
     let result = (|| -> anyhow::Result<()> {
         let shown = server.wait_for_report(mac, "agent", Duration::from_secs(300))?;
-        eprintln!("{firmware:?} PXE: QEMU start to the agent's report in the server: {:.1} s", vm.started.elapsed().as_secs_f64());
+        eprintln!(
+            "{firmware:?} PXE: QEMU start to the agent's report in the server: {:.1} s",
+            vm.started.elapsed().as_secs_f64()
+        );
         let report = &shown["appliance"]["last_report"];
-        anyhow::ensure!(report["image_version"] == image["version"], "report {report}");
+        anyhow::ensure!(
+            report["image_version"] == image["version"],
+            "report {report}"
+        );
         anyhow::ensure!(report["mac"] == mac, "report {report}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(vm.console().contains("Reached target multi-user.target") && vm.console().contains("levee-agent[")) {
-            anyhow::ensure!(Instant::now() < deadline, "no multi-user.target or agent journal line on the console");
+        while !(vm.console().contains("Reached target multi-user.target")
+            && vm.console().contains("levee-agent["))
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no multi-user.target or agent journal line on the console"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(())
     })();
-    levee_tests::vm::check(result, &[("serial console", vm.console()), ("levee serve", server.log_text())]);
+    levee_tests::vm::check(
+        result,
+        &[
+            ("serial console", vm.console()),
+            ("levee serve", server.log_text()),
+        ],
+    );
     Ok(())
 }
 
 #[test]
 fn r3_image_pxe_boots_bios() -> anyhow::Result<()> {
-    pxe_boot("imgbios", levee_tests::vm::Firmware::Bios, "52:54:00:03:00:01")
+    pxe_boot(
+        "imgbios",
+        levee_tests::vm::Firmware::Bios,
+        "52:54:00:03:00:01",
+    )
 }
 
 #[test]
 fn r3_image_pxe_boots_uefi() -> anyhow::Result<()> {
-    pxe_boot("imguefi", levee_tests::vm::Firmware::Uefi, "52:54:00:03:00:02")
+    pxe_boot(
+        "imguefi",
+        levee_tests::vm::Firmware::Uefi,
+        "52:54:00:03:00:02",
+    )
 }
