@@ -4,18 +4,36 @@
 
 /// One archive member.
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
     // Stage 1 has no symlinks today (busybox installs its own at boot).
     #[allow(dead_code)]
-    Symlink { path: String, target: String },
-    CharDev { path: String, mode: u32, major: u32, minor: u32 },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    CharDev {
+        path: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 impl Entry {
     fn path(&self) -> &str {
         match self {
-            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } | Entry::CharDev { path, .. } => path,
+            Entry::Dir { path, .. }
+            | Entry::File { path, .. }
+            | Entry::Symlink { path, .. }
+            | Entry::CharDev { path, .. } => path,
         }
     }
 }
@@ -29,10 +47,21 @@ pub fn write(mut entries: Vec<Entry>, mtime: u64) -> Vec<u8> {
             Entry::Dir { mode, .. } => (0o040000 | mode, &[], (0, 0)),
             Entry::File { mode, data, .. } => (0o100000 | mode, data, (0, 0)),
             Entry::Symlink { target, .. } => (0o120777, target.as_bytes(), (0, 0)),
-            Entry::CharDev { mode, major, minor, .. } => (0o020000 | mode, &[], (*major, *minor)),
+            Entry::CharDev {
+                mode, major, minor, ..
+            } => (0o020000 | mode, &[], (*major, *minor)),
         };
         let nlink = if matches!(e, Entry::Dir { .. }) { 2 } else { 1 };
-        header(&mut out, i as u32 + 1, mode, nlink, mtime, data.len(), rdev, e.path());
+        header(
+            &mut out,
+            i as u32 + 1,
+            mode,
+            nlink,
+            mtime,
+            data.len(),
+            rdev,
+            e.path(),
+        );
         out.extend_from_slice(data);
         pad(&mut out);
     }
@@ -45,8 +74,31 @@ pub fn write(mut entries: Vec<Entry>, mtime: u64) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, mtime: u64, size: usize, rdev: (u32, u32), name: &str) {
-    let fields = [ino, mode, 0, 0, nlink, mtime as u32, size as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u64,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) {
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        mtime as u32,
+        size as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -70,9 +122,19 @@ mod tests {
     fn cpio_lists_what_gnu_cpio_reads() {
         let archive = write(
             vec![
-                Entry::File { path: "a/x".into(), mode: 0o755, data: b"hello".to_vec() },
-                Entry::Dir { path: "a".into(), mode: 0o755 },
-                Entry::Symlink { path: "l".into(), target: "a/x".into() },
+                Entry::File {
+                    path: "a/x".into(),
+                    mode: 0o755,
+                    data: b"hello".to_vec(),
+                },
+                Entry::Dir {
+                    path: "a".into(),
+                    mode: 0o755,
+                },
+                Entry::Symlink {
+                    path: "l".into(),
+                    target: "a/x".into(),
+                },
             ],
             7,
         );
@@ -91,6 +153,26 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a\na/x\nl\n");
         // Same input, same bytes.
-        assert_eq!(archive, write(vec![Entry::Dir { path: "a".into(), mode: 0o755 }, Entry::File { path: "a/x".into(), mode: 0o755, data: b"hello".to_vec() }, Entry::Symlink { path: "l".into(), target: "a/x".into() }], 7));
+        assert_eq!(
+            archive,
+            write(
+                vec![
+                    Entry::Dir {
+                        path: "a".into(),
+                        mode: 0o755
+                    },
+                    Entry::File {
+                        path: "a/x".into(),
+                        mode: 0o755,
+                        data: b"hello".to_vec()
+                    },
+                    Entry::Symlink {
+                        path: "l".into(),
+                        target: "a/x".into()
+                    }
+                ],
+                7
+            )
+        );
     }
 }

@@ -20,12 +20,22 @@ pub fn sources(release: &str) -> Result<String, ImageError> {
         "--format",
         "$(TARGET_OF)\t$(SITE)\t$(RELEASE)\t$(COMPONENT)",
     ]))?;
-    let mut groups: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> = Default::default();
+    let mut groups: std::collections::BTreeMap<
+        (String, String),
+        std::collections::BTreeSet<String>,
+    > = Default::default();
     for line in out.lines() {
         let f: Vec<&str> = line.split('\t').collect();
         if let ["deb", site, rel, comp] = f.as_slice() {
-            if *rel == release || rel.strip_prefix(release).is_some_and(|r| r.starts_with('-')) {
-                groups.entry((site.to_string(), rel.to_string())).or_default().insert(comp.to_string());
+            if *rel == release
+                || rel
+                    .strip_prefix(release)
+                    .is_some_and(|r| r.starts_with('-'))
+            {
+                groups
+                    .entry((site.to_string(), rel.to_string()))
+                    .or_default()
+                    .insert(comp.to_string());
             }
         }
     }
@@ -38,7 +48,12 @@ pub fn sources(release: &str) -> Result<String, ImageError> {
     }
     Ok(groups
         .into_iter()
-        .map(|((site, rel), comps)| format!("deb {site} {rel} {}\n", comps.into_iter().collect::<Vec<_>>().join(" ")))
+        .map(|((site, rel), comps)| {
+            format!(
+                "deb {site} {rel} {}\n",
+                comps.into_iter().collect::<Vec<_>>().join(" ")
+            )
+        })
         .collect())
 }
 
@@ -106,15 +121,25 @@ pub fn bootstrap(o: &BootstrapOptions<'_>) -> Result<Bootstrapped, ImageError> {
     let (kernel, stage1) = match o.pins {
         Some(lock) => {
             // Pin the manifest's packages and everything they pulled in last time.
-            include = lock.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
+            include = lock
+                .packages
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.version))
+                .collect();
             for p in &o.manifest.packages {
                 if !lock.packages.iter().any(|l| l.name == p.name) {
                     include.push(p.name.clone());
                 }
             }
-            (format!("{}={}", lock.kernel.name, lock.kernel.version), format!("{}={}", lock.stage1.name, lock.stage1.version))
+            (
+                format!("{}={}", lock.kernel.name, lock.kernel.version),
+                format!("{}={}", lock.stage1.name, lock.stage1.version),
+            )
         }
-        None => (o.manifest.kernel_package.name.clone(), "busybox-static".to_string()),
+        None => (
+            o.manifest.kernel_package.name.clone(),
+            "busybox-static".to_string(),
+        ),
     };
     let debs = o.debs.display().to_string();
     let mut cmd = Command::new("mmdebstrap");
@@ -132,14 +157,26 @@ pub fn bootstrap(o: &BootstrapOptions<'_>) -> Result<Bootstrapped, ImageError> {
         // A merged /usr without the usrmerge package, which drags in perl.
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
-        .arg(format!("--setup-hook=sync-in {debs} /var/cache/apt/archives/"))
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {debs}"))
+        .arg(format!(
+            "--setup-hook=sync-in {debs} /var/cache/apt/archives/"
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {debs}"
+        ))
         .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
         .arg(&o.manifest.release)
         .arg(o.target)
         .arg(&sources_file);
-    let shown = format!("mmdebstrap ... {} {}", o.manifest.release, o.target.display());
-    let out = cmd.output().map_err(|e| ImageError::Tool { command: shown.clone(), status: "could not start".into(), stderr: e.to_string() })?;
+    let shown = format!(
+        "mmdebstrap ... {} {}",
+        o.manifest.release,
+        o.target.display()
+    );
+    let out = cmd.output().map_err(|e| ImageError::Tool {
+        command: shown.clone(),
+        status: "could not start".into(),
+        stderr: e.to_string(),
+    })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if let Some((package, detail)) = unknown_package(&stderr) {
@@ -150,11 +187,17 @@ pub fn bootstrap(o: &BootstrapOptions<'_>) -> Result<Bootstrapped, ImageError> {
                 detail,
             });
         }
-        return Err(ImageError::Tool { command: shown, status: out.status.to_string(), stderr: util::tail(&out.stderr, 40) });
+        return Err(ImageError::Tool {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: util::tail(&out.stderr, 40),
+        });
     }
     let read = |name: &str| {
         let p = o.scratch.join(name);
-        std::fs::read_to_string(&p).map_err(ImageError::io(p)).map(|s| s.trim().to_string())
+        std::fs::read_to_string(&p)
+            .map_err(ImageError::io(p))
+            .map(|s| s.trim().to_string())
     };
     let installed = read("installed")?
         .lines()
@@ -177,11 +220,20 @@ pub fn deb_path(debs: &Path, name: &str, version: &str, arch: &str) -> PathBuf {
 
 /// `Package` and `Version` fields of a .deb.
 pub fn deb_identity(deb: &Path) -> Result<(String, String), ImageError> {
-    let out = util::run(Command::new("dpkg-deb").args(["-f"]).arg(deb).args(["Package", "Version"]))?;
+    let out = util::run(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(deb)
+            .args(["Package", "Version"]),
+    )?;
     let field = |k: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
-            .ok_or_else(|| ImageError::Tool { command: format!("dpkg-deb -f {}", deb.display()), status: "no field".into(), stderr: k.into() })
+            .ok_or_else(|| ImageError::Tool {
+                command: format!("dpkg-deb -f {}", deb.display()),
+                status: "no field".into(),
+                stderr: k.into(),
+            })
     };
     Ok((field("Package:")?, field("Version:")?))
 }
@@ -191,7 +243,11 @@ pub fn pins(debs: &Path, installed: &[(String, String, String)]) -> Result<Vec<P
     let mut pins = Vec::with_capacity(installed.len());
     for (name, version, arch) in installed {
         let (sha256, _) = util::sha256_file(&deb_path(debs, name, version, arch))?;
-        pins.push(Pin { name: name.clone(), version: version.clone(), sha256 });
+        pins.push(Pin {
+            name: name.clone(),
+            version: version.clone(),
+            sha256,
+        });
     }
     pins.sort();
     Ok(pins)
@@ -202,7 +258,10 @@ fn unknown_package(stderr: &str) -> Option<(String, String)> {
     for line in stderr.lines() {
         let l = line.trim_start_matches("E: ").trim();
         if let Some(rest) = l.strip_prefix("Unable to locate package ") {
-            return Some((rest.trim().to_string(), "not in the configured apt sources".into()));
+            return Some((
+                rest.trim().to_string(),
+                "not in the configured apt sources".into(),
+            ));
         }
         if let Some(rest) = l.strip_prefix("Package '") {
             if let Some((name, tail)) = rest.split_once('\'') {
@@ -224,10 +283,15 @@ fn unknown_package(stderr: &str) -> Option<(String, String)> {
 mod tests {
     #[test]
     fn apt_errors_name_the_package() {
-        let (p, _) = super::unknown_package("I: x\nE: Unable to locate package nosuchpkg\n").unwrap();
+        let (p, _) =
+            super::unknown_package("I: x\nE: Unable to locate package nosuchpkg\n").unwrap();
         assert_eq!(p, "nosuchpkg");
-        let (p, d) = super::unknown_package("E: Package 'foo' has no installation candidate").unwrap();
-        assert_eq!((p.as_str(), d.as_str()), ("foo", "has no installation candidate"));
+        let (p, d) =
+            super::unknown_package("E: Package 'foo' has no installation candidate").unwrap();
+        assert_eq!(
+            (p.as_str(), d.as_str()),
+            ("foo", "has no installation candidate")
+        );
         let (p, _) = super::unknown_package("E: Version '9' for 'bar' was not found").unwrap();
         assert_eq!(p, "bar");
     }

@@ -47,7 +47,10 @@ pub fn build(
     let files = kernel.resolve(manifest, &manifest.initrd_modules)?;
     kernel.install(&files, &mods)?;
 
-    let dir = |p: &str| Entry::Dir { path: p.into(), mode: 0o755 };
+    let dir = |p: &str| Entry::Dir {
+        path: p.into(),
+        mode: 0o755,
+    };
     let mut entries = vec![
         dir("bin"),
         dir("dev"),
@@ -57,16 +60,43 @@ pub fn build(
         dir("proc"),
         dir("run"),
         dir("sys"),
-        Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
-        Entry::CharDev { path: "dev/null".into(), mode: 0o666, major: 1, minor: 3 },
-        Entry::File { path: "init".into(), mode: 0o755, data: INIT.as_bytes().to_vec() },
-        Entry::File { path: "etc/udhcpc.script".into(), mode: 0o755, data: UDHCPC.as_bytes().to_vec() },
+        Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::CharDev {
+            path: "dev/null".into(),
+            mode: 0o666,
+            major: 1,
+            minor: 3,
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: INIT.as_bytes().to_vec(),
+        },
+        Entry::File {
+            path: "etc/udhcpc.script".into(),
+            mode: 0o755,
+            data: UDHCPC.as_bytes().to_vec(),
+        },
         Entry::File {
             path: "etc/levee-modules".into(),
             mode: 0o644,
-            data: manifest.initrd_modules.iter().map(|m| format!("{}\n", m.name)).collect::<String>().into_bytes(),
+            data: manifest
+                .initrd_modules
+                .iter()
+                .map(|m| format!("{}\n", m.name))
+                .collect::<String>()
+                .into_bytes(),
         },
-        Entry::File { path: "bin/busybox".into(), mode: 0o755, data: read(&busybox)? },
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data: read(&busybox)?,
+        },
     ];
     for rel in util::walk(&mods.join("lib"))? {
         let path = format!("lib/{}", rel.display());
@@ -74,7 +104,11 @@ pub fn build(
         if full.is_dir() {
             entries.push(Entry::Dir { path, mode: 0o755 });
         } else {
-            entries.push(Entry::File { path, mode: 0o644, data: read(&full)? });
+            entries.push(Entry::File {
+                path,
+                mode: 0o644,
+                data: read(&full)?,
+            });
         }
     }
     let archive = cpio::write(entries, epoch);
@@ -87,12 +121,19 @@ pub fn build(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(ImageError::io("zstd"))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| ImageError::io("zstd")(std::io::Error::other("no stdin")))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| ImageError::io("zstd")(std::io::Error::other("no stdin")))?;
     stdin.write_all(&archive).map_err(ImageError::io("zstd"))?;
     drop(stdin);
     let res = child.wait_with_output().map_err(ImageError::io("zstd"))?;
     if !res.status.success() {
-        return Err(ImageError::Tool { command: "zstd -19".into(), status: res.status.to_string(), stderr: util::tail(&res.stderr, 10) });
+        return Err(ImageError::Tool {
+            command: "zstd -19".into(),
+            status: res.status.to_string(),
+            stderr: util::tail(&res.stderr, 10),
+        });
     }
     Ok(())
 }

@@ -38,11 +38,17 @@ impl Kernel {
             std::fs::rename(&tmp, &root).map_err(ImageError::io(&root))?;
         }
         let release = only_release(&root)?;
-        Ok(Kernel { root, release, package: format!("{name} {version}") })
+        Ok(Kernel {
+            root,
+            release,
+            package: format!("{name} {version}"),
+        })
     }
 
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     fn modules_dir(&self) -> PathBuf {
@@ -51,7 +57,11 @@ impl Kernel {
 
     /// Module files (relative to the modules directory) for `wanted` and
     /// everything they depend on; built-in modules need no file.
-    pub fn resolve(&self, manifest: &Manifest, wanted: &[Item]) -> Result<Vec<PathBuf>, ImageError> {
+    pub fn resolve(
+        &self,
+        manifest: &Manifest,
+        wanted: &[Item],
+    ) -> Result<Vec<PathBuf>, ImageError> {
         util::require("modprobe", "kmod")?;
         let base = self.modules_dir();
         let mut files = std::collections::BTreeSet::new();
@@ -59,7 +69,13 @@ impl Kernel {
             let out = Command::new("modprobe")
                 .arg("-d")
                 .arg(&self.root)
-                .args(["-S", &self.release, "--show-depends", "--ignore-install", &item.name])
+                .args([
+                    "-S",
+                    &self.release,
+                    "--show-depends",
+                    "--ignore-install",
+                    &item.name,
+                ])
                 .output()
                 .map_err(ImageError::io("modprobe"))?;
             if !out.status.success() {
@@ -89,7 +105,13 @@ impl Kernel {
         let to = dest.join("lib/modules").join(&self.release);
         util::remove_any(&to)?;
         for rel in files.iter().map(PathBuf::as_path).chain(
-            ["modules.order", "modules.builtin", "modules.builtin.modinfo"].iter().map(Path::new),
+            [
+                "modules.order",
+                "modules.builtin",
+                "modules.builtin.modinfo",
+            ]
+            .iter()
+            .map(Path::new),
         ) {
             let target = to.join(rel);
             if let Some(parent) = target.parent() {
@@ -98,7 +120,12 @@ impl Kernel {
             std::fs::copy(from.join(rel), &target).map_err(ImageError::io(from.join(rel)))?;
             util::set_mode(&target, 0o644)?;
         }
-        util::run(Command::new("depmod").arg("-b").arg(dest).arg(&self.release))?;
+        util::run(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(dest)
+                .arg(&self.release),
+        )?;
         Ok(())
     }
 }

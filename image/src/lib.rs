@@ -67,7 +67,12 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    pub fn new(manifest: impl Into<PathBuf>, out: impl Into<PathBuf>, agent: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        manifest: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+        agent: impl Into<PathBuf>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Self {
         BuildOptions {
             manifest: manifest.into(),
             out: out.into(),
@@ -80,7 +85,9 @@ impl BuildOptions {
     }
 
     pub fn lock_path(&self) -> PathBuf {
-        self.lock.clone().unwrap_or_else(|| self.manifest.with_extension("lock"))
+        self.lock
+            .clone()
+            .unwrap_or_else(|| self.manifest.with_extension("lock"))
     }
 }
 
@@ -107,10 +114,21 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     }
     let manifest = Manifest::load(&opts.manifest)?;
     let lock_path = opts.lock_path();
-    let existing = if opts.refresh_lock { None } else { Lock::load(&lock_path)? };
-    let epoch = match (opts.source_date_epoch, std::env::var("SOURCE_DATE_EPOCH").ok(), &existing) {
+    let existing = if opts.refresh_lock {
+        None
+    } else {
+        Lock::load(&lock_path)?
+    };
+    let epoch = match (
+        opts.source_date_epoch,
+        std::env::var("SOURCE_DATE_EPOCH").ok(),
+        &existing,
+    ) {
         (Some(e), _, _) => e,
-        (None, Some(s), _) => s.trim().parse().map_err(|_| ImageError::SourceDateEpoch(s))?,
+        (None, Some(s), _) => s
+            .trim()
+            .parse()
+            .map_err(|_| ImageError::SourceDateEpoch(s))?,
         (None, None, Some(lock)) => lock.epoch,
         (None, None, None) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -129,7 +147,15 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     let debs = cache.join("debs");
     let base_key = |lock: &Lock| {
         let names: Vec<&str> = manifest.packages.iter().map(|p| p.name.as_str()).collect();
-        util::sha256_hex(format!("{BUILDER_FORMAT}\n{}\n{sources}\n{}\n{}", manifest.release, names.join(","), lock.to_text()).as_bytes())
+        util::sha256_hex(
+            format!(
+                "{BUILDER_FORMAT}\n{}\n{sources}\n{}\n{}",
+                manifest.release,
+                names.join(","),
+                lock.to_text()
+            )
+            .as_bytes(),
+        )
     };
     let cached = existing.as_ref().and_then(|l| {
         let dir = cache.join("base").join(base_key(l));
@@ -139,8 +165,16 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     let (lock, base) = match cached {
         Some(found) => found,
         None => {
-            let step = progress.step(if existing.is_some() { "bootstrapping Debian from the lock" } else { "bootstrapping Debian (resolving a new lock)" });
-            let scratch = util::Scratch::new(cache.join("base").join(format!("tmp-{}-{}", std::process::id(), epoch)))?;
+            let step = progress.step(if existing.is_some() {
+                "bootstrapping Debian from the lock"
+            } else {
+                "bootstrapping Debian (resolving a new lock)"
+            });
+            let scratch = util::Scratch::new(cache.join("base").join(format!(
+                "tmp-{}-{}",
+                std::process::id(),
+                epoch
+            )))?;
             let tmp = scratch.path().to_path_buf();
             std::fs::create_dir_all(tmp.join("scratch")).map_err(ImageError::io(&tmp))?;
             let got = debian::bootstrap(&debian::BootstrapOptions {
@@ -154,13 +188,25 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
             })?;
             let pin_of = |deb: &Path| -> Result<Pin, ImageError> {
                 let (name, version) = debian::deb_identity(deb)?;
-                Ok(Pin { name, version, sha256: util::sha256_file(deb)?.0 })
+                Ok(Pin {
+                    name,
+                    version,
+                    sha256: util::sha256_file(deb)?.0,
+                })
             };
-            let resolved = Lock { epoch, kernel: pin_of(&got.kernel_deb)?, stage1: pin_of(&got.stage1_deb)?, packages: debian::pins(&debs, &got.installed)? };
+            let resolved = Lock {
+                epoch,
+                kernel: pin_of(&got.kernel_deb)?,
+                stage1: pin_of(&got.stage1_deb)?,
+                packages: debian::pins(&debs, &got.installed)?,
+            };
             if let Some(old) = &existing {
                 let details = lock_diff(old, &resolved);
                 if !details.is_empty() {
-                    return Err(ImageError::LockMismatch { path: lock_path.clone(), details });
+                    return Err(ImageError::LockMismatch {
+                        path: lock_path.clone(),
+                        details,
+                    });
                 }
             }
             rootfs::strip(&tmp.join("root"))?;
@@ -170,7 +216,10 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
             util::remove_any(&dir)?;
             std::fs::rename(&tmp, &dir).map_err(ImageError::io(&dir))?;
             scratch.keep();
-            steps.push(("bootstrap".to_string(), step.done(&format!("{} packages", resolved.packages.len()))));
+            steps.push((
+                "bootstrap".to_string(),
+                step.done(&format!("{} packages", resolved.packages.len())),
+            ));
             (resolved, dir)
         }
     };
@@ -178,14 +227,29 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     if lock_written {
         util::write(&lock_path, lock.to_text())?;
     }
-    let deb_of = |p: &Pin| debs.join(format!("{}_{}_amd64.deb", p.name, p.version.replace(':', "%3a")));
+    let deb_of = |p: &Pin| {
+        debs.join(format!(
+            "{}_{}_amd64.deb",
+            p.name,
+            p.version.replace(':', "%3a")
+        ))
+    };
 
     // 2. A working copy of the base, with modules, overlay and agent.
     let step = progress.step("assembling the root file system");
-    let work_guard = util::Scratch::new(cache.join("work").join(format!("{}-{}", std::process::id(), epoch)))?;
+    let work_guard = util::Scratch::new(cache.join("work").join(format!(
+        "{}-{}",
+        std::process::id(),
+        epoch
+    )))?;
     let work = work_guard.path().to_path_buf();
     let root = work.join("root");
-    util::run(std::process::Command::new("cp").arg("-a").arg(base.join("root")).arg(&root))?;
+    util::run(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(base.join("root"))
+            .arg(&root),
+    )?;
     let kernel = kernel::Kernel::unpack(&deb_of(&lock.kernel), &lock.kernel.sha256, &cache)?;
     let files = kernel.resolve(&manifest, &manifest.modules)?;
     kernel.install(&files, &root)?;
@@ -193,10 +257,17 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     rootfs::agent(&root, &opts.agent)?;
     let version = match &manifest.version {
         Some(v) => v.clone(),
-        None => format!("{}-{}", util::date_of(epoch), &inputs_digest(&manifest, &lock, &opts.agent)?[..7]),
+        None => format!(
+            "{}-{}",
+            util::date_of(epoch),
+            &inputs_digest(&manifest, &lock, &opts.agent)?[..7]
+        ),
     };
     rootfs::os_release(&root, &manifest.name, &version, &manifest.release)?;
-    steps.push(("assemble".to_string(), step.done(&format!("{} modules", files.len()))));
+    steps.push((
+        "assemble".to_string(),
+        step.done(&format!("{} modules", files.len())),
+    ));
 
     // 3. The artifacts.
     let out = &opts.out;
@@ -212,13 +283,33 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     std::fs::create_dir_all(&scratch).map_err(ImageError::io(&scratch))?;
     // Stage 1 does not depend on the agent or the overlay: cache it.
     let initrd_key = util::sha256_hex(
-        format!("{BUILDER_FORMAT}\n{}\n{}\n{}\n{epoch}\n{}", initrd::digest(), lock.kernel.sha256, lock.stage1.sha256, manifest.initrd_modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(",")).as_bytes(),
+        format!(
+            "{BUILDER_FORMAT}\n{}\n{}\n{}\n{epoch}\n{}",
+            initrd::digest(),
+            lock.kernel.sha256,
+            lock.stage1.sha256,
+            manifest
+                .initrd_modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .as_bytes(),
     );
     let cached_initrd = cache.join("initrd").join(format!("{initrd_key}.img"));
     if !cached_initrd.exists() {
         let partial = cache.join("initrd").join(format!("{initrd_key}.partial"));
-        std::fs::create_dir_all(cache.join("initrd")).map_err(ImageError::io(cache.join("initrd")))?;
-        initrd::build(&manifest, &kernel, &deb_of(&lock.stage1), &scratch, epoch, &partial)?;
+        std::fs::create_dir_all(cache.join("initrd"))
+            .map_err(ImageError::io(cache.join("initrd")))?;
+        initrd::build(
+            &manifest,
+            &kernel,
+            &deb_of(&lock.stage1),
+            &scratch,
+            epoch,
+            &partial,
+        )?;
         std::fs::rename(&partial, &cached_initrd).map_err(ImageError::io(&cached_initrd))?;
     }
     std::fs::copy(&cached_initrd, out.join(INITRD)).map_err(ImageError::io(out.join(INITRD)))?;
@@ -230,7 +321,11 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
         let (sha256, size) = util::sha256_file(&out.join(name))?;
         artifacts.insert(name.to_string(), Artifact { sha256, size });
     }
-    let mut packages: BTreeMap<String, String> = lock.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
+    let mut packages: BTreeMap<String, String> = lock
+        .packages
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect();
     packages.insert(lock.kernel.name.clone(), lock.kernel.version.clone());
     packages.insert(lock.stage1.name.clone(), lock.stage1.version.clone());
     let image = ImageManifest {
@@ -241,10 +336,18 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
         artifacts,
         cmdline: manifest.cmdline.clone(),
     };
-    let json = serde_json::to_string_pretty(&image).map_err(|e| ImageError::io(out.join(IMAGE_MANIFEST))(e.into()))?;
+    let json = serde_json::to_string_pretty(&image)
+        .map_err(|e| ImageError::io(out.join(IMAGE_MANIFEST))(e.into()))?;
     util::write(&out.join(IMAGE_MANIFEST), json + "\n")?;
     drop(work_guard);
-    Ok(BuildOutput { dir: out.clone(), image, lock: lock_path, lock_written, base_cached, steps })
+    Ok(BuildOutput {
+        dir: out.clone(),
+        image,
+        lock: lock_path,
+        lock_written,
+        base_cached,
+        steps,
+    })
 }
 
 /// Human-readable differences between the lock and what the mirror gave.
@@ -279,16 +382,30 @@ fn lock_diff(old: &Lock, new: &Lock) -> String {
 fn inputs_digest(manifest: &Manifest, lock: &Lock, agent: &Path) -> Result<String, ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let mut text = format!("{BUILDER_FORMAT}\n{}\n{}\n", manifest.text, lock.to_text());
-    text += &format!("agent {}\n", util::sha256_file(agent).map_err(|_| ImageError::MissingAgent { path: agent.into() })?.0);
+    text += &format!(
+        "agent {}\n",
+        util::sha256_file(agent)
+            .map_err(|_| ImageError::MissingAgent { path: agent.into() })?
+            .0
+    );
     for rel in util::walk(&manifest.overlay)? {
         let full = manifest.overlay.join(&rel);
         let meta = std::fs::symlink_metadata(&full).map_err(ImageError::io(&full))?;
         let what = if meta.is_dir() {
             "dir".to_string()
         } else if meta.file_type().is_symlink() {
-            format!("link {}", std::fs::read_link(&full).map_err(ImageError::io(&full))?.display())
+            format!(
+                "link {}",
+                std::fs::read_link(&full)
+                    .map_err(ImageError::io(&full))?
+                    .display()
+            )
         } else {
-            format!("file {} {}", meta.permissions().mode() & 0o111 != 0, util::sha256_file(&full)?.0)
+            format!(
+                "file {} {}",
+                meta.permissions().mode() & 0o111 != 0,
+                util::sha256_file(&full)?.0
+            )
         };
         text += &format!("{} {what}\n", rel.display());
     }

@@ -35,7 +35,10 @@ pub struct Lock {
 
 impl Lock {
     pub fn parse(path: &Path, text: &str) -> Result<Lock, ImageError> {
-        let bad = |n: usize, m: &str| ImageError::Lock { path: path.into(), message: format!("line {}: {m}", n + 1) };
+        let bad = |n: usize, m: &str| ImageError::Lock {
+            path: path.into(),
+            message: format!("line {}: {m}", n + 1),
+        };
         let (mut epoch, mut kernel, mut stage1, mut packages) = (None, None, None, Vec::new());
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -44,19 +47,30 @@ impl Lock {
             }
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["epoch", e] => epoch = Some(e.parse().map_err(|_| bad(n, "epoch is not a number"))?),
+                ["epoch", e] => {
+                    epoch = Some(e.parse().map_err(|_| bad(n, "epoch is not a number"))?)
+                }
                 [kind @ ("kernel" | "stage1" | "package"), name, version, sha] => {
                     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(bad(n, "sha256 is not 64 hex digits"));
                     }
-                    let pin = Pin { name: name.to_string(), version: version.to_string(), sha256: sha.to_string() };
+                    let pin = Pin {
+                        name: name.to_string(),
+                        version: version.to_string(),
+                        sha256: sha.to_string(),
+                    };
                     match *kind {
                         "kernel" => kernel = Some(pin),
                         "stage1" => stage1 = Some(pin),
                         _ => packages.push(pin),
                     }
                 }
-                _ => return Err(bad(n, "expected `epoch N` or `kernel|stage1|package NAME VERSION SHA256`")),
+                _ => {
+                    return Err(bad(
+                        n,
+                        "expected `epoch N` or `kernel|stage1|package NAME VERSION SHA256`",
+                    ))
+                }
             }
         }
         packages.sort();
@@ -72,7 +86,10 @@ impl Lock {
         match std::fs::read_to_string(path) {
             Ok(text) => Lock::parse(path, &text).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ImageError::Io { path: path.into(), source: e }),
+            Err(e) => Err(ImageError::Io {
+                path: path.into(),
+                source: e,
+            }),
         }
     }
 
@@ -101,15 +118,26 @@ mod tests {
     #[test]
     fn round_trip() {
         let sha = "ab".repeat(32);
-        let pin = |n: &str| Pin { name: n.into(), version: "1:2.3-4".into(), sha256: sha.clone() };
-        let lock = Lock { epoch: 42, kernel: pin("linux-image-6.1.0-1-amd64"), stage1: pin("busybox-static"), packages: vec![pin("a"), pin("b")] };
+        let pin = |n: &str| Pin {
+            name: n.into(),
+            version: "1:2.3-4".into(),
+            sha256: sha.clone(),
+        };
+        let lock = Lock {
+            epoch: 42,
+            kernel: pin("linux-image-6.1.0-1-amd64"),
+            stage1: pin("busybox-static"),
+            packages: vec![pin("a"), pin("b")],
+        };
         let text = lock.to_text();
         assert_eq!(Lock::parse(Path::new("x.lock"), &text).unwrap(), lock);
     }
 
     #[test]
     fn bad_line_is_named() {
-        let err = Lock::parse(Path::new("x.lock"), "epoch 1\nkernel a b c\n").unwrap_err().to_string();
+        let err = Lock::parse(Path::new("x.lock"), "epoch 1\nkernel a b c\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.lock") && err.contains("line 2"), "{err}");
     }
 }

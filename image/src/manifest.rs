@@ -72,7 +72,10 @@ impl Manifest {
     /// relative overlay path.
     pub fn parse(path: &Path, text: &str) -> Result<Manifest, ImageError> {
         let raw: RawManifest = serde_norway::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             ImageError::Syntax {
                 file: path.to_path_buf(),
                 line,
@@ -86,31 +89,85 @@ impl Manifest {
             message,
         };
         if !is_name(&raw.name, false) {
-            return Err(invalid("name", format!("`name: {}` must be lower-case letters, digits and dashes", raw.name)));
+            return Err(invalid(
+                "name",
+                format!(
+                    "`name: {}` must be lower-case letters, digits and dashes",
+                    raw.name
+                ),
+            ));
         }
         if raw.release.is_empty() || !raw.release.chars().all(|c| c.is_ascii_lowercase()) {
-            return Err(invalid("release", format!("`release: {}` must be a Debian code name such as bookworm", raw.release)));
+            return Err(invalid(
+                "release",
+                format!(
+                    "`release: {}` must be a Debian code name such as bookworm",
+                    raw.release
+                ),
+            ));
         }
         if let Some(v) = &raw.version {
-            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || ".-+_~".contains(c)) {
-                return Err(invalid("version", format!("`version: {v}` may hold only letters, digits and . - + _ ~")));
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-+_~".contains(c))
+            {
+                return Err(invalid(
+                    "version",
+                    format!("`version: {v}` may hold only letters, digits and . - + _ ~"),
+                ));
             }
         }
         if raw.packages.is_empty() {
-            return Err(invalid("packages", "`packages` is empty; list at least systemd".into()));
+            return Err(invalid(
+                "packages",
+                "`packages` is empty; list at least systemd".into(),
+            ));
         }
-        let packages = items(path, text, &raw.packages, |p| is_name(p, true), "a Debian package name")?;
-        let modules = items(path, text, &raw.kernel.modules, is_module, "a kernel module name")?;
-        let initrd_modules = items(path, text, &raw.kernel.initrd_modules, is_module, "a kernel module name")?;
+        let packages = items(
+            path,
+            text,
+            &raw.packages,
+            |p| is_name(p, true),
+            "a Debian package name",
+        )?;
+        let modules = items(
+            path,
+            text,
+            &raw.kernel.modules,
+            is_module,
+            "a kernel module name",
+        )?;
+        let initrd_modules = items(
+            path,
+            text,
+            &raw.kernel.initrd_modules,
+            is_module,
+            "a kernel module name",
+        )?;
         if !raw.kernel.package.starts_with("linux-image-") || !is_name(&raw.kernel.package, true) {
-            return Err(invalid("package", format!("`kernel.package: {}` must be a linux-image-* package", raw.kernel.package)));
+            return Err(invalid(
+                "package",
+                format!(
+                    "`kernel.package: {}` must be a linux-image-* package",
+                    raw.kernel.package
+                ),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
         let overlay_line = key_line(text, "overlay");
         let overlay = std::path::absolute(base.join(&raw.overlay)).map_err(ImageError::io(base))?;
         if !overlay.is_dir() {
-            return Err(ImageError::MissingOverlay { manifest: path.to_path_buf(), line: overlay_line, path: overlay });
+            return Err(ImageError::MissingOverlay {
+                manifest: path.to_path_buf(),
+                line: overlay_line,
+                path: overlay,
+            });
         }
         Ok(Manifest {
             path: path.to_path_buf(),
@@ -119,7 +176,10 @@ impl Manifest {
             release: raw.release,
             version: raw.version,
             packages,
-            kernel_package: Item { line: key_line(text, "package"), name: raw.kernel.package },
+            kernel_package: Item {
+                line: key_line(text, "package"),
+                name: raw.kernel.package,
+            },
             modules,
             initrd_modules,
             overlay,
@@ -145,12 +205,23 @@ fn items(
     for name in names {
         let line = item_line(text, name);
         if !ok(name) {
-            return Err(ImageError::Invalid { file: path.to_path_buf(), line, message: format!("`{name}` is not {what}") });
+            return Err(ImageError::Invalid {
+                file: path.to_path_buf(),
+                line,
+                message: format!("`{name}` is not {what}"),
+            });
         }
         if out.iter().any(|i| &i.name == name) {
-            return Err(ImageError::Invalid { file: path.to_path_buf(), line, message: format!("`{name}` is listed twice") });
+            return Err(ImageError::Invalid {
+                file: path.to_path_buf(),
+                line,
+                message: format!("`{name}` is listed twice"),
+            });
         }
-        out.push(Item { name: name.clone(), line });
+        out.push(Item {
+            name: name.clone(),
+            line,
+        });
     }
     Ok(out)
 }
@@ -160,17 +231,28 @@ fn is_name(s: &str, debian: bool) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.len() >= 2
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (debian && (c == '+' || c == '.')))
+        && chars.all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || (debian && (c == '+' || c == '.'))
+        })
 }
 
 fn is_module(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// 1-based line of `key:` (first match), or 1.
 fn key_line(text: &str, key: &str) -> usize {
     text.lines()
-        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.starts_with(':')))
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.starts_with(':'))
+        })
         .map_or(1, |i| i + 1)
 }
 
@@ -179,7 +261,9 @@ fn item_line(text: &str, name: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.split('#').next().unwrap_or("").trim();
-            l.strip_prefix('-').map(|r| r.trim().trim_matches(|c| c == '"' || c == '\'')) == Some(name)
+            l.strip_prefix('-')
+                .map(|r| r.trim().trim_matches(|c| c == '"' || c == '\''))
+                == Some(name)
         })
         .map_or(1, |i| i + 1)
 }
@@ -199,34 +283,51 @@ mod tests {
     #[test]
     fn good_manifest_parses() {
         let m = parse(GOOD).unwrap();
-        assert_eq!(m.packages[1], Item { name: "udev".into(), line: 5 });
+        assert_eq!(
+            m.packages[1],
+            Item {
+                name: "udev".into(),
+                line: 5
+            }
+        );
         assert_eq!(m.modules[0].line, 9);
         assert!(m.overlay.is_absolute());
     }
 
     #[test]
     fn bad_yaml_names_line_and_column() {
-        let err = parse("name: x\npackages: [systemd\n").unwrap_err().to_string();
+        let err = parse("name: x\npackages: [systemd\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("appliance.yaml:"), "{err}");
-        assert!(matches!(parse("name: x\npackages: [systemd\n"), Err(ImageError::Syntax { line, .. }) if line >= 2));
+        assert!(
+            matches!(parse("name: x\npackages: [systemd\n"), Err(ImageError::Syntax { line, .. }) if line >= 2)
+        );
     }
 
     #[test]
     fn unknown_field_is_named() {
-        let err = parse(&format!("{GOOD}colour: red\n")).unwrap_err().to_string();
+        let err = parse(&format!("{GOOD}colour: red\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour") && err.contains(":13:"), "{err}");
     }
 
     #[test]
     fn missing_overlay_is_named() {
         let err = parse(&GOOD.replace("overlay: overlay", "overlay: nowhere")).unwrap_err();
-        assert!(matches!(&err, ImageError::MissingOverlay { line: 12, .. }), "{err}");
+        assert!(
+            matches!(&err, ImageError::MissingOverlay { line: 12, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("nowhere"));
     }
 
     #[test]
     fn bad_package_name_is_named_with_line() {
-        let err = parse(&GOOD.replace("- udev", "- Udev!")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("- udev", "- Udev!"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":5:") && err.contains("Udev!"), "{err}");
     }
 }

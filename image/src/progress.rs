@@ -15,12 +15,18 @@ pub struct Progress {
 impl Progress {
     /// Shows steps on stderr (spinners when it is a terminal).
     pub fn stderr() -> Progress {
-        Progress { visible: true, tty: std::io::stderr().is_terminal() }
+        Progress {
+            visible: true,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     /// Shows nothing.
     pub fn hidden() -> Progress {
-        Progress { visible: false, tty: false }
+        Progress {
+            visible: false,
+            tty: false,
+        }
     }
 
     pub(crate) fn step(&self, message: &str) -> Step {
@@ -33,7 +39,12 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Step { bar, visible: self.visible, message: message.to_string(), start: Instant::now() }
+        Step {
+            bar,
+            visible: self.visible,
+            message: message.to_string(),
+            start: Instant::now(),
+        }
     }
 }
 
@@ -48,7 +59,16 @@ pub(crate) struct Step {
 impl Step {
     pub(crate) fn done(self, note: &str) -> Duration {
         let took = self.start.elapsed();
-        let line = format!("{} {}({:.1} s)", self.message, if note.is_empty() { String::new() } else { format!("{note} ") }, took.as_secs_f64());
+        let line = format!(
+            "{} {}({:.1} s)",
+            self.message,
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("{note} ")
+            },
+            took.as_secs_f64()
+        );
         match &self.bar {
             Some(bar) => bar.finish_with_message(format!("✓ {line}")),
             None if self.visible => eprintln!("levee-image: {line}"),

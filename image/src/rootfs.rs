@@ -72,7 +72,8 @@ pub fn strip(root: &Path) -> Result<(), ImageError> {
     if doc.is_dir() {
         for rel in util::walk(&doc)? {
             let full = doc.join(&rel);
-            let keep = rel.file_name().is_some_and(|n| n == "copyright") || rel.components().count() == 1;
+            let keep =
+                rel.file_name().is_some_and(|n| n == "copyright") || rel.components().count() == 1;
             if !keep && !full.is_dir() {
                 util::remove_any(&full)?;
             }
@@ -87,7 +88,10 @@ pub fn strip(root: &Path) -> Result<(), ImageError> {
     }
     let log = root.join("var/log");
     if log.is_dir() {
-        for rel in util::walk(&log)?.into_iter().filter(|r| r.components().count() == 1) {
+        for rel in util::walk(&log)?
+            .into_iter()
+            .filter(|r| r.components().count() == 1)
+        {
             util::remove_any(&log.join(rel))?;
         }
     }
@@ -136,8 +140,24 @@ pub fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), ImageError> {
         Command::new("mksquashfs")
             .arg(root)
             .arg(out)
-            .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "9", "-b", "1M"])
-            .args(["-reproducible", "-no-xattrs", "-mkfs-time", &e, "-all-time", &e, "-no-progress"]),
+            .args([
+                "-noappend",
+                "-comp",
+                "zstd",
+                "-Xcompression-level",
+                "9",
+                "-b",
+                "1M",
+            ])
+            .args([
+                "-reproducible",
+                "-no-xattrs",
+                "-mkfs-time",
+                &e,
+                "-all-time",
+                &e,
+                "-no-progress",
+            ]),
     )?;
     Ok(())
 }

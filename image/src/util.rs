@@ -17,7 +17,10 @@ pub(crate) fn require(tool: &str, package: &str) -> Result<(), ImageError> {
     if found {
         Ok(())
     } else {
-        Err(ImageError::ToolMissing { tool: tool.into(), package: package.into() })
+        Err(ImageError::ToolMissing {
+            tool: tool.into(),
+            package: package.into(),
+        })
     }
 }
 
@@ -33,7 +36,11 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    Err(ImageError::Tool { command: shown, status: out.status.to_string(), stderr: tail(&out.stderr, 40) })
+    Err(ImageError::Tool {
+        command: shown,
+        status: out.status.to_string(),
+        stderr: tail(&out.stderr, 40),
+    })
 }
 
 pub(crate) fn tail(bytes: &[u8], lines: usize) -> String {
@@ -74,7 +81,8 @@ pub(crate) fn walk(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
         names.sort();
         for name in names {
             let r = rel.join(&name);
-            let meta = std::fs::symlink_metadata(base.join(&r)).map_err(ImageError::io(base.join(&r)))?;
+            let meta =
+                std::fs::symlink_metadata(base.join(&r)).map_err(ImageError::io(base.join(&r)))?;
             out.push(r.clone());
             if meta.is_dir() {
                 go(base, &r, out)?;
@@ -116,14 +124,18 @@ pub(crate) fn copy_tree(src: &Path, dest: &Path) -> Result<(), ImageError> {
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(ImageError::io(path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(ImageError::io(path))
 }
 
 /// Removes a file, symlink or tree if it exists.
 pub(crate) fn remove_any(path: &Path) -> Result<(), ImageError> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ImageError::Io { path: path.into(), source: e }),
+        Err(e) => Err(ImageError::Io {
+            path: path.into(),
+            source: e,
+        }),
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(ImageError::io(path)),
         Ok(_) => std::fs::remove_file(path).map_err(ImageError::io(path)),
     }
@@ -154,7 +166,10 @@ impl FileLock {
         // SAFETY: flock on a file descriptor we own; blocks until granted.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(ImageError::Io { path: path.into(), source: std::io::Error::last_os_error() });
+            return Err(ImageError::Io {
+                path: path.into(),
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(FileLock { _file: f })
     }

@@ -21,7 +21,9 @@ impl BootArgs {
     pub fn parse(cmdline: &str) -> BootArgs {
         let mut a = BootArgs::default();
         for word in cmdline.split_whitespace() {
-            let Some((k, v)) = word.split_once('=') else { continue };
+            let Some((k, v)) = word.split_once('=') else {
+                continue;
+            };
             let v = v.trim_matches('"').to_string();
             match k {
                 "levee.url" => a.url = Some(v.trim_end_matches('/').to_string()),
@@ -30,7 +32,11 @@ impl BootArgs {
                 "levee.root" => a.root = Some(v),
                 "levee.interval" => a.interval_secs = v.parse().ok().filter(|s| *s > 0),
                 "BOOTIF" => {
-                    let mac = v.strip_prefix("01-").unwrap_or(&v).replace('-', ":").to_ascii_lowercase();
+                    let mac = v
+                        .strip_prefix("01-")
+                        .unwrap_or(&v)
+                        .replace('-', ":")
+                        .to_ascii_lowercase();
                     if mac.len() == 17 {
                         a.bootif = Some(mac);
                     }

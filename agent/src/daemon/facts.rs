@@ -27,7 +27,9 @@ pub(super) fn report(args: &BootArgs) -> StatusReport {
 }
 
 pub(super) fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// `IMAGE_VERSION=` of os-release, written by the image builder.
@@ -45,7 +47,9 @@ fn boot_mac(args: &BootArgs) -> Option<String> {
         return Some(mac.clone());
     }
     let mac_of = |ifc: &str| {
-        std::fs::read_to_string(format!("/sys/class/net/{ifc}/address")).ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string(format!("/sys/class/net/{ifc}/address"))
+            .ok()
+            .map(|s| s.trim().to_string())
     };
     let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     if let Some(ifc) = default_route_interface(&route) {
@@ -54,7 +58,10 @@ fn boot_mac(args: &BootArgs) -> Option<String> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| std::fs::read_to_string(format!("/sys/class/net/{n}/type")).is_ok_and(|t| t.trim() == "1"))
+        .filter(|n| {
+            std::fs::read_to_string(format!("/sys/class/net/{n}/type"))
+                .is_ok_and(|t| t.trim() == "1")
+        })
         .collect();
     names.sort();
     names.first().and_then(|n| mac_of(n))
@@ -91,7 +98,12 @@ fn addresses() -> Vec<String> {
                     let prefix = if ifa.ifa_netmask.is_null() {
                         32
                     } else {
-                        u32::from_be((*(ifa.ifa_netmask as *const libc::sockaddr_in)).sin_addr.s_addr).count_ones()
+                        u32::from_be(
+                            (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                                .sin_addr
+                                .s_addr,
+                        )
+                        .count_ones()
                     };
                     out.push(format!("{ip}/{prefix}"));
                 }
@@ -101,7 +113,12 @@ fn addresses() -> Vec<String> {
                     let prefix = if ifa.ifa_netmask.is_null() {
                         128
                     } else {
-                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6)).sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum()
+                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
+                            .sin6_addr
+                            .s6_addr
+                            .iter()
+                            .map(|b| b.count_ones())
+                            .sum()
                     };
                     out.push(format!("{ip}/{prefix}"));
                 }
@@ -140,7 +157,10 @@ mod tests {
 
     #[test]
     fn report_has_stage_and_version() {
-        let r = report(&BootArgs { bootif: Some("52:54:00:00:00:01".into()), ..Default::default() });
+        let r = report(&BootArgs {
+            bootif: Some("52:54:00:00:00:01".into()),
+            ..Default::default()
+        });
         assert_eq!(r.mac, "52:54:00:00:00:01");
         assert_eq!(r.stage.as_deref(), Some("agent"));
         assert!(r.disk_total_bytes.is_some());

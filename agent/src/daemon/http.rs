@@ -9,7 +9,11 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// POSTs `value` as JSON to `base` + `path`; Ok(status) for 2xx.
-pub(super) fn post_json<T: serde::Serialize>(base: &str, path: &str, value: &T) -> Result<u16, String> {
+pub(super) fn post_json<T: serde::Serialize>(
+    base: &str,
+    path: &str,
+    value: &T,
+) -> Result<u16, String> {
     if !base.starts_with("http://") && !base.starts_with("https://") {
         return Err(format!("`{base}` is not an http:// URL"));
     }
@@ -53,10 +57,16 @@ mod tests {
                 let n = s.read(&mut buf).unwrap();
                 got.extend_from_slice(&buf[..n]);
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
             String::from_utf8(got).unwrap()
         });
-        let code = post_json(&format!("http://127.0.0.1:{port}/"), "/api/v1/report", &serde_json::json!({"mac": "x"})).unwrap();
+        let code = post_json(
+            &format!("http://127.0.0.1:{port}/"),
+            "/api/v1/report",
+            &serde_json::json!({"mac": "x"}),
+        )
+        .unwrap();
         assert_eq!(code, 200);
         assert!(server.join().unwrap().starts_with("POST /api/v1/report "));
     }

@@ -31,11 +31,18 @@ impl Log {
 
     fn emit(&self, level: Level, args: Arguments<'_>) {
         if let Some(j) = &self.journal {
-            let record = log::Record::builder().level(level).target("levee_agent::daemon").args(args).build();
+            let record = log::Record::builder()
+                .level(level)
+                .target("levee_agent::daemon")
+                .args(args)
+                .build();
             if j.journal_send(&record).is_ok() {
                 return;
             }
         }
-        eprintln!("levee-agent: {}: {args}", level.as_str().to_ascii_lowercase());
+        eprintln!(
+            "levee-agent: {}: {args}",
+            level.as_str().to_ascii_lowercase()
+        );
     }
 }

@@ -43,7 +43,10 @@ impl Default for RunOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot read the kernel command line {path}: {source}")]
-    Cmdline { path: PathBuf, source: std::io::Error },
+    Cmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot send the status report to {url}: {reason}")]
     Report { url: String, reason: String },
 }
@@ -51,8 +54,10 @@ pub enum DaemonError {
 /// Runs the agent service; returns only with `once` or on a fatal error.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let log = logging::Log::new();
-    let text = std::fs::read_to_string(&opts.cmdline)
-        .map_err(|source| DaemonError::Cmdline { path: opts.cmdline.clone(), source })?;
+    let text = std::fs::read_to_string(&opts.cmdline).map_err(|source| DaemonError::Cmdline {
+        path: opts.cmdline.clone(),
+        source,
+    })?;
     let args = BootArgs::parse(&text);
     let boot_id = facts::boot_id();
     log.info(format_args!(
@@ -64,7 +69,9 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
     let Some(url) = args.url.clone() else {
         // Nothing to report to (an installed appliance gets its server
         // from its configuration later): stay up as the service.
-        log.warn(format_args!("no levee.url= on the kernel command line; not reporting"));
+        log.warn(format_args!(
+            "no levee.url= on the kernel command line; not reporting"
+        ));
         if opts.once {
             return Ok(());
         }
@@ -72,7 +79,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             std::thread::sleep(opts.interval);
         }
     };
-    let interval = args.interval_secs.map(Duration::from_secs).unwrap_or(opts.interval);
+    let interval = args
+        .interval_secs
+        .map(Duration::from_secs)
+        .unwrap_or(opts.interval);
     let (mut sent, mut failed) = (0u64, 0u64);
     loop {
         let report = facts::report(&args);
@@ -82,7 +92,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
                 // The first report and every 20th after it: enough to follow a
                 // box in the journal without one line per heartbeat.
                 if sent == 1 || sent % 20 == 0 {
-                    log.info(format_args!("status report {sent} sent to {url} (mac {}, HTTP {status})", report.mac));
+                    log.info(format_args!(
+                        "status report {sent} sent to {url} (mac {}, HTTP {status})",
+                        report.mac
+                    ));
                 }
             }
             Err(reason) => {
@@ -90,7 +103,10 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
                 // Before the network is up the first tries fail: say so once,
                 // then every tenth time.
                 if failed == 1 || failed % 10 == 0 || opts.once {
-                    log.warn(format_args!("status report to {url} failed (mac {}, attempt {failed}): {reason}", report.mac));
+                    log.warn(format_args!(
+                        "status report to {url} failed (mac {}, attempt {failed}): {reason}",
+                        report.mac
+                    ));
                 }
                 if opts.once {
                     return Err(DaemonError::Report { url, reason });
