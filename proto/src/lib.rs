@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+pub mod enroll;
 pub mod image;
 pub mod repo;
 pub mod report;

@@ -14,6 +14,7 @@ use levee_pxe::boot::{BootDecision, BootPolicy, BootRequest, MacAddr};
 use levee_pxe::ipxe;
 use tracing::{info, warn};
 
+use crate::enroll::token;
 use crate::store::{ImageRecord, Profile, Store, Transport};
 
 /// The profile machines boot when ops chose none for them.
@@ -26,7 +27,7 @@ pub const DEFAULT_PROFILE: &str = "default";
 /// IO-APIC timer check can fail and panic the guest.
 pub fn default_cmdline(image_has_rootfs: bool) -> &'static str {
     if image_has_rootfs {
-        "console=ttyS0,115200 levee.url={url} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline}"
+        "console=ttyS0,115200 levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline}"
     } else {
         "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac}"
     }
@@ -41,6 +42,8 @@ pub struct BootService {
     pub public_url: String,
     /// Host (IP) of the TFTP server as machines reach it.
     pub tftp_host: String,
+    /// sha256 of the server CA certificate (`{ca}`), see [`crate::enroll::ca`].
+    pub ca_fingerprint: String,
 }
 
 impl BootService {
@@ -95,12 +98,14 @@ impl BootService {
         }
     }
 
-    /// Fills a profile's command-line template for one machine.
+    /// Fills a profile's command-line template for one machine; `token` is
+    /// its enrollment token (`{token}`).
     pub fn cmdline(
         &self,
         profile: &Profile,
         image: &ImageRecord,
         mac: MacAddr,
+        token: &str,
     ) -> Result<String, ipxe::TemplateError> {
         let image_url = self.image_url(&image.id, profile.transport);
         let rootfs = image.manifest.artifacts.get(ROOTFS);
@@ -121,6 +126,8 @@ impl BootService {
                 rootfs.map(|a| a.sha256.clone()).unwrap_or_default(),
             ),
             ("image_cmdline", image.manifest.cmdline.clone()),
+            ("ca", self.ca_fingerprint.clone()),
+            ("token", token.to_string()),
         ]
         .into();
         ipxe::fill_template(&profile.cmdline, &vars)
@@ -130,8 +137,16 @@ impl BootService {
     /// console if it cannot boot.
     pub fn script(&self, mac: MacAddr) -> String {
         let rendered = self.resolve(mac).and_then(|(profile, image)| {
+            // Only templates that pass a token get one: a test initramfs
+            // that never enrolls should not fill the token table.
+            let token = if profile.cmdline.contains("{token}") {
+                token::mint(self.store.as_ref(), mac, crate::store::now())
+                    .map_err(|e| format!("cannot mint an enrollment token: {e}"))?
+            } else {
+                String::new()
+            };
             let cmdline = self
-                .cmdline(&profile, &image, mac)
+                .cmdline(&profile, &image, mac, &token)
                 .map_err(|e| format!("profile `{}`: {e}", profile.name))?;
             let base = self.image_url(&image.id, profile.transport);
             Ok((

@@ -27,12 +27,14 @@ use tower_http::services::ServeFile;
 use tracing::{debug, info, warn};
 
 use crate::boot::BootService;
+use crate::enroll::service::EnrollService;
 use crate::images::image_dir;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct HttpState {
     pub boot: BootService,
+    pub enroll: EnrollService,
     /// Where the iPXE binaries are (`--ipxe-dir`).
     pub ipxe_dir: PathBuf,
 }
@@ -50,6 +52,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/images/{image}/{file}", get(image_file))
         .route("/ipxe/{file}", get(ipxe_file))
         .route(levee_proto::paths::REPORT, post(report))
+        .route(levee_proto::enroll::paths::ENROLL, post(enroll))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn(log_response))
         .with_state(state)
@@ -166,6 +169,33 @@ async fn report(
         Ok(Ok(())) => Json(serde_json::json!({"ok": true})).into_response(),
         Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A JSON refusal, as the agent expects from the API endpoints.
+fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        Json(levee_proto::enroll::ApiError { error: msg.into() }),
+    )
+        .into_response()
+}
+
+async fn enroll(State(st): State<HttpState>, body: Bytes) -> Response {
+    let req: levee_proto::enroll::EnrollmentRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("malformed enrollment request: {e}");
+            warn!(mac = "-", reason = %msg, "enrollment refused");
+            return api_error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    let service = st.enroll.clone();
+    let now = crate::store::now();
+    match tokio::task::spawn_blocking(move || service.enroll(&req, now)).await {
+        Ok(Ok(resp)) => Json(resp).into_response(),
+        Ok(Err(r)) => api_error(r.status, r.message),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -296,10 +326,18 @@ mod tests {
             .unwrap();
         let st = HttpState {
             boot: BootService {
-                store,
+                store: store.clone(),
                 data_dir: data,
                 public_url: "http://10.0.0.1".into(),
                 tftp_host: "10.0.0.1".into(),
+                ca_fingerprint: "ab".repeat(32),
+            },
+            enroll: EnrollService {
+                store: store.clone(),
+                ca: Arc::new(
+                    crate::enroll::ca::ServerCa::open_or_create(&dir.path().join("ca")).unwrap(),
+                ),
+                https_url: Some("https://10.0.0.1:8443".into()),
             },
             ipxe_dir: dir.path().join("ipxe"),
         };
@@ -342,6 +380,209 @@ mod tests {
             .map(|e| e.step)
             .collect();
         assert_eq!(steps, ["script"]);
+    }
+
+    #[tokio::test]
+    async fn a_script_carries_the_ca_and_a_one_time_token_for_its_mac() {
+        let (_d, st) = state();
+        let store = st.boot.store.clone();
+        let mut p = store.profile("default").unwrap().unwrap();
+        p.cmdline = "levee.ca={ca} levee.token={token}".into();
+        store.put_profile(&p).unwrap();
+        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains(&format!("levee.ca={}", "ab".repeat(32))),
+            "{body}"
+        );
+        let token = body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("levee.token="))
+            .expect("token on the command line");
+        assert_eq!(token.len(), 64, "{body}");
+        let mac = MAC.parse().unwrap();
+        let now = crate::store::now();
+        use crate::enroll::token::redeem;
+        use crate::store::TokenCheck;
+        let other = "52:54:00:00:00:43".parse().unwrap();
+        assert_eq!(
+            redeem(store.as_ref(), token, other, now).unwrap(),
+            TokenCheck::OtherMac
+        );
+        assert_eq!(
+            redeem(store.as_ref(), token, mac, now).unwrap(),
+            TokenCheck::Valid
+        );
+        assert_eq!(
+            redeem(store.as_ref(), token, mac, now).unwrap(),
+            TokenCheck::Used
+        );
+        // Each rendering mints a fresh token.
+        let (_, again) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
+        assert!(!again.contains(token));
+    }
+
+    /// Registers MAC for customer acme with a token-carrying profile and
+    /// returns the token from its rendered script.
+    async fn script_token(st: &HttpState, mac: &str) -> String {
+        let store = st.boot.store.clone();
+        let mut p = store.profile("default").unwrap().unwrap();
+        p.cmdline = "levee.ca={ca} levee.token={token}".into();
+        store.put_profile(&p).unwrap();
+        let (_, body) = call(st, get(&format!("/boot/{mac}.ipxe"))).await;
+        body.split_whitespace()
+            .find_map(|w| w.strip_prefix("levee.token="))
+            .expect("token")
+            .to_string()
+    }
+
+    fn register(st: &HttpState, mac: &str) {
+        let store = &st.boot.store;
+        let config = serde_json::from_value(serde_json::json!({
+            "customer": "acme",
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "f", "smb": "smb://u@h/s", "password": "sealed:v1:00"}],
+        }))
+        .unwrap();
+        store.put_customer(&config).unwrap();
+        store
+            .register_appliance(
+                mac.parse().unwrap(),
+                &crate::store::Registration {
+                    customer: Some("acme"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    async fn enroll_call(
+        st: &HttpState,
+        token: &str,
+        mac: &str,
+        csr: &str,
+    ) -> (StatusCode, String) {
+        let body = serde_json::json!({
+            "token": token, "mac": mac, "csr_pem": csr,
+            "facts": {"macs": [mac], "dmi_serial": "S1", "disks": []},
+        });
+        let req = HttpRequest::post(levee_proto::enroll::paths::ENROLL)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        call(st, req).await
+    }
+
+    fn error_of(body: &str) -> String {
+        serde_json::from_str::<levee_proto::enroll::ApiError>(body)
+            .unwrap_or_else(|e| panic!("not a JSON error ({e}): {body}"))
+            .error
+    }
+
+    #[tokio::test]
+    async fn a_registered_machine_enrolls_once_with_its_token() {
+        let (_d, st) = state();
+        register(&st, MAC);
+        let token = script_token(&st, MAC).await;
+        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let resp: levee_proto::enroll::EnrollmentResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!(resp.https_url, "https://10.0.0.1:8443");
+        assert!((resp.server_time_unix - crate::store::now() as i64).abs() < 60);
+        assert_eq!(
+            crate::enroll::ca::pem_fingerprint(&resp.ca_pem).unwrap(),
+            st.enroll.ca.fingerprint()
+        );
+        let a = st
+            .boot
+            .store
+            .appliance(MAC.parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.id, resp.appliance_id);
+        assert_eq!(a.state, crate::store::ApplianceState::Enrolled);
+        assert_eq!(
+            a.cert_fingerprint,
+            crate::enroll::ca::pem_fingerprint(&resp.certificate_pem)
+        );
+        // The same token again is a replay.
+        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("already used"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn enrollment_refusals_say_why() {
+        let (_d, st) = state();
+        register(&st, MAC);
+        let other = "52:54:00:00:00:43";
+        let token = script_token(&st, MAC).await;
+        let (status, body) = enroll_call(&st, &token, other, &csr()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("another machine"), "{body}");
+
+        let expired = "e".repeat(64);
+        st.boot
+            .store
+            .put_token(
+                &crate::enroll::token::token_hash(&expired),
+                MAC.parse().unwrap(),
+                crate::store::now() - 1,
+            )
+            .unwrap();
+        let (status, body) = enroll_call(&st, &expired, MAC, &csr()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("expired"), "{body}");
+
+        let (status, body) = enroll_call(&st, "nope", MAC, &csr()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("unknown"), "{body}");
+
+        // A bad CSR is refused (the token was not the problem).
+        let (status, body) = enroll_call(&st, &token, MAC, "garbage").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error_of(&body).contains("certificate request"), "{body}");
+
+        let (status, body) = call(
+            &st,
+            HttpRequest::post(levee_proto::enroll::paths::ENROLL)
+                .body(Body::from("{"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error_of(&body).contains("malformed"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_unapproved_machine_stays_pending() {
+        let (_d, st) = state();
+        let token = script_token(&st, MAC).await;
+        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("not approved"), "{body}");
+        let a = st
+            .boot
+            .store
+            .appliance(MAC.parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.state, crate::store::ApplianceState::Pending);
+        assert_eq!(a.cert_fingerprint, None);
+        let events = st.boot.store.events(MAC.parse().unwrap(), 50).unwrap();
+        assert!(
+            events.iter().any(|e| e.step == "enroll-refused"),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]

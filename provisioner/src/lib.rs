@@ -12,6 +12,7 @@
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod enroll;
 pub mod http;
 pub mod images;
 pub mod secrets;

@@ -59,7 +59,12 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Created on first start; its fingerprint goes into every boot script.
+    let ca = crate::enroll::ca::ServerCa::open_or_create(&config.data_dir.join("ca"))
+        .context("server CA")?;
+    let ca = Arc::new(ca);
     let boot = BootService {
+        ca_fingerprint: ca.fingerprint().to_string(),
         store: store.clone(),
         data_dir: config.data_dir.clone(),
         public_url: config.public_url.clone(),
@@ -70,6 +75,11 @@ pub async fn run(
     let http_addr = listeners.http.local_addr()?;
     let app = router(HttpState {
         boot: boot.clone(),
+        enroll: crate::enroll::service::EnrollService {
+            store: store.clone(),
+            ca: ca.clone(),
+            https_url: None,
+        },
         ipxe_dir: config.ipxe_dir.clone(),
     })
     .into_make_service_with_connect_info::<SocketAddr>();

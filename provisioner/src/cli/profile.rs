@@ -168,10 +168,11 @@ fn check_template(
         data_dir: data_dir.to_path_buf(),
         public_url: "http://192.0.2.1".into(),
         tftp_host: "192.0.2.1".into(),
+        ca_fingerprint: "0".repeat(64),
     };
     let mac = "52:54:00:00:00:00".parse().context("probe MAC")?;
     probe
-        .cmdline(profile, image, mac)
+        .cmdline(profile, image, mac, "probe-token")
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("--cmdline: {e}"))
 }

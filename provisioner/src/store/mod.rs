@@ -134,6 +134,10 @@ pub struct Appliance {
     /// The appliance that replaced this one, and the one this one replaced.
     pub replaced_by: Option<i64>,
     pub replaces: Option<i64>,
+    /// sha256 (hex) of the one client certificate accepted for it: a new
+    /// enrollment or renewal replaces it, so older certificates stop working.
+    pub cert_fingerprint: Option<String>,
+    pub cert_not_after: Option<u64>,
 }
 
 impl Appliance {
@@ -267,6 +271,19 @@ pub struct Event {
     pub detail: String,
 }
 
+/// What checking an enrollment token found. Only [`TokenCheck::Valid`]
+/// consumed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid,
+    Unknown,
+    /// Already used once (a replay).
+    Used,
+    Expired,
+    /// Minted for another machine.
+    OtherMac,
+}
+
 /// The operations every store offers.
 pub trait Store: Send + Sync + 'static {
     fn put_image(&self, image: &ImageRecord) -> Result<()>;
@@ -326,6 +343,25 @@ pub trait Store: Send + Sync + 'static {
     fn add_event(&self, mac: MacAddr, step: &str, detail: &str) -> Result<()>;
     fn events(&self, mac: MacAddr, limit: usize) -> Result<Vec<Event>>;
 
+    /// Records the client certificate an appliance now holds (the only one
+    /// accepted from then on). `enrolled`: a new enrollment, which moves it
+    /// to `enrolled`; otherwise a renewal, which keeps its state. A revoked
+    /// appliance is refused.
+    fn record_certificate(
+        &self,
+        id: i64,
+        fingerprint: &str,
+        not_after: u64,
+        enrolled: bool,
+    ) -> Result<Appliance>;
+
+    /// Keeps an enrollment token (by its sha256, never in clear) for `mac`
+    /// until `expires_at`; long-expired tokens are dropped on the way.
+    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()>;
+    /// Checks a token for `mac` at time `at` and, only if it is valid, marks
+    /// it used, atomically, so two requests with one token cannot both pass.
+    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck>;
+
     fn leases(&self) -> Result<Vec<levee_pxe::dhcp::Lease>>;
     fn save_lease(&self, lease: &levee_pxe::dhcp::Lease) -> Result<()>;
 }
@@ -336,6 +372,25 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// How long an expired token row is kept (for a clear "expired" rather than
+/// "unknown"), before it is dropped.
+pub(crate) const TOKEN_KEEP_SECS: u64 = 86_400;
+
+/// The verdict on a stored token row (shared by the stores).
+pub(crate) fn judge_token(
+    row: Option<(String, u64, Option<u64>)>,
+    mac: MacAddr,
+    at: u64,
+) -> TokenCheck {
+    match row {
+        None => TokenCheck::Unknown,
+        Some((_, _, Some(_))) => TokenCheck::Used,
+        Some((m, _, None)) if m != mac.to_string() => TokenCheck::OtherMac,
+        Some((_, expires, None)) if at >= expires => TokenCheck::Expired,
+        Some(_) => TokenCheck::Valid,
+    }
 }
 
 /// What a replacement writes, once checked (shared by the stores).

@@ -15,13 +15,15 @@ use levee_pxe::dhcp::Lease;
 use postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    no_appliance, no_customer, now, validate_name, Appliance, ApplianceState, CustomerRecord,
-    Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store, StoreError, Transport,
+    judge_token, no_appliance, no_customer, now, validate_name, Appliance, ApplianceState,
+    CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store,
+    StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
 };
 
 /// Ordered schema migrations; `levee_schema` records how many ran.
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -76,7 +78,20 @@ CREATE TABLE leases (
     ip TEXT NOT NULL,
     expires BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE enroll_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    mac TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+);
+CREATE INDEX enroll_tokens_by_expiry ON enroll_tokens(expires_at);
+ALTER TABLE appliances ADD COLUMN cert_fingerprint TEXT;
+ALTER TABLE appliances ADD COLUMN cert_not_after BIGINT;
+"#,
+];
 
 /// Events kept per machine (as in the SQLite store).
 const EVENTS_KEPT: i64 = 500;
@@ -194,7 +209,8 @@ fn customer_row(row: &Row) -> Result<CustomerRecord> {
 
 const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
-     customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces";
+     customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
+     cert_fingerprint, cert_not_after";
 
 fn appliance_row(row: &Row) -> Result<Appliance> {
     let mac: String = row.try_get(1)?;
@@ -222,6 +238,8 @@ fn appliance_row(row: &Row) -> Result<Appliance> {
         revoked_at: opt_u64(row, 15)?,
         replaced_by: row.try_get(16)?,
         replaces: row.try_get(17)?,
+        cert_fingerprint: row.try_get(18)?,
+        cert_not_after: opt_u64(row, 19)?,
     })
 }
 
@@ -691,6 +709,86 @@ impl Store for PgStore {
                 })
             })
             .collect()
+        })
+    }
+
+    fn record_certificate(
+        &self,
+        id: i64,
+        fingerprint: &str,
+        not_after: u64,
+        enrolled: bool,
+    ) -> Result<Appliance> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let a = get_by_id(&mut tx, id)?;
+            if a.revoked_at.is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "appliance {} (id {id}) is retired: its credential is revoked",
+                    a.mac
+                )));
+            }
+            tx.execute(
+                "UPDATE appliances SET cert_fingerprint = $2, cert_not_after = $3 WHERE id = $1",
+                &[&id, &fingerprint, &(not_after as i64)],
+            )?;
+            let detail = format!("certificate sha256 {fingerprint}");
+            if enrolled {
+                tx.execute(
+                    "UPDATE appliances SET state = 'enrolled', state_reason = NULL WHERE id = $1",
+                    &[&id],
+                )?;
+                event(&mut tx, a.mac, "enrolled", &detail)?;
+            } else {
+                event(&mut tx, a.mac, "renewed", &detail)?;
+            }
+            let a = get_by_id(&mut tx, id)?;
+            tx.commit()?;
+            Ok(a)
+        })
+    }
+
+    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
+        self.with(|c| {
+            let at = now();
+            c.execute(
+                "DELETE FROM enroll_tokens WHERE expires_at < $1",
+                &[&(at.saturating_sub(TOKEN_KEEP_SECS) as i64)],
+            )?;
+            c.execute(
+                "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&token_sha256, &mac.to_string(), &(at as i64), &(expires_at as i64)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            // FOR UPDATE: a second request with the same token waits here and
+            // then sees it used.
+            let row = tx
+                .query_opt(
+                    "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = $1 FOR UPDATE",
+                    &[&token_sha256],
+                )?
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1) as u64,
+                        r.get::<_, Option<i64>>(2).map(|v| v as u64),
+                    )
+                });
+            let verdict = judge_token(row, mac, at);
+            if verdict == TokenCheck::Valid {
+                tx.execute(
+                    "UPDATE enroll_tokens SET used_at = $2 WHERE token_sha256 = $1",
+                    &[&token_sha256, &(at as i64)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(verdict)
         })
     }
 

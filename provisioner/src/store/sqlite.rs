@@ -13,8 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use levee_proto::config::CustomerConfig;
 
 use super::{
-    no_appliance, no_customer, now, validate_name, Appliance, ApplianceState, CustomerRecord,
-    Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store, StoreError, Transport,
+    judge_token, no_appliance, no_customer, now, validate_name, Appliance, ApplianceState,
+    CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store,
+    StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
 };
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many ran.
@@ -77,6 +78,18 @@ ALTER TABLE appliances ADD COLUMN last_heartbeat INTEGER;
 ALTER TABLE appliances ADD COLUMN revoked_at INTEGER;
 ALTER TABLE appliances ADD COLUMN replaced_by INTEGER;
 ALTER TABLE appliances ADD COLUMN replaces INTEGER;
+"#,
+    r#"
+CREATE TABLE enroll_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    mac TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE INDEX enroll_tokens_by_expiry ON enroll_tokens(expires_at);
+ALTER TABLE appliances ADD COLUMN cert_fingerprint TEXT;
+ALTER TABLE appliances ADD COLUMN cert_not_after INTEGER;
 "#,
 ];
 
@@ -169,7 +182,8 @@ fn profile_row(row: &Row) -> rusqlite::Result<Profile> {
 
 const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
-     customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces";
+     customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
+     cert_fingerprint, cert_not_after";
 
 fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(idx)?.map(|v| v as u64))
@@ -248,6 +262,8 @@ fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
         revoked_at: opt_u64(row, 15)?,
         replaced_by: row.get(16)?,
         replaces: row.get(17)?,
+        cert_fingerprint: row.get(18)?,
+        cert_not_after: opt_u64(row, 19)?,
     })
 }
 
@@ -681,6 +697,82 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn record_certificate(
+        &self,
+        id: i64,
+        fingerprint: &str,
+        not_after: u64,
+        enrolled: bool,
+    ) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        if a.revoked_at.is_some() {
+            return Err(StoreError::Invalid(format!(
+                "appliance {} (id {id}) is retired: its credential is revoked",
+                a.mac
+            )));
+        }
+        tx.execute(
+            "UPDATE appliances SET cert_fingerprint = ?2, cert_not_after = ?3 WHERE id = ?1",
+            params![id, fingerprint, not_after as i64],
+        )?;
+        let detail = format!("certificate sha256 {fingerprint}");
+        if enrolled {
+            tx.execute(
+                "UPDATE appliances SET state = 'enrolled', state_reason = NULL WHERE id = ?1",
+                params![id],
+            )?;
+            event(&tx, a.mac, "enrolled", &detail)?;
+        } else {
+            event(&tx, a.mac, "renewed", &detail)?;
+        }
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
+        let conn = self.lock();
+        let at = now();
+        conn.execute(
+            "DELETE FROM enroll_tokens WHERE expires_at < ?1",
+            params![at.saturating_sub(TOKEN_KEEP_SECS) as i64],
+        )?;
+        conn.execute(
+            "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![token_sha256, mac.to_string(), at as i64, expires_at as i64],
+        )?;
+        Ok(())
+    }
+
+    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(
+                "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = ?1",
+                params![token_sha256],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    ))
+                },
+            )
+            .optional()?;
+        let verdict = judge_token(row, mac, at);
+        if verdict == TokenCheck::Valid {
+            tx.execute(
+                "UPDATE enroll_tokens SET used_at = ?2 WHERE token_sha256 = ?1",
+                params![token_sha256, at as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(verdict)
     }
 
     fn leases(&self) -> Result<Vec<Lease>> {

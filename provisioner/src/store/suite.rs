@@ -50,7 +50,89 @@ pub const CASES: &[Case] = &[
         replace_hands_over_and_revokes,
     ),
     ("retire_revokes", retire_revokes),
+    (
+        "tokens_are_one_use_bound_and_short_lived",
+        tokens_are_one_use_bound_and_short_lived,
+    ),
+    (
+        "certificates_are_recorded_and_replaced",
+        certificates_are_recorded_and_replaced,
+    ),
 ];
+
+fn certificates_are_recorded_and_replaced(s: &dyn Store) {
+    s.put_customer(&customer("acme", "5m")).expect("customer");
+    let a = s
+        .register_appliance(
+            mac(7),
+            &Registration {
+                customer: Some("acme"),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+    assert_eq!(a.cert_fingerprint, None);
+    let a = s.record_certificate(a.id, "f1", 100, true).expect("enroll");
+    assert_eq!(a.state, ApplianceState::Enrolled);
+    assert_eq!(a.cert_fingerprint.as_deref(), Some("f1"));
+    assert_eq!(a.cert_not_after, Some(100));
+    s.set_appliance_state(a.id, ApplianceState::Installed, None)
+        .expect("state");
+    // A renewal replaces the certificate and keeps the state.
+    let a = s.record_certificate(a.id, "f2", 200, false).expect("renew");
+    assert_eq!(a.state, ApplianceState::Installed);
+    assert_eq!(a.cert_fingerprint.as_deref(), Some("f2"));
+    let steps: Vec<String> = s
+        .events(mac(7), 50)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.step)
+        .collect();
+    assert!(steps.contains(&"enrolled".to_string()), "{steps:?}");
+    assert!(steps.contains(&"renewed".to_string()), "{steps:?}");
+    s.retire_appliance(a.id, "gone").expect("retire");
+    assert!(matches!(
+        s.record_certificate(a.id, "f3", 300, true),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn tokens_are_one_use_bound_and_short_lived(s: &dyn Store) {
+    // Near the real clock: put_token drops rows long expired by it.
+    let t0 = now();
+    s.put_token("aa", mac(1), t0 + 900).expect("put");
+    s.put_token("bb", mac(1), t0 + 900).expect("put");
+    s.put_token("cc", mac(2), t0 + 900).expect("put");
+    assert_eq!(
+        s.take_token("zz", mac(1), t0).expect("take"),
+        TokenCheck::Unknown
+    );
+    // The wrong MAC does not burn the token for its own machine.
+    assert_eq!(
+        s.take_token("cc", mac(1), t0).expect("take"),
+        TokenCheck::OtherMac
+    );
+    assert_eq!(
+        s.take_token("cc", mac(2), t0).expect("take"),
+        TokenCheck::Valid
+    );
+    assert_eq!(
+        s.take_token("aa", mac(1), t0 + 10).expect("take"),
+        TokenCheck::Valid
+    );
+    assert_eq!(
+        s.take_token("aa", mac(1), t0 + 11).expect("take"),
+        TokenCheck::Used
+    );
+    assert_eq!(
+        s.take_token("bb", mac(1), t0 + 900).expect("take"),
+        TokenCheck::Expired
+    );
+    assert_eq!(
+        s.take_token("bb", mac(1), t0 + 2000).expect("take"),
+        TokenCheck::Expired
+    );
+}
 
 fn mac(n: u8) -> MacAddr {
     format!("52:54:00:00:01:{n:02x}").parse().expect("test MAC")
