@@ -48,6 +48,8 @@ pub struct ServeConfig {
 /// Sockets bound by the caller.
 pub struct Listeners {
     pub http: tokio::net::TcpListener,
+    /// The mutual-TLS API for enrolled appliances; without it nobody enrolls.
+    pub https: Option<tokio::net::TcpListener>,
     pub tftp: Option<tokio::net::UdpSocket>,
 }
 
@@ -73,12 +75,40 @@ pub async fn run(
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
     let http_addr = listeners.http.local_addr()?;
+    let mut https_url = None;
+    if let Some(listener) = listeners.https {
+        use crate::enroll::https;
+        let host = url_host(&config.public_url);
+        let port = listener.local_addr()?.port();
+        let url = if host.contains(':') {
+            format!("https://[{host}]:{port}")
+        } else {
+            format!("https://{host}:{port}")
+        };
+        let tls = https::tls_config(&ca, &host).context("--https")?;
+        let key =
+            crate::secrets::ServerKey::load_or_create(&config.data_dir).context("server key")?;
+        let state = https::ApiState {
+            store: store.clone(),
+            ca: ca.clone(),
+            key: Arc::new(key),
+        };
+        info!(listen = %listener.local_addr()?, url = %url, "https listening");
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = https::serve(listener, tls, state, stop)
+                .await
+                .context("HTTPS server failed");
+            ("https", served)
+        });
+        https_url = Some(url);
+    }
     let app = router(HttpState {
         boot: boot.clone(),
         enroll: crate::enroll::service::EnrollService {
             store: store.clone(),
             ca: ca.clone(),
-            https_url: None,
+            https_url,
         },
         ipxe_dir: config.ipxe_dir.clone(),
     })
@@ -171,6 +201,16 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `http://10.0.0.1:8080/x` -> `10.0.0.1`; `http://[::1]:80` -> `::1`.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6).to_string();
+    }
+    authority.split(':').next().unwrap_or(authority).to_string()
 }
 
 /// The files the provisioner generates for TFTP clients: boot scripts at

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:80")]
     http: SocketAddr,
 
+    /// HTTPS listener with client certificates: the API of enrolled
+    /// appliances (off when not given; then machines cannot enroll).
+    #[arg(long, value_name = "ADDR:PORT")]
+    https: Option<SocketAddr>,
+
     /// TFTP listener (iPXE binaries, files in DATA_DIR/tftp/).
     #[arg(long, default_value = "0.0.0.0:69")]
     tftp: SocketAddr,
@@ -176,6 +181,14 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen for TFTP on {}", args.tftp))?,
             )
         };
+        let https = match args.https {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTPS on {addr}"))?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
@@ -198,7 +211,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             tftp_host,
             dhcp,
         };
-        serve::run(store, Listeners { http, tftp }, config, shutdown).await
+        serve::run(store, Listeners { http, https, tftp }, config, shutdown).await
     })
 }
 

@@ -6,5 +6,6 @@
 //! the CA in `DATA_DIR/ca/`, whose sha256 the box got on its command line.
 
 pub mod ca;
+pub mod https;
 pub mod service;
 pub mod token;

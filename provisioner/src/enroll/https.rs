@@ -1,0 +1,361 @@
+//! The `--https` listener: mutual TLS with client certificates from the
+//! server CA, and per-request authorization by the appliance id in the
+//! certificate. No path or parameter names a customer or an appliance: the
+//! certificate alone decides whose data a request sees.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use levee_proto::enroll::{paths, ApiError, RenewRequest};
+use levee_proto::report::StatusReport;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::ca::{parse_appliance_uri, CaError, ServerCa};
+use crate::secrets::ServerKey;
+use crate::store::{Appliance, Heartbeat, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+/// What the mTLS handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub ca: Arc<ServerCa>,
+    /// Opens the sealed secrets of a configuration for its appliance.
+    pub key: Arc<ServerKey>,
+}
+
+/// Who is on the other end of a TLS connection, from its certificate.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// From the URI SAN `levee:appliance:<id>`; `None` if the certificate
+    /// (signed by our CA, but not an appliance's) names none.
+    pub appliance_id: Option<i64>,
+    /// sha256 of the certificate's DER (hex).
+    pub fingerprint: String,
+}
+
+impl Peer {
+    fn from_der(der: &[u8]) -> Peer {
+        let appliance_id = x509_parser::parse_x509_certificate(der)
+            .ok()
+            .and_then(|(_, cert)| {
+                let san = cert.subject_alternative_name().ok()??;
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => parse_appliance_uri(u),
+                    _ => None,
+                })
+            });
+        Peer {
+            appliance_id,
+            fingerprint: hex::encode(Sha256::digest(der)),
+        }
+    }
+}
+
+/// The rustls configuration: our server certificate for `host`, and client
+/// certificates required, verified against our CA only.
+pub fn tls_config(ca: &ServerCa, host: &str) -> Result<rustls::ServerConfig, HttpsError> {
+    let tls = |e: &dyn std::fmt::Display| HttpsError::Tls(e.to_string());
+    let (cert_pem, key_pem) = ca.server_cert(host)?;
+    let ca_der = CertificateDer::from_pem_slice(ca.pem().as_bytes()).map_err(|e| tls(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.clone()).map_err(|e| tls(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| tls(&e))?;
+    let chain = vec![
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| tls(&e))?,
+        ca_der,
+    ];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(paths::CONFIG, get(config))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::RENEW, post(renew))
+        .with_state(state)
+}
+
+/// Accepts TLS connections until `shutdown`; each connection is served with
+/// its peer identity attached to every request.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let app = router(state);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // A client that vanished between SYN and accept is not fatal.
+                Err(e) => { debug!(error = %e, "https accept failed"); continue; }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(peer = %addr, reason = %e, "TLS handshake refused");
+                    return;
+                }
+            };
+            let Some(der) = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            else {
+                // The verifier requires one; this is only defence in depth.
+                warn!(peer = %addr, reason = "no client certificate", "https connection refused");
+                return;
+            };
+            let peer = Peer::from_der(der);
+            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!(peer = %addr, error = %e, "https connection ended"); },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// The appliance this request is from, if it may be served: its
+/// certificate must be the one recorded for it, and it must not be revoked.
+fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Response> {
+    let refuse = |id: Option<i64>, status: StatusCode, reason: String| {
+        warn!(appliance = ?id, cert = %peer.fingerprint, %reason, "mTLS request refused");
+        api_error(status, reason)
+    };
+    let Some(id) = peer.appliance_id else {
+        return Err(refuse(
+            None,
+            StatusCode::FORBIDDEN,
+            "the certificate names no appliance".into(),
+        ));
+    };
+    let a = match store.appliance_by_id(id) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return Err(refuse(
+                Some(id),
+                StatusCode::FORBIDDEN,
+                format!("appliance {id} does not exist"),
+            ))
+        }
+        Err(e) => {
+            return Err(refuse(
+                Some(id),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ))
+        }
+    };
+    if a.revoked_at.is_some() {
+        return Err(refuse(
+            Some(id),
+            StatusCode::FORBIDDEN,
+            format!("appliance {id} is retired: its certificate is revoked"),
+        ));
+    }
+    if a.cert_fingerprint.as_deref() != Some(peer.fingerprint.as_str()) {
+        return Err(refuse(
+            Some(id),
+            StatusCode::FORBIDDEN,
+            format!("this certificate of appliance {id} has been superseded (re-enrolled or renewed): it is revoked"),
+        ));
+    }
+    Ok(a)
+}
+
+/// Runs a store-bound handler off the async runtime.
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `GET /api/v1/config`: the appliance's customer configuration, secrets
+/// opened (it needs the SMB password), with a strong ETag.
+async fn config(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let Some(customer) = a.customer.as_deref() else {
+            return api_error(StatusCode::FORBIDDEN, "this appliance has no customer yet");
+        };
+        let record = match st.store.customer(customer) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("customer {customer} does not exist"),
+                )
+            }
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let opened = match st.key.open_config(&record.config) {
+            Ok(c) => c,
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let body = match serde_json::to_vec(&opened) {
+            Ok(b) => b,
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        // Strong: it is the hash of exactly these bytes.
+        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&body)));
+        let matches = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        if matches {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        }
+        info!(appliance = a.id, %customer, "configuration served");
+        (
+            [
+                (header::ETAG, etag),
+                (header::CONTENT_TYPE, "application/json".into()),
+            ],
+            body,
+        )
+            .into_response()
+    })
+    .await
+}
+
+/// `POST /api/v1/heartbeat`: a status report from an enrolled appliance.
+async fn heartbeat(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let report: StatusReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed status report: {e}"),
+            )
+        }
+    };
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let hb = Heartbeat {
+            image_version: report.image_version.as_deref(),
+            slot: None,
+        };
+        // The report is filed under the certificate's appliance, whatever
+        // MAC it claims.
+        let stored = st
+            .store
+            .record_heartbeat(a.id, &hb)
+            .and_then(|()| st.store.record_report(&report, a.mac));
+        match stored {
+            Ok(()) => Json(serde_json::json!({"ok": true})).into_response(),
+            Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
+}
+
+/// `POST /api/v1/renew`: a new certificate for a new key; the presented one
+/// stops working once the new one is recorded.
+async fn renew(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let req: RenewRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed renewal request: {e}"),
+            )
+        }
+    };
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let issued = match st.ca.issue_client(&req.csr_pem, a.id) {
+            Ok(i) => i,
+            Err(e @ CaError::BadCsr(_)) => {
+                return api_error(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let not_after = u64::try_from(issued.not_after_unix).unwrap_or(0);
+        if let Err(e) = st
+            .store
+            .record_certificate(a.id, &issued.fingerprint, not_after, false)
+        {
+            return api_error(StatusCode::FORBIDDEN, e.to_string());
+        }
+        info!(appliance = a.id, "certificate renewed");
+        Json(levee_proto::enroll::EnrollmentResponse {
+            certificate_pem: issued.pem,
+            ca_pem: st.ca.pem().to_string(),
+            https_url: String::new(),
+            appliance_id: a.id,
+            server_time_unix: crate::store::now() as i64,
+        })
+        .into_response()
+    })
+    .await
+}

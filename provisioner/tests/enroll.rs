@@ -1,0 +1,388 @@
+//! Enrollment and the mutual-TLS API against the real listeners on
+//! 127.0.0.1 (port 0), with a real TLS client holding issued certificates.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use levee_proto::enroll::{paths, EnrollmentResponse};
+use levee_provisioner::secrets::ServerKey;
+use levee_provisioner::serve::{self, Listeners, ServeConfig};
+use levee_provisioner::store::{Profile, Registration, SqliteStore, Store, Transport};
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+const MAC_A: &str = "52:54:00:0a:00:01";
+const MAC_B: &str = "52:54:00:0b:00:01";
+const MAC_NEW: &str = "52:54:00:0a:00:02";
+const MAC_PENDING: &str = "52:54:00:0c:00:01";
+
+struct Server {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    http: String,
+    plain: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn customer(store: &dyn Store, key: &ServerKey, name: &str, password: &str) {
+    let config = serde_json::from_value(serde_json::json!({
+        "customer": name,
+        "heartbeat_interval": "5m",
+        "sources": [{"name": "f", "smb": format!("smb://u@{name}-nas/s"), "password": password}],
+    }))
+    .expect("config");
+    store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+}
+
+fn register(store: &dyn Store, mac: &str, customer: &str) {
+    store
+        .register_appliance(
+            mac.parse().expect("mac"),
+            &Registration {
+                customer: Some(customer),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("k"), b"kernel").expect("k");
+    std::fs::write(src.join("i"), b"initrd").expect("i");
+    let image = levee_provisioner::images::import_files(
+        &data,
+        store.as_ref(),
+        "t",
+        &src.join("k"),
+        &src.join("i"),
+    )
+    .expect("image");
+    store
+        .put_profile(&Profile {
+            name: "default".into(),
+            image: image.id,
+            kernel: "vmlinuz".into(),
+            initrd: "initrd.img".into(),
+            cmdline: "levee.ca={ca} levee.token={token}".into(),
+            transport: Transport::Http,
+        })
+        .expect("profile");
+    let key = ServerKey::load_or_create(&data).expect("key");
+    customer(store.as_ref(), &key, "alpha", "alpha-secret");
+    customer(store.as_ref(), &key, "beta", "beta-secret");
+    register(store.as_ref(), MAC_A, "alpha");
+    register(store.as_ref(), MAC_B, "beta");
+
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("http");
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("https");
+    let url = format!("http://{}", http.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let config = ServeConfig {
+        data_dir: data.clone(),
+        ipxe_dir: dir.path().join("ipxe"),
+        public_url: url.clone(),
+        tftp_host: "127.0.0.1".into(),
+        dhcp: None,
+    };
+    let listeners = Listeners {
+        http,
+        https: Some(https),
+        tftp: None,
+    };
+    tokio::spawn(serve::run(store.clone(), listeners, config, stop.clone()));
+    Server {
+        dir,
+        store,
+        http: url,
+        plain: reqwest::Client::new(),
+        stop,
+    }
+}
+
+/// An enrolled identity: key, certificate and what the server said.
+struct Identity {
+    key_pem: String,
+    resp: EnrollmentResponse,
+}
+
+impl Server {
+    async fn token(&self, mac: &str) -> String {
+        let script = self
+            .plain
+            .get(format!("{}/boot/{mac}.ipxe", self.http))
+            .send()
+            .await
+            .expect("script")
+            .text()
+            .await
+            .expect("body");
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("levee.token="))
+            .unwrap_or_else(|| panic!("no token in {script}"))
+            .to_string()
+    }
+
+    /// Enrolls; returns the status and body (JSON).
+    async fn enroll_raw(
+        &self,
+        token: &str,
+        mac: &str,
+        key: &rcgen::KeyPair,
+    ) -> (StatusCode, String) {
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let resp = self
+            .plain
+            .post(format!("{}{}", self.http, paths::ENROLL))
+            .json(&serde_json::json!({
+                "token": token, "mac": mac, "csr_pem": csr,
+                "facts": {"macs": [mac], "dmi_serial": "S", "dmi_uuid": "U", "disks": []},
+            }))
+            .send()
+            .await
+            .expect("enroll");
+        let status = resp.status();
+        (status, resp.text().await.expect("body"))
+    }
+
+    async fn enroll(&self, mac: &str) -> Identity {
+        let token = self.token(mac).await;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let (status, body) = self.enroll_raw(&token, mac, &key).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Identity {
+            key_pem: key.serialize_pem(),
+            resp: serde_json::from_str(&body).expect("response"),
+        }
+    }
+
+    fn levee(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(args)
+            .env_remove("LEVEE_DATABASE")
+            .output()
+            .expect("levee");
+        assert!(
+            out.status.success(),
+            "levee {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("not a JSON error: {body}"))
+}
+
+/// A TLS client trusting only our CA, presenting `id` if given.
+fn mtls(ca_pem: &str, id: Option<&Identity>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca"));
+    if let Some(id) = id {
+        let pem = format!("{}\n{}", id.resp.certificate_pem, id.key_pem);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("client")
+}
+
+async fn get_config(id: &Identity, path: &str) -> (StatusCode, String) {
+    let r = mtls(&id.resp.ca_pem, Some(id))
+        .get(format!("{}{path}", id.resp.https_url))
+        .send()
+        .await
+        .expect("request");
+    let s = r.status();
+    (s, r.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_path_then_every_refusal() {
+    let srv = start().await;
+
+    // Golden path: script -> token -> enroll -> config with ETag -> heartbeat.
+    let a = srv.enroll(MAC_A).await;
+    assert!(
+        a.resp.https_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        a.resp.https_url
+    );
+    let script = srv
+        .plain
+        .get(format!("{}/boot/{MAC_A}.ipxe", srv.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fp = levee_provisioner::enroll::ca::pem_fingerprint(&a.resp.ca_pem).expect("ca pem");
+    assert!(script.contains(&format!("levee.ca={fp}")), "{script}");
+
+    let client = mtls(&a.resp.ca_pem, Some(&a));
+    let url = format!("{}{}", a.resp.https_url, paths::CONFIG);
+    let r = client.get(&url).send().await.expect("config");
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("alpha-secret"),
+        "the appliance gets its SMB password: {body}"
+    );
+    assert!(!body.contains("beta"), "{body}");
+    let r = client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+
+    let r = client
+        .post(format!("{}{}", a.resp.https_url, paths::HEARTBEAT))
+        .json(&serde_json::json!({"mac": MAC_A, "image_version": "1.2.3"}))
+        .send()
+        .await
+        .expect("heartbeat");
+    assert_eq!(r.status(), StatusCode::OK);
+    let stored = srv
+        .store
+        .appliance(MAC_A.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(stored.last_heartbeat.is_some());
+    assert_eq!(stored.image_version.as_deref(), Some("1.2.3"));
+    assert_eq!(stored.state.as_str(), "enrolled");
+
+    // Refusals on the plain listener.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let token = srv.token(MAC_A).await;
+    let (s, body) = srv.enroll_raw(&token, MAC_B, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("another machine"), "{body}");
+    let (s, _) = srv.enroll_raw(&token, MAC_A, &key).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = srv.enroll_raw(&token, MAC_A, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("already used"), "{body}");
+    let expired = "f".repeat(64);
+    srv.store
+        .put_token(
+            &levee_provisioner::enroll::token::token_hash(&expired),
+            MAC_A.parse().unwrap(),
+            levee_provisioner::store::now() - 1,
+        )
+        .unwrap();
+    let (s, body) = srv.enroll_raw(&expired, MAC_A, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("expired"), "{body}");
+    let token = srv.token(MAC_PENDING).await;
+    let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("not approved"), "{body}");
+    let pending = srv
+        .store
+        .appliance(MAC_PENDING.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.state.as_str(), "pending");
+
+    // The re-enrollment above superseded `a`'s certificate.
+    let (s, body) = get_config(&a, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("superseded"), "{body}");
+    let a = srv.enroll(MAC_A).await;
+
+    // No client certificate: the TLS handshake is refused.
+    let anonymous = mtls(&a.resp.ca_pem, None);
+    assert!(
+        anonymous.get(&url).send().await.is_err(),
+        "served without a client certificate"
+    );
+
+    // Customer A's certificate only ever yields A's configuration, whatever
+    // the path or parameters say.
+    let b = srv.enroll(MAC_B).await;
+    let (s, body) = get_config(&b, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("beta-secret"), "{body}");
+    for path in [
+        "/api/v1/config?customer=beta",
+        "/api/v1/config/beta",
+        "/api/v1/customers/beta/config",
+        "/api/v1/config?appliance=2",
+    ] {
+        let (_, body) = get_config(&a, path).await;
+        assert!(!body.contains("beta"), "{path}: {body}");
+    }
+
+    // Renewal: a new certificate; the old one stops working.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = mtls(&a.resp.ca_pem, Some(&a))
+        .post(format!("{}{}", a.resp.https_url, paths::RENEW))
+        .json(&serde_json::json!({"csr_pem": csr}))
+        .send()
+        .await
+        .expect("renew");
+    assert_eq!(r.status(), StatusCode::OK);
+    let renewed: EnrollmentResponse = r.json().await.expect("renewed");
+    let (s, _) = get_config(&a, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let a = Identity {
+        key_pem: key.serialize_pem(),
+        resp: EnrollmentResponse {
+            https_url: a.resp.https_url.clone(),
+            ..renewed
+        },
+    };
+    assert_eq!(get_config(&a, paths::CONFIG).await.0, StatusCode::OK);
+
+    // Revoked by `levee appliance replace` and by `retire`.
+    srv.levee(&["appliance", "replace", MAC_A, "--with", MAC_NEW]);
+    let (s, body) = get_config(&a, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("retired"), "{body}");
+    srv.levee(&["appliance", "retire", MAC_B]);
+    let (s, body) = get_config(&b, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("retired"), "{body}");
+    let r = mtls(&b.resp.ca_pem, Some(&b))
+        .post(format!("{}{}", b.resp.https_url, paths::HEARTBEAT))
+        .json(&serde_json::json!({"mac": MAC_B}))
+        .send()
+        .await
+        .expect("heartbeat");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
