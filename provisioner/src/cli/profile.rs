@@ -21,7 +21,9 @@ pub enum ProfileCommand {
     /// The command line is a template; variables: {url} (server base URL),
     /// {mac}, {profile}, {image}, {image_version}, {image_url} (base URL of
     /// the image's files), {root_url} and {root_sha256} (the image's
-    /// rootfs.squashfs), {image_cmdline} (the image's own arguments).
+    /// rootfs.squashfs), {image_cmdline} (the image's own arguments),
+    /// {ca} (sha256 of the server CA certificate) and {token} (a one-time
+    /// enrollment token for that machine, minted per rendered script).
     /// Write {{ and }} for literal braces.
     #[command(
         after_help = "Examples:\n  levee profile set default --image levee-appliance-2026.11.26\n  levee profile set rescue --kernel ./vmlinuz --initrd ./initrd.img --cmdline 'console=ttyS0 levee.url={url}'"
