@@ -166,10 +166,10 @@ fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// The appliance this request is from, if it may be served: its
 /// certificate must be the one recorded for it, and it must not be revoked.
-fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Response> {
+fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
     let refuse = |id: Option<i64>, status: StatusCode, reason: String| {
         warn!(appliance = ?id, cert = %peer.fingerprint, %reason, "mTLS request refused");
-        api_error(status, reason)
+        Box::new(api_error(status, reason))
     };
     let Some(id) = peer.appliance_id else {
         return Err(refuse(
@@ -229,7 +229,7 @@ async fn config(
     blocking(move || {
         let a = match authorize(st.store.as_ref(), &peer) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let Some(customer) = a.customer.as_deref() else {
             return api_error(StatusCode::FORBIDDEN, "this appliance has no customer yet");
@@ -292,7 +292,7 @@ async fn heartbeat(
     blocking(move || {
         let a = match authorize(st.store.as_ref(), &peer) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let hb = Heartbeat {
             image_version: report.image_version.as_deref(),
@@ -331,7 +331,7 @@ async fn renew(
     blocking(move || {
         let a = match authorize(st.store.as_ref(), &peer) {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let issued = match st.ca.issue_client(&req.csr_pem, a.id) {
             Ok(i) => i,
