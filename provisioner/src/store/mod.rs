@@ -446,6 +446,31 @@ pub(crate) fn plan_replace(
 }
 
 /// The error for an appliance that is not there.
+/// Whether `found` (the row for `mac`, if any) may be approved for
+/// `customer`: the rule both stores apply inside their transaction.
+pub fn check_approval(found: Option<Appliance>, mac: MacAddr, customer: &str) -> Result<Appliance> {
+    let a = found.ok_or_else(|| StoreError::NotFound {
+        what: "appliance",
+        name: mac.to_string(),
+        hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
+    })?;
+    if a.revoked_at.is_some() {
+        return Err(StoreError::Invalid(format!(
+            "appliance {mac} (id {}) is retired",
+            a.id
+        )));
+    }
+    if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
+        // Moving a box between customers would hand it another customer's
+        // configuration: that takes a retire (or replace) first.
+        return Err(StoreError::Invalid(format!(
+            "appliance {mac} (id {}) already serves customer {other}: retire it first",
+            a.id
+        )));
+    }
+    Ok(a)
+}
+
 pub fn no_appliance(name: impl std::fmt::Display) -> StoreError {
     StoreError::NotFound {
         what: "appliance",

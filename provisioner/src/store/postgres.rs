@@ -15,9 +15,9 @@ use levee_pxe::dhcp::Lease;
 use postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    judge_token, no_appliance, no_customer, now, validate_name, Appliance, ApplianceState,
-    CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store,
-    StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
+    check_approval, judge_token, no_appliance, no_customer, now, validate_name, Appliance,
+    ApplianceState, CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result,
+    Store, StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
 };
 
 /// Ordered schema migrations; `levee_schema` records how many ran.
@@ -454,27 +454,17 @@ impl Store for PgStore {
         self.with(|c| {
             let mut tx = c.transaction()?;
             require_customer(&mut tx, customer)?;
-            let a = get_by_mac(&mut tx, mac)?.ok_or_else(|| StoreError::NotFound {
-                what: "appliance",
-                name: mac.to_string(),
-                hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
-            })?;
-            if a.revoked_at.is_some() {
-                return Err(StoreError::Invalid(format!("appliance {mac} (id {}) is retired", a.id)));
-            }
-            if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
-                // Moving a box between customers would hand it another customer's
-                // configuration: that takes a retire (or replace) first.
-                return Err(StoreError::Invalid(format!(
-                    "appliance {mac} (id {}) already serves customer {other}: retire it first",
-                    a.id
-                )));
-            }
+            let a = check_approval(get_by_mac(&mut tx, mac)?, mac, customer)?;
             tx.execute(
                 "UPDATE appliances SET registered = TRUE, customer = $2 WHERE id = $1",
                 &[&a.id, &customer],
             )?;
-            event(&mut tx, mac, "approved", &format!("approved for customer {customer}"))?;
+            event(
+                &mut tx,
+                mac,
+                "approved",
+                &format!("approved for customer {customer}"),
+            )?;
             let a = get_by_id(&mut tx, a.id)?;
             tx.commit()?;
             Ok(a)

@@ -13,9 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use levee_proto::config::CustomerConfig;
 
 use super::{
-    judge_token, no_appliance, no_customer, now, validate_name, Appliance, ApplianceState,
-    CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result, Store,
-    StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
+    check_approval, judge_token, no_appliance, no_customer, now, validate_name, Appliance,
+    ApplianceState, CustomerRecord, Event, Heartbeat, ImageRecord, Profile, Registration, Result,
+    Store, StoreError, TokenCheck, Transport, TOKEN_KEEP_SECS,
 };
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many ran.
@@ -442,25 +442,7 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         require_customer(&tx, customer)?;
-        let a = get_by_mac(&tx, mac)?.ok_or_else(|| StoreError::NotFound {
-            what: "appliance",
-            name: mac.to_string(),
-            hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
-        })?;
-        if a.revoked_at.is_some() {
-            return Err(StoreError::Invalid(format!(
-                "appliance {mac} (id {}) is retired",
-                a.id
-            )));
-        }
-        if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
-            // Moving a box between customers would hand it another customer's
-            // configuration: that takes a retire (or replace) first.
-            return Err(StoreError::Invalid(format!(
-                "appliance {mac} (id {}) already serves customer {other}: retire it first",
-                a.id
-            )));
-        }
+        let a = check_approval(get_by_mac(&tx, mac)?, mac, customer)?;
         tx.execute(
             "UPDATE appliances SET registered = 1, customer = ?2 WHERE id = ?1",
             params![a.id, customer],
