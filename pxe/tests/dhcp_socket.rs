@@ -185,7 +185,7 @@ async fn proxy_mode_answers_on_both_ports_over_loopback() {
         .to_bytes();
     let (offer, _) = s.ask(&discover, s.server).await.expect("proxy offer");
     assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
-    assert_eq!(boot_file(&offer), b"ipxe.efi");
+    assert_eq!(boot_file(&offer), b"snponly.efi");
 
     assert!(s.ask(b"garbage", s.proxy).await.is_none());
     let request = ClientPacket::new(MessageType::Request, mac, 3)
@@ -199,7 +199,7 @@ async fn proxy_mode_answers_on_both_ports_over_loopback() {
         .expect("ack on the boot server port");
     assert_eq!(from, s.proxy);
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-    assert_eq!(boot_file(&ack), b"ipxe.efi");
+    assert_eq!(boot_file(&ack), b"snponly.efi");
     s.stop().await;
 }
 

@@ -129,14 +129,14 @@ fn bios_firmware_gets_undionly_over_tftp_with_a_lease() {
 }
 
 #[test]
-fn ovmf_gets_ipxe_efi_and_falls_back_to_snponly() {
+fn ovmf_gets_snponly_and_falls_back_to_ipxe_efi() {
     let ovmf = ClientPacket::new(MessageType::Discover, mac(2), 7)
         .vendor_class(VENDOR_OVMF)
         .arch(7)
         .machine_id(&[0; 17]);
     let mut h = handler(DhcpMode::Full);
     let (offer, _) = ask(&mut h, &ovmf, Port::Dhcp).unwrap();
-    assert_eq!(file(&offer), "ipxe.efi");
+    assert_eq!(file(&offer), "snponly.efi");
     assert_eq!(offer.siaddr(), SERVER);
     // PXE asks for its UUID (option 97) back.
     assert!(offer
@@ -145,10 +145,10 @@ fn ovmf_gets_ipxe_efi_and_falls_back_to_snponly() {
         .is_some());
 
     let mut cfg = config(DhcpMode::Full);
-    cfg.ipxe = IpxeBinaries::with_files(Path::new("/x"), |f| f == "snponly.efi");
+    cfg.ipxe = IpxeBinaries::with_files(Path::new("/x"), |f| f == "ipxe.efi");
     let mut h = Handler::new(cfg, script_policy(), Arc::new(MemoryLeases::new())).unwrap();
     let (offer, _) = ask(&mut h, &ovmf, Port::Dhcp).unwrap();
-    assert_eq!(file(&offer), "snponly.efi");
+    assert_eq!(file(&offer), "ipxe.efi");
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn http_boot_client_gets_an_http_url_to_ipxe() {
     for mode in [DhcpMode::Full, DhcpMode::Proxy] {
         let mut h = handler(mode);
         let (offer, _) = ask(&mut h, &p, Port::Dhcp).unwrap();
-        assert_eq!(file(&offer), format!("{HTTP}/ipxe/ipxe.efi"), "{mode}");
+        assert_eq!(file(&offer), format!("{HTTP}/ipxe/snponly.efi"), "{mode}");
         assert_eq!(vendor_class(&offer), Some(b"HTTPClient".to_vec()), "{mode}");
     }
 }
@@ -269,7 +269,7 @@ fn proxy_offer_has_no_address_and_pxe_discovery_control() {
     let (ack, to) = ask(&mut h, &req, Port::Proxy).unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(to, Destination::Source);
-    assert_eq!(file(&ack), "ipxe.efi");
+    assert_eq!(file(&ack), "snponly.efi");
     assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(vendor_class(&ack), Some(b"PXEClient".to_vec()));
 }

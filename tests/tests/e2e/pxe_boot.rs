@@ -127,8 +127,8 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
         };
         if firmware == Firmware::Uefi {
             anyhow::ensure!(
-                tftp_sent("ipxe.efi"),
-                "the UEFI firmware did not fetch ipxe.efi over TFTP"
+                tftp_sent("snponly.efi"),
+                "the UEFI firmware did not fetch snponly.efi over TFTP"
             );
         }
         match transport {
