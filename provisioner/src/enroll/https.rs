@@ -43,6 +43,10 @@ pub struct ApiState {
     pub ca: Arc<ServerCa>,
     /// Opens the sealed secrets of a configuration for its appliance.
     pub key: Arc<ServerKey>,
+    /// The ETag last served to each appliance: a pull is logged when it
+    /// hands an appliance a configuration it did not have, not on every
+    /// repeat (an appliance that lost its cache, or a load test).
+    pub served: Arc<std::sync::Mutex<std::collections::HashMap<i64, String>>>,
 }
 
 /// Who is on the other end of a TLS connection, from its certificate.
@@ -261,7 +265,16 @@ async fn config(
         if matches {
             return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
         }
-        info!(appliance = a.id, %customer, "configuration served");
+        let new_to_it = st
+            .served
+            .lock()
+            .map(|mut m| m.insert(a.id, etag.clone()).as_ref() != Some(&etag))
+            .unwrap_or(true);
+        if new_to_it {
+            info!(appliance = a.id, %customer, %etag, "configuration served");
+        } else {
+            debug!(appliance = a.id, %customer, "configuration served again");
+        }
         (
             [
                 (header::ETAG, etag),

@@ -96,6 +96,31 @@ ALTER TABLE appliances ADD COLUMN cert_not_after INTEGER;
 /// Events kept per machine.
 const EVENTS_KEPT: i64 = 500;
 
+/// Statements through rusqlite's per-connection statement cache: the mTLS
+/// API runs the same few statements thousands of times a second, and
+/// parsing their SQL anew was the largest part of its CPU (perf, bench-api).
+trait Cached {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
@@ -116,6 +141,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
         let store = SqliteStore {
             conn: Mutex::new(conn),
         };
@@ -126,7 +152,7 @@ impl SqliteStore {
     fn migrate(&self) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let done: usize = tx.query_row_cached("PRAGMA user_version", [], |r| r.get(0))?;
         if done > MIGRATIONS.len() {
             return Err(StoreError::Invalid(format!(
                 "the database has schema version {done}, newer than this levee ({}): upgrade levee",
@@ -202,7 +228,7 @@ fn customer_row(row: &Row) -> rusqlite::Result<CustomerRecord> {
 /// Appends a history entry inside a transaction (trimming is left to
 /// [`Store::add_event`], which runs far more often).
 fn event(conn: &Connection, mac: MacAddr, step: &str, detail: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO events (mac, at, step, detail) VALUES (?1, ?2, ?3, ?4)",
         params![mac.to_string(), now() as i64, step, detail],
     )?;
@@ -210,7 +236,7 @@ fn event(conn: &Connection, mac: MacAddr, step: &str, detail: &str) -> rusqlite:
 }
 
 fn get_by_id(conn: &Connection, id: i64) -> Result<Appliance> {
-    conn.query_row(
+    conn.query_row_cached(
         &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = ?1"),
         [id],
         appliance_row,
@@ -221,7 +247,7 @@ fn get_by_id(conn: &Connection, id: i64) -> Result<Appliance> {
 
 fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Appliance>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = ?1"),
             [mac.to_string()],
             appliance_row,
@@ -231,7 +257,7 @@ fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Appliance>> {
 
 fn require_customer(conn: &Connection, name: &str) -> Result<()> {
     let known: Option<String> = conn
-        .query_row("SELECT name FROM customers WHERE name = ?1", [name], |r| {
+        .query_row_cached("SELECT name FROM customers WHERE name = ?1", [name], |r| {
             r.get(0)
         })
         .optional()?;
@@ -271,7 +297,7 @@ impl Store for SqliteStore {
     fn put_image(&self, image: &ImageRecord) -> Result<()> {
         let manifest = serde_json::to_string(&image.manifest)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.lock().execute(
+        self.lock().execute_cached(
             "INSERT INTO images (id, name, version, manifest, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest, imported_at = excluded.imported_at",
             params![image.id, image.name, image.version, manifest, image.imported_at as i64],
@@ -282,7 +308,7 @@ impl Store for SqliteStore {
     fn image(&self, id: &str) -> Result<Option<ImageRecord>> {
         Ok(self
             .lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT id, name, version, manifest, imported_at FROM images WHERE id = ?1",
                 [id],
                 image_row,
@@ -303,7 +329,7 @@ impl Store for SqliteStore {
         validate_name("profile", &p.name)?;
         let conn = self.lock();
         let known: Option<String> = conn
-            .query_row("SELECT id FROM images WHERE id = ?1", [&p.image], |r| {
+            .query_row_cached("SELECT id FROM images WHERE id = ?1", [&p.image], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -314,7 +340,7 @@ impl Store for SqliteStore {
                 hint: ": import it first with `levee image import DIR`",
             });
         }
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO profiles (name, image, kernel, initrd, cmdline, transport)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET image = excluded.image, kernel = excluded.kernel,
@@ -327,7 +353,7 @@ impl Store for SqliteStore {
     fn profile(&self, name: &str) -> Result<Option<Profile>> {
         Ok(self
             .lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT name, image, kernel, initrd, cmdline, transport FROM profiles WHERE name = ?1",
                 [name],
                 profile_row,
@@ -346,7 +372,7 @@ impl Store for SqliteStore {
 
     fn delete_profile(&self, name: &str) -> Result<()> {
         let conn = self.lock();
-        let users: i64 = conn.query_row(
+        let users: i64 = conn.query_row_cached(
             "SELECT COUNT(*) FROM appliances WHERE profile = ?1",
             [name],
             |r| r.get(0),
@@ -356,7 +382,7 @@ impl Store for SqliteStore {
                 "profile `{name}` is used by {users} appliance(s): move them with `levee appliance set MAC --profile OTHER` first"
             )));
         }
-        if conn.execute("DELETE FROM profiles WHERE name = ?1", [name])? == 0 {
+        if conn.execute_cached("DELETE FROM profiles WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NotFound {
                 what: "profile",
                 name: name.to_string(),
@@ -370,7 +396,7 @@ impl Store for SqliteStore {
         validate_name("customer", &config.customer)?;
         let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let conn = self.lock();
-        Ok(conn.query_row(
+        Ok(conn.query_row_cached(
             "INSERT INTO customers (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT(name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at
              RETURNING name, config, created_at, updated_at",
@@ -382,7 +408,7 @@ impl Store for SqliteStore {
     fn customer(&self, name: &str) -> Result<Option<CustomerRecord>> {
         Ok(self
             .lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT name, config, created_at, updated_at FROM customers WHERE name = ?1",
                 [name],
                 customer_row,
@@ -412,7 +438,7 @@ impl Store for SqliteStore {
                 )));
             }
         }
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO appliances (mac, serial, profile, customer, registered, first_seen)
              VALUES (?1, ?2, ?3, ?4, 1, ?5)
              ON CONFLICT(mac) DO UPDATE SET registered = 1,
@@ -443,7 +469,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         require_customer(&tx, customer)?;
         let a = check_approval(get_by_mac(&tx, mac)?, mac, customer)?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET registered = 1, customer = ?2 WHERE id = ?1",
             params![a.id, customer],
         )?;
@@ -473,7 +499,7 @@ impl Store for SqliteStore {
                 a.mac
             )));
         }
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET state = ?2, state_reason = ?3 WHERE id = ?1",
             params![id, state.as_str(), reason],
         )?;
@@ -491,7 +517,7 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let a = get_by_id(&tx, id)?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET last_heartbeat = ?2, last_seen = ?2,
                image_version = COALESCE(?3, image_version), slot = COALESCE(?4, slot) WHERE id = ?1",
             params![id, now() as i64, hb.image_version, hb.slot],
@@ -519,7 +545,7 @@ impl Store for SqliteStore {
         let o = get_by_id(&tx, old)?;
         let plan = super::plan_replace(&o, get_by_mac(&tx, new_mac)?.as_ref(), new_mac)?;
         let t = now() as i64;
-        let new_id = tx.query_row(
+        let new_id = tx.query_row_cached(
             "INSERT INTO appliances (mac, profile, customer, registered, first_seen, replaces)
              VALUES (?1, ?2, ?3, 1, ?4, ?5)
              ON CONFLICT(mac) DO UPDATE SET registered = 1, profile = excluded.profile,
@@ -528,7 +554,7 @@ impl Store for SqliteStore {
             params![new_mac.to_string(), o.profile, o.customer, t, o.id],
             |r| r.get::<_, i64>(0),
         )?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET state = 'retired', state_reason = ?2, revoked_at = ?3, replaced_by = ?4 WHERE id = ?1",
             params![o.id, plan.old_reason, t, new_id],
         )?;
@@ -549,7 +575,7 @@ impl Store for SqliteStore {
                 a.mac
             )));
         }
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET state = 'retired', state_reason = ?2, revoked_at = ?3 WHERE id = ?1",
             params![id, reason, now() as i64],
         )?;
@@ -562,7 +588,7 @@ impl Store for SqliteStore {
     fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>> {
         Ok(self
             .lock()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = ?1"),
                 [id],
                 appliance_row,
@@ -574,7 +600,7 @@ impl Store for SqliteStore {
         {
             let conn = self.lock();
             let t = now() as i64;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO appliances (mac, registered, first_seen, last_seen) VALUES (?1, 0, ?2, ?2)
                  ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen",
                 params![mac.to_string(), t],
@@ -585,7 +611,7 @@ impl Store for SqliteStore {
     }
 
     fn set_appliance_profile(&self, mac: MacAddr, profile: Option<&str>) -> Result<()> {
-        let n = self.lock().execute(
+        let n = self.lock().execute_cached(
             "UPDATE appliances SET profile = ?2 WHERE mac = ?1",
             params![mac.to_string(), profile],
         )?;
@@ -602,7 +628,7 @@ impl Store for SqliteStore {
     fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>> {
         Ok(self
             .lock()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = ?1"),
                 [mac.to_string()],
                 appliance_row,
@@ -621,21 +647,21 @@ impl Store for SqliteStore {
 
     fn remove_appliance(&self, mac: MacAddr) -> Result<()> {
         let conn = self.lock();
-        if conn.execute("DELETE FROM appliances WHERE mac = ?1", [mac.to_string()])? == 0 {
+        if conn.execute_cached("DELETE FROM appliances WHERE mac = ?1", [mac.to_string()])? == 0 {
             return Err(StoreError::NotFound {
                 what: "appliance",
                 name: mac.to_string(),
                 hint: "",
             });
         }
-        conn.execute("DELETE FROM events WHERE mac = ?1", [mac.to_string()])?;
+        conn.execute_cached("DELETE FROM events WHERE mac = ?1", [mac.to_string()])?;
         Ok(())
     }
 
     fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
         let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let t = now() as i64;
-        self.lock().execute(
+        self.lock().execute_cached(
             "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
              VALUES (?1, 0, ?2, ?2, ?3, ?2)
              ON CONFLICT(mac) DO UPDATE SET last_seen = ?2, last_report = ?3, last_report_at = ?2",
@@ -647,7 +673,7 @@ impl Store for SqliteStore {
     fn add_event(&self, mac: MacAddr, step: &str, detail: &str) -> Result<()> {
         let conn = self.lock();
         let mac = mac.to_string();
-        let id = conn.query_row(
+        let id = conn.query_row_cached(
             "INSERT INTO events (mac, at, step, detail) VALUES (?1, ?2, ?3, ?4) RETURNING id",
             params![mac, now() as i64, step, detail],
             |r| r.get::<_, i64>(0),
@@ -655,7 +681,7 @@ impl Store for SqliteStore {
         // Cheap trim: ids grow monotonically, so everything older than the
         // last EVENTS_KEPT ids of this machine can go.
         if id % 50 == 0 {
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM events WHERE mac = ?1 AND id <= (
                    SELECT id FROM events WHERE mac = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
                 params![mac, EVENTS_KEPT],
@@ -697,13 +723,13 @@ impl Store for SqliteStore {
                 a.mac
             )));
         }
-        tx.execute(
+        tx.execute_cached(
             "UPDATE appliances SET cert_fingerprint = ?2, cert_not_after = ?3 WHERE id = ?1",
             params![id, fingerprint, not_after as i64],
         )?;
         let detail = format!("certificate sha256 {fingerprint}");
         if enrolled {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE appliances SET state = 'enrolled', state_reason = NULL WHERE id = ?1",
                 params![id],
             )?;
@@ -719,11 +745,11 @@ impl Store for SqliteStore {
     fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
         let conn = self.lock();
         let at = now();
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM enroll_tokens WHERE expires_at < ?1",
             params![at.saturating_sub(TOKEN_KEEP_SECS) as i64],
         )?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_sha256, mac.to_string(), at as i64, expires_at as i64],
         )?;
@@ -734,7 +760,7 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = ?1",
                 params![token_sha256],
                 |r| {
@@ -748,7 +774,7 @@ impl Store for SqliteStore {
             .optional()?;
         let verdict = judge_token(row, mac, at);
         if verdict == TokenCheck::Valid {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE enroll_tokens SET used_at = ?2 WHERE token_sha256 = ?1",
                 params![token_sha256, at as i64],
             )?;
@@ -774,11 +800,11 @@ impl Store for SqliteStore {
     fn save_lease(&self, lease: &Lease) -> Result<()> {
         let conn = self.lock();
         // An address belongs to one MAC at a time: drop any stale holder.
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM leases WHERE ip = ?1 AND mac <> ?2",
             params![lease.ip.to_string(), lease.mac.to_string()],
         )?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO leases (mac, ip, expires) VALUES (?1, ?2, ?3)
              ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires",
             params![

@@ -15,7 +15,18 @@ pub struct PgServer {
 const PORT: u16 = 5433;
 
 impl PgServer {
+    /// Starts a server tuned for tests: `fsync=off` (nothing to keep).
     pub fn start() -> PgServer {
+        PgServer::start_with(false)
+    }
+
+    /// Starts a server that syncs its writes as a deployment does (for
+    /// benchmarks).
+    pub fn start_durable() -> PgServer {
+        PgServer::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> PgServer {
         let bin = pg_bindir().unwrap_or_else(|| {
             panic!("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql` (dev/setup does)")
         });
@@ -43,8 +54,9 @@ impl PgServer {
             "--no-sync",
         ]);
         let opts = format!(
-            "-k {} -p {PORT} -c listen_addresses='' -c fsync=off",
-            server.sock().display()
+            "-k {} -p {PORT} -c listen_addresses='' -c fsync={}",
+            server.sock().display(),
+            if fsync { "on" } else { "off" }
         );
         server.run_pg(&[
             "pg_ctl", "-D", "data", "-l", "log", "-w", "-t", "60", "-o", &opts, "start",
