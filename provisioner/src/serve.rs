@@ -92,6 +92,7 @@ pub async fn run(
             store: store.clone(),
             ca: ca.clone(),
             key: Arc::new(key),
+            boot: boot.clone(),
         };
         info!(listen = %listener.local_addr()?, url = %url, "https listening");
         let stop = shutdown.clone();

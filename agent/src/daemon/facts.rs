@@ -23,6 +23,7 @@ pub(super) fn report(args: &BootArgs) -> StatusReport {
         image_version: image_version(),
         disk_free_bytes: space.map(|s| s.0),
         disk_total_bytes: space.map(|s| s.1),
+        slot: args.slot.clone(),
     }
 }
 
