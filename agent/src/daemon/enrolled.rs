@@ -198,9 +198,10 @@ mod tests {
         assert_eq!(parse_interval("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_interval("0s"), None);
         assert_eq!(parse_interval("soon"), None);
-        let config: CustomerConfig =
-            serde_json::from_value(serde_json::json!({"customer": "a", "heartbeat_interval": "2m"}))
-                .unwrap();
+        let config: CustomerConfig = serde_json::from_value(
+            serde_json::json!({"customer": "a", "heartbeat_interval": "2m"}),
+        )
+        .unwrap();
         let d = Duration::from_secs(30);
         assert_eq!(heartbeat_interval(None, None, d), d);
         assert_eq!(

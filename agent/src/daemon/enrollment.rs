@@ -109,7 +109,9 @@ pub(super) fn enroll(
         match enroll::request_enrollment(url, &req) {
             Ok(Attempt::Enrolled(resp)) => {
                 if let Err(e) = enroll::check_ca(&resp.ca_pem, ca) {
-                    log.warn(format_args!("mac {mac}: enrollment at {url} not trusted: {e}"));
+                    log.warn(format_args!(
+                        "mac {mac}: enrollment at {url} not trusted: {e}"
+                    ));
                     return if opts.once { Err(e.into()) } else { Ok(None) };
                 }
                 let who = format!("mac {mac}, appliance {}", resp.appliance_id);

@@ -124,7 +124,11 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
 }
 
 /// Status reports over plain HTTP: a machine without a credential.
-fn plain_reports(opts: &RunOptions, args: &BootArgs, log: &logging::Log) -> Result<(), DaemonError> {
+fn plain_reports(
+    opts: &RunOptions,
+    args: &BootArgs,
+    log: &logging::Log,
+) -> Result<(), DaemonError> {
     let Some(url) = args.url.clone() else {
         // Nothing to report to (an installed appliance gets its server
         // from its configuration later): stay up as the service.

@@ -114,12 +114,11 @@ impl Credential {
         write_atomic(&dir.join(KEY), self.key_pem.as_bytes(), 0o600)?;
         write_atomic(&dir.join(CERT), self.cert_pem.as_bytes(), 0o644)?;
         write_atomic(&dir.join(CA), self.ca_pem.as_bytes(), 0o644)?;
-        let server = serde_json::to_vec_pretty(&self.server).map_err(|e| {
-            CredentialError::Invalid {
+        let server =
+            serde_json::to_vec_pretty(&self.server).map_err(|e| CredentialError::Invalid {
                 path: dir.join(SERVER),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         write_atomic(&dir.join(SERVER), &server, 0o644)
     }
 
@@ -217,7 +216,10 @@ pub fn cert_validity(cert_pem: &str) -> Result<(i64, i64), String> {
 /// Whether to renew at `now`: when less than a third of the certificate's
 /// lifetime remains (or it has expired).
 pub fn renewal_due(not_before: i64, not_after: i64, now: i64) -> bool {
-    let lifetime = not_after.saturating_sub(not_before).max(0);
+    if not_after <= not_before {
+        return true;
+    }
+    let lifetime = not_after.saturating_sub(not_before);
     now >= not_after.saturating_sub(lifetime / 3)
 }
 
@@ -269,7 +271,10 @@ mod tests {
         c.save(dir.path()).unwrap();
         c.replace_identity(dir.path(), "KEY2", "CERT2").unwrap();
         let loaded = Credential::load(dir.path()).unwrap().unwrap();
-        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("KEY2", "CERT2"));
+        assert_eq!(
+            (loaded.key_pem.as_str(), loaded.cert_pem.as_str()),
+            ("KEY2", "CERT2")
+        );
         assert_eq!(loaded, c);
 
         // A crash after the key moved but before the certificate did: the
@@ -279,12 +284,18 @@ mod tests {
         fs::write(Credential::dir(dir.path()).join(KEY), "KEY3").unwrap();
         fs::write(next.join(CERT), "CERT3").unwrap();
         let loaded = Credential::load(dir.path()).unwrap().unwrap();
-        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("KEY3", "CERT3"));
+        assert_eq!(
+            (loaded.key_pem.as_str(), loaded.cert_pem.as_str()),
+            ("KEY3", "CERT3")
+        );
         // A crash while staging (no certificate yet): the old pair stays.
         fs::create_dir_all(&next).unwrap();
         fs::write(next.join(KEY), "KEY4").unwrap();
         let loaded = Credential::load(dir.path()).unwrap().unwrap();
-        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("KEY3", "CERT3"));
+        assert_eq!(
+            (loaded.key_pem.as_str(), loaded.cert_pem.as_str()),
+            ("KEY3", "CERT3")
+        );
         assert!(!next.exists());
     }
 

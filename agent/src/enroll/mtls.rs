@@ -5,9 +5,7 @@
 use std::path::Path;
 
 use levee_proto::config::CustomerConfig;
-use levee_proto::enroll::{
-    paths, EnrollmentResponse, InstallPlan, InstallStatus, RenewRequest,
-};
+use levee_proto::enroll::{paths, EnrollmentResponse, InstallPlan, InstallStatus, RenewRequest};
 use levee_proto::report::StatusReport;
 use serde::{Deserialize, Serialize};
 
@@ -64,11 +62,16 @@ impl MtlsClient {
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, EnrollError> {
         let url = self.url(path);
-        let resp = self.client.get(&url).send().map_err(|e| transport(&url, e))?;
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .map_err(|e| transport(&url, e))?;
         if !resp.status().is_success() {
             return Err(refusal(&url, resp));
         }
-        resp.json().map_err(|e| transport(&url, format!("malformed answer: {e}")))
+        resp.json()
+            .map_err(|e| transport(&url, format!("malformed answer: {e}")))
     }
 
     fn post_json<B: Serialize>(
