@@ -90,7 +90,13 @@ pub(super) fn enroll(
         .interval_secs
         .map(Duration::from_secs)
         .unwrap_or(opts.enroll_retry);
-    let key = key_for(&opts.state_dir, mac, log)?;
+    let key = match key_for(&opts.state_dir, mac, log) {
+        Ok(k) => k,
+        Err(e) => {
+            log.warn(format_args!("mac {mac}: cannot enroll: {e}"));
+            return if opts.once { Err(e.into()) } else { Ok(None) };
+        }
+    };
     let facts = facts::hardware_facts();
     log.info(format_args!(
         "mac {mac}: enrolling at {url} ({} MAC(s), {} disk(s), dmi serial {})",

@@ -25,21 +25,11 @@ impl NewKey {
     pub fn generate(cn: &str) -> Result<NewKey, EnrollError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| EnrollError::Key(format!("cannot generate a key: {e}")))?;
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let csr_pem = params
-            .serialize_request(&key)
-            .and_then(|r| r.pem())
-            .map_err(|e| EnrollError::Key(format!("cannot make a certificate request: {e}")))?;
-        Ok(NewKey {
-            key_pem: key.serialize_pem(),
-            csr_pem,
-        })
+        NewKey::from_key_pem(&key.serialize_pem(), cn)
     }
 
-    /// Rebuilds the request for a key kept from an earlier attempt.
+    /// The request for a key kept from an earlier attempt (a pending
+    /// enrollment retried after the agent restarted).
     pub fn from_key_pem(key_pem: &str, cn: &str) -> Result<NewKey, EnrollError> {
         let key = rcgen::KeyPair::from_pem(key_pem)
             .map_err(|e| EnrollError::Key(format!("the kept key is not usable: {e}")))?;
