@@ -159,8 +159,13 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         }
         ApplianceCommand::Approve { mac, customer } => {
             let a = store.approve_appliance(mac, &customer)?;
+            let next = if a.pending_key.is_some() {
+                "; it is waiting and enrolls by itself at its next retry"
+            } else {
+                "; it enrolls when it next boots"
+            };
             println!(
-                "appliance {} (id {}) approved for customer {customer}",
+                "appliance {} (id {}) approved for customer {customer}{next}",
                 a.mac, a.id
             );
             Ok(())
