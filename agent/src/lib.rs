@@ -22,6 +22,7 @@ pub mod blob;
 pub mod chunker;
 pub mod commands;
 pub mod daemon;
+pub mod enroll;
 pub mod index;
 pub mod lock;
 pub mod packer;

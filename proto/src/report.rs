@@ -38,4 +38,8 @@ pub struct StatusReport {
     /// Size in bytes of that file system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_total_bytes: Option<u64>,
+    /// Boot slot the system runs from (`levee.slot=`, e.g. `a`); absent
+    /// when booted from the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }

@@ -53,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/ipxe/{file}", get(ipxe_file))
         .route(levee_proto::paths::REPORT, post(report))
         .route(levee_proto::enroll::paths::ENROLL, post(enroll))
+        .route(levee_proto::enroll::paths::TIME, get(time))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn(log_response))
         .with_state(state)
@@ -194,9 +195,31 @@ async fn enroll(State(st): State<HttpState>, body: Bytes) -> Response {
     let now = crate::store::now();
     match tokio::task::spawn_blocking(move || service.enroll(&req, now)).await {
         Ok(Ok(resp)) => Json(resp).into_response(),
-        Ok(Err(r)) => api_error(r.status, r.message),
+        Ok(Err(r)) => match r.approve {
+            Some(approve) if r.is_pending() => (
+                StatusCode::ACCEPTED,
+                Json(levee_proto::enroll::EnrollmentPending {
+                    error: r.message,
+                    pending: true,
+                    approve,
+                }),
+            )
+                .into_response(),
+            _ => api_error(r.status, r.message),
+        },
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `GET /api/v1/time`: the server's clock. An installed appliance with a
+/// bad RTC sets its clock from this before its first mutual-TLS request
+/// (certificate validity depends on it). A dedicated JSON endpoint rather
+/// than the `Date` header: whole seconds either way, but no HTTP-date
+/// parser on the agent and an explicit contract in `proto`.
+async fn time() -> Json<levee_proto::enroll::ServerTime> {
+    Json(levee_proto::enroll::ServerTime {
+        unix: crate::store::now() as i64,
+    })
 }
 
 /// Wraps every response body so that one line is logged when it has been
@@ -568,8 +591,13 @@ mod tests {
         let (_d, st) = state();
         let token = script_token(&st, MAC).await;
         let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(error_of(&body).contains("not approved"), "{body}");
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let p: levee_proto::enroll::EnrollmentPending = serde_json::from_str(&body).unwrap();
+        assert!(p.pending);
+        assert_eq!(
+            p.approve,
+            format!("levee appliance approve {MAC} --customer NAME")
+        );
         let a = st
             .boot
             .store
@@ -578,11 +606,9 @@ mod tests {
             .unwrap();
         assert_eq!(a.state, crate::store::ApplianceState::Pending);
         assert_eq!(a.cert_fingerprint, None);
+        assert!(a.pending_key.is_some());
         let events = st.boot.store.events(MAC.parse().unwrap(), 50).unwrap();
-        assert!(
-            events.iter().any(|e| e.step == "enroll-refused"),
-            "{events:?}"
-        );
+        assert!(events.iter().any(|e| e.step == "pending-key"), "{events:?}");
     }
 
     #[tokio::test]

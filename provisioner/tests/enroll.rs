@@ -305,8 +305,8 @@ async fn golden_path_then_every_refusal() {
     assert!(error_of(&body).contains("expired"), "{body}");
     let token = srv.token(MAC_PENDING).await;
     let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    assert!(error_of(&body).contains("not approved"), "{body}");
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert!(error_of(&body).contains("waiting for approval"), "{body}");
     let pending = srv
         .store
         .appliance(MAC_PENDING.parse().unwrap())
@@ -385,4 +385,286 @@ async fn golden_path_then_every_refusal() {
         .await
         .expect("heartbeat");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+fn levee_out(srv: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("--data-dir")
+        .arg(srv.dir.path().join("data"))
+        .args(args)
+        .env_remove("LEVEE_DATABASE")
+        .output()
+        .expect("levee");
+    assert!(
+        out.status.success(),
+        "levee {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 4: an unregistered machine waits (202) with the key it proved with
+/// its token, and enrolls by itself with that key once approved; no reboot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_machine_enrolls_after_approval_without_a_reboot() {
+    let srv = start().await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let token = srv.token(MAC_PENDING).await;
+    let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let p: levee_proto::enroll::EnrollmentPending = serde_json::from_str(&body).expect("pending");
+    assert!(p.pending);
+    assert_eq!(
+        p.approve,
+        format!("levee appliance approve {MAC_PENDING} --customer NAME")
+    );
+    // The retry: same key, the used token; still pending, and the key holds.
+    let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    // Another key needs a valid token: the used one or none is refused.
+    let other = rcgen::KeyPair::generate().expect("key");
+    let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &other).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("already used"), "{body}");
+    let (s, body) = srv.enroll_raw("", MAC_PENDING, &other).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("unknown"), "{body}");
+    // The same key from another MAC is not that machine.
+    let (s, _) = srv.enroll_raw(&token, MAC_NEW, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let shown = levee_out(&srv, &["appliance", "show", MAC_PENDING]);
+    assert!(shown.contains("waiting for approval"), "{shown}");
+
+    srv.levee(&["appliance", "approve", MAC_PENDING, "--customer", "alpha"]);
+    let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let resp: EnrollmentResponse = serde_json::from_str(&body).expect("response");
+    let id = Identity {
+        key_pem: key.serialize_pem(),
+        resp,
+    };
+    let (s, body) = get_config(&id, paths::CONFIG).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("alpha-secret"), "{body}");
+    // Enrolled: the pending key is spent.
+    let a = srv
+        .store
+        .appliance(MAC_PENDING.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.state.as_str(), a.pending_key), ("enrolled", None));
+    let (s, _) = srv.enroll_raw(&token, MAC_PENDING, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // A retired machine is refused even with its pending key.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mac = "52:54:00:0c:00:02";
+    let token = srv.token(mac).await;
+    assert_eq!(
+        srv.enroll_raw(&token, mac, &key).await.0,
+        StatusCode::ACCEPTED
+    );
+    srv.levee(&["appliance", "retire", mac]);
+    let (s, body) = srv.enroll_raw(&token, mac, &key).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("retired"), "{body}");
+}
+
+/// A full image (with a root file system) as the `default` profile.
+fn full_image(srv: &Server) -> levee_provisioner::store::ImageRecord {
+    let src = srv.dir.path().join("full");
+    std::fs::create_dir_all(&src).expect("dir");
+    let mut artifacts = serde_json::Map::new();
+    for (name, body) in [
+        ("vmlinuz", &b"kernel"[..]),
+        ("initrd.img", b"initrd"),
+        ("rootfs.squashfs", b"root file system"),
+    ] {
+        std::fs::write(src.join(name), body).expect("artifact");
+        artifacts.insert(
+            name.into(),
+            serde_json::json!({"sha256": hex_sha256(body), "size": body.len()}),
+        );
+    }
+    let manifest = serde_json::json!({
+        "name": "levee-appliance", "version": "2026.11.26", "artifacts": artifacts,
+        "cmdline": "quiet",
+    });
+    std::fs::write(src.join("image.json"), manifest.to_string()).expect("manifest");
+    let data = srv.dir.path().join("data");
+    let image = levee_provisioner::images::import(&data, srv.store.as_ref(), &src).expect("import");
+    srv.store
+        .put_profile(&Profile {
+            name: "default".into(),
+            image: image.id.clone(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd.img".into(),
+            cmdline: "levee.ca={ca} levee.token={token}".into(),
+            transport: Transport::Http,
+        })
+        .expect("profile");
+    image
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Issue 4: the install plan over mTLS (the customer's settings, the
+/// profile's image, artifact URLs on the plain listener with their sha256),
+/// install states, `levee appliance reinstall`, and the slot in a heartbeat
+/// as the "came back from disk" signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_plan_states_and_reinstall() {
+    use levee_proto::enroll::InstallPlan;
+    let srv = start().await;
+    let image = full_image(&srv);
+    let a = srv.enroll(MAC_A).await;
+    let client = mtls(&a.resp.ca_pem, Some(&a));
+    let url = format!("{}{}", a.resp.https_url, paths::INSTALL);
+    let plan: InstallPlan = client
+        .get(&url)
+        .send()
+        .await
+        .expect("plan")
+        .json()
+        .await
+        .expect("plan json");
+    assert!(plan.install, "to_disk defaults to true");
+    assert!(!plan.reinstall);
+    assert_eq!(plan.min_disk_bytes, 16 << 30);
+    let img = plan.image.expect("image");
+    assert_eq!(img.version, "2026.11.26");
+    assert_eq!(img.cmdline, "quiet");
+    assert_eq!(
+        img.rootfs.url,
+        format!("{}/images/{}/rootfs.squashfs", srv.http, image.id)
+    );
+    assert_eq!(img.rootfs.sha256, hex_sha256(b"root file system"));
+    assert_eq!(img.kernel.size, 6);
+    // The URL serves exactly that artifact.
+    let got = srv
+        .plain
+        .get(&img.rootfs.url)
+        .send()
+        .await
+        .expect("rootfs")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(hex_sha256(&got), img.rootfs.sha256);
+
+    // States: installing, then failed with its reason (shown to ops).
+    let post = |body: serde_json::Value| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .expect("status")
+                .status()
+        }
+    };
+    assert_eq!(
+        post(serde_json::json!({"state": "installing", "disk": "vda"})).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(serde_json::json!({"state": "failed", "reason": "disk vdb holds a foreign partition table"}))
+            .await,
+        StatusCode::OK
+    );
+    let shown = levee_out(&srv, &["appliance", "show", MAC_A]);
+    assert!(
+        shown.contains("state:          failed (disk vdb holds a foreign partition table)"),
+        "{shown}"
+    );
+    assert_eq!(
+        post(serde_json::json!({"state": "bogus"})).await,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Reinstall: one shot, in the next plan, cleared by `installed`.
+    let out = levee_out(&srv, &["appliance", "reinstall", MAC_A]);
+    assert!(out.contains("reinstall"), "{out}");
+    let plan: InstallPlan = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert!(plan.reinstall);
+    assert!(levee_out(&srv, &["appliance", "show", MAC_A]).contains("reinstall:      requested"));
+    assert_eq!(
+        post(
+            serde_json::json!({"state": "installing", "disk": "vda", "image_version": "2026.11.26"})
+        )
+        .await,
+        StatusCode::OK
+    );
+    let plan: InstallPlan = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert!(plan.reinstall, "kept while installing");
+    // A heartbeat from the network boot (no slot) does not complete it ...
+    let hb = format!("{}{}", a.resp.https_url, paths::HEARTBEAT);
+    let r = client
+        .post(&hb)
+        .json(&serde_json::json!({"mac": MAC_A, "image_version": "2026.11.26"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let st = srv
+        .store
+        .appliance(MAC_A.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.state.as_str(), "installing");
+    // ... one from the disk (with its slot) does.
+    let r = client
+        .post(&hb)
+        .json(&serde_json::json!({"mac": MAC_A, "image_version": "2026.11.26", "slot": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let st = srv
+        .store
+        .appliance(MAC_A.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (st.state.as_str(), st.slot.as_deref(), st.reinstall),
+        ("installed", Some("a"), false)
+    );
+    let plan: InstallPlan = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert!(!plan.reinstall);
+    let list = levee_out(&srv, &["appliance", "list"]);
+    let row = list.lines().find(|l| l.contains(MAC_A)).expect("row");
+    for want in ["installed", "2026.11.26", " a "] {
+        assert!(row.contains(want), "{want}: {row}");
+    }
+    let help = levee_out(&srv, &["appliance", "reinstall", "--help"]);
+    assert!(
+        help.contains("levee appliance reinstall 52:54:00:12:34:56"),
+        "{help}"
+    );
+
+    // A customer that keeps its appliances on the network: install false.
+    let key = ServerKey::load_or_create(&srv.dir.path().join("data")).expect("key");
+    let config = serde_json::from_value(serde_json::json!({
+        "customer": "beta", "install": {"to_disk": false, "min_disk_size": "32GiB"},
+    }))
+    .expect("config");
+    srv.store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+    let b = srv.enroll(MAC_B).await;
+    let plan: InstallPlan = mtls(&b.resp.ca_pem, Some(&b))
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!plan.install);
+    assert_eq!(plan.min_disk_bytes, 32 << 30);
 }

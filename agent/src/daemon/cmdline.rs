@@ -15,6 +15,9 @@ pub struct BootArgs {
     pub bootif: Option<String>,
     /// `levee.interval=SECS`: seconds between reports (tests shorten it).
     pub interval_secs: Option<u64>,
+    /// `levee.slot=`: the A/B slot an installed system booted from (the
+    /// boot loader entry writes it); absent on a network boot.
+    pub slot: Option<String>,
 }
 
 impl BootArgs {
@@ -30,6 +33,7 @@ impl BootArgs {
                 "levee.ca" => a.ca = Some(v),
                 "levee.token" => a.token = Some(v),
                 "levee.root" => a.root = Some(v),
+                "levee.slot" => a.slot = Some(v),
                 "levee.interval" => a.interval_secs = v.parse().ok().filter(|s| *s > 0),
                 "BOOTIF" => {
                     let mac = v
@@ -54,11 +58,12 @@ mod tests {
 
     #[test]
     fn parses_levee_keys() {
-        let a = BootArgs::parse("console=ttyS0 levee.url=http://10.0.2.2:8080/ levee.root=http://x/r levee.token=t levee.interval=5 BOOTIF=01-52-54-00-AB-CD-EF quiet\n");
+        let a = BootArgs::parse("console=ttyS0 levee.url=http://10.0.2.2:8080/ levee.root=http://x/r levee.token=t levee.interval=5 levee.slot=b BOOTIF=01-52-54-00-AB-CD-EF quiet\n");
         assert_eq!(a.url.as_deref(), Some("http://10.0.2.2:8080"));
         assert_eq!(a.root.as_deref(), Some("http://x/r"));
         assert_eq!(a.token.as_deref(), Some("t"));
         assert_eq!(a.interval_secs, Some(5));
+        assert_eq!(a.slot.as_deref(), Some("b"));
         assert_eq!(a.bootif.as_deref(), Some("52:54:00:ab:cd:ef"));
         assert_eq!(BootArgs::parse("quiet"), BootArgs::default());
     }

@@ -2,6 +2,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use std::path::Path;
+
+use levee_proto::enroll::{DiskFact, HardwareFacts};
 use levee_proto::report::StatusReport;
 
 use super::BootArgs;
@@ -23,6 +26,7 @@ pub(super) fn report(args: &BootArgs) -> StatusReport {
         image_version: image_version(),
         disk_free_bytes: space.map(|s| s.0),
         disk_total_bytes: space.map(|s| s.1),
+        slot: args.slot.clone(),
     }
 }
 
@@ -42,7 +46,7 @@ pub(super) fn image_version() -> Option<String> {
 
 /// The boot interface: `BOOTIF=` when PXE gave one, else the interface of
 /// the default route, else the first Ethernet port by name.
-fn boot_mac(args: &BootArgs) -> Option<String> {
+pub(super) fn boot_mac(args: &BootArgs) -> Option<String> {
     if let Some(mac) = &args.bootif {
         return Some(mac.clone());
     }
@@ -65,6 +69,78 @@ fn boot_mac(args: &BootArgs) -> Option<String> {
         .collect();
     names.sort();
     names.first().and_then(|n| mac_of(n))
+}
+
+/// What the machine says about itself at enrollment: its Ethernet MACs,
+/// DMI serial and UUID, and its disks.
+pub(super) fn hardware_facts() -> HardwareFacts {
+    let dmi = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/dmi/id/{f}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    HardwareFacts {
+        macs: macs(Path::new("/sys/class/net")),
+        dmi_serial: dmi("product_serial"),
+        dmi_uuid: dmi("product_uuid"),
+        disks: disks(Path::new("/sys/block")),
+    }
+}
+
+/// MACs of the Ethernet interfaces (type 1) under `sys_class_net`, sorted.
+fn macs(sys_class_net: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(sys_class_net)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1")
+                })
+                .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+                .map(|a| a.trim().to_ascii_lowercase())
+                .filter(|a| a.len() == 17 && a != "00:00:00:00:00:00")
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whole disks under `sys_block` (`/sys/block`), without loop, RAM and
+/// optical devices and device-mapper/md volumes; size from `size` (512-byte
+/// sectors), model and serial from `device/` when the driver says.
+fn disks(sys_block: &Path) -> Vec<DiskFact> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let mut out: Vec<DiskFact> = std::fs::read_dir(sys_block)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let skip = ["loop", "ram", "zram", "sr", "dm-", "md", "fd"];
+                    if skip.iter().any(|p| name.starts_with(p)) {
+                        return None;
+                    }
+                    let dir = e.path();
+                    let sectors: u64 = read(&dir.join("size"))?.parse().ok()?;
+                    Some(DiskFact {
+                        size_bytes: sectors.saturating_mul(512),
+                        model: read(&dir.join("device/model")),
+                        serial: read(&dir.join("device/serial"))
+                            .or_else(|| read(&dir.join("serial"))),
+                        name,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn default_route_interface(proc_net_route: &str) -> Option<String> {
@@ -156,11 +232,40 @@ mod tests {
     }
 
     #[test]
+    fn disks_and_macs_from_sysfs() {
+        let d = tempfile::tempdir().unwrap();
+        let put = |p: &str, v: &str| {
+            let p = d.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        put("block/vda/size", "41943040\n");
+        put("block/vda/serial", "VDA-1\n");
+        put("block/sda/size", "2048\n");
+        put("block/sda/device/model", "QEMU HARDDISK   \n");
+        put("block/loop0/size", "100\n");
+        put("block/sr0/size", "100\n");
+        let disks = disks(&d.path().join("block"));
+        assert_eq!(disks.len(), 2, "{disks:?}");
+        assert_eq!(disks[0].name, "sda");
+        assert_eq!(disks[0].model.as_deref(), Some("QEMU HARDDISK"));
+        assert_eq!(disks[1].size_bytes, 20 << 30);
+        assert_eq!(disks[1].serial.as_deref(), Some("VDA-1"));
+        put("net/ens3/type", "1\n");
+        put("net/ens3/address", "52:54:00:AB:CD:EF\n");
+        put("net/lo/type", "772\n");
+        put("net/lo/address", "00:00:00:00:00:00\n");
+        assert_eq!(macs(&d.path().join("net")), ["52:54:00:ab:cd:ef"]);
+    }
+
+    #[test]
     fn report_has_stage_and_version() {
         let r = report(&BootArgs {
             bootif: Some("52:54:00:00:00:01".into()),
+            slot: Some("a".into()),
             ..Default::default()
         });
+        assert_eq!(r.slot.as_deref(), Some("a"));
         assert_eq!(r.mac, "52:54:00:00:00:01");
         assert_eq!(r.stage.as_deref(), Some("agent"));
         assert!(r.disk_total_bytes.is_some());

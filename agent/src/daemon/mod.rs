@@ -1,17 +1,30 @@
-//! `levee-agent run`: the systemd service. At this stage it starts, logs
-//! to the journal, and reports the machine's status to `levee.url` from
-//! the kernel command line, again and again while it runs. Enrollment,
-//! install and scheduled jobs grow here in later issues.
+//! `levee-agent run`: the systemd service. It logs to the journal and:
+//!
+//! 1. loads its credential from the state dir (`/var/lib/levee/credential`);
+//! 2. without one, enrolls if the kernel command line carries a token
+//!    (`levee.url=`, `levee.ca=`, `levee.token=`), waiting for approval
+//!    without a reboot if ops has not approved the machine yet;
+//! 3. without either, reports its status over plain HTTP as before;
+//! 4. once enrolled: sets its clock from the server, pulls its customer's
+//!    configuration (mTLS, ETag-cached), installs to disk if it booted from
+//!    the network and the plan says so (through [`install_step`] only), then
+//!    heartbeats at the configured interval, refreshing the configuration
+//!    and renewing its certificate when due. Errors never end the loop.
 
 mod cmdline;
+mod enrolled;
+mod enrollment;
 mod facts;
 mod http;
+mod install_step;
 mod logging;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cmdline::BootArgs;
+pub use enrolled::{heartbeat_interval, parse_interval};
+pub use install_step::install_step;
 
 /// Settings of `levee-agent run`.
 #[derive(Debug, Clone)]
@@ -22,8 +35,19 @@ pub struct RunOptions {
     pub interval: Duration,
     /// Time between attempts while none has got through yet.
     pub retry: Duration,
-    /// Send one report and return (for scripts and tests).
+    /// Send one report and return (for scripts and tests). Enrolled: one
+    /// pass (config, install step, one heartbeat, renewal check); a pending
+    /// machine still waits for its approval first.
     pub once: bool,
+    /// The agent's state (credential, cached configuration): the data
+    /// partition's `/var/lib/levee` on an installed appliance.
+    pub state_dir: PathBuf,
+    /// Time between enrollment attempts while pending or while the server
+    /// is unreachable (`levee.interval=` overrides it).
+    pub enroll_retry: Duration,
+    /// Set the system clock from the server when it is off by more than
+    /// 2 s (tests turn it off: it is the host's clock).
+    pub set_clock: bool,
 }
 
 impl Default for RunOptions {
@@ -35,6 +59,9 @@ impl Default for RunOptions {
             // the first report's time is the boot's time to a usable box.
             retry: Duration::from_millis(500),
             once: false,
+            state_dir: PathBuf::from("/var/lib/levee"),
+            enroll_retry: Duration::from_secs(3),
+            set_clock: true,
         }
     }
 }
@@ -49,6 +76,9 @@ pub enum DaemonError {
     },
     #[error("cannot send the status report to {url}: {reason}")]
     Report { url: String, reason: String },
+    /// Only with `once`: enrolling or the enrolled pass failed.
+    #[error(transparent)]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 /// Runs the agent service; returns only with `once` or on a fatal error.
@@ -66,6 +96,39 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         facts::image_version().as_deref().unwrap_or("unknown"),
         boot_id.as_deref().unwrap_or("unknown")
     ));
+    let mac = facts::boot_mac(&args).unwrap_or_default();
+    let credential = match crate::enroll::Credential::load(&opts.state_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            log.warn(format_args!(
+                "mac {mac}: the stored credential is not usable ({e}); enrolling again if a token allows"
+            ));
+            None
+        }
+    };
+    let (credential, fresh) = match credential {
+        Some(c) => {
+            log.info(format_args!(
+                "mac {mac}: credential of appliance {} found in {}",
+                c.server.appliance_id,
+                opts.state_dir.display()
+            ));
+            (Some(c), false)
+        }
+        None => (enrollment::enroll(opts, &args, &mac, &log)?, true),
+    };
+    match credential {
+        Some(c) => enrolled::serve(opts, &args, &mac, c, fresh, &log),
+        None => plain_reports(opts, &args, &log),
+    }
+}
+
+/// Status reports over plain HTTP: a machine without a credential.
+fn plain_reports(
+    opts: &RunOptions,
+    args: &BootArgs,
+    log: &logging::Log,
+) -> Result<(), DaemonError> {
     let Some(url) = args.url.clone() else {
         // Nothing to report to (an installed appliance gets its server
         // from its configuration later): stay up as the service.
@@ -85,7 +148,7 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
         .unwrap_or(opts.interval);
     let (mut sent, mut failed) = (0u64, 0u64);
     loop {
-        let report = facts::report(&args);
+        let report = facts::report(args);
         match http::post_json(&url, levee_proto::paths::REPORT, &report) {
             Ok(status) => {
                 sent += 1;

@@ -67,6 +67,23 @@ pub enum ApplianceCommand {
         #[arg(long, default_value = "retired by operator")]
         reason: String,
     },
+    /// Allow the next install to overwrite this appliance's Levee disk.
+    ///
+    /// An installer never wipes a disk that already holds a Levee install
+    /// unless asked: this sets a one-shot request that the appliance's next
+    /// install plan carries (`reinstall: true`); it is cleared when the
+    /// appliance reports `installed`. Boot the appliance from the network
+    /// (or let its boot loader fall through to PXE) to reinstall it.
+    #[command(
+        after_help = "Examples:\n  levee appliance reinstall 52:54:00:12:34:56\n  levee appliance reinstall 7 --cancel"
+    )]
+    Reinstall {
+        /// MAC or appliance id.
+        appliance: ApplianceRef,
+        /// Withdraw a pending reinstall request.
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Choose the boot profile of a machine.
     #[command(after_help = "Example:\n  levee appliance set 52:54:00:12:34:56 --profile rescue")]
     Set {
@@ -142,8 +159,13 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         }
         ApplianceCommand::Approve { mac, customer } => {
             let a = store.approve_appliance(mac, &customer)?;
+            let next = if a.pending_key.is_some() {
+                "; it is waiting and enrolls by itself at its next retry"
+            } else {
+                "; it enrolls when it next boots"
+            };
             println!(
-                "appliance {} (id {}) approved for customer {customer}",
+                "appliance {} (id {}) approved for customer {customer}{next}",
                 a.mac, a.id
             );
             Ok(())
@@ -169,6 +191,22 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 "appliance {} (id {}) retired: credential revoked, no longer served",
                 a.mac, a.id
             );
+            Ok(())
+        }
+        ApplianceCommand::Reinstall { appliance, cancel } => {
+            let a = find(store, appliance)?;
+            let a = store.set_reinstall(a.id, !cancel)?;
+            if cancel {
+                println!(
+                    "appliance {} (id {}): reinstall request withdrawn",
+                    a.mac, a.id
+                );
+            } else {
+                println!(
+                    "appliance {} (id {}) will reinstall over its Levee disk on its next network boot (state now {})",
+                    a.mac, a.id, a.state
+                );
+            }
             Ok(())
         }
         ApplianceCommand::Set { mac, profile, .. } => {
@@ -258,6 +296,14 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             match (&a.state, &a.state_reason) {
                 (_, Some(r)) => println!("  state:          {} ({r})", a.state),
                 _ => println!("  state:          {}", a.state),
+            }
+            if a.reinstall {
+                println!("  reinstall:      requested (the next install plan may overwrite its Levee disk)");
+            }
+            if a.pending_key.is_some() && a.cert_fingerprint.is_none() {
+                println!(
+                    "  enrollment:     waiting for approval (its key is kept; it retries by itself)"
+                );
             }
             if let Some(t) = a.revoked_at {
                 println!("  revoked:        {}", super::ago(Some(t)));

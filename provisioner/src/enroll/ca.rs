@@ -198,6 +198,23 @@ impl ServerCa {
     }
 }
 
+/// sha256 (lowercase hex) of the public key of a certificate request: the
+/// DER of its SubjectPublicKeyInfo. The request's signature is checked
+/// first, so the sender holds the private key.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, CaError> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+    // rcgen parsed it just now; these only fail on what it already refused.
+    let bad = |_| CaError::BadCsr(rcgen::Error::CouldNotParseCertificationRequest);
+    use x509_parser::prelude::FromDer;
+    let der = pem::parse(csr_pem).map_err(|_| bad(()))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.contents())
+            .map_err(|_| bad(()))?;
+    Ok(hex::encode(Sha256::digest(
+        csr.certification_request_info.subject_pki.raw,
+    )))
+}
+
 /// The URI SAN that names an appliance in its certificate.
 pub fn appliance_uri(id: i64) -> String {
     format!("levee:appliance:{id}")

@@ -13,7 +13,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use levee_proto::enroll::{paths, ApiError, RenewRequest};
+use levee_proto::enroll::{
+    paths, ApiError, Artifact, InstallImage, InstallPlan, InstallState, InstallStatus, RenewRequest,
+};
 use levee_proto::report::StatusReport;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ca::{parse_appliance_uri, CaError, ServerCa};
+use crate::boot::BootService;
 use crate::secrets::ServerKey;
-use crate::store::{Appliance, Heartbeat, Store};
+use crate::store::{Appliance, ApplianceState, Heartbeat, ImageRecord, Profile, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpsError {
@@ -47,6 +50,9 @@ pub struct ApiState {
     /// hands an appliance a configuration it did not have, not on every
     /// repeat (an appliance that lost its cache, or a load test).
     pub served: Arc<std::sync::Mutex<std::collections::HashMap<i64, String>>>,
+    /// Which profile and image an appliance boots (its install plan
+    /// installs that image), and the plain-HTTP base its artifacts are at.
+    pub boot: BootService,
 }
 
 /// Who is on the other end of a TLS connection, from its certificate.
@@ -109,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route(paths::CONFIG, get(config))
         .route(paths::HEARTBEAT, post(heartbeat))
         .route(paths::RENEW, post(renew))
+        .route(paths::INSTALL, get(install_plan).post(install_status))
         .with_state(state)
 }
 
@@ -309,7 +316,7 @@ async fn heartbeat(
         };
         let hb = Heartbeat {
             image_version: report.image_version.as_deref(),
-            slot: None,
+            slot: report.slot.as_deref(),
         };
         // The report is filed under the certificate's appliance, whatever
         // MAC it claims.
@@ -318,7 +325,10 @@ async fn heartbeat(
             .record_heartbeat(a.id, &hb)
             .and_then(|()| st.store.record_report(&report, a.mac));
         match stored {
-            Ok(()) => Json(serde_json::json!({"ok": true})).into_response(),
+            Ok(()) => {
+                debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
+                Json(serde_json::json!({"ok": true})).into_response()
+            }
             Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     })
@@ -369,6 +379,158 @@ async fn renew(
             server_time_unix: crate::store::now() as i64,
         })
         .into_response()
+    })
+    .await
+}
+
+/// The plan for appliance `a` of a customer whose configuration says
+/// `to_disk` / `min_disk_size`: the image of the profile it boots, with
+/// artifact URLs on the plain-HTTP listener (integrity comes from the
+/// sha256s, delivered here over mutual TLS).
+pub fn plan_for(
+    public_url: &str,
+    a: &Appliance,
+    settings: &levee_proto::config::InstallSettings,
+    profile: &Profile,
+    image: &ImageRecord,
+) -> Result<InstallPlan, String> {
+    let min_disk_bytes =
+        levee_proto::config::parse_size(&settings.min_disk_size).ok_or_else(|| {
+            format!(
+                "the customer's install.min_disk_size `{}` is not a size",
+                settings.min_disk_size
+            )
+        })?;
+    let artifact = |file: &str| {
+        image.manifest.artifacts.get(file).map(|art| Artifact {
+            url: format!("{public_url}/images/{}/{file}", image.id),
+            sha256: art.sha256.clone(),
+            size: art.size,
+        })
+    };
+    let image = match (
+        artifact(&profile.kernel),
+        artifact(&profile.initrd),
+        artifact(levee_proto::image::ROOTFS),
+    ) {
+        (Some(kernel), Some(initrd), Some(rootfs)) => Some(InstallImage {
+            version: image.version.clone(),
+            kernel,
+            initrd,
+            rootfs,
+            cmdline: image.manifest.cmdline.clone(),
+        }),
+        _ => None,
+    };
+    Ok(InstallPlan {
+        install: settings.to_disk,
+        reinstall: a.reinstall,
+        min_disk_bytes,
+        image,
+    })
+}
+
+/// `GET /api/v1/install`: this appliance's install plan.
+async fn install_plan(State(st): State<ApiState>, Extension(peer): Extension<Peer>) -> Response {
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        let Some(customer) = a.customer.as_deref() else {
+            return api_error(StatusCode::FORBIDDEN, "this appliance has no customer yet");
+        };
+        let record = match st.store.customer(customer) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("customer {customer} does not exist"),
+                )
+            }
+            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let plan = st.boot.resolve(a.mac).and_then(|(profile, image)| {
+            plan_for(
+                &st.boot.public_url,
+                &a,
+                &record.config.install,
+                &profile,
+                &image,
+            )
+        });
+        match plan {
+            Ok(plan) => {
+                info!(
+                    appliance = a.id, mac = %a.mac, install = plan.install, reinstall = plan.reinstall,
+                    image = plan.image.as_ref().map(|i| i.version.as_str()).unwrap_or("-"),
+                    "install plan served"
+                );
+                Json(plan).into_response()
+            }
+            Err(reason) => {
+                warn!(appliance = a.id, mac = %a.mac, %reason, "no install plan");
+                api_error(StatusCode::CONFLICT, reason)
+            }
+        }
+    })
+    .await
+}
+
+/// `POST /api/v1/install`: the agent says where its install stands; the
+/// state (and for `failed` its reason) is kept for `levee appliance show`.
+async fn install_status(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let status: InstallStatus = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed install status: {e}"),
+            )
+        }
+    };
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        let state = match status.state {
+            InstallState::Installing => ApplianceState::Installing,
+            InstallState::Installed => ApplianceState::Installed,
+            InstallState::Failed => ApplianceState::Failed,
+        };
+        let reason = match (status.state, status.reason.as_deref()) {
+            (InstallState::Failed, None) => Some("no reason given"),
+            (_, r) => r,
+        };
+        let detail = format!(
+            "{}: disk {}, slot {}, image {}",
+            status.state.as_str(),
+            status.disk.as_deref().unwrap_or("-"),
+            status.slot.as_deref().unwrap_or("-"),
+            status.image_version.as_deref().unwrap_or("-"),
+        );
+        let stored = st
+            .store
+            .add_event(a.mac, "install", &detail)
+            .and_then(|()| st.store.set_appliance_state(a.id, state, reason));
+        match stored {
+            Ok(_) => {
+                match status.state {
+                    InstallState::Failed => warn!(
+                        appliance = a.id, mac = %a.mac, reason = reason.unwrap_or("-"),
+                        "install failed"
+                    ),
+                    s => info!(appliance = a.id, mac = %a.mac, state = s.as_str(), %detail, "install status"),
+                }
+                Json(serde_json::json!({"ok": true})).into_response()
+            }
+            Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     })
     .await
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use levee_proto::enroll::{EnrollmentRequest, EnrollmentResponse};
 use levee_pxe::boot::MacAddr;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::ca::{CaError, ServerCa};
+use super::ca::{self, CaError, ServerCa};
 use super::token;
 use crate::store::{Store, TokenCheck};
 
@@ -22,18 +22,29 @@ pub struct EnrollService {
     pub https_url: Option<String>,
 }
 
-/// Why an enrollment was refused: the HTTP status and a message for the
-/// machine's console and the server log.
+/// Why an enrollment was not answered with a certificate: the HTTP status
+/// and a message for the machine's console and the server log. A pending
+/// machine gets 202 Accepted and `approve`, the command ops must type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
     pub message: String,
+    /// Set for 202 (pending approval).
+    pub approve: Option<String>,
+}
+
+impl Refusal {
+    /// Waiting for approval (not an error).
+    pub fn is_pending(&self) -> bool {
+        self.status == StatusCode::ACCEPTED
+    }
 }
 
 fn refusal(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
         message: message.into(),
+        approve: None,
     }
 }
 
@@ -44,10 +55,27 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     )
 }
 
+fn pending(mac: MacAddr) -> Refusal {
+    let approve = format!("levee appliance approve {mac} --customer NAME");
+    Refusal {
+        status: StatusCode::ACCEPTED,
+        message: format!(
+            "appliance {mac} is waiting for approval: ops must run `{approve}`; keep retrying with the same key"
+        ),
+        approve: Some(approve),
+    }
+}
+
 impl EnrollService {
     /// Checks and answers an enrollment at time `now` (Unix seconds). Blocks
     /// on the store: call it off the async runtime. Every refusal is logged
     /// once here with the MAC and the reason.
+    ///
+    /// ACME-like: a valid token from a machine ops has not approved is
+    /// redeemed once and the hash of the request's public key is kept; the
+    /// machine then retries with a request for the same key, answered 202
+    /// (pending) until it is approved and then with its certificate, no new
+    /// token (and so no reboot) needed.
     pub fn enroll(&self, req: &EnrollmentRequest, now: u64) -> Result<EnrollmentResponse, Refusal> {
         let mac: MacAddr = req.mac.parse().map_err(|e| {
             let r = refusal(
@@ -60,6 +88,9 @@ impl EnrollService {
         let result = self.check_and_issue(mac, req, now);
         match &result {
             Ok(resp) => info!(%mac, appliance = resp.appliance_id, "enrolled"),
+            // Retries every few seconds: logged at debug, recorded once
+            // (when the key is kept, by the store).
+            Err(r) if r.is_pending() => debug!(%mac, "enrollment pending approval"),
             Err(r) => {
                 warn!(%mac, reason = %r.message, "enrollment refused");
                 if let Err(e) = self.store.add_event(mac, "enroll-refused", &r.message) {
@@ -82,42 +113,62 @@ impl EnrollService {
                 "this server has no --https listener, so it does not enroll machines",
             )
         })?;
-        let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now).map_err(internal)?;
         let forbidden = |m: &str| refusal(StatusCode::FORBIDDEN, m);
-        match verdict {
-            TokenCheck::Valid => {}
-            TokenCheck::Unknown => {
-                return Err(forbidden(
-                    "unknown enrollment token: boot the machine again for a fresh one",
-                ))
-            }
-            TokenCheck::Used => {
-                return Err(forbidden(
-                    "enrollment token already used: boot the machine again for a fresh one",
-                ))
-            }
-            TokenCheck::Expired => {
-                return Err(forbidden(
-                    "enrollment token expired: boot the machine again for a fresh one",
-                ))
-            }
-            TokenCheck::OtherMac => {
-                return Err(forbidden("enrollment token was issued for another machine"))
-            }
-        }
-        // Seen: a machine that enrolls unannounced is recorded as pending.
-        let appliance = self.store.appliance_seen(mac).map_err(internal)?;
-        if appliance.revoked_at.is_some() {
-            return Err(forbidden(&format!(
+        let key = ca::csr_key_sha256(&req.csr_pem)
+            .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let retired = |a: &crate::store::Appliance| {
+            forbidden(&format!(
                 "appliance {mac} (id {}) is retired; its credential is revoked",
-                appliance.id
-            )));
+                a.id
+            ))
+        };
+        let known = self.store.appliance(mac).map_err(internal)?;
+        if let Some(a) = &known {
+            if a.revoked_at.is_some() {
+                return Err(retired(a));
+            }
         }
-        if !appliance.approved() {
-            return Err(forbidden(&format!(
-                "appliance {mac} is not approved: it stays pending until ops runs `levee appliance approve {mac} --customer NAME`; then boot it again"
-            )));
-        }
+        // The retry of a pending machine: the key it proved with a token.
+        let appliance = match known.filter(|a| a.pending_key.as_deref() == Some(key.as_str())) {
+            Some(a) if a.approved() => a,
+            Some(_) => return Err(pending(mac)),
+            None => {
+                let verdict =
+                    token::redeem(self.store.as_ref(), &req.token, mac, now).map_err(internal)?;
+                match verdict {
+                    TokenCheck::Valid => {}
+                    TokenCheck::Unknown => {
+                        return Err(forbidden(
+                            "unknown enrollment token: boot the machine again for a fresh one",
+                        ))
+                    }
+                    TokenCheck::Used => {
+                        return Err(forbidden(
+                            "enrollment token already used: boot the machine again for a fresh one",
+                        ))
+                    }
+                    TokenCheck::Expired => {
+                        return Err(forbidden(
+                            "enrollment token expired: boot the machine again for a fresh one",
+                        ))
+                    }
+                    TokenCheck::OtherMac => {
+                        return Err(forbidden("enrollment token was issued for another machine"))
+                    }
+                }
+                // Seen: a machine that enrolls unannounced is recorded as pending.
+                let a = self.store.appliance_seen(mac).map_err(internal)?;
+                if a.revoked_at.is_some() {
+                    return Err(retired(&a));
+                }
+                if !a.approved() {
+                    self.store.set_pending_key(a.id, &key).map_err(internal)?;
+                    info!(%mac, appliance = a.id, "enrollment pending approval: key kept");
+                    return Err(pending(mac));
+                }
+                a
+            }
+        };
         let facts = &req.facts;
         let detail = format!(
             "facts: dmi serial {}, dmi uuid {}, macs {}, {} disk(s)",

@@ -138,6 +138,13 @@ pub struct Appliance {
     /// enrollment or renewal replaces it, so older certificates stop working.
     pub cert_fingerprint: Option<String>,
     pub cert_not_after: Option<u64>,
+    /// sha256 (hex) of the public key (SubjectPublicKeyInfo DER) of the
+    /// certificate request a pending machine sent with a valid token: once
+    /// approved, a request for that same key enrolls without a token.
+    pub pending_key: Option<String>,
+    /// Ops asked for a reinstall (`levee appliance reinstall`): the next
+    /// install plan says so; cleared when the appliance reports `installed`.
+    pub reinstall: bool,
 }
 
 impl Appliance {
@@ -306,15 +313,25 @@ pub trait Store: Send + Sync + 'static {
     /// Gives a machine that showed up (pending) a customer, so it may enroll.
     fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance>;
     /// Moves an appliance to `state`, with a reason (required in spirit for
-    /// `failed`), and records it in its history.
+    /// `failed`), and records it in its history. `installed` clears a
+    /// reinstall request.
     fn set_appliance_state(
         &self,
         id: i64,
         state: ApplianceState,
         reason: Option<&str>,
     ) -> Result<Appliance>;
-    /// Notes a heartbeat; a changed image version or slot goes into the history.
+    /// Notes a heartbeat; a changed image version or slot goes into the
+    /// history. A heartbeat with a slot from an appliance in `installing`
+    /// moves it to `installed` (it came back from its disk), which clears
+    /// a reinstall request as `set_appliance_state` does.
     fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()>;
+    /// Keeps the hash of a pending machine's public key (see
+    /// [`Appliance::pending_key`]), replacing any earlier one.
+    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance>;
+    /// Sets or clears the one-shot reinstall request. A retired appliance
+    /// is refused.
+    fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance>;
     /// The machine `new_mac` takes over `old`'s customer and profile; `old`
     /// is revoked and retired. Returns the new appliance.
     fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance>;
@@ -345,8 +362,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records the client certificate an appliance now holds (the only one
     /// accepted from then on). `enrolled`: a new enrollment, which moves it
-    /// to `enrolled`; otherwise a renewal, which keeps its state. A revoked
-    /// appliance is refused.
+    /// to `enrolled` and forgets its pending key; otherwise a renewal, which
+    /// keeps its state. A revoked appliance is refused.
     fn record_certificate(
         &self,
         id: i64,
@@ -445,7 +462,33 @@ pub(crate) fn plan_replace(
     })
 }
 
-/// The error for an appliance that is not there.
+/// The history line of an appliance that came back from its disk.
+pub(crate) fn came_back_detail(hb: &Heartbeat) -> String {
+    format!(
+        "installed: came back from disk (slot {}, image {})",
+        hb.slot.unwrap_or("-"),
+        hb.image_version.unwrap_or("-")
+    )
+}
+
+pub(crate) fn reinstall_detail(reinstall: bool) -> &'static str {
+    if reinstall {
+        "reinstall requested: the next install plan may overwrite its Levee disk"
+    } else {
+        "reinstall request cleared"
+    }
+}
+
+pub(crate) fn check_not_retired(a: &Appliance) -> Result<()> {
+    match a.revoked_at {
+        Some(_) => Err(StoreError::Invalid(format!(
+            "appliance {} (id {}) is retired",
+            a.mac, a.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Whether `found` (the row for `mac`, if any) may be approved for
 /// `customer`: the rule both stores apply inside their transaction.
 pub fn check_approval(found: Option<Appliance>, mac: MacAddr, customer: &str) -> Result<Appliance> {
@@ -471,6 +514,7 @@ pub fn check_approval(found: Option<Appliance>, mac: MacAddr, customer: &str) ->
     Ok(a)
 }
 
+/// The error for an appliance that is not there.
 pub fn no_appliance(name: impl std::fmt::Display) -> StoreError {
     StoreError::NotFound {
         what: "appliance",

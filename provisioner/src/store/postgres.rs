@@ -91,6 +91,10 @@ CREATE INDEX enroll_tokens_by_expiry ON enroll_tokens(expires_at);
 ALTER TABLE appliances ADD COLUMN cert_fingerprint TEXT;
 ALTER TABLE appliances ADD COLUMN cert_not_after BIGINT;
 "#,
+    r#"
+ALTER TABLE appliances ADD COLUMN pending_key TEXT;
+ALTER TABLE appliances ADD COLUMN reinstall BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).
@@ -210,7 +214,7 @@ fn customer_row(row: &Row) -> Result<CustomerRecord> {
 const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
      customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
-     cert_fingerprint, cert_not_after";
+     cert_fingerprint, cert_not_after, pending_key, reinstall";
 
 fn appliance_row(row: &Row) -> Result<Appliance> {
     let mac: String = row.try_get(1)?;
@@ -240,6 +244,8 @@ fn appliance_row(row: &Row) -> Result<Appliance> {
         replaces: row.try_get(17)?,
         cert_fingerprint: row.try_get(18)?,
         cert_not_after: opt_u64(row, 19)?,
+        pending_key: row.try_get(20)?,
+        reinstall: row.try_get(21)?,
     })
 }
 
@@ -487,7 +493,8 @@ impl Store for PgStore {
                 )));
             }
             tx.execute(
-                "UPDATE appliances SET state = $2, state_reason = $3 WHERE id = $1",
+                "UPDATE appliances SET state = $2, state_reason = $3,
+                   reinstall = reinstall AND $2 <> 'installed' WHERE id = $1",
                 &[&id, &state.as_str(), &reason],
             )?;
             let detail = match reason {
@@ -521,8 +528,56 @@ impl Store for PgStore {
                 );
                 event(&mut tx, a.mac, "heartbeat", &detail)?;
             }
+            if a.state == ApplianceState::Installing && hb.slot.is_some() {
+                tx.execute(
+                    "UPDATE appliances SET state = 'installed', state_reason = NULL, reinstall = FALSE WHERE id = $1",
+                    &[&id],
+                )?;
+                event(&mut tx, a.mac, "state", &super::came_back_detail(hb))?;
+            }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let a = get_by_id(&mut tx, id)?;
+            tx.execute(
+                "UPDATE appliances SET pending_key = $2 WHERE id = $1",
+                &[&id, &key_sha256],
+            )?;
+            event(
+                &mut tx,
+                a.mac,
+                "pending-key",
+                &format!("waiting for approval with key sha256 {key_sha256}"),
+            )?;
+            let a = get_by_id(&mut tx, id)?;
+            tx.commit()?;
+            Ok(a)
+        })
+    }
+
+    fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let a = get_by_id(&mut tx, id)?;
+            super::check_not_retired(&a)?;
+            tx.execute(
+                "UPDATE appliances SET reinstall = $2 WHERE id = $1",
+                &[&id, &reinstall],
+            )?;
+            event(
+                &mut tx,
+                a.mac,
+                "reinstall",
+                super::reinstall_detail(reinstall),
+            )?;
+            let a = get_by_id(&mut tx, id)?;
+            tx.commit()?;
+            Ok(a)
         })
     }
 
@@ -725,7 +780,7 @@ impl Store for PgStore {
             let detail = format!("certificate sha256 {fingerprint}");
             if enrolled {
                 tx.execute(
-                    "UPDATE appliances SET state = 'enrolled', state_reason = NULL WHERE id = $1",
+                    "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL WHERE id = $1",
                     &[&id],
                 )?;
                 event(&mut tx, a.mac, "enrolled", &detail)?;

@@ -91,6 +91,10 @@ CREATE INDEX enroll_tokens_by_expiry ON enroll_tokens(expires_at);
 ALTER TABLE appliances ADD COLUMN cert_fingerprint TEXT;
 ALTER TABLE appliances ADD COLUMN cert_not_after INTEGER;
 "#,
+    r#"
+ALTER TABLE appliances ADD COLUMN pending_key TEXT;
+ALTER TABLE appliances ADD COLUMN reinstall INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Events kept per machine.
@@ -209,7 +213,7 @@ fn profile_row(row: &Row) -> rusqlite::Result<Profile> {
 const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
      customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
-     cert_fingerprint, cert_not_after";
+     cert_fingerprint, cert_not_after, pending_key, reinstall";
 
 fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(idx)?.map(|v| v as u64))
@@ -290,6 +294,8 @@ fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
         replaces: row.get(17)?,
         cert_fingerprint: row.get(18)?,
         cert_not_after: opt_u64(row, 19)?,
+        pending_key: row.get(20)?,
+        reinstall: row.get::<_, i64>(21)? != 0,
     })
 }
 
@@ -500,7 +506,8 @@ impl Store for SqliteStore {
             )));
         }
         tx.execute_cached(
-            "UPDATE appliances SET state = ?2, state_reason = ?3 WHERE id = ?1",
+            "UPDATE appliances SET state = ?2, state_reason = ?3,
+               reinstall = CASE WHEN ?2 = 'installed' THEN 0 ELSE reinstall END WHERE id = ?1",
             params![id, state.as_str(), reason],
         )?;
         let detail = match reason {
@@ -535,8 +542,49 @@ impl Store for SqliteStore {
             );
             event(&tx, a.mac, "heartbeat", &detail)?;
         }
+        if a.state == ApplianceState::Installing && hb.slot.is_some() {
+            tx.execute_cached(
+                "UPDATE appliances SET state = 'installed', state_reason = NULL, reinstall = 0 WHERE id = ?1",
+                params![id],
+            )?;
+            event(&tx, a.mac, "state", &super::came_back_detail(hb))?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        tx.execute_cached(
+            "UPDATE appliances SET pending_key = ?2 WHERE id = ?1",
+            params![id, key_sha256],
+        )?;
+        event(
+            &tx,
+            a.mac,
+            "pending-key",
+            &format!("waiting for approval with key sha256 {key_sha256}"),
+        )?;
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(a)
+    }
+
+    fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        super::check_not_retired(&a)?;
+        tx.execute_cached(
+            "UPDATE appliances SET reinstall = ?2 WHERE id = ?1",
+            params![id, reinstall as i64],
+        )?;
+        event(&tx, a.mac, "reinstall", super::reinstall_detail(reinstall))?;
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(a)
     }
 
     fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance> {
@@ -730,7 +778,7 @@ impl Store for SqliteStore {
         let detail = format!("certificate sha256 {fingerprint}");
         if enrolled {
             tx.execute_cached(
-                "UPDATE appliances SET state = 'enrolled', state_reason = NULL WHERE id = ?1",
+                "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL WHERE id = ?1",
                 params![id],
             )?;
             event(&tx, a.mac, "enrolled", &detail)?;

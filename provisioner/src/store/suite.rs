@@ -58,7 +58,104 @@ pub const CASES: &[Case] = &[
         "certificates_are_recorded_and_replaced",
         certificates_are_recorded_and_replaced,
     ),
+    (
+        "pending_keys_are_kept_until_enrollment",
+        pending_keys_are_kept_until_enrollment,
+    ),
+    (
+        "reinstall_is_one_shot_and_a_slot_completes_an_install",
+        reinstall_is_one_shot_and_a_slot_completes_an_install,
+    ),
 ];
+
+fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
+    let a = s.appliance_seen(mac(50)).expect("seen");
+    assert_eq!((a.pending_key.as_deref(), a.reinstall), (None, false));
+    let a = s.set_pending_key(a.id, "k1").expect("pending key");
+    assert_eq!(a.pending_key.as_deref(), Some("k1"));
+    // A new boot with a new token and a new key replaces it.
+    let a = s.set_pending_key(a.id, "k2").expect("pending key");
+    assert_eq!(a.pending_key.as_deref(), Some("k2"));
+    s.put_customer(&customer("acme", "5m")).expect("customer");
+    let a = s.approve_appliance(mac(50), "acme").expect("approve");
+    assert_eq!(a.pending_key.as_deref(), Some("k2"), "approval keeps it");
+    let a = s.record_certificate(a.id, "f1", 100, true).expect("enroll");
+    assert_eq!(a.pending_key, None, "enrollment forgets it");
+    assert!(s
+        .events(mac(50), 50)
+        .expect("events")
+        .iter()
+        .any(|e| e.step == "pending-key" && e.detail.contains("k2")));
+    assert!(s.set_pending_key(9999, "k").is_err());
+}
+
+fn reinstall_is_one_shot_and_a_slot_completes_an_install(s: &dyn Store) {
+    s.put_customer(&customer("acme", "5m")).expect("customer");
+    let a = s
+        .register_appliance(
+            mac(51),
+            &Registration {
+                customer: Some("acme"),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+    let a = s.set_reinstall(a.id, true).expect("reinstall");
+    assert!(a.reinstall);
+    // Installing keeps the request; a heartbeat without a slot (still
+    // booted from the network) does not complete the install.
+    s.set_appliance_state(a.id, ApplianceState::Installing, None)
+        .expect("installing");
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v1"),
+            slot: None,
+        },
+    )
+    .expect("heartbeat");
+    let a = s.appliance_by_id(a.id).expect("get").expect("there");
+    assert_eq!((a.state, a.reinstall), (ApplianceState::Installing, true));
+    // Back from disk: a heartbeat with a slot.
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v1"),
+            slot: Some("a"),
+        },
+    )
+    .expect("heartbeat");
+    let a = s.appliance_by_id(a.id).expect("get").expect("there");
+    assert_eq!((a.state, a.reinstall), (ApplianceState::Installed, false));
+    assert_eq!(a.slot.as_deref(), Some("a"));
+    let last = s.events(mac(51), 1).expect("events").remove(0);
+    assert!(last.detail.contains("came back from disk"), "{last:?}");
+    // A later heartbeat of an installed appliance changes nothing.
+    s.record_heartbeat(
+        a.id,
+        &Heartbeat {
+            image_version: Some("v1"),
+            slot: Some("a"),
+        },
+    )
+    .expect("heartbeat");
+    assert_eq!(
+        s.appliance_by_id(a.id).expect("get").expect("there").state,
+        ApplianceState::Installed
+    );
+    // Reported `installed` also clears the request; `failed` does not.
+    s.set_reinstall(a.id, true).expect("reinstall");
+    let a = s
+        .set_appliance_state(a.id, ApplianceState::Failed, Some("disk gone"))
+        .expect("failed");
+    assert!(a.reinstall);
+    let a = s
+        .set_appliance_state(a.id, ApplianceState::Installed, None)
+        .expect("installed");
+    assert!(!a.reinstall);
+    s.retire_appliance(a.id, "gone").expect("retire");
+    assert!(s.set_reinstall(a.id, true).is_err());
+}
 
 fn certificates_are_recorded_and_replaced(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).expect("customer");

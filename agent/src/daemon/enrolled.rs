@@ -1,0 +1,226 @@
+//! The enrolled appliance's loop: configuration, install step, heartbeats,
+//! configuration refresh and certificate renewal, all over mutual TLS.
+
+use std::time::Duration;
+
+use levee_proto::config::CustomerConfig;
+use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
+
+use super::enrollment::sync_clock;
+use super::install_step::install_step;
+use super::logging::Log;
+use super::{facts, BootArgs, DaemonError, RunOptions};
+use crate::enroll::{self, Credential, MtlsClient};
+
+/// `30s`, `5m`, `4h` as a duration (zero is refused: it would spin).
+pub fn parse_interval(s: &str) -> Option<Duration> {
+    levee_proto::config::parse_duration(s)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+/// Time between heartbeats: `levee.interval=` (tests), else the customer's
+/// `heartbeat_interval`, else `default`.
+pub fn heartbeat_interval(
+    override_secs: Option<u64>,
+    config: Option<&CustomerConfig>,
+    default: Duration,
+) -> Duration {
+    override_secs
+        .map(Duration::from_secs)
+        .or_else(|| config.and_then(|c| parse_interval(&c.heartbeat_interval)))
+        .unwrap_or(default)
+}
+
+/// Booted from the network: `levee.root=` is an http(s) URL (a disk boot
+/// says `PARTLABEL=...`). Only then may the appliance install itself.
+fn booted_from_network(args: &BootArgs) -> bool {
+    args.root.as_deref().is_some_and(|r| r.starts_with("http"))
+}
+
+pub(super) fn serve(
+    opts: &RunOptions,
+    args: &BootArgs,
+    mac: &str,
+    mut cred: Credential,
+    fresh: bool,
+    log: &Log,
+) -> Result<(), DaemonError> {
+    let who = format!("mac {mac}, appliance {}", cred.server.appliance_id);
+    if !fresh {
+        // A later boot: the RTC may be off; fix it before the first TLS
+        // handshake so the certificates' validity checks hold.
+        match enroll::server_time(&cred.server.http_url) {
+            Ok(t) => sync_clock(opts, t, &who, log),
+            Err(e) => log.warn(format_args!(
+                "{who}: cannot read the server's clock ({e}); keeping the local one"
+            )),
+        }
+    }
+    let mut client = loop {
+        match MtlsClient::new(&cred) {
+            Ok(c) => break c,
+            Err(e) => {
+                log.warn(format_args!("{who}: {e}"));
+                if opts.once {
+                    return Err(e.into());
+                }
+                std::thread::sleep(opts.interval);
+            }
+        }
+    };
+    let mut config = pull_config(&client, opts, &who, None, log);
+
+    if booted_from_network(args) {
+        match client.install_plan() {
+            Ok(plan) if plan.install => install(&client, &plan, opts, &who, log),
+            Ok(_) => log.info(format_args!(
+                "{who}: the customer does not install to disk; serving from the network boot"
+            )),
+            Err(e) => log.warn(format_args!("{who}: cannot fetch the install plan: {e}")),
+        }
+    }
+
+    let (mut sent, mut first) = (0u64, true);
+    loop {
+        let report = facts::report(args);
+        match client.heartbeat(&report) {
+            Ok(()) => {
+                sent += 1;
+                if sent == 1 || sent % 20 == 0 {
+                    log.info(format_args!(
+                        "{who}: heartbeat {sent} sent (slot {})",
+                        report.slot.as_deref().unwrap_or("-")
+                    ));
+                }
+            }
+            Err(e) => log.warn(format_args!("{who}: heartbeat failed: {e}")),
+        }
+        // Pulled just before the first heartbeat; revalidated (ETag) at
+        // every later one.
+        if !first {
+            config = pull_config(&client, opts, &who, config, log);
+        }
+        first = false;
+        match cred.validity() {
+            Ok((nb, na)) if enroll::renewal_due(nb, na, enroll::unix_now()) => {
+                match client.renew(&cred, &opts.state_dir) {
+                    Ok(next) => match MtlsClient::new(&next) {
+                        Ok(c) => {
+                            cred = next;
+                            client = c;
+                            log.info(format_args!("{who}: certificate renewed"));
+                        }
+                        Err(e) => log.warn(format_args!("{who}: renewed credential: {e}")),
+                    },
+                    Err(e) => log.warn(format_args!("{who}: certificate renewal failed: {e}")),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log.warn(format_args!("{who}: stored certificate: {e}")),
+        }
+        if opts.once {
+            return Ok(());
+        }
+        std::thread::sleep(heartbeat_interval(
+            args.interval_secs,
+            config.as_ref(),
+            opts.interval,
+        ));
+    }
+}
+
+/// Pulls (or revalidates) the configuration; keeps `previous` on failure.
+fn pull_config(
+    client: &MtlsClient,
+    opts: &RunOptions,
+    who: &str,
+    previous: Option<CustomerConfig>,
+    log: &Log,
+) -> Option<CustomerConfig> {
+    match client.fetch_config(&opts.state_dir) {
+        Ok(f) => {
+            if f.changed {
+                log.info(format_args!(
+                    "{who}: configuration of customer {} pulled (etag {})",
+                    f.config.customer, f.etag
+                ));
+            }
+            Some(f.config)
+        }
+        Err(e) => {
+            log.warn(format_args!("{who}: configuration pull failed: {e}"));
+            previous
+        }
+    }
+}
+
+fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str, log: &Log) {
+    let version = plan.image.as_ref().map(|i| i.version.clone());
+    let status = |state, reason: Option<String>| InstallStatus {
+        state,
+        reason,
+        slot: None,
+        disk: None,
+        image_version: version.clone(),
+    };
+    log.info(format_args!(
+        "{who}: installing image {} to disk{}",
+        version.as_deref().unwrap_or("-"),
+        if plan.reinstall {
+            " (reinstall allowed)"
+        } else {
+            ""
+        }
+    ));
+    if let Err(e) = client.post_install_status(&status(InstallState::Installing, None)) {
+        log.warn(format_args!("{who}: cannot report `installing`: {e}"));
+    }
+    match install_step(plan, &opts.state_dir) {
+        Ok(()) => log.info(format_args!("{who}: install step done")),
+        Err(reason) => {
+            log.warn(format_args!("{who}: install failed: {reason}"));
+            if let Err(e) = client.post_install_status(&status(InstallState::Failed, Some(reason)))
+            {
+                log.warn(format_args!("{who}: cannot report `failed`: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_interval("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_interval("0s"), None);
+        assert_eq!(parse_interval("soon"), None);
+        let config: CustomerConfig = serde_json::from_value(
+            serde_json::json!({"customer": "a", "heartbeat_interval": "2m"}),
+        )
+        .unwrap();
+        let d = Duration::from_secs(30);
+        assert_eq!(heartbeat_interval(None, None, d), d);
+        assert_eq!(
+            heartbeat_interval(None, Some(&config), d),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            heartbeat_interval(Some(1), Some(&config), d),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn only_a_network_boot_installs() {
+        let mut a = BootArgs::default();
+        assert!(!booted_from_network(&a));
+        a.root = Some("PARTLABEL=levee-a".into());
+        assert!(!booted_from_network(&a));
+        a.root = Some("http://10.0.0.1/images/x/rootfs.squashfs".into());
+        assert!(booted_from_network(&a));
+    }
+}

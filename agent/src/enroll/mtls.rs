@@ -1,0 +1,189 @@
+//! The mutual-TLS client: the appliance's key and certificate as its
+//! identity, the server CA as the only root (no system roots), the server
+//! name from `https_url`.
+
+use std::path::Path;
+
+use levee_proto::config::CustomerConfig;
+use levee_proto::enroll::{paths, EnrollmentResponse, InstallPlan, InstallStatus, RenewRequest};
+use levee_proto::report::StatusReport;
+use serde::{Deserialize, Serialize};
+
+use super::credential::{write_atomic, Credential};
+use super::keys::NewKey;
+use super::{client_builder, refusal, transport, EnrollError};
+
+/// The cached configuration in the state dir.
+pub const CONFIG_CACHE: &str = "config.json";
+
+/// What `config.json` holds: the server's body verbatim and its ETag.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedConfig {
+    etag: String,
+    body: serde_json::Value,
+}
+
+/// The result of a configuration pull.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFetch {
+    pub config: CustomerConfig,
+    /// `false` when the server said 304 and the cache was used.
+    pub changed: bool,
+    pub etag: String,
+}
+
+pub struct MtlsClient {
+    client: reqwest::blocking::Client,
+    base: String,
+}
+
+impl MtlsClient {
+    /// A client for `cred`'s server presenting `cred`'s certificate.
+    pub fn new(cred: &Credential) -> Result<MtlsClient, EnrollError> {
+        let base = cred.server.https_url.trim_end_matches('/').to_string();
+        let bad = |e: reqwest::Error| EnrollError::Key(format!("credential not usable: {e}"));
+        let ca = reqwest::Certificate::from_pem(cred.ca_pem.as_bytes()).map_err(bad)?;
+        let pem = format!("{}\n{}", cred.cert_pem.trim_end(), cred.key_pem);
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(bad)?;
+        let client = client_builder()
+            .use_rustls_tls()
+            .https_only(true)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .build()
+            .map_err(|e| transport(&base, e))?;
+        Ok(MtlsClient { client, base })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, EnrollError> {
+        let url = self.url(path);
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .map_err(|e| transport(&url, e))?;
+        if !resp.status().is_success() {
+            return Err(refusal(&url, resp));
+        }
+        resp.json()
+            .map_err(|e| transport(&url, format!("malformed answer: {e}")))
+    }
+
+    fn post_json<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<reqwest::blocking::Response, EnrollError> {
+        let url = self.url(path);
+        let resp = self
+            .client
+            .post(&url)
+            .json(body)
+            .send()
+            .map_err(|e| transport(&url, e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(refusal(&url, resp))
+        }
+    }
+
+    /// `GET /api/v1/config` with the cached ETag; a new body replaces the
+    /// cache (`STATE/config.json`), a 304 returns the cached one.
+    pub fn fetch_config(&self, state_dir: &Path) -> Result<ConfigFetch, EnrollError> {
+        let url = self.url(paths::CONFIG);
+        let cache_path = state_dir.join(CONFIG_CACHE);
+        let cached: Option<CachedConfig> = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut req = self.client.get(&url);
+        if let Some(c) = &cached {
+            req = req.header(reqwest::header::IF_NONE_MATCH, &c.etag);
+        }
+        let resp = req.send().map_err(|e| transport(&url, e))?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            if let Some(c) = cached {
+                let config = serde_json::from_value(c.body).map_err(|e| {
+                    transport(&url, format!("cached configuration is not valid: {e}"))
+                })?;
+                return Ok(ConfigFetch {
+                    config,
+                    changed: false,
+                    etag: c.etag,
+                });
+            }
+            return Err(transport(&url, "304 without a cached configuration"));
+        }
+        if !resp.status().is_success() {
+            return Err(refusal(&url, resp));
+        }
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body: serde_json::Value = resp
+            .json()
+            .map_err(|e| transport(&url, format!("malformed configuration: {e}")))?;
+        let config: CustomerConfig = serde_json::from_value(body.clone())
+            .map_err(|e| transport(&url, format!("configuration does not fit the schema: {e}")))?;
+        if !etag.is_empty() {
+            std::fs::create_dir_all(state_dir).map_err(|e| transport(&url, e))?;
+            let bytes = serde_json::to_vec(&CachedConfig {
+                etag: etag.clone(),
+                body,
+            })
+            .map_err(|e| transport(&url, e))?;
+            // It holds the SMB passwords: owner only.
+            write_atomic(&cache_path, &bytes, 0o600)?;
+        }
+        Ok(ConfigFetch {
+            config,
+            changed: true,
+            etag,
+        })
+    }
+
+    /// `GET /api/v1/install`.
+    pub fn install_plan(&self) -> Result<InstallPlan, EnrollError> {
+        self.get_json(paths::INSTALL)
+    }
+
+    /// `POST /api/v1/install`.
+    pub fn post_install_status(&self, status: &InstallStatus) -> Result<(), EnrollError> {
+        self.post_json(paths::INSTALL, status).map(drop)
+    }
+
+    /// `POST /api/v1/heartbeat`.
+    pub fn heartbeat(&self, report: &StatusReport) -> Result<(), EnrollError> {
+        self.post_json(paths::HEARTBEAT, report).map(drop)
+    }
+
+    /// `POST /api/v1/renew` with a new key's request; the new key and
+    /// certificate replace the old ones in the state dir together. The
+    /// server's CA must still be the pinned one. Build a new client from
+    /// the returned credential: the old certificate no longer works.
+    pub fn renew(&self, cred: &Credential, state_dir: &Path) -> Result<Credential, EnrollError> {
+        let key = NewKey::generate(&format!("appliance-{}", cred.server.appliance_id))?;
+        let resp: EnrollmentResponse = self
+            .post_json(
+                paths::RENEW,
+                &RenewRequest {
+                    csr_pem: key.csr_pem.clone(),
+                },
+            )?
+            .json()
+            .map_err(|e| transport(&self.url(paths::RENEW), format!("malformed answer: {e}")))?;
+        let pinned = super::ca_sha256(&cred.ca_pem).unwrap_or_default();
+        super::check_ca(&resp.ca_pem, &pinned)?;
+        let mut next = cred.clone();
+        next.replace_identity(state_dir, &key.key_pem, &resp.certificate_pem)?;
+        Ok(next)
+    }
+}

@@ -1,0 +1,347 @@
+//! The real agent code (`levee_agent::daemon::run` and its mTLS client)
+//! against a real `levee serve` on 127.0.0.1: a pending machine enrolls by
+//! itself once approved, pulls and caches its configuration, heartbeats,
+//! renews, and later boots set their clock from the server first.
+//!
+//! The server runs on its own tokio runtime; the agent is blocking code
+//! and runs on plain threads, as on the appliance.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use levee_agent::daemon::{run, DaemonError, RunOptions};
+use levee_agent::enroll::{Credential, EnrollError, MtlsClient, CONFIG_CACHE};
+use levee_proto::enroll::{InstallState, InstallStatus};
+use levee_provisioner::secrets::ServerKey;
+use levee_provisioner::serve::{self, Listeners, ServeConfig};
+use levee_provisioner::store::{Profile, Registration, SqliteStore, Store, Transport};
+use levee_pxe::boot::MacAddr;
+use tokio_util::sync::CancellationToken;
+
+const MAC_PENDING: &str = "52:54:00:0d:00:01";
+const MAC_REGISTERED: &str = "52:54:00:0d:00:02";
+
+struct Server {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    http: String,
+    stop: CancellationToken,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("k"), b"kernel").expect("k");
+    std::fs::write(src.join("i"), b"initrd").expect("i");
+    let image = levee_provisioner::images::import_files(
+        &data,
+        store.as_ref(),
+        "t",
+        &src.join("k"),
+        &src.join("i"),
+    )
+    .expect("image");
+    store
+        .put_profile(&Profile {
+            name: "default".into(),
+            image: image.id,
+            kernel: "vmlinuz".into(),
+            initrd: "initrd.img".into(),
+            cmdline: "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}"
+                .into(),
+            transport: Transport::Http,
+        })
+        .expect("profile");
+    let key = ServerKey::load_or_create(&data).expect("key");
+    let config = serde_json::from_value(serde_json::json!({
+        "customer": "alpha",
+        "heartbeat_interval": "5m",
+        "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "alpha-secret"}],
+    }))
+    .expect("config");
+    store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+    store
+        .register_appliance(
+            MAC_REGISTERED.parse().expect("mac"),
+            &Registration {
+                customer: Some("alpha"),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (http, https) = rt.block_on(async {
+        (
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("http"),
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("https"),
+        )
+    });
+    let url = format!("http://{}", http.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let config = ServeConfig {
+        data_dir: data,
+        ipxe_dir: dir.path().join("ipxe"),
+        public_url: url.clone(),
+        tftp_host: "127.0.0.1".into(),
+        dhcp: None,
+    };
+    let listeners = Listeners {
+        http,
+        https: Some(https),
+        tftp: None,
+    };
+    rt.spawn(serve::run(store.clone(), listeners, config, stop.clone()));
+    Server {
+        dir,
+        store,
+        http: url,
+        stop,
+        _rt: rt,
+    }
+}
+
+impl Server {
+    /// The kernel command line the boot script gives `mac`.
+    fn boot_cmdline(&self, mac: &str) -> String {
+        let script = reqwest::blocking::get(format!("{}/boot/{mac}.ipxe", self.http))
+            .expect("script")
+            .text()
+            .expect("body");
+        let kernel = script
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap_or_else(|| panic!("no kernel line: {script}"));
+        let bootif = format!("BOOTIF=01-{}", mac.replace(':', "-"));
+        format!("{kernel} {bootif} levee.interval=1")
+    }
+
+    fn appliance(&self, mac: &str) -> levee_provisioner::store::Appliance {
+        let mac: MacAddr = mac.parse().expect("mac");
+        self.store
+            .appliance(mac)
+            .expect("store")
+            .expect("appliance")
+    }
+
+    fn levee(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(args)
+            .env_remove("LEVEE_DATABASE")
+            .output()
+            .expect("levee");
+        assert!(
+            out.status.success(),
+            "levee {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn options(cmdline: &Path, state: &Path) -> RunOptions {
+    RunOptions {
+        cmdline: cmdline.to_path_buf(),
+        once: true,
+        state_dir: state.to_path_buf(),
+        enroll_retry: Duration::from_millis(200),
+        // The host's clock is not ours to set.
+        set_clock: false,
+        ..RunOptions::default()
+    }
+}
+
+/// Runs the daemon once on its own thread.
+fn agent(cmdline: &str, state: &Path) -> std::thread::JoinHandle<Result<(), DaemonError>> {
+    let file = state.with_extension("cmdline");
+    std::fs::write(&file, cmdline).expect("cmdline");
+    let opts = options(&file, state);
+    std::thread::spawn(move || run(&opts))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_agent_enrolls_after_approval_pulls_config_heartbeats_and_renews() {
+    let srv = start();
+    let states = tempfile::tempdir().expect("state");
+    let state = states.path().join("pending");
+
+    // Pending: the agent waits, retrying with its key, without a reboot.
+    let cmdline = srv.boot_cmdline(MAC_PENDING);
+    assert!(cmdline.contains("levee.root=http"), "{cmdline}");
+    let running = agent(&cmdline, &state);
+    wait_until("the pending key", || {
+        srv.store
+            .appliance(MAC_PENDING.parse().expect("mac"))
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.pending_key.is_some())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!running.is_finished(), "the agent gave up while pending");
+    assert_eq!(srv.appliance(MAC_PENDING).state.as_str(), "pending");
+    srv.levee(&["appliance", "approve", MAC_PENDING, "--customer", "alpha"]);
+    wait_until("the agent's pass", || running.is_finished());
+    running.join().expect("agent thread").expect("agent run");
+
+    // Enrolled, credential stored, configuration cached, heartbeat in.
+    let a = srv.appliance(MAC_PENDING);
+    assert!(a.cert_fingerprint.is_some());
+    assert!(a.last_heartbeat.is_some(), "{a:?}");
+    // It booted from the network and the customer installs to disk: the
+    // install step ran (the installer is not linked here) and said why.
+    assert_eq!(a.state.as_str(), "failed");
+    assert!(
+        a.state_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("installer not linked")),
+        "{a:?}"
+    );
+    let cred = Credential::load(&state).expect("load").expect("credential");
+    assert_eq!(cred.server.appliance_id, a.id);
+    assert_eq!(cred.server.http_url, srv.http);
+    let key_mode = std::fs::metadata(Credential::dir(&state).join("key.pem"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let cache = std::fs::read_to_string(state.join(CONFIG_CACHE)).expect("config cache");
+    assert!(cache.contains("alpha-secret"), "{cache}");
+    let list: serde_json::Value =
+        serde_json::from_str(&srv.levee(&["appliance", "list", "--json"])).expect("json");
+    let row = list
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["mac"] == MAC_PENDING))
+        .expect("row");
+    assert!(row["last_heartbeat"].is_u64(), "{row}");
+    assert_eq!(row["online"], true, "{row}");
+
+    // The second pull is a 304 served from the cache.
+    let client = MtlsClient::new(&cred).expect("client");
+    let pulled = client.fetch_config(&state).expect("config");
+    assert!(!pulled.changed);
+    assert_eq!(pulled.config.customer, "alpha");
+
+    // Renewal: a new key and certificate; the old certificate is refused.
+    let renewed = client.renew(&cred, &state).expect("renew");
+    assert_ne!(renewed.key_pem, cred.key_pem);
+    assert_eq!(
+        Credential::load(&state).expect("load").expect("credential"),
+        renewed
+    );
+    let report = levee_proto::report::StatusReport {
+        mac: MAC_PENDING.into(),
+        ..Default::default()
+    };
+    match client.heartbeat(&report) {
+        Err(EnrollError::Refused {
+            status: 403,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("superseded"), "{message}")
+        }
+        other => panic!("old certificate not refused: {other:?}"),
+    }
+    let client = MtlsClient::new(&renewed).expect("client");
+    client
+        .heartbeat(&report)
+        .expect("heartbeat with the new one");
+
+    // Back from disk: a later boot with the stored credential and no token
+    // reads the server's clock first, then heartbeats with its slot, which
+    // completes the install.
+    client
+        .post_install_status(&InstallStatus {
+            state: InstallState::Installing,
+            reason: None,
+            slot: Some("a".into()),
+            disk: Some("vda".into()),
+            image_version: None,
+        })
+        .expect("installing");
+    let from_disk =
+        "root=PARTLABEL=levee-a levee.root=PARTLABEL=levee-a levee.slot=a levee.interval=1";
+    agent(from_disk, &state)
+        .join()
+        .expect("agent thread")
+        .expect("agent run from disk");
+    let a = srv.appliance(MAC_PENDING);
+    assert_eq!(
+        (a.state.as_str(), a.slot.as_deref()),
+        ("installed", Some("a"))
+    );
+    let shown = srv.levee(&["appliance", "show", MAC_PENDING]);
+    assert!(shown.contains("state:          installed"), "{shown}");
+}
+
+#[test]
+fn the_agent_refuses_a_server_whose_ca_is_not_pinned_and_a_spent_token() {
+    let srv = start();
+    let states = tempfile::tempdir().expect("state");
+    let cmdline = srv.boot_cmdline(MAC_REGISTERED);
+    let pin = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("levee.ca="))
+        .expect("pin")
+        .to_string();
+    let wrong = cmdline.replace(&pin, &"0".repeat(64));
+    let err = agent(&wrong, &states.path().join("a"))
+        .join()
+        .expect("agent thread")
+        .expect_err("trusted a server with another CA");
+    assert!(
+        matches!(err, DaemonError::Enroll(EnrollError::CaMismatch { .. })),
+        "{err}"
+    );
+    assert!(Credential::load(&states.path().join("a"))
+        .expect("load")
+        .is_none());
+    // That token is spent: a second try with it (a new key) is refused
+    // for good, not retried.
+    let err = agent(&cmdline, &states.path().join("b"))
+        .join()
+        .expect("agent thread")
+        .expect_err("enrolled with a spent token");
+    match err {
+        DaemonError::Enroll(EnrollError::Refused {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 403);
+            assert!(message.contains("already used"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+}
