@@ -145,69 +145,73 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
         .tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    // PostgreSQL as deployed: durable (fsync on), unlike the unit tests'.
-    let pg = (kind == "postgres").then(PgServer::start_durable);
-    let db_url = pg.as_ref().map(|p| p.create_db("levee_bench"));
-    let store: Arc<dyn Store> = match &db_url {
-        Some(url) => Arc::new(PgStore::connect(url)?),
-        None => Arc::new(SqliteStore::open(&data)?),
-    };
-    // The CA and server key exist before the server starts, so this process
-    // and `levee serve` use the same ones.
-    let ca = ServerCa::open_or_create(&data.join("ca"))?;
-    let key = ServerKey::load_or_create(&data)?;
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "bench",
-        "display_name": "Benchmark Customer Ltd",
-        "heartbeat_interval": "5m",
-        "sources": [
-            {"name": "finance", "smb": "smb://backup@files.bench.lan/finance/2026", "password": "finance-secret"},
-            {"name": "scans", "smb": "smb://scanner@10.20.0.15:445/scans", "password": "scans-secret", "exclude": ["*.tmp"]},
-            {"name": "logs", "path": "/srv/logs"}
-        ],
-        "schedules": [{"name": "nightly", "at": "02:30"}],
-        "retention": {"keep_last": 3, "keep_daily": 14, "keep_weekly": 8, "keep_monthly": 24},
-        "update_channel": "stable",
-        "bandwidth_limit": "20Mbit/s",
-    }))?;
-    store.put_customer(&key.seal_config(&config))?;
+    // The set-up is synchronous (the PostgreSQL client runs its own
+    // runtime), so it runs outside this one.
+    let (pg, db_url, ca, jobs) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        // PostgreSQL as deployed: durable (fsync on), unlike the unit tests'.
+        let pg = (kind == "postgres").then(PgServer::start_durable);
+        let db_url = pg.as_ref().map(|p| p.create_db("levee_bench"));
+        let store: Arc<dyn Store> = match &db_url {
+            Some(url) => Arc::new(PgStore::connect(url)?),
+            None => Arc::new(SqliteStore::open(&data)?),
+        };
+        // The CA and server key exist before the server starts, so this process
+        // and `levee serve` use the same ones.
+        let ca = ServerCa::open_or_create(&data.join("ca"))?;
+        let key = ServerKey::load_or_create(&data)?;
+        let config = serde_json::from_value(serde_json::json!({
+            "customer": "bench",
+            "display_name": "Benchmark Customer Ltd",
+            "heartbeat_interval": "5m",
+            "sources": [
+                {"name": "finance", "smb": "smb://backup@files.bench.lan/finance/2026", "password": "finance-secret"},
+                {"name": "scans", "smb": "smb://scanner@10.20.0.15:445/scans", "password": "scans-secret", "exclude": ["*.tmp"]},
+                {"name": "logs", "path": "/srv/logs"}
+            ],
+            "schedules": [{"name": "nightly", "at": "02:30"}],
+            "retention": {"keep_last": 3, "keep_daily": 14, "keep_weekly": 8, "keep_monthly": 24},
+            "update_channel": "stable",
+            "bandwidth_limit": "20Mbit/s",
+        }))?;
+        store.put_customer(&key.seal_config(&config))?;
 
-    let t = Instant::now();
-    let now = now_unix();
-    let mut jobs = Vec::with_capacity(args.enrollments);
-    for i in 0..args.enrollments {
-        let mac: MacAddr = format!(
-            "52:54:01:{:02x}:{:02x}:{:02x}",
-            i >> 16 & 0xff,
-            i >> 8 & 0xff,
-            i & 0xff
-        )
-        .parse()?;
-        store.register_appliance(
-            mac,
-            &Registration {
-                customer: Some("bench"),
-                ..Default::default()
-            },
-        )?;
-        let token = token::mint(store.as_ref(), mac, now)?;
-        let key = rcgen::KeyPair::generate()?;
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)?
-            .pem()?;
-        jobs.push(EnrollJob {
-            mac: mac.to_string(),
-            token,
-            csr,
-            key_pem: key.serialize_pem(),
-        });
-    }
-    println!(
-        "set-up: {} appliances registered, tokens minted, keys made in {:.1} s",
-        jobs.len(),
-        t.elapsed().as_secs_f64()
-    );
-    drop(store);
+        let t = Instant::now();
+        let now = now_unix();
+        let mut jobs = Vec::with_capacity(args.enrollments);
+        for i in 0..args.enrollments {
+            let mac: MacAddr = format!(
+                "52:54:01:{:02x}:{:02x}:{:02x}",
+                i >> 16 & 0xff,
+                i >> 8 & 0xff,
+                i & 0xff
+            )
+            .parse()?;
+            store.register_appliance(
+                mac,
+                &Registration {
+                    customer: Some("bench"),
+                    ..Default::default()
+                },
+            )?;
+            let token = token::mint(store.as_ref(), mac, now)?;
+            let key = rcgen::KeyPair::generate()?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)?
+                .pem()?;
+            jobs.push(EnrollJob {
+                mac: mac.to_string(),
+                token,
+                csr,
+                key_pem: key.serialize_pem(),
+            });
+        }
+        println!(
+            "set-up: {} appliances registered, tokens minted, keys made in {:.1} s",
+            jobs.len(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok((pg, db_url, ca, jobs))
+    })?;
 
     let http_port = free_port()?;
     let https_port = free_port()?;

@@ -93,6 +93,7 @@ pub async fn run(
             ca: ca.clone(),
             key: Arc::new(key),
             served: Default::default(),
+            rendered: Default::default(),
             boot: boot.clone(),
         };
         info!(listen = %listener.local_addr()?, url = %url, "https listening");
