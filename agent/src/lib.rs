@@ -23,6 +23,7 @@ pub mod chunker;
 pub mod commands;
 pub mod daemon;
 pub mod index;
+pub mod install;
 pub mod lock;
 pub mod packer;
 pub mod progress;
