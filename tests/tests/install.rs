@@ -138,6 +138,10 @@ fn install_and_boot_from_disk(tag: &str, firmware: Firmware, mac: &str) -> anyho
         let t_install = vm.started.elapsed();
         let console = vm.console();
         anyhow::ensure!(
+            !console.get(..done).unwrap_or("").contains("var-lib-levee.mount"),
+            "the network boot mounted the data partition the installer was creating"
+        );
+        anyhow::ensure!(
             console
                 .get(..done)
                 .unwrap_or("")
@@ -180,15 +184,18 @@ fn install_and_boot_from_disk(tag: &str, firmware: Firmware, mac: &str) -> anyho
                 && cmdline.contains("panic=10"),
             "second boot's command line: {cmdline}"
         );
-        wait_after(&vm, "Mounted var-lib-levee.mount", root, long)?;
-        wait_after(&vm, "levee-journal.service", root, long)?;
-        let agent = wait_after(&vm, "levee-agent", root, long)?;
+        let mounted = wait_after(&vm, "Mounted var-lib-levee.mount", root, long)?;
+        wait_after(&vm, "Finished levee-journal.service", root, long)?;
+        let agent = wait_after(&vm, "levee-agent[", root, long)?;
+        anyhow::ensure!(
+            mounted < agent,
+            "the agent started before /var/lib/levee was mounted"
+        );
         eprintln!(
             "{firmware:?}: QEMU start to `install: done` {:.1} s; install done to the agent on the disk boot {:.1} s",
             t_install.as_secs_f64(),
             installed_at.elapsed().as_secs_f64()
         );
-        let _ = agent;
         // The disk boot fetched nothing from the network.
         let late: Vec<String> = world
             .server
