@@ -105,7 +105,14 @@ fn wait_after(vm: &Vm, needle: &str, from: usize, timeout: Duration) -> anyhow::
         if let Some(i) = text.get(from..).and_then(|t| t.find(needle)) {
             return Ok(Some(from + i));
         }
-        anyhow::ensure!(!vm.exited(), "QEMU exited");
+        if vm.exited() {
+            // It may have printed the needle just before it stopped.
+            let text = vm.console();
+            anyhow::ensure!(
+                text.get(from..).is_some_and(|t| t.contains(needle)),
+                "QEMU exited"
+            );
+        }
         Ok(None)
     })
 }
@@ -138,7 +145,10 @@ fn install_and_boot_from_disk(tag: &str, firmware: Firmware, mac: &str) -> anyho
         let t_install = vm.started.elapsed();
         let console = vm.console();
         anyhow::ensure!(
-            !console.get(..done).unwrap_or("").contains("var-lib-levee.mount"),
+            !console
+                .get(..done)
+                .unwrap_or("")
+                .contains("var-lib-levee.mount"),
             "the network boot mounted the data partition the installer was creating"
         );
         anyhow::ensure!(
@@ -271,6 +281,36 @@ fn rollback(world: &World, disk: &Path, vm: Vm, mac: &str) -> anyhow::Result<()>
         &slot_cfg,
         "set levee_cmdline='levee.root=PARTLABEL=levee-b levee.slot=b console=ttyS0,115200n8 no_timer_check panic=10'\n",
     )?;
+    // Slot A's boot also runs `levee-agent slot commit` (the daemon's
+    // health commit), through systemd.run: slot.cfg may boot by itself,
+    // so the argument with spaces is one GRUB word, quoted for the kernel.
+    let a_cfg = dir.join("slot-a.cfg");
+    mtools(
+        disk,
+        &[
+            "mcopy",
+            "-n",
+            "-o",
+            "::levee/a/slot.cfg",
+            &a_cfg.to_string_lossy(),
+        ],
+    )?;
+    let original = std::fs::read_to_string(&a_cfg)?;
+    std::fs::write(
+        &a_cfg,
+        format!(
+            "{original}linux /levee/a/vmlinuz $levee_cmdline \"systemd.run=/usr/bin/levee-agent slot commit\" systemd.run_success_action=none\ninitrd /levee/a/initrd.img\nboot\n"
+        ),
+    )?;
+    mtools(
+        disk,
+        &[
+            "mcopy",
+            "-o",
+            &a_cfg.to_string_lossy(),
+            "::levee/a/slot.cfg",
+        ],
+    )?;
     let env_b = dir.join("grubenv.b");
     std::fs::write(
         &env_b,
@@ -319,9 +359,57 @@ fn rollback(world: &World, disk: &Path, vm: Vm, mac: &str) -> anyhow::Result<()>
             "rollback: slot B tried once, panicked, slot A booted: {:.1} s",
             vm.started.elapsed().as_secs_f64()
         );
+        wait_after(&vm, "Committed {", a, long)?;
         Ok(())
     })();
     levee_tests::vm::check(result, &[("serial console (rollback)", vm.console())]);
+    // The commit rewrote both copies in place: A has its tries back, B
+    // (which failed) stays spent.
+    // SAFETY: kill(2) on the QEMU we started.
+    unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+    wait_until(Duration::from_secs(30), "QEMU to stop", || {
+        Ok(vm.exited().then_some(()))
+    })?;
+    for copy in ["grubenv", "grubenv.bak"] {
+        let path = dir.join(format!("{copy}.committed"));
+        mtools(
+            disk,
+            &[
+                "mcopy",
+                "-n",
+                "-o",
+                &format!("::levee/{copy}"),
+                &path.to_string_lossy(),
+            ],
+        )?;
+        let env = std::fs::read(&path)?;
+        assert_eq!(env.len(), 1024, "{copy} is 1024 bytes");
+        let env = String::from_utf8_lossy(&env).into_owned();
+        assert!(
+            env.starts_with(
+                "# GRUB Environment Block\nORDER=B A\nA_OK=1\nA_TRY=3\nB_OK=1\nB_TRY=0\n"
+            ),
+            "{copy} after the commit: {env}"
+        );
+    }
+    // And GRUB reads the block the running system rewrote.
+    std::fs::create_dir_all(dir.join("after-commit"))?;
+    let vm = VmBuilder {
+        memory_mib: 1024,
+        disks: vec![disk.to_path_buf()],
+        allow_reboot: true,
+        user_net: Some(String::new()),
+        ..VmBuilder::new(Firmware::Bios, mac)
+    }
+    .start(&world.net, &dir.join("after-commit"))?;
+    let result = wait_after(
+        &vm,
+        "levee: booting slot A (ORDER=B A A_OK=1 A_TRY=2 B_OK=1 B_TRY=0 env=primary)",
+        0,
+        Duration::from_secs(300),
+    )
+    .map(|_| ());
+    levee_tests::vm::check(result, &[("serial console (after commit)", vm.console())]);
     Ok(())
 }
 
