@@ -279,7 +279,8 @@ async fn config(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    blocking(move || {
+    let inline = st.store.reads_in_process();
+    let answer = move || {
         let a = match authorize(st.store.as_ref(), &peer) {
             Ok(a) => a,
             Err(r) => return *r,
@@ -326,8 +327,12 @@ async fn config(
             body,
         )
             .into_response()
-    })
-    .await
+    };
+    if inline {
+        answer()
+    } else {
+        blocking(answer).await
+    }
 }
 
 /// `POST /api/v1/heartbeat`: a status report from an enrolled appliance.

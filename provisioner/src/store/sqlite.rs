@@ -300,6 +300,10 @@ fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
 }
 
 impl Store for SqliteStore {
+    fn reads_in_process(&self) -> bool {
+        true
+    }
+
     fn put_image(&self, image: &ImageRecord) -> Result<()> {
         let manifest = serde_json::to_string(&image.manifest)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
