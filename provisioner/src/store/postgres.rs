@@ -181,6 +181,21 @@ impl PgStore {
     }
 }
 
+/// Runs `f` in a transaction whose commit does not wait for the WAL flush,
+/// for rows that only record what happened (events, last seen): a crash
+/// may lose the last few of them, never tokens, certificates or states.
+/// Each enrollment writes two such rows beside its two durable commits.
+fn relaxed<T>(
+    c: &mut Client,
+    f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut tx = c.transaction()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    let v = f(&mut tx)?;
+    tx.commit()?;
+    Ok(v)
+}
+
 /// One pooled connection and the statements prepared on it.
 struct Conn {
     client: Client,
@@ -703,9 +718,11 @@ impl Store for PgStore {
     }
 
     fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance> {
+        // Seen-at is a record of what happened: no wait for the flush.
         self.with(|c| {
+            relaxed(c, |tx| {
             let t = now() as i64;
-            let row = c.query_one(
+            let row = tx.query_one(
                 &format!(
                     "INSERT INTO appliances (mac, registered, first_seen, last_seen) VALUES ($1, FALSE, $2, $2)
                      ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen
@@ -714,6 +731,7 @@ impl Store for PgStore {
                 &[&mac.to_string(), &t],
             )?;
             appliance_row(&row)
+            })
         })
     }
 
@@ -782,7 +800,8 @@ impl Store for PgStore {
     fn add_event(&self, mac: MacAddr, step: &str, detail: &str) -> Result<()> {
         let mac = mac.to_string();
         self.with(|c| {
-            let id: i64 = c
+            relaxed(c, |tx| {
+            let id: i64 = tx
                 .query_one(
                     "INSERT INTO events (mac, at, step, detail) VALUES ($1, $2, $3, $4) RETURNING id",
                     &[&mac, &(now() as i64), &step, &detail],
@@ -790,13 +809,14 @@ impl Store for PgStore {
                 .try_get(0)?;
             // Cheap trim, as in the SQLite store.
             if id % 50 == 0 {
-                c.execute(
+                tx.execute(
                     "DELETE FROM events WHERE mac = $1 AND id <= (
                        SELECT id FROM events WHERE mac = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
                     &[&mac, &EVENTS_KEPT],
                 )?;
             }
             Ok(())
+            })
         })
     }
 
