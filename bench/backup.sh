@@ -30,6 +30,7 @@ find "$DATA" -type f | sort > "$WORK/files"
 NFILES=$(wc -l < "$WORK/files")
 BYTES=$(du -sb "$DATA" | cut -f1)
 find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
+sync   # the copy's writeback must not land in the first tool's backup
 
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench LEVEE_PASSWORD=bench
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
