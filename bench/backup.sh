@@ -30,6 +30,7 @@ find "$DATA" -type f | sort > "$WORK/files"
 NFILES=$(wc -l < "$WORK/files")
 BYTES=$(du -sb "$DATA" | cut -f1)
 find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
+sync   # the copy's writeback must not land in the first tool's backup
 
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench LEVEE_PASSWORD=bench
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
@@ -62,11 +63,17 @@ echo "== second backup" >&2
 phase second
 
 echo "== restore" >&2
+# Each restore is removed (and the removal synced) before the next tool
+# runs: three full copies at once do not fit on a shared disk, and every tool
+# then starts from the same file system state.
 run levee restore "$LEVEE" --repo "$WORK/levee" --quiet restore latest --target "$WORK/r-levee"
+diff -rq --no-dereference "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
+rm -rf "$WORK/r-levee"; sync
 run restic restore restic --repo "$WORK/restic" restore latest --target "$WORK/r-restic"
+rm -rf "$WORK/r-restic"; sync
 mkdir -p "$WORK/r-borg"
 run borg restore sh -c "cd '$WORK/r-borg' && borg extract '$WORK/borg::second'"
-diff -rq --no-dereference "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
+rm -rf "$WORK/r-borg"; sync
 
 SIZE_levee=$(du -sb "$WORK/levee" | cut -f1); SIZE_restic=$(du -sb "$WORK/restic" | cut -f1); SIZE_borg=$(du -sb "$WORK/borg" | cut -f1)
 IDX=$("$CARGO_TARGET_DIR/release/examples/index_memory" 2)

@@ -29,6 +29,7 @@ pub mod lock;
 pub mod packer;
 pub mod progress;
 pub mod repository;
+pub mod schedule;
 pub mod source;
 pub mod target;
 pub mod util;

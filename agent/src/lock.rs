@@ -5,7 +5,7 @@
 //! through /proc on the same host, so a SIGKILLed run frees it at once) and
 //! its heartbeat, rewritten every 5 minutes, is less than 30 minutes old.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,7 +39,8 @@ pub struct Lock {
     be: Arc<LocalBackend>,
     name: String,
     pub info: LockInfo,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the heartbeat thread at once (no sleep to sit out).
+    stop: Option<crossbeam_channel::Sender<()>>,
     last_ok: Arc<AtomicI64>,
     thread: Option<JoinHandle<()>>,
 }
@@ -87,25 +88,17 @@ impl Lock {
             &name,
             &serde_json::to_vec(&info).unwrap_or_default(),
         )?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let last_ok = Arc::new(AtomicI64::new(now));
         let thread = {
-            let (be, name, mut info, stop, last_ok) = (
-                be.clone(),
-                name.clone(),
-                info.clone(),
-                stop.clone(),
-                last_ok.clone(),
-            );
+            let (be, name, mut info, last_ok) =
+                (be.clone(), name.clone(), info.clone(), last_ok.clone());
             std::thread::spawn(move || {
-                let mut since = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    since += Duration::from_millis(200);
-                    if since < REFRESH {
-                        continue;
-                    }
-                    since = Duration::ZERO;
+                // Wakes every REFRESH, or at once when the Lock is dropped
+                // (a sleep loop made every command wait up to its period).
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(REFRESH)
+                {
                     info.heartbeat_ns = now_ns();
                     // Only a lock file that still exists is refreshed: if a
                     // prune removed it, this run has been fenced out.
@@ -127,7 +120,7 @@ impl Lock {
             be,
             name,
             info,
-            stop,
+            stop: Some(stop),
             last_ok,
             thread: Some(thread),
         })
@@ -146,7 +139,7 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

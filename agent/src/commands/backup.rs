@@ -93,6 +93,8 @@ struct Chunk {
 struct FileJob {
     source: Arc<dyn Source>,
     path: String,
+    /// Size when listed: sizes the read buffers (the file may change).
+    size: u64,
     reply: Sender<Result<(Vec<BlobId>, u64), String>>,
 }
 
@@ -232,6 +234,7 @@ impl Walker<'_> {
         let _ = self.jobs.send(FileJob {
             source: src.clone(),
             path: path.to_string(),
+            size: e.size,
             reply: tx,
         });
         Pending::File(node, rx)
@@ -240,10 +243,25 @@ impl Walker<'_> {
 
 /// A reader thread's reusable state.
 struct Scratch {
-    buf: Vec<u8>,
     chunker: Chunker,
 }
 
+/// Bytes asked of the source per read. Data is read straight into the
+/// chunk's own buffer; only the part of a read past a chunk boundary is
+/// copied (into the next chunk), so smaller reads copy less.
+const READ_SIZE: usize = 256 * 1024;
+
+/// Capacity for a chunk buffer that holds `have` bytes, with `rest` more
+/// expected in the file: exact for small files, two average chunks for
+/// large ones (a longer chunk grows its buffer).
+fn chunk_capacity(have: usize, rest: u64) -> usize {
+    let want = (rest.min(u64::from(u32::MAX)) as usize)
+        .saturating_add(have)
+        .saturating_add(1);
+    want.min(2 * crate::chunker::AVG_SIZE + READ_SIZE)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn read_file(
     repo: &Repository,
     dedup: &Dedup,
@@ -251,15 +269,15 @@ fn read_file(
     counters: &Counters,
     src: &dyn Source,
     path: &str,
+    size_hint: u64,
     scratch: &mut Scratch,
 ) -> Result<(Vec<BlobId>, u64), String> {
-    let Scratch { buf, chunker } = scratch;
+    let Scratch { chunker } = scratch;
     let mut r = src.open(path).map_err(|e| e.to_string())?;
     chunker.reset();
     let key = repo.key();
     let mut content = Vec::new();
     let mut total = 0u64;
-    let mut cur: Vec<u8> = Vec::new();
     let mut emit = |data: Vec<u8>| {
         let id = key.blob_id(&data);
         content.push(id);
@@ -274,30 +292,26 @@ fn read_file(
             });
         }
     };
+    let mut cur: Vec<u8> = Vec::with_capacity(chunk_capacity(0, size_hint));
     loop {
-        let n = match r.read(buf) {
+        let start = cur.len();
+        // read_to_end fills the spare capacity without zeroing it first
+        // and retries on EINTR.
+        let n = match (&mut r).take(READ_SIZE as u64).read_to_end(&mut cur) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("{path}: {e}")),
         };
         total += n as u64;
-        let mut data = &buf[..n];
-        while !data.is_empty() {
-            match chunker.scan(data) {
-                Some(k) => {
-                    cur.extend_from_slice(&data[..k]);
-                    emit(std::mem::replace(
-                        &mut cur,
-                        Vec::with_capacity(crate::chunker::AVG_SIZE),
-                    ));
-                    data = &data[k..];
-                }
-                None => {
-                    cur.extend_from_slice(data);
-                    data = &[];
-                }
-            }
+        let rest = size_hint.saturating_sub(total);
+        let mut off = start;
+        while let Some(k) = chunker.scan(&cur[off..]) {
+            let end = off + k;
+            let mut next = Vec::with_capacity(chunk_capacity(cur.len() - end, rest));
+            next.extend_from_slice(&cur[end..]);
+            cur.truncate(end);
+            emit(std::mem::replace(&mut cur, next));
+            off = 0;
         }
     }
     if !cur.is_empty() {
@@ -371,9 +385,8 @@ pub fn backup(
         for _ in 0..readers {
             let (job_rx, chunk_tx, dedup) = (job_rx.clone(), chunk_tx.clone(), &dedup);
             s.spawn(move || {
-                // One read buffer per reader, not per file (small files are many).
+                // The chunker (and its gear table) is per reader, not per file.
                 let mut scratch = Scratch {
-                    buf: vec![0u8; 1024 * 1024],
                     chunker: repo.chunker(),
                 };
                 for job in job_rx {
@@ -384,6 +397,7 @@ pub fn backup(
                         counters,
                         &*job.source,
                         &job.path,
+                        job.size,
                         &mut scratch,
                     );
                     let _ = job.reply.send(r);
