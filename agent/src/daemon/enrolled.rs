@@ -8,6 +8,7 @@ use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 
 use super::enrollment::sync_clock;
 use super::install_step::install_step;
+use super::jobs::Jobs;
 use super::logging::Log;
 use super::{facts, BootArgs, DaemonError, RunOptions};
 use crate::enroll::{self, Credential, MtlsClient};
@@ -81,6 +82,10 @@ pub(super) fn serve(
         }
     }
 
+    // Scheduled backups run on their own thread, beside the heartbeats;
+    // after the install step, which reboots a machine that installs.
+    let jobs =
+        (!opts.once).then(|| Jobs::start(opts.state_dir.clone(), who.clone(), config.clone()));
     let (mut sent, mut first) = (0u64, true);
     loop {
         let report = facts::report(args);
@@ -100,6 +105,9 @@ pub(super) fn serve(
         // every later one.
         if !first {
             config = pull_config(&client, opts, &who, config, log);
+            if let Some(j) = &jobs {
+                j.update(config.as_ref());
+            }
         }
         first = false;
         match cred.validity() {

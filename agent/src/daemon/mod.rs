@@ -17,6 +17,7 @@ mod enrollment;
 mod facts;
 mod http;
 mod install_step;
+mod jobs;
 mod logging;
 
 use std::path::PathBuf;

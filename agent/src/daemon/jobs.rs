@@ -1,0 +1,245 @@
+//! Scheduled backups in the service: a thread that sleeps until the next
+//! job of the current configuration is due ([`crate::schedule::next_due`]),
+//! runs it ([`crate::schedule::run_job`]) into the repository on the data
+//! partition, and records when each schedule last started, so a restart or
+//! a reboot neither repeats nor loses a run. Heartbeats go on meanwhile: a
+//! backup of a large share takes hours.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use levee_proto::config::CustomerConfig;
+
+use super::logging::Log;
+use crate::enroll::{unix_now, write_atomic};
+use crate::schedule::{next_due, run_job};
+
+/// When the schedules last started, by schedule name (Unix seconds).
+const LAST_RUNS: &str = "jobs.json";
+/// The repository's appliance secret (random, made once, 0600).
+const REPO_KEY: &str = "credential/repo.key";
+/// The repository on the data partition.
+const REPO_DIR: &str = "repo";
+/// Longest sleep before the schedule is looked at again: a configuration
+/// pulled meanwhile may have moved the next job earlier.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The handle the heartbeat loop keeps: it hands over each configuration.
+pub(super) struct Jobs {
+    config: Arc<Mutex<Option<CustomerConfig>>>,
+}
+
+impl Jobs {
+    /// Starts the job thread for the appliance whose state is in
+    /// `state_dir`; `who` prefixes its log lines.
+    pub(super) fn start(state_dir: PathBuf, who: String, config: Option<CustomerConfig>) -> Jobs {
+        let shared = Arc::new(Mutex::new(config));
+        let theirs = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("levee-jobs".into())
+            .spawn(move || run(&state_dir, &who, &theirs));
+        if let Err(e) = spawned {
+            Log::new().warn(format_args!("cannot start the backup scheduler: {e}"));
+        }
+        Jobs { config: shared }
+    }
+
+    /// The configuration to schedule from, from now on.
+    pub(super) fn update(&self, config: Option<&CustomerConfig>) {
+        if let (Some(c), Ok(mut slot)) = (config, self.config.lock()) {
+            if slot.as_ref() != Some(c) {
+                *slot = Some(c.clone());
+            }
+        }
+    }
+}
+
+fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
+    let log = Log::new();
+    let mut last_runs = load_last_runs(state_dir, who, &log);
+    let mut announced: Option<(String, i64)> = None;
+    loop {
+        let config = shared.lock().ok().and_then(|c| c.clone());
+        let Some(config) = config else {
+            // No configuration yet: it usually arrives within seconds.
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
+        let now = unix_now() as i64;
+        // Appliances keep UTC (the image carries no time zone database).
+        let due = match next_due(&config, &last_runs, now, 0) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                std::thread::sleep(RECHECK);
+                continue;
+            }
+            Err(e) => {
+                log.warn(format_args!("{who}: schedules not run: {e}"));
+                std::thread::sleep(RECHECK * 10);
+                continue;
+            }
+        };
+        if due.at > now {
+            let next = (due.schedule.clone(), due.at);
+            if announced.as_ref() != Some(&next) {
+                log.info(format_args!(
+                    "{who}: next backup: schedule {} in {} s",
+                    due.schedule,
+                    due.at - now
+                ));
+                announced = Some(next);
+            }
+            std::thread::sleep(RECHECK.min(Duration::from_secs((due.at - now) as u64)));
+            continue;
+        }
+        let key = match repo_key(state_dir) {
+            Ok(k) => k,
+            Err(e) => {
+                log.warn(format_args!(
+                    "{who}: backup of schedule {} not run: {e}",
+                    due.schedule
+                ));
+                std::thread::sleep(RECHECK * 10);
+                continue;
+            }
+        };
+        log.info(format_args!(
+            "{who}: backup of schedule {} starting",
+            due.schedule
+        ));
+        // Recorded before the run: a crash or reboot mid-backup does not
+        // start it again at once (the next slot redoes it, and the packs the
+        // interrupted run finished are reused).
+        last_runs.insert(due.schedule.clone(), now);
+        save_last_runs(state_dir, &last_runs, who, &log);
+        match run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key) {
+            Ok(report) => {
+                for s in &report.sources {
+                    match &s.result {
+                        Ok(sum) => log.info(format_args!(
+                            "{who}: schedule {}: source {} backed up as snapshot {}: {} files, {} bytes read, {} bytes new, {} errors",
+                            report.schedule,
+                            s.source,
+                            sum.snapshot,
+                            sum.summary.files,
+                            sum.summary.bytes_read,
+                            sum.summary.bytes_new,
+                            sum.summary.errors
+                        )),
+                        Err(e) => log.warn(format_args!(
+                            "{who}: schedule {}: source {} failed: {e}",
+                            report.schedule, s.source
+                        )),
+                    }
+                }
+                if let Some(Err(e)) = &report.prune {
+                    log.warn(format_args!(
+                        "{who}: schedule {}: prune failed: {e}",
+                        report.schedule
+                    ));
+                }
+            }
+            Err(e) => log.warn(format_args!("{who}: schedule {} failed: {e}", due.schedule)),
+        }
+    }
+}
+
+fn load_last_runs(state_dir: &Path, who: &str, log: &Log) -> HashMap<String, i64> {
+    let path = state_dir.join(LAST_RUNS);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log.warn(format_args!(
+                "{who}: {} is not readable ({e}); every schedule counts as never run",
+                path.display()
+            ));
+            HashMap::new()
+        }),
+        Err(_) => HashMap::new(),
+    }
+}
+
+fn save_last_runs(state_dir: &Path, runs: &HashMap<String, i64>, who: &str, log: &Log) {
+    let path = state_dir.join(LAST_RUNS);
+    let saved = serde_json::to_vec_pretty(runs)
+        .map_err(|e| e.to_string())
+        .and_then(|b| write_atomic(&path, &b, 0o600).map_err(|e| e.to_string()));
+    if let Err(e) = saved {
+        log.warn(format_args!(
+            "{who}: cannot record the schedule's run in {}: {e}",
+            path.display()
+        ));
+    }
+}
+
+/// The repository's appliance secret, made on first use: 32 random bytes,
+/// hex, beside the credential (on the data partition of an installed box).
+fn repo_key(state_dir: &Path) -> Result<Vec<u8>, String> {
+    let path = state_dir.join(REPO_KEY);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if k.trim().len() == 64 => Ok(k.trim().as_bytes().to_vec()),
+        Ok(_) => Err(format!("{} is not a 64-digit hex key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = hex::encode(rand::random::<[u8; 32]>());
+            write_atomic(&path, key.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("credential")).unwrap();
+        let a = repo_key(dir.path()).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(repo_key(dir.path()).unwrap(), a);
+        std::fs::write(dir.path().join(REPO_KEY), "short").unwrap();
+        assert!(repo_key(dir.path()).unwrap_err().contains("64-digit"));
+    }
+
+    #[test]
+    fn a_due_schedule_runs_into_the_repository_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("credential")).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f.txt"), b"hello").unwrap();
+        let config: CustomerConfig = serde_json::from_value(serde_json::json!({
+            "customer": "c",
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "d", "path": data.to_string_lossy()}],
+            "schedules": [{"name": "often", "every": "1h"}],
+        }))
+        .unwrap();
+        let jobs = Jobs::start(state.clone(), "test".into(), None);
+        jobs.update(Some(&config));
+        // Never run: due at once; the run is recorded before it starts and
+        // the repository appears.
+        let t = std::time::Instant::now();
+        while !(state.join(LAST_RUNS).exists()
+            && state
+                .join(REPO_DIR)
+                .join("snapshots")
+                .read_dir()
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false))
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "no snapshot after 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let runs: HashMap<String, i64> =
+            serde_json::from_slice(&std::fs::read(state.join(LAST_RUNS)).unwrap()).unwrap();
+        assert!(runs.contains_key("often"));
+    }
+}
