@@ -24,6 +24,7 @@ pub mod commands;
 pub mod daemon;
 pub mod enroll;
 pub mod index;
+pub mod install;
 pub mod lock;
 pub mod packer;
 pub mod progress;

@@ -110,6 +110,7 @@ PARTLABEL=*)
         [ $n -lt 30 ] || fail "no partition labelled $label"
         sleep 1
     done
+    say "root on $DEV ($ROOT)"
     [ "$(head -c 4 "$DEV")" = hsqs ] || fail "$DEV ($label) holds no squashfs"
     if [ -n "$SUM" ]; then
         # The image's sha256 covers the squashfs padded to 4 KiB.

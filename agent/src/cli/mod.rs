@@ -2,6 +2,7 @@
 //! [`Command`] and one arm in [`run`]. Output goes to stdout (text, or one
 //! JSON document with `--json`); progress and logs go to stderr.
 
+mod install;
 mod output;
 mod progress;
 
@@ -82,6 +83,12 @@ pub enum Command {
     Key(KeyCommand),
     /// Run as the appliance service: log to the journal, report status to levee.url.
     Run,
+    /// Install the appliance image to the local disk (slot A, GRUB with A/B boot counting).
+    Install(install::InstallArgs),
+    /// Show the boot slots (`levee-agent slot status --json`), or mark the
+    /// running one good (`levee-agent slot commit`).
+    #[command(subcommand)]
+    Slot(install::SlotCommand),
 }
 
 #[derive(Args)]
@@ -163,6 +170,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     let out = output::Out { json: g.json };
     match cli.command {
+        Command::Install(a) => install::run_install(a, g.json),
+        Command::Slot(c) => install::run_slot(c, g.json),
         Command::Run => {
             levee_agent::daemon::run(&levee_agent::daemon::RunOptions::default())?;
             Ok(0)
