@@ -7,7 +7,7 @@ use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 
 use super::enrollment::sync_clock;
-use super::install_step::install_step;
+use super::install_step::{commit_step, install_step, reboot_step, Installed};
 use super::logging::Log;
 use super::{facts, BootArgs, DaemonError, RunOptions};
 use crate::enroll::{self, Credential, MtlsClient};
@@ -73,7 +73,19 @@ pub(super) fn serve(
 
     if booted_from_network(args) {
         match client.install_plan() {
-            Ok(plan) if plan.install => install(&client, &plan, opts, &who, log),
+            Ok(plan) if plan.install => {
+                if install(&client, &plan, opts, &who, log) {
+                    if opts.once {
+                        log.info(format_args!("{who}: installed; not rebooting (one pass)"));
+                    } else if reboot_into_disk(&client, &plan, &who, log) {
+                        // systemd is stopping us; no heartbeat from the
+                        // network boot in the meantime.
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
+                }
+            }
             Ok(_) => log.info(format_args!(
                 "{who}: the customer does not install to disk; serving from the network boot"
             )),
@@ -82,11 +94,27 @@ pub(super) fn serve(
     }
 
     let (mut sent, mut first) = (0u64, true);
+    let mut committed = args.slot.is_none();
     loop {
         let report = facts::report(args);
         match client.heartbeat(&report) {
             Ok(()) => {
                 sent += 1;
+                if !committed {
+                    // Booted from a disk slot and the server heard us: the
+                    // slot is healthy; keep it.
+                    committed = true;
+                    match commit_step() {
+                        Ok(outcome) => log.info(format_args!(
+                            "{who}: boot slot {} committed ({outcome:?})",
+                            args.slot.as_deref().unwrap_or("-")
+                        )),
+                        Err(e) => log.warn(format_args!(
+                            "{who}: cannot commit boot slot {}: {e}",
+                            args.slot.as_deref().unwrap_or("-")
+                        )),
+                    }
+                }
                 if sent == 1 || sent % 20 == 0 {
                     log.info(format_args!(
                         "{who}: heartbeat {sent} sent (slot {})",
@@ -155,13 +183,21 @@ fn pull_config(
     }
 }
 
-fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str, log: &Log) {
+/// Installs to disk; `true` when the disk is ready to boot (the caller
+/// then reboots).
+fn install(
+    client: &MtlsClient,
+    plan: &InstallPlan,
+    opts: &RunOptions,
+    who: &str,
+    log: &Log,
+) -> bool {
     let version = plan.image.as_ref().map(|i| i.version.clone());
-    let status = |state, reason: Option<String>| InstallStatus {
+    let status = |state, reason: Option<String>, done: Option<&Installed>| InstallStatus {
         state,
         reason,
-        slot: None,
-        disk: None,
+        slot: done.map(|d| d.slot.clone()),
+        disk: done.map(|d| d.disk.clone()),
         image_version: version.clone(),
     };
     log.info(format_args!(
@@ -173,19 +209,59 @@ fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str
             ""
         }
     ));
-    if let Err(e) = client.post_install_status(&status(InstallState::Installing, None)) {
+    if let Err(e) = client.post_install_status(&status(InstallState::Installing, None, None)) {
         log.warn(format_args!("{who}: cannot report `installing`: {e}"));
     }
-    match install_step(plan, &opts.state_dir) {
-        Ok(()) => log.info(format_args!("{who}: install step done")),
+    let mut step_log = |line: &str| log.info(format_args!("{who}: {line}"));
+    match install_step(plan, &opts.state_dir, &mut step_log) {
+        Ok(Some(done)) => {
+            log.info(format_args!(
+                "{who}: installed image {} on {} slot {} in {:.1} s ({} state files carried over)",
+                done.image_version, done.disk, done.slot, done.seconds, done.state_files
+            ));
+            // Still `installing`: the first heartbeat from the disk with
+            // its slot makes it `installed`.
+            if let Err(e) =
+                client.post_install_status(&status(InstallState::Installing, None, Some(&done)))
+            {
+                log.warn(format_args!("{who}: cannot report the installed disk: {e}"));
+            }
+            true
+        }
+        Ok(None) => false,
         Err(reason) => {
             log.warn(format_args!("{who}: install failed: {reason}"));
-            if let Err(e) = client.post_install_status(&status(InstallState::Failed, Some(reason)))
+            if let Err(e) =
+                client.post_install_status(&status(InstallState::Failed, Some(reason), None))
             {
                 log.warn(format_args!("{who}: cannot report `failed`: {e}"));
             }
+            false
         }
     }
+}
+
+/// Reboots into the installed system (`true`: the reboot is under way);
+/// on failure says so to the server, and the caller keeps serving from the
+/// network boot.
+fn reboot_into_disk(client: &MtlsClient, plan: &InstallPlan, who: &str, log: &Log) -> bool {
+    log.info(format_args!("{who}: rebooting into the installed system"));
+    let Err(e) = reboot_step() else {
+        return true;
+    };
+    let reason = format!("installed, but the reboot failed: {e}");
+    log.warn(format_args!("{who}: {reason}"));
+    let status = InstallStatus {
+        state: InstallState::Failed,
+        reason: Some(reason),
+        slot: None,
+        disk: None,
+        image_version: plan.image.as_ref().map(|i| i.version.clone()),
+    };
+    if let Err(e) = client.post_install_status(&status) {
+        log.warn(format_args!("{who}: cannot report `failed`: {e}"));
+    }
+    false
 }
 
 #[cfg(test)]
