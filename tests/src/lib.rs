@@ -10,6 +10,8 @@
 //! to install, because a skipped boot test proves nothing.
 
 pub mod assets;
+pub mod http;
+pub mod image;
 pub mod net;
 pub mod server;
 pub mod vm;
