@@ -27,7 +27,28 @@ pub struct VmBuilder {
     pub firmware: Firmware,
     pub mac: String,
     pub memory_mib: u32,
+    /// Raw disk images, in boot order before the NIC.
     pub disks: Vec<PathBuf>,
+    /// Let the guest reboot (leave out QEMU's `-no-reboot`): installs.
+    pub allow_reboot: bool,
+    /// QEMU user-mode networking with these options (e.g.
+    /// `tftp=DIR,bootfile=boot.ipxe`) instead of a tap on the bridge: the
+    /// guest reaches the namespace's loopback as 10.0.2.2. The NIC then keeps
+    /// QEMU's iPXE ROM under UEFI too, so it boots the same script.
+    pub user_net: Option<String>,
+    /// Boot this kernel directly (`-kernel/-initrd/-append`; QEMU then
+    /// boots it on every reset).
+    pub direct: Option<DirectBoot>,
+    /// The NIC before the disks in the boot order (a disk holding someone
+    /// else's MBR must not be booted: SeaBIOS would run its boot code).
+    pub nic_first: bool,
+}
+
+/// A kernel booted by QEMU itself.
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
 }
 
 impl VmBuilder {
@@ -37,23 +58,43 @@ impl VmBuilder {
             mac: mac.into(),
             memory_mib: 512,
             disks: Vec::new(),
+            allow_reboot: false,
+            user_net: None,
+            direct: None,
+            nic_first: false,
         }
     }
 
     /// Boots the machine inside `net` on a new tap device.
     pub fn start(self, net: &TestNet, dir: &Path) -> anyhow::Result<Vm> {
         require_tool("qemu-system-x86_64", "qemu-system-x86")?;
-        let tap = net.add_tap()?;
         let serial = dir.join(format!("serial-{}.log", self.mac.replace(':', "")));
         let mut cmd = net.cmd("qemu-system-x86_64");
         cmd.args(["-accel", &qemu_accel(), "-m", &self.memory_mib.to_string()])
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none"])
             .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ]);
+            .arg(format!("file:{}", serial.display()));
+        if !self.allow_reboot {
+            cmd.arg("-no-reboot");
+        }
+        match &self.user_net {
+            Some(opts) if opts.is_empty() => cmd.args(["-netdev", "user,id=n0"]),
+            Some(opts) => cmd.args(["-netdev", &format!("user,id=n0,{opts}")]),
+            None => {
+                let tap = net.add_tap()?;
+                cmd.args([
+                    "-netdev",
+                    &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                ])
+            }
+        };
+        if let Some(d) = &self.direct {
+            cmd.arg("-kernel")
+                .arg(&d.kernel)
+                .arg("-initrd")
+                .arg(&d.initrd)
+                .args(["-append", &d.append]);
+        }
         let mut nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
         match self.firmware {
             Firmware::Bios => {
@@ -69,7 +110,9 @@ impl VmBuilder {
                     "-drive",
                     &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
                 ]);
-                nic.push_str(",romfile=");
+                if self.user_net.is_none() {
+                    nic.push_str(",romfile=");
+                }
             }
         }
         for (i, disk) in self.disks.iter().enumerate() {
@@ -77,12 +120,20 @@ impl VmBuilder {
                 "-drive",
                 &format!("file={},format=raw,if=none,id=d{i}", disk.display()),
                 "-device",
-                &format!("virtio-blk-pci,drive=d{i},bootindex={}", i + 1),
+                &format!(
+                    "virtio-blk-pci,drive=d{i},bootindex={}",
+                    i + 1 + usize::from(self.nic_first)
+                ),
             ]);
         }
         // Disks first, then the network, as on a real appliance: a blank disk
         // falls through to PXE, an installed one boots locally.
-        nic.push_str(&format!(",bootindex={}", self.disks.len() + 1));
+        let nic_index = if self.nic_first {
+            1
+        } else {
+            self.disks.len() + 1
+        };
+        nic.push_str(&format!(",bootindex={nic_index}"));
         cmd.args(["-device", &nic])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -98,6 +149,18 @@ impl VmBuilder {
             pid,
             started,
         })
+    }
+}
+
+impl Vm {
+    /// Whether QEMU has exited (it is a zombie until the network reaps it).
+    pub fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+            Err(_) => true,
+        }
     }
 }
 
@@ -117,7 +180,10 @@ pub struct Vm {
 
 impl Vm {
     pub fn console(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
+        // Lossy: firmware and GRUB write escape sequences and odd bytes.
+        std::fs::read(&self.serial)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 }
 
