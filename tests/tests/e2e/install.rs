@@ -146,8 +146,17 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Console lines that split the install into phases (the agent's journal
+/// reaches the console: `systemd.journald.forward_to_console=1`).
+const MARKERS: &[&str] = &[
+    "rebooting into the installed system",
+    "levee: booting slot A",
+    "root on /dev/vda3 (PARTLABEL=levee-a)",
+    "boot slot a committed",
+];
+
 /// Follows one machine's state from QEMU start, once a second, printing
-/// each new state with its time.
+/// each new state (and each console marker) with its time.
 struct Phases<'a> {
     world: &'a World,
     vm: &'a Vm,
@@ -165,9 +174,22 @@ impl<'a> Phases<'a> {
         }
     }
 
-    /// When `state` was first seen (QEMU start to the poll that saw it).
+    /// When `state` (or a console marker) was first seen (QEMU start to
+    /// the poll that saw it).
     fn at(&self, state: &str) -> Option<Duration> {
         self.seen.iter().find(|(s, _)| s == state).map(|(_, t)| *t)
+    }
+
+    fn note(&mut self, what: &str) {
+        if self.at(what).is_none() {
+            let t = self.vm.started.elapsed();
+            eprintln!(
+                "{}: {what} at {:.1} s after QEMU start",
+                self.mac,
+                t.as_secs_f64()
+            );
+            self.seen.push((what.to_string(), t));
+        }
     }
 
     /// Polls until the state is one of `want`; a `failed` state that is not
@@ -175,17 +197,15 @@ impl<'a> Phases<'a> {
     fn wait(&mut self, want: &[&str], timeout: Duration) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
+            let console = self.vm.console();
+            for m in MARKERS {
+                if console.contains(m) {
+                    self.note(m);
+                }
+            }
             if let Some(a) = show(self.world, &self.mac)? {
                 let state = state_of(&a).to_string();
-                if self.seen.last().map(|(s, _)| s.as_str()) != Some(state.as_str()) {
-                    let t = self.vm.started.elapsed();
-                    eprintln!(
-                        "{}: {state} at {:.1} s after QEMU start",
-                        self.mac,
-                        t.as_secs_f64()
-                    );
-                    self.seen.push((state.clone(), t));
-                }
+                self.note(&state);
                 if want.contains(&state.as_str()) {
                     return Ok(a);
                 }
@@ -253,6 +273,14 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
                 t_installing.as_secs_f64(),
                 t_installed.as_secs_f64()
             );
+            if let (Some(reboot), Some(grub)) = (phases.at(MARKERS[0]), phases.at(MARKERS[1])) {
+                eprintln!(
+                    "{firmware:?} phases: install {:.1} s, reboot to GRUB {:.1} s, GRUB to `installed` {:.1} s",
+                    (reboot.saturating_sub(t_installing)).as_secs_f64(),
+                    (grub.saturating_sub(reboot)).as_secs_f64(),
+                    (t_installed.saturating_sub(grub)).as_secs_f64()
+                );
+            }
 
             // Back from its disk: GRUB's slot A, the root on the disk.
             let console = vm.console();
@@ -265,6 +293,12 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
                 "a PXE request after the install: dhcp {dhcp} -> {}, script {scripts} -> {}",
                 steps(&a, "dhcp"),
                 steps(&a, "script")
+            );
+            // The credential came along on the data partition: one enrollment.
+            ensure!(
+                steps(&a, "enrolled") == 1,
+                "{} enrollments",
+                steps(&a, "enrolled")
             );
             // The slot is committed after the first heartbeat from disk.
             wait_console(&vm, "boot slot a committed", Duration::from_secs(120))?;
