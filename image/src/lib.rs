@@ -45,7 +45,7 @@ pub use progress::Progress;
 
 /// Bumped when the builder changes what it makes of the same inputs, so
 /// cached base trees from an older builder are not reused.
-const BUILDER_FORMAT: &str = "levee-image-2";
+const BUILDER_FORMAT: &str = "levee-image-3";
 
 /// What to build, from what, and where.
 #[derive(Debug, Clone)]

@@ -61,6 +61,19 @@ const STRIP: &[&str] = &[
     "etc/resolv.conf",
     "etc/hostname",
     "etc/machine-id",
+    // GRUB: only grub-mkimage and the module directories are used (by
+    // `levee-agent install`); Debian's prebuilt signed/monolithic EFI
+    // images, the font and the other tools are not.
+    "usr/lib/grub/x86_64-efi/monolithic",
+    "usr/share/grub/unicode.pf2",
+    "usr/bin/grub-fstest",
+    "usr/bin/grub-mkrescue",
+    "usr/bin/grub-syslinux2cfg",
+    "usr/bin/grub-render-label",
+    "usr/bin/grub-file",
+    "usr/bin/grub-mkfont",
+    "usr/bin/grub-mount",
+    "usr/sbin/grub-macbless",
 ];
 
 /// Strips a freshly bootstrapped tree (cached afterwards).

@@ -13,104 +13,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use levee_tests::image::{image, levee_build, tools, work_dir, FileLock};
 use levee_tests::{binary, require_tool, target_dir, wait_until, workspace_root};
 
 const MAC: &str = "52:54:00:12:34:56";
-
-/// Where this test keeps its image, cache and lock.
-fn work_dir() -> PathBuf {
-    target_dir().join("levee-image-test")
-}
-
-fn tools() -> anyhow::Result<()> {
-    for (tool, package) in [
-        ("mmdebstrap", "mmdebstrap"),
-        ("mksquashfs", "squashfs-tools"),
-        ("zstd", "zstd"),
-        ("depmod", "kmod"),
-        ("strip", "binutils"),
-        ("qemu-system-x86_64", "qemu-system-x86"),
-    ] {
-        require_tool(tool, package)?;
-    }
-    Ok(())
-}
-
-/// An exclusive flock held while it lives.
-struct FileLock {
-    _file: std::fs::File,
-}
-
-impl FileLock {
-    fn acquire(path: &Path) -> anyhow::Result<FileLock> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "flock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(FileLock { _file: f })
-    }
-}
-
-/// Runs `levee image build` into `out` with the given cache and lock.
-fn levee_build(
-    out: &Path,
-    cache: &Path,
-    lock: &Path,
-) -> anyhow::Result<(serde_json::Value, Duration)> {
-    tools()?;
-    let start = Instant::now();
-    let output = Command::new(binary("levee")?)
-        .args(["image", "build", "--json", "--manifest"])
-        .arg(workspace_root().join("image/appliance.yaml"))
-        .arg("--out")
-        .arg(out)
-        .arg("--agent")
-        .arg(binary("levee-agent")?)
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--lock")
-        .arg(lock)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run levee image build")?;
-    if !output.status.success() {
-        bail!("levee image build failed ({})", output.status);
-    }
-    let image: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("image.json on stdout")?;
-    Ok((image, start.elapsed()))
-}
-
-/// The image shared by this process's tests.
-fn image() -> anyhow::Result<&'static (PathBuf, serde_json::Value)> {
-    static IMAGE: OnceLock<Result<(PathBuf, serde_json::Value), String>> = OnceLock::new();
-    let r = IMAGE.get_or_init(|| {
-        let dir = work_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let _lock = FileLock::acquire(&dir.join("build.lock")).map_err(|e| format!("{e:#}"))?;
-        let out = dir.join("out");
-        let (image, took) = levee_build(&out, &dir.join("cache"), &dir.join("appliance.lock"))
-            .map_err(|e| format!("{e:#}"))?;
-        eprintln!("image built in {:.1} s", took.as_secs_f64());
-        Ok((out, image))
-    });
-    r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
-}
 
 /// A tiny HTTP/1.1 server: GET serves files from a directory, POST to the
 /// report path records the JSON body.
@@ -289,12 +199,11 @@ impl Drop for Qemu {
 
 /// Runs `f`; on failure prints the console so the reason is visible.
 fn with_console<T>(console: PathBuf, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    f().map_err(|e| {
+    f().inspect_err(|_| {
         let text = std::fs::read(&console)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         eprintln!("---- serial console ----\n{text}\n---- end ----");
-        e
     })
 }
 

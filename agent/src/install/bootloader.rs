@@ -129,9 +129,9 @@ if [ -n "$levee_env" ]; then
 fi
 
 if [ "$SLOT" = B ]; then set levee_dir=/levee/b; else set levee_dir=/levee/a; fi
+echo "levee: booting slot $SLOT (ORDER=$ORDER A_OK=$A_OK A_TRY=$A_TRY B_OK=$B_OK B_TRY=$B_TRY env=$levee_env)"
 set levee_cmdline=""
 source $levee_dir/slot.cfg
-echo "levee: booting slot $SLOT (ORDER=$ORDER A_OK=$A_OK A_TRY=$A_TRY B_OK=$B_OK B_TRY=$B_TRY env=$levee_env)"
 if linux $levee_dir/vmlinuz $levee_cmdline; then
   if initrd $levee_dir/initrd.img; then
     boot

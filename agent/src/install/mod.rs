@@ -439,8 +439,13 @@ fn unmount_disk(disk: &Disk) -> Result<(), InstallError> {
             let mut f = l.split_whitespace();
             let (src, dst) = (f.next()?, f.next()?);
             let real = std::fs::canonicalize(src).ok()?;
-            real.to_string_lossy()
-                .starts_with(&prefix)
+            let real = real.to_string_lossy();
+            // The disk itself or one of its partitions (vda3, nvme0n1p3),
+            // not another disk sharing the prefix (vdaa).
+            let rest = real.strip_prefix(prefix.as_str())?;
+            let rest = rest.strip_prefix('p').unwrap_or(rest);
+            rest.chars()
+                .all(|c| c.is_ascii_digit())
                 .then(|| dst.replace("\\040", " "))
         })
         .collect();
