@@ -72,7 +72,7 @@ pub(super) fn serve(
     let mut config = pull_config(&client, opts, &who, None, log);
 
     if booted_from_network(args) {
-        match client.install_plan() {
+        match install_plan(&client, opts, &who, log) {
             Ok(plan) if plan.install => {
                 if install(&client, &plan, opts, &who, log) {
                     if opts.once {
@@ -155,6 +155,32 @@ pub(super) fn serve(
             config.as_ref(),
             opts.interval,
         ));
+    }
+}
+
+/// The install plan, retried a few times while the server is unreachable:
+/// on a network boot systemd-networkd takes the interface over from stage
+/// 1 about when the agent asks, and a lost plan would mean no install.
+fn install_plan(
+    client: &MtlsClient,
+    opts: &RunOptions,
+    who: &str,
+    log: &Log,
+) -> Result<InstallPlan, enroll::EnrollError> {
+    let mut delays = [1u64, 2, 3, 5, 8].into_iter();
+    loop {
+        match client.install_plan() {
+            Err(e) if e.is_transient() && !opts.once => match delays.next() {
+                Some(secs) => {
+                    log.warn(format_args!(
+                        "{who}: cannot fetch the install plan ({e}); retrying in {secs} s"
+                    ));
+                    std::thread::sleep(Duration::from_secs(secs));
+                }
+                None => return Err(e),
+            },
+            r => return r,
+        }
     }
 }
 
