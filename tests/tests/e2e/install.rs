@@ -442,8 +442,17 @@ fn enroll_unregistered_waits_for_approval() {
                     l.contains("configuration served") && l.contains(&format!("appliance={id} "))
                 })
             };
-            // A few of its retries later it still waits, and has nothing.
-            std::thread::sleep(Duration::from_secs(8));
+            // Three answers "pending" (202) later it still waits, and has
+            // nothing.
+            wait_until(Duration::from_secs(60), "three pending answers", || {
+                ensure!(!vm.exited(), "QEMU exited");
+                let log = world.server.log_text();
+                let answered = log
+                    .lines()
+                    .filter(|l| l.contains("/api/v1/enroll") && l.contains("status=202"))
+                    .count();
+                Ok((answered >= 3).then_some(()))
+            })?;
             let a = show(&world, mac)?.context("gone")?;
             ensure!(state_of(&a) == "pending", "{a}");
             ensure!(a["appliance"]["cert_fingerprint"].is_null(), "{a}");
