@@ -102,13 +102,16 @@ pub(super) fn serve(
                 sent += 1;
                 if !committed {
                     // Booted from a disk slot and the server heard us: the
-                    // slot is healthy; keep it.
-                    committed = true;
+                    // slot is healthy; keep it (tried again at the next
+                    // heartbeat if the boot environment cannot be written).
                     match commit_step() {
-                        Ok(outcome) => log.info(format_args!(
-                            "{who}: boot slot {} committed ({outcome:?})",
-                            args.slot.as_deref().unwrap_or("-")
-                        )),
+                        Ok(outcome) => {
+                            committed = true;
+                            log.info(format_args!(
+                                "{who}: boot slot {} committed ({outcome:?})",
+                                args.slot.as_deref().unwrap_or("-")
+                            ));
+                        }
                         Err(e) => log.warn(format_args!(
                             "{who}: cannot commit boot slot {}: {e}",
                             args.slot.as_deref().unwrap_or("-")
