@@ -111,8 +111,10 @@ pub struct InstallPlan {
     pub install: bool,
     /// Ops ran `levee appliance reinstall`: a disk holding a Levee install
     /// may be overwritten (never a disk holding anything else).
+    #[serde(default)]
     pub reinstall: bool,
     /// Smallest disk the installer may pick.
+    #[serde(default)]
     pub min_disk_bytes: u64,
     /// The image to install: the one of the boot profile the appliance
     /// boots. `None` when that image has no root file system.
@@ -129,6 +131,7 @@ pub struct InstallImage {
     /// The image's own kernel arguments (`cmdline` of its `image.json`),
     /// without `levee.root=` / `levee.sha256=`, which the installer adds
     /// for the slot it writes.
+    #[serde(default)]
     pub cmdline: String,
 }
 

@@ -221,12 +221,13 @@ fn the_agent_enrolls_after_approval_pulls_config_heartbeats_and_renews() {
     assert!(a.cert_fingerprint.is_some());
     assert!(a.last_heartbeat.is_some(), "{a:?}");
     // It booted from the network and the customer installs to disk: the
-    // install step ran (the installer is not linked here) and said why.
+    // install step ran and refused the plan before looking at any disk
+    // (this test image has no root file system), and said why.
     assert_eq!(a.state.as_str(), "failed");
     assert!(
         a.state_reason
             .as_deref()
-            .is_some_and(|r| r.contains("installer not linked")),
+            .is_some_and(|r| r.contains("names no image")),
         "{a:?}"
     );
     let cred = Credential::load(&state).expect("load").expect("credential");

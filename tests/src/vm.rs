@@ -39,6 +39,9 @@ pub struct VmBuilder {
     /// Boot this kernel directly (`-kernel/-initrd/-append`; QEMU then
     /// boots it on every reset).
     pub direct: Option<DirectBoot>,
+    /// The NIC before the disks in the boot order (a disk holding someone
+    /// else's MBR must not be booted: SeaBIOS would run its boot code).
+    pub nic_first: bool,
 }
 
 /// A kernel booted by QEMU itself.
@@ -58,6 +61,7 @@ impl VmBuilder {
             allow_reboot: false,
             user_net: None,
             direct: None,
+            nic_first: false,
         }
     }
 
@@ -116,12 +120,20 @@ impl VmBuilder {
                 "-drive",
                 &format!("file={},format=raw,if=none,id=d{i}", disk.display()),
                 "-device",
-                &format!("virtio-blk-pci,drive=d{i},bootindex={}", i + 1),
+                &format!(
+                    "virtio-blk-pci,drive=d{i},bootindex={}",
+                    i + 1 + usize::from(self.nic_first)
+                ),
             ]);
         }
         // Disks first, then the network, as on a real appliance: a blank disk
         // falls through to PXE, an installed one boots locally.
-        nic.push_str(&format!(",bootindex={}", self.disks.len() + 1));
+        let nic_index = if self.nic_first {
+            1
+        } else {
+            self.disks.len() + 1
+        };
+        nic.push_str(&format!(",bootindex={nic_index}"));
         cmd.args(["-device", &nic])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

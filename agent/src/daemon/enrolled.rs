@@ -7,7 +7,7 @@ use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 
 use super::enrollment::sync_clock;
-use super::install_step::install_step;
+use super::install_step::{commit_step, install_step, reboot_step, Installed};
 use super::jobs::Jobs;
 use super::logging::Log;
 use super::{facts, BootArgs, DaemonError, RunOptions};
@@ -73,8 +73,20 @@ pub(super) fn serve(
     let mut config = pull_config(&client, opts, &who, None, log);
 
     if booted_from_network(args) {
-        match client.install_plan() {
-            Ok(plan) if plan.install => install(&client, &plan, opts, &who, log),
+        match install_plan(&client, opts, &who, log) {
+            Ok(plan) if plan.install => {
+                if install(&client, &plan, opts, &who, log) {
+                    if opts.once {
+                        log.info(format_args!("{who}: installed; not rebooting (one pass)"));
+                    } else if reboot_into_disk(&client, &plan, &who, log) {
+                        // systemd is stopping us; no heartbeat from the
+                        // network boot in the meantime.
+                        loop {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                    }
+                }
+            }
             Ok(_) => log.info(format_args!(
                 "{who}: the customer does not install to disk; serving from the network boot"
             )),
@@ -87,11 +99,30 @@ pub(super) fn serve(
     let jobs =
         (!opts.once).then(|| Jobs::start(opts.state_dir.clone(), who.clone(), config.clone()));
     let (mut sent, mut first) = (0u64, true);
+    let mut committed = args.slot.is_none();
     loop {
         let report = facts::report(args);
         match client.heartbeat(&report) {
             Ok(()) => {
                 sent += 1;
+                if !committed {
+                    // Booted from a disk slot and the server heard us: the
+                    // slot is healthy; keep it (tried again at the next
+                    // heartbeat if the boot environment cannot be written).
+                    match commit_step() {
+                        Ok(outcome) => {
+                            committed = true;
+                            log.info(format_args!(
+                                "{who}: boot slot {} committed ({outcome:?})",
+                                args.slot.as_deref().unwrap_or("-")
+                            ));
+                        }
+                        Err(e) => log.warn(format_args!(
+                            "{who}: cannot commit boot slot {}: {e}",
+                            args.slot.as_deref().unwrap_or("-")
+                        )),
+                    }
+                }
                 if sent == 1 || sent % 20 == 0 {
                     log.info(format_args!(
                         "{who}: heartbeat {sent} sent (slot {})",
@@ -138,6 +169,32 @@ pub(super) fn serve(
     }
 }
 
+/// The install plan, retried a few times while the server is unreachable:
+/// on a network boot systemd-networkd takes the interface over from stage
+/// 1 about when the agent asks, and a lost plan would mean no install.
+fn install_plan(
+    client: &MtlsClient,
+    opts: &RunOptions,
+    who: &str,
+    log: &Log,
+) -> Result<InstallPlan, enroll::EnrollError> {
+    let mut delays = [1u64, 2, 3, 5, 8].into_iter();
+    loop {
+        match client.install_plan() {
+            Err(e) if e.is_transient() && !opts.once => match delays.next() {
+                Some(secs) => {
+                    log.warn(format_args!(
+                        "{who}: cannot fetch the install plan ({e}); retrying in {secs} s"
+                    ));
+                    std::thread::sleep(Duration::from_secs(secs));
+                }
+                None => return Err(e),
+            },
+            r => return r,
+        }
+    }
+}
+
 /// Pulls (or revalidates) the configuration; keeps `previous` on failure.
 fn pull_config(
     client: &MtlsClient,
@@ -163,13 +220,21 @@ fn pull_config(
     }
 }
 
-fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str, log: &Log) {
+/// Installs to disk; `true` when the disk is ready to boot (the caller
+/// then reboots).
+fn install(
+    client: &MtlsClient,
+    plan: &InstallPlan,
+    opts: &RunOptions,
+    who: &str,
+    log: &Log,
+) -> bool {
     let version = plan.image.as_ref().map(|i| i.version.clone());
-    let status = |state, reason: Option<String>| InstallStatus {
+    let status = |state, reason: Option<String>, done: Option<&Installed>| InstallStatus {
         state,
         reason,
-        slot: None,
-        disk: None,
+        slot: done.map(|d| d.slot.clone()),
+        disk: done.map(|d| d.disk.clone()),
         image_version: version.clone(),
     };
     log.info(format_args!(
@@ -181,19 +246,59 @@ fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str
             ""
         }
     ));
-    if let Err(e) = client.post_install_status(&status(InstallState::Installing, None)) {
+    if let Err(e) = client.post_install_status(&status(InstallState::Installing, None, None)) {
         log.warn(format_args!("{who}: cannot report `installing`: {e}"));
     }
-    match install_step(plan, &opts.state_dir) {
-        Ok(()) => log.info(format_args!("{who}: install step done")),
+    let mut step_log = |line: &str| log.info(format_args!("{who}: {line}"));
+    match install_step(plan, &opts.state_dir, &mut step_log) {
+        Ok(Some(done)) => {
+            log.info(format_args!(
+                "{who}: installed image {} on {} slot {} in {:.1} s ({} state files carried over)",
+                done.image_version, done.disk, done.slot, done.seconds, done.state_files
+            ));
+            // Still `installing`: the first heartbeat from the disk with
+            // its slot makes it `installed`.
+            if let Err(e) =
+                client.post_install_status(&status(InstallState::Installing, None, Some(&done)))
+            {
+                log.warn(format_args!("{who}: cannot report the installed disk: {e}"));
+            }
+            true
+        }
+        Ok(None) => false,
         Err(reason) => {
             log.warn(format_args!("{who}: install failed: {reason}"));
-            if let Err(e) = client.post_install_status(&status(InstallState::Failed, Some(reason)))
+            if let Err(e) =
+                client.post_install_status(&status(InstallState::Failed, Some(reason), None))
             {
                 log.warn(format_args!("{who}: cannot report `failed`: {e}"));
             }
+            false
         }
     }
+}
+
+/// Reboots into the installed system (`true`: the reboot is under way);
+/// on failure says so to the server, and the caller keeps serving from the
+/// network boot.
+fn reboot_into_disk(client: &MtlsClient, plan: &InstallPlan, who: &str, log: &Log) -> bool {
+    log.info(format_args!("{who}: rebooting into the installed system"));
+    let Err(e) = reboot_step() else {
+        return true;
+    };
+    let reason = format!("installed, but the reboot failed: {e}");
+    log.warn(format_args!("{who}: {reason}"));
+    let status = InstallStatus {
+        state: InstallState::Failed,
+        reason: Some(reason),
+        slot: None,
+        disk: None,
+        image_version: plan.image.as_ref().map(|i| i.version.clone()),
+    };
+    if let Err(e) = client.post_install_status(&status) {
+        log.warn(format_args!("{who}: cannot report `failed`: {e}"));
+    }
+    false
 }
 
 #[cfg(test)]

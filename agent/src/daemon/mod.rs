@@ -7,9 +7,12 @@
 //! 3. without either, reports its status over plain HTTP as before;
 //! 4. once enrolled: sets its clock from the server, pulls its customer's
 //!    configuration (mTLS, ETag-cached), installs to disk if it booted from
-//!    the network and the plan says so (through [`install_step`] only), then
-//!    heartbeats at the configured interval, refreshing the configuration
-//!    and renewing its certificate when due. Errors never end the loop.
+//!    the network and the plan says so (through [`install_step`] only: the
+//!    installer carries the state dir onto the data partition, then the
+//!    daemon reboots into the disk), then heartbeats at the configured
+//!    interval, refreshing the configuration and renewing its certificate
+//!    when due. After a disk boot, the first accepted heartbeat commits the
+//!    boot slot. Errors never end the loop.
 
 mod cmdline;
 mod enrolled;
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 pub use cmdline::BootArgs;
 pub use enrolled::{heartbeat_interval, parse_interval};
-pub use install_step::install_step;
+pub use install_step::{install_step, Installed};
 
 /// Settings of `levee-agent run`.
 #[derive(Debug, Clone)]

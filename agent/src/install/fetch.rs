@@ -8,27 +8,81 @@ use sha2::{Digest, Sha256};
 use super::plan::Artifact;
 use super::InstallError;
 
-/// Opens an artifact's URL (`http(s)://` or `file://`) for reading.
+/// Waits between attempts to reach the server: a network boot's agent
+/// installs while systemd-networkd takes the interface over from stage 1
+/// (the link is reset and the address acquired again, ~1-3 s under TCG),
+/// so a request sent then fails without the server being at fault.
+const RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(3),
+    Duration::from_secs(5),
+    Duration::from_secs(8),
+];
+
+/// Opens an artifact's URL (`http(s)://` or `file://`) for reading. A
+/// request that cannot be sent (no route, connection refused or reset) or
+/// a 5xx answer is retried after each of [`RETRY_DELAYS`]; nothing has
+/// been read yet then, so the caller's writes are unaffected.
 pub fn open(url: &str) -> Result<Box<dyn Read>, InstallError> {
+    open_retrying(url, &RETRY_DELAYS)
+}
+
+fn open_retrying(url: &str, delays: &[Duration]) -> Result<Box<dyn Read>, InstallError> {
+    let mut attempt = 0;
+    loop {
+        match open_once(url) {
+            Ok(r) => return Ok(r),
+            Err((e, transient)) => match delays.get(attempt) {
+                Some(delay) if transient => {
+                    std::thread::sleep(*delay);
+                    attempt += 1;
+                }
+                _ if attempt > 0 => {
+                    return Err(match e {
+                        InstallError::Download { url, reason } => InstallError::Download {
+                            url,
+                            reason: format!("{reason} (after {} attempts)", attempt + 1),
+                        },
+                        e => e,
+                    })
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+/// One attempt; the flag says whether another may succeed.
+fn open_once(url: &str) -> Result<Box<dyn Read>, (InstallError, bool)> {
     let fail = |reason: String| InstallError::Download {
         url: url.to_string(),
         reason,
     };
     if let Some(path) = url.strip_prefix("file://") {
-        let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let f = std::fs::File::open(path).map_err(|e| (fail(e.to_string()), false))?;
         return Ok(Box::new(f));
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(fail("not an http://, https:// or file:// URL".into()));
+        return Err((
+            fail("not an http://, https:// or file:// URL".into()),
+            false,
+        ));
     }
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .timeout(Duration::from_secs(30 * 60))
         .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let resp = client.get(url).send().map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| (fail(e.to_string()), false))?;
+    let resp = client.get(url).send().map_err(|e| {
+        // Not a TLS or URL problem: the network or the server may be back
+        // in a moment.
+        let transient = e.is_connect() || e.is_timeout() || e.is_request();
+        (fail(e.to_string()), transient)
+    })?;
     if !resp.status().is_success() {
-        return Err(fail(format!("HTTP {}", resp.status())));
+        let transient = resp.status().is_server_error();
+        return Err((fail(format!("HTTP {}", resp.status())), transient));
     }
     Ok(Box::new(resp))
 }
@@ -109,4 +163,56 @@ pub fn sha256_prefix(r: &mut dyn Read, len: u64) -> std::io::Result<String> {
         left -= want as u64;
     }
     Ok(hex::encode(hash.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_server_that_is_back_after_a_moment_is_reached() {
+        // A port nobody listens on yet: the first attempts are refused.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let server = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = std::io::Read::read(&mut c, &mut req);
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .unwrap();
+        });
+        let url = format!("http://127.0.0.1:{port}/x");
+        let mut body = String::new();
+        open_retrying(&url, &[Duration::from_millis(200); 10])
+            .unwrap()
+            .read_to_string(&mut body)
+            .unwrap();
+        assert_eq!(body, "ok");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn gives_up_after_the_last_delay_and_says_how_often_it_tried() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/x");
+        let err = open_retrying(&url, &[Duration::from_millis(10); 2])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("after 3 attempts"), "{err}");
+        // Not retried: a URL scheme we do not speak.
+        let err = open_retrying("ftp://x/y", &[Duration::from_millis(10); 2])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("attempts"), "{err}");
+    }
 }

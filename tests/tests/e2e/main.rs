@@ -1,4 +1,5 @@
 //! End-to-end tests: real QEMU machines booting over Levee's own servers in
 //! private network namespaces. One test binary; modules by subject.
 
+mod install;
 mod pxe_boot;
