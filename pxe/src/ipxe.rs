@@ -37,10 +37,10 @@ pub fn fill_template(
             offset += pos + 2;
             continue;
         }
-        if tail.starts_with('}') {
+        if let Some(after) = tail.strip_prefix('}') {
             // A lone closing brace is harmless; keep it.
             out.push('}');
-            rest = &tail[1..];
+            rest = after;
             offset += pos + 1;
             continue;
         }

@@ -67,7 +67,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
             std::thread::sleep(Duration::from_secs(1));
             continue;
         };
-        let now = unix_now() as i64;
+        let now = unix_now();
         // Appliances keep UTC (the image carries no time zone database).
         let due = match next_due(&config, &last_runs, now, 0) {
             Ok(Some(d)) => d,
