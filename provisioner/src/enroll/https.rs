@@ -220,6 +220,15 @@ fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// The appliance this request is from, if it may be served: its
 /// certificate must be the one recorded for it, and it must not be revoked.
 fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
+    authorize_with(peer, |id| Ok(store.appliance_by_id(id)?.map(|a| (a, ())))).map(|(a, ())| a)
+}
+
+/// [`authorize`] with the appliance (and what comes with it, `T`) loaded by
+/// `load`: the configuration endpoint loads the customer in the same query.
+fn authorize_with<T>(
+    peer: &Peer,
+    load: impl FnOnce(i64) -> Result<Option<(Appliance, T)>, crate::store::StoreError>,
+) -> Result<(Appliance, T), Box<Response>> {
     let refuse = |id: Option<i64>, status: StatusCode, reason: String| {
         warn!(appliance = ?id, cert = %peer.fingerprint, %reason, "mTLS request refused");
         Box::new(api_error(status, reason))
@@ -231,8 +240,8 @@ fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>>
             "the certificate names no appliance".into(),
         ));
     };
-    let a = match store.appliance_by_id(id) {
-        Ok(Some(a)) => a,
+    let (a, extra) = match load(id) {
+        Ok(Some(found)) => found,
         Ok(None) => {
             return Err(refuse(
                 Some(id),
@@ -262,7 +271,7 @@ fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>>
             format!("this certificate of appliance {id} has been superseded (re-enrolled or renewed): it is revoked"),
         ));
     }
-    Ok(a)
+    Ok((a, extra))
 }
 
 /// Runs a store-bound handler off the async runtime.
@@ -281,22 +290,18 @@ async fn config(
 ) -> Response {
     let inline = st.store.reads_in_process();
     let answer = move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
+        let (a, record) = match authorize_with(&peer, |id| st.store.appliance_with_customer(id)) {
+            Ok(found) => found,
             Err(r) => return *r,
         };
         let Some(customer) = a.customer.as_deref() else {
             return api_error(StatusCode::FORBIDDEN, "this appliance has no customer yet");
         };
-        let record = match st.store.customer(customer) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return api_error(
-                    StatusCode::NOT_FOUND,
-                    format!("customer {customer} does not exist"),
-                )
-            }
-            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        let Some(record) = record else {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                format!("customer {customer} does not exist"),
+            );
         };
         let (body, etag) = match st.rendered.get_or_render(&st.key, &record.config) {
             Ok(r) => r,

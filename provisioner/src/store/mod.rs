@@ -346,6 +346,21 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes an appliance and stops serving it.
     fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance>;
     fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>>;
+    /// An appliance and its customer's record, for the mTLS API's every
+    /// request (one round trip where the store is remote).
+    fn appliance_with_customer(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Appliance, Option<CustomerRecord>)>> {
+        let Some(a) = self.appliance_by_id(id)? else {
+            return Ok(None);
+        };
+        let c = match a.customer.as_deref() {
+            Some(name) => self.customer(name)?,
+            None => None,
+        };
+        Ok(Some((a, c)))
+    }
     /// By MAC or id.
     fn find_appliance(&self, r: ApplianceRef) -> Result<Option<Appliance>> {
         match r {

@@ -283,12 +283,18 @@ fn profile_row(row: &Row) -> Result<Profile> {
 }
 
 fn customer_row(row: &Row) -> Result<CustomerRecord> {
-    let config: String = row.try_get(1)?;
+    customer_row_at(row, 0)
+}
+
+/// A customer record from columns `at..at + 4` (name, config, created_at,
+/// updated_at).
+fn customer_row_at(row: &Row, at: usize) -> Result<CustomerRecord> {
+    let config: String = row.try_get(at + 1)?;
     Ok(CustomerRecord {
-        name: row.try_get(0)?,
+        name: row.try_get(at)?,
         config: serde_json::from_str(&config).map_err(corrupt)?,
-        created_at: row.try_get::<_, i64>(2)? as u64,
-        updated_at: row.try_get::<_, i64>(3)? as u64,
+        created_at: row.try_get::<_, i64>(at + 2)? as u64,
+        updated_at: row.try_get::<_, i64>(at + 3)? as u64,
     })
 }
 
@@ -715,6 +721,36 @@ impl Store for PgStore {
         )?
         .map(|r| appliance_row(&r))
         .transpose()
+    }
+
+    fn appliance_with_customer(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Appliance, Option<CustomerRecord>)>> {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            let cols: Vec<String> = APPLIANCE_COLS
+                .split(',')
+                .map(|c| format!("a.{}", c.trim()))
+                .collect();
+            format!(
+                "SELECT {}, c.name, c.config, c.created_at, c.updated_at
+                 FROM appliances a LEFT JOIN customers c ON c.name = a.customer WHERE a.id = $1",
+                cols.join(", ")
+            )
+        });
+        let Some(row) = self.query_prepared(sql, &[&id])? else {
+            return Ok(None);
+        };
+        let a = appliance_row(&row)?;
+        let base = APPLIANCE_COLS.split(',').count();
+        let has_customer = row.try_get::<_, Option<String>>(base)?.is_some();
+        let c = if has_customer {
+            Some(customer_row_at(&row, base)?)
+        } else {
+            None
+        };
+        Ok(Some((a, c)))
     }
 
     fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance> {

@@ -63,6 +63,10 @@ pub const CASES: &[Case] = &[
         pending_keys_are_kept_until_enrollment,
     ),
     (
+        "an_appliance_comes_with_its_customer",
+        an_appliance_comes_with_its_customer,
+    ),
+    (
         "reinstall_is_one_shot_and_a_slot_completes_an_install",
         reinstall_is_one_shot_and_a_slot_completes_an_install,
     ),
@@ -369,6 +373,27 @@ fn customers_are_created_and_updated(s: &dyn Store) {
     let names: Vec<_> = s.customers().unwrap().into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["acme", "beta"]);
     assert!(s.put_customer(&customer("../evil", "5m")).is_err());
+}
+
+fn an_appliance_comes_with_its_customer(s: &dyn Store) {
+    assert!(s.appliance_with_customer(999_999).unwrap().is_none());
+    s.put_customer(&customer("acme", "5m")).unwrap();
+    let with = s
+        .register_appliance(
+            mac(30),
+            &Registration {
+                customer: Some("acme"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (a, c) = s.appliance_with_customer(with.id).unwrap().unwrap();
+    assert_eq!(a, with);
+    assert_eq!(c, s.customer("acme").unwrap());
+    let without = s.register_appliance(mac(31), &Registration::default()).unwrap();
+    let (a, c) = s.appliance_with_customer(without.id).unwrap().unwrap();
+    assert_eq!(a, without);
+    assert!(c.is_none());
 }
 
 fn registration_needs_a_known_customer(s: &dyn Store) {
