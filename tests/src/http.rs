@@ -106,7 +106,16 @@ fn serve(
         .ok()
         .and_then(|f| f.get(path.trim_start_matches('/')).cloned());
     let mut conn = conn;
-    match file.map(std::fs::read) {
+    Ok(respond_file(&mut conn, file.map(std::fs::read))?)
+}
+
+/// Answers a GET with the file read (200) or 404 when there is none or it
+/// could not be read; the connection closes after it.
+pub fn respond_file(
+    conn: &mut impl Write,
+    file: Option<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    match file {
         Some(Ok(data)) => {
             conn.write_all(
                 format!(
@@ -115,11 +124,9 @@ fn serve(
                 )
                 .as_bytes(),
             )?;
-            conn.write_all(&data)?;
+            conn.write_all(&data)
         }
-        _ => conn.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )?,
+        _ => conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     }
-    Ok(())
 }

@@ -90,21 +90,10 @@ fn serve(
         }
         "GET" => {
             let name = path.trim_start_matches('/');
-            match (!name.contains("..")).then(|| std::fs::read(root.join(name))) {
-                Some(Ok(data)) => {
-                    conn.write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            data.len()
-                        )
-                        .as_bytes(),
-                    )?;
-                    conn.write_all(&data)?;
-                }
-                _ => conn.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )?,
-            }
+            levee_tests::http::respond_file(
+                &mut conn,
+                (!name.contains("..")).then(|| std::fs::read(root.join(name))),
+            )?;
         }
         _ => conn.write_all(
             b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
