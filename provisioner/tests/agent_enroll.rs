@@ -6,6 +6,8 @@
 //! The server runs on its own tokio runtime; the agent is blocking code
 //! and runs on plain threads, as on the appliance.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +19,7 @@ use levee_agent::enroll::{Credential, EnrollError, MtlsClient, CONFIG_CACHE};
 use levee_proto::enroll::{InstallState, InstallStatus};
 use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::serve::{self, Listeners, ServeConfig};
-use levee_provisioner::store::{Profile, Registration, SqliteStore, Store, Transport};
+use levee_provisioner::store::{Registration, Store};
 use levee_pxe::boot::MacAddr;
 use tokio_util::sync::CancellationToken;
 
@@ -40,31 +42,10 @@ impl Drop for Server {
 
 fn start() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::write(src.join("k"), b"kernel").expect("k");
-    std::fs::write(src.join("i"), b"initrd").expect("i");
-    let image = levee_provisioner::images::import_files(
-        &data,
-        store.as_ref(),
-        "t",
-        &src.join("k"),
-        &src.join("i"),
-    )
-    .expect("image");
-    store
-        .put_profile(&Profile {
-            name: "default".into(),
-            image: image.id,
-            kernel: "vmlinuz".into(),
-            initrd: "initrd.img".into(),
-            cmdline: "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}"
-                .into(),
-            transport: Transport::Http,
-        })
-        .expect("profile");
+    let (data, store) = common::store_with_default_profile(
+        dir.path(),
+        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
+    );
     let key = ServerKey::load_or_create(&data).expect("key");
     let config = serde_json::from_value(serde_json::json!({
         "customer": "alpha",

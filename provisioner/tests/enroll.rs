@@ -1,13 +1,15 @@
 //! Enrollment and the mutual-TLS API against the real listeners on
 //! 127.0.0.1 (port 0), with a real TLS client holding issued certificates.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 
 use levee_proto::enroll::{paths, EnrollmentResponse};
 use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::serve::{self, Listeners, ServeConfig};
-use levee_provisioner::store::{Profile, Registration, SqliteStore, Store, Transport};
+use levee_provisioner::store::{Profile, Registration, Store, Transport};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -56,30 +58,8 @@ fn register(store: &dyn Store, mac: &str, customer: &str) {
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::write(src.join("k"), b"kernel").expect("k");
-    std::fs::write(src.join("i"), b"initrd").expect("i");
-    let image = levee_provisioner::images::import_files(
-        &data,
-        store.as_ref(),
-        "t",
-        &src.join("k"),
-        &src.join("i"),
-    )
-    .expect("image");
-    store
-        .put_profile(&Profile {
-            name: "default".into(),
-            image: image.id,
-            kernel: "vmlinuz".into(),
-            initrd: "initrd.img".into(),
-            cmdline: "levee.ca={ca} levee.token={token}".into(),
-            transport: Transport::Http,
-        })
-        .expect("profile");
+    let (data, store) =
+        common::store_with_default_profile(dir.path(), "levee.ca={ca} levee.token={token}");
     let key = ServerKey::load_or_create(&data).expect("key");
     customer(store.as_ref(), &key, "alpha", "alpha-secret");
     customer(store.as_ref(), &key, "beta", "beta-secret");

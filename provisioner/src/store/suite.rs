@@ -390,7 +390,9 @@ fn an_appliance_comes_with_its_customer(s: &dyn Store) {
     let (a, c) = s.appliance_with_customer(with.id).unwrap().unwrap();
     assert_eq!(a, with);
     assert_eq!(c, s.customer("acme").unwrap());
-    let without = s.register_appliance(mac(31), &Registration::default()).unwrap();
+    let without = s
+        .register_appliance(mac(31), &Registration::default())
+        .unwrap();
     let (a, c) = s.appliance_with_customer(without.id).unwrap().unwrap();
     assert_eq!(a, without);
     assert!(c.is_none());
