@@ -10,7 +10,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,19 +128,7 @@ impl Server {
     }
 
     fn levee(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(args)
-            .env_remove("LEVEE_DATABASE")
-            .output()
-            .expect("levee");
-        assert!(
-            out.status.success(),
-            "levee {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::levee(&self.dir.path().join("data"), args)
     }
 }
 

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use levee_proto::enroll::{paths, EnrollmentResponse};
@@ -158,18 +157,7 @@ impl Server {
     }
 
     fn levee(&self, args: &[&str]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(args)
-            .env_remove("LEVEE_DATABASE")
-            .output()
-            .expect("levee");
-        assert!(
-            out.status.success(),
-            "levee {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::levee(&self.dir.path().join("data"), args);
     }
 }
 
@@ -368,19 +356,7 @@ async fn golden_path_then_every_refusal() {
 }
 
 fn levee_out(srv: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--data-dir")
-        .arg(srv.dir.path().join("data"))
-        .args(args)
-        .env_remove("LEVEE_DATABASE")
-        .output()
-        .expect("levee");
-    assert!(
-        out.status.success(),
-        "levee {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::levee(&srv.dir.path().join("data"), args)
 }
 
 /// Issue 4: an unregistered machine waits (202) with the key it proved with

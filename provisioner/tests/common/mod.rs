@@ -1,6 +1,7 @@
 //! Set-up shared by the provisioner's integration tests.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use levee_provisioner::store::{Profile, SqliteStore, Store, Transport};
@@ -33,4 +34,22 @@ pub fn store_with_default_profile(dir: &Path, cmdline: &str) -> (PathBuf, Arc<dy
         })
         .expect("profile");
     (data, store)
+}
+
+/// Runs the `levee` CLI on the SQLite store in `data_dir`; its stdout.
+/// Fails the test (with the CLI's stderr) when the command fails.
+pub fn levee(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("LEVEE_DATABASE")
+        .output()
+        .expect("levee");
+    assert!(
+        out.status.success(),
+        "levee {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
