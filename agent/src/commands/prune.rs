@@ -13,7 +13,8 @@
 //!    snapshot uses it).
 //!
 //! Locks are listed before snapshots are read, so a backup that finishes
-//! meanwhile has its snapshot seen. Every step writes new files before it
+//! meanwhile has its snapshot seen, and snapshots before index files, so
+//! every snapshot seen has its index seen too. Every step writes new files before it
 //! removes old ones; a prune killed at any point leaves a valid repository.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -112,6 +113,16 @@ pub fn prune(
     let mut state = PruneState::load(repo)?;
     let mut rep = PruneReport::default();
 
+    // Snapshots before index files: a backup writes its index before its
+    // snapshot, so every snapshot read here has its blobs in an index file
+    // listed below, even when the backup finishes in between.
+    let (snaps, bad) = repo.snapshots()?;
+    if let Some((name, e)) = bad.first() {
+        return Err(PruneError::Unsafe(format!(
+            "snapshot {name} is unreadable ({e}); run `check`, then `forget` it"
+        )));
+    }
+
     // Index files, kept whole: we rewrite them.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     for (name, _) in repo.be.list(FileKind::Index).map_err(RepoError::from)? {
@@ -137,12 +148,6 @@ pub fn prune(
     }
     index.finish();
 
-    let (snaps, bad) = repo.snapshots()?;
-    if let Some((name, e)) = bad.first() {
-        return Err(PruneError::Unsafe(format!(
-            "snapshot {name} is unreadable ({e}); run `check`, then `forget` it"
-        )));
-    }
     let mut used: HashSet<BlobId> = HashSet::new();
     for (name, s) in &snaps {
         let mut stack = vec![s.tree];
