@@ -17,7 +17,6 @@ use levee_agent::daemon::{run, DaemonError, RunOptions};
 use levee_agent::enroll::{Credential, EnrollError, MtlsClient, CONFIG_CACHE};
 use levee_proto::enroll::{InstallState, InstallStatus};
 use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::serve::{self, Listeners, ServeConfig};
 use levee_provisioner::store::{Registration, Store};
 use levee_pxe::boot::MacAddr;
 use tokio_util::sync::CancellationToken;
@@ -70,31 +69,7 @@ fn start() -> Server {
         .enable_all()
         .build()
         .expect("runtime");
-    let (http, https) = rt.block_on(async {
-        (
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("http"),
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("https"),
-        )
-    });
-    let url = format!("http://{}", http.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let config = ServeConfig {
-        data_dir: data,
-        ipxe_dir: dir.path().join("ipxe"),
-        public_url: url.clone(),
-        tftp_host: "127.0.0.1".into(),
-        dhcp: None,
-    };
-    let listeners = Listeners {
-        http,
-        https: Some(https),
-        tftp: None,
-    };
-    rt.spawn(serve::run(store.clone(), listeners, config, stop.clone()));
+    let (url, stop) = rt.block_on(common::serve_on_loopback(store.clone(), data, dir.path()));
     Server {
         dir,
         store,

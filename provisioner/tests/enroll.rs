@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use levee_proto::enroll::{paths, EnrollmentResponse};
 use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::serve::{self, Listeners, ServeConfig};
 use levee_provisioner::store::{Profile, Registration, Store, Transport};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
@@ -65,27 +64,7 @@ async fn start() -> Server {
     register(store.as_ref(), MAC_A, "alpha");
     register(store.as_ref(), MAC_B, "beta");
 
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("http");
-    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("https");
-    let url = format!("http://{}", http.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let config = ServeConfig {
-        data_dir: data.clone(),
-        ipxe_dir: dir.path().join("ipxe"),
-        public_url: url.clone(),
-        tftp_host: "127.0.0.1".into(),
-        dhcp: None,
-    };
-    let listeners = Listeners {
-        http,
-        https: Some(https),
-        tftp: None,
-    };
-    tokio::spawn(serve::run(store.clone(), listeners, config, stop.clone()));
+    let (url, stop) = common::serve_on_loopback(store.clone(), data.clone(), dir.path()).await;
     Server {
         dir,
         store,

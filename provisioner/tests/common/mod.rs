@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use levee_provisioner::serve::{self, Listeners, ServeConfig};
 use levee_provisioner::store::{Profile, SqliteStore, Store, Transport};
+use tokio_util::sync::CancellationToken;
 
 /// A fresh SQLite store in `dir/data` with a tiny image (kernel and initrd
 /// of a few bytes) as the `default` profile booted with `cmdline`.
@@ -52,4 +54,36 @@ pub fn levee(data_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts `levee serve`'s plain-HTTP and HTTPS listeners on 127.0.0.1
+/// (ephemeral ports; no DHCP, no TFTP) on the current runtime; returns the
+/// plain-HTTP base URL and the token that stops them.
+pub async fn serve_on_loopback(
+    store: Arc<dyn Store>,
+    data: PathBuf,
+    dir: &Path,
+) -> (String, CancellationToken) {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("http");
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("https");
+    let url = format!("http://{}", http.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let config = ServeConfig {
+        data_dir: data,
+        ipxe_dir: dir.join("ipxe"),
+        public_url: url.clone(),
+        tftp_host: "127.0.0.1".into(),
+        dhcp: None,
+    };
+    let listeners = Listeners {
+        http,
+        https: Some(https),
+        tftp: None,
+    };
+    tokio::spawn(serve::run(store, listeners, config, stop.clone()));
+    (url, stop)
 }
