@@ -44,6 +44,7 @@ fn main() {
                 offset: i * 1_000_000,
                 length: 1_000_000,
                 raw_length: 1_048_576,
+                member: 0,
             });
         }
         let mut pid = [0u8; 32];

@@ -57,25 +57,36 @@ impl Chunker {
             self.pos += skip;
             i = skip;
         }
+        // Two tight loops, one per mask (FastCDC's normalised chunking: the
+        // stricter mask before the average size, the looser one after), so
+        // the per-byte work is one shift-add and one test. This loop is the
+        // chunker's whole cost: ~6% of a first backup's CPU before the split.
         let gear = &*self.gear;
         let mut hash = self.hash;
-        while i < data.len() {
-            hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
-            self.pos += 1;
-            i += 1;
-            let mask = if self.pos < self.avg {
-                self.mask_s
-            } else {
-                self.mask_l
-            };
-            if hash & mask == 0 || self.pos >= self.max {
-                self.pos = 0;
-                self.hash = 0;
-                return Some(i);
+        let start = self.pos - i;
+        // The byte that makes the chunk `avg` long is judged by the looser mask.
+        for (mask, limit) in [(self.mask_s, self.avg - 1), (self.mask_l, self.max)] {
+            let end = data.len().min(limit.saturating_sub(start));
+            while i < end {
+                hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
+                i += 1;
+                if hash & mask == 0 {
+                    return Some(self.cut(i));
+                }
             }
         }
+        if start + i >= self.max {
+            return Some(self.cut(i));
+        }
+        self.pos = start + i;
         self.hash = hash;
         None
+    }
+
+    fn cut(&mut self, i: usize) -> usize {
+        self.pos = 0;
+        self.hash = 0;
+        i
     }
 
     /// Forgets the current chunk (at the end of a file).
@@ -109,6 +120,47 @@ mod tests {
             out.push(off);
         }
         out
+    }
+
+    /// FastCDC as first written here (one loop, the mask chosen per byte):
+    /// the two-loop scanner must cut at exactly the same places, or
+    /// existing repositories would stop deduplicating against new backups.
+    fn reference_cuts(c: &Chunker, d: &[u8]) -> Vec<usize> {
+        let (mut out, mut pos, mut hash) = (Vec::new(), 0usize, 0u64);
+        let mut i = 0;
+        while i < d.len() {
+            if pos < c.min {
+                let skip = (c.min - pos).min(d.len() - i);
+                pos += skip;
+                i += skip;
+                continue;
+            }
+            hash = (hash << 1).wrapping_add(c.gear[d[i] as usize]);
+            pos += 1;
+            i += 1;
+            let mask = if pos < c.avg { c.mask_s } else { c.mask_l };
+            if hash & mask == 0 || pos >= c.max {
+                out.push(i);
+                pos = 0;
+                hash = 0;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn cuts_match_the_reference_scanner() {
+        let d = data(3_000_000);
+        for seed in [1, 7, 99] {
+            let mut c = Chunker::with_sizes(seed, 2048, 8192, 32768);
+            let want = reference_cuts(&c, &d);
+            assert!(want.len() > 50);
+            assert_eq!(cuts_whole(&mut c, &d), want, "seed {seed}");
+            // Runs of equal bytes never match the mask: cuts at the maximum.
+            let zeros = vec![0u8; 200_000];
+            let mut c = Chunker::with_sizes(seed, 2048, 8192, 32768);
+            assert_eq!(cuts_whole(&mut c, &zeros), reference_cuts(&c, &zeros));
+        }
     }
 
     #[test]

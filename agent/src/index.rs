@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use levee_proto::repo::file_formats::FRAME_MAX_MEMBERS;
 use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, IndexFile, PackId};
 
 #[derive(Clone, Copy)]
@@ -12,14 +13,20 @@ use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, IndexFile, Pac
 struct Entry {
     id: [u8; 32],
     pack: u32,
+    /// Offset in the pack; for a frame member, the low 24 bits are the
+    /// frame's offset and the high 8 bits the member number (packs hold
+    /// blobs below 16 MiB, frames at most 255 members).
     offset: u32,
-    /// Stored length; bit 31 = zstd, bit 30 = tree blob.
+    /// Stored length; bit 31 = zstd, bit 30 = tree blob, bit 29 = member of
+    /// a frame.
     len_flags: u32,
 }
 
 const ZSTD_BIT: u32 = 1 << 31;
 const TREE_BIT: u32 = 1 << 30;
-const LEN_MASK: u32 = TREE_BIT - 1;
+const FRAME_BIT: u32 = 1 << 29;
+const LEN_MASK: u32 = FRAME_BIT - 1;
+const FRAME_OFFSET_MASK: u32 = (1 << 24) - 1;
 
 /// Where one blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +36,8 @@ pub struct BlobLocation {
     pub length: u32,
     pub compression: Compression,
     pub kind: BlobKind,
+    /// 0 if stored alone, else the blob's place in the frame at `offset`.
+    pub member: u16,
 }
 
 #[derive(Default)]
@@ -41,6 +50,9 @@ pub struct MasterIndex {
     /// Packs added since the last `finish`; dropped by it.
     pack_new: HashMap<PackId, u32>,
     sorted: bool,
+    /// Entries left out because they do not fit the compact encoding (not
+    /// written by this program; `check` reports them as missing blobs).
+    pub unrepresentable: usize,
 }
 
 impl MasterIndex {
@@ -75,17 +87,30 @@ impl MasterIndex {
     pub fn add_pack(&mut self, pack: PackId, blobs: &[BlobEntry]) {
         let p = self.pack_no(pack);
         for b in blobs {
-            let mut f = b.length & LEN_MASK;
+            let fits = b.length <= LEN_MASK
+                && (b.member == 0
+                    || (b.offset <= FRAME_OFFSET_MASK
+                        && usize::from(b.member) <= FRAME_MAX_MEMBERS));
+            if !fits {
+                self.unrepresentable += 1;
+                continue;
+            }
+            let mut f = b.length;
+            let mut offset = b.offset;
             if b.compression == Compression::Zstd {
                 f |= ZSTD_BIT;
             }
             if b.kind == BlobKind::Tree {
                 f |= TREE_BIT;
             }
+            if b.member != 0 {
+                f |= FRAME_BIT;
+                offset |= u32::from(b.member) << 24;
+            }
             self.entries.push(Entry {
                 id: b.id.0,
                 pack: p,
-                offset: b.offset,
+                offset,
                 len_flags: f,
             });
         }
@@ -124,20 +149,28 @@ impl MasterIndex {
     }
 
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.find(id).map(|e| BlobLocation {
-            pack: self.packs[e.pack as usize],
-            offset: e.offset,
-            length: e.len_flags & LEN_MASK,
-            compression: if e.len_flags & ZSTD_BIT != 0 {
-                Compression::Zstd
-            } else {
-                Compression::None
-            },
-            kind: if e.len_flags & TREE_BIT != 0 {
-                BlobKind::Tree
-            } else {
-                BlobKind::Data
-            },
+        self.find(id).map(|e| {
+            let framed = e.len_flags & FRAME_BIT != 0;
+            BlobLocation {
+                pack: self.packs[e.pack as usize],
+                offset: if framed {
+                    e.offset & FRAME_OFFSET_MASK
+                } else {
+                    e.offset
+                },
+                member: if framed { (e.offset >> 24) as u16 } else { 0 },
+                length: e.len_flags & LEN_MASK,
+                compression: if e.len_flags & ZSTD_BIT != 0 {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                },
+                kind: if e.len_flags & TREE_BIT != 0 {
+                    BlobKind::Tree
+                } else {
+                    BlobKind::Data
+                },
+            }
         })
     }
 
@@ -182,6 +215,7 @@ mod tests {
             offset: i as u32,
             length: 10,
             raw_length: 20,
+            member: 0,
         };
         m.add_pack(PackId([9; 32]), &[e(3), e(1), e(2)]);
         m.finish();
@@ -200,5 +234,38 @@ mod tests {
             m.get(&BlobId([5; 32])).map(|l| l.pack),
             Some(PackId([9; 32]))
         );
+    }
+
+    #[test]
+    fn frame_members_and_unrepresentable_entries() {
+        let mut m = MasterIndex::new();
+        let e = |i: u8, offset: u32, member: u16| BlobEntry {
+            kind: BlobKind::Data,
+            compression: Compression::Zstd,
+            id: BlobId([i; 32]),
+            offset,
+            length: 1000,
+            raw_length: 5000,
+            member,
+        };
+        m.add_pack(
+            PackId([9; 32]),
+            &[
+                e(1, (1 << 24) - 1, 255),
+                e(2, 77, 1),
+                e(3, 1 << 24, 1),
+                e(4, 1 << 30, 0),
+                e(5, 1, 256),
+            ],
+        );
+        m.finish();
+        let l = m.get(&BlobId([1; 32])).unwrap();
+        assert_eq!((l.offset, l.member, l.length), ((1 << 24) - 1, 255, 1000));
+        let l = m.get(&BlobId([2; 32])).unwrap();
+        assert_eq!((l.offset, l.member, l.kind), (77, 1, BlobKind::Data));
+        let l = m.get(&BlobId([4; 32])).unwrap();
+        assert_eq!((l.offset, l.member), (1 << 30, 0));
+        assert!(!m.contains(&BlobId([3; 32])) && !m.contains(&BlobId([5; 32])));
+        assert_eq!(m.unrepresentable, 2);
     }
 }

@@ -2,8 +2,9 @@
 //! operations every command shares (index loading, blob and tree reads,
 //! snapshot lookup, pack header recovery).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use levee_proto::repo::pack::parse_trailer;
 use levee_proto::repo::{
@@ -72,6 +73,38 @@ pub struct Repository {
     pub be: CryptBackend<LocalBackend>,
     pub config: RepoConfig,
     pub path: PathBuf,
+    frames: FrameCache,
+}
+
+/// Recently decoded frames. A restore reads the members of a frame one after
+/// another, often from different threads; decoding the whole frame (up to
+/// 1 MiB) again for every small file in it would cost more than the restore.
+#[derive(Default)]
+struct FrameCache {
+    recent: Mutex<VecDeque<(FrameAt, Arc<Vec<u8>>)>>,
+}
+
+/// A frame's pack and offset.
+type FrameAt = (PackId, u32);
+
+/// Frames kept: enough for every restore thread's current frame and the
+/// next, 16 MiB at most.
+const FRAME_CACHE_LEN: usize = 16;
+
+impl FrameCache {
+    fn get(&self, at: &FrameAt) -> Option<Arc<Vec<u8>>> {
+        let recent = self.recent.lock().ok()?;
+        recent.iter().find(|(k, _)| k == at).map(|(_, f)| f.clone())
+    }
+
+    fn put(&self, at: FrameAt, frame: Arc<Vec<u8>>) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= FRAME_CACHE_LEN {
+                recent.pop_front();
+            }
+            recent.push_back((at, frame));
+        }
+    }
 }
 
 impl Repository {
@@ -114,6 +147,7 @@ impl Repository {
             be: CryptBackend::new(Arc::new(local), key),
             config,
             path: path.into(),
+            frames: FrameCache::default(),
         })
     }
 
@@ -147,6 +181,7 @@ impl Repository {
                         be: CryptBackend::new(Arc::new(local), key),
                         config,
                         path: path.into(),
+                        frames: FrameCache::default(),
                     })
                 }
                 Err(KeySlotError::WrongPassword) => continue,
@@ -232,13 +267,32 @@ impl Repository {
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>, RepoError> {
         let loc = index.get(id).ok_or(RepoError::MissingBlob(*id))?;
-        let stored = self.be.read_at(
-            FileKind::Pack,
-            &loc.pack.to_hex(),
-            u64::from(loc.offset),
-            loc.length as usize,
-        )?;
-        Ok(blob::decode(self.key(), *id, loc.compression, &stored)?)
+        let read = || {
+            self.be.read_at(
+                FileKind::Pack,
+                &loc.pack.to_hex(),
+                u64::from(loc.offset),
+                loc.length as usize,
+            )
+        };
+        if loc.member == 0 {
+            return Ok(blob::decode(self.key(), *id, loc.compression, 0, &read()?)?);
+        }
+        let at = (loc.pack, loc.offset);
+        let frame = match self.frames.get(&at) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(blob::decode_frame(
+                    self.key(),
+                    *id,
+                    loc.compression,
+                    &read()?,
+                )?);
+                self.frames.put(at, f.clone());
+                f
+            }
+        };
+        Ok(blob::frame_member(self.key(), *id, &frame, loc.member)?)
     }
 
     pub fn load_tree(&self, index: &MasterIndex, id: &BlobId) -> Result<Tree, RepoError> {

@@ -36,16 +36,39 @@ fn entry(i: u8, kind: BlobKind, c: Compression) -> BlobEntry {
         offset: u32::from(i) * 100,
         length: 100,
         raw_length: 300,
+        member: 0,
     }
 }
 
-fn sample_header() -> PackHeader {
+/// Two members of one frame (version 2 entries).
+fn frame_entries() -> Vec<BlobEntry> {
+    (1..=2)
+        .map(|k: u16| BlobEntry {
+            member: k,
+            raw_length: 50 * u32::from(k),
+            ..entry(10 + k as u8, BlobKind::Data, Compression::Zstd)
+        })
+        .map(|mut e| {
+            e.offset = 1000;
+            e
+        })
+        .collect()
+}
+
+/// What version 1 could express: blobs stored alone.
+fn sample_header_v1() -> PackHeader {
     PackHeader {
         blobs: vec![
             entry(1, BlobKind::Data, Compression::Zstd),
             entry(2, BlobKind::Tree, Compression::None),
         ],
     }
+}
+
+fn sample_header() -> PackHeader {
+    let mut h = sample_header_v1();
+    h.blobs.extend(frame_entries());
+    h
 }
 
 fn sample_index() -> IndexFile {
@@ -101,13 +124,13 @@ fn pack_header_round_trip_and_golden() {
     let h = sample_header();
     let b = h.to_bytes();
     assert_eq!(PackHeader::parse(&b).expect("parse"), h);
-    golden("pack_header.bin", &b);
+    golden("pack_header_v2.bin", &b);
     // Every truncation is an error, never a panic.
     for n in 0..b.len() {
         assert!(PackHeader::parse(&b[..n]).is_err());
     }
-    assert!(h.check_bounds(150).is_err());
-    assert!(h.check_bounds(300).is_ok());
+    assert!(h.check_bounds(1050).is_err());
+    assert!(h.check_bounds(1100).is_ok());
 }
 
 #[test]
@@ -115,10 +138,32 @@ fn index_round_trip_and_golden() {
     let f = sample_index();
     let b = f.to_bytes();
     assert_eq!(IndexFile::parse(&b).expect("parse"), f);
-    golden("index.bin", &b);
+    golden("index_v2.bin", &b);
     for n in 0..b.len() {
         assert!(IndexFile::parse(&b[..n]).is_err());
     }
+}
+
+/// Repositories written before frames (version 1) still read: their
+/// entries come back with member 0, i.e. stored alone.
+#[test]
+fn version_1_pack_headers_and_indexes_still_read() {
+    let read = |name: &str| {
+        std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden")
+                .join(name),
+        )
+        .expect("golden file")
+    };
+    let h = PackHeader::parse(&read("pack_header_v1.bin")).expect("v1 header");
+    assert_eq!(h, sample_header_v1());
+    let f = IndexFile::parse(&read("index_v1.bin")).expect("v1 index");
+    assert_eq!(f.packs[0].blobs, sample_header_v1().blobs);
+    assert_eq!(
+        f.packs[1].blobs,
+        vec![entry(3, BlobKind::Data, Compression::None)]
+    );
 }
 
 #[test]

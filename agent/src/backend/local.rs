@@ -190,6 +190,75 @@ impl ReadBackend for LocalBackend {
     }
 }
 
+/// Alignment (address, length, file offset) that O_DIRECT needs on any
+/// device with logical blocks up to 4 KiB.
+pub const DIRECT_ALIGN: usize = 4096;
+/// Below this a direct write saves nothing worth a second code path.
+const DIRECT_MIN: usize = 1024 * 1024;
+
+/// Writes `data` to the new file `tmp` with O_DIRECT and fsyncs it, if
+/// `data` is aligned for that (the packer's buffers are); returns `false`,
+/// leaving no file behind, when it cannot (unaligned data, or a file system
+/// such as tmpfs that refuses O_DIRECT), so the caller writes normally.
+///
+/// Why: packs are written once and not read back during a backup, and a
+/// buffered write makes the kernel copy every byte into the page cache and
+/// write it back on fsync. Measured here (dd, 700 MB, as much as one first
+/// backup writes): 1.69 s of system CPU buffered against 0.15 s direct,
+/// about a tenth of the whole backup's CPU.
+fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    if data.len() < DIRECT_MIN || !(data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+        return Ok(false);
+    }
+    let f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(tmp)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let res = (|| {
+        (&f).write_all(&data[..aligned])?;
+        if aligned < data.len() {
+            // The tail is not a whole block: finish it through the page cache.
+            clear_direct(&f)?;
+            (&f).write_all(&data[aligned..])?;
+        }
+        f.sync_all()
+    })();
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            drop(f);
+            let _ = fs::remove_file(tmp);
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+fn clear_direct(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; no pointers involved.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl WriteBackend for LocalBackend {
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<(), BackendError> {
         let dest = self.path(kind, name);
@@ -201,9 +270,11 @@ impl WriteBackend for LocalBackend {
         rand::thread_rng().fill_bytes(&mut rnd);
         let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
         let res = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
+            if !write_direct(&tmp, data)? {
+                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                f.write_all(data)?;
+                f.sync_all()?;
+            }
             fs::rename(&tmp, &dest)
         })();
         if let Err(e) = res {

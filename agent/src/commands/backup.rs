@@ -18,12 +18,13 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use levee_proto::repo::file_formats::FRAME_MAX_MEMBERS;
 use levee_proto::repo::{
     BlobId, BlobKind, Node, NodeKind, PackId, Snapshot, SnapshotSummary, Tree,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{self, EncodedBlob};
+use crate::blob::{self, EncodedBlob, RawBlob};
 use crate::chunker::Chunker;
 use crate::commands::recover::recover_unindexed;
 use crate::index::MasterIndex;
@@ -82,12 +83,6 @@ pub struct BackupSummary {
     pub packs_written: u64,
     pub dedup_ratio: f64,
     pub error_messages: Vec<String>,
-}
-
-struct Chunk {
-    kind: BlobKind,
-    id: BlobId,
-    data: Vec<u8>,
 }
 
 struct FileJob {
@@ -265,7 +260,7 @@ fn chunk_capacity(have: usize, rest: u64) -> usize {
 fn read_file(
     repo: &Repository,
     dedup: &Dedup,
-    chunks: &Sender<Chunk>,
+    chunks: &Sender<RawBlob>,
     counters: &Counters,
     src: &dyn Source,
     path: &str,
@@ -285,7 +280,7 @@ fn read_file(
         if dedup.is_new(&id) {
             Counters::add(&counters.bytes_new, data.len() as u64);
             Counters::add(&counters.blobs_new, 1);
-            let _ = chunks.send(Chunk {
+            let _ = chunks.send(RawBlob {
                 kind: BlobKind::Data,
                 id,
                 data,
@@ -318,6 +313,26 @@ fn read_file(
         emit(cur);
     }
     Ok((content, total))
+}
+
+/// Data chunks smaller than this (small files and the tails of large ones)
+/// are stored in frames; larger chunks compress well enough alone.
+const FRAME_BLOB_MAX: usize = crate::chunker::MIN_SIZE;
+/// A frame is closed once its members add up to this many bytes.
+const FRAME_TARGET: usize = 1024 * 1024;
+
+/// Encodes and empties `frame`: one member is stored alone, more as a frame.
+fn encode_frame(
+    repo: &Repository,
+    frame: &mut Vec<RawBlob>,
+    z: Option<&mut zstd::bulk::Compressor<'static>>,
+) -> EncodedBlob {
+    let b = match frame.as_slice() {
+        [one] => blob::encode(repo.key(), one.kind, one.id, &one.data, z),
+        members => blob::encode_frame(repo.key(), members, z),
+    };
+    frame.clear();
+    b
 }
 
 /// Runs a backup and writes its snapshot.
@@ -377,7 +392,7 @@ pub fn backup(
     let readers = sources.iter().map(|s| s.parallelism()).max().unwrap_or(2);
     let (job_tx, job_rx) = bounded::<FileJob>(256);
     let (dir_tx, dir_rx) = bounded::<DirDone>(1024);
-    let (chunk_tx, chunk_rx) = bounded::<Chunk>(cores * 2);
+    let (chunk_tx, chunk_rx) = bounded::<RawBlob>(cores * 2);
     let (pack_tx, pack_rx) = bounded::<EncodedBlob>(cores * 2);
     counters.set_phase("backup");
 
@@ -408,18 +423,37 @@ pub fn backup(
             let (chunk_rx, pack_tx) = (chunk_rx.clone(), pack_tx.clone());
             s.spawn(move || {
                 let mut z = blob::compressor();
-                for c in chunk_rx {
-                    let b = blob::encode(repo.key(), c.kind, c.id, &c.data, z.as_mut());
+                let mut frame = Vec::new();
+                let mut frame_bytes = 0;
+                let send = |b: EncodedBlob| {
                     Counters::add(&counters.bytes_stored, b.data.len() as u64);
-                    if pack_tx.send(b).is_err() {
+                    pack_tx.send(b).is_ok()
+                };
+                for c in chunk_rx {
+                    if c.kind == BlobKind::Data && c.data.len() < FRAME_BLOB_MAX {
+                        frame_bytes += c.data.len();
+                        frame.push(c);
+                        if frame_bytes >= FRAME_TARGET || frame.len() == FRAME_MAX_MEMBERS {
+                            let b = encode_frame(repo, &mut frame, z.as_mut());
+                            frame_bytes = 0;
+                            if !send(b) {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    if !send(blob::encode(repo.key(), c.kind, c.id, &c.data, z.as_mut())) {
                         break;
                     }
+                }
+                if !frame.is_empty() {
+                    send(encode_frame(repo, &mut frame, z.as_mut()));
                 }
             });
         }
         drop((job_rx, chunk_rx, pack_tx));
         let packer = s.spawn(move || {
-            let mut p = Packer::new(repo.be.clone(), false);
+            let mut p = Packer::new(repo.be.clone());
             let mut err = None;
             for b in pack_rx {
                 if err.is_none() {
@@ -471,7 +505,7 @@ pub fn backup(
                     let bytes = Tree { nodes }.to_bytes();
                     let id = repo.key().blob_id(&bytes);
                     if dedup.is_new(&id) {
-                        let _ = chunk_tx.send(Chunk {
+                        let _ = chunk_tx.send(RawBlob {
                             kind: BlobKind::Tree,
                             id,
                             data: bytes,

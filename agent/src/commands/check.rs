@@ -223,14 +223,33 @@ fn read_pack(
     h.check_bounds(start).map_err(|e| e.to_string())?;
     let mut errs = Vec::new();
     let mut ok = 0;
+    // Members of one frame follow each other: decode each frame once.
+    let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
     for b in &h.blobs {
         let Some(stored) = data.get(b.offset as usize..b.offset as usize + b.length as usize)
         else {
             errs.push(format!("pack {name}: blob {} out of bounds", b.id));
             continue;
         };
-        match blob::decode(repo.key(), b.id, b.compression, stored) {
-            Ok(_) => ok += 1,
+        let res = if b.member == 0 {
+            blob::decode(repo.key(), b.id, b.compression, 0, stored).map(drop)
+        } else {
+            if frame.as_ref().map(|(o, _)| *o) != Some(b.offset) {
+                let f = blob::decode_frame(repo.key(), b.id, b.compression, stored)
+                    .map_err(|e| e.to_string());
+                frame = Some((b.offset, f));
+            }
+            match frame.as_ref().map(|(_, f)| f) {
+                Some(Ok(f)) => blob::frame_member(repo.key(), b.id, f, b.member).map(drop),
+                Some(Err(e)) => {
+                    errs.push(format!("pack {name}: frame of blob {}: {e}", b.id));
+                    continue;
+                }
+                None => continue,
+            }
+        };
+        match res {
+            Ok(()) => ok += 1,
             Err(e) => errs.push(format!("pack {name}: {e}")),
         }
     }

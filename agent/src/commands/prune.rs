@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::local::clean_tmp;
 use crate::backend::{FileKind, ReadBackend, WriteBackend};
-use crate::blob::EncodedBlob;
+use crate::blob::{BlobMeta, EncodedBlob};
 use crate::lock::{list_locks, Lock};
 use crate::packer::Packer;
 use crate::progress::Counters;
@@ -221,12 +221,14 @@ pub fn prune(
         if !on_disk.contains_key(&id.to_hex()) {
             continue; // missing pack: dropping it from the index loses nothing
         }
-        let total: u64 = blobs.iter().map(|b| u64::from(b.length)).sum();
-        let unused: u64 = blobs
-            .iter()
-            .filter(|b| !used.contains(&b.id))
-            .map(|b| u64::from(b.length))
-            .sum();
+        // Bytes per stored piece (a frame counts once, used if any member is).
+        let (total, unused) = pieces(blobs)
+            .into_iter()
+            .fold((0u64, 0u64), |(t, u), piece| {
+                let len = u64::from(piece[0].length);
+                let dead = piece.iter().all(|b| !used.contains(&b.id));
+                (t + len, if dead { u + len } else { u })
+            });
         if unused == total {
             newly_marked.push(id.to_hex());
         } else if unused * 100 > total * u64::from(opts.max_unused_percent.min(100)) {
@@ -259,13 +261,25 @@ pub fn prune(
         }
     }
 
-    // Copy the used blobs of sparse packs (ciphertext as is: no re-encryption).
-    let mut packer = Packer::new(repo.be.clone(), false);
+    // Copy the used blobs of sparse packs (ciphertext as is: no
+    // re-encryption). A frame is copied whole if any member is used; only
+    // the used members are indexed in the new pack.
+    let mut packer = Packer::new(repo.be.clone());
     let mut copied: HashSet<BlobId> = HashSet::new();
     for (id, blobs) in &repack {
         let name = id.to_hex();
-        for b in blobs.iter().filter(|b| used.contains(&b.id)) {
-            if !copied.insert(b.id) {
+        for piece in pieces(blobs) {
+            let live: Vec<BlobMeta> = piece
+                .iter()
+                .filter(|b| used.contains(&b.id) && copied.insert(b.id))
+                .map(|b| BlobMeta {
+                    kind: b.kind,
+                    id: b.id,
+                    raw_length: b.raw_length,
+                    member: b.member,
+                })
+                .collect();
+            if live.is_empty() {
                 continue;
             }
             let data = repo
@@ -273,16 +287,14 @@ pub fn prune(
                 .read_at(
                     FileKind::Pack,
                     &name,
-                    u64::from(b.offset),
-                    b.length as usize,
+                    u64::from(piece[0].offset),
+                    piece[0].length as usize,
                 )
                 .map_err(RepoError::from)?;
             packer
                 .add(EncodedBlob {
-                    kind: b.kind,
-                    compression: b.compression,
-                    id: b.id,
-                    raw_length: b.raw_length,
+                    compression: piece[0].compression,
+                    blobs: live,
                     data,
                 })
                 .map_err(RepoError::from)?;
@@ -357,4 +369,14 @@ pub fn prune(
     clean_tmp(repo.local().root(), std::time::Duration::from_secs(3600));
     drop(lock);
     Ok(rep)
+}
+
+/// A pack's entries grouped by stored piece: one entry for a blob stored
+/// alone, all members for a frame (they share offset and length).
+fn pieces(blobs: &[BlobEntry]) -> Vec<Vec<&BlobEntry>> {
+    let mut by_offset: BTreeMap<u32, Vec<&BlobEntry>> = BTreeMap::new();
+    for b in blobs {
+        by_offset.entry(b.offset).or_default().push(b);
+    }
+    by_offset.into_values().collect()
 }

@@ -9,10 +9,17 @@ pub const PACK_TRAILER_MAGIC: [u8; 4] = *b"LVP1";
 pub const PACK_TRAILER_LEN: usize = 8;
 /// Plaintext index file (inside its encryption).
 pub const INDEX_MAGIC: [u8; 4] = *b"LVIX";
-/// Current version byte written after each magic.
-pub const VERSION: u8 = 1;
-/// Size of one blob entry in a pack header or index file.
-pub const BLOB_ENTRY_LEN: usize = 1 + 1 + 32 + 4 + 4 + 4;
+/// Version byte written after the pack header and index magics: 2 since
+/// small blobs can share a frame (entries carry a frame member number).
+pub const VERSION: u8 = 2;
+/// The first version, still read: entries without a member number.
+pub const VERSION_1: u8 = 1;
+/// Size of one blob entry in a version 2 pack header or index file.
+pub const BLOB_ENTRY_LEN: usize = 1 + 1 + 32 + 4 + 4 + 4 + 2;
+/// Size of one blob entry in version 1.
+pub const BLOB_ENTRY_LEN_V1: usize = BLOB_ENTRY_LEN - 2;
+/// Most blobs one frame may hold (the in-memory index has 8 bits for it).
+pub const FRAME_MAX_MEMBERS: usize = 255;
 /// AES-256-GCM nonce length; every encrypted object starts with its nonce.
 pub const NONCE_LEN: usize = 12;
 /// AES-GCM tag length; every encrypted object ends with its tag.

@@ -3,11 +3,12 @@
 //!
 //! Plaintext (encrypted as a whole): magic "LVIX", version u8, pack count
 //! u32 LE, then per pack: pack id [32], blob count u32 LE, and that many
-//! 46-byte blob entries as in the pack header.
+//! blob entries as in the pack header of the same version (48 bytes; 46 in
+//! version 1, which is still read).
 
-use super::file_formats::{BLOB_ENTRY_LEN, INDEX_MAGIC, VERSION};
+use super::file_formats::{BLOB_ENTRY_LEN, INDEX_MAGIC, VERSION, VERSION_1};
 use super::id::PackId;
-use super::pack::{le32, BlobEntry, PackError};
+use super::pack::{entry_len, le32, BlobEntry, PackError};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IndexError {
@@ -62,9 +63,11 @@ impl IndexFile {
         if b[..4] != INDEX_MAGIC {
             return Err(IndexError::BadMagic);
         }
-        if b[4] != VERSION {
-            return Err(IndexError::Version(b[4]));
+        let version = b[4];
+        if version != VERSION && version != VERSION_1 {
+            return Err(IndexError::Version(version));
         }
+        let elen = entry_len(version);
         let count = le32(&b[5..9]) as usize;
         let mut pos = 9;
         // Capacity from the data actually present, not from the claimed count.
@@ -77,16 +80,14 @@ impl IndexFile {
             id.copy_from_slice(&b[pos..pos + 32]);
             let nb = le32(&b[pos + 32..pos + 36]) as usize;
             pos += 36;
-            let need = nb
-                .checked_mul(BLOB_ENTRY_LEN)
-                .ok_or(IndexError::Truncated(b.len()))?;
+            let need = nb.checked_mul(elen).ok_or(IndexError::Truncated(b.len()))?;
             if b.len() - pos < need {
                 return Err(IndexError::Truncated(b.len()));
             }
             let blobs = b[pos..pos + need]
-                .chunks_exact(BLOB_ENTRY_LEN)
+                .chunks_exact(elen)
                 .enumerate()
-                .map(|(i, e)| BlobEntry::parse(i, e))
+                .map(|(i, e)| BlobEntry::parse(i, e, version))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| IndexError::Entry(n, e))?;
             pos += need;

@@ -5,6 +5,7 @@
 
 pub mod crypto;
 pub mod file_formats;
+pub mod frame;
 mod id;
 pub mod index;
 pub mod keyslot;
@@ -13,6 +14,7 @@ pub mod snapshot;
 pub mod tree;
 
 pub use crypto::{CryptoError, MasterKey};
+pub use frame::FrameError;
 pub use id::{BlobId, Id, IdParseError, PackId};
 pub use index::{IndexError, IndexFile, IndexPack};
 pub use keyslot::{KdfParams, KeySlot, KeySlotError};

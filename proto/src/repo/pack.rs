@@ -4,11 +4,15 @@
 //! contents recovered without the index (after a crash, or by `check`).
 //!
 //! Plaintext header: magic "LVPH", version u8, count u32 LE, then `count`
-//! entries of 46 bytes: kind u8, compression u8, blob id [32], offset u32,
-//! stored length u32 (ciphertext incl. nonce and tag), raw length u32.
+//! entries of 48 bytes: kind u8, compression u8, blob id [32], offset u32,
+//! stored length u32 (ciphertext incl. nonce and tag), raw length u32, frame
+//! member u16 LE (0: the blob is stored alone; k: it is the k-th blob of the
+//! frame stored at offset/length, see [`super::frame`]). Version 1 headers
+//! (46-byte entries, no member) are still read.
 
 use super::file_formats::{
-    BLOB_ENTRY_LEN, PACK_HEADER_MAGIC, PACK_TRAILER_LEN, PACK_TRAILER_MAGIC, VERSION,
+    BLOB_ENTRY_LEN, BLOB_ENTRY_LEN_V1, PACK_HEADER_MAGIC, PACK_TRAILER_LEN, PACK_TRAILER_MAGIC,
+    VERSION, VERSION_1,
 };
 use super::id::BlobId;
 
@@ -52,6 +56,18 @@ pub struct BlobEntry {
     pub offset: u32,
     pub length: u32,
     pub raw_length: u32,
+    /// 0 if the blob is stored alone, else its 1-based place in the frame
+    /// stored at `offset`/`length`.
+    pub member: u16,
+}
+
+/// Entry length for a header or index of `version` (checked by the caller).
+pub(crate) fn entry_len(version: u8) -> usize {
+    if version == VERSION_1 {
+        BLOB_ENTRY_LEN_V1
+    } else {
+        BLOB_ENTRY_LEN
+    }
 }
 
 impl BlobEntry {
@@ -62,10 +78,12 @@ impl BlobEntry {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
         out.extend_from_slice(&self.raw_length.to_le_bytes());
+        out.extend_from_slice(&self.member.to_le_bytes());
     }
 
-    /// Parses one entry; `b` must hold at least [`BLOB_ENTRY_LEN`] bytes.
-    pub fn parse(n: usize, b: &[u8]) -> Result<Self, PackError> {
+    /// Parses one entry of a `version` header or index; `b` must hold at
+    /// least [`entry_len`] bytes.
+    pub fn parse(n: usize, b: &[u8], version: u8) -> Result<Self, PackError> {
         let kind = match b[0] {
             0 => BlobKind::Data,
             1 => BlobKind::Tree,
@@ -85,6 +103,11 @@ impl BlobEntry {
             offset: le32(&b[34..38]),
             length: le32(&b[38..42]),
             raw_length: le32(&b[42..46]),
+            member: if version == VERSION_1 {
+                0
+            } else {
+                u16::from_le_bytes([b[46], b[47]])
+            },
         })
     }
 }
@@ -117,18 +140,20 @@ impl PackHeader {
         if b[..4] != PACK_HEADER_MAGIC {
             return Err(PackError::BadMagic);
         }
-        if b[4] != VERSION {
-            return Err(PackError::Version(b[4]));
+        let version = b[4];
+        if version != VERSION && version != VERSION_1 {
+            return Err(PackError::Version(version));
         }
         let count = le32(&b[5..9]) as usize;
         let body = &b[9..];
-        if body.len() / BLOB_ENTRY_LEN < count || body.len() != count * BLOB_ENTRY_LEN {
+        let elen = entry_len(version);
+        if body.len() / elen < count || body.len() != count * elen {
             return Err(PackError::Truncated(b.len()));
         }
         let blobs = body
-            .chunks_exact(BLOB_ENTRY_LEN)
+            .chunks_exact(elen)
             .enumerate()
-            .map(|(n, e)| BlobEntry::parse(n, e))
+            .map(|(n, e)| BlobEntry::parse(n, e, version))
             .collect::<Result<_, _>>()?;
         Ok(Self { blobs })
     }
