@@ -3010,8 +3010,9 @@ impl Connection {
 
         let request = NegotiateRequest {
             security_mode: SecurityMode::new(SecurityMode::SIGNING_ENABLED),
+            // LEVEE-PATCH: + ENCRYPTION, or Samba refuses `smb encrypt = required`; see LEVEE-PATCH.md.
             capabilities: Capabilities::new(
-                Capabilities::DFS | Capabilities::LEASING | Capabilities::LARGE_MTU,
+                Capabilities::DFS | Capabilities::LEASING | Capabilities::LARGE_MTU | Capabilities::ENCRYPTION,
             ),
             client_guid,
             dialects: Dialect::ALL.to_vec(),
