@@ -2,10 +2,12 @@
 //! with a clear message when Samba is not installed: a skipped SMB test
 //! proves nothing.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const USER: &str = "root";
@@ -29,14 +31,20 @@ fn need(tool: &str) -> PathBuf {
 }
 
 impl Samba {
-    /// Shares: `share` (the source) and `restore` (a target), both empty.
+    /// Shares: `share` (the source), `restore` (a target) and `sealed`
+    /// (`smb encrypt = required`), all empty.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`start`](Self::start) with extra `[global]` lines.
+    pub fn start_with(global_extra: &str) -> Self {
         let smbd = need("smbd");
         let smbpasswd = need("smbpasswd");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         for sub in [
-            "private", "lock", "state", "cache", "pid", "ncalrpc", "share", "restore",
+            "private", "lock", "state", "cache", "pid", "ncalrpc", "share", "restore", "sealed",
         ] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
         }
@@ -57,9 +65,11 @@ impl Samba {
                     "[global]\n interfaces = 127.0.0.1\n bind interfaces only = yes\n smb ports = {port}\n disable netbios = yes\n \
                      server role = standalone server\n map to guest = never\n private dir = {p}/private\n lock directory = {p}/lock\n \
                      state directory = {p}/state\n cache directory = {p}/cache\n pid directory = {p}/pid\n ncalrpc dir = {p}/ncalrpc\n \
-                     passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {p}/log.smbd\n log level = 1\n store dos attributes = yes\n map archive = no\n\
+                     passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {p}/log.smbd\n log level = 1\n store dos attributes = yes\n map archive = no\n \
+                     {global_extra}\n\
                      [share]\n path = {p}/share\n read only = no\n\
-                     [restore]\n path = {p}/restore\n read only = no\n"
+                     [restore]\n path = {p}/restore\n read only = no\n\
+                     [sealed]\n path = {p}/sealed\n read only = no\n smb encrypt = required\n"
                 ),
             )
             .expect("write smb.conf");
@@ -73,7 +83,6 @@ impl Samba {
                 .spawn()
                 .expect("smbpasswd");
             {
-                use std::io::Write;
                 let mut stdin = pw.stdin.take().expect("stdin");
                 let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
             }
@@ -125,7 +134,12 @@ impl Samba {
     }
 
     pub fn url(&self, share_and_path: &str) -> String {
-        format!("smb://{USER}@127.0.0.1:{}/{share_and_path}", self.port)
+        self.url_via(self.port, share_and_path)
+    }
+
+    /// A URL through another port (a [`Recorder`] in front of this server).
+    pub fn url_via(&self, port: u16, share_and_path: &str) -> String {
+        format!("smb://{USER}@127.0.0.1:{port}/{share_and_path}")
     }
 
     /// Runs an smbclient command on a share (sets DOS attributes etc.).
@@ -150,6 +164,66 @@ impl Samba {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+}
+
+/// A loopback TCP relay that keeps every byte it passes, both ways: what an
+/// eavesdropper on the wire would see.
+pub struct Recorder {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    pub fn start(to: u16) -> Self {
+        Self::listen("127.0.0.1", 0, to)
+    }
+
+    pub fn listen(host: &str, port: u16, to: u16) -> Self {
+        let l = TcpListener::bind((host, port)).expect("bind recorder");
+        let port = l.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        // Lives until the test process ends; each connection gets two pumps.
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            s.lock().expect("lock").extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, seen }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    pub fn saw(&self, needle: &[u8]) -> bool {
+        self.seen
+            .lock()
+            .expect("lock")
+            .windows(needle.len())
+            .any(|w| w == needle)
     }
 }
 

@@ -8,4 +8,5 @@ mod e2e_local;
 mod formats;
 mod samba;
 mod smb;
+mod smb_encryption;
 mod util;
