@@ -18,6 +18,8 @@ pub struct Samba {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub conf: PathBuf,
+    /// Where `smbcacls` reaches this server (see [`Samba::smbcacls`]).
+    cacls_host: std::sync::OnceLock<String>,
 }
 
 fn need(tool: &str) -> PathBuf {
@@ -27,18 +29,57 @@ fn need(tool: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{tool} not found: install Samba with `apt-get install -y --no-install-recommends samba smbclient`");
+    panic!("{tool} not found: install Samba with `apt-get install -y --no-install-recommends samba smbclient samba-vfs-modules`");
+}
+
+/// The `acl_xattr` VFS module (Debian: samba-vfs-modules) and `smbcacls`
+/// (smbclient), installed if missing; a panic if that fails, never a skip.
+fn need_acl_tools() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let module = || {
+            [
+                "/usr/lib/x86_64-linux-gnu/samba/vfs",
+                "/usr/lib/samba/vfs",
+                "/usr/lib64/samba/vfs",
+            ]
+            .iter()
+            .any(|d| PathBuf::from(d).join("acl_xattr.so").exists())
+        };
+        let cacls = || PathBuf::from("/usr/bin/smbcacls").exists();
+        if module() && cacls() {
+            return;
+        }
+        let st = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "-o",
+                "DPkg::Lock::Timeout=300",
+            ])
+            .args(["samba-vfs-modules", "smbclient"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        assert!(
+            module() && cacls(),
+            "Samba's acl_xattr module or smbcacls is missing and installing them failed ({st:?}): \
+             apt-get install -y --no-install-recommends samba-vfs-modules smbclient"
+        );
+    });
 }
 
 impl Samba {
     /// Shares: `share` (the source), `restore` (a target) and `sealed`
-    /// (`smb encrypt = required`), all empty.
+    /// (`smb encrypt = required`), all empty. NT ACLs round-trip: `acl_xattr`
+    /// keeps each descriptor whole in an xattr beside its POSIX mapping.
     pub fn start() -> Self {
         Self::start_with("")
     }
 
     /// [`start`](Self::start) with extra `[global]` lines.
     pub fn start_with(global_extra: &str) -> Self {
+        need_acl_tools();
         let smbd = need("smbd");
         let smbpasswd = need("smbpasswd");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -66,7 +107,7 @@ impl Samba {
                      server role = standalone server\n map to guest = never\n private dir = {p}/private\n lock directory = {p}/lock\n \
                      state directory = {p}/state\n cache directory = {p}/cache\n pid directory = {p}/pid\n ncalrpc dir = {p}/ncalrpc\n \
                      passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {p}/log.smbd\n log level = 1\n store dos attributes = yes\n map archive = no\n \
-                     {global_extra}\n\
+                     vfs objects = acl_xattr\n map acl inherit = yes\n{global_extra}\n\
                      [share]\n path = {p}/share\n read only = no\n\
                      [restore]\n path = {p}/restore\n read only = no\n\
                      [sealed]\n path = {p}/sealed\n read only = no\n smb encrypt = required\n"
@@ -111,6 +152,7 @@ impl Samba {
                             dir,
                             port,
                             conf,
+                            cacls_host: Default::default(),
                         };
                     }
                     break;
@@ -140,6 +182,35 @@ impl Samba {
     /// A URL through another port (a [`Recorder`] in front of this server).
     pub fn url_via(&self, port: u16, share_and_path: &str) -> String {
         format!("smb://{USER}@127.0.0.1:{port}/{share_and_path}")
+    }
+
+    /// `smbcacls` on one path of a share, SIDs numeric; its stdout.
+    ///
+    /// smbcacls always dials port 445 (it has no `-p` and ignores `smb
+    /// ports`), so it goes through a relay on 127.1.x.y:445, an address of
+    /// this server's own (loopback is all of 127/8 on Linux).
+    pub fn smbcacls(&self, share: &str, path: &str, args: &[&str]) -> String {
+        let host = self.cacls_host.get_or_init(|| {
+            let host = format!("127.1.{}.{}", self.port >> 8, self.port & 0xff);
+            Recorder::listen(&host, 445, self.port);
+            host
+        });
+        let o = Command::new(need("smbcacls"))
+            .arg(format!("//{host}/{share}"))
+            .arg(path)
+            .args(["-U", &format!("{USER}%{PASSWORD}"), "-s"])
+            .arg(&self.conf)
+            .arg("--numeric")
+            .args(args)
+            .output()
+            .expect("smbcacls");
+        assert!(
+            o.status.success(),
+            "smbcacls {path} {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// Runs an smbclient command on a share (sets DOS attributes etc.).

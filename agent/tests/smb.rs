@@ -113,9 +113,9 @@ fn smb_backup_and_restore_round_trip() {
         "restored sparse file is not sparse ({blocks} blocks)"
     );
 
-    // Restore onto SMB: times and DOS attributes come back too (the Unix
-    // modes on the server's disk are only Samba's projection of the
-    // security descriptor, which the restore writes back).
+    // Restore onto SMB: times, DOS attributes and security descriptors
+    // come back too (the Unix modes on the server's disk are Samba's
+    // projection of the descriptor, so the descriptors are compared).
     let target = samba.url("restore/r1");
     let o = env
         .cmd(&["restore", "latest", "/share/Company", "--target", &target])
@@ -151,6 +151,12 @@ fn smb_backup_and_restore_round_trip() {
             x.attributes & (HIDDEN | READONLY),
             y.attributes & (HIDDEN | READONLY),
             "attributes of {}",
+            x.name
+        );
+        assert!(x.security_descriptor.is_some(), "{}", x.name);
+        assert_eq!(
+            x.security_descriptor, y.security_descriptor,
+            "security descriptor of {}",
             x.name
         );
     }
