@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const USER: &str = "root";
+/// An account without root's powers (Debian's `nobody`, so no Unix account
+/// is created): it may not give a file to another owner. Same password.
+pub const PLAIN_USER: &str = "nobody";
 pub const PASSWORD: &str = "levee-test-pw";
 
 pub struct Samba {
@@ -114,25 +117,27 @@ impl Samba {
                 ),
             )
             .expect("write smb.conf");
-            let mut pw = Command::new(&smbpasswd)
-                .args(["-c"])
-                .arg(&conf)
-                .args(["-s", "-a", USER])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("smbpasswd");
-            {
-                let mut stdin = pw.stdin.take().expect("stdin");
-                let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
+            for user in [USER, PLAIN_USER] {
+                let mut pw = Command::new(&smbpasswd)
+                    .args(["-c"])
+                    .arg(&conf)
+                    .args(["-s", "-a", user])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("smbpasswd");
+                {
+                    let mut stdin = pw.stdin.take().expect("stdin");
+                    let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
+                }
+                let st = pw.wait_with_output().expect("smbpasswd");
+                assert!(
+                    st.status.success(),
+                    "smbpasswd {user} failed: {}",
+                    String::from_utf8_lossy(&st.stderr)
+                );
             }
-            let st = pw.wait_with_output().expect("smbpasswd");
-            assert!(
-                st.status.success(),
-                "smbpasswd failed: {}",
-                String::from_utf8_lossy(&st.stderr)
-            );
             let mut child = Command::new(&smbd)
                 .args(["--foreground", "--no-process-group", "-s"])
                 .arg(&conf)
@@ -182,6 +187,11 @@ impl Samba {
     /// A URL through another port (a [`Recorder`] in front of this server).
     pub fn url_via(&self, port: u16, share_and_path: &str) -> String {
         format!("smb://{USER}@127.0.0.1:{port}/{share_and_path}")
+    }
+
+    /// A URL signing in as `user` instead of root.
+    pub fn url_as(&self, user: &str, share_and_path: &str) -> String {
+        format!("smb://{user}@127.0.0.1:{}/{share_and_path}", self.port)
     }
 
     /// `smbcacls` on one path of a share, SIDs numeric; its stdout.

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::samba::{Samba, PASSWORD};
+use crate::samba::{Samba, PASSWORD, PLAIN_USER};
 use crate::util::Env;
 
 /// A deny ACE for a SID no account here has, an allow for Everyone, full
@@ -112,5 +112,75 @@ fn smb_acl_round_trip_onto_smb() {
     assert_eq!(
         fs::read(out.join("acl/secret.txt")).ok(),
         Some(b"payroll\n".to_vec())
+    );
+}
+
+/// Restoring as an account that may not give files to another owner: the
+/// server refuses owner and group (STATUS_INVALID_OWNER), the DACL is still
+/// written back, and each such path is a warning, not an error.
+#[test]
+fn smb_acl_owner_refused_keeps_dacl() {
+    let samba = Samba::start();
+    let share = samba.share_dir();
+    fs::create_dir_all(share.join("acl")).expect("mkdir");
+    fs::write(share.join("acl/secret.txt"), "payroll\n").expect("write");
+    samba.smbcacls("share", "acl/secret.txt", &["--set", FILE_DACL]);
+    // A folder the plain account may write into (Unix and NT permissions).
+    let plain = samba.dir.path().join("restore/plain");
+    fs::create_dir_all(&plain).expect("mkdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&plain, fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+
+    let env = Env::new();
+    levee(&env, &["backup", &samba.url("share")]);
+    let target = samba.url_as(PLAIN_USER, "restore/plain");
+    let r = levee(
+        &env,
+        &["restore", "latest", "/share/acl", "--target", &target],
+    );
+    assert_eq!(
+        (r["errors"].as_u64(), r["files"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    // acl and acl/secret.txt: DACLs written, owners refused.
+    assert_eq!(r["security_descriptors"], 2, "{r}");
+    assert_eq!(r["warnings"], 2, "{r}");
+    let msgs = r["warning_messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        msgs.iter().all(|m| {
+            let m = m.as_str().unwrap_or("");
+            m.contains("owner and group not restored") && m.contains("INVALID_OWNER")
+        }),
+        "{r}"
+    );
+
+    for p in ["acl", "acl/secret.txt"] {
+        let acl = |share: &str, path: &str| -> Vec<String> {
+            descriptor(&samba, share, path)
+                .into_iter()
+                .filter(|l| l.starts_with("ACL:"))
+                .collect()
+        };
+        assert_eq!(
+            acl("restore", &format!("plain/{p}")),
+            acl("share", p),
+            "DACL of {p}"
+        );
+    }
+    let owner = |share: &str, path: &str| {
+        descriptor(&samba, share, path)
+            .into_iter()
+            .find(|l| l.starts_with("OWNER:"))
+    };
+    assert_ne!(
+        owner("restore", "plain/acl/secret.txt"),
+        owner("share", "acl/secret.txt"),
+        "the plain account should not have been able to set the owner"
     );
 }

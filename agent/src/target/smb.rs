@@ -59,7 +59,7 @@ async fn apply_descriptor(conn: &SmbConn, acls: &AclLog, full: &str, node: &Node
         Ok(Restored::DaclOnly(why)) => {
             acls.restored.fetch_add(1, Ordering::Relaxed);
             acls.warn(format!(
-                "{full}: owner and group not restored ({why}); permissions (DACL) restored"
+                "{full}: owner and group not restored, the server refused them ({why}); permissions (DACL) restored"
             ));
         }
         Err(e) => acls.warn(format!("{full}: security descriptor not restored: {e}")),

@@ -165,11 +165,21 @@ where
         Ok(()) => Ok(Restored::Full),
         // Only a refusal from the server is worth a second try; a dead
         // connection would fail the same way again.
-        Err(full @ smb2::Error::Protocol { .. }) => {
+        Err(smb2::Error::Protocol { status, .. }) => {
             set(DACL).await?;
-            Ok(Restored::DaclOnly(full.to_string()))
+            Ok(Restored::DaclOnly(refusal(status)))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Names the refusals smb2 does not know by name.
+fn refusal(status: NtStatus) -> String {
+    match status.0 {
+        0xC000_005A => "STATUS_INVALID_OWNER".into(),
+        0xC000_005B => "STATUS_INVALID_PRIMARY_GROUP".into(),
+        0xC000_0061 => "STATUS_PRIVILEGE_NOT_HELD".into(),
+        _ => status.to_string(),
     }
 }
 
@@ -205,7 +215,10 @@ mod tests {
                 }
             }
         }));
-        assert!(matches!(r, Ok(Restored::DaclOnly(_))), "{r:?}");
+        assert_eq!(
+            r.ok(),
+            Some(Restored::DaclOnly("STATUS_INVALID_OWNER".into()))
+        );
         assert_eq!(asked, [OWNER | GROUP | DACL, DACL]);
     }
 
