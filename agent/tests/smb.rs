@@ -9,7 +9,7 @@ use levee_agent::source::smb::SmbSource;
 use levee_agent::source::Source;
 
 use crate::samba::{Samba, PASSWORD};
-use crate::util::{assert_same_tree, rand_bytes, Env};
+use crate::util::{assert_same_tree, assert_same_tree_but_mode, rand_bytes, Env};
 
 const BIG: u64 = 1100 * 1024 * 1024;
 
@@ -113,7 +113,9 @@ fn smb_backup_and_restore_round_trip() {
         "restored sparse file is not sparse ({blocks} blocks)"
     );
 
-    // Restore onto SMB: times and DOS attributes come back too.
+    // Restore onto SMB: times, DOS attributes and security descriptors
+    // come back too (the Unix modes on the server's disk are Samba's
+    // projection of the descriptor, so the descriptors are compared).
     let target = samba.url("restore/r1");
     let o = env
         .cmd(&["restore", "latest", "/share/Company", "--target", &target])
@@ -125,7 +127,7 @@ fn smb_backup_and_restore_round_trip() {
         "smb restore: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_same_tree(
+    assert_same_tree_but_mode(
         &share.join("Company"),
         &samba.dir.path().join("restore/r1/Company"),
         100,
@@ -149,6 +151,12 @@ fn smb_backup_and_restore_round_trip() {
             x.attributes & (HIDDEN | READONLY),
             y.attributes & (HIDDEN | READONLY),
             "attributes of {}",
+            x.name
+        );
+        assert!(x.security_descriptor.is_some(), "{}", x.name);
+        assert_eq!(
+            x.security_descriptor, y.security_descriptor,
+            "security descriptor of {}",
             x.name
         );
     }

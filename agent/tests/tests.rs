@@ -8,4 +8,6 @@ mod e2e_local;
 mod formats;
 mod samba;
 mod smb;
+mod smb_acl;
+mod smb_encryption;
 mod util;

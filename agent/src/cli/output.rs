@@ -118,15 +118,23 @@ impl Out {
         if self.json {
             return print_json(s);
         }
+        for e in &s.warning_messages {
+            eprintln!("warning: {e}");
+        }
         for e in &s.error_messages {
             eprintln!("error: {e}");
         }
+        let acls = match s.security_descriptors {
+            0 => String::new(),
+            n => format!(", {n} ACLs"),
+        };
         println!(
-            "restored {} files, {} dirs, {} ({} skipped, {} errors) in {:.2} s",
+            "restored {} files, {} dirs, {}{acls} ({} skipped, {} warnings, {} errors) in {:.2} s",
             s.files,
             s.dirs,
             human_bytes(s.bytes),
             s.skipped,
+            s.warnings,
             s.errors,
             s.duration_ms as f64 / 1000.0
         );

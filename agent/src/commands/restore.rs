@@ -59,6 +59,13 @@ pub struct RestoreSummary {
     pub bytes: u64,
     pub errors: u64,
     pub error_messages: Vec<String>,
+    /// Windows security descriptors written back (SMB targets only; a local
+    /// directory has nowhere to put them).
+    pub security_descriptors: u64,
+    /// Metadata only partly restored (e.g. an owner the server refused);
+    /// the data is restored, so these do not make the exit code 3.
+    pub warnings: u64,
+    pub warning_messages: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -213,6 +220,7 @@ pub fn restore(
             counters.error(e.to_string());
         }
     }
+    let report = target.report();
     let g = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
     Ok(RestoreSummary {
         snapshot: snap_id,
@@ -222,6 +230,9 @@ pub fn restore(
         bytes: g(&counters.bytes_read),
         errors: g(&counters.errors),
         error_messages: counters.errors(),
+        security_descriptors: report.security_descriptors,
+        warnings: report.warnings.len() as u64,
+        warning_messages: report.warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }

@@ -1,5 +1,7 @@
 //! Restoring into a local directory: Unix mode, owner (when root),
-//! nanosecond atime/mtime, and holes for all-zero chunks.
+//! nanosecond atime/mtime, and holes for all-zero chunks. Windows security
+//! descriptors from SMB backups are not applied (a Linux file system has no
+//! place for them); they stay in the repository for a restore onto SMB.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};

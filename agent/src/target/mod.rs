@@ -34,6 +34,19 @@ pub trait Target: Send + Sync {
     /// Times, mode and attributes of a directory (after its contents).
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
     fn parallelism(&self) -> usize;
+    /// What was carried over beyond contents and times, and the warnings.
+    fn report(&self) -> TargetReport {
+        TargetReport::default()
+    }
+}
+
+/// Metadata a target restored, or could only partly restore (warnings:
+/// never fatal, the data is there).
+#[derive(Debug, Default)]
+pub struct TargetReport {
+    /// Windows security descriptors written back (SMB targets).
+    pub security_descriptors: u64,
+    pub warnings: Vec<String>,
 }
 
 pub fn open_target(spec: &str, smb_password: Option<&str>) -> Result<Box<dyn Target>, TargetError> {

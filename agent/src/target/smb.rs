@@ -1,25 +1,78 @@
 //! Restoring onto an SMB share: contents, the four Windows times and the
 //! attributes (Hidden, Read-only, Archive, ...), set on the writer's own
-//! handle so the server's close does not stamp its own time over them.
+//! handle so the server's close does not stamp its own time over them; then
+//! the security descriptor (owner, group, DACL) the backup kept. A
+//! descriptor the server refuses is a warning, never an error: the data is
+//! restored either way.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use levee_proto::repo::Node;
 use smb2::pack::FileTime;
 use smb2::{ErrorKind, FileAttributes, FileTimes, FileWriter};
-use tokio::runtime::Runtime;
 
-use super::{FileSink, Target, TargetError};
+use super::{FileSink, Target, TargetError, TargetReport};
+use crate::source::smb::security::{self, Restored};
 use crate::source::smb::{ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY};
 
 pub struct SmbTarget {
-    conn: SmbConn,
+    conn: Arc<SmbConn>,
+    acls: Arc<AclLog>,
+}
+
+/// Descriptors written back, and what could not be, shared by all sinks.
+#[derive(Default)]
+struct AclLog {
+    restored: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl AclLog {
+    fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        if let Ok(mut w) = self.warnings.lock() {
+            w.push(msg);
+        }
+    }
+}
+
+/// Writes `node`'s descriptor back onto `full`, if the backup has one.
+async fn apply_descriptor(conn: &SmbConn, acls: &AclLog, full: &str, node: &Node) {
+    let Some(hex_sd) = &node.security_descriptor else {
+        return;
+    };
+    let sd = match hex::decode(hex_sd) {
+        Ok(sd) => sd,
+        Err(e) => {
+            acls.warn(format!(
+                "{full}: security descriptor not restored: stored one is damaged ({e})"
+            ));
+            return;
+        }
+    };
+    let client = conn.client.lock().await;
+    match security::restore(&client, &conn.tree, full, &sd).await {
+        Ok(Restored::Full) => {
+            acls.restored.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Restored::DaclOnly(why)) => {
+            acls.restored.fetch_add(1, Ordering::Relaxed);
+            acls.warn(format!(
+                "{full}: owner and group not restored, the server refused them ({why}); permissions (DACL) restored"
+            ));
+        }
+        Err(e) => acls.warn(format!("{full}: security descriptor not restored: {e}")),
+    }
 }
 
 impl SmbTarget {
     pub fn connect(spec: &str, password: Option<&str>) -> Result<Self, TargetError> {
         let conn = SmbConn::connect(spec, password).map_err(|e| TargetError::Smb(e.to_string()))?;
-        let t = Self { conn };
+        let t = Self {
+            conn: Arc::new(conn),
+            acls: Arc::default(),
+        };
         if !t.conn.url.path.is_empty() {
             // Create the target directory chain.
             let mut acc = String::new();
@@ -65,7 +118,8 @@ fn times(node: &Node, dir: bool) -> FileTimes {
 }
 
 struct SmbSink {
-    rt: Arc<Runtime>,
+    conn: Arc<SmbConn>,
+    acls: Arc<AclLog>,
     w: Option<FileWriter>,
     path: String,
 }
@@ -80,7 +134,7 @@ impl SmbSink {
 
 impl FileSink for SmbSink {
     fn write(&mut self, data: &[u8]) -> Result<(), TargetError> {
-        let rt = self.rt.clone();
+        let rt = self.conn.rt.clone();
         let path = self.path.clone();
         let w = self.w()?;
         rt.block_on(w.write_chunk(data))
@@ -101,12 +155,17 @@ impl FileSink for SmbSink {
             .take()
             .ok_or_else(|| TargetError::Smb(format!("{}: writer closed", self.path)))?;
         let path = self.path.clone();
-        self.rt
+        self.conn
+            .rt
             .block_on(async {
                 w.set_times(times(node, false)).await?;
-                w.finish().await.map(|_| ())
+                w.finish().await?;
+                // Through a handle of its own after the close: the writer's was
+                // not opened with WRITE_DAC | WRITE_OWNER.
+                apply_descriptor(&self.conn, &self.acls, &path, node).await;
+                Ok(())
             })
-            .map_err(|e| TargetError::Smb(format!("{path}: {e}")))
+            .map_err(|e: smb2::Error| TargetError::Smb(format!("{path}: {e}")))
     }
 }
 
@@ -141,7 +200,8 @@ impl Target for SmbTarget {
             })
             .map_err(|e| TargetError::Smb(format!("{full}: {e}")))?;
         Ok(Box::new(SmbSink {
-            rt: c.rt.clone(),
+            conn: self.conn.clone(),
+            acls: self.acls.clone(),
             w: Some(w),
             path: full,
         }))
@@ -159,11 +219,24 @@ impl Target for SmbTarget {
                 .lock()
                 .await
                 .set_times(&c.tree, &full, times(node, true))
-                .await
+                .await?;
+            apply_descriptor(c, &self.acls, &full, node).await;
+            Ok(())
         })
-        .map_err(|e| TargetError::Smb(format!("{full}: {e}")))
+        .map_err(|e: smb2::Error| TargetError::Smb(format!("{full}: {e}")))
     }
     fn parallelism(&self) -> usize {
         4
+    }
+    fn report(&self) -> TargetReport {
+        TargetReport {
+            security_descriptors: self.acls.restored.load(Ordering::Relaxed),
+            warnings: self
+                .acls
+                .warnings
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default(),
+        }
     }
 }
