@@ -148,6 +148,16 @@ impl Packer {
     }
 }
 
+impl Drop for Packer {
+    /// A packer dropped after an error still waits for its writer, so no
+    /// pack or index write outlives the command that started it.
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.stop_writer();
+        }
+    }
+}
+
 fn writer_gone() -> CryptError {
     CryptError::from(crate::backend::BackendError::io(
         "pack writer",
