@@ -154,6 +154,7 @@ fn prune_during_backup_loses_nothing() {
         prunes += 1;
     }
     assert!(child.wait().expect("wait").success());
+    eprintln!("prune ran {prunes} times during the backup");
     assert!(
         prunes >= 2,
         "the backup finished before prune could run twice"
