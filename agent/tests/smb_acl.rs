@@ -17,22 +17,6 @@ const DIR_DACL: &str = "ACL:S-1-1-0:ALLOWED/OI|CI/READ,ACL:S-1-22-1-0:ALLOWED/OI
 /// An owner other than the restoring user (Unix nobody).
 const OWNER: &str = "S-1-22-1-65534";
 
-fn levee(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    let o = env
-        .cmd(&a)
-        .env("LEVEE_SMB_PASSWORD", PASSWORD)
-        .output()
-        .expect("spawn");
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("json")
-}
-
 /// smbcacls' owner, group and ACE lines.
 fn descriptor(samba: &Samba, share: &str, path: &str) -> Vec<String> {
     samba
@@ -64,18 +48,15 @@ fn smb_acl_round_trip_onto_smb() {
         "smbcacls did not set the test ACL: {secret:?}"
     );
 
-    let env = Env::new();
-    levee(&env, &["backup", &samba.url("share")]);
-    let r = levee(
-        &env,
-        &[
-            "restore",
-            "latest",
-            "/share/acl",
-            "--target",
-            &samba.url("restore/r1"),
-        ],
-    );
+    let env = Env::new().with_smb_password(PASSWORD);
+    env.json(&["backup", &samba.url("share")]);
+    let r = env.json(&[
+        "restore",
+        "latest",
+        "/share/acl",
+        "--target",
+        &samba.url("restore/r1"),
+    ]);
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["warnings"], 0, "{r}");
     // acl, acl/secret.txt, acl/sub, acl/sub/plain.txt
@@ -94,16 +75,13 @@ fn smb_acl_round_trip_onto_smb() {
     // A local directory has nowhere to put a Windows ACL: data only, and
     // the descriptors stay in the repository.
     let out = env.path("out");
-    let l = levee(
-        &env,
-        &[
-            "restore",
-            "latest",
-            "/share/acl",
-            "--target",
-            &out.to_string_lossy(),
-        ],
-    );
+    let l = env.json(&[
+        "restore",
+        "latest",
+        "/share/acl",
+        "--target",
+        &out.to_string_lossy(),
+    ]);
     assert_eq!(
         (l["errors"].as_u64(), l["security_descriptors"].as_u64()),
         (Some(0), Some(0)),
@@ -133,13 +111,10 @@ fn smb_acl_owner_refused_keeps_dacl() {
         fs::set_permissions(&plain, fs::Permissions::from_mode(0o777)).expect("chmod");
     }
 
-    let env = Env::new();
-    levee(&env, &["backup", &samba.url("share")]);
+    let env = Env::new().with_smb_password(PASSWORD);
+    env.json(&["backup", &samba.url("share")]);
     let target = samba.url_as(PLAIN_USER, "restore/plain");
-    let r = levee(
-        &env,
-        &["restore", "latest", "/share/acl", "--target", &target],
-    );
+    let r = env.json(&["restore", "latest", "/share/acl", "--target", &target]);
     assert_eq!(
         (r["errors"].as_u64(), r["files"].as_u64()),
         (Some(0), Some(1)),

@@ -23,34 +23,15 @@ fn write_marked(dir: &std::path::Path) {
     fs::write(dir.join("docs/big.bin"), big).expect("write");
 }
 
-fn levee(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    let o = env
-        .cmd(&a)
-        .env("LEVEE_SMB_PASSWORD", PASSWORD)
-        .output()
-        .expect("spawn");
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("json")
-}
-
 /// Backs up `share/docs` through a recorder and restores it onto
 /// `share/restored` through another; both runs' traffic is returned.
 fn round_trip(samba: &Samba, share: &str) -> (Recorder, Recorder) {
-    let env = Env::new();
+    let env = Env::new().with_smb_password(PASSWORD);
     let on_wire = Recorder::start(samba.port);
-    let b = levee(
-        &env,
-        &[
-            "backup",
-            &samba.url_via(on_wire.port, &format!("{share}/docs")),
-        ],
-    );
+    let b = env.json(&[
+        "backup",
+        &samba.url_via(on_wire.port, &format!("{share}/docs")),
+    ]);
     assert_eq!(
         (b["files"].as_u64(), b["errors"].as_u64()),
         (Some(2), Some(0)),
@@ -59,7 +40,7 @@ fn round_trip(samba: &Samba, share: &str) -> (Recorder, Recorder) {
 
     let back = Recorder::start(samba.port);
     let target = samba.url_via(back.port, &format!("{share}/restored"));
-    let r = levee(&env, &["restore", "latest", "--target", &target]);
+    let r = env.json(&["restore", "latest", "--target", &target]);
     assert_eq!(
         (r["files"].as_u64(), r["errors"].as_u64()),
         (Some(2), Some(0)),

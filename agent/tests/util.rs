@@ -12,6 +12,7 @@ pub fn bin() -> &'static str {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    smb_password: Option<&'static str>,
 }
 
 impl Env {
@@ -19,7 +20,11 @@ impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = dir.path().join("repo");
-        let e = Self { dir, repo };
+        let e = Self {
+            dir,
+            repo,
+            smb_password: None,
+        };
         e.ok(&["init", "--kdf-memory-kib", "1024"]);
         e
     }
@@ -28,8 +33,17 @@ impl Env {
         self.dir.path().join(p)
     }
 
+    /// Every command then gets this SMB password (`LEVEE_SMB_PASSWORD`).
+    pub fn with_smb_password(mut self, password: &'static str) -> Self {
+        self.smb_password = Some(password);
+        self
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
+        if let Some(pw) = self.smb_password {
+            c.env("LEVEE_SMB_PASSWORD", pw);
+        }
         c.args(args)
             .env("LEVEE_REPO", &self.repo)
             .env("LEVEE_PASSWORD", PASSWORD)
