@@ -90,4 +90,9 @@ printf '%-16s %10s %10s %10s %12s %12s\n' "repo MB" $((SIZE_levee/1000000)) $((S
 for p in first second restore; do
     printf '%-16s %10s %10s %10s\n' "peak MiB $p" $((${M[levee.$p]}/1024)) $((${M[restic.$p]}/1024)) $((${M[borg.$p]}/1024))
 done
+# CPU-seconds (user + system) are steadier than wall time on a shared machine.
+cpu() { awk -F': ' '/User time|System time/ {s+=$2} END {printf "%.1f", s}' "$WORK/time.$1.$2"; }
+for p in first second restore; do
+    printf '%-16s %10s %10s %10s\n' "cpu s $p" "$(cpu levee "$p")" "$(cpu restic "$p")" "$(cpu borg "$p")"
+done
 echo "levee packs: $PACKS; in-memory index (2 M synthetic chunks, RSS growth): $IDX"
