@@ -51,7 +51,8 @@ pub struct MasterIndex {
     pack_new: HashMap<PackId, u32>,
     sorted: bool,
     /// Entries left out because they do not fit the compact encoding (not
-    /// written by this program; `check` reports them as missing blobs).
+    /// written by this program; `check` names them, and their blobs count
+    /// as missing).
     pub unrepresentable: usize,
 }
 

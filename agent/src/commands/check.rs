@@ -53,6 +53,12 @@ pub fn check(
     }
     r.index_files = loaded.names.len();
     let index = &loaded.index;
+    if index.unrepresentable > 0 {
+        r.errors.push(format!(
+            "index: {} entries lie beyond what this version can address (a frame member above 255 or past 16 MiB in its pack, or a blob over 512 MiB); their blobs count as missing",
+            index.unrepresentable
+        ));
+    }
 
     let packs: HashMap<String, u64> = repo.be.list(FileKind::Pack)?.into_iter().collect();
     r.packs = packs.len();
