@@ -2,6 +2,8 @@
 //! and encrypted like any chunk), so an unchanged directory dedups to the
 //! same blob. Entries are sorted by name.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::id::BlobId;
@@ -64,6 +66,13 @@ pub struct Node {
     /// Raw Windows security descriptor, hex, where the source exposes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_descriptor: Option<String>,
+    /// Extended attributes (local sources), name -> value in hex, including
+    /// POSIX ACLs as `system.posix_acl_access` / `system.posix_acl_default`.
+    /// Hex like `security_descriptor`: values are mostly short (ACLs are tens
+    /// of bytes), trees are zstd-compressed, and it needs no new dependency.
+    /// Omitted when empty, so trees without xattrs keep their bytes (and ids).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -85,6 +94,7 @@ impl Node {
             subtree: None,
             link_target: None,
             security_descriptor: None,
+            xattrs: BTreeMap::new(),
         }
     }
 }
@@ -106,5 +116,27 @@ impl Tree {
             .binary_search_by(|n| n.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattrs_round_trip_and_are_omitted_when_empty() {
+        let mut n = Node::new("f".into(), NodeKind::File);
+        let plain = Tree {
+            nodes: vec![n.clone()],
+        };
+        let bytes = plain.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("xattrs"));
+        n.xattrs.insert("user.ü".into(), "00ff".into());
+        let t = Tree { nodes: vec![n] };
+        assert_eq!(Tree::parse(&t.to_bytes()).expect("parses"), t);
+        // A tree written before xattrs existed still reads.
+        let old = br#"{"nodes":[{"name":"f","kind":"file","mtime_ns":1}]}"#;
+        let t = Tree::parse(old).expect("parses");
+        assert!(t.nodes[0].xattrs.is_empty());
     }
 }
