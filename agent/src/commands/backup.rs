@@ -193,12 +193,14 @@ impl Walker<'_> {
                         .and_then(|o| o.subtree)
                         .and_then(|id| self.repo.load_tree(self.index, &id).ok());
                     match self.walk_dir(src, label, &path, sub) {
-                        Ok(()) => out.push(Pending::Dir(node_from(&e))),
+                        Ok(()) => out.push(Pending::Dir(self.with_xattrs(src, label, &path, &e))),
                         Err(err) => self.counters.error(format!("{label}/{path}: {err}")),
                     }
                 }
-                NodeKind::Symlink => out.push(Pending::Ready(node_from(&e))),
-                NodeKind::File => out.push(self.file(src, &e, &path, old)),
+                NodeKind::Symlink => {
+                    out.push(Pending::Ready(self.with_xattrs(src, label, &path, &e)))
+                }
+                NodeKind::File => out.push(self.file(src, label, &e, &path, old)),
             }
         }
         Counters::add(&self.counters.dirs, 1);
@@ -210,21 +212,49 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// The entry's node with its extended attributes read from the source.
+    /// A failure is reported and the entry kept without them.
+    fn with_xattrs(&self, src: &Arc<dyn Source>, label: &str, path: &str, e: &SourceEntry) -> Node {
+        let mut node = node_from(e);
+        match src.xattrs(path) {
+            Ok(x) => {
+                for why in x.skipped {
+                    self.counters.error(format!("{label}/{path}: {why}"));
+                }
+                node.xattrs = x
+                    .values
+                    .into_iter()
+                    .map(|(k, v)| (k, hex::encode(v)))
+                    .collect();
+            }
+            Err(err) => self.counters.error(format!(
+                "{label}/{path}: extended attributes not kept: {err}"
+            )),
+        }
+        node
+    }
+
     fn file(
         &self,
         src: &Arc<dyn Source>,
+        label: &str,
         e: &SourceEntry,
         path: &str,
         old: Option<&Node>,
     ) -> Pending {
-        let mut node = node_from(e);
         Counters::add(&self.counters.files, 1);
         Counters::add(&self.counters.bytes_total, e.size);
         if let Some(old) = old.filter(|o| !self.force && unchanged(e, o, self.index)) {
+            let mut node = node_from(e);
             node.content = old.content.clone();
+            // Changing an xattr moves ctime, which `unchanged` compares: the
+            // parent's are current, and reading them again would cost a
+            // syscall or two per file on every incremental backup.
+            node.xattrs = old.xattrs.clone();
             Counters::add(&self.counters.files_unchanged, 1);
             return Pending::Ready(node);
         }
+        let node = self.with_xattrs(src, label, path, e);
         let (tx, rx) = bounded(1);
         let _ = self.jobs.send(FileJob {
             source: src.clone(),
@@ -545,10 +575,11 @@ pub fn backup(
                     let sub = old
                         .and_then(|o| o.subtree)
                         .and_then(|id| repo.load_tree(index, &id).ok());
-                    walker.walk_dir(src, &src.describe(), "", sub)?;
-                    roots.push(Pending::Dir(node_from(&e2)));
+                    let label = src.describe();
+                    walker.walk_dir(src, &label, "", sub)?;
+                    roots.push(Pending::Dir(walker.with_xattrs(src, &label, "", &e2)));
                 }
-                _ => roots.push(walker.file(src, &e2, "", old)),
+                _ => roots.push(walker.file(src, &src.describe(), &e2, "", old)),
             }
         }
         let Walker { jobs, dirs, .. } = walker;

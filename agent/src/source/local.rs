@@ -1,6 +1,8 @@
 //! A local directory (or file). Unix metadata: permission bits, owner,
 //! nanosecond times and the inode number as file id. Names that are not
 //! UTF-8 are stored lossily (a known gap; Windows shares are UTF-16 anyway).
+//! Extended attributes (and with them POSIX ACLs) are read without following
+//! symlinks.
 
 use std::fs::{self, File, Metadata};
 use std::io::Read;
@@ -9,7 +11,12 @@ use std::path::{Path, PathBuf};
 
 use levee_proto::repo::NodeKind;
 
-use super::{Source, SourceEntry, SourceError};
+use super::{Source, SourceEntry, SourceError, Xattrs};
+
+/// The only `system.*` attributes kept: POSIX ACLs. The others are file
+/// system internals (ext4's `system.data`, NFS's `system.nfs4_acl`) that
+/// setxattr would refuse or misapply on another file system.
+const KEPT_SYSTEM: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
 
 pub struct LocalSource {
     root: PathBuf,
@@ -118,6 +125,10 @@ impl Source for LocalSource {
         Ok(Box::new(f))
     }
 
+    fn xattrs(&self, path: &str) -> Result<Xattrs, SourceError> {
+        read_xattrs(&self.full(path), path)
+    }
+
     fn parallelism(&self) -> usize {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -128,4 +139,39 @@ impl Source for LocalSource {
     fn describe(&self) -> String {
         self.root.to_string_lossy().into_owned()
     }
+}
+
+fn read_xattrs(full: &Path, rel: &str) -> Result<Xattrs, SourceError> {
+    let names = match xattr::list(full) {
+        Ok(names) => names,
+        // A file system without xattrs: nothing to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Xattrs::default()),
+        Err(e) => return Err(io_err(rel, e)),
+    };
+    let mut out = Xattrs::default();
+    for raw in names {
+        let Some(name) = raw.to_str() else {
+            // Tree names are JSON strings; a lossy name would restore as a
+            // different attribute.
+            out.skipped
+                .push(format!("xattr {raw:?}: name is not UTF-8, not kept"));
+            continue;
+        };
+        if name.starts_with("system.") && !KEPT_SYSTEM.contains(&name) {
+            continue;
+        }
+        match xattr::get(full, name) {
+            Ok(Some(v)) => {
+                out.values.insert(name.to_string(), v);
+            }
+            // Removed since the listing.
+            Ok(None) => {}
+            // A security label the kernel will not show us is left out.
+            Err(e)
+                if name.starts_with("security.")
+                    && e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => out.skipped.push(format!("xattr {name}: {e}, not kept")),
+        }
+    }
+    Ok(out)
 }

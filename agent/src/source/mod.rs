@@ -4,6 +4,7 @@
 pub mod local;
 pub mod smb;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use levee_proto::repo::NodeKind;
@@ -48,6 +49,15 @@ pub struct SourceEntry {
     pub security_descriptor: Option<Vec<u8>>,
 }
 
+/// Extended attributes read from one entry.
+#[derive(Debug, Default)]
+pub struct Xattrs {
+    pub values: BTreeMap<String, Vec<u8>>,
+    /// One message per attribute that could not be kept (name not UTF-8,
+    /// read failed): the backup reports them and goes on.
+    pub skipped: Vec<String>,
+}
+
 pub trait Source: Send + Sync {
     /// The root's metadata (its `name` is what the snapshot calls it).
     fn root(&self) -> Result<SourceEntry, SourceError>;
@@ -55,6 +65,11 @@ pub trait Source: Send + Sync {
     fn list(&self, dir: &str) -> Result<Vec<SourceEntry>, SourceError>;
     /// A reader over a file's bytes.
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>, SourceError>;
+    /// Extended attributes of an entry, symlinks not followed. Sources
+    /// without them (SMB keeps its ACL in the security descriptor) have none.
+    fn xattrs(&self, _path: &str) -> Result<Xattrs, SourceError> {
+        Ok(Xattrs::default())
+    }
     /// How many files are worth reading in parallel.
     fn parallelism(&self) -> usize;
     /// The source as the user named it, minus secrets.
