@@ -124,10 +124,13 @@ impl Out {
         for e in &s.error_messages {
             eprintln!("error: {e}");
         }
-        let acls = match s.security_descriptors {
+        let mut acls = match s.security_descriptors {
             0 => String::new(),
             n => format!(", {n} ACLs"),
         };
+        if s.xattrs != 0 {
+            acls.push_str(&format!(", {} xattrs", s.xattrs));
+        }
         println!(
             "restored {} files, {} dirs, {}{acls} ({} skipped, {} warnings, {} errors) in {:.2} s",
             s.files,

@@ -62,6 +62,9 @@ pub struct RestoreSummary {
     /// Windows security descriptors written back (SMB targets only; a local
     /// directory has nowhere to put them).
     pub security_descriptors: u64,
+    /// Extended attributes (POSIX ACLs among them) written back (local
+    /// targets; an SMB share has nowhere to put them).
+    pub xattrs: u64,
     /// Metadata only partly restored (e.g. an owner the server refused);
     /// the data is restored, so these do not make the exit code 3.
     pub warnings: u64,
@@ -213,8 +216,8 @@ pub fn restore(
         }
         drop(tx);
     });
-    // Directory times last, deepest first, so writing children does not
-    // move them again.
+    // Directory times (and xattrs) last, deepest first, so writing children
+    // does not move them again.
     for (path, node) in dirs.iter().rev() {
         if let Err(e) = target.set_dir_meta(path, node) {
             counters.error(e.to_string());
@@ -231,6 +234,7 @@ pub fn restore(
         errors: g(&counters.errors),
         error_messages: counters.errors(),
         security_descriptors: report.security_descriptors,
+        xattrs: report.xattrs,
         warnings: report.warnings.len() as u64,
         warning_messages: report.warnings,
         duration_ms: started.elapsed().as_millis() as u64,

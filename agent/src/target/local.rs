@@ -1,21 +1,94 @@
 //! Restoring into a local directory: Unix mode, owner (when root),
-//! nanosecond atime/mtime, and holes for all-zero chunks. Windows security
-//! descriptors from SMB backups are not applied (a Linux file system has no
-//! place for them); they stay in the repository for a restore onto SMB.
+//! extended attributes (POSIX ACLs among them), nanosecond atime/mtime, and
+//! holes for all-zero chunks. Windows security descriptors from SMB backups
+//! are not applied (a Linux file system has no place for them); they stay in
+//! the repository for a restore onto SMB.
+//!
+//! Per entry the order is: contents, owner, xattrs, mode, times. Owner
+//! before xattrs because chown drops `security.capability`; mode after them
+//! so the restored mode wins over what an ACL implies (they agree when the
+//! backup was consistent); times last, though setxattr moves only ctime.
+//! Directories get theirs after their contents, so a default ACL does not
+//! leak into restored children (each child has its own ACL, if any).
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use levee_proto::repo::Node;
+use xattr::FileExt;
 
-use super::{FileSink, Target, TargetError};
+use super::{FileSink, Target, TargetError, TargetReport};
 
 pub struct LocalTarget {
     root: PathBuf,
+    xattrs: Arc<XattrLog>,
+}
+
+/// Extended attributes written back, and what could not be, shared by all
+/// sinks. Never an error: the data is restored either way.
+#[derive(Default)]
+struct XattrLog {
+    restored: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+    /// Refused with ENOTSUP, by kind: (count, first path and name). A file
+    /// system without (some) xattrs refuses every file's; one warning per
+    /// kind says so instead of thousands.
+    unsupported: Mutex<BTreeMap<&'static str, (u64, String)>>,
+}
+
+impl XattrLog {
+    fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        if let Ok(mut w) = self.warnings.lock() {
+            w.push(msg);
+        }
+    }
+
+    fn unsupported(&self, p: &Path, name: &str) {
+        let kind = if name.starts_with("system.posix_acl_") {
+            "POSIX ACLs"
+        } else if name.starts_with("user.") {
+            "user.* extended attributes"
+        } else {
+            "extended attributes"
+        };
+        if let Ok(mut u) = self.unsupported.lock() {
+            let e = u
+                .entry(kind)
+                .or_insert_with(|| (0, format!("{} ({name})", p.display())));
+            e.0 += 1;
+        }
+    }
+
+    /// Writes `node`'s xattrs with `set`; failures become warnings.
+    fn apply(&self, p: &Path, node: &Node, set: impl Fn(&str, &[u8]) -> std::io::Result<()>) {
+        for (name, value) in &node.xattrs {
+            let value = match hex::decode(value) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.warn(format!(
+                        "{}: xattr {name} not restored: stored value is damaged ({e})",
+                        p.display()
+                    ));
+                    continue;
+                }
+            };
+            match set(name, &value) {
+                Ok(()) => {
+                    self.restored.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => self.unsupported(p, name),
+                Err(e) => self.warn(format!("{}: xattr {name} not restored: {e}", p.display())),
+            }
+        }
+    }
 }
 
 impl LocalTarget {
@@ -26,6 +99,7 @@ impl LocalTarget {
         })?;
         Ok(Self {
             root: PathBuf::from(path),
+            xattrs: Arc::default(),
         })
     }
     fn full(&self, p: &str) -> PathBuf {
@@ -44,7 +118,9 @@ fn io(p: &Path, e: std::io::Error) -> TargetError {
     }
 }
 
-fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
+/// Directories and symlinks: by path, a symlink itself and never its target
+/// (`follow` is false for symlinks; xattr::set never follows).
+fn set_meta(p: &Path, node: &Node, follow: bool, xattrs: &XattrLog) -> Result<(), TargetError> {
     let c = CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io(p, std::io::Error::other("NUL in path")))?;
     // Owner only as root; failure to chown is not worth failing a restore.
@@ -52,6 +128,7 @@ fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
         // SAFETY: c is a valid NUL-terminated path.
         unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) };
     }
+    xattrs.apply(p, node, |name, value| xattr::set(p, name, value));
     if node.mode != 0 && follow {
         fs::set_permissions(p, fs::Permissions::from_mode(node.mode)).map_err(|e| io(p, e))?;
     }
@@ -68,6 +145,7 @@ fn set_meta(p: &Path, node: &Node, follow: bool) -> Result<(), TargetError> {
 struct LocalSink {
     f: File,
     path: PathBuf,
+    xattrs: Arc<XattrLog>,
     pos: u64,
     /// End of the last byte written: a trailing hole needs a set_len.
     written_end: u64,
@@ -76,13 +154,14 @@ struct LocalSink {
 /// Owner, mode and times through the open descriptor: no path walks
 /// (restores create tens of thousands of files; chmod and utimensat by path
 /// plus an ftruncate per file were ~6% of a restore).
-fn set_meta_fd(f: &File, p: &Path, node: &Node) -> Result<(), TargetError> {
+fn set_meta_fd(f: &File, p: &Path, node: &Node, xattrs: &XattrLog) -> Result<(), TargetError> {
     use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
     if node.uid != 0 || node.gid != 0 {
         // SAFETY: fd is an open descriptor owned by `f`.
         unsafe { libc::fchown(fd, node.uid, node.gid) };
     }
+    xattrs.apply(p, node, |name, value| f.set_xattr(name, value));
     if node.mode != 0 {
         f.set_permissions(fs::Permissions::from_mode(node.mode))
             .map_err(|e| io(p, e))?;
@@ -130,7 +209,7 @@ impl FileSink for LocalSink {
         if self.pos != self.written_end {
             self.f.set_len(self.pos).map_err(|e| io(&self.path, e))?;
         }
-        set_meta_fd(&self.f, &self.path, node)
+        set_meta_fd(&self.f, &self.path, node, &self.xattrs)
     }
 }
 
@@ -166,6 +245,7 @@ impl Target for LocalTarget {
         Ok(Box::new(LocalSink {
             f,
             path: p,
+            xattrs: self.xattrs.clone(),
             pos: 0,
             written_end: 0,
         }))
@@ -175,10 +255,10 @@ impl Target for LocalTarget {
         let _ = fs::remove_file(&p);
         std::os::unix::fs::symlink(node.link_target.as_deref().unwrap_or(""), &p)
             .map_err(|e| io(&p, e))?;
-        set_meta(&p, node, false)
+        set_meta(&p, node, false, &self.xattrs)
     }
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
-        set_meta(&self.full(path), node, true)
+        set_meta(&self.full(path), node, true, &self.xattrs)
     }
     fn parallelism(&self) -> usize {
         // Decrypting is CPU, writing is I/O: a few more threads than cores.
@@ -187,5 +267,26 @@ impl Target for LocalTarget {
             .unwrap_or(2)
             .max(2)
             * 2
+    }
+    fn report(&self) -> TargetReport {
+        let mut warnings = self
+            .xattrs
+            .warnings
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default();
+        if let Ok(u) = self.xattrs.unsupported.lock() {
+            for (kind, (n, first)) in u.iter() {
+                warnings.push(format!(
+                    "{}: the file system does not support {kind}: {n} not restored (first: {first})",
+                    self.root.display()
+                ));
+            }
+        }
+        TargetReport {
+            xattrs: self.xattrs.restored.load(Ordering::Relaxed),
+            warnings,
+            ..TargetReport::default()
+        }
     }
 }

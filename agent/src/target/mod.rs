@@ -46,6 +46,8 @@ pub trait Target: Send + Sync {
 pub struct TargetReport {
     /// Windows security descriptors written back (SMB targets).
     pub security_descriptors: u64,
+    /// Extended attributes written back (local targets).
+    pub xattrs: u64,
     pub warnings: Vec<String>,
 }
 

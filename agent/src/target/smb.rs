@@ -237,6 +237,7 @@ impl Target for SmbTarget {
                 .lock()
                 .map(|w| w.clone())
                 .unwrap_or_default(),
+            ..TargetReport::default()
         }
     }
 }
