@@ -11,3 +11,4 @@ mod smb;
 mod smb_acl;
 mod smb_encryption;
 mod util;
+mod xattrs;

@@ -290,3 +290,37 @@ impl Target for LocalTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_proto::repo::NodeKind;
+
+    #[test]
+    fn refused_xattrs_are_warnings_and_enotsup_is_one_per_kind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = LocalTarget::new(&dir.path().to_string_lossy()).expect("target");
+        let mut node = Node::new("f".into(), NodeKind::File);
+        node.xattrs.insert("user.a".into(), "00".into());
+        node.xattrs
+            .insert("system.posix_acl_access".into(), "02".into());
+        let enotsup = |_: &str, _: &[u8]| Err(std::io::Error::from_raw_os_error(libc::ENOTSUP));
+        for i in 0..3 {
+            t.xattrs.apply(&t.full(&format!("f{i}")), &node, enotsup);
+        }
+        let mut other = Node::new("g".into(), NodeKind::File);
+        other.xattrs.insert("security.x".into(), "01".into());
+        other.xattrs.insert("user.damaged".into(), "zz".into());
+        t.xattrs.apply(&t.full("g"), &other, |_, _| {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        });
+        let r = t.report();
+        assert_eq!(r.xattrs, 0);
+        assert_eq!(r.warnings.len(), 4, "{:#?}", r.warnings);
+        assert!(r.warnings[0].contains("g: xattr security.x not restored"));
+        assert!(r.warnings[1].contains("user.damaged") && r.warnings[1].contains("damaged"));
+        assert!(r.warnings[2].contains("does not support POSIX ACLs: 3 not restored"));
+        assert!(r.warnings[3].contains("user.* extended attributes: 3 not restored"));
+        assert!(r.warnings[3].contains("f0 (user.a)"));
+    }
+}
