@@ -243,6 +243,17 @@ fn grubenv(vars: &str) -> Vec<u8> {
 /// Boot counting under a real GRUB: slot B holds a kernel with a broken
 /// initrd and is tried once (ORDER=B A, B_TRY=1); the kernel panics,
 /// `panic=10` reboots, and GRUB falls back to slot A.
+/// A BIOS VM that boots the installed disk (no network boot offered).
+fn disk_boot(disk: &Path, mac: &str) -> VmBuilder {
+    VmBuilder {
+        memory_mib: 1024,
+        disks: vec![disk.to_path_buf()],
+        allow_reboot: true,
+        user_net: Some(String::new()),
+        ..VmBuilder::new(Firmware::Bios, mac)
+    }
+}
+
 fn rollback(world: &World, disk: &Path, vm: Vm, mac: &str) -> anyhow::Result<()> {
     // SAFETY: kill(2) on the QEMU we started.
     unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
@@ -326,14 +337,7 @@ fn rollback(world: &World, disk: &Path, vm: Vm, mac: &str) -> anyhow::Result<()>
         mtools(disk, &["mcopy", "-o", &from.to_string_lossy(), to])?;
     }
     std::fs::create_dir_all(dir.join("rollback"))?;
-    let vm = VmBuilder {
-        memory_mib: 1024,
-        disks: vec![disk.to_path_buf()],
-        allow_reboot: true,
-        user_net: Some(String::new()),
-        ..VmBuilder::new(Firmware::Bios, mac)
-    }
-    .start(&world.net, &dir.join("rollback"))?;
+    let vm = disk_boot(disk, mac).start(&world.net, &dir.join("rollback"))?;
     let result = (|| -> anyhow::Result<()> {
         let long = Duration::from_secs(600);
         let b = wait_after(
@@ -394,14 +398,7 @@ fn rollback(world: &World, disk: &Path, vm: Vm, mac: &str) -> anyhow::Result<()>
     }
     // And GRUB reads the block the running system rewrote.
     std::fs::create_dir_all(dir.join("after-commit"))?;
-    let vm = VmBuilder {
-        memory_mib: 1024,
-        disks: vec![disk.to_path_buf()],
-        allow_reboot: true,
-        user_net: Some(String::new()),
-        ..VmBuilder::new(Firmware::Bios, mac)
-    }
-    .start(&world.net, &dir.join("after-commit"))?;
+    let vm = disk_boot(disk, mac).start(&world.net, &dir.join("after-commit"))?;
     let result = wait_after(
         &vm,
         "levee: booting slot A (ORDER=B A A_OK=1 A_TRY=2 B_OK=1 B_TRY=0 env=primary)",
