@@ -10,7 +10,8 @@
 //!    started after T (so none loaded an index naming it; backups never
 //!    re-index packs listed in the state file), no index names it again, and
 //!    no snapshot uses any of its blobs. Otherwise it is kept (re-indexed if a
-//!    snapshot uses it).
+//!    snapshot uses it). Marked packs' headers are read for loading trees,
+//!    since a backup that finishes after the mark may use them.
 //!
 //! Locks are listed before snapshots are read, so a backup that finishes
 //! meanwhile has its snapshot seen, and snapshots before index files, so
@@ -146,6 +147,27 @@ pub fn prune(
             by_pack.entry(p.id).or_insert_with(|| p.blobs.clone());
         }
     }
+    let on_disk: HashMap<String, u64> = repo
+        .be
+        .list(FileKind::Pack)
+        .map_err(RepoError::from)?
+        .into_iter()
+        .collect();
+    // Packs an earlier prune marked are out of the index but still on disk,
+    // and a snapshot may use them: a backup that had indexed them (so that
+    // prune saw them unused) can finish and write its snapshot afterwards.
+    // Its trees must load here, so the sweep below re-indexes those packs
+    // instead of this run refusing.
+    for name in state.packs.keys() {
+        let (Ok(id), Some(size)) = (name.parse::<PackId>(), on_disk.get(name)) else {
+            continue;
+        };
+        if !by_pack.contains_key(&id) {
+            if let Ok(h) = repo.read_pack_header(name, *size) {
+                index.add_pack(id, &h.blobs);
+            }
+        }
+    }
     index.finish();
 
     let mut used: HashSet<BlobId> = HashSet::new();
@@ -167,12 +189,6 @@ pub fn prune(
         }
     }
     rep.used_blobs = used.len();
-    let on_disk: HashMap<String, u64> = repo
-        .be
-        .list(FileKind::Pack)
-        .map_err(RepoError::from)?
-        .into_iter()
-        .collect();
 
     // Sweep: packs marked by an earlier run.
     counters.set_phase("sweep");
