@@ -95,15 +95,7 @@ fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
 
 fn reinstall_is_one_shot_and_a_slot_completes_an_install(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).expect("customer");
-    let a = s
-        .register_appliance(
-            mac(51),
-            &Registration {
-                customer: Some("acme"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
+    let a = register_for(s, 51, "acme");
     let a = s.set_reinstall(a.id, true).expect("reinstall");
     assert!(a.reinstall);
     // Installing keeps the request; a heartbeat without a slot (still
@@ -163,15 +155,7 @@ fn reinstall_is_one_shot_and_a_slot_completes_an_install(s: &dyn Store) {
 
 fn certificates_are_recorded_and_replaced(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).expect("customer");
-    let a = s
-        .register_appliance(
-            mac(7),
-            &Registration {
-                customer: Some("acme"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
+    let a = register_for(s, 7, "acme");
     assert_eq!(a.cert_fingerprint, None);
     let a = s.record_certificate(a.id, "f1", 100, true).expect("enroll");
     assert_eq!(a.state, ApplianceState::Enrolled);
@@ -233,6 +217,18 @@ fn tokens_are_one_use_bound_and_short_lived(s: &dyn Store) {
         s.take_token("bb", mac(1), t0 + 2000).expect("take"),
         TokenCheck::Expired
     );
+}
+
+/// Registers `mac(n)` for `customer`, nothing else set.
+fn register_for(s: &dyn Store, n: u8, customer: &str) -> Appliance {
+    s.register_appliance(
+        mac(n),
+        &Registration {
+            customer: Some(customer),
+            ..Default::default()
+        },
+    )
+    .expect("register")
 }
 
 fn mac(n: u8) -> MacAddr {
@@ -378,15 +374,7 @@ fn customers_are_created_and_updated(s: &dyn Store) {
 fn an_appliance_comes_with_its_customer(s: &dyn Store) {
     assert!(s.appliance_with_customer(999_999).unwrap().is_none());
     s.put_customer(&customer("acme", "5m")).unwrap();
-    let with = s
-        .register_appliance(
-            mac(30),
-            &Registration {
-                customer: Some("acme"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let with = register_for(s, 30, "acme");
     let (a, c) = s.appliance_with_customer(with.id).unwrap().unwrap();
     assert_eq!(a, with);
     assert_eq!(c, s.customer("acme").unwrap());
@@ -460,15 +448,7 @@ fn pending_machines_wait_for_approval(s: &dyn Store) {
 
 fn states_and_heartbeats_make_history(s: &dyn Store) {
     s.put_customer(&customer("acme", "1m")).unwrap();
-    let a = s
-        .register_appliance(
-            mac(40),
-            &Registration {
-                customer: Some("acme"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let a = register_for(s, 40, "acme");
     s.set_appliance_state(a.id, ApplianceState::Enrolled, None)
         .unwrap();
     let f = s
@@ -551,15 +531,7 @@ fn replace_hands_over_and_revokes(s: &dyn Store) {
         )
         .unwrap();
     assert!(s.replace_appliance(old.id, mac(50)).is_err(), "itself");
-    let other = s
-        .register_appliance(
-            mac(52),
-            &Registration {
-                customer: Some("beta"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let other = register_for(s, 52, "beta");
     assert!(
         s.replace_appliance(old.id, other.mac).is_err(),
         "serves another customer"
@@ -587,15 +559,7 @@ fn replace_hands_over_and_revokes(s: &dyn Store) {
 
 fn retire_revokes(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).unwrap();
-    let a = s
-        .register_appliance(
-            mac(60),
-            &Registration {
-                customer: Some("acme"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let a = register_for(s, 60, "acme");
     let r = s.retire_appliance(a.id, "stolen").unwrap();
     assert_eq!(r.state, ApplianceState::Retired);
     assert!(r.revoked_at.is_some());
