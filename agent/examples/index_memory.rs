@@ -3,7 +3,7 @@
 //! RSS growth. Used by bench/backup.sh. `cargo run --release --example
 //! index_memory -- 2` for 2 million chunks.
 
-use levee_agent::index::MasterIndex;
+use levee_agent::backup::index::MasterIndex;
 use levee_proto::repo::{BlobEntry, BlobId, BlobKind, Compression, PackId};
 
 fn rss_bytes() -> u64 {

@@ -1,13 +1,20 @@
-//! The Levee appliance agent's backup engine: deduplicated, compressed,
-//! encrypted, crash-safe backups of local folders and SMB shares.
+//! The Levee appliance agent.
+//!
+//! Two halves, side by side (the way rustic keeps `rustic_core` apart from
+//! its CLI):
+//! - [`backup`]: the backup engine (chunker, packs, index, repository,
+//!   sources, restore targets and one function per command). It knows
+//!   nothing about enrollment or the server.
+//! - the appliance's own life: [`enroll`] (key, CSR, mTLS client),
+//!   [`install`] (disk, GPT, GRUB A/B), [`daemon`] (`levee-agent run`:
+//!   heartbeats, config refresh, scheduled jobs) over [`schedule`].
 //!
 //! The repository format itself (packs, index, snapshots, trees, key slots)
-//! lives in `levee_proto::repo`, shared with the offsite store. This crate
-//! holds the chunker, the pipeline, backends, sources, restore targets and
-//! the commands; `levee-agent` (src/main.rs) is a thin CLI over them.
+//! lives in `levee_proto::repo`, shared with the offsite store.
+//! `levee-agent` (src/main.rs) is a thin CLI over this library.
 //!
 //! ```
-//! use levee_agent::{commands::backup::{backup, BackupOptions}, progress::Counters, Repository};
+//! use levee_agent::backup::{commands::backup::{backup, BackupOptions}, progress::Counters, Repository};
 //! use levee_proto::repo::KdfParams;
 //! let dir = tempfile::tempdir().unwrap();
 //! std::fs::write(dir.path().join("hello.txt"), b"hello").unwrap();
@@ -17,21 +24,11 @@
 //! assert_eq!(s.summary.files, 1);
 //! ```
 
-pub mod backend;
-pub mod blob;
-pub mod chunker;
-pub mod commands;
+pub mod backup;
 pub mod daemon;
 pub mod enroll;
-pub mod index;
 pub mod install;
-pub mod lock;
-pub mod packer;
-pub mod progress;
-pub mod repository;
 pub mod schedule;
-pub mod source;
-pub mod target;
 pub mod util;
 
-pub use repository::{RepoError, Repository};
+pub use backup::{RepoError, Repository};

@@ -20,11 +20,11 @@ use levee_proto::config::{parse_duration, CustomerConfig, Schedule};
 use levee_proto::repo::KdfParams;
 use serde::Serialize;
 
-use crate::commands::backup::{backup, BackupOptions, BackupSummary};
-use crate::commands::forget::{forget, ForgetOptions, ForgetResult};
-use crate::commands::prune::{prune, PruneOptions, PruneReport};
-use crate::progress::Counters;
-use crate::repository::{RepoError, Repository};
+use crate::backup::commands::backup::{backup, BackupOptions, BackupSummary};
+use crate::backup::commands::forget::{forget, ForgetOptions, ForgetResult};
+use crate::backup::commands::prune::{prune, PruneOptions, PruneReport};
+use crate::backup::progress::Counters;
+use crate::backup::repository::{RepoError, Repository};
 
 /// Shortest `every` the configuration allows.
 pub const MIN_EVERY_SECS: u64 = 5 * 60;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use levee_agent::chunker::Chunker;
+use levee_agent::backup::chunker::Chunker;
 use levee_proto::repo::crypto::{decrypt, encrypt_with_nonce};
 use levee_proto::repo::{
     BlobEntry, BlobId, BlobKind, Compression, IndexFile, IndexPack, KdfParams, KeySlot, MasterKey,

@@ -5,8 +5,8 @@
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 
-use levee_agent::source::smb::SmbSource;
-use levee_agent::source::Source;
+use levee_agent::backup::source::smb::SmbSource;
+use levee_agent::backup::source::Source;
 
 use crate::samba::{Samba, PASSWORD};
 use crate::util::{assert_same_tree, assert_same_tree_but_mode, rand_bytes, Env};
@@ -194,7 +194,7 @@ fn smb_locked_file_is_skipped_and_reported() {
     fs::write(samba.share_dir().join("docs/free.txt"), "free\n").expect("write");
     // smb2's write opens ask for no sharing at all: a second open fails
     // with STATUS_SHARING_VIOLATION until this writer closes.
-    let holder = levee_agent::source::smb::SmbConn::connect(&samba.url("share"), Some(PASSWORD))
+    let holder = levee_agent::backup::source::smb::SmbConn::connect(&samba.url("share"), Some(PASSWORD))
         .expect("connect");
     let mut writer = holder
         .rt

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use levee_agent::commands::backup::BackupOptions;
-use levee_agent::commands::check::CheckOptions;
-use levee_agent::commands::forget::ForgetOptions;
-use levee_agent::commands::prune::PruneOptions;
-use levee_agent::commands::restore::RestoreOptions;
-use levee_agent::commands::{backup, check, diff, forget, ls, prune, restore};
-use levee_agent::progress::Counters;
+use levee_agent::backup::commands::backup::BackupOptions;
+use levee_agent::backup::commands::check::CheckOptions;
+use levee_agent::backup::commands::forget::ForgetOptions;
+use levee_agent::backup::commands::prune::PruneOptions;
+use levee_agent::backup::commands::restore::RestoreOptions;
+use levee_agent::backup::commands::{backup, check, diff, forget, ls, prune, restore};
+use levee_agent::backup::progress::Counters;
 use levee_agent::Repository;
 use levee_proto::repo::KdfParams;
 

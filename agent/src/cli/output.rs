@@ -1,13 +1,13 @@
 //! What each command prints: human text, or one JSON document (`--json`).
 
 use anyhow::Result;
-use levee_agent::commands::backup::BackupSummary;
-use levee_agent::commands::check::CheckReport;
-use levee_agent::commands::diff::Change;
-use levee_agent::commands::forget::ForgetResult;
-use levee_agent::commands::ls::LsEntry;
-use levee_agent::commands::prune::PruneReport;
-use levee_agent::commands::restore::RestoreSummary;
+use levee_agent::backup::commands::backup::BackupSummary;
+use levee_agent::backup::commands::check::CheckReport;
+use levee_agent::backup::commands::diff::Change;
+use levee_agent::backup::commands::forget::ForgetResult;
+use levee_agent::backup::commands::ls::LsEntry;
+use levee_agent::backup::commands::prune::PruneReport;
+use levee_agent::backup::commands::restore::RestoreSummary;
 use levee_agent::util::{format_time, human_bytes};
 use levee_agent::Repository;
 use levee_proto::repo::{KeySlot, NodeKind, Snapshot};

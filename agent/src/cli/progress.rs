@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use levee_agent::progress::Counters;
+use levee_agent::backup::progress::Counters;
 
 use super::Global;
 

@@ -3,8 +3,8 @@
 use levee_proto::repo::{Node, NodeKind};
 use serde::Serialize;
 
-use crate::commands::restore::{find_node, walk};
-use crate::repository::{RepoError, Repository};
+use crate::backup::commands::restore::{find_node, walk};
+use crate::backup::repository::{RepoError, Repository};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LsEntry {

@@ -9,11 +9,11 @@ use crossbeam_channel::bounded;
 use levee_proto::repo::{BlobId, Node, NodeKind, Tree};
 use serde::{Deserialize, Serialize};
 
-use crate::index::MasterIndex;
-use crate::progress::Counters;
-use crate::repository::{RepoError, Repository};
-use crate::source::join;
-use crate::target::{open_target, Target, TargetError};
+use crate::backup::index::MasterIndex;
+use crate::backup::progress::Counters;
+use crate::backup::repository::{RepoError, Repository};
+use crate::backup::source::join;
+use crate::backup::target::{open_target, Target, TargetError};
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use levee_proto::repo::{BlobId, Node, NodeKind};
 use serde::Serialize;
 
-use crate::index::MasterIndex;
-use crate::repository::{RepoError, Repository};
-use crate::source::join;
+use crate::backup::index::MasterIndex;
+use crate::backup::repository::{RepoError, Repository};
+use crate::backup::source::join;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Change {

@@ -16,10 +16,10 @@ use levee_proto::repo::crypto::file_id;
 use levee_proto::repo::pack::trailer;
 use levee_proto::repo::{BlobEntry, IndexFile, IndexPack, PackHeader};
 
-use crate::backend::crypt::{CryptBackend, CryptError};
-use crate::backend::local::{LocalBackend, DIRECT_ALIGN};
-use crate::backend::{FileKind, WriteBackend};
-use crate::blob::EncodedBlob;
+use crate::backup::backend::crypt::{CryptBackend, CryptError};
+use crate::backup::backend::local::{LocalBackend, DIRECT_ALIGN};
+use crate::backup::backend::{FileKind, WriteBackend};
+use crate::backup::blob::EncodedBlob;
 
 pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 /// Index files cover at most this many packs, so an interrupted run loses
@@ -159,7 +159,7 @@ impl Drop for Packer {
 }
 
 fn writer_gone() -> CryptError {
-    CryptError::from(crate::backend::BackendError::io(
+    CryptError::from(crate::backup::backend::BackendError::io(
         "pack writer",
         std::io::Error::other("the pack writer thread stopped"),
     ))

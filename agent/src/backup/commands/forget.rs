@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use levee_proto::repo::Snapshot;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{FileKind, WriteBackend};
-use crate::repository::{RepoError, Repository};
+use crate::backup::backend::{FileKind, WriteBackend};
+use crate::backup::repository::{RepoError, Repository};
 use crate::util::civil_from_days;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

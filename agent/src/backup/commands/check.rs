@@ -13,10 +13,10 @@ use levee_proto::repo::{BlobId, PackHeader, PackId};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{FileKind, ReadBackend};
-use crate::blob;
-use crate::progress::Counters;
-use crate::repository::{RepoError, Repository};
+use crate::backup::backend::{FileKind, ReadBackend};
+use crate::backup::blob;
+use crate::backup::progress::Counters;
+use crate::backup::repository::{RepoError, Repository};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -106,7 +106,7 @@ pub fn check(
     // walk still reaches everything below.
     let (full, _) = repo.load_index_recovering()?;
     let full = &full.index;
-    let pending = crate::commands::recover::pending_packs(repo);
+    let pending = crate::backup::commands::recover::pending_packs(repo);
     let (snaps, bad) = repo.snapshots()?;
     for (name, e) in bad {
         r.errors.push(format!("snapshot {name}: {e}"));

@@ -13,8 +13,8 @@ use smb2::pack::FileTime;
 use smb2::{ErrorKind, FileAttributes, FileTimes, FileWriter};
 
 use super::{FileSink, Target, TargetError, TargetReport};
-use crate::source::smb::security::{self, Restored};
-use crate::source::smb::{ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY};
+use crate::backup::source::smb::security::{self, Restored};
+use crate::backup::source::smb::{ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY};
 
 pub struct SmbTarget {
     conn: Arc<SmbConn>,
@@ -184,7 +184,7 @@ impl Target for SmbTarget {
             .ok()?;
         Some((
             info.size,
-            crate::source::smb::filetime_to_ns(info.modified.0),
+            crate::backup::source::smb::filetime_to_ns(info.modified.0),
         ))
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {

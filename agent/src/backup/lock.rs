@@ -13,8 +13,8 @@ use std::time::Duration;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::local::LocalBackend;
-use crate::backend::{BackendError, FileKind, ReadBackend, WriteBackend};
+use crate::backup::backend::local::LocalBackend;
+use crate::backup::backend::{BackendError, FileKind, ReadBackend, WriteBackend};
 use crate::util::now_ns;
 
 const REFRESH: Duration = Duration::from_secs(300);

@@ -23,13 +23,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use levee_proto::repo::{BlobEntry, BlobId, IndexFile, IndexPack, PackId};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::local::clean_tmp;
-use crate::backend::{FileKind, ReadBackend, WriteBackend};
-use crate::blob::{BlobMeta, EncodedBlob};
-use crate::lock::{list_locks, Lock};
-use crate::packer::Packer;
-use crate::progress::Counters;
-use crate::repository::{RepoError, Repository};
+use crate::backup::backend::local::clean_tmp;
+use crate::backup::backend::{FileKind, ReadBackend, WriteBackend};
+use crate::backup::blob::{BlobMeta, EncodedBlob};
+use crate::backup::lock::{list_locks, Lock};
+use crate::backup::packer::Packer;
+use crate::backup::progress::Counters;
+use crate::backup::repository::{RepoError, Repository};
 use crate::util::now_ns;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -139,7 +139,7 @@ pub fn prune(
             Err(e) => tracing::warn!(index = %name, "unreadable index file left alone: {e}"),
         }
     }
-    let mut index = crate::index::MasterIndex::new();
+    let mut index = crate::backup::index::MasterIndex::new();
     let mut by_pack: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
     for (_, f) in &files {
         index.add_file(f);

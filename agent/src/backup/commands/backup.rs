@@ -24,15 +24,15 @@ use levee_proto::repo::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{self, EncodedBlob, RawBlob};
-use crate::chunker::Chunker;
-use crate::commands::recover::recover_unindexed;
-use crate::index::MasterIndex;
-use crate::lock::{hostname, Lock};
-use crate::packer::Packer;
-use crate::progress::Counters;
-use crate::repository::{RepoError, Repository};
-use crate::source::{join, open_source, Source, SourceEntry, SourceError};
+use crate::backup::blob::{self, EncodedBlob, RawBlob};
+use crate::backup::chunker::Chunker;
+use crate::backup::commands::recover::recover_unindexed;
+use crate::backup::index::MasterIndex;
+use crate::backup::lock::{hostname, Lock};
+use crate::backup::packer::Packer;
+use crate::backup::progress::Counters;
+use crate::backup::repository::{RepoError, Repository};
+use crate::backup::source::{join, open_source, Source, SourceEntry, SourceError};
 use crate::util::now_ns;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -283,7 +283,7 @@ fn chunk_capacity(have: usize, rest: u64) -> usize {
     let want = (rest.min(u64::from(u32::MAX)) as usize)
         .saturating_add(have)
         .saturating_add(1);
-    want.min(2 * crate::chunker::AVG_SIZE + READ_SIZE)
+    want.min(2 * crate::backup::chunker::AVG_SIZE + READ_SIZE)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -347,7 +347,7 @@ fn read_file(
 
 /// Data chunks smaller than this (small files and the tails of large ones)
 /// are stored in frames; larger chunks compress well enough alone.
-const FRAME_BLOB_MAX: usize = crate::chunker::MIN_SIZE;
+const FRAME_BLOB_MAX: usize = crate::backup::chunker::MIN_SIZE;
 /// A frame is closed once its members add up to this many bytes.
 const FRAME_TARGET: usize = 1024 * 1024;
 

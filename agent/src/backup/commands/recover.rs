@@ -6,14 +6,14 @@ use std::collections::HashSet;
 
 use levee_proto::repo::{IndexFile, IndexPack, PackId};
 
-use crate::backend::{FileKind, ReadBackend};
-use crate::index::MasterIndex;
-use crate::repository::{RepoError, Repository};
+use crate::backup::backend::{FileKind, ReadBackend};
+use crate::backup::index::MasterIndex;
+use crate::backup::repository::{RepoError, Repository};
 
 /// Packs listed in prune's pending-deletion state: never recovered, so a
 /// pack on its way out cannot be pulled back into use behind prune's back.
 pub fn pending_packs(repo: &Repository) -> HashSet<String> {
-    crate::commands::prune::PruneState::load(repo)
+    crate::backup::commands::prune::PruneState::load(repo)
         .map(|s| s.packs.into_keys().collect())
         .unwrap_or_default()
 }

@@ -14,11 +14,11 @@ use levee_proto::repo::{
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::crypt::{CryptBackend, CryptError};
-use crate::backend::local::LocalBackend;
-use crate::backend::{BackendError, FileKind, ReadBackend, WriteBackend};
-use crate::blob::{self, BlobError};
-use crate::index::MasterIndex;
+use crate::backup::backend::crypt::{CryptBackend, CryptError};
+use crate::backup::backend::local::LocalBackend;
+use crate::backup::backend::{BackendError, FileKind, ReadBackend, WriteBackend};
+use crate::backup::blob::{self, BlobError};
+use crate::backup::index::MasterIndex;
 use crate::util::now_ns;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +133,9 @@ impl Repository {
             id: hex::encode(id),
             created_ns: now_ns(),
             chunker: "fastcdc-v2020-seeded".into(),
-            chunk_min: crate::chunker::MIN_SIZE,
-            chunk_avg: crate::chunker::AVG_SIZE,
-            chunk_max: crate::chunker::MAX_SIZE,
+            chunk_min: crate::backup::chunker::MIN_SIZE,
+            chunk_avg: crate::backup::chunker::AVG_SIZE,
+            chunk_max: crate::backup::chunker::MAX_SIZE,
         };
         // The config is written last: its presence means init completed.
         local.write(
@@ -199,8 +199,8 @@ impl Repository {
         self.be.inner()
     }
 
-    pub fn chunker(&self) -> crate::chunker::Chunker {
-        crate::chunker::Chunker::with_sizes(
+    pub fn chunker(&self) -> crate::backup::chunker::Chunker {
+        crate::backup::chunker::Chunker::with_sizes(
             self.key().chunker_seed(),
             self.config.chunk_min,
             self.config.chunk_avg,
