@@ -194,8 +194,9 @@ fn smb_locked_file_is_skipped_and_reported() {
     fs::write(samba.share_dir().join("docs/free.txt"), "free\n").expect("write");
     // smb2's write opens ask for no sharing at all: a second open fails
     // with STATUS_SHARING_VIOLATION until this writer closes.
-    let holder = levee_agent::backup::source::smb::SmbConn::connect(&samba.url("share"), Some(PASSWORD))
-        .expect("connect");
+    let holder =
+        levee_agent::backup::source::smb::SmbConn::connect(&samba.url("share"), Some(PASSWORD))
+            .expect("connect");
     let mut writer = holder
         .rt
         .block_on(async {
