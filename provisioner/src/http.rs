@@ -320,7 +320,7 @@ impl Drop for LoggedBody {
 mod tests {
     use super::*;
     use crate::boot::default_cmdline;
-    use crate::store::{Profile, SqliteStore, Store, Transport};
+    use crate::store::{ImageStore, Profile, SqliteStore, Transport};
     use axum::http::Request as HttpRequest;
     use std::sync::Arc;
 

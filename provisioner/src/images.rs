@@ -218,7 +218,7 @@ fn tempfile_dir(data_dir: &Path) -> Result<PathBuf, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{ImageStore, SqliteStore};
 
     #[test]
     fn loose_files_become_a_checked_image_and_damage_is_refused() {

@@ -12,21 +12,39 @@
 //! Customer configurations are stored with their secrets sealed (see
 //! [`crate::secrets`]); the store never sees a secret in clear.
 
+//!
+//! The trait is split by domain, one file each: [`ApplianceStore`]
+//! (`appliances.rs`, with enrollment and leases), [`CustomerStore`],
+//! [`ImageStore`] (with boot profiles) and [`EventStore`]; [`Store`] is all
+//! of them together, and each implementation keeps the
+//! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
+
+mod appliances;
+mod customers;
+mod events;
+mod images;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod suite;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use levee_proto::config::CustomerConfig;
-use levee_pxe::boot::MacAddr;
-use serde::Serialize;
-
+pub(crate) use self::appliances::{
+    came_back_detail, check_not_retired, judge_token, plan_replace, reinstall_detail,
+    TOKEN_KEEP_SECS,
+};
+pub use self::appliances::{
+    check_approval, no_appliance, Appliance, ApplianceRef, ApplianceState, ApplianceStore,
+    Heartbeat, Registration, TokenCheck,
+};
+pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
+pub use self::events::{Event, EventStore};
+pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use self::sqlite::SqliteStore;
 
 /// Errors of the store. Messages name the object and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -49,250 +67,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// An imported image: a directory of artifacts under `DATA/images/<id>/`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ImageRecord {
-    /// `<name>-<version>`; also the directory name and the URL segment.
-    pub id: String,
-    pub name: String,
-    pub version: String,
-    /// The image's `image.json`, as imported.
-    pub manifest: levee_proto::image::ImageManifest,
-    pub imported_at: u64,
-}
-
-/// How iPXE fetches a profile's kernel and initrd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// HTTP from `--http` (fast; the default).
-    Http,
-    /// TFTP from `--tftp` (for networks where only TFTP is allowed).
-    Tftp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Http => "http",
-            Transport::Tftp => "tftp",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Transport> {
-        match s {
-            "http" => Ok(Transport::Http),
-            "tftp" => Ok(Transport::Tftp),
-            other => Err(StoreError::Corrupt(format!("unknown transport `{other}`"))),
-        }
-    }
-}
-
-/// A boot profile: which image a machine boots and with what command line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Profile {
-    pub name: String,
-    /// Image id (see [`ImageRecord::id`]).
-    pub image: String,
-    /// Artifact names inside the image.
-    pub kernel: String,
-    pub initrd: String,
-    /// Kernel command-line template; see [`crate::boot_script`] for the
-    /// variables it may use.
-    pub cmdline: String,
-    pub transport: Transport,
-}
-
-/// A physical box, known by its MAC until it enrolls.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Appliance {
-    pub id: i64,
-    pub mac: MacAddr,
-    pub serial: Option<String>,
-    /// Boot profile; `None` boots the `default` profile.
-    pub profile: Option<String>,
-    /// Whether ops registered it (`levee appliance add`) or it just showed up.
-    pub registered: bool,
-    pub first_seen: u64,
-    pub last_seen: Option<u64>,
-    /// The last status report, verbatim, and when it arrived.
-    pub last_report: Option<levee_proto::report::StatusReport>,
-    pub last_report_at: Option<u64>,
-    /// The customer it serves; `None` until registered or approved
-    /// (such a machine gets no configuration).
-    pub customer: Option<String>,
-    pub state: ApplianceState,
-    /// Why it is in its state (the failure reason for `failed`).
-    pub state_reason: Option<String>,
-    /// From the last heartbeat.
-    pub image_version: Option<String>,
-    pub slot: Option<String>,
-    pub last_heartbeat: Option<u64>,
-    /// When its credential was revoked (`replace`, `retire`): enrollment and
-    /// every mTLS request must refuse it from then on.
-    pub revoked_at: Option<u64>,
-    /// The appliance that replaced this one, and the one this one replaced.
-    pub replaced_by: Option<i64>,
-    pub replaces: Option<i64>,
-    /// sha256 (hex) of the one client certificate accepted for it: a new
-    /// enrollment or renewal replaces it, so older certificates stop working.
-    pub cert_fingerprint: Option<String>,
-    pub cert_not_after: Option<u64>,
-    /// sha256 (hex) of the public key (SubjectPublicKeyInfo DER) of the
-    /// certificate request a pending machine sent with a valid token: once
-    /// approved, a request for that same key enrolls without a token.
-    pub pending_key: Option<String>,
-    /// Ops asked for a reinstall (`levee appliance reinstall`): the next
-    /// install plan says so; cleared when the appliance reports `installed`.
-    pub reinstall: bool,
-}
-
-impl Appliance {
-    /// May it receive its customer's configuration?
-    pub fn approved(&self) -> bool {
-        self.customer.is_some() && self.registered && self.revoked_at.is_none()
-    }
-
-    /// Whether it is offline: no report or heartbeat within three heartbeat
-    /// intervals.
-    pub fn online(&self, heartbeat_secs: u64, now: u64) -> bool {
-        let last = self.last_heartbeat.max(self.last_report_at);
-        last.is_some_and(|t| now.saturating_sub(t) <= heartbeat_secs.saturating_mul(3))
-    }
-
-    /// Image version from the last heartbeat, else from the last report.
-    pub fn image_version(&self) -> Option<&str> {
-        self.image_version
-            .as_deref()
-            .or_else(|| self.last_report.as_ref()?.image_version.as_deref())
-    }
-}
-
-/// Where an appliance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ApplianceState {
-    /// Not enrolled yet (waiting for approval when it has no customer).
-    Pending,
-    Enrolled,
-    Installing,
-    Installed,
-    Failed,
-    /// Retired or replaced: revoked and no longer served.
-    Retired,
-}
-
-impl ApplianceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplianceState::Pending => "pending",
-            ApplianceState::Enrolled => "enrolled",
-            ApplianceState::Installing => "installing",
-            ApplianceState::Installed => "installed",
-            ApplianceState::Failed => "failed",
-            ApplianceState::Retired => "retired",
-        }
-    }
-
-    fn parse(s: &str) -> Result<ApplianceState> {
-        Ok(match s {
-            "pending" => ApplianceState::Pending,
-            "enrolled" => ApplianceState::Enrolled,
-            "installing" => ApplianceState::Installing,
-            "installed" => ApplianceState::Installed,
-            "failed" => ApplianceState::Failed,
-            "retired" => ApplianceState::Retired,
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "unknown appliance state `{other}`"
-                )))
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for ApplianceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An appliance as the operator names it: by MAC or by appliance id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplianceRef {
-    Mac(MacAddr),
-    Id(i64),
-}
-
-impl std::str::FromStr for ApplianceRef {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if let Ok(mac) = s.parse::<MacAddr>() {
-            return Ok(ApplianceRef::Mac(mac));
-        }
-        s.parse::<i64>()
-            .map(ApplianceRef::Id)
-            .map_err(|_| format!("`{s}` is neither a MAC (52:54:00:12:34:56) nor an appliance id"))
-    }
-}
-
-impl std::fmt::Display for ApplianceRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApplianceRef::Mac(m) => write!(f, "{m}"),
-            ApplianceRef::Id(i) => write!(f, "id {i}"),
-        }
-    }
-}
-
-/// What ops says when registering a machine; `None` keeps the current value.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Registration<'a> {
-    pub serial: Option<&'a str>,
-    pub profile: Option<&'a str>,
-    pub customer: Option<&'a str>,
-}
-
-/// The heartbeat fields kept on the appliance row.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Heartbeat<'a> {
-    pub image_version: Option<&'a str>,
-    pub slot: Option<&'a str>,
-}
-
-/// A customer and its configuration, secrets sealed (see
-/// [`crate::secrets::ServerKey::seal_config`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CustomerRecord {
-    pub name: String,
-    pub config: CustomerConfig,
-    pub created_at: u64,
-    pub updated_at: u64,
-}
-
-/// One step in a machine's boot history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    pub at: u64,
-    pub step: String,
-    pub detail: String,
-}
-
-/// What checking an enrollment token found. Only [`TokenCheck::Valid`]
-/// consumed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenCheck {
-    Valid,
-    Unknown,
-    /// Already used once (a replay).
-    Used,
-    Expired,
-    /// Minted for another machine.
-    OtherMac,
-}
-
-/// The operations every store offers.
-pub trait Store: Send + Sync + 'static {
+/// The operations every store offers: every domain's, on one object that
+/// the server and the CLI share.
+pub trait Store:
+    ApplianceStore + CustomerStore + ImageStore + EventStore + Send + Sync + 'static
+{
     /// True when reads are quick in-process work that never waits on
     /// another process (SQLite in WAL mode), so an async handler may run
     /// them on the runtime instead of handing each request to the blocking
@@ -300,110 +79,6 @@ pub trait Store: Send + Sync + 'static {
     fn reads_in_process(&self) -> bool {
         false
     }
-
-    fn put_image(&self, image: &ImageRecord) -> Result<()>;
-    fn image(&self, id: &str) -> Result<Option<ImageRecord>>;
-    fn images(&self) -> Result<Vec<ImageRecord>>;
-
-    fn put_profile(&self, profile: &Profile) -> Result<()>;
-    fn profile(&self, name: &str) -> Result<Option<Profile>>;
-    fn profiles(&self) -> Result<Vec<Profile>>;
-    fn delete_profile(&self, name: &str) -> Result<()>;
-
-    /// Creates or updates a customer (its configuration with secrets sealed).
-    fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord>;
-    fn customer(&self, name: &str) -> Result<Option<CustomerRecord>>;
-    fn customers(&self) -> Result<Vec<CustomerRecord>>;
-
-    /// Registers a machine (or updates a registered one's fields); with a
-    /// customer it is approved. A retired machine cannot be registered again.
-    fn register_appliance(&self, mac: MacAddr, reg: &Registration) -> Result<Appliance>;
-    /// Gives a machine that showed up (pending) a customer, so it may enroll.
-    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance>;
-    /// Moves an appliance to `state`, with a reason (required in spirit for
-    /// `failed`), and records it in its history. `installed` clears a
-    /// reinstall request.
-    fn set_appliance_state(
-        &self,
-        id: i64,
-        state: ApplianceState,
-        reason: Option<&str>,
-    ) -> Result<Appliance>;
-    /// Notes a heartbeat; a changed image version or slot goes into the
-    /// history. A heartbeat with a slot from an appliance in `installing`
-    /// moves it to `installed` (it came back from its disk), which clears
-    /// a reinstall request as `set_appliance_state` does.
-    fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()>;
-    /// Keeps the hash of a pending machine's public key (see
-    /// [`Appliance::pending_key`]), replacing any earlier one.
-    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance>;
-    /// Sets or clears the one-shot reinstall request. A retired appliance
-    /// is refused.
-    fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance>;
-    /// The machine `new_mac` takes over `old`'s customer and profile; `old`
-    /// is revoked and retired. Returns the new appliance.
-    fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance>;
-    /// Revokes an appliance and stops serving it.
-    fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance>;
-    fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>>;
-    /// An appliance and its customer's record, for the mTLS API's every
-    /// request (one round trip where the store is remote).
-    fn appliance_with_customer(
-        &self,
-        id: i64,
-    ) -> Result<Option<(Appliance, Option<CustomerRecord>)>> {
-        let Some(a) = self.appliance_by_id(id)? else {
-            return Ok(None);
-        };
-        let c = match a.customer.as_deref() {
-            Some(name) => self.customer(name)?,
-            None => None,
-        };
-        Ok(Some((a, c)))
-    }
-    /// By MAC or id.
-    fn find_appliance(&self, r: ApplianceRef) -> Result<Option<Appliance>> {
-        match r {
-            ApplianceRef::Mac(mac) => self.appliance(mac),
-            ApplianceRef::Id(id) => self.appliance_by_id(id),
-        }
-    }
-    /// Notes that a machine showed up on the network; creates an
-    /// unregistered row the first time.
-    fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance>;
-    fn set_appliance_profile(&self, mac: MacAddr, profile: Option<&str>) -> Result<()>;
-    fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>>;
-    fn appliances(&self) -> Result<Vec<Appliance>>;
-    fn remove_appliance(&self, mac: MacAddr) -> Result<()>;
-    fn record_report(&self, report: &levee_proto::report::StatusReport, mac: MacAddr)
-        -> Result<()>;
-
-    /// Appends to a machine's history (the oldest entries beyond a few
-    /// hundred are dropped so a machine in a boot loop cannot fill the disk).
-    fn add_event(&self, mac: MacAddr, step: &str, detail: &str) -> Result<()>;
-    fn events(&self, mac: MacAddr, limit: usize) -> Result<Vec<Event>>;
-
-    /// Records the client certificate an appliance now holds (the only one
-    /// accepted from then on). `enrolled`: a new enrollment, which moves it
-    /// to `enrolled` and forgets its pending key; otherwise a renewal, which
-    /// keeps its state. A revoked appliance is refused.
-    fn record_certificate(
-        &self,
-        id: i64,
-        fingerprint: &str,
-        not_after: u64,
-        enrolled: bool,
-    ) -> Result<Appliance>;
-
-    /// Keeps an enrollment token (by its sha256, never in clear) for `mac`
-    /// until `expires_at`; long-expired tokens are dropped on the way.
-    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()>;
-    /// Checks a token for `mac` at time `at` and, only if it is valid, marks
-    /// it used, atomically, so two requests with one token cannot both pass.
-    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck>;
-
-    fn leases(&self) -> Result<Vec<levee_pxe::dhcp::Lease>>;
-    fn save_lease(&self, lease: &levee_pxe::dhcp::Lease) -> Result<()>;
 }
 
 /// Seconds since the Unix epoch.
@@ -412,147 +87,6 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// How long an expired token row is kept (for a clear "expired" rather than
-/// "unknown"), before it is dropped.
-pub(crate) const TOKEN_KEEP_SECS: u64 = 86_400;
-
-/// The verdict on a stored token row (shared by the stores).
-pub(crate) fn judge_token(
-    row: Option<(String, u64, Option<u64>)>,
-    mac: MacAddr,
-    at: u64,
-) -> TokenCheck {
-    match row {
-        None => TokenCheck::Unknown,
-        Some((_, _, Some(_))) => TokenCheck::Used,
-        Some((m, _, None)) if m != mac.to_string() => TokenCheck::OtherMac,
-        Some((_, expires, None)) if at >= expires => TokenCheck::Expired,
-        Some(_) => TokenCheck::Valid,
-    }
-}
-
-/// What a replacement writes, once checked (shared by the stores).
-pub(crate) struct ReplacePlan {
-    pub old_reason: String,
-    pub new_detail: String,
-}
-
-/// Checks that `new_mac` may take over `old`.
-pub(crate) fn plan_replace(
-    old: &Appliance,
-    new: Option<&Appliance>,
-    new_mac: MacAddr,
-) -> Result<ReplacePlan> {
-    if old.revoked_at.is_some() {
-        return Err(StoreError::Invalid(format!(
-            "appliance {} (id {}) is already retired or replaced",
-            old.mac, old.id
-        )));
-    }
-    let Some(customer) = &old.customer else {
-        return Err(StoreError::Invalid(format!(
-            "appliance {} (id {}) has no customer to hand over: register the new machine with `levee appliance register` instead",
-            old.mac, old.id
-        )));
-    };
-    if old.mac == new_mac {
-        return Err(StoreError::Invalid(
-            "an appliance cannot replace itself".into(),
-        ));
-    }
-    if let Some(n) = new {
-        if n.revoked_at.is_some() {
-            return Err(StoreError::Invalid(format!(
-                "appliance {new_mac} (id {}) is retired: `levee appliance remove {new_mac}` first",
-                n.id
-            )));
-        }
-        if let Some(c) = n.customer.as_ref().filter(|c| *c != customer) {
-            return Err(StoreError::Invalid(format!(
-                "appliance {new_mac} (id {}) already serves customer {c}",
-                n.id
-            )));
-        }
-    }
-    Ok(ReplacePlan {
-        old_reason: format!("replaced by {new_mac}"),
-        new_detail: format!(
-            "took over customer {customer} from {} (id {})",
-            old.mac, old.id
-        ),
-    })
-}
-
-/// The history line of an appliance that came back from its disk.
-pub(crate) fn came_back_detail(hb: &Heartbeat) -> String {
-    format!(
-        "installed: came back from disk (slot {}, image {})",
-        hb.slot.unwrap_or("-"),
-        hb.image_version.unwrap_or("-")
-    )
-}
-
-pub(crate) fn reinstall_detail(reinstall: bool) -> &'static str {
-    if reinstall {
-        "reinstall requested: the next install plan may overwrite its Levee disk"
-    } else {
-        "reinstall request cleared"
-    }
-}
-
-pub(crate) fn check_not_retired(a: &Appliance) -> Result<()> {
-    match a.revoked_at {
-        Some(_) => Err(StoreError::Invalid(format!(
-            "appliance {} (id {}) is retired",
-            a.mac, a.id
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Whether `found` (the row for `mac`, if any) may be approved for
-/// `customer`: the rule both stores apply inside their transaction.
-pub fn check_approval(found: Option<Appliance>, mac: MacAddr, customer: &str) -> Result<Appliance> {
-    let a = found.ok_or_else(|| StoreError::NotFound {
-        what: "appliance",
-        name: mac.to_string(),
-        hint: ": it has not booted yet; register it with `levee appliance register --mac MAC --customer NAME`",
-    })?;
-    if a.revoked_at.is_some() {
-        return Err(StoreError::Invalid(format!(
-            "appliance {mac} (id {}) is retired",
-            a.id
-        )));
-    }
-    if let Some(other) = a.customer.as_deref().filter(|c| *c != customer) {
-        // Moving a box between customers would hand it another customer's
-        // configuration: that takes a retire (or replace) first.
-        return Err(StoreError::Invalid(format!(
-            "appliance {mac} (id {}) already serves customer {other}: retire it first",
-            a.id
-        )));
-    }
-    Ok(a)
-}
-
-/// The error for an appliance that is not there.
-pub fn no_appliance(name: impl std::fmt::Display) -> StoreError {
-    StoreError::NotFound {
-        what: "appliance",
-        name: name.to_string(),
-        hint: ": `levee appliance list` shows them",
-    }
-}
-
-/// The error for a customer that is not there.
-pub fn no_customer(name: &str) -> StoreError {
-    StoreError::NotFound {
-        what: "customer",
-        name: name.to_string(),
-        hint: ": create it with `levee customer apply -f FILE.yaml`",
-    }
 }
 
 /// Profile names end up in URLs, file names and logs: keep them tame.

@@ -11,67 +11,6 @@ use levee_pxe::dhcp::Lease;
 
 use super::*;
 
-/// A named case of the suite.
-pub type Case = (&'static str, fn(&dyn Store));
-
-/// Every case, by name, so a failure says which one.
-pub const CASES: &[Case] = &[
-    (
-        "profile_needs_an_existing_image",
-        profile_needs_an_existing_image,
-    ),
-    (
-        "appliances_are_registered_seen_and_report",
-        appliances_are_registered_seen_and_report,
-    ),
-    ("events_are_kept_in_order", events_are_kept_in_order),
-    (
-        "an_address_is_leased_to_one_mac_at_a_time",
-        an_address_is_leased_to_one_mac_at_a_time,
-    ),
-    (
-        "customers_are_created_and_updated",
-        customers_are_created_and_updated,
-    ),
-    (
-        "registration_needs_a_known_customer",
-        registration_needs_a_known_customer,
-    ),
-    (
-        "pending_machines_wait_for_approval",
-        pending_machines_wait_for_approval,
-    ),
-    (
-        "states_and_heartbeats_make_history",
-        states_and_heartbeats_make_history,
-    ),
-    (
-        "replace_hands_over_and_revokes",
-        replace_hands_over_and_revokes,
-    ),
-    ("retire_revokes", retire_revokes),
-    (
-        "tokens_are_one_use_bound_and_short_lived",
-        tokens_are_one_use_bound_and_short_lived,
-    ),
-    (
-        "certificates_are_recorded_and_replaced",
-        certificates_are_recorded_and_replaced,
-    ),
-    (
-        "pending_keys_are_kept_until_enrollment",
-        pending_keys_are_kept_until_enrollment,
-    ),
-    (
-        "an_appliance_comes_with_its_customer",
-        an_appliance_comes_with_its_customer,
-    ),
-    (
-        "reinstall_is_one_shot_and_a_slot_completes_an_install",
-        reinstall_is_one_shot_and_a_slot_completes_an_install,
-    ),
-];
-
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
     let a = s.appliance_seen(mac(50)).expect("seen");
     assert_eq!((a.pending_key.as_deref(), a.reinstall), (None, false));
@@ -575,32 +514,67 @@ fn retire_revokes(s: &dyn Store) {
     );
 }
 
-#[cfg(test)]
-mod tests {
+/// Each case a test of its own on each store, so one failure hides no
+/// other: `on_sqlite::NAME` and `on_postgres::NAME`. Every PostgreSQL case
+/// gets its own server (it dies with its test, see
+/// [`crate::store::testing`]).
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            use crate::store::SqliteStore;
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let s = SqliteStore::open(dir.path()).expect("open SQLite");
+                    super::$name(&s);
+                }
+            )*
+        }
+
+        mod on_postgres {
+            use crate::store::testing::PgServer;
+            use crate::store::PgStore;
+            $(
+                #[test]
+                fn $name() {
+                    let pg = PgServer::start();
+                    let s = PgStore::connect(&pg.create_db("levee")).expect("connect");
+                    super::$name(&s);
+                }
+            )*
+        }
+    };
+}
+
+cases!(
+    profile_needs_an_existing_image,
+    appliances_are_registered_seen_and_report,
+    events_are_kept_in_order,
+    an_address_is_leased_to_one_mac_at_a_time,
+    customers_are_created_and_updated,
+    registration_needs_a_known_customer,
+    pending_machines_wait_for_approval,
+    states_and_heartbeats_make_history,
+    replace_hands_over_and_revokes,
+    retire_revokes,
+    tokens_are_one_use_bound_and_short_lived,
+    certificates_are_recorded_and_replaced,
+    pending_keys_are_kept_until_enrollment,
+    an_appliance_comes_with_its_customer,
+    reinstall_is_one_shot_and_a_slot_completes_an_install,
+);
+
+mod postgres_only {
     use super::*;
     use crate::store::testing::PgServer;
 
+    /// The store works from every place `levee serve` calls it: async
+    /// tasks and spawn_blocking on the multi-thread runtime, and a
+    /// current-thread runtime (tests).
     #[test]
-    fn suite_on_sqlite() {
-        for (name, case) in CASES {
-            eprintln!("sqlite: {name}");
-            let dir = tempfile::tempdir().unwrap();
-            let s = SqliteStore::open(dir.path()).unwrap();
-            case(&s);
-        }
-    }
-
-    #[test]
-    fn suite_on_postgres() {
+    fn works_from_every_runtime_context() {
         let pg = PgServer::start();
-        for (i, (name, case)) in CASES.iter().enumerate() {
-            eprintln!("postgres: {name}");
-            let s = PgStore::connect(&pg.create_db(&format!("case_{i}"))).unwrap();
-            case(&s);
-        }
-        // The sync client works from every place `levee serve` calls it:
-        // async tasks and spawn_blocking on the multi-thread runtime, and
-        // a current-thread runtime (tests).
         let s = std::sync::Arc::new(PgStore::connect(&pg.create_db("async")).unwrap());
         let multi = tokio::runtime::Runtime::new().unwrap();
         let s2 = s.clone();
@@ -620,8 +594,11 @@ mod tests {
             .unwrap();
         single.block_on(async { s.appliance_seen(mac(4)).unwrap() });
         assert_eq!(s.appliances().unwrap().len(), 4);
+    }
 
-        // Reconnecting does not run the migrations again.
+    #[test]
+    fn reconnecting_does_not_run_the_migrations_again() {
+        let pg = PgServer::start();
         let url = pg.create_db("reopen");
         PgStore::connect(&url)
             .unwrap()

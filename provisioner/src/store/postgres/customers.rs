@@ -1,0 +1,69 @@
+//! PgStore: customers.
+
+use levee_proto::config::CustomerConfig;
+use postgres::{GenericClient, Row};
+
+use super::{corrupt, PgStore};
+use crate::store::{
+    no_customer, now, validate_name, CustomerRecord, CustomerStore, Result, StoreError,
+};
+
+pub(super) fn customer_row(row: &Row) -> Result<CustomerRecord> {
+    customer_row_at(row, 0)
+}
+
+/// A customer record from columns `at..at + 4` (name, config, created_at,
+/// updated_at).
+pub(super) fn customer_row_at(row: &Row, at: usize) -> Result<CustomerRecord> {
+    let config: String = row.try_get(at + 1)?;
+    Ok(CustomerRecord {
+        name: row.try_get(at)?,
+        config: serde_json::from_str(&config).map_err(corrupt)?,
+        created_at: row.try_get::<_, i64>(at + 2)? as u64,
+        updated_at: row.try_get::<_, i64>(at + 3)? as u64,
+    })
+}
+
+pub(super) fn require_customer<C: GenericClient>(c: &mut C, name: &str) -> Result<()> {
+    c.query_opt("SELECT name FROM customers WHERE name = $1", &[&name])?
+        .map(|_| ())
+        .ok_or_else(|| no_customer(name))
+}
+
+impl CustomerStore for PgStore {
+    fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
+        validate_name("customer", &config.customer)?;
+        let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.with(|c| {
+            let row = c.query_one(
+                "INSERT INTO customers (name, config, created_at, updated_at) VALUES ($1, $2, $3, $3)
+                 ON CONFLICT(name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at
+                 RETURNING name, config, created_at, updated_at",
+                &[&config.customer, &json, &(now() as i64)],
+            )?;
+            customer_row(&row)
+        })
+    }
+
+    fn customer(&self, name: &str) -> Result<Option<CustomerRecord>> {
+        // This and appliance_by_id are every mTLS request's lookups.
+        self.query_prepared(
+            "SELECT name, config, created_at, updated_at FROM customers WHERE name = $1",
+            &[&name],
+        )?
+        .map(|r| customer_row(&r))
+        .transpose()
+    }
+
+    fn customers(&self) -> Result<Vec<CustomerRecord>> {
+        self.with(|c| {
+            c.query(
+                "SELECT name, config, created_at, updated_at FROM customers ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(customer_row)
+            .collect()
+        })
+    }
+}

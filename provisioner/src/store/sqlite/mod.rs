@@ -1,0 +1,244 @@
+//! The embedded store: one SQLite file in `--data-dir`.
+//!
+//! Split by domain as the trait is: `appliances.rs`, `customers.rs`,
+//! `images.rs`, `events.rs`; this file opens the database and migrates it.
+
+mod appliances;
+mod customers;
+mod events;
+mod images;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use levee_pxe::boot::MacAddr;
+use rusqlite::{Connection, Row};
+
+use super::{Result, Store, StoreError};
+
+/// Ordered schema migrations; `PRAGMA user_version` records how many ran.
+/// Append only: a released migration is never edited.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    imported_at INTEGER NOT NULL
+);
+CREATE TABLE profiles (
+    name TEXT PRIMARY KEY,
+    image TEXT NOT NULL REFERENCES images(id),
+    kernel TEXT NOT NULL,
+    initrd TEXT NOT NULL,
+    cmdline TEXT NOT NULL,
+    transport TEXT NOT NULL
+);
+CREATE TABLE appliances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL UNIQUE,
+    serial TEXT,
+    profile TEXT,
+    registered INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER,
+    last_report TEXT,
+    last_report_at INTEGER
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_by_mac ON events(mac, id);
+CREATE TABLE leases (
+    mac TEXT PRIMARY KEY,
+    ip TEXT NOT NULL,
+    expires INTEGER NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE customers (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+ALTER TABLE appliances ADD COLUMN customer TEXT REFERENCES customers(name);
+ALTER TABLE appliances ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+ALTER TABLE appliances ADD COLUMN state_reason TEXT;
+ALTER TABLE appliances ADD COLUMN image_version TEXT;
+ALTER TABLE appliances ADD COLUMN slot TEXT;
+ALTER TABLE appliances ADD COLUMN last_heartbeat INTEGER;
+ALTER TABLE appliances ADD COLUMN revoked_at INTEGER;
+ALTER TABLE appliances ADD COLUMN replaced_by INTEGER;
+ALTER TABLE appliances ADD COLUMN replaces INTEGER;
+"#,
+    r#"
+CREATE TABLE enroll_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    mac TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER
+);
+CREATE INDEX enroll_tokens_by_expiry ON enroll_tokens(expires_at);
+ALTER TABLE appliances ADD COLUMN cert_fingerprint TEXT;
+ALTER TABLE appliances ADD COLUMN cert_not_after INTEGER;
+"#,
+    r#"
+ALTER TABLE appliances ADD COLUMN pending_key TEXT;
+ALTER TABLE appliances ADD COLUMN reinstall INTEGER NOT NULL DEFAULT 0;
+"#,
+];
+
+/// Events kept per machine.
+pub(super) const EVENTS_KEPT: i64 = 500;
+
+/// Statements through rusqlite's per-connection statement cache: the mTLS
+/// API runs the same few statements thousands of times a second, and
+/// parsing their SQL anew was the largest part of its CPU (perf, bench-api).
+pub(super) trait Cached {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) `DIR/levee.sqlite`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let conn = Connection::open(data_dir.join("levee.sqlite"))?;
+        // WAL lets the CLI read and write while `levee serve` does; the busy
+        // timeout turns a momentary lock into a short wait, not an error.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: usize = tx.query_row_cached("PRAGMA user_version", [], |r| r.get(0))?;
+        if done > MIGRATIONS.len() {
+            return Err(StoreError::Invalid(format!(
+                "the database has schema version {done}, newer than this levee ({}): upgrade levee",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(super) fn corrupt(e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+pub(super) fn mac_col(row: &Row, idx: usize) -> rusqlite::Result<MacAddr> {
+    let s: String = row.get(idx)?;
+    s.parse().map_err(corrupt)
+}
+
+pub(super) fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(idx)?.map(|v| v as u64))
+}
+
+impl Store for SqliteStore {
+    fn reads_in_process(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+/// What only the SQLite store does; everything both stores do is in
+/// `store::suite`, run against each.
+mod tests {
+    use super::*;
+    use crate::store::suite::image;
+    use crate::store::{EventStore, ImageStore};
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.put_image(&image("test-1")).unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.images().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn events_are_kept_in_order_and_trimmed() {
+        let (_d, s) = store();
+        let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        for i in 0..(EVENTS_KEPT + 120) {
+            s.add_event(mac, "dhcp", &i.to_string()).unwrap();
+        }
+        let ev = s.events(mac, 3).unwrap();
+        let last: Vec<_> = ev.iter().map(|e| e.detail.as_str()).collect();
+        let n = EVENTS_KEPT + 120;
+        assert_eq!(
+            last,
+            [
+                (n - 3).to_string(),
+                (n - 2).to_string(),
+                (n - 1).to_string()
+            ]
+        );
+        assert!(s.events(mac, 10_000).unwrap().len() <= (EVENTS_KEPT + 50) as usize);
+    }
+}
