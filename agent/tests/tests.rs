@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod e2e_local;
 mod formats;
+mod restore_safety;
 mod samba;
 mod smb;
 mod smb_acl;

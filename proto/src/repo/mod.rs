@@ -20,4 +20,4 @@ pub use index::{IndexError, IndexFile, IndexPack};
 pub use keyslot::{KdfParams, KeySlot, KeySlotError};
 pub use pack::{BlobEntry, BlobKind, Compression, PackError, PackHeader};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotSummary};
-pub use tree::{Node, NodeKind, Tree, TreeError};
+pub use tree::{name_is_plain, Node, NodeKind, Tree, TreeError, TreeProblem};

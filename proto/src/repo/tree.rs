@@ -117,6 +117,65 @@ impl Tree {
             .ok()
             .map(|i| &self.nodes[i])
     }
+
+    /// What makes this tree unsafe to restore: names that are empty, `.`,
+    /// `..`, or hold `/` or NUL, and names out of order or repeated (a
+    /// symlink `a` followed by a directory `a` would make a restore write
+    /// through the link). Backups write trees sorted by name with unique,
+    /// plain names, so any problem here means damage or a crafted tree.
+    pub fn problems(&self) -> Vec<TreeProblem> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !name_is_plain(&n.name) {
+                out.push(TreeProblem::BadName(n.name.clone()));
+            }
+            if let Some(prev) = i.checked_sub(1).map(|j| &self.nodes[j]) {
+                match prev.name.cmp(&n.name) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => out.push(TreeProblem::Duplicate(n.name.clone())),
+                    std::cmp::Ordering::Greater => out.push(TreeProblem::Unsorted(n.name.clone())),
+                }
+            }
+        }
+        out
+    }
+
+    /// Names that are the same file on a case-insensitive file system (an
+    /// SMB share): `A` and `a`. Each group holds two or more names.
+    pub fn case_collisions(&self) -> Vec<Vec<String>> {
+        let mut by_folded: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in &self.nodes {
+            by_folded
+                .entry(n.name.to_lowercase())
+                .or_default()
+                .push(n.name.clone());
+        }
+        by_folded.into_values().filter(|v| v.len() > 1).collect()
+    }
+}
+
+/// A name a restore may create in a directory: not empty, `.` or `..`, no
+/// `/` or NUL.
+pub fn name_is_plain(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']))
+}
+
+/// A rule a tree breaks (see [`Tree::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeProblem {
+    BadName(String),
+    Duplicate(String),
+    Unsorted(String),
+}
+
+impl std::fmt::Display for TreeProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadName(n) => write!(f, "unsafe name {n:?}"),
+            Self::Duplicate(n) => write!(f, "name {n:?} appears twice"),
+            Self::Unsorted(n) => write!(f, "name {n:?} is out of order"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,5 +197,32 @@ mod tests {
         let old = br#"{"nodes":[{"name":"f","kind":"file","mtime_ns":1}]}"#;
         let t = Tree::parse(old).expect("parses");
         assert!(t.nodes[0].xattrs.is_empty());
+    }
+
+    #[test]
+    fn problems_name_bad_duplicate_and_unsorted_names() {
+        let n = |name: &str| Node::new(name.into(), NodeKind::Dir);
+        let ok = Tree {
+            nodes: vec![n("A"), n("a"), n("b")],
+        };
+        assert!(ok.problems().is_empty());
+        assert_eq!(
+            ok.case_collisions(),
+            vec![vec!["A".to_string(), "a".into()]]
+        );
+        let bad = Tree {
+            nodes: vec![n("a"), n("a"), n(".."), n("x/y"), n("")],
+        };
+        assert_eq!(
+            bad.problems(),
+            vec![
+                TreeProblem::Duplicate("a".into()),
+                TreeProblem::BadName("..".into()),
+                TreeProblem::Unsorted("..".into()),
+                TreeProblem::BadName("x/y".into()),
+                TreeProblem::BadName("".into()),
+                TreeProblem::Unsorted("".into()),
+            ]
+        );
     }
 }

@@ -145,6 +145,14 @@ pub fn check(
                     continue;
                 }
             };
+            let problems = t.problems();
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                r.errors.push(format!(
+                    "snapshot {name}: directory {path:?}: tree breaks the rules restore relies on ({}); restore skips those entries",
+                    list.join(", ")
+                ));
+            }
             for n in t.nodes {
                 for id in &n.content {
                     classify(

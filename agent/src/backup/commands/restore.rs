@@ -2,11 +2,11 @@
 //! or an SMB share. Files are restored in parallel; a file whose blobs are
 //! damaged is reported and the rest still restore.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crossbeam_channel::bounded;
-use levee_proto::repo::{BlobId, Node, NodeKind, Tree};
+use levee_proto::repo::{BlobId, Node, NodeKind, Tree, TreeProblem};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::index::MasterIndex;
@@ -96,6 +96,67 @@ pub fn find_node(
     Ok(None)
 }
 
+/// The nodes of a tree that are safe to restore. A restore runs as root
+/// with names from the repository, so a tree that breaks the rules (see
+/// `Tree::problems`) is damaged or crafted: its bad names and every entry
+/// of a repeated name are skipped and reported (which of two `a` is the
+/// real one is unknowable; a symlink `a` then a directory `a` would
+/// otherwise write through the link). On a case-insensitive target names
+/// that collide (`A` and `a`) are skipped the same way.
+fn safe_nodes(tree: Tree, dir: &str, target: &dyn Target, counters: &Counters) -> Vec<Node> {
+    let problems = tree.problems();
+    let mut refused: HashSet<String> = HashSet::new();
+    for p in &problems {
+        match p {
+            TreeProblem::BadName(n) | TreeProblem::Duplicate(n) => {
+                refused.insert(n.clone());
+            }
+            TreeProblem::Unsorted(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        counters.error(format!(
+            "{}: the directory's tree breaks the rules ({}); those entries are not restored",
+            shown(dir),
+            list.join(", ")
+        ));
+    }
+    if target.case_insensitive() {
+        for group in tree.case_collisions() {
+            counters.error(format!(
+                "{}: names {} are one name on this case-insensitive target; none restored",
+                shown(dir),
+                group
+                    .iter()
+                    .map(|n| format!("{:?}", join(dir, n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            refused.extend(group);
+        }
+    }
+    let mut nodes = tree.nodes;
+    if !refused.is_empty() {
+        nodes.retain(|n| !refused.contains(&n.name));
+    }
+    if problems
+        .iter()
+        .any(|p| matches!(p, TreeProblem::Unsorted(_)))
+    {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    nodes
+}
+
+fn shown(dir: &str) -> String {
+    if dir.is_empty() {
+        "/".into()
+    } else {
+        format!("{dir:?}")
+    }
+}
+
 struct Job {
     path: String,
     node: Node,
@@ -114,7 +175,11 @@ pub fn restore(
     }
     let index = &loaded.index;
     let (snap_id, snap) = repo.find_snapshot(&opts.snapshot)?;
-    let target = open_target(&opts.target, smb_password)?;
+    let target = open_target(
+        &opts.target,
+        smb_password,
+        opts.overwrite != Overwrite::Never,
+    )?;
     let target: &dyn Target = &*target;
 
     // What to restore: the whole root, or one node inside it.
@@ -124,11 +189,17 @@ pub fn restore(
         .map(|p| p.trim_matches('/'))
         .filter(|p| !p.is_empty())
     {
-        None => (repo.load_tree(index, &snap.tree)?.nodes, String::new()),
+        None => {
+            let root = repo.load_tree(index, &snap.tree)?;
+            (safe_nodes(root, "", target, counters), String::new())
+        }
         Some(p) => {
             let n = find_node(repo, index, &snap.tree, p)?
                 .ok_or_else(|| RestoreError::NoPath(p.into()))?;
-            (vec![n], String::new())
+            (
+                safe_nodes(Tree { nodes: vec![n] }, "", target, counters),
+                String::new(),
+            )
         }
     };
     let zero_blobs: Mutex<HashMap<BlobId, u64>> = Mutex::new(HashMap::new());
@@ -157,16 +228,6 @@ pub fn restore(
             .map(|n| (join(&base, &n.name), n))
             .collect();
         while let Some((path, node)) = stack.pop() {
-            // Never write outside the target, whatever a tree says.
-            if node.name.is_empty()
-                || node.name == "."
-                || node.name == ".."
-                || node.name.contains('/')
-                || node.name.contains('\0')
-            {
-                counters.error(format!("{path}: unsafe name {:?} skipped", node.name));
-                continue;
-            }
             match node.kind {
                 NodeKind::Dir => {
                     if let Err(e) = target.mkdir(&path) {
@@ -180,7 +241,8 @@ pub fn restore(
                         .transpose()
                     {
                         Ok(t) => {
-                            for n in t.unwrap_or_default().nodes.into_iter().rev() {
+                            let nodes = safe_nodes(t.unwrap_or_default(), &path, target, counters);
+                            for n in nodes.into_iter().rev() {
                                 stack.push((join(&path, &n.name), n));
                             }
                         }
@@ -189,6 +251,10 @@ pub fn restore(
                     dirs.push((path, node));
                 }
                 NodeKind::Symlink => {
+                    if opts.overwrite == Overwrite::Never && target.existing(&path).is_some() {
+                        Counters::add(&counters.files_unchanged, 1);
+                        continue;
+                    }
                     if let Err(e) = target.symlink(&path, &node) {
                         counters.error(e.to_string());
                     }

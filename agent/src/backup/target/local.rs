@@ -12,11 +12,10 @@
 //! leak into restored children (each child has its own ACL, if any).
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,10 +23,16 @@ use std::sync::{Arc, Mutex};
 use levee_proto::repo::Node;
 use xattr::FileExt;
 
+use super::beneath::{self, Beneath};
 use super::{FileSink, Target, TargetError, TargetReport};
 
+/// A local directory. Every path is resolved beneath its descriptor and
+/// never through a symlink (`beneath`); directories are made one level at a
+/// time; files and symlinks are made under a temporary name and renamed.
 pub struct LocalTarget {
     root: PathBuf,
+    dir: Beneath,
+    replace: bool,
     xattrs: Arc<XattrLog>,
 }
 
@@ -92,13 +97,23 @@ impl XattrLog {
 }
 
 impl LocalTarget {
-    pub fn new(path: &str) -> Result<Self, TargetError> {
+    /// `replace`: whether something that is not a directory (a file, a
+    /// symlink) where the snapshot has a directory is removed to make room
+    /// (`--overwrite always` and `if-changed`), or left and reported
+    /// (`--overwrite never`).
+    pub fn new(path: &str, replace: bool) -> Result<Self, TargetError> {
         fs::create_dir_all(path).map_err(|e| TargetError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        let dir = Beneath::open(path).map_err(|e| TargetError::Io {
             path: path.into(),
             source: e,
         })?;
         Ok(Self {
             root: PathBuf::from(path),
+            dir,
+            replace,
             xattrs: Arc::default(),
         })
     }
@@ -109,6 +124,15 @@ impl LocalTarget {
             self.root.join(p)
         }
     }
+    /// The descriptor of `path`'s parent and `path`'s last name.
+    fn parent<'a>(&self, path: &'a str) -> Result<(OwnedFd, &'a str), TargetError> {
+        let (parent, name) = beneath::split(path);
+        let fd = self
+            .dir
+            .dir(parent)
+            .map_err(|e| io(&self.full(parent), e))?;
+        Ok((fd, name))
+    }
 }
 
 fn io(p: &Path, e: std::io::Error) -> TargetError {
@@ -118,32 +142,80 @@ fn io(p: &Path, e: std::io::Error) -> TargetError {
     }
 }
 
-/// Directories and symlinks: by path, a symlink itself and never its target
-/// (`follow` is false for symlinks; xattr::set never follows).
-fn set_meta(p: &Path, node: &Node, follow: bool, xattrs: &XattrLog) -> Result<(), TargetError> {
-    let c = CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io(p, std::io::Error::other("NUL in path")))?;
+fn last_err(p: &Path) -> TargetError {
+    io(p, std::io::Error::last_os_error())
+}
+
+/// A fresh temporary name in a directory: files and symlinks are made under
+/// it and renamed into place, so a failed restore never leaves a truncated
+/// file under the real name.
+fn temp_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".levee-restore-{}-{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> std::io::Result<()> {
+    let (f, t) = (beneath::cstr(from)?, beneath::cstr(to)?);
+    let d = dir.as_raw_fd();
+    // SAFETY: open dirfd, NUL-terminated names.
+    if unsafe { libc::renameat(d, f.as_ptr(), d, t.as_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        unlink_at(dir, from, false);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn unlink_at(dir: &OwnedFd, name: &str, is_dir: bool) -> bool {
+    let Ok(c) = beneath::cstr(name) else {
+        return false;
+    };
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: open dirfd, NUL-terminated name.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) == 0 }
+}
+
+/// Metadata of a symlink, by name in its directory, never following it.
+fn set_link_meta(
+    dir: &OwnedFd,
+    name: &str,
+    shown: &Path,
+    node: &Node,
+    xattrs: &XattrLog,
+) -> Result<(), TargetError> {
+    let c = beneath::cstr(name).map_err(|e| io(shown, e))?;
+    let d = dir.as_raw_fd();
     // Owner only as root; failure to chown is not worth failing a restore.
     if node.uid != 0 || node.gid != 0 {
-        // SAFETY: c is a valid NUL-terminated path.
-        unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) };
+        // SAFETY: open dirfd, NUL-terminated name.
+        unsafe { libc::fchownat(d, c.as_ptr(), node.uid, node.gid, libc::AT_SYMLINK_NOFOLLOW) };
     }
-    xattrs.apply(p, node, |name, value| xattr::set(p, name, value));
-    if node.mode != 0 && follow {
-        fs::set_permissions(p, fs::Permissions::from_mode(node.mode)).map_err(|e| io(p, e))?;
+    if !node.xattrs.is_empty() {
+        // The directory through its own descriptor (proc's link to it is
+        // the directory we hold, not a path resolved again), the link
+        // itself with the no-follow call.
+        let via = PathBuf::from(format!("/proc/self/fd/{d}/{name}"));
+        xattrs.apply(shown, node, |n, v| xattr::set(&via, n, v));
     }
     let times = file_times(node);
-    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: valid path and a two-element timespec array, as utimensat wants.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
-    if r != 0 {
-        return Err(io(p, std::io::Error::last_os_error()));
+    // SAFETY: open dirfd, NUL-terminated name, two timespecs.
+    if unsafe { libc::utimensat(d, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(last_err(shown));
     }
     Ok(())
 }
 
 struct LocalSink {
     f: File,
+    /// The directory the file is made in, its temporary and its real name.
+    dir: OwnedFd,
+    temp: String,
+    name: String,
+    done: bool,
     path: PathBuf,
     xattrs: Arc<XattrLog>,
     pos: u64,
@@ -209,41 +281,90 @@ impl FileSink for LocalSink {
         if self.pos != self.written_end {
             self.f.set_len(self.pos).map_err(|e| io(&self.path, e))?;
         }
-        set_meta_fd(&self.f, &self.path, node, &self.xattrs)
+        set_meta_fd(&self.f, &self.path, node, &self.xattrs)?;
+        let mut this = self;
+        this.done = true;
+        rename_at(&this.dir, &this.temp, &this.name).map_err(|e| io(&this.path, e))
+    }
+}
+
+impl Drop for LocalSink {
+    /// A file that failed half-way goes, not a truncated copy.
+    fn drop(&mut self) {
+        if !self.done {
+            unlink_at(&self.dir, &self.temp, false);
+        }
     }
 }
 
 impl Target for LocalTarget {
     fn mkdir(&self, path: &str) -> Result<(), TargetError> {
+        let (dir, name) = self.parent(path)?;
         let p = self.full(path);
-        fs::create_dir_all(&p).map_err(|e| io(&p, e))
+        let c = beneath::cstr(name).map_err(|e| io(&p, e))?;
+        // 0700 until set_dir_meta gives it its own mode: nobody else
+        // reaches into it while it fills.
+        // SAFETY: open dirfd, NUL-terminated name.
+        let make = || unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o700) } == 0;
+        if make() {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(io(&p, err));
+        }
+        let st = beneath::stat_at(&dir, name).map_err(|e| io(&p, e))?;
+        if beneath::is_dir(&st) {
+            return Ok(());
+        }
+        if !self.replace {
+            return Err(io(
+                &p,
+                std::io::Error::other(
+                    "a file or symlink is in the way of a directory; left as it is (--overwrite never)",
+                ),
+            ));
+        }
+        // A file or a symlink where the snapshot has a directory: the name
+        // is removed (a symlink itself, never what it points to).
+        if unlink_at(&dir, name, false) && make() {
+            Ok(())
+        } else {
+            Err(last_err(&p))
+        }
     }
     fn existing(&self, path: &str) -> Option<(u64, i64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = fs::symlink_metadata(self.full(path)).ok()?;
-        Some((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+        let (dir, name) = self.parent(path).ok()?;
+        let st = beneath::stat_at(&dir, name).ok()?;
+        Some((
+            st.st_size as u64,
+            st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ))
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
+        let (dir, name) = self.parent(path)?;
         let p = self.full(path);
-        let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)
+        let temp = temp_name();
+        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
+        // SAFETY: open dirfd, NUL-terminated name; the fd is ours.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
         };
-        let f = match open() {
-            Ok(f) => f,
-            // A read-only file (non-root) or a symlink in the way: replace it.
-            Err(_) if fs::symlink_metadata(&p).is_ok() => {
-                let _ = fs::remove_file(&p);
-                open().map_err(|e| io(&p, e))?
-            }
-            Err(e) => return Err(io(&p, e)),
-        };
+        if fd < 0 {
+            return Err(last_err(&p));
+        }
         Ok(Box::new(LocalSink {
-            f,
+            // SAFETY: a fresh descriptor owned by nobody else.
+            f: unsafe { File::from_raw_fd(fd) },
+            dir,
+            temp,
+            name: name.to_string(),
+            done: false,
             path: p,
             xattrs: self.xattrs.clone(),
             pos: 0,
@@ -251,14 +372,26 @@ impl Target for LocalTarget {
         }))
     }
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
+        let (dir, name) = self.parent(path)?;
         let p = self.full(path);
-        let _ = fs::remove_file(&p);
-        std::os::unix::fs::symlink(node.link_target.as_deref().unwrap_or(""), &p)
-            .map_err(|e| io(&p, e))?;
-        set_meta(&p, node, false, &self.xattrs)
+        let temp = temp_name();
+        let target =
+            beneath::cstr(node.link_target.as_deref().unwrap_or("")).map_err(|e| io(&p, e))?;
+        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
+        // SAFETY: NUL-terminated strings, open dirfd.
+        if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) } != 0 {
+            return Err(last_err(&p));
+        }
+        if let Err(e) = set_link_meta(&dir, &temp, &p, node, &self.xattrs) {
+            unlink_at(&dir, &temp, false);
+            return Err(e);
+        }
+        rename_at(&dir, &temp, name).map_err(|e| io(&p, e))
     }
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
-        set_meta(&self.full(path), node, true, &self.xattrs)
+        let p = self.full(path);
+        let fd = self.dir.dir(path).map_err(|e| io(&p, e))?;
+        set_meta_fd(&File::from(fd), &p, node, &self.xattrs)
     }
     fn parallelism(&self) -> usize {
         // Decrypting is CPU, writing is I/O: a few more threads than cores.
@@ -299,7 +432,7 @@ mod tests {
     #[test]
     fn refused_xattrs_are_warnings_and_enotsup_is_one_per_kind() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let t = LocalTarget::new(&dir.path().to_string_lossy()).expect("target");
+        let t = LocalTarget::new(&dir.path().to_string_lossy(), true).expect("target");
         let mut node = Node::new("f".into(), NodeKind::File);
         node.xattrs.insert("user.a".into(), "00".into());
         node.xattrs

@@ -1,5 +1,6 @@
 //! Where a restore writes: a local directory or an SMB share.
 
+pub mod beneath;
 pub mod local;
 pub mod smb;
 
@@ -34,6 +35,10 @@ pub trait Target: Send + Sync {
     /// Times, mode and attributes of a directory (after its contents).
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
     fn parallelism(&self) -> usize;
+    /// Whether `A` and `a` are the same name here (SMB shares).
+    fn case_insensitive(&self) -> bool {
+        false
+    }
     /// What was carried over beyond contents and times, and the warnings.
     fn report(&self) -> TargetReport {
         TargetReport::default()
@@ -51,10 +56,16 @@ pub struct TargetReport {
     pub warnings: Vec<String>,
 }
 
-pub fn open_target(spec: &str, smb_password: Option<&str>) -> Result<Box<dyn Target>, TargetError> {
+/// `replace`: whether a file or symlink where a directory belongs is
+/// removed to make room (see `LocalTarget::new`).
+pub fn open_target(
+    spec: &str,
+    smb_password: Option<&str>,
+    replace: bool,
+) -> Result<Box<dyn Target>, TargetError> {
     if spec.starts_with("smb://") {
         Ok(Box::new(smb::SmbTarget::connect(spec, smb_password)?))
     } else {
-        Ok(Box::new(local::LocalTarget::new(spec)?))
+        Ok(Box::new(local::LocalTarget::new(spec, replace)?))
     }
 }

@@ -228,6 +228,9 @@ impl Target for SmbTarget {
     fn parallelism(&self) -> usize {
         4
     }
+    fn case_insensitive(&self) -> bool {
+        true
+    }
     fn report(&self) -> TargetReport {
         TargetReport {
             security_descriptors: self.acls.restored.load(Ordering::Relaxed),
