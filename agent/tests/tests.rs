@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod e2e_local;
 mod formats;
+mod prune_converges;
 mod restore_safety;
 mod samba;
 mod smb;

@@ -190,6 +190,19 @@ pub fn prune(
     }
     rep.used_blobs = used.len();
 
+    // Blobs some indexed pack holds: a marked pack whose used blobs are all
+    // here (a repacked pack: its live blobs were copied) is not needed.
+    let indexed: HashSet<BlobId> = by_pack
+        .iter()
+        .filter(|(id, _)| on_disk.contains_key(&id.to_hex()))
+        .flat_map(|(_, blobs)| blobs.iter().map(|b| b.id))
+        .collect();
+    let needed = |blobs: &[BlobEntry]| {
+        blobs
+            .iter()
+            .any(|b| used.contains(&b.id) && !indexed.contains(&b.id))
+    };
+
     // Sweep: packs marked by an earlier run.
     counters.set_phase("sweep");
     let mut reindex: Vec<IndexPack> = Vec::new();
@@ -220,7 +233,7 @@ pub fn prune(
             continue;
         }
         match repo.read_pack_header(&name, size) {
-            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => {
+            Ok(h) if needed(&h.blobs) => {
                 reindex.push(IndexPack { id, blobs: h.blobs });
                 state.packs.remove(&name);
             }
@@ -269,9 +282,7 @@ pub fn prune(
             continue;
         }
         match repo.read_pack_header(name, *size) {
-            Ok(h) if h.blobs.iter().any(|b| used.contains(&b.id)) => {
-                reindex.push(IndexPack { id, blobs: h.blobs })
-            }
+            Ok(h) if needed(&h.blobs) => reindex.push(IndexPack { id, blobs: h.blobs }),
             // Possibly a running backup's pack: marking only starts the clock.
             _ => unindexed_marked.push(name.clone()),
         }
@@ -281,7 +292,13 @@ pub fn prune(
     // re-encryption). A frame is copied whole if any member is used; only
     // the used members are indexed in the new pack.
     let mut packer = Packer::new(repo.be.clone());
-    let mut copied: HashSet<BlobId> = HashSet::new();
+    let mut repacked: Vec<String> = Vec::new();
+    // A blob that a kept pack also holds is not copied again.
+    let mut copied: HashSet<BlobId> = keep
+        .iter()
+        .chain(&reindex)
+        .flat_map(|p| p.blobs.iter().map(|b| b.id))
+        .collect();
     for (id, blobs) in &repack {
         let name = id.to_hex();
         for piece in pieces(blobs) {
@@ -315,7 +332,8 @@ pub fn prune(
                 })
                 .map_err(RepoError::from)?;
         }
-        newly_marked.push(name);
+        newly_marked.push(name.clone());
+        repacked.push(name);
         rep.packs_repacked += 1;
     }
     packer.finish().map_err(RepoError::from)?;
@@ -370,6 +388,21 @@ pub fn prune(
         }
     }
     state.save(repo)?;
+    // Repacked packs go now if nothing could have loaded an index naming
+    // them: no live backup started before `t`, and no snapshot appeared
+    // since the start (one that did may use their blobs). Their used blobs
+    // have copies in the new pack, so keeping them for the fence only made
+    // every other prune re-index and repack them again (issue 12). A pack
+    // no snapshot uses at all still waits for the fence: that is what a
+    // running backup's packs look like before its snapshot is written
+    // (crash::snapshot_written_after_prune_marked_its_packs).
+    if !repacked.is_empty() && nothing_saw_old_index(repo, &lock, t, &snaps)? {
+        for name in &repacked {
+            if !to_delete.contains(name) {
+                to_delete.push(name.clone());
+            }
+        }
+    }
     // Delete, then forget: a kill in between leaves state naming a missing
     // pack (dropped next run), never an unmarked garbage pack.
     for name in &to_delete {
@@ -385,6 +418,28 @@ pub fn prune(
     clean_tmp(repo.local().root(), std::time::Duration::from_secs(3600));
     drop(lock);
     Ok(rep)
+}
+
+/// Whether no backup can hold an index that names packs unindexed at `t`:
+/// every live lock but ours started after `t`, and the snapshots are still
+/// the ones this prune read.
+fn nothing_saw_old_index(
+    repo: &Repository,
+    own: &Lock,
+    t: i64,
+    snaps: &[(String, levee_proto::repo::Snapshot)],
+) -> Result<bool, RepoError> {
+    let now = now_ns();
+    let locks = list_locks(repo.local())?;
+    if locks
+        .iter()
+        .any(|(name, l)| name != own.name() && l.is_alive(now) && l.start_ns <= t)
+    {
+        return Ok(false);
+    }
+    let seen: HashSet<&str> = snaps.iter().map(|(n, _)| n.as_str()).collect();
+    let listed = repo.be.list(FileKind::Snapshot)?;
+    Ok(listed.len() == seen.len() && listed.iter().all(|(n, _)| seen.contains(n.as_str())))
 }
 
 /// A pack's entries grouped by stored piece: one entry for a blob stored
