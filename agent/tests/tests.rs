@@ -4,6 +4,7 @@
 
 mod corruption;
 mod crash;
+mod damaged;
 mod e2e_local;
 mod formats;
 mod prune_converges;

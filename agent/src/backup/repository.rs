@@ -45,6 +45,8 @@ pub enum RepoError {
     BadTree(BlobId, String),
     #[error("snapshot {0}: {1}")]
     BadSnapshot(String, String),
+    #[error("damaged snapshot{}: {}; it may be the newest. Forget it by id (`levee-agent forget ID`) or pass --skip-damaged to use the readable ones", if .0.len() > 1 { "s" } else { "" }, .0.join("; "))]
+    Damaged(Vec<String>),
     #[error("no snapshot matches {0:?}")]
     NoSnapshot(String),
     #[error("{0:?} matches more than one snapshot")]
@@ -323,13 +325,31 @@ impl Repository {
         Ok((ok, bad))
     }
 
-    /// `latest`, a full id, or a unique id prefix.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot), RepoError> {
+    /// `latest`, a full id, or a unique id prefix. `latest` is refused
+    /// while any snapshot is damaged (the damaged one may be the newest, and
+    /// restoring an older one silently is worse than stopping), unless
+    /// `skip_damaged`.
+    pub fn find_snapshot(
+        &self,
+        spec: &str,
+        skip_damaged: bool,
+    ) -> Result<(String, Snapshot), RepoError> {
         if spec == "latest" {
-            let (mut all, _) = self.snapshots()?;
+            let (mut all, bad) = self.snapshots()?;
+            if !bad.is_empty() && !skip_damaged {
+                return Err(damaged(&bad));
+            }
             return all.pop().ok_or_else(|| RepoError::NoSnapshot(spec.into()));
         }
-        let names: Vec<String> = self
+        let name = self.snapshot_name(spec)?;
+        let s = self.load_snapshot(&name)?;
+        Ok((name, s))
+    }
+
+    /// The snapshot file a full id or unique prefix names, without reading
+    /// it (so a snapshot that cannot be decrypted can still be forgotten).
+    pub fn snapshot_name(&self, spec: &str) -> Result<String, RepoError> {
+        let mut names: Vec<String> = self
             .be
             .list(FileKind::Snapshot)?
             .into_iter()
@@ -338,10 +358,7 @@ impl Repository {
             .collect();
         match names.len() {
             0 => Err(RepoError::NoSnapshot(spec.into())),
-            1 => {
-                let s = self.load_snapshot(&names[0])?;
-                Ok((names[0].clone(), s))
-            }
+            1 => Ok(names.remove(0)),
             _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
         }
     }
@@ -423,6 +440,11 @@ fn write_slot(local: &LocalBackend, slot: &KeySlot) -> Result<String, RepoError>
 pub type Unreadable = (String, String);
 /// A snapshot and its file name (its id).
 pub type NamedSnapshot = (String, Snapshot);
+
+/// The error naming every damaged snapshot (id and why).
+pub fn damaged(bad: &[Unreadable]) -> RepoError {
+    RepoError::Damaged(bad.iter().map(|(n, e)| format!("{n} ({e})")).collect())
+}
 
 pub struct LoadedIndex {
     pub index: MasterIndex,

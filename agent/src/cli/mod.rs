@@ -61,8 +61,12 @@ pub enum Command {
     Init(InitArgs),
     /// Back up local paths and smb:// shares.
     Backup(BackupOptions),
-    /// List snapshots.
-    Snapshots,
+    /// List snapshots (a damaged one is named and makes the exit code 1).
+    Snapshots {
+        /// Exit 0 even if some snapshots are damaged (they are still named).
+        #[arg(long)]
+        skip_damaged: bool,
+    },
     /// List files in a snapshot.
     Ls {
         snapshot: String,
@@ -196,11 +200,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             out.backup(&s)?;
             Ok(if s.summary.errors > 0 { 3 } else { 0 })
         }
-        Command::Snapshots => {
+        Command::Snapshots { skip_damaged } => {
             let repo = open(g)?;
             let (snaps, bad) = repo.snapshots()?;
             out.snapshots(&snaps, &bad)?;
-            Ok(0)
+            Ok(if bad.is_empty() || skip_damaged { 0 } else { 1 })
         }
         Command::Ls { snapshot, path } => {
             let repo = open(g)?;

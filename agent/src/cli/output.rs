@@ -71,7 +71,7 @@ impl Out {
                 .iter()
                 .map(|(id, s)| json!({"id": id, "snapshot": s}))
                 .collect();
-            return print_json(&json!({"snapshots": v, "unreadable": bad}));
+            return print_json(&json!({"snapshots": v, "unreadable": bad, "damaged": bad}));
         }
         println!(
             "{:<10} {:<20} {:<16} {:<12} paths",
@@ -88,7 +88,10 @@ impl Out {
             );
         }
         for (id, e) in bad {
-            eprintln!("unreadable snapshot {id}: {e}");
+            eprintln!(
+                "damaged snapshot {id}: {e} (`levee-agent forget {}` removes it)",
+                &id[..12.min(id.len())]
+            );
         }
         println!("{} snapshots", snaps.len());
         Ok(())

@@ -20,8 +20,8 @@ pub struct Change {
 pub fn diff(repo: &Repository, a: &str, b: &str) -> Result<Vec<Change>, RepoError> {
     let (loaded, _) = repo.load_index_recovering()?;
     let index = &loaded.index;
-    let (_, sa) = repo.find_snapshot(a)?;
-    let (_, sb) = repo.find_snapshot(b)?;
+    let (_, sa) = repo.find_snapshot(a, false)?;
+    let (_, sb) = repo.find_snapshot(b, false)?;
     let mut out = Vec::new();
     diff_trees(repo, index, Some(sa.tree), Some(sb.tree), "", &mut out)?;
     Ok(out)

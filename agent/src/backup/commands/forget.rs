@@ -30,6 +30,11 @@ pub struct ForgetOptions {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub keep_monthly: Option<usize>,
+    /// Apply the policy to the readable snapshots even if some are damaged
+    /// (else a damaged snapshot stops `forget`: name it to forget it).
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub skip_damaged: bool,
     /// Show what would be removed without removing it.
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
@@ -100,12 +105,21 @@ pub fn apply_policy(snaps: &[(String, Snapshot)], o: &ForgetOptions) -> HashSet<
 }
 
 pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, RepoError> {
-    let (snaps, _) = repo.snapshots()?;
+    let (snaps, bad) = repo.snapshots()?;
+    // By name: a snapshot that cannot be read can still be forgotten.
     let explicit: Vec<String> = o
         .snapshots
         .iter()
-        .map(|spec| repo.find_snapshot(spec).map(|(n, _)| n))
+        .map(|spec| repo.snapshot_name(spec))
         .collect::<Result<_, _>>()?;
+    let unnamed: Vec<_> = bad
+        .iter()
+        .filter(|(n, _)| !explicit.contains(n))
+        .cloned()
+        .collect();
+    if o.has_policy() && !unnamed.is_empty() && !o.skip_damaged {
+        return Err(crate::backup::repository::damaged(&unnamed));
+    }
     let keep: HashSet<String> = if o.has_policy() {
         apply_policy(&snaps, o)
     } else {
@@ -119,6 +133,11 @@ pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, Repo
         if keep.contains(name) && !explicit.contains(name) {
             res.keep.push(name.clone());
         } else {
+            res.remove.push(name.clone());
+        }
+    }
+    for (name, _) in &bad {
+        if explicit.contains(name) {
             res.remove.push(name.clone());
         }
     }

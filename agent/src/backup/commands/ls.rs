@@ -21,7 +21,7 @@ pub fn ls(
 ) -> Result<Vec<LsEntry>, RepoError> {
     let (loaded, _) = repo.load_index_recovering()?;
     let index = &loaded.index;
-    let (_, snap) = repo.find_snapshot(snapshot)?;
+    let (_, snap) = repo.find_snapshot(snapshot, false)?;
     let mut out = Vec::new();
     let mut f = |p: &str, n: &Node| {
         let mut n = n.clone();

@@ -38,6 +38,12 @@ pub struct RestoreOptions {
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value = "always"))]
     #[serde(default)]
     pub overwrite: Overwrite,
+    /// With `latest`: use the newest readable snapshot even if some are
+    /// damaged (else a damaged snapshot, which may be the newest, stops
+    /// the restore).
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub skip_damaged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +180,7 @@ pub fn restore(
         counters.error(format!("index {name}: {err}"));
     }
     let index = &loaded.index;
-    let (snap_id, snap) = repo.find_snapshot(&opts.snapshot)?;
+    let (snap_id, snap) = repo.find_snapshot(&opts.snapshot, opts.skip_damaged)?;
     let target = open_target(
         &opts.target,
         smb_password,

@@ -1,0 +1,76 @@
+//! Issue 12, item 3: a damaged snapshot is named, never silently passed
+//! over, and can be forgotten.
+
+use std::fs;
+
+use crate::util::{assert_same_tree, rand_bytes, Env};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn r12_damaged_newest_snapshot_is_named_and_forgettable() {
+    let env = Env::new();
+    let (a, b) = (env.path("a"), env.path("b"));
+    for (d, seed) in [(&a, 1), (&b, 2)] {
+        fs::create_dir_all(d).expect("mkdir");
+        fs::write(d.join("f"), rand_bytes(seed, 100_000)).expect("write");
+    }
+    let sa = env.json(&["backup", &a.to_string_lossy()])["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let sb = env.json(&["backup", &b.to_string_lossy()])["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // The newest snapshot cannot be decrypted (bytes replaced).
+    let p = env.repo.join("snapshots").join(&sb);
+    fs::write(&p, rand_bytes(9, 300)).expect("damage");
+
+    // restore latest used to restore `a` silently, exit 0.
+    let r = env.path("r");
+    let o = env.run(&["restore", "latest", "--target", &r.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&sb), "{}", stderr(&o));
+    assert!(!r.join("a").exists(), "restored an older snapshot");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--skip-damaged",
+        "--target",
+        &r.to_string_lossy(),
+    ]);
+    assert_same_tree(&a, &r.join("a"), 1);
+
+    let o = env.run(&["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("damaged snapshot {sb}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&sa[..8]));
+    env.ok(&["snapshots", "--skip-damaged"]);
+
+    let o = env.run(&["forget", "--keep-last", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&sb), "{}", stderr(&o));
+    assert!(env.repo.join("snapshots").join(&sa).exists());
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&sb), "{}", stderr(&o));
+
+    // Forgotten by id although it cannot be read; then prune goes on.
+    env.ok(&["forget", &sb[..12]]);
+    assert!(!p.exists());
+    env.ok(&["snapshots"]);
+    env.ok(&["prune"]);
+    env.ok(&["prune"]);
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
+    let r2 = env.path("r2");
+    env.ok(&["restore", "latest", "--target", &r2.to_string_lossy()]);
+    assert_same_tree(&a, &r2.join("a"), 1);
+}
