@@ -7,6 +7,8 @@ mod crash;
 mod damaged;
 mod e2e_local;
 mod formats;
+mod hardening;
+mod locks;
 mod prune_converges;
 mod restore_safety;
 mod samba;

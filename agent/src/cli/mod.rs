@@ -82,6 +82,10 @@ pub enum Command {
     Prune(PruneOptions),
     /// Verify the repository's structure and, with --read-data, its data.
     Check(CheckOptions),
+    /// Remove stale locks (their process is gone, or their heartbeat is
+    /// older than 30 minutes) and lock files that fail authentication;
+    /// live locks are never removed.
+    Unlock,
     /// Manage key slots (passwords, appliance and recovery secrets).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -141,7 +145,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("levee-agent: {e:#}");
+            eprintln!("levee-agent: {}", output::esc(&format!("{e:#}")));
             1
         }
     }
@@ -243,6 +247,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
             out.check(&r)?;
             Ok(if r.errors.is_empty() { 0 } else { 1 })
+        }
+        Command::Unlock => {
+            let repo = open(g)?;
+            let r = levee_agent::backup::lock::unlock(repo.local(), repo.key())?;
+            out.unlock(&r)?;
+            Ok(0)
         }
         Command::Key(k) => {
             let repo = open(g)?;

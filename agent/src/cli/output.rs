@@ -14,6 +14,28 @@ use levee_proto::repo::{KeySlot, NodeKind, Snapshot};
 use serde::Serialize;
 use serde_json::json;
 
+/// A name or message as it may be shown on a terminal: control characters
+/// (an escape sequence in a file name could rewrite the screen or the
+/// shell's title) and bidirectional overrides (which make a name read
+/// differently from its bytes) are escaped as `\u{..}`; `\n`, `\t` as such.
+pub fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(bad) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if bad(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 pub struct Out {
     pub json: bool,
 }
@@ -42,7 +64,7 @@ impl Out {
         }
         let m = &s.summary;
         for e in &s.error_messages {
-            eprintln!("warning: {e}");
+            eprintln!("warning: {}", esc(e));
         }
         println!(
             "Files:      {} ({} unchanged, {} read)",
@@ -82,14 +104,15 @@ impl Out {
                 "{:<10} {:<20} {:<16} {:<12} {}",
                 &id[..8.min(id.len())],
                 format_time(s.time_ns),
-                s.hostname,
-                s.tags.join(","),
-                s.paths.join(" ")
+                esc(&s.hostname),
+                esc(&s.tags.join(",")),
+                esc(&s.paths.join(" "))
             );
         }
         for (id, e) in bad {
             eprintln!(
-                "damaged snapshot {id}: {e} (`levee-agent forget {}` removes it)",
+                "damaged snapshot {id}: {} (`levee-agent forget {}` removes it)",
+                esc(e),
                 &id[..12.min(id.len())]
             );
         }
@@ -111,7 +134,7 @@ impl Out {
                 "{k} {:>12} {} {}",
                 e.node.size,
                 format_time(e.node.mtime_ns),
-                e.path
+                esc(&e.path)
             );
         }
         Ok(())
@@ -122,10 +145,10 @@ impl Out {
             return print_json(s);
         }
         for e in &s.warning_messages {
-            eprintln!("warning: {e}");
+            eprintln!("warning: {}", esc(e));
         }
         for e in &s.error_messages {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", esc(e));
         }
         let mut acls = match s.security_descriptors {
             0 => String::new(),
@@ -152,7 +175,7 @@ impl Out {
             return print_json(changes);
         }
         for c in changes {
-            println!("{:<2} {}", c.change, c.path);
+            println!("{:<2} {}", c.change, esc(&c.path));
         }
         Ok(())
     }
@@ -169,6 +192,27 @@ impl Out {
             r.keep.len(),
             r.remove.len(),
             if dry_run { "to remove" } else { "removed" }
+        );
+        Ok(())
+    }
+
+    pub fn unlock(&self, r: &levee_agent::backup::lock::UnlockReport) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        for l in &r.removed {
+            println!("removed stale lock {}", esc(l));
+        }
+        for l in &r.removed_invalid {
+            println!("removed invalid lock file {}", esc(l));
+        }
+        for l in &r.alive {
+            println!("kept live lock {}", esc(l));
+        }
+        println!(
+            "{} removed, {} live",
+            r.removed.len() + r.removed_invalid.len(),
+            r.alive.len()
         );
         Ok(())
     }
@@ -202,10 +246,10 @@ impl Out {
             println!("{} packs not in the index (an interrupted backup's; the next backup re-indexes them)", r.unindexed_packs.len());
         }
         for n in &r.notes {
-            println!("note: {n}");
+            println!("note: {}", esc(n));
         }
         for e in &r.errors {
-            println!("error: {e}");
+            println!("error: {}", esc(e));
         }
         println!(
             "{}",
@@ -227,8 +271,8 @@ impl Out {
             println!(
                 "{}  {:<10} {:<20} created {}",
                 &id[..8.min(id.len())],
-                s.kind,
-                s.label,
+                esc(&s.kind),
+                esc(&s.label),
                 format_time(s.created * 1_000_000_000)
             );
         }

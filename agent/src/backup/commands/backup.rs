@@ -376,7 +376,8 @@ pub fn backup(
     let time_ns = now_ns();
     let host = opts.host.clone().unwrap_or_else(hostname);
     // The lock comes first: prune's time fence counts from its start time.
-    let lock = Lock::acquire(repo.local().clone(), "backup").map_err(RepoError::from)?;
+    let lock =
+        Lock::acquire(repo.local().clone(), repo.key(), "backup").map_err(RepoError::from)?;
     counters.set_phase("loading index");
     let mut loaded = repo.load_index()?;
     for (name, err) in &loaded.failed {

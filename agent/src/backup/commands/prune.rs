@@ -45,8 +45,8 @@ pub struct PruneOptions {
 pub enum PruneError {
     #[error(transparent)]
     Repo(#[from] RepoError),
-    #[error("another prune is running (pid {0} on {1})")]
-    Busy(u32, String),
+    #[error("another prune is running (pid {0} on {1}, process {2}); if it is not, `levee-agent unlock` removes its lock once it is stale")]
+    Busy(u32, String, String),
     #[error("refusing to prune: {0}")]
     Unsafe(String),
 }
@@ -97,16 +97,22 @@ pub fn prune(
     counters: &Counters,
 ) -> Result<PruneReport, PruneError> {
     let now = now_ns();
-    let lock = Lock::acquire(repo.local().clone(), "prune").map_err(RepoError::from)?;
+    let lock = Lock::acquire(repo.local().clone(), repo.key(), "prune").map_err(RepoError::from)?;
     // Locks first, then snapshots: see the module comment.
-    let locks = list_locks(repo.local()).map_err(RepoError::from)?;
+    let (locks, _) = list_locks(repo.local(), repo.key()).map_err(RepoError::from)?;
     let mut backups_start = Vec::new();
     for (name, l) in &locks {
         if name == lock.name() || !l.is_alive(now) {
             continue;
         }
         match l.kind.as_str() {
-            "prune" => return Err(PruneError::Busy(l.pid, l.hostname.clone())),
+            "prune" => {
+                return Err(PruneError::Busy(
+                    l.pid,
+                    l.hostname.clone(),
+                    l.process_id.clone(),
+                ))
+            }
             _ => backups_start.push(l.start_ns),
         }
     }
@@ -430,7 +436,7 @@ fn nothing_saw_old_index(
     snaps: &[(String, levee_proto::repo::Snapshot)],
 ) -> Result<bool, RepoError> {
     let now = now_ns();
-    let locks = list_locks(repo.local())?;
+    let (locks, _) = list_locks(repo.local(), repo.key())?;
     if locks
         .iter()
         .any(|(name, l)| name != own.name() && l.is_alive(now) && l.start_ns <= t)
