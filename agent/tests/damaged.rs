@@ -74,3 +74,51 @@ fn r12_damaged_newest_snapshot_is_named_and_forgettable() {
     env.ok(&["restore", "latest", "--target", &r2.to_string_lossy()]);
     assert_same_tree(&a, &r2.join("a"), 1);
 }
+
+/// `check --read-data` used to stop at the pack's name mismatch; now every
+/// damaged blob is listed with the files of the snapshots that hold it.
+#[test]
+fn r12_check_lists_every_damaged_blob_and_its_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    for n in 0..3u64 {
+        fs::write(src.join(format!("f{n}")), rand_bytes(n + 10, 3_000_000)).expect("write");
+    }
+    let snap = env.json(&["backup", &src.to_string_lossy()])["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut packs = Vec::new();
+    for d in fs::read_dir(env.repo.join("data")).expect("data") {
+        for p in fs::read_dir(d.expect("dir").path()).expect("fan") {
+            packs.push(p.expect("pack").path());
+        }
+    }
+    let pack = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = fs::read(pack).expect("read");
+    // Two places far apart: two different blobs (chunks are >= 512 KiB).
+    for at in [bytes.len() / 8, bytes.len() * 5 / 8] {
+        bytes[at] ^= 0x5a;
+    }
+    fs::write(pack, &bytes).expect("write");
+
+    let o = env.run(&["check", "--read-data", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let damaged = r["damaged_blobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(damaged.len(), 2, "{r}");
+    for d in &damaged {
+        let users = d["used_by"].to_string();
+        assert!(
+            users.contains(&snap[..12]) && users.contains("/src/f"),
+            "{d}"
+        );
+    }
+    let o = env.run(&["check", "--read-data"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("damaged blob ").count(), 2, "{text}");
+}

@@ -123,6 +123,11 @@ impl Repository {
             return Err(RepoError::AlreadyExists(path.into()));
         }
         std::fs::create_dir_all(path).map_err(|e| BackendError::io(path, e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(crate::backup::backend::local::DIR_MODE);
+            std::fs::set_permissions(path, private).map_err(|e| BackendError::io(path, e))?;
+        }
         local.create_layout()?;
         let key = MasterKey::generate();
         let slot = KeySlot::create(&key, password, kdf, kind, label, now_ns() / 1_000_000_000)

@@ -35,9 +35,22 @@ pub struct CheckReport {
     pub packs_read: usize,
     pub blobs_verified: u64,
     pub unindexed_packs: Vec<String>,
+    /// Every blob `--read-data` found damaged, with what it belongs to.
+    pub damaged_blobs: Vec<DamagedBlob>,
     /// Not errors: states that the next prune or backup resolves.
     pub notes: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// A blob that failed verification and the files (or directories) of
+/// which snapshots hold it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedBlob {
+    pub id: BlobId,
+    pub pack: String,
+    pub error: String,
+    /// `snapshot <id>: <path>` for each file or directory that uses it.
+    pub used_by: Vec<String>,
 }
 
 pub fn check(
@@ -191,10 +204,19 @@ pub fn check(
         Counters::add(&counters.expected, names.iter().map(|(_, s)| **s).sum());
         for (name, size) in names {
             r.packs_read += 1;
-            match read_pack(repo, name, *size) {
-                Ok((h, verified, errs)) => {
+            let exp = name.parse::<PackId>().ok().and_then(|id| expected.get(&id));
+            match read_pack(repo, name, *size, exp.map(Vec::as_slice)) {
+                Ok((h, verified, errs, bad)) => {
                     r.blobs_verified += verified;
                     r.errors.extend(errs);
+                    for (id, error) in bad {
+                        r.damaged_blobs.push(DamagedBlob {
+                            id,
+                            pack: name.clone(),
+                            error,
+                            used_by: Vec::new(),
+                        });
+                    }
                     if let Some(exp) = name.parse::<PackId>().ok().and_then(|id| expected.get(&id))
                     {
                         if *exp != h.blobs {
@@ -207,22 +229,147 @@ pub fn check(
             }
             Counters::add(&counters.done, *size);
         }
+        if !r.damaged_blobs.is_empty() {
+            counters.set_phase("damage");
+            name_users(repo, full, &snaps, &mut r);
+        }
     }
     Ok(r)
 }
 
+/// Fills in which snapshots' files and directories use each damaged blob,
+/// and adds one error line per blob saying so.
+fn name_users(
+    repo: &Repository,
+    index: &crate::backup::index::MasterIndex,
+    snaps: &[(String, levee_proto::repo::Snapshot)],
+    r: &mut CheckReport,
+) {
+    let wanted: HashMap<BlobId, usize> = r
+        .damaged_blobs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id, i))
+        .collect();
+    for (name, s) in snaps {
+        let short = &name[..12.min(name.len())];
+        let mut stack = vec![(s.tree, String::from("/"))];
+        let mut seen: HashSet<BlobId> = HashSet::new();
+        while let Some((tid, path)) = stack.pop() {
+            if !seen.insert(tid) {
+                continue;
+            }
+            if let Some(i) = wanted.get(&tid) {
+                r.damaged_blobs[*i]
+                    .used_by
+                    .push(format!("snapshot {short}: directory {path}"));
+            }
+            let Ok(t) = repo.load_tree(index, &tid) else {
+                continue;
+            };
+            for n in t.nodes {
+                for id in &n.content {
+                    if let Some(i) = wanted.get(id) {
+                        let user = format!("snapshot {short}: {path}{}", n.name);
+                        let users = &mut r.damaged_blobs[*i].used_by;
+                        if users.last() != Some(&user) {
+                            users.push(user);
+                        }
+                    }
+                }
+                if let Some(st) = n.subtree {
+                    stack.push((st, format!("{path}{}/", n.name)));
+                }
+            }
+        }
+    }
+    for d in &r.damaged_blobs {
+        let users = if d.used_by.is_empty() {
+            "used by no snapshot".to_string()
+        } else {
+            format!("used by {}", d.used_by.join(", "))
+        };
+        r.errors.push(format!(
+            "damaged blob {} in pack {}: {}; {users}",
+            d.id, d.pack, d.error
+        ));
+    }
+}
+
+/// Damaged blobs of one pack: id and what is wrong.
+type BadBlobs = Vec<(BlobId, String)>;
+
+/// Reads a pack whole and verifies every blob. A pack whose bytes no
+/// longer match its name is still read blob by blob, so the damage is
+/// narrowed to the blobs it hit; if its header is lost too, the index's
+/// entries (`expected`) say where the blobs are.
 fn read_pack(
     repo: &Repository,
     name: &str,
     size: u64,
-) -> Result<(PackHeader, u64, Vec<String>), String> {
+    expected: Option<&[levee_proto::repo::BlobEntry]>,
+) -> Result<(PackHeader, u64, Vec<String>, BadBlobs), String> {
     let data = repo
         .be
         .read(FileKind::Pack, name)
         .map_err(|e| e.to_string())?;
+    let mut errs = Vec::new();
     if file_id(&data).to_hex() != name {
-        return Err("contents do not match its name (corrupted)".into());
+        errs.push(format!(
+            "pack {name}: contents do not match its name (corrupted)"
+        ));
     }
+    let h = match pack_header(repo, &data, size) {
+        Ok(h) => h,
+        Err(e) => match expected {
+            Some(blobs) => {
+                errs.push(format!(
+                    "pack {name}: {e}; its blobs are checked by the index"
+                ));
+                PackHeader {
+                    blobs: blobs.to_vec(),
+                }
+            }
+            None => return Err(e),
+        },
+    };
+    let mut bad: BadBlobs = Vec::new();
+    let mut ok = 0;
+    // Members of one frame follow each other: decode each frame once.
+    let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
+    for b in &h.blobs {
+        let Some(stored) = data.get(b.offset as usize..b.offset as usize + b.length as usize)
+        else {
+            bad.push((b.id, "out of the pack's bounds".into()));
+            continue;
+        };
+        let res = if b.member == 0 {
+            blob::decode(repo.key(), b.id, b.compression, 0, stored)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            if frame.as_ref().map(|(o, _)| *o) != Some(b.offset) {
+                let f = blob::decode_frame(repo.key(), b.id, b.compression, stored)
+                    .map_err(|e| e.to_string());
+                frame = Some((b.offset, f));
+            }
+            match frame.as_ref().map(|(_, f)| f) {
+                Some(Ok(f)) => blob::frame_member(repo.key(), b.id, f, b.member)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Some(Err(e)) => Err(format!("its frame: {e}")),
+                None => continue,
+            }
+        };
+        match res {
+            Ok(()) => ok += 1,
+            Err(e) => bad.push((b.id, e)),
+        }
+    }
+    Ok((h, ok, errs, bad))
+}
+
+fn pack_header(repo: &Repository, data: &[u8], size: u64) -> Result<PackHeader, String> {
     let t = data.get(data.len().saturating_sub(8)..).unwrap_or(&[]);
     // The bytes as read, not the listed size: the file may have changed.
     let (start, len) = parse_trailer(t, data.len() as u64).map_err(|e| e.to_string())?;
@@ -235,37 +382,5 @@ fn read_pack(
         .map_err(|_| "header cannot be decrypted".to_string())?;
     let h = PackHeader::parse(&plain).map_err(|e| e.to_string())?;
     h.check_bounds(start).map_err(|e| e.to_string())?;
-    let mut errs = Vec::new();
-    let mut ok = 0;
-    // Members of one frame follow each other: decode each frame once.
-    let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
-    for b in &h.blobs {
-        let Some(stored) = data.get(b.offset as usize..b.offset as usize + b.length as usize)
-        else {
-            errs.push(format!("pack {name}: blob {} out of bounds", b.id));
-            continue;
-        };
-        let res = if b.member == 0 {
-            blob::decode(repo.key(), b.id, b.compression, 0, stored).map(drop)
-        } else {
-            if frame.as_ref().map(|(o, _)| *o) != Some(b.offset) {
-                let f = blob::decode_frame(repo.key(), b.id, b.compression, stored)
-                    .map_err(|e| e.to_string());
-                frame = Some((b.offset, f));
-            }
-            match frame.as_ref().map(|(_, f)| f) {
-                Some(Ok(f)) => blob::frame_member(repo.key(), b.id, f, b.member).map(drop),
-                Some(Err(e)) => {
-                    errs.push(format!("pack {name}: frame of blob {}: {e}", b.id));
-                    continue;
-                }
-                None => continue,
-            }
-        };
-        match res {
-            Ok(()) => ok += 1,
-            Err(e) => errs.push(format!("pack {name}: {e}")),
-        }
-    }
-    Ok((h, ok, errs))
+    Ok(h)
 }
