@@ -47,6 +47,8 @@ pub enum RepoError {
     BadSnapshot(String, String),
     #[error("damaged snapshot{}: {}; it may be the newest. Forget it by id (`levee-agent forget ID`) or pass --skip-damaged to use the readable ones", if .0.len() > 1 { "s" } else { "" }, .0.join("; "))]
     Damaged(Vec<String>),
+    #[error("{0}")]
+    Busy(String),
     #[error("no snapshot matches {0:?}")]
     NoSnapshot(String),
     #[error("{0:?} matches more than one snapshot")]

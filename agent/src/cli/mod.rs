@@ -14,8 +14,9 @@ use levee_agent::backup::commands::backup::BackupOptions;
 use levee_agent::backup::commands::check::CheckOptions;
 use levee_agent::backup::commands::forget::ForgetOptions;
 use levee_agent::backup::commands::prune::PruneOptions;
+use levee_agent::backup::commands::repair::RepairOptions;
 use levee_agent::backup::commands::restore::RestoreOptions;
-use levee_agent::backup::commands::{backup, check, diff, forget, ls, prune, restore};
+use levee_agent::backup::commands::{backup, check, diff, forget, ls, prune, repair, restore};
 use levee_agent::backup::progress::Counters;
 use levee_agent::Repository;
 use levee_proto::repo::KdfParams;
@@ -82,6 +83,10 @@ pub enum Command {
     Prune(PruneOptions),
     /// Verify the repository's structure and, with --read-data, its data.
     Check(CheckOptions),
+    /// Rebuild the index from the packs' headers and drop references to
+    /// lost blobs from snapshots (files dropped, lost directories emptied;
+    /// each listed). Never deletes a pack. Example: `levee-agent repair --read-data`
+    Repair(RepairOptions),
     /// Remove stale locks (their process is gone, or their heartbeat is
     /// older than 30 minutes) and lock files that fail authentication;
     /// live locks are never removed.
@@ -247,6 +252,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
             out.check(&r)?;
             Ok(if r.errors.is_empty() { 0 } else { 1 })
+        }
+        Command::Repair(o) => {
+            let repo = open(g)?;
+            let c = Counters::default();
+            let r = progress::with_progress(g, &c, "repair", || repair::repair(&repo, &o, &c))?;
+            out.repair(&r)?;
+            Ok(0)
         }
         Command::Unlock => {
             let repo = open(g)?;

@@ -196,6 +196,32 @@ impl Out {
         Ok(())
     }
 
+    pub fn repair(&self, r: &levee_agent::backup::commands::repair::RepairReport) -> Result<()> {
+        if self.json {
+            return print_json(r);
+        }
+        for p in &r.packs_unreadable {
+            println!("unreadable pack left in place: {}", esc(p));
+        }
+        for b in &r.blobs_damaged {
+            println!("damaged, left out of the index: {}", esc(b));
+        }
+        for d in &r.dropped {
+            println!("{}", esc(d));
+        }
+        for (old, new) in &r.snapshots_rewritten {
+            println!("snapshot {old} rewritten as {new}");
+        }
+        println!(
+            "index rebuilt from {} packs ({} blobs), {} old index files replaced; {} snapshots rewritten",
+            r.packs_indexed,
+            r.blobs_indexed,
+            r.index_files_replaced,
+            r.snapshots_rewritten.len()
+        );
+        Ok(())
+    }
+
     pub fn unlock(&self, r: &levee_agent::backup::lock::UnlockReport) -> Result<()> {
         if self.json {
             return print_json(r);

@@ -297,13 +297,13 @@ fn name_users(
 }
 
 /// Damaged blobs of one pack: id and what is wrong.
-type BadBlobs = Vec<(BlobId, String)>;
+pub(crate) type BadBlobs = Vec<(BlobId, String)>;
 
 /// Reads a pack whole and verifies every blob. A pack whose bytes no
 /// longer match its name is still read blob by blob, so the damage is
 /// narrowed to the blobs it hit; if its header is lost too, the index's
 /// entries (`expected`) say where the blobs are.
-fn read_pack(
+pub(crate) fn read_pack(
     repo: &Repository,
     name: &str,
     size: u64,

@@ -8,4 +8,5 @@ pub mod forget;
 pub mod ls;
 pub mod prune;
 pub mod recover;
+pub mod repair;
 pub mod restore;
