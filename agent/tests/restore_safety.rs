@@ -18,10 +18,10 @@ use levee_proto::repo::{BlobId, BlobKind, Node, NodeKind, Snapshot, Tree};
 use crate::util::{rand_bytes, Env, PASSWORD};
 
 /// Per entry: name, mode, size, mtime.
-type Listing = Vec<(String, u32, u64, i64)>;
+pub type Listing = Vec<(String, u32, u64, i64)>;
 
 /// What must not change: the directory's mtime and mode and its listing.
-fn sentinel(p: &Path) -> (i64, u32, Listing) {
+pub fn sentinel(p: &Path) -> (i64, u32, Listing) {
     let m = fs::symlink_metadata(p).expect("sentinel");
     let mut list: Vec<_> = fs::read_dir(p)
         .expect("read sentinel")
@@ -42,7 +42,7 @@ fn sentinel(p: &Path) -> (i64, u32, Listing) {
 
 /// A directory outside every target with one file in it, mode 0755 and an
 /// old mtime, so a chmod or a new entry shows.
-fn make_sentinel(env: &Env) -> PathBuf {
+pub fn make_sentinel(env: &Env) -> PathBuf {
     let s = env.path("sentinel");
     fs::create_dir_all(&s).expect("mkdir");
     fs::write(s.join("keep"), b"keep").expect("write");
@@ -291,4 +291,44 @@ fn r12_failed_file_restore_leaves_no_truncated_file() {
     let o = env.run(&["restore", "latest", "--target", &fresh.to_string_lossy()]);
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(fs::read_dir(fresh.join("src")).expect("list").count(), 0);
+}
+
+/// The case-insensitive variant onto a real Samba share: a symlink `A`
+/// (to a directory outside) next to a directory `a` holding a file. On the
+/// share `A` and `a` are one name; both are refused. A symlink already on
+/// the share where the snapshot has a directory is not written through.
+#[test]
+fn r12_case_insensitive_names_onto_smb_stay_inside() {
+    use crate::samba::{Samba, PASSWORD as SMB_PASSWORD};
+    let samba = Samba::start();
+    let env = Env::new();
+    let outside = make_sentinel(&env);
+    let before = sentinel(&outside);
+    let mut c = Crafter::new(&env);
+    let pwned = file(&mut c, "pwned", b"written outside");
+    let inner = c.tree(vec![pwned]);
+    let ok = file(&mut c, "ok", b"fine");
+    let sub = c.tree(vec![link("A", &outside), dir("a", inner, 0o777), ok]);
+    let root = c.tree(vec![dir("linked", inner, 0o755), dir("src", sub, 0o755)]);
+    let snap = c.snapshot(root);
+
+    let share = samba.dir.path().join("restore");
+    // Already on the share: `r/linked` is a symlink to the sentinel.
+    fs::create_dir_all(share.join("r")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, share.join("r/linked")).expect("symlink");
+    let o = env
+        .cmd(&["restore", &snap, "--target", &samba.url("restore/r")])
+        .env("LEVEE_SMB_PASSWORD", SMB_PASSWORD)
+        .output()
+        .expect("spawn");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("case-insensitive"), "{err}");
+    assert!(!err.contains("breaks the rules"), "{err}");
+    // Samba (wide links = no) refuses the path through the link.
+    assert!(err.contains("r/linked"), "{err}");
+    assert_eq!(sentinel(&outside), before, "the sentinel changed: {err}");
+    assert!(!outside.join("pwned").exists());
+    assert_eq!(fs::read(share.join("r/src/ok")).expect("ok"), b"fine");
+    assert!(!share.join("r/src/a").exists() && !share.join("r/src/A").exists());
 }
