@@ -52,7 +52,8 @@ const BUILDER_FORMAT: &str = "levee-image-3";
 pub struct BuildOptions {
     /// `appliance.yaml`.
     pub manifest: PathBuf,
-    /// Output directory (created if missing; the four artifacts are replaced).
+    /// Output directory (created if missing; each of the four artifacts is
+    /// written under a temporary name and renamed into place).
     pub out: PathBuf,
     /// The `levee-agent` binary to bake in.
     pub agent: PathBuf,
@@ -225,7 +226,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     };
     let lock_written = existing.as_ref() != Some(&lock);
     if lock_written {
-        util::write(&lock_path, lock.to_text())?;
+        util::publish(&lock_path, lock.to_text())?;
     }
     let deb_of = |p: &Pin| {
         debs.join(format!(
@@ -312,8 +313,8 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
         )?;
         std::fs::rename(&partial, &cached_initrd).map_err(ImageError::io(&cached_initrd))?;
     }
-    std::fs::copy(&cached_initrd, out.join(INITRD)).map_err(ImageError::io(out.join(INITRD)))?;
-    std::fs::copy(kernel.vmlinuz(), out.join(KERNEL)).map_err(ImageError::io(kernel.vmlinuz()))?;
+    util::publish_copy(&cached_initrd, &out.join(INITRD))?;
+    util::publish_copy(&kernel.vmlinuz(), &out.join(KERNEL))?;
     steps.push(("initrd".to_string(), step.done("")));
 
     let mut artifacts = BTreeMap::new();
@@ -338,7 +339,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     };
     let json = serde_json::to_string_pretty(&image)
         .map_err(|e| ImageError::io(out.join(IMAGE_MANIFEST))(e.into()))?;
-    util::write(&out.join(IMAGE_MANIFEST), json + "\n")?;
+    util::publish(&out.join(IMAGE_MANIFEST), json + "\n")?;
     drop(work_guard);
     Ok(BuildOutput {
         dir: out.clone(),

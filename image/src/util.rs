@@ -148,29 +148,58 @@ pub(crate) fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<(), ImageErro
     std::fs::write(path, data).map_err(ImageError::io(path))
 }
 
-/// An exclusive `flock` on a file, held until dropped; it lets parallel
-/// builds (tests) share one cache directory.
+/// Where an artifact is written before it is renamed into place: a hidden
+/// name in the same directory, so the rename is atomic.
+fn partial_of(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+/// Writes an artifact under a temporary name, syncs it and renames it into
+/// place: whoever reads (serves) `path` meanwhile sees the old file or the
+/// new one, never half of either.
+pub(crate) fn publish(path: &Path, data: impl AsRef<[u8]>) -> Result<(), ImageError> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(ImageError::io(parent))?;
+    }
+    let partial = partial_of(path);
+    let mut f = std::fs::File::create(&partial).map_err(ImageError::io(&partial))?;
+    f.write_all(data.as_ref())
+        .and_then(|()| f.sync_all())
+        .map_err(ImageError::io(&partial))?;
+    std::fs::rename(&partial, path).map_err(ImageError::io(path))
+}
+
+/// [`publish`] for a copy of the file `from`.
+pub(crate) fn publish_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let partial = partial_of(to);
+    std::fs::copy(from, &partial).map_err(ImageError::io(from))?;
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .map_err(ImageError::io(&partial))?;
+    std::fs::rename(&partial, to).map_err(ImageError::io(to))
+}
+
+/// An exclusive lock on a file, held until dropped; it lets parallel
+/// builds (tests) share one cache directory. std's `File::lock` (flock on
+/// Linux, Rust 1.89) does the work; no hand-written flock.
 pub(crate) struct FileLock {
     _file: std::fs::File,
 }
 
 impl FileLock {
     pub(crate) fn acquire(path: &Path) -> Result<FileLock, ImageError> {
-        use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
             .map_err(ImageError::io(path))?;
-        // SAFETY: flock on a file descriptor we own; blocks until granted.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(ImageError::Io {
-                path: path.into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        f.lock().map_err(ImageError::io(path))?;
         Ok(FileLock { _file: f })
     }
 }
