@@ -26,6 +26,23 @@ fn mutate(src: &Path, round: u64) {
     .expect("write");
 }
 
+/// The kill-moment seed: `LEVEE_CRASH_SEED` to replay a run, else a new
+/// one (never 0, which xorshift would keep at 0).
+fn crash_seed() -> u64 {
+    if let Some(seed) = std::env::var("LEVEE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s != 0)
+    {
+        return seed;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (0x5eed_u64 ^ nanos ^ u64::from(std::process::id()).rotate_left(32)).max(1)
+}
+
 pub fn crash_loop(rounds: u64) {
     let env = Env::new();
     let src = env.path("src");
@@ -41,12 +58,16 @@ pub fn crash_loop(rounds: u64) {
     }
     let s = src.to_string_lossy().to_string();
     env.ok(&["backup", &s]);
-    let mut seed = 0x5eed_u64 ^ u64::from(std::process::id());
+    let seed = crash_seed();
+    // Printed first so a failure (shown with the test's output) can be
+    // replayed with the same kill moments.
+    eprintln!("crash loop seed {seed}: replay with LEVEE_CRASH_SEED={seed}");
+    let mut state = seed;
     let mut rnd = move |m: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % m
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % m
     };
     let mut killed = 0;
     for round in 0..rounds {
@@ -84,7 +105,7 @@ pub fn crash_loop(rounds: u64) {
             assert_eq!(
                 c["errors"].as_array().map(Vec::len),
                 Some(0),
-                "after round {round}: {c}"
+                "after round {round} (LEVEE_CRASH_SEED={seed}): {c}"
             );
         }
     }
@@ -93,7 +114,11 @@ pub fn crash_loop(rounds: u64) {
         "only {killed} of {rounds} runs were killed mid-way; the timing window is wrong"
     );
     let c = env.json(&["check", "--read-data"]);
-    assert_eq!(c["errors"].as_array().map(Vec::len), Some(0), "{c}");
+    assert_eq!(
+        c["errors"].as_array().map(Vec::len),
+        Some(0),
+        "LEVEE_CRASH_SEED={seed}: {c}"
+    );
     env.ok(&["backup", &s]);
     env.ok(&["prune"]);
     let c = env.json(&["check", "--read-data"]);

@@ -102,6 +102,8 @@ impl Samba {
                 port += 1;
             }
             let conf = d.join("smb.conf");
+            // In target/test-logs/<test>/, where a killed test's logs stay.
+            let smbd_log = levee_tests::log_dir().join(format!("smbd-{port}.log"));
             let p = d.display();
             std::fs::write(
                 &conf,
@@ -109,11 +111,12 @@ impl Samba {
                     "[global]\n interfaces = 127.0.0.1\n bind interfaces only = yes\n smb ports = {port}\n disable netbios = yes\n \
                      server role = standalone server\n map to guest = never\n private dir = {p}/private\n lock directory = {p}/lock\n \
                      state directory = {p}/state\n cache directory = {p}/cache\n pid directory = {p}/pid\n ncalrpc dir = {p}/ncalrpc\n \
-                     passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {p}/log.smbd\n log level = 1\n store dos attributes = yes\n map archive = no\n \
+                     passdb backend = tdbsam:{p}/private/passdb.tdb\n log file = {smbd_log}\n log level = 1\n store dos attributes = yes\n map archive = no\n \
                      vfs objects = acl_xattr\n map acl inherit = yes\n{global_extra}\n\
                      [share]\n path = {p}/share\n read only = no\n\
                      [restore]\n path = {p}/restore\n read only = no\n\
-                     [sealed]\n path = {p}/sealed\n read only = no\n smb encrypt = required\n"
+                     [sealed]\n path = {p}/sealed\n read only = no\n smb encrypt = required\n",
+                    smbd_log = smbd_log.display()
                 ),
             )
             .expect("write smb.conf");
@@ -138,13 +141,16 @@ impl Samba {
                     String::from_utf8_lossy(&st.stderr)
                 );
             }
-            let mut child = Command::new(&smbd)
-                .args(["--foreground", "--no-process-group", "-s"])
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start smbd");
+            // In its own process group with its forked children, killed
+            // with the test however it ends (levee_tests::guard).
+            let mut child = levee_tests::guard::spawn(
+                Command::new(&smbd)
+                    .args(["--foreground", "--no-process-group", "-s"])
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .expect("start smbd");
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(20) {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -167,9 +173,8 @@ impl Samba {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(d.join("log.smbd")).unwrap_or_default();
+            levee_tests::guard::kill(&mut child);
+            let log = std::fs::read_to_string(&smbd_log).unwrap_or_default();
             eprintln!("smbd did not come up on port {port} (attempt {attempt}): {log}");
             port += NEXT.fetch_add(7, Ordering::Relaxed) + 1;
         }
@@ -310,7 +315,6 @@ impl Recorder {
 
 impl Drop for Samba {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        levee_tests::guard::kill(&mut self.child);
     }
 }

@@ -2,7 +2,6 @@
 //! the server (built by `tests/assets/build-test-initramfs.sh`, once per
 //! target directory, under a file lock so parallel tests share it).
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -19,11 +18,7 @@ pub struct TestGuest {
 pub fn test_guest() -> anyhow::Result<TestGuest> {
     let dir = target_dir().join("test-assets").join("guest");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lock = File::create(dir.join(".lock"))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` drops.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        anyhow::bail!("cannot lock {}", dir.display());
-    }
+    let _lock = crate::FileLock::acquire(&dir.join(".lock"))?;
     let guest = TestGuest {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),

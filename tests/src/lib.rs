@@ -4,12 +4,16 @@
 //! devices ([`net::TestNet`]), `levee serve` running inside it as the only
 //! DHCP/TFTP/HTTP server ([`server::LeveeServer`]), and QEMU machines booting
 //! from it ([`vm::Vm`]). Everything is torn down when the handles drop, and
-//! logs (server output, serial consoles) are printed only when a test fails.
+//! when the test is killed ([`guard`]). Logs (server output, serial
+//! consoles) stream to `target/test-logs/<test>/` ([`log_dir`]) as they are
+//! written, and are printed when a test fails. Each test has one deadline
+//! ([`deadline`]) that all its waits share.
 //!
 //! Tools are never optional: a missing one fails the test with the package
 //! to install, because a skipped boot test proves nothing.
 
 pub mod assets;
+pub mod guard;
 pub mod http;
 pub mod image;
 pub mod net;
@@ -18,6 +22,7 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -52,6 +57,27 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// An exclusive lock on a file, held while it lives: shares caches (the
+/// image, the test guest) between parallel test processes. std's
+/// `File::lock` (flock on Linux) is the one lock helper of the harness.
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    pub fn acquire(path: &Path) -> anyhow::Result<FileLock> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        f.lock()
+            .with_context(|| format!("lock {}", path.display()))?;
+        Ok(FileLock { _file: f })
+    }
+}
+
 /// Fails with the Debian package to install when a tool is missing.
 pub fn require_tool(tool: &str, package: &str) -> anyhow::Result<()> {
     let found = std::env::var_os("PATH")
@@ -79,23 +105,132 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes. The guest
-/// signals readiness; we never sleep for a fixed time instead.
+/// Polls `check` until it returns `Some`, `timeout` passes or the test's
+/// [`deadline`] does, whichever is first; the error names `what` it waited
+/// for. The guest signals readiness; we never sleep for a fixed time instead.
 pub fn wait_until<T>(
     timeout: Duration,
     what: &str,
     mut check: impl FnMut() -> anyhow::Result<Option<T>>,
 ) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let own = start + timeout;
+    let test = deadline();
     loop {
         if let Some(v) = check()? {
             return Ok(v);
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= test {
+            bail!(
+                "the test's deadline ({} s after it started) passed after {:.0} s waiting for {what}",
+                test_deadline().as_secs(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        if now >= own {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// How long a test may run in all: 900 s, or `LEVEE_TEST_DEADLINE_SECS`.
+/// `.config/nextest.toml` terminates a test 60 s after this, so a test
+/// that overruns fails on its own first and prints its logs.
+pub fn test_deadline() -> Duration {
+    std::env::var("LEVEE_TEST_DEADLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(900))
+}
+
+/// The instant this test must be done by: its process's start (nextest runs
+/// one test per process) plus [`test_deadline`]. Every wait is cut there.
+pub fn deadline() -> Instant {
+    static DEADLINE: OnceLock<Instant> = OnceLock::new();
+    *DEADLINE.get_or_init(|| {
+        let age = process_age().unwrap_or(Duration::ZERO);
+        Instant::now() + test_deadline().saturating_sub(age)
+    })
+}
+
+/// Time since this process started, from /proc (field 22 of stat is the
+/// start in clock ticks after boot).
+fn process_age() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let start: f64 = stat
+        .rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks > 0.0).then(|| Duration::from_secs_f64((uptime - start / ticks).max(0.0)))
+}
+
+/// The running test's name, safe for paths (libtest names the test's
+/// thread after it: `module::test`); the process name outside a test.
+pub fn test_name() -> String {
+    let thread = std::thread::current();
+    let name = match thread.name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => std::env::args()
+            .next()
+            .and_then(|a| {
+                Path::new(&a)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "test".into()),
+    };
+    name.replace("::", ".")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `target/test-logs/<test>/`: where this test's servers and VMs write their
+/// logs as they run, so a test killed at its deadline still leaves them.
+/// Emptied when a test process first asks for it.
+pub fn log_dir() -> PathBuf {
+    static CLEARED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let dir = target_dir().join("test-logs").join(test_name());
+    let mut cleared = CLEARED.lock().unwrap_or_else(|p| p.into_inner());
+    if !cleared.contains(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        cleared.push(dir.clone());
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A new file in [`log_dir`] named `stem.log`, or `stem-2.log`, ... when
+/// the test already has one (two servers, two VMs with one MAC).
+pub fn log_file(stem: &str) -> PathBuf {
+    let dir = log_dir();
+    let mut path = dir.join(format!("{stem}.log"));
+    let mut n = 2;
+    while path.exists() {
+        path = dir.join(format!("{stem}-{n}.log"));
+        n += 1;
+    }
+    path
 }
 
 /// QEMU's accelerator: TCG, since KVM on these machines cannot boot a normal

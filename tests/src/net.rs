@@ -1,6 +1,9 @@
 //! A private network per test: a namespace with a bridge (`br0`,
 //! 10.99.0.1/24 and fd99::1/64) and tap devices for the VMs. Nothing in it
-//! can reach or be reached from any other network.
+//! can reach or be reached from any other network. Named
+//! `levee-<tag>-<pid>-<n>` after the test and its process; the test's guard
+//! deletes it if the test dies, and the next run removes one whose owner is
+//! gone ([`crate::guard::sweep_stale_netns`]).
 
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,6 +11,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
+use crate::guard;
 use crate::{require_tool, run};
 
 pub const BRIDGE: &str = "br0";
@@ -25,11 +29,16 @@ impl TestNet {
     /// Creates the namespace; `tag` makes its name readable in `ip netns`.
     pub fn new(tag: &str) -> anyhow::Result<TestNet> {
         require_tool("ip", "iproute2")?;
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(guard::sweep_stale_netns);
         let ns = format!(
-            "levee-{tag}-{}-{}",
+            "{}{tag}-{}-{}",
+            guard::NETNS_PREFIX,
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        // Registered before it exists, so no window leaves it behind.
+        guard::own_netns(&ns)?;
         run(Command::new("ip").args(["netns", "add", &ns]))?;
         let net = TestNet {
             ns,
@@ -84,6 +93,7 @@ impl TestNet {
     pub fn add_host(&self, cidr: &str) -> anyhow::Result<Host> {
         let n = self.taps.fetch_add(1, Ordering::Relaxed);
         let ns = format!("{}-h{n}", self.ns);
+        guard::own_netns(&ns)?;
         run(Command::new("ip").args(["netns", "add", &ns]))?;
         let host = Host {
             ns: ns.clone(),
@@ -102,12 +112,16 @@ impl TestNet {
         Ok(host)
     }
 
-    /// Keeps a process that lives in the namespace, so it is killed with it.
-    pub fn adopt(&self, child: Child) {
+    /// Starts `cmd` (made by [`TestNet::cmd`]) through the test's guard and
+    /// keeps it, so it is killed with the network; returns its pid.
+    pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<u32> {
+        let child = guard::spawn(cmd)?;
+        let pid = child.id();
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(child);
+        Ok(pid)
     }
 }
 
@@ -115,22 +129,12 @@ impl Drop for TestNet {
     fn drop(&mut self) {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for child in children.iter_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+            guard::kill(child);
         }
-        // Anything else still in the namespace (e.g. a daemon that forked).
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.ns])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill(2) on a pid that lives in our namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        // Anything else still in the namespace (e.g. a daemon that forked
+        // out of its group) dies with it.
+        guard::delete_netns(&self.ns);
+        guard::disown_netns(&self.ns);
     }
 }
 
@@ -147,11 +151,16 @@ impl Host {
         c
     }
 
-    pub fn adopt(&self, child: Child) {
+    /// Starts `cmd` (made by [`Host::cmd`]) through the test's guard and
+    /// keeps it, so it is killed with the host; returns its pid.
+    pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<u32> {
+        let child = guard::spawn(cmd)?;
+        let pid = child.id();
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(child);
+        Ok(pid)
     }
 
     /// The host's network interface (the inner end of its veth).
@@ -168,9 +177,9 @@ impl Drop for Host {
             .unwrap_or_else(|p| p.into_inner())
             .iter_mut()
         {
-            let _ = child.kill();
-            let _ = child.wait();
+            guard::kill(child);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        guard::delete_netns(&self.ns);
+        guard::disown_netns(&self.ns);
     }
 }

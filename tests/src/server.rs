@@ -33,7 +33,7 @@ impl LeveeServer {
         let dir = tempfile::Builder::new().prefix("levee-test-").tempdir()?;
         Ok(LeveeServer {
             data_dir: dir.path().join("data"),
-            log: dir.path().join("serve.log"),
+            log: crate::log_file("serve"),
             bin: None,
             _dir: dir,
         })
@@ -75,7 +75,7 @@ impl LeveeServer {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(File::create(&self.log)?);
-        net.adopt(cmd.spawn().context("cannot start levee serve")?);
+        net.spawn(&mut cmd).context("cannot start levee serve")?;
         wait_until(Duration::from_secs(20), "levee serve to listen", || {
             let log = self.log_text();
             if log.contains("error") && log.contains("service stopped") {

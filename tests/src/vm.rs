@@ -68,7 +68,9 @@ impl VmBuilder {
     /// Boots the machine inside `net` on a new tap device.
     pub fn start(self, net: &TestNet, dir: &Path) -> anyhow::Result<Vm> {
         require_tool("qemu-system-x86_64", "qemu-system-x86")?;
-        let serial = dir.join(format!("serial-{}.log", self.mac.replace(':', "")));
+        // Written by QEMU as the guest runs: left in the test's log
+        // directory even if the test is killed.
+        let serial = crate::log_file(&format!("serial-{}", self.mac.replace(':', "")));
         let mut cmd = net.cmd("qemu-system-x86_64");
         cmd.args(["-accel", &qemu_accel(), "-m", &self.memory_mib.to_string()])
             .args(["-display", "none", "-monitor", "none"])
@@ -137,13 +139,12 @@ impl VmBuilder {
         cmd.args(["-device", &nic])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(
-                dir.join(format!("qemu-{}.log", self.mac.replace(':', ""))),
-            )?);
+            .stderr(File::create(crate::log_file(&format!(
+                "qemu-{}",
+                self.mac.replace(':', "")
+            )))?);
         let started = Instant::now();
-        let child = cmd.spawn().context("cannot start qemu")?;
-        let pid = child.id();
-        net.adopt(child);
+        let pid = net.spawn(&mut cmd).context("cannot start qemu")?;
         Ok(Vm {
             serial,
             pid,

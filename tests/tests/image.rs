@@ -115,32 +115,33 @@ impl Qemu {
     fn boot(image_dir: &Path, append: &str) -> anyhow::Result<Qemu> {
         require_tool("qemu-system-x86_64", "qemu-system-x86")?;
         let dir = tempfile::tempdir()?;
-        let console = dir.path().join("console.log");
-        let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                &levee_tests::qemu_accel(),
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-                "-no-reboot",
-            ])
-            .args(["-display", "none", "-monitor", "none", "-nodefaults"])
-            .arg("-kernel")
-            .arg(image_dir.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(image_dir.join("initrd.img"))
-            .args(["-append", append])
-            .args(["-netdev", "user,id=n0"])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start qemu-system-x86_64")?;
+        let console = levee_tests::log_file("console");
+        let child = levee_tests::guard::spawn(
+            Command::new("qemu-system-x86_64")
+                .args([
+                    "-accel",
+                    &levee_tests::qemu_accel(),
+                    "-m",
+                    "1024",
+                    "-smp",
+                    "1",
+                    "-no-reboot",
+                ])
+                .args(["-display", "none", "-monitor", "none", "-nodefaults"])
+                .arg("-kernel")
+                .arg(image_dir.join("vmlinuz"))
+                .arg("-initrd")
+                .arg(image_dir.join("initrd.img"))
+                .args(["-append", append])
+                .args(["-netdev", "user,id=n0"])
+                .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+                .arg("-serial")
+                .arg(format!("file:{}", console.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .context("cannot start qemu-system-x86_64")?;
         Ok(Qemu {
             child,
             console,
@@ -181,8 +182,7 @@ impl Qemu {
 
 impl Drop for Qemu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        levee_tests::guard::kill(&mut self.child);
     }
 }
 
@@ -459,13 +459,40 @@ fn r3_unknown_package_is_named_with_its_line() -> anyhow::Result<()> {
 
 #[test]
 fn r3_bad_manifest_is_named_with_line_and_column() -> anyhow::Result<()> {
+    // A value of the wrong type: named at the value's own line and column.
+    let manifest = std::fs::read_to_string(workspace_root().join("image/appliance.yaml"))?;
+    let line = manifest
+        .lines()
+        .position(|l| l == "release: bookworm")
+        .map(|i| i + 1)
+        .context("`release: bookworm` in the manifest")?;
+    let column = "release: ".len() + 1;
     let err = failing_build("bad.yaml", |t| {
-        t.replace("release: bookworm", "release: [bookworm")
+        t.replace("release: bookworm", "release: [bookworm]")
     })?;
     assert!(
-        err.contains("bad.yaml:") && err.contains("release"),
-        "{err}"
+        err.contains(&format!("bad.yaml:{line}:{column}: release: invalid type")),
+        "expected bad.yaml:{line}:{column}: release: invalid type ...:\n{err}"
     );
+    // Broken YAML syntax: an unclosed `[` is reported at file:line:column.
+    let err = failing_build("unclosed.yaml", |t| {
+        t.replace("release: bookworm", "release: [bookworm")
+    })?;
+    // The last mention is the located one ("cannot build the image of
+    // FILE: FILE:LINE:COLUMN: ...").
+    let at = err
+        .rsplit("unclosed.yaml:")
+        .next()
+        .context(format!("no unclosed.yaml: in {err}"))?;
+    let mut fields = at.splitn(3, ':');
+    let (l, c) = (fields.next(), fields.next());
+    let l: usize = l
+        .and_then(|v| v.parse().ok())
+        .context(format!("no line in {err}"))?;
+    let c: usize = c
+        .and_then(|v| v.parse().ok())
+        .context(format!("no column in {err}"))?;
+    assert!(l == line && c > "release:".len(), "{err}");
     let err = failing_build("nooverlay.yaml", |t| {
         let mut lines: Vec<String> = t
             .lines()
@@ -530,16 +557,16 @@ fn pxe_boot(tag: &str, firmware: levee_tests::vm::Firmware, mac: &str) -> anyhow
             "report {report}"
         );
         anyhow::ensure!(report["mac"] == mac, "report {report}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(vm.console().contains("Reached target multi-user.target")
-            && vm.console().contains("levee-agent["))
-        {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "no multi-user.target or agent journal line on the console"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        wait_until(
+            Duration::from_secs(60),
+            "multi-user.target and an agent journal line on the console",
+            || {
+                let console = vm.console();
+                Ok((console.contains("Reached target multi-user.target")
+                    && console.contains("levee-agent["))
+                .then_some(()))
+            },
+        )?;
         Ok(())
     })();
     levee_tests::vm::check(

@@ -330,57 +330,55 @@ fn round_peer(fw: Firmware, guest: &TestGuest, dir: &Path) -> anyhow::Result<Boo
 
     let net = TestNet::new("bench")?;
     let url = format!("http://{SERVER_IP}:{PEER_HTTP_PORT}");
-    let child = net
-        .cmd("python3")
-        .arg(workspace_root().join("tests/assets/bench-http-server.py"))
-        .args(["--bind", SERVER_IP, "--port", &PEER_HTTP_PORT.to_string()])
-        .arg("--dir")
-        .arg(guest_dir)
-        .args(["--url", &url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&http_log)?)
-        .spawn()
-        .context("cannot start python3")?;
-    net.adopt(child);
+    net.spawn(
+        net.cmd("python3")
+            .arg(workspace_root().join("tests/assets/bench-http-server.py"))
+            .args(["--bind", SERVER_IP, "--port", &PEER_HTTP_PORT.to_string()])
+            .arg("--dir")
+            .arg(guest_dir)
+            .args(["--url", &url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&http_log)?),
+    )
+    .context("cannot start python3")?;
 
     // The peer's best settings: iPXE gets the script URL at once, the
     // firmware stage the right iPXE binary, no ping check, no-pxedhcp
     // (175.176 = 1) so iPXE does not wait for ProxyDHCP offers, and RAs so it
     // does not wait ~16 s for IPv6.
-    let child = net
-        .cmd("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--user=root",
-            "--log-facility=-",
-            "--log-dhcp",
-            "--no-ping",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--interface={BRIDGE}"))
-        .arg("--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h")
-        .arg(format!("--dhcp-range=::,constructor:{BRIDGE},ra-only"))
-        .arg("--enable-ra")
-        .arg("--dhcp-userclass=set:ipxe,iPXE")
-        .arg("--dhcp-match=set:efi,option:client-arch,7")
-        .arg("--dhcp-match=set:efi,option:client-arch,9")
-        .arg(format!("--dhcp-boot=tag:ipxe,{url}/boot.ipxe"))
-        .arg("--dhcp-boot=tag:!ipxe,tag:efi,ipxe.efi")
-        .arg("--dhcp-boot=tag:!ipxe,tag:!efi,undionly.kpxe")
-        .arg("--dhcp-option=tag:ipxe,encap:175,176,1b")
-        .arg("--enable-tftp")
-        .arg(format!("--tftp-root={}", tftp.display()))
-        .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&dnsmasq_log)?)
-        .spawn()
-        .context("cannot start dnsmasq")?;
-    net.adopt(child);
+    net.spawn(
+        net.cmd("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+                "--log-facility=-",
+                "--log-dhcp",
+                "--no-ping",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--interface={BRIDGE}"))
+            .arg("--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h")
+            .arg(format!("--dhcp-range=::,constructor:{BRIDGE},ra-only"))
+            .arg("--enable-ra")
+            .arg("--dhcp-userclass=set:ipxe,iPXE")
+            .arg("--dhcp-match=set:efi,option:client-arch,7")
+            .arg("--dhcp-match=set:efi,option:client-arch,9")
+            .arg(format!("--dhcp-boot=tag:ipxe,{url}/boot.ipxe"))
+            .arg("--dhcp-boot=tag:!ipxe,tag:efi,ipxe.efi")
+            .arg("--dhcp-boot=tag:!ipxe,tag:!efi,undionly.kpxe")
+            .arg("--dhcp-option=tag:ipxe,encap:175,176,1b")
+            .arg("--enable-tftp")
+            .arg(format!("--tftp-root={}", tftp.display()))
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&dnsmasq_log)?),
+    )
+    .context("cannot start dnsmasq")?;
 
     wait_until(
         Duration::from_secs(20),

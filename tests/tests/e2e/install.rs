@@ -195,7 +195,9 @@ impl<'a> Phases<'a> {
     /// Polls until the state is one of `want`; a `failed` state that is not
     /// wanted, or QEMU exiting, fails at once.
     fn wait(&mut self, want: &[&str], timeout: Duration) -> anyhow::Result<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
+        // This wait's own limit, cut at the test's one deadline.
+        let started = Instant::now();
+        let deadline = (started + timeout).min(levee_tests::deadline());
         loop {
             let console = self.vm.console();
             for m in MARKERS {
@@ -220,7 +222,9 @@ impl<'a> Phases<'a> {
             ensure!(!self.vm.exited(), "QEMU exited");
             if Instant::now() >= deadline {
                 bail!(
-                    "timed out after {timeout:?} waiting for {} to be {want:?} (seen {:?})",
+                    "gave up after {:.0} s ({} s limit or the test's deadline) waiting for {} to be {want:?} (seen {:?})",
+                    started.elapsed().as_secs_f64(),
+                    timeout.as_secs(),
                     self.mac,
                     self.seen
                 );

@@ -25,6 +25,7 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
     let server = LeveeServer::new().expect("data dir");
     let dir = tempfile::tempdir().expect("temp dir");
     let mut console = String::new();
+    let mut dnsmasq_log = std::path::PathBuf::new();
     let result = (|| -> anyhow::Result<()> {
         let guest = test_guest()?;
         let net = TestNet::new(tag)?;
@@ -49,27 +50,29 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
             require_tool("dnsmasq", "dnsmasq-base")?;
             let office = net.add_host("10.99.0.2/24")?;
             let leases = dir.path().join("dnsmasq.leases");
-            let child = office
-                .cmd("dnsmasq")
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                    "--no-ping",
-                    "--log-dhcp",
-                ])
-                .arg(format!("--interface={}", office.interface()))
-                .arg("--dhcp-range=10.99.0.50,10.99.0.90,255.255.255.0,1h")
-                .arg(format!("--dhcp-leasefile={}", leases.display()))
-                .arg(format!(
-                    "--pid-file={}",
-                    dir.path().join("dnsmasq.pid").display()
-                ))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("dnsmasq.log"))?)
-                .spawn()
+            dnsmasq_log = levee_tests::log_file("dnsmasq");
+            office
+                .spawn(
+                    office
+                        .cmd("dnsmasq")
+                        .args([
+                            "--keep-in-foreground",
+                            "--conf-file=/dev/null",
+                            "--port=0",
+                            "--no-ping",
+                            "--log-dhcp",
+                        ])
+                        .arg(format!("--interface={}", office.interface()))
+                        .arg("--dhcp-range=10.99.0.50,10.99.0.90,255.255.255.0,1h")
+                        .arg(format!("--dhcp-leasefile={}", leases.display()))
+                        .arg(format!(
+                            "--pid-file={}",
+                            dir.path().join("dnsmasq.pid").display()
+                        ))
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(&dnsmasq_log)?),
+                )
                 .context("cannot start dnsmasq")?;
-            office.adopt(child);
             Some(office)
         } else {
             None
@@ -86,23 +89,21 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let expected = match mode {
-            DhcpMode::Full => "10.99.0.1", // 10.99.0.100-150
-            DhcpMode::Proxy => "10.99.0.", // dnsmasq's 50-90
+        // Exactly inside the range of the server that should have answered:
+        // Levee's own pool in full mode, the office dnsmasq's in proxy mode.
+        let (range, owner) = match mode {
+            DhcpMode::Full => (100..=150, "levee serve (10.99.0.100-150)"),
+            DhcpMode::Proxy => (50..=90, "the office DHCP server (10.99.0.50-90)"),
         };
-        anyhow::ensure!(addr.starts_with(expected), "unexpected address {addr}");
-        if mode == DhcpMode::Proxy {
-            let host: u8 = addr
-                .trim_start_matches("10.99.0.")
-                .split('/')
-                .next()
-                .and_then(|h| h.parse().ok())
-                .context("address")?;
-            anyhow::ensure!(
-                (50..=90).contains(&host),
-                "{addr} is not from the office DHCP server"
-            );
-        }
+        let host: u8 = addr
+            .strip_prefix("10.99.0.")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|h| h.parse().ok())
+            .with_context(|| format!("reported address {addr:?} is not in 10.99.0.0/24"))?;
+        anyhow::ensure!(
+            range.contains(&host),
+            "{addr} is not from the pool of {owner}"
+        );
 
         // Every boot step is in the server log, one line each.
         let log = server.log_text();
@@ -149,7 +150,7 @@ fn boot(tag: &str, firmware: Firmware, mode: DhcpMode, transport: Transport, mac
         );
         Ok(())
     })();
-    let dnsmasq = std::fs::read_to_string(dir.path().join("dnsmasq.log")).unwrap_or_default();
+    let dnsmasq = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
     check(
         result,
         &[
