@@ -38,9 +38,10 @@ while read -r op arg; do
     unnetns) nets=$(printf '%s' "$nets" | sed "s/ $arg / /") ;;
   esac
 done
-for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+# procps kill: dash's builtin takes neither `--` nor a negative pid.
+for g in $groups; do /bin/kill -s KILL -- "-$g" 2>/dev/null; done
 for n in $nets; do
-  for p in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+  for p in $(ip netns pids "$n" 2>/dev/null); do /bin/kill -s KILL "$p" 2>/dev/null; done
   ip netns del "$n" 2>/dev/null
 done
 exit 0
