@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod enroll;
 pub mod install;
 pub mod schedule;
+pub mod update;
 pub mod util;
 
 pub use backup::{RepoError, Repository};

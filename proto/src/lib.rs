@@ -14,6 +14,7 @@
 pub mod config;
 pub mod enroll;
 pub mod image;
+pub mod release;
 pub mod repo;
 pub mod report;
 

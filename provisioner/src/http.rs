@@ -51,6 +51,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/boot/{file}", get(boot_script))
         .route("/images/{image}/{file}", get(image_file))
         .route("/ipxe/{file}", get(ipxe_file))
+        .route("/releases/{channel}/{kind}/{file}", get(release_file))
         .route(levee_proto::paths::REPORT, post(report))
         .route(levee_proto::enroll::paths::ENROLL, post(enroll))
         .route(levee_proto::enroll::paths::TIME, get(time))
@@ -115,6 +116,27 @@ async fn ipxe_file(
         return refuse(StatusCode::NOT_FOUND, format!("no iPXE binary `{file}`"));
     }
     serve_file(st.ipxe_dir.join(file), req).await
+}
+
+/// A channel's TUF metadata or target, read-only (with `Range` for the
+/// agent's resumable downloads). Only `metadata/` and `targets/` of a valid
+/// channel name: the signing keys beside the channels are never reachable.
+async fn release_file(
+    State(st): State<HttpState>,
+    Path((channel, kind, file)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    use levee_proto::release::{paths, validate_channel};
+    if validate_channel(&channel).is_err() || !plain(&file) {
+        return refuse(StatusCode::NOT_FOUND, "no such release file");
+    }
+    let layout = crate::releases::Layout::new(&st.boot.data_dir);
+    let dir = match kind.as_str() {
+        paths::METADATA => layout.metadata_dir(&channel),
+        paths::TARGETS => layout.targets_dir(&channel),
+        _ => return refuse(StatusCode::NOT_FOUND, "no such release file"),
+    };
+    serve_file(dir.join(file), req).await
 }
 
 /// `ServeFile` does `Range`, `If-Modified-Since` and HEAD correctly; no need

@@ -5,6 +5,7 @@
 //! - [`boot`] decides what each machine boots and renders its iPXE script;
 //! - [`http`] is the plain-HTTP listener;
 //! - [`images`] is the image store under `--data-dir`;
+//! - [`releases`] are the signed update channels (TUF, built with tough);
 //! - [`config`] reads and validates customer configuration files, and
 //!   [`secrets`] keeps their secrets encrypted at rest;
 //! - [`cli`] is the `levee` command line.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod enroll;
 pub mod http;
 pub mod images;
+pub mod releases;
 pub mod secrets;
 pub mod serve;
 pub mod store;

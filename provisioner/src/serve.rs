@@ -126,6 +126,17 @@ pub async fn run(
     });
     info!(listen = %http_addr, public_url = %config.public_url, "http listening");
 
+    // Keep every channel's snapshot and timestamp fresh (see
+    // releases/mod.rs for why a day).
+    {
+        let layout = crate::releases::Layout::new(&config.data_dir);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            resign_loop(layout, stop).await;
+            ("release re-signing", Ok(()))
+        });
+    }
+
     if let Some(socket) = listeners.tftp {
         let addr = socket.local_addr()?;
         let source: Arc<dyn FileSource> = Arc::new(tftp::ChainSource::new(vec![
@@ -305,5 +316,27 @@ impl LeaseStore for StoreLeases {
 
     fn save(&self, lease: &Lease) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(self.0.save_lease(lease)?)
+    }
+}
+
+/// Re-signs release metadata before it expires: at start, then every ten
+/// minutes (well inside the 12 hours of margin, so a suspended or busy
+/// server still catches up in time). Failures are logged and retried.
+async fn resign_loop(layout: crate::releases::Layout, stop: CancellationToken) {
+    loop {
+        if layout.root_chain().is_ok() {
+            match crate::releases::refresh::resign_all(&layout).await {
+                Ok(done) => {
+                    for (channel, r) in done {
+                        info!(channel, snapshot = ?r.snapshot, timestamp = ?r.timestamp, "release metadata re-signed");
+                    }
+                }
+                Err(e) => error!(error = %e, "re-signing release metadata failed; retrying in 10 minutes"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
     }
 }

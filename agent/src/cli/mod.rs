@@ -138,6 +138,9 @@ pub enum KeyCommand {
 /// Parses, runs, and returns the process exit code: 0 ok, 1 failure,
 /// 3 finished but some files could not be read or restored.
 pub fn main() -> i32 {
+    // One TLS crypto provider for the whole process (ring, as reqwest and
+    // rcgen use); tough's dependency tree also compiles aws-lc-rs in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

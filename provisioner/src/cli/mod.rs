@@ -6,6 +6,7 @@ mod customer;
 mod image;
 mod image_build;
 mod profile;
+mod release;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,9 @@ pub enum Command {
     /// Import and list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Signed release channels for appliance updates (TUF).
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Appliance(cmd) => appliance::run(&ctx, cmd),
         Command::Customer(cmd) => customer::run(&ctx, cmd),
         Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Release(cmd) => release::run(&ctx, cmd),
     }
 }
 

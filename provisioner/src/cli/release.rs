@@ -1,0 +1,322 @@
+//! `levee release ...`: signed release channels (TUF) for appliance updates.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::releases::{self, channel, refresh, root, Layout};
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Make or rotate the signing keys of all channels.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Publish a built image (a directory with image.json) to a channel as a
+    /// new release, signed with the targets key.
+    ///
+    /// The release gets the next release number (releases are ordered by
+    /// it, never by version string). Appliances running a release below
+    /// --min-release will not take it.
+    #[command(after_help = "Example:\n  levee release publish ./out --channel beta --targets-key /media/keys/targets.pem")]
+    Publish {
+        image_dir: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// The targets key file (`keys init` wrote it; keep it off the server).
+        #[arg(long, value_name = "FILE")]
+        targets_key: PathBuf,
+        /// Lowest release an appliance must run to update to this one.
+        #[arg(long, default_value_t = 1)]
+        min_release: u64,
+        #[command(flatten)]
+        expiry: TargetsExpiry,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a release of one channel to another (same files, same release
+    /// number), e.g. after it proved itself in beta.
+    #[command(after_help = "Example:\n  levee release promote 2026.12.02-3f2a9c1 --from beta --to stable --targets-key /media/keys/targets.pem")]
+    Promote {
+        version: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_name = "FILE")]
+        targets_key: PathBuf,
+        #[command(flatten)]
+        expiry: TargetsExpiry,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show channels, their releases and metadata expiry.
+    #[command(after_help = "Example:\n  levee release status --channel stable --json")]
+    Status {
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-sign snapshot and timestamp of every channel that needs it now
+    /// (`levee serve` does this by itself; for servers that are not running).
+    Resign {
+        /// Re-sign even when far from expiry.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TargetsExpiry {
+    /// Days until the targets metadata signed now expires. Appliances stop
+    /// updating from a channel whose targets expired: publish or promote
+    /// before then (`status` warns 30 days ahead).
+    #[arg(long, default_value_t = releases::TARGETS_DEFAULT_DAYS)]
+    pub expires_days: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make all keys and root metadata version 1.
+    ///
+    /// Writes N root keys (ed25519) and root.json into --offline-dir: move
+    /// that directory off the server (it is needed only to rotate keys);
+    /// the targets key to --targets-key; the snapshot and timestamp keys to
+    /// DATA_DIR/releases/keys/ (levee serve re-signs with them). Bake
+    /// OFFLINE_DIR/root.json into images with `levee image build
+    /// --trust-root`.
+    #[command(after_help = "Example:\n  levee release keys init --offline-dir /media/usb/levee-root --targets-key /media/usb/targets.pem")]
+    Init {
+        #[arg(long, value_name = "DIR")]
+        offline_dir: PathBuf,
+        /// Where to write the targets key [default: OFFLINE_DIR/targets.pem].
+        #[arg(long, value_name = "FILE")]
+        targets_key: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        root_keys: usize,
+        /// Root signatures needed to change the root (key rotation).
+        #[arg(long, default_value_t = 2)]
+        root_threshold: u64,
+        #[arg(long, default_value_t = releases::ROOT_DEFAULT_DAYS)]
+        expires_days: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign the next root version: revoke root keys (each replaced by a new
+    /// one), change the threshold, replace the online keys, or just renew
+    /// the root's expiry. Appliances follow through the root chain.
+    #[command(after_help = "Examples:\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --revoke /media/usb/levee-root/root-2.pem\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --rotate-online")]
+    RotateRoot {
+        #[arg(long, value_name = "DIR")]
+        offline_dir: PathBuf,
+        /// A root key to revoke: its key id or its file (repeatable).
+        #[arg(long, value_name = "KEYID|FILE")]
+        revoke: Vec<String>,
+        #[arg(long)]
+        root_threshold: Option<u64>,
+        /// New snapshot and timestamp keys (after the server was compromised).
+        #[arg(long)]
+        rotate_online: bool,
+        #[arg(long, default_value_t = releases::ROOT_DEFAULT_DAYS)]
+        expires_days: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
+    let layout = Layout::new(ctx.data_dir());
+    match cmd {
+        ReleaseCommand::Keys(k) => keys(&layout, k),
+        ReleaseCommand::Publish {
+            image_dir,
+            channel,
+            targets_key,
+            min_release,
+            expiry,
+            json,
+        } => {
+            let opts = channel::PublishOptions {
+                targets_key,
+                min_release,
+                expires_days: expiry.expires_days,
+            };
+            let p = releases::block_on(channel::publish(&layout, &image_dir, &channel, &opts))
+                .with_context(|| format!("cannot publish {} to `{channel}`", image_dir.display()))?;
+            print_published(&p, json)
+        }
+        ReleaseCommand::Promote {
+            version,
+            from,
+            to,
+            targets_key,
+            expiry,
+            json,
+        } => {
+            let opts = channel::PublishOptions {
+                targets_key,
+                min_release: 1,
+                expires_days: expiry.expires_days,
+            };
+            let p = releases::block_on(channel::promote(&layout, &version, &from, &to, &opts))
+                .with_context(|| format!("cannot promote {version} from `{from}` to `{to}`"))?;
+            print_published(&p, json)
+        }
+        ReleaseCommand::Status { channel, json } => status(&layout, channel, json),
+        ReleaseCommand::Resign { force } => {
+            releases::block_on(async {
+                let _lock = layout.lock()?;
+                for ch in layout.channels()? {
+                    let r = refresh::resign(&layout, &ch, force).await?;
+                    println!(
+                        "{ch}: snapshot {}, timestamp {}",
+                        r.snapshot.map_or("kept".into(), |v| format!("v{v}")),
+                        r.timestamp.map_or("kept".into(), |v| format!("v{v}"))
+                    );
+                }
+                Ok::<_, releases::ReleaseError>(())
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn print_published(p: &releases::Published, json: bool) -> anyhow::Result<()> {
+    if json {
+        return super::print_json(p);
+    }
+    println!(
+        "channel `{}` now offers {} as release {} (updates from release {} up; targets metadata v{} expires {})",
+        p.channel,
+        p.version,
+        p.release,
+        p.min_release,
+        p.targets_version,
+        p.targets_expires.format("%Y-%m-%d")
+    );
+    Ok(())
+}
+
+fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Init {
+            offline_dir,
+            targets_key,
+            root_keys,
+            root_threshold,
+            expires_days,
+            json,
+        } => {
+            let opts = root::InitOptions {
+                targets_key: targets_key.unwrap_or_else(|| offline_dir.join("targets.pem")),
+                offline_dir,
+                root_keys,
+                root_threshold,
+                root_expires_days: expires_days,
+            };
+            let r = releases::block_on(root::init(layout, &opts)).context("cannot make release keys")?;
+            if json {
+                return super::print_json(&r);
+            }
+            println!(
+                "made {} root keys (threshold {}) in {}: move them offline",
+                r.root_keys.len(),
+                r.root_threshold,
+                opts.offline_dir.display()
+            );
+            println!("targets key: {} (give it to publish/promote with --targets-key; keep it off the server)", r.targets_key.display());
+            println!("snapshot and timestamp keys: {} (online, used by levee serve)", layout.keys_dir().display());
+            println!("trusted root for images: {} (levee image build --trust-root)", r.trust_root.display());
+            Ok(())
+        }
+        KeysCommand::RotateRoot {
+            offline_dir,
+            revoke,
+            root_threshold,
+            rotate_online,
+            expires_days,
+            json,
+        } => {
+            let opts = root::RotateOptions {
+                offline_dir,
+                revoke,
+                root_threshold,
+                rotate_online,
+                root_expires_days: expires_days,
+            };
+            let r = releases::block_on(root::rotate(layout, &opts)).context("cannot rotate the root")?;
+            if json {
+                return super::print_json(&r);
+            }
+            println!(
+                "root version {} signed; revoked {} key(s); {} new root key(s); online keys {}; re-signed channels: {}",
+                r.version,
+                r.revoked.len(),
+                r.new_root_keys.len(),
+                if r.online_keys_rotated { "replaced" } else { "kept" },
+                if r.channels_resigned.is_empty() { "none".into() } else { r.channels_resigned.join(", ") }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<()> {
+    let channels = match only {
+        Some(c) => vec![c],
+        None => layout.channels()?,
+    };
+    let states = releases::block_on(async {
+        let mut out = Vec::new();
+        for c in &channels {
+            match channel::state(layout, c).await? {
+                Some(s) => out.push(s),
+                None => {
+                    return Err(releases::ReleaseError::Usage(format!(
+                        "channel `{c}` has no releases (levee release publish IMAGE_DIR --channel {c})"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    })?;
+    if json {
+        return super::print_json(&states);
+    }
+    let now = chrono::Utc::now();
+    for s in &states {
+        let warn = if s.targets_expires - now < chrono::Duration::days(30) {
+            "  <- publish or promote soon: appliances refuse expired targets"
+        } else {
+            ""
+        };
+        println!(
+            "channel {}: root v{}, targets v{} (expires {}){warn}, snapshot v{} (expires {}), timestamp v{} (expires {})",
+            s.channel,
+            s.root_version,
+            s.targets_version,
+            s.targets_expires.format("%Y-%m-%d"),
+            s.snapshot_version,
+            s.snapshot_expires.format("%Y-%m-%d %H:%M"),
+            s.timestamp_version,
+            s.timestamp_expires.format("%Y-%m-%d %H:%M"),
+        );
+        let rows: Vec<Vec<String>> = s
+            .releases
+            .iter()
+            .rev()
+            .map(|r| {
+                let size: u64 = r.artifacts.iter().map(|a| a.length).sum();
+                vec![
+                    r.release.to_string(),
+                    r.version.clone(),
+                    r.min_release.to_string(),
+                    format!("{:.1} MiB", size as f64 / (1 << 20) as f64),
+                ]
+            })
+            .collect();
+        super::print_table(&["RELEASE", "VERSION", "FROM", "SIZE"], &rows);
+    }
+    Ok(())
+}
