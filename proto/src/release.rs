@@ -123,7 +123,9 @@ mod tests {
         assert_eq!(update_refusal(3, &r(4, 1)), None);
         assert!(update_refusal(4, &r(4, 1)).unwrap().contains("not newer"));
         assert!(update_refusal(5, &r(4, 1)).unwrap().contains("not newer"));
-        assert!(update_refusal(2, &r(4, 3)).unwrap().contains("only update from"));
+        assert!(update_refusal(2, &r(4, 3))
+            .unwrap()
+            .contains("only update from"));
         assert_eq!(update_refusal(0, &r(1, 0)), None);
         // An appliance whose release is unknown (0) takes floor-less releases.
         assert_eq!(update_refusal(0, &r(2, 1)), None);

@@ -331,7 +331,9 @@ async fn resign_loop(layout: crate::releases::Layout, stop: CancellationToken) {
                         info!(channel, snapshot = ?r.snapshot, timestamp = ?r.timestamp, "release metadata re-signed");
                     }
                 }
-                Err(e) => error!(error = %e, "re-signing release metadata failed; retrying in 10 minutes"),
+                Err(e) => {
+                    error!(error = %e, "re-signing release metadata failed; retrying in 10 minutes")
+                }
             }
         }
         tokio::select! {

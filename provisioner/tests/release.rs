@@ -40,13 +40,22 @@ impl Levee {
     }
     fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
-        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
-        ensure!(out.status.success(), "levee {args:?} failed:\n{stdout}\n{stderr}");
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        );
+        ensure!(
+            out.status.success(),
+            "levee {args:?} failed:\n{stdout}\n{stderr}"
+        );
         Ok(stdout)
     }
     fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
-        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        );
         ensure!(!out.status.success(), "levee {args:?} succeeded:\n{stdout}");
         Ok(stderr)
     }
@@ -65,7 +74,11 @@ impl Levee {
         let dir = self.dir.path().join(format!("img-{version}"));
         std::fs::create_dir_all(&dir)?;
         let mut artifacts = serde_json::Map::new();
-        for (name, len) in [("vmlinuz", 3000usize), ("initrd.img", 5000), ("rootfs.squashfs", 70_000)] {
+        for (name, len) in [
+            ("vmlinuz", 3000usize),
+            ("initrd.img", 5000),
+            ("rootfs.squashfs", 70_000),
+        ] {
             let data: Vec<u8> = (0..len).map(|i| fill ^ (i as u8)).collect();
             std::fs::write(dir.join(name), &data)?;
             artifacts.insert(
@@ -76,7 +89,10 @@ impl Levee {
         let manifest = serde_json::json!({
             "name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet",
         });
-        std::fs::write(dir.join("image.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        std::fs::write(
+            dir.join("image.json"),
+            serde_json::to_vec_pretty(&manifest)?,
+        )?;
         Ok(dir)
     }
     fn publish(&self, image: &Path, channel: &str) -> Result<serde_json::Value> {
@@ -96,19 +112,31 @@ impl Levee {
 
 /// Loads a channel as a client holding `root` would: expiry enforced,
 /// rollback state in `datastore`.
-async fn client_load(data: &Path, channel: &str, root: &[u8], datastore: &Path) -> Result<tough::Repository> {
+async fn client_load(
+    data: &Path,
+    channel: &str,
+    root: &[u8],
+    datastore: &Path,
+) -> Result<tough::Repository> {
     let url = |p: PathBuf| url::Url::from_directory_path(p).map_err(|_| anyhow::anyhow!("url"));
     let base = data.join("releases").join(channel);
-    Ok(RepositoryLoader::new(&root.to_vec(), url(base.join("metadata"))?, url(base.join("targets"))?)
-        .transport(FilesystemTransport)
-        .expiration_enforcement(ExpirationEnforcement::Safe)
-        .datastore(datastore)
-        .load()
-        .await?)
+    Ok(RepositoryLoader::new(
+        &root.to_vec(),
+        url(base.join("metadata"))?,
+        url(base.join("targets"))?,
+    )
+    .transport(FilesystemTransport)
+    .expiration_enforcement(ExpirationEnforcement::Safe)
+    .datastore(datastore)
+    .load()
+    .await?)
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -122,17 +150,40 @@ fn r13_keys_publish_promote_and_a_client_verifies() -> Result<()> {
         .collect();
     on_server.sort();
     assert_eq!(on_server, ["snapshot.pem", "timestamp.pem"]);
-    for f in ["root-1.pem", "root-2.pem", "root-3.pem", "targets.pem", "root.json", "1.root.json"] {
+    for f in [
+        "root-1.pem",
+        "root-2.pem",
+        "root-3.pem",
+        "targets.pem",
+        "root.json",
+        "1.root.json",
+    ] {
         assert!(l.offline().join(f).is_file(), "{f} missing offline");
     }
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(l.offline().join("root-1.pem"))?.permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(l.offline().join("root-1.pem"))?.permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
-    let root: serde_json::Value = serde_json::from_slice(&std::fs::read(l.offline().join("root.json"))?)?;
+    let root: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(l.offline().join("root.json"))?)?;
     assert_eq!(root["signed"]["roles"]["root"]["threshold"], 2);
-    assert_eq!(root["signed"]["roles"]["root"]["keyids"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        root["signed"]["roles"]["root"]["keyids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(root["signed"]["consistent_snapshot"], true);
     // A second init is refused: it would orphan every appliance's root.
-    assert!(l.fails(&["release", "keys", "init", "--offline-dir", &l.offline().display().to_string()])?
+    assert!(l
+        .fails(&[
+            "release",
+            "keys",
+            "init",
+            "--offline-dir",
+            &l.offline().display().to_string()
+        ])?
         .contains("rotate-root"));
 
     let v1 = l.image("2026.12.01-aaaa", 1)?;
@@ -141,30 +192,95 @@ fn r13_keys_publish_promote_and_a_client_verifies() -> Result<()> {
     let v2 = l.image("2026.12.02-bbbb", 2)?;
     assert_eq!(l.publish(&v2, "beta")?["release"], 2);
     // The same version again is refused, and so is a damaged image.
-    assert!(l.fails(&["release", "publish", &v2.display().to_string(), "--channel", "stable", "--targets-key", &l.targets_key()])?
+    assert!(l
+        .fails(&[
+            "release",
+            "publish",
+            &v2.display().to_string(),
+            "--channel",
+            "stable",
+            "--targets-key",
+            &l.targets_key()
+        ])?
         .contains("promote"));
     let v3 = l.image("2026.12.03-cccc", 3)?;
     std::fs::write(v3.join("rootfs.squashfs"), b"tampered")?;
-    assert!(l.fails(&["release", "publish", &v3.display().to_string(), "--channel", "beta", "--targets-key", &l.targets_key()])?
+    assert!(l
+        .fails(&[
+            "release",
+            "publish",
+            &v3.display().to_string(),
+            "--channel",
+            "beta",
+            "--targets-key",
+            &l.targets_key()
+        ])?
         .contains("damaged"));
     // A key that is not the targets key signs nothing.
     let wrong = l.offline().join("root-1.pem").display().to_string();
     let v4 = l.image("2026.12.04-dddd", 4)?;
-    assert!(l.fails(&["release", "publish", &v4.display().to_string(), "--channel", "beta", "--targets-key", &wrong])?
+    assert!(l
+        .fails(&[
+            "release",
+            "publish",
+            &v4.display().to_string(),
+            "--channel",
+            "beta",
+            "--targets-key",
+            &wrong
+        ])?
         .contains("targets key"));
 
-    l.ok(&["release", "promote", "2026.12.01-aaaa", "--from", "beta", "--to", "stable", "--targets-key", &l.targets_key()])?;
-    l.ok(&["release", "promote", "2026.12.02-bbbb", "--from", "beta", "--to", "stable", "--targets-key", &l.targets_key()])?;
+    l.ok(&[
+        "release",
+        "promote",
+        "2026.12.01-aaaa",
+        "--from",
+        "beta",
+        "--to",
+        "stable",
+        "--targets-key",
+        &l.targets_key(),
+    ])?;
+    l.ok(&[
+        "release",
+        "promote",
+        "2026.12.02-bbbb",
+        "--from",
+        "beta",
+        "--to",
+        "stable",
+        "--targets-key",
+        &l.targets_key(),
+    ])?;
     // Promoting an older release over a newer one is refused.
-    let err = l.fails(&["release", "promote", "2026.12.01-aaaa", "--from", "beta", "--to", "stable", "--targets-key", &l.targets_key()])?;
+    let err = l.fails(&[
+        "release",
+        "promote",
+        "2026.12.01-aaaa",
+        "--from",
+        "beta",
+        "--to",
+        "stable",
+        "--targets-key",
+        &l.targets_key(),
+    ])?;
     assert!(err.contains("already has"), "{err}");
 
     let status: serde_json::Value = serde_json::from_str(&l.ok(&["release", "status", "--json"])?)?;
-    let chans: Vec<&str> = status.as_array().unwrap().iter().map(|c| c["channel"].as_str().unwrap()).collect();
+    let chans: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
     assert_eq!(chans, ["beta", "stable"]);
     let stable = &status[1];
     assert_eq!(stable["releases"][1]["release"], 2);
-    assert_eq!(stable["releases"][1]["artifacts"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        stable["releases"][1]["artifacts"].as_array().unwrap().len(),
+        4
+    );
     let human = l.ok(&["release", "status", "--channel", "stable"])?;
     assert!(human.contains("2026.12.02-bbbb"), "{human}");
 
@@ -189,8 +305,15 @@ fn r13_keys_publish_promote_and_a_client_verifies() -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     // Target files are content-addressed (consistent snapshots).
-    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(v2.join("rootfs.squashfs"))?));
-    assert!(l.data().join(format!("releases/stable/targets/{sha}.2026.12.02-bbbb.rootfs.squashfs")).is_file());
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(
+        v2.join("rootfs.squashfs"),
+    )?));
+    assert!(l
+        .data()
+        .join(format!(
+            "releases/stable/targets/{sha}.2026.12.02-bbbb.rootfs.squashfs"
+        ))
+        .is_file());
     Ok(())
 }
 
@@ -205,8 +328,15 @@ fn r13_rotate_root_revokes_a_key_and_clients_follow_the_chain() -> Result<()> {
 
     let revoked = l.offline().join("root-2.pem");
     let out: serde_json::Value = serde_json::from_str(&l.ok(&[
-        "release", "keys", "rotate-root", "--offline-dir", &l.offline().display().to_string(),
-        "--revoke", &revoked.display().to_string(), "--rotate-online", "--json",
+        "release",
+        "keys",
+        "rotate-root",
+        "--offline-dir",
+        &l.offline().display().to_string(),
+        "--revoke",
+        &revoked.display().to_string(),
+        "--rotate-online",
+        "--json",
     ])?)?;
     assert_eq!(out["version"], 2);
     assert!(!revoked.exists() && l.offline().join("revoked/root-2.pem").is_file());
@@ -216,16 +346,31 @@ fn r13_rotate_root_revokes_a_key_and_clients_follow_the_chain() -> Result<()> {
     let repo = rt().block_on(client_load(&l.data(), "stable", &root_v1, ds.path()))?;
     assert_eq!(repo.root().signed.version.get(), 2);
     let ids: Vec<String> = repo.root().signed.roles[&tough::schema::RoleType::Root]
-        .keyids.iter().map(|k| hex::encode(k.as_ref())).collect();
+        .keyids
+        .iter()
+        .map(|k| hex::encode(k.as_ref()))
+        .collect();
     assert_eq!(ids.len(), 3);
 
     // With the revoked key and only one other, a third root cannot be made.
     let lone = tempfile::tempdir()?;
-    std::fs::copy(l.offline().join("root-1.pem"), lone.path().join("root-1.pem"))?;
-    let err = l.fails(&["release", "keys", "rotate-root", "--offline-dir", &lone.path().display().to_string()])?;
+    std::fs::copy(
+        l.offline().join("root-1.pem"),
+        lone.path().join("root-1.pem"),
+    )?;
+    let err = l.fails(&[
+        "release",
+        "keys",
+        "rotate-root",
+        "--offline-dir",
+        &lone.path().display().to_string(),
+    ])?;
     assert!(err.contains("needs 2 of its keys"), "{err}");
     // Publishing keeps working under the new root.
-    assert_eq!(l.publish(&l.image("2026.12.02-bbbb", 2)?, "stable")?["release"], 2);
+    assert_eq!(
+        l.publish(&l.image("2026.12.02-bbbb", 2)?, "stable")?["release"],
+        2
+    );
     let repo = rt().block_on(client_load(&l.data(), "stable", &root_v1, ds.path()))?;
     assert_eq!(repo.targets().signed.targets_iter().count(), 8);
     Ok(())
@@ -244,11 +389,13 @@ fn r13_serve_resigns_timestamp_and_snapshot_before_expiry() -> Result<()> {
         let r = refresh::resign_at(&layout, "stable", false, now).await?;
         assert_eq!(r, refresh::Resigned::default());
         // 13 hours later the day-long timestamp has under 12 h left.
-        let r = refresh::resign_at(&layout, "stable", false, now + chrono::Duration::hours(13)).await?;
+        let r =
+            refresh::resign_at(&layout, "stable", false, now + chrono::Duration::hours(13)).await?;
         assert_eq!(r.snapshot, None);
         assert_eq!(r.timestamp, Some(2));
         // 5 days later the week-long snapshot is renewed too.
-        let r = refresh::resign_at(&layout, "stable", false, now + chrono::Duration::days(5)).await?;
+        let r =
+            refresh::resign_at(&layout, "stable", false, now + chrono::Duration::days(5)).await?;
         assert_eq!(r.snapshot, Some(2));
         assert_eq!(r.timestamp, Some(3));
         Ok::<_, anyhow::Error>(())

@@ -14,7 +14,9 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use levee_agent::update::{self, ChannelOptions, Decision, Refusal, Running, TransportOptions, UpdateError};
+use levee_agent::update::{
+    self, ChannelOptions, Decision, Refusal, Running, TransportOptions, UpdateError,
+};
 use levee_provisioner::releases::{channel, keys, refresh, root, Layout};
 use sha2::Digest;
 
@@ -45,7 +47,10 @@ async fn serve_file(
             return Response::new(Body::from_stream(stream));
         }
         Some(Tamper::Slow) => {
-            let stream = futures_stream(|| Some(bytes::Bytes::from_static(b" ")), Duration::from_millis(300));
+            let stream = futures_stream(
+                || Some(bytes::Bytes::from_static(b" ")),
+                Duration::from_millis(300),
+            );
             return Response::new(Body::from_stream(stream));
         }
         None => {}
@@ -131,8 +136,14 @@ impl Fixture {
         let img = self.data.parent().unwrap().join(format!("img-{version}"));
         std::fs::create_dir_all(&img)?;
         let mut artifacts = serde_json::Map::new();
-        for (name, len) in [("vmlinuz", 1000usize), ("initrd.img", 2000), ("rootfs.squashfs", 9000)] {
-            let data: Vec<u8> = (0..len).map(|i| fill.wrapping_mul(31) ^ (i as u8)).collect();
+        for (name, len) in [
+            ("vmlinuz", 1000usize),
+            ("initrd.img", 2000),
+            ("rootfs.squashfs", 9000),
+        ] {
+            let data: Vec<u8> = (0..len)
+                .map(|i| fill.wrapping_mul(31) ^ (i as u8))
+                .collect();
             std::fs::write(img.join(name), &data)?;
             artifacts.insert(
                 name.into(),
@@ -225,7 +236,10 @@ async fn r13_golden_offer_from_signed_metadata() -> Result<()> {
     let Decision::Update(offer) = f.check().await? else {
         panic!("release 2 not offered")
     };
-    assert_eq!((offer.release, offer.version.as_str()), (2, "2026.12.02-bbbb"));
+    assert_eq!(
+        (offer.release, offer.version.as_str()),
+        (2, "2026.12.02-bbbb")
+    );
     assert_eq!(offer.image.version, "2026.12.02-bbbb");
     for a in ["vmlinuz", "initrd.img", "rootfs.squashfs", "image.json"] {
         let t = &offer.targets[a];
@@ -237,8 +251,14 @@ async fn r13_golden_offer_from_signed_metadata() -> Result<()> {
     // The newest root is kept for the next check.
     assert!(f.appliance.join("tuf/stable/root.json").is_file());
     // Already on release 2: nothing to do.
-    let running = Running { version: "2026.12.02-bbbb".into(), release: None };
-    assert_eq!(update::check(&f.options(), &running, None).await?, Decision::UpToDate { release: 2 });
+    let running = Running {
+        version: "2026.12.02-bbbb".into(),
+        release: None,
+    };
+    assert_eq!(
+        update::check(&f.options(), &running, None).await?,
+        Decision::UpToDate { release: 2 }
+    );
     Ok(())
 }
 
@@ -248,7 +268,9 @@ async fn r13_rollback_of_metadata_and_of_releases_is_refused() -> Result<()> {
     let old = f.data.join("old-meta");
     copy_dir(&f.meta(), &old)?;
     f.publish("2026.12.03-cccc", 3, "stable").await?;
-    let Decision::Update(offer) = f.check().await? else { panic!() };
+    let Decision::Update(offer) = f.check().await? else {
+        panic!()
+    };
     assert_eq!(offer.release, 3);
     // The server (or a man in the middle) goes back to older metadata.
     std::fs::remove_dir_all(f.meta())?;
@@ -256,12 +278,21 @@ async fn r13_rollback_of_metadata_and_of_releases_is_refused() -> Result<()> {
     let why = expect_refused(f.check().await, Refusal::Rollback);
     assert!(why.contains("previously fetched version"), "{why}");
     // A server naming an older release than the running one.
-    let running = Running { version: "x".into(), release: Some(3) };
+    let running = Running {
+        version: "x".into(),
+        release: Some(3),
+    };
     let mut fresh = f.options();
     fresh.state_dir = f.appliance.join("tuf2/stable");
-    expect_refused(update::check(&fresh, &running, Some(1)).await, Refusal::Rollback);
+    expect_refused(
+        update::check(&fresh, &running, Some(1)).await,
+        Refusal::Rollback,
+    );
     // And one the channel never signed.
-    expect_refused(update::check(&fresh, &Running::default(), Some(9)).await, Refusal::NotSigned);
+    expect_refused(
+        update::check(&fresh, &Running::default(), Some(9)).await,
+        Refusal::NotSigned,
+    );
     Ok(())
 }
 
@@ -270,7 +301,13 @@ async fn r13_freeze_expired_metadata_is_refused() -> Result<()> {
     let f = Fixture::new().await?;
     // Metadata that was valid two days ago, replayed.
     let _lock = f.layout.lock()?;
-    refresh::resign_at(&f.layout, "stable", true, chrono::Utc::now() - chrono::Duration::days(2)).await?;
+    refresh::resign_at(
+        &f.layout,
+        "stable",
+        true,
+        chrono::Utc::now() - chrono::Duration::days(2),
+    )
+    .await?;
     let why = expect_refused(f.check().await, Refusal::Freeze);
     assert!(why.contains("timestamp"), "{why}");
     Ok(())
@@ -281,7 +318,10 @@ async fn r13_mix_and_match_is_refused() -> Result<()> {
     let f = Fixture::new().await?;
     // Targets metadata of an earlier moment, validly signed, under the name
     // the current snapshot points to.
-    std::fs::copy(f.meta().join("1.targets.json"), f.meta().join("2.targets.json"))?;
+    std::fs::copy(
+        f.meta().join("1.targets.json"),
+        f.meta().join("2.targets.json"),
+    )?;
     expect_refused(f.check().await, Refusal::MixAndMatch);
     Ok(())
 }
@@ -304,9 +344,15 @@ async fn r13_arbitrary_package_is_refused() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r13_endless_data_and_slow_retrieval_are_refused() -> Result<()> {
     let f = Fixture::new().await?;
-    f.tamper.lock().unwrap().insert("timestamp.json".into(), Tamper::Endless);
+    f.tamper
+        .lock()
+        .unwrap()
+        .insert("timestamp.json".into(), Tamper::Endless);
     expect_refused(f.check().await, Refusal::EndlessData);
-    f.tamper.lock().unwrap().insert("timestamp.json".into(), Tamper::Slow);
+    f.tamper
+        .lock()
+        .unwrap()
+        .insert("timestamp.json".into(), Tamper::Slow);
     let started = std::time::Instant::now();
     expect_refused(f.check().await, Refusal::SlowRetrieval);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -316,7 +362,10 @@ async fn r13_endless_data_and_slow_retrieval_are_refused() -> Result<()> {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .find(|n| n.ends_with("2026.12.02-bbbb.image.json"))
         .context("no image.json target")?;
-    f.tamper.lock().unwrap().insert(manifest_name, Tamper::Endless);
+    f.tamper
+        .lock()
+        .unwrap()
+        .insert(manifest_name, Tamper::Endless);
     let r = f.check().await;
     let kind = r.as_ref().err().and_then(|e| e.refusal());
     assert!(
@@ -336,20 +385,27 @@ async fn r13_root_below_threshold_is_refused() -> Result<()> {
     let v2 = keys::build_root(&set, 2, chrono::Utc::now() + chrono::Duration::days(30))?;
     let one = keys::PemKey::new(f.offline.join("root-1.pem")).load()?;
     let signed = keys::sign_role(&v2, &[one]).await?;
-    std::fs::write(f.meta().join("2.root.json"), serde_json::to_vec_pretty(&signed)?)?;
+    std::fs::write(
+        f.meta().join("2.root.json"),
+        serde_json::to_vec_pretty(&signed)?,
+    )?;
     let why = expect_refused(f.check().await, Refusal::Signature);
     assert!(why.contains("root"), "{why}");
     // Targets signed by a key that is not the targets key.
     std::fs::remove_file(f.meta().join("2.root.json"))?;
     let path = f.meta().join("2.targets.json");
-    let t: tough::schema::Signed<tough::schema::Targets> = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let t: tough::schema::Signed<tough::schema::Targets> =
+        serde_json::from_slice(&std::fs::read(&path)?)?;
     let wrong = keys::PemKey::new(f.offline.join("root-2.pem")).load()?;
     let forged = keys::sign_role(&t.signed, &[wrong]).await?;
     std::fs::write(&path, serde_json::to_vec_pretty(&forged)?)?;
     let r = f.check().await;
     let kind = r.as_ref().err().and_then(|e| e.refusal());
     // The snapshot's hash of targets.json catches it first, or the signature.
-    assert!(matches!(kind, Some(Refusal::MixAndMatch | Refusal::Signature)), "{r:?}");
+    assert!(
+        matches!(kind, Some(Refusal::MixAndMatch | Refusal::Signature)),
+        "{r:?}"
+    );
     Ok(())
 }
 

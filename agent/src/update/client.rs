@@ -89,7 +89,9 @@ pub struct Offer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Nothing newer than `release` is offered.
-    UpToDate { release: u64 },
+    UpToDate {
+        release: u64,
+    },
     Update(Box<Offer>),
 }
 
@@ -258,18 +260,29 @@ async fn offer_for(
         .read_target(&name)
         .await
         .map_err(|e| UpdateError::from_tough(Stage::Target, &e))?
-        .ok_or_else(|| UpdateError::refused(Refusal::Incomplete, format!("{} is missing", manifest_ref.name)))?;
+        .ok_or_else(|| {
+            UpdateError::refused(
+                Refusal::Incomplete,
+                format!("{} is missing", manifest_ref.name),
+            )
+        })?;
     let bytes = stream
         .into_vec()
         .await
         .map_err(|e| UpdateError::from_tough(Stage::Target, &e))?;
     let image: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
-        UpdateError::refused(Refusal::Incomplete, format!("{}: not an image manifest: {e}", manifest_ref.name))
+        UpdateError::refused(
+            Refusal::Incomplete,
+            format!("{}: not an image manifest: {e}", manifest_ref.name),
+        )
     })?;
     if image.version != chosen.version {
         return Err(UpdateError::refused(
             Refusal::Incomplete,
-            format!("{} says version {}, the targets say {}", manifest_ref.name, image.version, chosen.version),
+            format!(
+                "{} says version {}, the targets say {}",
+                manifest_ref.name, image.version, chosen.version
+            ),
         ));
     }
     for artifact in [KERNEL, INITRD, ROOTFS] {

@@ -134,7 +134,8 @@ fn classify(stage: client::Stage, msg: &str) -> Refusal {
         Refusal::Rollback
     } else if m.contains("threshold") || m.contains("signature") || m.contains("failed to verify") {
         Refusal::Signature
-    } else if m.contains("hash mismatch") || m.contains("version mismatch") || m.contains("length") {
+    } else if m.contains("hash mismatch") || m.contains("version mismatch") || m.contains("length")
+    {
         match stage {
             client::Stage::Metadata => Refusal::MixAndMatch,
             client::Stage::Target => Refusal::ArbitraryPackage,
@@ -169,9 +170,15 @@ mod tests {
     #[test]
     fn tough_messages_name_the_attack() {
         use client::Stage::*;
-        assert_eq!(classify(Metadata, "timestamp metadata is expired"), Refusal::Freeze);
         assert_eq!(
-            classify(Metadata, "Found version 1 of timestamp metadata when we had previously fetched version 3"),
+            classify(Metadata, "timestamp metadata is expired"),
+            Refusal::Freeze
+        );
+        assert_eq!(
+            classify(
+                Metadata,
+                "Found version 1 of timestamp metadata when we had previously fetched version 3"
+            ),
             Refusal::Rollback
         );
         assert_eq!(
@@ -179,12 +186,30 @@ mod tests {
             Refusal::Signature
         );
         assert_eq!(
-            classify(Metadata, "Hash mismatch for targets.json: calculated 00, expected 11"),
+            classify(
+                Metadata,
+                "Hash mismatch for targets.json: calculated 00, expected 11"
+            ),
             Refusal::MixAndMatch
         );
-        assert_eq!(classify(Target, "Hash mismatch for x: calculated 00, expected 11"), Refusal::ArbitraryPackage);
-        assert_eq!(classify(Metadata, "Maximum size 65536 (specified by max_timestamp_size) exceeded"), Refusal::EndlessData);
-        assert_eq!(classify(Metadata, "slow retrieval: http://x sent 3 bytes in 4 s"), Refusal::SlowRetrieval);
-        assert_eq!(classify(Metadata, "connection refused"), Refusal::Unreachable);
+        assert_eq!(
+            classify(Target, "Hash mismatch for x: calculated 00, expected 11"),
+            Refusal::ArbitraryPackage
+        );
+        assert_eq!(
+            classify(
+                Metadata,
+                "Maximum size 65536 (specified by max_timestamp_size) exceeded"
+            ),
+            Refusal::EndlessData
+        );
+        assert_eq!(
+            classify(Metadata, "slow retrieval: http://x sent 3 bytes in 4 s"),
+            Refusal::SlowRetrieval
+        );
+        assert_eq!(
+            classify(Metadata, "connection refused"),
+            Refusal::Unreachable
+        );
     }
 }

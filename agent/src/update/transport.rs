@@ -12,7 +12,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
+use tough::{Transport, TransportError, TransportErrorKind};
+
+/// What `Transport::fetch` returns (tough does not re-export its alias).
+type TransportStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, TransportError>> + Send>>;
 use url::Url;
 
 /// Limits of one transport.
@@ -141,7 +145,9 @@ impl Body {
             return Some(Err(terr(TransportErrorKind::Other, &url, e)));
         }
         let secs = self.started.elapsed().as_secs_f64();
-        if self.started.elapsed() > self.opts.grace && (self.read as f64) < secs * self.opts.min_rate as f64 {
+        if self.started.elapsed() > self.opts.grace
+            && (self.read as f64) < secs * self.opts.min_rate as f64
+        {
             let e = FetchError::TooSlow {
                 url: url.to_string(),
                 bytes: self.read,
@@ -209,9 +215,11 @@ impl Transport for HttpTransport {
             started,
             read: 0,
         };
-        let stream = futures::stream::unfold(body, |mut b| async move {
-            b.next().await.map(|item| (item, b))
-        });
+        let stream =
+            futures::stream::unfold(
+                body,
+                |mut b| async move { b.next().await.map(|item| (item, b)) },
+            );
         Ok(Box::pin(stream))
     }
 }

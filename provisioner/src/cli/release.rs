@@ -18,7 +18,9 @@ pub enum ReleaseCommand {
     /// The release gets the next release number (releases are ordered by
     /// it, never by version string). Appliances running a release below
     /// --min-release will not take it.
-    #[command(after_help = "Example:\n  levee release publish ./out --channel beta --targets-key /media/keys/targets.pem")]
+    #[command(
+        after_help = "Example:\n  levee release publish ./out --channel beta --targets-key /media/keys/targets.pem"
+    )]
     Publish {
         image_dir: PathBuf,
         #[arg(long)]
@@ -36,9 +38,13 @@ pub enum ReleaseCommand {
     },
     /// Add a release of one channel to another (same files, same release
     /// number), e.g. after it proved itself in beta.
-    #[command(after_help = "Example:\n  levee release promote 2026.12.02-3f2a9c1 --from beta --to stable --targets-key /media/keys/targets.pem")]
+    #[command(
+        after_help = "Example:\n  levee release promote 2026.12.02-3f2a9c1 --from beta --to stable --targets-key /media/keys/targets.pem"
+    )]
     Promote {
-        version: String,
+        /// The image version to promote (see `levee release status`).
+        #[arg(value_name = "VERSION")]
+        image_version: String,
         #[arg(long)]
         from: String,
         #[arg(long)]
@@ -86,7 +92,9 @@ pub enum KeysCommand {
     /// DATA_DIR/releases/keys/ (levee serve re-signs with them). Bake
     /// OFFLINE_DIR/root.json into images with `levee image build
     /// --trust-root`.
-    #[command(after_help = "Example:\n  levee release keys init --offline-dir /media/usb/levee-root --targets-key /media/usb/targets.pem")]
+    #[command(
+        after_help = "Example:\n  levee release keys init --offline-dir /media/usb/levee-root --targets-key /media/usb/targets.pem"
+    )]
     Init {
         #[arg(long, value_name = "DIR")]
         offline_dir: PathBuf,
@@ -106,7 +114,9 @@ pub enum KeysCommand {
     /// Sign the next root version: revoke root keys (each replaced by a new
     /// one), change the threshold, replace the online keys, or just renew
     /// the root's expiry. Appliances follow through the root chain.
-    #[command(after_help = "Examples:\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --revoke /media/usb/levee-root/root-2.pem\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --rotate-online")]
+    #[command(
+        after_help = "Examples:\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --revoke /media/usb/levee-root/root-2.pem\n  levee release keys rotate-root --offline-dir /media/usb/levee-root --rotate-online"
+    )]
     RotateRoot {
         #[arg(long, value_name = "DIR")]
         offline_dir: PathBuf,
@@ -143,11 +153,13 @@ pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
                 expires_days: expiry.expires_days,
             };
             let p = releases::block_on(channel::publish(&layout, &image_dir, &channel, &opts))
-                .with_context(|| format!("cannot publish {} to `{channel}`", image_dir.display()))?;
+                .with_context(|| {
+                    format!("cannot publish {} to `{channel}`", image_dir.display())
+                })?;
             print_published(&p, json)
         }
         ReleaseCommand::Promote {
-            version,
+            image_version: version,
             from,
             to,
             targets_key,
@@ -215,7 +227,8 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
                 root_threshold,
                 root_expires_days: expires_days,
             };
-            let r = releases::block_on(root::init(layout, &opts)).context("cannot make release keys")?;
+            let r = releases::block_on(root::init(layout, &opts))
+                .context("cannot make release keys")?;
             if json {
                 return super::print_json(&r);
             }
@@ -226,8 +239,14 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
                 opts.offline_dir.display()
             );
             println!("targets key: {} (give it to publish/promote with --targets-key; keep it off the server)", r.targets_key.display());
-            println!("snapshot and timestamp keys: {} (online, used by levee serve)", layout.keys_dir().display());
-            println!("trusted root for images: {} (levee image build --trust-root)", r.trust_root.display());
+            println!(
+                "snapshot and timestamp keys: {} (online, used by levee serve)",
+                layout.keys_dir().display()
+            );
+            println!(
+                "trusted root for images: {} (levee image build --trust-root)",
+                r.trust_root.display()
+            );
             Ok(())
         }
         KeysCommand::RotateRoot {
@@ -245,7 +264,8 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
                 rotate_online,
                 root_expires_days: expires_days,
             };
-            let r = releases::block_on(root::rotate(layout, &opts)).context("cannot rotate the root")?;
+            let r = releases::block_on(root::rotate(layout, &opts))
+                .context("cannot rotate the root")?;
             if json {
                 return super::print_json(&r);
             }
@@ -272,11 +292,9 @@ fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<(
         for c in &channels {
             match channel::state(layout, c).await? {
                 Some(s) => out.push(s),
-                None => {
-                    return Err(releases::ReleaseError::Usage(format!(
-                        "channel `{c}` has no releases (levee release publish IMAGE_DIR --channel {c})"
-                    )))
-                }
+                None => return Err(releases::ReleaseError::Usage(format!(
+                    "channel `{c}` has no releases (levee release publish IMAGE_DIR --channel {c})"
+                ))),
             }
         }
         Ok(out)

@@ -80,12 +80,16 @@ pub async fn load(layout: &Layout, channel: &str) -> Result<Option<Repository>, 
     }
     let chain = layout.root_chain()?;
     let first = std::fs::read(&chain[0].1).map_err(io_err(&chain[0].1))?;
-    let repo = RepositoryLoader::new(&first, file_url(&meta)?, file_url(&layout.targets_dir(channel))?)
-        .transport(FilesystemTransport)
-        .expiration_enforcement(ExpirationEnforcement::Unsafe)
-        .load()
-        .await
-        .map_err(|e| ReleaseError::Tuf(format!("channel `{channel}` does not verify: {e}")))?;
+    let repo = RepositoryLoader::new(
+        &first,
+        file_url(&meta)?,
+        file_url(&layout.targets_dir(channel))?,
+    )
+    .transport(FilesystemTransport)
+    .expiration_enforcement(ExpirationEnforcement::Unsafe)
+    .load()
+    .await
+    .map_err(|e| ReleaseError::Tuf(format!("channel `{channel}` does not verify: {e}")))?;
     Ok(Some(repo))
 }
 
@@ -97,7 +101,9 @@ pub fn release_info(target: &Target) -> Option<ReleaseInfo> {
 pub fn state_of(channel: &str, repo: &Repository) -> ChannelState {
     let mut by_version: BTreeMap<(u64, String), ReleaseEntry> = BTreeMap::new();
     for (name, target) in repo.targets().signed.targets_iter() {
-        let Some(info) = release_info(target) else { continue };
+        let Some(info) = release_info(target) else {
+            continue;
+        };
         let entry = by_version
             .entry((info.release, info.version.clone()))
             .or_insert_with(|| ReleaseEntry {
@@ -216,8 +222,8 @@ pub async fn publish(
                 )));
             }
         }
-        let value = serde_json::to_value(info(&artifact))
-            .map_err(|e| ReleaseError::Tuf(e.to_string()))?;
+        let value =
+            serde_json::to_value(info(&artifact)).map_err(|e| ReleaseError::Tuf(e.to_string()))?;
         target.custom.insert(CUSTOM_KEY.into(), value);
         targets.push(NewTarget {
             name: release::target_name(&manifest.version, &artifact),
@@ -225,7 +231,16 @@ pub async fn publish(
             target,
         });
     }
-    commit(layout, channel, targets, opts, &manifest.version, highest + 1, opts.min_release.max(1)).await
+    commit(
+        layout,
+        channel,
+        targets,
+        opts,
+        &manifest.version,
+        highest + 1,
+        opts.min_release.max(1),
+    )
+    .await
 }
 
 /// Adds release `version` of channel `from` to channel `to`, with the same
@@ -245,10 +260,18 @@ pub async fn promote(
         .ok_or_else(|| ReleaseError::Usage(format!("channel `{from}` has no releases")))?;
     let src_state = state_of(from, &src);
     let entry = src_state.release(version).cloned().ok_or_else(|| {
-        let have: Vec<&str> = src_state.releases.iter().map(|r| r.version.as_str()).collect();
+        let have: Vec<&str> = src_state
+            .releases
+            .iter()
+            .map(|r| r.version.as_str())
+            .collect();
         ReleaseError::Usage(format!(
             "channel `{from}` has no version {version}; it has {}",
-            if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
         ))
     })?;
     if let Some(dst) = state(layout, to).await? {
@@ -276,11 +299,22 @@ pub async fn promote(
             .clone();
         targets.push(NewTarget {
             name: a.target.clone(),
-            source: layout.targets_dir(from).join(format!("{}.{}", a.sha256, a.target)),
+            source: layout
+                .targets_dir(from)
+                .join(format!("{}.{}", a.sha256, a.target)),
             target,
         });
     }
-    commit(layout, to, targets, opts, version, entry.release, entry.min_release).await
+    commit(
+        layout,
+        to,
+        targets,
+        opts,
+        version,
+        entry.release,
+        entry.min_release,
+    )
+    .await
 }
 
 /// Copies the files, signs the new metadata and makes it visible.
@@ -315,7 +349,13 @@ async fn commit(
     std::fs::create_dir_all(&targets_dir).map_err(io_err(&targets_dir))?;
     for t in &targets {
         let sha = hex::encode(t.target.hashes.sha256.as_ref());
-        copy_target(&t.source, &targets_dir, &format!("{sha}.{}", t.name), &sha, t.target.length)?;
+        copy_target(
+            &t.source,
+            &targets_dir,
+            &format!("{sha}.{}", t.name),
+            &sha,
+            t.target.length,
+        )?;
         let name = TargetName::new(t.name.clone())
             .map_err(|e| ReleaseError::Tuf(format!("target {}: {e}", t.name)))?;
         editor
@@ -381,7 +421,13 @@ async fn commit(
 
 /// Copies `src` to `dir/name` through a temporary file, checking length and
 /// sha256 on the way; an existing complete file is kept.
-fn copy_target(src: &Path, dir: &Path, name: &str, sha: &str, length: u64) -> Result<(), ReleaseError> {
+fn copy_target(
+    src: &Path,
+    dir: &Path,
+    name: &str,
+    sha: &str,
+    length: u64,
+) -> Result<(), ReleaseError> {
     use sha2::Digest;
     use std::io::{Read, Write};
     let dst = dir.join(name);

@@ -48,9 +48,7 @@ impl PemKey {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let der = pem::parse(&text)
-            .map(|p| p.into_contents())
-            .unwrap_or(text);
+        let der = pem::parse(&text).map(|p| p.into_contents()).unwrap_or(text);
         let pair = tough::sign::parse_keypair(&der).map_err(|e| ReleaseError::Key {
             path: self.path.clone(),
             reason: format!("not an ed25519/ECDSA/RSA PKCS#8 key: {e}"),
@@ -167,7 +165,11 @@ impl RoleSet {
 }
 
 /// Builds root metadata naming `set`'s keys (not yet signed).
-pub fn build_root(set: &RoleSet, version: u64, expires: DateTime<Utc>) -> Result<Root, ReleaseError> {
+pub fn build_root(
+    set: &RoleSet,
+    version: u64,
+    expires: DateTime<Utc>,
+) -> Result<Root, ReleaseError> {
     if set.root_threshold == 0 || set.root_threshold as usize > set.root.len() {
         return Err(ReleaseError::Usage(format!(
             "a root threshold of {} needs 1 to {} root keys",
@@ -215,7 +217,10 @@ pub fn nonzero(n: u64) -> Result<NonZeroU64, ReleaseError> {
 
 /// Checks `signed` carries a threshold of valid `T::TYPE` signatures
 /// under `root` (tough's own check, as the client does it).
-pub fn verify<T: Role + serde::Serialize>(root: &Root, signed: &Signed<T>) -> Result<(), ReleaseError> {
+pub fn verify<T: Role + serde::Serialize>(
+    root: &Root,
+    signed: &Signed<T>,
+) -> Result<(), ReleaseError> {
     root.verify_role(signed)
         .map_err(|e| ReleaseError::Tuf(format!("{} signatures do not verify: {e}", T::TYPE)))
 }

@@ -63,10 +63,15 @@ pub async fn resign_at(
         out.snapshot = Some(snapshot_version);
         snapshot_bytes = Some(bytes);
     }
-    if snapshot_bytes.is_some() || force || timestamp.signed.expires - now < TIMESTAMP_RENEW_BEFORE {
+    if snapshot_bytes.is_some() || force || timestamp.signed.expires - now < TIMESTAMP_RENEW_BEFORE
+    {
         let key = layout.timestamp_key().load()?;
         let version = timestamp.signed.version.get() + 1;
-        let mut next = Timestamp::new(SPEC_VERSION.into(), nonzero(version)?, now + TIMESTAMP_LIFETIME);
+        let mut next = Timestamp::new(
+            SPEC_VERSION.into(),
+            nonzero(version)?,
+            now + TIMESTAMP_LIFETIME,
+        );
         let meta = match &snapshot_bytes {
             Some(bytes) => snapshot_metafile(bytes, snapshot_version)?,
             None => snap_meta.clone(),

@@ -47,7 +47,10 @@ pub async fn init(layout: &Layout, opts: &InitOptions) -> Result<InitReport, Rel
             layout.root_dir().display()
         )));
     }
-    if opts.root_keys == 0 || opts.root_threshold == 0 || opts.root_threshold as usize > opts.root_keys {
+    if opts.root_keys == 0
+        || opts.root_threshold == 0
+        || opts.root_threshold as usize > opts.root_keys
+    {
         return Err(ReleaseError::Usage(format!(
             "--root-threshold {} must be between 1 and --root-keys {}",
             opts.root_threshold, opts.root_keys
@@ -56,14 +59,18 @@ pub async fn init(layout: &Layout, opts: &InitOptions) -> Result<InitReport, Rel
     std::fs::create_dir_all(&opts.offline_dir).map_err(io_err(&opts.offline_dir))?;
     let mut root_files = Vec::new();
     for i in 1..=opts.root_keys {
-        root_files.push(keys::generate(&opts.offline_dir.join(format!("root-{i}.pem")))?);
+        root_files.push(keys::generate(
+            &opts.offline_dir.join(format!("root-{i}.pem")),
+        )?);
     }
     let targets = keys::generate(&opts.targets_key)?;
     let snapshot = keys::generate(&layout.snapshot_key().path)?;
     let timestamp = keys::generate(&layout.timestamp_key().path)?;
 
-    let root_signers: Vec<Box<dyn Sign>> =
-        root_files.iter().map(|k| k.load()).collect::<Result<_, _>>()?;
+    let root_signers: Vec<Box<dyn Sign>> = root_files
+        .iter()
+        .map(|k| k.load())
+        .collect::<Result<_, _>>()?;
     let set = RoleSet {
         root: root_signers.iter().map(|s| s.tuf_key()).collect(),
         root_threshold: opts.root_threshold,
@@ -243,7 +250,9 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
     let _ = signed_ids;
     let signed = keys::sign_role(&new_root, &signers).await?;
     keys::verify(old_root, &signed).map_err(|e| {
-        ReleaseError::Tuf(format!("the new root does not verify under the old one: {e}"))
+        ReleaseError::Tuf(format!(
+            "the new root does not verify under the old one: {e}"
+        ))
     })?;
     keys::verify(&new_root, &signed).map_err(|e| {
         ReleaseError::Tuf(format!("the new root does not verify under itself: {e}"))
