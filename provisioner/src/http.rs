@@ -406,6 +406,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn release_channels_are_served_read_only_and_keys_never() {
+        let (_d, st) = state();
+        let layout = crate::releases::Layout::new(&st.boot.data_dir);
+        std::fs::create_dir_all(layout.metadata_dir("stable")).unwrap();
+        std::fs::create_dir_all(layout.targets_dir("stable")).unwrap();
+        std::fs::create_dir_all(layout.keys_dir()).unwrap();
+        std::fs::write(layout.metadata_dir("stable").join("timestamp.json"), b"{}").unwrap();
+        std::fs::write(
+            layout.targets_dir("stable").join("ab.v.rootfs.squashfs"),
+            b"0123456789",
+        )
+        .unwrap();
+        std::fs::write(layout.keys_dir().join("timestamp.pem"), b"secret").unwrap();
+        let (status, body) = call(&st, get("/releases/stable/metadata/timestamp.json")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "{}"));
+        // Range, for resumable downloads.
+        let req = HttpRequest::get("/releases/stable/targets/ab.v.rootfs.squashfs")
+            .header(header::RANGE, "bytes=4-")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&st, req).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::PARTIAL_CONTENT, "456789")
+        );
+        for uri in [
+            "/releases/keys/metadata/timestamp.pem",
+            "/releases/stable/keys/timestamp.pem",
+            "/releases/stable/metadata/..%2F..%2Fkeys%2Ftimestamp.pem",
+            "/releases/root/metadata/1.root.json",
+            "/releases/Stable/metadata/timestamp.json",
+        ] {
+            let (status, body) = call(&st, get(uri)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        }
+        let req = HttpRequest::post("/releases/stable/metadata/timestamp.json")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = call(&st, req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
     async fn a_machine_gets_its_own_script() {
         let (_d, st) = state();
         let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;

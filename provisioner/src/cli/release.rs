@@ -292,9 +292,11 @@ fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<(
         for c in &channels {
             match channel::state(layout, c).await? {
                 Some(s) => out.push(s),
-                None => return Err(releases::ReleaseError::Usage(format!(
+                None => {
+                    return Err(releases::ReleaseError::Usage(format!(
                     "channel `{c}` has no releases (levee release publish IMAGE_DIR --channel {c})"
-                ))),
+                )))
+                }
             }
         }
         Ok(out)
