@@ -367,7 +367,9 @@ async fn commit(
     let nz = |n: u64| NonZeroU64::new(n + 1).expect("n + 1 > 0");
     editor
         .targets_version(nz(tv))
-        .and_then(|e| e.targets_expires(targets_expires))
+        .map_err(|e| ReleaseError::Tuf(e.to_string()))?;
+    editor
+        .targets_expires(targets_expires)
         .map_err(|e| ReleaseError::Tuf(e.to_string()))?;
     editor
         .snapshot_version(nz(sv))

@@ -205,10 +205,9 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
     });
     // Replacement keys, named after the highest root-N.pem present.
     let mut new_files = Vec::new();
-    let mut next = next_root_index(&opts.offline_dir)?;
-    for _ in 0..revoked.len() {
+    let first = next_root_index(&opts.offline_dir)?;
+    for next in first..first + revoked.len() {
         let k = keys::generate(&opts.offline_dir.join(format!("root-{next}.pem")))?;
-        next += 1;
         set.root.push(k.load()?.tuf_key());
         new_files.push(k);
     }
