@@ -26,3 +26,15 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Bytes an encryption adds to its plaintext.
 pub const CRYPTO_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// XAES-256-GCM nonce length (format 2).
+pub const XNONCE_LEN: usize = 24;
+/// First bytes of a format 2 `config` file; a format 1 config is plain JSON.
+pub const CONFIG_MAGIC: [u8; 4] = *b"LVCF";
+/// Repository format of repositories created before the encrypted config:
+/// AES-256-GCM with 96-bit nonces, the seeded gear table, unpadded packs.
+pub const FORMAT_1: u8 = 1;
+/// Encrypted, authenticated config; XAES-256-GCM; keyed gear table; padded
+/// pack headers and packs.
+pub const FORMAT_2: u8 = 2;
+/// Pack header version with zero padding after the entries (format 2).
+pub const VERSION_3: u8 = 3;

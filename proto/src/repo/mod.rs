@@ -3,6 +3,7 @@
 //! offsite store. The byte layouts are documented in `docs/REPOSITORY.md`;
 //! the frozen magic numbers live in [`file_formats`].
 
+pub mod config;
 pub mod crypto;
 pub mod file_formats;
 pub mod frame;
@@ -13,7 +14,8 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 
-pub use crypto::{CryptoError, MasterKey};
+pub use config::{ConfigError, RepoConfig};
+pub use crypto::{Cipher, CryptoError, MasterKey};
 pub use frame::FrameError;
 pub use id::{BlobId, Id, IdParseError, PackId};
 pub use index::{IndexError, IndexFile, IndexPack};
