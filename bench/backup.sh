@@ -32,7 +32,8 @@ BYTES=$(du -sb "$DATA" | cut -f1)
 find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
 sync   # the copy's writeback must not land in the first tool's backup
 
-export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench LEVEE_PASSWORD=bench
+# levee refuses secrets under 8 bytes; the same one for all three tools.
+export RESTIC_PASSWORD=bench-secret BORG_PASSPHRASE=bench-secret LEVEE_PASSWORD=bench-secret
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 "$LEVEE" --repo "$WORK/levee" init >/dev/null
 restic init --repo "$WORK/restic" >/dev/null 2>&1

@@ -5,13 +5,23 @@
 use std::path::PathBuf;
 
 use levee_agent::backup::chunker::Chunker;
+use levee_proto::repo::config::{CHUNKER_V2, PADDING_PADME};
 use levee_proto::repo::crypto::{decrypt, encrypt_with_nonce};
 use levee_proto::repo::{
-    BlobEntry, BlobId, BlobKind, Compression, IndexFile, IndexPack, KdfParams, KeySlot, MasterKey,
-    Node, NodeKind, PackHeader, PackId, Snapshot, SnapshotSummary, Tree,
+    BlobEntry, BlobId, BlobKind, Cipher, Compression, IndexFile, IndexPack, KdfParams, KeySlot,
+    MasterKey, Node, NodeKind, PackHeader, PackId, RepoConfig, Snapshot, SnapshotSummary, Tree,
 };
 
 use crate::util::rand_bytes;
+
+fn read_golden(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("golden {name}: {e}"))
+}
 
 fn golden(name: &str, actual: &[u8]) {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -193,22 +203,83 @@ fn encryption_and_keyed_ids_golden() {
 #[test]
 fn key_slot_golden_opens() {
     let m = MasterKey::from_bytes(&[7u8; 64]);
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keyslot.json");
+    // Version 1 (format 1 repositories): a read-compat vector, never rewritten.
+    let slot = KeySlot::parse(&read_golden("keyslot.json")).expect("parse");
+    assert!(!slot.authenticated());
+    assert_eq!(slot.open(b"golden").expect("open").to_bytes(), m.to_bytes());
+    assert!(slot.open(b"wrong").is_err());
+    // Version 2: metadata authenticated; the secret is now at least 8 bytes.
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keyslot_v2.json");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         let slot = KeySlot::create(
             &m,
-            b"golden",
+            b"golden secret",
             KdfParams::with_memory(1024),
             "recovery",
             "golden",
             1_700_000_000,
+            2,
         )
         .expect("create");
         std::fs::write(&p, slot.to_bytes()).expect("write");
     }
     let slot = KeySlot::parse(&std::fs::read(&p).expect("golden keyslot")).expect("parse");
-    assert_eq!(slot.open(b"golden").expect("open").to_bytes(), m.to_bytes());
-    assert!(slot.open(b"wrong").is_err());
+    assert!(slot.authenticated());
+    assert_eq!(slot.format, 2);
+    assert_eq!(
+        slot.open(b"golden secret").expect("open").to_bytes(),
+        m.to_bytes()
+    );
+    let mut edited = slot.clone();
+    edited.label = "forged".into();
+    assert!(edited.open(b"golden secret").is_err());
+}
+
+/// Format 2 vectors: XAES-256-GCM objects, the encrypted config, the keyed
+/// gear table, padded pack headers. Written once; later versions must read
+/// them.
+#[test]
+fn format_2_goldens() {
+    let m = MasterKey::from_bytes(&[7u8; 64]).with_cipher(Cipher::Xaes256Gcm);
+    let ct = m.xaes_seal(&[9u8; 24], b"levee blob", b"");
+    golden("encrypted_xaes.bin", &ct);
+    assert_eq!(m.decrypt(&ct).expect("decrypt"), b"levee blob");
+    let gear = m.gear_table();
+    golden("gear_table_v2.txt", format!("{:?}", &gear[..]).as_bytes());
+    golden("pack_header_v3.bin", &sample_header().to_bytes_padded());
+    assert_eq!(
+        PackHeader::parse(&read_golden("pack_header_v3.bin")).expect("v3"),
+        sample_header()
+    );
+    let cfg = RepoConfig {
+        version: 2,
+        id: "ab".repeat(16),
+        created_ns: 1_700_000_000_000_000_000,
+        chunker: CHUNKER_V2.into(),
+        chunk_min: 512 * 1024,
+        chunk_avg: 1024 * 1024,
+        chunk_max: 8 * 1024 * 1024,
+        pack_padding: PADDING_PADME.into(),
+    };
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/config_v2.bin");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&p, cfg.to_bytes(&m).expect("config")).expect("write");
+    }
+    assert_eq!(
+        RepoConfig::parse(&read_golden("config_v2.bin"), &m).expect("config"),
+        cfg
+    );
+    // The keyed table's boundaries on the same data as the seeded golden.
+    let data = rand_bytes(1, 2 * 1024 * 1024);
+    let mut c = Chunker::with_table(gear, 16 * 1024, 64 * 1024, 256 * 1024);
+    let mut cuts = Vec::new();
+    let mut off = 0;
+    while let Some(n) = c.scan(&data[off..]) {
+        off += n;
+        cuts.push(off);
+    }
+    assert!(cuts.len() > 10);
+    golden("chunker_cuts_v2.txt", format!("{cuts:?}").as_bytes());
 }
 
 #[test]

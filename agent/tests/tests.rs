@@ -8,6 +8,7 @@ mod damaged;
 mod e2e_local;
 mod formats;
 mod hardening;
+mod keys_config;
 mod locks;
 mod prune_converges;
 mod restore_safety;

@@ -1,6 +1,10 @@
-//! Content-defined chunking: FastCDC (normalized, level 1) with fastcdc's
-//! gear table XORed with a per-repository secret seed, so chunk boundaries
-//! depend on the key and do not fingerprint known files.
+//! Content-defined chunking: FastCDC (normalized, level 1) with a secret
+//! gear table, so chunk boundaries depend on the key and do not fingerprint
+//! known files. Format 2 repositories derive all 256 entries from the key
+//! ([`MasterKey::gear_table`](levee_proto::repo::MasterKey::gear_table));
+//! format 1 ones keep fastcdc's public table XORed with a 64-bit seed
+//! ([`seeded_gear`]), the construction Truong et al. (2025) break, so that
+//! their boundaries, and so their deduplication, stay as they were.
 //!
 //! [`Chunker::scan`] is a pure scanner: feed it bytes in any pieces and it
 //! reports where the current chunk ends; the boundaries are the same whether
@@ -30,9 +34,18 @@ impl Chunker {
         Self::with_sizes(seed, MIN_SIZE, AVG_SIZE, MAX_SIZE)
     }
 
+    /// Format 1's chunker (seeded public table).
     pub fn with_sizes(seed: u64, min: usize, avg: usize, max: usize) -> Self {
-        let bits = avg.next_power_of_two().trailing_zeros() as usize;
-        let (gear, _) = get_gear_with_seed(seed);
+        Self::with_table(seeded_gear(seed), min, avg, max)
+    }
+
+    /// A chunker with the given gear table. The sizes must have passed
+    /// [`RepoConfig::validate`](levee_proto::repo::RepoConfig::validate)
+    /// (the masks exist for averages of 4 B to 16 MiB; the sizes are clamped
+    /// here so nothing can index out of range even if not).
+    pub fn with_table(gear: Box<[u64; 256]>, min: usize, avg: usize, max: usize) -> Self {
+        let bits = (avg.next_power_of_two().trailing_zeros() as usize).clamp(2, MASKS.len() - 2);
+        let (avg, max) = (avg.max(1), max.max(1));
         Self {
             gear,
             mask_s: MASKS[bits + 1],
@@ -94,6 +107,11 @@ impl Chunker {
         self.pos = 0;
         self.hash = 0;
     }
+}
+
+/// fastcdc's public gear table XORed with `seed` (format 1).
+pub fn seeded_gear(seed: u64) -> Box<[u64; 256]> {
+    get_gear_with_seed(seed).0
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //!
 //! Writing happens on a thread of its own, so the fsync of one pack overlaps
 //! the filling of the next instead of stalling the compressors behind the
-//! packer. Two pack buffers take turns; they are 4 KiB aligned so the local
+//! packer. Format 2 pads each pack (random bytes between the last blob
+//! and the header, which is itself zero-padded inside its encryption) to a
+//! Padmé length, so neither a pack's size nor its header's length tells the
+//! sizes or number of the chunks in it. Two pack buffers take turns; they are 4 KiB aligned so the local
 //! backend can write them with O_DIRECT (see `backend::local`).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -13,8 +16,9 @@ use std::thread::JoinHandle;
 
 use aligned_vec::{AVec, ConstAlign};
 use levee_proto::repo::crypto::file_id;
-use levee_proto::repo::pack::trailer;
+use levee_proto::repo::pack::{padme, trailer};
 use levee_proto::repo::{BlobEntry, IndexFile, IndexPack, PackHeader};
+use rand::RngCore;
 
 use crate::backup::backend::crypt::{CryptBackend, CryptError};
 use crate::backup::backend::local::{LocalBackend, DIRECT_ALIGN};
@@ -49,6 +53,8 @@ struct PackJob {
 
 pub struct Packer {
     key: levee_proto::repo::MasterKey,
+    /// Pad packs and headers (format 2).
+    pad: bool,
     buf: PackBuf,
     entries: Vec<BlobEntry>,
     blobs: u64,
@@ -60,7 +66,8 @@ pub struct Packer {
 }
 
 impl Packer {
-    pub fn new(be: CryptBackend<LocalBackend>) -> Self {
+    /// `pad`: [`Repository::pads_packs`](crate::backup::repository::Repository::pads_packs).
+    pub fn new(be: CryptBackend<LocalBackend>, pad: bool) -> Self {
         let (to_writer, jobs) = sync_channel::<PackJob>(1);
         let (give_back, free) = sync_channel::<PackBuf>(2);
         let key = be.key().clone();
@@ -74,6 +81,7 @@ impl Packer {
         };
         Self {
             key,
+            pad,
             buf: pack_buf(),
             entries: Vec::new(),
             blobs: 0,
@@ -109,12 +117,21 @@ impl Packer {
             return Ok(());
         }
         let blobs = std::mem::take(&mut self.entries);
-        let header = self.key.encrypt(
-            &PackHeader {
-                blobs: blobs.clone(),
-            }
-            .to_bytes(),
-        );
+        let plain = PackHeader {
+            blobs: blobs.clone(),
+        };
+        let header = if self.pad {
+            self.key.encrypt(&plain.to_bytes_padded())
+        } else {
+            self.key.encrypt(&plain.to_bytes())
+        };
+        if self.pad {
+            let len = (self.buf.len() + header.len() + 8) as u64;
+            let fill = (padme(len) - len) as usize;
+            let start = self.buf.len();
+            self.buf.resize(start + fill, 0);
+            rand::thread_rng().fill_bytes(&mut self.buf[start..]);
+        }
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(&trailer(header.len() as u32));
         let next = self.free.try_recv().unwrap_or_else(|_| pack_buf());

@@ -6,13 +6,15 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use levee_proto::repo::config::{CHUNKER_V1, CHUNKER_V2, PADDING_PADME};
+use levee_proto::repo::file_formats::FORMAT_2;
 use levee_proto::repo::pack::parse_trailer;
+pub use levee_proto::repo::RepoConfig;
 use levee_proto::repo::{
-    BlobId, IndexFile, KdfParams, KeySlot, KeySlotError, MasterKey, PackHeader, PackId, Snapshot,
-    Tree,
+    BlobId, ConfigError, IndexFile, KdfParams, KeySlot, KeySlotError, MasterKey, PackHeader,
+    PackId, Snapshot, Tree,
 };
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
 use crate::backup::backend::crypt::{CryptBackend, CryptError};
 use crate::backup::backend::local::LocalBackend;
@@ -39,6 +41,13 @@ pub enum RepoError {
     KeySlot(String, KeySlotError),
     #[error("config: {0}")]
     Config(String),
+    #[error("config: {0}")]
+    BadConfig(#[from] ConfigError),
+    #[error(
+        "key slot {0} belongs to a format {1} repository but the config is format {2}: \
+         the config was replaced or downgraded; restore it from a copy"
+    )]
+    FormatMismatch(String, u8, u8),
     #[error("blob {0} is not in the index")]
     MissingBlob(BlobId),
     #[error("tree {0}: {1}")]
@@ -59,18 +68,6 @@ pub enum RepoError {
     LastKey,
     #[error("no key slot {0:?}")]
     NoKey(String),
-}
-
-/// The plaintext `config` file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RepoConfig {
-    pub version: u8,
-    pub id: String,
-    pub created_ns: i64,
-    pub chunker: String,
-    pub chunk_min: usize,
-    pub chunk_avg: usize,
-    pub chunk_max: usize,
 }
 
 pub struct Repository {
@@ -112,7 +109,7 @@ impl FrameCache {
 }
 
 impl Repository {
-    /// Creates a repository with one password key slot.
+    /// Creates a repository (the current format) with one key slot.
     pub fn init(
         path: &Path,
         password: &[u8],
@@ -120,10 +117,52 @@ impl Repository {
         kind: &str,
         label: &str,
     ) -> Result<Self, RepoError> {
+        Self::init_format(path, password, kdf, kind, label, FORMAT_2)
+    }
+
+    /// [`init`](Self::init) in a given format. Format 1 exists only so
+    /// tests can make the repositories older versions made and prove they
+    /// still back up and restore.
+    #[doc(hidden)]
+    pub fn init_format(
+        path: &Path,
+        password: &[u8],
+        kdf: KdfParams,
+        kind: &str,
+        label: &str,
+        format: u8,
+    ) -> Result<Self, RepoError> {
         let local = LocalBackend::new(path);
         if local.size(FileKind::Config, "").is_ok() {
             return Err(RepoError::AlreadyExists(path.into()));
         }
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let v1 = format == levee_proto::repo::file_formats::FORMAT_1;
+        let config = RepoConfig {
+            version: format,
+            id: hex::encode(id),
+            created_ns: now_ns(),
+            chunker: if v1 { CHUNKER_V1 } else { CHUNKER_V2 }.into(),
+            chunk_min: crate::backup::chunker::MIN_SIZE,
+            chunk_avg: crate::backup::chunker::AVG_SIZE,
+            chunk_max: crate::backup::chunker::MAX_SIZE,
+            pack_padding: if v1 { "" } else { PADDING_PADME }.into(),
+        };
+        let key = MasterKey::generate().with_cipher(RepoConfig::cipher_of(format));
+        // Checked before anything is written, so a refused secret or KDF
+        // cost leaves no half-made repository behind.
+        let slot = KeySlot::create(
+            &key,
+            password,
+            kdf,
+            kind,
+            label,
+            now_ns() / 1_000_000_000,
+            format,
+        )
+        .map_err(|e| RepoError::KeySlot("new".into(), e))?;
+        let config_bytes = config.to_bytes(&key)?;
         std::fs::create_dir_all(path).map_err(|e| BackendError::io(path, e))?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -131,27 +170,9 @@ impl Repository {
             std::fs::set_permissions(path, private).map_err(|e| BackendError::io(path, e))?;
         }
         local.create_layout()?;
-        let key = MasterKey::generate();
-        let slot = KeySlot::create(&key, password, kdf, kind, label, now_ns() / 1_000_000_000)
-            .map_err(|e| RepoError::KeySlot("new".into(), e))?;
         write_slot(&local, &slot)?;
-        let mut id = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut id);
-        let config = RepoConfig {
-            version: 1,
-            id: hex::encode(id),
-            created_ns: now_ns(),
-            chunker: "fastcdc-v2020-seeded".into(),
-            chunk_min: crate::backup::chunker::MIN_SIZE,
-            chunk_avg: crate::backup::chunker::AVG_SIZE,
-            chunk_max: crate::backup::chunker::MAX_SIZE,
-        };
         // The config is written last: its presence means init completed.
-        local.write(
-            FileKind::Config,
-            "",
-            &serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Config(e.to_string()))?,
-        )?;
+        local.write(FileKind::Config, "", &config_bytes)?;
         Ok(Self {
             be: CryptBackend::new(Arc::new(local), key),
             config,
@@ -167,13 +188,10 @@ impl Repository {
             Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(path.into())),
             Err(e) => return Err(e.into()),
         };
-        let config: RepoConfig =
-            serde_json::from_slice(&cfg).map_err(|e| RepoError::Config(e.to_string()))?;
-        if config.version != 1 {
-            return Err(RepoError::Config(format!(
-                "unsupported version {}",
-                config.version
-            )));
+        let format = RepoConfig::format_of(&cfg)?;
+        if format == levee_proto::repo::file_formats::FORMAT_1 {
+            // A format 1 config is plaintext: check it before any KDF runs.
+            RepoConfig::parse(&cfg, &MasterKey::generate())?;
         }
         for (name, _) in local.list(FileKind::Key)? {
             let Ok(slot) = local
@@ -186,12 +204,20 @@ impl Repository {
             };
             match slot.open(password) {
                 Ok(key) => {
+                    // The slot's format is authenticated (version 2 slots):
+                    // a format 2 repository whose config was swapped for a
+                    // plaintext format 1 one is refused, not downgraded.
+                    if slot.format != format {
+                        return Err(RepoError::FormatMismatch(name, slot.format, format));
+                    }
+                    let key = key.with_cipher(RepoConfig::cipher_of(format));
+                    let config = RepoConfig::parse(&cfg, &key)?;
                     return Ok(Self {
                         be: CryptBackend::new(Arc::new(local), key),
                         config,
                         path: path.into(),
                         frames: FrameCache::default(),
-                    })
+                    });
                 }
                 Err(KeySlotError::WrongPassword) => continue,
                 Err(e) => tracing::warn!(slot = %name, error = %e, "key slot skipped"),
@@ -208,13 +234,25 @@ impl Repository {
         self.be.inner()
     }
 
+    /// The chunker the config names: format 2's keyed gear table, or
+    /// format 1's seeded one (old repositories keep their boundaries).
     pub fn chunker(&self) -> crate::backup::chunker::Chunker {
-        crate::backup::chunker::Chunker::with_sizes(
-            self.key().chunker_seed(),
+        let gear = if self.config.chunker == CHUNKER_V2 {
+            self.key().gear_table()
+        } else {
+            crate::backup::chunker::seeded_gear(self.key().chunker_seed())
+        };
+        crate::backup::chunker::Chunker::with_table(
+            gear,
             self.config.chunk_min,
             self.config.chunk_avg,
             self.config.chunk_max,
         )
+    }
+
+    /// Whether packs are padded (format 2).
+    pub fn pads_packs(&self) -> bool {
+        !self.config.pack_padding.is_empty()
     }
 
     /// Loads every index file. Unreadable ones are returned, not fatal, so
@@ -414,6 +452,7 @@ impl Repository {
             kind,
             label,
             now_ns() / 1_000_000_000,
+            self.config.version,
         )
         .map_err(|e| RepoError::KeySlot("new".into(), e))?;
         write_slot(self.local(), &slot)

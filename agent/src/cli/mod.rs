@@ -132,6 +132,12 @@ pub enum KeyCommand {
         kdf_memory_kib: u32,
     },
     /// Remove a key slot (by id prefix); the last one cannot be removed.
+    ///
+    /// This does NOT revoke the secret: the master key stays the same, so a
+    /// copy of the slot (a disk image, an offsite copy of keys/) still opens
+    /// the repository, old and future backups alike. After a leaked secret,
+    /// start a new repository (`init`), back up into it, and remove the old
+    /// one and its offsite copies once their retention allows.
     Remove { id: String },
 }
 
@@ -299,7 +305,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 KeyCommand::Remove { id } => {
                     let id = repo.remove_key(&id)?;
-                    out.message("removed key slot", &id)?;
+                    out.key_removed(&id)?;
                 }
             }
             Ok(0)

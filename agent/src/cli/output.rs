@@ -290,18 +290,39 @@ impl Out {
 
     pub fn keys(&self, slots: &[(String, KeySlot)]) -> Result<()> {
         if self.json {
-            let v: Vec<_> = slots.iter().map(|(id, s)| json!({"id": id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": s.kdf.algorithm})).collect();
+            let v: Vec<_> = slots.iter().map(|(id, s)| json!({"id": id, "kind": s.kind, "label": s.label, "created": s.created, "kdf": s.kdf.algorithm, "kdf_memory_kib": s.kdf.memory_kib, "authenticated": s.authenticated()})).collect();
             return print_json(&v);
         }
         for (id, s) in slots {
             println!(
-                "{}  {:<10} {:<20} created {}",
+                "{}  {:<10} {:<20} created {}{}",
                 &id[..8.min(id.len())],
                 esc(&s.kind),
                 esc(&s.label),
-                format_time(s.created * 1_000_000_000)
+                format_time(s.created * 1_000_000_000),
+                if s.authenticated() {
+                    ""
+                } else {
+                    "  (version 1: kind and label not authenticated)"
+                }
             );
         }
+        Ok(())
+    }
+
+    /// `key remove`: says plainly what removing a slot does not do.
+    pub fn key_removed(&self, id: &str) -> Result<()> {
+        const NOT_REVOKED: &str = "the secret is not revoked: the master key is unchanged, so \
+            any copy of this slot (disk image, offsite copy of keys/) still opens the repository, \
+            including backups made from now on; after a leaked secret, init a new repository, \
+            back up into it and retire this one";
+        if self.json {
+            return print_json(
+                &json!({"result": "removed key slot", "id": id, "revoked": false, "note": NOT_REVOKED}),
+            );
+        }
+        println!("removed key slot {id}");
+        eprintln!("note: {NOT_REVOKED}");
         Ok(())
     }
 

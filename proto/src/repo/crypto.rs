@@ -198,25 +198,6 @@ impl MasterKey {
         t
     }
 
-    /// A MAC under the repository's MAC key with a purpose label (lock
-    /// files, and anything else that must be authenticated but not secret).
-    pub fn mac(&self, purpose: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut m = self.hmac();
-        m.update(&(purpose.len() as u64).to_le_bytes());
-        m.update(purpose);
-        m.update(data);
-        m.finalize().into_bytes().into()
-    }
-
-    /// Checks a [`mac`](Self::mac) in constant time.
-    pub fn verify_mac(&self, purpose: &[u8], data: &[u8], tag: &[u8]) -> bool {
-        let mut m = self.hmac();
-        m.update(&(purpose.len() as u64).to_le_bytes());
-        m.update(purpose);
-        m.update(data);
-        m.verify_slice(tag).is_ok()
-    }
-
     pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
         self.encrypt_aad(plaintext, b"")
     }

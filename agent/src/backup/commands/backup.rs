@@ -484,7 +484,7 @@ pub fn backup(
         }
         drop((job_rx, chunk_rx, pack_tx));
         let packer = s.spawn(move || {
-            let mut p = Packer::new(repo.be.clone());
+            let mut p = Packer::new(repo.be.clone(), repo.pads_packs());
             let mut err = None;
             for b in pack_rx {
                 if err.is_none() {

@@ -297,7 +297,7 @@ pub fn prune(
     // Copy the used blobs of sparse packs (ciphertext as is: no
     // re-encryption). A frame is copied whole if any member is used; only
     // the used members are indexed in the new pack.
-    let mut packer = Packer::new(repo.be.clone());
+    let mut packer = Packer::new(repo.be.clone(), repo.pads_packs());
     let mut repacked: Vec<String> = Vec::new();
     // A blob that a kept pack also holds is not copied again.
     let mut copied: HashSet<BlobId> = keep
