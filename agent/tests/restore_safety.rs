@@ -70,7 +70,7 @@ pub struct Crafter {
 impl Crafter {
     pub fn new(env: &Env) -> Self {
         let repo = Repository::open(&env.repo, PASSWORD.as_bytes()).expect("open repo");
-        let packer = Some(Packer::new(repo.be.clone()));
+        let packer = Some(Packer::new(repo.be.clone(), repo.pads_packs()));
         Self { repo, packer }
     }
 

@@ -237,7 +237,7 @@ fn repair_snapshots(
     let mut fixer = TreeFixer {
         repo,
         index,
-        packer: Packer::new(repo.be.clone()),
+        packer: Packer::new(repo.be.clone(), repo.pads_packs()),
         done: HashMap::new(),
         empty: None,
     };
