@@ -49,6 +49,8 @@ pub enum ImageError {
     },
     #[error("agent binary {} not found (build it with `cargo build --release -p levee-agent` or pass --agent)", path.display())]
     MissingAgent { path: PathBuf },
+    #[error("--trust-root {path}: {reason}; give the root.json that `levee release keys init` wrote (OFFLINE_DIR/root.json)")]
+    TrustRoot { path: PathBuf, reason: String },
     #[error("`{tool}` is not installed; install the Debian package `{package}`")]
     ToolMissing { tool: String, package: String },
     #[error("`{command}` failed ({status}):\n{stderr}")]

@@ -65,6 +65,9 @@ pub struct BuildOptions {
     pub refresh_lock: bool,
     /// Overrides `SOURCE_DATE_EPOCH` from the environment and the lock.
     pub source_date_epoch: Option<u64>,
+    /// TUF root metadata to bake in at `/usr/share/levee/tuf/root.json`:
+    /// the first link of the trust chain the agent's updates verify.
+    pub trust_root: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -82,6 +85,7 @@ impl BuildOptions {
             lock: None,
             refresh_lock: false,
             source_date_epoch: None,
+            trust_root: None,
         }
     }
 
@@ -256,12 +260,15 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildOutput, Im
     kernel.install(&files, &root)?;
     util::copy_tree(&manifest.overlay, &root)?;
     rootfs::agent(&root, &opts.agent)?;
+    if let Some(trust) = &opts.trust_root {
+        rootfs::trust_root(&root, trust)?;
+    }
     let version = match &manifest.version {
         Some(v) => v.clone(),
         None => format!(
             "{}-{}",
             util::date_of(epoch),
-            &inputs_digest(&manifest, &lock, &opts.agent)?[..7]
+            &inputs_digest(&manifest, &lock, &opts.agent, opts.trust_root.as_deref())?[..7]
         ),
     };
     rootfs::os_release(&root, &manifest.name, &version, &manifest.release)?;
@@ -380,7 +387,12 @@ fn lock_diff(old: &Lock, new: &Lock) -> String {
 }
 
 /// Hash of everything that goes into the image, for its default version.
-fn inputs_digest(manifest: &Manifest, lock: &Lock, agent: &Path) -> Result<String, ImageError> {
+fn inputs_digest(
+    manifest: &Manifest,
+    lock: &Lock,
+    agent: &Path,
+    trust_root: Option<&Path>,
+) -> Result<String, ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let mut text = format!("{BUILDER_FORMAT}\n{}\n{}\n", manifest.text, lock.to_text());
     text += &format!(
@@ -389,6 +401,9 @@ fn inputs_digest(manifest: &Manifest, lock: &Lock, agent: &Path) -> Result<Strin
             .map_err(|_| ImageError::MissingAgent { path: agent.into() })?
             .0
     );
+    if let Some(t) = trust_root {
+        text += &format!("trust-root {}\n", util::sha256_file(t)?.0);
+    }
     for rel in util::walk(&manifest.overlay)? {
         let full = manifest.overlay.join(&rel);
         let meta = std::fs::symlink_metadata(&full).map_err(ImageError::io(&full))?;

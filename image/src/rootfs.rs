@@ -143,6 +143,48 @@ pub fn agent(root: &Path, agent: &Path) -> Result<(), ImageError> {
     util::set_mode(&to, 0o755)
 }
 
+/// Where the image keeps the TUF root its agent trusts first (the same
+/// path as `levee_proto::release::BAKED_ROOT`).
+pub const TRUST_ROOT: &str = "usr/share/levee/tuf/root.json";
+
+/// Checks that `file` is signed TUF root metadata and installs it at
+/// [`TRUST_ROOT`] (0644). Its signatures are the agent's to verify; this
+/// catches the wrong file (a key, a timestamp, a truncated copy).
+pub fn trust_root(root: &Path, file: &Path) -> Result<(), ImageError> {
+    let bad = |reason: String| ImageError::TrustRoot {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let signed = &v["signed"];
+    if signed["_type"] != "root" {
+        return Err(bad(format!(
+            "not TUF root metadata (signed._type is {})",
+            signed["_type"]
+        )));
+    }
+    if !signed["version"].as_u64().is_some_and(|n| n > 0) {
+        return Err(bad("signed.version is not a positive integer".into()));
+    }
+    let keyids = signed["roles"]["root"]["keyids"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    let signatures = v["signatures"].as_array().map_or(0, |a| a.len());
+    if keyids == 0 || signatures == 0 {
+        return Err(bad(format!(
+            "{keyids} root key ids and {signatures} signatures; an unsigned root trusts nothing"
+        )));
+    }
+    let to = root.join(TRUST_ROOT);
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(ImageError::io(dir))?;
+    }
+    std::fs::write(&to, &bytes).map_err(ImageError::io(&to))?;
+    util::set_mode(&to, 0o644)
+}
+
 /// Packs `root` into `out`: zstd, fixed times, no xattrs, so the same tree
 /// gives the same bytes wherever it is built.
 pub fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), ImageError> {
@@ -173,4 +215,55 @@ pub fn squash(root: &Path, out: &Path, epoch: u64) -> Result<(), ImageError> {
             ]),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod trust_root_tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_root_is_installed_and_other_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("root");
+        std::fs::create_dir_all(&tree).unwrap();
+        let good = dir.path().join("root.json");
+        std::fs::write(
+            &good,
+            r#"{"signed":{"_type":"root","version":2,"roles":{"root":{"keyids":["ab"],"threshold":1}}},"signatures":[{"keyid":"ab","sig":"00"}]}"#,
+        )
+        .unwrap();
+        trust_root(&tree, &good).unwrap();
+        let installed = tree.join(TRUST_ROOT);
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(&good).unwrap()
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&installed).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644);
+        for (text, why) in [
+            ("-----BEGIN PRIVATE KEY-----", "not JSON"),
+            (
+                r#"{"signed":{"_type":"timestamp","version":1},"signatures":[]}"#,
+                "not TUF root",
+            ),
+            (
+                r#"{"signed":{"_type":"root","version":0},"signatures":[]}"#,
+                "positive",
+            ),
+            (
+                r#"{"signed":{"_type":"root","version":1,"roles":{"root":{"keyids":["ab"]}}},"signatures":[]}"#,
+                "unsigned",
+            ),
+        ] {
+            let bad = dir.path().join("bad.json");
+            std::fs::write(&bad, text).unwrap();
+            let err = trust_root(&tree, &bad).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("keys init"),
+                "{text}: {err}"
+            );
+        }
+    }
 }

@@ -34,6 +34,11 @@ pub struct BuildArgs {
     /// Re-resolve the packages from the mirror and rewrite the lock file.
     #[arg(long)]
     pub refresh_lock: bool,
+    /// TUF root metadata to bake in (`/usr/share/levee/tuf/root.json`): the
+    /// OFFLINE_DIR/root.json that `levee release keys init` wrote. Without
+    /// it the image's agent cannot verify updates.
+    #[arg(long, value_name = "FILE")]
+    pub trust_root: Option<PathBuf>,
     /// Print image.json instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +55,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         levee_image::BuildOptions::new(&args.manifest, &args.out, agent, &args.cache_dir);
     opts.lock = args.lock;
     opts.refresh_lock = args.refresh_lock;
+    opts.trust_root = args.trust_root;
     let built = levee_image::build(&opts, &levee_image::Progress::stderr())
         .with_context(|| format!("cannot build the image of {}", args.manifest.display()))?;
     if args.json {
