@@ -165,7 +165,7 @@ pub fn trust_root(root: &Path, file: &Path) -> Result<(), ImageError> {
             signed["_type"]
         )));
     }
-    if !signed["version"].as_u64().is_some_and(|n| n > 0) {
+    if signed["version"].as_u64().is_none_or(|n| n == 0) {
         return Err(bad("signed.version is not a positive integer".into()));
     }
     let keyids = signed["roles"]["root"]["keyids"]
