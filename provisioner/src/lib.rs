@@ -14,6 +14,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod fleet;
 pub mod http;
 pub mod images;
 pub mod releases;

@@ -109,6 +109,18 @@ impl ServerKey {
         String::from_utf8(plain).map_err(|_| bad())
     }
 
+    /// Seals one secret (`aad`: what it belongs to; the same must be given
+    /// to open it).
+    pub fn seal_secret(&self, plain: &str, aad: &str) -> String {
+        self.seal(plain, aad)
+    }
+
+    /// Opens a secret sealed by [`ServerKey::seal_secret`] with `aad`;
+    /// `what` names it in the error.
+    pub fn open_secret(&self, sealed: &str, aad: &str, what: &str) -> Result<String, SecretError> {
+        self.open(sealed, aad, what)
+    }
+
     /// The configuration with every secret encrypted, as stored.
     pub fn seal_config(&self, config: &CustomerConfig) -> CustomerConfig {
         let mut c = config.clone();

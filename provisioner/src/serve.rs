@@ -16,7 +16,7 @@ use levee_pxe::dhcp::{self, DhcpMode, Lease, LeaseStore};
 use levee_pxe::tftp::{self, FileSource, OpenError, TftpFile};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::boot::BootService;
 use crate::http::{router, HttpState};
@@ -43,6 +43,9 @@ pub struct ServeConfig {
     pub public_url: String,
     pub tftp_host: String,
     pub dhcp: Option<DhcpConfig>,
+    /// After `shutdown`, how long requests in flight may take to finish
+    /// before their connections are closed.
+    pub grace: Duration,
 }
 
 /// Sockets bound by the caller.
@@ -61,9 +64,17 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let key = crate::secrets::ServerKey::load_or_create(&config.data_dir).context("server key")?;
+    let key = Arc::new(key);
     // Created on first start; its fingerprint goes into every boot script.
-    let ca = crate::enroll::ca::ServerCa::open_or_create(&config.data_dir.join("ca"))
-        .context("server CA")?;
+    // A shared store (PostgreSQL) holds the fleet's one CA, so every server
+    // on it issues and accepts the same certificates (see crate::fleet).
+    let ca = if store.shared() {
+        crate::fleet::shared_ca(store.as_ref(), &key, &config.data_dir).context("fleet CA")?
+    } else {
+        crate::enroll::ca::ServerCa::open_or_create(&config.data_dir.join("ca"))
+            .context("server CA")?
+    };
     let ca = Arc::new(ca);
     let boot = BootService {
         ca_fingerprint: ca.fingerprint().to_string(),
@@ -86,12 +97,10 @@ pub async fn run(
             format!("https://{host}:{port}")
         };
         let tls = https::tls_config(&ca, &host).context("--https")?;
-        let key =
-            crate::secrets::ServerKey::load_or_create(&config.data_dir).context("server key")?;
         let state = https::ApiState {
             store: store.clone(),
             ca: ca.clone(),
-            key: Arc::new(key),
+            key: key.clone(),
             served: Default::default(),
             rendered: Default::default(),
             boot: boot.clone(),
@@ -198,9 +207,32 @@ pub async fn run(
     }
 
     // The first task to end (error, or a clean stop after cancellation)
-    // stops the rest.
+    // stops the rest; they then have the grace period to finish.
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    let mut deadline = None;
+    loop {
+        let joined = if shutdown.is_cancelled() {
+            let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.grace);
+            match tokio::time::timeout_at(until, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    warn!(
+                        grace_secs = config.grace.as_secs(),
+                        services = tasks.len(),
+                        "grace period over: closing the connections still open"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                joined = tasks.join_next() => joined,
+                _ = shutdown.cancelled() => continue,
+            }
+        };
+        let Some(joined) = joined else { break };
         let (name, result) = match joined {
             Ok(r) => r,
             Err(e) => ("task", Err(anyhow::anyhow!("a server task panicked: {e}"))),

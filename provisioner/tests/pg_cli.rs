@@ -55,10 +55,7 @@ fn customers_and_appliances_live_in_postgres() -> Result<()> {
     );
 
     // The rows are in PostgreSQL, the secret sealed; no SQLite file appeared.
-    let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
-    let config: String = client
-        .query_one("SELECT config FROM customers WHERE name = 'acme'", &[])?
-        .get(0);
+    let config = pg.query("cli", "SELECT config FROM customers WHERE name = 'acme'");
     ensure!(
         !config.contains("Pg-Secret-1") && config.contains("sealed:v1:"),
         "{config}"

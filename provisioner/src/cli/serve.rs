@@ -2,12 +2,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use levee_pxe::dhcp::DhcpMode;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::serve::{self, DhcpConfig, Listeners, ServeConfig};
 use levee_pxe::dhcp::interface_ipv4;
@@ -66,6 +67,12 @@ pub struct ServeArgs {
     /// Where the iPXE binaries are (undionly.kpxe, ipxe.efi, snponly.efi).
     #[arg(long, default_value = "/usr/lib/ipxe")]
     ipxe_dir: PathBuf,
+
+    /// On SIGTERM or SIGINT, stop accepting and give requests in flight
+    /// this many seconds to finish before closing their connections. A
+    /// second signal stops at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    grace_period: u64,
 }
 
 fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -167,8 +174,10 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
         _ => url_host(&public_url),
     };
 
+    let grace = Duration::from_secs(args.grace_period);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served_store = store.clone();
+    let served = runtime.block_on(async move {
         let http = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
@@ -190,29 +199,61 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            info!("stopping");
-            on_signal.cancel();
-        });
+        watch_signals(shutdown.clone(), grace)?;
         let config = ServeConfig {
             data_dir: data_dir.to_path_buf(),
             ipxe_dir: args.ipxe_dir.clone(),
             public_url,
             tftp_host,
             dhcp,
+            grace,
         };
-        serve::run(store, Listeners { http, https, tftp }, config, shutdown).await
-    })
+        serve::run(
+            served_store,
+            Listeners { http, https, tftp },
+            config,
+            shutdown,
+        )
+        .await
+    });
+    // Requests still running on the blocking pool past the grace period
+    // (a store call stuck on a dead database) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    store.close();
+    if served.is_ok() {
+        info!("stopped");
+    }
+    served
+}
+
+/// SIGTERM or SIGINT cancels `shutdown` (a clean stop: see
+/// [`serve::run`]); a second one exits at once, with 128 + its number.
+fn watch_signals(shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (name, number) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+                _ = int.recv() => ("SIGINT", libc::SIGINT),
+            };
+            if first {
+                info!(
+                    signal = name,
+                    grace_secs = grace.as_secs(),
+                    "stopping: no new connections; requests in flight may finish within the grace period (a second signal stops at once)"
+                );
+                shutdown.cancel();
+                first = false;
+            } else {
+                warn!(signal = name, "second signal: stopping at once");
+                std::process::exit(128 + number);
+            }
+        }
+    });
+    Ok(())
 }
 
 /// `http://10.0.0.1:8080/x` -> `10.0.0.1`.

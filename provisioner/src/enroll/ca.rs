@@ -27,6 +27,8 @@ pub enum CaError {
     },
     #[error("{path}: not a usable CA file: {source}")]
     Load { path: PathBuf, source: rcgen::Error },
+    #[error("the stored CA certificate or key is not usable: {0}")]
+    Stored(rcgen::Error),
     #[error("could not create a certificate: {0}")]
     Create(rcgen::Error),
     #[error("the certificate request is not valid: {0}")]
@@ -84,30 +86,33 @@ impl ServerCa {
         }
         let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|source| CaError::Load {
-            path: key_path.clone(),
-            source,
-        })?;
-        let load = |source| CaError::Load {
-            path: cert_path.clone(),
-            source,
-        };
-        let params = CertificateParams::from_ca_cert_pem(&pem).map_err(load)?;
-        let issuer = params.self_signed(&key).map_err(load)?;
-        let fingerprint = pem_fingerprint(&pem).ok_or_else(|| CaError::Load {
-            path: cert_path.clone(),
-            source: rcgen::Error::CouldNotParseCertificate,
-        })?;
+        Self::from_pem(&pem, &key_pem).map_err(|e| match e {
+            CaError::Stored(source) => CaError::Load {
+                path: dir.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// A CA from its certificate and key (PEM), as stored in the database
+    /// (see [`crate::fleet`]) or in `DATA_DIR/ca/`.
+    pub fn from_pem(pem: &str, key_pem: &str) -> Result<ServerCa, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(CaError::Stored)?;
+        let params = CertificateParams::from_ca_cert_pem(pem).map_err(CaError::Stored)?;
+        let issuer = params.self_signed(&key).map_err(CaError::Stored)?;
+        let fingerprint =
+            pem_fingerprint(pem).ok_or(CaError::Stored(rcgen::Error::CouldNotParseCertificate))?;
         Ok(ServerCa {
-            pem,
+            pem: pem.to_string(),
             fingerprint,
             issuer,
             key,
         })
     }
 
-    fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    /// A new CA: its certificate and key, PEM.
+    pub fn generate() -> Result<(String, String), CaError> {
         let key = KeyPair::generate().map_err(CaError::Create)?;
         let mut params = CertificateParams::default();
         params
@@ -119,13 +124,24 @@ impl ServerCa {
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::days(365 * 20);
         let cert = params.self_signed(&key).map_err(CaError::Create)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (cert_pem, key_pem) = Self::generate()?;
         // Key first, then the certificate: a crash in between leaves no
         // certificate, so the next start creates both again.
-        write_private(key_path, key.serialize_pem().as_bytes())?;
+        write_private(key_path, key_pem.as_bytes())?;
         let tmp = dir.join("ca.crt.tmp");
-        std::fs::write(&tmp, cert.pem()).map_err(io(&tmp))?;
+        std::fs::write(&tmp, cert_pem).map_err(io(&tmp))?;
         std::fs::rename(&tmp, cert_path).map_err(io(cert_path))?;
         Ok(())
+    }
+
+    /// The CA's private key, PEM (to seal it into the database).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     pub fn pem(&self) -> &str {

@@ -162,7 +162,10 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Accepts TLS connections until `shutdown`; each connection is served with
-/// its peer identity attached to every request.
+/// its peer identity attached to every request. After `shutdown`, open
+/// connections finish the request they are on and close (HTTP/1.1 and h2
+/// graceful shutdown), and this returns once all have: the caller bounds
+/// that wait with its grace period.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
@@ -171,9 +174,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let app = router(state);
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 // A client that vanished between SYN and accept is not fatal.
@@ -183,13 +187,17 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(peer = %addr, reason = %e, "TLS handshake refused");
-                    return;
-                }
+        connections.spawn(async move {
+            let stream = tokio::select! {
+                accepted = acceptor.accept(tcp) => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(peer = %addr, reason = %e, "TLS handshake refused");
+                        return;
+                    }
+                },
+                // No request in flight yet: nothing to finish.
+                _ = stop.cancelled() => return,
             };
             let Some(der) = stream
                 .get_ref()
@@ -205,16 +213,38 @@ pub async fn serve(
             let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r { debug!(peer = %addr, error = %e, "https connection ended"); },
-                _ = stop.cancelled() => {}
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                debug!(peer = %addr, error = %e, "https connection ended");
             }
         });
     }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// A store failure: 503 with `Retry-After` while the database is out of
+/// reach (the agent retries), else 500.
+pub(crate) fn store_error(e: &crate::store::StoreError) -> Response {
+    let mut r = api_error(e.http_status(), e.to_string());
+    if e.is_unavailable() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+    }
+    r
 }
 
 /// The appliance this request is from, if it may be served: its
@@ -249,13 +279,9 @@ fn authorize_with<T>(
                 format!("appliance {id} does not exist"),
             ))
         }
-        Err(e) => {
-            return Err(refuse(
-                Some(id),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ))
-        }
+        // The store logs an outage once; not once per request.
+        Err(e) if e.is_unavailable() => return Err(Box::new(store_error(&e))),
+        Err(e) => return Err(refuse(Some(id), e.http_status(), e.to_string())),
     };
     if a.revoked_at.is_some() {
         return Err(refuse(
@@ -288,9 +314,14 @@ async fn config(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    let inline = st.store.reads_in_process();
-    let answer = move || {
-        let (a, record) = match authorize_with(&peer, |id| st.store.appliance_with_customer(id)) {
+    // The one store call awaited on the async workers (see
+    // `Store::appliance_with_customer_async`); the rest is in memory.
+    let loaded = match peer.appliance_id {
+        Some(id) => st.store.appliance_with_customer_async(id).await,
+        None => Ok(None),
+    };
+    {
+        let (a, record) = match authorize_with(&peer, move |_| loaded) {
             Ok(found) => found,
             Err(r) => return *r,
         };
@@ -332,11 +363,6 @@ async fn config(
             body,
         )
             .into_response()
-    };
-    if inline {
-        answer()
-    } else {
-        blocking(answer).await
     }
 }
 

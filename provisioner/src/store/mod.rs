@@ -15,13 +15,15 @@
 //!
 //! The trait is split by domain, one file each: [`ApplianceStore`]
 //! (`appliances.rs`, with enrollment and leases), [`CustomerStore`],
-//! [`ImageStore`] (with boot profiles) and [`EventStore`]; [`Store`] is all
+//! [`ImageStore`] (with boot profiles), [`EventStore`] and [`FleetStore`]
+//! (what the servers of a fleet share); [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
 
 mod appliances;
 mod customers;
 mod events;
+mod fleet;
 mod images;
 mod postgres;
 mod sqlite;
@@ -30,6 +32,8 @@ mod suite;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) use self::appliances::{
@@ -42,6 +46,7 @@ pub use self::appliances::{
 };
 pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
 pub use self::events::{Event, EventStore};
+pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
@@ -52,7 +57,11 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("PostgreSQL error: {0}")]
-    Pg(#[from] ::postgres::Error),
+    Pg(tokio_postgres::Error),
+    /// The database cannot be reached (down, restarting, refusing, TLS
+    /// refused): the request may succeed later; HTTP answers 503.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("{what} `{name}` does not exist{hint}")]
     NotFound {
         what: &'static str,
@@ -67,17 +76,89 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What [`Store::appliance_with_customer_async`] returns.
+pub type ApiLookup<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<(Appliance, Option<CustomerRecord>)>>> + Send + 'a>>;
+
 /// The operations every store offers: every domain's, on one object that
 /// the server and the CLI share.
 pub trait Store:
-    ApplianceStore + CustomerStore + ImageStore + EventStore + Send + Sync + 'static
+    ApplianceStore + CustomerStore + ImageStore + EventStore + FleetStore + Send + Sync + 'static
 {
-    /// True when reads are quick in-process work that never waits on
-    /// another process (SQLite in WAL mode), so an async handler may run
-    /// them on the runtime instead of handing each request to the blocking
-    /// pool: that thread switch was a quarter of the mTLS API's CPU.
-    fn reads_in_process(&self) -> bool {
+    /// The appliance and its customer for the mTLS API's every request,
+    /// as a future the request's task awaits: the one store call made on
+    /// the async workers. The default answers at once from
+    /// [`ApplianceStore::appliance_with_customer`], right for SQLite (in
+    /// process, microseconds: a hop to the blocking pool cost a quarter of
+    /// the API's CPU); PostgreSQL awaits its pool instead of blocking.
+    ///
+    /// Why the rest of the trait stays synchronous: its callers are (the
+    /// CLI, enrollment, the DHCP policy inside pxe's pure packet handler),
+    /// SQLite is, and the server calls it from `spawn_blocking`; only this
+    /// lookup runs at the rate of the API (tens of thousands a second), where
+    /// a thread hop per request shows.
+    fn appliance_with_customer_async(&self, id: i64) -> ApiLookup<'_> {
+        Box::pin(std::future::ready(self.appliance_with_customer(id)))
+    }
+
+    /// Whether several servers may share this store (PostgreSQL): then the
+    /// enrollment CA lives in it too (see [`crate::fleet`]).
+    fn shared(&self) -> bool {
         false
+    }
+
+    /// Closes the store's connections (at the end of `levee serve`).
+    fn close(&self) {}
+}
+
+impl StoreError {
+    /// Whether the failure is the database being out of reach (answer 503
+    /// and let the client retry) rather than a problem with the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The HTTP status for a store failure in a handler.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        if self.is_unavailable() {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// Connection trouble (closed, refused, reset, the server shutting
+    /// down or starting up, TLS refused) is `Unavailable`; the rest is an
+    /// error of the statement.
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        use tokio_postgres::error::SqlState;
+        let unavailable = match e.code() {
+            Some(code) => {
+                code.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                    ]
+                    .contains(code)
+            }
+            // No SQLSTATE: closed, or an I/O, TLS or timeout failure
+            // (those carry an io::Error); not a conversion or row count.
+            None => {
+                e.is_closed()
+                    || std::error::Error::source(&e)
+                        .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                    || e.to_string().starts_with("timeout")
+            }
+        };
+        if unavailable {
+            StoreError::Unavailable(postgres::describe_error(&e))
+        } else {
+            StoreError::Pg(e)
+        }
     }
 }
 

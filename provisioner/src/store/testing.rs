@@ -214,8 +214,14 @@ impl PgServer {
 
     /// Runs one SQL command as the superuser.
     pub fn psql(&self, sql: &str) {
+        self.query("postgres", sql);
+    }
+
+    /// Runs one SQL statement as the superuser in `db`; its output, rows
+    /// one a line, columns separated by `|`.
+    pub fn query(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.sock())
             .args([
                 "-p",
@@ -223,7 +229,7 @@ impl PgServer {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-c",
                 sql,
             ])
@@ -234,6 +240,7 @@ impl PgServer {
             "psql -c {sql:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// A PostgreSQL program, run as `postgres` when we are root, in its own

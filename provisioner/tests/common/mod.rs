@@ -78,6 +78,7 @@ pub async fn serve_on_loopback(
         public_url: url.clone(),
         tftp_host: "127.0.0.1".into(),
         dhcp: None,
+        grace: std::time::Duration::from_secs(5),
     };
     let listeners = Listeners {
         http,

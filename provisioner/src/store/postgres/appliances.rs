@@ -2,14 +2,15 @@
 
 use std::net::Ipv4Addr;
 
+use deadpool_postgres::GenericClient;
 use levee_proto::report::StatusReport;
 use levee_pxe::boot::MacAddr;
 use levee_pxe::dhcp::Lease;
-use postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 
 use super::customers::{customer_row_at, require_customer};
 use super::events::event;
-use super::{corrupt, opt_u64, relaxed, PgStore};
+use super::{corrupt, execute, opt_u64, query, query_one, query_opt, relaxed_tx, PgStore};
 use crate::store::{
     check_approval, judge_token, no_appliance, now, Appliance, ApplianceState, ApplianceStore,
     CustomerRecord, Heartbeat, Registration, Result, StoreError, TokenCheck, TOKEN_KEEP_SECS,
@@ -53,33 +54,71 @@ pub(super) fn appliance_row(row: &Row) -> Result<Appliance> {
     })
 }
 
-pub(super) fn get_by_id<C: GenericClient>(c: &mut C, id: i64) -> Result<Appliance> {
-    let row = c
-        .query_opt(
-            &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"),
-            &[&id],
-        )?
+pub(super) async fn get_by_id(c: &impl GenericClient, id: i64) -> Result<Appliance> {
+    let row = query_opt(c, by_id_sql(), &[&id])
+        .await?
         .ok_or_else(|| no_appliance(format!("id {id}")))?;
     appliance_row(&row)
 }
 
-pub(super) fn get_by_mac<C: GenericClient>(c: &mut C, mac: MacAddr) -> Result<Option<Appliance>> {
-    c.query_opt(
+fn by_id_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"))
+}
+
+pub(super) async fn get_by_mac(c: &impl GenericClient, mac: MacAddr) -> Result<Option<Appliance>> {
+    query_opt(
+        c,
         &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = $1"),
         &[&mac.to_string()],
-    )?
+    )
+    .await?
     .map(|r| appliance_row(&r))
     .transpose()
 }
 
+/// The appliance and its customer in one query: every mTLS request's
+/// lookup, awaited on the server's runtime.
+pub(super) async fn appliance_with_customer(
+    store: &PgStore,
+    id: i64,
+) -> Result<Option<(Appliance, Option<CustomerRecord>)>> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let cols: Vec<String> = APPLIANCE_COLS
+            .split(',')
+            .map(|c| format!("a.{}", c.trim()))
+            .collect();
+        format!(
+            "SELECT {}, c.name, c.config, c.created_at, c.updated_at
+             FROM appliances a LEFT JOIN customers c ON c.name = a.customer WHERE a.id = $1",
+            cols.join(", ")
+        )
+    });
+    let c = store.conn().await?;
+    let Some(row) = query_opt(&c, sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let a = appliance_row(&row)?;
+    let base = APPLIANCE_COLS.split(',').count();
+    let has_customer = row.try_get::<_, Option<String>>(base)?.is_some();
+    let customer = if has_customer {
+        Some(customer_row_at(&row, base)?)
+    } else {
+        None
+    };
+    Ok(Some((a, customer)))
+}
+
 impl ApplianceStore for PgStore {
     fn register_appliance(&self, mac: MacAddr, reg: &Registration) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
             if let Some(cust) = reg.customer {
-                require_customer(&mut tx, cust)?;
+                require_customer(&tx, cust).await?;
             }
-            if let Some(a) = get_by_mac(&mut tx, mac)? {
+            if let Some(a) = get_by_mac(&tx, mac).await? {
                 if a.revoked_at.is_some() {
                     return Err(StoreError::Invalid(format!(
                         "appliance {mac} (id {}) is retired and its credential revoked: `levee appliance remove {mac}` first to register it afresh",
@@ -87,7 +126,7 @@ impl ApplianceStore for PgStore {
                     )));
                 }
             }
-            tx.execute(
+            execute(&tx,
                 "INSERT INTO appliances (mac, serial, profile, customer, registered, first_seen)
                  VALUES ($1, $2, $3, $4, TRUE, $5)
                  ON CONFLICT(mac) DO UPDATE SET registered = TRUE,
@@ -95,36 +134,40 @@ impl ApplianceStore for PgStore {
                    profile = COALESCE(excluded.profile, appliances.profile),
                    customer = COALESCE(excluded.customer, appliances.customer)",
                 &[&mac.to_string(), &reg.serial, &reg.profile, &reg.customer, &(now() as i64)],
-            )?;
+            ).await?;
             let detail = match reg.customer {
                 Some(cust) => format!("registered for customer {cust}"),
                 None => "registered".to_string(),
             };
-            event(&mut tx, mac, "registered", &detail)?;
-            let a = get_by_mac(&mut tx, mac)?
+            event(&tx, mac, "registered", &detail).await?;
+            let a = get_by_mac(&tx, mac).await?
                 .ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))?;
-            tx.commit()?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            require_customer(&mut tx, customer)?;
-            let a = check_approval(get_by_mac(&mut tx, mac)?, mac, customer)?;
-            tx.execute(
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            require_customer(&tx, customer).await?;
+            let a = check_approval(get_by_mac(&tx, mac).await?, mac, customer)?;
+            execute(
+                &tx,
                 "UPDATE appliances SET registered = TRUE, customer = $2 WHERE id = $1",
                 &[&a.id, &customer],
-            )?;
+            )
+            .await?;
             event(
-                &mut tx,
+                &tx,
                 mac,
                 "approved",
                 &format!("approved for customer {customer}"),
-            )?;
-            let a = get_by_id(&mut tx, a.id)?;
-            tx.commit()?;
+            )
+            .await?;
+            let a = get_by_id(&tx, a.id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
@@ -135,40 +178,44 @@ impl ApplianceStore for PgStore {
         state: ApplianceState,
         reason: Option<&str>,
     ) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
             if a.revoked_at.is_some() && state != ApplianceState::Retired {
                 return Err(StoreError::Invalid(format!(
                     "appliance {} (id {id}) is retired",
                     a.mac
                 )));
             }
-            tx.execute(
+            execute(
+                &tx,
                 "UPDATE appliances SET state = $2, state_reason = $3,
                    reinstall = reinstall AND $2 <> 'installed' WHERE id = $1",
                 &[&id, &state.as_str(), &reason],
-            )?;
+            )
+            .await?;
             let detail = match reason {
                 Some(r) => format!("{}: {r}", state.as_str()),
                 None => state.as_str().to_string(),
             };
-            event(&mut tx, a.mac, "state", &detail)?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.commit()?;
+            event(&tx, a.mac, "state", &detail).await?;
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.execute(
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
+            execute(&tx,
                 "UPDATE appliances SET last_heartbeat = $2, last_seen = $2,
                    image_version = COALESCE($3, image_version), slot = COALESCE($4, slot) WHERE id = $1",
                 &[&id, &(now() as i64), &hb.image_version, &hb.slot],
-            )?;
+            ).await?;
             let changed = (hb.image_version.is_some()
                 && hb.image_version != a.image_version.as_deref())
                 || (hb.slot.is_some() && hb.slot != a.slot.as_deref());
@@ -178,171 +225,164 @@ impl ApplianceStore for PgStore {
                     hb.image_version.or(a.image_version.as_deref()).unwrap_or("-"),
                     hb.slot.or(a.slot.as_deref()).unwrap_or("-")
                 );
-                event(&mut tx, a.mac, "heartbeat", &detail)?;
+                event(&tx, a.mac, "heartbeat", &detail).await?;
             }
             if a.state == ApplianceState::Installing && hb.slot.is_some() {
-                tx.execute(
+                execute(&tx,
                     "UPDATE appliances SET state = 'installed', state_reason = NULL, reinstall = FALSE WHERE id = $1",
                     &[&id],
-                )?;
-                event(&mut tx, a.mac, "state", &crate::store::came_back_detail(hb))?;
+                ).await?;
+                event(&tx, a.mac, "state", &crate::store::came_back_detail(hb)).await?;
             }
-            tx.commit()?;
+            tx.commit().await?;
             Ok(())
         })
     }
 
     fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.execute(
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
+            execute(
+                &tx,
                 "UPDATE appliances SET pending_key = $2 WHERE id = $1",
                 &[&id, &key_sha256],
-            )?;
+            )
+            .await?;
             event(
-                &mut tx,
+                &tx,
                 a.mac,
                 "pending-key",
                 &format!("waiting for approval with key sha256 {key_sha256}"),
-            )?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.commit()?;
+            )
+            .await?;
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
             crate::store::check_not_retired(&a)?;
-            tx.execute(
+            execute(
+                &tx,
                 "UPDATE appliances SET reinstall = $2 WHERE id = $1",
                 &[&id, &reinstall],
-            )?;
+            )
+            .await?;
             event(
-                &mut tx,
+                &tx,
                 a.mac,
                 "reinstall",
                 crate::store::reinstall_detail(reinstall),
-            )?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.commit()?;
+            )
+            .await?;
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let o = get_by_id(&mut tx, old)?;
-            let existing = get_by_mac(&mut tx, new_mac)?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let o = get_by_id(&tx, old).await?;
+            let existing = get_by_mac(&tx, new_mac).await?;
             let plan = crate::store::plan_replace(&o, existing.as_ref(), new_mac)?;
             let t = now() as i64;
-            let new_id: i64 = tx
-                .query_one(
+            let new_id: i64 = query_one(&tx,
                     "INSERT INTO appliances (mac, profile, customer, registered, first_seen, replaces)
                      VALUES ($1, $2, $3, TRUE, $4, $5)
                      ON CONFLICT(mac) DO UPDATE SET registered = TRUE, profile = excluded.profile,
                        customer = excluded.customer, replaces = excluded.replaces
                      RETURNING id",
                     &[&new_mac.to_string(), &o.profile, &o.customer, &t, &o.id],
-                )?
+                ).await?
                 .try_get(0)?;
-            tx.execute(
+            execute(&tx,
                 "UPDATE appliances SET state = 'retired', state_reason = $2, revoked_at = $3, replaced_by = $4 WHERE id = $1",
                 &[&o.id, &plan.old_reason, &t, &new_id],
-            )?;
-            event(&mut tx, o.mac, "replaced", &plan.old_reason)?;
-            event(&mut tx, new_mac, "replaces", &plan.new_detail)?;
-            let n = get_by_id(&mut tx, new_id)?;
-            tx.commit()?;
+            ).await?;
+            event(&tx, o.mac, "replaced", &plan.old_reason).await?;
+            event(&tx, new_mac, "replaces", &plan.new_detail).await?;
+            let n = get_by_id(&tx, new_id).await?;
+            tx.commit().await?;
             Ok(n)
         })
     }
 
     fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
             if a.revoked_at.is_some() {
                 return Err(StoreError::Invalid(format!("appliance {} (id {id}) is already retired", a.mac)));
             }
-            tx.execute(
+            execute(&tx,
                 "UPDATE appliances SET state = 'retired', state_reason = $2, revoked_at = $3 WHERE id = $1",
                 &[&id, &reason, &(now() as i64)],
-            )?;
-            event(&mut tx, a.mac, "retired", reason)?;
-            let a = get_by_id(&mut tx, id)?;
-            tx.commit()?;
+            ).await?;
+            event(&tx, a.mac, "retired", reason).await?;
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn appliance_by_id(&self, id: i64) -> Result<Option<Appliance>> {
-        self.query_prepared(
-            &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1"),
-            &[&id],
-        )?
-        .map(|r| appliance_row(&r))
-        .transpose()
+        self.block(async {
+            let c = self.conn().await?;
+            query_opt(&c, by_id_sql(), &[&id])
+                .await?
+                .map(|r| appliance_row(&r))
+                .transpose()
+        })
     }
 
     fn appliance_with_customer(
         &self,
         id: i64,
     ) -> Result<Option<(Appliance, Option<CustomerRecord>)>> {
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let sql = SQL.get_or_init(|| {
-            let cols: Vec<String> = APPLIANCE_COLS
-                .split(',')
-                .map(|c| format!("a.{}", c.trim()))
-                .collect();
-            format!(
-                "SELECT {}, c.name, c.config, c.created_at, c.updated_at
-                 FROM appliances a LEFT JOIN customers c ON c.name = a.customer WHERE a.id = $1",
-                cols.join(", ")
-            )
-        });
-        let Some(row) = self.query_prepared(sql, &[&id])? else {
-            return Ok(None);
-        };
-        let a = appliance_row(&row)?;
-        let base = APPLIANCE_COLS.split(',').count();
-        let has_customer = row.try_get::<_, Option<String>>(base)?.is_some();
-        let c = if has_customer {
-            Some(customer_row_at(&row, base)?)
-        } else {
-            None
-        };
-        Ok(Some((a, c)))
+        self.block(appliance_with_customer(self, id))
     }
 
     fn appliance_seen(&self, mac: MacAddr) -> Result<Appliance> {
         // Seen-at is a record of what happened: no wait for the flush.
-        self.with(|c| {
-            relaxed(c, |tx| {
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = relaxed_tx(&mut c).await?;
             let t = now() as i64;
-            let row = tx.query_one(
+            let row = query_one(
+                &tx,
                 &format!(
                     "INSERT INTO appliances (mac, registered, first_seen, last_seen) VALUES ($1, FALSE, $2, $2)
                      ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen
                      RETURNING {APPLIANCE_COLS}"
                 ),
                 &[&mac.to_string(), &t],
-            )?;
+            )
+            .await?;
+            tx.commit().await?;
             appliance_row(&row)
-            })
         })
     }
 
     fn set_appliance_profile(&self, mac: MacAddr, profile: Option<&str>) -> Result<()> {
-        self.with(|c| {
-            let n = c.execute(
+        self.block(async {
+            let c = self.conn().await?;
+            let n = execute(
+                &c,
                 "UPDATE appliances SET profile = $2 WHERE mac = $1",
                 &[&mac.to_string(), &profile],
-            )?;
+            )
+            .await?;
             if n == 0 {
                 return Err(StoreError::NotFound {
                     what: "appliance",
@@ -355,15 +395,21 @@ impl ApplianceStore for PgStore {
     }
 
     fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>> {
-        self.with(|c| get_by_mac(c, mac))
+        self.block(async {
+            let c = self.conn().await?;
+            get_by_mac(&c, mac).await
+        })
     }
 
     fn appliances(&self) -> Result<Vec<Appliance>> {
-        self.with(|c| {
-            c.query(
+        self.block(async {
+            let c = self.conn().await?;
+            query(
+                &c,
                 &format!("SELECT {APPLIANCE_COLS} FROM appliances ORDER BY id"),
                 &[],
-            )?
+            )
+            .await?
             .iter()
             .map(appliance_row)
             .collect()
@@ -371,30 +417,44 @@ impl ApplianceStore for PgStore {
     }
 
     fn remove_appliance(&self, mac: MacAddr) -> Result<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            if tx.execute("DELETE FROM appliances WHERE mac = $1", &[&mac.to_string()])? == 0 {
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            if execute(
+                &tx,
+                "DELETE FROM appliances WHERE mac = $1",
+                &[&mac.to_string()],
+            )
+            .await?
+                == 0
+            {
                 return Err(StoreError::NotFound {
                     what: "appliance",
                     name: mac.to_string(),
                     hint: "",
                 });
             }
-            tx.execute("DELETE FROM events WHERE mac = $1", &[&mac.to_string()])?;
-            tx.commit()?;
+            execute(
+                &tx,
+                "DELETE FROM events WHERE mac = $1",
+                &[&mac.to_string()],
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         })
     }
 
     fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
         let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.with(|c| {
-            c.execute(
+        self.block(async {
+            let c = self.conn().await?;
+            execute(&c,
                 "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
                  VALUES ($1, FALSE, $2, $2, $3, $2)
                  ON CONFLICT(mac) DO UPDATE SET last_seen = $2, last_report = $3, last_report_at = $2",
                 &[&mac.to_string(), &(now() as i64), &json],
-            )?;
+            ).await?;
             Ok(())
         })
     }
@@ -406,60 +466,62 @@ impl ApplianceStore for PgStore {
         not_after: u64,
         enrolled: bool,
     ) -> Result<Appliance> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let a = get_by_id(&mut tx, id)?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let a = get_by_id(&tx, id).await?;
             if a.revoked_at.is_some() {
                 return Err(StoreError::Invalid(format!(
                     "appliance {} (id {id}) is retired: its credential is revoked",
                     a.mac
                 )));
             }
-            tx.execute(
+            execute(&tx,
                 "UPDATE appliances SET cert_fingerprint = $2, cert_not_after = $3 WHERE id = $1",
                 &[&id, &fingerprint, &(not_after as i64)],
-            )?;
+            ).await?;
             let detail = format!("certificate sha256 {fingerprint}");
             if enrolled {
-                tx.execute(
+                execute(&tx,
                     "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL WHERE id = $1",
                     &[&id],
-                )?;
-                event(&mut tx, a.mac, "enrolled", &detail)?;
+                ).await?;
+                event(&tx, a.mac, "enrolled", &detail).await?;
             } else {
-                event(&mut tx, a.mac, "renewed", &detail)?;
+                event(&tx, a.mac, "renewed", &detail).await?;
             }
-            let a = get_by_id(&mut tx, id)?;
-            tx.commit()?;
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
             Ok(a)
         })
     }
 
     fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
-        self.with(|c| {
+        self.block(async {
+            let c = self.conn().await?;
             let at = now();
-            c.execute(
+            execute(&c,
                 "DELETE FROM enroll_tokens WHERE expires_at < $1",
                 &[&(at.saturating_sub(TOKEN_KEEP_SECS) as i64)],
-            )?;
-            c.execute(
+            ).await?;
+            execute(&c,
                 "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES ($1, $2, $3, $4)",
                 &[&token_sha256, &mac.to_string(), &(at as i64), &(expires_at as i64)],
-            )?;
+            ).await?;
             Ok(())
         })
     }
 
     fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
             // FOR UPDATE: a second request with the same token waits here and
             // then sees it used.
-            let row = tx
-                .query_opt(
+            let row = query_opt(&tx,
                     "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = $1 FOR UPDATE",
                     &[&token_sha256],
-                )?
+                ).await?
                 .map(|r| {
                     (
                         r.get::<_, String>(0),
@@ -469,19 +531,21 @@ impl ApplianceStore for PgStore {
                 });
             let verdict = judge_token(row, mac, at);
             if verdict == TokenCheck::Valid {
-                tx.execute(
+                execute(&tx,
                     "UPDATE enroll_tokens SET used_at = $2 WHERE token_sha256 = $1",
                     &[&token_sha256, &(at as i64)],
-                )?;
+                ).await?;
             }
-            tx.commit()?;
+            tx.commit().await?;
             Ok(verdict)
         })
     }
 
     fn leases(&self) -> Result<Vec<Lease>> {
-        self.with(|c| {
-            c.query("SELECT mac, ip, expires FROM leases", &[])?
+        self.block(async {
+            let c = self.conn().await?;
+            query(&c, "SELECT mac, ip, expires FROM leases", &[])
+                .await?
                 .iter()
                 .map(|r| {
                     let mac: String = r.try_get(0)?;
@@ -497,14 +561,18 @@ impl ApplianceStore for PgStore {
     }
 
     fn save_lease(&self, lease: &Lease) -> Result<()> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
             // An address belongs to one MAC at a time: drop any stale holder.
-            tx.execute(
+            execute(
+                &tx,
                 "DELETE FROM leases WHERE ip = $1 AND mac <> $2",
                 &[&lease.ip.to_string(), &lease.mac.to_string()],
-            )?;
-            tx.execute(
+            )
+            .await?;
+            execute(
+                &tx,
                 "INSERT INTO leases (mac, ip, expires) VALUES ($1, $2, $3)
                  ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires",
                 &[
@@ -512,8 +580,9 @@ impl ApplianceStore for PgStore {
                     &lease.ip.to_string(),
                     &(lease.expires_unix as i64),
                 ],
-            )?;
-            tx.commit()?;
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         })
     }

@@ -1,9 +1,10 @@
 //! PgStore: customers.
 
+use deadpool_postgres::GenericClient;
 use levee_proto::config::CustomerConfig;
-use postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 
-use super::{corrupt, PgStore};
+use super::{corrupt, query, query_one, query_opt, PgStore};
 use crate::store::{
     no_customer, now, validate_name, CustomerRecord, CustomerStore, Result, StoreError,
 };
@@ -24,8 +25,9 @@ pub(super) fn customer_row_at(row: &Row, at: usize) -> Result<CustomerRecord> {
     })
 }
 
-pub(super) fn require_customer<C: GenericClient>(c: &mut C, name: &str) -> Result<()> {
-    c.query_opt("SELECT name FROM customers WHERE name = $1", &[&name])?
+pub(super) async fn require_customer(c: &impl GenericClient, name: &str) -> Result<()> {
+    query_opt(c, "SELECT name FROM customers WHERE name = $1", &[&name])
+        .await?
         .map(|_| ())
         .ok_or_else(|| no_customer(name))
 }
@@ -34,33 +36,42 @@ impl CustomerStore for PgStore {
     fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
         validate_name("customer", &config.customer)?;
         let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.with(|c| {
-            let row = c.query_one(
+        self.block(async {
+            let c = self.conn().await?;
+            let row = query_one(&c,
                 "INSERT INTO customers (name, config, created_at, updated_at) VALUES ($1, $2, $3, $3)
                  ON CONFLICT(name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at
                  RETURNING name, config, created_at, updated_at",
                 &[&config.customer, &json, &(now() as i64)],
-            )?;
+            ).await?;
             customer_row(&row)
         })
     }
 
     fn customer(&self, name: &str) -> Result<Option<CustomerRecord>> {
         // This and appliance_by_id are every mTLS request's lookups.
-        self.query_prepared(
-            "SELECT name, config, created_at, updated_at FROM customers WHERE name = $1",
-            &[&name],
-        )?
-        .map(|r| customer_row(&r))
-        .transpose()
+        self.block(async {
+            let c = self.conn().await?;
+            query_opt(
+                &c,
+                "SELECT name, config, created_at, updated_at FROM customers WHERE name = $1",
+                &[&name],
+            )
+            .await?
+            .map(|r| customer_row(&r))
+            .transpose()
+        })
     }
 
     fn customers(&self) -> Result<Vec<CustomerRecord>> {
-        self.with(|c| {
-            c.query(
+        self.block(async {
+            let c = self.conn().await?;
+            query(
+                &c,
                 "SELECT name, config, created_at, updated_at FROM customers ORDER BY name",
                 &[],
-            )?
+            )
+            .await?
             .iter()
             .map(customer_row)
             .collect()

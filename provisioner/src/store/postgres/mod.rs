@@ -1,20 +1,47 @@
-//! The PostgreSQL store (`--database postgres://...`), for deployments where
-//! one machine is not enough or the CLI runs elsewhere.
+//! The PostgreSQL store (`--database postgres://...`), for fleets where one
+//! machine is not enough, several `levee serve` share one state, or the CLI
+//! runs elsewhere.
 //!
-//! The sync `postgres` client drives its own small runtime; calling it from
-//! inside a tokio runtime would panic, so every call goes through
-//! [`PgStore::with`], which steps out of the async context first.
+//! Split by domain as the trait is (`appliances.rs`, `customers.rs`,
+//! `images.rs`, `events.rs`); this file holds the pool and the outage
+//! handling, `tls.rs` the connection's TLS.
+//!
+//! Connections are `tokio-postgres` ones in a `deadpool-postgres` pool,
+//! each statement prepared once per connection (`prepare_cached`). The
+//! work runs as futures:
+//! - the mTLS API's per-request lookup is awaited on the server's runtime
+//!   ([`Store::appliance_with_customer_async`]), without a thread hop;
+//! - the [`Store`] trait's other methods are synchronous (their callers,
+//!   the CLI, enrollment, DHCP, are; see [`Store`]) and block their calling
+//!   thread on the future, inside the store's own small runtime, which
+//!   drives the connections they open. Nothing blocks an async worker:
+//!   the server calls them from `spawn_blocking`, and nothing calls
+//!   `block_in_place`.
+//!
+//! When the database is unreachable, the first failed connection marks
+//! the store down and every call fails at once with
+//! [`StoreError::Unavailable`] (HTTP 503) instead of waiting on timeouts;
+//! one call at a time tries again every [`RETRY_EVERY`], so the store
+//! comes back by itself within that of the database's return.
 
 mod appliances;
 mod customers;
 mod events;
+mod fleet;
 mod images;
+pub mod tls;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls, Row};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use tracing::{debug, error, info};
 
-use super::{Result, Store, StoreError};
+use super::{ApiLookup, Result, Store, StoreError};
 
 /// Ordered schema migrations; `levee_schema` records how many ran.
 /// Append only: a released migration is never edited.
@@ -91,6 +118,14 @@ ALTER TABLE appliances ADD COLUMN cert_not_after BIGINT;
 ALTER TABLE appliances ADD COLUMN pending_key TEXT;
 ALTER TABLE appliances ADD COLUMN reinstall BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    r#"
+CREATE TABLE server_ca (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cert_pem TEXT NOT NULL,
+    key_sealed TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).
@@ -98,138 +133,326 @@ pub(super) const EVENTS_KEPT: i64 = 500;
 
 /// Advisory lock key held while migrating, so two `levee` processes
 /// starting at once do not both run a migration.
-pub(super) const MIGRATION_LOCK: i64 = 0x006c_6576_6565;
+const MIGRATION_LOCK: i64 = 0x006c_6576_6565;
 
-/// Connections kept open to the database. `levee serve` handles many
-/// appliances at once; one connection serialized every request behind one
-/// round trip and one commit at a time (66 enrollments/s in bench-api).
-/// Opened on first use, so a CLI command opens only the one it needs.
-pub(super) const POOL_SIZE: usize = 8;
+/// Connections kept open at most. Enough for the blocking pool's
+/// enrollments and the API's lookups to overlap; a PostgreSQL server gives
+/// 100 by default, shared by every `levee serve` and CLI of the fleet.
+const POOL_SIZE: usize = 16;
+
+/// How long a call waits for a free connection, a new connection, or a
+/// query while the database answers slowly, before giving up with 503.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// While the database is down, how often one call tries to reconnect.
+pub const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 pub struct PgStore {
-    url: String,
-    pool: Vec<Mutex<Option<Conn>>>,
-    next: std::sync::atomic::AtomicUsize,
+    pool: Pool,
+    /// Drives the connections the synchronous methods open (the CLI has no
+    /// runtime of its own). Taken in `Drop` and shut down without waiting,
+    /// which is allowed anywhere, unlike dropping a runtime (the old sync
+    /// client's `block_on` in `Drop` aborted `levee serve` on SIGTERM).
+    rt: Option<tokio::runtime::Runtime>,
+    health: Health,
+    /// `host:port/dbname`, for log lines (never the password).
+    target: String,
+}
+
+/// Whether the database is reachable, as the last connection attempt found.
+struct Health {
+    down: AtomicBool,
+    /// When it went down, and when a call last tried again (ms since `epoch`).
+    down_since: Mutex<Option<Instant>>,
+    last_try_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl PgStore {
-    /// Connects (`postgres://user@host/db` or `host=... dbname=...`) and
-    /// migrates.
+    /// Connects (`postgres://user@host/db?sslmode=verify-full&sslrootcert=CA.pem`
+    /// or `host=... dbname=...`) and migrates.
     pub fn connect(url: &str) -> Result<PgStore> {
-        let client = off_runtime(|| Client::connect(url, NoTls))?;
-        let mut pool: Vec<Mutex<Option<Conn>>> = (0..POOL_SIZE).map(|_| Mutex::new(None)).collect();
-        pool[0] = Mutex::new(Some(Conn::new(client)));
+        let (rest, tls_params) = tls::split_tls_params(url).map_err(StoreError::Invalid)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
+            StoreError::Invalid(format!(
+                "the --database connection string is not valid: {e}"
+            ))
+        })?;
+        // libpq does not use TLS over Unix sockets: neither do we.
+        let local = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        config.ssl_mode(if local && !config.get_hosts().is_empty() {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            tls_params.mode.negotiation()
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(TIMEOUT);
+        }
+        // Dead peers (a pulled cable, a failed-over host) show up as errors
+        // within a minute instead of hanging a connection for hours.
+        config.keepalives_idle(Duration::from_secs(30));
+        if config.get_application_name().is_none() {
+            config.application_name("levee");
+        }
+        let target = describe(&config);
+        let tls_config = tls::client_config(&tls_params).map_err(StoreError::Invalid)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("levee-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("cannot start the store's runtime: {e}")))?;
+        let manager = Manager::from_connect(
+            config,
+            ConnectOnStoreRuntime {
+                tls: tls::MakeRustls::new(tls_config),
+                rt: rt.handle().clone(),
+            },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(TIMEOUT))
+            .create_timeout(Some(TIMEOUT))
+            .recycle_timeout(Some(TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("PostgreSQL pool: {e}")))?;
+        let epoch = Instant::now();
         let store = PgStore {
-            url: url.to_string(),
             pool,
-            next: std::sync::atomic::AtomicUsize::new(0),
+            rt: Some(rt),
+            health: Health {
+                down: AtomicBool::new(false),
+                down_since: Mutex::new(None),
+                last_try_ms: AtomicU64::new(0),
+                epoch,
+            },
+            target,
         };
-        store.with(migrate)?;
+        store.block(async {
+            let mut c = store.conn().await?;
+            migrate(&mut c).await
+        })?;
         Ok(store)
     }
 
-    fn with<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
-        self.with_conn(|conn| f(&mut conn.client))
+    /// Closes the pool: idle connections now, busy ones when returned.
+    pub fn close(&self) {
+        self.pool.close();
     }
 
-    /// Runs the hot lookups of the mTLS API as statements prepared once per
-    /// connection: the server then neither parses nor plans them again.
-    fn query_prepared(
-        &self,
-        sql: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Option<Row>> {
-        self.with_conn(|conn| {
-            let stmt = match conn.statements.get(sql) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = conn.client.prepare(sql)?;
-                    conn.statements.insert(sql.to_string(), s.clone());
-                    s
+    /// Runs `f` to completion on the calling thread, inside the store's
+    /// runtime (whose worker drives the sockets). Never call it on an async
+    /// worker: see the module doc.
+    fn block<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        let Some(rt) = self.rt.as_ref() else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        let _inside = rt.enter();
+        futures_executor::block_on(f)
+    }
+
+    /// A pooled connection, or `Unavailable` at once while the database is
+    /// known to be down (one caller per [`RETRY_EVERY`] tries again).
+    async fn conn(&self) -> Result<Object> {
+        let h = &self.health;
+        if h.down.load(Ordering::Acquire) {
+            let now = h.epoch.elapsed().as_millis() as u64;
+            let last = h.last_try_ms.load(Ordering::Acquire);
+            let due = now.saturating_sub(last) >= RETRY_EVERY.as_millis() as u64;
+            if !due
+                || h.last_try_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "PostgreSQL at {} is unreachable",
+                    self.target
+                )));
+            }
+        }
+        match self.pool.get().await {
+            Ok(c) => {
+                self.mark_up();
+                Ok(c)
+            }
+            Err(e) => {
+                let e = pool_error(e);
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.mark_down(&e);
                 }
-            };
-            Ok(conn.client.query_opt(&stmt, params)?)
-        })
+                Err(e)
+            }
+        }
     }
 
-    fn with_conn<T: Send>(&self, f: impl FnOnce(&mut Conn) -> Result<T> + Send) -> Result<T> {
-        off_runtime(|| {
-            // A free connection if there is one, else wait for one in turn.
-            // A panic while holding one leaves no half-done transaction (it
-            // rolls back on drop), so a poisoned lock is still usable.
-            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let n = self.pool.len();
-            let mut slot = (0..n)
-                .find_map(|i| self.pool[(start + i) % n].try_lock().ok())
-                .unwrap_or_else(|| {
-                    self.pool[start % n]
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                });
-            if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-                *slot = Some(Conn::new(Client::connect(&self.url, NoTls)?));
-            }
-            match slot.as_mut() {
-                Some(client) => f(client),
-                None => Err(StoreError::Corrupt("no database connection".into())),
+    fn mark_down(&self, e: &StoreError) {
+        let h = &self.health;
+        h.last_try_ms
+            .store(h.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        if !h.down.swap(true, Ordering::AcqRel) {
+            *h.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            error!(
+                database = %self.target,
+                error = %e,
+                "PostgreSQL unreachable: requests that need it are answered 503 until it is back; retrying every {} ms",
+                RETRY_EVERY.as_millis()
+            );
+        }
+    }
+
+    fn mark_up(&self) {
+        let h = &self.health;
+        if h.down.swap(false, Ordering::AcqRel) {
+            let since = h
+                .down_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            info!(
+                database = %self.target,
+                down_secs = since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+                "PostgreSQL reachable again"
+            );
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.pool.close();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+type Opened = std::result::Result<
+    (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+    tokio_postgres::Error,
+>;
+
+/// Opens connections on the store's runtime, whoever asks: their sockets
+/// and their connection tasks then never depend on the server's workers
+/// (a synchronous call blocking those could otherwise wait on itself).
+struct ConnectOnStoreRuntime {
+    tls: tls::MakeRustls,
+    rt: tokio::runtime::Handle,
+}
+
+impl deadpool_postgres::Connect for ConnectOnStoreRuntime {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Opened> + Send + '_>> {
+        let tls = self.tls.clone();
+        let config = config.clone();
+        let opened = self.rt.spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok((client, task))
+        });
+        Box::pin(async move {
+            match opened.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The store's runtime is shutting down (the store was dropped).
+                Err(_) => Err(tokio_postgres::Error::__private_api_timeout()),
             }
         })
+    }
+}
+
+/// `host:port/dbname` of a configuration, for logs.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port}/{}",
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+/// A pool error as a store error: anything about reaching the database is
+/// `Unavailable`.
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => StoreError::from(e),
+        PoolError::Timeout(kind) => StoreError::Unavailable(format!(
+            "PostgreSQL did not answer in {} s ({kind:?})",
+            TIMEOUT.as_secs()
+        )),
+        PoolError::Closed => StoreError::Unavailable("the store is closing".into()),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
 /// Runs `f` in a transaction whose commit does not wait for the WAL flush,
 /// for rows that only record what happened (events, last seen): a crash
 /// may lose the last few of them, never tokens, certificates or states.
-/// Each enrollment writes two such rows beside its two durable commits.
-pub(super) fn relaxed<T>(
-    c: &mut Client,
-    f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>,
-) -> Result<T> {
-    let mut tx = c.transaction()?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-    let v = f(&mut tx)?;
-    tx.commit()?;
-    Ok(v)
+pub(super) async fn relaxed_tx(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = c.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    Ok(tx)
 }
 
-/// One pooled connection and the statements prepared on it.
-struct Conn {
-    client: Client,
-    statements: std::collections::HashMap<String, postgres::Statement>,
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The statement helpers: each statement prepared once per connection.
+pub(super) async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    p: Params<'_>,
+) -> Result<Option<Row>> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&st, p).await?)
 }
 
-impl Conn {
-    fn new(client: Client) -> Conn {
-        Conn {
-            client,
-            statements: Default::default(),
-        }
-    }
+pub(super) async fn query_one(c: &impl GenericClient, sql: &str, p: Params<'_>) -> Result<Row> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&st, p).await?)
 }
 
-/// Runs `f` where the sync client may block: directly outside tokio, via
-/// `block_in_place` on a multi-thread runtime, on a scoped thread otherwise.
-pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Err(_) => f(),
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }),
-    }
+pub(super) async fn query(c: &impl GenericClient, sql: &str, p: Params<'_>) -> Result<Vec<Row>> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.query(&st, p).await?)
 }
 
-pub(super) fn migrate(client: &mut Client) -> Result<()> {
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS levee_schema (version BIGINT NOT NULL)")?;
-    let done: i64 = match tx.query_opt("SELECT version FROM levee_schema", &[])? {
+pub(super) async fn execute(c: &impl GenericClient, sql: &str, p: Params<'_>) -> Result<u64> {
+    let st = c.prepare_cached(sql).await?;
+    Ok(c.execute(&st, p).await?)
+}
+
+async fn migrate(c: &mut Object) -> Result<()> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS levee_schema (version BIGINT NOT NULL)")
+        .await?;
+    let done: i64 = match tx
+        .query_opt("SELECT version FROM levee_schema", &[])
+        .await?
+    {
         Some(row) => row.try_get(0)?,
         None => {
-            tx.execute("INSERT INTO levee_schema (version) VALUES (0)", &[])?;
+            tx.execute("INSERT INTO levee_schema (version) VALUES (0)", &[])
+                .await?;
             0
         }
     };
@@ -240,10 +463,11 @@ pub(super) fn migrate(client: &mut Client) -> Result<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-        tx.batch_execute(sql)?;
-        tx.execute("UPDATE levee_schema SET version = $1", &[&(i as i64 + 1)])?;
+        tx.batch_execute(sql).await?;
+        tx.execute("UPDATE levee_schema SET version = $1", &[&(i as i64 + 1)])
+            .await?;
     }
-    tx.commit()?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -255,4 +479,44 @@ pub(super) fn opt_u64(row: &Row, idx: usize) -> Result<Option<u64>> {
     Ok(row.try_get::<_, Option<i64>>(idx)?.map(|v| v as u64))
 }
 
-impl Store for PgStore {}
+impl Store for PgStore {
+    fn appliance_with_customer_async(&self, id: i64) -> ApiLookup<'_> {
+        Box::pin(appliances::appliance_with_customer(self, id))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {
+        PgStore::close(self);
+    }
+}
+
+/// A PostgreSQL error with its causes, and what to do about the usual
+/// connection failures.
+pub(super) fn describe_error(e: &tokio_postgres::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        source = s.source();
+    }
+    let hint = if msg.contains("server does not support TLS") {
+        " (the connection string asks for TLS with sslmode=require or verify-*, and this server has ssl off: turn it on, or use sslmode=prefer on a network you trust)"
+    } else if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
+        " (the database server's certificate is not signed by the CA in sslrootcert: give the CA that signed it)"
+    } else if msg.contains("NotValidForName") {
+        " (the database server's certificate does not name the host in the connection string: connect by a name it has, or use sslmode=verify-ca)"
+    } else if msg.contains("Expired") {
+        " (the database server's certificate has expired)"
+    } else {
+        ""
+    };
+    msg.push_str(hint);
+    msg
+}

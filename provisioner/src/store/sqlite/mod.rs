@@ -6,6 +6,7 @@
 mod appliances;
 mod customers;
 mod events;
+mod fleet;
 mod images;
 
 use std::path::Path;
@@ -93,6 +94,14 @@ ALTER TABLE appliances ADD COLUMN cert_not_after INTEGER;
     r#"
 ALTER TABLE appliances ADD COLUMN pending_key TEXT;
 ALTER TABLE appliances ADD COLUMN reinstall INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE server_ca (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cert_pem TEXT NOT NULL,
+    key_sealed TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -190,11 +199,9 @@ pub(super) fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(idx)?.map(|v| v as u64))
 }
 
-impl Store for SqliteStore {
-    fn reads_in_process(&self) -> bool {
-        true
-    }
-}
+/// Every default: its reads are in-process work of microseconds, answered
+/// on the async workers as they are.
+impl Store for SqliteStore {}
 
 #[cfg(test)]
 /// What only the SQLite store does; everything both stores do is in

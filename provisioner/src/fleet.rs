@@ -1,0 +1,62 @@
+//! Several `levee serve` on one PostgreSQL database (one per provisioning
+//! LAN): what they share and what each keeps (docs/POSTGRES.md says it for
+//! operators).
+//!
+//! Shared, in the database: appliances, customers (secrets sealed), tokens,
+//! leases, history, image records and boot profiles, and the enrollment CA
+//! (its key sealed with the server key), so a certificate issued by one
+//! server is accepted by every other, and the `levee.ca=` fingerprint in
+//! boot scripts is the same everywhere. Each server's DATA_DIR keeps the
+//! server key (the same file on every server: it opens the sealed secrets),
+//! its image files, its TFTP root and its HTTPS certificate (issued by the
+//! shared CA at each start).
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::enroll::ca::ServerCa;
+use crate::secrets::ServerKey;
+use crate::store::{Store, StoredCa};
+
+/// The associated data the CA key is sealed with: a sealed customer
+/// secret copied into the CA row does not open.
+const CA_KEY_AAD: &str = "levee:server-ca-key";
+
+/// The fleet's CA from the store, stored there by the first server to
+/// start: that server's `DATA_DIR/ca/` when it has one (a server that ran
+/// alone before keeps its fingerprint), else a new CA.
+pub fn shared_ca(store: &dyn Store, key: &ServerKey, data_dir: &Path) -> anyhow::Result<ServerCa> {
+    let stored = match store
+        .server_ca()
+        .context("read the fleet CA from the database")?
+    {
+        Some(s) => s,
+        None => {
+            let dir = data_dir.join("ca");
+            let (cert_pem, key_pem) = if dir.join("ca.crt").exists() {
+                let ca = ServerCa::open_or_create(&dir)?;
+                (ca.pem().to_string(), ca.key_pem())
+            } else {
+                ServerCa::generate()?
+            };
+            let mine = StoredCa {
+                key_sealed: key.seal_secret(&key_pem, CA_KEY_AAD),
+                cert_pem,
+            };
+            let stored = store
+                .init_server_ca(&mine)
+                .context("store the fleet CA in the database")?;
+            if stored == mine {
+                tracing::info!("fleet CA stored in the database (sealed with the server key): every server on it uses this one");
+            }
+            stored
+        }
+    };
+    let key_pem = key
+        .open_secret(&stored.key_sealed, CA_KEY_AAD, "the fleet CA key")
+        .context(
+            "the fleet CA in the database is sealed with another server key: copy DATA_DIR/server.key from a server of this fleet to this one",
+        )?;
+    Ok(ServerCa::from_pem(&stored.cert_pem, &key_pem)?)
+}
