@@ -401,7 +401,7 @@ async fn heartbeat(
                 debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
                 Json(serde_json::json!({"ok": true})).into_response()
             }
-            Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => store_error(&e),
         }
     })
     .await
@@ -520,7 +520,7 @@ async fn install_plan(State(st): State<ApiState>, Extension(peer): Extension<Pee
                     format!("customer {customer} does not exist"),
                 )
             }
-            Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => return store_error(&e),
         };
         let plan = st.boot.resolve(a.mac).and_then(|(profile, image)| {
             plan_for(
@@ -601,7 +601,7 @@ async fn install_status(
                 }
                 Json(serde_json::json!({"ok": true})).into_response()
             }
-            Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => store_error(&e),
         }
     })
     .await

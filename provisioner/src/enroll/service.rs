@@ -55,6 +55,12 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     )
 }
 
+/// A store failure: 503 while the database is out of reach (the agent
+/// retries), else 500.
+fn store_failure(e: crate::store::StoreError) -> Refusal {
+    refusal(e.http_status(), format!("server error: {e}"))
+}
+
 fn pending(mac: MacAddr) -> Refusal {
     let approve = format!("levee appliance approve {mac} --customer NAME");
     Refusal {
@@ -122,7 +128,7 @@ impl EnrollService {
                 a.id
             ))
         };
-        let known = self.store.appliance(mac).map_err(internal)?;
+        let known = self.store.appliance(mac).map_err(store_failure)?;
         if let Some(a) = &known {
             if a.revoked_at.is_some() {
                 return Err(retired(a));
@@ -133,8 +139,8 @@ impl EnrollService {
             Some(a) if a.approved() => a,
             Some(_) => return Err(pending(mac)),
             None => {
-                let verdict =
-                    token::redeem(self.store.as_ref(), &req.token, mac, now).map_err(internal)?;
+                let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now)
+                    .map_err(store_failure)?;
                 match verdict {
                     TokenCheck::Valid => {}
                     TokenCheck::Unknown => {
@@ -157,12 +163,14 @@ impl EnrollService {
                     }
                 }
                 // Seen: a machine that enrolls unannounced is recorded as pending.
-                let a = self.store.appliance_seen(mac).map_err(internal)?;
+                let a = self.store.appliance_seen(mac).map_err(store_failure)?;
                 if a.revoked_at.is_some() {
                     return Err(retired(&a));
                 }
                 if !a.approved() {
-                    self.store.set_pending_key(a.id, &key).map_err(internal)?;
+                    self.store
+                        .set_pending_key(a.id, &key)
+                        .map_err(store_failure)?;
                     info!(%mac, appliance = a.id, "enrollment pending approval: key kept");
                     return Err(pending(mac));
                 }
@@ -186,11 +194,14 @@ impl EnrollService {
             })?;
         self.store
             .add_event(mac, "enroll-facts", &detail)
-            .map_err(internal)?;
+            .map_err(store_failure)?;
         let not_after = u64::try_from(issued.not_after_unix).unwrap_or(0);
         self.store
             .record_certificate(appliance.id, &issued.fingerprint, not_after, true)
-            .map_err(|e| refusal(StatusCode::FORBIDDEN, e.to_string()))?;
+            .map_err(|e| match e {
+                e if e.is_unavailable() => store_failure(e),
+                e => refusal(StatusCode::FORBIDDEN, e.to_string()),
+            })?;
         Ok(EnrollmentResponse {
             certificate_pem: issued.pem,
             ca_pem: self.ca.pem().to_string(),

@@ -151,7 +151,13 @@ impl From<tokio_postgres::Error> for StoreError {
                 e.is_closed()
                     || std::error::Error::source(&e)
                         .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
-                    || e.to_string().starts_with("timeout")
+                    || {
+                        // Failing to connect at all, TLS included.
+                        let m = e.to_string();
+                        m.starts_with("timeout")
+                            || m.starts_with("error connecting")
+                            || m.starts_with("error performing TLS")
+                    }
             }
         };
         if unavailable {

@@ -506,13 +506,17 @@ pub(super) fn describe_error(e: &tokio_postgres::Error) -> String {
         }
         source = s.source();
     }
-    let hint = if msg.contains("server does not support TLS") {
+    let lower = msg.to_lowercase();
+    let hint = if lower.contains("server does not support tls") {
         " (the connection string asks for TLS with sslmode=require or verify-*, and this server has ssl off: turn it on, or use sslmode=prefer on a network you trust)"
-    } else if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
+    } else if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("badsignature")
+    {
         " (the database server's certificate is not signed by the CA in sslrootcert: give the CA that signed it)"
-    } else if msg.contains("NotValidForName") {
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
         " (the database server's certificate does not name the host in the connection string: connect by a name it has, or use sslmode=verify-ca)"
-    } else if msg.contains("Expired") {
+    } else if lower.contains("expired") {
         " (the database server's certificate has expired)"
     } else {
         ""

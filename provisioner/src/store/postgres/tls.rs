@@ -514,4 +514,103 @@ mod tests {
         let e = split_tls_params("host=h dbname='x").unwrap_err();
         assert!(e.contains("closing quote"), "{e}");
     }
+
+    /// A CA and a server certificate for `host` signed by it (PEM each).
+    fn test_ca(host: &str) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![host.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("server cert");
+        (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    fn url(pg: &crate::store::testing::PgServer, host: &str, query: &str) -> String {
+        format!("{}?{query}", pg.tcp_url(host, "tls"))
+    }
+
+    fn refusal(url: &str) -> String {
+        match crate::store::PgStore::connect(url) {
+            Ok(_) => panic!("{url} connected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn verify_full_accepts_the_server_and_refuses_a_wrong_ca_or_host() {
+        use crate::store::testing::{PgOptions, PgServer};
+        let (ca, cert, key) = test_ca("localhost");
+        let (other_ca, _, _) = test_ca("localhost");
+        let pg = PgServer::start_with(PgOptions {
+            tls: Some((cert, key)),
+            ..Default::default()
+        });
+        pg.psql("CREATE DATABASE tls");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        let other_file = dir.path().join("other.pem");
+        std::fs::write(&ca_file, &ca).expect("write");
+        std::fs::write(&other_file, &other_ca).expect("write");
+
+        let good = url(
+            &pg,
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+        );
+        let store = crate::store::PgStore::connect(&good).expect("verify-full");
+        // The pooled connection is encrypted.
+        let ssl = pg.query(
+            "tls",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'levee'",
+        );
+        assert_ne!(ssl, "0", "no TLS connection from levee");
+        drop(store);
+
+        let e = refusal(&url(
+            &pg,
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}", other_file.display()),
+        ));
+        assert!(e.contains("not signed by the CA in sslrootcert"), "{e}");
+        let e = refusal(&url(
+            &pg,
+            "127.0.0.1",
+            &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+        ));
+        assert!(e.contains("does not name the host"), "{e}");
+        // verify-ca checks the chain only.
+        crate::store::PgStore::connect(&url(
+            &pg,
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={}", ca_file.display()),
+        ))
+        .expect("verify-ca by address");
+        let e = refusal(&url(
+            &pg,
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={}", other_file.display()),
+        ));
+        assert!(e.contains("not signed by the CA in sslrootcert"), "{e}");
+    }
+
+    #[test]
+    fn require_refuses_a_server_without_tls() {
+        use crate::store::testing::{PgOptions, PgServer};
+        let pg = PgServer::start_with(PgOptions {
+            tcp: true,
+            ..Default::default()
+        });
+        pg.psql("CREATE DATABASE tls");
+        let e = refusal(&url(&pg, "127.0.0.1", "sslmode=require"));
+        assert!(e.contains("server does not support TLS"), "{e}");
+        assert!(e.contains("sslmode=require or verify-*"), "{e}");
+        // prefer (libpq's default) falls back to a plain connection.
+        crate::store::PgStore::connect(&url(&pg, "127.0.0.1", "sslmode=prefer")).expect("prefer");
+    }
 }
