@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod enroll;
 pub mod fleet;
 pub mod http;

@@ -124,11 +124,20 @@ pub async fn run(
         },
         ipxe_dir: config.ipxe_dir.clone(),
     })
+    .layer(axum::middleware::from_fn_with_state(
+        shutdown.clone(),
+        crate::drain::close_when_stopping,
+    ))
     .into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
     tasks.spawn(async move {
+        // axum stops accepting when this signal fires: after the drain (a
+        // new connection meanwhile is answered, with `Connection: close`).
         let served = axum::serve(listeners.http, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                tokio::time::sleep(crate::drain::DRAIN).await;
+            })
             .await
             .context("HTTP server failed");
         ("http", served)

@@ -210,16 +210,25 @@ pub async fn serve(
                 return;
             };
             let peer = Peer::from_der(der);
-            let svc = hyper_util::service::TowerToHyperService::new(app.layer(Extension(peer)));
+            let app = app.layer(Extension(peer)).layer(axum::middleware::from_fn_with_state(
+                stop.clone(),
+                crate::drain::close_when_stopping,
+            ));
+            let svc = hyper_util::service::TowerToHyperService::new(app);
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             let ended = tokio::select! {
                 r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+                // See crate::drain: answers now close their connection;
+                // what is still open after the drain is idle.
+                _ = stop.cancelled() => match tokio::time::timeout(crate::drain::DRAIN, conn.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                },
             };
             if let Err(e) = ended {
                 debug!(peer = %addr, error = %e, "https connection ended");

@@ -1,0 +1,673 @@
+//! The life of a real `levee serve` process (issue 16): a clean stop on
+//! SIGTERM under load on SQLite and PostgreSQL, a second signal that stops
+//! at once, a PostgreSQL restart survived without a server restart, and two
+//! servers on one database. Everything listens on 127.0.0.1.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use levee_proto::enroll::{paths, EnrollmentResponse};
+use levee_provisioner::secrets::ServerKey;
+use levee_provisioner::store::testing::PgServer;
+use levee_provisioner::store::{PgStore, Profile, Registration, SqliteStore, Store, Transport};
+
+const CUSTOMER: &str = "acme";
+
+fn mac(n: usize) -> String {
+    format!("52:54:00:16:{:02x}:{:02x}", n / 256, n % 256)
+}
+
+/// A data directory with a store ready to serve: an image as the default
+/// profile, customer `acme` and `macs` machines registered for it.
+struct Fleet {
+    dir: tempfile::TempDir,
+    pg: Option<PgServer>,
+    database: Option<String>,
+}
+
+impl Fleet {
+    fn new(postgres: bool, macs: usize) -> Fleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("a");
+        let pg = postgres.then(PgServer::start);
+        let database = pg.as_ref().map(|p| p.create_db("levee"));
+        let store: Arc<dyn Store> = match &database {
+            Some(url) => Arc::new(PgStore::connect(url).expect("PostgreSQL")),
+            None => Arc::new(SqliteStore::open(&data).expect("SQLite")),
+        };
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("src");
+        std::fs::write(src.join("k"), b"kernel").expect("k");
+        std::fs::write(src.join("i"), b"initrd").expect("i");
+        let image = levee_provisioner::images::import_files(
+            &data,
+            store.as_ref(),
+            "t",
+            &src.join("k"),
+            &src.join("i"),
+        )
+        .expect("image");
+        store
+            .put_profile(&Profile {
+                name: "default".into(),
+                image: image.id,
+                kernel: "vmlinuz".into(),
+                initrd: "initrd.img".into(),
+                cmdline: "levee.ca={ca} levee.token={token}".into(),
+                transport: Transport::Http,
+            })
+            .expect("profile");
+        let key = ServerKey::load_or_create(&data).expect("server key");
+        let config = serde_json::from_value(serde_json::json!({
+            "customer": CUSTOMER,
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "Secret-16"}],
+        }))
+        .expect("config");
+        store
+            .put_customer(&key.seal_config(&config))
+            .expect("customer");
+        for n in 0..macs {
+            store
+                .register_appliance(
+                    mac(n).parse().expect("mac"),
+                    &Registration {
+                        customer: Some(CUSTOMER),
+                        ..Default::default()
+                    },
+                )
+                .expect("register");
+        }
+        Fleet { dir, pg, database }
+    }
+
+    /// A second server's data directory: only the server key, copied (what
+    /// docs/POSTGRES.md tells operators to do).
+    fn second_data_dir(&self) -> PathBuf {
+        let b = self.dir.path().join("b");
+        std::fs::create_dir_all(&b).expect("b");
+        std::fs::copy(self.dir.path().join("a/server.key"), b.join("server.key")).expect("key");
+        b
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `levee serve` child process, killed with the test.
+struct Serve {
+    child: Child,
+    http: String,
+    https: String,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(data: &Path, database: Option<&str>, grace: u64) -> Serve {
+        let (hp, sp) = (free_port(), free_port());
+        let http = format!("http://127.0.0.1:{hp}");
+        let log = data.join(format!("serve-{hp}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+        cmd.arg("--data-dir").arg(data);
+        match database {
+            Some(url) => cmd.env("LEVEE_DATABASE", url),
+            None => cmd.env_remove("LEVEE_DATABASE"),
+        };
+        cmd.args(["serve", "--no-tftp", "--http"])
+            .arg(format!("127.0.0.1:{hp}"))
+            .arg("--https")
+            .arg(format!("127.0.0.1:{sp}"))
+            .arg("--public-url")
+            .arg(&http)
+            .args(["--grace-period", &grace.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .process_group(0);
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start levee serve");
+        let serve = Serve {
+            child,
+            http,
+            https: format!("https://127.0.0.1:{sp}"),
+            log,
+        };
+        serve.wait_ready();
+        serve
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::blocking::Client::new();
+        while Instant::now() < deadline {
+            if client
+                .get(format!("{}{}", self.http, paths::TIME))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("levee serve not ready after 30 s:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "levee serve still running after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An enrolled appliance: a client holding its certificate.
+struct Identity {
+    id: i64,
+    mac: String,
+    resp: EnrollmentResponse,
+    client: reqwest::Client,
+}
+
+fn mtls_client(resp: &EnrollmentResponse, key_pem: &str) -> reqwest::Client {
+    let pem = format!("{}\n{key_pem}", resp.certificate_pem);
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(resp.ca_pem.as_bytes()).expect("ca"))
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// One enrollment through `http`: boot script (token), then the request.
+async fn enroll(plain: &reqwest::Client, http: &str, mac: &str) -> Result<Identity, Outcome> {
+    let script = send(plain.get(format!("{http}/boot/{mac}.ipxe"))).await?;
+    let script = script.text().await.map_err(|e| Outcome::of(&e))?;
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("levee.token="))
+        .ok_or(Outcome::Status(0))?
+        .to_string();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let resp = send(
+        plain
+            .post(format!("{http}{}", paths::ENROLL))
+            .json(&serde_json::json!({
+                "token": token, "mac": mac, "csr_pem": csr,
+                "facts": {"macs": [mac], "dmi_serial": "S", "dmi_uuid": "U", "disks": []},
+            })),
+    )
+    .await?;
+    let resp: EnrollmentResponse = resp.json().await.map_err(|e| Outcome::of(&e))?;
+    Ok(Identity {
+        id: resp.appliance_id,
+        mac: mac.to_string(),
+        client: mtls_client(&resp, &key.serialize_pem()),
+        resp,
+    })
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// Not connected: the listener is closed (after the stop) or gone.
+    Refused,
+    /// An answer other than success (503 during an outage).
+    Status(u16),
+    /// A connection that broke mid-request: what a clean stop must avoid.
+    Broken,
+}
+
+impl Outcome {
+    fn of(e: &reqwest::Error) -> Outcome {
+        if e.is_connect() {
+            Outcome::Refused
+        } else {
+            eprintln!("broken: {e:?}");
+            Outcome::Broken
+        }
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Outcome> {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(r),
+        Ok(r) => Err(Outcome::Status(r.status().as_u16())),
+        Err(e) => Err(Outcome::of(&e)),
+    }
+}
+
+/// A config pull through `https` (a full body read: a cut body is broken).
+async fn pull(id: &Identity, https: &str) -> Outcome {
+    match send(id.client.get(format!("{https}{}", paths::CONFIG))).await {
+        Ok(r) => match r.bytes().await {
+            Ok(_) => Outcome::Ok,
+            Err(e) => Outcome::of(&e),
+        },
+        Err(o) => o,
+    }
+}
+
+/// Every outcome, with when it happened.
+#[derive(Default)]
+struct Tally {
+    log: Mutex<Vec<(Instant, Outcome, &'static str)>>,
+}
+
+impl Tally {
+    fn add(&self, o: Outcome, what: &'static str) {
+        self.log
+            .lock()
+            .expect("tally")
+            .push((Instant::now(), o, what));
+    }
+
+    fn count(&self, f: impl Fn(&(Instant, Outcome, &'static str)) -> bool) -> usize {
+        self.log
+            .lock()
+            .expect("tally")
+            .iter()
+            .filter(|e| f(e))
+            .count()
+    }
+}
+
+/// Config pulls by every identity and enrollments of the machines from
+/// `first_mac` on, in a loop until `stop`.
+fn load(
+    rt: &tokio::runtime::Runtime,
+    ids: Arc<Vec<Identity>>,
+    serve: (&str, &str),
+    first_mac: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for i in 0..ids.len() {
+        let (ids, https, stop, tally) = (
+            ids.clone(),
+            serve.1.to_string(),
+            stop.clone(),
+            tally.clone(),
+        );
+        tasks.push(rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let o = pull(&ids[i], &https).await;
+                tally.add(o, "config");
+                if o != Outcome::Ok {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let next = Arc::new(AtomicU64::new(first_mac as u64));
+    for _ in 0..4 {
+        let (http, stop, tally, next) = (
+            serve.0.to_string(),
+            stop.clone(),
+            tally.clone(),
+            next.clone(),
+        );
+        tasks.push(rt.spawn(async move {
+            let plain = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client");
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let o = match enroll(&plain, &http, &mac(n)).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(o) => o,
+                };
+                tally.add(o, "enroll");
+                if o != Outcome::Ok {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// SIGTERM while config pulls and enrollments run: exit 0 within the grace
+/// period, no request cut mid-way, and the log says what happened.
+fn stops_cleanly_under_load(postgres: bool) {
+    let fleet = Fleet::new(postgres, 4000);
+    let data = fleet.dir.path().join("a");
+    let mut serve = Serve::start(&data, fleet.database.as_deref(), 10);
+    let rt = runtime();
+    let plain = reqwest::Client::new();
+    let ids: Vec<Identity> = rt.block_on(async {
+        let mut ids = Vec::new();
+        for n in 0..8 {
+            ids.push(enroll(&plain, &serve.http, &mac(n)).await.expect("enroll"));
+        }
+        ids
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let tasks = load(
+        &rt,
+        Arc::new(ids),
+        (&serve.http, &serve.https),
+        8,
+        stop.clone(),
+        tally.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = tally.count(|e| e.1 == Outcome::Ok);
+    serve.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let status = serve.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let log = serve.log();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}:\n{log}");
+    assert!(
+        before > 50,
+        "too little load before the signal ({before}):\n{log}"
+    );
+    let broken = tally.count(|e| e.1 == Outcome::Broken);
+    let enrolled = tally.count(|e| e.1 == Outcome::Ok && e.2 == "enroll");
+    let pulled = tally.count(|e| e.1 == Outcome::Ok && e.2 == "config");
+    let errors = tally.count(|e| matches!(e.1, Outcome::Status(_)) && e.0 < signalled);
+    eprintln!(
+        "{}: {pulled} pulls, {enrolled} enrollments ok; stopped in {took:?}; {broken} broken",
+        if postgres { "postgres" } else { "sqlite" }
+    );
+    assert_eq!(broken, 0, "requests cut mid-way by the stop:\n{log}");
+    assert_eq!(errors, 0, "error answers before the stop:\n{log}");
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn r16_sigterm_under_load_exits_0_on_sqlite() {
+    stops_cleanly_under_load(false);
+}
+
+#[test]
+fn r16_sigterm_under_load_exits_0_on_postgres() {
+    stops_cleanly_under_load(true);
+}
+
+/// A request that does not finish holds the stop for the grace period; a
+/// second signal ends it at once.
+#[test]
+fn r16_second_signal_stops_at_once() {
+    let fleet = Fleet::new(false, 1);
+    let data = fleet.dir.path().join("a");
+    let mut serve = Serve::start(&data, None, 60);
+    // An enrollment whose body never finishes arriving.
+    let addr = serve.http.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        slow,
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        paths::ENROLL
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    serve.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        serve.child.try_wait().expect("wait").is_none(),
+        "levee serve did not wait for the request in flight:\n{}",
+        serve.log()
+    );
+    serve.signal(libc::SIGTERM);
+    let status = serve.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", serve.log());
+    assert!(serve.log().contains("second signal"), "{}", serve.log());
+}
+
+/// PostgreSQL restarts while appliances pull their configuration: 503s,
+/// fast, only while it is down; the full rate again within 5 s of its
+/// return, the same server process throughout.
+#[test]
+fn r16_postgres_restart_is_survived_without_a_server_restart() {
+    let fleet = Fleet::new(true, 8);
+    let pg = fleet.pg.as_ref().expect("pg");
+    let data = fleet.dir.path().join("a");
+    let mut serve = Serve::start(&data, fleet.database.as_deref(), 10);
+    let pid = serve.child.id();
+    let rt = runtime();
+    let plain = reqwest::Client::new();
+    let ids: Vec<Identity> = rt.block_on(async {
+        let mut ids = Vec::new();
+        for n in 0..8 {
+            ids.push(enroll(&plain, &serve.http, &mac(n)).await.expect("enroll"));
+        }
+        ids
+    });
+    let ids = Arc::new(ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for i in 0..ids.len() {
+        let (ids, https, stop, tally) = (
+            ids.clone(),
+            serve.https.clone(),
+            stop.clone(),
+            tally.clone(),
+        );
+        tasks.push(rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let o = pull(&ids[i], &https).await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(6),
+                    "a pull took {:?} ({o:?})",
+                    started.elapsed()
+                );
+                tally.add(o, "config");
+                if o != Outcome::Ok {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = tally.count(|e| e.1 == Outcome::Ok && e.0 > t0 + Duration::from_secs(1));
+    pg.stop();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    pg.start_again();
+    let back = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.expect("a load task failed");
+        }
+    });
+    let log = serve.log();
+    assert!(
+        serve.child.try_wait().expect("wait").is_none(),
+        "levee serve exited:\n{log}"
+    );
+    assert_eq!(serve.child.id(), pid);
+    let broken = tally.count(|e| e.1 == Outcome::Broken || e.1 == Outcome::Refused);
+    assert_eq!(broken, 0, "connections broke:\n{log}");
+    // While down (after the first second, when pooled connections have
+    // noticed): 503s, and no success.
+    let in_outage = |e: &(Instant, Outcome, &'static str)| {
+        e.0 > down + Duration::from_millis(500) && e.0 < back
+    };
+    let unavailable = tally.count(|e| in_outage(e) && e.1 == Outcome::Status(503));
+    let other = tally.count(|e| in_outage(e) && e.1 != Outcome::Status(503));
+    assert!(unavailable > 0, "no 503 while PostgreSQL was down:\n{log}");
+    assert_eq!(
+        other, 0,
+        "answers other than 503 while PostgreSQL was down:\n{log}"
+    );
+    // Back at full rate (half the baseline's per-second rate, the machine
+    // being shared) in the second ending 5 s after PostgreSQL returned.
+    let window = |from: Duration| {
+        tally.count(|e| {
+            e.1 == Outcome::Ok && e.0 > back + from && e.0 <= back + from + Duration::from_secs(1)
+        })
+    };
+    let recovered = window(Duration::from_secs(4));
+    let first_ok = tally
+        .log
+        .lock()
+        .expect("tally")
+        .iter()
+        .filter(|e| e.0 > back && e.1 == Outcome::Ok)
+        .map(|e| e.0 - back)
+        .min();
+    eprintln!(
+        "baseline {baseline}/s; {unavailable} x 503 while down; first success {first_ok:?} after the restart; {recovered}/s in [4 s, 5 s]"
+    );
+    assert!(
+        recovered * 2 >= baseline,
+        "rate {recovered}/s 4-5 s after the restart, baseline {baseline}/s:\n{log}"
+    );
+    assert!(log.contains("PostgreSQL unreachable"), "{log}");
+    assert!(log.contains("PostgreSQL reachable again"), "{log}");
+    assert_eq!(
+        log.matches("PostgreSQL unreachable").count(),
+        1,
+        "one line per outage:\n{log}"
+    );
+}
+
+/// Two servers (two provisioning LANs) on one database: an appliance
+/// enrolled through A pulls its configuration and heartbeats through B
+/// after A stopped; a retire typed on the CLI is refused by B at once.
+#[test]
+fn r16_two_servers_share_one_database() {
+    let fleet = Fleet::new(true, 2);
+    let url = fleet.database.clone().expect("url");
+    let data_a = fleet.dir.path().join("a");
+    let data_b = fleet.second_data_dir();
+    let mut a = Serve::start(&data_a, Some(&url), 5);
+    let b = Serve::start(&data_b, Some(&url), 5);
+    let rt = runtime();
+    let plain = reqwest::Client::new();
+    let id = rt
+        .block_on(enroll(&plain, &a.http, &mac(0)))
+        .expect("enroll through A");
+    assert!(id
+        .resp
+        .https_url
+        .ends_with(a.https.trim_start_matches("https://127.0.0.1")));
+    // One CA for the fleet: both boot scripts carry the same fingerprint.
+    let fp = levee_provisioner::enroll::ca::pem_fingerprint(&id.resp.ca_pem).expect("ca");
+    for s in [&a, &b] {
+        let script = rt.block_on(async {
+            plain
+                .get(format!("{}/boot/{}.ipxe", s.http, mac(1)))
+                .send()
+                .await
+                .expect("script")
+                .text()
+                .await
+                .expect("body")
+        });
+        assert!(script.contains(&format!("levee.ca={fp}")), "{script}");
+    }
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit(Duration::from_secs(10)).code(), Some(0));
+
+    let config = rt.block_on(pull(&id, &b.https));
+    assert_eq!(config, Outcome::Ok, "config through B:\n{}", b.log());
+    let hb = rt.block_on(send(
+        id.client
+            .post(format!("{}{}", b.https, paths::HEARTBEAT))
+            .json(&serde_json::json!({"mac": id.mac, "image_version": "v16", "slot": "a"})),
+    ));
+    assert!(hb.is_ok(), "heartbeat through B: {hb:?}\n{}", b.log());
+    let listed = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("--data-dir")
+        .arg(&data_b)
+        .env("LEVEE_DATABASE", &url)
+        .args(["appliance", "show", &id.id.to_string()])
+        .output()
+        .expect("levee appliance show");
+    let shown = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        shown.contains("v16"),
+        "the heartbeat through B is in the shared store:\n{shown}"
+    );
+
+    let retired = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("--data-dir")
+        .arg(&data_b)
+        .env("LEVEE_DATABASE", &url)
+        .args(["appliance", "retire", &id.mac, "--reason", "stolen"])
+        .output()
+        .expect("levee appliance retire");
+    assert!(
+        retired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retired.stderr)
+    );
+    assert_eq!(rt.block_on(pull(&id, &b.https)), Outcome::Status(403));
+}
