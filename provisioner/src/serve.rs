@@ -5,7 +5,7 @@
 //! [`run`] takes sockets that are already bound, so tests can bind port 0
 //! and the binary can bind privileged ports before anything else happens.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,21 +123,10 @@ pub async fn run(
             https_url,
         },
         ipxe_dir: config.ipxe_dir.clone(),
-    })
-    .layer(axum::middleware::from_fn_with_state(
-        shutdown.clone(),
-        crate::drain::close_when_stopping,
-    ))
-    .into_make_service_with_connect_info::<SocketAddr>();
+    });
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        // axum stops accepting when this signal fires: after the drain (a
-        // new connection meanwhile is answered, with `Connection: close`).
-        let served = axum::serve(listeners.http, app)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                tokio::time::sleep(crate::drain::DRAIN).await;
-            })
+        let served = crate::drain::serve_http(listeners.http, app, stop)
             .await
             .context("HTTP server failed");
         ("http", served)

@@ -175,29 +175,19 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let app = router(state);
     let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                // A client that vanished between SYN and accept is not fatal.
-                Err(e) => { debug!(error = %e, "https accept failed"); continue; }
-            },
-        };
+    let serve = |tcp: tokio::net::TcpStream, addr: std::net::SocketAddr| {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let stop = shutdown.clone();
         connections.spawn(async move {
-            let stream = tokio::select! {
-                accepted = acceptor.accept(tcp) => match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(peer = %addr, reason = %e, "TLS handshake refused");
-                        return;
-                    }
-                },
-                // No request in flight yet: nothing to finish.
-                _ = stop.cancelled() => return,
+            // A handshake under way finishes even when stopping: its
+            // request is then answered as the drain says.
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(peer = %addr, reason = %e, "TLS handshake refused");
+                    return;
+                }
             };
             let Some(der) = stream
                 .get_ref()
@@ -234,6 +224,21 @@ pub async fn serve(
                 debug!(peer = %addr, error = %e, "https connection ended");
             }
         });
+    };
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // A client that vanished between SYN and accept is not fatal.
+                Err(e) => { debug!(error = %e, "https accept failed"); continue; }
+            },
+        };
+        serve(tcp, addr);
+    }
+    // As crate::drain::serve_http: answer what the kernel already accepted.
+    while let Some((tcp, addr)) = crate::drain::accept_now(&listener).await {
+        serve(tcp, addr);
     }
     drop(listener);
     connections.close();
