@@ -440,7 +440,10 @@ fn stops_cleanly_under_load(postgres: bool) {
     // Open item (issue 16): a plain-HTTP connection the kernel completes in
     // the instant the listener closes is still reset now and then (0-3 in a
     // run of thousands); every other request is answered or refused.
-    assert!(broken <= 3, "{broken} requests cut mid-way by the stop:\n{log}");
+    assert!(
+        broken <= 3,
+        "{broken} requests cut mid-way by the stop:\n{log}"
+    );
     assert_eq!(errors, 0, "error answers before the stop:\n{log}");
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     assert!(log.contains("stopping"), "{log}");
