@@ -226,7 +226,16 @@ struct LocalSink {
 /// Owner, mode and times through the open descriptor: no path walks
 /// (restores create tens of thousands of files; chmod and utimensat by path
 /// plus an ftruncate per file were ~6% of a restore).
-fn set_meta_fd(f: &File, p: &Path, node: &Node, xattrs: &XattrLog) -> Result<(), TargetError> {
+/// `default_mode` applies when the node has none (SMB sources): what a
+/// plain create would have given, so files and directories are not left at
+/// the 0600/0700 they are made with.
+fn set_meta_fd(
+    f: &File,
+    p: &Path,
+    node: &Node,
+    default_mode: u32,
+    xattrs: &XattrLog,
+) -> Result<(), TargetError> {
     use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
     if node.uid != 0 || node.gid != 0 {
@@ -234,16 +243,35 @@ fn set_meta_fd(f: &File, p: &Path, node: &Node, xattrs: &XattrLog) -> Result<(),
         unsafe { libc::fchown(fd, node.uid, node.gid) };
     }
     xattrs.apply(p, node, |name, value| f.set_xattr(name, value));
-    if node.mode != 0 {
-        f.set_permissions(fs::Permissions::from_mode(node.mode))
-            .map_err(|e| io(p, e))?;
-    }
+    let mode = if node.mode != 0 {
+        node.mode
+    } else {
+        default_mode
+    };
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| io(p, e))?;
     let times = file_times(node);
     // SAFETY: fd is open; times is the two-element array futimens wants.
     if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
         return Err(io(p, std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// The process's umask, read once (from /proc: `umask(2)` can only be read
+/// by setting it, which would race with other threads).
+fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 fn file_times(node: &Node) -> [libc::timespec; 2] {
@@ -281,7 +309,7 @@ impl FileSink for LocalSink {
         if self.pos != self.written_end {
             self.f.set_len(self.pos).map_err(|e| io(&self.path, e))?;
         }
-        set_meta_fd(&self.f, &self.path, node, &self.xattrs)?;
+        set_meta_fd(&self.f, &self.path, node, 0o666 & !umask(), &self.xattrs)?;
         let mut this = self;
         this.done = true;
         rename_at(&this.dir, &this.temp, &this.name).map_err(|e| io(&this.path, e))
@@ -391,7 +419,7 @@ impl Target for LocalTarget {
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let p = self.full(path);
         let fd = self.dir.dir(path).map_err(|e| io(&p, e))?;
-        set_meta_fd(&File::from(fd), &p, node, &self.xattrs)
+        set_meta_fd(&File::from(fd), &p, node, 0o777 & !umask(), &self.xattrs)
     }
     fn parallelism(&self) -> usize {
         // Decrypting is CPU, writing is I/O: a few more threads than cores.
