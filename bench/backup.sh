@@ -4,6 +4,8 @@
 #
 #   bench/backup.sh                      # ~2 GB from /usr
 #   LEVEE_BENCH_SRC="/usr/lib /usr/share" bench/backup.sh
+#   LEVEE_BENCH_DATASET=usr-dup bench/backup.sh   # /usr/share + /usr/lib/x86_64-linux-gnu,
+#                                                # /usr/share/doc copied twice (duplicate content)
 #
 # Phases per tool: first backup of v1, second backup after 1% of files
 # changed (v2), full restore of v2, repository size, peak RSS (time -v).
@@ -11,6 +13,12 @@
 set -euo pipefail
 
 SRC=${LEVEE_BENCH_SRC:-"/usr/share /usr/lib/x86_64-linux-gnu /usr/bin /usr/include /usr/lib/gcc /usr/libexec"}
+DATASET=${LEVEE_BENCH_DATASET:-usr}
+case $DATASET in
+    usr) ;;
+    usr-dup) SRC="/usr/share /usr/lib/x86_64-linux-gnu" ;;
+    *) echo "LEVEE_BENCH_DATASET: usr or usr-dup, not $DATASET" >&2; exit 1 ;;
+esac
 WORK=${LEVEE_BENCH_DIR:-/tmp/levee-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-backup}
@@ -26,6 +34,9 @@ DATA=$WORK/data
 echo "== copying data from: $SRC" >&2
 mkdir -p "$DATA"
 for s in $SRC; do cp -a --parents "$s" "$DATA"/ 2>/dev/null || true; done
+if [ "$DATASET" = usr-dup ]; then
+    cp -a "$DATA/usr/share/doc" "$DATA/usr/share/doc-copy2"
+fi
 find "$DATA" -type f | sort > "$WORK/files"
 NFILES=$(wc -l < "$WORK/files")
 BYTES=$(du -sb "$DATA" | cut -f1)
@@ -82,7 +93,7 @@ PACKS=$("$LEVEE" --repo "$WORK/levee" --json check | python3 -c 'import json,sys
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 echo
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); data: $NFILES files, $((BYTES / 1000000)) MB from $SRC"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); data ($DATASET): $NFILES files, $((BYTES / 1000000)) MB from $SRC"
 printf '%-16s %10s %10s %10s %12s %12s\n' phase levee restic borg restic/levee borg/levee
 for p in first second restore; do
     printf '%-16s %9ss %9ss %9ss %12s %12s\n' "$p" "${T[levee.$p]}" "${T[restic.$p]}" "${T[borg.$p]}" "$(ratio "${T[restic.$p]}" "${T[levee.$p]}")" "$(ratio "${T[borg.$p]}" "${T[levee.$p]}")"
