@@ -7,7 +7,8 @@
 //!   nothing about enrollment or the server.
 //! - the appliance's own life: [`enroll`] (key, CSR, mTLS client),
 //!   [`install`] (disk, GPT, GRUB A/B), [`daemon`] (`levee-agent run`:
-//!   heartbeats, config refresh, scheduled jobs) over [`schedule`].
+//!   heartbeats, config refresh, scheduled jobs) over [`schedule`], and
+//!   [`runs`] (run reports, spooled and sent to the server).
 //!
 //! The repository format itself (packs, index, snapshots, trees, key slots)
 //! lives in `levee_proto::repo`, shared with the offsite store.
@@ -28,6 +29,7 @@ pub mod backup;
 pub mod daemon;
 pub mod enroll;
 pub mod install;
+pub mod runs;
 pub mod schedule;
 pub mod update;
 pub mod util;

@@ -1,162 +1,24 @@
-//! Scheduled backups: which configured job is due next ([`next_due`], pure:
-//! configuration, last run times and "now" in, a time out) and running one
-//! job ([`run_job`]: back up its sources, then apply the retention policy).
-//! The daemon owns the loop (sleep until the due time, run, record the run's
-//! start time); nothing here sleeps or reads the clock.
-//!
-//! Semantics, for a schedule's last run time `last` (its start, Unix
-//! seconds) and `now`:
-//! - `every: 4h`: due at `last + 4h`; never run: due now.
-//! - `at: "01:30"` (appliance local time, `utc_offset` seconds east of UTC)
-//!   on `days` (`mon`..`sun`, default every day): due at the first such slot
-//!   after `last`. A slot missed while the appliance was off is run once when
-//!   it comes back (the returned time is then <= now), not once per missed
-//!   slot. Never run: the first slot at or after `now`.
+//! Scheduled backups on the appliance: which job is due comes from
+//! [`levee_proto::schedule`] (shared with the server, which computes the
+//! same times to tell when a backup is overdue); [`run_job`] runs one job
+//! (back up its sources, then apply the retention policy), timing each
+//! step for its run report. The daemon owns the loop (sleep until the due
+//! time, run, record the run's start time); nothing here sleeps.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use levee_proto::config::{parse_duration, CustomerConfig, Schedule};
+use levee_proto::config::CustomerConfig;
 use levee_proto::repo::KdfParams;
 use serde::Serialize;
+
+pub use levee_proto::schedule::{next_due, next_run, validate, Due, ScheduleError, MIN_EVERY_SECS};
 
 use crate::backup::commands::backup::{backup, BackupOptions, BackupSummary};
 use crate::backup::commands::forget::{forget, ForgetOptions, ForgetResult};
 use crate::backup::commands::prune::{prune, PruneOptions, PruneReport};
 use crate::backup::progress::Counters;
 use crate::backup::repository::{RepoError, Repository};
-
-/// Shortest `every` the configuration allows.
-pub const MIN_EVERY_SECS: u64 = 5 * 60;
-
-const DAY: i64 = 86_400;
-const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("schedule {0}: give exactly one of `at` and `every`")]
-    AtOrEvery(String),
-    #[error("schedule {0}: bad time of day {1:?} (want HH:MM)")]
-    BadAt(String, String),
-    #[error("schedule {0}: bad day {1:?} (want mon, tue, wed, thu, fri, sat or sun)")]
-    BadDay(String, String),
-    #[error("schedule {0}: bad interval {1:?} (want e.g. 30m, 4h, 1d; at least 5m)")]
-    BadEvery(String, String),
-    #[error("schedule {0}: no such source {1:?}")]
-    NoSource(String, String),
-    #[error("no schedule named {0:?}")]
-    NoSchedule(String),
-}
-
-/// The next job to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Due {
-    /// The schedule's name (its `Schedule::name`).
-    pub schedule: String,
-    /// When it is due, Unix seconds; <= now means run it now.
-    pub at: i64,
-}
-
-/// Monday = 0 .. Sunday = 6 for days since 1970-01-01 (a Thursday).
-fn weekday(days: i64) -> usize {
-    (days + 3).rem_euclid(7) as usize
-}
-
-fn parse_at(s: &Schedule, at: &str) -> Result<i64, ScheduleError> {
-    let bad = || ScheduleError::BadAt(s.name.clone(), at.to_string());
-    let (h, m) = at.trim().split_once(':').ok_or_else(bad)?;
-    let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(0..24).contains(&h) || !(0..60).contains(&m) {
-        return Err(bad());
-    }
-    Ok(h * 3600 + m * 60)
-}
-
-/// Allowed weekdays; empty `days` means all.
-fn parse_days(s: &Schedule) -> Result<[bool; 7], ScheduleError> {
-    if s.days.is_empty() {
-        return Ok([true; 7]);
-    }
-    let mut out = [false; 7];
-    for d in &s.days {
-        let i = DAY_NAMES
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(d.trim()))
-            .ok_or_else(|| ScheduleError::BadDay(s.name.clone(), d.clone()))?;
-        out[i] = true;
-    }
-    Ok(out)
-}
-
-/// Checks a schedule's fields (the same rules [`next_run`] applies).
-pub fn validate(s: &Schedule) -> Result<(), ScheduleError> {
-    next_run(s, None, 0, 0).map(|_| ())
-}
-
-/// When schedule `s` is next due, given its last run (start, Unix seconds).
-pub fn next_run(
-    s: &Schedule,
-    last_run: Option<i64>,
-    now: i64,
-    utc_offset: i32,
-) -> Result<i64, ScheduleError> {
-    match (&s.at, &s.every) {
-        (None, Some(every)) => {
-            if !s.days.is_empty() {
-                return Err(ScheduleError::AtOrEvery(s.name.clone()));
-            }
-            let secs = parse_duration(every)
-                .filter(|n| *n >= MIN_EVERY_SECS && *n <= i64::MAX as u64 / 2)
-                .ok_or_else(|| ScheduleError::BadEvery(s.name.clone(), every.clone()))?;
-            Ok(match last_run {
-                Some(l) => l.saturating_add(secs as i64),
-                None => now,
-            })
-        }
-        (Some(at), None) => {
-            let tod = parse_at(s, at)?;
-            let days = parse_days(s)?;
-            let off = i64::from(utc_offset);
-            // First slot strictly after `last`, or at/after `now` if never run.
-            let after = match last_run {
-                Some(l) => l,
-                None => now - 1,
-            };
-            let day0 = (after + off).div_euclid(DAY);
-            for d in day0..=day0 + 7 {
-                let t = d * DAY + tod - off;
-                if days[weekday(d)] && t > after {
-                    return Ok(t);
-                }
-            }
-            unreachable!("some day in any 8 consecutive days is allowed")
-        }
-        _ => Err(ScheduleError::AtOrEvery(s.name.clone())),
-    }
-}
-
-/// The configured job due first: earliest due time, ties in configuration
-/// order. `last_runs` maps schedule names to their last run's start (Unix
-/// seconds); `utc_offset` is the appliance's local offset east of UTC in
-/// seconds. `None` when the configuration has no schedules.
-pub fn next_due(
-    config: &CustomerConfig,
-    last_runs: &HashMap<String, i64>,
-    now: i64,
-    utc_offset: i32,
-) -> Result<Option<Due>, ScheduleError> {
-    let mut best: Option<Due> = None;
-    for s in &config.schedules {
-        let at = next_run(s, last_runs.get(&s.name).copied(), now, utc_offset)?;
-        if best.as_ref().is_none_or(|b| at < b.at) {
-            best = Some(Due {
-                schedule: s.name.clone(),
-                at,
-            });
-        }
-    }
-    Ok(best)
-}
+use crate::enroll::unix_now;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -170,6 +32,9 @@ pub enum JobError {
 #[derive(Debug, Serialize)]
 pub struct SourceRun {
     pub source: String,
+    /// Start and end of this source's backup, Unix seconds.
+    pub started_at: i64,
+    pub ended_at: i64,
     /// The backup's summary, or why it failed (other sources still run).
     pub result: Result<BackupSummary, String>,
 }
@@ -182,6 +47,8 @@ pub struct JobReport {
     pub forget: Option<ForgetResult>,
     /// Prune after forget removed snapshots; Err is its message.
     pub prune: Option<Result<PruneReport, String>>,
+    /// Start and end of the prune, Unix seconds.
+    pub prune_times: (i64, i64),
 }
 
 /// Runs schedule `schedule` of `config` now: opens the repository at
@@ -230,6 +97,7 @@ pub fn run_job(
     };
     let mut runs = Vec::new();
     for src in sources {
+        let started_at = unix_now();
         let spec = src.smb.clone().or_else(|| src.path.clone());
         let result = match spec {
             None => Err(format!("source {}: neither smb nor path", src.name)),
@@ -249,10 +117,12 @@ pub fn run_job(
         };
         runs.push(SourceRun {
             source: src.name.clone(),
+            started_at,
+            ended_at: unix_now(),
             result,
         });
     }
-    let (mut forgot, mut pruned) = (None, None);
+    let (mut forgot, mut pruned, mut prune_times) = (None, None, (0, 0));
     if runs.iter().any(|r| r.result.is_ok()) {
         let r = &config.retention;
         let keep = |n: u32| (n > 0).then_some(n as usize);
@@ -267,6 +137,7 @@ pub fn run_job(
             },
         )?;
         if !f.remove.is_empty() {
+            let started = unix_now();
             pruned = Some(
                 prune(
                     &repo,
@@ -277,6 +148,7 @@ pub fn run_job(
                 )
                 .map_err(|e| e.to_string()),
             );
+            prune_times = (started, unix_now());
         }
         forgot = Some(f);
     }
@@ -285,12 +157,14 @@ pub fn run_job(
         sources: runs,
         forget: forgot,
         prune: pruned,
+        prune_times,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use levee_proto::config::Schedule;
 
     fn sched(at: Option<&str>, days: &[&str], every: Option<&str>) -> Schedule {
         Schedule {
@@ -300,105 +174,6 @@ mod tests {
             days: days.iter().map(|d| d.to_string()).collect(),
             every: every.map(Into::into),
         }
-    }
-
-    // 2026-11-26 is a Thursday; this is 10:00:00 UTC that day.
-    const THU_10: i64 = 1_795_687_200;
-
-    #[test]
-    fn epoch_anchor() {
-        let (y, m, d) = crate::util::civil_from_days(THU_10 / DAY);
-        assert_eq!((y, m, d), (2026, 11, 26));
-        assert_eq!(THU_10 % DAY, 10 * 3600);
-        assert_eq!(DAY_NAMES[weekday(THU_10 / DAY)], "thu");
-    }
-
-    #[test]
-    fn at_daily() {
-        let s = sched(Some("01:30"), &[], None);
-        // Never run: the next 01:30, tomorrow.
-        let t = next_run(&s, None, THU_10, 0).unwrap();
-        assert_eq!(t, THU_10 - 10 * 3600 + DAY + 5400);
-        // Ran today at 01:30: tomorrow.
-        let today = THU_10 - 10 * 3600 + 5400;
-        assert_eq!(next_run(&s, Some(today), THU_10, 0).unwrap(), today + DAY);
-        // Last ran three days ago: the missed slot is due now, once.
-        let t = next_run(&s, Some(today - 3 * DAY), THU_10, 0).unwrap();
-        assert_eq!(t, today - 2 * DAY);
-        assert!(t <= THU_10);
-        // Slot exactly now and never run: due now.
-        assert_eq!(
-            next_run(&sched(Some("10:00"), &[], None), None, THU_10, 0).unwrap(),
-            THU_10
-        );
-    }
-
-    #[test]
-    fn at_days_of_week() {
-        let s = sched(Some("22:00"), &["mon", "Wed"], None);
-        // Thursday 10:00 -> next Monday 22:00 (4 days on).
-        let mon = THU_10 - 10 * 3600 + 4 * DAY + 22 * 3600;
-        assert_eq!(next_run(&s, None, THU_10, 0).unwrap(), mon);
-        // After Monday's run -> Wednesday.
-        assert_eq!(next_run(&s, Some(mon), mon + 60, 0).unwrap(), mon + 2 * DAY);
-        // Only Thursday, already past today's 09:00 slot -> a week on.
-        let thu = sched(Some("09:00"), &["thu"], None);
-        let t = next_run(&thu, Some(THU_10 - 3600), THU_10, 0).unwrap();
-        assert_eq!(t, THU_10 - 3600 + 7 * DAY);
-    }
-
-    #[test]
-    fn at_local_offset() {
-        // 01:30 at UTC+2 is 23:30 UTC the day before.
-        let s = sched(Some("01:30"), &["fri"], None);
-        let t = next_run(&s, None, THU_10, 2 * 3600).unwrap();
-        assert_eq!(t, THU_10 - 10 * 3600 + 23 * 3600 + 1800);
-        // Local weekday, not UTC weekday: Friday local is Thursday UTC here.
-        assert_eq!(DAY_NAMES[weekday((t + 7200) / DAY)], "fri");
-        assert_eq!(DAY_NAMES[weekday(t / DAY)], "thu");
-    }
-
-    #[test]
-    fn every_interval() {
-        let s = sched(None, &[], Some("4h"));
-        assert_eq!(next_run(&s, None, THU_10, 0).unwrap(), THU_10);
-        assert_eq!(
-            next_run(&s, Some(THU_10), THU_10, 0).unwrap(),
-            THU_10 + 4 * 3600
-        );
-        assert!(matches!(
-            next_run(&sched(None, &[], Some("1m")), None, 0, 0),
-            Err(ScheduleError::BadEvery(..))
-        ));
-    }
-
-    #[test]
-    fn invalid() {
-        let e = |s: Schedule| next_run(&s, None, THU_10, 0).unwrap_err();
-        assert!(matches!(
-            e(sched(None, &[], None)),
-            ScheduleError::AtOrEvery(_)
-        ));
-        assert!(matches!(
-            e(sched(Some("1:00"), &[], Some("1h"))),
-            ScheduleError::AtOrEvery(_)
-        ));
-        assert!(matches!(
-            e(sched(None, &["mon"], Some("1h"))),
-            ScheduleError::AtOrEvery(_)
-        ));
-        assert!(matches!(
-            e(sched(Some("24:00"), &[], None)),
-            ScheduleError::BadAt(..)
-        ));
-        assert!(matches!(
-            e(sched(Some("noon"), &[], None)),
-            ScheduleError::BadAt(..)
-        ));
-        assert!(matches!(
-            e(sched(Some("12:00"), &["funday"], None)),
-            ScheduleError::BadDay(..)
-        ));
     }
 
     fn config(schedules: Vec<Schedule>) -> CustomerConfig {
@@ -411,28 +186,6 @@ mod tests {
             c
         })
         .unwrap()
-    }
-
-    #[test]
-    fn next_due_picks_earliest() {
-        let mut nightly = sched(Some("01:00"), &[], None);
-        nightly.name = "nightly".into();
-        let mut hourly = sched(None, &[], Some("1h"));
-        hourly.name = "hourly".into();
-        let c = config(vec![nightly, hourly]);
-        let mut last = HashMap::new();
-        // Hourly never ran: due now.
-        let d = next_due(&c, &last, THU_10, 0).unwrap().unwrap();
-        assert_eq!((d.schedule.as_str(), d.at), ("hourly", THU_10));
-        last.insert("hourly".to_string(), THU_10);
-        let d = next_due(&c, &last, THU_10 + 60, 0).unwrap().unwrap();
-        assert_eq!((d.schedule.as_str(), d.at), ("hourly", THU_10 + 3600));
-        // Nightly's missed slot (ran two days ago) comes first.
-        last.insert("nightly".to_string(), THU_10 - 2 * DAY);
-        let d = next_due(&c, &last, THU_10 + 60, 0).unwrap().unwrap();
-        assert_eq!(d.schedule, "nightly");
-        assert!(d.at <= THU_10);
-        assert_eq!(next_due(&config(vec![]), &last, THU_10, 0).unwrap(), None);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod paths {
     /// `GET` this appliance's [`super::InstallPlan`]; `POST` an
     /// [`super::InstallStatus`] (mTLS).
     pub const INSTALL: &str = "/api/v1/install";
+    /// `POST` a [`crate::runs::RunReport`] (mTLS).
+    pub const RUNS: &str = "/api/v1/runs";
     /// `GET` the server's clock as a [`super::ServerTime`] (plain HTTP): an
     /// installed appliance with a bad RTC sets its clock from it before its
     /// first mTLS request.

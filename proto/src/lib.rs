@@ -17,6 +17,8 @@ pub mod image;
 pub mod release;
 pub mod repo;
 pub mod report;
+pub mod runs;
+pub mod schedule;
 
 /// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
 /// machines use. One place, so the server's router and the clients agree.

@@ -8,6 +8,7 @@
 //! - [`releases`] are the signed update channels (TUF, built with tough);
 //! - [`config`] reads and validates customer configuration files, and
 //!   [`secrets`] keeps their secrets encrypted at rest;
+//! - [`health`] judges each appliance's backups from its run reports;
 //! - [`cli`] is the `levee` command line.
 
 pub mod boot;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod drain;
 pub mod enroll;
 pub mod fleet;
+pub mod health;
 pub mod http;
 pub mod images;
 pub mod releases;

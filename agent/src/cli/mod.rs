@@ -5,6 +5,7 @@
 mod install;
 mod output;
 mod progress;
+mod report;
 
 use std::path::PathBuf;
 
@@ -18,8 +19,10 @@ use levee_agent::backup::commands::repair::RepairOptions;
 use levee_agent::backup::commands::restore::RestoreOptions;
 use levee_agent::backup::commands::{backup, check, diff, forget, ls, prune, repair, restore};
 use levee_agent::backup::progress::Counters;
+use levee_agent::runs::build;
 use levee_agent::Repository;
 use levee_proto::repo::KdfParams;
+use levee_proto::runs::RunKind;
 
 const EXAMPLES: &str = "Examples:
   export LEVEE_REPO=/var/lib/levee/repo LEVEE_PASSWORD_FILE=/etc/levee/repo.key
@@ -54,6 +57,16 @@ pub struct Global {
     /// No progress bars.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// The appliance's state (credential, run report spool). On an
+    /// enrolled appliance, backup, restore, prune and check runs by hand
+    /// are reported to the server through it.
+    #[arg(
+        long,
+        env = "LEVEE_STATE_DIR",
+        global = true,
+        default_value = "/var/lib/levee"
+    )]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -211,10 +224,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Backup(o) => {
-            let repo = open(g)?;
-            let c = Counters::default();
-            let s =
-                progress::with_progress(g, &c, "backup", || backup::backup(&repo, &o, None, &c))?;
+            let run = report::Manual::start(&g.state_dir, RunKind::Backup, o.sources.clone());
+            let s = open(g).and_then(|repo| {
+                let c = Counters::default();
+                Ok(progress::with_progress(g, &c, "backup", || {
+                    backup::backup(&repo, &o, None, &c)
+                })?)
+            });
+            run.finish(g.repo.as_deref(), &s, build::backup);
+            let s = s?;
             out.backup(&s)?;
             Ok(if s.summary.errors > 0 { 3 } else { 0 })
         }
@@ -230,11 +248,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Restore(o) => {
-            let repo = open(g)?;
-            let c = Counters::default();
-            let s = progress::with_progress(g, &c, "restore", || {
-                restore::restore(&repo, &o, None, &c)
-            })?;
+            let run = report::Manual::start(&g.state_dir, RunKind::Restore, vec![o.target.clone()]);
+            let s = open(g).and_then(|repo| {
+                let c = Counters::default();
+                Ok(progress::with_progress(g, &c, "restore", || {
+                    restore::restore(&repo, &o, None, &c)
+                })?)
+            });
+            run.finish(g.repo.as_deref(), &s, build::restore);
+            let s = s?;
             out.restore(&s)?;
             Ok(if s.errors > 0 { 3 } else { 0 })
         }
@@ -249,16 +271,28 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Prune(o) => {
-            let repo = open(g)?;
-            let c = Counters::default();
-            let r = progress::with_progress(g, &c, "prune", || prune::prune(&repo, &o, &c))?;
+            let run = report::Manual::start(&g.state_dir, RunKind::Prune, Vec::new());
+            let r = open(g).and_then(|repo| {
+                let c = Counters::default();
+                Ok(progress::with_progress(g, &c, "prune", || {
+                    prune::prune(&repo, &o, &c)
+                })?)
+            });
+            run.finish(g.repo.as_deref(), &r, build::prune);
+            let r = r?;
             out.prune(&r)?;
             Ok(0)
         }
         Command::Check(o) => {
-            let repo = open(g)?;
-            let c = Counters::default();
-            let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
+            let run = report::Manual::start(&g.state_dir, RunKind::Check, Vec::new());
+            let r = open(g).and_then(|repo| {
+                let c = Counters::default();
+                Ok(progress::with_progress(g, &c, "check", || {
+                    check::check(&repo, &o, &c)
+                })?)
+            });
+            run.finish(g.repo.as_deref(), &r, build::check);
+            let r = r?;
             out.check(&r)?;
             Ok(if r.errors.is_empty() { 0 } else { 1 })
         }

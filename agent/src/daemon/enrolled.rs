@@ -1,5 +1,6 @@
 //! The enrolled appliance's loop: configuration, install step, heartbeats,
-//! configuration refresh and certificate renewal, all over mutual TLS.
+//! configuration refresh, certificate renewal and the run report spool,
+//! all over mutual TLS.
 
 use std::time::Duration;
 
@@ -128,6 +129,16 @@ pub(super) fn serve(
                         "{who}: heartbeat {sent} sent (slot {})",
                         report.slot.as_deref().unwrap_or("-")
                     ));
+                }
+                // The server is reachable: send what the spool holds
+                // (runs by hand, reports a down server missed).
+                let spool = crate::runs::Spool::new(&opts.state_dir);
+                if spool.pending().is_ok_and(|p| !p.is_empty()) {
+                    let flushed = spool
+                        .flush(crate::runs::send_with(&client))
+                        .map(Some)
+                        .map_err(|e| e.to_string());
+                    super::jobs::log_flush(flushed, &who, log);
                 }
             }
             Err(e) => log.warn(format_args!("{who}: heartbeat failed: {e}")),

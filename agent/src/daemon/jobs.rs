@@ -3,7 +3,8 @@
 //! runs it ([`crate::schedule::run_job`]) into the repository on the data
 //! partition, and records when each schedule last started, so a restart or
 //! a reboot neither repeats nor loses a run. Heartbeats go on meanwhile: a
-//! backup of a large share takes hours.
+//! backup of a large share takes hours. Each job's runs are reported to
+//! the server through the spool ([`crate::runs`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use levee_proto::config::CustomerConfig;
 
 use super::logging::Log;
 use crate::enroll::{unix_now, write_atomic};
-use crate::schedule::{next_due, run_job};
+use levee_proto::runs::{RunKind, RunReport};
+
+use crate::runs::{self, build, build::RunContext, Flushed, Spool};
+use crate::schedule::{next_due, run_job, JobError, JobReport};
 
 /// When the schedules last started, by schedule name (Unix seconds).
 const LAST_RUNS: &str = "jobs.json";
@@ -114,35 +118,134 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
         // interrupted run finished are reused).
         last_runs.insert(due.schedule.clone(), now);
         save_last_runs(state_dir, &last_runs, who, &log);
-        match run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key) {
-            Ok(report) => {
-                for s in &report.sources {
-                    match &s.result {
-                        Ok(sum) => log.info(format_args!(
-                            "{who}: schedule {}: source {} backed up as snapshot {}: {} files, {} bytes read, {} bytes new, {} errors",
-                            report.schedule,
-                            s.source,
-                            sum.snapshot,
-                            sum.summary.files,
-                            sum.summary.bytes_read,
-                            sum.summary.bytes_new,
-                            sum.summary.errors
-                        )),
-                        Err(e) => log.warn(format_args!(
-                            "{who}: schedule {}: source {} failed: {e}",
-                            report.schedule, s.source
-                        )),
-                    }
-                }
-                if let Some(Err(e)) = &report.prune {
-                    log.warn(format_args!(
-                        "{who}: schedule {}: prune failed: {e}",
-                        report.schedule
-                    ));
+        let result = run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key);
+        log_job(&due.schedule, &result, who, &log);
+        let reports = job_reports(&config, &due.schedule, now, state_dir, &result);
+        report_runs(state_dir, &reports, who, &log);
+    }
+}
+
+fn log_job(schedule: &str, result: &Result<JobReport, JobError>, who: &str, log: &Log) {
+    match result {
+        Ok(report) => {
+            for s in &report.sources {
+                match &s.result {
+                    Ok(sum) => log.info(format_args!(
+                        "{who}: schedule {}: source {} backed up as snapshot {}: {} files, {} bytes read, {} bytes new, {} errors",
+                        report.schedule,
+                        s.source,
+                        sum.snapshot,
+                        sum.summary.files,
+                        sum.summary.bytes_read,
+                        sum.summary.bytes_new,
+                        sum.summary.errors
+                    )),
+                    Err(e) => log.warn(format_args!(
+                        "{who}: schedule {}: source {} failed: {e}",
+                        report.schedule, s.source
+                    )),
                 }
             }
-            Err(e) => log.warn(format_args!("{who}: schedule {} failed: {e}", due.schedule)),
+            if let Some(Err(e)) = &report.prune {
+                log.warn(format_args!(
+                    "{who}: schedule {}: prune failed: {e}",
+                    report.schedule
+                ));
+            }
         }
+        Err(e) => log.warn(format_args!("{who}: schedule {schedule} failed: {e}")),
+    }
+}
+
+/// The run reports of one job: one backup report per source (each its own
+/// snapshot), and one for the prune if retention ran one. A job that could
+/// not start (no repository) is one failed backup report naming all the
+/// schedule's sources.
+fn job_reports(
+    config: &CustomerConfig,
+    schedule: &str,
+    started_at: i64,
+    state_dir: &Path,
+    result: &Result<JobReport, JobError>,
+) -> Vec<RunReport> {
+    let repo_bytes = build::repo_size(&state_dir.join(REPO_DIR));
+    let ctx = |sources: Vec<String>, started_at: i64, ended_at: i64| RunContext {
+        job: Some(schedule.to_string()),
+        sources,
+        started_at,
+        ended_at,
+        repo_bytes,
+    };
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let sources = config
+                .schedules
+                .iter()
+                .find(|s| s.name == schedule)
+                .map(|s| s.sources.clone())
+                .unwrap_or_default();
+            let c = ctx(sources, started_at, unix_now());
+            return vec![build::failed(RunKind::Backup, &c, &e.to_string())];
+        }
+    };
+    let mut out: Vec<RunReport> = report
+        .sources
+        .iter()
+        .map(|s| {
+            let c = ctx(vec![s.source.clone()], s.started_at, s.ended_at);
+            match &s.result {
+                Ok(sum) => build::backup(&c, sum),
+                Err(e) => build::failed(RunKind::Backup, &c, e),
+            }
+        })
+        .collect();
+    if let Some(p) = &report.prune {
+        let (start, end) = report.prune_times;
+        let c = ctx(Vec::new(), start, end);
+        out.push(match p {
+            Ok(p) => build::prune(&c, p),
+            Err(e) => build::failed(RunKind::Prune, &c, e),
+        });
+    }
+    out
+}
+
+/// Spools `reports` and sends the spool (what a down server missed goes
+/// first, in order).
+fn report_runs(state_dir: &Path, reports: &[RunReport], who: &str, log: &Log) {
+    let spool = Spool::new(state_dir);
+    for r in reports {
+        match spool.push(r) {
+            Ok(0) => {}
+            Ok(n) => log.warn(format_args!(
+                "{who}: run report spool full: dropped its {n} oldest report(s)"
+            )),
+            Err(e) => log.warn(format_args!("{who}: run report not kept: {e}")),
+        }
+    }
+    log_flush(runs::flush_with_stored_credential(state_dir), who, log);
+}
+
+/// Logs what a flush of the spool did: failures and drops, not successes
+/// (one line per job is already there).
+pub(super) fn log_flush(flushed: Result<Option<Flushed>, String>, who: &str, log: &Log) {
+    match flushed {
+        Ok(Some(f)) => {
+            for d in &f.dropped {
+                log.warn(format_args!("{who}: run report dropped: {d}"));
+            }
+            if let Some(why) = &f.stopped {
+                log.warn(format_args!(
+                    "{who}: {} run report(s) wait in the spool: {why}",
+                    f.left
+                ));
+            } else if f.sent > 0 {
+                log.info(format_args!("{who}: {} run report(s) sent", f.sent));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => log.warn(format_args!("{who}: run reports not sent: {e}")),
     }
 }
 
@@ -241,5 +344,18 @@ mod tests {
         let runs: HashMap<String, i64> =
             serde_json::from_slice(&std::fs::read(state.join(LAST_RUNS)).unwrap()).unwrap();
         assert!(runs.contains_key("often"));
+        // Its run report waits in the spool (no credential: not enrolled,
+        // nothing to send it with).
+        let spool = Spool::new(&state);
+        while spool.pending().unwrap().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(120), "no run report");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let file = &spool.pending().unwrap()[0];
+        let r = RunReport::parse(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!((r.kind, r.job.as_deref()), (RunKind::Backup, Some("often")));
+        assert_eq!(r.sources, ["d"]);
+        assert_eq!(r.files_total, 1);
+        assert!(r.snapshot.is_some() && r.repo_bytes.is_some_and(|b| b > 0));
     }
 }

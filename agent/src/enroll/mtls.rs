@@ -165,6 +165,11 @@ impl MtlsClient {
         self.post_json(paths::HEARTBEAT, report).map(drop)
     }
 
+    /// `POST /api/v1/runs`: one run's report.
+    pub fn post_run(&self, report: &levee_proto::runs::RunReport) -> Result<(), EnrollError> {
+        self.post_json(paths::RUNS, report).map(drop)
+    }
+
     /// `POST /api/v1/renew` with a new key's request; the new key and
     /// certificate replace the old ones in the state dir together. The
     /// server's CA must still be the pinned one. Build a new client from

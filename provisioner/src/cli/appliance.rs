@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use levee_pxe::boot::MacAddr;
 
+use super::backups::{last_backup_cell, overdue_cell, Detail, Fleet};
 use crate::store::{now, Appliance, ApplianceRef, ApplianceState, Registration, Store};
 
 /// Heartbeat interval assumed for machines without a customer.
@@ -102,7 +103,10 @@ pub enum ApplianceCommand {
     /// List machines: registered ones and those that showed up on the network.
     ///
     /// A machine is offline when it sent no report or heartbeat within three
-    /// of its customer's heartbeat intervals.
+    /// of its customer's heartbeat intervals. LAST BACKUP is the last
+    /// backup run that made a snapshot (with failed runs since, if any);
+    /// OVERDUE says whether the run its schedule expected is more than 4
+    /// hours late (`-`: no schedule).
     #[command(
         after_help = "Examples:\n  levee appliance list\n  levee appliance list --customer acme --json"
     )]
@@ -227,10 +231,15 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 .filter(|a| customer.is_none() || a.customer == customer)
                 .collect();
             let online = |a: &Appliance| is_online(a, interval(&heartbeats, a), t);
+            let fleet = Fleet::load(store, None)?;
             if json {
                 let rows: Vec<serde_json::Value> = all
                     .iter()
-                    .map(|a| with_online(a, online(a)))
+                    .map(|a| {
+                        let mut v = with_online(a, online(a))?;
+                        v["backup"] = serde_json::to_value(fleet.health(a))?;
+                        Ok(v)
+                    })
                     .collect::<anyhow::Result<_>>()?;
                 return super::print_json(&rows);
             }
@@ -238,6 +247,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| {
                     let dash = || "-".to_string();
+                    let health = fleet.health(a);
                     vec![
                         a.id.to_string(),
                         a.mac.to_string(),
@@ -253,6 +263,8 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                             .unwrap_or_else(dash),
                         super::ago(a.last_heartbeat.max(a.last_report_at)),
                         if online(a) { "online" } else { "offline" }.into(),
+                        last_backup_cell(&health),
+                        overdue_cell(&health, t as i64),
                     ]
                 })
                 .collect();
@@ -269,6 +281,8 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                     "REPORTED",
                     "LAST HEARTBEAT",
                     "STATUS",
+                    "LAST BACKUP",
+                    "OVERDUE",
                 ],
                 &rows,
             );
@@ -278,9 +292,11 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             let a = find(store, appliance)?;
             let events = store.events(a.mac, 200)?;
             let online = is_online(&a, interval(&heartbeat_intervals(store)?, &a), now());
+            let backups = Detail::load(store, &a)?;
             if json {
                 return super::print_json(&serde_json::json!({
                     "appliance": with_online(&a, online)?,
+                    "backups": backups.json(),
                     "events": events,
                 }));
             }
@@ -332,6 +348,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             if let Some(r) = &a.last_report {
                 println!("    {}", serde_json::to_string(r)?);
             }
+            backups.print();
             println!("history:");
             for e in events {
                 println!("  {}  {:<14} {}", super::ago(Some(e.at)), e.step, e.detail);

@@ -2,6 +2,7 @@
 //! on the store in `--data-dir`, so it works while `levee serve` runs.
 
 mod appliance;
+mod backups;
 mod customer;
 mod image;
 mod image_build;

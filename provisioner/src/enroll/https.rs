@@ -158,6 +158,12 @@ pub fn router(state: ApiState) -> Router {
         .route(paths::HEARTBEAT, post(heartbeat))
         .route(paths::RENEW, post(renew))
         .route(paths::INSTALL, get(install_plan).post(install_status))
+        .route(
+            paths::RUNS,
+            post(super::runs_api::post_run).layer(axum::extract::DefaultBodyLimit::max(
+                levee_proto::runs::MAX_REPORT_BYTES,
+            )),
+        )
         .with_state(state)
 }
 
@@ -246,7 +252,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -263,7 +269,7 @@ pub(crate) fn store_error(e: &crate::store::StoreError) -> Response {
 
 /// The appliance this request is from, if it may be served: its
 /// certificate must be the one recorded for it, and it must not be revoked.
-fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
+pub(super) fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
     authorize_with(peer, |id| Ok(store.appliance_by_id(id)?.map(|a| (a, ())))).map(|(a, ())| a)
 }
 
@@ -315,7 +321,7 @@ fn authorize_with<T>(
 }
 
 /// Runs a store-bound handler off the async runtime.
-async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+pub(super) async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))

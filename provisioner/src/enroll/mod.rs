@@ -7,5 +7,6 @@
 
 pub mod ca;
 pub mod https;
+mod runs_api;
 pub mod service;
 pub mod token;

@@ -15,8 +15,9 @@
 //!
 //! The trait is split by domain, one file each: [`ApplianceStore`]
 //! (`appliances.rs`, with enrollment and leases), [`CustomerStore`],
-//! [`ImageStore`] (with boot profiles), [`EventStore`] and [`FleetStore`]
-//! (what the servers of a fleet share); [`Store`] is all
+//! [`ImageStore`] (with boot profiles), [`EventStore`], [`FleetStore`]
+//! (what the servers of a fleet share) and [`RunStore`] (run reports);
+//! [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
 
@@ -26,6 +27,7 @@ mod events;
 mod fleet;
 mod images;
 mod postgres;
+mod runs;
 mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -49,6 +51,7 @@ pub use self::events::{Event, EventStore};
 pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::postgres::PgStore;
+pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
 pub use self::sqlite::SqliteStore;
 
 /// Errors of the store. Messages name the object and what to do.
@@ -83,7 +86,15 @@ pub type ApiLookup<'a> =
 /// The operations every store offers: every domain's, on one object that
 /// the server and the CLI share.
 pub trait Store:
-    ApplianceStore + CustomerStore + ImageStore + EventStore + FleetStore + Send + Sync + 'static
+    ApplianceStore
+    + CustomerStore
+    + ImageStore
+    + EventStore
+    + FleetStore
+    + RunStore
+    + Send
+    + Sync
+    + 'static
 {
     /// The appliance and its customer for the mTLS API's every request,
     /// as a future the request's task awaits: the one store call made on

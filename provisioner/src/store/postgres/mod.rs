@@ -29,6 +29,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod runs;
 pub mod tls;
 
 use std::future::Future;
@@ -125,6 +126,31 @@ CREATE TABLE server_ca (
     key_sealed TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+"#,
+    // Run reports (store/runs.rs).
+    r#"
+CREATE TABLE runs (
+    id BIGSERIAL PRIMARY KEY,
+    appliance_id BIGINT NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    received_at BIGINT NOT NULL,
+    report_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    job TEXT,
+    sources TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    ended_at BIGINT NOT NULL,
+    result TEXT NOT NULL,
+    files_new BIGINT NOT NULL,
+    files_total BIGINT NOT NULL,
+    bytes_new BIGINT NOT NULL,
+    bytes_total BIGINT NOT NULL,
+    snapshot TEXT,
+    errors TEXT NOT NULL,
+    error_count BIGINT NOT NULL,
+    repo_bytes BIGINT,
+    UNIQUE (appliance_id, report_id)
+);
+CREATE INDEX runs_by_appliance ON runs(appliance_id, kind, id);
 "#,
 ];
 

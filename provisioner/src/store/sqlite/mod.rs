@@ -8,6 +8,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod runs;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -102,6 +103,31 @@ CREATE TABLE server_ca (
     key_sealed TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+"#,
+    // Run reports (store/runs.rs).
+    r#"
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    appliance_id INTEGER NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    received_at INTEGER NOT NULL,
+    report_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    job TEXT,
+    sources TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    files_new INTEGER NOT NULL,
+    files_total INTEGER NOT NULL,
+    bytes_new INTEGER NOT NULL,
+    bytes_total INTEGER NOT NULL,
+    snapshot TEXT,
+    errors TEXT NOT NULL,
+    error_count INTEGER NOT NULL,
+    repo_bytes INTEGER,
+    UNIQUE (appliance_id, report_id)
+);
+CREATE INDEX runs_by_appliance ON runs(appliance_id, kind, id);
 "#,
 ];
 

@@ -1,0 +1,185 @@
+//! Backup health in `levee appliance list` and `show`: the store's facts
+//! about each appliance's runs, judged by [`crate::health`].
+
+use std::collections::HashMap;
+
+use crate::health::{assess, expected_since, repo_growth, BackupHealth, RepoGrowth};
+use crate::store::{Appliance, BackupFacts, CustomerRecord, RunRecord, Store};
+
+/// Runs listed by `levee appliance show`.
+const SHOWN_RUNS: usize = 10;
+/// Runs read for the repository's growth (the window's worth, usually).
+const GROWTH_RUNS: usize = 500;
+
+/// What judging every listed appliance needs, read once.
+pub(super) struct Fleet {
+    customers: HashMap<String, CustomerRecord>,
+    facts: HashMap<i64, BackupFacts>,
+    now: i64,
+}
+
+impl Fleet {
+    /// Reads the facts of every appliance, or of `only` one.
+    pub(super) fn load(store: &dyn Store, only: Option<i64>) -> anyhow::Result<Fleet> {
+        Ok(Fleet {
+            customers: store
+                .customers()?
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
+            facts: store.backup_facts(only)?,
+            now: crate::store::now() as i64,
+        })
+    }
+
+    pub(super) fn health(&self, a: &Appliance) -> BackupHealth {
+        let record = a.customer.as_ref().and_then(|c| self.customers.get(c));
+        let none = BackupFacts::default();
+        let facts = self.facts.get(&a.id).unwrap_or(&none);
+        // Only an appliance that is in service owes backups.
+        let config = record
+            .filter(|_| a.revoked_at.is_none() && a.cert_fingerprint.is_some())
+            .map(|r| &r.config);
+        assess(
+            config,
+            facts,
+            expected_since(a, record.map(|r| r.updated_at)),
+            self.now,
+        )
+    }
+}
+
+/// The LAST BACKUP cell: age of the last good backup, and failures since.
+pub(super) fn last_backup_cell(h: &BackupHealth) -> String {
+    let good = super::ago(h.last_success_at.map(|t| t.max(0) as u64));
+    match &h.failing {
+        Some(f) => format!("{good} ({} failed)", f.count),
+        None => good,
+    }
+}
+
+/// The OVERDUE cell: `-` when nothing is scheduled, else `no`, or `yes`
+/// with how late.
+pub(super) fn overdue_cell(h: &BackupHealth, now: i64) -> String {
+    match (&h.next_expected, h.overdue) {
+        (None, _) => "-".into(),
+        (Some(_), false) => "no".into(),
+        (Some(e), true) => format!("yes ({} late)", late(now - e.at)),
+    }
+}
+
+fn late(secs: i64) -> String {
+    match secs.max(0) {
+        d @ 0..=3599 => format!("{}m", d / 60),
+        d @ 3600..=86_399 => format!("{}h", d / 3600),
+        d => format!("{}d", d / 86_400),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The backup section of `levee appliance show` and its JSON.
+pub(super) struct Detail {
+    pub health: BackupHealth,
+    pub growth: RepoGrowth,
+    pub runs: Vec<RunRecord>,
+}
+
+impl Detail {
+    pub(super) fn load(store: &dyn Store, a: &Appliance) -> anyhow::Result<Detail> {
+        let health = Fleet::load(store, Some(a.id))?.health(a);
+        let runs = store.runs(a.id, GROWTH_RUNS)?;
+        Ok(Detail {
+            health,
+            growth: repo_growth(&runs),
+            runs: runs.into_iter().take(SHOWN_RUNS).collect(),
+        })
+    }
+
+    pub(super) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "health": self.health,
+            "repository": self.growth,
+            "runs": self.runs,
+        })
+    }
+
+    pub(super) fn print(&self) {
+        let h = &self.health;
+        let now = crate::store::now() as i64;
+        println!("backups:");
+        println!("  last success:   {}", last_backup_cell(h));
+        if let Some(f) = &h.failing {
+            println!(
+                "  failing:        {} run(s) in a row of schedule {} ({})",
+                f.count,
+                f.job.as_deref().unwrap_or("by hand"),
+                f.sources.join(", ")
+            );
+        }
+        match &h.next_expected {
+            None => println!("  next expected:  - (no schedule)"),
+            Some(e) => println!(
+                "  next expected:  schedule {} {} (overdue: {})",
+                e.schedule,
+                if e.at > now {
+                    format!("in {}", late(e.at - now))
+                } else {
+                    format!("{} ago", late(now - e.at))
+                },
+                overdue_cell(h, now)
+            ),
+        }
+        match (self.growth.bytes, self.growth.per_day) {
+            (Some(b), Some(d)) => println!(
+                "  repository:     {} ({}{} a day)",
+                bytes(b),
+                if d < 0 { "-" } else { "+" },
+                bytes(d.unsigned_abs())
+            ),
+            (Some(b), None) => println!("  repository:     {}", bytes(b)),
+            _ => println!("  repository:     - (not reported yet)"),
+        }
+        if self.runs.is_empty() {
+            println!("  runs:           none reported");
+        }
+        for r in &self.runs {
+            let r = &r.report;
+            let mut line = format!(
+                "  {}  {:<7} {:<8} {:<12} {:>6}s  {} files new of {}, {} new",
+                super::ago(Some(r.ended_at.max(0) as u64)),
+                r.kind.as_str(),
+                r.result.as_str(),
+                r.job.as_deref().unwrap_or("(by hand)"),
+                r.duration_secs(),
+                r.files_new,
+                r.files_total,
+                bytes(r.bytes_new),
+            );
+            if let Some(s) = &r.snapshot {
+                line.push_str(&format!(", snapshot {}", &s[..s.len().min(12)]));
+            }
+            println!("{line}");
+            for e in &r.errors {
+                println!("      error ({}x): {}", e.count, e.message);
+            }
+            let more = r.error_count - r.errors.iter().map(|e| e.count).sum::<u64>();
+            if more > 0 {
+                println!("      and {more} more error(s)");
+            }
+        }
+    }
+}
