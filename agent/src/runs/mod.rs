@@ -21,9 +21,12 @@ use crate::enroll::{EnrollError, MtlsClient};
 pub fn send_with(client: &MtlsClient) -> impl FnMut(&RunReport) -> Result<(), SendError> + '_ {
     move |r| match client.post_run(r) {
         Ok(()) => Ok(()),
-        Err(e @ EnrollError::Refused { status, .. }) if matches!(status, 400 | 413 | 422) => {
-            Err(SendError::Refused(e.to_string()))
-        }
+        Err(
+            e @ EnrollError::Refused {
+                status: 400 | 413 | 422,
+                ..
+            },
+        ) => Err(SendError::Refused(e.to_string())),
         Err(e) => Err(SendError::Transient(e.to_string())),
     }
 }

@@ -84,7 +84,7 @@ pub(crate) fn assemble_facts(
         });
     }
     for f in out.values_mut() {
-        f.failing.sort_by(|a, b| b.count.cmp(&a.count));
+        f.failing.sort_by_key(|s| std::cmp::Reverse(s.count));
     }
     out
 }
