@@ -54,8 +54,13 @@ pub struct CustomerConfig {
     /// Release channel the appliance follows (`stable`, `beta`, ...).
     #[serde(default = "default_channel")]
     pub update_channel: String,
-    /// Upload cap for offsite replication, e.g. `20Mbit/s` or `2MiB/s`;
-    /// none means unlimited.
+    /// When the appliance may reboot into an update, `HH:MM-HH:MM` in UTC
+    /// (may cross midnight, e.g. `22:00-04:00`); none means any time.
+    /// Downloads happen at any time; only the switch waits for the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_window: Option<String>,
+    /// Cap for offsite replication uploads and for update downloads (one
+    /// token bucket each), e.g. `20Mbit/s` or `2MiB/s`; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<String>,
     /// How often the appliance reports in, e.g. `5m`. An appliance is shown

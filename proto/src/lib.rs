@@ -19,6 +19,7 @@ pub mod repo;
 pub mod report;
 pub mod runs;
 pub mod schedule;
+pub mod update;
 
 /// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
 /// machines use. One place, so the server's router and the clients agree.

@@ -18,6 +18,9 @@ pub struct BootArgs {
     /// `levee.slot=`: the A/B slot an installed system booted from (the
     /// boot loader entry writes it); absent on a network boot.
     pub slot: Option<String>,
+    /// `levee.health=SECS`: how long a trial boot of an update may take to
+    /// pass its health check (tests shorten it).
+    pub health_secs: Option<u64>,
 }
 
 impl BootArgs {
@@ -34,6 +37,7 @@ impl BootArgs {
                 "levee.token" => a.token = Some(v),
                 "levee.root" => a.root = Some(v),
                 "levee.slot" => a.slot = Some(v),
+                "levee.health" => a.health_secs = v.parse().ok().filter(|s| *s > 0),
                 "levee.interval" => a.interval_secs = v.parse().ok().filter(|s| *s > 0),
                 "BOOTIF" => {
                     let mac = v

@@ -8,9 +8,10 @@ use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 
 use super::enrollment::sync_clock;
-use super::install_step::{commit_step, install_step, reboot_step, Installed};
+use super::install_step::{install_step, reboot_step, Installed};
 use super::jobs::Jobs;
 use super::logging::Log;
+use super::update_step::{JobGate, Tick, Updates};
 use super::{facts, BootArgs, DaemonError, RunOptions};
 use crate::enroll::{self, Credential, MtlsClient};
 
@@ -97,33 +98,25 @@ pub(super) fn serve(
 
     // Scheduled backups run on their own thread, beside the heartbeats;
     // after the install step, which reboots a machine that installs.
-    let jobs =
-        (!opts.once).then(|| Jobs::start(opts.state_dir.clone(), who.clone(), config.clone()));
+    let gate = JobGate::default();
+    let jobs = (!opts.once).then(|| {
+        Jobs::start(
+            opts.state_dir.clone(),
+            who.clone(),
+            config.clone(),
+            gate.clone(),
+        )
+    });
+    let mut updates = Updates::start(&opts.state_dir, args, &who, gate, log);
+    let mut config_pulled = config.is_some();
     let (mut sent, mut first) = (0u64, true);
-    let mut committed = args.slot.is_none();
     loop {
         let report = facts::report(args);
-        match client.heartbeat(&report) {
-            Ok(()) => {
+        let mut offer = None;
+        let heartbeat_ok = match client.heartbeat(&report) {
+            Ok(answer) => {
                 sent += 1;
-                if !committed {
-                    // Booted from a disk slot and the server heard us: the
-                    // slot is healthy; keep it (tried again at the next
-                    // heartbeat if the boot environment cannot be written).
-                    match commit_step() {
-                        Ok(outcome) => {
-                            committed = true;
-                            log.info(format_args!(
-                                "{who}: boot slot {} committed ({outcome:?})",
-                                args.slot.as_deref().unwrap_or("-")
-                            ));
-                        }
-                        Err(e) => log.warn(format_args!(
-                            "{who}: cannot commit boot slot {}: {e}",
-                            args.slot.as_deref().unwrap_or("-")
-                        )),
-                    }
-                }
+                offer = answer.update;
                 if sent == 1 || sent % 20 == 0 {
                     log.info(format_args!(
                         "{who}: heartbeat {sent} sent (slot {})",
@@ -140,18 +133,38 @@ pub(super) fn serve(
                         .map_err(|e| e.to_string());
                     super::jobs::log_flush(flushed, &who, log);
                 }
+                true
             }
-            Err(e) => log.warn(format_args!("{who}: heartbeat failed: {e}")),
-        }
+            Err(e) => {
+                log.warn(format_args!("{who}: heartbeat failed: {e}"));
+                false
+            }
+        };
         // Pulled just before the first heartbeat; revalidated (ETag) at
         // every later one.
         if !first {
-            config = pull_config(&client, opts, &who, config, log);
+            let (next, pulled) = pull_config_ok(&client, opts, &who, config, log);
+            config = next;
+            config_pulled |= pulled;
             if let Some(j) = &jobs {
                 j.update(config.as_ref());
             }
         }
         first = false;
+        // Health check and commit, then the rollout's offer (see
+        // update_step): never on a network boot.
+        updates.tick(
+            &Tick {
+                client: &client,
+                heartbeat_ok,
+                version: report.image_version.as_deref(),
+                config_pulled,
+                config: config.as_ref(),
+                offered: offer.as_ref(),
+                server_url: &cred.server.http_url,
+            },
+            log,
+        );
         match cred.validity() {
             Ok((nb, na)) if enroll::renewal_due(nb, na, enroll::unix_now()) => {
                 match client.renew(&cred, &opts.state_dir) {
@@ -214,7 +227,21 @@ fn pull_config(
     previous: Option<CustomerConfig>,
     log: &Log,
 ) -> Option<CustomerConfig> {
-    match client.fetch_config(&opts.state_dir) {
+    pull_config_ok(client, opts, who, previous, log).0
+}
+
+/// [`pull_config`], and whether the server answered (the health check
+/// counts only a pull over mTLS, not the cache).
+fn pull_config_ok(
+    client: &MtlsClient,
+    opts: &RunOptions,
+    who: &str,
+    previous: Option<CustomerConfig>,
+    log: &Log,
+) -> (Option<CustomerConfig>, bool) {
+    let r = client.fetch_config(&opts.state_dir);
+    let ok = r.is_ok();
+    let config = match r {
         Ok(f) => {
             if f.changed {
                 log.info(format_args!(
@@ -228,7 +255,8 @@ fn pull_config(
             log.warn(format_args!("{who}: configuration pull failed: {e}"));
             previous
         }
-    }
+    };
+    (config, ok)
 }
 
 /// Installs to disk; `true` when the disk is ready to boot (the caller

@@ -35,15 +35,22 @@ pub(super) struct Jobs {
     config: Arc<Mutex<Option<CustomerConfig>>>,
 }
 
+use super::update_step::JobGate;
+
 impl Jobs {
     /// Starts the job thread for the appliance whose state is in
     /// `state_dir`; `who` prefixes its log lines.
-    pub(super) fn start(state_dir: PathBuf, who: String, config: Option<CustomerConfig>) -> Jobs {
+    pub(super) fn start(
+        state_dir: PathBuf,
+        who: String,
+        config: Option<CustomerConfig>,
+        gate: JobGate,
+    ) -> Jobs {
         let shared = Arc::new(Mutex::new(config));
         let theirs = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("levee-jobs".into())
-            .spawn(move || run(&state_dir, &who, &theirs));
+            .spawn(move || run(&state_dir, &who, &theirs, &gate));
         if let Err(e) = spawned {
             Log::new().warn(format_args!("cannot start the backup scheduler: {e}"));
         }
@@ -60,7 +67,7 @@ impl Jobs {
     }
 }
 
-fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
+fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate: &JobGate) {
     let log = Log::new();
     let mut last_runs = load_last_runs(state_dir, who, &log);
     let mut announced: Option<(String, i64)> = None;
@@ -109,6 +116,15 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
                 continue;
             }
         };
+        // Busy first, then the hold: of this and the updater (hold, then
+        // busy) at least one sees the other, so no job starts under a reboot.
+        gate.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+        if gate.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            // The updater is rebooting into a new slot: no new job now.
+            gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(RECHECK);
+            continue;
+        }
         log.info(format_args!(
             "{who}: backup of schedule {} starting",
             due.schedule
@@ -119,6 +135,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
         last_runs.insert(due.schedule.clone(), now);
         save_last_runs(state_dir, &last_runs, who, &log);
         let result = run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key);
+        gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         log_job(&due.schedule, &result, who, &log);
         let reports = job_reports(&config, &due.schedule, now, state_dir, &result);
         report_runs(state_dir, &reports, who, &log);
@@ -322,7 +339,7 @@ mod tests {
             "schedules": [{"name": "often", "every": "1h"}],
         }))
         .unwrap();
-        let jobs = Jobs::start(state.clone(), "test".into(), None);
+        let jobs = Jobs::start(state.clone(), "test".into(), None, JobGate::default());
         jobs.update(Some(&config));
         // Never run: due at once; the run is recorded before it starts and
         // the repository appears.

@@ -11,8 +11,10 @@
 //!    installer carries the state dir onto the data partition, then the
 //!    daemon reboots into the disk), then heartbeats at the configured
 //!    interval, refreshing the configuration and renewing its certificate
-//!    when due. After a disk boot, the first accepted heartbeat commits the
-//!    boot slot. Errors never end the loop.
+//!    when due. After a disk boot, a health check (configuration pulled,
+//!    heartbeat accepted with the running version, data partition mounted)
+//!    commits the boot slot; then updates follow the rollout's offers
+//!    ([`update_step`]). Errors never end the loop.
 
 mod cmdline;
 mod enrolled;
@@ -22,6 +24,7 @@ mod http;
 mod install_step;
 mod jobs;
 mod logging;
+mod update_step;
 
 use std::path::PathBuf;
 use std::time::Duration;

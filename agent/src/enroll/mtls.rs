@@ -7,6 +7,7 @@ use std::path::Path;
 use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{paths, EnrollmentResponse, InstallPlan, InstallStatus, RenewRequest};
 use levee_proto::report::StatusReport;
+use levee_proto::update::{HeartbeatAnswer, UpdateAnswer, UpdateReport};
 use serde::{Deserialize, Serialize};
 
 use super::credential::{write_atomic, Credential};
@@ -160,9 +161,24 @@ impl MtlsClient {
         self.post_json(paths::INSTALL, status).map(drop)
     }
 
-    /// `POST /api/v1/heartbeat`.
-    pub fn heartbeat(&self, report: &StatusReport) -> Result<(), EnrollError> {
-        self.post_json(paths::HEARTBEAT, report).map(drop)
+    /// `POST /api/v1/heartbeat`; the answer may carry an update offer
+    /// (an older server's bare `{"ok": true}` reads as no offer).
+    pub fn heartbeat(&self, report: &StatusReport) -> Result<HeartbeatAnswer, EnrollError> {
+        let resp = self.post_json(paths::HEARTBEAT, report)?;
+        let body = resp
+            .bytes()
+            .map_err(|e| transport(&self.url(paths::HEARTBEAT), e))?;
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// `GET /api/v1/update`: what the rollout says for this appliance.
+    pub fn update_offer(&self) -> Result<UpdateAnswer, EnrollError> {
+        self.get_json(levee_proto::update::PATH)
+    }
+
+    /// `POST /api/v1/update`: one step of an update, or its rollback.
+    pub fn post_update(&self, report: &UpdateReport) -> Result<(), EnrollError> {
+        self.post_json(levee_proto::update::PATH, report).map(drop)
     }
 
     /// `POST /api/v1/runs`: one run's report.

@@ -602,7 +602,7 @@ fn find_esp(slot: &str) -> Option<PathBuf> {
 
 /// Runs `f` on the ESP's mount point, mounting it (and unmounting after)
 /// if needed.
-fn with_esp<T>(
+pub fn with_esp<T>(
     slot: &str,
     f: impl FnOnce(&Path) -> Result<T, InstallError>,
 ) -> Result<T, InstallError> {

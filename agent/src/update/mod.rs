@@ -2,13 +2,19 @@
 //!
 //! The pipeline (docs/UPDATES.md): `check metadata` ([`client`]: TUF
 //! through tough over our own [`transport`]) -> `fetch targets` -> `write
-//! slot` -> `switch` -> `health` -> `commit`.
+//! slot` ([`fetch`], [`apply`]) -> `switch` ([`slot`]) -> `health` ->
+//! `commit` (the daemon's `update_step`), each decision a pure function
+//! in [`decide`].
 //!
 //! Everything the agent acts on comes from metadata signed under the root
 //! baked into the image: a server (or anyone between it and the appliance)
 //! can delay an update, never choose an unsigned or older image.
 
+pub mod apply;
 pub mod client;
+pub mod decide;
+pub mod fetch;
+pub mod slot;
 pub mod transport;
 
 pub use client::{check, ChannelOptions, Decision, Offer, Running, TargetRef};

@@ -8,6 +8,7 @@ mod image;
 mod image_build;
 mod profile;
 mod release;
+mod rollout;
 mod serve;
 
 use std::path::{Path, PathBuf};

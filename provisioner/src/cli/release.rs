@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::releases::{self, channel, refresh, root, Layout};
+use crate::store::ApplianceRef;
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -56,7 +57,60 @@ pub enum ReleaseCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show channels, their releases and metadata expiry.
+    /// Roll a release of a channel out to a share of its appliances.
+    ///
+    /// Each appliance has a stable bucket 0-99 (a hash of its appliance
+    /// id); a rollout to N% is offered (in the heartbeat answer) to those
+    /// whose bucket is below N, so widening 10 -> 50 -> 100 only adds
+    /// appliances. An appliance on which the release rolled back is not
+    /// offered it again until `unblock`. Appliances verify the release
+    /// against the signed channel and never move to an older one.
+    #[command(
+        after_help = "Examples:\n  levee release rollout stable 2026.12.02-3f2a9c1 --percent 10\n  levee release rollout stable 2026.12.02-3f2a9c1 --percent 100"
+    )]
+    Rollout {
+        channel: String,
+        /// The image version (see `levee release status`).
+        #[arg(value_name = "VERSION")]
+        image_version: String,
+        /// Share of the channel's appliances offered the release (1-100).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop offering a channel's rollout (updates under way finish).
+    #[command(after_help = "Example:\n  levee release pause stable")]
+    Pause {
+        #[command(flatten)]
+        channel: ChannelArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offer a paused rollout again.
+    #[command(after_help = "Example:\n  levee release resume stable")]
+    Resume {
+        #[command(flatten)]
+        channel: ChannelArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let an appliance try a version again after it rolled back there.
+    #[command(
+        after_help = "Example:\n  levee release unblock 2026.12.02-3f2a9c1 --appliance 52:54:00:12:34:56"
+    )]
+    Unblock {
+        #[arg(value_name = "VERSION")]
+        image_version: String,
+        /// MAC or appliance id.
+        #[arg(long, value_name = "MAC|ID")]
+        appliance: ApplianceRef,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show channels, their releases and metadata expiry, each channel's
+    /// rollout, and per release how many appliances run it, are updating,
+    /// committed it or rolled it back (with the reasons).
     #[command(after_help = "Example:\n  levee release status --channel stable --json")]
     Status {
         #[arg(long)]
@@ -71,6 +125,21 @@ pub enum ReleaseCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// A channel, given as `CHANNEL` or `--channel CHANNEL`.
+#[derive(Debug, Args)]
+pub struct ChannelArg {
+    #[arg(value_name = "CHANNEL", required_unless_present = "channel")]
+    name: Option<String>,
+    #[arg(long, conflicts_with = "name")]
+    channel: Option<String>,
+}
+
+impl ChannelArg {
+    fn get(self) -> String {
+        self.name.or(self.channel).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -175,7 +244,24 @@ pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot promote {version} from `{from}` to `{to}`"))?;
             print_published(&p, json)
         }
-        ReleaseCommand::Status { channel, json } => status(&layout, channel, json),
+        ReleaseCommand::Status { channel, json } => status(ctx, &layout, channel, json),
+        ReleaseCommand::Rollout {
+            channel,
+            image_version,
+            percent,
+            json,
+        } => super::rollout::start(ctx, &layout, &channel, &image_version, percent, json),
+        ReleaseCommand::Pause { channel, json } => {
+            super::rollout::pause(ctx, &channel.get(), true, json)
+        }
+        ReleaseCommand::Resume { channel, json } => {
+            super::rollout::pause(ctx, &channel.get(), false, json)
+        }
+        ReleaseCommand::Unblock {
+            image_version,
+            appliance,
+            json,
+        } => super::rollout::unblock(ctx, &image_version, appliance, json),
         ReleaseCommand::Resign { force } => {
             releases::block_on(async {
                 let _lock = layout.lock()?;
@@ -282,7 +368,12 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<()> {
+fn status(
+    ctx: &super::Ctx,
+    layout: &Layout,
+    only: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     let channels = match only {
         Some(c) => vec![c],
         None => layout.channels()?,
@@ -301,8 +392,26 @@ fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<(
         }
         Ok(out)
     })?;
+    let store = ctx.open_store()?;
+    let (on, fleet) = super::rollout::fleet(store.as_ref())?;
+    let none = super::rollout::Fleet::default();
+    let rollouts = store.rollouts()?;
     if json {
-        return super::print_json(&states);
+        let mut out = Vec::new();
+        for s in &states {
+            let mut v = serde_json::to_value(s)?;
+            v["rollout"] = serde_json::to_value(rollouts.iter().find(|r| r.channel == s.channel))?;
+            if let Some(rels) = v["releases"].as_array_mut() {
+                for (r, entry) in rels.iter_mut().zip(&s.releases) {
+                    let f = fleet.get(&entry.release).unwrap_or(&none);
+                    let mut fv = serde_json::to_value(f)?;
+                    fv["on"] = on.get(&entry.version).copied().unwrap_or(0).into();
+                    r["appliances"] = fv;
+                }
+            }
+            out.push(v);
+        }
+        return super::print_json(&out);
     }
     let now = chrono::Utc::now();
     for s in &states {
@@ -322,21 +431,65 @@ fn status(layout: &Layout, only: Option<String>, json: bool) -> anyhow::Result<(
             s.timestamp_version,
             s.timestamp_expires.format("%Y-%m-%d %H:%M"),
         );
+        match rollouts.iter().find(|r| r.channel == s.channel) {
+            Some(r) => println!("{}", super::rollout::describe(r)),
+            None => println!(
+                "rollout: none (levee release rollout {} VERSION --percent 10)",
+                s.channel
+            ),
+        }
+        let mut reasons = Vec::new();
         let rows: Vec<Vec<String>> = s
             .releases
             .iter()
             .rev()
             .map(|r| {
                 let size: u64 = r.artifacts.iter().map(|a| a.length).sum();
+                let f = fleet.get(&r.release).unwrap_or(&none);
+                for rb in &f.rollbacks {
+                    reasons.push(format!(
+                        "  {} rolled back on {} (id {}){}: {}",
+                        r.version,
+                        rb.mac,
+                        rb.appliance_id,
+                        if rb.blocked {
+                            ", blocked"
+                        } else {
+                            ", unblocked"
+                        },
+                        rb.reason
+                    ));
+                }
                 vec![
                     r.release.to_string(),
                     r.version.clone(),
                     r.min_release.to_string(),
                     format!("{:.1} MiB", size as f64 / (1 << 20) as f64),
+                    on.get(&r.version).copied().unwrap_or(0).to_string(),
+                    f.updating.to_string(),
+                    f.committed.to_string(),
+                    f.rolled_back.to_string(),
+                    f.failed.to_string(),
                 ]
             })
             .collect();
-        super::print_table(&["RELEASE", "VERSION", "FROM", "SIZE"], &rows);
+        super::print_table(
+            &[
+                "RELEASE",
+                "VERSION",
+                "FROM",
+                "SIZE",
+                "ON",
+                "UPDATING",
+                "COMMITTED",
+                "ROLLED-BACK",
+                "FAILED",
+            ],
+            &rows,
+        );
+        for line in reasons {
+            println!("{line}");
+        }
     }
     Ok(())
 }

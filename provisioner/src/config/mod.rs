@@ -127,6 +127,23 @@ mod tests {
     }
 
     #[test]
+    fn update_window_is_checked_with_its_position() {
+        let e = err("customer: acme\nupdate_window: 25:00-01:00\n");
+        assert!(
+            e.starts_with("acme.yaml:2:")
+                && e.contains("update_window")
+                && e.contains("HH:MM-HH:MM"),
+            "{e}"
+        );
+        let ok = parse(
+            "acme.yaml",
+            "customer: acme\nupdate_window: 22:00-04:00\n",
+            Path::new("/nonexistent"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
     fn missing_password_points_at_the_source() {
         let e = err("customer: acme\nsources:\n  - name: a\n    path: /x\n  - name: b\n    smb: smb://u@h/s\n");
         assert_eq!(

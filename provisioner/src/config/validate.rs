@@ -330,6 +330,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
             )
         })?),
     };
+    if let Some(w) = &c.update_window {
+        levee_proto::update::UpdateWindow::parse(w)
+            .map_err(|e| problem(vec![Key("update_window")], e))?;
+    }
     let heartbeat_secs = parse_duration(&c.heartbeat_interval)
         .filter(|s| (10..=86_400).contains(s))
         .ok_or_else(|| {

@@ -164,6 +164,10 @@ pub fn router(state: ApiState) -> Router {
                 levee_proto::runs::MAX_REPORT_BYTES,
             )),
         )
+        .route(
+            levee_proto::update::PATH,
+            get(super::update_api::get_update).post(super::update_api::post_update),
+        )
         .with_state(state)
 }
 
@@ -419,7 +423,32 @@ async fn heartbeat(
         match stored {
             Ok(()) => {
                 debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
-                Json(serde_json::json!({"ok": true})).into_response()
+                // The rollout's word rides on the answer; a failure to
+                // decide never fails the heartbeat itself.
+                let update = match super::update_api::offer_for(
+                    st.store.as_ref(),
+                    &a,
+                    report.image_version.as_deref(),
+                ) {
+                    Ok(Ok(offer)) => {
+                        debug!(appliance = a.id, release = offer.release, "update offered");
+                        Some(offer)
+                    }
+                    Ok(Err(why)) => {
+                        debug!(appliance = a.id, %why, "no update offered");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(appliance = a.id, error = %e, "cannot decide on an update");
+                        None
+                    }
+                };
+                Json(levee_proto::update::HeartbeatAnswer {
+                    ok: true,
+                    server_time_unix: Some(crate::store::now() as i64),
+                    update,
+                })
+                .into_response()
             }
             Err(e) => store_error(&e),
         }

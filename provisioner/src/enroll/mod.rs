@@ -10,3 +10,4 @@ pub mod https;
 mod runs_api;
 pub mod service;
 pub mod token;
+mod update_api;

@@ -23,6 +23,7 @@
 pub mod channel;
 pub mod keys;
 pub mod refresh;
+pub mod rollout;
 pub mod root;
 
 use std::path::{Path, PathBuf};

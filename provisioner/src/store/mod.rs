@@ -27,6 +27,7 @@ mod events;
 mod fleet;
 mod images;
 mod postgres;
+mod rollouts;
 mod runs;
 mod sqlite;
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use self::events::{Event, EventStore};
 pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::postgres::PgStore;
+pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
 pub use self::sqlite::SqliteStore;
 
@@ -92,6 +94,7 @@ pub trait Store:
     + EventStore
     + FleetStore
     + RunStore
+    + RolloutStore
     + Send
     + Sync
     + 'static

@@ -618,6 +618,69 @@ fn runs_are_kept_once_bounded_and_summed_up(s: &dyn Store) {
     assert!(s.runs(b.id, 10).expect("runs").is_empty());
 }
 
+fn rollouts_and_update_records(s: &dyn Store) {
+    use levee_proto::update::UpdateState::*;
+    assert!(s.rollout("stable").expect("rollout").is_none());
+    assert!(
+        s.set_rollout_paused("stable", true).is_err(),
+        "no rollout yet"
+    );
+    assert!(s.set_rollout("stable", "v2", 2, 0).is_err());
+    assert!(s.set_rollout("stable", "v2", 2, 101).is_err());
+    let r = s.set_rollout("stable", "v2", 2, 10).expect("rollout");
+    assert_eq!((r.release, r.percent, r.paused), (2, 10, false));
+    assert!(s.set_rollout_paused("stable", true).expect("pause").paused);
+    // Widening a paused rollout keeps it paused; a new release starts anew.
+    let r = s.set_rollout("stable", "v2", 2, 50).expect("widen");
+    assert_eq!((r.percent, r.paused), (50, true));
+    let r = s.set_rollout("stable", "v3", 3, 10).expect("next");
+    assert_eq!((r.version.as_str(), r.paused), ("v3", false));
+    s.set_rollout("beta", "v4", 4, 100).expect("beta");
+    let all: Vec<_> = s
+        .rollouts()
+        .expect("all")
+        .into_iter()
+        .map(|r| r.channel)
+        .collect();
+    assert_eq!(all, ["beta", "stable"]);
+
+    s.put_customer(&customer("acme", "5m")).expect("customer");
+    let a = register_for(s, 60, "acme");
+    let b = register_for(s, 61, "acme");
+    s.record_update(a.id, "v2", 2, Downloading, None, Some("b"))
+        .expect("downloading");
+    let rec = s
+        .record_update(
+            a.id,
+            "v2",
+            2,
+            RolledBack,
+            Some("health check: no heartbeat"),
+            None,
+        )
+        .expect("rolled back");
+    assert_eq!(
+        (rec.state, rec.blocked, rec.slot.as_deref()),
+        (RolledBack, true, Some("b"))
+    );
+    // A later report does not lift the block; only unblock does.
+    let rec = s
+        .record_update(a.id, "v2", 2, Failed, Some("x"), None)
+        .expect("failed");
+    assert!(rec.blocked);
+    s.record_update(b.id, "v2", 2, Committed, None, Some("b"))
+        .expect("committed");
+    assert_eq!(s.update_records(None).expect("all").len(), 2);
+    let mine = s.update_records(Some(a.id)).expect("mine");
+    assert_eq!((mine.len(), mine[0].reason.as_deref()), (1, Some("x")));
+    assert!(s.unblock_update(b.id, "v2").is_err(), "not blocked");
+    assert!(!s.unblock_update(a.id, "v2").expect("unblock").blocked);
+    assert!(s.unblock_update(a.id, "v2").is_err(), "twice");
+    // Removing an appliance removes its records.
+    s.remove_appliance(mac(61)).expect("remove");
+    assert_eq!(s.update_records(None).expect("all").len(), 1);
+}
+
 /// Each case a test of its own on each store, so one failure hides no
 /// other: `on_sqlite::NAME` and `on_postgres::NAME`. Every PostgreSQL case
 /// gets its own server (it dies with its test, see
@@ -668,6 +731,7 @@ cases!(
     an_appliance_comes_with_its_customer,
     reinstall_is_one_shot_and_a_slot_completes_an_install,
     runs_are_kept_once_bounded_and_summed_up,
+    rollouts_and_update_records,
 );
 
 mod postgres_only {

@@ -29,6 +29,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod rollouts;
 mod runs;
 pub mod tls;
 
@@ -151,6 +152,27 @@ CREATE TABLE runs (
     UNIQUE (appliance_id, report_id)
 );
 CREATE INDEX runs_by_appliance ON runs(appliance_id, kind, id);
+"#,
+    r#"
+CREATE TABLE rollouts (
+    channel TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    release_no BIGINT NOT NULL,
+    percent INTEGER NOT NULL,
+    paused BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE updates (
+    appliance BIGINT NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    release_no BIGINT NOT NULL,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    slot TEXT,
+    blocked BOOLEAN NOT NULL DEFAULT FALSE,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (appliance, release_no)
+);
 "#,
 ];
 

@@ -8,6 +8,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod rollouts;
 mod runs;
 
 use std::path::Path;
@@ -128,6 +129,27 @@ CREATE TABLE runs (
     UNIQUE (appliance_id, report_id)
 );
 CREATE INDEX runs_by_appliance ON runs(appliance_id, kind, id);
+"#,
+    r#"
+CREATE TABLE rollouts (
+    channel TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    release_no INTEGER NOT NULL,
+    percent INTEGER NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE updates (
+    appliance INTEGER NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    release_no INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    slot TEXT,
+    blocked INTEGER NOT NULL DEFAULT 0,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (appliance, release_no)
+);
 "#,
 ];
 

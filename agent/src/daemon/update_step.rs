@@ -1,0 +1,498 @@
+//! The daemon's side of updates, driven from the heartbeat loop: on boot,
+//! what became of a pending update (trial, rollback, cut write); after
+//! each heartbeat, the health check that commits the boot, the rollout's
+//! offer, the download into the inactive slot (on a thread of its own)
+//! and the reboot inside the update window. Every decision is
+//! `update::decide`'s; this file does the I/O and the reports.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use levee_proto::config::CustomerConfig;
+use levee_proto::update::{UpdateOffer, UpdateReport, UpdateState as Wire, UpdateWindow};
+
+use super::install_step::{commit_step, reboot_step};
+use super::logging::Log;
+use super::BootArgs;
+use crate::enroll::MtlsClient;
+use crate::update::apply::{self, ApplyOptions, Request, SlotTarget};
+use crate::update::decide::{self, BootFinding, Now, Phase, SlotRelease, Step, UpdateState};
+use crate::update::{ChannelOptions, Running, TransportOptions};
+
+/// How long a trial boot of a new slot may take to pass its health check
+/// before it gives up and reboots into the old slot (`levee.health=SECS`
+/// overrides it).
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// After a failed attempt at a release, how long before the next.
+const RETRY_AFTER: Duration = Duration::from_secs(900);
+
+/// What the job thread shares with the updater: whether a job runs, and
+/// whether the updater holds new jobs back (while it reboots).
+#[derive(Clone, Default)]
+pub(super) struct JobGate {
+    pub busy: Arc<AtomicBool>,
+    pub hold: Arc<AtomicBool>,
+}
+
+/// What one heartbeat pass knows.
+pub(super) struct Tick<'a> {
+    pub client: &'a MtlsClient,
+    /// The heartbeat was accepted (with `version` as the running image).
+    pub heartbeat_ok: bool,
+    pub version: Option<&'a str>,
+    /// The configuration was pulled over mTLS during this boot.
+    pub config_pulled: bool,
+    pub config: Option<&'a CustomerConfig>,
+    /// The rollout's offer from the heartbeat answer.
+    pub offered: Option<&'a UpdateOffer>,
+    /// The server's plain-HTTP base (the release channels).
+    pub server_url: &'a str,
+}
+
+type Work = JoinHandle<(UpdateState, Result<Option<apply::Prepared>, String>)>;
+
+pub(super) struct Updates {
+    state_dir: PathBuf,
+    who: String,
+    running: Option<String>,
+    state: UpdateState,
+    trial: Option<decide::Pending>,
+    committed: bool,
+    booted: Instant,
+    deadline: Duration,
+    gate: JobGate,
+    work: Option<Work>,
+    failed: Option<(u64, Instant)>,
+}
+
+impl Updates {
+    /// Looks at what the last boot left (see `decide::on_boot`).
+    pub(super) fn start(
+        state_dir: &Path,
+        args: &BootArgs,
+        who: &str,
+        gate: JobGate,
+        log: &Log,
+    ) -> Updates {
+        let mut state = apply::load_state(state_dir).unwrap_or_else(|e| {
+            log.warn(format_args!(
+                "{who}: {e}; starting with an empty update state"
+            ));
+            UpdateState::default()
+        });
+        let failure_path = apply::health_failure_path(state_dir);
+        let failure = std::fs::read_to_string(&failure_path).ok();
+        let running = args.slot.clone();
+        let mut trial = None;
+        match decide::on_boot(&state, running.as_deref(), failure.as_deref()) {
+            BootFinding::Nothing => {}
+            BootFinding::Trial(p) => {
+                log.info(format_args!(
+                    "{who}: trial boot of release {} ({}) in slot {}: health check within {} s, else back to slot {}",
+                    p.release, p.version, p.slot, args.health_secs.map(Duration::from_secs).unwrap_or(HEALTH_DEADLINE).as_secs(), p.from_slot
+                ));
+                trial = Some(p);
+            }
+            BootFinding::RolledBack { pending, reason } => {
+                log.warn(format_args!(
+                    "{who}: update to release {} ({}) rolled back: {reason}",
+                    pending.release, pending.version
+                ));
+                let fixed = with_esp(&pending.from_slot, |esp| {
+                    crate::update::slot::rewrite(esp, |e| {
+                        crate::update::slot::after_rollback(e, &pending.slot, &pending.from_slot)
+                    })
+                    .map_err(|e| e.to_string())
+                });
+                if let Err(e) = fixed {
+                    log.warn(format_args!(
+                        "{who}: cannot clear slot {} in the boot environment: {e}",
+                        pending.slot
+                    ));
+                }
+                state.rolled_back.push(pending.release);
+                state.set_slot(&pending.slot, None);
+                state.pending = None;
+                state.unsent = Some(UpdateReport {
+                    version: pending.version.clone(),
+                    release: pending.release,
+                    state: Wire::RolledBack,
+                    reason: Some(reason),
+                    slot: Some(pending.slot.clone()),
+                });
+                let _ = std::fs::remove_file(&failure_path);
+            }
+            BootFinding::WriteCut(p) => log.warn(format_args!(
+                "{who}: writing release {} to slot {} was cut; resuming it",
+                p.release, p.slot
+            )),
+        }
+        if let Err(e) = apply::save_state(state_dir, &state) {
+            log.warn(format_args!("{who}: {e}"));
+        }
+        Updates {
+            state_dir: state_dir.to_path_buf(),
+            who: who.to_string(),
+            running,
+            state,
+            trial,
+            committed: args.slot.is_none(),
+            booted: Instant::now(),
+            deadline: args
+                .health_secs
+                .map(Duration::from_secs)
+                .unwrap_or(HEALTH_DEADLINE),
+            gate,
+            work: None,
+            failed: None,
+        }
+    }
+
+    fn save(&self, log: &Log) {
+        if let Err(e) = apply::save_state(&self.state_dir, &self.state) {
+            log.warn(format_args!("{}: {e}", self.who));
+        }
+    }
+
+    fn report(&mut self, client: &MtlsClient, r: UpdateReport, log: &Log) {
+        self.state.unsent = Some(r);
+        self.flush(client, log);
+    }
+
+    /// Sends the report the server has not accepted yet.
+    fn flush(&mut self, client: &MtlsClient, log: &Log) {
+        let Some(r) = self.state.unsent.clone() else {
+            return;
+        };
+        match client.post_update(&r) {
+            Ok(()) => self.state.unsent = None,
+            Err(e) => log.warn(format_args!(
+                "{}: cannot report update {} `{}` yet: {e}",
+                self.who,
+                r.version,
+                r.state.as_str()
+            )),
+        }
+        self.save(log);
+    }
+
+    /// One pass after a heartbeat attempt.
+    pub(super) fn tick(&mut self, t: &Tick<'_>, log: &Log) {
+        self.flush(t.client, log);
+        if !self.committed {
+            self.health(t, log);
+        }
+        if self.committed {
+            self.poll_work(t.client, log);
+            if self.work.is_none() {
+                self.advance(t, log);
+            }
+        }
+    }
+
+    /// The health check: the agent runs (we are here), the data partition
+    /// is mounted, the configuration was pulled over mTLS, and a heartbeat
+    /// naming the running version was accepted. Then the slot is committed.
+    fn health(&mut self, t: &Tick<'_>, log: &Log) {
+        let who = self.who.clone();
+        let mut missing = Vec::new();
+        if !t.heartbeat_ok {
+            missing.push("no heartbeat accepted".to_string());
+        }
+        if !t.config_pulled {
+            missing.push("no configuration pulled".to_string());
+        }
+        if self.running.is_some() && !is_mount_point(&self.state_dir) {
+            missing.push(format!("{} is not mounted", self.state_dir.display()));
+        }
+        if let Some(p) = &self.trial {
+            if t.version != Some(p.version.as_str()) {
+                missing.push(format!(
+                    "the running image says version {}, the update installed {}",
+                    t.version.unwrap_or("-"),
+                    p.version
+                ));
+            }
+        }
+        if missing.is_empty() {
+            match commit_step() {
+                Ok(outcome) => {
+                    self.committed = true;
+                    log.info(format_args!(
+                        "{who}: boot slot {} committed ({outcome:?})",
+                        self.running.as_deref().unwrap_or("-")
+                    ));
+                    if let Some(p) = self.trial.take() {
+                        self.state.set_slot(
+                            &p.slot,
+                            Some(SlotRelease {
+                                version: p.version.clone(),
+                                release: p.release,
+                            }),
+                        );
+                        self.state.pending = None;
+                        let _ = std::fs::remove_file(apply::health_failure_path(&self.state_dir));
+                        log.info(format_args!(
+                            "{who}: update to release {} ({}) committed",
+                            p.release, p.version
+                        ));
+                        self.report(
+                            t.client,
+                            UpdateReport {
+                                version: p.version,
+                                release: p.release,
+                                state: Wire::Committed,
+                                reason: None,
+                                slot: Some(p.slot),
+                            },
+                            log,
+                        );
+                    }
+                }
+                Err(e) => log.warn(format_args!("{who}: cannot commit boot slot: {e}")),
+            }
+            return;
+        }
+        let Some(p) = &self.trial else { return };
+        if self.booted.elapsed() < self.deadline {
+            return;
+        }
+        let reason = format!(
+            "not healthy after {} s: {}",
+            self.deadline.as_secs(),
+            missing.join("; ")
+        );
+        log.warn(format_args!(
+            "{who}: trial of release {} in slot {} {reason}; rebooting into slot {}",
+            p.release, p.slot, p.from_slot
+        ));
+        let path = apply::health_failure_path(&self.state_dir);
+        if let Err(e) = crate::update::write_atomic(&path, reason.as_bytes()) {
+            log.warn(format_args!("{who}: {}: {e}", path.display()));
+        }
+        if let Err(e) = reboot_step() {
+            log.warn(format_args!("{who}: reboot failed: {e}"));
+        }
+    }
+
+    /// Collects a finished download.
+    fn poll_work(&mut self, client: &MtlsClient, log: &Log) {
+        if !self.work.as_ref().is_some_and(|w| w.is_finished()) {
+            return;
+        }
+        let Some(w) = self.work.take() else { return };
+        let Ok((state, result)) = w.join() else {
+            log.warn(format_args!("{}: the update worker panicked", self.who));
+            return;
+        };
+        self.state = state;
+        let slot = self.state.pending.as_ref().map(|p| p.slot.clone());
+        match result {
+            Ok(Some(p)) => self.report(
+                client,
+                UpdateReport {
+                    version: p.offer.version.clone(),
+                    release: p.offer.release,
+                    state: Wire::Written,
+                    reason: None,
+                    slot,
+                },
+                log,
+            ),
+            Ok(None) => {}
+            Err(reason) => {
+                let (version, release) = self
+                    .state
+                    .pending
+                    .as_ref()
+                    .map(|p| (p.version.clone(), p.release))
+                    .unwrap_or_default();
+                log.warn(format_args!("{}: update failed: {reason}", self.who));
+                self.failed = Some((release, Instant::now()));
+                if release > 0 {
+                    self.report(
+                        client,
+                        UpdateReport {
+                            version,
+                            release,
+                            state: Wire::Failed,
+                            reason: Some(reason),
+                            slot: None,
+                        },
+                        log,
+                    );
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, t: &Tick<'_>, log: &Log) {
+        let window = t
+            .config
+            .and_then(|c| c.update_window.as_deref())
+            .and_then(|w| UpdateWindow::parse(w).ok());
+        let now_unix = crate::enroll::unix_now();
+        let running = self.running.clone();
+        let now = Now {
+            running: running.as_deref(),
+            committed: self.committed,
+            offered: t.offered.map(|o| o.release),
+            running_release: running
+                .as_deref()
+                .and_then(|s| self.state.slot(s))
+                .map(|s| s.release),
+            in_window: window.is_none_or(|w| w.contains_unix(now_unix)),
+            busy: self.gate.busy.load(Ordering::SeqCst),
+        };
+        match decide::step(&self.state, &now) {
+            Step::Idle(_) | Step::Wait(_) => {}
+            Step::Fetch { release, slot } => {
+                if self
+                    .failed
+                    .is_some_and(|(r, at)| r == release && at.elapsed() < RETRY_AFTER)
+                {
+                    return;
+                }
+                self.spawn_fetch(t, release, slot, log);
+            }
+            Step::Reboot => self.reboot(t.client, log),
+        }
+    }
+
+    fn spawn_fetch(&mut self, t: &Tick<'_>, release: u64, slot: String, log: &Log) {
+        let Some(config) = t.config else { return };
+        let Some(running_slot) = self.running.clone() else {
+            return;
+        };
+        let channel = ChannelOptions {
+            server_url: t.server_url.to_string(),
+            channel: config.update_channel.clone(),
+            state_dir: self.state_dir.join("tuf").join(&config.update_channel),
+            baked_root: PathBuf::from(levee_proto::release::BAKED_ROOT),
+            transport: TransportOptions::METADATA,
+        };
+        let bandwidth = config
+            .bandwidth_limit
+            .as_deref()
+            .and_then(levee_proto::config::parse_rate);
+        let running = Running {
+            version: t.version.unwrap_or_default().to_string(),
+            release: self.state.slot(&running_slot).map(|s| s.release),
+        };
+        log.info(format_args!(
+            "{}: update to release {release} offered; checking the signed channel {}",
+            self.who, channel.channel
+        ));
+        if let Some(p) = &self.state.pending {
+            // Resuming: report where it stands.
+            let _ = t.client.post_update(&UpdateReport {
+                version: p.version.clone(),
+                release: p.release,
+                state: Wire::Downloading,
+                reason: None,
+                slot: Some(p.slot.clone()),
+            });
+        } else {
+            let version = t.offered.map(|o| o.version.clone()).unwrap_or_default();
+            let _ = t.client.post_update(&UpdateReport {
+                version,
+                release,
+                state: Wire::Downloading,
+                reason: None,
+                slot: Some(slot.clone()),
+            });
+        }
+        let mut state = self.state.clone();
+        let state_dir = self.state_dir.clone();
+        let who = self.who.clone();
+        let spawned = std::thread::Builder::new()
+            .name("levee-update".into())
+            .spawn(move || {
+                let log = Log::new();
+                let target_rootfs = PathBuf::from(format!("/dev/disk/by-partlabel/levee-{slot}"));
+                let result = with_esp(&running_slot, |esp| {
+                    let opts = ApplyOptions {
+                        state_dir: &state_dir,
+                        channel: &channel,
+                        bandwidth,
+                        timeout: Duration::from_secs(3600),
+                    };
+                    let target = SlotTarget {
+                        rootfs: target_rootfs.clone(),
+                        esp: esp.to_path_buf(),
+                    };
+                    let req = Request {
+                        running: &running,
+                        running_slot: &running_slot,
+                        want: release,
+                        target_slot: &slot,
+                        target: &target,
+                    };
+                    let mut say = |line: &str| log.info(format_args!("{who}: {line}"));
+                    apply::prepare(&opts, &mut state, &req, &mut say).map_err(|e| e.to_string())
+                });
+                (state, result)
+            });
+        match spawned {
+            Ok(h) => self.work = Some(h),
+            Err(e) => log.warn(format_args!(
+                "{}: cannot start the update worker: {e}",
+                self.who
+            )),
+        }
+    }
+
+    fn reboot(&mut self, client: &MtlsClient, log: &Log) {
+        self.gate.hold.store(true, Ordering::SeqCst);
+        if self.gate.busy.load(Ordering::SeqCst) {
+            self.gate.hold.store(false, Ordering::SeqCst);
+            return;
+        }
+        let Some(p) = self.state.pending.as_mut() else {
+            return;
+        };
+        p.phase = Phase::Rebooting;
+        let r = UpdateReport {
+            version: p.version.clone(),
+            release: p.release,
+            state: Wire::Rebooting,
+            reason: None,
+            slot: Some(p.slot.clone()),
+        };
+        log.info(format_args!(
+            "{}: rebooting into slot {} for release {} ({})",
+            self.who, p.slot, p.release, p.version
+        ));
+        self.save(log);
+        self.report(client, r, log);
+        if let Err(e) = reboot_step() {
+            log.warn(format_args!("{}: reboot failed: {e}", self.who));
+            self.gate.hold.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs `f` with the ESP mounted (see install::with_esp).
+fn with_esp<T>(slot: &str, f: impl FnOnce(&Path) -> Result<T, String>) -> Result<T, String> {
+    let mut out = None;
+    crate::install::with_esp(slot, |esp| {
+        out = Some(f(esp));
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    out.unwrap_or_else(|| Err("the ESP was not mounted".into()))
+}
+
+/// Whether `dir` is a mount point (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (std::fs::metadata(dir), dir.parent().map(std::fs::metadata))
+    else {
+        return false;
+    };
+    me.dev() != parent.dev()
+}

@@ -1,0 +1,243 @@
+//! An update's disk work: verify the offered release through TUF, write it
+//! into the inactive slot and its ESP directory, verify it from disk, and
+//! mark it try-once. The persisted state ([`decide::UpdateState`]) is saved
+//! before each step that changes the disk (see `decide.rs` for what each
+//! boot makes of it, and `slot.rs` for why a cut anywhere is safe).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::client::{self, ChannelOptions, Decision, Offer, Running};
+use super::decide::{Pending, Phase, UpdateState};
+use super::fetch::{self, FetchOptions, Throttle};
+use super::{slot, UpdateError};
+use levee_proto::image::{INITRD, KERNEL, ROOTFS};
+
+/// `STATE/update/`.
+pub fn update_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("update")
+}
+
+fn state_path(state_dir: &Path) -> PathBuf {
+    update_dir(state_dir).join("state.json")
+}
+
+/// Where a trial boot that gives up writes why, for the old slot to report.
+pub fn health_failure_path(state_dir: &Path) -> PathBuf {
+    update_dir(state_dir).join("health-failure.txt")
+}
+
+/// The persisted state; a missing file is the empty state, a damaged one
+/// an error (never silently forget an update under way).
+pub fn load_state(state_dir: &Path) -> Result<UpdateState, UpdateError> {
+    let path = state_path(state_dir);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            UpdateError::Setup(format!("{}: damaged update state: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UpdateState::default()),
+        Err(e) => Err(UpdateError::Setup(format!("{}: {e}", path.display()))),
+    }
+}
+
+pub fn save_state(state_dir: &Path, state: &UpdateState) -> Result<(), UpdateError> {
+    let dir = update_dir(state_dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| UpdateError::Setup(format!("{}: {e}", dir.display())))?;
+    let path = state_path(state_dir);
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| UpdateError::Setup(format!("update state: {e}")))?;
+    super::write_atomic(&path, &bytes)
+        .map_err(|e| UpdateError::Setup(format!("{}: {e}", path.display())))
+}
+
+/// Where the inactive slot's files go.
+#[derive(Debug, Clone)]
+pub struct SlotTarget {
+    /// The slot partition (`/dev/disk/by-partlabel/levee-b`), or a file.
+    pub rootfs: PathBuf,
+    /// The mounted ESP.
+    pub esp: PathBuf,
+}
+
+/// Settings of one update.
+pub struct ApplyOptions<'a> {
+    pub state_dir: &'a Path,
+    pub channel: &'a ChannelOptions,
+    /// Bytes per second for downloads (`bandwidth_limit`); `None`: unlimited.
+    pub bandwidth: Option<u64>,
+    /// Longest time for one target's download (then it resumes later).
+    pub timeout: Duration,
+}
+
+/// What to write where.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub running: &'a Running,
+    pub running_slot: &'a str,
+    /// The release the rollout offers.
+    pub want: u64,
+    /// The inactive slot.
+    pub target_slot: &'a str,
+    pub target: &'a SlotTarget,
+}
+
+/// What [`prepare`] did.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub offer: Offer,
+    /// Bytes downloaded in this run (less than the total if resumed).
+    pub downloaded: u64,
+}
+
+/// Verifies release `want` of the channel and writes it into `slot`
+/// (never the running one), leaving it marked try-once and `state`'s
+/// pending update at [`Phase::Written`]. `Ok(None)`: nothing newer to do.
+pub fn prepare(
+    opts: &ApplyOptions<'_>,
+    state: &mut UpdateState,
+    req: &Request<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Option<Prepared>, UpdateError> {
+    let Request {
+        running,
+        running_slot,
+        want,
+        target_slot,
+        target,
+    } = *req;
+    if target_slot == running_slot {
+        return Err(UpdateError::Setup(format!(
+            "refusing to write the running slot {running_slot}"
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UpdateError::Setup(format!("runtime: {e}")))?;
+    let offer = match rt.block_on(client::check(opts.channel, running, Some(want)))? {
+        Decision::UpToDate { .. } => return Ok(None),
+        Decision::Update(o) => *o,
+    };
+    log(&format!(
+        "release {} ({}) verified against channel {}; writing slot {target_slot}",
+        offer.release, offer.version, offer.channel
+    ));
+    state.pending = Some(Pending {
+        version: offer.version.clone(),
+        release: offer.release,
+        slot: target_slot.to_string(),
+        from_slot: running_slot.to_string(),
+        from_version: running.version.clone(),
+        phase: Phase::Writing,
+    });
+    state.set_slot(target_slot, None);
+    save_state(opts.state_dir, state)?;
+    let env_err = |e: crate::install::InstallError| UpdateError::Setup(e.to_string());
+    slot::rewrite(&target.esp, |e| {
+        slot::unbootable(e, target_slot, running_slot)
+    })
+    .map_err(env_err)?;
+
+    let progress_dir = update_dir(opts.state_dir);
+    let mut throttle = Throttle::new(opts.bandwidth);
+    let mut downloaded = 0;
+    let get = |artifact: &str| {
+        offer.targets.get(artifact).ok_or_else(|| {
+            UpdateError::refused(
+                super::Refusal::Incomplete,
+                format!("release {} has no signed {artifact}", offer.release),
+            )
+        })
+    };
+    // The rootfs straight into the slot partition.
+    let rootfs = get(ROOTFS)?;
+    let mut last_pct = 0;
+    let mut report = |done: u64, total: u64| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last_pct + 25 || done == total {
+            last_pct = pct;
+            log(&format!("{}: {done} of {total} bytes ({pct}%)", ROOTFS));
+        }
+    };
+    let f = fetch::fetch_into(
+        rootfs,
+        &target.rootfs,
+        FetchOptions {
+            progress_dir: &progress_dir,
+            throttle: throttle.as_mut(),
+            timeout: opts.timeout,
+            progress: &mut report,
+        },
+    )?;
+    downloaded += f.downloaded;
+    fetch::verify_on_disk(rootfs, &target.rootfs)?;
+    // Kernel and initrd to `.part` files on the ESP, then renamed.
+    for (artifact, name) in [(KERNEL, "vmlinuz"), (INITRD, "initrd.img")] {
+        let t = get(artifact)?;
+        let dst = slot::boot_file(&target.esp, target_slot, name);
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| UpdateError::Setup(format!("{}: {e}", dir.display())))?;
+        }
+        let part = fetch::part_path(&dst);
+        let mut quiet = |_, _| {};
+        let f = fetch::fetch_into(
+            t,
+            &part,
+            FetchOptions {
+                progress_dir: &progress_dir,
+                throttle: throttle.as_mut(),
+                timeout: opts.timeout,
+                progress: &mut quiet,
+            },
+        )?;
+        downloaded += f.downloaded;
+        fetch::verify_on_disk(t, &part)?;
+        fetch::replace_file(&dst, &part)?;
+    }
+    slot::write_slot_cfg(
+        &target.esp,
+        target_slot,
+        &rootfs.sha256,
+        &offer.image.cmdline,
+    )
+    .map_err(env_err)?;
+    slot::rewrite(&target.esp, |e| {
+        slot::try_once(e, target_slot, running_slot)
+    })
+    .map_err(env_err)?;
+    if let Some(p) = state.pending.as_mut() {
+        p.phase = Phase::Written;
+    }
+    save_state(opts.state_dir, state)?;
+    log(&format!(
+        "slot {target_slot} holds release {} ({}), verified from disk, marked to be tried once ({downloaded} bytes downloaded)",
+        offer.release, offer.version
+    ));
+    Ok(Some(Prepared { offer, downloaded }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_damage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_state(dir.path()).unwrap(), UpdateState::default());
+        let mut s = UpdateState::default();
+        s.rolled_back.push(4);
+        s.set_slot(
+            "b",
+            Some(super::super::decide::SlotRelease {
+                version: "v3".into(),
+                release: 3,
+            }),
+        );
+        save_state(dir.path(), &s).unwrap();
+        assert_eq!(load_state(dir.path()).unwrap(), s);
+        std::fs::write(state_path(dir.path()), b"{").unwrap();
+        assert!(load_state(dir.path()).is_err());
+    }
+}
