@@ -146,6 +146,7 @@ pub async fn load(opts: &ChannelOptions) -> Result<Repository, UpdateError> {
         .map_err(|e| UpdateError::Setup(format!("update_channel: {e}")))?;
     let datastore = opts.state_dir.join("tough");
     create_private_dir(&datastore)?;
+    drop_torn_files(&datastore)?;
     let saved = opts.state_dir.join("root.json");
     let root = match std::fs::read(&saved) {
         Ok(b) => b,
@@ -182,6 +183,33 @@ pub async fn load(opts: &ChannelOptions) -> Result<Repository, UpdateError> {
     super::write_atomic(&saved, &bytes)
         .map_err(|e| UpdateError::Setup(format!("{}: {e}", saved.display())))?;
     Ok(repo)
+}
+
+/// tough writes its datastore files in place (truncate, then write): a
+/// power cut in between leaves an empty or torn file that would fail every
+/// later check, so the appliance could never update again. Such a file is
+/// removed; tough then trusts the next valid metadata of that role as it
+/// does on a first check (the root chain, kept apart in `root.json` and
+/// written atomically, still anchors it).
+pub fn drop_torn_files(datastore: &Path) -> Result<Vec<PathBuf>, UpdateError> {
+    let mut dropped = Vec::new();
+    let rd = std::fs::read_dir(datastore)
+        .map_err(|e| UpdateError::Setup(format!("{}: {e}", datastore.display())))?;
+    for entry in rd.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let whole = std::fs::read(&path)
+            .ok()
+            .is_some_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+        if !whole {
+            std::fs::remove_file(&path)
+                .map_err(|e| UpdateError::Setup(format!("{}: {e}", path.display())))?;
+            dropped.push(path);
+        }
+    }
+    Ok(dropped)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), UpdateError> {

@@ -174,6 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn torn_datastore_files_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("timestamp.json"), b"").unwrap();
+        std::fs::write(dir.path().join("snapshot.json"), b"{\"signed\": {").unwrap();
+        std::fs::write(
+            dir.path().join("latest_known_time.json"),
+            b"\"2026-12-03T08:00:00Z\"",
+        )
+        .unwrap();
+        let dropped = client::drop_torn_files(dir.path()).unwrap();
+        assert_eq!(dropped.len(), 2);
+        assert!(dir.path().join("latest_known_time.json").exists());
+        assert!(!dir.path().join("timestamp.json").exists());
+    }
+
+    #[test]
     fn tough_messages_name_the_attack() {
         use client::Stage::*;
         assert_eq!(
