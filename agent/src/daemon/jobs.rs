@@ -23,9 +23,9 @@ use crate::schedule::{next_due, run_job, JobError, JobReport};
 /// When the schedules last started, by schedule name (Unix seconds).
 const LAST_RUNS: &str = "jobs.json";
 /// The repository's appliance secret (random, made once, 0600).
-const REPO_KEY: &str = "credential/repo.key";
+pub(super) const REPO_KEY: &str = "credential/repo.key";
 /// The repository on the data partition.
-const REPO_DIR: &str = "repo";
+pub(super) const REPO_DIR: &str = "repo";
 /// Longest sleep before the schedule is looked at again: a configuration
 /// pulled meanwhile may have moved the next job earlier.
 const RECHECK: Duration = Duration::from_secs(30);

@@ -12,7 +12,8 @@
 //!    daemon reboots into the disk), then heartbeats at the configured
 //!    interval, refreshing the configuration and renewing its certificate
 //!    when due. After a disk boot, a health check (configuration pulled,
-//!    heartbeat accepted with the running version, data partition mounted)
+//!    heartbeat accepted with the running version, data partition mounted,
+//!    backup repository opens)
 //!    commits the boot slot; then updates follow the rollout's offers
 //!    ([`update_step`]). Errors never end the loop.
 

@@ -67,6 +67,8 @@ pub(super) struct Updates {
     gate: JobGate,
     work: Option<Work>,
     failed: Option<(u64, Instant)>,
+    /// The backup repository opened during this boot (checked once).
+    repo_ok: bool,
 }
 
 impl Updates {
@@ -149,6 +151,7 @@ impl Updates {
             gate,
             work: None,
             failed: None,
+            repo_ok: false,
         }
     }
 
@@ -195,8 +198,9 @@ impl Updates {
     }
 
     /// The health check: the agent runs (we are here), the data partition
-    /// is mounted, the configuration was pulled over mTLS, and a heartbeat
-    /// naming the running version was accepted. Then the slot is committed.
+    /// is mounted, the configuration was pulled over mTLS, a heartbeat
+    /// naming the running version was accepted, and the backup repository
+    /// opens. Then the slot is committed.
     fn health(&mut self, t: &Tick<'_>, log: &Log) {
         let who = self.who.clone();
         let mut missing = Vec::new();
@@ -208,6 +212,12 @@ impl Updates {
         }
         if self.running.is_some() && !is_mount_point(&self.state_dir) {
             missing.push(format!("{} is not mounted", self.state_dir.display()));
+        }
+        if !self.repo_ok {
+            match repository_opens(&self.state_dir) {
+                Ok(()) => self.repo_ok = true,
+                Err(e) => missing.push(e),
+            }
         }
         if let Some(p) = &self.trial {
             if t.version != Some(p.version.as_str()) {
@@ -487,6 +497,26 @@ fn with_esp<T>(slot: &str, f: impl FnOnce(&Path) -> Result<T, String>) -> Result
     out.unwrap_or_else(|| Err("the ESP was not mounted".into()))
 }
 
+/// The health check's repository step: a repository the appliance made
+/// must open with its key (a new image that cannot read its backups must
+/// not be kept). None yet (no backup has run) passes.
+fn repository_opens(state_dir: &Path) -> Result<(), String> {
+    let repo = state_dir.join(super::jobs::REPO_DIR);
+    if !repo.exists() {
+        return Ok(());
+    }
+    let key_path = state_dir.join(super::jobs::REPO_KEY);
+    let key = std::fs::read_to_string(&key_path)
+        .map_err(|e| format!("the repository key {}: {e}", key_path.display()))?;
+    match crate::Repository::open(&repo, key.trim().as_bytes()) {
+        Ok(_) | Err(crate::RepoError::NotARepository(_)) => Ok(()),
+        Err(e) => Err(format!(
+            "the backup repository {} does not open: {e}",
+            repo.display()
+        )),
+    }
+}
+
 /// Whether `dir` is a mount point (its device differs from its parent's).
 fn is_mount_point(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -495,4 +525,31 @@ fn is_mount_point(dir: &Path) -> bool {
         return false;
     };
     me.dev() != parent.dev()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_step_of_the_health_check() {
+        let dir = tempfile::tempdir().unwrap();
+        // No repository yet: nothing to open.
+        repository_opens(dir.path()).unwrap();
+        let key = "ab".repeat(32);
+        std::fs::create_dir_all(dir.path().join("credential")).unwrap();
+        std::fs::write(dir.path().join(super::super::jobs::REPO_KEY), &key).unwrap();
+        let repo = dir.path().join(super::super::jobs::REPO_DIR);
+        let kdf = levee_proto::repo::KdfParams::with_memory(1024);
+        crate::Repository::init(&repo, key.as_bytes(), kdf, "appliance", "test").unwrap();
+        repository_opens(dir.path()).unwrap();
+        // The wrong key (or a damaged repository) fails the check.
+        std::fs::write(
+            dir.path().join(super::super::jobs::REPO_KEY),
+            "cd".repeat(32),
+        )
+        .unwrap();
+        let e = repository_opens(dir.path()).unwrap_err();
+        assert!(e.contains("does not open"), "{e}");
+    }
 }
