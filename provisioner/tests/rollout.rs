@@ -350,6 +350,17 @@ async fn r13_rollout_pause_resume_rollback_unblock_and_status() {
         "{s}"
     );
     assert_eq!(f["rollbacks"][0]["reason"], reason);
+    let shown = tokio::task::block_in_place(|| srv.ok(&["appliance", "show", &mac_in]));
+    assert!(
+        shown.contains("no offer: release 2") && shown.contains("rolled-back (slot b), BLOCKED"),
+        "{shown}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        srv.ok(&["appliance", "show", &mac_out, "--json"])
+    }))
+    .expect("json");
+    assert_eq!(shown["updates"]["bucket"], bucket(outside.id));
+    assert!(shown["updates"]["offer"].is_null(), "{shown}");
     // Widening to 100% reaches the other appliance, not the blocked one.
     tokio::task::block_in_place(|| {
         srv.ok(&["release", "rollout", "stable", v2, "--percent", "100"])

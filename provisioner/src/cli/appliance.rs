@@ -293,10 +293,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             let events = store.events(a.mac, 200)?;
             let online = is_online(&a, interval(&heartbeat_intervals(store)?, &a), now());
             let backups = Detail::load(store, &a)?;
+            let (updates, update_lines) = super::rollout::appliance_updates(store, &a)?;
             if json {
                 return super::print_json(&serde_json::json!({
                     "appliance": with_online(&a, online)?,
                     "backups": backups.json(),
+                    "updates": updates,
                     "events": events,
                 }));
             }
@@ -349,6 +351,9 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 println!("    {}", serde_json::to_string(r)?);
             }
             backups.print();
+            for line in update_lines {
+                println!("{line}");
+            }
             println!("history:");
             for e in events {
                 println!("  {}  {:<14} {}", super::ago(Some(e.at)), e.step, e.detail);

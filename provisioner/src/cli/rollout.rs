@@ -171,3 +171,42 @@ pub fn describe(r: &Rollout) -> String {
         if r.paused { ", PAUSED" } else { "" }
     )
 }
+
+/// The updates part of `levee appliance show`: its rollout bucket, what the
+/// rollout decides for it now, and its update records.
+pub fn appliance_updates(
+    store: &dyn Store,
+    a: &Appliance,
+) -> anyhow::Result<(serde_json::Value, Vec<String>)> {
+    let bucket = crate::releases::rollout::bucket(a.id);
+    let decision = crate::releases::rollout::offer_for(store, a, None)?;
+    let records = store.update_records(Some(a.id))?;
+    let mut lines = vec![match &decision {
+        Ok(o) => format!(
+            "  updates:        bucket {bucket}; offered {} (release {}) in channel {}",
+            o.version, o.release, o.channel
+        ),
+        Err(why) => format!("  updates:        bucket {bucket}; no offer: {why}"),
+    }];
+    for r in &records {
+        lines.push(format!(
+            "    release {} ({}): {}{}{}, {}",
+            r.release,
+            r.version,
+            r.state.as_str(),
+            r.slot
+                .as_deref()
+                .map(|s| format!(" (slot {s})"))
+                .unwrap_or_default(),
+            if r.blocked { ", BLOCKED" } else { "" },
+            r.reason.as_deref().unwrap_or("-")
+        ));
+    }
+    let json = serde_json::json!({
+        "bucket": bucket,
+        "offer": decision.as_ref().ok(),
+        "no_offer": decision.as_ref().err(),
+        "records": records,
+    });
+    Ok((json, lines))
+}

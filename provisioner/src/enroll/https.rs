@@ -425,7 +425,7 @@ async fn heartbeat(
                 debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
                 // The rollout's word rides on the answer; a failure to
                 // decide never fails the heartbeat itself.
-                let update = match super::update_api::offer_for(
+                let update = match crate::releases::rollout::offer_for(
                     st.store.as_ref(),
                     &a,
                     report.image_version.as_deref(),

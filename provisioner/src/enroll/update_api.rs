@@ -7,35 +7,15 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use levee_proto::update::{UpdateAnswer, UpdateOffer, UpdateReport, UpdateState};
+use levee_proto::update::{UpdateAnswer, UpdateReport, UpdateState};
 use tracing::{debug, info, warn};
 
 use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
-use crate::releases::rollout;
-use crate::store::{Appliance, Store};
+use crate::releases::rollout::offer_for;
 
 /// Longest reason kept from a report (the rest is cut): it is shown to
 /// ops, and an appliance must not be able to fill the database.
 const MAX_REASON: usize = 2000;
-
-/// The rollout's decision for `a`, which runs `running_version`.
-pub(crate) fn offer_for(
-    store: &dyn Store,
-    a: &Appliance,
-    running_version: Option<&str>,
-) -> Result<Result<UpdateOffer, String>, crate::store::StoreError> {
-    let Some(customer) = a.customer.as_deref() else {
-        return Ok(Err("no customer".into()));
-    };
-    let Some(record) = store.customer(customer)? else {
-        return Ok(Err(format!("customer {customer} does not exist")));
-    };
-    let channel = &record.config.update_channel;
-    let r = store.rollout(channel)?;
-    let records = store.update_records(Some(a.id))?;
-    let running = running_version.or(a.image_version());
-    Ok(rollout::decide(r.as_ref(), a.id, running, &records))
-}
 
 /// `GET /api/v1/update`: what the rollout says for this appliance now.
 pub(super) async fn get_update(

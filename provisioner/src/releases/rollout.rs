@@ -10,7 +10,7 @@
 use levee_proto::update::{UpdateOffer, UpdateState};
 use sha2::{Digest, Sha256};
 
-use crate::store::{Rollout, UpdateRecord};
+use crate::store::{Appliance, Rollout, Store, UpdateRecord};
 
 /// The appliance's rollout bucket, 0-99:
 /// `u64::from_be_bytes(sha256("levee-rollout:" + decimal id)[..8]) % 100`.
@@ -74,6 +74,25 @@ pub fn decide(
         version: r.version.clone(),
         release: r.release,
     })
+}
+
+/// The rollout's decision for `a`, which runs `running_version`.
+pub fn offer_for(
+    store: &dyn Store,
+    a: &Appliance,
+    running_version: Option<&str>,
+) -> Result<Result<UpdateOffer, String>, crate::store::StoreError> {
+    let Some(customer) = a.customer.as_deref() else {
+        return Ok(Err("no customer".into()));
+    };
+    let Some(record) = store.customer(customer)? else {
+        return Ok(Err(format!("customer {customer} does not exist")));
+    };
+    let channel = &record.config.update_channel;
+    let r = store.rollout(channel)?;
+    let records = store.update_records(Some(a.id))?;
+    let running = running_version.or(a.image_version());
+    Ok(decide(r.as_ref(), a.id, running, &records))
 }
 
 #[cfg(test)]
