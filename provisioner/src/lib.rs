@@ -8,9 +8,11 @@
 //! - [`releases`] are the signed update channels (TUF, built with tough);
 //! - [`config`] reads and validates customer configuration files, and
 //!   [`secrets`] keeps their secrets encrypted at rest;
+//! - [`alerts`] judges the fleet periodically and posts alerts to webhooks;
 //! - [`health`] judges each appliance's backups from its run reports;
 //! - [`cli`] is the `levee` command line.
 
+pub mod alerts;
 pub mod boot;
 pub mod cli;
 pub mod config;

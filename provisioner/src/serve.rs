@@ -46,6 +46,8 @@ pub struct ServeConfig {
     /// After `shutdown`, how long requests in flight may take to finish
     /// before their connections are closed.
     pub grace: Duration,
+    /// The alert rules and webhook deliveries ([`crate::alerts`]).
+    pub alerts: crate::alerts::AlertOptions,
 }
 
 /// Sockets bound by the caller.
@@ -132,6 +134,16 @@ pub async fn run(
         ("http", served)
     });
     info!(listen = %http_addr, public_url = %config.public_url, "http listening");
+
+    // Alert rules, judged every interval; webhooks posted as they fall due.
+    {
+        let (store, key, opts) = (store.clone(), key.clone(), config.alerts.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let ran = crate::alerts::run(store, key, opts, stop).await;
+            ("alerts", ran)
+        });
+    }
 
     // Keep every channel's snapshot and timestamp fresh (see
     // releases/mod.rs for why a day).

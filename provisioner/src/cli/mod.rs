@@ -1,6 +1,7 @@
 //! The `levee` command line. Each subcommand lives in its own module and acts
 //! on the store in `--data-dir`, so it works while `levee serve` runs.
 
+mod alert;
 mod appliance;
 mod backups;
 mod customer;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Signed release channels for appliance updates (TUF).
     #[command(subcommand)]
     Release(release::ReleaseCommand),
+    /// Alerts and the webhooks they are posted to.
+    #[command(subcommand)]
+    Alert(alert::AlertCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Customer(cmd) => customer::run(&ctx, cmd),
         Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Release(cmd) => release::run(&ctx, cmd),
+        Command::Alert(cmd) => alert::run(&ctx, cmd),
     }
 }
 

@@ -59,6 +59,11 @@ pub struct ServeArgs {
     #[arg(long)]
     no_ra: bool,
 
+    /// How often the alert rules are judged (`levee alert list`; webhooks
+    /// from `levee alert webhook set`), e.g. 30s or 5m.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    alert_interval: Duration,
+
     /// Base URL machines use to reach --http (needed when it is bound to
     /// 0.0.0.0 and no --dhcp-interface tells the address).
     #[arg(long, value_name = "URL")]
@@ -207,6 +212,10 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             tftp_host,
             dhcp,
             grace,
+            alerts: crate::alerts::AlertOptions {
+                interval: args.alert_interval,
+                ..Default::default()
+            },
         };
         serve::run(
             served_store,
@@ -264,6 +273,14 @@ fn url_host(url: &str) -> String {
         Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
         _ => authority.to_string(),
     }
+}
+
+/// `60s`, `5m` as a duration (at least a second).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    levee_proto::config::parse_duration(s)
+        .filter(|n| *n >= 1)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is not a duration; expected e.g. 30s, 5m"))
 }
 
 #[cfg(test)]

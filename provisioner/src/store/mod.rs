@@ -16,11 +16,13 @@
 //! The trait is split by domain, one file each: [`ApplianceStore`]
 //! (`appliances.rs`, with enrollment and leases), [`CustomerStore`],
 //! [`ImageStore`] (with boot profiles), [`EventStore`], [`FleetStore`]
-//! (what the servers of a fleet share) and [`RunStore`] (run reports);
+//! (what the servers of a fleet share), [`RunStore`] (run reports) and
+//! [`AlertStore`] (alerts and their webhooks);
 //! [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
 
+mod alerts;
 mod appliances;
 mod customers;
 mod events;
@@ -39,6 +41,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use self::alerts::{
+    Alert, AlertStore, Delivery, NewAlert, Webhook, ENROLLMENT_STEPS, RESOLVED_KEPT_SECS,
+};
 pub(crate) use self::appliances::{
     came_back_detail, check_not_retired, judge_token, plan_replace, reinstall_detail,
     TOKEN_KEEP_SECS,
@@ -95,6 +100,7 @@ pub trait Store:
     + FleetStore
     + RunStore
     + RolloutStore
+    + AlertStore
     + Send
     + Sync
     + 'static

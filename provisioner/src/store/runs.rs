@@ -57,6 +57,8 @@ pub trait RunStore {
     /// Backup facts of every appliance that has reported a backup run
     /// (`only`: of that one appliance).
     fn backup_facts(&self, only: Option<i64>) -> Result<HashMap<i64, BackupFacts>>;
+    /// The newest report of `kind` of every appliance that has one.
+    fn latest_runs(&self, kind: levee_proto::runs::RunKind) -> Result<HashMap<i64, RunRecord>>;
 }
 
 /// Database rows as [`BackupFacts`] (shared by the stores): the newest

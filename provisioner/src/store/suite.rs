@@ -11,6 +11,13 @@ use levee_pxe::dhcp::Lease;
 
 use super::*;
 
+// Run reports and alerts: their cases are in suite_fleet.rs.
+#[path = "suite_fleet.rs"]
+mod fleet_cases;
+use fleet_cases::{
+    alerts_open_once_and_queue_deliveries_in_order, runs_are_kept_once_bounded_and_summed_up,
+};
+
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
     let a = s.appliance_seen(mac(50)).expect("seen");
     assert_eq!((a.pending_key.as_deref(), a.reinstall), (None, false));
@@ -514,110 +521,6 @@ fn retire_revokes(s: &dyn Store) {
     );
 }
 
-fn runs_are_kept_once_bounded_and_summed_up(s: &dyn Store) {
-    use levee_proto::runs::{RunKind, RunReport, RunResult};
-    s.put_customer(&customer("acme", "5m")).expect("customer");
-    let a = register_for(s, 70, "acme");
-    let b = register_for(s, 71, "acme");
-    let run = |kind, job: Option<&str>, src: &str, start: i64, result| {
-        let mut r = RunReport::new(kind, start);
-        r.job = job.map(Into::into);
-        r.sources = vec![src.into()];
-        r.ended_at = start + 60;
-        r.result = result;
-        r.repo_bytes = Some(start as u64);
-        r
-    };
-    let ok = run(
-        RunKind::Backup,
-        Some("nightly"),
-        "docs",
-        1000,
-        RunResult::Success,
-    );
-    assert!(s.record_run(a.id, &ok).expect("record"));
-    // A resend (the answer was lost) is stored once.
-    assert!(!s.record_run(a.id, &ok).expect("again"));
-    // Two failures of one stream after its success, one of another.
-    for t in [2000, 3000] {
-        let f = run(
-            RunKind::Backup,
-            Some("nightly"),
-            "docs",
-            t,
-            RunResult::Failed,
-        );
-        s.record_run(a.id, &f).expect("failed");
-    }
-    let mail = run(
-        RunKind::Backup,
-        Some("nightly"),
-        "mail",
-        3500,
-        RunResult::Failed,
-    );
-    s.record_run(a.id, &mail).expect("failed");
-    let warn = run(RunKind::Backup, None, "/srv", 4000, RunResult::Warning);
-    s.record_run(a.id, &warn).expect("manual");
-    s.record_run(
-        a.id,
-        &run(
-            RunKind::Prune,
-            Some("nightly"),
-            "x",
-            5000,
-            RunResult::Failed,
-        ),
-    )
-    .expect("prune");
-    let runs = s.runs(a.id, 100).expect("runs");
-    assert_eq!(runs.len(), 6);
-    assert_eq!(runs[0].report.kind, RunKind::Prune, "newest first");
-    assert_eq!(runs[5].report, ok, "stored as sent");
-    let facts = s.backup_facts(None).expect("facts");
-    let f = &facts[&a.id];
-    assert_eq!(f.last_success_at, Some(4060), "a warning made its snapshot");
-    assert_eq!(f.last_backup_at, Some(4060));
-    assert_eq!(f.last_starts.get("nightly"), Some(&3500));
-    assert_eq!(f.failing.len(), 2, "{f:?}");
-    assert_eq!(f.failing[0].count, 2);
-    assert_eq!(f.failing[0].sources, ["docs"]);
-    assert!(!facts.contains_key(&b.id));
-    // Another appliance's runs are its own.
-    s.record_run(b.id, &ok).expect("same id, other appliance");
-    let only = s.backup_facts(Some(b.id)).expect("facts");
-    assert_eq!(only.len(), 1);
-    assert_eq!(only[&b.id].failing, vec![]);
-    // A success of the stream ends its streak.
-    s.record_run(
-        a.id,
-        &run(
-            RunKind::Backup,
-            Some("nightly"),
-            "docs",
-            6000,
-            RunResult::Success,
-        ),
-    )
-    .expect("ok");
-    let f = &s.backup_facts(Some(a.id)).expect("facts")[&a.id];
-    assert_eq!(f.failing.len(), 1);
-    assert_eq!(f.failing[0].sources, ["mail"]);
-    // Bounded: the oldest go beyond RUNS_KEPT.
-    for i in 0..(RUNS_KEPT + 60) {
-        s.record_run(
-            b.id,
-            &run(RunKind::Check, None, "r", 10_000 + i, RunResult::Success),
-        )
-        .expect("many");
-    }
-    let kept = s.runs(b.id, 10_000).expect("runs").len() as i64;
-    assert!((RUNS_KEPT..RUNS_KEPT + 50).contains(&kept), "{kept}");
-    // Removing an appliance removes its runs.
-    s.remove_appliance(b.mac).expect("remove");
-    assert!(s.runs(b.id, 10).expect("runs").is_empty());
-}
-
 fn rollouts_and_update_records(s: &dyn Store) {
     use levee_proto::update::UpdateState::*;
     assert!(s.rollout("stable").expect("rollout").is_none());
@@ -732,6 +635,7 @@ cases!(
     reinstall_is_one_shot_and_a_slot_completes_an_install,
     runs_are_kept_once_bounded_and_summed_up,
     rollouts_and_update_records,
+    alerts_open_once_and_queue_deliveries_in_order,
 );
 
 mod postgres_only {

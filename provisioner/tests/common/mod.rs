@@ -59,10 +59,22 @@ pub fn levee(data_dir: &Path, args: &[&str]) -> String {
 /// Starts `levee serve`'s plain-HTTP and HTTPS listeners on 127.0.0.1
 /// (ephemeral ports; no DHCP, no TFTP) on the current runtime; returns the
 /// plain-HTTP base URL and the token that stops them.
+// tests/alerts.rs starts its server with its own alert settings instead.
+#[allow(dead_code)]
 pub async fn serve_on_loopback(
     store: Arc<dyn Store>,
     data: PathBuf,
     dir: &Path,
+) -> (String, CancellationToken) {
+    serve_on_loopback_with(store, data, dir, Default::default()).await
+}
+
+/// [`serve_on_loopback`] with the alert engine's settings.
+pub async fn serve_on_loopback_with(
+    store: Arc<dyn Store>,
+    data: PathBuf,
+    dir: &Path,
+    alerts: levee_provisioner::alerts::AlertOptions,
 ) -> (String, CancellationToken) {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -79,6 +91,7 @@ pub async fn serve_on_loopback(
         tftp_host: "127.0.0.1".into(),
         dhcp: None,
         grace: std::time::Duration::from_secs(5),
+        alerts,
     };
     let listeners = Listeners {
         http,

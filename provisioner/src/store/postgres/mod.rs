@@ -24,6 +24,7 @@
 //! one call at a time tries again every [`RETRY_EVERY`], so the store
 //! comes back by itself within that of the database's return.
 
+mod alerts;
 mod appliances;
 mod customers;
 mod events;
@@ -173,6 +174,41 @@ CREATE TABLE updates (
     at BIGINT NOT NULL,
     PRIMARY KEY (appliance, release_no)
 );
+"#,
+    // Alerts and their webhooks (store/alerts.rs).
+    r#"
+CREATE TABLE alerts (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    appliance_id BIGINT,
+    customer TEXT,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    opened_at BIGINT NOT NULL,
+    resolved_at BIGINT
+);
+CREATE UNIQUE INDEX alerts_open ON alerts(kind, subject) WHERE resolved_at IS NULL;
+CREATE TABLE webhooks (
+    id BIGSERIAL PRIMARY KEY,
+    url TEXT NOT NULL,
+    customer TEXT,
+    secret TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX webhooks_by_scope ON webhooks(url, COALESCE(customer, ''));
+CREATE TABLE alert_deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    webhook_id BIGINT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    alert_id BIGINT NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_at BIGINT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries(next_at);
+CREATE INDEX events_by_step ON events(step, at);
 "#,
 ];
 

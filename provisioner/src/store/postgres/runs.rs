@@ -154,4 +154,22 @@ impl RunStore for PgStore {
             Ok(assemble_facts(ends, starts, streaks))
         })
     }
+
+    fn latest_runs(&self, kind: RunKind) -> Result<HashMap<i64, RunRecord>> {
+        self.block(async {
+            let c = self.conn().await?;
+            query(
+                &c,
+                &format!(
+                    "SELECT {COLUMNS}, appliance_id FROM runs WHERE id IN (
+                       SELECT MAX(id) FROM runs WHERE kind = $1 GROUP BY appliance_id)"
+                ),
+                &[&kind.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(16)?, run_row(r)?)))
+            .collect()
+        })
+    }
 }

@@ -3,6 +3,7 @@
 //! Split by domain as the trait is: `appliances.rs`, `customers.rs`,
 //! `images.rs`, `events.rs`; this file opens the database and migrates it.
 
+mod alerts;
 mod appliances;
 mod customers;
 mod events;
@@ -150,6 +151,41 @@ CREATE TABLE updates (
     at INTEGER NOT NULL,
     PRIMARY KEY (appliance, release_no)
 );
+"#,
+    // Alerts and their webhooks (store/alerts.rs).
+    r#"
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    appliance_id INTEGER,
+    customer TEXT,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    opened_at INTEGER NOT NULL,
+    resolved_at INTEGER
+);
+CREATE UNIQUE INDEX alerts_open ON alerts(kind, subject) WHERE resolved_at IS NULL;
+CREATE TABLE webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    url TEXT NOT NULL,
+    customer TEXT,
+    secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX webhooks_by_scope ON webhooks(url, COALESCE(customer, ''));
+CREATE TABLE alert_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries(next_at);
+CREATE INDEX events_by_step ON events(step, at);
 "#,
 ];
 

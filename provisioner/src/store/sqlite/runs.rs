@@ -134,4 +134,14 @@ impl RunStore for SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(assemble_facts(ends, starts, streaks))
     }
+
+    fn latest_runs(&self, kind: RunKind) -> Result<HashMap<i64, RunRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS}, appliance_id FROM runs WHERE id IN (
+               SELECT MAX(id) FROM runs WHERE kind = ?1 GROUP BY appliance_id)"
+        ))?;
+        let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(16)?, run_row(r)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }

@@ -1,0 +1,235 @@
+//! The rules on hand-made snapshots: each kind opens on its condition,
+//! and the transitions open once and resolve once.
+
+use super::*;
+use crate::health::Expected;
+use crate::store::FailStreak;
+use levee_proto::report::StatusReport;
+use levee_proto::runs::{RunKind, RunReport};
+
+const NOW: i64 = 1_800_000_000;
+
+fn appliance(id: i64) -> Appliance {
+    Appliance {
+        id,
+        mac: format!("52:54:00:00:00:{id:02x}").parse().unwrap(),
+        serial: None,
+        profile: None,
+        registered: true,
+        first_seen: (NOW - 10 * 86_400) as u64,
+        last_seen: None,
+        last_report: None,
+        last_report_at: None,
+        customer: Some("acme".into()),
+        state: ApplianceState::Installed,
+        state_reason: None,
+        image_version: None,
+        slot: None,
+        last_heartbeat: Some(NOW as u64 - 10),
+        revoked_at: None,
+        replaced_by: None,
+        replaces: None,
+        cert_fingerprint: Some("f".into()),
+        cert_not_after: Some((NOW + 80 * 86_400) as u64),
+        pending_key: None,
+        reinstall: false,
+    }
+}
+
+fn view(a: Appliance) -> ApplianceView {
+    ApplianceView {
+        appliance: a,
+        heartbeat_secs: 300,
+        backup: BackupHealth::default(),
+        last_update: None,
+        update: None,
+        events: Vec::new(),
+    }
+}
+
+fn kinds_found(views: Vec<ApplianceView>) -> Vec<&'static str> {
+    let snap = Snapshot {
+        now: NOW,
+        appliances: views,
+        open: HashSet::new(),
+    };
+    let mut k: Vec<_> = evaluate(&default_rules(&RuleOptions::default()), &snap)
+        .into_iter()
+        .map(|f| f.kind)
+        .collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn a_healthy_appliance_raises_nothing() {
+    assert!(kinds_found(vec![view(appliance(1))]).is_empty());
+}
+
+#[test]
+fn each_kind_opens_on_its_condition() {
+    let mut off = appliance(1);
+    off.last_heartbeat = Some(NOW as u64 - 3 * 300 - 1);
+    assert_eq!(kinds_found(vec![view(off)]), ["offline"]);
+
+    let mut v = view(appliance(2));
+    v.backup.next_expected = Some(Expected {
+        schedule: "nightly".into(),
+        at: NOW - 86_400,
+    });
+    v.backup.overdue = true;
+    v.backup.failing = Some(FailStreak {
+        job: Some("nightly".into()),
+        sources: vec!["docs".into()],
+        count: 3,
+    });
+    assert_eq!(
+        kinds_found(vec![v.clone()]),
+        ["backup-failing", "backup-overdue"]
+    );
+    v.backup.failing.as_mut().unwrap().count = 2;
+    v.backup.overdue = false;
+    assert!(kinds_found(vec![v]).is_empty(), "2 failures are not yet 3");
+
+    let mut failed = appliance(3);
+    failed.state = ApplianceState::Failed;
+    failed.state_reason = Some("no disk".into());
+    assert_eq!(kinds_found(vec![view(failed)]), ["install-failed"]);
+
+    let mut v = view(appliance(4));
+    let mut r = RunReport::new(RunKind::Update, NOW - 100);
+    r.errors = vec![levee_proto::runs::ErrorCount {
+        message: "rolled back: health check failed".into(),
+        count: 1,
+    }];
+    r.error_count = 1;
+    v.last_update = Some(RunRecord {
+        received_at: NOW as u64,
+        report: r,
+    });
+    assert_eq!(kinds_found(vec![v]), ["update-failed"]);
+    // The rollout's record of a rolled-back update.
+    let mut v = view(appliance(4));
+    v.update = Some(UpdateRecord {
+        appliance_id: 4,
+        release: 3,
+        version: "v3".into(),
+        state: UpdateState::RolledBack,
+        reason: Some("health check failed".into()),
+        slot: Some("b".into()),
+        blocked: true,
+        at: NOW as u64,
+    });
+    assert_eq!(kinds_found(vec![v.clone()]), ["update-failed"]);
+    v.update.as_mut().unwrap().state = UpdateState::Committed;
+    assert!(kinds_found(vec![v]).is_empty());
+
+    let mut full = appliance(5);
+    full.last_report = Some(StatusReport {
+        mac: "x".into(),
+        disk_free_bytes: Some(5),
+        disk_total_bytes: Some(100),
+        ..Default::default()
+    });
+    assert_eq!(kinds_found(vec![view(full)]), ["disk-full"]);
+
+    let mut pending = appliance(6);
+    pending.state = ApplianceState::Pending;
+    pending.cert_fingerprint = None;
+    pending.customer = None;
+    pending.pending_key = Some("k".into());
+    pending.first_seen = (NOW - 2 * 86_400) as u64;
+    assert_eq!(
+        kinds_found(vec![view(pending.clone())]),
+        ["enrollment-pending"]
+    );
+    pending.first_seen = (NOW - 3600) as u64;
+    let mut v = view(pending);
+    for k in ["k1", "k2"] {
+        v.events.push(Event {
+            at: NOW as u64 - 60,
+            step: "pending-key".into(),
+            detail: format!("waiting for approval with key sha256 {k}"),
+        });
+    }
+    assert_eq!(kinds_found(vec![v]), ["enrollment-key-conflict"]);
+
+    let mut expiring = appliance(7);
+    expiring.cert_not_after = Some((NOW + 10 * 86_400) as u64);
+    assert_eq!(kinds_found(vec![view(expiring)]), ["renewal-failing"]);
+
+    // Retired machines owe nothing.
+    let mut gone = appliance(8);
+    gone.revoked_at = Some(1);
+    gone.state = ApplianceState::Retired;
+    gone.last_heartbeat = None;
+    gone.cert_not_after = Some(1);
+    assert!(kinds_found(vec![view(gone)]).is_empty());
+}
+
+#[test]
+fn disk_full_does_not_flap_at_the_edge() {
+    let mut a = appliance(1);
+    a.last_report = Some(StatusReport {
+        mac: "x".into(),
+        disk_free_bytes: Some(12),
+        disk_total_bytes: Some(100),
+        ..Default::default()
+    });
+    let rules = default_rules(&RuleOptions::default());
+    let mut snap = Snapshot {
+        now: NOW,
+        appliances: vec![view(a)],
+        open: HashSet::new(),
+    };
+    // 12% free: not full when closed...
+    assert!(evaluate(&rules, &snap).is_empty());
+    // ...but an open alert stays open until 15%.
+    snap.open.insert(("disk-full".into(), subject(1)));
+    assert_eq!(evaluate(&rules, &snap).len(), 1);
+}
+
+#[test]
+fn transitions_open_once_and_resolve_once() {
+    let f = |kind: &'static str, id: i64| Finding {
+        kind,
+        subject: subject(id),
+        appliance_id: Some(id),
+        customer: None,
+        severity: Severity::Critical,
+        summary: String::new(),
+    };
+    let judged: BTreeSet<&str> = ["offline", "backup-overdue"].into();
+    // Nothing open: both open (a duplicate finding opens one).
+    let t = transitions(
+        &[f("offline", 1), f("offline", 1), f("backup-overdue", 2)],
+        &[],
+        &judged,
+    );
+    assert_eq!(t.open.len(), 2);
+    assert!(t.resolve.is_empty());
+    let open = vec![
+        OpenAlert {
+            id: 10,
+            kind: "offline".into(),
+            subject: subject(1),
+        },
+        OpenAlert {
+            id: 11,
+            kind: "backup-overdue".into(),
+            subject: subject(2),
+        },
+        OpenAlert {
+            id: 12,
+            kind: "replication-lag".into(),
+            subject: subject(3),
+        },
+    ];
+    // Still holding: nothing to do (no flood).
+    let t = transitions(&[f("offline", 1), f("backup-overdue", 2)], &open, &judged);
+    assert_eq!(t, Transitions::default());
+    // One stopped: resolved; a kind no rule judges is left alone.
+    let t = transitions(&[f("offline", 1)], &open, &judged);
+    assert_eq!(t.resolve, vec![11]);
+    assert!(t.open.is_empty());
+}

@@ -1,0 +1,241 @@
+//! Alerts end to end: a real `levee serve` judging its rules every 200 ms,
+//! an appliance enrolled by the real agent reporting its runs over mTLS,
+//! and a real webhook receiver on 127.0.0.1 that checks every signature
+//! with the secret `levee alert webhook set` printed. A missed backup
+//! opens exactly one alert; the receiver's first answer is a 500, so it
+//! arrives on the retry; a good run resolves it, once.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use levee_agent::daemon::{run, RunOptions};
+use levee_agent::enroll::{Credential, MtlsClient};
+use levee_proto::runs::{RunKind, RunReport, RunResult};
+use levee_provisioner::alerts::webhook::{verify, SIGNATURE_HEADER};
+use levee_provisioner::alerts::AlertOptions;
+use levee_provisioner::secrets::ServerKey;
+use levee_provisioner::store::Registration;
+use tokio_util::sync::CancellationToken;
+
+const MAC: &str = "52:54:00:0f:00:01";
+const DAY: i64 = 86_400;
+
+/// What the receiver saw: every request, and whether it was accepted.
+#[derive(Default)]
+struct Seen {
+    requests: Vec<(HeaderMap, Bytes, u16)>,
+    /// Answer this many requests with a 500 first.
+    fail_next: usize,
+}
+
+async fn receive(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let mut s = seen.lock().expect("lock");
+    let status = if s.fail_next > 0 {
+        s.fail_next -= 1;
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    s.requests.push((headers, body, status.as_u16()));
+    status
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn enroll(http: &str, state: &Path) -> Credential {
+    let script = reqwest::blocking::get(format!("{http}/boot/{MAC}.ipxe"))
+        .expect("script")
+        .text()
+        .expect("body");
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .expect("kernel line");
+    let cmdline = state.with_extension("cmdline");
+    let bootif = format!("BOOTIF=01-{}", MAC.replace(':', "-"));
+    std::fs::write(&cmdline, format!("{kernel} {bootif} levee.interval=1")).expect("cmdline");
+    run(&RunOptions {
+        cmdline,
+        once: true,
+        state_dir: state.to_path_buf(),
+        enroll_retry: Duration::from_millis(200),
+        set_clock: false,
+        ..RunOptions::default()
+    })
+    .expect("agent pass");
+    Credential::load(state).expect("load").expect("credential")
+}
+
+fn backup(start: i64) -> RunReport {
+    let mut r = RunReport::new(RunKind::Backup, start);
+    r.job = Some("daily".into());
+    r.sources = vec!["docs".into()];
+    r.ended_at = start + 60;
+    r.result = RunResult::Success;
+    r.snapshot = Some(format!("{start:x}"));
+    r
+}
+
+#[test]
+fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, store) = common::store_with_default_profile(
+        dir.path(),
+        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
+    );
+    let key = ServerKey::load_or_create(&data).expect("key");
+    let config = serde_json::from_value(serde_json::json!({
+        "customer": "gamma",
+        "sources": [{"name": "docs", "path": "/srv/docs"}],
+        "schedules": [{"name": "daily", "every": "1d"}],
+        "install": {"to_disk": false},
+    }))
+    .expect("config");
+    store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+    store
+        .register_appliance(
+            MAC.parse().expect("mac"),
+            &Registration {
+                customer: Some("gamma"),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // The receiver, on loopback.
+    let seen = Arc::new(Mutex::new(Seen {
+        fail_next: 1,
+        ..Default::default()
+    }));
+    let stop_receiver = CancellationToken::new();
+    let receiver_url = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(seen.clone());
+        let stop = stop_receiver.clone();
+        tokio::spawn(async move {
+            axum::serve(l, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        url
+    });
+    let data_dir = data.clone();
+    let levee = |args: &[&str]| common::levee(&data_dir, args);
+    let out = levee(&["alert", "webhook", "set", &receiver_url]);
+    let secret = out.lines().last().expect("secret").trim().to_string();
+    assert_eq!(secret.len(), 64, "{out}");
+    assert!(levee(&["alert", "webhook", "list"]).contains(&receiver_url));
+    assert!(!levee(&["alert", "webhook", "list", "--json"]).contains(&secret));
+
+    let alerts = AlertOptions {
+        interval: Duration::from_millis(200),
+        retry_base: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (http, stop) = rt.block_on(common::serve_on_loopback_with(
+        store.clone(),
+        data.clone(),
+        dir.path(),
+        alerts,
+    ));
+    let states = tempfile::tempdir().expect("state");
+    let cred = enroll(&http, &states.path().join("appliance"));
+    let client = MtlsClient::new(&cred).expect("client");
+    // A few evaluations of a healthy fleet: nothing.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(store.open_alerts().expect("alerts").is_empty());
+
+    // The daily backup last ran three days ago: overdue.
+    let now = levee_provisioner::store::now() as i64;
+    client.post_run(&backup(now - 3 * DAY)).expect("run");
+    let delivered = |event: &str| {
+        seen.lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .filter(|(h, _, status)| {
+                *status == 204 && h.get("x-levee-event").is_some_and(|v| v == event)
+            })
+            .count()
+    };
+    wait_until("the opened alert to be delivered", || {
+        delivered("opened") == 1
+    });
+    let open = store.open_alerts().expect("alerts");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].kind, "backup-overdue");
+    assert_eq!(open[0].customer.as_deref(), Some("gamma"));
+    let list = levee(&["alert", "list"]);
+    assert!(
+        list.contains("backup-overdue") && list.contains("schedule daily"),
+        "{list}"
+    );
+
+    // Still overdue over several evaluations: no second alert, no flood.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(delivered("opened"), 1);
+
+    // A good run now: resolved, delivered once.
+    client.post_run(&backup(now - 60)).expect("run");
+    wait_until("the resolution to be delivered", || {
+        delivered("resolved") == 1
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let seen = seen.lock().expect("lock");
+    // The 500, its retry, the resolution: nothing else.
+    assert_eq!(seen.requests.len(), 3, "{:?}", seen.requests);
+    assert_eq!(seen.requests[0].2, 500);
+    for (headers, body, _) in &seen.requests {
+        let sig = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .expect("signature header");
+        assert!(verify(secret.as_bytes(), body, sig), "bad signature");
+        assert!(!verify(b"not the secret", body, sig));
+        let json: serde_json::Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(json["alert"]["kind"], "backup-overdue");
+    }
+    let first: serde_json::Value = serde_json::from_slice(&seen.requests[0].1).expect("json");
+    let retry: serde_json::Value = serde_json::from_slice(&seen.requests[1].1).expect("json");
+    assert_eq!(
+        first["delivery"], retry["delivery"],
+        "a retry is the same delivery"
+    );
+    assert_eq!(first["event"], "opened");
+    let done: serde_json::Value = serde_json::from_slice(&seen.requests[2].1).expect("json");
+    assert_eq!(done["event"], "resolved");
+    assert!(done["alert"]["resolved_at"].is_u64());
+    assert!(store.open_alerts().expect("alerts").is_empty());
+    let all = levee(&["alert", "list", "--all"]);
+    assert!(all.contains("resolved"), "{all}");
+    stop.cancel();
+    stop_receiver.cancel();
+}
