@@ -423,7 +423,12 @@ impl Updates {
             .name("levee-update".into())
             .spawn(move || {
                 let log = Log::new();
-                let target_rootfs = PathBuf::from(format!("/dev/disk/by-partlabel/levee-{slot}"));
+                // Found through /sys (no udev links needed), on the running disk.
+                let target_rootfs =
+                    crate::install::find_partition(&format!("levee-{slot}"), &running_slot)
+                        .unwrap_or_else(|| {
+                            PathBuf::from(format!("/dev/disk/by-partlabel/levee-{slot}"))
+                        });
                 let result = with_esp(&running_slot, |esp| {
                     let opts = ApplyOptions {
                         state_dir: &state_dir,

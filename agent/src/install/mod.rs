@@ -571,7 +571,15 @@ pub fn slot_status() -> Result<SlotStatus, InstallError> {
 /// The ESP (`levee-esp`) device, preferring the one on the disk that holds
 /// `levee-<slot>`.
 fn find_esp(slot: &str) -> Option<PathBuf> {
-    let mut esps = Vec::new();
+    find_partition("levee-esp", slot)
+}
+
+/// The device of the partition labelled `label` (from `/sys`, so no udev
+/// links are needed), preferring the one on the disk that holds
+/// `levee-<slot>` (the running slot: an update writes the other slot of
+/// the same disk).
+pub fn find_partition(label: &str, slot: &str) -> Option<PathBuf> {
+    let mut found = Vec::new();
     let mut slot_disk = None;
     for e in std::fs::read_dir("/sys/class/block").ok()?.flatten() {
         let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
@@ -587,16 +595,18 @@ fn find_esp(slot: &str) -> Option<PathBuf> {
         let parent = std::fs::canonicalize(e.path())
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf));
-        if name == "levee-esp" {
-            esps.push((PathBuf::from("/dev").join(dev), parent));
-        } else if name == format!("levee-{slot}") {
-            slot_disk = parent;
+        if name == format!("levee-{slot}") {
+            slot_disk = parent.clone();
+        }
+        if name == label {
+            found.push((PathBuf::from("/dev").join(dev), parent));
         }
     }
-    esps.sort();
-    esps.iter()
+    found.sort();
+    found
+        .iter()
         .find(|(_, p)| slot_disk.is_some() && *p == slot_disk)
-        .or(esps.first())
+        .or(found.first())
         .map(|(d, _)| d.clone())
 }
 
