@@ -3,7 +3,8 @@
 //! and a real webhook receiver on 127.0.0.1 that checks every signature
 //! with the secret `levee alert webhook set` printed. A missed backup
 //! opens exactly one alert; the receiver's first answer is a 500, so it
-//! arrives on the retry; a good run resolves it, once.
+//! arrives on the retry; a second receiver that was down gets it when it
+//! comes up; a good run resolves it, once.
 
 mod common;
 
@@ -125,34 +126,31 @@ fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_onc
         .build()
         .expect("runtime");
 
-    // The receiver, on loopback.
+    // The receiver, on loopback; and a second webhook whose receiver is
+    // down until the alert has been tried on it.
     let seen = Arc::new(Mutex::new(Seen {
         fail_next: 1,
         ..Default::default()
     }));
     let stop_receiver = CancellationToken::new();
-    let receiver_url = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(seen.clone());
-        let stop = stop_receiver.clone();
-        tokio::spawn(async move {
-            axum::serve(l, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-        url
-    });
+    let receiver_url = rt.block_on(receiver(
+        "127.0.0.1:0".parse().expect("addr"),
+        seen.clone(),
+        stop_receiver.clone(),
+    ));
+    let down_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let down_url = format!("http://{down_addr}/hook");
     let data_dir = data.clone();
     let levee = |args: &[&str]| common::levee(&data_dir, args);
     let out = levee(&["alert", "webhook", "set", &receiver_url]);
     let secret = out.lines().last().expect("secret").trim().to_string();
     assert_eq!(secret.len(), 64, "{out}");
     assert!(levee(&["alert", "webhook", "list"]).contains(&receiver_url));
+    let out = levee(&["alert", "webhook", "set", &down_url, "--customer", "gamma"]);
+    let down_secret = out.lines().last().expect("secret").trim().to_string();
     assert!(!levee(&["alert", "webhook", "list", "--json"]).contains(&secret));
 
     let alerts = AlertOptions {
@@ -193,6 +191,22 @@ fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_onc
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].kind, "backup-overdue");
     assert_eq!(open[0].customer.as_deref(), Some("gamma"));
+    // The second receiver comes up: it gets the same alert, once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = Arc::new(Mutex::new(Seen::default()));
+    let stop_late = CancellationToken::new();
+    rt.block_on(receiver(down_addr, late.clone(), stop_late.clone()));
+    let got = |seen: &Arc<Mutex<Seen>>, event: &str| {
+        seen.lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .filter(|(h, _, _)| h.get("x-levee-event").is_some_and(|v| v == event))
+            .count()
+    };
+    wait_until("the late receiver to get the alert", || {
+        got(&late, "opened") == 1
+    });
     let list = levee(&["alert", "list"]);
     assert!(
         list.contains("backup-overdue") && list.contains("schedule daily"),
@@ -209,6 +223,20 @@ fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_onc
         delivered("resolved") == 1
     });
     std::thread::sleep(Duration::from_millis(1000));
+    wait_until("the late receiver to get the resolution", || {
+        got(&late, "resolved") == 1
+    });
+    {
+        let late = late.lock().expect("lock");
+        assert_eq!(late.requests.len(), 2, "{:?}", late.requests);
+        for (headers, body, _) in &late.requests {
+            let sig = headers
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .expect("signature header");
+            assert!(verify(down_secret.as_bytes(), body, sig), "bad signature");
+        }
+    }
     let seen = seen.lock().expect("lock");
     // The 500, its retry, the resolution: nothing else.
     assert_eq!(seen.requests.len(), 3, "{:?}", seen.requests);
@@ -238,4 +266,24 @@ fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_onc
     assert!(all.contains("resolved"), "{all}");
     stop.cancel();
     stop_receiver.cancel();
+    stop_late.cancel();
+}
+
+/// Starts a receiver on `addr`; its URL.
+async fn receiver(
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    stop: CancellationToken,
+) -> String {
+    let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(seen);
+    tokio::spawn(async move {
+        axum::serve(l, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    url
 }
