@@ -69,6 +69,8 @@ pub(super) struct Updates {
     failed: Option<(u64, Instant)>,
     /// The backup repository opened during this boot (checked once).
     repo_ok: bool,
+    /// The release (and version) the running worker tries.
+    attempt: Option<(u64, String)>,
 }
 
 impl Updates {
@@ -152,6 +154,7 @@ impl Updates {
             work: None,
             failed: None,
             repo_ok: false,
+            attempt: None,
         }
     }
 
@@ -162,6 +165,12 @@ impl Updates {
     }
 
     fn report(&mut self, client: &MtlsClient, r: UpdateReport, log: &Log) {
+        self.flush(client, log);
+        if self.state.unsent.is_some() && r.state.in_progress() {
+            // The server is unreachable: keep the older report (a rollback
+            // or a result), not a step that the next one supersedes.
+            return;
+        }
         self.state.unsent = Some(r);
         self.flush(client, log);
     }
@@ -295,8 +304,10 @@ impl Updates {
             return;
         }
         let Some(w) = self.work.take() else { return };
+        let attempt = self.attempt.take().unwrap_or_default();
         let Ok((state, result)) = w.join() else {
             log.warn(format_args!("{}: the update worker panicked", self.who));
+            self.failed = Some((attempt.0, Instant::now()));
             return;
         };
         self.state = state;
@@ -315,12 +326,9 @@ impl Updates {
             ),
             Ok(None) => {}
             Err(reason) => {
-                let (version, release) = self
-                    .state
-                    .pending
-                    .as_ref()
-                    .map(|p| (p.version.clone(), p.release))
-                    .unwrap_or_default();
+                // The release tried (the TUF check may have failed before
+                // anything was pending): retried after RETRY_AFTER.
+                let (release, version) = attempt;
                 log.warn(format_args!("{}: update failed: {reason}", self.who));
                 self.failed = Some((release, Instant::now()));
                 if release > 0 {
@@ -397,25 +405,21 @@ impl Updates {
             "{}: update to release {release} offered; checking the signed channel {}",
             self.who, channel.channel
         ));
-        if let Some(p) = &self.state.pending {
-            // Resuming: report where it stands.
-            let _ = t.client.post_update(&UpdateReport {
-                version: p.version.clone(),
-                release: p.release,
-                state: Wire::Downloading,
-                reason: None,
-                slot: Some(p.slot.clone()),
-            });
-        } else {
-            let version = t.offered.map(|o| o.version.clone()).unwrap_or_default();
-            let _ = t.client.post_update(&UpdateReport {
-                version,
-                release,
-                state: Wire::Downloading,
-                reason: None,
-                slot: Some(slot.clone()),
-            });
-        }
+        // Resuming a cut write, or the offered release.
+        let offered_version = self
+            .state
+            .pending
+            .as_ref()
+            .map(|p| p.version.clone())
+            .or_else(|| t.offered.map(|o| o.version.clone()))
+            .unwrap_or_default();
+        let _ = t.client.post_update(&UpdateReport {
+            version: offered_version.clone(),
+            release,
+            state: Wire::Downloading,
+            reason: None,
+            slot: Some(slot.clone()),
+        });
         let mut state = self.state.clone();
         let state_dir = self.state_dir.clone();
         let who = self.who.clone();
@@ -453,7 +457,10 @@ impl Updates {
                 (state, result)
             });
         match spawned {
-            Ok(h) => self.work = Some(h),
+            Ok(h) => {
+                self.work = Some(h);
+                self.attempt = Some((release, offered_version));
+            }
             Err(e) => log.warn(format_args!(
                 "{}: cannot start the update worker: {e}",
                 self.who
@@ -556,5 +563,52 @@ mod tests {
         .unwrap();
         let e = repository_opens(dir.path()).unwrap_err();
         assert!(e.contains("does not open"), "{e}");
+    }
+
+    fn pending(phase: Phase) -> UpdateState {
+        UpdateState {
+            pending: Some(decide::Pending {
+                version: "v2".into(),
+                release: 2,
+                slot: "b".into(),
+                from_slot: "a".into(),
+                from_version: "v1".into(),
+                phase,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_boot_back_on_the_old_slot_records_and_queues_the_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        apply::save_state(dir.path(), &pending(Phase::Rebooting)).unwrap();
+        std::fs::write(
+            apply::health_failure_path(dir.path()),
+            "not healthy after 600 s: no heartbeat accepted",
+        )
+        .unwrap();
+        let args = BootArgs {
+            slot: Some("a".into()),
+            ..Default::default()
+        };
+        let u = Updates::start(dir.path(), &args, "test", JobGate::default(), &Log::new());
+        assert!(u.trial.is_none() && !u.committed);
+        let saved = apply::load_state(dir.path()).unwrap();
+        assert_eq!((saved.pending, saved.rolled_back.clone()), (None, vec![2]));
+        let r = saved.unsent.expect("the rollback report waits to be sent");
+        assert_eq!((r.state, r.release), (Wire::RolledBack, 2));
+        assert!(r.reason.unwrap().contains("no heartbeat accepted"));
+        assert!(!apply::health_failure_path(dir.path()).exists());
+        // The same state on the new slot is its trial.
+        apply::save_state(dir.path(), &pending(Phase::Rebooting)).unwrap();
+        let args = BootArgs {
+            slot: Some("b".into()),
+            health_secs: Some(5),
+            ..Default::default()
+        };
+        let u = Updates::start(dir.path(), &args, "test", JobGate::default(), &Log::new());
+        assert_eq!(u.trial.as_ref().map(|p| p.release), Some(2));
+        assert_eq!(u.deadline, Duration::from_secs(5));
     }
 }
