@@ -395,13 +395,18 @@ fn pending(v: &ApplianceView, s: &Snapshot, secs: i64) -> Option<(Severity, Stri
 }
 
 /// Two different keys for one machine within the window (a pending
-/// machine's key replaced, or a key refused), or a conflict the enrollment
-/// path recorded as such.
+/// machine's key replaced), or a conflict the enrollment path recorded as
+/// such (another key refused). Enrolling since (ops chose a key) settles
+/// what came before.
 fn key_conflict(v: &ApplianceView) -> Option<(Severity, String)> {
     let mut keys = BTreeSet::new();
     let mut flagged = None;
     for e in &v.events {
         match e.step.as_str() {
+            "enrolled" | "reenrolled" => {
+                keys.clear();
+                flagged = None;
+            }
             "pending-key" => {
                 if let Some(k) = e.detail.rsplit(' ').next() {
                     keys.insert(k.to_string());

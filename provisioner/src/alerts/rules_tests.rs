@@ -152,6 +152,20 @@ fn each_kind_opens_on_its_condition() {
             detail: format!("waiting for approval with key sha256 {k}"),
         });
     }
+    assert_eq!(kinds_found(vec![v.clone()]), ["enrollment-key-conflict"]);
+    // Ops approved one key and it enrolled: settled.
+    v.events.push(Event {
+        at: NOW as u64 - 30,
+        step: "enrolled".into(),
+        detail: String::new(),
+    });
+    assert!(kinds_found(vec![v.clone()]).is_empty());
+    // A conflict the enrollment path recorded (another key refused).
+    v.events.push(Event {
+        at: NOW as u64 - 10,
+        step: "key-conflict".into(),
+        detail: "refused another key ab12".into(),
+    });
     assert_eq!(kinds_found(vec![v]), ["enrollment-key-conflict"]);
 
     let mut expiring = appliance(7);

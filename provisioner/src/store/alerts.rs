@@ -92,13 +92,19 @@ pub trait AlertStore {
     fn delivery_done(&self, id: i64) -> Result<()>;
     /// A delivery failed: tried again at `next_at`.
     fn delivery_failed(&self, id: i64, error: &str, next_at: u64) -> Result<()>;
-    /// Enrollment events (`pending-key`, `key-conflict`, `enroll-refused`)
-    /// of every machine since `since`, oldest first.
+    /// Enrollment events ([`ENROLLMENT_STEPS`]) of every machine since
+    /// `since`, oldest first.
     fn enrollment_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>>;
 }
 
 /// The enrollment steps [`AlertStore::enrollment_events`] returns.
-pub const ENROLLMENT_STEPS: [&str; 3] = ["pending-key", "key-conflict", "enroll-refused"];
+pub const ENROLLMENT_STEPS: [&str; 5] = [
+    "pending-key",
+    "key-conflict",
+    "enroll-refused",
+    "enrolled",
+    "reenrolled",
+];
 
 /// Resolved alerts are kept this long.
 pub const RESOLVED_KEPT_SECS: u64 = 90 * 86_400;

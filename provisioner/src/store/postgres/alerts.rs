@@ -268,12 +268,12 @@ impl AlertStore for PgStore {
     fn enrollment_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>> {
         self.block(async {
             let c = self.conn().await?;
-            let [a, b, d] = ENROLLMENT_STEPS;
+            let [a, b, d, e, f] = ENROLLMENT_STEPS;
             query(
                 &c,
                 "SELECT mac, at, step, detail FROM events
-                 WHERE step IN ($1, $2, $3) AND at >= $4 ORDER BY id",
-                &[&a, &b, &d, &(since as i64)],
+                 WHERE step IN ($1, $2, $3, $4, $5) AND at >= $6 ORDER BY id",
+                &[&a, &b, &d, &e, &f, &(since as i64)],
             )
             .await?
             .iter()

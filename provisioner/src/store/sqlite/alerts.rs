@@ -219,10 +219,10 @@ impl AlertStore for SqliteStore {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT mac, at, step, detail FROM events
-             WHERE step IN (?1, ?2, ?3) AND at >= ?4 ORDER BY id",
+             WHERE step IN (?1, ?2, ?3, ?4, ?5) AND at >= ?6 ORDER BY id",
         )?;
-        let [a, b, c] = ENROLLMENT_STEPS;
-        let rows = stmt.query_map(params![a, b, c, since as i64], |r| {
+        let [a, b, c, d, e] = ENROLLMENT_STEPS;
+        let rows = stmt.query_map(params![a, b, c, d, e, since as i64], |r| {
             Ok((
                 mac_col(r, 0)?,
                 Event {
