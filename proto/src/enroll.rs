@@ -26,9 +26,10 @@ pub mod paths {
     pub const INSTALL: &str = "/api/v1/install";
     /// `POST` a [`crate::runs::RunReport`] (mTLS).
     pub const RUNS: &str = "/api/v1/runs";
-    /// `GET` the server's clock as a [`super::ServerTime`] (plain HTTP): an
-    /// installed appliance with a bad RTC sets its clock from it before its
-    /// first mTLS request.
+    /// `GET` the server's clock as a [`super::ServerTime`], on both
+    /// listeners. The appliance sets its clock only from the mTLS answer's
+    /// `Date` (authenticated); the plain-HTTP one is informational, since
+    /// anyone on the LAN could forge it.
     pub const TIME: &str = "/api/v1/time";
 }
 

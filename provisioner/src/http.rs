@@ -233,11 +233,10 @@ async fn enroll(State(st): State<HttpState>, body: Bytes) -> Response {
     }
 }
 
-/// `GET /api/v1/time`: the server's clock. An installed appliance with a
-/// bad RTC sets its clock from this before its first mutual-TLS request
-/// (certificate validity depends on it). A dedicated JSON endpoint rather
-/// than the `Date` header: whole seconds either way, but no HTTP-date
-/// parser on the agent and an explicit contract in `proto`.
+/// `GET /api/v1/time`: the server's clock, for people and scripts. The
+/// agent does not set its clock from it (unauthenticated: anyone on the
+/// LAN could answer); it uses the mutual-TLS listener's (see
+/// `enroll::https`).
 async fn time() -> Json<levee_proto::enroll::ServerTime> {
     Json(levee_proto::enroll::ServerTime {
         unix: crate::store::now() as i64,

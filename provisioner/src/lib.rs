@@ -3,7 +3,8 @@
 //! - [`serve`] runs the network-boot services (DHCP, TFTP, HTTP) over one
 //!   [`store::Store`];
 //! - [`boot`] decides what each machine boots and renders its iPXE script;
-//! - [`http`] is the plain-HTTP listener;
+//! - [`http`] is the plain-HTTP listener's routes, [`listen`] the
+//!   connection caps and timeouts both TCP listeners share;
 //! - [`images`] is the image store under `--data-dir`;
 //! - [`releases`] are the signed update channels (TUF, built with tough);
 //! - [`config`] reads and validates customer configuration files, and
@@ -22,6 +23,7 @@ pub mod fleet;
 pub mod health;
 pub mod http;
 pub mod images;
+pub mod listen;
 pub mod releases;
 pub mod secrets;
 pub mod serve;

@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// The alert rules and webhook deliveries ([`crate::alerts`]).
     pub alerts: crate::alerts::AlertOptions,
+    /// Connection caps and timeouts, the same for every TCP listener.
+    pub limits: crate::listen::Limits,
 }
 
 /// Sockets bound by the caller.
@@ -87,6 +89,7 @@ pub async fn run(
     };
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
+    let limits = config.limits;
     let http_addr = listeners.http.local_addr()?;
     let mut https_url = None;
     if let Some(listener) = listeners.https {
@@ -110,7 +113,7 @@ pub async fn run(
         info!(listen = %listener.local_addr()?, url = %url, "https listening");
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let served = https::serve(listener, tls, state, stop)
+            let served = https::serve(listener, tls, state, limits, stop)
                 .await
                 .context("HTTPS server failed");
             ("https", served)
@@ -128,7 +131,7 @@ pub async fn run(
     });
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        let served = crate::drain::serve_http(listeners.http, app, stop)
+        let served = crate::listen::serve_plain(listeners.http, app, limits, stop)
             .await
             .context("HTTP server failed");
         ("http", served)

@@ -163,10 +163,39 @@ impl Host {
         Ok(pid)
     }
 
+    /// Runs `f` on a new thread inside this host's network namespace: the
+    /// sockets it opens (and those of threads it starts, such as a blocking
+    /// HTTP client's) live there. The test process itself stays outside.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> std::thread::JoinHandle<anyhow::Result<T>> {
+        let ns = self.ns.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns)?;
+            f()
+        })
+    }
+
     /// The host's network interface (the inner end of its veth).
     pub fn interface(&self) -> String {
         format!("vp{}", self.ns.rsplit("-h").next().unwrap_or("0"))
     }
+}
+
+/// Moves the calling thread (only it: the network namespace is per
+/// thread) into network namespace `ns`.
+pub fn enter_netns(ns: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    // SAFETY: setns on a descriptor we hold open; it changes only this
+    // thread's network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot enter network namespace {ns}"));
+    }
+    Ok(())
 }
 
 impl Drop for Host {

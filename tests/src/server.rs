@@ -71,18 +71,56 @@ impl LeveeServer {
             ]),
             DhcpMode::Proxy => cmd.args(["--dhcp-mode", "proxy"]),
         };
-        cmd.args(extra)
-            .env("RUST_LOG", "info")
+        cmd.args(extra);
+        self.spawn(net, cmd).map(drop)
+    }
+
+    /// Starts `levee serve ARGS...` in `net` as is (no DHCP, no TFTP unless
+    /// `args` ask), with the open-file limit (soft and hard) at `nofile` if
+    /// given, and waits until it listens; returns its pid.
+    pub fn start_with(
+        &self,
+        net: &TestNet,
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> anyhow::Result<u32> {
+        let mut cmd = net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?);
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("serve")
+            .args(args);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        self.spawn(net, cmd)
+    }
+
+    fn spawn(&self, net: &TestNet, mut cmd: Command) -> anyhow::Result<u32> {
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(File::create(&self.log)?);
-        net.spawn(&mut cmd).context("cannot start levee serve")?;
+        let pid = net.spawn(&mut cmd).context("cannot start levee serve")?;
         wait_until(Duration::from_secs(20), "levee serve to listen", || {
             let log = self.log_text();
             if log.contains("error") && log.contains("service stopped") {
                 anyhow::bail!("levee serve failed to start:\n{log}");
             }
             Ok(log.contains("http listening").then_some(()))
-        })
+        })?;
+        Ok(pid)
     }
 
     pub fn log_text(&self) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 
-use super::enrollment::sync_clock;
+use super::clock::step_clock;
 use super::install_step::{install_step, reboot_step, Installed};
 use super::jobs::Jobs;
 use super::logging::Log;
@@ -46,20 +46,13 @@ pub(super) fn serve(
     args: &BootArgs,
     mac: &str,
     mut cred: Credential,
-    fresh: bool,
     log: &Log,
 ) -> Result<(), DaemonError> {
     let who = format!("mac {mac}, appliance {}", cred.server.appliance_id);
-    if !fresh {
-        // A later boot: the RTC may be off; fix it before the first TLS
-        // handshake so the certificates' validity checks hold.
-        match enroll::server_time(&cred.server.http_url) {
-            Ok(t) => sync_clock(opts, t, &who, log),
-            Err(e) => log.warn(format_args!(
-                "{who}: cannot read the server's clock ({e}); keeping the local one"
-            )),
-        }
-    }
+    // The RTC may be anything (a fresh box, a dead battery): set the clock
+    // from the server's authenticated time before the first request that
+    // checks a certificate's validity.
+    step_clock(opts, &cred, &who, log);
     let mut client = loop {
         match MtlsClient::new(&cred) {
             Ok(c) => break c,
@@ -137,6 +130,9 @@ pub(super) fn serve(
             }
             Err(e) => {
                 log.warn(format_args!("{who}: heartbeat failed: {e}"));
+                // Perhaps the clock is off (the server was out of reach at
+                // start): the authenticated step does not depend on it.
+                step_clock(opts, &cred, &who, log);
                 false
             }
         };

@@ -39,31 +39,6 @@ fn key_for(state_dir: &Path, mac: &str, log: &Log) -> Result<NewKey, enroll::Enr
     Ok(key)
 }
 
-/// Sets the clock from the server's if it is off by more than 2 s.
-pub(super) fn sync_clock(opts: &RunOptions, server_unix: i64, who: &str, log: &Log) {
-    let local = enroll::unix_now();
-    let Some(t) = enroll::clock_correction(local, server_unix) else {
-        return;
-    };
-    if !opts.set_clock {
-        log.info(format_args!(
-            "{who}: clock is {}s off the server's; not setting it (disabled)",
-            t - local
-        ));
-        return;
-    }
-    match enroll::set_system_clock(t) {
-        Ok(()) => log.info(format_args!(
-            "{who}: clock set from the server: was {local}, now {t} (Unix seconds; off by {}s)",
-            t - local
-        )),
-        Err(e) => log.warn(format_args!(
-            "{who}: clock is {}s off the server's and cannot be set: {e}; certificate checks may fail",
-            t - local
-        )),
-    }
-}
-
 /// Enrolls if the command line allows; `Ok(None)` when it does not or the
 /// server refused (the caller then reports over plain HTTP).
 pub(super) fn enroll(
@@ -121,8 +96,9 @@ pub(super) fn enroll(
                     return if opts.once { Err(e.into()) } else { Ok(None) };
                 }
                 let who = format!("mac {mac}, appliance {}", resp.appliance_id);
-                // Before any TLS: certificate validity depends on the clock.
-                sync_clock(opts, resp.server_time_unix, &who, log);
+                // The clock is set from the server's authenticated time
+                // before the first mutual-TLS request (daemon::clock), not
+                // from this plain-HTTP answer.
                 let cred = Credential {
                     key_pem: key.key_pem.clone(),
                     cert_pem: resp.certificate_pem,

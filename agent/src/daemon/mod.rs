@@ -5,7 +5,8 @@
 //!    (`levee.url=`, `levee.ca=`, `levee.token=`), waiting for approval
 //!    without a reboot if ops has not approved the machine yet;
 //! 3. without either, reports its status over plain HTTP as before;
-//! 4. once enrolled: sets its clock from the server, pulls its customer's
+//! 4. once enrolled: sets its clock from the server's authenticated time
+//!    (mutual TLS; never from plain HTTP), pulls its customer's
 //!    configuration (mTLS, ETag-cached), installs to disk if it booted from
 //!    the network and the plan says so (through [`install_step`] only: the
 //!    installer carries the state dir onto the data partition, then the
@@ -17,6 +18,7 @@
 //!    commits the boot slot; then updates follow the rollout's offers
 //!    ([`update_step`]). Errors never end the loop.
 
+mod clock;
 mod cmdline;
 mod enrolled;
 mod enrollment;
@@ -114,19 +116,19 @@ pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let (credential, fresh) = match credential {
+    let credential = match credential {
         Some(c) => {
             log.info(format_args!(
                 "mac {mac}: credential of appliance {} found in {}",
                 c.server.appliance_id,
                 opts.state_dir.display()
             ));
-            (Some(c), false)
+            Some(c)
         }
-        None => (enrollment::enroll(opts, &args, &mac, &log)?, true),
+        None => enrollment::enroll(opts, &args, &mac, &log)?,
     };
     match credential {
-        Some(c) => enrolled::serve(opts, &args, &mac, c, fresh, &log),
+        Some(c) => enrolled::serve(opts, &args, &mac, c, &log),
         None => plain_reports(opts, &args, &log),
     }
 }

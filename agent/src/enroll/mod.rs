@@ -1,9 +1,10 @@
 //! The appliance's side of enrollment and of the mutual-TLS API.
 //!
 //! Plain HTTP (`levee.url=`) carries only what has to come before a
-//! credential: the enrollment itself (token + the CSR of a key made here)
-//! and the server's clock. Everything after goes through [`MtlsClient`],
-//! which trusts the server CA alone, pinned by `levee.ca=` at enrollment.
+//! credential: the enrollment itself (token + the CSR of a key made here).
+//! Everything after goes through mutual TLS, trusting the one server CA
+//! certificate pinned by `levee.ca=` at enrollment: [`MtlsClient`], and
+//! [`server_clock`], the authenticated time the clock is set from.
 //!
 //! The pieces are plain functions; the daemon (`crate::daemon`) drives them
 //! and does the logging and retrying.
@@ -22,14 +23,16 @@ mod credential;
 mod keys;
 mod mtls;
 mod plain;
+mod timesync;
 
-pub use clock::{clock_correction, set_system_clock, unix_now};
+pub use clock::{authenticated_step, clock_correction, set_system_clock, unix_now, ClockError};
 pub use credential::{
     cert_validity, renewal_due, write_atomic, Credential, CredentialError, ServerInfo,
 };
 pub use keys::NewKey;
 pub use mtls::{ConfigFetch, MtlsClient, CONFIG_CACHE};
-pub use plain::{ca_sha256, check_ca, request_enrollment, server_time, Attempt};
+pub use plain::{ca_sha256, check_ca, request_enrollment, single_certificate, Attempt};
+pub use timesync::{server_clock, ServerClock};
 
 /// Errors of the enrollment client and the mTLS API.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,10 @@ pub enum EnrollError {
     Transport { url: String, reason: String },
     #[error("the server's CA certificate has sha256 {got}, but levee.ca= says {expected}: refusing to trust this server")]
     CaMismatch { expected: String, got: String },
+    #[error(
+        "the server's CA is not exactly one certificate ({reason}): refusing to trust this server"
+    )]
+    CaNotSingle { reason: String },
     #[error("{0}")]
     Key(String),
     #[error(transparent)]
@@ -71,6 +78,9 @@ fn client_builder() -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
+        // Closed before the server's idle timeout (30 s by default), so a
+        // request never goes out on a connection the server is closing.
+        .pool_idle_timeout(std::time::Duration::from_secs(20))
         .no_proxy()
         .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
 }

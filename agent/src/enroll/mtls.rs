@@ -43,7 +43,11 @@ impl MtlsClient {
     pub fn new(cred: &Credential) -> Result<MtlsClient, EnrollError> {
         let base = cred.server.https_url.trim_end_matches('/').to_string();
         let bad = |e: reqwest::Error| EnrollError::Key(format!("credential not usable: {e}"));
-        let ca = reqwest::Certificate::from_pem(cred.ca_pem.as_bytes()).map_err(bad)?;
+        // The one pinned certificate, never the whole text: a TLS stack
+        // would trust every certificate in it.
+        let ca_der = super::single_certificate(&cred.ca_pem)
+            .map_err(|e| EnrollError::Key(format!("credential not usable: ca.pem: {e}")))?;
+        let ca = reqwest::Certificate::from_der(&ca_der).map_err(bad)?;
         let pem = format!("{}\n{}", cred.cert_pem.trim_end(), cred.key_pem);
         let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(bad)?;
         let client = client_builder()

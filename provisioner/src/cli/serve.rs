@@ -78,6 +78,31 @@ pub struct ServeArgs {
     /// second signal stops at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     grace_period: u64,
+
+    /// Most connections open at once on each TCP listener (--http,
+    /// --https); more are closed at once (plain HTTP answers 503 first).
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: u64,
+
+    /// Most connections open at once from one client address (an IPv4
+    /// address or an IPv6 /64) on each listener: one host on the LAN cannot
+    /// take the whole --max-conns.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns_per_ip: u64,
+
+    /// A request head must arrive within this from its first byte (a
+    /// client trickling its header is cut off): e.g. 10s, 500ms, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::listen::parse_duration)]
+    header_timeout: Duration,
+
+    /// A TLS handshake on --https must finish within this after accept.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::listen::parse_duration)]
+    tls_timeout: Duration,
+
+    /// A kept-alive connection with no request is closed after this; also
+    /// the longest silence allowed in the middle of a request.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::listen::parse_duration)]
+    idle_timeout: Duration,
 }
 
 fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -122,6 +147,35 @@ fn public_url(args: &ServeArgs, iface_ip: Option<Ipv4Addr>) -> anyhow::Result<St
         80 => format!("http://{host}"),
         port => format!("http://{host}:{port}"),
     })
+}
+
+/// The listeners' caps and timeouts from the flags; warns when the
+/// descriptor limit cannot hold that many connections.
+fn limits(args: &ServeArgs) -> crate::listen::Limits {
+    let limits = crate::listen::Limits {
+        max_conns: usize::try_from(args.max_conns).unwrap_or(usize::MAX),
+        max_conns_per_ip: usize::try_from(args.max_conns_per_ip).unwrap_or(usize::MAX),
+        header_timeout: args.header_timeout,
+        tls_timeout: args.tls_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+    let listeners = if args.https.is_some() { 2 } else { 1 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && (limits.max_conns as u64) * listeners + 64 > lim.rlim_cur
+    {
+        warn!(
+            max_conns = limits.max_conns,
+            open_file_limit = lim.rlim_cur,
+            "the open-file limit is below --max-conns on every listener plus what the server needs itself: raise it (LimitNOFILE=) or lower --max-conns"
+        );
+    }
+    limits
 }
 
 /// Each TFTP transfer holds a socket and a file: raise the soft open-file
@@ -180,6 +234,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let grace = Duration::from_secs(args.grace_period);
+    let limits = limits(&args);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served_store = store.clone();
     let served = runtime.block_on(async move {
@@ -216,6 +271,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
                 interval: args.alert_interval,
                 ..Default::default()
             },
+            limits,
         };
         serve::run(
             served_store,

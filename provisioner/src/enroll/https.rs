@@ -11,8 +11,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use levee_proto::config::CustomerConfig;
 use levee_proto::enroll::{
     paths, ApiError, Artifact, InstallImage, InstallPlan, InstallState, InstallStatus, RenewRequest,
@@ -29,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::ca::{parse_appliance_uri, CaError, ServerCa};
 use crate::boot::BootService;
+use crate::listen::{self, Limits};
 use crate::secrets::ServerKey;
 use crate::store::{Appliance, ApplianceState, Heartbeat, ImageRecord, Profile, Store};
 
@@ -168,11 +167,13 @@ pub fn router(state: ApiState) -> Router {
             levee_proto::update::PATH,
             get(super::update_api::get_update).post(super::update_api::post_update),
         )
+        .route(paths::TIME, get(time))
         .with_state(state)
 }
 
-/// Accepts TLS connections until `shutdown`; each connection is served with
-/// its peer identity attached to every request. After `shutdown`, open
+/// Accepts TLS connections until `shutdown` under the caps and timeouts
+/// of `limits` (see [`crate::listen`]); each connection is served with its
+/// peer identity attached to every request. After `shutdown`, open
 /// connections finish the request they are on and close (HTTP/1.1 and h2
 /// graceful shutdown), and this returns once all have: the caller bounds
 /// that wait with its grace period.
@@ -180,22 +181,22 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: ApiState,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let app = router(state);
-    let connections = tokio_util::task::TaskTracker::new();
-    let serve = |tcp: tokio::net::TcpStream, addr: std::net::SocketAddr| {
+    let app = listen::stopping_app(router(state), &shutdown);
+    let handle = |tcp: tokio::net::TcpStream, addr: std::net::SocketAddr| {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let stop = shutdown.clone();
-        connections.spawn(async move {
-            // A handshake under way finishes even when stopping: its
-            // request is then answered as the drain says.
-            let stream = match acceptor.accept(tcp).await {
+        async move {
+            // A handshake under way finishes even when stopping (within
+            // --tls-timeout): its request is then answered as the drain says.
+            let stream = match listen::within(limits.tls_timeout, acceptor.accept(tcp)).await {
                 Ok(s) => s,
-                Err(e) => {
-                    warn!(peer = %addr, reason = %e, "TLS handshake refused");
+                Err(reason) => {
+                    warn!(peer = %addr, %reason, "TLS handshake refused");
                     return;
                 }
             };
@@ -210,50 +211,22 @@ pub async fn serve(
                 return;
             };
             let peer = Peer::from_der(der);
-            let app = app.layer(Extension(peer)).layer(axum::middleware::from_fn_with_state(
-                stop.clone(),
-                crate::drain::close_when_stopping,
-            ));
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                // See crate::drain: answers now close their connection;
-                // what is still open after the drain is idle.
-                _ = stop.cancelled() => match tokio::time::timeout(crate::drain::DRAIN, conn.as_mut()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                },
-            };
-            if let Err(e) = ended {
-                debug!(peer = %addr, error = %e, "https connection ended");
-            }
-        });
+            let app = app.layer(Extension(peer));
+            listen::serve_connection(stream, addr, app, limits, stop, "https").await
+        }
     };
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                // A client that vanished between SYN and accept is not fatal.
-                Err(e) => { debug!(error = %e, "https accept failed"); continue; }
-            },
-        };
-        serve(tcp, addr);
-    }
-    // As crate::drain::serve_http: answer what the kernel already accepted.
-    while let Some((tcp, addr)) = crate::drain::accept_now(&listener).await {
-        serve(tcp, addr);
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
-    Ok(())
+    listen::accept_loop(listener, limits, "https", None, shutdown.clone(), handle).await
+}
+
+/// `GET /api/v1/time` (mutual TLS): the server's clock. The agent sets its
+/// clock from this answer's `Date` header, authenticated by the session
+/// (its certificate check relaxed to the server certificate's validity
+/// window: agent `enroll/timesync.rs`); the body says the same for a
+/// human. Any certificate of our CA may ask: it reveals nothing.
+async fn time() -> Json<levee_proto::enroll::ServerTime> {
+    Json(levee_proto::enroll::ServerTime {
+        unix: crate::store::now() as i64,
+    })
 }
 
 pub(super) fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {

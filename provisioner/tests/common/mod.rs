@@ -92,6 +92,7 @@ pub async fn serve_on_loopback_with(
         dhcp: None,
         grace: std::time::Duration::from_secs(5),
         alerts,
+        limits: Default::default(),
     };
     let listeners = Listeners {
         http,
