@@ -1,6 +1,7 @@
 //! Run reports end to end: a real `levee serve` on 127.0.0.1, an appliance
 //! enrolled by the real agent code, its spool sent over mTLS in order
-//! after the server was out of reach, bad reports refused by name, and
+//! after the server was out of reach (and by the service itself after a
+//! heartbeat), bad reports refused by name, and
 //! the backup health that `levee appliance list` and `show` compute from
 //! the reports (last backup, overdue against the customer's schedule,
 //! failures in a row, repository size and growth).
@@ -85,6 +86,13 @@ impl Server {
     /// Enrolls the registered appliance with the real agent (one pass of
     /// the daemon); its credential is in `state`.
     fn enroll(&self, state: &Path) -> Credential {
+        self.agent_pass(state);
+        Credential::load(state).expect("load").expect("credential")
+    }
+
+    /// One pass of the real agent service (`levee-agent run` once):
+    /// enrolls if it has no credential, then config, heartbeat, spool.
+    fn agent_pass(&self, state: &Path) {
         let script = reqwest::blocking::get(format!("{}/boot/{MAC}.ipxe", self.http))
             .expect("script")
             .text()
@@ -105,7 +113,6 @@ impl Server {
             ..RunOptions::default()
         })
         .expect("agent pass");
-        Credential::load(state).expect("load").expect("credential")
     }
 }
 
@@ -283,4 +290,20 @@ fn bad_reports_are_refused_by_name_and_a_retired_appliance_is_not_heard() {
         .runs(cred.server.appliance_id, 10)
         .expect("runs")
         .is_empty());
+}
+
+#[test]
+fn the_service_sends_the_spool_after_its_heartbeat() {
+    let srv = start();
+    let states = tempfile::tempdir().expect("state");
+    let state = states.path().join("appliance");
+    let cred = srv.enroll(&state);
+    // A run by hand while the service was between heartbeats.
+    let r = backup(now() - 600, RunResult::Success, 42);
+    Spool::new(&state).push(&r).expect("spool");
+    srv.agent_pass(&state);
+    assert!(Spool::new(&state).pending().expect("pending").is_empty());
+    let stored = srv.store.runs(cred.server.appliance_id, 10).expect("runs");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].report, r);
 }
