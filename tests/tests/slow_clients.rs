@@ -358,8 +358,10 @@ fn r11_out_of_descriptors_the_server_backs_off_and_recovers() -> anyhow::Result<
         log.contains("cannot accept connections"),
         "the server never ran out of descriptors: the test proves nothing\n{log}"
     );
+    // Measured: 0 ticks with the back-off; an accept loop without a pause
+    // used 740 ms here on a loaded 2-core machine (a whole core when idle).
     ensure!(
-        cpu < Duration::from_millis(300),
+        cpu < Duration::from_millis(150),
         "the server used {cpu:?} of CPU in 3 s while out of descriptors"
     );
     ensure!(
