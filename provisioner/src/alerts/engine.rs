@@ -50,7 +50,12 @@ impl Default for AlertOptions {
 }
 
 /// Reads what the rules judge from the store.
-pub fn snapshot(store: &dyn Store, opts: &RuleOptions, at: i64) -> Result<Snapshot> {
+pub fn snapshot(
+    store: &dyn Store,
+    opts: &RuleOptions,
+    at: i64,
+    listening_since: i64,
+) -> Result<Snapshot> {
     let customers: HashMap<String, _> = store
         .customers()?
         .into_iter()
@@ -106,19 +111,22 @@ pub fn snapshot(store: &dyn Store, opts: &RuleOptions, at: i64) -> Result<Snapsh
         .collect::<HashSet<_>>();
     Ok(Snapshot {
         now: at,
+        listening_since,
         appliances,
         open,
     })
 }
 
 /// One evaluation: judge the fleet, open what newly holds, resolve what
-/// stopped. Returns (opened, resolved).
+/// stopped. `listening_since`: when this server started (see
+/// [`Snapshot::listening_since`]). Returns (opened, resolved).
 pub fn evaluate_once(
     store: &dyn Store,
     rules: &[Box<dyn Rule>],
     opts: &RuleOptions,
+    listening_since: i64,
 ) -> Result<(usize, usize)> {
-    let snap = snapshot(store, opts, now() as i64)?;
+    let snap = snapshot(store, opts, now() as i64, listening_since)?;
     let findings = rules::evaluate(rules, &snap);
     let open: Vec<OpenAlert> = store
         .open_alerts()?
@@ -242,6 +250,7 @@ pub async fn run(
         .retry_base
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut next_eval = tokio::time::Instant::now();
+    let started = now() as i64;
     info!(
         interval_s = opts.interval.as_secs_f64(),
         "alert rules running"
@@ -250,7 +259,9 @@ pub async fn run(
         if tokio::time::Instant::now() >= next_eval {
             next_eval += opts.interval;
             let (s, r, o) = (store.clone(), rules.clone(), opts.rules.clone());
-            match tokio::task::spawn_blocking(move || evaluate_once(s.as_ref(), &r, &o)).await {
+            match tokio::task::spawn_blocking(move || evaluate_once(s.as_ref(), &r, &o, started))
+                .await
+            {
                 Ok(Ok(_)) => {}
                 // The store logs its own outages; say once per pass why
                 // this evaluation did not happen.

@@ -68,6 +68,10 @@ pub struct ApplianceView {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub now: i64,
+    /// Since when this server has been listening for heartbeats: an
+    /// appliance is not judged offline for the time the server itself was
+    /// down (a restart would otherwise open an alert for every appliance).
+    pub listening_since: i64,
     pub appliances: Vec<ApplianceView>,
     /// Alerts open now, by (kind, subject): rules with hysteresis keep an
     /// open alert open until it is clearly over.
@@ -254,16 +258,19 @@ fn ago(secs: i64) -> String {
 
 fn offline(v: &ApplianceView, s: &Snapshot) -> Option<(Severity, String)> {
     let a = &v.appliance;
-    if !in_service(a) || a.online(v.heartbeat_secs, s.now.max(0) as u64) {
+    let heard = a.last_heartbeat.max(a.last_report_at).map(|t| t as i64);
+    let silent_since = heard.unwrap_or(0).max(s.listening_since);
+    let limit = i64::try_from(v.heartbeat_secs.saturating_mul(3)).unwrap_or(i64::MAX);
+    if !in_service(a) || s.now - silent_since <= limit {
         return None;
     }
-    let last = a.last_heartbeat.max(a.last_report_at);
+    let last = heard;
     Some((
         Severity::Critical,
         match last {
             Some(t) => format!(
                 "offline: no heartbeat for {} (interval {} s)",
-                ago(s.now - t as i64),
+                ago(s.now - t),
                 v.heartbeat_secs
             ),
             None => "offline: no heartbeat since it enrolled".into(),

@@ -50,6 +50,7 @@ fn view(a: Appliance) -> ApplianceView {
 fn kinds_found(views: Vec<ApplianceView>) -> Vec<&'static str> {
     let snap = Snapshot {
         now: NOW,
+        listening_since: 0,
         appliances: views,
         open: HashSet::new(),
     };
@@ -70,7 +71,17 @@ fn a_healthy_appliance_raises_nothing() {
 fn each_kind_opens_on_its_condition() {
     let mut off = appliance(1);
     off.last_heartbeat = Some(NOW as u64 - 3 * 300 - 1);
-    assert_eq!(kinds_found(vec![view(off)]), ["offline"]);
+    assert_eq!(kinds_found(vec![view(off.clone())]), ["offline"]);
+    // A server that has listened for less than three intervals (it was
+    // down itself) does not call anyone offline yet.
+    let rules = default_rules(&RuleOptions::default());
+    let restarted = Snapshot {
+        now: NOW,
+        listening_since: NOW - 600,
+        appliances: vec![view(off)],
+        open: HashSet::new(),
+    };
+    assert!(evaluate(&rules, &restarted).is_empty());
 
     let mut v = view(appliance(2));
     v.backup.next_expected = Some(Expected {
@@ -193,6 +204,7 @@ fn disk_full_does_not_flap_at_the_edge() {
     let rules = default_rules(&RuleOptions::default());
     let mut snap = Snapshot {
         now: NOW,
+        listening_since: 0,
         appliances: vec![view(a)],
         open: HashSet::new(),
     };
