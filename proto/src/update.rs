@@ -119,6 +119,57 @@ pub struct UpdateReport {
     pub slot: Option<String>,
 }
 
+/// Longest `reason` kept from a report (longer ones are cut): it is shown
+/// to ops, and an appliance must not be able to fill the database.
+pub const MAX_REASON: usize = 2000;
+
+impl UpdateReport {
+    /// Parses and checks a report from an appliance: a version of 1-128
+    /// characters without control characters, a release above 0, slot `a`
+    /// or `b`; the reason is cut to [`MAX_REASON`] bytes and its control
+    /// characters (newlines of an error chain, terminal escapes) become
+    /// spaces, so it prints safely.
+    pub fn parse(bytes: &[u8]) -> Result<UpdateReport, String> {
+        let mut r: UpdateReport =
+            serde_json::from_slice(bytes).map_err(|e| format!("malformed update report: {e}"))?;
+        if r.version.is_empty()
+            || r.version.chars().count() > 128
+            || r.version.chars().any(char::is_control)
+        {
+            return Err(
+                "an update report needs the version: 1-128 characters, no control characters"
+                    .into(),
+            );
+        }
+        if r.release == 0 {
+            return Err("an update report needs the release number (> 0)".into());
+        }
+        if r.slot.as_deref().is_some_and(|s| s != "a" && s != "b") {
+            return Err("slot must be `a` or `b`".into());
+        }
+        if let Some(reason) = r.reason.as_mut() {
+            if reason.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            if reason.chars().any(char::is_control) {
+                *reason = reason
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an update report serialises")
+    }
+}
+
 /// The customer's `update_window`: `HH:MM-HH:MM` in UTC, the end not
 /// included; it may cross midnight (`22:00-04:00`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +255,33 @@ mod tests {
         ] {
             assert!(UpdateWindow::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reports_are_checked() {
+        let ok = br#"{"version":"v2","release":2,"state":"rolled-back","slot":"b","reason":"a\nb\u001b[31m"}"#;
+        let r = UpdateReport::parse(ok).unwrap();
+        assert_eq!(r.reason.as_deref(), Some("a b [31m"));
+        assert_eq!(UpdateReport::parse(&r.to_bytes()).unwrap(), r);
+        for bad in [
+            &br#"{"version":"","release":2,"state":"written"}"#[..],
+            br#"{"version":"v\u0007","release":2,"state":"written"}"#,
+            br#"{"version":"v2","release":0,"state":"written"}"#,
+            br#"{"version":"v2","release":2,"state":"written","slot":"c"}"#,
+            br#"{"version":"v2","release":2,"state":"gone"}"#,
+        ] {
+            assert!(
+                UpdateReport::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"{{"version":"v2","release":2,"state":"failed","reason":"{}"}}"#,
+            "é".repeat(MAX_REASON)
+        );
+        let r = UpdateReport::parse(long.as_bytes()).unwrap();
+        assert!(r.reason.unwrap().len() <= MAX_REASON);
     }
 
     #[test]

@@ -13,10 +13,6 @@ use tracing::{debug, info, warn};
 use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
 use crate::releases::rollout::offer_for;
 
-/// Longest reason kept from a report (the rest is cut): it is shown to
-/// ops, and an appliance must not be able to fill the database.
-const MAX_REASON: usize = 2000;
-
 /// `GET /api/v1/update`: what the rollout says for this appliance now.
 pub(super) async fn get_update(
     State(st): State<ApiState>,
@@ -53,33 +49,10 @@ pub(super) async fn post_update(
     Extension(peer): Extension<Peer>,
     body: Bytes,
 ) -> Response {
-    let mut report: UpdateReport = match serde_json::from_slice(&body) {
+    let report = match UpdateReport::parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed update report: {e}"),
-            )
-        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
     };
-    if report.version.is_empty() || report.version.len() > 128 || report.release == 0 {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "an update report needs the version (1-128 characters) and release number (> 0)",
-        );
-    }
-    if report.slot.as_deref().is_some_and(|s| s != "a" && s != "b") {
-        return api_error(StatusCode::BAD_REQUEST, "slot must be `a` or `b`");
-    }
-    if let Some(r) = report.reason.as_mut() {
-        if r.len() > MAX_REASON {
-            let mut cut = MAX_REASON;
-            while !r.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            r.truncate(cut);
-        }
-    }
     blocking(move || {
         let a = match authorize(st.store.as_ref(), &peer) {
             Ok(a) => a,
