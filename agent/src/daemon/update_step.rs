@@ -222,7 +222,10 @@ impl Updates {
         if self.running.is_some() && !is_mount_point(&self.state_dir) {
             missing.push(format!("{} is not mounted", self.state_dir.display()));
         }
-        if !self.repo_ok {
+        // The repository is a trial's question (may the new image be
+        // kept?); a damaged repository must not keep an old slot from
+        // committing, and so from taking the update that may fix it.
+        if self.trial.is_some() && !self.repo_ok {
             match repository_opens(&self.state_dir) {
                 Ok(()) => self.repo_ok = true,
                 Err(e) => missing.push(e),
