@@ -10,6 +10,50 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Hex digits of a key's sha256 in its short fingerprint.
+const SHORT_DIGITS: usize = 16;
+
+/// sha256 (lowercase hex) of a key's SubjectPublicKeyInfo DER: how the
+/// server knows a pending machine's key.
+pub fn key_sha256(spki_der: &[u8]) -> String {
+    hex::encode(Sha256::digest(spki_der))
+}
+
+/// The short fingerprint of a key, from its sha256 in hex: the first 16
+/// digits in groups of four (`ab12-cd34-ef56-7890`). The appliance prints
+/// it on its console while it enrolls, `levee appliance list` shows it, and
+/// `approve --fingerprint` compares it: 64 bits, enough that an attacker
+/// cannot make a key that matches a given one.
+pub fn short_fingerprint(key_sha256_hex: &str) -> String {
+    let digits: Vec<char> = key_sha256_hex
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(SHORT_DIGITS)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    digits
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Whether `given` (a short or full fingerprint as ops typed it, any case,
+/// with or without `-`, `:` or spaces) names the key with sha256
+/// `key_sha256_hex`: at least the short fingerprint's 16 digits, all of
+/// them matching.
+pub fn fingerprint_matches(key_sha256_hex: &str, given: &str) -> bool {
+    let given: String = given
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':' | ' '))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    given.len() >= SHORT_DIGITS
+        && given.chars().all(|c| c.is_ascii_hexdigit())
+        && key_sha256_hex.to_ascii_lowercase().starts_with(&given)
+}
 
 /// Paths of enrollment (plain HTTP) and of the `--https` API.
 pub mod paths {
@@ -194,4 +238,170 @@ pub struct ServerTime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// Largest enrollment request body accepted (a real one is about 2 KiB).
+pub const MAX_ENROLL_BODY: usize = 32 * 1024;
+
+/// Why an enrollment request was refused before anything was looked up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the enrollment request is {0} bytes; at most {MAX_ENROLL_BODY} are accepted")]
+    TooLarge(usize),
+    #[error("malformed enrollment request: {0}")]
+    Json(String),
+    #[error("enrollment request field `{field}` is too long ({len} > {max})")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("enrollment request field `{field}` has {len} entries (at most {max})")]
+    TooMany {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("enrollment request field `{0}` contains control characters")]
+    Control(&'static str),
+    #[error(transparent)]
+    Csr(#[from] crate::csr::CsrError),
+}
+
+/// A length cap and a control-character check on one text field.
+pub(crate) fn check_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), (&'static str, usize, usize, bool)> {
+    if value.len() > max {
+        return Err((field, value.len(), max, false));
+    }
+    if value.chars().any(char::is_control) {
+        return Err((field, 0, 0, true));
+    }
+    Ok(())
+}
+
+impl EnrollmentRequest {
+    /// Parses and checks a request body: its size, each field's length and
+    /// characters, and the certificate request (see [`crate::csr`]). Pure:
+    /// the server calls it first, and the fuzz target `enroll_request`
+    /// drives it.
+    pub fn parse(body: &[u8]) -> Result<(EnrollmentRequest, crate::csr::CheckedCsr), RequestError> {
+        if body.len() > MAX_ENROLL_BODY {
+            return Err(RequestError::TooLarge(body.len()));
+        }
+        let req: EnrollmentRequest =
+            serde_json::from_slice(body).map_err(|e| RequestError::Json(e.to_string()))?;
+        req.check()?;
+        let csr = crate::csr::check_csr_pem(&req.csr_pem)?;
+        Ok((req, csr))
+    }
+
+    /// The field checks of [`EnrollmentRequest::parse`].
+    pub fn check(&self) -> Result<(), RequestError> {
+        let text = |field, value: &str, max| {
+            check_text(field, value, max).map_err(|(field, len, max, control)| {
+                if control {
+                    RequestError::Control(field)
+                } else {
+                    RequestError::FieldTooLong { field, len, max }
+                }
+            })
+        };
+        let count = |field, len: usize, max| {
+            if len > max {
+                Err(RequestError::TooMany { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        text("token", &self.token, 128)?;
+        text("mac", &self.mac, 32)?;
+        let f = &self.facts;
+        count("facts.macs", f.macs.len(), 64)?;
+        for m in &f.macs {
+            text("facts.macs", m, 32)?;
+        }
+        text(
+            "facts.dmi_serial",
+            f.dmi_serial.as_deref().unwrap_or(""),
+            256,
+        )?;
+        text("facts.dmi_uuid", f.dmi_uuid.as_deref().unwrap_or(""), 64)?;
+        count("facts.disks", f.disks.len(), 64)?;
+        for d in &f.disks {
+            text("facts.disks.name", &d.name, 64)?;
+            text("facts.disks.model", d.model.as_deref().unwrap_or(""), 256)?;
+            text("facts.disks.serial", d.serial.as_deref().unwrap_or(""), 256)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_fingerprints_are_grouped_and_match_loosely() {
+        let full = "AB12cd34ef5678900000111122223333aaaabbbbccccddddeeeeffff00001111";
+        assert_eq!(short_fingerprint(full), "ab12-cd34-ef56-7890");
+        assert!(fingerprint_matches(full, "ab12-cd34-ef56-7890"));
+        assert!(fingerprint_matches(full, "AB12:CD34:EF56:7890:0000"));
+        assert!(fingerprint_matches(full, &full.to_lowercase()));
+        assert!(!fingerprint_matches(full, "ab12-cd34-ef56"), "too short");
+        assert!(!fingerprint_matches(full, "ab12-cd34-ef56-7891"));
+        assert!(!fingerprint_matches(full, "ab12-cd34-ef56-789x"));
+    }
+
+    fn request(csr_pem: String) -> EnrollmentRequest {
+        EnrollmentRequest {
+            token: "ab".repeat(32),
+            mac: "52:54:00:12:34:56".into(),
+            csr_pem,
+            facts: HardwareFacts::default(),
+        }
+    }
+
+    #[test]
+    fn requests_are_capped_per_field_and_checked() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let good = request(csr);
+        let body = serde_json::to_vec(&good).unwrap();
+        let (parsed, checked) = EnrollmentRequest::parse(&body).unwrap();
+        assert_eq!(parsed, good);
+        assert_eq!(checked.key_sha256, key_sha256(&key.public_key_der()));
+
+        let mut long = good.clone();
+        long.facts.dmi_serial = Some("x".repeat(300));
+        let err = EnrollmentRequest::parse(&serde_json::to_vec(&long).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("facts.dmi_serial"), "{err}");
+        let mut escape = good.clone();
+        escape.facts.dmi_serial = Some("\u{1b}[2J".into());
+        assert_eq!(
+            EnrollmentRequest::parse(&serde_json::to_vec(&escape).unwrap()),
+            Err(RequestError::Control("facts.dmi_serial"))
+        );
+        let mut many = good.clone();
+        many.facts.macs = vec!["m".into(); 65];
+        assert!(matches!(
+            EnrollmentRequest::parse(&serde_json::to_vec(&many).unwrap()),
+            Err(RequestError::TooMany { .. })
+        ));
+        assert!(matches!(
+            EnrollmentRequest::parse(&vec![b' '; MAX_ENROLL_BODY + 1]),
+            Err(RequestError::TooLarge(_))
+        ));
+        assert!(matches!(
+            EnrollmentRequest::parse(b"{"),
+            Err(RequestError::Json(_))
+        ));
+    }
 }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+pub mod csr;
 pub mod enroll;
 pub mod image;
 pub mod release;

@@ -193,7 +193,7 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
                     ..Default::default()
                 },
             )?;
-            let token = token::mint(store.as_ref(), mac, now)?;
+            let token = token::mint(store.as_ref(), mac, now, None)?;
             let key = rcgen::KeyPair::generate()?;
             let csr = rcgen::CertificateParams::default()
                 .serialize_request(&key)?

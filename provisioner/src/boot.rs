@@ -6,6 +6,7 @@
 //! decision and the script always come from the same store read.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use levee_pxe::boot::{BootDecision, BootPolicy, BootRequest, MacAddr};
 use levee_pxe::ipxe;
 use tracing::{info, warn};
 
-use crate::enroll::token;
+use crate::enroll::token::{self, Mint};
+use crate::limit::Limits;
 use crate::store::{ImageRecord, Profile, Store, Transport};
 
 /// The profile machines boot when ops chose none for them.
@@ -29,7 +31,7 @@ pub fn default_cmdline(image_has_rootfs: bool) -> &'static str {
     if image_has_rootfs {
         "console=ttyS0,115200 levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline}"
     } else {
-        "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac}"
+        "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac} levee.token={token}"
     }
 }
 
@@ -44,6 +46,11 @@ pub struct BootService {
     pub tftp_host: String,
     /// sha256 of the server CA certificate (`{ca}`), see [`crate::enroll::ca`].
     pub ca_fingerprint: String,
+    /// Whether unknown machines get enrollment tokens (and may wait,
+    /// pending, for ops to approve them).
+    pub allow_pending: bool,
+    /// Rate limits (token minting here; reports and renewals elsewhere).
+    pub limits: Arc<Limits>,
 }
 
 impl BootService {
@@ -133,15 +140,13 @@ impl BootService {
         ipxe::fill_template(&profile.cmdline, &vars)
     }
 
-    /// The iPXE script for a machine; a refusal script says why on its
-    /// console if it cannot boot.
-    pub fn script(&self, mac: MacAddr) -> String {
+    /// The iPXE script for a machine, asked from `peer`; a refusal script
+    /// says why on its console if it cannot boot.
+    pub fn script(&self, mac: MacAddr, peer: Option<IpAddr>) -> String {
         let rendered = self.resolve(mac).and_then(|(profile, image)| {
-            // Only templates that pass a token get one: a test initramfs
-            // that never enrolls should not fill the token table.
+            // Only templates that pass a token get one.
             let token = if profile.cmdline.contains("{token}") {
-                token::mint(self.store.as_ref(), mac, crate::store::now())
-                    .map_err(|e| format!("cannot mint an enrollment token: {e}"))?
+                self.token(mac, peer)?
             } else {
                 String::new()
             };
@@ -170,6 +175,31 @@ impl BootService {
                 self.event(mac, "script-refused", &reason);
                 ipxe::render_refusal(&reason)
             }
+        }
+    }
+
+    /// The token for a script (empty when the machine may not enroll: it
+    /// boots, and its agent says it has no token), or why the script is
+    /// refused.
+    fn token(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<String, String> {
+        let now = crate::store::now();
+        let minted = token::mint_for(
+            self.store.as_ref(),
+            &self.limits,
+            mac,
+            peer.map(token::canonical),
+            self.allow_pending,
+            now,
+        )
+        .map_err(|e| format!("cannot mint an enrollment token: {e}"))?;
+        match minted {
+            Mint::Token(t) => Ok(t),
+            Mint::NoToken(why) => {
+                info!(%mac, peer = ?peer, reason = %why, "boot script without an enrollment token");
+                self.event(mac, "no-token", &why);
+                Ok(String::new())
+            }
+            Mint::Refused(why) => Err(why),
         }
     }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
-use levee_proto::report::StatusReport;
+use levee_proto::enroll::{EnrollmentRequest, MAX_ENROLL_BODY};
+use levee_proto::report::{StatusReport, MAX_REPORT_BODY};
 use levee_pxe::boot::MacAddr;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -52,8 +53,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/images/{image}/{file}", get(image_file))
         .route("/ipxe/{file}", get(ipxe_file))
         .route("/releases/{channel}/{kind}/{file}", get(release_file))
-        .route(levee_proto::paths::REPORT, post(report))
-        .route(levee_proto::enroll::paths::ENROLL, post(enroll))
+        .route(
+            levee_proto::paths::REPORT,
+            post(report).layer(DefaultBodyLimit::max(MAX_REPORT_BODY)),
+        )
+        .route(
+            levee_proto::enroll::paths::ENROLL,
+            post(enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BODY)),
+        )
         .route(levee_proto::enroll::paths::TIME, get(time))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn(log_response))
@@ -64,7 +71,11 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, format!("{}\n", msg.into())).into_response()
 }
 
-async fn boot_script(State(st): State<HttpState>, Path(file): Path<String>) -> Response {
+async fn boot_script(
+    State(st): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+) -> Response {
     let Some(mac) = file.strip_suffix(".ipxe") else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -76,7 +87,8 @@ async fn boot_script(State(st): State<HttpState>, Path(file): Path<String>) -> R
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let boot = st.boot.clone();
-    match tokio::task::spawn_blocking(move || boot.script(mac)).await {
+    let peer = Some(peer.ip());
+    match tokio::task::spawn_blocking(move || boot.script(mac, peer)).await {
         Ok(script) => (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             script,
@@ -148,36 +160,62 @@ async fn serve_file(path: PathBuf, req: Request) -> Response {
     }
 }
 
+/// `POST /api/v1/report`: a status report from a machine that is not
+/// enrolled (stage 1, a pending agent). Authenticated by its MAC's
+/// enrollment token (`Authorization: Bearer <levee.token>`), accepted while
+/// that token is live or was redeemed within the hour; size-capped per
+/// field, rate-limited, and only for machines the server knows: reports
+/// never create appliances. Enrolled appliances heartbeat over mTLS.
 async fn report(
     State(st): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let report: StatusReport = match serde_json::from_slice(&body) {
+    let report = match StatusReport::parse(&body) {
         Ok(r) => r,
         Err(e) => {
-            warn!(%peer, error = %e, "malformed status report");
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("malformed status report: {e}"),
-            );
+            warn!(%peer, error = %e, "status report refused");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
     let mac: MacAddr = match report.mac.parse() {
         Ok(m) => m,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e}")),
     };
-    info!(
-        %mac, %peer,
-        stage = report.stage.as_deref().unwrap_or("-"),
-        version = report.version.as_deref().unwrap_or("-"),
-        addresses = %report.addresses.join(","),
-        "status report received"
-    );
+    let Some(token) = bearer(&headers) else {
+        warn!(%mac, %peer, "status report without a token refused");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "status reports need `Authorization: Bearer <levee.token>` (the machine's enrollment token); enrolled appliances heartbeat over mutual TLS",
+        );
+    };
+    if st.boot.limits.reports.check(&mac).is_err() {
+        debug!(%mac, %peer, "status report rate-limited");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "5")],
+            "too many status reports: slow down\n",
+        )
+            .into_response();
+    }
+    let hash = crate::enroll::token::token_hash(&token);
     let boot = st.boot.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        boot.store.record_report(&report, mac)?;
-        boot.store.add_event(
+        let store = &boot.store;
+        if !store.report_token_ok(&hash, mac, crate::store::now())? {
+            return Ok(Err((
+                StatusCode::FORBIDDEN,
+                format!("the token is not {mac}'s live enrollment token (nor one redeemed within the hour): boot the machine again for a fresh one"),
+            )));
+        }
+        if !store.record_report(&report, mac)? {
+            return Ok(Err((
+                StatusCode::NOT_FOUND,
+                format!("{mac} is not a known machine: reports do not create appliances"),
+            )));
+        }
+        store.add_event(
             mac,
             "report",
             &format!(
@@ -185,14 +223,35 @@ async fn report(
                 report.stage.as_deref().unwrap_or("report"),
                 report.addresses.join(",")
             ),
-        )
+        )?;
+        info!(
+            %mac, %peer,
+            stage = report.stage.as_deref().unwrap_or("-"),
+            version = report.version.as_deref().unwrap_or("-"),
+            addresses = %report.addresses.join(","),
+            "status report received"
+        );
+        Ok::<_, crate::store::StoreError>(Ok(()))
     })
     .await;
     match stored {
-        Ok(Ok(())) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(Ok(Ok(()))) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(Ok(Err((status, msg)))) => {
+            warn!(%mac, %peer, reason = %msg, "status report refused");
+            refuse(status, msg)
+        }
         Ok(Err(e)) => refuse(e.http_status(), e.to_string()),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 128)
+        .then(|| token.to_string())
 }
 
 /// A JSON refusal, as the agent expects from the API endpoints.
@@ -204,18 +263,23 @@ fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn enroll(State(st): State<HttpState>, body: Bytes) -> Response {
-    let req: levee_proto::enroll::EnrollmentRequest = match serde_json::from_slice(&body) {
+async fn enroll(
+    State(st): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let peer = Some(peer.ip());
+    let (req, csr) = match EnrollmentRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("malformed enrollment request: {e}");
-            warn!(mac = "-", reason = %msg, "enrollment refused");
+            let msg = e.to_string();
+            warn!(mac = "-", peer = ?peer, reason = %msg, "enrollment refused");
             return api_error(StatusCode::BAD_REQUEST, msg);
         }
     };
     let service = st.enroll.clone();
     let now = crate::store::now();
-    match tokio::task::spawn_blocking(move || service.enroll(&req, now)).await {
+    match tokio::task::spawn_blocking(move || service.enroll(&req, &csr, peer, now)).await {
         Ok(Ok(resp)) => Json(resp).into_response(),
         Ok(Err(r)) => match r.approve {
             Some(approve) if r.is_pending() => (
@@ -338,443 +402,5 @@ impl Drop for LoggedBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::boot::default_cmdline;
-    use crate::store::{ImageStore, Profile, SqliteStore, Transport};
-    use axum::http::Request as HttpRequest;
-    use std::sync::Arc;
-
-    const MAC: &str = "52:54:00:00:00:42";
-
-    fn state() -> (tempfile::TempDir, HttpState) {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let store = Arc::new(SqliteStore::open(&data).unwrap());
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("k"), b"0123456789").unwrap();
-        std::fs::write(src.join("i"), b"initrd").unwrap();
-        let image =
-            crate::images::import_files(&data, store.as_ref(), "t", &src.join("k"), &src.join("i"))
-                .unwrap();
-        store
-            .put_profile(&Profile {
-                name: "default".into(),
-                image: image.id,
-                kernel: "vmlinuz".into(),
-                initrd: "initrd.img".into(),
-                cmdline: default_cmdline(false).into(),
-                transport: Transport::Http,
-            })
-            .unwrap();
-        let st = HttpState {
-            boot: BootService {
-                store: store.clone(),
-                data_dir: data,
-                public_url: "http://10.0.0.1".into(),
-                tftp_host: "10.0.0.1".into(),
-                ca_fingerprint: "ab".repeat(32),
-            },
-            enroll: EnrollService {
-                store: store.clone(),
-                ca: Arc::new(
-                    crate::enroll::ca::ServerCa::open_or_create(&dir.path().join("ca")).unwrap(),
-                ),
-                https_url: Some("https://10.0.0.1:8443".into()),
-            },
-            ipxe_dir: dir.path().join("ipxe"),
-        };
-        (dir, st)
-    }
-
-    async fn call(st: &HttpState, req: HttpRequest<Body>) -> (StatusCode, String) {
-        let mut req = req;
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4242))));
-        let resp = router(st.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    fn get(uri: &str) -> HttpRequest<Body> {
-        HttpRequest::get(uri).body(Body::empty()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn release_channels_are_served_read_only_and_keys_never() {
-        let (_d, st) = state();
-        let layout = crate::releases::Layout::new(&st.boot.data_dir);
-        std::fs::create_dir_all(layout.metadata_dir("stable")).unwrap();
-        std::fs::create_dir_all(layout.targets_dir("stable")).unwrap();
-        std::fs::create_dir_all(layout.keys_dir()).unwrap();
-        std::fs::write(layout.metadata_dir("stable").join("timestamp.json"), b"{}").unwrap();
-        std::fs::write(
-            layout.targets_dir("stable").join("ab.v.rootfs.squashfs"),
-            b"0123456789",
-        )
-        .unwrap();
-        std::fs::write(layout.keys_dir().join("timestamp.pem"), b"secret").unwrap();
-        let (status, body) = call(&st, get("/releases/stable/metadata/timestamp.json")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "{}"));
-        // Range, for resumable downloads.
-        let req = HttpRequest::get("/releases/stable/targets/ab.v.rootfs.squashfs")
-            .header(header::RANGE, "bytes=4-")
-            .body(Body::empty())
-            .unwrap();
-        let (status, body) = call(&st, req).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::PARTIAL_CONTENT, "456789")
-        );
-        for uri in [
-            "/releases/keys/metadata/timestamp.pem",
-            "/releases/stable/keys/timestamp.pem",
-            "/releases/stable/metadata/..%2F..%2Fkeys%2Ftimestamp.pem",
-            "/releases/root/metadata/1.root.json",
-            "/releases/Stable/metadata/timestamp.json",
-        ] {
-            let (status, body) = call(&st, get(uri)).await;
-            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
-        }
-        let req = HttpRequest::post("/releases/stable/metadata/timestamp.json")
-            .body(Body::empty())
-            .unwrap();
-        let (status, _) = call(&st, req).await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    }
-
-    #[tokio::test]
-    async fn a_machine_gets_its_own_script() {
-        let (_d, st) = state();
-        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(body.starts_with("#!ipxe\n"), "{body}");
-        assert!(body.contains("kernel http://10.0.0.1/images/t-"), "{body}");
-        assert!(body.contains(&format!("levee.mac={MAC}")), "{body}");
-        assert!(body.contains("levee.url=http://10.0.0.1 "), "{body}");
-        // The script fetch is in the machine's history.
-        let mac: MacAddr = MAC.parse().unwrap();
-        let steps: Vec<String> = st
-            .boot
-            .store
-            .events(mac, 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.step)
-            .collect();
-        assert_eq!(steps, ["script"]);
-    }
-
-    #[tokio::test]
-    async fn a_script_carries_the_ca_and_a_one_time_token_for_its_mac() {
-        let (_d, st) = state();
-        let store = st.boot.store.clone();
-        let mut p = store.profile("default").unwrap().unwrap();
-        p.cmdline = "levee.ca={ca} levee.token={token}".into();
-        store.put_profile(&p).unwrap();
-        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            body.contains(&format!("levee.ca={}", "ab".repeat(32))),
-            "{body}"
-        );
-        let token = body
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("levee.token="))
-            .expect("token on the command line");
-        assert_eq!(token.len(), 64, "{body}");
-        let mac = MAC.parse().unwrap();
-        let now = crate::store::now();
-        use crate::enroll::token::redeem;
-        use crate::store::TokenCheck;
-        let other = "52:54:00:00:00:43".parse().unwrap();
-        assert_eq!(
-            redeem(store.as_ref(), token, other, now).unwrap(),
-            TokenCheck::OtherMac
-        );
-        assert_eq!(
-            redeem(store.as_ref(), token, mac, now).unwrap(),
-            TokenCheck::Valid
-        );
-        assert_eq!(
-            redeem(store.as_ref(), token, mac, now).unwrap(),
-            TokenCheck::Used
-        );
-        // Each rendering mints a fresh token.
-        let (_, again) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert!(!again.contains(token));
-    }
-
-    /// Registers MAC for customer acme with a token-carrying profile and
-    /// returns the token from its rendered script.
-    async fn script_token(st: &HttpState, mac: &str) -> String {
-        let store = st.boot.store.clone();
-        let mut p = store.profile("default").unwrap().unwrap();
-        p.cmdline = "levee.ca={ca} levee.token={token}".into();
-        store.put_profile(&p).unwrap();
-        let (_, body) = call(st, get(&format!("/boot/{mac}.ipxe"))).await;
-        body.split_whitespace()
-            .find_map(|w| w.strip_prefix("levee.token="))
-            .expect("token")
-            .to_string()
-    }
-
-    fn register(st: &HttpState, mac: &str) {
-        let store = &st.boot.store;
-        let config = serde_json::from_value(serde_json::json!({
-            "customer": "acme",
-            "heartbeat_interval": "5m",
-            "sources": [{"name": "f", "smb": "smb://u@h/s", "password": "sealed:v1:00"}],
-        }))
-        .unwrap();
-        store.put_customer(&config).unwrap();
-        store
-            .register_appliance(
-                mac.parse().unwrap(),
-                &crate::store::Registration {
-                    customer: Some("acme"),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-    }
-
-    fn csr() -> String {
-        let key = rcgen::KeyPair::generate().unwrap();
-        rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap()
-    }
-
-    async fn enroll_call(
-        st: &HttpState,
-        token: &str,
-        mac: &str,
-        csr: &str,
-    ) -> (StatusCode, String) {
-        let body = serde_json::json!({
-            "token": token, "mac": mac, "csr_pem": csr,
-            "facts": {"macs": [mac], "dmi_serial": "S1", "disks": []},
-        });
-        let req = HttpRequest::post(levee_proto::enroll::paths::ENROLL)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        call(st, req).await
-    }
-
-    fn error_of(body: &str) -> String {
-        serde_json::from_str::<levee_proto::enroll::ApiError>(body)
-            .unwrap_or_else(|e| panic!("not a JSON error ({e}): {body}"))
-            .error
-    }
-
-    #[tokio::test]
-    async fn a_registered_machine_enrolls_once_with_its_token() {
-        let (_d, st) = state();
-        register(&st, MAC);
-        let token = script_token(&st, MAC).await;
-        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let resp: levee_proto::enroll::EnrollmentResponse = serde_json::from_str(&body).unwrap();
-        assert_eq!(resp.https_url, "https://10.0.0.1:8443");
-        assert!((resp.server_time_unix - crate::store::now() as i64).abs() < 60);
-        assert_eq!(
-            crate::enroll::ca::pem_fingerprint(&resp.ca_pem).unwrap(),
-            st.enroll.ca.fingerprint()
-        );
-        let a = st
-            .boot
-            .store
-            .appliance(MAC.parse().unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.id, resp.appliance_id);
-        assert_eq!(a.state, crate::store::ApplianceState::Enrolled);
-        assert_eq!(
-            a.cert_fingerprint,
-            crate::enroll::ca::pem_fingerprint(&resp.certificate_pem)
-        );
-        // The same token again is a replay.
-        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(error_of(&body).contains("already used"), "{body}");
-    }
-
-    #[tokio::test]
-    async fn enrollment_refusals_say_why() {
-        let (_d, st) = state();
-        register(&st, MAC);
-        let other = "52:54:00:00:00:43";
-        let token = script_token(&st, MAC).await;
-        let (status, body) = enroll_call(&st, &token, other, &csr()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(error_of(&body).contains("another machine"), "{body}");
-
-        let expired = "e".repeat(64);
-        st.boot
-            .store
-            .put_token(
-                &crate::enroll::token::token_hash(&expired),
-                MAC.parse().unwrap(),
-                crate::store::now() - 1,
-            )
-            .unwrap();
-        let (status, body) = enroll_call(&st, &expired, MAC, &csr()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(error_of(&body).contains("expired"), "{body}");
-
-        let (status, body) = enroll_call(&st, "nope", MAC, &csr()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(error_of(&body).contains("unknown"), "{body}");
-
-        // A bad CSR is refused (the token was not the problem).
-        let (status, body) = enroll_call(&st, &token, MAC, "garbage").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(error_of(&body).contains("certificate request"), "{body}");
-
-        let (status, body) = call(
-            &st,
-            HttpRequest::post(levee_proto::enroll::paths::ENROLL)
-                .body(Body::from("{"))
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(error_of(&body).contains("malformed"), "{body}");
-    }
-
-    #[tokio::test]
-    async fn an_unapproved_machine_stays_pending() {
-        let (_d, st) = state();
-        let token = script_token(&st, MAC).await;
-        let (status, body) = enroll_call(&st, &token, MAC, &csr()).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        let p: levee_proto::enroll::EnrollmentPending = serde_json::from_str(&body).unwrap();
-        assert!(p.pending);
-        assert_eq!(
-            p.approve,
-            format!("levee appliance approve {MAC} --customer NAME")
-        );
-        let a = st
-            .boot
-            .store
-            .appliance(MAC.parse().unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.state, crate::store::ApplianceState::Pending);
-        assert_eq!(a.cert_fingerprint, None);
-        assert!(a.pending_key.is_some());
-        let events = st.boot.store.events(MAC.parse().unwrap(), 50).unwrap();
-        assert!(events.iter().any(|e| e.step == "pending-key"), "{events:?}");
-    }
-
-    #[tokio::test]
-    async fn a_machine_without_a_profile_is_told_why() {
-        let (_d, st) = state();
-        let mac: MacAddr = MAC.parse().unwrap();
-        st.boot
-            .store
-            .register_appliance(mac, &Default::default())
-            .unwrap();
-        st.boot
-            .store
-            .set_appliance_profile(mac, Some("gone"))
-            .unwrap();
-        let (status, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            body.contains("will not boot") && body.contains("no boot profile `gone`"),
-            "{body}"
-        );
-        let (status, body) = call(&st, get("/boot/not-a-mac.ipxe")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("not a MAC address"), "{body}");
-    }
-
-    #[tokio::test]
-    async fn a_retired_machine_is_not_served() {
-        use levee_pxe::boot::{BootDecision, BootPolicy, BootRequest};
-        let (_d, st) = state();
-        let mac: MacAddr = MAC.parse().unwrap();
-        let a = st
-            .boot
-            .store
-            .register_appliance(mac, &Default::default())
-            .unwrap();
-        st.boot.store.retire_appliance(a.id, "stolen").unwrap();
-        let (_, body) = call(&st, get(&format!("/boot/{MAC}.ipxe"))).await;
-        assert!(
-            body.contains("will not boot") && body.contains("is retired (stolen)"),
-            "{body}"
-        );
-        let req = BootRequest {
-            mac,
-            arch: levee_pxe::boot::Arch::Bios,
-            stage: levee_pxe::boot::Stage::Ipxe,
-        };
-        match st.boot.decide(&req) {
-            BootDecision::Ignore { reason } => assert!(reason.contains("retired"), "{reason}"),
-            other => panic!("a retired machine was offered a boot: {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn artifacts_are_served_with_ranges_and_stay_inside_the_store() {
-        let (_d, st) = state();
-        let image = st.boot.store.images().unwrap().remove(0).id;
-        let mut req = get(&format!("/images/{image}/vmlinuz"));
-        req.headers_mut()
-            .insert(header::RANGE, "bytes=2-5".parse().unwrap());
-        let (status, body) = call(&st, req).await;
-        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
-        assert_eq!(body, "2345");
-        for bad in [
-            "/images/..%2F..%2Fetc/passwd",
-            "/images/.import-x/vmlinuz",
-            "/images/x/..",
-            "/ipxe/..%2Fetc",
-        ] {
-            let (status, _) = call(&st, get(bad)).await;
-            assert!(status.is_client_error(), "{bad} gave {status}");
-        }
-    }
-
-    #[tokio::test]
-    async fn reports_are_recorded_and_bad_ones_refused_with_the_reason() {
-        let (_d, st) = state();
-        let post = |body: &str| {
-            HttpRequest::post(levee_proto::paths::REPORT)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap()
-        };
-        let (status, body) = call(&st, post("{\"mac\": 5}")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("malformed status report"), "{body}");
-        let (status, body) = call(&st, post("{\"mac\": \"zz\"}")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("not a MAC address"), "{body}");
-        let (status, _) = call(
-            &st,
-            post(&format!(
-                "{{\"mac\":\"{MAC}\",\"stage\":\"agent\",\"addresses\":[\"10.0.0.9/24\"]}}"
-            )),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        let a = st
-            .boot
-            .store
-            .appliance(MAC.parse().unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.last_report.unwrap().stage.as_deref(), Some("agent"));
-    }
-}
+#[path = "http_tests.rs"]
+mod tests;

@@ -24,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod images;
 pub mod listen;
+pub mod limit;
 pub mod releases;
 pub mod secrets;
 pub mod serve;

@@ -1,10 +1,19 @@
 //! Secrets at rest: customer passwords and offsite credentials are stored
 //! encrypted with the server key (`DATA_DIR/server.key`, AES-256-GCM).
 //!
-//! Each secret is sealed with a fresh random nonce and the customer name as
-//! associated data, so a ciphertext copied into another customer's row does
-//! not decrypt. The key never leaves the data directory; with PostgreSQL,
-//! every machine that runs `levee` against the database needs the same key.
+//! Each secret is sealed with a fresh random nonce and, as associated data,
+//! what it belongs to: the customer, the field (`sources/<name>/password`,
+//! `offsite/<name>/secret_access_key`) and where it is used (the share or
+//! the store's URL and endpoint). Whoever can write the database cannot
+//! move a ciphertext into another customer's row, another field, or point
+//! the field at another destination: it no longer decrypts, and the
+//! configuration is refused whole. The key never leaves the data directory;
+//! with PostgreSQL, every machine that runs `levee` against the database
+//! needs the same key.
+//!
+//! Format 1 (`sealed:v1:`, bound to the customer only) is re-sealed as
+//! format 2 by [`reseal_store`], which `levee serve` and `levee customer`
+//! run before anything reads a secret; format 1 is not opened otherwise.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,7 +28,9 @@ use rand::RngCore;
 pub const REDACTED: &str = "********";
 
 /// Prefix of a sealed secret: format version, then hex(nonce || ciphertext).
-const SEALED_PREFIX: &str = "sealed:v1:";
+const SEALED_PREFIX: &str = "sealed:v2:";
+/// Format 1: associated data was the customer name only.
+const SEALED_V1_PREFIX: &str = "sealed:v1:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -74,6 +85,10 @@ impl ServerKey {
     }
 
     fn seal(&self, plain: &str, aad: &str) -> String {
+        self.seal_as(SEALED_PREFIX, plain, aad)
+    }
+
+    fn seal_as(&self, prefix: &str, plain: &str, aad: &str) -> String {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let payload = Payload {
@@ -85,13 +100,23 @@ impl ServerKey {
             .cipher
             .encrypt(Nonce::from_slice(&nonce), payload)
             .unwrap_or_default();
-        format!("{SEALED_PREFIX}{}{}", hex::encode(nonce), hex::encode(ct))
+        format!("{prefix}{}{}", hex::encode(nonce), hex::encode(ct))
     }
 
     fn open(&self, sealed: &str, aad: &str, what: &str) -> Result<String, SecretError> {
+        self.open_as(SEALED_PREFIX, sealed, aad, what)
+    }
+
+    fn open_as(
+        &self,
+        prefix: &str,
+        sealed: &str,
+        aad: &str,
+        what: &str,
+    ) -> Result<String, SecretError> {
         let bad = || SecretError::Decrypt(what.to_string());
         let raw = sealed
-            .strip_prefix(SEALED_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|h| hex::decode(h).ok())
             .filter(|b| b.len() > 12)
             .ok_or_else(bad)?;
@@ -124,8 +149,7 @@ impl ServerKey {
     /// The configuration with every secret encrypted, as stored.
     pub fn seal_config(&self, config: &CustomerConfig) -> CustomerConfig {
         let mut c = config.clone();
-        let aad = c.customer.clone();
-        for (_, s) in secrets_mut(&mut c) {
+        for (_, aad, s) in bound_secrets_mut(&mut c) {
             s.0 = self.seal(&s.0, &aad);
         }
         c
@@ -135,12 +159,78 @@ impl ServerKey {
     /// and for comparing on apply; never for printing).
     pub fn open_config(&self, sealed: &CustomerConfig) -> Result<CustomerConfig, SecretError> {
         let mut c = sealed.clone();
-        let aad = c.customer.clone();
-        for (path, s) in secrets_mut(&mut c) {
-            s.0 = self.open(&s.0, &aad, &format!("{aad}: {path}"))?;
+        let customer = c.customer.clone();
+        for (path, aad, s) in bound_secrets_mut(&mut c) {
+            s.0 = self.open(&s.0, &aad, &format!("{customer}: {path}"))?;
         }
         Ok(c)
     }
+
+    /// The configuration with its format-1 secrets re-sealed as format 2,
+    /// or `None` if it has none.
+    pub fn reseal_v1(
+        &self,
+        sealed: &CustomerConfig,
+    ) -> Result<Option<CustomerConfig>, SecretError> {
+        let mut c = sealed.clone();
+        let customer = c.customer.clone();
+        let mut changed = false;
+        for (path, aad, s) in bound_secrets_mut(&mut c) {
+            if s.0.starts_with(SEALED_V1_PREFIX) {
+                let plain = self.open_as(
+                    SEALED_V1_PREFIX,
+                    &s.0,
+                    &customer,
+                    &format!("{customer}: {path}"),
+                )?;
+                s.0 = self.seal(&plain, &aad);
+                changed = true;
+            }
+        }
+        Ok(changed.then_some(c))
+    }
+}
+
+/// Re-seals every customer's format-1 secrets as format 2 (bound to
+/// customer, field and destination); returns how many customers changed.
+/// Idempotent: run at every start of `levee serve` and by `levee customer`.
+pub fn reseal_store(store: &dyn crate::store::Store, key: &ServerKey) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for c in store.customers()? {
+        if let Some(resealed) = key.reseal_v1(&c.config)? {
+            store.put_customer(&resealed)?;
+            tracing::info!(customer = %c.name, "secrets re-sealed bound to customer, field and destination");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Every secret with its path and its associated data (see the module
+/// docs): customer, field, destination.
+fn bound_secrets_mut(c: &mut CustomerConfig) -> Vec<(String, String, &mut Secret)> {
+    let customer = c.customer.clone();
+    let aad = |field: String, dest: &str| format!("levee-secret-v2\0{customer}\0{field}\0{dest}");
+    let mut out = Vec::new();
+    for (i, s) in c.sources.iter_mut().enumerate() {
+        let dest = s.smb.clone().or_else(|| s.path.clone()).unwrap_or_default();
+        let field = format!("sources/{}/password", s.name);
+        if let Some(p) = s.password.as_mut() {
+            out.push((format!("sources[{i}].password"), aad(field, &dest), p));
+        }
+    }
+    for (i, o) in c.offsite.iter_mut().enumerate() {
+        let dest = format!("{}\0{}", o.url, o.endpoint.as_deref().unwrap_or(""));
+        let field = format!("offsite/{}/secret_access_key", o.name);
+        if let Some(k) = o.secret_access_key.as_mut() {
+            out.push((
+                format!("offsite[{i}].secret_access_key"),
+                aad(field, &dest),
+                k,
+            ));
+        }
+    }
+    out
 }
 
 /// The configuration with every secret replaced by [`REDACTED`].
@@ -171,6 +261,55 @@ pub fn secrets_mut(c: &mut CustomerConfig) -> Vec<(String, &mut Secret)> {
 
 #[cfg(test)]
 mod tests {
+    fn two_fields() -> CustomerConfig {
+        serde_json::from_value(serde_json::json!({
+            "customer": "acme",
+            "sources": [
+                {"name": "f", "smb": "smb://u@h/s", "password": "hunter2"},
+                {"name": "g", "smb": "smb://u@h/t", "password": "other"}
+            ],
+            "offsite": [{"name": "o", "url": "s3://b/p", "access_key_id": "A", "secret_access_key": "S3CRET"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_secret_swapped_into_another_field_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ServerKey::load_or_create(dir.path()).unwrap();
+        let sealed = key.seal_config(&two_fields());
+        assert_eq!(key.open_config(&sealed).unwrap(), two_fields());
+        let mut swapped = sealed.clone();
+        swapped.sources[1].password = swapped.sources[0].password.clone();
+        assert!(key.open_config(&swapped).is_err());
+        let mut swapped = sealed.clone();
+        swapped.offsite[0].secret_access_key = swapped.sources[0].password.clone();
+        assert!(key.open_config(&swapped).is_err());
+    }
+
+    #[test]
+    fn format_1_secrets_are_resealed_and_not_opened_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ServerKey::load_or_create(dir.path()).unwrap();
+        // A configuration as format 1 stored it.
+        let mut v1 = two_fields();
+        for (_, _, s) in bound_secrets_mut(&mut v1) {
+            s.0 = key.seal_as(SEALED_V1_PREFIX, &s.0, "acme");
+        }
+        assert!(key.open_config(&v1).is_err(), "format 1 is only re-sealed");
+        let v2 = key.reseal_v1(&v1).unwrap().expect("changed");
+        assert_eq!(key.open_config(&v2).unwrap(), two_fields());
+        assert_eq!(key.reseal_v1(&v2).unwrap(), None, "idempotent");
+        // Through a store, as `levee serve` runs it at start.
+        let store = crate::store::SqliteStore::open(&dir.path().join("db")).unwrap();
+        use crate::store::CustomerStore;
+        store.put_customer(&v1).unwrap();
+        assert_eq!(reseal_store(&store, &key).unwrap(), 1);
+        assert_eq!(reseal_store(&store, &key).unwrap(), 0);
+        let stored = store.customer("acme").unwrap().unwrap();
+        assert_eq!(key.open_config(&stored.config).unwrap(), two_fields());
+    }
+
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -200,6 +339,10 @@ mod tests {
         // Moved to another customer: refused.
         let mut moved = sealed.clone();
         moved.customer = "other".into();
+        assert!(again.open_config(&moved).is_err());
+        // Pointed at another share: refused.
+        let mut moved = sealed.clone();
+        moved.sources[0].smb = Some("smb://u@evil/s".into());
         assert!(again.open_config(&moved).is_err());
         assert_eq!(
             redact(&sealed).sources[0].password.as_ref().unwrap().0,

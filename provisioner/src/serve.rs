@@ -50,6 +50,9 @@ pub struct ServeConfig {
     pub alerts: crate::alerts::AlertOptions,
     /// Connection caps and timeouts, the same for every TCP listener.
     pub limits: crate::listen::Limits,
+    /// Whether unknown machines may enroll and wait for approval
+    /// (`--no-pending-enrollment` turns it off).
+    pub allow_pending: bool,
 }
 
 /// Sockets bound by the caller.
@@ -68,7 +71,18 @@ pub async fn run(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::store::private_dir(&config.data_dir).context("data directory")?;
     let key = crate::secrets::ServerKey::load_or_create(&config.data_dir).context("server key")?;
+    // Secrets sealed by an older levee are bound to their field and
+    // destination before anything reads them.
+    let resealed =
+        crate::secrets::reseal_store(store.as_ref(), &key).context("re-sealing secrets")?;
+    if resealed > 0 {
+        info!(
+            customers = resealed,
+            "secrets re-sealed in the current format"
+        );
+    }
     let key = Arc::new(key);
     // Created on first start; its fingerprint goes into every boot script.
     // A shared store (PostgreSQL) holds the fleet's one CA, so every server
@@ -86,6 +100,8 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         public_url: config.public_url.clone(),
         tftp_host: config.tftp_host.clone(),
+        allow_pending: config.allow_pending,
+        limits: Default::default(),
     };
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
@@ -126,6 +142,7 @@ pub async fn run(
             store: store.clone(),
             ca: ca.clone(),
             https_url,
+            allow_pending: config.allow_pending,
         },
         ipxe_dir: config.ipxe_dir.clone(),
     });
@@ -281,6 +298,14 @@ struct BootFiles {
 
 impl FileSource for BootFiles {
     fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
+        self.open_from(path, None)
+    }
+
+    fn open_from(
+        &self,
+        path: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<TftpFile, OpenError> {
         let path = path.trim_start_matches('/');
         let not_found = || OpenError::NotFound(path.to_string());
         if let Some(name) = path.strip_prefix("boot/") {
@@ -288,7 +313,7 @@ impl FileSource for BootFiles {
                 .strip_suffix(".ipxe")
                 .and_then(|m| m.parse().ok())
                 .ok_or_else(not_found)?;
-            let script = self.boot.script(mac);
+            let script = self.boot.script(mac, peer.map(|p| p.ip()));
             return Ok(TftpFile::Memory(Arc::from(script.into_bytes())));
         }
         if let Some(rest) = path.strip_prefix("images/") {

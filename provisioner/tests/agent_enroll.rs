@@ -198,7 +198,25 @@ fn the_agent_enrolls_after_approval_pulls_config_heartbeats_and_renews() {
     assert!(!pulled.changed);
     assert_eq!(pulled.config.customer, "alpha");
 
-    // Renewal: a new key and certificate; the old certificate is refused.
+    // Renewal opens in the certificate's last third: refused at first,
+    // then (the recorded expiry 10 days away, as if 80 days had passed) a
+    // new key and certificate; the old certificate is refused.
+    match client.renew(&cred, &state) {
+        Err(EnrollError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => assert!(message.contains("last third"), "{message}"),
+        other => panic!("early renewal not refused: {other:?}"),
+    }
+    srv.store
+        .record_certificate(
+            a.id,
+            a.cert_fingerprint.as_deref().expect("certificate"),
+            levee_provisioner::store::now() + 10 * 86_400,
+            false,
+        )
+        .expect("age the certificate");
     let renewed = client.renew(&cred, &state).expect("renew");
     assert_ne!(renewed.key_pem, cred.key_pem);
     assert_eq!(
@@ -273,8 +291,9 @@ fn the_agent_refuses_a_server_whose_ca_is_not_pinned_and_a_spent_token() {
     assert!(Credential::load(&states.path().join("a"))
         .expect("load")
         .is_none());
-    // That token is spent: a second try with it (a new key) is refused
-    // for good, not retried.
+    // The server did issue a certificate (the agent refused the answer):
+    // a second try with that token and a new key is refused for good, not
+    // retried, since a token never replaces a live certificate.
     let err = agent(&cmdline, &states.path().join("b"))
         .join()
         .expect("agent thread")
@@ -284,7 +303,7 @@ fn the_agent_refuses_a_server_whose_ca_is_not_pinned_and_a_spent_token() {
             status, message, ..
         }) => {
             assert_eq!(status, 403);
-            assert!(message.contains("already used"), "{message}");
+            assert!(message.contains("reenroll"), "{message}");
         }
         other => panic!("{other}"),
     }

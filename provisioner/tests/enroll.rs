@@ -15,6 +15,7 @@ const MAC_A: &str = "52:54:00:0a:00:01";
 const MAC_B: &str = "52:54:00:0b:00:01";
 const MAC_NEW: &str = "52:54:00:0a:00:02";
 const MAC_PENDING: &str = "52:54:00:0c:00:01";
+const MAC_C: &str = "52:54:00:0a:00:03";
 
 struct Server {
     dir: tempfile::TempDir,
@@ -63,6 +64,7 @@ async fn start() -> Server {
     customer(store.as_ref(), &key, "beta", "beta-secret");
     register(store.as_ref(), MAC_A, "alpha");
     register(store.as_ref(), MAC_B, "beta");
+    register(store.as_ref(), MAC_C, "alpha");
 
     let (url, stop) = common::serve_on_loopback(store.clone(), data.clone(), dir.path()).await;
     Server {
@@ -228,26 +230,29 @@ async fn golden_path_then_every_refusal() {
     assert_eq!(stored.image_version.as_deref(), Some("1.2.3"));
     assert_eq!(stored.state.as_str(), "enrolled");
 
-    // Refusals on the plain listener.
+    // Refusals on the plain listener (a registered machine, not enrolled).
     let key = rcgen::KeyPair::generate().unwrap();
-    let token = srv.token(MAC_A).await;
+    let token = srv.token(MAC_C).await;
     let (s, body) = srv.enroll_raw(&token, MAC_B, &key).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(error_of(&body).contains("another machine"), "{body}");
-    let (s, _) = srv.enroll_raw(&token, MAC_A, &key).await;
+    let (s, _) = srv.enroll_raw(&token, MAC_C, &key).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, body) = srv.enroll_raw(&token, MAC_A, &key).await;
+    // Enrolled now: a token (this one or any) never replaces its
+    // certificate.
+    let (s, body) = srv.enroll_raw(&token, MAC_C, &key).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert!(error_of(&body).contains("already used"), "{body}");
+    assert!(error_of(&body).contains("reenroll"), "{body}");
     let expired = "f".repeat(64);
     srv.store
         .put_token(
             &levee_provisioner::enroll::token::token_hash(&expired),
-            MAC_A.parse().unwrap(),
+            MAC_PENDING.parse().unwrap(),
             levee_provisioner::store::now() - 1,
+            None,
         )
         .unwrap();
-    let (s, body) = srv.enroll_raw(&expired, MAC_A, &key).await;
+    let (s, body) = srv.enroll_raw(&expired, MAC_PENDING, &key).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(error_of(&body).contains("expired"), "{body}");
     let token = srv.token(MAC_PENDING).await;
@@ -261,11 +266,15 @@ async fn golden_path_then_every_refusal() {
         .unwrap();
     assert_eq!(pending.state.as_str(), "pending");
 
-    // The re-enrollment above superseded `a`'s certificate.
+    // `a` kept working through all that; a re-enrollment needs ops, and
+    // then supersedes its certificate.
+    assert_eq!(get_config(&a, paths::CONFIG).await.0, StatusCode::OK);
+    srv.levee(&["appliance", "reenroll", MAC_A]);
+    let again = srv.enroll(MAC_A).await;
     let (s, body) = get_config(&a, paths::CONFIG).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(error_of(&body).contains("superseded"), "{body}");
-    let a = srv.enroll(MAC_A).await;
+    let a = again;
 
     // No client certificate: the TLS handshake is refused.
     let anonymous = mtls(&a.resp.ca_pem, None);
@@ -290,19 +299,38 @@ async fn golden_path_then_every_refusal() {
         assert!(!body.contains("beta"), "{path}: {body}");
     }
 
-    // Renewal: a new certificate; the old one stops working.
+    // Renewal: a new certificate; the old one stops working. It opens in
+    // the certificate's last third: refused now, allowed once the recorded
+    // expiry is 10 days away (as if 80 days had passed).
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .unwrap()
         .pem()
         .unwrap();
-    let r = mtls(&a.resp.ca_pem, Some(&a))
-        .post(format!("{}{}", a.resp.https_url, paths::RENEW))
-        .json(&serde_json::json!({"csr_pem": csr}))
-        .send()
-        .await
-        .expect("renew");
+    let renew = || {
+        mtls(&a.resp.ca_pem, Some(&a))
+            .post(format!("{}{}", a.resp.https_url, paths::RENEW))
+            .json(&serde_json::json!({"csr_pem": csr}))
+            .send()
+    };
+    let r = renew().await.expect("renew");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(error_of(&r.text().await.unwrap()).contains("last third"));
+    let rec = srv
+        .store
+        .appliance(MAC_A.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    srv.store
+        .record_certificate(
+            rec.id,
+            rec.cert_fingerprint.as_deref().unwrap(),
+            levee_provisioner::store::now() + 10 * 86_400,
+            false,
+        )
+        .unwrap();
+    let r = renew().await.expect("renew");
     assert_eq!(r.status(), StatusCode::OK);
     let renewed: EnrollmentResponse = r.json().await.expect("renewed");
     let (s, _) = get_config(&a, paths::CONFIG).await;
@@ -349,9 +377,14 @@ async fn a_pending_machine_enrolls_after_approval_without_a_reboot() {
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let p: levee_proto::enroll::EnrollmentPending = serde_json::from_str(&body).expect("pending");
     assert!(p.pending);
+    // The command ops must type names the key's fingerprint, the one the
+    // machine prints on its console.
+    let fp = levee_proto::enroll::short_fingerprint(&levee_proto::enroll::key_sha256(
+        &key.public_key_der(),
+    ));
     assert_eq!(
         p.approve,
-        format!("levee appliance approve {MAC_PENDING} --customer NAME")
+        format!("levee appliance approve {MAC_PENDING} --customer NAME --fingerprint {fp}")
     );
     // The retry: same key, the used token; still pending, and the key holds.
     let (s, body) = srv.enroll_raw(&token, MAC_PENDING, &key).await;

@@ -57,7 +57,7 @@ fn customers_and_appliances_live_in_postgres() -> Result<()> {
     // The rows are in PostgreSQL, the secret sealed; no SQLite file appeared.
     let config = pg.query("cli", "SELECT config FROM customers WHERE name = 'acme'");
     ensure!(
-        !config.contains("Pg-Secret-1") && config.contains("sealed:v1:"),
+        !config.contains("Pg-Secret-1") && config.contains("sealed:v2:"),
         "{config}"
     );
     ensure!(

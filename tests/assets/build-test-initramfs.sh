@@ -59,11 +59,12 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo "levee-test: init started"
 for m in virtio_pci virtio_net e1000; do modprobe "$m" 2>/dev/null; done
-url=; mac=
+url=; mac=; token=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     levee.url=*) url=${arg#levee.url=} ;;
     levee.mac=*) mac=${arg#levee.mac=} ;;
+    levee.token=*) token=${arg#levee.token=} ;;
   esac
 done
 iface=
@@ -77,7 +78,9 @@ if udhcpc -i "$iface" -n -q -t 20 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1; th
   addr=$(ip -4 -o addr show dev "$iface" | awk '{print $4}')
   echo "levee-test: $iface has $addr"
   body="{\"mac\":\"$mac\",\"stage\":\"test-initramfs\",\"addresses\":[\"$addr\"]}"
-  if wget -q -O /dev/null --header 'Content-Type: application/json' --post-data "$body" "$url/api/v1/report"; then
+  # Pre-enrollment reports are authenticated by the boot script's token.
+  if wget -q -O /dev/null --header 'Content-Type: application/json' \
+      --header "Authorization: Bearer $token" --post-data "$body" "$url/api/v1/report"; then
     echo "levee-test: reported to $url"
   else
     echo "levee-test: report to $url failed"

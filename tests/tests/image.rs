@@ -535,7 +535,7 @@ fn pxe_boot(tag: &str, firmware: levee_tests::vm::Firmware, mac: &str) -> anyhow
     // console, a short report interval, and no TCG timer panic.
     server.cli(&[
         "profile", "set", "default", "--cmdline",
-        "console=ttyS0,115200 levee.url={url} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline} \
+        "console=ttyS0,115200 levee.url={url} levee.token={token} levee.root={root_url} levee.sha256={root_sha256} {image_cmdline} \
          systemd.journald.forward_to_console=1 levee.interval=3 no_timer_check",
     ])?;
     let net = TestNet::new(tag)?;

@@ -34,7 +34,9 @@ impl BootArgs {
             match k {
                 "levee.url" => a.url = Some(v.trim_end_matches('/').to_string()),
                 "levee.ca" => a.ca = Some(v),
-                "levee.token" => a.token = Some(v),
+                // Empty: the server gave this machine no token (it may
+                // not enroll).
+                "levee.token" => a.token = Some(v).filter(|t| !t.is_empty()),
                 "levee.root" => a.root = Some(v),
                 "levee.slot" => a.slot = Some(v),
                 "levee.health" => a.health_secs = v.parse().ok().filter(|s| *s > 0),

@@ -79,6 +79,13 @@ pub(super) fn enroll(
         facts.disks.len(),
         facts.dmi_serial.as_deref().unwrap_or("-")
     ));
+    // Ops compares this with `levee appliance list` (KEY) and approves
+    // with --fingerprint: a key someone else sent in this MAC's name does
+    // not match.
+    log.console(format_args!(
+        "mac {mac}: enrollment key fingerprint {}",
+        key.fingerprint()
+    ));
     let req = EnrollmentRequest {
         token: token.clone(),
         mac: mac.to_string(),
@@ -125,8 +132,9 @@ pub(super) fn enroll(
             }
             Ok(Attempt::Pending(p)) => {
                 if !pending_logged {
-                    log.info(format_args!(
-                        "mac {mac}: waiting for approval: ops must run `{}`; retrying every {}s",
+                    log.console(format_args!(
+                        "mac {mac}: waiting for approval of key {}: ops must run `{}`; retrying every {}s",
+                        key.fingerprint(),
                         p.approve,
                         retry.as_secs_f32()
                     ));

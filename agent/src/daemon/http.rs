@@ -8,11 +8,14 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// POSTs `value` as JSON to `base` + `path`; Ok(status) for 2xx.
+/// POSTs `value` as JSON to `base` + `path`, with `Authorization: Bearer
+/// token` when given (a pre-enrollment report is authenticated by the boot
+/// script's enrollment token); Ok(status) for 2xx.
 pub(super) fn post_json<T: serde::Serialize>(
     base: &str,
     path: &str,
     value: &T,
+    token: Option<&str>,
 ) -> Result<u16, String> {
     if !base.starts_with("http://") && !base.starts_with("https://") {
         return Err(format!("`{base}` is not an http:// URL"));
@@ -27,11 +30,11 @@ pub(super) fn post_json<T: serde::Serialize>(
         .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let response = client
-        .post(&url)
-        .json(value)
-        .send()
-        .map_err(|e| format!("POST {url}: {e}"))?;
+    let mut request = client.post(&url).json(value);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let response = request.send().map_err(|e| format!("POST {url}: {e}"))?;
     let code = response.status().as_u16();
     if response.status().is_success() {
         Ok(code)
@@ -65,9 +68,17 @@ mod tests {
             &format!("http://127.0.0.1:{port}/"),
             "/api/v1/report",
             &serde_json::json!({"mac": "x"}),
+            Some("t0ken"),
         )
         .unwrap();
         assert_eq!(code, 200);
-        assert!(server.join().unwrap().starts_with("POST /api/v1/report "));
+        let request = server.join().unwrap();
+        assert!(request.starts_with("POST /api/v1/report "));
+        assert!(
+            request
+                .to_lowercase()
+                .contains("authorization: bearer t0ken"),
+            "{request}"
+        );
     }
 }

@@ -29,6 +29,19 @@ impl Log {
         self.emit(Level::Warn, args);
     }
 
+    /// Logged, and also written to the machine's console when running as
+    /// the service (the journal is there): what someone standing at the box
+    /// must read, such as the key fingerprint that ops approves.
+    pub(super) fn console(&self, args: Arguments<'_>) {
+        self.emit(Level::Info, args);
+        if self.journal.is_some() {
+            use std::io::Write;
+            if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+                let _ = writeln!(c, "levee-agent: {args}");
+            }
+        }
+    }
+
     fn emit(&self, level: Level, args: Arguments<'_>) {
         if let Some(j) = &self.journal {
             let record = log::Record::builder()

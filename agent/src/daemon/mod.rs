@@ -156,10 +156,22 @@ fn plain_reports(
         .interval_secs
         .map(Duration::from_secs)
         .unwrap_or(opts.interval);
+    if args.token.is_none() {
+        // The server accepts reports only with the machine's enrollment
+        // token; without one they are refused, which the log shows.
+        log.warn(format_args!(
+            "no levee.token= on the kernel command line: the server will refuse these reports (an enrolled appliance needs `levee appliance reenroll` to enroll again)"
+        ));
+    }
     let (mut sent, mut failed) = (0u64, 0u64);
     loop {
         let report = facts::report(args);
-        match http::post_json(&url, levee_proto::paths::REPORT, &report) {
+        match http::post_json(
+            &url,
+            levee_proto::paths::REPORT,
+            &report,
+            args.token.as_deref(),
+        ) {
             Ok(status) => {
                 sent += 1;
                 // The first report and every 20th after it: enough to follow a

@@ -9,6 +9,9 @@ pub struct NewKey {
     /// PKCS#8 PEM (`PRIVATE KEY`); never logged.
     pub key_pem: String,
     pub csr_pem: String,
+    /// sha256 (hex) of the public key (SubjectPublicKeyInfo DER): what the
+    /// server keeps for a pending machine.
+    pub key_sha256: String,
 }
 
 impl std::fmt::Debug for NewKey {
@@ -44,7 +47,14 @@ impl NewKey {
         Ok(NewKey {
             key_pem: key_pem.to_string(),
             csr_pem,
+            key_sha256: levee_proto::enroll::key_sha256(&key.public_key_der()),
         })
+    }
+
+    /// The short fingerprint the appliance prints on its console and ops
+    /// compares with `levee appliance list` before `approve --fingerprint`.
+    pub fn fingerprint(&self) -> String {
+        levee_proto::enroll::short_fingerprint(&self.key_sha256)
     }
 }
 
@@ -60,5 +70,10 @@ mod tests {
         let again = NewKey::from_key_pem(&k.key_pem, "x").unwrap();
         assert_eq!(again.key_pem, k.key_pem);
         assert!(!format!("{k:?}").contains("PRIVATE"));
+        // The fingerprint is the server's view of the same key.
+        let checked = levee_proto::csr::check_csr_pem(&k.csr_pem).unwrap();
+        assert_eq!(checked.key_sha256, k.key_sha256);
+        assert_eq!(again.fingerprint(), k.fingerprint());
+        assert_eq!(k.fingerprint().len(), 19);
     }
 }

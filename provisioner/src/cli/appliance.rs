@@ -7,7 +7,8 @@ use clap::Subcommand;
 use levee_pxe::boot::MacAddr;
 
 use super::backups::{last_backup_cell, overdue_cell, Detail, Fleet};
-use crate::store::{now, Appliance, ApplianceRef, ApplianceState, Registration, Store};
+use super::escape;
+use crate::store::{now, short_key, Appliance, ApplianceRef, ApplianceState, Registration, Store};
 
 /// Heartbeat interval assumed for machines without a customer.
 const DEFAULT_HEARTBEAT_SECS: u64 = 300;
@@ -37,13 +38,42 @@ pub enum ApplianceCommand {
     },
     /// Give a machine that booted unregistered (pending) a customer, so it
     /// enrolls and receives that customer's configuration.
+    ///
+    /// The machine prints its key's fingerprint on its console while it
+    /// waits, and `levee appliance list` shows the key the server kept
+    /// (KEY). Pass --fingerprint with what the console says: a mismatch is
+    /// refused, so a key someone else sent in the machine's name is never
+    /// approved. When two keys tried (KEY shows a conflict), --fingerprint
+    /// is required and chooses the one that enrolls.
     #[command(
-        after_help = "Example:\n  levee appliance list        # pending machines show customer -\n  levee appliance approve 52:54:00:12:34:56 --customer acme"
+        after_help = "Example:\n  levee appliance list        # pending machines show customer - and their KEY\n  levee appliance approve 52:54:00:12:34:56 --customer acme --fingerprint 3f2a-9c41-07d8-b6e5"
     )]
     Approve {
         mac: MacAddr,
         #[arg(long)]
         customer: String,
+        /// The key fingerprint shown on the machine's console (the 16-digit
+        /// short form or the full sha256).
+        #[arg(long, value_name = "FINGERPRINT")]
+        fingerprint: Option<String>,
+    },
+    /// Allow one re-enrollment of an enrolled appliance.
+    ///
+    /// An appliance with a valid certificate never gets a new one through
+    /// a boot script's token: a token on a shared LAN is not proof of
+    /// identity. This arms exactly one: the next enrollment with a token
+    /// gets a certificate, and the old one is revoked at that moment. Use
+    /// it when an appliance lost its credential (a new disk, a network boot
+    /// for `reinstall`). --cancel withdraws it.
+    #[command(
+        after_help = "Examples:\n  levee appliance reenroll 52:54:00:12:34:56\n  levee appliance reinstall 52:54:00:12:34:56 && levee appliance reenroll 52:54:00:12:34:56\n  levee appliance reenroll 7 --cancel"
+    )]
+    Reenroll {
+        /// MAC or appliance id.
+        appliance: ApplianceRef,
+        /// Withdraw an armed re-enrollment.
+        #[arg(long)]
+        cancel: bool,
     },
     /// Hand an appliance's customer and configuration to a new machine (a
     /// replacement unit); the old one's credential is revoked.
@@ -161,8 +191,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ApplianceCommand::Approve { mac, customer } => {
-            let a = store.approve_appliance(mac, &customer)?;
+        ApplianceCommand::Approve {
+            mac,
+            customer,
+            fingerprint,
+        } => {
+            let a = store.approve_appliance(mac, &customer, fingerprint.as_deref())?;
             let next = if a.pending_key.is_some() {
                 "; it is waiting and enrolls by itself at its next retry"
             } else {
@@ -197,6 +231,20 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ApplianceCommand::Reenroll { appliance, cancel } => {
+            let a = find(store, appliance)?;
+            let a = store.set_reenroll(a.id, !cancel)?;
+            if cancel {
+                println!("appliance {} (id {}): re-enrollment withdrawn", a.mac, a.id);
+            } else {
+                tracing::warn!(mac = %a.mac, appliance = a.id, "re-enrollment armed: the next enrollment with a token replaces its certificate");
+                println!(
+                    "appliance {} (id {}) may enroll once more: its next enrollment with a token gets a new certificate and revokes the current one",
+                    a.mac, a.id
+                );
+            }
+            Ok(())
+        }
         ApplianceCommand::Reinstall { appliance, cancel } => {
             let a = find(store, appliance)?;
             let a = store.set_reinstall(a.id, !cancel)?;
@@ -210,6 +258,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                     "appliance {} (id {}) will reinstall over its Levee disk on its next network boot (state now {})",
                     a.mac, a.id, a.state
                 );
+                if a.has_live_cert(now()) && !a.reenroll {
+                    println!(
+                        "  a network boot has no credential: `levee appliance reenroll {}` lets it enroll again",
+                        a.mac
+                    );
+                }
             }
             Ok(())
         }
@@ -265,6 +319,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                         if online(a) { "online" } else { "offline" }.into(),
                         last_backup_cell(&health),
                         overdue_cell(&health, t as i64),
+                        key_cell(a),
                     ]
                 })
                 .collect();
@@ -283,6 +338,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                     "STATUS",
                     "LAST BACKUP",
                     "OVERDUE",
+                    "KEY",
                 ],
                 &rows,
             );
@@ -303,25 +359,44 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 }));
             }
             println!("appliance {} (id {})", a.mac, a.id);
-            println!("  serial:         {}", a.serial.as_deref().unwrap_or("-"));
+            println!(
+                "  serial:         {}",
+                escape(a.serial.as_deref().unwrap_or("-"))
+            );
             match (&a.customer, a.registered) {
-                (Some(c), _) => println!("  customer:       {c}"),
+                (Some(c), _) => println!("  customer:       {}", escape(c)),
                 (None, _) => println!(
                     "  customer:       - (waiting for approval: levee appliance approve {} --customer NAME)",
                     a.mac
                 ),
             }
             match (&a.state, &a.state_reason) {
-                (_, Some(r)) => println!("  state:          {} ({r})", a.state),
+                (_, Some(r)) => println!("  state:          {} ({})", a.state, escape(r)),
                 _ => println!("  state:          {}", a.state),
             }
             if a.reinstall {
                 println!("  reinstall:      requested (the next install plan may overwrite its Levee disk)");
             }
-            if a.pending_key.is_some() && a.cert_fingerprint.is_none() {
+            if let Some(k) = &a.pending_key {
                 println!(
-                    "  enrollment:     waiting for approval (its key is kept; it retries by itself)"
+                    "  pending key:    {} (sha256 {k}; {})",
+                    short_key(k),
+                    if a.approved() {
+                        "approved: it enrolls at its next retry"
+                    } else {
+                        "waiting for approval; it retries by itself"
+                    }
                 );
+            }
+            if let Some(c) = &a.key_conflict {
+                println!(
+                    "  key conflict:   another key {} (sha256 {c}) was refused: compare both with the machine's console, then `levee appliance approve {} --customer NAME --fingerprint ...`",
+                    short_key(c),
+                    a.mac
+                );
+            }
+            if a.reenroll {
+                println!("  re-enrollment:  armed (its next enrollment with a token replaces its certificate)");
             }
             if let Some(t) = a.revoked_at {
                 println!("  revoked:        {}", super::ago(Some(t)));
@@ -334,12 +409,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             }
             println!(
                 "  profile:        {}",
-                a.profile.as_deref().unwrap_or("default")
+                escape(a.profile.as_deref().unwrap_or("default"))
             );
             println!(
                 "  image:          {} (slot {})",
-                a.image_version().unwrap_or("-"),
-                a.slot.as_deref().unwrap_or("-")
+                escape(a.image_version().unwrap_or("-")),
+                escape(a.slot.as_deref().unwrap_or("-"))
             );
             println!(
                 "  last heartbeat: {} ({})",
@@ -348,7 +423,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             );
             println!("  last report:    {}", super::ago(a.last_report_at));
             if let Some(r) = &a.last_report {
-                println!("    {}", serde_json::to_string(r)?);
+                println!("    {}", escape(&serde_json::to_string(r)?));
             }
             backups.print();
             for line in update_lines {
@@ -356,7 +431,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             }
             println!("history:");
             for e in events {
-                println!("  {}  {:<14} {}", super::ago(Some(e.at)), e.step, e.detail);
+                println!(
+                    "  {}  {:<14} {}",
+                    super::ago(Some(e.at)),
+                    escape(&e.step),
+                    escape(&e.detail)
+                );
             }
             Ok(())
         }
@@ -414,4 +494,18 @@ fn with_online(a: &Appliance, online: bool) -> anyhow::Result<serde_json::Value>
         m.insert("online".into(), online.into());
     }
     Ok(v)
+}
+
+/// The KEY column: the short fingerprint of the key a pending machine
+/// enrolls with, and a conflict when another key tried.
+fn key_cell(a: &Appliance) -> String {
+    match (&a.pending_key, &a.key_conflict) {
+        (None, None) => "-".into(),
+        (Some(k), None) => short_key(k),
+        (k, Some(c)) => format!(
+            "{} CONFLICT {}",
+            k.as_deref().map(short_key).unwrap_or_else(|| "-".into()),
+            short_key(c)
+        ),
+    }
 }

@@ -135,6 +135,7 @@ fn apply(ctx: &super::Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Res
     let customer = crate::config::load(file)?;
     let key = ServerKey::load_or_create(ctx.data_dir())?;
     let store = ctx.open_store()?;
+    crate::secrets::reseal_store(store.as_ref(), &key)?;
     let name = customer.config.customer.clone();
     let old = store
         .customer(&name)?

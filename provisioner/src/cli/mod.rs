@@ -157,8 +157,31 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Prints rows as an aligned table.
+/// Text from machines or the database made safe for a terminal: control
+/// characters (escape sequences, carriage returns, newlines that would
+/// forge lines, C1 controls) are shown escaped (`\u{1b}`), not sent raw.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Prints rows as an aligned table, every cell escaped (see [`escape`]).
 fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -197,4 +220,17 @@ fn ago(t: Option<u64>) -> String {
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(escape("plain ünïcode"), "plain ünïcode");
+        assert_eq!(escape("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(escape("x\ny\r"), "x\\ny\\r");
+        assert_eq!(escape("\u{9b}31m"), "\\u{9b}31m");
+    }
 }

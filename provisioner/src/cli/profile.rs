@@ -171,6 +171,8 @@ fn check_template(
         public_url: "http://192.0.2.1".into(),
         tftp_host: "192.0.2.1".into(),
         ca_fingerprint: "0".repeat(64),
+        allow_pending: false,
+        limits: Default::default(),
     };
     let mac = "52:54:00:00:00:00".parse().context("probe MAC")?;
     probe

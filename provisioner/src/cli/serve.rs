@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// the longest silence allowed in the middle of a request.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::listen::parse_duration)]
     idle_timeout: Duration,
+
+    /// Give enrollment tokens only to machines registered with `levee
+    /// appliance register`: unknown machines still boot, but cannot enroll
+    /// and wait for `approve` (by default they can).
+    #[arg(long)]
+    no_pending_enrollment: bool,
 }
 
 fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -272,6 +278,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             limits,
+            allow_pending: !args.no_pending_enrollment,
         };
         serve::run(
             served_store,

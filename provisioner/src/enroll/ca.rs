@@ -33,6 +33,8 @@ pub enum CaError {
     Create(rcgen::Error),
     #[error("the certificate request is not valid: {0}")]
     BadCsr(rcgen::Error),
+    #[error(transparent)]
+    Csr(#[from] levee_proto::csr::CsrError),
     #[error("`{0}` is not a host name or IP address for the server certificate")]
     BadHost(String),
 }
@@ -182,8 +184,11 @@ impl ServerCa {
 
     /// Signs an appliance's certificate request. Only the request's public
     /// key is used: the identity (CN `appliance-<id>`, URI SAN
-    /// `levee:appliance:<id>`) and validity are the server's.
+    /// `levee:appliance:<id>`) and validity are the server's. The request
+    /// must pass [`levee_proto::csr::check_csr_pem`]: a P-256 key that
+    /// signed it.
     pub fn issue_client(&self, csr_pem: &str, appliance_id: i64) -> Result<Issued, CaError> {
+        levee_proto::csr::check_csr_pem(csr_pem)?;
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
         let mut params = CertificateParams::default();
@@ -212,23 +217,6 @@ impl ServerCa {
             not_after_unix: not_after.unix_timestamp(),
         })
     }
-}
-
-/// sha256 (lowercase hex) of the public key of a certificate request: the
-/// DER of its SubjectPublicKeyInfo. The request's signature is checked
-/// first, so the sender holds the private key.
-pub fn csr_key_sha256(csr_pem: &str) -> Result<String, CaError> {
-    CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
-    // rcgen parsed it just now; these only fail on what it already refused.
-    let bad = |_| CaError::BadCsr(rcgen::Error::CouldNotParseCertificationRequest);
-    use x509_parser::prelude::FromDer;
-    let der = pem::parse(csr_pem).map_err(|_| bad(()))?;
-    let (_, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(der.contents())
-            .map_err(|_| bad(()))?;
-    Ok(hex::encode(Sha256::digest(
-        csr.certification_request_info.subject_pki.raw,
-    )))
 }
 
 /// The URI SAN that names an appliance in its certificate.
@@ -318,8 +306,16 @@ mod tests {
         assert!(reloaded.issue_client(&csr, 43).is_ok());
         assert!(matches!(
             ca.issue_client("not a csr", 1),
-            Err(CaError::BadCsr(_))
+            Err(CaError::Csr(_))
         ));
+        // Only P-256, what the agent makes.
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let csr = req
+            .serialize_request(&p384)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        assert!(matches!(ca.issue_client(&csr, 44), Err(CaError::Csr(_))));
     }
 
     #[test]

@@ -369,14 +369,10 @@ async fn heartbeat(
     Extension(peer): Extension<Peer>,
     body: Bytes,
 ) -> Response {
-    let report: StatusReport = match serde_json::from_slice(&body) {
+    // The same caps as a pre-enrollment report: what ops sees is bounded.
+    let report = match StatusReport::parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed status report: {e}"),
-            )
-        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     blocking(move || {
         let a = match authorize(st.store.as_ref(), &peer) {
@@ -394,7 +390,7 @@ async fn heartbeat(
             .record_heartbeat(a.id, &hb)
             .and_then(|()| st.store.record_report(&report, a.mac));
         match stored {
-            Ok(()) => {
+            Ok(_) => {
                 debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
                 // The rollout's word rides on the answer; a failure to
                 // decide never fails the heartbeat itself.
@@ -450,9 +446,21 @@ async fn renew(
             Ok(a) => a,
             Err(r) => return *r,
         };
+        let now = crate::store::now();
+        if let Err(reason) = renewal_allowed(a.cert_not_after, now) {
+            warn!(appliance = a.id, %reason, "renewal refused");
+            return api_error(StatusCode::CONFLICT, reason);
+        }
+        if st.boot.limits.renewals.check(&a.id).is_err() {
+            warn!(appliance = a.id, "renewal rate-limited");
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many renewals for this appliance: try again in an hour",
+            );
+        }
         let issued = match st.ca.issue_client(&req.csr_pem, a.id) {
             Ok(i) => i,
-            Err(e @ CaError::BadCsr(_)) => {
+            Err(e @ (CaError::BadCsr(_) | CaError::Csr(_))) => {
                 return api_error(StatusCode::BAD_REQUEST, e.to_string())
             }
             Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -475,6 +483,26 @@ async fn renew(
         .into_response()
     })
     .await
+}
+
+/// Whether a certificate valid until `not_after` may be renewed at `now`:
+/// only in the last third of its life (the agent renews in its last 30 of
+/// 90 days), so a stolen credential cannot be kept alive by renewing it
+/// over and over, and a renewal costs the CA a signature at most once in
+/// sixty days per appliance.
+pub fn renewal_allowed(not_after: Option<u64>, now: u64) -> Result<(), String> {
+    let life = super::ca::CLIENT_CERT_DAYS as u64 * 86_400;
+    let Some(not_after) = not_after else {
+        return Err("no certificate is recorded for this appliance".into());
+    };
+    let opens = not_after.saturating_sub(life / 3);
+    if now < opens {
+        return Err(format!(
+            "renewal opens in the certificate's last third: in {} day(s)",
+            (opens - now).div_ceil(86_400)
+        ));
+    }
+    Ok(())
 }
 
 /// The plan for appliance `a` of a customer whose configuration says

@@ -3,14 +3,17 @@
 
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use axum::http::StatusCode;
+use levee_proto::csr::CheckedCsr;
 use levee_proto::enroll::{EnrollmentRequest, EnrollmentResponse};
 use levee_pxe::boot::MacAddr;
 use tracing::{debug, info, warn};
 
-use super::ca::{self, CaError, ServerCa};
+use super::ca::{CaError, ServerCa};
 use super::token;
-use crate::store::{Store, TokenCheck};
+use crate::store::{short_key, Appliance, PendingKey, Store, TokenCheck};
 
 /// What enrollment needs: the store, the CA, and where the mTLS API is.
 #[derive(Clone)]
@@ -20,6 +23,8 @@ pub struct EnrollService {
     /// Base URL of the `--https` listener; `None` when it is off, and then
     /// nobody can enroll (a certificate would be of no use).
     pub https_url: Option<String>,
+    /// Whether unknown machines may enroll and wait, pending, for ops.
+    pub allow_pending: bool,
 }
 
 /// Why an enrollment was not answered with a certificate: the HTTP status
@@ -61,8 +66,11 @@ fn store_failure(e: crate::store::StoreError) -> Refusal {
     refusal(e.http_status(), format!("server error: {e}"))
 }
 
-fn pending(mac: MacAddr) -> Refusal {
-    let approve = format!("levee appliance approve {mac} --customer NAME");
+fn pending(mac: MacAddr, key: &str) -> Refusal {
+    let approve = format!(
+        "levee appliance approve {mac} --customer NAME --fingerprint {}",
+        short_key(key)
+    );
     Refusal {
         status: StatusCode::ACCEPTED,
         message: format!(
@@ -73,16 +81,25 @@ fn pending(mac: MacAddr) -> Refusal {
 }
 
 impl EnrollService {
-    /// Checks and answers an enrollment at time `now` (Unix seconds). Blocks
-    /// on the store: call it off the async runtime. Every refusal is logged
-    /// once here with the MAC and the reason.
+    /// Checks and answers an enrollment (its request already parsed and its
+    /// certificate request checked: [`EnrollmentRequest::parse`]) from
+    /// `peer` at time `now` (Unix seconds). Blocks on the store: call it off
+    /// the async runtime. Every refusal is logged once here with the MAC
+    /// and the reason.
     ///
     /// ACME-like: a valid token from a machine ops has not approved is
     /// redeemed once and the hash of the request's public key is kept; the
     /// machine then retries with a request for the same key, answered 202
     /// (pending) until it is approved and then with its certificate, no new
-    /// token (and so no reboot) needed.
-    pub fn enroll(&self, req: &EnrollmentRequest, now: u64) -> Result<EnrollmentResponse, Refusal> {
+    /// token (and so no reboot) needed. The first key is kept: another key
+    /// for that MAC is refused as a conflict.
+    pub fn enroll(
+        &self,
+        req: &EnrollmentRequest,
+        csr: &CheckedCsr,
+        peer: Option<IpAddr>,
+        now: u64,
+    ) -> Result<EnrollmentResponse, Refusal> {
         let mac: MacAddr = req.mac.parse().map_err(|e| {
             let r = refusal(
                 StatusCode::BAD_REQUEST,
@@ -91,14 +108,14 @@ impl EnrollService {
             warn!(mac = %req.mac, reason = %r.message, "enrollment refused");
             r
         })?;
-        let result = self.check_and_issue(mac, req, now);
+        let result = self.check_and_issue(mac, req, csr, peer, now);
         match &result {
             Ok(resp) => info!(%mac, appliance = resp.appliance_id, "enrolled"),
             // Retries every few seconds: logged at debug, recorded once
             // (when the key is kept, by the store).
             Err(r) if r.is_pending() => debug!(%mac, "enrollment pending approval"),
             Err(r) => {
-                warn!(%mac, reason = %r.message, "enrollment refused");
+                warn!(%mac, peer = ?peer, reason = %r.message, "enrollment refused");
                 if let Err(e) = self.store.add_event(mac, "enroll-refused", &r.message) {
                     warn!(%mac, error = %e, "could not record enrollment refusal");
                 }
@@ -111,6 +128,8 @@ impl EnrollService {
         &self,
         mac: MacAddr,
         req: &EnrollmentRequest,
+        csr: &CheckedCsr,
+        peer: Option<IpAddr>,
         now: u64,
     ) -> Result<EnrollmentResponse, Refusal> {
         let https_url = self.https_url.clone().ok_or_else(|| {
@@ -120,9 +139,8 @@ impl EnrollService {
             )
         })?;
         let forbidden = |m: &str| refusal(StatusCode::FORBIDDEN, m);
-        let key = ca::csr_key_sha256(&req.csr_pem)
-            .map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let retired = |a: &crate::store::Appliance| {
+        let key = csr.key_sha256.as_str();
+        let retired = |a: &Appliance| {
             forbidden(&format!(
                 "appliance {mac} (id {}) is retired; its credential is revoked",
                 a.id
@@ -135,48 +153,99 @@ impl EnrollService {
             }
         }
         // The retry of a pending machine: the key it proved with a token.
-        let appliance = match known.filter(|a| a.pending_key.as_deref() == Some(key.as_str())) {
-            Some(a) if a.approved() => a,
-            Some(_) => return Err(pending(mac)),
-            None => {
-                let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now)
-                    .map_err(store_failure)?;
-                match verdict {
-                    TokenCheck::Valid => {}
-                    TokenCheck::Unknown => {
-                        return Err(forbidden(
-                            "unknown enrollment token: boot the machine again for a fresh one",
-                        ))
-                    }
-                    TokenCheck::Used => {
-                        return Err(forbidden(
-                            "enrollment token already used: boot the machine again for a fresh one",
-                        ))
-                    }
-                    TokenCheck::Expired => {
-                        return Err(forbidden(
-                            "enrollment token expired: boot the machine again for a fresh one",
-                        ))
-                    }
-                    TokenCheck::OtherMac => {
-                        return Err(forbidden("enrollment token was issued for another machine"))
-                    }
-                }
-                // Seen: a machine that enrolls unannounced is recorded as pending.
-                let a = self.store.appliance_seen(mac).map_err(store_failure)?;
-                if a.revoked_at.is_some() {
-                    return Err(retired(&a));
-                }
-                if !a.approved() {
-                    self.store
-                        .set_pending_key(a.id, &key)
-                        .map_err(store_failure)?;
-                    info!(%mac, appliance = a.id, "enrollment pending approval: key kept");
-                    return Err(pending(mac));
-                }
-                a
+        if let Some(a) = known
+            .as_ref()
+            .filter(|a| a.pending_key.as_deref() == Some(key))
+        {
+            if !a.approved() {
+                return Err(pending(mac, key));
             }
-        };
+            return self.issue(a, req, csr, https_url, now);
+        }
+        // Anything else needs a token, and a machine that may enroll: a
+        // token never replaces a live certificate unless ops armed it.
+        match &known {
+            Some(a) => a.may_enroll(self.allow_pending, now).map_err(|m| forbidden(&m))?,
+            None if !self.allow_pending => {
+                return Err(forbidden(&format!(
+                    "{mac} is not registered and this server does not take pending enrollments: `levee appliance register --mac {mac} --customer NAME`"
+                )))
+            }
+            None => {}
+        }
+        let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now, peer)
+            .map_err(store_failure)?;
+        let again = "boot the machine again for a fresh one";
+        match verdict {
+            TokenCheck::Valid => {}
+            TokenCheck::Unknown => {
+                return Err(forbidden(&format!(
+                    "unknown or superseded enrollment token: {again}"
+                )))
+            }
+            TokenCheck::Used => {
+                return Err(forbidden(&format!(
+                    "enrollment token already used: {again}"
+                )))
+            }
+            TokenCheck::Expired => {
+                return Err(forbidden(&format!("enrollment token expired: {again}")))
+            }
+            TokenCheck::OtherMac => {
+                return Err(forbidden("enrollment token was issued for another machine"))
+            }
+            TokenCheck::OtherAddress => {
+                return Err(forbidden(
+                    "enrollment token is bound to the address this server leased the machine, and was presented from another",
+                ))
+            }
+        }
+        // Seen: a machine that enrolls unannounced is recorded as pending.
+        let a = self.store.appliance_seen(mac).map_err(store_failure)?;
+        if a.revoked_at.is_some() {
+            return Err(retired(&a));
+        }
+        a.may_enroll(self.allow_pending, now)
+            .map_err(|m| forbidden(&m))?;
+        if a.pending_key.is_some() || !a.approved() {
+            let (a, kept) = self
+                .store
+                .keep_pending_key(a.id, key)
+                .map_err(store_failure)?;
+            return match kept {
+                PendingKey::Conflict => {
+                    let kept = a.pending_key.as_deref().map(short_key).unwrap_or_default();
+                    Err(refusal(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "another key ({kept}) is already waiting for approval as {mac}: this key ({}) is refused and recorded as a conflict; ops decides with `levee appliance approve {mac} --customer NAME --fingerprint FINGERPRINT`",
+                            short_key(key)
+                        ),
+                    ))
+                }
+                // A key kept by an approval: enrolled with its own
+                // request, tokenless, at the next retry.
+                _ if a.approved() => self.issue(&a, req, csr, https_url, now),
+                _ => {
+                    info!(%mac, appliance = a.id, key = %short_key(key), "enrollment pending approval: key kept");
+                    Err(pending(mac, key))
+                }
+            };
+        }
+        self.issue(&a, req, csr, https_url, now)
+    }
+
+    /// Signs the request for appliance `a` and records the certificate;
+    /// a re-enrollment's revocation of the old one is logged at warn.
+    fn issue(
+        &self,
+        a: &Appliance,
+        req: &EnrollmentRequest,
+        csr: &CheckedCsr,
+        https_url: String,
+        now: u64,
+    ) -> Result<EnrollmentResponse, Refusal> {
+        let mac = a.mac;
         let facts = &req.facts;
         let detail = format!(
             "facts: dmi serial {}, dmi uuid {}, macs {}, {} disk(s)",
@@ -187,9 +256,11 @@ impl EnrollService {
         );
         let issued = self
             .ca
-            .issue_client(&req.csr_pem, appliance.id)
+            .issue_client(&req.csr_pem, a.id)
             .map_err(|e| match e {
-                CaError::BadCsr(_) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
+                CaError::BadCsr(_) | CaError::Csr(_) => {
+                    refusal(StatusCode::BAD_REQUEST, e.to_string())
+                }
                 other => internal(other),
             })?;
         self.store
@@ -197,16 +268,20 @@ impl EnrollService {
             .map_err(store_failure)?;
         let not_after = u64::try_from(issued.not_after_unix).unwrap_or(0);
         self.store
-            .record_certificate(appliance.id, &issued.fingerprint, not_after, true)
+            .record_certificate(a.id, &issued.fingerprint, not_after, true)
             .map_err(|e| match e {
                 e if e.is_unavailable() => store_failure(e),
                 e => refusal(StatusCode::FORBIDDEN, e.to_string()),
             })?;
+        if let Some(old) = &a.cert_fingerprint {
+            warn!(%mac, appliance = a.id, certificate = %old, armed = a.reenroll, "re-enrollment: old certificate revoked");
+            warn!(%mac, appliance = a.id, certificate = %issued.fingerprint, key = %short_key(&csr.key_sha256), "re-enrollment: new certificate issued");
+        }
         Ok(EnrollmentResponse {
             certificate_pem: issued.pem,
             ca_pem: self.ca.pem().to_string(),
             https_url,
-            appliance_id: appliance.id,
+            appliance_id: a.id,
             server_time_unix: now as i64,
         })
     }

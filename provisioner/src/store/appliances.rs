@@ -47,6 +47,14 @@ pub struct Appliance {
     /// Ops asked for a reinstall (`levee appliance reinstall`): the next
     /// install plan says so; cleared when the appliance reports `installed`.
     pub reinstall: bool,
+    /// Ops armed one re-enrollment (`levee appliance reenroll`): the one
+    /// way an appliance with a live certificate gets a new one through a
+    /// token. Cleared when that certificate is issued.
+    pub reenroll: bool,
+    /// sha256 (hex) of the last key that tried to take over this pending
+    /// machine's slot with another token (see [`Appliance::pending_key`]):
+    /// refused, and shown to ops until approval settles it.
+    pub key_conflict: Option<String>,
 }
 
 impl Appliance {
@@ -60,6 +68,40 @@ impl Appliance {
     pub fn online(&self, heartbeat_secs: u64, now: u64) -> bool {
         let last = self.last_heartbeat.max(self.last_report_at);
         last.is_some_and(|t| now.saturating_sub(t) <= heartbeat_secs.saturating_mul(3))
+    }
+
+    /// Whether it holds a certificate that still works: recorded, not
+    /// expired, not revoked. Such an appliance never gets a new one through
+    /// a token unless ops armed a re-enrollment.
+    pub fn has_live_cert(&self, now: u64) -> bool {
+        self.revoked_at.is_none()
+            && self.cert_fingerprint.is_some()
+            && self.cert_not_after.is_some_and(|t| t > now)
+    }
+
+    /// Whether a token may be minted for (and redeemed by) this machine:
+    /// not retired, and no live certificate unless a re-enrollment is
+    /// armed; an unregistered machine only when `allow_pending`.
+    pub fn may_enroll(&self, allow_pending: bool, now: u64) -> Result<(), String> {
+        if self.revoked_at.is_some() {
+            return Err(format!(
+                "appliance {} (id {}) is retired",
+                self.mac, self.id
+            ));
+        }
+        if self.has_live_cert(now) && !self.reenroll {
+            return Err(format!(
+                "appliance {} (id {}) is enrolled and its certificate is valid: a token never replaces it; `levee appliance reenroll {}` allows one re-enrollment",
+                self.mac, self.id, self.mac
+            ));
+        }
+        if !self.registered && !allow_pending {
+            return Err(format!(
+                "{} is not registered and this server does not take pending enrollments: `levee appliance register --mac {} --customer NAME`",
+                self.mac, self.mac
+            ));
+        }
+        Ok(())
     }
 
     /// Image version from the last heartbeat, else from the last report.
@@ -173,25 +215,169 @@ pub enum TokenCheck {
     Expired,
     /// Minted for another machine.
     OtherMac,
+    /// Bound to the address the server leased to the machine, and presented
+    /// from another.
+    OtherAddress,
+}
+
+/// A stored token row, as the stores read it.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenRow {
+    pub mac: String,
+    pub expires_at: u64,
+    pub used_at: Option<u64>,
+    /// The leased address it is bound to, if any.
+    pub ip: Option<String>,
+}
+
+/// How long after its redemption a token still authenticates the machine's
+/// pre-enrollment status reports (stage 1, a pending agent).
+pub const REPORT_GRACE_SECS: u64 = 3600;
+
+/// Whether `row` authenticates a status report from `mac` at `at`: the
+/// MAC's token, live or redeemed less than [`REPORT_GRACE_SECS`] ago.
+pub(crate) fn judge_report_token(row: Option<TokenRow>, mac: MacAddr, at: u64) -> bool {
+    let Some(r) = row else { return false };
+    if r.mac != mac.to_string() {
+        return false;
+    }
+    match r.used_at {
+        None => at < r.expires_at,
+        Some(used) => at < used.saturating_add(REPORT_GRACE_SECS),
+    }
+}
+
+/// What keeping a pending machine's key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingKey {
+    /// The first key: kept.
+    Kept,
+    /// The key already kept (a retry).
+    Same,
+    /// Another key while one is kept: refused and recorded as a conflict.
+    Conflict,
+}
+
+/// The verdict on `key` for a machine whose kept key is `kept`.
+pub(crate) fn judge_pending_key(kept: Option<&str>, key: &str) -> PendingKey {
+    match kept {
+        None => PendingKey::Kept,
+        Some(k) if k == key => PendingKey::Same,
+        Some(_) => PendingKey::Conflict,
+    }
+}
+
+/// The short form of a key's sha256 that ops compares with the appliance's
+/// console (see [`levee_proto::enroll::short_fingerprint`]).
+pub fn short_key(key_sha256: &str) -> String {
+    levee_proto::enroll::short_fingerprint(key_sha256)
+}
+
+/// Which key an approval settles on: the kept one, or (with a fingerprint
+/// that names it) the conflicting one. With a conflict, the fingerprint is
+/// required: ops must say which box is theirs.
+pub(crate) fn choose_key(a: &Appliance, fingerprint: Option<&str>) -> Result<Option<String>> {
+    let Some(fp) = fingerprint else {
+        if let Some(c) = &a.key_conflict {
+            return Err(StoreError::Invalid(format!(
+                "appliance {} has two keys trying to enroll ({} kept, {} refused): read the fingerprint on its console and approve with --fingerprint",
+                a.mac,
+                a.pending_key.as_deref().map(short_key).unwrap_or_else(|| "-".into()),
+                short_key(c)
+            )));
+        }
+        return Ok(a.pending_key.clone());
+    };
+    let matches = |k: &Option<String>| {
+        k.as_deref()
+            .is_some_and(|k| levee_proto::enroll::fingerprint_matches(k, fp))
+    };
+    if matches(&a.pending_key) {
+        return Ok(a.pending_key.clone());
+    }
+    if matches(&a.key_conflict) {
+        return Ok(a.key_conflict.clone());
+    }
+    Err(StoreError::Invalid(format!(
+        "fingerprint {fp} does not match the key of appliance {} ({}): not approved; compare with the fingerprint on its console",
+        a.mac,
+        match (&a.pending_key, &a.key_conflict) {
+            (None, _) => "it has sent no key yet".to_string(),
+            (Some(k), None) => format!("its key is {}", short_key(k)),
+            (Some(k), Some(c)) => format!("its keys are {} and {}", short_key(k), short_key(c)),
+        }
+    )))
+}
+
+/// What a certificate recorded for a new enrollment must respect: an
+/// appliance with a live certificate gets a new one only when ops armed a
+/// re-enrollment. Returns the certificate it revokes, if any.
+pub(crate) fn check_new_enrollment(a: &Appliance, now: u64) -> Result<Option<String>> {
+    if a.has_live_cert(now) && !a.reenroll {
+        return Err(StoreError::Invalid(format!(
+            "appliance {} (id {}) already holds a valid certificate: `levee appliance reenroll {}` allows one re-enrollment",
+            a.mac, a.id, a.mac
+        )));
+    }
+    Ok(a.cert_fingerprint.clone())
+}
+
+/// The registration rule both stores apply inside their transaction: a
+/// retired machine is not registered again, and a machine that serves one
+/// customer is not moved to another (as for `approve`).
+pub(crate) fn check_registration(
+    found: Option<&Appliance>,
+    mac: MacAddr,
+    reg: &Registration,
+) -> Result<()> {
+    let Some(a) = found else { return Ok(()) };
+    if a.revoked_at.is_some() {
+        return Err(StoreError::Invalid(format!(
+            "appliance {mac} (id {}) is retired and its credential revoked: `levee appliance remove {mac}` first to register it afresh",
+            a.id
+        )));
+    }
+    if let (Some(new), Some(old)) = (reg.customer, a.customer.as_deref()) {
+        if new != old {
+            return Err(StoreError::Invalid(format!(
+                "appliance {mac} (id {}) already serves customer {old}: retire it first",
+                a.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// How long an expired token row is kept (for a clear "expired" rather than
 /// "unknown"), before it is dropped.
 pub(crate) const TOKEN_KEEP_SECS: u64 = 86_400;
 
-/// The verdict on a stored token row (shared by the stores).
+/// The verdict on a stored token row (shared by the stores); `peer` is the
+/// address the token is presented from.
 pub(crate) fn judge_token(
-    row: Option<(String, u64, Option<u64>)>,
+    row: Option<TokenRow>,
     mac: MacAddr,
     at: u64,
+    peer: Option<std::net::IpAddr>,
 ) -> TokenCheck {
-    match row {
-        None => TokenCheck::Unknown,
-        Some((_, _, Some(_))) => TokenCheck::Used,
-        Some((m, _, None)) if m != mac.to_string() => TokenCheck::OtherMac,
-        Some((_, expires, None)) if at >= expires => TokenCheck::Expired,
-        Some(_) => TokenCheck::Valid,
+    let Some(r) = row else {
+        return TokenCheck::Unknown;
+    };
+    if r.used_at.is_some() {
+        return TokenCheck::Used;
     }
+    if r.mac != mac.to_string() {
+        return TokenCheck::OtherMac;
+    }
+    if at >= r.expires_at {
+        return TokenCheck::Expired;
+    }
+    if let Some(bound) = &r.ip {
+        if peer.map(|p| p.to_string()).as_deref() != Some(bound.as_str()) {
+            return TokenCheck::OtherAddress;
+        }
+    }
+    TokenCheck::Valid
 }
 
 /// What a replacement writes, once checked (shared by the stores).
@@ -313,7 +499,15 @@ pub trait ApplianceStore: CustomerStore {
     /// customer it is approved. A retired machine cannot be registered again.
     fn register_appliance(&self, mac: MacAddr, reg: &Registration) -> Result<Appliance>;
     /// Gives a machine that showed up (pending) a customer, so it may enroll.
-    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance>;
+    /// With `fingerprint`, the key it enrolls with must be the one named
+    /// (see [`choose_key`]); without, a machine with a key conflict is
+    /// refused.
+    fn approve_appliance(
+        &self,
+        mac: MacAddr,
+        customer: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<Appliance>;
     /// Moves an appliance to `state`, with a reason (required in spirit for
     /// `failed`), and records it in its history. `installed` clears a
     /// reinstall request.
@@ -329,8 +523,13 @@ pub trait ApplianceStore: CustomerStore {
     /// a reinstall request as `set_appliance_state` does.
     fn record_heartbeat(&self, id: i64, hb: &Heartbeat) -> Result<()>;
     /// Keeps the hash of a pending machine's public key (see
-    /// [`Appliance::pending_key`]), replacing any earlier one.
-    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance>;
+    /// [`Appliance::pending_key`]). The first key is kept: another one is
+    /// refused, recorded as the conflict and in the history.
+    fn keep_pending_key(&self, id: i64, key_sha256: &str) -> Result<(Appliance, PendingKey)>;
+    /// Arms (or withdraws) one re-enrollment: the next token-backed
+    /// enrollment may replace the appliance's live certificate, which is
+    /// then revoked. A retired appliance is refused.
+    fn set_reenroll(&self, id: i64, armed: bool) -> Result<Appliance>;
     /// Sets or clears the one-shot reinstall request. A retired appliance
     /// is refused.
     fn set_reinstall(&self, id: i64, reinstall: bool) -> Result<Appliance>;
@@ -369,13 +568,22 @@ pub trait ApplianceStore: CustomerStore {
     fn appliance(&self, mac: MacAddr) -> Result<Option<Appliance>>;
     fn appliances(&self) -> Result<Vec<Appliance>>;
     fn remove_appliance(&self, mac: MacAddr) -> Result<()>;
-    fn record_report(&self, report: &levee_proto::report::StatusReport, mac: MacAddr)
-        -> Result<()>;
+    /// Keeps a status report on a known machine's row; `false` (nothing
+    /// written) for a MAC the store does not know: reports never create
+    /// appliances.
+    fn record_report(
+        &self,
+        report: &levee_proto::report::StatusReport,
+        mac: MacAddr,
+    ) -> Result<bool>;
 
     /// Records the client certificate an appliance now holds (the only one
     /// accepted from then on). `enrolled`: a new enrollment, which moves it
-    /// to `enrolled` and forgets its pending key; otherwise a renewal, which
-    /// keeps its state. A revoked appliance is refused.
+    /// to `enrolled`, forgets its pending key and conflict, and is refused
+    /// while it holds a live certificate unless a re-enrollment is armed
+    /// (which it uses up; the old certificate's revocation goes into the
+    /// history). Otherwise a renewal, which keeps its state. A revoked
+    /// appliance is refused.
     fn record_certificate(
         &self,
         id: i64,
@@ -385,12 +593,70 @@ pub trait ApplianceStore: CustomerStore {
     ) -> Result<Appliance>;
 
     /// Keeps an enrollment token (by its sha256, never in clear) for `mac`
-    /// until `expires_at`; long-expired tokens are dropped on the way.
-    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()>;
-    /// Checks a token for `mac` at time `at` and, only if it is valid, marks
-    /// it used, atomically, so two requests with one token cannot both pass.
-    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck>;
+    /// until `expires_at`, bound to `ip` when the server leased that address
+    /// to it. It is the MAC's one live token: unused older ones are dropped,
+    /// as are long-expired tokens.
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        expires_at: u64,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<()>;
+    /// Checks a token for `mac` presented from `peer` at time `at` and, only
+    /// if it is valid, marks it used, atomically, so two requests with one
+    /// token cannot both pass.
+    fn take_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        at: u64,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<TokenCheck>;
+    /// Whether a token authenticates a pre-enrollment report from `mac`
+    /// (see [`judge_report_token`]). Consumes nothing.
+    fn report_token_ok(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<bool>;
+
+    /// The lease the server's DHCP holds for `mac`, if any (expired or not).
+    fn lease(&self, mac: MacAddr) -> Result<Option<levee_pxe::dhcp::Lease>> {
+        Ok(self.leases()?.into_iter().find(|l| l.mac == mac))
+    }
 
     fn leases(&self) -> Result<Vec<levee_pxe::dhcp::Lease>>;
     fn save_lease(&self, lease: &levee_pxe::dhcp::Lease) -> Result<()>;
+}
+
+pub(crate) fn reenroll_detail(armed: bool) -> &'static str {
+    if armed {
+        "re-enrollment armed by ops: the next enrollment with a token may replace its certificate (the old one is then revoked)"
+    } else {
+        "re-enrollment withdrawn"
+    }
+}
+
+pub(crate) fn pending_key_detail(key_sha256: &str) -> String {
+    format!(
+        "waiting for approval with key {} (sha256 {key_sha256})",
+        short_key(key_sha256)
+    )
+}
+
+pub(crate) fn conflict_detail(a: &Appliance, key_sha256: &str) -> String {
+    format!(
+        "refused another key {} (sha256 {key_sha256}): the first key {} is kept; if the new one is the real machine's, approve with --fingerprint {}",
+        short_key(key_sha256),
+        a.pending_key.as_deref().map(short_key).unwrap_or_else(|| "-".into()),
+        short_key(key_sha256)
+    )
+}
+
+pub(crate) fn approved_detail(customer: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) => format!("approved for customer {customer} with key {}", short_key(k)),
+        None => format!("approved for customer {customer}"),
+    }
+}
+
+pub(crate) fn revoked_detail(old_fingerprint: &str) -> String {
+    format!("certificate sha256 {old_fingerprint} revoked: re-enrolled (armed by ops)")
 }

@@ -45,12 +45,14 @@ pub use self::alerts::{
     Alert, AlertStore, Delivery, NewAlert, Webhook, ENROLLMENT_STEPS, RESOLVED_KEPT_SECS,
 };
 pub(crate) use self::appliances::{
-    came_back_detail, check_not_retired, judge_token, plan_replace, reinstall_detail,
+    approved_detail, came_back_detail, check_new_enrollment, check_not_retired, check_registration,
+    choose_key, conflict_detail, judge_pending_key, judge_report_token, judge_token,
+    pending_key_detail, plan_replace, reenroll_detail, reinstall_detail, revoked_detail, TokenRow,
     TOKEN_KEEP_SECS,
 };
 pub use self::appliances::{
-    check_approval, no_appliance, Appliance, ApplianceRef, ApplianceState, ApplianceStore,
-    Heartbeat, Registration, TokenCheck,
+    check_approval, no_appliance, short_key, Appliance, ApplianceRef, ApplianceState,
+    ApplianceStore, Heartbeat, PendingKey, Registration, TokenCheck, REPORT_GRACE_SECS,
 };
 pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
 pub use self::events::{Event, EventStore};
@@ -60,6 +62,20 @@ pub use self::postgres::PgStore;
 pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
 pub use self::sqlite::SqliteStore;
+
+/// Creates the data directory if needed and makes it 0700: it holds the
+/// server key, the CA key and (with SQLite) the database.
+pub fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create data directory {} (mode 0700): {e}",
+                dir.display()
+            ))
+        })
+}
 
 /// Errors of the store. Messages name the object and what to do.
 #[derive(Debug, thiserror::Error)]

@@ -19,24 +19,68 @@ use fleet_cases::{
 };
 
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
+    let (k1, k2) = ("a1".repeat(32), "b2".repeat(32));
     let a = s.appliance_seen(mac(50)).expect("seen");
     assert_eq!((a.pending_key.as_deref(), a.reinstall), (None, false));
-    let a = s.set_pending_key(a.id, "k1").expect("pending key");
-    assert_eq!(a.pending_key.as_deref(), Some("k1"));
-    // A new boot with a new token and a new key replaces it.
-    let a = s.set_pending_key(a.id, "k2").expect("pending key");
-    assert_eq!(a.pending_key.as_deref(), Some("k2"));
+    let (a, v) = s.keep_pending_key(a.id, &k1).expect("pending key");
+    assert_eq!(
+        (a.pending_key.as_deref(), v),
+        (Some(k1.as_str()), PendingKey::Kept)
+    );
+    let (_, v) = s.keep_pending_key(a.id, &k1).expect("retry");
+    assert_eq!(v, PendingKey::Same);
+    // Another key (a new boot, or someone else with a fresh token) does
+    // not replace it: refused and recorded as the conflict.
+    let (a, v) = s.keep_pending_key(a.id, &k2).expect("pending key");
+    assert_eq!(v, PendingKey::Conflict);
+    assert_eq!(a.pending_key.as_deref(), Some(k1.as_str()));
+    assert_eq!(a.key_conflict.as_deref(), Some(k2.as_str()));
     s.put_customer(&customer("acme", "5m")).expect("customer");
-    let a = s.approve_appliance(mac(50), "acme").expect("approve");
-    assert_eq!(a.pending_key.as_deref(), Some("k2"), "approval keeps it");
-    let a = s.record_certificate(a.id, "f1", 100, true).expect("enroll");
+    // With a conflict, ops must say which key; a wrong one is refused.
+    let err = s
+        .approve_appliance(mac(50), "acme", None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--fingerprint"), "{err}");
+    let err = s
+        .approve_appliance(mac(50), "acme", Some("c3c3-c3c3-c3c3-c3c3"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!s
+        .appliance(mac(50))
+        .expect("get")
+        .expect("there")
+        .approved());
+    let a = s
+        .approve_appliance(mac(50), "acme", Some(&short_key(&k2)))
+        .expect("approve");
+    assert_eq!(
+        a.pending_key.as_deref(),
+        Some(k2.as_str()),
+        "the chosen key"
+    );
+    assert_eq!(a.key_conflict, None);
+    let a = s
+        .record_certificate(a.id, "f1", now() + 1000, true)
+        .expect("enroll");
     assert_eq!(a.pending_key, None, "enrollment forgets it");
-    assert!(s
-        .events(mac(50), 50)
-        .expect("events")
+    let steps: Vec<_> = s.events(mac(50), 50).expect("events");
+    assert!(steps
         .iter()
-        .any(|e| e.step == "pending-key" && e.detail.contains("k2")));
-    assert!(s.set_pending_key(9999, "k").is_err());
+        .any(|e| e.step == "pending-key" && e.detail.contains(&k1)));
+    assert!(steps
+        .iter()
+        .any(|e| e.step == "key-conflict" && e.detail.contains(&k2)));
+    assert!(s.keep_pending_key(9999, "k").is_err());
+    // Without a conflict, a fingerprint is checked when given.
+    let b = s.appliance_seen(mac(52)).expect("seen");
+    s.keep_pending_key(b.id, &k1).expect("keep");
+    assert!(s
+        .approve_appliance(mac(52), "acme", Some(&short_key(&k2)))
+        .is_err());
+    s.approve_appliance(mac(52), "acme", Some(&short_key(&k1)))
+        .expect("approve");
 }
 
 fn reinstall_is_one_shot_and_a_slot_completes_an_install(s: &dyn Store) {
@@ -103,66 +147,142 @@ fn certificates_are_recorded_and_replaced(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).expect("customer");
     let a = register_for(s, 7, "acme");
     assert_eq!(a.cert_fingerprint, None);
-    let a = s.record_certificate(a.id, "f1", 100, true).expect("enroll");
+    let live = now() + 1000;
+    let a = s
+        .record_certificate(a.id, "f1", live, true)
+        .expect("enroll");
     assert_eq!(a.state, ApplianceState::Enrolled);
     assert_eq!(a.cert_fingerprint.as_deref(), Some("f1"));
-    assert_eq!(a.cert_not_after, Some(100));
+    assert_eq!(a.cert_not_after, Some(live));
+    assert!(a.has_live_cert(now()));
     s.set_appliance_state(a.id, ApplianceState::Installed, None)
         .expect("state");
     // A renewal replaces the certificate and keeps the state.
-    let a = s.record_certificate(a.id, "f2", 200, false).expect("renew");
+    let a = s
+        .record_certificate(a.id, "f2", live, false)
+        .expect("renew");
     assert_eq!(a.state, ApplianceState::Installed);
     assert_eq!(a.cert_fingerprint.as_deref(), Some("f2"));
+    // A new enrollment over a live certificate: only once ops armed it.
+    let err = s.record_certificate(a.id, "evil", live, true).unwrap_err();
+    assert!(err.to_string().contains("reenroll"), "{err}");
+    assert_eq!(
+        s.appliance_by_id(a.id)
+            .expect("get")
+            .expect("there")
+            .cert_fingerprint
+            .as_deref(),
+        Some("f2")
+    );
+    let a = s.set_reenroll(a.id, true).expect("arm");
+    assert!(a.reenroll);
+    let a = s
+        .record_certificate(a.id, "f3", live, true)
+        .expect("re-enroll");
+    assert_eq!(
+        (a.cert_fingerprint.as_deref(), a.reenroll),
+        (Some("f3"), false)
+    );
+    assert!(
+        s.record_certificate(a.id, "f4", live, true).is_err(),
+        "one only"
+    );
     let steps: Vec<String> = s
         .events(mac(7), 50)
         .expect("events")
         .into_iter()
         .map(|e| e.step)
         .collect();
-    assert!(steps.contains(&"enrolled".to_string()), "{steps:?}");
-    assert!(steps.contains(&"renewed".to_string()), "{steps:?}");
+    for step in [
+        "enrolled",
+        "renewed",
+        "reenroll",
+        "cert-revoked",
+        "reenrolled",
+    ] {
+        assert!(steps.contains(&step.to_string()), "{step}: {steps:?}");
+    }
     s.retire_appliance(a.id, "gone").expect("retire");
     assert!(matches!(
-        s.record_certificate(a.id, "f3", 300, true),
+        s.record_certificate(a.id, "f5", 300, true),
         Err(StoreError::Invalid(_))
     ));
+    assert!(s.set_reenroll(a.id, true).is_err(), "retired");
 }
 
 fn tokens_are_one_use_bound_and_short_lived(s: &dyn Store) {
     // Near the real clock: put_token drops rows long expired by it.
     let t0 = now();
-    s.put_token("aa", mac(1), t0 + 900).expect("put");
-    s.put_token("bb", mac(1), t0 + 900).expect("put");
-    s.put_token("cc", mac(2), t0 + 900).expect("put");
+    s.put_token("aa", mac(1), t0 + 900, None).expect("put");
+    s.put_token("cc", mac(2), t0 + 900, None).expect("put");
     assert_eq!(
-        s.take_token("zz", mac(1), t0).expect("take"),
+        s.take_token("zz", mac(1), t0, None).expect("take"),
         TokenCheck::Unknown
     );
     // The wrong MAC does not burn the token for its own machine.
     assert_eq!(
-        s.take_token("cc", mac(1), t0).expect("take"),
+        s.take_token("cc", mac(1), t0, None).expect("take"),
         TokenCheck::OtherMac
     );
     assert_eq!(
-        s.take_token("cc", mac(2), t0).expect("take"),
+        s.take_token("cc", mac(2), t0, None).expect("take"),
         TokenCheck::Valid
     );
     assert_eq!(
-        s.take_token("aa", mac(1), t0 + 10).expect("take"),
+        s.take_token("aa", mac(1), t0 + 10, None).expect("take"),
         TokenCheck::Valid
     );
     assert_eq!(
-        s.take_token("aa", mac(1), t0 + 11).expect("take"),
+        s.take_token("aa", mac(1), t0 + 11, None).expect("take"),
         TokenCheck::Used
     );
+    s.put_token("bb", mac(1), t0 + 900, None).expect("put");
     assert_eq!(
-        s.take_token("bb", mac(1), t0 + 900).expect("take"),
+        s.take_token("bb", mac(1), t0 + 900, None).expect("take"),
         TokenCheck::Expired
     );
     assert_eq!(
-        s.take_token("bb", mac(1), t0 + 2000).expect("take"),
+        s.take_token("bb", mac(1), t0 + 2000, None).expect("take"),
         TokenCheck::Expired
     );
+}
+
+fn one_live_token_per_mac_bound_to_its_lease(s: &dyn Store) {
+    let t0 = now();
+    let ip: std::net::IpAddr = "10.0.0.7".parse().expect("ip");
+    let other: std::net::IpAddr = "10.0.0.8".parse().expect("ip");
+    s.put_token("t1", mac(3), t0 + 900, None).expect("put");
+    s.put_token("t2", mac(3), t0 + 900, Some(ip)).expect("put");
+    // The newer token invalidated the older.
+    assert_eq!(
+        s.take_token("t1", mac(3), t0, None).expect("take"),
+        TokenCheck::Unknown
+    );
+    // Bound to the leased address: from another, refused and not burnt.
+    assert_eq!(
+        s.take_token("t2", mac(3), t0, Some(other)).expect("take"),
+        TokenCheck::OtherAddress
+    );
+    assert_eq!(
+        s.take_token("t2", mac(3), t0, None).expect("take"),
+        TokenCheck::OtherAddress
+    );
+    assert!(s.report_token_ok("t2", mac(3), t0).expect("report"), "live");
+    assert_eq!(
+        s.take_token("t2", mac(3), t0 + 5, Some(ip)).expect("take"),
+        TokenCheck::Valid
+    );
+    // A redeemed token authenticates reports for an hour, for its MAC only.
+    assert!(s.report_token_ok("t2", mac(3), t0 + 60).expect("report"));
+    assert!(!s.report_token_ok("t2", mac(4), t0 + 60).expect("report"));
+    assert!(!s
+        .report_token_ok("t2", mac(3), t0 + 5 + REPORT_GRACE_SECS)
+        .expect("report"));
+    assert!(!s.report_token_ok("nope", mac(3), t0).expect("report"));
+    // A used token is not dropped by the next one (its hour of reports).
+    s.put_token("t3", mac(3), t0 + 900, None).expect("put");
+    assert!(s.report_token_ok("t2", mac(3), t0 + 60).expect("report"));
+    assert!(!s.report_token_ok("t3", mac(3), t0 + 900).expect("expired"));
 }
 
 /// Registers `mac(n)` for `customer`, nothing else set.
@@ -256,7 +376,10 @@ fn appliances_are_registered_seen_and_report(s: &dyn Store) {
         image_version: Some("2026.11".into()),
         ..Default::default()
     };
-    s.record_report(&report, m).unwrap();
+    assert!(s.record_report(&report, m).unwrap());
+    // Reports never create appliances.
+    assert!(!s.record_report(&report, mac(98)).unwrap());
+    assert!(s.appliance(mac(98)).unwrap().is_none());
     let a = s.appliance(m).unwrap().unwrap();
     assert_eq!(a.last_report, Some(report));
     assert_eq!(a.image_version(), Some("2026.11"));
@@ -366,23 +489,44 @@ fn registration_needs_a_known_customer(s: &dyn Store) {
         )
         .unwrap();
     assert_eq!(a.customer.as_deref(), Some("acme"));
+    // Registering it for another customer is refused, as `approve` is:
+    // its certificate would receive the other customer's secrets.
+    s.put_customer(&customer("beta", "5m")).unwrap();
+    let err = s
+        .register_appliance(
+            mac(20),
+            &Registration {
+                customer: Some("beta"),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already serves customer acme"), "{err}");
+    assert_eq!(
+        s.appliance(mac(20)).unwrap().unwrap().customer.as_deref(),
+        Some("acme")
+    );
 }
 
 fn pending_machines_wait_for_approval(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).unwrap();
     let a = s.appliance_seen(mac(30)).unwrap();
     assert!(!a.approved());
-    assert!(s.approve_appliance(mac(31), "acme").is_err(), "never seen");
-    assert!(s.approve_appliance(mac(30), "nobody").is_err());
-    let a = s.approve_appliance(mac(30), "acme").unwrap();
+    assert!(
+        s.approve_appliance(mac(31), "acme", None).is_err(),
+        "never seen"
+    );
+    assert!(s.approve_appliance(mac(30), "nobody", None).is_err());
+    let a = s.approve_appliance(mac(30), "acme", None).unwrap();
     assert!(a.approved());
     s.put_customer(&customer("beta", "5m")).unwrap();
     let err = s
-        .approve_appliance(mac(30), "beta")
+        .approve_appliance(mac(30), "beta", None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("already serves customer acme"), "{err}");
-    s.approve_appliance(mac(30), "acme").unwrap();
+    s.approve_appliance(mac(30), "acme", None).unwrap();
     let steps: Vec<_> = s
         .events(mac(30), 10)
         .unwrap()
@@ -513,7 +657,7 @@ fn retire_revokes(s: &dyn Store) {
     assert!(s
         .set_appliance_state(a.id, ApplianceState::Enrolled, None)
         .is_err());
-    assert!(s.approve_appliance(a.mac, "acme").is_err());
+    assert!(s.approve_appliance(a.mac, "acme", None).is_err());
     let last = s.events(a.mac, 1).unwrap().remove(0);
     assert_eq!(
         (last.step.as_str(), last.detail.as_str()),
@@ -629,6 +773,7 @@ cases!(
     replace_hands_over_and_revokes,
     retire_revokes,
     tokens_are_one_use_bound_and_short_lived,
+    one_live_token_per_mac_bound_to_its_lease,
     certificates_are_recorded_and_replaced,
     pending_keys_are_kept_until_enrollment,
     an_appliance_comes_with_its_customer,

@@ -93,6 +93,7 @@ pub async fn serve_on_loopback_with(
         grace: std::time::Duration::from_secs(5),
         alerts,
         limits: Default::default(),
+        allow_pending: true,
     };
     let listeners = Listeners {
         http,

@@ -261,7 +261,7 @@ async fn run_transfer(shared: &Shared, peer: SocketAddr, dst: Option<IpAddr>, re
     }
     // Opening may touch the disk; it is a handful of syscalls and the task
     // is already off the accept loop.
-    let file = match shared.source.open(&request.filename) {
+    let file = match shared.source.open_from(&request.filename, Some(peer)) {
         Ok(file) => file,
         Err(err) => {
             info!(client = %peer, file = %request.filename, reason = %err, "tftp request refused");

@@ -46,6 +46,18 @@ impl TftpFile {
 pub trait FileSource: Send + Sync + 'static {
     /// `path` is the client's requested name as sent. Err(NotFound/AccessDenied/..) becomes a TFTP error packet.
     fn open(&self, path: &str) -> Result<TftpFile, OpenError>;
+
+    /// [`FileSource::open`] for a client at `peer` (the server calls this
+    /// one): a source whose answer depends on who asks (a boot script with
+    /// an enrollment token bound to the client's address) overrides it.
+    fn open_from(
+        &self,
+        path: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<TftpFile, OpenError> {
+        let _ = peer;
+        self.open(path)
+    }
 }
 
 /// Splits a requested name into plain components. Backslashes count as
@@ -208,8 +220,16 @@ impl ChainSource {
 
 impl FileSource for ChainSource {
     fn open(&self, path: &str) -> Result<TftpFile, OpenError> {
+        self.open_from(path, None)
+    }
+
+    fn open_from(
+        &self,
+        path: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<TftpFile, OpenError> {
         for source in &self.0 {
-            match source.open(path) {
+            match source.open_from(path, peer) {
                 Err(OpenError::NotFound(_)) => continue,
                 other => return other,
             }

@@ -40,7 +40,8 @@ const PEER_HTTP_PORT: u16 = 8080;
 /// The guest's kernel command line on both sides (levee's template syntax);
 /// `no_timer_check` because TCG guests on a loaded host can panic in the
 /// IO-APIC timer check.
-const LEVEE_CMDLINE: &str = "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac}";
+const LEVEE_CMDLINE: &str =
+    "console=ttyS0,115200 no_timer_check levee.url={url} levee.mac={mac} levee.token={token}";
 
 /// Set by SIGINT/SIGTERM; the running round stops and everything is torn
 /// down by the handles' `Drop`.

@@ -1,6 +1,6 @@
 //! PgStore: appliances.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use deadpool_postgres::GenericClient;
 use levee_proto::report::StatusReport;
@@ -12,14 +12,16 @@ use super::customers::{customer_row_at, require_customer};
 use super::events::event;
 use super::{corrupt, execute, opt_u64, query, query_one, query_opt, relaxed_tx, PgStore};
 use crate::store::{
-    check_approval, judge_token, no_appliance, now, Appliance, ApplianceState, ApplianceStore,
-    CustomerRecord, Heartbeat, Registration, Result, StoreError, TokenCheck, TOKEN_KEEP_SECS,
+    approved_detail, check_approval, check_new_enrollment, check_registration, choose_key,
+    conflict_detail, judge_pending_key, judge_report_token, judge_token, no_appliance, now,
+    pending_key_detail, revoked_detail, Appliance, ApplianceState, ApplianceStore, CustomerRecord,
+    Heartbeat, PendingKey, Registration, Result, StoreError, TokenCheck, TokenRow, TOKEN_KEEP_SECS,
 };
 
 pub(super) const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
      customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
-     cert_fingerprint, cert_not_after, pending_key, reinstall";
+     cert_fingerprint, cert_not_after, pending_key, reinstall, reenroll, key_conflict";
 
 pub(super) fn appliance_row(row: &Row) -> Result<Appliance> {
     let mac: String = row.try_get(1)?;
@@ -51,6 +53,8 @@ pub(super) fn appliance_row(row: &Row) -> Result<Appliance> {
         cert_not_after: opt_u64(row, 19)?,
         pending_key: row.try_get(20)?,
         reinstall: row.try_get(21)?,
+        reenroll: row.try_get(22)?,
+        key_conflict: row.try_get(23)?,
     })
 }
 
@@ -59,6 +63,51 @@ pub(super) async fn get_by_id(c: &impl GenericClient, id: i64) -> Result<Applian
         .await?
         .ok_or_else(|| no_appliance(format!("id {id}")))?;
     appliance_row(&row)
+}
+
+async fn get_by_id_for_update(c: &impl GenericClient, id: i64) -> Result<Appliance> {
+    let row = query_opt(
+        c,
+        &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE id = $1 FOR UPDATE"),
+        &[&id],
+    )
+    .await?
+    .ok_or_else(|| no_appliance(format!("id {id}")))?;
+    appliance_row(&row)
+}
+
+async fn get_by_mac_for_update(c: &impl GenericClient, mac: MacAddr) -> Result<Option<Appliance>> {
+    query_opt(
+        c,
+        &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = $1 FOR UPDATE"),
+        &[&mac.to_string()],
+    )
+    .await?
+    .map(|r| appliance_row(&r))
+    .transpose()
+}
+
+async fn token_row(
+    c: &impl GenericClient,
+    token_sha256: &str,
+    for_update: bool,
+) -> Result<Option<TokenRow>> {
+    let sql = if for_update {
+        "SELECT mac, expires_at, used_at, ip FROM enroll_tokens WHERE token_sha256 = $1 FOR UPDATE"
+    } else {
+        "SELECT mac, expires_at, used_at, ip FROM enroll_tokens WHERE token_sha256 = $1"
+    };
+    query_opt(c, sql, &[&token_sha256])
+        .await?
+        .map(|r| {
+            Ok(TokenRow {
+                mac: r.try_get(0)?,
+                expires_at: r.try_get::<_, i64>(1)? as u64,
+                used_at: r.try_get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                ip: r.try_get(3)?,
+            })
+        })
+        .transpose()
 }
 
 fn by_id_sql() -> &'static str {
@@ -118,54 +167,56 @@ impl ApplianceStore for PgStore {
             if let Some(cust) = reg.customer {
                 require_customer(&tx, cust).await?;
             }
-            if let Some(a) = get_by_mac(&tx, mac).await? {
-                if a.revoked_at.is_some() {
-                    return Err(StoreError::Invalid(format!(
-                        "appliance {mac} (id {}) is retired and its credential revoked: `levee appliance remove {mac}` first to register it afresh",
-                        a.id
-                    )));
-                }
-            }
-            execute(&tx,
+            check_registration(get_by_mac(&tx, mac).await?.as_ref(), mac, reg)?;
+            execute(
+                &tx,
                 "INSERT INTO appliances (mac, serial, profile, customer, registered, first_seen)
                  VALUES ($1, $2, $3, $4, TRUE, $5)
                  ON CONFLICT(mac) DO UPDATE SET registered = TRUE,
                    serial = COALESCE(excluded.serial, appliances.serial),
                    profile = COALESCE(excluded.profile, appliances.profile),
                    customer = COALESCE(excluded.customer, appliances.customer)",
-                &[&mac.to_string(), &reg.serial, &reg.profile, &reg.customer, &(now() as i64)],
-            ).await?;
+                &[
+                    &mac.to_string(),
+                    &reg.serial,
+                    &reg.profile,
+                    &reg.customer,
+                    &(now() as i64),
+                ],
+            )
+            .await?;
             let detail = match reg.customer {
                 Some(cust) => format!("registered for customer {cust}"),
                 None => "registered".to_string(),
             };
             event(&tx, mac, "registered", &detail).await?;
-            let a = get_by_mac(&tx, mac).await?
+            let a = get_by_mac(&tx, mac)
+                .await?
                 .ok_or_else(|| StoreError::Corrupt("appliance vanished".into()))?;
             tx.commit().await?;
             Ok(a)
         })
     }
 
-    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance> {
+    fn approve_appliance(
+        &self,
+        mac: MacAddr,
+        customer: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<Appliance> {
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
             require_customer(&tx, customer).await?;
-            let a = check_approval(get_by_mac(&tx, mac).await?, mac, customer)?;
+            let a = check_approval(get_by_mac_for_update(&tx, mac).await?, mac, customer)?;
+            let key = choose_key(&a, fingerprint)?;
             execute(
                 &tx,
-                "UPDATE appliances SET registered = TRUE, customer = $2 WHERE id = $1",
-                &[&a.id, &customer],
+                "UPDATE appliances SET registered = TRUE, customer = $2, pending_key = $3, key_conflict = NULL WHERE id = $1",
+                &[&a.id, &customer, &key],
             )
             .await?;
-            event(
-                &tx,
-                mac,
-                "approved",
-                &format!("approved for customer {customer}"),
-            )
-            .await?;
+            event(&tx, mac, "approved", &approved_detail(customer, key.as_deref())).await?;
             let a = get_by_id(&tx, a.id).await?;
             tx.commit().await?;
             Ok(a)
@@ -239,24 +290,53 @@ impl ApplianceStore for PgStore {
         })
     }
 
-    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance> {
+    fn keep_pending_key(&self, id: i64, key_sha256: &str) -> Result<(Appliance, PendingKey)> {
+        self.block(async {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            // FOR UPDATE: two first keys at once cannot both be kept.
+            let a = get_by_id_for_update(&tx, id).await?;
+            let verdict = judge_pending_key(a.pending_key.as_deref(), key_sha256);
+            match verdict {
+                PendingKey::Same => return Ok((a, verdict)),
+                PendingKey::Kept => {
+                    execute(
+                        &tx,
+                        "UPDATE appliances SET pending_key = $2 WHERE id = $1",
+                        &[&id, &key_sha256],
+                    )
+                    .await?;
+                    event(&tx, a.mac, "pending-key", &pending_key_detail(key_sha256)).await?;
+                }
+                PendingKey::Conflict => {
+                    execute(
+                        &tx,
+                        "UPDATE appliances SET key_conflict = $2 WHERE id = $1",
+                        &[&id, &key_sha256],
+                    )
+                    .await?;
+                    event(&tx, a.mac, "key-conflict", &conflict_detail(&a, key_sha256)).await?;
+                }
+            }
+            let a = get_by_id(&tx, id).await?;
+            tx.commit().await?;
+            Ok((a, verdict))
+        })
+    }
+
+    fn set_reenroll(&self, id: i64, armed: bool) -> Result<Appliance> {
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
             let a = get_by_id(&tx, id).await?;
+            crate::store::check_not_retired(&a)?;
             execute(
                 &tx,
-                "UPDATE appliances SET pending_key = $2 WHERE id = $1",
-                &[&id, &key_sha256],
+                "UPDATE appliances SET reenroll = $2 WHERE id = $1",
+                &[&id, &armed],
             )
             .await?;
-            event(
-                &tx,
-                a.mac,
-                "pending-key",
-                &format!("waiting for approval with key sha256 {key_sha256}"),
-            )
-            .await?;
+            event(&tx, a.mac, "reenroll", crate::store::reenroll_detail(armed)).await?;
             let a = get_by_id(&tx, id).await?;
             tx.commit().await?;
             Ok(a)
@@ -445,17 +525,15 @@ impl ApplianceStore for PgStore {
         })
     }
 
-    fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
+    fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<bool> {
         let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.block(async {
             let c = self.conn().await?;
-            execute(&c,
-                "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
-                 VALUES ($1, FALSE, $2, $2, $3, $2)
-                 ON CONFLICT(mac) DO UPDATE SET last_seen = $2, last_report = $3, last_report_at = $2",
+            let n = execute(&c,
+                "UPDATE appliances SET last_seen = $2, last_report = $3, last_report_at = $2 WHERE mac = $1",
                 &[&mac.to_string(), &(now() as i64), &json],
             ).await?;
-            Ok(())
+            Ok(n > 0)
         })
     }
 
@@ -469,13 +547,20 @@ impl ApplianceStore for PgStore {
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
-            let a = get_by_id(&tx, id).await?;
+            // FOR UPDATE: two enrollments at once cannot both use one
+            // re-enrollment.
+            let a = get_by_id_for_update(&tx, id).await?;
             if a.revoked_at.is_some() {
                 return Err(StoreError::Invalid(format!(
                     "appliance {} (id {id}) is retired: its credential is revoked",
                     a.mac
                 )));
             }
+            let revoked = if enrolled {
+                check_new_enrollment(&a, now())?
+            } else {
+                None
+            };
             execute(&tx,
                 "UPDATE appliances SET cert_fingerprint = $2, cert_not_after = $3 WHERE id = $1",
                 &[&id, &fingerprint, &(not_after as i64)],
@@ -483,10 +568,16 @@ impl ApplianceStore for PgStore {
             let detail = format!("certificate sha256 {fingerprint}");
             if enrolled {
                 execute(&tx,
-                    "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL WHERE id = $1",
+                    "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL,
+                       key_conflict = NULL, reenroll = FALSE WHERE id = $1",
                     &[&id],
                 ).await?;
-                event(&tx, a.mac, "enrolled", &detail).await?;
+                if let Some(old) = &revoked {
+                    event(&tx, a.mac, "cert-revoked", &revoked_detail(old)).await?;
+                    event(&tx, a.mac, "reenrolled", &detail).await?;
+                } else {
+                    event(&tx, a.mac, "enrolled", &detail).await?;
+                }
             } else {
                 event(&tx, a.mac, "renewed", &detail).await?;
             }
@@ -496,48 +587,70 @@ impl ApplianceStore for PgStore {
         })
     }
 
-    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        expires_at: u64,
+        ip: Option<IpAddr>,
+    ) -> Result<()> {
         self.block(async {
-            let c = self.conn().await?;
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
             let at = now();
-            execute(&c,
+            execute(&tx,
                 "DELETE FROM enroll_tokens WHERE expires_at < $1",
                 &[&(at.saturating_sub(TOKEN_KEEP_SECS) as i64)],
             ).await?;
-            execute(&c,
-                "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                &[&token_sha256, &mac.to_string(), &(at as i64), &(expires_at as i64)],
+            // One live token per MAC: a new boot script invalidates the older.
+            execute(&tx,
+                "DELETE FROM enroll_tokens WHERE mac = $1 AND used_at IS NULL",
+                &[&mac.to_string()],
             ).await?;
+            execute(&tx,
+                "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at, ip) VALUES ($1, $2, $3, $4, $5)",
+                &[&token_sha256, &mac.to_string(), &(at as i64), &(expires_at as i64), &ip.map(|i| i.to_string())],
+            ).await?;
+            tx.commit().await?;
             Ok(())
         })
     }
 
-    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck> {
+    fn take_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        at: u64,
+        peer: Option<IpAddr>,
+    ) -> Result<TokenCheck> {
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
             // FOR UPDATE: a second request with the same token waits here and
             // then sees it used.
-            let row = query_opt(&tx,
-                    "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = $1 FOR UPDATE",
-                    &[&token_sha256],
-                ).await?
-                .map(|r| {
-                    (
-                        r.get::<_, String>(0),
-                        r.get::<_, i64>(1) as u64,
-                        r.get::<_, Option<i64>>(2).map(|v| v as u64),
-                    )
-                });
-            let verdict = judge_token(row, mac, at);
+            let row = token_row(&tx, token_sha256, true).await?;
+            let verdict = judge_token(row, mac, at, peer);
             if verdict == TokenCheck::Valid {
-                execute(&tx,
+                execute(
+                    &tx,
                     "UPDATE enroll_tokens SET used_at = $2 WHERE token_sha256 = $1",
                     &[&token_sha256, &(at as i64)],
-                ).await?;
+                )
+                .await?;
             }
             tx.commit().await?;
             Ok(verdict)
+        })
+    }
+
+    fn report_token_ok(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<bool> {
+        self.block(async {
+            let c = self.conn().await?;
+            Ok(judge_report_token(
+                token_row(&c, token_sha256, false).await?,
+                mac,
+                at,
+            ))
         })
     }
 

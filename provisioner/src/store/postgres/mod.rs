@@ -210,6 +210,12 @@ CREATE TABLE alert_deliveries (
 CREATE INDEX alert_deliveries_due ON alert_deliveries(next_at);
 CREATE INDEX events_by_step ON events(step, at);
 "#,
+    r#"
+ALTER TABLE appliances ADD COLUMN reenroll BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE appliances ADD COLUMN key_conflict TEXT;
+ALTER TABLE enroll_tokens ADD COLUMN ip TEXT;
+CREATE INDEX enroll_tokens_by_mac ON enroll_tokens(mac);
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).

@@ -1,6 +1,6 @@
 //! SqliteStore: appliances.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use levee_proto::report::StatusReport;
 use levee_pxe::boot::MacAddr;
@@ -10,15 +10,17 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::customers::require_customer;
 use super::events::event;
 use super::{corrupt, mac_col, opt_u64, Cached, SqliteStore};
+use crate::store::{approved_detail, conflict_detail, pending_key_detail, revoked_detail};
 use crate::store::{
-    check_approval, judge_token, no_appliance, now, Appliance, ApplianceState, ApplianceStore,
-    Heartbeat, Registration, Result, StoreError, TokenCheck, TOKEN_KEEP_SECS,
+    check_approval, check_new_enrollment, check_registration, choose_key, judge_pending_key,
+    judge_report_token, judge_token, no_appliance, now, Appliance, ApplianceState, ApplianceStore,
+    Heartbeat, PendingKey, Registration, Result, StoreError, TokenCheck, TokenRow, TOKEN_KEEP_SECS,
 };
 
 pub(super) const APPLIANCE_COLS: &str =
     "id, mac, serial, profile, registered, first_seen, last_seen, last_report, last_report_at, \
      customer, state, state_reason, image_version, slot, last_heartbeat, revoked_at, replaced_by, replaces, \
-     cert_fingerprint, cert_not_after, pending_key, reinstall";
+     cert_fingerprint, cert_not_after, pending_key, reinstall, reenroll, key_conflict";
 
 pub(super) fn get_by_id(conn: &Connection, id: i64) -> Result<Appliance> {
     conn.query_row_cached(
@@ -68,6 +70,8 @@ pub(super) fn appliance_row(row: &Row) -> rusqlite::Result<Appliance> {
         cert_not_after: opt_u64(row, 19)?,
         pending_key: row.get(20)?,
         reinstall: row.get::<_, i64>(21)? != 0,
+        reenroll: row.get::<_, i64>(22)? != 0,
+        key_conflict: row.get(23)?,
     })
 }
 
@@ -78,14 +82,7 @@ impl ApplianceStore for SqliteStore {
         if let Some(c) = reg.customer {
             require_customer(&tx, c)?;
         }
-        if let Some(a) = get_by_mac(&tx, mac)? {
-            if a.revoked_at.is_some() {
-                return Err(StoreError::Invalid(format!(
-                    "appliance {mac} (id {}) is retired and its credential revoked: `levee appliance remove {mac}` first to register it afresh",
-                    a.id
-                )));
-            }
-        }
+        check_registration(get_by_mac(&tx, mac)?.as_ref(), mac, reg)?;
         tx.execute_cached(
             "INSERT INTO appliances (mac, serial, profile, customer, registered, first_seen)
              VALUES (?1, ?2, ?3, ?4, 1, ?5)
@@ -112,20 +109,26 @@ impl ApplianceStore for SqliteStore {
         Ok(a)
     }
 
-    fn approve_appliance(&self, mac: MacAddr, customer: &str) -> Result<Appliance> {
+    fn approve_appliance(
+        &self,
+        mac: MacAddr,
+        customer: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<Appliance> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         require_customer(&tx, customer)?;
         let a = check_approval(get_by_mac(&tx, mac)?, mac, customer)?;
+        let key = choose_key(&a, fingerprint)?;
         tx.execute_cached(
-            "UPDATE appliances SET registered = 1, customer = ?2 WHERE id = ?1",
-            params![a.id, customer],
+            "UPDATE appliances SET registered = 1, customer = ?2, pending_key = ?3, key_conflict = NULL WHERE id = ?1",
+            params![a.id, customer, key],
         )?;
         event(
             &tx,
             mac,
             "approved",
-            &format!("approved for customer {customer}"),
+            &approved_detail(customer, key.as_deref()),
         )?;
         let a = get_by_id(&tx, a.id)?;
         tx.commit()?;
@@ -195,20 +198,43 @@ impl ApplianceStore for SqliteStore {
         Ok(())
     }
 
-    fn set_pending_key(&self, id: i64, key_sha256: &str) -> Result<Appliance> {
+    fn keep_pending_key(&self, id: i64, key_sha256: &str) -> Result<(Appliance, PendingKey)> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let a = get_by_id(&tx, id)?;
+        let verdict = judge_pending_key(a.pending_key.as_deref(), key_sha256);
+        match verdict {
+            PendingKey::Same => return Ok((a, verdict)),
+            PendingKey::Kept => {
+                tx.execute_cached(
+                    "UPDATE appliances SET pending_key = ?2 WHERE id = ?1",
+                    params![id, key_sha256],
+                )?;
+                event(&tx, a.mac, "pending-key", &pending_key_detail(key_sha256))?;
+            }
+            PendingKey::Conflict => {
+                tx.execute_cached(
+                    "UPDATE appliances SET key_conflict = ?2 WHERE id = ?1",
+                    params![id, key_sha256],
+                )?;
+                event(&tx, a.mac, "key-conflict", &conflict_detail(&a, key_sha256))?;
+            }
+        }
+        let a = get_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok((a, verdict))
+    }
+
+    fn set_reenroll(&self, id: i64, armed: bool) -> Result<Appliance> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let a = get_by_id(&tx, id)?;
+        crate::store::check_not_retired(&a)?;
         tx.execute_cached(
-            "UPDATE appliances SET pending_key = ?2 WHERE id = ?1",
-            params![id, key_sha256],
+            "UPDATE appliances SET reenroll = ?2 WHERE id = ?1",
+            params![id, armed as i64],
         )?;
-        event(
-            &tx,
-            a.mac,
-            "pending-key",
-            &format!("waiting for approval with key sha256 {key_sha256}"),
-        )?;
+        event(&tx, a.mac, "reenroll", crate::store::reenroll_detail(armed))?;
         let a = get_by_id(&tx, id)?;
         tx.commit()?;
         Ok(a)
@@ -353,16 +379,14 @@ impl ApplianceStore for SqliteStore {
         Ok(())
     }
 
-    fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<()> {
+    fn record_report(&self, report: &StatusReport, mac: MacAddr) -> Result<bool> {
         let json = serde_json::to_string(report).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let t = now() as i64;
-        self.lock().execute_cached(
-            "INSERT INTO appliances (mac, registered, first_seen, last_seen, last_report, last_report_at)
-             VALUES (?1, 0, ?2, ?2, ?3, ?2)
-             ON CONFLICT(mac) DO UPDATE SET last_seen = ?2, last_report = ?3, last_report_at = ?2",
+        let n = self.lock().execute_cached(
+            "UPDATE appliances SET last_seen = ?2, last_report = ?3, last_report_at = ?2 WHERE mac = ?1",
             params![mac.to_string(), t, json],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     fn record_certificate(
@@ -381,6 +405,11 @@ impl ApplianceStore for SqliteStore {
                 a.mac
             )));
         }
+        let revoked = if enrolled {
+            check_new_enrollment(&a, now())?
+        } else {
+            None
+        };
         tx.execute_cached(
             "UPDATE appliances SET cert_fingerprint = ?2, cert_not_after = ?3 WHERE id = ?1",
             params![id, fingerprint, not_after as i64],
@@ -388,10 +417,16 @@ impl ApplianceStore for SqliteStore {
         let detail = format!("certificate sha256 {fingerprint}");
         if enrolled {
             tx.execute_cached(
-                "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL WHERE id = ?1",
+                "UPDATE appliances SET state = 'enrolled', state_reason = NULL, pending_key = NULL,
+                   key_conflict = NULL, reenroll = 0 WHERE id = ?1",
                 params![id],
             )?;
-            event(&tx, a.mac, "enrolled", &detail)?;
+            if let Some(old) = &revoked {
+                event(&tx, a.mac, "cert-revoked", &revoked_detail(old))?;
+                event(&tx, a.mac, "reenrolled", &detail)?;
+            } else {
+                event(&tx, a.mac, "enrolled", &detail)?;
+            }
         } else {
             event(&tx, a.mac, "renewed", &detail)?;
         }
@@ -400,37 +435,50 @@ impl ApplianceStore for SqliteStore {
         Ok(a)
     }
 
-    fn put_token(&self, token_sha256: &str, mac: MacAddr, expires_at: u64) -> Result<()> {
-        let conn = self.lock();
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        expires_at: u64,
+        ip: Option<IpAddr>,
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let at = now();
-        conn.execute_cached(
+        tx.execute_cached(
             "DELETE FROM enroll_tokens WHERE expires_at < ?1",
             params![at.saturating_sub(TOKEN_KEEP_SECS) as i64],
         )?;
-        conn.execute_cached(
-            "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![token_sha256, mac.to_string(), at as i64, expires_at as i64],
+        // One live token per MAC: a new boot script invalidates the older.
+        tx.execute_cached(
+            "DELETE FROM enroll_tokens WHERE mac = ?1 AND used_at IS NULL",
+            params![mac.to_string()],
         )?;
+        tx.execute_cached(
+            "INSERT INTO enroll_tokens (token_sha256, mac, created_at, expires_at, ip) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                token_sha256,
+                mac.to_string(),
+                at as i64,
+                expires_at as i64,
+                ip.map(|i| i.to_string())
+            ],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
-    fn take_token(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<TokenCheck> {
+    fn take_token(
+        &self,
+        token_sha256: &str,
+        mac: MacAddr,
+        at: u64,
+        peer: Option<IpAddr>,
+    ) -> Result<TokenCheck> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = tx
-            .query_row_cached(
-                "SELECT mac, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = ?1",
-                params![token_sha256],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                    ))
-                },
-            )
-            .optional()?;
-        let verdict = judge_token(row, mac, at);
+        let row = token_row(&tx, token_sha256)?;
+        let verdict = judge_token(row, mac, at, peer);
         if verdict == TokenCheck::Valid {
             tx.execute_cached(
                 "UPDATE enroll_tokens SET used_at = ?2 WHERE token_sha256 = ?1",
@@ -439,6 +487,11 @@ impl ApplianceStore for SqliteStore {
         }
         tx.commit()?;
         Ok(verdict)
+    }
+
+    fn report_token_ok(&self, token_sha256: &str, mac: MacAddr, at: u64) -> Result<bool> {
+        let conn = self.lock();
+        Ok(judge_report_token(token_row(&conn, token_sha256)?, mac, at))
     }
 
     fn leases(&self) -> Result<Vec<Lease>> {
@@ -473,4 +526,21 @@ impl ApplianceStore for SqliteStore {
         )?;
         Ok(())
     }
+}
+
+fn token_row(conn: &Connection, token_sha256: &str) -> Result<Option<TokenRow>> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT mac, expires_at, used_at, ip FROM enroll_tokens WHERE token_sha256 = ?1",
+            params![token_sha256],
+            |r| {
+                Ok(TokenRow {
+                    mac: r.get(0)?,
+                    expires_at: r.get::<_, i64>(1)? as u64,
+                    used_at: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    ip: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
 }

@@ -187,6 +187,12 @@ CREATE TABLE alert_deliveries (
 CREATE INDEX alert_deliveries_due ON alert_deliveries(next_at);
 CREATE INDEX events_by_step ON events(step, at);
 "#,
+    r#"
+ALTER TABLE appliances ADD COLUMN reenroll INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE appliances ADD COLUMN key_conflict TEXT;
+ALTER TABLE enroll_tokens ADD COLUMN ip TEXT;
+CREATE INDEX enroll_tokens_by_mac ON enroll_tokens(mac);
+"#,
 ];
 
 /// Events kept per machine.
@@ -224,13 +230,31 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating if needed) `DIR/levee.sqlite`.
     pub fn open(data_dir: &Path) -> Result<SqliteStore> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Invalid(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let conn = Connection::open(data_dir.join("levee.sqlite"))?;
+        super::private_dir(data_dir)?;
+        let path = data_dir.join("levee.sqlite");
+        // 0600 from the first byte: the database holds sealed secrets, the
+        // fleet's state and token hashes; nobody else on the host reads it.
+        // SQLite gives its -wal and -shm files the database's mode.
+        let private = |p: &Path| {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p)
+                .and_then(|_| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)))
+                .map_err(|e| {
+                    StoreError::Invalid(format!("cannot make {} private: {e}", p.display()))
+                })
+        };
+        private(&path)?;
+        for side in ["levee.sqlite-wal", "levee.sqlite-shm"] {
+            let p = data_dir.join(side);
+            if p.exists() {
+                private(&p)?;
+            }
+        }
+        let conn = Connection::open(&path)?;
         // WAL lets the CLI read and write while `levee serve` does; the busy
         // timeout turns a momentary lock into a short wait, not an error.
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -299,6 +323,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn the_data_dir_and_database_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = SqliteStore::open(&data).unwrap();
+        s.put_image(&image("test-1")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for f in ["levee.sqlite", "levee.sqlite-wal", "levee.sqlite-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+        // An older world-readable database is tightened when opened.
+        drop(s);
+        std::fs::set_permissions(
+            data.join("levee.sqlite"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let _s = SqliteStore::open(&data).unwrap();
+        assert_eq!(mode(&data.join("levee.sqlite")), 0o600);
     }
 
     #[test]
