@@ -56,6 +56,7 @@ fn start(limits: Limits) -> Server {
             grace: Duration::from_secs(2),
             alerts: Default::default(),
             limits,
+            allow_pending: true,
         };
         let listeners = Listeners {
             http,
