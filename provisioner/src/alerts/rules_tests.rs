@@ -33,6 +33,8 @@ fn appliance(id: i64) -> Appliance {
         cert_not_after: Some((NOW + 80 * 86_400) as u64),
         pending_key: None,
         reinstall: false,
+        reenroll: false,
+        key_conflict: None,
     }
 }
 

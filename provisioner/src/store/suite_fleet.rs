@@ -192,7 +192,7 @@ pub(super) fn alerts_open_once_and_queue_deliveries_in_order(s: &dyn Store) {
         .expect("scope"));
     // Enrollment events since a time, every machine at once.
     let m = s.appliance_seen(mac(80)).expect("seen");
-    s.set_pending_key(m.id, "k1").expect("key");
+    s.keep_pending_key(m.id, "k1").expect("key");
     let ev = s.enrollment_events(now.saturating_sub(60)).expect("events");
     assert!(ev
         .iter()
