@@ -4,6 +4,9 @@
 //! itself to its disk, reboots from that disk and reports in with its slot
 //! and image version; a disk holding anything else is refused and left
 //! byte-identical; an unregistered machine waits, pending, until approved.
+//! Once installed, an attacker on the same bridge fetches the appliance's
+//! boot script and tries to enroll in its place: refused, and the
+//! appliance keeps heartbeating and pulling its configuration (issue 11).
 //!
 //! The appliance image is the one tests/image.rs builds (once per target
 //! directory, tests/src/image.rs). The test imports a copy whose own kernel
@@ -121,6 +124,83 @@ impl World {
     fn version(&self) -> &str {
         self.image["version"].as_str().unwrap_or("?")
     }
+}
+
+/// Issue 11: a host on the same bridge fetches the installed appliance's
+/// boot script and enrolls with its own key. It must be refused, and the
+/// appliance must keep working: heartbeats (each with a configuration
+/// revalidation) go on, and no request of it is refused.
+fn attacker_tries_to_enroll(world: &World, mac: &str) -> anyhow::Result<()> {
+    use levee_agent::enroll::{request_enrollment, Attempt, NewKey};
+    use std::io::{Read, Write};
+    let attacker = world.net.add_host("10.99.0.9/24")?;
+    let refusals_before = world
+        .server
+        .log_text()
+        .matches("mTLS request refused")
+        .count();
+    let mac_owned = mac.to_string();
+    let attempted = unix_now();
+    let outcome = attacker
+        .thread(move || {
+            let mut s = std::net::TcpStream::connect((SERVER_IP, 80))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                s,
+                "GET /boot/{mac_owned}.ipxe HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut script = String::new();
+            s.read_to_string(&mut script)?;
+            // Whatever the script gives (a token, or none at all).
+            let token = script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("levee.token="))
+                .unwrap_or("no-token-was-offered")
+                .to_string();
+            let key = NewKey::generate("attacker")?;
+            let req = levee_proto::enroll::EnrollmentRequest {
+                token,
+                mac: mac_owned,
+                csr_pem: key.csr_pem,
+                facts: Default::default(),
+            };
+            Ok(match request_enrollment(&format!("http://{SERVER_IP}"), &req) {
+                Ok(Attempt::Enrolled(_)) => Err("the attacker got a certificate".to_string()),
+                Ok(Attempt::Pending(_)) => Err("the attacker's key was taken as pending".to_string()),
+                Err(e) => Ok(e.to_string()),
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("attacker thread panicked"))??;
+    let refusal = outcome.map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("attacker's enrollment refused: {refusal}");
+    // Two heartbeats after the attempt (interval 10 s), so at least one
+    // configuration revalidation too.
+    wait_until(
+        Duration::from_secs(60),
+        "two heartbeats after the attack",
+        || {
+            let a = show(world, mac)?.context("appliance gone")?;
+            let hb = a["appliance"]["last_heartbeat"].as_u64().unwrap_or(0);
+            Ok((hb > attempted + 10).then_some(()))
+        },
+    )?;
+    let a = show(world, mac)?.context("appliance gone")?;
+    ensure!(
+        steps(&a, "enrolled") == 1,
+        "{} enrollments",
+        steps(&a, "enrolled")
+    );
+    let refusals = world
+        .server
+        .log_text()
+        .matches("mTLS request refused")
+        .count();
+    ensure!(
+        refusals == refusals_before,
+        "the appliance's requests were refused after the attack"
+    );
+    Ok(())
 }
 
 /// `levee appliance show MAC --json`: the record and its history.
@@ -327,6 +407,7 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
                 .filter(|l| l.contains("boot script rendered") && l.contains(mac))
                 .count();
             ensure!(rendered == 1, "{rendered} boot scripts rendered for {mac}");
+            attacker_tries_to_enroll(&world, mac)?;
             Ok(())
         })();
         logs.push(("levee serve", world.server.log_text()));
