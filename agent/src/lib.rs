@@ -28,7 +28,9 @@
 pub mod backup;
 pub mod daemon;
 pub mod enroll;
+pub mod http_client;
 pub mod install;
+pub mod logging;
 pub mod runs;
 pub mod schedule;
 pub mod update;

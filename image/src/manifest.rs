@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::ImageError;
+use levee_proto::yaml::{locate, Seg};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,9 +84,9 @@ impl Manifest {
                 message: e.to_string(),
             }
         })?;
-        let invalid = |key: &str, message: String| ImageError::Invalid {
+        let invalid = |key: &'static str, message: String| ImageError::Invalid {
             file: path.to_path_buf(),
-            line: key_line(text, key),
+            line: line_at(text, &[Seg::Key(key)]),
             message,
         };
         if !is_name(&raw.name, false) {
@@ -127,6 +128,7 @@ impl Manifest {
         let packages = items(
             path,
             text,
+            &[Seg::Key("packages")],
             &raw.packages,
             |p| is_name(p, true),
             "a Debian package name",
@@ -134,6 +136,7 @@ impl Manifest {
         let modules = items(
             path,
             text,
+            &[Seg::Key("kernel"), Seg::Key("modules")],
             &raw.kernel.modules,
             is_module,
             "a kernel module name",
@@ -141,18 +144,20 @@ impl Manifest {
         let initrd_modules = items(
             path,
             text,
+            &[Seg::Key("kernel"), Seg::Key("initrd_modules")],
             &raw.kernel.initrd_modules,
             is_module,
             "a kernel module name",
         )?;
         if !raw.kernel.package.starts_with("linux-image-") || !is_name(&raw.kernel.package, true) {
-            return Err(invalid(
-                "package",
-                format!(
+            return Err(ImageError::Invalid {
+                file: path.to_path_buf(),
+                line: line_at(text, &[Seg::Key("kernel"), Seg::Key("package")]),
+                message: format!(
                     "`kernel.package: {}` must be a linux-image-* package",
                     raw.kernel.package
                 ),
-            ));
+            });
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let base = if base.as_os_str().is_empty() {
@@ -160,7 +165,7 @@ impl Manifest {
         } else {
             base
         };
-        let overlay_line = key_line(text, "overlay");
+        let overlay_line = line_at(text, &[Seg::Key("overlay")]);
         let overlay = std::path::absolute(base.join(&raw.overlay)).map_err(ImageError::io(base))?;
         if !overlay.is_dir() {
             return Err(ImageError::MissingOverlay {
@@ -177,7 +182,7 @@ impl Manifest {
             version: raw.version,
             packages,
             kernel_package: Item {
-                line: key_line(text, "package"),
+                line: line_at(text, &[Seg::Key("kernel"), Seg::Key("package")]),
                 name: raw.kernel.package,
             },
             modules,
@@ -190,20 +195,28 @@ impl Manifest {
 
     /// The line of a package or module name, for errors found after parsing.
     pub fn line_of(&self, name: &str) -> usize {
-        item_line(&self.text, name)
+        self.packages
+            .iter()
+            .chain(&self.modules)
+            .chain(&self.initrd_modules)
+            .find(|i| i.name == name)
+            .map_or(1, |i| i.line)
     }
 }
 
 fn items(
     path: &Path,
     text: &str,
+    at: &[Seg],
     names: &[String],
     ok: impl Fn(&str) -> bool,
     what: &str,
 ) -> Result<Vec<Item>, ImageError> {
     let mut out: Vec<Item> = Vec::with_capacity(names.len());
-    for name in names {
-        let line = item_line(text, name);
+    for (i, name) in names.iter().enumerate() {
+        let mut item = at.to_vec();
+        item.push(Seg::Index(i));
+        let line = line_at(text, &item);
         if !ok(name) {
             return Err(ImageError::Invalid {
                 file: path.to_path_buf(),
@@ -245,27 +258,9 @@ fn is_module(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// 1-based line of `key:` (first match), or 1.
-fn key_line(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|r| r.starts_with(':'))
-        })
-        .map_or(1, |i| i + 1)
-}
-
-/// 1-based line of a list item `- name`, or 1.
-fn item_line(text: &str, name: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.split('#').next().unwrap_or("").trim();
-            l.strip_prefix('-')
-                .map(|r| r.trim().trim_matches(|c| c == '"' || c == '\''))
-                == Some(name)
-        })
-        .map_or(1, |i| i + 1)
+/// 1-based line of the node at `path` (or of its deepest present parent).
+fn line_at(text: &str, path: &[Seg]) -> usize {
+    locate(text, path).map_or(1, |(line, _)| line)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub mod report;
 pub mod runs;
 pub mod schedule;
 pub mod update;
+#[cfg(feature = "yaml")]
+pub mod yaml;
 
 /// Paths of the plain-HTTP listener that firmware, iPXE and un-enrolled
 /// machines use. One place, so the server's router and the clients agree.

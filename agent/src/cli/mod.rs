@@ -161,14 +161,12 @@ pub fn main() -> i32 {
     // rcgen use); tough's dependency tree also compiles aws-lc-rs in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    // The service logs what it does; commands only what went wrong.
+    levee_agent::logging::init(if matches!(cli.command, Command::Run) {
+        "info"
+    } else {
+        "warn"
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

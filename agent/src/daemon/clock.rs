@@ -3,25 +3,19 @@
 //! request that checks a certificate's validity, and again after a failed
 //! heartbeat (a clock that was off may be why it failed).
 
-use super::logging::Log;
 use super::RunOptions;
 use crate::enroll::{self, Credential};
 
 /// Sets the clock from the server's authenticated time if it is off by
 /// more than 2 s; logs and keeps the local clock when that time cannot be
 /// had or is not acceptable. Returns the time stepped to, if any.
-pub(super) fn step_clock(
-    opts: &RunOptions,
-    cred: &Credential,
-    who: &str,
-    log: &Log,
-) -> Option<i64> {
+pub(super) fn step_clock(opts: &RunOptions, cred: &Credential, who: &str) -> Option<i64> {
     let server = match enroll::server_clock(cred, None) {
         Ok(s) => s,
         Err(e) => {
-            log.warn(format_args!(
+            tracing::warn!(
                 "{who}: cannot read the server's time over mutual TLS ({e}); keeping the local clock"
-            ));
+            );
             return None;
         }
     };
@@ -31,26 +25,26 @@ pub(super) fn step_clock(
             Ok(Some(t)) => t,
             Ok(None) => return None,
             Err(e) => {
-                log.warn(format_args!("{who}: {e}"));
+                tracing::warn!("{who}: {e}");
                 return None;
             }
         };
     if !opts.set_clock {
-        log.info(format_args!(
+        tracing::info!(
             "{who}: clock is {}s off the server's; not setting it (disabled)",
             t - local
-        ));
+        );
         return Some(t);
     }
     match enroll::set_system_clock(t) {
-        Ok(()) => log.info(format_args!(
+        Ok(()) => tracing::info!(
             "{who}: clock set from the server (authenticated): was {local}, now {t} (Unix seconds; off by {}s)",
             t - local
-        )),
-        Err(e) => log.warn(format_args!(
+        ),
+        Err(e) => tracing::warn!(
             "{who}: clock is {}s off the server's and cannot be set: {e}; certificate checks may fail",
             t - local
-        )),
+        ),
     }
     Some(t)
 }

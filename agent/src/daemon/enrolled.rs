@@ -10,7 +10,6 @@ use levee_proto::enroll::{InstallPlan, InstallState, InstallStatus};
 use super::clock::step_clock;
 use super::install_step::{install_step, reboot_step, Installed};
 use super::jobs::Jobs;
-use super::logging::Log;
 use super::update_step::{JobGate, Tick, Updates};
 use super::{facts, BootArgs, DaemonError, RunOptions};
 use crate::enroll::{self, Credential, MtlsClient};
@@ -46,18 +45,17 @@ pub(super) fn serve(
     args: &BootArgs,
     mac: &str,
     mut cred: Credential,
-    log: &Log,
 ) -> Result<(), DaemonError> {
     let who = format!("mac {mac}, appliance {}", cred.server.appliance_id);
     // The RTC may be anything (a fresh box, a dead battery): set the clock
     // from the server's authenticated time before the first request that
     // checks a certificate's validity.
-    step_clock(opts, &cred, &who, log);
+    step_clock(opts, &cred, &who);
     let mut client = loop {
         match MtlsClient::new(&cred) {
             Ok(c) => break c,
             Err(e) => {
-                log.warn(format_args!("{who}: {e}"));
+                tracing::warn!("{who}: {e}");
                 if opts.once {
                     return Err(e.into());
                 }
@@ -65,15 +63,15 @@ pub(super) fn serve(
             }
         }
     };
-    let mut config = pull_config(&client, opts, &who, None, log);
+    let mut config = pull_config(&client, opts, &who, None);
 
     if booted_from_network(args) {
-        match install_plan(&client, opts, &who, log) {
+        match install_plan(&client, opts, &who) {
             Ok(plan) if plan.install => {
-                if install(&client, &plan, opts, &who, log) {
+                if install(&client, &plan, opts, &who) {
                     if opts.once {
-                        log.info(format_args!("{who}: installed; not rebooting (one pass)"));
-                    } else if reboot_into_disk(&client, &plan, &who, log) {
+                        tracing::info!("{who}: installed; not rebooting (one pass)");
+                    } else if reboot_into_disk(&client, &plan, &who) {
                         // systemd is stopping us; no heartbeat from the
                         // network boot in the meantime.
                         loop {
@@ -82,10 +80,10 @@ pub(super) fn serve(
                     }
                 }
             }
-            Ok(_) => log.info(format_args!(
+            Ok(_) => tracing::info!(
                 "{who}: the customer does not install to disk; serving from the network boot"
-            )),
-            Err(e) => log.warn(format_args!("{who}: cannot fetch the install plan: {e}")),
+            ),
+            Err(e) => tracing::warn!("{who}: cannot fetch the install plan: {e}"),
         }
     }
 
@@ -100,7 +98,7 @@ pub(super) fn serve(
             gate.clone(),
         )
     });
-    let mut updates = Updates::start(&opts.state_dir, args, &who, gate, log);
+    let mut updates = Updates::start(&opts.state_dir, args, &who, gate);
     let mut config_pulled = config.is_some();
     let (mut sent, mut first) = (0u64, true);
     loop {
@@ -111,10 +109,10 @@ pub(super) fn serve(
                 sent += 1;
                 offer = answer.update;
                 if sent == 1 || sent % 20 == 0 {
-                    log.info(format_args!(
+                    tracing::info!(
                         "{who}: heartbeat {sent} sent (slot {})",
                         report.slot.as_deref().unwrap_or("-")
-                    ));
+                    );
                 }
                 // The server is reachable: send what the spool holds
                 // (runs by hand, reports a down server missed).
@@ -124,22 +122,22 @@ pub(super) fn serve(
                         .flush(crate::runs::send_with(&client))
                         .map(Some)
                         .map_err(|e| e.to_string());
-                    super::jobs::log_flush(flushed, &who, log);
+                    super::jobs::log_flush(flushed, &who);
                 }
                 true
             }
             Err(e) => {
-                log.warn(format_args!("{who}: heartbeat failed: {e}"));
+                tracing::warn!("{who}: heartbeat failed: {e}");
                 // Perhaps the clock is off (the server was out of reach at
                 // start): the authenticated step does not depend on it.
-                step_clock(opts, &cred, &who, log);
+                step_clock(opts, &cred, &who);
                 false
             }
         };
         // Pulled just before the first heartbeat; revalidated (ETag) at
         // every later one.
         if !first {
-            let (next, pulled) = pull_config_ok(&client, opts, &who, config, log);
+            let (next, pulled) = pull_config_ok(&client, opts, &who, config);
             config = next;
             config_pulled |= pulled;
             if let Some(j) = &jobs {
@@ -149,18 +147,15 @@ pub(super) fn serve(
         first = false;
         // Health check and commit, then the rollout's offer (see
         // update_step): never on a network boot.
-        updates.tick(
-            &Tick {
-                client: &client,
-                heartbeat_ok,
-                version: report.image_version.as_deref(),
-                config_pulled,
-                config: config.as_ref(),
-                offered: offer.as_ref(),
-                server_url: &cred.server.http_url,
-            },
-            log,
-        );
+        updates.tick(&Tick {
+            client: &client,
+            heartbeat_ok,
+            version: report.image_version.as_deref(),
+            config_pulled,
+            config: config.as_ref(),
+            offered: offer.as_ref(),
+            server_url: &cred.server.http_url,
+        });
         match cred.validity() {
             Ok((nb, na)) if enroll::renewal_due(nb, na, enroll::unix_now()) => {
                 match client.renew(&cred, &opts.state_dir) {
@@ -168,15 +163,15 @@ pub(super) fn serve(
                         Ok(c) => {
                             cred = next;
                             client = c;
-                            log.info(format_args!("{who}: certificate renewed"));
+                            tracing::info!("{who}: certificate renewed");
                         }
-                        Err(e) => log.warn(format_args!("{who}: renewed credential: {e}")),
+                        Err(e) => tracing::warn!("{who}: renewed credential: {e}"),
                     },
-                    Err(e) => log.warn(format_args!("{who}: certificate renewal failed: {e}")),
+                    Err(e) => tracing::warn!("{who}: certificate renewal failed: {e}"),
                 }
             }
             Ok(_) => {}
-            Err(e) => log.warn(format_args!("{who}: stored certificate: {e}")),
+            Err(e) => tracing::warn!("{who}: stored certificate: {e}"),
         }
         if opts.once {
             return Ok(());
@@ -196,16 +191,15 @@ fn install_plan(
     client: &MtlsClient,
     opts: &RunOptions,
     who: &str,
-    log: &Log,
 ) -> Result<InstallPlan, enroll::EnrollError> {
     let mut delays = [1u64, 2, 3, 5, 8].into_iter();
     loop {
         match client.install_plan() {
             Err(e) if e.is_transient() && !opts.once => match delays.next() {
                 Some(secs) => {
-                    log.warn(format_args!(
+                    tracing::warn!(
                         "{who}: cannot fetch the install plan ({e}); retrying in {secs} s"
-                    ));
+                    );
                     std::thread::sleep(Duration::from_secs(secs));
                 }
                 None => return Err(e),
@@ -221,9 +215,8 @@ fn pull_config(
     opts: &RunOptions,
     who: &str,
     previous: Option<CustomerConfig>,
-    log: &Log,
 ) -> Option<CustomerConfig> {
-    pull_config_ok(client, opts, who, previous, log).0
+    pull_config_ok(client, opts, who, previous).0
 }
 
 /// [`pull_config`], and whether the server answered (the health check
@@ -233,22 +226,22 @@ fn pull_config_ok(
     opts: &RunOptions,
     who: &str,
     previous: Option<CustomerConfig>,
-    log: &Log,
 ) -> (Option<CustomerConfig>, bool) {
     let r = client.fetch_config(&opts.state_dir);
     let ok = r.is_ok();
     let config = match r {
         Ok(f) => {
             if f.changed {
-                log.info(format_args!(
+                tracing::info!(
                     "{who}: configuration of customer {} pulled (etag {})",
-                    f.config.customer, f.etag
-                ));
+                    f.config.customer,
+                    f.etag
+                );
             }
             Some(f.config)
         }
         Err(e) => {
-            log.warn(format_args!("{who}: configuration pull failed: {e}"));
+            tracing::warn!("{who}: configuration pull failed: {e}");
             previous
         }
     };
@@ -257,13 +250,7 @@ fn pull_config_ok(
 
 /// Installs to disk; `true` when the disk is ready to boot (the caller
 /// then reboots).
-fn install(
-    client: &MtlsClient,
-    plan: &InstallPlan,
-    opts: &RunOptions,
-    who: &str,
-    log: &Log,
-) -> bool {
+fn install(client: &MtlsClient, plan: &InstallPlan, opts: &RunOptions, who: &str) -> bool {
     let version = plan.image.as_ref().map(|i| i.version.clone());
     let status = |state, reason: Option<String>, done: Option<&Installed>| InstallStatus {
         state,
@@ -272,7 +259,7 @@ fn install(
         disk: done.map(|d| d.disk.clone()),
         image_version: version.clone(),
     };
-    log.info(format_args!(
+    tracing::info!(
         "{who}: installing image {} to disk{}",
         version.as_deref().unwrap_or("-"),
         if plan.reinstall {
@@ -280,33 +267,37 @@ fn install(
         } else {
             ""
         }
-    ));
+    );
     if let Err(e) = client.post_install_status(&status(InstallState::Installing, None, None)) {
-        log.warn(format_args!("{who}: cannot report `installing`: {e}"));
+        tracing::warn!("{who}: cannot report `installing`: {e}");
     }
-    let mut step_log = |line: &str| log.info(format_args!("{who}: {line}"));
+    let mut step_log = |line: &str| tracing::info!("{who}: {line}");
     match install_step(plan, &opts.state_dir, &mut step_log) {
         Ok(Some(done)) => {
-            log.info(format_args!(
+            tracing::info!(
                 "{who}: installed image {} on {} slot {} in {:.1} s ({} state files carried over)",
-                done.image_version, done.disk, done.slot, done.seconds, done.state_files
-            ));
+                done.image_version,
+                done.disk,
+                done.slot,
+                done.seconds,
+                done.state_files
+            );
             // Still `installing`: the first heartbeat from the disk with
             // its slot makes it `installed`.
             if let Err(e) =
                 client.post_install_status(&status(InstallState::Installing, None, Some(&done)))
             {
-                log.warn(format_args!("{who}: cannot report the installed disk: {e}"));
+                tracing::warn!("{who}: cannot report the installed disk: {e}");
             }
             true
         }
         Ok(None) => false,
         Err(reason) => {
-            log.warn(format_args!("{who}: install failed: {reason}"));
+            tracing::warn!("{who}: install failed: {reason}");
             if let Err(e) =
                 client.post_install_status(&status(InstallState::Failed, Some(reason), None))
             {
-                log.warn(format_args!("{who}: cannot report `failed`: {e}"));
+                tracing::warn!("{who}: cannot report `failed`: {e}");
             }
             false
         }
@@ -316,13 +307,13 @@ fn install(
 /// Reboots into the installed system (`true`: the reboot is under way);
 /// on failure says so to the server, and the caller keeps serving from the
 /// network boot.
-fn reboot_into_disk(client: &MtlsClient, plan: &InstallPlan, who: &str, log: &Log) -> bool {
-    log.info(format_args!("{who}: rebooting into the installed system"));
+fn reboot_into_disk(client: &MtlsClient, plan: &InstallPlan, who: &str) -> bool {
+    tracing::info!("{who}: rebooting into the installed system");
     let Err(e) = reboot_step() else {
         return true;
     };
     let reason = format!("installed, but the reboot failed: {e}");
-    log.warn(format_args!("{who}: {reason}"));
+    tracing::warn!("{who}: {reason}");
     let status = InstallStatus {
         state: InstallState::Failed,
         reason: Some(reason),
@@ -331,7 +322,7 @@ fn reboot_into_disk(client: &MtlsClient, plan: &InstallPlan, who: &str, log: &Lo
         image_version: plan.image.as_ref().map(|i| i.version.clone()),
     };
     if let Err(e) = client.post_install_status(&status) {
-        log.warn(format_args!("{who}: cannot report `failed`: {e}"));
+        tracing::warn!("{who}: cannot report `failed`: {e}");
     }
     false
 }

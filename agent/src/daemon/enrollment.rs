@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use levee_proto::enroll::EnrollmentRequest;
 
-use super::logging::Log;
 use super::{facts, BootArgs, DaemonError, RunOptions};
 use crate::enroll::{self, Attempt, Credential, NewKey, ServerInfo};
 
@@ -17,12 +16,12 @@ fn pending_key_path(state_dir: &Path) -> PathBuf {
     Credential::dir(state_dir).join("pending-key.pem")
 }
 
-fn key_for(state_dir: &Path, mac: &str, log: &Log) -> Result<NewKey, enroll::EnrollError> {
+fn key_for(state_dir: &Path, mac: &str) -> Result<NewKey, enroll::EnrollError> {
     let path = pending_key_path(state_dir);
     if let Ok(pem) = std::fs::read_to_string(&path) {
         match NewKey::from_key_pem(&pem, mac) {
             Ok(k) => return Ok(k),
-            Err(e) => log.warn(format_args!("mac {mac}: {e}; making a new key")),
+            Err(e) => tracing::warn!("mac {mac}: {e}; making a new key"),
         }
     }
     let key = NewKey::generate(mac)?;
@@ -32,9 +31,9 @@ fn key_for(state_dir: &Path, mac: &str, log: &Log) -> Result<NewKey, enroll::Enr
             enroll::write_atomic(&path, key.key_pem.as_bytes(), 0o600).map_err(|e| e.to_string())
         });
     if let Err(e) = kept {
-        log.warn(format_args!(
+        tracing::warn!(
             "mac {mac}: cannot keep the new key ({e}); a restart will need a fresh token"
-        ));
+        );
     }
     Ok(key)
 }
@@ -45,44 +44,41 @@ pub(super) fn enroll(
     opts: &RunOptions,
     args: &BootArgs,
     mac: &str,
-    log: &Log,
 ) -> Result<Option<Credential>, DaemonError> {
     let (Some(url), Some(token), Some(ca)) = (&args.url, &args.token, &args.ca) else {
         if args.token.is_some() {
-            log.warn(format_args!(
+            tracing::warn!(
                 "mac {mac}: levee.token= without levee.url= and levee.ca=: cannot enroll"
-            ));
+            );
         }
         return Ok(None);
     };
     if mac.is_empty() {
-        log.warn(format_args!(
-            "no boot MAC (no BOOTIF= and no Ethernet interface): cannot enroll"
-        ));
+        tracing::warn!("no boot MAC (no BOOTIF= and no Ethernet interface): cannot enroll");
         return Ok(None);
     }
     let retry = args
         .interval_secs
         .map(Duration::from_secs)
         .unwrap_or(opts.enroll_retry);
-    let key = match key_for(&opts.state_dir, mac, log) {
+    let key = match key_for(&opts.state_dir, mac) {
         Ok(k) => k,
         Err(e) => {
-            log.warn(format_args!("mac {mac}: cannot enroll: {e}"));
+            tracing::warn!("mac {mac}: cannot enroll: {e}");
             return if opts.once { Err(e.into()) } else { Ok(None) };
         }
     };
     let facts = facts::hardware_facts();
-    log.info(format_args!(
+    tracing::info!(
         "mac {mac}: enrolling at {url} ({} MAC(s), {} disk(s), dmi serial {})",
         facts.macs.len(),
         facts.disks.len(),
         facts.dmi_serial.as_deref().unwrap_or("-")
-    ));
+    );
     // Ops compares this with `levee appliance list` (KEY) and approves
     // with --fingerprint: a key someone else sent in this MAC's name does
     // not match.
-    log.console(format_args!(
+    crate::logging::console(&format!(
         "mac {mac}: enrollment key fingerprint {}",
         key.fingerprint()
     ));
@@ -97,9 +93,7 @@ pub(super) fn enroll(
         match enroll::request_enrollment(url, &req) {
             Ok(Attempt::Enrolled(resp)) => {
                 if let Err(e) = enroll::check_ca(&resp.ca_pem, ca) {
-                    log.warn(format_args!(
-                        "mac {mac}: enrollment at {url} not trusted: {e}"
-                    ));
+                    tracing::warn!("mac {mac}: enrollment at {url} not trusted: {e}");
                     return if opts.once { Err(e.into()) } else { Ok(None) };
                 }
                 let who = format!("mac {mac}, appliance {}", resp.appliance_id);
@@ -120,19 +114,19 @@ pub(super) fn enroll(
                     Ok(()) => {
                         let _ = std::fs::remove_file(pending_key_path(&opts.state_dir));
                     }
-                    Err(e) => log.warn(format_args!(
+                    Err(e) => tracing::warn!(
                         "{who}: cannot store the credential ({e}); using it from memory"
-                    )),
+                    ),
                 }
-                log.info(format_args!(
+                tracing::info!(
                     "{who}: enrolled; mutual-TLS API at {}",
                     cred.server.https_url
-                ));
+                );
                 return Ok(Some(cred));
             }
             Ok(Attempt::Pending(p)) => {
                 if !pending_logged {
-                    log.console(format_args!(
+                    crate::logging::console(&format!(
                         "mac {mac}: waiting for approval of key {}: ops must run `{}`; retrying every {}s",
                         key.fingerprint(),
                         p.approve,
@@ -144,18 +138,16 @@ pub(super) fn enroll(
             Err(e) if e.is_transient() => {
                 failures += 1;
                 if failures == 1 || failures % 10 == 0 {
-                    log.warn(format_args!(
-                        "mac {mac}: enrollment attempt {failures} failed: {e}"
-                    ));
+                    tracing::warn!("mac {mac}: enrollment attempt {failures} failed: {e}");
                 }
                 if opts.once && failures >= 3 {
                     return Err(e.into());
                 }
             }
             Err(e) => {
-                log.warn(format_args!(
+                tracing::warn!(
                     "mac {mac}: enrollment refused: {e}; reporting over plain HTTP without a credential (booting again gets a fresh token)"
-                ));
+                );
                 let _ = std::fs::remove_file(pending_key_path(&opts.state_dir));
                 return if opts.once { Err(e.into()) } else { Ok(None) };
             }

@@ -21,13 +21,7 @@ pub(super) fn post_json<T: serde::Serialize>(
         return Err(format!("`{base}` is not an http:// URL"));
     }
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let client = reqwest::blocking::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        // The appliance talks to its own server only, never through a proxy
-        // that an environment variable might name.
-        .no_proxy()
-        .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
+    let client = crate::http_client::blocking(TIMEOUT)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let mut request = client.post(&url).json(value);

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use levee_proto::config::CustomerConfig;
 
-use super::logging::Log;
 use crate::enroll::{unix_now, write_atomic};
 use levee_proto::runs::{RunKind, RunReport};
 
@@ -52,7 +51,7 @@ impl Jobs {
             .name("levee-jobs".into())
             .spawn(move || run(&state_dir, &who, &theirs, &gate));
         if let Err(e) = spawned {
-            Log::new().warn(format_args!("cannot start the backup scheduler: {e}"));
+            tracing::warn!("cannot start the backup scheduler: {e}");
         }
         Jobs { config: shared }
     }
@@ -68,8 +67,7 @@ impl Jobs {
 }
 
 fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate: &JobGate) {
-    let log = Log::new();
-    let mut last_runs = load_last_runs(state_dir, who, &log);
+    let mut last_runs = load_last_runs(state_dir, who);
     let mut announced: Option<(String, i64)> = None;
     loop {
         let config = shared.lock().ok().and_then(|c| c.clone());
@@ -87,7 +85,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
                 continue;
             }
             Err(e) => {
-                log.warn(format_args!("{who}: schedules not run: {e}"));
+                tracing::warn!("{who}: schedules not run: {e}");
                 std::thread::sleep(RECHECK * 10);
                 continue;
             }
@@ -95,11 +93,11 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         if due.at > now {
             let next = (due.schedule.clone(), due.at);
             if announced.as_ref() != Some(&next) {
-                log.info(format_args!(
+                tracing::info!(
                     "{who}: next backup: schedule {} in {} s",
                     due.schedule,
                     due.at - now
-                ));
+                );
                 announced = Some(next);
             }
             std::thread::sleep(RECHECK.min(Duration::from_secs((due.at - now) as u64)));
@@ -108,10 +106,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         let key = match repo_key(state_dir) {
             Ok(k) => k,
             Err(e) => {
-                log.warn(format_args!(
-                    "{who}: backup of schedule {} not run: {e}",
-                    due.schedule
-                ));
+                tracing::warn!("{who}: backup of schedule {} not run: {e}", due.schedule);
                 std::thread::sleep(RECHECK * 10);
                 continue;
             }
@@ -125,29 +120,26 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
             std::thread::sleep(RECHECK);
             continue;
         }
-        log.info(format_args!(
-            "{who}: backup of schedule {} starting",
-            due.schedule
-        ));
+        tracing::info!("{who}: backup of schedule {} starting", due.schedule);
         // Recorded before the run: a crash or reboot mid-backup does not
         // start it again at once (the next slot redoes it, and the packs the
         // interrupted run finished are reused).
         last_runs.insert(due.schedule.clone(), now);
-        save_last_runs(state_dir, &last_runs, who, &log);
+        save_last_runs(state_dir, &last_runs, who);
         let result = run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key);
         gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
-        log_job(&due.schedule, &result, who, &log);
+        log_job(&due.schedule, &result, who);
         let reports = job_reports(&config, &due.schedule, now, state_dir, &result);
-        report_runs(state_dir, &reports, who, &log);
+        report_runs(state_dir, &reports, who);
     }
 }
 
-fn log_job(schedule: &str, result: &Result<JobReport, JobError>, who: &str, log: &Log) {
+fn log_job(schedule: &str, result: &Result<JobReport, JobError>, who: &str) {
     match result {
         Ok(report) => {
             for s in &report.sources {
                 match &s.result {
-                    Ok(sum) => log.info(format_args!(
+                    Ok(sum) => tracing::info!(
                         "{who}: schedule {}: source {} backed up as snapshot {}: {} files, {} bytes read, {} bytes new, {} errors",
                         report.schedule,
                         s.source,
@@ -156,21 +148,18 @@ fn log_job(schedule: &str, result: &Result<JobReport, JobError>, who: &str, log:
                         sum.summary.bytes_read,
                         sum.summary.bytes_new,
                         sum.summary.errors
-                    )),
-                    Err(e) => log.warn(format_args!(
+                    ),
+                    Err(e) => tracing::warn!(
                         "{who}: schedule {}: source {} failed: {e}",
                         report.schedule, s.source
-                    )),
+                    ),
                 }
             }
             if let Some(Err(e)) = &report.prune {
-                log.warn(format_args!(
-                    "{who}: schedule {}: prune failed: {e}",
-                    report.schedule
-                ));
+                tracing::warn!("{who}: schedule {}: prune failed: {e}", report.schedule);
             }
         }
-        Err(e) => log.warn(format_args!("{who}: schedule {schedule} failed: {e}")),
+        Err(e) => tracing::warn!("{who}: schedule {schedule} failed: {e}"),
     }
 }
 
@@ -230,66 +219,63 @@ fn job_reports(
 
 /// Spools `reports` and sends the spool (what a down server missed goes
 /// first, in order).
-fn report_runs(state_dir: &Path, reports: &[RunReport], who: &str, log: &Log) {
+fn report_runs(state_dir: &Path, reports: &[RunReport], who: &str) {
     let spool = Spool::new(state_dir);
     for r in reports {
         match spool.push(r) {
             Ok(0) => {}
-            Ok(n) => log.warn(format_args!(
-                "{who}: run report spool full: dropped its {n} oldest report(s)"
-            )),
-            Err(e) => log.warn(format_args!("{who}: run report not kept: {e}")),
+            Ok(n) => {
+                tracing::warn!("{who}: run report spool full: dropped its {n} oldest report(s)")
+            }
+            Err(e) => tracing::warn!("{who}: run report not kept: {e}"),
         }
     }
-    log_flush(runs::flush_with_stored_credential(state_dir), who, log);
+    log_flush(runs::flush_with_stored_credential(state_dir), who);
 }
 
 /// Logs what a flush of the spool did: failures and drops, not successes
 /// (one line per job is already there).
-pub(super) fn log_flush(flushed: Result<Option<Flushed>, String>, who: &str, log: &Log) {
+pub(super) fn log_flush(flushed: Result<Option<Flushed>, String>, who: &str) {
     match flushed {
         Ok(Some(f)) => {
             for d in &f.dropped {
-                log.warn(format_args!("{who}: run report dropped: {d}"));
+                tracing::warn!("{who}: run report dropped: {d}");
             }
             if let Some(why) = &f.stopped {
-                log.warn(format_args!(
-                    "{who}: {} run report(s) wait in the spool: {why}",
-                    f.left
-                ));
+                tracing::warn!("{who}: {} run report(s) wait in the spool: {why}", f.left);
             } else if f.sent > 0 {
-                log.info(format_args!("{who}: {} run report(s) sent", f.sent));
+                tracing::info!("{who}: {} run report(s) sent", f.sent);
             }
         }
         Ok(None) => {}
-        Err(e) => log.warn(format_args!("{who}: run reports not sent: {e}")),
+        Err(e) => tracing::warn!("{who}: run reports not sent: {e}"),
     }
 }
 
-fn load_last_runs(state_dir: &Path, who: &str, log: &Log) -> HashMap<String, i64> {
+fn load_last_runs(state_dir: &Path, who: &str) -> HashMap<String, i64> {
     let path = state_dir.join(LAST_RUNS);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            log.warn(format_args!(
+            tracing::warn!(
                 "{who}: {} is not readable ({e}); every schedule counts as never run",
                 path.display()
-            ));
+            );
             HashMap::new()
         }),
         Err(_) => HashMap::new(),
     }
 }
 
-fn save_last_runs(state_dir: &Path, runs: &HashMap<String, i64>, who: &str, log: &Log) {
+fn save_last_runs(state_dir: &Path, runs: &HashMap<String, i64>, who: &str) {
     let path = state_dir.join(LAST_RUNS);
     let saved = serde_json::to_vec_pretty(runs)
         .map_err(|e| e.to_string())
         .and_then(|b| write_atomic(&path, &b, 0o600).map_err(|e| e.to_string()));
     if let Err(e) = saved {
-        log.warn(format_args!(
+        tracing::warn!(
             "{who}: cannot record the schedule's run in {}: {e}",
             path.display()
-        ));
+        );
     }
 }
 

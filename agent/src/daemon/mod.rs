@@ -26,7 +26,6 @@ mod facts;
 mod http;
 mod install_step;
 mod jobs;
-mod logging;
 mod update_step;
 
 use std::path::PathBuf;
@@ -93,58 +92,51 @@ pub enum DaemonError {
 
 /// Runs the agent service; returns only with `once` or on a fatal error.
 pub fn run(opts: &RunOptions) -> Result<(), DaemonError> {
-    let log = logging::Log::new();
     let text = std::fs::read_to_string(&opts.cmdline).map_err(|source| DaemonError::Cmdline {
         path: opts.cmdline.clone(),
         source,
     })?;
     let args = BootArgs::parse(&text);
     let boot_id = facts::boot_id();
-    log.info(format_args!(
+    tracing::info!(
         "levee-agent {} starting (image {}, boot {})",
         env!("CARGO_PKG_VERSION"),
         facts::image_version().as_deref().unwrap_or("unknown"),
         boot_id.as_deref().unwrap_or("unknown")
-    ));
+    );
     let mac = facts::boot_mac(&args).unwrap_or_default();
     let credential = match crate::enroll::Credential::load(&opts.state_dir) {
         Ok(c) => c,
         Err(e) => {
-            log.warn(format_args!(
+            tracing::warn!(
                 "mac {mac}: the stored credential is not usable ({e}); enrolling again if a token allows"
-            ));
+            );
             None
         }
     };
     let credential = match credential {
         Some(c) => {
-            log.info(format_args!(
+            tracing::info!(
                 "mac {mac}: credential of appliance {} found in {}",
                 c.server.appliance_id,
                 opts.state_dir.display()
-            ));
+            );
             Some(c)
         }
-        None => enrollment::enroll(opts, &args, &mac, &log)?,
+        None => enrollment::enroll(opts, &args, &mac)?,
     };
     match credential {
-        Some(c) => enrolled::serve(opts, &args, &mac, c, &log),
-        None => plain_reports(opts, &args, &log),
+        Some(c) => enrolled::serve(opts, &args, &mac, c),
+        None => plain_reports(opts, &args),
     }
 }
 
 /// Status reports over plain HTTP: a machine without a credential.
-fn plain_reports(
-    opts: &RunOptions,
-    args: &BootArgs,
-    log: &logging::Log,
-) -> Result<(), DaemonError> {
+fn plain_reports(opts: &RunOptions, args: &BootArgs) -> Result<(), DaemonError> {
     let Some(url) = args.url.clone() else {
         // Nothing to report to (an installed appliance gets its server
         // from its configuration later): stay up as the service.
-        log.warn(format_args!(
-            "no levee.url= on the kernel command line; not reporting"
-        ));
+        tracing::warn!("no levee.url= on the kernel command line; not reporting");
         if opts.once {
             return Ok(());
         }
@@ -159,9 +151,9 @@ fn plain_reports(
     if args.token.is_none() {
         // The server accepts reports only with the machine's enrollment
         // token; without one they are refused, which the log shows.
-        log.warn(format_args!(
+        tracing::warn!(
             "no levee.token= on the kernel command line: the server will refuse these reports (an enrolled appliance needs `levee appliance reenroll` to enroll again)"
-        ));
+        );
     }
     let (mut sent, mut failed) = (0u64, 0u64);
     loop {
@@ -177,10 +169,10 @@ fn plain_reports(
                 // The first report and every 20th after it: enough to follow a
                 // box in the journal without one line per heartbeat.
                 if sent == 1 || sent % 20 == 0 {
-                    log.info(format_args!(
+                    tracing::info!(
                         "status report {sent} sent to {url} (mac {}, HTTP {status})",
                         report.mac
-                    ));
+                    );
                 }
             }
             Err(reason) => {
@@ -188,10 +180,10 @@ fn plain_reports(
                 // Before the network is up the first tries fail: say so once,
                 // then every tenth time.
                 if failed == 1 || failed % 10 == 0 || opts.once {
-                    log.warn(format_args!(
+                    tracing::warn!(
                         "status report to {url} failed (mac {}, attempt {failed}): {reason}",
                         report.mac
-                    ));
+                    );
                 }
                 if opts.once {
                     return Err(DaemonError::Report { url, reason });

@@ -15,7 +15,6 @@ use levee_proto::config::CustomerConfig;
 use levee_proto::update::{UpdateOffer, UpdateReport, UpdateState as Wire, UpdateWindow};
 
 use super::install_step::{commit_step, reboot_step};
-use super::logging::Log;
 use super::BootArgs;
 use crate::enroll::MtlsClient;
 use crate::update::apply::{self, ApplyOptions, Request, SlotTarget};
@@ -75,17 +74,9 @@ pub(super) struct Updates {
 
 impl Updates {
     /// Looks at what the last boot left (see `decide::on_boot`).
-    pub(super) fn start(
-        state_dir: &Path,
-        args: &BootArgs,
-        who: &str,
-        gate: JobGate,
-        log: &Log,
-    ) -> Updates {
+    pub(super) fn start(state_dir: &Path, args: &BootArgs, who: &str, gate: JobGate) -> Updates {
         let mut state = apply::load_state(state_dir).unwrap_or_else(|e| {
-            log.warn(format_args!(
-                "{who}: {e}; starting with an empty update state"
-            ));
+            tracing::warn!("{who}: {e}; starting with an empty update state");
             UpdateState::default()
         });
         let failure_path = apply::health_failure_path(state_dir);
@@ -95,17 +86,18 @@ impl Updates {
         match decide::on_boot(&state, running.as_deref(), failure.as_deref()) {
             BootFinding::Nothing => {}
             BootFinding::Trial(p) => {
-                log.info(format_args!(
+                tracing::info!(
                     "{who}: trial boot of release {} ({}) in slot {}: health check within {} s, else back to slot {}",
                     p.release, p.version, p.slot, args.health_secs.map(Duration::from_secs).unwrap_or(HEALTH_DEADLINE).as_secs(), p.from_slot
-                ));
+                );
                 trial = Some(p);
             }
             BootFinding::RolledBack { pending, reason } => {
-                log.warn(format_args!(
+                tracing::warn!(
                     "{who}: update to release {} ({}) rolled back: {reason}",
-                    pending.release, pending.version
-                ));
+                    pending.release,
+                    pending.version
+                );
                 let fixed = with_esp(&pending.from_slot, |esp| {
                     crate::update::slot::rewrite(esp, |e| {
                         crate::update::slot::after_rollback(e, &pending.slot, &pending.from_slot)
@@ -113,10 +105,10 @@ impl Updates {
                     .map_err(|e| e.to_string())
                 });
                 if let Err(e) = fixed {
-                    log.warn(format_args!(
+                    tracing::warn!(
                         "{who}: cannot clear slot {} in the boot environment: {e}",
                         pending.slot
-                    ));
+                    );
                 }
                 state.rolled_back.push(pending.release);
                 state.set_slot(&pending.slot, None);
@@ -130,13 +122,14 @@ impl Updates {
                 });
                 let _ = std::fs::remove_file(&failure_path);
             }
-            BootFinding::WriteCut(p) => log.warn(format_args!(
+            BootFinding::WriteCut(p) => tracing::warn!(
                 "{who}: writing release {} to slot {} was cut; resuming it",
-                p.release, p.slot
-            )),
+                p.release,
+                p.slot
+            ),
         }
         if let Err(e) = apply::save_state(state_dir, &state) {
-            log.warn(format_args!("{who}: {e}"));
+            tracing::warn!("{who}: {e}");
         }
         Updates {
             state_dir: state_dir.to_path_buf(),
@@ -158,50 +151,50 @@ impl Updates {
         }
     }
 
-    fn save(&self, log: &Log) {
+    fn save(&self) {
         if let Err(e) = apply::save_state(&self.state_dir, &self.state) {
-            log.warn(format_args!("{}: {e}", self.who));
+            tracing::warn!("{}: {e}", self.who);
         }
     }
 
-    fn report(&mut self, client: &MtlsClient, r: UpdateReport, log: &Log) {
-        self.flush(client, log);
+    fn report(&mut self, client: &MtlsClient, r: UpdateReport) {
+        self.flush(client);
         if self.state.unsent.is_some() && r.state.in_progress() {
             // The server is unreachable: keep the older report (a rollback
             // or a result), not a step that the next one supersedes.
             return;
         }
         self.state.unsent = Some(r);
-        self.flush(client, log);
+        self.flush(client);
     }
 
     /// Sends the report the server has not accepted yet.
-    fn flush(&mut self, client: &MtlsClient, log: &Log) {
+    fn flush(&mut self, client: &MtlsClient) {
         let Some(r) = self.state.unsent.clone() else {
             return;
         };
         match client.post_update(&r) {
             Ok(()) => self.state.unsent = None,
-            Err(e) => log.warn(format_args!(
+            Err(e) => tracing::warn!(
                 "{}: cannot report update {} `{}` yet: {e}",
                 self.who,
                 r.version,
                 r.state.as_str()
-            )),
+            ),
         }
-        self.save(log);
+        self.save();
     }
 
     /// One pass after a heartbeat attempt.
-    pub(super) fn tick(&mut self, t: &Tick<'_>, log: &Log) {
-        self.flush(t.client, log);
+    pub(super) fn tick(&mut self, t: &Tick<'_>) {
+        self.flush(t.client);
         if !self.committed {
-            self.health(t, log);
+            self.health(t);
         }
         if self.committed {
-            self.poll_work(t.client, log);
+            self.poll_work(t.client);
             if self.work.is_none() {
-                self.advance(t, log);
+                self.advance(t);
             }
         }
     }
@@ -210,7 +203,7 @@ impl Updates {
     /// is mounted, the configuration was pulled over mTLS, a heartbeat
     /// naming the running version was accepted, and the backup repository
     /// opens. Then the slot is committed.
-    fn health(&mut self, t: &Tick<'_>, log: &Log) {
+    fn health(&mut self, t: &Tick<'_>) {
         let who = self.who.clone();
         let mut missing = Vec::new();
         if !t.heartbeat_ok {
@@ -244,10 +237,10 @@ impl Updates {
             match commit_step() {
                 Ok(outcome) => {
                     self.committed = true;
-                    log.info(format_args!(
+                    tracing::info!(
                         "{who}: boot slot {} committed ({outcome:?})",
                         self.running.as_deref().unwrap_or("-")
-                    ));
+                    );
                     if let Some(p) = self.trial.take() {
                         self.state.set_slot(
                             &p.slot,
@@ -258,10 +251,11 @@ impl Updates {
                         );
                         self.state.pending = None;
                         let _ = std::fs::remove_file(apply::health_failure_path(&self.state_dir));
-                        log.info(format_args!(
+                        tracing::info!(
                             "{who}: update to release {} ({}) committed",
-                            p.release, p.version
-                        ));
+                            p.release,
+                            p.version
+                        );
                         self.report(
                             t.client,
                             UpdateReport {
@@ -271,11 +265,10 @@ impl Updates {
                                 reason: None,
                                 slot: Some(p.slot),
                             },
-                            log,
                         );
                     }
                 }
-                Err(e) => log.warn(format_args!("{who}: cannot commit boot slot: {e}")),
+                Err(e) => tracing::warn!("{who}: cannot commit boot slot: {e}"),
             }
             return;
         }
@@ -288,28 +281,30 @@ impl Updates {
             self.deadline.as_secs(),
             missing.join("; ")
         );
-        log.warn(format_args!(
+        tracing::warn!(
             "{who}: trial of release {} in slot {} {reason}; rebooting into slot {}",
-            p.release, p.slot, p.from_slot
-        ));
+            p.release,
+            p.slot,
+            p.from_slot
+        );
         let path = apply::health_failure_path(&self.state_dir);
         if let Err(e) = crate::update::write_atomic(&path, reason.as_bytes()) {
-            log.warn(format_args!("{who}: {}: {e}", path.display()));
+            tracing::warn!("{who}: {}: {e}", path.display());
         }
         if let Err(e) = reboot_step() {
-            log.warn(format_args!("{who}: reboot failed: {e}"));
+            tracing::warn!("{who}: reboot failed: {e}");
         }
     }
 
     /// Collects a finished download.
-    fn poll_work(&mut self, client: &MtlsClient, log: &Log) {
+    fn poll_work(&mut self, client: &MtlsClient) {
         if !self.work.as_ref().is_some_and(|w| w.is_finished()) {
             return;
         }
         let Some(w) = self.work.take() else { return };
         let attempt = self.attempt.take().unwrap_or_default();
         let Ok((state, result)) = w.join() else {
-            log.warn(format_args!("{}: the update worker panicked", self.who));
+            tracing::warn!("{}: the update worker panicked", self.who);
             self.failed = Some((attempt.0, Instant::now()));
             return;
         };
@@ -325,14 +320,13 @@ impl Updates {
                     reason: None,
                     slot,
                 },
-                log,
             ),
             Ok(None) => {}
             Err(reason) => {
                 // The release tried (the TUF check may have failed before
                 // anything was pending): retried after RETRY_AFTER.
                 let (release, version) = attempt;
-                log.warn(format_args!("{}: update failed: {reason}", self.who));
+                tracing::warn!("{}: update failed: {reason}", self.who);
                 self.failed = Some((release, Instant::now()));
                 if release > 0 {
                     self.report(
@@ -344,14 +338,13 @@ impl Updates {
                             reason: Some(reason),
                             slot: None,
                         },
-                        log,
                     );
                 }
             }
         }
     }
 
-    fn advance(&mut self, t: &Tick<'_>, log: &Log) {
+    fn advance(&mut self, t: &Tick<'_>) {
         let window = t
             .config
             .and_then(|c| c.update_window.as_deref())
@@ -378,13 +371,13 @@ impl Updates {
                 {
                     return;
                 }
-                self.spawn_fetch(t, release, slot, log);
+                self.spawn_fetch(t, release, slot);
             }
-            Step::Reboot => self.reboot(t.client, log),
+            Step::Reboot => self.reboot(t.client),
         }
     }
 
-    fn spawn_fetch(&mut self, t: &Tick<'_>, release: u64, slot: String, log: &Log) {
+    fn spawn_fetch(&mut self, t: &Tick<'_>, release: u64, slot: String) {
         let Some(config) = t.config else { return };
         let Some(running_slot) = self.running.clone() else {
             return;
@@ -404,10 +397,11 @@ impl Updates {
             version: t.version.unwrap_or_default().to_string(),
             release: self.state.slot(&running_slot).map(|s| s.release),
         };
-        log.info(format_args!(
+        tracing::info!(
             "{}: update to release {release} offered; checking the signed channel {}",
-            self.who, channel.channel
-        ));
+            self.who,
+            channel.channel
+        );
         // Resuming a cut write, or the offered release.
         let offered_version = self
             .state
@@ -429,7 +423,6 @@ impl Updates {
         let spawned = std::thread::Builder::new()
             .name("levee-update".into())
             .spawn(move || {
-                let log = Log::new();
                 // Found through /sys (no udev links needed), on the running disk.
                 let target_rootfs =
                     crate::install::find_partition(&format!("levee-{slot}"), &running_slot)
@@ -454,7 +447,7 @@ impl Updates {
                         target_slot: &slot,
                         target: &target,
                     };
-                    let mut say = |line: &str| log.info(format_args!("{who}: {line}"));
+                    let mut say = |line: &str| tracing::info!("{who}: {line}");
                     apply::prepare(&opts, &mut state, &req, &mut say).map_err(|e| e.to_string())
                 });
                 (state, result)
@@ -464,14 +457,11 @@ impl Updates {
                 self.work = Some(h);
                 self.attempt = Some((release, offered_version));
             }
-            Err(e) => log.warn(format_args!(
-                "{}: cannot start the update worker: {e}",
-                self.who
-            )),
+            Err(e) => tracing::warn!("{}: cannot start the update worker: {e}", self.who),
         }
     }
 
-    fn reboot(&mut self, client: &MtlsClient, log: &Log) {
+    fn reboot(&mut self, client: &MtlsClient) {
         self.gate.hold.store(true, Ordering::SeqCst);
         if self.gate.busy.load(Ordering::SeqCst) {
             self.gate.hold.store(false, Ordering::SeqCst);
@@ -488,14 +478,17 @@ impl Updates {
             reason: None,
             slot: Some(p.slot.clone()),
         };
-        log.info(format_args!(
+        tracing::info!(
             "{}: rebooting into slot {} for release {} ({})",
-            self.who, p.slot, p.release, p.version
-        ));
-        self.save(log);
-        self.report(client, r, log);
+            self.who,
+            p.slot,
+            p.release,
+            p.version
+        );
+        self.save();
+        self.report(client, r);
         if let Err(e) = reboot_step() {
-            log.warn(format_args!("{}: reboot failed: {e}", self.who));
+            tracing::warn!("{}: reboot failed: {e}", self.who);
             self.gate.hold.store(false, Ordering::SeqCst);
         }
     }
@@ -595,7 +588,7 @@ mod tests {
             slot: Some("a".into()),
             ..Default::default()
         };
-        let u = Updates::start(dir.path(), &args, "test", JobGate::default(), &Log::new());
+        let u = Updates::start(dir.path(), &args, "test", JobGate::default());
         assert!(u.trial.is_none() && !u.committed);
         let saved = apply::load_state(dir.path()).unwrap();
         assert_eq!((saved.pending, saved.rolled_back.clone()), (None, vec![2]));
@@ -610,7 +603,7 @@ mod tests {
             health_secs: Some(5),
             ..Default::default()
         };
-        let u = Updates::start(dir.path(), &args, "test", JobGate::default(), &Log::new());
+        let u = Updates::start(dir.path(), &args, "test", JobGate::default());
         assert_eq!(u.trial.as_ref().map(|p| p.release), Some(2));
         assert_eq!(u.deadline, Duration::from_secs(5));
     }

@@ -71,18 +71,9 @@ impl EnrollError {
     }
 }
 
-/// A blocking reqwest client builder with the agent's defaults: timeouts,
-/// no proxy from the environment, its user agent.
+/// The agent's client builder with enrollment's timeout.
 fn client_builder() -> reqwest::blocking::ClientBuilder {
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-    reqwest::blocking::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        // Closed before the server's idle timeout (30 s by default), so a
-        // request never goes out on a connection the server is closing.
-        .pool_idle_timeout(std::time::Duration::from_secs(20))
-        .no_proxy()
-        .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
+    crate::http_client::blocking(std::time::Duration::from_secs(15))
 }
 
 /// Turns a non-2xx response into [`EnrollError::Refused`] with the server's

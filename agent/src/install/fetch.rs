@@ -8,49 +8,24 @@ use sha2::{Digest, Sha256};
 use super::plan::Artifact;
 use super::InstallError;
 
-/// Waits between attempts to reach the server: a network boot's agent
-/// installs while systemd-networkd takes the interface over from stage 1
-/// (the link is reset and the address acquired again, ~1-3 s under TCG),
-/// so a request sent then fails without the server being at fault.
-const RETRY_DELAYS: [Duration; 5] = [
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(3),
-    Duration::from_secs(5),
-    Duration::from_secs(8),
-];
-
 /// Opens an artifact's URL (`http(s)://` or `file://`) for reading. A
 /// request that cannot be sent (no route, connection refused or reset) or
-/// a 5xx answer is retried after each of [`RETRY_DELAYS`]; nothing has
+/// a 5xx answer is retried after each of [`crate::http_client::RETRY_DELAYS`]; nothing has
 /// been read yet then, so the caller's writes are unaffected.
 pub fn open(url: &str) -> Result<Box<dyn Read>, InstallError> {
-    open_retrying(url, &RETRY_DELAYS)
+    open_retrying(url, &crate::http_client::RETRY_DELAYS)
 }
 
 fn open_retrying(url: &str, delays: &[Duration]) -> Result<Box<dyn Read>, InstallError> {
-    let mut attempt = 0;
-    loop {
-        match open_once(url) {
-            Ok(r) => return Ok(r),
-            Err((e, transient)) => match delays.get(attempt) {
-                Some(delay) if transient => {
-                    std::thread::sleep(*delay);
-                    attempt += 1;
-                }
-                _ if attempt > 0 => {
-                    return Err(match e {
-                        InstallError::Download { url, reason } => InstallError::Download {
-                            url,
-                            reason: format!("{reason} (after {} attempts)", attempt + 1),
-                        },
-                        e => e,
-                    })
-                }
-                _ => return Err(e),
+    crate::http_client::retrying(delays, || open_once(url), |(_, transient)| *transient).map_err(
+        |((e, _), attempts)| match e {
+            InstallError::Download { url, reason } if attempts > 1 => InstallError::Download {
+                url,
+                reason: format!("{reason} (after {attempts} attempts)"),
             },
-        }
-    }
+            e => e,
+        },
+    )
 }
 
 /// One attempt; the flag says whether another may succeed.
@@ -69,9 +44,8 @@ fn open_once(url: &str) -> Result<Box<dyn Read>, (InstallError, bool)> {
             false,
         ));
     }
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(30 * 60))
+    // A whole rootfs streams through one request.
+    let client = crate::http_client::blocking(Duration::from_secs(30 * 60))
         .build()
         .map_err(|e| (fail(e.to_string()), false))?;
     let resp = client.get(url).send().map_err(|e| {

@@ -55,14 +55,10 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(opts: TransportOptions) -> Result<HttpTransport, String> {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::asynchronous()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
             .timeout(opts.deadline)
-            // The appliance talks to its own server only, never through a
-            // proxy an environment variable names.
-            .no_proxy()
-            .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(HttpTransport { client, opts })

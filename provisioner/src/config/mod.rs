@@ -8,7 +8,6 @@
 //! values. Every error names the file, line and column, the path of the
 //! offending key and what was expected.
 
-mod locate;
 mod validate;
 
 use std::fmt;
@@ -17,7 +16,7 @@ use std::path::Path;
 use levee_proto::config::CustomerConfig;
 
 pub use levee_proto::config::SmbUrl;
-pub use locate::{display_path, locate, Seg};
+pub use levee_proto::yaml::{display_path, locate, Seg};
 pub use validate::{Customer, Schedule, SourceKind, Weekday};
 
 /// A configuration file that cannot be used, and where.

@@ -139,9 +139,13 @@ fn symlink_error(e: io::Error) -> io::Error {
             e.kind(),
             "a symbolic link is in the way (restore never writes through one)",
         ),
-        Some(libc::ENOTDIR) => {
-            io::Error::new(e.kind(), "something other than a directory is in the way")
-        }
+        // Kernels differ on a symlink opened with O_DIRECTORY|O_NOFOLLOW:
+        // some say ELOOP, newer ones ENOTDIR; the message covers both.
+        Some(libc::ENOTDIR) => io::Error::new(
+            e.kind(),
+            "a symbolic link or something else that is not a directory is in the way \
+             (restore never writes through one)",
+        ),
         _ => e,
     }
 }

@@ -1,4 +1,5 @@
-//! Finds where a node of a YAML document is, by path.
+//! Finds where a node of a YAML document is, by path: the one locator
+//! behind the image manifest's and the customer configuration's errors.
 //!
 //! serde_norway reports positions only for errors raised while a node is
 //! being deserialized. Validation runs after parsing, so to point at the
