@@ -18,7 +18,7 @@
 //! every snapshot seen has its index seen too. Every step writes new files before it
 //! removes old ones; a prune killed at any point leaves a valid repository.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use levee_proto::repo::{BlobEntry, BlobId, IndexFile, IndexPack, PackId};
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,11 @@ pub struct PendingPack {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PruneState {
     pub packs: BTreeMap<String, PendingPack>,
+    /// Indexed packs that must be repacked whatever their unused share:
+    /// `repair --read-data` left a damaged blob of theirs out of the index,
+    /// so the index alone does not show the dead bytes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub repack: BTreeSet<String>,
 }
 
 impl PruneState {
@@ -73,7 +78,7 @@ impl PruneState {
             Err(e) => Err(e.into()),
         }
     }
-    fn save(&self, repo: &Repository) -> Result<(), RepoError> {
+    pub(crate) fn save(&self, repo: &Repository) -> Result<(), RepoError> {
         let b = serde_json::to_vec_pretty(self).map_err(|e| RepoError::Config(e.to_string()))?;
         Ok(repo.local().write(FileKind::PruneState, "", &b)?)
     }
@@ -266,7 +271,9 @@ pub fn prune(
             });
         if unused == total {
             newly_marked.push(id.to_hex());
-        } else if unused * 100 > total * u64::from(opts.max_unused_percent.min(100)) {
+        } else if state.repack.contains(&id.to_hex())
+            || unused * 100 > total * u64::from(opts.max_unused_percent.min(100))
+        {
             repack.push((*id, blobs.clone()));
         } else {
             keep.push(IndexPack {
@@ -347,6 +354,7 @@ pub fn prune(
     // Durable order: state naming the candidates, new index, old index gone,
     // then the candidates' unindexed time.
     for name in &newly_marked {
+        state.repack.remove(name);
         state.packs.insert(
             name.clone(),
             PendingPack {

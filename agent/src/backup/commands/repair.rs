@@ -92,6 +92,7 @@ fn rebuild_index(
         .map(|(n, _)| n)
         .collect();
     let mut packs: Vec<IndexPack> = Vec::new();
+    let mut damaged_packs = Vec::new();
     let mut listed = repo.be.list(FileKind::Pack)?;
     listed.sort();
     Counters::add(&counters.expected, listed.iter().map(|(_, s)| *s).sum());
@@ -103,6 +104,9 @@ fn rebuild_index(
         let blobs = if opts.read_data {
             match crate::backup::commands::check::read_pack(repo, &name, size, None) {
                 Ok((h, _, _, bad)) => {
+                    if !bad.is_empty() {
+                        damaged_packs.push(name.clone());
+                    }
                     for (b, why) in &bad {
                         r.blobs_damaged
                             .push(format!("blob {b} in pack {name}: {why}"));
@@ -130,6 +134,14 @@ fn rebuild_index(
         packs.push(IndexPack { id, blobs });
     }
     r.packs_indexed = packs.len();
+    // The index will not show a left-out blob's bytes as unused: the next
+    // prune is told to repack these packs (their good blobs), so the
+    // damaged bytes leave the repository.
+    if !damaged_packs.is_empty() {
+        let mut state = crate::backup::commands::prune::PruneState::load(repo)?;
+        state.repack.extend(damaged_packs);
+        state.save(repo)?;
+    }
     let mut index = MasterIndex::new();
     // New index first, then the old files go: a kill in between leaves
     // duplicates, which are harmless.
