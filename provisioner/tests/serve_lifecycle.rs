@@ -225,6 +225,9 @@ fn mtls_client(resp: &EnrollmentResponse, key_pem: &str) -> reqwest::Client {
 async fn enroll(plain: &reqwest::Client, http: &str, mac: &str) -> Result<Identity, Outcome> {
     let script = send(plain.get(format!("{http}/boot/{mac}.ipxe"))).await?;
     let script = script.text().await.map_err(|e| Outcome::of(&e))?;
+    if script.contains("too many boot scripts") {
+        return Err(Outcome::Limited);
+    }
     let token = script
         .split_whitespace()
         .find_map(|w| w.strip_prefix("levee.token="))
@@ -264,6 +267,10 @@ enum Outcome {
     Status(u16),
     /// A connection that broke mid-request: what a clean stop must avoid.
     Broken,
+    /// A boot script without a token because the overall mint rate limit
+    /// (issue 11) was reached: the server's intended answer to this flood
+    /// of new machines, not an error of the stop.
+    Limited,
 }
 
 impl Outcome {

@@ -45,6 +45,7 @@ mod leases;
 mod packet;
 mod server;
 mod socket;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::fmt;
