@@ -47,8 +47,8 @@ pub struct CustomerConfig {
     /// Which snapshots to keep.
     #[serde(default)]
     pub retention: Retention,
-    /// Offsite stores, in order of preference: the first reachable one gets
-    /// new packs; with `weight`s, packs are spread over targets.
+    /// Offsite targets: each holds a complete copy of every repository
+    /// (see [`OffsiteTarget`]).
     #[serde(default)]
     pub offsite: Vec<OffsiteTarget>,
     /// Release channel the appliance follows (`stable`, `beta`, ...).
@@ -151,31 +151,61 @@ impl Default for Retention {
     }
 }
 
-/// An offsite store the appliance replicates to.
+/// An offsite target: one complete copy of the repository. Every target
+/// gets every file; there is no spreading of packs over targets.
+///
+/// A Levee offsite store lists its nodes in `urls` (one store, several
+/// endpoints: uploads are spread over the healthy ones and fail over);
+/// the older single `url:` is still read as one endpoint. An S3 target is
+/// `url: s3://bucket[/prefix]` with `endpoint`, `region` and keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OffsiteTarget {
     pub name: String,
-    /// `https://...` (a Levee offsite store, reached with the appliance's
-    /// certificate) or `s3://bucket[/prefix]` (S3-compatible storage).
-    pub url: String,
+    /// One endpoint: `https://host[:port]` (a Levee offsite store, reached
+    /// with the appliance's certificate) or `s3://bucket[/prefix]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The nodes of one Levee offsite store, `https://host[:port]` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// S3 endpoint, e.g. `https://s3.eu-central-1.example.com` (s3 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// S3 region, e.g. `eu-central-1` (s3 only; default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// S3 access key id (s3 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
     /// S3 secret access key (s3 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key: Option<Secret>,
-    /// Share of new packs this target gets relative to the others; 0 (the
-    /// default) makes it a failover target used only when earlier ones fail.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub weight: u32,
+    /// PEM file with the CA that signed the S3 endpoint's certificate, on
+    /// the appliance (s3 only; default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Gone: every target is a complete copy. Still read, so a stored
+    /// configuration with it stays readable; `levee customer apply` refuses
+    /// it by name.
+    #[serde(default, skip_serializing)]
+    pub weight: Option<u32>,
 }
 
-fn is_zero(v: &u32) -> bool {
-    *v == 0
+impl OffsiteTarget {
+    /// The endpoints in order: `urls`, or the one `url`.
+    pub fn endpoints(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            self.url.iter().map(String::as_str).collect()
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether this is a direct S3 target (`s3://`).
+    pub fn is_s3(&self) -> bool {
+        self.endpoints().iter().any(|u| u.starts_with("s3://"))
+    }
 }
 
 /// Install-to-disk settings.

@@ -220,7 +220,12 @@ fn bound_secrets_mut(c: &mut CustomerConfig) -> Vec<(String, String, &mut Secret
         }
     }
     for (i, o) in c.offsite.iter_mut().enumerate() {
-        let dest = format!("{}\0{}", o.url, o.endpoint.as_deref().unwrap_or(""));
+        // One endpoint (every S3 target) binds exactly as before `urls`.
+        let dest = format!(
+            "{}\0{}",
+            o.endpoints().join(" "),
+            o.endpoint.as_deref().unwrap_or("")
+        );
         let field = format!("offsite/{}/secret_access_key", o.name);
         if let Some(k) = o.secret_access_key.as_mut() {
             out.push((

@@ -4,7 +4,9 @@ use levee_proto::config::SmbUrl;
 use std::collections::HashSet;
 use std::path::Path;
 
-use levee_proto::config::{parse_duration, parse_rate, parse_size, CustomerConfig, Secret};
+use levee_proto::config::{
+    parse_duration, parse_rate, parse_size, CustomerConfig, OffsiteTarget, Secret,
+};
 
 use super::{Problem, Seg};
 
@@ -260,61 +262,11 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
 
     let mut offsite_names = HashSet::new();
     for (i, o) in c.offsite.iter().enumerate() {
-        let at = |k: &'static str| vec![Key("offsite"), Index(i), Key(k)];
-        check_name(at("name"), &o.name)?;
+        check_offsite(i, o)?;
         if !offsite_names.insert(o.name.clone()) {
             return Err(problem(
-                at("name"),
+                vec![Key("offsite"), Index(i), Key("name")],
                 format!("duplicate offsite name `{}`", o.name),
-            ));
-        }
-        if let Some(rest) = o.url.strip_prefix("s3://") {
-            if rest.split('/').next().unwrap_or("").is_empty() {
-                return Err(problem(
-                    at("url"),
-                    format!("`{}` names no bucket; expected s3://bucket[/prefix]", o.url),
-                ));
-            }
-            if o.access_key_id.is_none() {
-                return Err(problem(
-                    at("access_key_id"),
-                    "missing; an s3:// target needs access_key_id and secret_access_key",
-                ));
-            }
-            if o.secret_access_key.as_ref().is_none_or(|s| s.0.is_empty()) {
-                return Err(problem(
-                    at("secret_access_key"),
-                    "missing; an s3:// target needs access_key_id and secret_access_key",
-                ));
-            }
-            if let Some(e) = &o.endpoint {
-                if !(e.starts_with("https://") || e.starts_with("http://")) {
-                    return Err(problem(
-                        at("endpoint"),
-                        format!("`{e}` is not an http(s):// URL"),
-                    ));
-                }
-            }
-        } else if let Some(rest) = o.url.strip_prefix("https://") {
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err(problem(at("url"), format!("`{}` names no host", o.url)));
-            }
-            for (k, set) in [
-                ("endpoint", o.endpoint.is_some()),
-                ("access_key_id", o.access_key_id.is_some()),
-                ("secret_access_key", o.secret_access_key.is_some()),
-            ] {
-                if set {
-                    return Err(problem(at(k), "only s3:// targets take S3 settings; a Levee offsite store (https://) uses the appliance certificate"));
-                }
-            }
-        } else {
-            return Err(problem(
-                at("url"),
-                format!(
-                    "`{}`: expected https://host/... (Levee offsite store) or s3://bucket[/prefix]",
-                    o.url
-                ),
             ));
         }
     }
@@ -367,6 +319,130 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
     })
 }
 
+/// One offsite target: `url` or `urls` (not both), every endpoint of one
+/// kind, S3 settings only on an S3 target and all it needs there.
+fn check_offsite(i: usize, o: &OffsiteTarget) -> Result<(), Problem> {
+    use Seg::{Index, Key};
+    let at = |k: &'static str| vec![Key("offsite"), Index(i), Key(k)];
+    check_name(at("name"), &o.name)?;
+    if o.weight.is_some() {
+        return Err(problem(
+            at("weight"),
+            "is gone: every offsite target is a complete copy; list a store's nodes in `urls` instead",
+        ));
+    }
+    let endpoints: Vec<(Vec<Seg>, &str)> = match (&o.url, o.urls.is_empty()) {
+        (Some(_), false) => {
+            return Err(problem(
+                at("urls"),
+                "give `url` (one endpoint) or `urls` (the nodes of one store), not both",
+            ))
+        }
+        (None, true) => return Err(problem(
+            at("urls"),
+            "missing; expected `urls: [https://node1:8443, ...]` or `url: s3://bucket[/prefix]`",
+        )),
+        (Some(u), true) => vec![(at("url"), u.as_str())],
+        (None, false) => o
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(j, u)| {
+                (
+                    vec![Key("offsite"), Index(i), Key("urls"), Index(j)],
+                    u.as_str(),
+                )
+            })
+            .collect(),
+    };
+    let s3 = endpoints.iter().any(|(_, u)| u.starts_with("s3://"));
+    let mut seen = HashSet::new();
+    for (path, u) in &endpoints {
+        if !seen.insert(*u) {
+            return Err(problem(path.clone(), format!("`{u}` is listed twice")));
+        }
+        if let Some(rest) = u.strip_prefix("s3://") {
+            if endpoints.len() > 1 {
+                return Err(problem(
+                    path.clone(),
+                    "an s3:// target has one `url`; its nodes are behind the S3 `endpoint`",
+                ));
+            }
+            if rest.split('/').next().unwrap_or("").is_empty() {
+                return Err(problem(
+                    path.clone(),
+                    format!("`{u}` names no bucket; expected s3://bucket[/prefix]"),
+                ));
+            }
+        } else if let Some(rest) = u.strip_prefix("https://") {
+            let host = rest.split('/').next().unwrap_or("");
+            if host.is_empty() {
+                return Err(problem(path.clone(), format!("`{u}` names no host")));
+            }
+        } else {
+            return Err(problem(
+                path.clone(),
+                format!("`{u}`: expected https://host[:port] (Levee offsite store) or s3://bucket[/prefix]"),
+            ));
+        }
+    }
+    if s3 {
+        // No endpoint: AWS itself, `https://s3.<region>.amazonaws.com`.
+        if let Some(endpoint) = o.endpoint.as_deref() {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(problem(
+                    at("endpoint"),
+                    format!("`{endpoint}` is not an http(s):// URL"),
+                ));
+            }
+        }
+        if o.access_key_id.as_deref().is_none_or(str::is_empty) {
+            return Err(problem(
+                at("access_key_id"),
+                "missing; an s3:// target needs access_key_id and secret_access_key",
+            ));
+        }
+        if o.secret_access_key.as_ref().is_none_or(|s| s.0.is_empty()) {
+            return Err(problem(
+                at("secret_access_key"),
+                "missing; an s3:// target needs access_key_id and secret_access_key",
+            ));
+        }
+        if let Some(r) = &o.region {
+            let ok = !r.is_empty()
+                && r.len() <= 64
+                && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !ok {
+                return Err(problem(
+                    at("region"),
+                    format!("`{r}` is not a region name; expected e.g. eu-central-1"),
+                ));
+            }
+        }
+        if let Some(f) = &o.ca_file {
+            if !f.starts_with('/') {
+                return Err(problem(
+                    at("ca_file"),
+                    format!("`{f}` is not an absolute path on the appliance"),
+                ));
+            }
+        }
+    } else {
+        for (k, set) in [
+            ("endpoint", o.endpoint.is_some()),
+            ("region", o.region.is_some()),
+            ("access_key_id", o.access_key_id.is_some()),
+            ("secret_access_key", o.secret_access_key.is_some()),
+            ("ca_file", o.ca_file.is_some()),
+        ] {
+            if set {
+                return Err(problem(at(k), "only s3:// targets take S3 settings; a Levee offsite store (https://) uses the appliance certificate and the Levee CA"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_time(t: &str) -> Option<(u8, u8)> {
     let (h, m) = t.split_once(':')?;
     if h.len() != 2 || m.len() != 2 {
@@ -399,6 +475,107 @@ mod tests {
             "smb://u@h/",
         ] {
             assert!(SmbUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn offsite(target: serde_json::Value) -> Result<Customer, Problem> {
+        let c = serde_json::from_value(serde_json::json!({
+            "customer": "acme", "offsite": [target],
+        }))
+        .map_err(|e| problem(vec![], e.to_string()))?;
+        validate(c, Path::new("."))
+    }
+
+    fn refused(target: serde_json::Value) -> String {
+        let p = offsite(target).expect_err("refused");
+        format!("{}: {}", crate::config::display_path(&p.path), p.message)
+    }
+
+    #[test]
+    fn offsite_targets_list_nodes_and_old_urls_still_read() {
+        let c = offsite(
+            serde_json::json!({"name": "hq", "urls": ["https://a:8443", "https://b:8443"]}),
+        )
+        .expect("urls");
+        assert_eq!(
+            c.config.offsite[0].endpoints(),
+            ["https://a:8443", "https://b:8443"]
+        );
+        let c = offsite(serde_json::json!({"name": "hq", "url": "https://a:8443"})).expect("url");
+        assert_eq!(c.config.offsite[0].endpoints(), ["https://a:8443"]);
+        let c = offsite(serde_json::json!({
+            "name": "cold", "url": "s3://bucket/p", "endpoint": "https://s3.example",
+            "region": "eu-central-1", "access_key_id": "A", "secret_access_key": "S",
+            "ca_file": "/etc/levee/s3-ca.pem",
+        }))
+        .expect("s3");
+        assert!(c.config.offsite[0].is_s3());
+    }
+
+    #[test]
+    fn offsite_errors_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"name": "hq", "url": "https://a", "weight": 2}),
+                "offsite[0].weight",
+            ),
+            (
+                serde_json::json!({"name": "hq", "url": "https://a", "urls": ["https://b"]}),
+                "offsite[0].urls",
+            ),
+            (serde_json::json!({"name": "hq"}), "offsite[0].urls"),
+            (
+                serde_json::json!({"name": "hq", "urls": ["https://a", "ftp://b"]}),
+                "offsite[0].urls[1]",
+            ),
+            (
+                serde_json::json!({"name": "hq", "urls": ["https://a", "https://a"]}),
+                "offsite[0].urls[1]",
+            ),
+            (
+                serde_json::json!({"name": "hq", "urls": ["https://"]}),
+                "offsite[0].urls[0]",
+            ),
+            (
+                serde_json::json!({"name": "hq", "url": "https://a", "region": "x"}),
+                "offsite[0].region",
+            ),
+            (
+                serde_json::json!({"name": "hq", "url": "https://a", "ca_file": "/x"}),
+                "offsite[0].ca_file",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://", "access_key_id": "A", "secret_access_key": "S"}),
+                "offsite[0].url",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://b", "secret_access_key": "S"}),
+                "offsite[0].access_key_id",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://b", "access_key_id": "A"}),
+                "offsite[0].secret_access_key",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://b", "endpoint": "s3.example", "access_key_id": "A", "secret_access_key": "S"}),
+                "offsite[0].endpoint",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://b", "region": "eu central", "access_key_id": "A", "secret_access_key": "S"}),
+                "offsite[0].region",
+            ),
+            (
+                serde_json::json!({"name": "c", "url": "s3://b", "ca_file": "ca.pem", "access_key_id": "A", "secret_access_key": "S"}),
+                "offsite[0].ca_file",
+            ),
+            (
+                serde_json::json!({"name": "c", "urls": ["s3://b", "s3://c"], "access_key_id": "A", "secret_access_key": "S"}),
+                "offsite[0].urls[0]",
+            ),
+        ];
+        for (target, field) in cases {
+            let msg = refused(target.clone());
+            assert!(msg.starts_with(&format!("{field}: ")), "{target}: {msg}");
         }
     }
 
