@@ -205,7 +205,8 @@ impl BootService {
 
     /// Records a step in the machine's history; a store hiccup must not stop
     /// a boot, so it is only logged.
-    pub fn event(&self, mac: MacAddr, step: &str, detail: &str) {
+    pub fn event(&self, mac: MacAddr, step: &'static str, detail: &str) {
+        crate::metrics::boot_event(step);
         if let Err(e) = self.store.add_event(mac, step, detail) {
             warn!(%mac, error = %e, "could not record boot event");
         }

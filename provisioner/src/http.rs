@@ -64,6 +64,10 @@ pub fn router(state: HttpState) -> Router {
         .route(levee_proto::enroll::paths::TIME, get(time))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn(log_response))
+        .layer(middleware::from_fn_with_state(
+            "http",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -215,6 +219,7 @@ async fn report(
                 format!("{mac} is not a known machine: reports do not create appliances"),
             )));
         }
+        crate::metrics::boot_event("report");
         store.add_event(
             mac,
             "report",
@@ -274,6 +279,7 @@ async fn enroll(
         Err(e) => {
             let msg = e.to_string();
             warn!(mac = "-", peer = ?peer, reason = %msg, "enrollment refused");
+            crate::metrics::enrollment("refused");
             return api_error(StatusCode::BAD_REQUEST, msg);
         }
     };

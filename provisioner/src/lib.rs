@@ -25,6 +25,7 @@ pub mod http;
 pub mod images;
 pub mod limit;
 pub mod listen;
+pub mod metrics;
 pub mod releases;
 pub mod secrets;
 pub mod serve;

@@ -64,6 +64,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
     alert_interval: Duration,
 
+    /// Prometheus metrics at http://ADDR/metrics (off when not given):
+    /// appliances by state, heartbeat and backup ages, request latencies,
+    /// enrollments, config pulls, boot events, runs, store sizes. Plain
+    /// HTTP without authentication, and the series name appliances and
+    /// customers: bind it to loopback or a management network.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+
     /// Base URL machines use to reach --http (needed when it is bound to
     /// 0.0.0.0 and no --dhcp-interface tells the address).
     #[arg(long, value_name = "URL")]
@@ -266,6 +274,12 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         watch_signals(shutdown.clone(), grace)?;
+        if let Some(addr) = args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            spawn_metrics(listener, &served_store, data_dir, limits, &shutdown)?;
+        }
         let config = ServeConfig {
             data_dir: data_dir.to_path_buf(),
             ipxe_dir: args.ipxe_dir.clone(),
@@ -296,6 +310,32 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
         info!("stopped");
     }
     served
+}
+
+/// The `--metrics` listener, beside the services of [`serve::run`]: it
+/// stops with them, and its failure stops them (as any service's would).
+fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    data_dir: &std::path::Path,
+    limits: crate::listen::Limits,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    // Installed before the other services start, so nothing goes uncounted.
+    crate::metrics::install()?;
+    let (store, data_dir, stop) = (store.clone(), data_dir.to_path_buf(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(listener, store, data_dir, limits, stop.clone()).await
+        {
+            tracing::error!(
+                service = "metrics",
+                error = format!("{e:#}"),
+                "service stopped"
+            );
+            stop.cancel();
+        }
+    });
+    Ok(())
 }
 
 /// SIGTERM or SIGINT cancels `shutdown` (a clean stop: see

@@ -168,6 +168,10 @@ pub fn router(state: ApiState) -> Router {
             get(super::update_api::get_update).post(super::update_api::post_update),
         )
         .route(paths::TIME, get(time))
+        .layer(axum::middleware::from_fn_with_state(
+            "https",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -306,7 +310,17 @@ pub(super) async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> R
 
 /// `GET /api/v1/config`: the appliance's customer configuration, secrets
 /// opened (it needs the SMB password), with a strong ETag.
-async fn config(
+async fn config(state: State<ApiState>, peer: Extension<Peer>, headers: HeaderMap) -> Response {
+    let r = config_response(state, peer, headers).await;
+    crate::metrics::config_pull(match r.status() {
+        StatusCode::OK => "served",
+        StatusCode::NOT_MODIFIED => "not_modified",
+        _ => "refused",
+    });
+    r
+}
+
+async fn config_response(
     State(st): State<ApiState>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
@@ -391,6 +405,7 @@ async fn heartbeat(
             .and_then(|()| st.store.record_report(&report, a.mac));
         match stored {
             Ok(_) => {
+                crate::metrics::heartbeat();
                 debug!(appliance = a.id, mac = %a.mac, slot = ?report.slot, "heartbeat");
                 // The rollout's word rides on the answer; a failure to
                 // decide never fails the heartbeat itself.

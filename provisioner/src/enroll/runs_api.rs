@@ -30,6 +30,9 @@ pub async fn post_run(
         match st.store.record_run(a.id, &report) {
             Ok(new) => {
                 let r = &report;
+                if new {
+                    crate::metrics::run(r.kind.as_str(), r.result.as_str());
+                }
                 if !new {
                     info!(appliance = a.id, run = %r.id, "run report received again; kept once");
                 } else if r.result == RunResult::Failed {

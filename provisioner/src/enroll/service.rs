@@ -106,15 +106,23 @@ impl EnrollService {
                 format!("bad MAC `{}`: {e}", req.mac),
             );
             warn!(mac = %req.mac, reason = %r.message, "enrollment refused");
+            crate::metrics::enrollment("refused");
             r
         })?;
         let result = self.check_and_issue(mac, req, csr, peer, now);
         match &result {
-            Ok(resp) => info!(%mac, appliance = resp.appliance_id, "enrolled"),
+            Ok(resp) => {
+                crate::metrics::enrollment("issued");
+                info!(%mac, appliance = resp.appliance_id, "enrolled")
+            }
             // Retries every few seconds: logged at debug, recorded once
             // (when the key is kept, by the store).
-            Err(r) if r.is_pending() => debug!(%mac, "enrollment pending approval"),
+            Err(r) if r.is_pending() => {
+                crate::metrics::enrollment("pending");
+                debug!(%mac, "enrollment pending approval")
+            }
             Err(r) => {
+                crate::metrics::enrollment("refused");
                 warn!(%mac, peer = ?peer, reason = %r.message, "enrollment refused");
                 if let Err(e) = self.store.add_event(mac, "enroll-refused", &r.message) {
                     warn!(%mac, error = %e, "could not record enrollment refusal");

@@ -145,6 +145,9 @@ pub trait Store:
 
     /// Closes the store's connections (at the end of `levee serve`).
     fn close(&self) {}
+
+    /// The database's size in bytes (the `levee_store_bytes` metric).
+    fn database_bytes(&self) -> Result<u64>;
 }
 
 impl StoreError {

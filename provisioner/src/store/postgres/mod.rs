@@ -581,6 +581,16 @@ impl Store for PgStore {
     fn close(&self) {
         PgStore::close(self);
     }
+
+    fn database_bytes(&self) -> Result<u64> {
+        self.block(async {
+            let c = self.conn().await?;
+            let n: i64 = query_one(&c, "SELECT pg_database_size(current_database())", &[])
+                .await?
+                .try_get(0)?;
+            Ok(n.max(0) as u64)
+        })
+    }
 }
 
 /// A PostgreSQL error with its causes, and what to do about the usual

@@ -309,7 +309,16 @@ pub(super) fn opt_u64(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
 
 /// Every default: its reads are in-process work of microseconds, answered
 /// on the async workers as they are.
-impl Store for SqliteStore {}
+impl Store for SqliteStore {
+    fn database_bytes(&self) -> Result<u64> {
+        let n: i64 = self.lock().query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+}
 
 #[cfg(test)]
 /// What only the SQLite store does; everything both stores do is in
