@@ -10,129 +10,38 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use levee_agent::daemon::{run, DaemonError, RunOptions};
+use common::{agent_options, LoopbackServer};
+use levee_agent::daemon::{run, DaemonError};
 use levee_agent::enroll::{Credential, EnrollError, MtlsClient, CONFIG_CACHE};
 use levee_proto::enroll::{InstallState, InstallStatus};
-use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::{Registration, Store};
-use levee_pxe::boot::MacAddr;
-use tokio_util::sync::CancellationToken;
 
 const MAC_PENDING: &str = "52:54:00:0d:00:01";
 const MAC_REGISTERED: &str = "52:54:00:0d:00:02";
 
-struct Server {
-    dir: tempfile::TempDir,
-    store: Arc<dyn Store>,
-    http: String,
-    stop: CancellationToken,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(
-        dir.path(),
-        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
-    );
-    let key = ServerKey::load_or_create(&data).expect("key");
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "alpha",
-        "heartbeat_interval": "5m",
-        "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "alpha-secret"}],
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
-    store
-        .register_appliance(
-            MAC_REGISTERED.parse().expect("mac"),
-            &Registration {
-                customer: Some("alpha"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (url, stop) = rt.block_on(common::serve_on_loopback(store.clone(), data, dir.path()));
-    Server {
-        dir,
-        store,
-        http: url,
-        stop,
-        _rt: rt,
-    }
-}
-
-impl Server {
-    /// The kernel command line the boot script gives `mac`.
-    fn boot_cmdline(&self, mac: &str) -> String {
-        let script = reqwest::blocking::get(format!("{}/boot/{mac}.ipxe", self.http))
-            .expect("script")
-            .text()
-            .expect("body");
-        let kernel = script
-            .lines()
-            .find(|l| l.starts_with("kernel "))
-            .unwrap_or_else(|| panic!("no kernel line: {script}"));
-        let bootif = format!("BOOTIF=01-{}", mac.replace(':', "-"));
-        format!("{kernel} {bootif} levee.interval=1")
-    }
-
-    fn appliance(&self, mac: &str) -> levee_provisioner::store::Appliance {
-        let mac: MacAddr = mac.parse().expect("mac");
-        self.store
-            .appliance(mac)
-            .expect("store")
-            .expect("appliance")
-    }
-
-    fn levee(&self, args: &[&str]) -> String {
-        common::levee(&self.dir.path().join("data"), args)
-    }
-}
-
-fn options(cmdline: &Path, state: &Path) -> RunOptions {
-    RunOptions {
-        cmdline: cmdline.to_path_buf(),
-        once: true,
-        state_dir: state.to_path_buf(),
-        enroll_retry: Duration::from_millis(200),
-        // The host's clock is not ours to set.
-        set_clock: false,
-        ..RunOptions::default()
-    }
+/// The server both tests use: customer `alpha`, one machine registered for
+/// it, `MAC_PENDING` unknown until approved.
+fn start() -> LoopbackServer {
+    LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({
+            "customer": "alpha",
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "alpha-secret"}],
+        }),
+        &[MAC_REGISTERED],
+    )
 }
 
 /// Runs the daemon once on its own thread.
 fn agent(cmdline: &str, state: &Path) -> std::thread::JoinHandle<Result<(), DaemonError>> {
-    let file = state.with_extension("cmdline");
-    std::fs::write(&file, cmdline).expect("cmdline");
-    let opts = options(&file, state);
+    let opts = agent_options(cmdline, state);
     std::thread::spawn(move || run(&opts))
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(60), f)
 }
 
 #[test]

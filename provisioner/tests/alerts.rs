@@ -10,18 +10,15 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use levee_agent::daemon::{run, RunOptions};
 use levee_agent::enroll::{Credential, MtlsClient};
 use levee_proto::runs::{RunKind, RunReport, RunResult};
 use levee_provisioner::alerts::webhook::{verify, SIGNATURE_HEADER};
 use levee_provisioner::alerts::AlertOptions;
-use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::Registration;
 use tokio_util::sync::CancellationToken;
 
 const MAC: &str = "52:54:00:0f:00:01";
@@ -51,35 +48,13 @@ async fn receive(
     status
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(30), f)
 }
 
+/// Enrolls `MAC` with one pass of the real agent; its credential.
 fn enroll(http: &str, state: &Path) -> Credential {
-    let script = reqwest::blocking::get(format!("{http}/boot/{MAC}.ipxe"))
-        .expect("script")
-        .text()
-        .expect("body");
-    let kernel = script
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .expect("kernel line");
-    let cmdline = state.with_extension("cmdline");
-    let bootif = format!("BOOTIF=01-{}", MAC.replace(':', "-"));
-    std::fs::write(&cmdline, format!("{kernel} {bootif} levee.interval=1")).expect("cmdline");
-    run(&RunOptions {
-        cmdline,
-        once: true,
-        state_dir: state.to_path_buf(),
-        enroll_retry: Duration::from_millis(200),
-        set_clock: false,
-        ..RunOptions::default()
-    })
-    .expect("agent pass");
+    common::agent_pass(http, MAC, state);
     Credential::load(state).expect("load").expect("credential")
 }
 
@@ -96,35 +71,19 @@ fn backup(start: i64) -> RunReport {
 #[test]
 fn a_missed_backup_opens_one_signed_alert_delivered_after_a_500_and_resolves_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(
-        dir.path(),
-        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
+    let (data, store) = common::store_with_default_profile(dir.path(), common::AGENT_CMDLINE);
+    common::add_customer(
+        store.as_ref(),
+        &data,
+        serde_json::json!({
+            "customer": "gamma",
+            "sources": [{"name": "docs", "path": "/srv/docs"}],
+            "schedules": [{"name": "daily", "every": "1d"}],
+            "install": {"to_disk": false},
+        }),
     );
-    let key = ServerKey::load_or_create(&data).expect("key");
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "gamma",
-        "sources": [{"name": "docs", "path": "/srv/docs"}],
-        "schedules": [{"name": "daily", "every": "1d"}],
-        "install": {"to_disk": false},
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
-    store
-        .register_appliance(
-            MAC.parse().expect("mac"),
-            &Registration {
-                customer: Some("gamma"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    common::register(store.as_ref(), MAC, "gamma");
+    let rt = common::runtime();
 
     // The receiver, on loopback; and a second webhook whose receiver is
     // down until the alert has been tried on it.

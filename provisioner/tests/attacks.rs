@@ -4,16 +4,16 @@
 //! appliance's heartbeat and configuration pull succeed before and after
 //! every attempt. docs/SECURITY.md says what each defence covers.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cli, ServeProcess};
 use levee_proto::enroll::{key_sha256, paths, short_fingerprint, EnrollmentResponse};
-use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::store::testing::PgServer;
-use levee_provisioner::store::{PgStore, Profile, Registration, SqliteStore, Store, Transport};
+use levee_provisioner::store::Store;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 
@@ -30,24 +30,9 @@ struct World {
     _pg: Option<PgServer>,
     database: Option<String>,
     store: Arc<dyn Store>,
-    serve: Child,
+    serve: ServeProcess,
     http: String,
-    log: PathBuf,
     plain: Client,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = self.serve.kill();
-        let _ = self.serve.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn customer_config(name: &str) -> serde_json::Value {
@@ -67,115 +52,41 @@ impl World {
         let data = dir.path().join("data");
         let pg = postgres.then(PgServer::start);
         let database = pg.as_ref().map(|p| p.create_db("levee"));
-        let store: Arc<dyn Store> = match &database {
-            Some(url) => Arc::new(PgStore::connect(url).expect("PostgreSQL")),
-            None => Arc::new(SqliteStore::open(&data).expect("SQLite")),
-        };
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).expect("src");
-        std::fs::write(src.join("k"), b"kernel").expect("k");
-        std::fs::write(src.join("i"), b"initrd").expect("i");
-        let image = levee_provisioner::images::import_files(
+        let store = common::open_store(&data, database.as_deref());
+        common::add_default_profile(
+            dir.path(),
             &data,
             store.as_ref(),
-            "t",
-            &src.join("k"),
-            &src.join("i"),
-        )
-        .expect("image");
-        store
-            .put_profile(&Profile {
-                name: "default".into(),
-                image: image.id,
-                kernel: "vmlinuz".into(),
-                initrd: "initrd.img".into(),
-                cmdline: "levee.ca={ca} levee.token={token}".into(),
-                transport: Transport::Http,
-            })
-            .expect("profile");
-        let key = ServerKey::load_or_create(&data).expect("server key");
+            "levee.ca={ca} levee.token={token}",
+        );
         for name in ["alpha", "beta"] {
-            let config = serde_json::from_value(customer_config(name)).expect("config");
-            store
-                .put_customer(&key.seal_config(&config))
-                .expect("customer");
+            common::add_customer(store.as_ref(), &data, customer_config(name));
         }
         for (mac, c) in [(MAC_A, "alpha"), (MAC_B, "beta"), (MAC_FRESH, "alpha")] {
-            store
-                .register_appliance(
-                    mac.parse().expect("mac"),
-                    &Registration {
-                        customer: Some(c),
-                        ..Default::default()
-                    },
-                )
-                .expect("register");
+            common::register(store.as_ref(), mac, c);
         }
-        let (hp, sp) = (free_port(), free_port());
-        let http = format!("http://127.0.0.1:{hp}");
-        let log = dir.path().join("serve.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
-        cmd.arg("--data-dir").arg(&data);
-        match &database {
-            Some(url) => cmd.env("LEVEE_DATABASE", url),
-            None => cmd.env_remove("LEVEE_DATABASE"),
-        };
-        cmd.args(["serve", "--no-tftp", "--http"])
-            .arg(format!("127.0.0.1:{hp}"))
-            .arg("--https")
-            .arg(format!("127.0.0.1:{sp}"))
-            .arg("--public-url")
-            .arg(&http)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .process_group(0);
-        // SAFETY: prctl only, between fork and exec: the server dies with
-        // the test process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let serve = cmd.spawn().expect("start levee serve");
-        let world = World {
+        let serve = ServeProcess::spawn(
+            &data,
+            database.as_deref(),
+            &dir.path().join("serve.log"),
+            &[],
+        );
+        World {
             dir,
             _pg: pg,
             database,
             store,
+            http: serve.http.clone(),
             serve,
-            http,
-            log,
             plain: Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("client"),
-        };
-        world.wait_ready();
-        world
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ok = self
-                .plain
-                .get(format!("{}{}", self.http, paths::TIME))
-                .send()
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("levee serve not ready:\n{}", self.log());
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.serve.log()
     }
 
     fn data(&self) -> PathBuf {
@@ -184,13 +95,11 @@ impl World {
 
     /// `levee ARGS` on this world's store: (success, stdout, stderr).
     fn levee(&self, args: &[&str]) -> (bool, String, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
-        cmd.arg("--data-dir").arg(self.data()).args(args);
-        match &self.database {
-            Some(url) => cmd.env("LEVEE_DATABASE", url),
-            None => cmd.env_remove("LEVEE_DATABASE"),
+        let cli = Cli {
+            data: self.data(),
+            database: self.database.clone(),
         };
-        let out = cmd.output().expect("levee");
+        let out = cli.run(args).expect("levee");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

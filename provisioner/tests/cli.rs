@@ -1,8 +1,9 @@
 //! The `levee` binary against a temp data dir: customers, validation
 //! errors, secrets at rest, and the appliance lifecycle.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
 
@@ -21,40 +22,14 @@ impl Levee {
         self.dir.path().join("data")
     }
 
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Command::new(env!("CARGO_BIN_EXE_levee"))
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .env_remove("LEVEE_DATABASE")
-            .env("RUST_LOG", "warn")
-            .output()
-            .context("cannot run levee")
-    }
-
     /// Runs and expects success; returns stdout.
     fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout)?,
-            String::from_utf8(out.stderr)?,
-        );
-        ensure!(
-            out.status.success(),
-            "levee {args:?} failed:\n{stdout}\n{stderr}"
-        );
-        Ok(stdout)
+        common::Cli::new(&self.data()).ok(args)
     }
 
     /// Runs and expects failure; returns stderr.
     fn fails(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout)?,
-            String::from_utf8(out.stderr)?,
-        );
-        ensure!(!out.status.success(), "levee {args:?} succeeded:\n{stdout}");
-        Ok(stderr)
+        common::Cli::new(&self.data()).fails(args)
     }
 
     fn write(&self, name: &str, text: &str) -> Result<String> {

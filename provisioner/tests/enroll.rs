@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use levee_proto::enroll::{paths, EnrollmentResponse};
 use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::{Profile, Registration, Store, Transport};
+use levee_provisioner::store::{Profile, Store, Transport};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -31,40 +31,24 @@ impl Drop for Server {
     }
 }
 
-fn customer(store: &dyn Store, key: &ServerKey, name: &str, password: &str) {
-    let config = serde_json::from_value(serde_json::json!({
+fn customer(store: &dyn Store, data: &std::path::Path, name: &str, password: &str) {
+    let config = serde_json::json!({
         "customer": name,
         "heartbeat_interval": "5m",
         "sources": [{"name": "f", "smb": format!("smb://u@{name}-nas/s"), "password": password}],
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
-}
-
-fn register(store: &dyn Store, mac: &str, customer: &str) {
-    store
-        .register_appliance(
-            mac.parse().expect("mac"),
-            &Registration {
-                customer: Some(customer),
-                ..Default::default()
-            },
-        )
-        .expect("register");
+    });
+    common::add_customer(store, data, config);
 }
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, store) =
         common::store_with_default_profile(dir.path(), "levee.ca={ca} levee.token={token}");
-    let key = ServerKey::load_or_create(&data).expect("key");
-    customer(store.as_ref(), &key, "alpha", "alpha-secret");
-    customer(store.as_ref(), &key, "beta", "beta-secret");
-    register(store.as_ref(), MAC_A, "alpha");
-    register(store.as_ref(), MAC_B, "beta");
-    register(store.as_ref(), MAC_C, "alpha");
+    customer(store.as_ref(), &data, "alpha", "alpha-secret");
+    customer(store.as_ref(), &data, "beta", "beta-secret");
+    for (mac, customer) in [(MAC_A, "alpha"), (MAC_B, "beta"), (MAC_C, "alpha")] {
+        common::register(store.as_ref(), mac, customer);
+    }
 
     let (url, stop) = common::serve_on_loopback(store.clone(), data.clone(), dir.path()).await;
     Server {

@@ -2,10 +2,11 @@
 //! checked by loading the channels with tough's client exactly as an
 //! appliance would (expiry enforced), plus the read-only HTTP routes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use anyhow::{ensure, Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use sha2::Digest;
 use tough::{ExpirationEnforcement, FilesystemTransport, RepositoryLoader};
 
@@ -28,36 +29,14 @@ impl Levee {
     fn targets_key(&self) -> String {
         self.offline().join("targets.pem").display().to_string()
     }
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        Command::new(env!("CARGO_BIN_EXE_levee"))
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .env_remove("LEVEE_DATABASE")
-            .env("RUST_LOG", "warn")
-            .output()
-            .context("cannot run levee")
-    }
+    /// Runs and expects success; returns stdout.
     fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout)?,
-            String::from_utf8(out.stderr)?,
-        );
-        ensure!(
-            out.status.success(),
-            "levee {args:?} failed:\n{stdout}\n{stderr}"
-        );
-        Ok(stdout)
+        common::Cli::new(&self.data()).ok(args)
     }
+
+    /// Runs and expects failure; returns stderr.
     fn fails(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout)?,
-            String::from_utf8(out.stderr)?,
-        );
-        ensure!(!out.status.success(), "levee {args:?} succeeded:\n{stdout}");
-        Ok(stderr)
+        common::Cli::new(&self.data()).fails(args)
     }
     fn init_keys(&self) -> Result<()> {
         self.ok(&[

@@ -17,7 +17,6 @@ use levee_provisioner::releases::rollout::bucket;
 use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::store::{Registration, Store};
 use reqwest::StatusCode;
-use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 struct Server {
@@ -62,41 +61,9 @@ impl Server {
         self.dir.path().join("offline")
     }
 
-    /// A small image directory of `version`.
+    /// Publishes a small image of `version` on `stable`.
     fn publish(&self, version: &str, fill: u8) {
-        let dir = self.dir.path().join(format!("img-{version}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut artifacts = serde_json::Map::new();
-        for (name, len) in [
-            ("vmlinuz", 3000usize),
-            ("initrd.img", 5000),
-            ("rootfs.squashfs", 40_000),
-        ] {
-            let data: Vec<u8> = (0..len).map(|i| fill ^ (i as u8)).collect();
-            std::fs::write(dir.join(name), &data).expect("write");
-            artifacts.insert(
-                name.into(),
-                serde_json::json!({"sha256": hex::encode(sha2::Sha256::digest(&data)), "size": len}),
-            );
-        }
-        let manifest = serde_json::json!({
-            "name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet",
-        });
-        std::fs::write(
-            dir.join("image.json"),
-            serde_json::to_vec_pretty(&manifest).expect("json"),
-        )
-        .expect("manifest");
-        let key = self.offline().join("targets.pem");
-        self.ok(&[
-            "release",
-            "publish",
-            &dir.display().to_string(),
-            "--channel",
-            "stable",
-            "--targets-key",
-            &key.display().to_string(),
-        ]);
+        common::publish_release(self.dir.path(), &self.data, version, fill, 40_000);
     }
 }
 

@@ -9,111 +9,34 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use levee_agent::daemon::{run, RunOptions};
+use common::LoopbackServer;
 use levee_agent::enroll::{Credential, EnrollError, MtlsClient};
 use levee_agent::runs::{send_with, Spool};
 use levee_proto::runs::{RunKind, RunReport, RunResult};
-use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::{Registration, Store};
-use tokio_util::sync::CancellationToken;
 
 const MAC: &str = "52:54:00:0e:00:01";
 const DAY: i64 = 86_400;
 
-struct Server {
-    dir: tempfile::TempDir,
-    store: Arc<dyn Store>,
-    http: String,
-    stop: CancellationToken,
-    _rt: tokio::runtime::Runtime,
+/// Customer `beta` with a daily schedule and `MAC` registered for it.
+fn start() -> LoopbackServer {
+    LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({
+            "customer": "beta",
+            "sources": [{"name": "docs", "path": "/srv/docs"}],
+            "schedules": [{"name": "daily", "every": "1d"}],
+            "install": {"to_disk": false},
+        }),
+        &[MAC],
+    )
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(
-        dir.path(),
-        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
-    );
-    let key = ServerKey::load_or_create(&data).expect("key");
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "beta",
-        "sources": [{"name": "docs", "path": "/srv/docs"}],
-        "schedules": [{"name": "daily", "every": "1d"}],
-        "install": {"to_disk": false},
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
-    store
-        .register_appliance(
-            MAC.parse().expect("mac"),
-            &Registration {
-                customer: Some("beta"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (http, stop) = rt.block_on(common::serve_on_loopback(store.clone(), data, dir.path()));
-    Server {
-        dir,
-        store,
-        http,
-        stop,
-        _rt: rt,
-    }
-}
-
-impl Server {
-    fn levee(&self, args: &[&str]) -> String {
-        common::levee(&self.dir.path().join("data"), args)
-    }
-
-    /// Enrolls the registered appliance with the real agent (one pass of
-    /// the daemon); its credential is in `state`.
-    fn enroll(&self, state: &Path) -> Credential {
-        self.agent_pass(state);
-        Credential::load(state).expect("load").expect("credential")
-    }
-
-    /// One pass of the real agent service (`levee-agent run` once):
-    /// enrolls if it has no credential, then config, heartbeat, spool.
-    fn agent_pass(&self, state: &Path) {
-        let script = reqwest::blocking::get(format!("{}/boot/{MAC}.ipxe", self.http))
-            .expect("script")
-            .text()
-            .expect("body");
-        let kernel = script
-            .lines()
-            .find(|l| l.starts_with("kernel "))
-            .expect("kernel line");
-        let cmdline = state.with_extension("cmdline");
-        let bootif = format!("BOOTIF=01-{}", MAC.replace(':', "-"));
-        std::fs::write(&cmdline, format!("{kernel} {bootif} levee.interval=1")).expect("cmdline");
-        run(&RunOptions {
-            cmdline,
-            once: true,
-            state_dir: state.to_path_buf(),
-            enroll_retry: Duration::from_millis(200),
-            set_clock: false,
-            ..RunOptions::default()
-        })
-        .expect("agent pass");
-    }
+/// Enrolls `MAC` with the real agent (one pass of the daemon); its
+/// credential is in `state`.
+fn enroll(srv: &LoopbackServer, state: &Path) -> Credential {
+    common::agent_pass(&srv.http, MAC, state);
+    Credential::load(state).expect("load").expect("credential")
 }
 
 fn backup(start: i64, result: RunResult, repo_bytes: u64) -> RunReport {
@@ -142,7 +65,7 @@ fn now() -> i64 {
     levee_provisioner::store::now() as i64
 }
 
-fn list_row(srv: &Server) -> serde_json::Value {
+fn list_row(srv: &LoopbackServer) -> serde_json::Value {
     let list: serde_json::Value =
         serde_json::from_str(&srv.levee(&["appliance", "list", "--json"])).expect("json");
     list.as_array()
@@ -155,7 +78,7 @@ fn spooled_reports_arrive_in_order_and_make_backup_health() {
     let srv = start();
     let states = tempfile::tempdir().expect("state");
     let state = states.path().join("appliance");
-    let cred = srv.enroll(&state);
+    let cred = enroll(&srv, &state);
     let id = cred.server.appliance_id;
     let client = MtlsClient::new(&cred).expect("client");
 
@@ -244,7 +167,7 @@ fn bad_reports_are_refused_by_name_and_a_retired_appliance_is_not_heard() {
     let srv = start();
     let states = tempfile::tempdir().expect("state");
     let state = states.path().join("appliance");
-    let cred = srv.enroll(&state);
+    let cred = enroll(&srv, &state);
     let client = MtlsClient::new(&cred).expect("client");
 
     // Terminal escapes in a job name: 400, naming the field; the spool
@@ -297,11 +220,11 @@ fn the_service_sends_the_spool_after_its_heartbeat() {
     let srv = start();
     let states = tempfile::tempdir().expect("state");
     let state = states.path().join("appliance");
-    let cred = srv.enroll(&state);
+    let cred = enroll(&srv, &state);
     // A run by hand while the service was between heartbeats.
     let r = backup(now() - 600, RunResult::Success, 42);
     Spool::new(&state).push(&r).expect("spool");
-    srv.agent_pass(&state);
+    common::agent_pass(&srv.http, MAC, &state);
     assert!(Spool::new(&state).pending().expect("pending").is_empty());
     let stored = srv.store.runs(cred.server.appliance_id, 10).expect("runs");
     assert_eq!(stored.len(), 1);

@@ -3,18 +3,18 @@
 //! at once, a PostgreSQL restart survived without a server restart, and two
 //! servers on one database. Everything listens on 127.0.0.1.
 
+mod common;
+
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::ServeProcess;
 use levee_proto::enroll::{paths, EnrollmentResponse};
-use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::store::testing::PgServer;
-use levee_provisioner::store::{PgStore, Profile, Registration, SqliteStore, Store, Transport};
 
 const CUSTOMER: &str = "acme";
 
@@ -36,52 +36,24 @@ impl Fleet {
         let data = dir.path().join("a");
         let pg = postgres.then(PgServer::start);
         let database = pg.as_ref().map(|p| p.create_db("levee"));
-        let store: Arc<dyn Store> = match &database {
-            Some(url) => Arc::new(PgStore::connect(url).expect("PostgreSQL")),
-            None => Arc::new(SqliteStore::open(&data).expect("SQLite")),
-        };
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).expect("src");
-        std::fs::write(src.join("k"), b"kernel").expect("k");
-        std::fs::write(src.join("i"), b"initrd").expect("i");
-        let image = levee_provisioner::images::import_files(
+        let store = common::open_store(&data, database.as_deref());
+        common::add_default_profile(
+            dir.path(),
             &data,
             store.as_ref(),
-            "t",
-            &src.join("k"),
-            &src.join("i"),
-        )
-        .expect("image");
-        store
-            .put_profile(&Profile {
-                name: "default".into(),
-                image: image.id,
-                kernel: "vmlinuz".into(),
-                initrd: "initrd.img".into(),
-                cmdline: "levee.ca={ca} levee.token={token}".into(),
-                transport: Transport::Http,
-            })
-            .expect("profile");
-        let key = ServerKey::load_or_create(&data).expect("server key");
-        let config = serde_json::from_value(serde_json::json!({
-            "customer": CUSTOMER,
-            "heartbeat_interval": "5m",
-            "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "Secret-16"}],
-        }))
-        .expect("config");
-        store
-            .put_customer(&key.seal_config(&config))
-            .expect("customer");
+            "levee.ca={ca} levee.token={token}",
+        );
+        common::add_customer(
+            store.as_ref(),
+            &data,
+            serde_json::json!({
+                "customer": CUSTOMER,
+                "heartbeat_interval": "5m",
+                "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "Secret-16"}],
+            }),
+        );
         for n in 0..macs {
-            store
-                .register_appliance(
-                    mac(n).parse().expect("mac"),
-                    &Registration {
-                        customer: Some(CUSTOMER),
-                        ..Default::default()
-                    },
-                )
-                .expect("register");
+            common::register(store.as_ref(), &mac(n), CUSTOMER);
         }
         Fleet { dir, pg, database }
     }
@@ -96,81 +68,31 @@ impl Fleet {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A `levee serve` child process, killed with the test.
+struct Serve(ServeProcess);
+
+impl std::ops::Deref for Serve {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.0
+    }
 }
 
-/// A `levee serve` child process, killed with the test.
-struct Serve {
-    child: Child,
-    http: String,
-    https: String,
-    log: PathBuf,
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.0
+    }
 }
 
 impl Serve {
     fn start(data: &Path, database: Option<&str>, grace: u64) -> Serve {
-        let (hp, sp) = (free_port(), free_port());
-        let http = format!("http://127.0.0.1:{hp}");
-        let log = data.join(format!("serve-{hp}.log"));
-        let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
-        cmd.arg("--data-dir").arg(data);
-        match database {
-            Some(url) => cmd.env("LEVEE_DATABASE", url),
-            None => cmd.env_remove("LEVEE_DATABASE"),
-        };
-        cmd.args(["serve", "--no-tftp", "--http"])
-            .arg(format!("127.0.0.1:{hp}"))
-            .arg("--https")
-            .arg(format!("127.0.0.1:{sp}"))
-            .arg("--public-url")
-            .arg(&http)
-            .args(["--grace-period", &grace.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .process_group(0);
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start levee serve");
-        let serve = Serve {
-            child,
-            http,
-            https: format!("https://127.0.0.1:{sp}"),
-            log,
-        };
-        serve.wait_ready();
-        serve
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::blocking::Client::new();
-        while Instant::now() < deadline {
-            if client
-                .get(format!("{}{}", self.http, paths::TIME))
-                .send()
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("levee serve not ready after 30 s:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let log = data.join(format!("serve-{}.log", common::free_port()));
+        Serve(ServeProcess::spawn(
+            data,
+            database,
+            &log,
+            &["--grace-period", &grace.to_string()],
+        ))
     }
 
     fn signal(&self, sig: i32) {
@@ -191,13 +113,6 @@ impl Serve {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -657,30 +572,20 @@ fn r16_two_servers_share_one_database() {
             .json(&serde_json::json!({"mac": id.mac, "image_version": "v16", "slot": "a"})),
     ));
     assert!(hb.is_ok(), "heartbeat through B: {hb:?}\n{}", b.log());
-    let listed = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--data-dir")
-        .arg(&data_b)
-        .env("LEVEE_DATABASE", &url)
-        .args(["appliance", "show", &id.id.to_string()])
-        .output()
+    let cli_b = common::Cli {
+        data: data_b.clone(),
+        database: Some(url.clone()),
+    };
+    let shown = cli_b
+        .ok(&["appliance", "show", &id.id.to_string()])
         .expect("levee appliance show");
-    let shown = String::from_utf8_lossy(&listed.stdout);
     assert!(
         shown.contains("v16"),
         "the heartbeat through B is in the shared store:\n{shown}"
     );
 
-    let retired = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--data-dir")
-        .arg(&data_b)
-        .env("LEVEE_DATABASE", &url)
-        .args(["appliance", "retire", &id.mac, "--reason", "stolen"])
-        .output()
+    cli_b
+        .ok(&["appliance", "retire", &id.mac, "--reason", "stolen"])
         .expect("levee appliance retire");
-    assert!(
-        retired.status.success(),
-        "{}",
-        String::from_utf8_lossy(&retired.stderr)
-    );
     assert_eq!(rt.block_on(pull(&id, &b.https)), Outcome::Status(403));
 }

@@ -21,7 +21,6 @@ use levee_agent::update::decide::{Phase, UpdateState};
 use levee_agent::update::slot;
 use levee_agent::update::{ChannelOptions, Running, TransportOptions};
 use levee_provisioner::secrets::ServerKey;
-use sha2::Digest;
 
 const CHILD_ENV: &str = "LEVEE_TEST_APPLY_CHILD";
 const TEST: &str = "r13_sigkill_anywhere_leaves_a_complete_slot_chosen";
@@ -73,49 +72,6 @@ fn child(job: &Job) {
         .expect("an update");
 }
 
-/// Publishes `version` with a rootfs of `rootfs_len` bytes; the image dir.
-fn publish(dir: &Path, data: &Path, version: &str, fill: u8, rootfs_len: usize) -> PathBuf {
-    let img = dir.join(format!("img-{version}"));
-    std::fs::create_dir_all(&img).expect("dir");
-    let mut artifacts = serde_json::Map::new();
-    for (name, len) in [
-        ("vmlinuz", 30_000usize),
-        ("initrd.img", 50_000),
-        ("rootfs.squashfs", rootfs_len),
-    ] {
-        let bytes: Vec<u8> = (0..len)
-            .map(|i| fill ^ (i as u8) ^ ((i >> 11) as u8))
-            .collect();
-        std::fs::write(img.join(name), &bytes).expect("write");
-        artifacts.insert(
-            name.into(),
-            serde_json::json!({"sha256": hex::encode(sha2::Sha256::digest(&bytes)), "size": len}),
-        );
-    }
-    let manifest = serde_json::json!({
-        "name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet",
-    });
-    std::fs::write(
-        img.join("image.json"),
-        serde_json::to_vec_pretty(&manifest).expect("json"),
-    )
-    .expect("manifest");
-    let key = dir.join("offline/targets.pem").display().to_string();
-    common::levee(
-        data,
-        &[
-            "release",
-            "publish",
-            &img.display().to_string(),
-            "--channel",
-            "stable",
-            "--targets-key",
-            &key,
-        ],
-    );
-    img
-}
-
 /// The invariant after any cut: both views of the disk are readable and
 /// GRUB's choice names a complete slot (slot a is never written).
 fn check_complete(dir: &Path, img: &Path) -> String {
@@ -154,8 +110,8 @@ fn r13_sigkill_anywhere_leaves_a_complete_slot_chosen() {
         &data,
         &["release", "keys", "init", "--offline-dir", &offline],
     );
-    publish(dir.path(), &data, "2026.12.01-aaaa", 1, 100_000);
-    let img = publish(dir.path(), &data, "2026.12.02-bbbb", 2, 3_000_000);
+    common::publish_release(dir.path(), &data, "2026.12.01-aaaa", 1, 100_000);
+    let img = common::publish_release(dir.path(), &data, "2026.12.02-bbbb", 2, 3_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -13,6 +13,49 @@ use super::Result;
 /// Reports kept per appliance (the oldest beyond are dropped).
 pub const RUNS_KEPT: i64 = 1000;
 
+/// The columns of `runs` that [`run_record!`] reads, in its order.
+pub(crate) const RUN_COLUMNS: &str = "received_at, report_id, kind, job, sources, started_at,
+    ended_at, result, files_new, files_total, bytes_new, bytes_total, snapshot, errors,
+    error_count, repo_bytes";
+
+/// Decodes one row of [`RUN_COLUMNS`] into a [`RunRecord`], the same way
+/// for both stores: `$get` is the row's getter (`get` for rusqlite,
+/// `try_get` for tokio-postgres) and `corrupt` (resolved where the macro
+/// is used) turns a bad value into that store's error.
+macro_rules! run_record {
+    ($r:expr, $get:ident) => {{
+        let r = $r;
+        let u = |i: usize| r.$get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let kind: String = r.$get(2)?;
+        let result: String = r.$get(7)?;
+        let sources: String = r.$get(4)?;
+        let errors: String = r.$get(13)?;
+        $crate::store::RunRecord {
+            received_at: u(0)?,
+            report: levee_proto::runs::RunReport {
+                id: r.$get(1)?,
+                kind: levee_proto::runs::RunKind::parse(&kind)
+                    .ok_or_else(|| corrupt(format!("run kind `{kind}`")))?,
+                job: r.$get(3)?,
+                sources: serde_json::from_str(&sources).map_err(corrupt)?,
+                started_at: r.$get(5)?,
+                ended_at: r.$get(6)?,
+                result: levee_proto::runs::RunResult::parse(&result)
+                    .ok_or_else(|| corrupt(format!("run result `{result}`")))?,
+                files_new: u(8)?,
+                files_total: u(9)?,
+                bytes_new: u(10)?,
+                bytes_total: u(11)?,
+                snapshot: r.$get(12)?,
+                errors: serde_json::from_str(&errors).map_err(corrupt)?,
+                error_count: u(14)?,
+                repo_bytes: r.$get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
+            },
+        }
+    }};
+}
+pub(crate) use run_record;
+
 /// One stored run report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {

@@ -1,30 +1,48 @@
-//! Set-up shared by the provisioner's integration tests.
+//! Set-up shared by the provisioner's integration tests: a store with an
+//! image, customers and machines; `levee serve` on loopback (in-process or
+//! as a child process); the `levee` CLI; one pass of the real agent.
+//!
+//! Each test binary compiles this module and uses only its part of it.
+#![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::{ensure, Context};
+use levee_agent::daemon::RunOptions;
+use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::serve::{self, Listeners, ServeConfig};
-use levee_provisioner::store::{Profile, SqliteStore, Store, Transport};
+use levee_provisioner::store::{PgStore, Profile, Registration, SqliteStore, Store, Transport};
+use levee_pxe::boot::MacAddr;
 use tokio_util::sync::CancellationToken;
 
-/// A fresh SQLite store in `dir/data` with a tiny image (kernel and initrd
-/// of a few bytes) as the `default` profile booted with `cmdline`.
-pub fn store_with_default_profile(dir: &Path, cmdline: &str) -> (PathBuf, Arc<dyn Store>) {
-    let data = dir.join("data");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data).expect("store"));
+/// The command line most tests boot with: everything the agent needs to
+/// enroll and find the update channel.
+pub const AGENT_CMDLINE: &str =
+    "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}";
+
+/// The store in `data` (SQLite), or on the PostgreSQL `database` URL.
+pub fn open_store(data: &Path, database: Option<&str>) -> Arc<dyn Store> {
+    match database {
+        Some(url) => Arc::new(PgStore::connect(url).expect("PostgreSQL")),
+        None => Arc::new(SqliteStore::open(data).expect("SQLite")),
+    }
+}
+
+/// Imports a tiny image (kernel and initrd of a few bytes, sources under
+/// `dir/src`) into `data` and makes it the `default` profile booted with
+/// `cmdline`.
+pub fn add_default_profile(dir: &Path, data: &Path, store: &dyn Store, cmdline: &str) {
     let src = dir.join("src");
     std::fs::create_dir_all(&src).expect("src");
     std::fs::write(src.join("k"), b"kernel").expect("k");
     std::fs::write(src.join("i"), b"initrd").expect("i");
-    let image = levee_provisioner::images::import_files(
-        &data,
-        store.as_ref(),
-        "t",
-        &src.join("k"),
-        &src.join("i"),
-    )
-    .expect("image");
+    let image =
+        levee_provisioner::images::import_files(data, store, "t", &src.join("k"), &src.join("i"))
+            .expect("image");
     store
         .put_profile(&Profile {
             name: "default".into(),
@@ -35,32 +53,175 @@ pub fn store_with_default_profile(dir: &Path, cmdline: &str) -> (PathBuf, Arc<dy
             transport: Transport::Http,
         })
         .expect("profile");
+}
+
+/// A fresh SQLite store in `dir/data` with the tiny image as the `default`
+/// profile booted with `cmdline`.
+pub fn store_with_default_profile(dir: &Path, cmdline: &str) -> (PathBuf, Arc<dyn Store>) {
+    let data = dir.join("data");
+    let store = open_store(&data, None);
+    add_default_profile(dir, &data, store.as_ref(), cmdline);
     (data, store)
 }
 
+/// Seals `config` (a customer configuration as JSON) with the server key
+/// in `data` and stores it.
+pub fn add_customer(store: &dyn Store, data: &Path, config: serde_json::Value) {
+    let key = ServerKey::load_or_create(data).expect("server key");
+    let config = serde_json::from_value(config).expect("customer config");
+    store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+}
+
+/// Registers `mac` for `customer`, as `levee appliance register` does.
+pub fn register(store: &dyn Store, mac: &str, customer: &str) {
+    store
+        .register_appliance(
+            mac.parse().expect("mac"),
+            &Registration {
+                customer: Some(customer),
+                ..Default::default()
+            },
+        )
+        .expect("register");
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 100 ms until it holds; fails the test naming `what`
+/// after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !f() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `levee` CLI on one data directory (and database, if any).
+pub struct Cli {
+    pub data: PathBuf,
+    pub database: Option<String>,
+}
+
+impl Cli {
+    pub fn new(data: &Path) -> Cli {
+        Cli {
+            data: data.to_path_buf(),
+            database: None,
+        }
+    }
+
+    /// `levee ARGS`, whatever its outcome.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+        cmd.arg("--data-dir").arg(&self.data).args(args);
+        match &self.database {
+            Some(url) => cmd.env("LEVEE_DATABASE", url),
+            None => cmd.env_remove("LEVEE_DATABASE"),
+        };
+        cmd.env("RUST_LOG", "warn")
+            .output()
+            .context("cannot run levee")
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        );
+        ensure!(
+            out.status.success(),
+            "levee {args:?} failed:\n{stdout}\n{stderr}"
+        );
+        Ok(stdout)
+    }
+
+    /// Runs and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        );
+        ensure!(!out.status.success(), "levee {args:?} succeeded:\n{stdout}");
+        Ok(stderr)
+    }
+}
+
 /// Runs the `levee` CLI on the SQLite store in `data_dir`; its stdout.
-/// Fails the test (with the CLI's stderr) when the command fails.
+/// Fails the test (with the CLI's output) when the command fails.
 pub fn levee(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("LEVEE_DATABASE")
-        .output()
-        .expect("levee");
-    assert!(
-        out.status.success(),
-        "levee {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    Cli::new(data_dir).ok(args).expect("levee")
+}
+
+/// Makes an image directory of `version` (artifacts of a byte pattern set
+/// by `fill`, the rootfs `rootfs_len` bytes) and publishes it on the
+/// `stable` channel of the server in `data` with the targets key in
+/// `dir/offline`; the image directory.
+pub fn publish_release(
+    dir: &Path,
+    data: &Path,
+    version: &str,
+    fill: u8,
+    rootfs_len: usize,
+) -> PathBuf {
+    let img = dir.join(format!("img-{version}"));
+    std::fs::create_dir_all(&img).expect("dir");
+    let mut artifacts = serde_json::Map::new();
+    for (name, len) in [
+        ("vmlinuz", 30_000usize),
+        ("initrd.img", 50_000),
+        ("rootfs.squashfs", rootfs_len),
+    ] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| fill ^ (i as u8) ^ ((i >> 11) as u8))
+            .collect();
+        std::fs::write(img.join(name), &bytes).expect("write");
+        artifacts.insert(
+            name.into(),
+            serde_json::json!({"sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), "size": len}),
+        );
+    }
+    let manifest = serde_json::json!({
+        "name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet",
+    });
+    std::fs::write(
+        img.join("image.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("manifest");
+    let key = dir.join("offline/targets.pem").display().to_string();
+    levee(
+        data,
+        &[
+            "release",
+            "publish",
+            &img.display().to_string(),
+            "--channel",
+            "stable",
+            "--targets-key",
+            &key,
+        ],
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    img
 }
 
 /// Starts `levee serve`'s plain-HTTP and HTTPS listeners on 127.0.0.1
 /// (ephemeral ports; no DHCP, no TFTP) on the current runtime; returns the
 /// plain-HTTP base URL and the token that stops them.
-// tests/alerts.rs starts its server with its own alert settings instead.
-#[allow(dead_code)]
 pub async fn serve_on_loopback(
     store: Arc<dyn Store>,
     data: PathBuf,
@@ -102,4 +263,204 @@ pub async fn serve_on_loopback_with(
     };
     tokio::spawn(serve::run(store, listeners, config, stop.clone()));
     (url, stop)
+}
+
+/// A multi-threaded runtime of two workers, as `levee serve` runs on the
+/// two-core machines of CI.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An in-process `levee serve` on loopback with its own runtime, for tests
+/// whose body is synchronous (the agent is): stopped when dropped.
+pub struct LoopbackServer {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub http: String,
+    pub stop: CancellationToken,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl LoopbackServer {
+    /// A server whose default profile boots with `cmdline`, with the
+    /// customer `config` and `macs` registered for it.
+    pub fn start(cmdline: &str, config: serde_json::Value, macs: &[&str]) -> LoopbackServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, store) = store_with_default_profile(dir.path(), cmdline);
+        let customer = config["customer"]
+            .as_str()
+            .expect("the config names its customer")
+            .to_string();
+        add_customer(store.as_ref(), &data, config);
+        for mac in macs {
+            register(store.as_ref(), mac, &customer);
+        }
+        let rt = runtime();
+        let (http, stop) = rt.block_on(serve_on_loopback(store.clone(), data.clone(), dir.path()));
+        LoopbackServer {
+            dir,
+            data,
+            store,
+            http,
+            stop,
+            rt,
+        }
+    }
+
+    /// `levee ARGS` on this server's store; its stdout.
+    pub fn levee(&self, args: &[&str]) -> String {
+        levee(&self.data, args)
+    }
+
+    /// The kernel command line the boot script gives `mac`, as the agent
+    /// reads it from /proc/cmdline (with `BOOTIF=`, one-second intervals).
+    pub fn boot_cmdline(&self, mac: &str) -> String {
+        boot_cmdline(&self.http, mac)
+    }
+
+    pub fn appliance(&self, mac: &str) -> levee_provisioner::store::Appliance {
+        let mac: MacAddr = mac.parse().expect("mac");
+        self.store
+            .appliance(mac)
+            .expect("store")
+            .expect("appliance")
+    }
+}
+
+/// The kernel command line `levee serve` at `http` gives `mac`.
+pub fn boot_cmdline(http: &str, mac: &str) -> String {
+    let script = reqwest::blocking::get(format!("{http}/boot/{mac}.ipxe"))
+        .expect("script")
+        .text()
+        .expect("body");
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line: {script}"));
+    format!(
+        "{kernel} BOOTIF=01-{} levee.interval=1",
+        mac.replace(':', "-")
+    )
+}
+
+/// The daemon's options for one pass in a test: state in `state`, the
+/// kernel command line written beside it, quick enrollment retries, and
+/// never the host's clock.
+pub fn agent_options(cmdline: &str, state: &Path) -> RunOptions {
+    let file = state.with_extension("cmdline");
+    std::fs::write(&file, cmdline).expect("cmdline");
+    RunOptions {
+        cmdline: file,
+        once: true,
+        state_dir: state.to_path_buf(),
+        enroll_retry: Duration::from_millis(200),
+        // The host's clock is not ours to set.
+        set_clock: false,
+        ..RunOptions::default()
+    }
+}
+
+/// One pass of the real agent service (`levee-agent run` once) for `mac`
+/// against the server at `http`: enrolls if it has no credential, then
+/// config, heartbeat, spool.
+pub fn agent_pass(http: &str, mac: &str, state: &Path) {
+    let opts = agent_options(&boot_cmdline(http, mac), state);
+    levee_agent::daemon::run(&opts).expect("agent pass");
+}
+
+/// A `levee serve` child process on loopback ports (no DHCP, no TFTP),
+/// logging to a file, in its own process group and killed with the test
+/// (also when the test process itself is killed).
+pub struct ServeProcess {
+    pub child: Child,
+    pub http: String,
+    pub https: String,
+    pub log: PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `levee serve` on `data` (and `database`), logging to `log`,
+    /// with `extra` arguments.
+    pub fn spawn(data: &Path, database: Option<&str>, log: &Path, extra: &[&str]) -> ServeProcess {
+        let (hp, sp) = (free_port(), free_port());
+        let http = format!("http://127.0.0.1:{hp}");
+        let out = std::fs::File::create(log).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+        cmd.arg("--data-dir").arg(data);
+        match database {
+            Some(url) => cmd.env("LEVEE_DATABASE", url),
+            None => cmd.env_remove("LEVEE_DATABASE"),
+        };
+        cmd.args(["serve", "--no-tftp", "--http"])
+            .arg(format!("127.0.0.1:{hp}"))
+            .arg("--https")
+            .arg(format!("127.0.0.1:{sp}"))
+            .arg("--public-url")
+            .arg(&http)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .process_group(0);
+        // SAFETY: prctl only, between fork and exec: the server dies with
+        // the test process even when nextest kills it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("levee serve");
+        let serve = ServeProcess {
+            child,
+            http,
+            https: format!("https://127.0.0.1:{sp}"),
+            log: log.to_path_buf(),
+        };
+        serve.wait_ready();
+        serve
+    }
+
+    /// Waits until the plain-HTTP listener answers `GET /api/v1/time`.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::blocking::Client::new();
+        while Instant::now() < deadline {
+            if client
+                .get(format!("{}{}", self.http, levee_proto::enroll::paths::TIME))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("levee serve not ready after 30 s:\n{}", self.log());
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -5,129 +5,60 @@
 //! HTTP.
 
 use super::common;
+use common::LoopbackServer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use levee_agent::daemon::{run, DaemonError, RunOptions};
+use levee_agent::daemon::{run, DaemonError};
 use levee_agent::enroll::{self, Credential, EnrollError};
 use levee_proto::enroll::{paths, EnrollmentResponse, ServerTime};
-use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::Registration;
-use tokio_util::sync::CancellationToken;
 
 const MAC: &str = "52:54:00:0b:00:01";
 const TEN_YEARS: i64 = 10 * 365 * 86_400;
 
-struct Server {
-    _dir: tempfile::TempDir,
-    http: String,
-    stop: CancellationToken,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(
-        dir.path(),
+/// Customer `alpha` with `MAC` registered. No `levee.root=`: these tests
+/// are about trust, and the MITM below serves only what it forges.
+fn start() -> LoopbackServer {
+    LoopbackServer::start(
         "levee.url={url} levee.ca={ca} levee.token={token}",
-    );
-    let key = ServerKey::load_or_create(&data).expect("key");
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "alpha",
-        "heartbeat_interval": "5m",
-        "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "alpha-secret"}],
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
-    store
-        .register_appliance(
-            MAC.parse().expect("mac"),
-            &Registration {
-                customer: Some("alpha"),
-                ..Default::default()
-            },
-        )
-        .expect("register");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (http, stop) = rt.block_on(common::serve_on_loopback(store, data, dir.path()));
-    Server {
-        _dir: dir,
-        http,
-        stop,
-        rt,
-    }
+        serde_json::json!({
+            "customer": "alpha",
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "f", "smb": "smb://u@nas/s", "password": "alpha-secret"}],
+        }),
+        &[MAC],
+    )
 }
 
-impl Server {
-    /// The boot script's kernel line for `MAC`, with `levee.url=` at `url`.
-    fn cmdline(&self, url: &str) -> String {
-        let script = reqwest::blocking::get(format!("{}/boot/{MAC}.ipxe", self.http))
-            .expect("script")
-            .text()
-            .expect("body");
-        let kernel = script
-            .lines()
-            .find(|l| l.starts_with("kernel "))
-            .unwrap_or_else(|| panic!("no kernel line: {script}"));
-        format!(
-            "{} BOOTIF=01-{} levee.interval=1",
-            kernel.replace(&self.http, url),
-            MAC.replace(':', "-")
-        )
-    }
-
-    /// Runs `app` on 127.0.0.1 on this server's runtime; its base URL.
-    fn attacker(&self, app: Router) -> String {
-        let listener = self
-            .rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let stop = self.stop.clone();
-        self.rt.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
-        url
-    }
+/// The boot script's kernel line for `MAC`, with `levee.url=` at `url`.
+fn cmdline(srv: &LoopbackServer, url: &str) -> String {
+    srv.boot_cmdline(MAC).replace(&srv.http, url)
 }
 
-fn options(cmdline: &Path, state: &Path) -> RunOptions {
-    RunOptions {
-        cmdline: cmdline.to_path_buf(),
-        once: true,
-        state_dir: state.to_path_buf(),
-        enroll_retry: Duration::from_millis(200),
-        // The host's clock is not ours to set.
-        set_clock: false,
-        ..RunOptions::default()
-    }
+/// Runs `app` on 127.0.0.1 on the server's runtime; its base URL.
+fn attacker(srv: &LoopbackServer, app: Router) -> String {
+    let listener = srv
+        .rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = srv.stop.clone();
+    srv.rt.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    url
 }
 
 /// Runs the daemon once on its own thread and waits for it.
 fn agent(cmdline: &str, state: &Path) -> Result<(), DaemonError> {
-    let file = state.with_extension("cmdline");
-    std::fs::write(&file, cmdline).expect("cmdline");
-    let opts = options(&file, state);
+    let opts = common::agent_options(cmdline, state);
     std::thread::spawn(move || run(&opts))
         .join()
         .expect("agent thread")
@@ -170,7 +101,8 @@ async fn mitm_enroll(State(m): State<Mitm>, body: axum::body::Bytes) -> axum::re
 fn r11_an_attacker_ca_after_the_real_one_is_refused() {
     let srv = start();
     let states = tempfile::tempdir().expect("state");
-    let mitm = srv.attacker(
+    let mitm = attacker(
+        &srv,
         Router::new()
             .route(paths::ENROLL, post(mitm_enroll))
             .with_state(Mitm {
@@ -179,7 +111,7 @@ fn r11_an_attacker_ca_after_the_real_one_is_refused() {
             }),
     );
     let state = states.path().join("a");
-    let err = agent(&srv.cmdline(&mitm), &state).expect_err("trusted the attacker's CA");
+    let err = agent(&cmdline(&srv, &mitm), &state).expect_err("trusted the attacker's CA");
     assert!(
         matches!(err, DaemonError::Enroll(EnrollError::CaNotSingle { .. })),
         "{err}"
@@ -190,7 +122,7 @@ fn r11_an_attacker_ca_after_the_real_one_is_refused() {
 
 /// A plain-HTTP server that forges the time (ten years ahead) and counts
 /// the requests for it.
-fn forger(srv: &Server) -> (String, Arc<AtomicUsize>) {
+fn forger(srv: &LoopbackServer) -> (String, Arc<AtomicUsize>) {
     let asked = Arc::new(AtomicUsize::new(0));
     let app = Router::new()
         .route(
@@ -203,7 +135,7 @@ fn forger(srv: &Server) -> (String, Arc<AtomicUsize>) {
             }),
         )
         .with_state(asked.clone());
-    (srv.attacker(app), asked)
+    (attacker(&srv, app), asked)
 }
 
 #[test]
@@ -211,7 +143,7 @@ fn r11_the_clock_comes_from_the_mtls_server_only() {
     let srv = start();
     let states = tempfile::tempdir().expect("state");
     let state = states.path().join("a");
-    agent(&srv.cmdline(&srv.http), &state).expect("enrolled");
+    agent(&cmdline(&srv, &srv.http), &state).expect("enrolled");
     let mut cred = Credential::load(&state).expect("load").expect("credential");
 
     // The plain-HTTP base now answers with a forged time: neither the
@@ -278,13 +210,13 @@ fn r11_an_https_server_of_another_ca_gives_no_time() {
     let other = start();
     let states = tempfile::tempdir().expect("state");
     let state = states.path().join("a");
-    agent(&srv.cmdline(&srv.http), &state).expect("enrolled");
+    agent(&cmdline(&srv, &srv.http), &state).expect("enrolled");
     let mut cred = Credential::load(&state).expect("load").expect("credential");
     // The other server's mTLS listener, on the same host name (127.0.0.1):
     // a complete levee server, just not the one this appliance pinned.
     let other_state = states.path().join("b");
     std::fs::create_dir_all(&other_state).expect("dir");
-    let other_cmdline = other.cmdline(&other.http);
+    let other_cmdline = cmdline(&other, &other.http);
     let _ = agent(&other_cmdline, &other_state);
     let their = Credential::load(&other_state).ok().flatten();
     let https = match their {

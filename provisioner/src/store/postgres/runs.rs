@@ -2,44 +2,15 @@
 
 use std::collections::HashMap;
 
-use levee_proto::runs::{RunKind, RunReport, RunResult};
+use levee_proto::runs::{RunKind, RunReport};
 use tokio_postgres::Row;
 
 use super::{corrupt, execute, query, query_opt, relaxed_tx, PgStore};
-use crate::store::runs::{assemble_facts, db_int, RUNS_KEPT};
+use crate::store::runs::{assemble_facts, db_int, run_record, RUNS_KEPT, RUN_COLUMNS};
 use crate::store::{now, BackupFacts, Result, RunRecord, RunStore};
 
-/// The columns [`run_row`] reads, in its order.
-const COLUMNS: &str = "received_at, report_id, kind, job, sources, started_at, ended_at, result,
-    files_new, files_total, bytes_new, bytes_total, snapshot, errors, error_count, repo_bytes";
-
 fn run_row(r: &Row) -> Result<RunRecord> {
-    let u = |i: usize| r.try_get::<_, i64>(i).map(|v| v.max(0) as u64);
-    let kind: String = r.try_get(2)?;
-    let result: String = r.try_get(7)?;
-    let sources: String = r.try_get(4)?;
-    let errors: String = r.try_get(13)?;
-    Ok(RunRecord {
-        received_at: u(0)?,
-        report: RunReport {
-            id: r.try_get(1)?,
-            kind: RunKind::parse(&kind).ok_or_else(|| corrupt(format!("run kind `{kind}`")))?,
-            job: r.try_get(3)?,
-            sources: serde_json::from_str(&sources).map_err(corrupt)?,
-            started_at: r.try_get(5)?,
-            ended_at: r.try_get(6)?,
-            result: RunResult::parse(&result)
-                .ok_or_else(|| corrupt(format!("run result `{result}`")))?,
-            files_new: u(8)?,
-            files_total: u(9)?,
-            bytes_new: u(10)?,
-            bytes_total: u(11)?,
-            snapshot: r.try_get(12)?,
-            errors: serde_json::from_str(&errors).map_err(corrupt)?,
-            error_count: u(14)?,
-            repo_bytes: r.try_get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
-        },
-    })
+    Ok(run_record!(r, try_get))
 }
 
 impl RunStore for PgStore {
@@ -100,7 +71,7 @@ impl RunStore for PgStore {
             query(
                 &c,
                 &format!(
-                    "SELECT {COLUMNS} FROM runs WHERE appliance_id = $1 ORDER BY id DESC LIMIT $2"
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE appliance_id = $1 ORDER BY id DESC LIMIT $2"
                 ),
                 &[&appliance, &(limit as i64)],
             )
@@ -161,7 +132,7 @@ impl RunStore for PgStore {
             query(
                 &c,
                 &format!(
-                    "SELECT {COLUMNS}, appliance_id FROM runs WHERE id IN (
+                    "SELECT {RUN_COLUMNS}, appliance_id FROM runs WHERE id IN (
                        SELECT MAX(id) FROM runs WHERE kind = $1 GROUP BY appliance_id)"
                 ),
                 &[&kind.as_str()],

@@ -2,44 +2,15 @@
 
 use std::collections::HashMap;
 
-use levee_proto::runs::{RunKind, RunReport, RunResult};
+use levee_proto::runs::{RunKind, RunReport};
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{corrupt, Cached, SqliteStore};
-use crate::store::runs::{assemble_facts, db_int, RUNS_KEPT};
+use crate::store::runs::{assemble_facts, db_int, run_record, RUNS_KEPT, RUN_COLUMNS};
 use crate::store::{now, BackupFacts, Result, RunRecord, RunStore};
 
-/// The columns [`run_row`] reads, in its order.
-const COLUMNS: &str = "received_at, report_id, kind, job, sources, started_at, ended_at, result,
-    files_new, files_total, bytes_new, bytes_total, snapshot, errors, error_count, repo_bytes";
-
 fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
-    let u = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-    let kind: String = r.get(2)?;
-    let result: String = r.get(7)?;
-    let sources: String = r.get(4)?;
-    let errors: String = r.get(13)?;
-    Ok(RunRecord {
-        received_at: u(0)?,
-        report: RunReport {
-            id: r.get(1)?,
-            kind: RunKind::parse(&kind).ok_or_else(|| corrupt(format!("run kind `{kind}`")))?,
-            job: r.get(3)?,
-            sources: serde_json::from_str(&sources).map_err(corrupt)?,
-            started_at: r.get(5)?,
-            ended_at: r.get(6)?,
-            result: RunResult::parse(&result)
-                .ok_or_else(|| corrupt(format!("run result `{result}`")))?,
-            files_new: u(8)?,
-            files_total: u(9)?,
-            bytes_new: u(10)?,
-            bytes_total: u(11)?,
-            snapshot: r.get(12)?,
-            errors: serde_json::from_str(&errors).map_err(corrupt)?,
-            error_count: u(14)?,
-            repo_bytes: r.get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
-        },
-    })
+    Ok(run_record!(r, get))
 }
 
 impl RunStore for SqliteStore {
@@ -92,7 +63,7 @@ impl RunStore for SqliteStore {
     fn runs(&self, appliance: i64, limit: usize) -> Result<Vec<RunRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM runs WHERE appliance_id = ?1 ORDER BY id DESC LIMIT ?2"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE appliance_id = ?1 ORDER BY id DESC LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![appliance, limit as i64], run_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -138,7 +109,7 @@ impl RunStore for SqliteStore {
     fn latest_runs(&self, kind: RunKind) -> Result<HashMap<i64, RunRecord>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS}, appliance_id FROM runs WHERE id IN (
+            "SELECT {RUN_COLUMNS}, appliance_id FROM runs WHERE id IN (
                SELECT MAX(id) FROM runs WHERE kind = ?1 GROUP BY appliance_id)"
         ))?;
         let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(16)?, run_row(r)?)))?;
