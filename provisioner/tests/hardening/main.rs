@@ -3,8 +3,6 @@
 //! ([`listen`]), and what the agent trusts from the network ([`trust`]).
 //! One test binary: every binary links every dependency.
 
-// Not every helper is used here.
-#[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
 mod listen;

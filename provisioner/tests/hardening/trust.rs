@@ -135,7 +135,7 @@ fn forger(srv: &LoopbackServer) -> (String, Arc<AtomicUsize>) {
             }),
         )
         .with_state(asked.clone());
-    (attacker(&srv, app), asked)
+    (attacker(srv, app), asked)
 }
 
 #[test]
