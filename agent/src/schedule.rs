@@ -143,6 +143,7 @@ pub fn run_job(
                     &repo,
                     &PruneOptions {
                         max_unused_percent: 25,
+                        rewrite: false,
                     },
                     &Counters::default(),
                 )

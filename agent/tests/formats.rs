@@ -260,6 +260,7 @@ fn format_2_goldens() {
         chunk_avg: 1024 * 1024,
         chunk_max: 8 * 1024 * 1024,
         pack_padding: PADDING_PADME.into(),
+        retired_keys: Vec::new(),
     };
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/config_v2.bin");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {

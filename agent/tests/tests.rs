@@ -12,6 +12,7 @@ mod keys_config;
 mod locks;
 mod prune_converges;
 mod restore_safety;
+mod rotate;
 mod samba;
 mod smb;
 mod smb_acl;

@@ -127,11 +127,25 @@ pub fn decode_frame(
     compression: Compression,
     stored: &[u8],
 ) -> Result<Vec<u8>, BlobError> {
-    let plain = key.decrypt(stored).map_err(|_| BlobError::Decrypt(id))?;
-    match compression {
-        Compression::None => Ok(plain),
-        Compression::Zstd => decompress(&plain).map_err(|e| BlobError::Decompress(id, e)),
-    }
+    decode_frame_keyed(key, id, compression, stored).map(|(p, _)| p)
+}
+
+/// [`decode_frame`], and whether the current key (not one retired by
+/// `key rotate`) opened it.
+pub fn decode_frame_keyed(
+    key: &MasterKey,
+    id: BlobId,
+    compression: Compression,
+    stored: &[u8],
+) -> Result<(Vec<u8>, bool), BlobError> {
+    let (plain, current) = key
+        .decrypt_pack_data(stored)
+        .map_err(|_| BlobError::Decrypt(id))?;
+    let raw = match compression {
+        Compression::None => plain,
+        Compression::Zstd => decompress(&plain).map_err(|e| BlobError::Decompress(id, e))?,
+    };
+    Ok((raw, current))
 }
 
 /// Blob `id`, member `member` of a decoded frame, verified against its id.
@@ -142,7 +156,7 @@ pub fn frame_member(
     member: u16,
 ) -> Result<Vec<u8>, BlobError> {
     let raw = frame::member(frame_plain, member).map_err(|e| BlobError::Frame(id, e))?;
-    if key.blob_id(raw) != id {
+    if !key.id_matches(raw, &id) {
         return Err(BlobError::Mismatch(id));
     }
     Ok(raw.to_vec())
@@ -160,7 +174,7 @@ pub fn decode(
     if member != 0 {
         return frame_member(key, id, &raw, member);
     }
-    if key.blob_id(&raw) != id {
+    if !key.id_matches(&raw, &id) {
         return Err(BlobError::Mismatch(id));
     }
     Ok(raw)

@@ -37,6 +37,18 @@ pub enum RepoError {
     AlreadyExists(PathBuf),
     #[error("no key slot opens with this password")]
     WrongPassword,
+    #[error(
+        "key slot {0} opens with this secret, but the config cannot be decrypted with its key: \
+         either the key was rotated (`key rotate`) and this slot is a copy from before (use the \
+         secret given at the rotation), or the config is corrupted or replaced (restore it \
+         from a copy)"
+    )]
+    RotatedOut(String),
+    #[error(
+        "the repository's key was rotated while this ran (its config no longer opens with \
+         the key this process holds); nothing was committed: run it again"
+    )]
+    KeyRotated,
     #[error("key slot {0}: {1}")]
     KeySlot(String, KeySlotError),
     #[error("config: {0}")]
@@ -148,6 +160,7 @@ impl Repository {
             chunk_avg: crate::backup::chunker::AVG_SIZE,
             chunk_max: crate::backup::chunker::MAX_SIZE,
             pack_padding: if v1 { "" } else { PADDING_PADME }.into(),
+            retired_keys: Vec::new(),
         };
         let key = MasterKey::generate().with_cipher(RepoConfig::cipher_of(format));
         // Checked before anything is written, so a refused secret or KDF
@@ -193,6 +206,9 @@ impl Repository {
             // A format 1 config is plaintext: check it before any KDF runs.
             RepoConfig::parse(&cfg, &MasterKey::generate())?;
         }
+        // A slot that opens but whose key no longer decrypts the config
+        // belongs to a key that `key rotate` replaced (a kept copy of it).
+        let mut rotated_out = None;
         for (name, _) in local.list(FileKind::Key)? {
             let Ok(slot) = local
                 .read(FileKind::Key, &name)
@@ -211,7 +227,19 @@ impl Repository {
                         return Err(RepoError::FormatMismatch(name, slot.format, format));
                     }
                     let key = key.with_cipher(RepoConfig::cipher_of(format));
-                    let config = RepoConfig::parse(&cfg, &key)?;
+                    let config = match RepoConfig::parse(&cfg, &key) {
+                        Err(ConfigError::Decrypt) => {
+                            rotated_out = Some(name);
+                            continue;
+                        }
+                        r => r?,
+                    };
+                    let retired = config
+                        .retired_keys
+                        .iter()
+                        .map(|k| MasterKey::from_bytes(&k.0))
+                        .collect();
+                    let key = key.with_retired(retired);
                     return Ok(Self {
                         be: CryptBackend::new(Arc::new(local), key),
                         config,
@@ -223,11 +251,30 @@ impl Repository {
                 Err(e) => tracing::warn!(slot = %name, error = %e, "key slot skipped"),
             }
         }
-        Err(RepoError::WrongPassword)
+        Err(match rotated_out {
+            Some(slot) => RepoError::RotatedOut(slot),
+            None => RepoError::WrongPassword,
+        })
     }
 
     pub fn key(&self) -> &MasterKey {
         self.be.key()
+    }
+
+    /// Whether the config on disk still opens with this process's key: a
+    /// backup that opened the repository before a `key rotate` must not
+    /// commit a snapshot under the old key (the rotation re-encrypted
+    /// snapshots and index files and will not see it).
+    pub fn key_is_current(&self) -> Result<(), RepoError> {
+        if self.config.version < FORMAT_2 {
+            return Ok(());
+        }
+        let cfg = self.local().read(FileKind::Config, "")?;
+        match RepoConfig::parse(&cfg, self.key()) {
+            Ok(_) => Ok(()),
+            Err(ConfigError::Decrypt) => Err(RepoError::KeyRotated),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn local(&self) -> &Arc<LocalBackend> {
@@ -410,6 +457,17 @@ impl Repository {
 
     /// Reads a pack's header from its end (no index needed).
     pub fn read_pack_header(&self, name: &str, size: u64) -> Result<PackHeader, RepoError> {
+        self.read_pack_header_with(self.key(), name, size)
+    }
+
+    /// [`read_pack_header`](Self::read_pack_header) with `key` (and its
+    /// retired keys, if it has any).
+    pub fn read_pack_header_with(
+        &self,
+        key: &MasterKey,
+        name: &str,
+        size: u64,
+    ) -> Result<PackHeader, RepoError> {
         let bad = |w: String| RepoError::BadPack(name.into(), w);
         if size < 8 {
             return Err(bad("too short".into()));
@@ -417,9 +475,8 @@ impl Repository {
         let t = self.be.read_at(FileKind::Pack, name, size - 8, 8)?;
         let (start, len) = parse_trailer(&t, size).map_err(|e| bad(e.to_string()))?;
         let hb = self.be.read_at(FileKind::Pack, name, start, len as usize)?;
-        let plain = self
-            .key()
-            .decrypt(&hb)
+        let (plain, _) = key
+            .decrypt_pack_data(&hb)
             .map_err(|_| bad("header cannot be decrypted".into()))?;
         let h = PackHeader::parse(&plain).map_err(|e| bad(e.to_string()))?;
         h.check_bounds(start).map_err(|e| bad(e.to_string()))?;
@@ -475,7 +532,7 @@ impl Repository {
     }
 }
 
-fn write_slot(local: &LocalBackend, slot: &KeySlot) -> Result<String, RepoError> {
+pub(crate) fn write_slot(local: &LocalBackend, slot: &KeySlot) -> Result<String, RepoError> {
     let bytes = slot.to_bytes();
     let name = levee_proto::repo::crypto::file_id(&bytes).to_hex();
     local.write(FileKind::Key, &name, &bytes)?;

@@ -149,9 +149,47 @@ pub enum KeyCommand {
     /// This does NOT revoke the secret: the master key stays the same, so a
     /// copy of the slot (a disk image, an offsite copy of keys/) still opens
     /// the repository, old and future backups alike. After a leaked secret,
-    /// start a new repository (`init`), back up into it, and remove the old
-    /// one and its offsite copies once their retention allows.
+    /// use `key rotate`.
     Remove { id: String },
+    /// After a leaked secret: a new master key for everything written from
+    /// now on, one new slot for the secret from --new-password-file or
+    /// $LEVEE_NEW_PASSWORD (default: the secret used to open), and every
+    /// other slot removed (add other secrets again with `key add`).
+    ///
+    /// Config, index and snapshot files are re-encrypted at once; old data
+    /// stays under the old key until `levee-agent prune --rewrite`
+    /// re-encrypts it (run it until it reports 0 retired keys; usually
+    /// twice). A copy of an old slot then opens nothing the repository
+    /// uses. Offsite copies that are append-only keep old packs and slots
+    /// until their retention removes them: whoever holds the leaked secret
+    /// and such a copy still reads the data made before the rotation.
+    /// Refused while a backup or prune runs; format 2 repositories only.
+    Rotate {
+        #[arg(long, default_value = "password")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 65536, hide = true)]
+        kdf_memory_kib: u32,
+    },
+}
+
+/// The new secret for `key add` and `key rotate`.
+fn new_secret(file: Option<PathBuf>) -> Result<Option<Vec<u8>>> {
+    match file {
+        Some(f) => Ok(Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .as_bytes()
+                .to_vec(),
+        )),
+        None => Ok(std::env::var("LEVEE_NEW_PASSWORD")
+            .ok()
+            .map(String::into_bytes)),
+    }
 }
 
 /// Parses, runs, and returns the process exit code: 0 ok, 1 failure,
@@ -317,20 +355,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                     new_password_file,
                     kdf_memory_kib,
                 } => {
-                    let pw = match new_password_file {
-                        Some(f) => std::fs::read_to_string(&f)
-                            .with_context(|| format!("reading {}", f.display()))?
-                            .trim_end_matches(['\n', '\r'])
-                            .as_bytes()
-                            .to_vec(),
-                        None => std::env::var("LEVEE_NEW_PASSWORD")
-                            .map(String::into_bytes)
-                            .map_err(|_| {
-                                anyhow!(
-                                    "no new secret: use --new-password-file or LEVEE_NEW_PASSWORD"
-                                )
-                            })?,
-                    };
+                    let pw = new_secret(new_password_file)?.ok_or_else(|| {
+                        anyhow!("no new secret: use --new-password-file or LEVEE_NEW_PASSWORD")
+                    })?;
                     let id =
                         repo.add_key(&pw, KdfParams::with_memory(kdf_memory_kib), &kind, &label)?;
                     out.message("added key slot", &id)?;
@@ -338,6 +365,25 @@ pub fn run(cli: Cli) -> Result<i32> {
                 KeyCommand::Remove { id } => {
                     let id = repo.remove_key(&id)?;
                     out.key_removed(&id)?;
+                }
+                KeyCommand::Rotate {
+                    kind,
+                    label,
+                    new_password_file,
+                    kdf_memory_kib,
+                } => {
+                    let pw = match new_secret(new_password_file)? {
+                        Some(pw) => pw,
+                        None => password(g)?,
+                    };
+                    let r = levee_agent::backup::commands::rotate::rotate(
+                        &repo,
+                        &pw,
+                        KdfParams::with_memory(kdf_memory_kib),
+                        &kind,
+                        &label,
+                    )?;
+                    out.rotated(&r)?;
                 }
             }
             Ok(0)

@@ -257,6 +257,21 @@ impl Out {
             r.packs_pending,
             r.waiting_for_backups
         );
+        if let Some(rw) = &r.rewrite {
+            println!(
+                "rewrite: {} snapshots rewritten, {} blobs ({}) re-encrypted, {} already current; {} retired key(s) left{}",
+                rw.snapshots_rewritten.len(),
+                rw.blobs_rewritten,
+                human_bytes(rw.bytes_rewritten),
+                rw.blobs_current,
+                rw.retired_keys_left,
+                if rw.retired_keys_left > 0 {
+                    " (run prune --rewrite again once the old packs are deleted)"
+                } else {
+                    ""
+                }
+            );
+        }
         Ok(())
     }
 
@@ -314,8 +329,8 @@ impl Out {
     pub fn key_removed(&self, id: &str) -> Result<()> {
         const NOT_REVOKED: &str = "the secret is not revoked: the master key is unchanged, so \
             any copy of this slot (disk image, offsite copy of keys/) still opens the repository, \
-            including backups made from now on; after a leaked secret, init a new repository, \
-            back up into it and retire this one";
+            including backups made from now on; after a leaked secret, run `levee-agent key \
+            rotate` and then `levee-agent prune --rewrite`";
         if self.json {
             return print_json(
                 &json!({"result": "removed key slot", "id": id, "revoked": false, "note": NOT_REVOKED}),
@@ -323,6 +338,35 @@ impl Out {
         }
         println!("removed key slot {id}");
         eprintln!("note: {NOT_REVOKED}");
+        Ok(())
+    }
+
+    /// `key rotate`: what changed, and what did not.
+    pub fn rotated(&self, r: &levee_agent::backup::commands::rotate::RotateReport) -> Result<()> {
+        const NOTE: &str = "new backups use the new key; data written before stays under the \
+            old key until `levee-agent prune --rewrite` re-encrypts it (run it until it reports \
+            0 retired keys). Offsite copies keep old packs and key slots until their retention \
+            removes them: whoever holds the old secret and such a copy can read the data made \
+            before the rotation, never what is written after it";
+        if self.json {
+            let mut v = serde_json::to_value(r)?;
+            v["note"] = json!(NOTE);
+            return print_json(&v);
+        }
+        for (old, new) in &r.snapshots {
+            println!("snapshot {old} re-encrypted as {new}");
+        }
+        for s in &r.removed_slots {
+            println!("removed key slot {s} (it wraps the old key; add other secrets again with `key add`)");
+        }
+        println!(
+            "rotated: new key slot {}, {} index files and {} snapshots re-encrypted, {} retired key(s) waiting for prune --rewrite",
+            r.new_slot,
+            r.index_files,
+            r.snapshots.len(),
+            r.retired_keys
+        );
+        eprintln!("note: {NOTE}");
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub const PADDING_PADME: &str = "padme";
 /// Smallest minimum chunk size: below this, index and per-blob overhead
 /// outgrow the data, and deduplication across shifted data suffers.
 pub const CHUNK_MIN_FLOOR: usize = 64 * 1024;
+/// Rotations whose old data may still wait for `prune --rewrite`.
+pub const MAX_RETIRED_KEYS: usize = 8;
 /// Largest maximum chunk size: blobs must fit well inside a 16 MiB pack.
 pub const CHUNK_MAX_CEILING: usize = 16 * 1024 * 1024;
 
@@ -63,6 +65,41 @@ pub struct RepoConfig {
     /// How pack files are padded (format 2: "padme"; format 1: none).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pack_padding: String,
+    /// Master keys replaced by `key rotate` (format 2 only: the config is
+    /// then encrypted under the new key, so only it reveals them), newest
+    /// first. They read blobs and pack headers written before the rotation
+    /// until `prune --rewrite` has re-encrypted those and no pack needs
+    /// them any more; see `MasterKey::decrypt_pack_data`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+/// A retired master key (64 bytes, hex in the config). Debug does not
+/// print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RetiredKey(pub [u8; 64]);
+
+impl std::fmt::Debug for RetiredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetiredKey(..)")
+    }
+}
+
+impl Serialize for RetiredKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for RetiredKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(s).map_err(serde::de::Error::custom)?;
+        let b: [u8; 64] = v
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a retired key is 64 bytes"))?;
+        Ok(Self(b))
+    }
 }
 
 impl RepoConfig {
@@ -153,6 +190,18 @@ impl RepoConfig {
         if !avg.is_power_of_two() {
             return Err(bad("the average must be a power of two"));
         }
+        if self.version == FORMAT_1 && !self.retired_keys.is_empty() {
+            // A plaintext config must never carry keys.
+            return Err(ConfigError::Json(
+                "retired keys in a format 1 (plaintext) config".into(),
+            ));
+        }
+        if self.retired_keys.len() > MAX_RETIRED_KEYS {
+            return Err(ConfigError::Json(format!(
+                "{} retired keys (at most {MAX_RETIRED_KEYS}); run `prune --rewrite`",
+                self.retired_keys.len()
+            )));
+        }
         if self.version >= FORMAT_2 && self.pack_padding != PADDING_PADME {
             return Err(ConfigError::Json(format!(
                 "pack_padding {:?} (format 2 pads with {PADDING_PADME:?})",
@@ -177,7 +226,33 @@ mod tests {
             chunk_avg: 1024 * 1024,
             chunk_max: 8 * 1024 * 1024,
             pack_padding: PADDING_PADME.into(),
+            retired_keys: Vec::new(),
         }
+    }
+
+    /// Retired keys round-trip inside the encrypted config, and never
+    /// show in it or in Debug output.
+    #[test]
+    fn r12_retired_keys_are_encrypted() {
+        let k = MasterKey::generate();
+        let old = MasterKey::generate().to_bytes();
+        let c = RepoConfig {
+            retired_keys: vec![RetiredKey(old)],
+            ..sample()
+        };
+        let b = c.to_bytes(&k).unwrap();
+        let h = hex::encode(old);
+        assert!(!b.windows(8).any(|w| w == &old[..8]));
+        assert!(!String::from_utf8_lossy(&b).contains(&h[..16]));
+        assert!(!format!("{c:?}").contains(&h[..16]));
+        assert_eq!(RepoConfig::parse(&b, &k).unwrap(), c);
+        let v1 = RepoConfig {
+            version: FORMAT_1,
+            chunker: CHUNKER_V1.into(),
+            pack_padding: String::new(),
+            ..c
+        };
+        assert!(v1.validate().is_err());
     }
 
     #[test]

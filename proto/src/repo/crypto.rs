@@ -106,6 +106,12 @@ pub struct MasterKey {
     mac: [u8; 32],
     cipher: Cipher,
     xaes: XaesKdf,
+    /// Keys replaced by `key rotate`, newest first, kept (inside the config,
+    /// encrypted under this key) only to read blobs and pack headers
+    /// written before the rotation, until `prune --rewrite` has re-encrypted
+    /// them. Never used to encrypt, nor to open config, index, snapshot or
+    /// lock files.
+    retired: Vec<MasterKey>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -135,7 +141,50 @@ impl MasterKey {
             enc,
             mac,
             cipher: Cipher::Aes256Gcm,
+            retired: Vec::new(),
         }
+    }
+
+    /// This key with `retired` as the older keys it may read pack
+    /// contents with (their cipher set to this key's).
+    pub fn with_retired(mut self, retired: Vec<MasterKey>) -> Self {
+        let cipher = self.cipher;
+        self.retired = retired.into_iter().map(|k| k.with_cipher(cipher)).collect();
+        self
+    }
+
+    /// Keys replaced by rotations that still read old pack contents.
+    pub fn retired(&self) -> &[MasterKey] {
+        &self.retired
+    }
+
+    /// Decrypts a blob, frame or pack header: with this key, else with a
+    /// retired one. Returns whether this (the current) key opened it.
+    ///
+    /// Why a holder of a retired key cannot plant data with it: the ids
+    /// read come from index files and trees reachable from snapshots, and
+    /// those only the current key opens (after `prune --rewrite`, all trees
+    /// too); a blob must hash to its id under one of the keyring's MAC keys
+    /// ([`id_matches`](Self::id_matches)), and other bytes with the same
+    /// keyed hash are a second preimage of SHA-256, key known or not.
+    pub fn decrypt_pack_data(&self, data: &[u8]) -> Result<(Vec<u8>, bool), CryptoError> {
+        match self.decrypt(data) {
+            Ok(p) => Ok((p, true)),
+            Err(e) => {
+                for k in &self.retired {
+                    if let Ok(p) = k.decrypt(data) {
+                        return Ok((p, false));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `plaintext` is blob `id` under this key's MAC key or, for
+    /// blobs written before a rotation, a retired one's.
+    pub fn id_matches(&self, plaintext: &[u8], id: &BlobId) -> bool {
+        self.blob_id(plaintext) == *id || self.retired.iter().any(|k| k.blob_id(plaintext) == *id)
     }
 
     pub fn with_cipher(mut self, cipher: Cipher) -> Self {

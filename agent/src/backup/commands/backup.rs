@@ -347,12 +347,12 @@ fn read_file(
 
 /// Data chunks smaller than this (small files and the tails of large ones)
 /// are stored in frames; larger chunks compress well enough alone.
-const FRAME_BLOB_MAX: usize = crate::backup::chunker::MIN_SIZE;
+pub(crate) const FRAME_BLOB_MAX: usize = crate::backup::chunker::MIN_SIZE;
 /// A frame is closed once its members add up to this many bytes.
-const FRAME_TARGET: usize = 1024 * 1024;
+pub(crate) const FRAME_TARGET: usize = 1024 * 1024;
 
 /// Encodes and empties `frame`: one member is stored alone, more as a frame.
-fn encode_frame(
+pub(crate) fn encode_frame(
     repo: &Repository,
     frame: &mut Vec<RawBlob>,
     z: Option<&mut zstd::bulk::Compressor<'static>>,
@@ -602,6 +602,7 @@ pub fn backup(
     if !lock.still_valid() {
         return Err(BackupError::LockLost);
     }
+    repo.key_is_current()?;
     let g = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
     let summary = SnapshotSummary {
         files: g(&counters.files),

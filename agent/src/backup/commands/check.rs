@@ -376,9 +376,9 @@ fn pack_header(repo: &Repository, data: &[u8], size: u64) -> Result<PackHeader, 
     let hb = data
         .get(start as usize..start as usize + len as usize)
         .ok_or_else(|| format!("header outside the {size}-byte pack"))?;
-    let plain = repo
+    let (plain, _) = repo
         .key()
-        .decrypt(hb)
+        .decrypt_pack_data(hb)
         .map_err(|_| "header cannot be decrypted".to_string())?;
     let h = PackHeader::parse(&plain).map_err(|e| e.to_string())?;
     h.check_bounds(start).map_err(|e| e.to_string())?;

@@ -10,3 +10,4 @@ pub mod prune;
 pub mod recover;
 pub mod repair;
 pub mod restore;
+pub mod rotate;

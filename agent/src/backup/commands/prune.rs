@@ -39,6 +39,14 @@ pub struct PruneOptions {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 25))]
     #[serde(default)]
     pub max_unused_percent: u8,
+    /// After `key rotate`: re-encrypt under the current key every tree and
+    /// blob a retired key wrote, and repack every pack with unused bytes,
+    /// so the old packs leave through the fence. Once a run finds nothing
+    /// left under the old key (usually the second), it drops the retired
+    /// keys from the config.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub rewrite: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,10 @@ pub struct PruneState {
     /// so the index alone does not show the dead bytes.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub repack: BTreeSet<String>,
+    /// Snapshots `prune --rewrite` found entirely under the current key,
+    /// so the next run does not read them again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub rewritten: BTreeSet<String>,
 }
 
 impl PruneState {
@@ -94,6 +106,9 @@ pub struct PruneReport {
     pub packs_reindexed: usize,
     pub packs_pending: usize,
     pub waiting_for_backups: usize,
+    /// `--rewrite` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<crate::backup::commands::rotate::RewriteReport>,
 }
 
 pub fn prune(
@@ -124,6 +139,20 @@ pub fn prune(
     counters.set_phase("loading");
     let mut state = PruneState::load(repo)?;
     let mut rep = PruneReport::default();
+    if opts.rewrite {
+        counters.set_phase("rewrite");
+        let mut rw = crate::backup::commands::rotate::RewriteReport::default();
+        crate::backup::commands::rotate::rewrite(repo, &mut state.rewritten, &mut rw)?;
+        state.save(repo)?;
+        rep.rewrite = Some(rw);
+    }
+    // A rewrite repacks every pack with a dead blob: blobs a retired key
+    // wrote are dead now, and must leave before the key can go.
+    let max_unused_percent = if opts.rewrite {
+        0
+    } else {
+        opts.max_unused_percent
+    };
 
     // Snapshots before index files: a backup writes its index before its
     // snapshot, so every snapshot read here has its blobs in an index file
@@ -272,7 +301,7 @@ pub fn prune(
         if unused == total {
             newly_marked.push(id.to_hex());
         } else if state.repack.contains(&id.to_hex())
-            || unused * 100 > total * u64::from(opts.max_unused_percent.min(100))
+            || unused * 100 > total * u64::from(max_unused_percent.min(100))
         {
             repack.push((*id, blobs.clone()));
         } else {
@@ -429,6 +458,14 @@ pub fn prune(
     }
     state.save(repo)?;
     rep.packs_pending = state.packs.len();
+    if let Some(rw) = rep.rewrite.as_mut() {
+        rw.retired_keys_left =
+            crate::backup::commands::rotate::drop_retired(repo, lock.name(), rep.packs_pending)?;
+        if rw.retired_keys_left == 0 && !state.rewritten.is_empty() {
+            state.rewritten.clear();
+            state.save(repo)?;
+        }
+    }
     clean_tmp(repo.local().root(), std::time::Duration::from_secs(3600));
     drop(lock);
     Ok(rep)
