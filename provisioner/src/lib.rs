@@ -11,6 +11,7 @@
 //!   [`secrets`] keeps their secrets encrypted at rest;
 //! - [`alerts`] judges the fleet periodically and posts alerts to webhooks;
 //! - [`health`] judges each appliance's backups from its run reports;
+//! - [`ui`] is the web panel (`levee serve --ui`) and its JSON API;
 //! - [`cli`] is the `levee` command line.
 
 pub mod alerts;
@@ -30,3 +31,4 @@ pub mod releases;
 pub mod secrets;
 pub mod serve;
 pub mod store;
+pub mod ui;

@@ -63,6 +63,27 @@ pub struct Listeners {
     pub tftp: Option<tokio::net::UdpSocket>,
 }
 
+/// What an added service (the web panel) gets from `levee serve`: the
+/// store, the server key and CA once they are ready, the listeners' limits
+/// and the shutdown token.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub key: Arc<crate::secrets::ServerKey>,
+    pub ca: Arc<crate::enroll::ca::ServerCa>,
+    pub limits: crate::listen::Limits,
+    pub stop: CancellationToken,
+}
+
+/// A service run beside the built-in ones, stopped with them.
+pub type Service = Box<
+    dyn FnOnce(
+            Shared,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + Send,
+>;
+
 /// Runs until `shutdown` is cancelled or one service fails; then stops the
 /// others and returns the first error.
 pub async fn run(
@@ -70,6 +91,17 @@ pub async fn run(
     listeners: Listeners,
     config: ServeConfig,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(store, listeners, config, shutdown, Vec::new()).await
+}
+
+/// [`run`] with added services, named for the logs (`ui`: the web panel).
+pub async fn run_with(
+    store: Arc<dyn Store>,
+    listeners: Listeners,
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    services: Vec<(&'static str, Service)>,
 ) -> anyhow::Result<()> {
     crate::store::private_dir(&config.data_dir).context("data directory")?;
     let key = crate::secrets::ServerKey::load_or_create(&config.data_dir).context("server key")?;
@@ -154,6 +186,17 @@ pub async fn run(
         ("http", served)
     });
     info!(listen = %http_addr, public_url = %config.public_url, "http listening");
+
+    for (name, service) in services {
+        let shared = Shared {
+            store: store.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            limits,
+            stop: shutdown.clone(),
+        };
+        tasks.spawn(async move { (name, service(shared).await) });
+    }
 
     // Alert rules, judged every interval; webhooks posted as they fall due.
     {

@@ -12,7 +12,7 @@ const SHOWN_RUNS: usize = 10;
 const GROWTH_RUNS: usize = 500;
 
 /// What judging every listed appliance needs, read once.
-pub(super) struct Fleet {
+pub(crate) struct Fleet {
     customers: HashMap<String, CustomerRecord>,
     facts: HashMap<i64, BackupFacts>,
     now: i64,
@@ -20,7 +20,7 @@ pub(super) struct Fleet {
 
 impl Fleet {
     /// Reads the facts of every appliance, or of `only` one.
-    pub(super) fn load(store: &dyn Store, only: Option<i64>) -> anyhow::Result<Fleet> {
+    pub(crate) fn load(store: &dyn Store, only: Option<i64>) -> anyhow::Result<Fleet> {
         Ok(Fleet {
             customers: store
                 .customers()?
@@ -32,7 +32,7 @@ impl Fleet {
         })
     }
 
-    pub(super) fn health(&self, a: &Appliance) -> BackupHealth {
+    pub(crate) fn health(&self, a: &Appliance) -> BackupHealth {
         let record = a.customer.as_ref().and_then(|c| self.customers.get(c));
         let none = BackupFacts::default();
         let facts = self.facts.get(&a.id).unwrap_or(&none);
@@ -92,14 +92,14 @@ fn bytes(n: u64) -> String {
 }
 
 /// The backup section of `levee appliance show` and its JSON.
-pub(super) struct Detail {
+pub(crate) struct Detail {
     pub health: BackupHealth,
     pub growth: RepoGrowth,
     pub runs: Vec<RunRecord>,
 }
 
 impl Detail {
-    pub(super) fn load(store: &dyn Store, a: &Appliance) -> anyhow::Result<Detail> {
+    pub(crate) fn load(store: &dyn Store, a: &Appliance) -> anyhow::Result<Detail> {
         let health = Fleet::load(store, Some(a.id))?.health(a);
         let runs = store.runs(a.id, GROWTH_RUNS)?;
         Ok(Detail {
@@ -109,7 +109,7 @@ impl Detail {
         })
     }
 
-    pub(super) fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "health": self.health,
             "repository": self.growth,

@@ -180,7 +180,7 @@ fn apply(ctx: &super::Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Res
 
 /// What changed, one line per setting: `~ path: old -> new`, `+ path: new`,
 /// `- path: old`; secrets only say that they changed.
-fn diff(old: &CustomerConfig, new: &CustomerConfig) -> Vec<String> {
+pub(crate) fn diff(old: &CustomerConfig, new: &CustomerConfig) -> Vec<String> {
     let secret_paths = |c: &CustomerConfig| -> BTreeSet<String> {
         let mut c = c.clone();
         secrets_mut(&mut c).into_iter().map(|(p, _)| p).collect()

@@ -3,10 +3,11 @@
 
 mod alert;
 mod appliance;
-mod backups;
-mod customer;
+pub(crate) mod backups;
+pub(crate) mod customer;
 mod image;
 mod image_build;
+mod operator;
 mod profile;
 mod release;
 mod rollout;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Alerts and the webhooks they are posted to.
     #[command(subcommand)]
     Alert(alert::AlertCommand),
+    /// Operators of the web panel (`levee serve --ui`) and their audit log.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Release(cmd) => release::run(&ctx, cmd),
         Command::Alert(cmd) => alert::run(&ctx, cmd),
+        Command::Operator(cmd) => operator::run(&ctx, cmd),
     }
 }
 

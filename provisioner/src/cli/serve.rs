@@ -112,6 +112,28 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::listen::parse_duration)]
     idle_timeout: Duration,
 
+    /// The web panel's TLS listener (off when not given), e.g.
+    /// 0.0.0.0:8443. Operators log in with `levee operator add NAME`'s
+    /// one-time password; the URL is printed at start-up.
+    #[arg(long, value_name = "ADDR:PORT")]
+    ui: Option<SocketAddr>,
+
+    /// A host name or address browsers use for the panel: its certificate
+    /// (from the Levee CA) names it, and it is the printed URL's (the first
+    /// one). Repeat for several; by default --ui's address, or the
+    /// public URL's host when --ui is bound to 0.0.0.0.
+    #[arg(long, value_name = "NAME", requires = "ui")]
+    ui_host: Vec<String>,
+
+    /// The panel's own certificate chain (PEM) instead of one from the
+    /// Levee CA; with --ui-key.
+    #[arg(long, value_name = "FILE", requires_all = ["ui", "ui_key"])]
+    ui_cert: Option<PathBuf>,
+
+    /// The key of --ui-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "ui_cert")]
+    ui_key: Option<PathBuf>,
+
     /// Give enrollment tokens only to machines registered with `levee
     /// appliance register`: unknown machines still boot, but cannot enroll
     /// and wait for `approve` (by default they can).
@@ -249,6 +271,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
 
     let grace = Duration::from_secs(args.grace_period);
     let limits = limits(&args);
+    let ui = args.ui.map(|addr| ui_options(&args, addr, &public_url));
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served_store = store.clone();
     let served = runtime.block_on(async move {
@@ -272,6 +295,17 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let mut services = Vec::new();
+        if let Some((addr, options, hosts)) = &ui {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the panel (--ui) on {addr}"))?;
+            let port = listener.local_addr()?.port();
+            let host = &hosts[0];
+            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+            println!("panel: https://{host}:{port}/  (operators: levee operator add NAME; the one-time password it prints logs in once)");
+            services.push(("ui", crate::ui::service(listener, options.clone())));
+        }
         let shutdown = CancellationToken::new();
         watch_signals(shutdown.clone(), grace)?;
         if let Some(addr) = args.metrics {
@@ -294,11 +328,12 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             limits,
             allow_pending: !args.no_pending_enrollment,
         };
-        serve::run(
+        serve::run_with(
             served_store,
             Listeners { http, https, tftp },
             config,
             shutdown,
+            services,
         )
         .await
     });
@@ -336,6 +371,33 @@ fn spawn_metrics(
         }
     });
     Ok(())
+}
+
+/// The panel's certificate source and the names it answers to (the first
+/// is the printed URL's).
+fn ui_options(
+    args: &ServeArgs,
+    addr: SocketAddr,
+    public_url: &str,
+) -> (SocketAddr, crate::ui::UiOptions, Vec<String>) {
+    let mut hosts = args.ui_host.clone();
+    if hosts.is_empty() {
+        hosts.push(if addr.ip().is_unspecified() {
+            url_host(public_url).trim_matches(['[', ']']).to_string()
+        } else {
+            addr.ip().to_string()
+        });
+    }
+    let tls = match (&args.ui_cert, &args.ui_key) {
+        (Some(cert), Some(key)) => crate::ui::UiTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => crate::ui::UiTls::Ca {
+            hosts: hosts.clone(),
+        },
+    };
+    (addr, crate::ui::UiOptions { tls }, hosts)
 }
 
 /// SIGTERM or SIGINT cancels `shutdown` (a clean stop: see

@@ -158,19 +158,32 @@ impl ServerCa {
     /// A certificate for the `--https` listener, for `host` (a DNS name or
     /// an IP address: the public URL's host). Returns (certificate PEM, key PEM).
     pub fn server_cert(&self, host: &str) -> Result<(String, String), CaError> {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let san = match host.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                host.to_string()
-                    .try_into()
-                    .map_err(|_| CaError::BadHost(host.to_string()))?,
-            ),
-        };
+        self.server_cert_names(&[host.to_string()])
+    }
+
+    /// A server certificate for several host names or addresses (the web
+    /// panel's `--ui-host`s); the first is its common name.
+    pub fn server_cert_names(&self, hosts: &[String]) -> Result<(String, String), CaError> {
+        let mut sans = Vec::new();
+        for host in hosts {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            sans.push(match host.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    host.to_string()
+                        .try_into()
+                        .map_err(|_| CaError::BadHost(host.to_string()))?,
+                ),
+            });
+        }
+        let host = hosts
+            .first()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| CaError::BadHost(String::new()))?;
         let key = KeyPair::generate().map_err(CaError::Create)?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, host);
-        params.subject_alt_names = vec![san];
+        params.subject_alt_names = sans;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();

@@ -17,7 +17,8 @@
 //! (`appliances.rs`, with enrollment and leases), [`CustomerStore`],
 //! [`ImageStore`] (with boot profiles), [`EventStore`], [`FleetStore`]
 //! (what the servers of a fleet share), [`RunStore`] (run reports) and
-//! [`AlertStore`] (alerts and their webhooks);
+//! [`AlertStore`] (alerts and their webhooks), [`OperatorStore`] (panel
+//! operators and the audit log);
 //! [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
@@ -28,6 +29,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod operators;
 mod postgres;
 mod rollouts;
 mod runs;
@@ -58,6 +60,7 @@ pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
 pub use self::events::{Event, EventStore};
 pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
+pub use self::operators::{AuditEntry, Operator, OperatorStore, AUDIT_KEPT};
 pub use self::postgres::PgStore;
 pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
@@ -117,6 +120,7 @@ pub trait Store:
     + RunStore
     + RolloutStore
     + AlertStore
+    + OperatorStore
     + Send
     + Sync
     + 'static

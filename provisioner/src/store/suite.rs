@@ -15,7 +15,8 @@ use super::*;
 #[path = "suite_fleet.rs"]
 mod fleet_cases;
 use fleet_cases::{
-    alerts_open_once_and_queue_deliveries_in_order, runs_are_kept_once_bounded_and_summed_up,
+    alerts_open_once_and_queue_deliveries_in_order, operators_and_the_audit_log,
+    runs_are_kept_once_bounded_and_summed_up,
 };
 
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
@@ -781,6 +782,7 @@ cases!(
     runs_are_kept_once_bounded_and_summed_up,
     rollouts_and_update_records,
     alerts_open_once_and_queue_deliveries_in_order,
+    operators_and_the_audit_log,
 );
 
 mod postgres_only {

@@ -199,3 +199,65 @@ pub(super) fn alerts_open_once_and_queue_deliveries_in_order(s: &dyn Store) {
         .any(|(m2, e)| *m2 == mac(80) && e.step == "pending-key"));
     assert!(s.enrollment_events(now + 3600).expect("events").is_empty());
 }
+
+pub(super) fn operators_and_the_audit_log(s: &dyn Store) {
+    assert!(s.operators().expect("list").is_empty());
+    let ann = s.add_operator("ann", "hash-1", false).expect("add");
+    assert_eq!((ann.read_only, ann.must_change), (false, true));
+    let err = s
+        .add_operator("ann", "hash-2", true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(
+        s.operator("ann")
+            .expect("get")
+            .expect("there")
+            .password_hash,
+        "hash-1"
+    );
+    s.add_operator("bob", "hash-b", true).expect("add");
+    let names: Vec<_> = s
+        .operators()
+        .expect("list")
+        .into_iter()
+        .map(|o| (o.name, o.read_only))
+        .collect();
+    assert_eq!(
+        names,
+        [("ann".to_string(), false), ("bob".to_string(), true)]
+    );
+    s.set_operator_password("ann", "hash-3", false)
+        .expect("password");
+    let ann = s.operator("ann").expect("get").expect("there");
+    assert_eq!(
+        (ann.password_hash.as_str(), ann.must_change),
+        ("hash-3", false)
+    );
+    assert!(s.set_operator_password("nobody", "h", false).is_err());
+    assert!(s.remove_operator("bob").expect("remove"));
+    assert!(!s.remove_operator("bob").expect("remove again"));
+    assert!(s.operator("bob").expect("get").is_none());
+
+    let before = s.change_stamp().expect("stamp");
+    s.add_audit("ann", "retire", "appliance:7", "stolen")
+        .expect("audit");
+    s.add_audit("ann", "customer-apply", "customer:acme", "")
+        .expect("audit");
+    let after = s.change_stamp().expect("stamp");
+    assert_ne!(before, after, "an audit entry changes the stamp");
+    let all = s.audit(None, 10).expect("audit");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].action, "customer-apply", "newest first");
+    let one = s.audit(Some("appliance:7"), 10).expect("audit");
+    assert_eq!(
+        (one.len(), one[0].operator.as_str(), one[0].detail.as_str()),
+        (1, "ann", "stolen")
+    );
+    // A heartbeat changes it too (the panel's live updates).
+    let a = s.appliance_seen(mac(99)).expect("seen");
+    let stamp = s.change_stamp().expect("stamp");
+    s.record_heartbeat(a.id, &Heartbeat::default())
+        .expect("heartbeat");
+    assert_ne!(s.change_stamp().expect("stamp"), stamp);
+}

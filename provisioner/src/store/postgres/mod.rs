@@ -30,6 +30,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod operators;
 mod rollouts;
 mod runs;
 pub mod tls;
@@ -215,6 +216,25 @@ ALTER TABLE appliances ADD COLUMN reenroll BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE appliances ADD COLUMN key_conflict TEXT;
 ALTER TABLE enroll_tokens ADD COLUMN ip TEXT;
 CREATE INDEX enroll_tokens_by_mac ON enroll_tokens(mac);
+"#,
+    // Panel operators and the audit log (store/operators.rs).
+    r#"
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    read_only BOOLEAN NOT NULL,
+    must_change BOOLEAN NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    operator TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_target ON audit(target, id);
 "#,
 ];
 

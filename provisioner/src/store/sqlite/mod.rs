@@ -9,6 +9,7 @@ mod customers;
 mod events;
 mod fleet;
 mod images;
+mod operators;
 mod rollouts;
 mod runs;
 
@@ -192,6 +193,25 @@ ALTER TABLE appliances ADD COLUMN reenroll INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE appliances ADD COLUMN key_conflict TEXT;
 ALTER TABLE enroll_tokens ADD COLUMN ip TEXT;
 CREATE INDEX enroll_tokens_by_mac ON enroll_tokens(mac);
+"#,
+    // Panel operators and the audit log (store/operators.rs).
+    r#"
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    read_only INTEGER NOT NULL,
+    must_change INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    operator TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_target ON audit(target, id);
 "#,
 ];
 

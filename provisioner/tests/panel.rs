@@ -1,0 +1,472 @@
+//! The web panel's API against a real `levee serve` (in process, on
+//! 127.0.0.1, TLS with the Levee CA's certificate): sessions, the CSRF and
+//! Origin checks, a session replayed after logout, read-only operators,
+//! login rate limiting, the audit log and the appliance's history, the
+//! customer editor's redaction and errors at their line, and the pages'
+//! headers. tests/panel_browser.rs drives the same panel with Chromium.
+
+mod common;
+
+use std::sync::Arc;
+
+use levee_provisioner::serve::{self, Listeners, ServeConfig};
+use levee_provisioner::store::{Registration, Store};
+use levee_provisioner::ui::{self, password, UiOptions, UiTls};
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+struct Panel {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    store: Arc<dyn Store>,
+    url: String,
+    client: Client,
+    stop: CancellationToken,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Panel {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn start() -> Panel {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, store) = common::store_with_default_profile(dir.path(), "x");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = CancellationToken::new();
+    let url = rt.block_on(async {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("http");
+        let panel = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("ui");
+        let url = format!(
+            "https://127.0.0.1:{}",
+            panel.local_addr().expect("addr").port()
+        );
+        let config = ServeConfig {
+            data_dir: data.clone(),
+            ipxe_dir: dir.path().join("ipxe"),
+            public_url: format!("http://{}", http.local_addr().expect("addr")),
+            tftp_host: "127.0.0.1".into(),
+            dhcp: None,
+            grace: std::time::Duration::from_secs(2),
+            alerts: Default::default(),
+            limits: Default::default(),
+            allow_pending: true,
+        };
+        let options = UiOptions {
+            tls: UiTls::Ca {
+                hosts: vec!["127.0.0.1".into()],
+            },
+        };
+        let services = vec![("ui", ui::service(panel, options))];
+        let listeners = Listeners {
+            http,
+            https: None,
+            tftp: None,
+        };
+        tokio::spawn(serve::run_with(
+            store.clone(),
+            listeners,
+            config,
+            stop.clone(),
+            services,
+        ));
+        url
+    });
+    // The panel's certificate is the Levee CA's: trust that and nothing else.
+    let ca_path = data.join("ca").join("ca.crt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ca_path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).expect("ca")).expect("pem");
+    let client = Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .build()
+        .expect("client");
+    let p = Panel {
+        _dir: dir,
+        data,
+        store,
+        url,
+        client,
+        stop,
+        _rt: rt,
+    };
+    // Up when the pages answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.client.get(&p.url).send().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the panel never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    p
+}
+
+/// A logged-in client: its cookie and CSRF token.
+#[derive(Clone)]
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+impl Panel {
+    fn operator(&self, name: &str, pw: &str, read_only: bool) {
+        let hash = password::hash(pw).expect("hash");
+        self.store
+            .add_operator(name, &hash, read_only)
+            .expect("add");
+        self.store
+            .set_operator_password(name, &hash, false)
+            .expect("set");
+    }
+
+    fn login_raw(&self, name: &str, pw: &str) -> Response {
+        self.client
+            .post(format!("{}/ui/api/login", self.url))
+            .json(&json!({"name": name, "password": pw}))
+            .send()
+            .expect("login")
+    }
+
+    fn login(&self, name: &str, pw: &str) -> Session {
+        let r = self.login_raw(name, pw);
+        assert_eq!(r.status(), 200, "login {name}");
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .expect("cookie")
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
+        let body: Value = r.json().expect("json");
+        Session {
+            cookie: cookie.split(';').next().expect("pair").to_string(),
+            csrf: body["csrf"].as_str().expect("csrf").to_string(),
+        }
+    }
+
+    fn get(&self, s: &Session, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}/ui/api/{path}", self.url))
+            .header("cookie", &s.cookie)
+            .send()
+            .expect("get");
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    }
+
+    fn post(
+        &self,
+        s: &Session,
+        path: &str,
+        body: Value,
+        origin: Option<&str>,
+        csrf: bool,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/ui/api/{path}", self.url))
+            .header("cookie", &s.cookie)
+            .json(&body);
+        if csrf {
+            req = req.header("x-csrf-token", &s.csrf);
+        }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().expect("post");
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    }
+
+    fn origin(&self) -> String {
+        self.url.clone()
+    }
+}
+
+fn appliance(p: &Panel, mac: &str, customer: Option<&str>) -> i64 {
+    p.store
+        .register_appliance(
+            mac.parse().expect("mac"),
+            &Registration {
+                customer,
+                ..Default::default()
+            },
+        )
+        .expect("register")
+        .id
+}
+
+fn customer(p: &Panel) {
+    let key = levee_provisioner::secrets::ServerKey::load_or_create(&p.data).expect("key");
+    let config = serde_json::from_value(json!({
+        "customer": "acme",
+        "sources": [{"name": "docs", "smb": "smb://backup@fs/docs", "password": "hunter2"}],
+        "schedules": [{"name": "daily", "every": "1d"}],
+    }))
+    .expect("config");
+    p.store
+        .put_customer(&key.seal_config(&config))
+        .expect("customer");
+}
+
+#[test]
+fn one_time_password_first_then_csrf_origin_and_logout_are_enforced() {
+    let p = start();
+    // `levee operator add` as an operator runs it: a one-time password.
+    let out = common::levee(&p.data, &["operator", "add", "ann"]);
+    let otp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("one-time password: "))
+        .expect("password printed")
+        .to_string();
+    assert_eq!(p.login_raw("ann", "wrong").status(), 401);
+    assert_eq!(p.login_raw("nobody", &otp).status(), 401);
+    let s = p.login("ann", &otp);
+    let (status, body) = p.get(&s, "fleet");
+    assert_eq!(status, 403, "a new password first: {body}");
+    let (status, _) = p.post(
+        &s,
+        "password",
+        json!({"current": otp, "new": "short"}),
+        None,
+        true,
+    );
+    assert_eq!(status, 400);
+    let (status, _) = p.post(
+        &s,
+        "password",
+        json!({"current": otp, "new": "a long new password"}),
+        Some(&p.origin()),
+        true,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        p.login_raw("ann", &otp).status(),
+        401,
+        "the one-time password worked once"
+    );
+    let (status, fleet) = p.get(&s, "fleet");
+    assert_eq!(status, 200, "{fleet}");
+
+    customer(&p);
+    let id = appliance(&p, "52:54:00:0f:00:01", Some("acme"));
+    // No CSRF token, or a foreign Origin: refused, nothing changes.
+    let (status, _) = p.post(
+        &s,
+        &format!("appliances/{id}/retire"),
+        json!({}),
+        None,
+        false,
+    );
+    assert_eq!(status, 403);
+    let (status, body) = p.post(
+        &s,
+        &format!("appliances/{id}/retire"),
+        json!({}),
+        Some("https://evil.example"),
+        true,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another origin"),
+        "{body}"
+    );
+    let a = p.store.appliance_by_id(id).expect("get").expect("there");
+    assert_eq!(a.revoked_at, None, "still in service");
+    // The same request from the panel's own origin works.
+    let (status, body) = p.post(
+        &s,
+        &format!("appliances/{id}/retire"),
+        json!({"reason": "stolen"}),
+        Some(&p.origin()),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(p
+        .store
+        .appliance_by_id(id)
+        .expect("get")
+        .expect("there")
+        .revoked_at
+        .is_some());
+    // Audited, and in the appliance's history (`levee appliance show`).
+    let (_, audit) = p.get(&s, &format!("audit?target=appliance:{id}"));
+    assert_eq!(audit["audit"][0]["operator"], "ann", "{audit}");
+    assert_eq!(audit["audit"][0]["action"], "retire", "{audit}");
+    let show = common::levee(&p.data, &["appliance", "show", &id.to_string()]);
+    assert!(show.contains("ann: retire stolen"), "{show}");
+    let log = common::levee(&p.data, &["operator", "log"]);
+    assert!(log.contains("retire") && log.contains("login"), "{log}");
+
+    // Logout ends the session on the server: the cookie replayed is dead.
+    let (status, _) = p.post(&s, "logout", json!({}), Some(&p.origin()), true);
+    assert_eq!(status, 200);
+    let (status, _) = p.get(&s, "fleet");
+    assert_eq!(status, 401, "a session replayed after logout");
+    let (status, _) = p.post(
+        &s,
+        &format!("appliances/{id}/reinstall"),
+        json!({}),
+        None,
+        true,
+    );
+    assert_eq!(status, 401);
+
+    // A removed operator's session ends at once.
+    p.operator("cy", "cy's long password", false);
+    let c = p.login("cy", "cy's long password");
+    assert_eq!(p.get(&c, "fleet").0, 200);
+    common::levee(&p.data, &["operator", "remove", "cy"]);
+    assert_eq!(p.get(&c, "fleet").0, 401);
+}
+
+#[test]
+fn read_only_operators_change_nothing_and_logins_are_rate_limited() {
+    let p = start();
+    customer(&p);
+    let id = appliance(&p, "52:54:00:0f:00:02", Some("acme"));
+    let pending = appliance(&p, "52:54:00:0f:00:03", None);
+    p.operator("ro", "read only password", true);
+    let s = p.login("ro", "read only password");
+    let o = p.origin();
+    assert_eq!(p.get(&s, "fleet").0, 200);
+    assert_eq!(p.get(&s, &format!("appliances/{id}")).0, 200);
+    for (path, body) in [
+        (format!("appliances/{id}/retire"), json!({})),
+        (format!("appliances/{id}/reinstall"), json!({})),
+        (
+            format!("appliances/{id}/replace"),
+            json!({"with": "52:54:00:0f:00:09"}),
+        ),
+        (
+            format!("appliances/{pending}/approve"),
+            json!({"customer": "acme"}),
+        ),
+        (
+            "customers".into(),
+            json!({"yaml": "customer: acme\nsources: []\n"}),
+        ),
+    ] {
+        let (status, body) = p.post(&s, &path, body, Some(&o), true);
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("read-only"),
+            "{body}"
+        );
+    }
+    let a = p.store.appliance_by_id(id).expect("get").expect("there");
+    assert!(a.revoked_at.is_none() && !a.reinstall);
+    assert!(!p
+        .store
+        .appliance_by_id(pending)
+        .expect("get")
+        .expect("there")
+        .approved());
+
+    // Guessing one operator's password: cut off after a burst, even with
+    // the right password (the limit is on attempts).
+    p.operator("ann", "ann's long password", false);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(p.login_raw("ann", "guess").status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(p.login_raw("ann", "ann's long password").status(), 429);
+}
+
+#[test]
+fn customers_are_shown_redacted_and_errors_come_with_their_line() {
+    let p = start();
+    customer(&p);
+    p.operator("ann", "ann's long password", false);
+    let s = p.login("ann", "ann's long password");
+    let o = p.origin();
+    let (status, c) = p.get(&s, "customers/acme");
+    assert_eq!(status, 200);
+    let yaml = c["yaml"].as_str().expect("yaml").to_string();
+    assert!(
+        yaml.contains("********") && !yaml.contains("hunter2"),
+        "{yaml}"
+    );
+    // An error: refused with its line, nothing stored.
+    let bad = yaml.replace("every: 1d", "every: often");
+    let line = bad.lines().position(|l| l.contains("often")).expect("line") + 1;
+    let (status, e) = p.post(&s, "customers", json!({"yaml": bad}), Some(&o), true);
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["line"], line as u64, "{e}");
+    // A change with the secret left as ******** keeps the stored secret.
+    let edited = yaml.replace("every: 1d", "every: 12h");
+    let (status, r) = p.post(&s, "customers", json!({"yaml": edited}), Some(&o), true);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["applied"], true, "{r}");
+    let key = levee_provisioner::secrets::ServerKey::load_or_create(&p.data).expect("key");
+    let stored = key
+        .open_config(
+            &p.store
+                .customer("acme")
+                .expect("get")
+                .expect("there")
+                .config,
+        )
+        .expect("open");
+    assert_eq!(
+        stored.sources[0].password.as_ref().expect("pw").0,
+        "hunter2"
+    );
+    assert_eq!(stored.schedules[0].every.as_deref(), Some("12h"));
+}
+
+#[test]
+fn pages_are_embedded_with_strict_headers() {
+    let p = start();
+    let r = p.client.get(&p.url).send().expect("page");
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = r.text().expect("html");
+    assert!(html.contains("/app.js"), "{html}");
+    let mut total = html.len();
+    for asset in ["app.js", "app.css"] {
+        let r = p
+            .client
+            .get(format!("{}/{asset}", p.url))
+            .send()
+            .expect("asset");
+        assert_eq!(r.status(), 200, "{asset}");
+        total += r.bytes().expect("bytes").len();
+    }
+    assert!(total < 200 * 1024, "first load {total} bytes");
+    // Without a session, the API says so.
+    let r = p
+        .client
+        .get(format!("{}/ui/api/fleet", p.url))
+        .send()
+        .expect("api");
+    assert_eq!(r.status(), 401);
+}
