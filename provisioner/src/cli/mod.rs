@@ -70,7 +70,7 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the network-boot services: DHCP, TFTP and HTTP.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage boot profiles (what a machine boots).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
@@ -100,7 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         database: cli.database,
     };
     match cli.command {
-        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Serve(args) => serve::run(&ctx, *args),
         Command::Profile(cmd) => profile::run(&ctx, cmd),
         Command::Appliance(cmd) => appliance::run(&ctx, cmd),
         Command::Customer(cmd) => customer::run(&ctx, cmd),

@@ -54,9 +54,13 @@ pub struct Row {
     pub key_conflict: Option<String>,
 }
 
+/// The rows as computed, with the change stamp and the time they were
+/// computed at.
+type Computed = (String, u64, Arc<Vec<Row>>);
+
 #[derive(Default)]
 pub struct FleetCache {
-    rows: Mutex<Option<(String, u64, Arc<Vec<Row>>)>>,
+    rows: Mutex<Option<Computed>>,
 }
 
 impl FleetCache {
