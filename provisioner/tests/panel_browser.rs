@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use levee_agent::daemon::{run, RunOptions};
+use common::{agent_pass, free_port, ServeProcess};
 use levee_agent::enroll::{Credential, MtlsClient};
 use levee_proto::report::StatusReport;
 use levee_proto::runs::{RunKind, RunReport, RunResult};
@@ -29,47 +29,6 @@ use levee_provisioner::store::{NewAlert, Registration};
 const LIVE: &str = "52:54:00:1e:00:01";
 const RETIRE: &str = "52:54:00:1e:00:02";
 const PENDING: &str = "52:54:00:1e:00:03";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One pass of the real agent service for `mac` (a pending machine's
-/// blocks until it is approved, then enrolls).
-fn agent_pass(http: &str, mac: &str, state: &Path) {
-    let script = reqwest::blocking::get(format!("{http}/boot/{mac}.ipxe"))
-        .expect("script")
-        .text()
-        .expect("body");
-    let kernel = script
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .unwrap_or_else(|| panic!("no kernel line in {script}"));
-    let cmdline = state.with_extension("cmdline");
-    let bootif = format!("BOOTIF=01-{}", mac.replace(':', "-"));
-    std::fs::write(&cmdline, format!("{kernel} {bootif} levee.interval=1")).expect("cmdline");
-    run(&RunOptions {
-        cmdline,
-        once: true,
-        state_dir: state.to_path_buf(),
-        enroll_retry: Duration::from_millis(300),
-        set_clock: false,
-        ..RunOptions::default()
-    })
-    .expect("agent pass");
-}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -117,42 +76,23 @@ fn the_panel_in_chromium() {
             .expect("register");
     }
 
-    let (http_port, https_port, ui_port) = (free_port(), free_port(), free_port());
-    let http = format!("http://127.0.0.1:{http_port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["serve", "--no-tftp", "--http"])
-        .arg(format!("127.0.0.1:{http_port}"))
-        .arg("--https")
-        .arg(format!("127.0.0.1:{https_port}"))
-        .arg("--ui")
-        .arg(format!("127.0.0.1:{ui_port}"))
-        .arg("--public-url")
-        .arg(&http)
-        .arg("--ipxe-dir")
-        .arg(dir.path())
-        .env_remove("LEVEE_DATABASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("levee serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let serve = Serve(child);
+    let ui_port = free_port();
+    let ui = format!("127.0.0.1:{ui_port}");
+    let serve = ServeProcess::spawn(&data, None, &dir.path().join("serve.log"), &["--ui", &ui]);
+    let http = serve.http.clone();
     // `levee serve` prints the panel's URL at start-up.
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).expect("read");
-    let url = first
+    let printed = serve
+        .log()
+        .lines()
+        .find(|l| l.starts_with("panel: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no panel URL printed:\n{}", serve.log()));
+    let url = printed
         .split_whitespace()
         .find(|w| w.starts_with("https://"))
-        .unwrap_or_else(|| panic!("no panel URL in {first:?}"))
+        .unwrap_or_else(|| panic!("no URL in {printed:?}"))
         .to_string();
-    assert_eq!(url, format!("https://127.0.0.1:{ui_port}/"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{http}/api/v1/time")).is_err() {
-        assert!(Instant::now() < deadline, "levee serve did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(url, format!("https://{ui}/"));
 
     // Simulated appliances over the real mTLS API.
     let states = tempfile::tempdir().expect("states");
@@ -241,6 +181,17 @@ fn the_panel_in_chromium() {
     let retire_id = creds[1].server.appliance_id;
     let started = Instant::now();
     let mut node = Command::new("node");
+    node.process_group(0);
+    // SAFETY: prctl only, between fork and exec: node (and the browser on
+    // its pipe) dies with the test process even when nextest kills it.
+    unsafe {
+        node.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     node.arg(browser_dir().join("panel.mjs"))
         .env("PANEL_URL", &url)
         .env("OTHER_ORIGIN", format!("{http}/api/v1/time"))
@@ -261,9 +212,10 @@ fn the_panel_in_chromium() {
     eprintln!("{stdout}");
     assert!(
         out.status.success() && stdout.contains("PANEL-BROWSER-OK"),
-        "browser steps failed after {:?}:\n{stdout}\n{}",
+        "browser steps failed after {:?}:\n{stdout}\n{}\nserver log:\n{}",
         started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        serve.log()
     );
 
     // What the browser did is what the server holds.
