@@ -317,6 +317,11 @@ fn one_time_password_first_then_csrf_origin_and_logout_are_enforced() {
     assert!(show.contains("ann: retire stolen"), "{show}");
     let log = common::levee(&p.data, &["operator", "log"]);
     assert!(log.contains("retire") && log.contains("login"), "{log}");
+    // What the CLI changed is audited too, under the login that ran it.
+    assert!(
+        log.contains("operator-add") && log.contains("cli:"),
+        "{log}"
+    );
 
     // Logout ends the session on the server: the cookie replayed is dead.
     let (status, _) = p.post(&s, "logout", json!({}), Some(&p.origin()), true);

@@ -180,6 +180,16 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                     customer: customer.as_deref(),
                 },
             )?;
+            super::audit(
+                store,
+                "register",
+                &format!("appliance:{}", a.id),
+                &format!(
+                    "{} customer {}",
+                    a.mac,
+                    a.customer.as_deref().unwrap_or("-")
+                ),
+            );
             println!(
                 "appliance {} registered (id {}, customer {}, profile {})",
                 a.mac,
@@ -197,6 +207,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             fingerprint,
         } => {
             let a = store.approve_appliance(mac, &customer, fingerprint.as_deref())?;
+            super::audit(
+                store,
+                "approve",
+                &format!("appliance:{}", a.id),
+                &format!("customer {customer}"),
+            );
             let next = if a.pending_key.is_some() {
                 "; it is waiting and enrolls by itself at its next retry"
             } else {
@@ -211,6 +227,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Replace { old, with } => {
             let o = find(store, old)?;
             let n = store.replace_appliance(o.id, with)?;
+            super::audit(
+                store,
+                "replace",
+                &format!("appliance:{}", o.id),
+                &format!("by {with} (appliance {})", n.id),
+            );
             println!(
                 "appliance {} (id {}) replaces {} (id {}) for customer {}; {}'s credential is revoked",
                 n.mac,
@@ -225,6 +247,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Retire { appliance, reason } => {
             let a = find(store, appliance)?;
             let a = store.retire_appliance(a.id, &reason)?;
+            super::audit(store, "retire", &format!("appliance:{}", a.id), &reason);
             println!(
                 "appliance {} (id {}) retired: credential revoked, no longer served",
                 a.mac, a.id
@@ -234,6 +257,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Reenroll { appliance, cancel } => {
             let a = find(store, appliance)?;
             let a = store.set_reenroll(a.id, !cancel)?;
+            super::audit(
+                store,
+                "reenroll",
+                &format!("appliance:{}", a.id),
+                if cancel { "withdrawn" } else { "armed" },
+            );
             if cancel {
                 println!("appliance {} (id {}): re-enrollment withdrawn", a.mac, a.id);
             } else {
@@ -248,6 +277,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Reinstall { appliance, cancel } => {
             let a = find(store, appliance)?;
             let a = store.set_reinstall(a.id, !cancel)?;
+            super::audit(
+                store,
+                "reinstall",
+                &format!("appliance:{}", a.id),
+                if cancel { "withdrawn" } else { "requested" },
+            );
             if cancel {
                 println!(
                     "appliance {} (id {}): reinstall request withdrawn",
@@ -270,6 +305,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Set { mac, profile, .. } => {
             check_profile(store, profile.as_deref())?;
             store.set_appliance_profile(mac, profile.as_deref())?;
+            super::audit(
+                store,
+                "set-profile",
+                &format!("appliance:{mac}"),
+                profile.as_deref().unwrap_or("default"),
+            );
             println!(
                 "{mac} boots profile {}",
                 profile.as_deref().unwrap_or("default")
@@ -442,6 +483,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         }
         ApplianceCommand::Remove { mac } => {
             store.remove_appliance(mac)?;
+            super::audit(store, "remove", &format!("appliance:{mac}"), "");
             println!("appliance {mac} removed");
             Ok(())
         }

@@ -174,6 +174,16 @@ fn apply(ctx: &super::Ctx, file: &std::path::Path, dry_run: bool) -> anyhow::Res
     }
     if !dry_run {
         store.put_customer(&key.seal_config(&customer.config))?;
+        super::audit(
+            store.as_ref(),
+            "customer-apply",
+            &format!("customer:{name}"),
+            &if old.is_none() {
+                "created".to_string()
+            } else {
+                changes.join("; ")
+            },
+        );
     }
     Ok(())
 }

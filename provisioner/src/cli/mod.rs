@@ -111,6 +111,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Who runs the CLI, for the audit log: `cli:` and the login name (the
+/// one sudo was called from, when it was).
+fn cli_operator() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Records a change made from the CLI in the audit log (as the panel does
+/// its own). The change is made already: a failure to record it is only
+/// warned about.
+pub(crate) fn audit(store: &dyn Store, action: &str, target: &str, detail: &str) {
+    if let Err(e) = store.add_audit(&cli_operator(), action, target, detail) {
+        tracing::warn!(error = %e, action, target, "could not record the change in the audit log");
+    }
+}
+
 /// Where the state is: the global options every subcommand shares.
 pub struct Ctx {
     pub data_dir: PathBuf,

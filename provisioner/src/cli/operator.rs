@@ -56,6 +56,12 @@ pub fn run(ctx: &super::Ctx, cmd: OperatorCommand) -> anyhow::Result<()> {
             let otp = password::one_time();
             let hash = password::hash(&otp).map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
             store.add_operator(&name, &hash, read_only)?;
+            super::audit(
+                store.as_ref(),
+                "operator-add",
+                &format!("operator:{name}"),
+                if read_only { "read-only" } else { "full" },
+            );
             println!(
                 "operator {name} added{}",
                 if read_only { " (read-only)" } else { "" }
@@ -92,6 +98,12 @@ pub fn run(ctx: &super::Ctx, cmd: OperatorCommand) -> anyhow::Result<()> {
             if !store.remove_operator(&name)? {
                 anyhow::bail!("no operator `{name}`: `levee operator list` shows them");
             }
+            super::audit(
+                store.as_ref(),
+                "operator-remove",
+                &format!("operator:{name}"),
+                "",
+            );
             println!("operator {name} removed");
             Ok(())
         }
@@ -102,6 +114,12 @@ pub fn run(ctx: &super::Ctx, cmd: OperatorCommand) -> anyhow::Result<()> {
             let otp = password::one_time();
             let hash = password::hash(&otp).map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
             store.set_operator_password(&name, &hash, true)?;
+            super::audit(
+                store.as_ref(),
+                "operator-reset",
+                &format!("operator:{name}"),
+                "",
+            );
             println!("operator {name}: new one-time password: {otp}");
             Ok(())
         }

@@ -173,10 +173,19 @@ try {
   const ro = await browser.newContext({ ignoreHTTPSErrors: true });
   const rp = await ro.newPage();
   await rp.goto(url + "/");
-  await rp.getByLabel("Operator").fill("viewer");
-  await rp.getByLabel("Password").fill(env("VIEWER_PASSWORD"));
-  await rp.getByRole("button", { name: "Log in" }).click();
+  await rp.getByLabel("Operator").waitFor();
+  // With the keyboard alone: Tab from the top of the page to the name,
+  // type, Tab to the password, Enter.
+  for (let i = 0; i < 6 && (await rp.evaluate(() => document.activeElement.id)) !== "login-name"; i++) {
+    await rp.keyboard.press("Tab");
+  }
+  assert(await rp.evaluate(() => document.activeElement.id) === "login-name", "the name field is reachable by Tab");
+  await rp.keyboard.type("viewer");
+  await rp.keyboard.press("Tab");
+  await rp.keyboard.type(env("VIEWER_PASSWORD"));
+  await rp.keyboard.press("Enter");
   await rp.locator("#fleet-table").waitFor();
+  step("read-only operator logged in with the keyboard alone");
   await rp.goto(`${url}/#/appliance/${liveId}`);
   await rp.locator("#facts").waitFor();
   assert(await rp.getByRole("button", { name: "Retire" }).isDisabled(), "retire disabled for read-only");
