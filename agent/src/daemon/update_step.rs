@@ -70,6 +70,8 @@ pub(super) struct Updates {
     repo_ok: bool,
     /// The release (and version) the running worker tries.
     attempt: Option<(u64, String)>,
+    /// Rollback reports the server accepted during this pass.
+    acked_rollbacks: Vec<u64>,
 }
 
 impl Updates {
@@ -148,6 +150,7 @@ impl Updates {
             failed: None,
             repo_ok: false,
             attempt: None,
+            acked_rollbacks: Vec::new(),
         }
     }
 
@@ -174,7 +177,12 @@ impl Updates {
             return;
         };
         match client.post_update(&r) {
-            Ok(()) => self.state.unsent = None,
+            Ok(()) => {
+                self.state.unsent = None;
+                if r.state == Wire::RolledBack {
+                    self.acked_rollbacks.push(r.release);
+                }
+            }
             Err(e) => tracing::warn!(
                 "{}: cannot report update {} `{}` yet: {e}",
                 self.who,
@@ -196,6 +204,15 @@ impl Updates {
             if self.work.is_none() {
                 self.advance(t);
             }
+        }
+        // The server blocks a release whose rollback it accepted; from the
+        // next heartbeat on its offers decide (this pass's offer predates
+        // the report, so the release stayed refused until now).
+        if !self.acked_rollbacks.is_empty() {
+            for r in std::mem::take(&mut self.acked_rollbacks) {
+                self.state.server_knows_rollback(r);
+            }
+            self.save();
         }
     }
 

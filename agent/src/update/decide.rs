@@ -44,8 +44,10 @@ pub struct UpdateState {
     pub slot_a: Option<SlotRelease>,
     #[serde(default)]
     pub slot_b: Option<SlotRelease>,
-    /// Releases that rolled back here: never tried again by this appliance
-    /// (the server blocks them too, until ops unblock).
+    /// Releases that rolled back here and the server does not know of
+    /// yet: refused whatever it offers. Once it accepted the report it
+    /// blocks the release for this appliance until ops `unblock` it, and
+    /// its offers decide ([`UpdateState::server_knows_rollback`]).
     #[serde(default)]
     pub rolled_back: Vec<u64>,
     /// A report not yet accepted by the server (sent again until it is).
@@ -67,6 +69,15 @@ impl UpdateState {
             _ => None,
         }
     }
+    /// The server accepted the rollback report of `release`: it blocks the
+    /// release for this appliance from now on, until `levee release
+    /// unblock` (which must then work: the appliance tries it again).
+    /// Call only after the offer in hand was acted on, since an offer
+    /// made before the server had the report would still name it.
+    pub fn server_knows_rollback(&mut self, release: u64) {
+        self.rolled_back.retain(|r| *r != release);
+    }
+
     pub fn set_slot(&mut self, slot: &str, r: Option<SlotRelease>) {
         match slot {
             "a" => self.slot_a = r,
@@ -335,6 +346,11 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(step(&blocked, &now), Step::Idle(ref m) if m.contains("rolled back")));
+        // Once the server has the report, its offers decide (after an
+        // `unblock` it offers the release again).
+        let mut known = blocked.clone();
+        known.server_knows_rollback(2);
+        assert!(matches!(step(&known, &now), Step::Fetch { release: 2, .. }));
         // Written: reboot only inside the window and when no job runs.
         let written = with(Some(pending(Phase::Written)));
         assert_eq!(step(&written, &now), Step::Reboot);
