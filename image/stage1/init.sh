@@ -32,6 +32,12 @@ ROOT=$(arg levee.root)
 SUM=$(arg levee.sha256 | tr 'A-F' 'a-f')
 [ -n "$ROOT" ] || fail "no levee.root= on the kernel command line"
 
+# QEMU's i6300esb (PCI 8086:25ab) with a 60 s heartbeat, which covers the
+# hand-over to systemd under emulation (its default is 30 s).
+if grep -qs 'v00008086d000025AB' /sys/bus/pci/devices/*/modalias; then
+    modprobe -q i6300esb heartbeat=60 2>/dev/null
+fi
+
 # Drivers of the devices present only (modules.alias), in two passes since
 # virtio devices appear once virtio_pci is in: every module load costs ~0.1 s
 # under emulation. load_all is the fallback when no wanted device shows up.
@@ -124,6 +130,20 @@ PARTLABEL=*)
     ;;
 *)
     fail "levee.root=$ROOT is neither http://... nor PARTLABEL=..."
+    ;;
+esac
+
+# The hardware watchdog, on disk boots: armed here, once the root checked
+# out, and kept from now on by systemd (RuntimeWatchdogSec). A slot that
+# hangs after this point, before or after systemd takes over, is reset,
+# and GRUB's spent try sends the next boot to the other slot. Opened and
+# closed without the magic 'V', the watchdog keeps running. A network
+# boot leaves it to systemd: a reset there would only boot the network.
+case "$ROOT" in
+PARTLABEL=*)
+    if [ -c /dev/watchdog ]; then
+        echo > /dev/watchdog && say "hardware watchdog armed ($(cat /sys/class/watchdog/watchdog0/identity 2>/dev/null), $(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null) s)"
+    fi
     ;;
 esac
 

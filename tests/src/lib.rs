@@ -17,6 +17,7 @@ pub mod guard;
 pub mod http;
 pub mod image;
 pub mod net;
+pub mod release;
 pub mod server;
 pub mod vm;
 

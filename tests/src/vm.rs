@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -42,6 +42,9 @@ pub struct VmBuilder {
     /// The NIC before the disks in the boot order (a disk holding someone
     /// else's MBR must not be booted: SeaBIOS would run its boot code).
     pub nic_first: bool,
+    /// An Intel 6300ESB watchdog (QEMU resets the machine when it fires),
+    /// which stage 1 arms on a disk boot.
+    pub watchdog: bool,
 }
 
 /// A kernel booted by QEMU itself.
@@ -62,6 +65,7 @@ impl VmBuilder {
             user_net: None,
             direct: None,
             nic_first: false,
+            watchdog: false,
         }
     }
 
@@ -79,6 +83,7 @@ impl VmBuilder {
         if !self.allow_reboot {
             cmd.arg("-no-reboot");
         }
+        let mut tap_name = None;
         match &self.user_net {
             Some(opts) if opts.is_empty() => cmd.args(["-netdev", "user,id=n0"]),
             Some(opts) => cmd.args(["-netdev", &format!("user,id=n0,{opts}")]),
@@ -87,9 +92,14 @@ impl VmBuilder {
                 cmd.args([
                     "-netdev",
                     &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-                ])
+                ]);
+                tap_name = Some(tap);
+                &mut cmd
             }
         };
+        if self.watchdog {
+            cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"]);
+        }
         if let Some(d) = &self.direct {
             cmd.arg("-kernel")
                 .arg(&d.kernel)
@@ -118,9 +128,16 @@ impl VmBuilder {
             }
         }
         for (i, disk) in self.disks.iter().enumerate() {
+            // A `.qcow2` disk is an overlay (a scenario on top of a shared
+            // installed disk); anything else is raw.
+            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
             cmd.args([
                 "-drive",
-                &format!("file={},format=raw,if=none,id=d{i}", disk.display()),
+                &format!("file={},format={format},if=none,id=d{i}", disk.display()),
                 "-device",
                 &format!(
                     "virtio-blk-pci,drive=d{i},bootindex={}",
@@ -149,6 +166,7 @@ impl VmBuilder {
             serial,
             pid,
             started,
+            tap: tap_name,
         })
     }
 }
@@ -177,9 +195,24 @@ pub struct Vm {
     pub pid: u32,
     /// Just before QEMU was spawned: the zero of boot-time measurements.
     pub started: Instant,
+    /// The tap device on the test's bridge (none on user-mode networking):
+    /// a test can pull the cable with `ip link set TAP down`.
+    pub tap: Option<String>,
 }
 
 impl Vm {
+    /// Pulls the plug: SIGKILL to QEMU (no shutdown, no flush of the
+    /// guest's caches), then waits until it is gone.
+    pub fn power_cut(&self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on the QEMU this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        crate::wait_until(
+            Duration::from_secs(30),
+            "QEMU to stop after SIGKILL",
+            || Ok(self.exited().then_some(())),
+        )
+    }
+
     pub fn console(&self) -> String {
         // Lossy: firmware and GRUB write escape sequences and odd bytes.
         std::fs::read(&self.serial)

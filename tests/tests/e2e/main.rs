@@ -3,3 +3,4 @@
 
 mod install;
 mod pxe_boot;
+mod update;
