@@ -60,7 +60,7 @@ pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
 pub use self::events::{Event, EventStore};
 pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
-pub use self::operators::{AuditEntry, Operator, OperatorStore, AUDIT_KEPT};
+pub use self::operators::{AuditEntry, ChangeStamp, Operator, OperatorStore, AUDIT_KEPT};
 pub use self::postgres::PgStore;
 pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};

@@ -60,7 +60,19 @@ pub trait OperatorStore {
     /// A value that changes whenever a heartbeat, run report, history
     /// event or audit entry arrives, or an appliance is added or removed:
     /// the panel's live updates poll it (cheap: a few aggregates).
-    fn change_stamp(&self) -> Result<String>;
+    fn change_stamp(&self) -> Result<ChangeStamp>;
+}
+
+/// See [`OperatorStore::change_stamp`]: each part moves when its table
+/// does, so a reader can tell run reports from heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeStamp {
+    pub appliances: i64,
+    /// The sum of every appliance's last heartbeat time.
+    pub heartbeats: i64,
+    pub last_event: i64,
+    pub last_run: i64,
+    pub last_audit: i64,
 }
 
 /// Audit entries kept (the oldest beyond are dropped now and then).

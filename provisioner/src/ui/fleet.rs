@@ -6,7 +6,11 @@
 //! The rows are computed once per change of the fleet (the store's
 //! [`change_stamp`](crate::store::OperatorStore::change_stamp)) and per
 //! few seconds (online turns offline with time alone), then served from
-//! memory: a page is a filter and a sort of that list.
+//! memory: a page is a filter and a sort of that list. While the panel is
+//! in use, [`super::live`] recomputes them in the background as the fleet
+//! changes, so requests do not wait on that. What the run
+//! reports say (aggregates over every stored run, the expensive part) is
+//! read again only when reports arrived.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{authed, may_view};
 use super::{blocking, ApiResult, UiState};
 use crate::cli::backups::Fleet;
-use crate::store::{now, short_key, Appliance, ApplianceState, Store};
+use crate::store::{now, short_key, Appliance, ApplianceState, ChangeStamp, Store};
 
 /// Heartbeat interval assumed for machines without a customer (as the CLI).
 const DEFAULT_HEARTBEAT_SECS: u64 = 300;
@@ -54,18 +58,67 @@ pub struct Row {
     pub key_conflict: Option<String>,
 }
 
-/// The rows as computed, with the change stamp and the time they were
-/// computed at.
-type Computed = (String, u64, Arc<Vec<Row>>);
+/// What the run reports say about every appliance: the expensive part
+/// (aggregates over every stored run), read again only when reports
+/// arrived, and then at most every [`RUNS_REUSE_SECS`].
+struct RunFacts {
+    last_run: i64,
+    at: u64,
+    fleet: Fleet,
+    /// Result of each appliance's newest backup run.
+    latest: HashMap<i64, String>,
+}
+
+/// Seconds the run facts are reused while reports keep arriving: under a
+/// steady stream of reports the fleet page's backup columns lag by at most
+/// this, and the page stays fast.
+const RUNS_REUSE_SECS: u64 = 10;
+
+/// The rows as computed, the change stamp they are of, and when.
+type Computed = (ChangeStamp, u64, Arc<Vec<Row>>);
 
 #[derive(Default)]
 pub struct FleetCache {
+    runs: Mutex<Option<Arc<RunFacts>>>,
     rows: Mutex<Option<Computed>>,
+    /// When the rows were last asked for (Unix seconds).
+    asked: std::sync::atomic::AtomicU64,
 }
 
+/// Rows this old are still served at once while the refresher (see
+/// [`super::live`]) recomputes them in the background; older ones (the
+/// panel was idle) are recomputed before answering.
+const SERVE_STALE_SECS: u64 = 30;
+/// The refresher keeps the rows fresh while they were asked for within
+/// this.
+const WANTED_SECS: u64 = 60;
+
 impl FleetCache {
-    /// The fleet's rows, recomputed when the store changed or they aged.
+    /// The fleet's rows for a request: the last computed ones when they are
+    /// recent (the refresher recomputes them within a second of a change,
+    /// so a request never waits on a recomputation then), else computed
+    /// now.
     pub fn rows(&self, store: &dyn Store) -> ApiResult<Arc<Vec<Row>>> {
+        let t = now();
+        self.asked.store(t, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, at, rows)) = &*self.rows.lock().unwrap_or_else(|p| p.into_inner()) {
+            if t.saturating_sub(*at) < SERVE_STALE_SECS {
+                return Ok(rows.clone());
+            }
+        }
+        self.refresh(store)
+    }
+
+    /// Whether someone asked for the rows lately (the refresher works only
+    /// then).
+    pub fn wanted(&self) -> bool {
+        now().saturating_sub(self.asked.load(std::sync::atomic::Ordering::Relaxed)) < WANTED_SECS
+    }
+
+    /// Recomputes the rows when the store changed or they aged: the
+    /// appliances' own columns at every change (a heartbeat), the backup
+    /// columns when run reports arrived (see [`RUNS_REUSE_SECS`]).
+    pub fn refresh(&self, store: &dyn Store) -> ApiResult<Arc<Vec<Row>>> {
         let stamp = store.change_stamp()?;
         let t = now();
         if let Some((s, at, rows)) = &*self.rows.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -73,9 +126,35 @@ impl FleetCache {
                 return Ok(rows.clone());
             }
         }
-        let rows = Arc::new(compute(store, t)?);
+        let runs = self.run_facts(store, &stamp, t)?;
+        let rows = Arc::new(compute(store, &runs, t)?);
         *self.rows.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, t, rows.clone()));
         Ok(rows)
+    }
+
+    fn run_facts(
+        &self,
+        store: &dyn Store,
+        stamp: &ChangeStamp,
+        t: u64,
+    ) -> ApiResult<Arc<RunFacts>> {
+        if let Some(f) = &*self.runs.lock().unwrap_or_else(|p| p.into_inner()) {
+            if f.last_run == stamp.last_run || t.saturating_sub(f.at) < RUNS_REUSE_SECS {
+                return Ok(f.clone());
+            }
+        }
+        let facts = Arc::new(RunFacts {
+            last_run: stamp.last_run,
+            at: t,
+            fleet: Fleet::load(store, None).map_err(internal)?,
+            latest: store
+                .latest_runs(RunKind::Backup)?
+                .into_iter()
+                .map(|(id, r)| (id, r.report.result.as_str().to_string()))
+                .collect(),
+        });
+        *self.runs.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts.clone());
+        Ok(facts)
     }
 }
 
@@ -100,15 +179,13 @@ pub fn online(a: &Appliance, intervals: &HashMap<String, u64>, t: u64) -> bool {
     a.state != ApplianceState::Retired && a.online(secs, t)
 }
 
-fn compute(store: &dyn Store, t: u64) -> ApiResult<Vec<Row>> {
+fn compute(store: &dyn Store, runs: &RunFacts, t: u64) -> ApiResult<Vec<Row>> {
     let intervals = heartbeat_intervals(store)?;
-    let fleet = Fleet::load(store, None).map_err(internal)?;
-    let latest = store.latest_runs(RunKind::Backup)?;
     Ok(store
         .appliances()?
         .iter()
         .map(|a| {
-            let h = fleet.health(a);
+            let h = runs.fleet.health(a);
             Row {
                 id: a.id,
                 mac: a.mac.to_string(),
@@ -121,9 +198,7 @@ fn compute(store: &dyn Store, t: u64) -> ApiResult<Vec<Row>> {
                 last_heartbeat: a.last_heartbeat,
                 last_backup_at: h.last_backup_at,
                 last_success_at: h.last_success_at,
-                last_result: latest
-                    .get(&a.id)
-                    .map(|r| r.report.result.as_str().to_string()),
+                last_result: runs.latest.get(&a.id).cloned(),
                 scheduled: h.scheduled,
                 overdue: h.overdue,
                 failing: h.failing.map(|f| f.count).unwrap_or(0),

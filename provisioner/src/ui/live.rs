@@ -4,7 +4,8 @@
 //! appliance pages then fetch what they show again.
 //!
 //! Changes are found by polling the store's change stamp once a second,
-//! only while someone listens: a heartbeat may have reached another
+//! only while someone listens or lately asked for the fleet (then the
+//! fleet's rows are recomputed here, off the requests' path): a heartbeat may have reached another
 //! server on the same PostgreSQL database, so watching this process's own
 //! requests would miss it.
 
@@ -21,38 +22,51 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::auth::{authed, may_view};
+use super::fleet::FleetCache;
 use super::{ApiResult, UiState};
-use crate::store::Store;
+use crate::store::{ChangeStamp, Store};
 
 /// How often the store is asked whether anything changed.
 const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Live {
-    tx: broadcast::Sender<String>,
+    tx: broadcast::Sender<ChangeStamp>,
     /// Streams end when the server stops (or its drain would wait on them).
     stop: CancellationToken,
 }
 
 impl Live {
-    /// Starts the poller; it ends with `stop`.
-    pub fn start(store: Arc<dyn Store>, stop: CancellationToken) -> Live {
+    /// Starts the poller; it ends with `stop`. While the fleet page is in
+    /// use it also recomputes the fleet's rows when the fleet changed,
+    /// before telling the pages, so their next request finds them fresh.
+    pub fn start(store: Arc<dyn Store>, fleet: Arc<FleetCache>, stop: CancellationToken) -> Live {
         let (tx, _) = broadcast::channel(16);
         let sender = tx.clone();
         let stopped = stop.clone();
         tokio::spawn(async move {
-            let mut last = String::new();
+            let mut last: Option<ChangeStamp> = None;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(POLL) => {}
                 }
-                if sender.receiver_count() == 0 {
-                    last.clear();
+                let listening = sender.receiver_count() > 0;
+                if !listening && !fleet.wanted() {
+                    last = None;
                     continue;
                 }
-                let s = store.clone();
-                let stamp = match tokio::task::spawn_blocking(move || s.change_stamp()).await {
+                let (s, f) = (store.clone(), fleet.clone());
+                let polled = tokio::task::spawn_blocking(move || {
+                    let stamp = s.change_stamp()?;
+                    if f.wanted() {
+                        f.refresh(s.as_ref())
+                            .map_err(|e| crate::store::StoreError::Invalid(e.body.to_string()))?;
+                    }
+                    Ok::<_, crate::store::StoreError>(stamp)
+                })
+                .await;
+                let stamp = match polled {
                     Ok(Ok(stamp)) => stamp,
                     Ok(Err(e)) => {
                         debug!(error = %e, "panel: change stamp unavailable");
@@ -60,12 +74,10 @@ impl Live {
                     }
                     Err(_) => continue,
                 };
-                if stamp != last {
-                    if !last.is_empty() {
-                        let _ = sender.send(stamp.clone());
-                    }
-                    last = stamp;
+                if listening && last.is_some_and(|l| l != stamp) {
+                    let _ = sender.send(stamp);
                 }
+                last = Some(stamp);
             }
         });
         Live { tx, stop: stopped }
@@ -101,10 +113,9 @@ pub async fn events(
                 match got {
                     Ok(stamp) => {
                         sessions.get(&token)?;
-                        return Some((
-                            Ok(Event::default().event("change").data(stamp)),
-                            (rx, None),
-                        ));
+                        // What moved, for a page that only cares about some.
+                        let data = serde_json::to_string(&stamp).unwrap_or_default();
+                        return Some((Ok(Event::default().event("change").data(data)), (rx, None)));
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return None,

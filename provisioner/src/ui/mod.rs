@@ -79,8 +79,10 @@ pub struct UiState {
 
 impl UiState {
     pub fn new(store: Arc<dyn Store>, key: Arc<ServerKey>, stop: &CancellationToken) -> UiState {
+        let fleet: Arc<fleet::FleetCache> = Default::default();
         UiState {
-            live: live::Live::start(store.clone(), stop.clone()),
+            live: live::Live::start(store.clone(), fleet.clone(), stop.clone()),
+            fleet,
             store,
             key,
             sessions: Default::default(),
@@ -105,7 +107,6 @@ impl UiState {
                     per_sec: 1e9,
                 },
             )),
-            fleet: Default::default(),
         }
     }
 }

@@ -4,7 +4,7 @@ use tokio_postgres::Row;
 
 use super::{execute, query, query_one, query_opt, PgStore};
 use crate::store::operators::{operator_exists, AUDIT_KEPT};
-use crate::store::{now, AuditEntry, Operator, OperatorStore, Result, StoreError};
+use crate::store::{now, AuditEntry, ChangeStamp, Operator, OperatorStore, Result, StoreError};
 
 const OPERATOR_COLUMNS: &str = "name, password_hash, read_only, must_change, created_at";
 
@@ -148,7 +148,7 @@ impl OperatorStore for PgStore {
         })
     }
 
-    fn change_stamp(&self) -> Result<String> {
+    fn change_stamp(&self) -> Result<ChangeStamp> {
         self.block(async {
             let c = self.conn().await?;
             let r = query_one(
@@ -161,11 +161,13 @@ impl OperatorStore for PgStore {
                 &[],
             )
             .await?;
-            let mut parts = Vec::with_capacity(5);
-            for i in 0..5 {
-                parts.push(r.try_get::<_, i64>(i)?);
-            }
-            Ok(format!("{parts:?}"))
+            Ok(ChangeStamp {
+                appliances: r.try_get(0)?,
+                heartbeats: r.try_get(1)?,
+                last_event: r.try_get(2)?,
+                last_run: r.try_get(3)?,
+                last_audit: r.try_get(4)?,
+            })
         })
     }
 }

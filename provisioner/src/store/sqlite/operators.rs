@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::{Cached, SqliteStore};
 use crate::store::operators::{operator_exists, AUDIT_KEPT};
-use crate::store::{now, AuditEntry, Operator, OperatorStore, Result};
+use crate::store::{now, AuditEntry, ChangeStamp, Operator, OperatorStore, Result};
 
 const OPERATOR_COLUMNS: &str = "name, password_hash, read_only, must_change, created_at";
 
@@ -115,17 +115,24 @@ impl OperatorStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn change_stamp(&self) -> Result<String> {
+    fn change_stamp(&self) -> Result<ChangeStamp> {
         let conn = self.lock();
-        let stamp: (i64, i64, i64, i64, i64) = conn.query_row_cached(
+        Ok(conn.query_row_cached(
             "SELECT (SELECT COUNT(*) FROM appliances),
                     (SELECT COALESCE(SUM(last_heartbeat), 0) FROM appliances),
                     (SELECT COALESCE(MAX(id), 0) FROM events),
                     (SELECT COALESCE(MAX(id), 0) FROM runs),
                     (SELECT COALESCE(MAX(id), 0) FROM audit)",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )?;
-        Ok(format!("{stamp:?}"))
+            |r| {
+                Ok(ChangeStamp {
+                    appliances: r.get(0)?,
+                    heartbeats: r.get(1)?,
+                    last_event: r.get(2)?,
+                    last_run: r.get(3)?,
+                    last_audit: r.get(4)?,
+                })
+            },
+        )?)
     }
 }
