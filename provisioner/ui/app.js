@@ -254,6 +254,9 @@ async function appliancePage(id) {
         h("section", { class: "card", "aria-labelledby": "h-backups" }, h("h2", { id: "h-backups" }, "Backups"), backup),
         h("section", { class: "card", "aria-labelledby": "h-actions" }, h("h2", { id: "h-actions" }, "Actions"),
           me.read_only ? h("p", { class: "muted" }, "You are a read-only operator.") : null, actions)),
+      a.last_report ? h("details", { id: "last-report" }, h("summary", {}, `Last report (${when(a.last_report_at)})`),
+        h("dl", { class: "facts" }, Object.entries(a.last_report).flatMap(([k, v]) =>
+          [h("dt", {}, k), h("dd", { class: "mono" }, typeof v === "object" ? JSON.stringify(v) : String(v))]))) : null,
       h("h2", {}, "Runs"),
       table("Newest first", [
         { label: "Ended", cell: (r) => timeCell(r.ended_at) }, { label: "Kind", cell: (r) => r.kind },

@@ -80,6 +80,16 @@ pub struct UiState {
 impl UiState {
     pub fn new(store: Arc<dyn Store>, key: Arc<ServerKey>, stop: &CancellationToken) -> UiState {
         let fleet: Arc<fleet::FleetCache> = Default::default();
+        // The first page after start should not wait on the run reports'
+        // aggregates (seconds with a million of them): compute them now.
+        {
+            let (fleet, store) = (fleet.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = fleet.refresh(store.as_ref()) {
+                    tracing::debug!(error = %e.body, "panel: fleet not precomputed");
+                }
+            });
+        }
         UiState {
             live: live::Live::start(store.clone(), fleet.clone(), stop.clone()),
             fleet,
