@@ -303,7 +303,11 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             let port = listener.local_addr()?.port();
             let host = &hosts[0];
             let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-            println!("panel: https://{host}:{port}/  (operators: levee operator add NAME; the one-time password it prints logs in once)");
+            let url = match port {
+                443 => format!("https://{host}/"),
+                port => format!("https://{host}:{port}/"),
+            };
+            println!("panel: {url}  (operators: levee operator add NAME; the one-time password it prints logs in once)");
             services.push(("ui", crate::ui::service(listener, options.clone())));
         }
         let shutdown = CancellationToken::new();
