@@ -10,6 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use levee_provisioner::serve::{self, Listeners, ServeConfig};
+use levee_provisioner::store::testing::PgServer;
 use levee_provisioner::store::{Registration, Store};
 use levee_provisioner::ui::{self, password, UiOptions, UiTls};
 use reqwest::blocking::{Client, Response};
@@ -19,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 struct Panel {
     _dir: tempfile::TempDir,
     data: std::path::PathBuf,
+    cli: common::Cli,
     store: Arc<dyn Store>,
     url: String,
     client: Client,
     stop: CancellationToken,
     _rt: tokio::runtime::Runtime,
+    _pg: Option<PgServer>,
 }
 
 impl Drop for Panel {
@@ -33,8 +36,20 @@ impl Drop for Panel {
 }
 
 fn start() -> Panel {
+    start_on(None)
+}
+
+/// The panel on SQLite, or on a PostgreSQL server of its own.
+fn start_on(pg: Option<PgServer>) -> Panel {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(dir.path(), "x");
+    let data = dir.path().join("data");
+    let database = pg.as_ref().map(|pg| pg.create_db("panel"));
+    let store = common::open_store(&data, database.as_deref());
+    common::add_default_profile(dir.path(), &data, store.as_ref(), "x");
+    let cli = common::Cli {
+        data: data.clone(),
+        database,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,13 +98,21 @@ fn start() -> Panel {
         ));
         url
     });
-    // The panel's certificate is the Levee CA's: trust that and nothing else.
+    // The panel's certificate is the Levee CA's: trust that and nothing
+    // else. SQLite: DATA_DIR/ca/; PostgreSQL: the fleet CA in the database.
     let ca_path = data.join("ca").join("ca.crt");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !ca_path.exists() && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ca_pem = loop {
+        if let Ok(pem) = std::fs::read(&ca_path) {
+            break pem;
+        }
+        if let Some(stored) = store.server_ca().expect("fleet CA") {
+            break stored.cert_pem.into_bytes();
+        }
+        assert!(std::time::Instant::now() < deadline, "no CA after 20 s");
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).expect("ca")).expect("pem");
+    };
+    let ca = reqwest::Certificate::from_pem(&ca_pem).expect("pem");
     let client = Client::builder()
         .add_root_certificate(ca)
         .tls_built_in_root_certs(false)
@@ -98,11 +121,13 @@ fn start() -> Panel {
     let p = Panel {
         _dir: dir,
         data,
+        cli,
         store,
         url,
         client,
         stop,
         _rt: rt,
+        _pg: pg,
     };
     // Up when the pages answer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -228,9 +253,17 @@ fn customer(p: &Panel) {
 
 #[test]
 fn one_time_password_first_then_csrf_origin_and_logout_are_enforced() {
-    let p = start();
+    sessions_csrf_and_audit(start());
+}
+
+#[test]
+fn one_time_password_first_then_csrf_origin_and_logout_are_enforced_on_postgres() {
+    sessions_csrf_and_audit(start_on(Some(PgServer::start())));
+}
+
+fn sessions_csrf_and_audit(p: Panel) {
     // `levee operator add` as an operator runs it: a one-time password.
-    let out = common::levee(&p.data, &["operator", "add", "ann"]);
+    let out = p.cli.ok(&["operator", "add", "ann"]).expect("operator add");
     let otp = out
         .lines()
         .find_map(|l| l.strip_prefix("one-time password: "))
@@ -313,9 +346,12 @@ fn one_time_password_first_then_csrf_origin_and_logout_are_enforced() {
     let (_, audit) = p.get(&s, &format!("audit?target=appliance:{id}"));
     assert_eq!(audit["audit"][0]["operator"], "ann", "{audit}");
     assert_eq!(audit["audit"][0]["action"], "retire", "{audit}");
-    let show = common::levee(&p.data, &["appliance", "show", &id.to_string()]);
+    let show = p
+        .cli
+        .ok(&["appliance", "show", &id.to_string()])
+        .expect("show");
     assert!(show.contains("ann: retire stolen"), "{show}");
-    let log = common::levee(&p.data, &["operator", "log"]);
+    let log = p.cli.ok(&["operator", "log"]).expect("log");
     assert!(log.contains("retire") && log.contains("login"), "{log}");
     // What the CLI changed is audited too, under the login that ran it.
     assert!(
@@ -341,7 +377,7 @@ fn one_time_password_first_then_csrf_origin_and_logout_are_enforced() {
     p.operator("cy", "cy's long password", false);
     let c = p.login("cy", "cy's long password");
     assert_eq!(p.get(&c, "fleet").0, 200);
-    common::levee(&p.data, &["operator", "remove", "cy"]);
+    p.cli.ok(&["operator", "remove", "cy"]).expect("remove");
     assert_eq!(p.get(&c, "fleet").0, 401);
 }
 
