@@ -25,7 +25,8 @@ const browser = await chromium.launch({
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 820 } });
   const page = await ctx.newPage();
-  page.setDefaultTimeout(15000);
+  // Generous: the full suite runs QEMU VMs on the same two cores.
+  page.setDefaultTimeout(30000);
   // The page's own errors fail the test with their message.
   const pageErrors = [];
   page.on("pageerror", (e) => { pageErrors.push(e.message); console.log("page error: " + e.message); });
@@ -54,7 +55,7 @@ try {
     for (const tr of document.querySelectorAll("#fleet-table tbody tr"))
       if (tr.textContent.includes(mac)) return tr.querySelector(".hb").textContent !== was;
     return false;
-  }, [liveMac, before], { timeout: 15000 });
+  }, [liveMac, before], { timeout: 30000 });
   const after = await row.locator(".hb").innerText();
   assert(await page.evaluate(() => window.leveeLoadedAt) === loadedAt, "the page was not reloaded");
   step(`fleet: heartbeat ${before} -> ${after} without reload`);
