@@ -31,6 +31,7 @@ pub mod enroll;
 pub mod http_client;
 pub mod install;
 pub mod logging;
+pub mod replicate;
 pub mod runs;
 pub mod schedule;
 pub mod update;

@@ -15,6 +15,7 @@ pub mod config;
 pub mod csr;
 pub mod enroll;
 pub mod image;
+pub mod offsite;
 pub mod release;
 pub mod repo;
 pub mod report;

@@ -165,6 +165,12 @@ pub struct RunReport {
     /// Size of the repository on disk after the run, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_bytes: Option<u64>,
+    /// Replication: how far the target is behind the local repository, in
+    /// seconds since the oldest local snapshot it does not hold yet (0: up
+    /// to date). A replication report names its target in `sources` and
+    /// counts uploaded files and bytes in `files_new` and `bytes_new`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_secs: Option<u64>,
 }
 
 /// Why a report was refused. Names the field and what is wrong.
@@ -236,6 +242,7 @@ impl RunReport {
             errors: Vec::new(),
             error_count: 0,
             repo_bytes: None,
+            lag_secs: None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`config`] reads and validates customer configuration files, and
 //!   [`secrets`] keeps their secrets encrypted at rest;
 //! - [`alerts`] judges the fleet periodically and posts alerts to webhooks;
+//! - [`offsite`] is the offsite store (`--store`): append-only copies of
+//!   the appliances' repositories;
 //! - [`health`] judges each appliance's backups from its run reports;
 //! - [`ui`] is the web panel (`levee serve --ui`) and its JSON API;
 //! - [`cli`] is the `levee` command line.
@@ -27,6 +29,7 @@ pub mod images;
 pub mod limit;
 pub mod listen;
 pub mod metrics;
+pub mod offsite;
 pub mod releases;
 pub mod secrets;
 pub mod serve;

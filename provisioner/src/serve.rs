@@ -53,6 +53,8 @@ pub struct ServeConfig {
     /// Whether unknown machines may enroll and wait for approval
     /// (`--no-pending-enrollment` turns it off).
     pub allow_pending: bool,
+    /// The offsite store (`--store`): where its files live, deletion grace.
+    pub offsite: crate::offsite::OffsiteOptions,
 }
 
 /// Sockets bound by the caller.
@@ -61,6 +63,8 @@ pub struct Listeners {
     /// The mutual-TLS API for enrolled appliances; without it nobody enrolls.
     pub https: Option<tokio::net::TcpListener>,
     pub tftp: Option<tokio::net::UdpSocket>,
+    /// The offsite store (mutual TLS with appliance certificates).
+    pub store: Option<tokio::net::TcpListener>,
 }
 
 /// What an added service (the web panel) gets from `levee serve`: the
@@ -167,6 +171,22 @@ pub async fn run_with(
             ("https", served)
         });
         https_url = Some(url);
+    }
+    if let Some(listener) = listeners.store {
+        let host = url_host(&config.public_url);
+        let dir = config
+            .offsite
+            .dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("offsite"));
+        let state = crate::offsite::state(store.clone(), dir);
+        let (ca, grace, stop) = (ca.clone(), config.offsite.deletion_grace, shutdown.clone());
+        tasks.spawn(async move {
+            let served = crate::offsite::serve(listener, &ca, &host, state, grace, limits, stop)
+                .await
+                .context("offsite store failed");
+            ("store", served)
+        });
     }
     let app = router(HttpState {
         boot: boot.clone(),

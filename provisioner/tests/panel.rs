@@ -77,6 +77,7 @@ fn start_on(pg: Option<PgServer>) -> Panel {
             alerts: Default::default(),
             limits: Default::default(),
             allow_pending: true,
+            offsite: Default::default(),
         };
         let options = UiOptions {
             tls: UiTls::Ca {
@@ -88,6 +89,7 @@ fn start_on(pg: Option<PgServer>) -> Panel {
             http,
             https: None,
             tftp: None,
+            store: None,
         };
         tokio::spawn(serve::run_with(
             store.clone(),

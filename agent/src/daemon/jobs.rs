@@ -69,6 +69,9 @@ impl Jobs {
 fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate: &JobGate) {
     let mut last_runs = load_last_runs(state_dir, who);
     let mut announced: Option<(String, i64)> = None;
+    // At start: a target that was down while the service was not running
+    // (or a run cut by a reboot) is caught up now.
+    let mut replicate_at: Option<i64> = Some(unix_now());
     loop {
         let config = shared.lock().ok().and_then(|c| c.clone());
         let Some(config) = config else {
@@ -77,6 +80,9 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
             continue;
         };
         let now = unix_now();
+        if replicate_at.is_some_and(|t| t <= now) && !config.offsite.is_empty() {
+            replicate_at = replicate(state_dir, &config, who, gate);
+        }
         // Appliances keep UTC (the image carries no time zone database).
         let due = match next_due(&config, &last_runs, now, 0) {
             Ok(Some(d)) => d,
@@ -131,6 +137,69 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         log_job(&due.schedule, &result, who);
         let reports = job_reports(&config, &due.schedule, now, state_dir, &result);
         report_runs(state_dir, &reports, who);
+        if !config.offsite.is_empty() {
+            replicate_at = replicate(state_dir, &config, who, gate);
+        }
+    }
+}
+
+/// Replicates to every offsite target and reports each target's run;
+/// returns when to try again (`None`: every target is up to date).
+fn replicate(state_dir: &Path, config: &CustomerConfig, who: &str, gate: &JobGate) -> Option<i64> {
+    let retry = Some(unix_now() + crate::replicate::RETRY.as_secs() as i64);
+    let key = match repo_key(state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("{who}: replication not run: {e}");
+            return retry;
+        }
+    };
+    if !state_dir.join(REPO_DIR).join("config").exists() {
+        // No backup yet: nothing to replicate.
+        return None;
+    }
+    gate.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+    if gate.hold.load(std::sync::atomic::Ordering::SeqCst) {
+        gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        return retry;
+    }
+    let opts = crate::replicate::ReplicateOptions::default();
+    let outcomes = crate::replicate::replicate_all(state_dir, config, &key, &opts);
+    gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(
+                "{who}: replication not run: {e}; retrying in {} s",
+                crate::replicate::RETRY.as_secs()
+            );
+            return retry;
+        }
+    };
+    let mut all_ok = true;
+    for o in &outcomes {
+        if o.ok() {
+            tracing::info!(
+                "{who}: offsite target {} up to date: {} file(s), {} bytes uploaded; {} deletion(s) requested",
+                o.target, o.files_uploaded, o.bytes_uploaded, o.deletions_requested
+            );
+        } else {
+            all_ok = false;
+            tracing::warn!(
+                "{who}: offsite target {} behind by {} s: {}; retrying in {} s",
+                o.target,
+                o.lag_secs,
+                o.errors.first().map(String::as_str).unwrap_or(""),
+                crate::replicate::RETRY.as_secs()
+            );
+        }
+    }
+    let reports: Vec<RunReport> = outcomes.iter().map(|o| o.report()).collect();
+    report_runs(state_dir, &reports, who);
+    if all_ok {
+        None
+    } else {
+        retry
     }
 }
 

@@ -60,6 +60,11 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
                 .filter(|a| a.customer.as_deref() == Some(name.as_str()) && a.revoked_at.is_none())
                 .collect();
             let shown = redacted(&c);
+            // This server's offsite store (DATA_DIR/offsite); a store on
+            // another machine counts its own.
+            let offsite_bytes = crate::offsite::Disk::new(ctx.data_dir().join("offsite"))
+                .usage(&name)
+                .unwrap_or(0);
             if json {
                 let macs: Vec<String> = appliances.iter().map(|a| a.mac.to_string()).collect();
                 return super::print_json(&serde_json::json!({
@@ -68,10 +73,11 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
                     "updated_at": shown.updated_at,
                     "appliances": macs,
                     "config": shown.config,
+                    "offsite_bytes": offsite_bytes,
                 }));
             }
             println!(
-                "# customer {} (created {}, updated {}; {} appliance(s))",
+                "# customer {} (created {}, updated {}; {} appliance(s); {offsite_bytes} bytes in this server's offsite store)",
                 c.name,
                 super::ago(Some(c.created_at)),
                 super::ago(Some(c.updated_at)),

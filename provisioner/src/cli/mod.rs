@@ -12,6 +12,7 @@ mod profile;
 mod release;
 mod rollout;
 mod serve;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +93,9 @@ pub enum Command {
     /// Operators of the web panel (`levee serve --ui`) and their audit log.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
+    /// The offsite store's files (deletion requests, abandoned uploads).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Release(cmd) => release::run(&ctx, cmd),
         Command::Alert(cmd) => alert::run(&ctx, cmd),
         Command::Operator(cmd) => operator::run(&ctx, cmd),
+        Command::Store(cmd) => store::run(&ctx, cmd),
     }
 }
 

@@ -32,6 +32,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     https: Option<SocketAddr>,
 
+    /// The offsite store listener (mutual TLS with appliance certificates):
+    /// appliances replicate their repositories here, append-only (see
+    /// docs/OFFSITE.md). Off when not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    store: Option<SocketAddr>,
+
+    /// Where the offsite store keeps its files (default DATA_DIR/offsite).
+    /// Several `levee serve --store` nodes may share one directory.
+    #[arg(long, value_name = "DIR", requires = "store")]
+    store_dir: Option<PathBuf>,
+
+    /// How long an appliance's request to delete offsite files waits
+    /// before the store carries it out (time to notice a compromised
+    /// appliance), e.g. 14d or 36h.
+    #[arg(long, default_value = "14d", value_parser = parse_interval)]
+    store_deletion_grace: Duration,
+
     /// TFTP listener (iPXE binaries, files in DATA_DIR/tftp/).
     #[arg(long, default_value = "0.0.0.0:69")]
     tftp: SocketAddr,
@@ -295,6 +312,14 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let store_listener = match args.store {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the offsite store on {addr}"))?,
+            ),
+            None => None,
+        };
         let mut services = Vec::new();
         if let Some((addr, options, hosts)) = &ui {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -331,10 +356,19 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             },
             limits,
             allow_pending: !args.no_pending_enrollment,
+            offsite: crate::offsite::OffsiteOptions {
+                dir: args.store_dir.clone(),
+                deletion_grace: args.store_deletion_grace,
+            },
         };
         serve::run_with(
             served_store,
-            Listeners { http, https, tftp },
+            Listeners {
+                http,
+                https,
+                tftp,
+                store: store_listener,
+            },
             config,
             shutdown,
             services,

@@ -188,8 +188,21 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_app(listener, tls, router(state), limits, shutdown, "https").await
+}
+
+/// [`serve`] for any router of mTLS handlers (the API, the offsite store):
+/// each request carries its [`Peer`]; `name` labels the listener in logs.
+pub async fn serve_app(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    name: &'static str,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let app = listen::stopping_app(router(state), &shutdown);
+    let app = listen::stopping_app(app, &shutdown);
     let handle = |tcp: tokio::net::TcpStream, addr: std::net::SocketAddr| {
         let acceptor = acceptor.clone();
         let app = app.clone();
@@ -216,10 +229,10 @@ pub async fn serve(
             };
             let peer = Peer::from_der(der);
             let app = app.layer(Extension(peer));
-            listen::serve_connection(stream, addr, app, limits, stop, "https").await
+            listen::serve_connection(stream, addr, app, limits, stop, name).await
         }
     };
-    listen::accept_loop(listener, limits, "https", None, shutdown.clone(), handle).await
+    listen::accept_loop(listener, limits, name, None, shutdown.clone(), handle).await
 }
 
 /// `GET /api/v1/time` (mutual TLS): the server's clock. The agent sets its
@@ -233,7 +246,7 @@ async fn time() -> Json<levee_proto::enroll::ServerTime> {
     })
 }
 
-pub(super) fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
@@ -250,7 +263,7 @@ pub(crate) fn store_error(e: &crate::store::StoreError) -> Response {
 
 /// The appliance this request is from, if it may be served: its
 /// certificate must be the one recorded for it, and it must not be revoked.
-pub(super) fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
+pub(crate) fn authorize(store: &dyn Store, peer: &Peer) -> Result<Appliance, Box<Response>> {
     authorize_with(peer, |id| Ok(store.appliance_by_id(id)?.map(|a| (a, ())))).map(|(a, ())| a)
 }
 

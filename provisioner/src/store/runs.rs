@@ -50,6 +50,8 @@ macro_rules! run_record {
                 errors: serde_json::from_str(&errors).map_err(corrupt)?,
                 error_count: u(14)?,
                 repo_bytes: r.$get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
+                // Not stored yet (docs/OFFSITE.md: open).
+                lag_secs: None,
             },
         }
     }};

@@ -255,11 +255,13 @@ pub async fn serve_on_loopback_with(
         alerts,
         limits: Default::default(),
         allow_pending: true,
+        offsite: Default::default(),
     };
     let listeners = Listeners {
         http,
         https: Some(https),
         tftp: None,
+        store: None,
     };
     tokio::spawn(serve::run(store, listeners, config, stop.clone()));
     (url, stop)

@@ -57,11 +57,13 @@ fn start(limits: Limits) -> Server {
             alerts: Default::default(),
             limits,
             allow_pending: true,
+            offsite: Default::default(),
         };
         let listeners = Listeners {
             http,
             https: Some(https),
             tftp: None,
+            store: None,
         };
         tokio::spawn(serve::run(store, listeners, config, stop.clone()));
         addrs

@@ -1,0 +1,90 @@
+//! `bandwidth_limit` for replication: one token bucket for every upload of
+//! every target ([`crate::update::fetch::Throttle`], bursts of at most one
+//! second), charged for request-body bytes as reqwest reads them.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::update::fetch::Throttle;
+
+/// Bytes handed over per read: small enough that the wait after each
+/// stays short and the rate smooth.
+const STEP: usize = 16 * 1024;
+
+/// The shared bucket; `None` inside means unlimited.
+#[derive(Debug)]
+pub struct Bucket(Mutex<Option<Throttle>>);
+
+impl Bucket {
+    /// `rate` bytes per second; `None`: unlimited.
+    pub fn new(rate: Option<u64>) -> Bucket {
+        Bucket(Mutex::new(Throttle::new(rate)))
+    }
+
+    /// Takes `n` bytes' worth, sleeping as long as the rate asks.
+    pub fn take(&self, n: usize) {
+        let wait = match self.0.lock() {
+            Ok(mut t) => t.as_mut().map(|t| t.take(n, Instant::now())),
+            Err(_) => None,
+        };
+        if let Some(w) = wait.filter(|w| !w.is_zero()) {
+            std::thread::sleep(w);
+        }
+    }
+}
+
+/// A request body that pays the bucket for every byte it hands over and
+/// counts them.
+pub struct ThrottledBody {
+    data: Vec<u8>,
+    pos: usize,
+    bucket: Arc<Bucket>,
+    counted: Arc<AtomicU64>,
+}
+
+impl ThrottledBody {
+    pub fn new(data: Vec<u8>, bucket: Arc<Bucket>, counted: Arc<AtomicU64>) -> ThrottledBody {
+        ThrottledBody {
+            data,
+            pos: 0,
+            bucket,
+            counted,
+        }
+    }
+}
+
+impl Read for ThrottledBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(STEP).min(self.data.len() - self.pos);
+        if n == 0 {
+            return Ok(0);
+        }
+        self.bucket.take(n);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        self.counted.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_paced_at_the_rate() {
+        // 1 MiB at 512 KiB/s: the first second's burst, then ~1 s of waits.
+        let bucket = Arc::new(Bucket::new(Some(512 * 1024)));
+        let counted = Arc::new(AtomicU64::new(0));
+        let mut body = ThrottledBody::new(vec![7; 1 << 20], bucket, counted.clone());
+        let start = Instant::now();
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(out.len(), 1 << 20);
+        assert_eq!(counted.load(Ordering::Relaxed), 1 << 20);
+        assert!((0.9..1.5).contains(&secs), "{secs} s");
+    }
+}

@@ -1,0 +1,104 @@
+//! The offsite store (`levee serve --store ADDR`): append-only,
+//! content-addressed copies of appliances' repositories, one namespace per
+//! repository (`<customer>/<repository id>`), over mutual TLS with the
+//! appliances' certificates. `docs/OFFSITE.md` describes the protocol and
+//! its guarantees; the request parsing is `levee_proto::offsite` (pure,
+//! fuzzed), the files are [`disk`], the handler [`server`].
+//!
+//! (`crate::store` is the central database; this is where backups go.)
+
+pub mod disk;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use disk::{prune, Disk, PruneReport};
+pub use server::{StoreState, StoreStats};
+
+use crate::enroll::ca::ServerCa;
+use crate::listen::Limits;
+use crate::store::Store;
+
+/// Deletion requests wait this long by default (`--store-deletion-grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(14 * 86_400);
+
+/// Settings of the store listener.
+#[derive(Debug, Clone)]
+pub struct OffsiteOptions {
+    /// Where the files live; `None`: `DATA_DIR/offsite`.
+    pub dir: Option<PathBuf>,
+    /// How long an appliance's deletion request waits before it is carried
+    /// out (time for ops to notice a compromised appliance).
+    pub deletion_grace: Duration,
+}
+
+impl Default for OffsiteOptions {
+    fn default() -> Self {
+        OffsiteOptions {
+            dir: None,
+            deletion_grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Serves the store on `listener` until `shutdown`: mTLS with `ca`'s
+/// server certificate for `host`; also carries out due deletion requests
+/// hourly.
+pub async fn serve(
+    listener: TcpListener,
+    ca: &ServerCa,
+    host: &str,
+    state: StoreState,
+    grace: Duration,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = crate::enroll::https::tls_config(ca, host)?;
+    std::fs::create_dir_all(state.disk.root())?;
+    info!(listen = %listener.local_addr()?, dir = %state.disk.root().display(), "offsite store listening");
+    let disk = state.disk.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let d = disk.clone();
+            let now = crate::store::now();
+            match tokio::task::spawn_blocking(move || prune(&d, now, grace.as_secs(), false)).await
+            {
+                Ok(Ok(r)) if r.requests_done > 0 || r.partials_dropped > 0 => {
+                    info!(
+                        requests = r.requests_done,
+                        files = r.files_deleted,
+                        bytes = r.bytes_freed,
+                        partials = r.partials_dropped,
+                        "offsite deletions carried out"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => error!(error = %e, "offsite prune failed; retrying in an hour"),
+                Err(e) => error!(error = %e, "offsite prune panicked"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+    let app = server::router(state);
+    crate::enroll::https::serve_app(listener, tls, app, limits, shutdown, "store").await?;
+    Ok(())
+}
+
+/// A store state over `dir` for `store`'s appliances.
+pub fn state(store: Arc<dyn Store>, dir: PathBuf) -> StoreState {
+    StoreState {
+        store,
+        disk: Disk::new(dir),
+        stats: Default::default(),
+    }
+}

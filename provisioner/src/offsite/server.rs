@@ -1,0 +1,346 @@
+//! The store's one handler: parse (`levee_proto::offsite`), authorize by
+//! the certificate's appliance and the namespace's binding, then act on
+//! [`Disk`]. Appliances can create files and read their own; nothing they
+//! send deletes or replaces a file.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Extension, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use levee_proto::offsite::{
+    DeletionRequest, FileRef, Namespace, Request, UploadRange, UPLOAD_LENGTH, UPLOAD_OFFSET,
+};
+use tracing::{info, warn};
+
+use super::disk::{Disk, FileState, Finish};
+use crate::enroll::https::{api_error, authorize, Peer};
+use crate::store::{Appliance, Store};
+
+/// Counters for operators (and the tests that count resent bytes).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Request-body bytes written to upload files.
+    pub bytes_received: AtomicU64,
+    pub files_created: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct StoreState {
+    pub store: Arc<dyn Store>,
+    pub disk: Disk,
+    pub stats: Arc<StoreStats>,
+}
+
+/// Largest part of a file one PUT may carry.
+pub const MAX_PART_BYTES: u64 = 256 << 20;
+
+pub fn router(state: StoreState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn io_error(e: std::io::Error) -> Response {
+    warn!(error = %e, "offsite store I/O failed");
+    api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("store I/O: {e}"))
+}
+
+async fn handle(
+    State(state): State<StoreState>,
+    Extension(peer): Extension<Peer>,
+    req: HttpRequest,
+) -> Response {
+    let parsed = match Request::parse(req.method().as_str(), req.uri().path()) {
+        Ok(r) => r,
+        Err(e @ levee_proto::offsite::OffsiteError::Method { .. }) => {
+            return api_error(StatusCode::METHOD_NOT_ALLOWED, e.to_string())
+        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (ns, writes) = match &parsed {
+        Request::Head(f) | Request::Get(f) => (f.ns.clone(), false),
+        Request::Put(f) => (f.ns.clone(), true),
+        Request::List(ns, _) => (ns.clone(), false),
+        Request::Delete(ns) => (ns.clone(), true),
+    };
+    let st = state.clone();
+    let admitted = tokio::task::spawn_blocking(move || admit(&st, &peer, &ns, writes)).await;
+    let appliance = match admitted {
+        Ok(Ok(Some(a))) => a,
+        // Reads of a namespace nobody has written: nothing there.
+        Ok(Ok(None)) => return api_error(StatusCode::NOT_FOUND, "no such repository"),
+        Ok(Err(r)) => return *r,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match parsed {
+        Request::Head(f) => head(&state, &f).await,
+        Request::Get(f) => get(&state, &f).await,
+        Request::List(ns, kind) => {
+            let disk = state.disk.clone();
+            match tokio::task::spawn_blocking(move || disk.list(&ns, kind)).await {
+                Ok(Ok(l)) => Json(l).into_response(),
+                Ok(Err(e)) => io_error(e),
+                Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        Request::Put(f) => put(&state, appliance.id, f, req).await,
+        Request::Delete(ns) => delete(&state, appliance.id, ns, req).await,
+    }
+}
+
+/// The appliance behind the certificate, if it may use `ns`: its own
+/// customer's, and bound to it (a first write binds an unbound namespace;
+/// the appliance that replaced the owner, directly or down a chain of
+/// replacements, takes the binding over). `Ok(None)`: a read of an unbound
+/// namespace.
+fn admit(
+    st: &StoreState,
+    peer: &Peer,
+    ns: &Namespace,
+    writes: bool,
+) -> Result<Option<Appliance>, Box<Response>> {
+    let a = authorize(st.store.as_ref(), peer)?;
+    let forbid = |why: String| {
+        warn!(appliance = a.id, namespace = %ns.path(), %why, "offsite request refused");
+        Box::new(api_error(StatusCode::FORBIDDEN, why))
+    };
+    if a.customer.as_deref() != Some(ns.customer.as_str()) {
+        return Err(forbid(format!(
+            "appliance {} does not serve customer {}",
+            a.id, ns.customer
+        )));
+    }
+    let io = |e: std::io::Error| Box::new(io_error(e));
+    let owner = match st.disk.owner(ns).map_err(io)? {
+        Some(o) => o,
+        None if writes => {
+            let o = st.disk.claim(ns, a.id).map_err(io)?;
+            if o == a.id {
+                info!(appliance = a.id, namespace = %ns.path(), "offsite namespace bound");
+            }
+            o
+        }
+        None => return Ok(None),
+    };
+    if owner == a.id {
+        return Ok(Some(a));
+    }
+    let mut next = owner;
+    for _ in 0..16 {
+        let replaced_by = match st.store.appliance_by_id(next) {
+            Ok(found) => found.and_then(|o| o.replaced_by),
+            Err(e) => return Err(Box::new(crate::enroll::https::store_error(&e))),
+        };
+        match replaced_by {
+            Some(id) if id == a.id => {
+                st.disk.rebind(ns, a.id).map_err(io)?;
+                info!(appliance = a.id, previous = owner, namespace = %ns.path(), "offsite namespace rebound to the replacement");
+                return Ok(Some(a));
+            }
+            Some(id) => next = id,
+            None => break,
+        }
+    }
+    Err(forbid(format!(
+        "repository {} belongs to appliance {owner}",
+        ns.path()
+    )))
+}
+
+async fn head(state: &StoreState, f: &FileRef) -> Response {
+    let (disk, f2) = (state.disk.clone(), f.clone());
+    match tokio::task::spawn_blocking(move || disk.state(&f2)).await {
+        Ok(Ok(FileState::Complete(n))) => {
+            (StatusCode::OK, [("levee-size", n.to_string())]).into_response()
+        }
+        Ok(Ok(FileState::Partial(n))) => {
+            (StatusCode::NOT_FOUND, [(UPLOAD_OFFSET, n.to_string())]).into_response()
+        }
+        Ok(Ok(FileState::Absent)) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Err(e)) => io_error(e),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get(state: &StoreState, f: &FileRef) -> Response {
+    match tokio::fs::File::open(state.disk.file_path(f)).await {
+        Ok(file) => {
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_LENGTH, len.to_string())],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            api_error(StatusCode::NOT_FOUND, "no such file")
+        }
+        Err(e) => io_error(e),
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn conflict(offset: u64, why: &str) -> Response {
+    let mut r = api_error(StatusCode::CONFLICT, why);
+    if let Ok(v) = HeaderValue::from_str(&offset.to_string()) {
+        r.headers_mut().insert(UPLOAD_OFFSET, v);
+    }
+    r
+}
+
+/// A part of a file: appended at `Upload-Offset` if that is exactly what
+/// the store holds; the last part checks the hash and creates the file.
+/// Bytes that arrived before a cut stay (fsynced), so the appliance resumes
+/// after them.
+async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -> Response {
+    let range = match UploadRange::parse(
+        header(req.headers(), UPLOAD_OFFSET),
+        header(req.headers(), UPLOAD_LENGTH),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(appliance, file = %f.path(), error = %e, "upload refused");
+            return api_error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let (disk, f2) = (state.disk.clone(), f.clone());
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        if let FileState::Complete(n) = disk.state(&f2)? {
+            return Ok(Err(n));
+        }
+        Ok(Ok(disk.open_partial(&f2, range.length)?))
+    })
+    .await;
+    let file = match opened {
+        Ok(Ok(Ok(Some(file)))) => file,
+        Ok(Ok(Ok(None))) => {
+            info!(appliance, file = %f.path(), "upload refused: another one of this file holds it");
+            let mut r = api_error(
+                StatusCode::CONFLICT,
+                "another upload of this file is under way; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        Ok(Ok(Err(n))) => {
+            warn!(appliance, file = %f.path(), "refused to overwrite an existing offsite file");
+            return (
+                StatusCode::CONFLICT,
+                [("levee-size", n.to_string())],
+                Json(levee_proto::enroll::ApiError {
+                    error: "the file exists; files are create-only and never overwritten".into(),
+                }),
+            )
+                .into_response();
+        }
+        Ok(Err(e)) => return io_error(e),
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let have = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return io_error(e),
+    };
+    if have != range.offset {
+        info!(appliance, file = %f.path(), have, offset = range.offset, "upload part does not start where the store is");
+        return conflict(
+            have,
+            &format!("the store holds {have} bytes of this file; send from there"),
+        );
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    let room = (range.length - range.offset).min(MAX_PART_BYTES);
+    let mut written = 0u64;
+    let mut stream = req.into_body().into_data_stream();
+    let mut cut = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                cut = Some(e.to_string());
+                break;
+            }
+        };
+        if written + chunk.len() as u64 > room {
+            let _ = file.set_len(have + written).await;
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("the body runs past Upload-Length or the {MAX_PART_BYTES}-byte part limit"),
+            );
+        }
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await {
+            return io_error(e);
+        }
+        written += chunk.len() as u64;
+        state
+            .stats
+            .bytes_received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    if let Err(e) = file.sync_all().await {
+        return io_error(e);
+    }
+    let done = have + written;
+    if let Some(why) = cut {
+        info!(appliance, file = %f.path(), kept = done, %why, "upload cut; its bytes so far are kept");
+        return conflict(done, "the upload was cut");
+    }
+    if done < range.length {
+        let mut r = StatusCode::ACCEPTED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&done.to_string()) {
+            r.headers_mut().insert(UPLOAD_OFFSET, v);
+        }
+        return r;
+    }
+    let (disk, file) = (state.disk.clone(), file.into_std().await);
+    let f2 = f.clone();
+    match tokio::task::spawn_blocking(move || disk.finish(&f2, range.length, &file)).await {
+        Ok(Ok(Finish::Created)) => {
+            state.stats.files_created.fetch_add(1, Ordering::Relaxed);
+            StatusCode::CREATED.into_response()
+        }
+        Ok(Ok(Finish::Exists)) => StatusCode::OK.into_response(),
+        Ok(Ok(Finish::Mismatch(got))) => {
+            warn!(appliance, file = %f.path(), %got, "upload does not match its name; dropped");
+            api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the bytes hash to {got}, not to the file's name; send the file again"),
+            )
+        }
+        Ok(Err(e)) => io_error(e),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn delete(state: &StoreState, appliance: i64, ns: Namespace, req: HttpRequest) -> Response {
+    let body = match axum::body::to_bytes(req.into_body(), levee_proto::offsite::MAX_DELETION_BYTES)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let parsed = match DeletionRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let disk = state.disk.clone();
+    let n = parsed.files.len();
+    let ns2 = ns.clone();
+    let now = crate::store::now();
+    match tokio::task::spawn_blocking(move || disk.add_deletion(&ns2, &parsed, now)).await {
+        Ok(Ok(())) => {
+            info!(appliance, namespace = %ns.path(), files = n, "deletion request kept for its grace period");
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(Err(e)) => io_error(e),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
