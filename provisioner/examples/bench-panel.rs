@@ -141,6 +141,7 @@ fn measure(
             alerts: Default::default(),
             limits: Default::default(),
             allow_pending: true,
+            offsite: Default::default(),
         };
         let options = UiOptions {
             tls: UiTls::Ca {
@@ -152,6 +153,7 @@ fn measure(
             http,
             https: None,
             tftp: None,
+            store: None,
         };
         tokio::spawn(serve::run_with(
             store.clone(),
