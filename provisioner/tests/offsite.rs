@@ -619,3 +619,120 @@ fn r14_the_bandwidth_cap_holds() {
         o.bytes_uploaded
     );
 }
+
+#[test]
+fn r14_serve_runs_the_store_and_a_replacement_takes_the_namespace_over() {
+    let w = world();
+    let (state, cred) = w.enroll(MAC_A);
+    let src = w.dir.path().join("src");
+    write_source(&src, "r.bin", 200 << 10);
+    let repo = repository(&state, &src);
+
+    // `levee serve` with a store listener (as `--store ADDR`), on its own
+    // data directory's CA and store.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (http, https, store) = rt.block_on(async {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        (bind().await, bind().await, bind().await)
+    });
+    let (http, https, store) = (
+        http.expect("http"),
+        https.expect("https"),
+        store.expect("store"),
+    );
+    let store_url = format!("https://{}", store.local_addr().expect("addr"));
+    let config = levee_provisioner::serve::ServeConfig {
+        data_dir: w.data.clone(),
+        ipxe_dir: w.dir.path().join("ipxe"),
+        public_url: format!("http://{}", http.local_addr().expect("addr")),
+        tftp_host: "127.0.0.1".into(),
+        dhcp: None,
+        grace: Duration::from_secs(2),
+        alerts: Default::default(),
+        limits: Default::default(),
+        allow_pending: true,
+        offsite: Default::default(),
+    };
+    let listeners = levee_provisioner::serve::Listeners {
+        http,
+        https: Some(https),
+        tftp: None,
+        store: Some(store),
+    };
+    let stop = CancellationToken::new();
+    rt.spawn(levee_provisioner::serve::run(
+        w.store.clone(),
+        listeners,
+        config,
+        stop.clone(),
+    ));
+    let t = target(std::slice::from_ref(&store_url));
+    let mut done = replicate_once(&repo, &t, &cred, &state, None, 1 << 20);
+    for _ in 0..50 {
+        if done.ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        done = replicate_once(&repo, &t, &cred, &state, None, 1 << 20);
+    }
+    assert!(done.ok(), "{:?}", done.errors);
+    assert!(w
+        .data
+        .join("offsite/acme")
+        .join(&repo.config.id)
+        .join(".owner")
+        .exists());
+
+    // The appliance is replaced: the new one reads the namespace (and the
+    // binding moves to it); the old one's certificate no longer works.
+    let old = w
+        .store
+        .appliance(MAC_A.parse().expect("mac"))
+        .expect("store")
+        .expect("appliance");
+    let new_mac = "52:54:00:14:00:09";
+    w.store
+        .replace_appliance(old.id, new_mac.parse().expect("mac"))
+        .expect("replace");
+    let (_, cred_new) = w.enroll(new_mac);
+    let node = Node {
+        addr: store_url
+            .trim_start_matches("https://")
+            .parse()
+            .expect("addr"),
+        rt: None,
+    };
+    let new = client(&cred_new, &node, &repo.config.id);
+    let held = replicate::names(&new.list_all().expect("the replacement lists"));
+    assert!(replicate::local_files(&repo)
+        .expect("local")
+        .iter()
+        .all(|f| held.contains(&f.name)));
+    let (status, _) = client(&cred, &node, &repo.config.id)
+        .raw(reqwest::Method::GET, "data/")
+        .expect("old");
+    assert_eq!(status, 403, "the replaced appliance is refused");
+    let owner = std::fs::read_to_string(
+        w.data
+            .join("offsite/acme")
+            .join(&repo.config.id)
+            .join(".owner"),
+    )
+    .expect("owner");
+    let new_id = w
+        .store
+        .appliance(new_mac.parse().expect("mac"))
+        .expect("store")
+        .expect("appliance")
+        .id;
+    assert_eq!(
+        owner.trim(),
+        new_id.to_string(),
+        "rebound to the replacement"
+    );
+    stop.cancel();
+}
