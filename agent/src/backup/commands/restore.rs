@@ -68,6 +68,9 @@ pub struct RestoreSummary {
     /// Windows security descriptors written back (SMB targets only; a local
     /// directory has nowhere to put them).
     pub security_descriptors: u64,
+    /// Files with the same contents as one restored before, copied from it
+    /// on the target instead of being read from the repository again.
+    pub files_copied: u64,
     /// Extended attributes (POSIX ACLs among them) written back (local
     /// targets; an SMB share has nowhere to put them).
     pub xattrs: u64,
@@ -209,15 +212,32 @@ pub fn restore(
         }
     };
     let zero_blobs: Mutex<HashMap<BlobId, u64>> = Mutex::new(HashMap::new());
+    let restored = Restored::default();
+    let copied = std::sync::atomic::AtomicU64::new(0);
     let (tx, rx) = bounded::<Job>(256);
     let mut dirs: Vec<(String, Node)> = Vec::new();
     std::thread::scope(|s| {
         for _ in 0..target.parallelism() {
             let rx = rx.clone();
             let zero_blobs = &zero_blobs;
+            let restored = &restored;
+            let copied = &copied;
             s.spawn(move || {
                 for j in rx {
-                    match restore_file(repo, index, target, &j, zero_blobs) {
+                    let first = match restored.plan(target, &j) {
+                        Plan::Copied => {
+                            Counters::add(copied, 1);
+                            Counters::add(&counters.files, 1);
+                            Counters::add(&counters.bytes_read, j.node.size);
+                            continue;
+                        }
+                        Plan::Restore(first) => first,
+                    };
+                    let r = restore_file(repo, index, target, &j, zero_blobs);
+                    if let Some(k) = first {
+                        restored.finished(k, &j, r.is_ok());
+                    }
+                    match r {
                         Ok(n) => {
                             Counters::add(&counters.files, 1);
                             Counters::add(&counters.bytes_read, n);
@@ -306,11 +326,101 @@ pub fn restore(
         errors: g(&counters.errors),
         error_messages: counters.errors(),
         security_descriptors: report.security_descriptors,
+        files_copied: copied.into_inner(),
         xattrs: report.xattrs,
         warnings: report.warnings.len() as u64,
         warning_messages: report.warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Files this restore wrote, by contents (their blob ids), so a file with
+/// the same contents is copied on the target (`copy_file_range`) instead
+/// of every blob being read, decrypted and decompressed again. Duplicate
+/// files are common (the same documentation or library twice); restic
+/// gets the same effect by writing each blob it decodes to every file
+/// that uses it.
+#[derive(Default)]
+struct Restored {
+    by_content: Mutex<HashMap<[u8; 32], Original>>,
+    done: std::sync::Condvar,
+}
+
+enum Original {
+    /// A worker is restoring it now (so it finishes without waiting for
+    /// anything else: waiting for it cannot deadlock).
+    Running,
+    Done(String),
+}
+
+/// What a worker does with a file.
+enum Plan {
+    /// Restore it from the repository; `Some(key)`: it is the first with
+    /// these contents, to be registered when done.
+    Restore(Option<[u8; 32]>),
+    Copied,
+}
+
+impl Restored {
+    /// One key per distinct content list: the id itself for one blob.
+    fn key(ids: &[BlobId]) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        match ids {
+            [] => None,
+            [one] => Some(one.0),
+            many => {
+                let mut h = Sha256::new();
+                for id in many {
+                    h.update(id.0);
+                }
+                Some(h.finalize().into())
+            }
+        }
+    }
+
+    /// Copies `j` from a restored file with its contents if there is one
+    /// (waiting if one is being restored right now), else says to restore it.
+    fn plan(&self, target: &dyn Target, j: &Job) -> Plan {
+        let Some(k) = Self::key(&j.node.content) else {
+            return Plan::Restore(None);
+        };
+        let Ok(mut m) = self.by_content.lock() else {
+            return Plan::Restore(None);
+        };
+        loop {
+            match m.get(&k) {
+                None => {
+                    m.insert(k, Original::Running);
+                    return Plan::Restore(Some(k));
+                }
+                Some(Original::Running) => match self.done.wait(m) {
+                    Ok(g) => m = g,
+                    Err(_) => return Plan::Restore(None),
+                },
+                Some(Original::Done(from)) => {
+                    let from = from.clone();
+                    drop(m);
+                    return match target.copy_restored(&from, &j.path, &j.node) {
+                        Ok(true) => Plan::Copied,
+                        _ => Plan::Restore(None),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The first file with contents `k` is done (`ok`: restored, so later
+    /// ones may copy it; else the next one restores from the repository).
+    fn finished(&self, k: [u8; 32], j: &Job, ok: bool) {
+        if let Ok(mut m) = self.by_content.lock() {
+            if ok {
+                m.insert(k, Original::Done(j.path.clone()));
+            } else {
+                m.remove(&k);
+            }
+        }
+        self.done.notify_all();
+    }
 }
 
 fn restore_file(

@@ -325,6 +325,39 @@ impl Drop for LocalSink {
     }
 }
 
+impl LocalTarget {
+    fn create_local(&self, path: &str) -> Result<LocalSink, TargetError> {
+        let (dir, name) = self.parent(path)?;
+        let p = self.full(path);
+        let temp = temp_name();
+        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
+        // SAFETY: open dirfd, NUL-terminated name; the fd is ours.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err(&p));
+        }
+        Ok(LocalSink {
+            // SAFETY: a fresh descriptor owned by nobody else.
+            f: unsafe { File::from_raw_fd(fd) },
+            dir,
+            temp,
+            name: name.to_string(),
+            done: false,
+            path: p,
+            xattrs: self.xattrs.clone(),
+            pos: 0,
+            written_end: 0,
+        })
+    }
+}
+
 impl Target for LocalTarget {
     fn mkdir(&self, path: &str) -> Result<(), TargetError> {
         let (dir, name) = self.parent(path)?;
@@ -370,34 +403,64 @@ impl Target for LocalTarget {
         ))
     }
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
-        let (dir, name) = self.parent(path)?;
-        let p = self.full(path);
-        let temp = temp_name();
-        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
+        Ok(Box::new(self.create_local(path)?))
+    }
+    fn copy_restored(&self, from: &str, path: &str, node: &Node) -> Result<bool, TargetError> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok((sdir, sname)) = self.parent(from) else {
+            return Ok(false);
+        };
+        let Ok(c) = beneath::cstr(sname) else {
+            return Ok(false);
+        };
         // SAFETY: open dirfd, NUL-terminated name; the fd is ours.
         let fd = unsafe {
             libc::openat(
-                dir.as_raw_fd(),
+                sdir.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             )
         };
         if fd < 0 {
-            return Err(last_err(&p));
+            return Ok(false);
         }
-        Ok(Box::new(LocalSink {
-            // SAFETY: a fresh descriptor owned by nobody else.
-            f: unsafe { File::from_raw_fd(fd) },
-            dir,
-            temp,
-            name: name.to_string(),
-            done: false,
-            path: p,
-            xattrs: self.xattrs.clone(),
-            pos: 0,
-            written_end: 0,
-        }))
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let src = unsafe { File::from_raw_fd(fd) };
+        let Ok(st) = src.metadata() else {
+            return Ok(false);
+        };
+        // A sparse source would come out dense: restore those from the
+        // repository, which leaves the holes.
+        if !st.is_file() || st.len() != node.size || st.blocks() * 512 < st.len() {
+            return Ok(false);
+        }
+        let mut sink = self.create_local(path)?;
+        let mut left = node.size;
+        while left > 0 {
+            let want = left.min(1 << 30) as usize;
+            // SAFETY: two open descriptors; null offsets use (and move)
+            // the files' positions.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    sink.f.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    0,
+                )
+            };
+            if n <= 0 {
+                // Not supported here, or the source shrank: the sink's
+                // drop removes the temporary file.
+                return Ok(false);
+            }
+            left -= n as u64;
+        }
+        sink.pos = node.size;
+        sink.written_end = node.size;
+        Box::new(sink).finish(node)?;
+        Ok(true)
     }
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let (dir, name) = self.parent(path)?;

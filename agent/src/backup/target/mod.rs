@@ -31,6 +31,13 @@ pub trait Target: Send + Sync {
     /// Size and mtime of an existing file, for `--overwrite`.
     fn existing(&self, path: &str) -> Option<(u64, i64)>;
     fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError>;
+    /// Makes `path` (with `node`'s metadata) a copy of `from`, a file this
+    /// restore wrote with the same contents, without going back to the
+    /// repository. `Ok(false)`: not possible here (the caller restores it
+    /// from the repository instead).
+    fn copy_restored(&self, _from: &str, _path: &str, _node: &Node) -> Result<bool, TargetError> {
+        Ok(false)
+    }
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError>;
     /// Times, mode and attributes of a directory (after its contents).
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
