@@ -207,7 +207,7 @@ pub fn rewrite(
         written: HashSet::new(),
         frame: Vec::new(),
         frame_bytes: 0,
-        last: None,
+        recent: std::collections::VecDeque::new(),
         z: blob::compressor(),
         r,
     };
@@ -276,6 +276,9 @@ pub fn drop_retired(
     Ok(0)
 }
 
+/// Frames kept decoded (about 1 MiB each).
+const RECENT_FRAMES: usize = 32;
+
 /// A decoded frame or lone blob, and whether the current key opened it.
 type Decoded = (Vec<u8>, bool);
 
@@ -289,8 +292,9 @@ struct Rewriter<'a> {
     written: HashSet<BlobId>,
     frame: Vec<RawBlob>,
     frame_bytes: usize,
-    /// The last decoded frame: its members are read one after another.
-    last: Option<((PackId, u32), Decoded)>,
+    /// Recently decoded frames: a frame's members are read close together
+    /// but not one after another (a backup's readers interleave files).
+    recent: std::collections::VecDeque<((PackId, u32), Decoded)>,
     z: Option<zstd::bulk::Compressor<'static>>,
     r: &'a mut RewriteReport,
 }
@@ -301,29 +305,40 @@ impl Rewriter<'_> {
     fn read(&mut self, id: &BlobId) -> Result<(Vec<u8>, bool), RepoError> {
         let loc = self.index.get(id).ok_or(RepoError::MissingBlob(*id))?;
         let key = self.repo.key();
-        let at = (loc.pack, loc.offset);
-        let cached = matches!(&self.last, Some((a, _)) if *a == at);
-        if !cached {
-            let stored = self.repo.be.read_at(
+        let read = || {
+            self.repo.be.read_at(
                 FileKind::Pack,
                 &loc.pack.to_hex(),
                 u64::from(loc.offset),
                 loc.length as usize,
-            )?;
-            let decoded = blob::decode_frame_keyed(key, *id, loc.compression, &stored)?;
-            self.last = Some((at, decoded));
-        }
-        let Some((_, (plain, opened_current))) = &self.last else {
-            return Err(RepoError::MissingBlob(*id));
+            )
         };
-        let raw = if loc.member == 0 {
-            if !key.id_matches(plain, id) {
+        if loc.member == 0 {
+            // A lone blob: read once (the map remembers its new id).
+            let (raw, opened_current) =
+                blob::decode_frame_keyed(key, *id, loc.compression, &read()?)?;
+            if !key.id_matches(&raw, id) {
                 return Err(blob::BlobError::Mismatch(*id).into());
             }
-            plain.clone()
-        } else {
-            blob::frame_member(key, *id, plain, loc.member)?
+            let current = opened_current && key.blob_id(&raw) == *id;
+            return Ok((raw, current));
+        }
+        let at = (loc.pack, loc.offset);
+        let pos = match self.recent.iter().position(|(a, _)| *a == at) {
+            Some(p) => p,
+            None => {
+                let decoded = blob::decode_frame_keyed(key, *id, loc.compression, &read()?)?;
+                if self.recent.len() >= RECENT_FRAMES {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((at, decoded));
+                self.recent.len() - 1
+            }
         };
+        let Some((_, (plain, opened_current))) = self.recent.get(pos) else {
+            return Err(RepoError::MissingBlob(*id));
+        };
+        let raw = blob::frame_member(key, *id, plain, loc.member)?;
         let current = *opened_current && key.blob_id(&raw) == *id;
         Ok((raw, current))
     }
