@@ -13,6 +13,7 @@
 //! 127.0.0.1. The load generator shares the machine's cores with the
 //! servers, the same way for levee and nginx.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -228,7 +229,8 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
         .arg("--public-url")
         .arg(format!("http://127.0.0.1:{http_port}"))
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("levee.log"))?);
+        .stderr(std::fs::File::create(dir.path().join("levee.log"))?)
+        .process_group(0);
     let server = Guard(cmd.spawn().context("starting levee serve")?);
     wait_port(http_port).await?;
     wait_port(https_port).await?;
@@ -334,6 +336,8 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
             r = root.display()
         );
         std::fs::write(root.join("nginx.conf"), conf)?;
+        // Its own process group: killing only the master would leave its
+        // workers running (and listening) after the benchmark.
         let nginx = Guard(
             Command::new("nginx")
                 .arg("-c")
@@ -341,6 +345,7 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
                 .args(["-g", "daemon off;"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .context("starting nginx")?,
         );
@@ -439,7 +444,18 @@ async fn pull_load(
 struct Guard(Child);
 
 impl Drop for Guard {
+    /// SIGTERM to the child's process group (nginx's master then stops its
+    /// workers), then SIGKILL to whatever of the group is left after 5 s.
     fn drop(&mut self) {
+        let group = -(self.0.id() as i32);
+        // SAFETY: signalling a process group this benchmark started.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the group is gone or ours.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

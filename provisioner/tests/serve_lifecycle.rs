@@ -459,9 +459,16 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
             }
         }));
     }
+    // Rates are averaged over 2 s windows: single seconds on a shared
+    // 2-core machine vary by more than the factor of 2 this test allows
+    // (about 1 run in 5 failed comparing one second with another).
+    let ok_per_sec = |from: Instant| {
+        tally.count(|e| e.1 == Outcome::Ok && e.0 > from && e.0 <= from + Duration::from_secs(2))
+            / 2
+    };
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
-    let baseline = tally.count(|e| e.1 == Outcome::Ok && e.0 > t0 + Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(3500));
+    let baseline = ok_per_sec(t0 + Duration::from_millis(1500));
     pg.stop();
     let down = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
@@ -494,14 +501,9 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
         other, 0,
         "answers other than 503 while PostgreSQL was down:\n{log}"
     );
-    // Back at full rate (half the baseline's per-second rate, the machine
-    // being shared) in the second ending 5 s after PostgreSQL returned.
-    let window = |from: Duration| {
-        tally.count(|e| {
-            e.1 == Outcome::Ok && e.0 > back + from && e.0 <= back + from + Duration::from_secs(1)
-        })
-    };
-    let recovered = window(Duration::from_secs(4));
+    // Back at full rate (half the baseline's, the machine being shared)
+    // by 5 s after PostgreSQL returned: averaged over [3.5 s, 5.5 s].
+    let recovered = ok_per_sec(back + Duration::from_millis(3500));
     let first_ok = tally
         .log
         .lock()
@@ -511,11 +513,11 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
         .map(|e| e.0 - back)
         .min();
     eprintln!(
-        "baseline {baseline}/s; {unavailable} x 503 while down; first success {first_ok:?} after the restart; {recovered}/s in [4 s, 5 s]"
+        "baseline {baseline}/s; {unavailable} x 503 while down; first success {first_ok:?} after the restart; {recovered}/s in [3.5 s, 5.5 s]"
     );
     assert!(
         recovered * 2 >= baseline,
-        "rate {recovered}/s 4-5 s after the restart, baseline {baseline}/s:\n{log}"
+        "rate {recovered}/s 3.5-5.5 s after the restart, baseline {baseline}/s:\n{log}"
     );
     assert!(log.contains("PostgreSQL unreachable"), "{log}");
     assert!(log.contains("PostgreSQL reachable again"), "{log}");
@@ -587,5 +589,19 @@ fn r16_two_servers_share_one_database() {
     cli_b
         .ok(&["appliance", "retire", &id.mac, "--reason", "stolen"])
         .expect("levee appliance retire");
-    assert_eq!(rt.block_on(pull(&id, &b.https)), Outcome::Status(403));
+    // B's API cache hears of the retirement by NOTIFY: refused within
+    // milliseconds; a second is the bound asserted on a loaded machine.
+    let t = Instant::now();
+    loop {
+        match rt.block_on(pull(&id, &b.https)) {
+            Outcome::Status(403) => break,
+            o => assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "still {o:?} 1 s after the retirement:\n{}",
+                b.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("retirement refused by B after {:?}", t.elapsed());
 }

@@ -341,7 +341,11 @@ async fn config_response(
     // The one store call awaited on the async workers (see
     // `Store::appliance_with_customer_async`); the rest is in memory.
     let loaded = match peer.appliance_id {
-        Some(id) => st.store.appliance_with_customer_async(id).await,
+        Some(id) => {
+            st.store
+                .appliance_with_customer_async(id, &peer.fingerprint)
+                .await
+        }
         None => Ok(None),
     };
     {

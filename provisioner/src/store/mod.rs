@@ -137,7 +137,12 @@ pub trait Store:
     /// SQLite is, and the server calls it from `spawn_blocking`; only this
     /// lookup runs at the rate of the API (tens of thousands a second), where
     /// a thread hop per request shows.
-    fn appliance_with_customer_async(&self, id: i64) -> ApiLookup<'_> {
+    ///
+    /// `cert` is the sha256 (hex) of the certificate the request came
+    /// with: PostgreSQL answers from its cache only when the cached row
+    /// would accept it (see `postgres/api_cache.rs`).
+    fn appliance_with_customer_async<'a>(&'a self, id: i64, cert: &'a str) -> ApiLookup<'a> {
+        let _ = cert;
         Box::pin(std::future::ready(self.appliance_with_customer(id)))
     }
 

@@ -204,6 +204,7 @@ impl ApplianceStore for PgStore {
         customer: &str,
         fingerprint: Option<&str>,
     ) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(None);
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -229,6 +230,7 @@ impl ApplianceStore for PgStore {
         state: ApplianceState,
         reason: Option<&str>,
     ) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(Some(id));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -291,6 +293,7 @@ impl ApplianceStore for PgStore {
     }
 
     fn keep_pending_key(&self, id: i64, key_sha256: &str) -> Result<(Appliance, PendingKey)> {
+        let _forget = self.api_cache.forget(Some(id));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -325,6 +328,7 @@ impl ApplianceStore for PgStore {
     }
 
     fn set_reenroll(&self, id: i64, armed: bool) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(Some(id));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -369,6 +373,7 @@ impl ApplianceStore for PgStore {
     }
 
     fn replace_appliance(&self, old: i64, new_mac: MacAddr) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(Some(old));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -398,6 +403,7 @@ impl ApplianceStore for PgStore {
     }
 
     fn retire_appliance(&self, id: i64, reason: &str) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(Some(id));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -497,6 +503,7 @@ impl ApplianceStore for PgStore {
     }
 
     fn remove_appliance(&self, mac: MacAddr) -> Result<()> {
+        let _forget = self.api_cache.forget(None);
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -544,6 +551,7 @@ impl ApplianceStore for PgStore {
         not_after: u64,
         enrolled: bool,
     ) -> Result<Appliance> {
+        let _forget = self.api_cache.forget(Some(id));
         self.block(async {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;

@@ -34,6 +34,7 @@ pub(super) async fn require_customer(c: &impl GenericClient, name: &str) -> Resu
 
 impl CustomerStore for PgStore {
     fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord> {
+        let _forget = self.api_cache.forget(None);
         validate_name("customer", &config.customer)?;
         let json = serde_json::to_string(config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.block(async {

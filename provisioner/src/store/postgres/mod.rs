@@ -25,6 +25,7 @@
 //! comes back by itself within that of the database's return.
 
 mod alerts;
+mod api_cache;
 mod appliances;
 mod customers;
 mod events;
@@ -37,7 +38,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -236,6 +237,32 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_target ON audit(target, id);
 "#,
+    // Every change to an appliance or a customer, by anyone, tells the
+    // servers' API caches (api_cache.rs): `a<id>` or `c<name>`.
+    r#"
+CREATE FUNCTION levee_notify_appliance() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('levee_api', 'a' || OLD.id::text);
+    ELSE
+        PERFORM pg_notify('levee_api', 'a' || NEW.id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER appliances_notify AFTER INSERT OR UPDATE OR DELETE ON appliances
+    FOR EACH ROW EXECUTE FUNCTION levee_notify_appliance();
+CREATE FUNCTION levee_notify_customer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('levee_api', 'c' || OLD.name);
+    ELSE
+        PERFORM pg_notify('levee_api', 'c' || NEW.name);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER customers_notify AFTER INSERT OR UPDATE OR DELETE ON customers
+    FOR EACH ROW EXECUTE FUNCTION levee_notify_customer();
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).
@@ -267,6 +294,11 @@ pub struct PgStore {
     health: Health,
     /// `host:port/dbname`, for log lines (never the password).
     target: String,
+    /// The mTLS API's lookups, kept while PostgreSQL notifications say
+    /// they are current (see `api_cache.rs`).
+    api_cache: Arc<api_cache::ApiCache>,
+    /// What the notification listener connects with.
+    listen_with: (tokio_postgres::Config, tls::MakeRustls),
 }
 
 /// Whether the database is reachable, as the last connection attempt found.
@@ -315,10 +347,12 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Invalid(format!("cannot start the store's runtime: {e}")))?;
+        let make_tls = tls::MakeRustls::new(tls_config);
+        let listen_with = (config.clone(), make_tls.clone());
         let manager = Manager::from_connect(
             config,
             ConnectOnStoreRuntime {
-                tls: tls::MakeRustls::new(tls_config),
+                tls: make_tls,
                 rt: rt.handle().clone(),
             },
             ManagerConfig {
@@ -344,6 +378,8 @@ impl PgStore {
                 epoch,
             },
             target,
+            api_cache: Default::default(),
+            listen_with,
         };
         store.block(async {
             let mut c = store.conn().await?;
@@ -355,6 +391,35 @@ impl PgStore {
     /// Closes the pool: idle connections now, busy ones when returned.
     pub fn close(&self) {
         self.pool.close();
+    }
+
+    /// The API's lookup of appliance `id` presenting the certificate with
+    /// `cert` (sha256 hex): from the cache when it holds an entry that
+    /// would let that certificate in, else from the database. A cached
+    /// refusal is never trusted: a renewed or newly enrolled appliance's
+    /// first request may beat its notification, and must not be refused.
+    async fn api_lookup(&self, id: i64, cert: &str) -> Result<api_cache::Entry> {
+        if self.api_cache.claim_start() {
+            if let Some(rt) = &self.rt {
+                let (config, tls) = self.listen_with.clone();
+                rt.spawn(api_cache::listen(self.api_cache.clone(), config, tls));
+            }
+        }
+        if let Some(Some(hit)) = self.api_cache.get(id) {
+            let a = &hit.0;
+            if a.revoked_at.is_none() && a.cert_fingerprint.as_deref() == Some(cert) {
+                return Ok(Some(hit));
+            }
+        }
+        let generation = self.api_cache.generation();
+        let found = appliances::appliance_with_customer(self, id).await?;
+        self.api_cache.put(id, generation, found.clone());
+        Ok(found)
+    }
+
+    /// Whether the API cache's notification connection is up.
+    pub fn api_cache_live(&self) -> bool {
+        self.api_cache.is_live()
     }
 
     /// Runs `f` to completion on the calling thread, inside the store's
@@ -372,7 +437,8 @@ impl PgStore {
     /// known to be down (one caller per [`RETRY_EVERY`] tries again).
     async fn conn(&self) -> Result<Object> {
         let h = &self.health;
-        if h.down.load(Ordering::Acquire) {
+        let was_down = h.down.load(Ordering::Acquire);
+        if was_down {
             let now = h.epoch.elapsed().as_millis() as u64;
             let last = h.last_try_ms.load(Ordering::Acquire);
             let due = now.saturating_sub(last) >= RETRY_EVERY.as_millis() as u64;
@@ -389,6 +455,21 @@ impl PgStore {
         }
         match self.pool.get().await {
             Ok(c) => {
+                // The pool may hand out an idle connection from before the
+                // outage whose end it has not noticed yet: only a round trip
+                // proves the database is back. (Trusting the handout logged
+                // "reachable again" mid-outage, then "unreachable" a second
+                // time: the flaky restart test.)
+                if was_down {
+                    if let Err(e) = c.simple_query("").await {
+                        let e = StoreError::from(e);
+                        drop(Object::take(c));
+                        if e.is_unavailable() {
+                            self.mark_down(&e);
+                        }
+                        return Err(e);
+                    }
+                }
                 self.mark_up();
                 Ok(c)
             }
@@ -590,8 +671,8 @@ pub(super) fn opt_u64(row: &Row, idx: usize) -> Result<Option<u64>> {
 }
 
 impl Store for PgStore {
-    fn appliance_with_customer_async(&self, id: i64) -> ApiLookup<'_> {
-        Box::pin(appliances::appliance_with_customer(self, id))
+    fn appliance_with_customer_async<'a>(&'a self, id: i64, cert: &'a str) -> ApiLookup<'a> {
+        Box::pin(self.api_lookup(id, cert))
     }
 
     fn shared(&self) -> bool {
