@@ -132,6 +132,10 @@ pub enum Request {
     /// `PUT .../<kind>/<sha256>` with [`UPLOAD_OFFSET`] and
     /// [`UPLOAD_LENGTH`]: a part of the file, appended at the offset.
     Put(FileRef),
+    /// `POST .../<kind>/<sha256>`: the store re-reads the file and checks it
+    /// against its name; a file that fails is moved aside (quarantined),
+    /// so it can be uploaded again. Answers [`Verified`].
+    Verify(FileRef),
     /// `GET .../<kind>/`: what the namespace holds of that kind.
     List(Namespace, FileKind),
     /// `POST .../deletions`: a [`DeletionRequest`].
@@ -212,6 +216,7 @@ impl Request {
                     "HEAD" => Ok(Request::Head(file)),
                     "GET" => Ok(Request::Get(file)),
                     "PUT" => Ok(Request::Put(file)),
+                    "POST" => Ok(Request::Verify(file)),
                     _ => Err(method_err()),
                 }
             }
@@ -263,6 +268,13 @@ impl UploadRange {
         }
         Ok(UploadRange { offset, length })
     }
+}
+
+/// The answer to a [`Request::Verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The stored bytes hash to the name.
+    pub ok: bool,
 }
 
 /// One file of a listing.
@@ -333,7 +345,8 @@ mod tests {
             assert_eq!(f.path(), p);
             assert!(matches!(Request::parse("HEAD", &p), Ok(Request::Head(_))));
             assert!(matches!(Request::parse("GET", &p), Ok(Request::Get(_))));
-            for m in ["DELETE", "POST", "PATCH"] {
+            assert!(matches!(Request::parse("POST", &p), Ok(Request::Verify(_))));
+            for m in ["DELETE", "PATCH", "OPTIONS"] {
                 assert!(
                     matches!(Request::parse(m, &p), Err(OffsiteError::Method { .. })),
                     "{m}"

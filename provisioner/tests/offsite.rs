@@ -268,6 +268,7 @@ fn opts(part: u64) -> ReplicateOptions {
     ReplicateOptions {
         part_bytes: part,
         timeout: Duration::from_secs(30),
+        verify_share: 0.0,
     }
 }
 
@@ -735,4 +736,54 @@ fn r14_serve_runs_the_store_and_a_replacement_takes_the_namespace_over() {
         "rebound to the replacement"
     );
     stop.cancel();
+}
+
+#[test]
+fn r14_a_corrupt_stored_file_is_found_by_verification_and_sent_again() {
+    let w = world();
+    let (state, cred) = w.enroll(MAC_A);
+    let src = w.dir.path().join("src");
+    write_source(&src, "v.bin", 300 << 10);
+    let repo = repository(&state, &src);
+    let node = w.node("127.0.0.1:0");
+    let t = target(&[node.url()]);
+    assert!(replicate_once(&repo, &t, &cred, &state, None, 1 << 20).ok());
+
+    // Someone with access to the store's disk flips a byte of the pack.
+    let pack = replicate::local_files(&repo)
+        .expect("local")
+        .into_iter()
+        .find(|f| f.kind == levee_proto::offsite::FileKind::Data)
+        .expect("a pack");
+    let stored = w
+        .offsite
+        .join("acme")
+        .join(&repo.config.id)
+        .join("data")
+        .join(&pack.name[..2])
+        .join(&pack.name);
+    let mut bytes = std::fs::read(&stored).expect("stored pack");
+    bytes[100] ^= 0x40;
+    std::fs::write(&stored, &bytes).expect("corrupt");
+
+    let mut o = opts(1 << 20);
+    o.verify_share = 1.0;
+    let run = replicate::replicate_target(
+        &repo,
+        "acme",
+        &t,
+        &cred,
+        Arc::new(Bucket::new(None)),
+        &o,
+        &state,
+    );
+    assert!(run.ok(), "{:?}", run.errors);
+    assert_eq!(run.files_corrupt, 1, "{run:?}");
+    assert!(run.files_verified >= 4, "{run:?}");
+    assert_eq!(run.files_uploaded, 1, "the corrupt pack went up again");
+    let back = std::fs::read(&stored).expect("re-sent");
+    assert_eq!(
+        levee_proto::repo::crypto::file_id(&back).to_hex(),
+        pack.name
+    );
 }

@@ -340,7 +340,27 @@ impl StoreClient {
         })
     }
 
-    /// Reads a whole file back (verification, restores from offsite).
+    /// Has the store re-read `name` and check it against the name; a file
+    /// that fails is quarantined by the store (and so missing: upload it
+    /// again). `Ok(false)`: it was corrupt.
+    pub fn verify(&self, kind: FileKind, name: &str) -> Result<bool, StoreError> {
+        self.on_some_endpoint(|base| {
+            let url = format!("{base}{}", self.file(kind, name).path());
+            let resp = self
+                .client
+                .post(&url)
+                .send()
+                .map_err(|e| transport(&url, e))?;
+            if !resp.status().is_success() {
+                return Err(refused(&url, resp));
+            }
+            resp.json::<levee_proto::offsite::Verified>()
+                .map(|v| v.ok)
+                .map_err(|e| StoreError::Malformed(format!("{url}: {e}")))
+        })
+    }
+
+    /// Reads a whole file back (restores from offsite).
     pub fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {
         self.on_some_endpoint(|base| {
             let url = format!("{base}{}", self.file(kind, name).path());

@@ -47,6 +47,10 @@ pub struct ReplicateOptions {
     pub part_bytes: u64,
     /// Longest single request.
     pub timeout: Duration,
+    /// Share of the files a target holds that each run has the store read
+    /// back and check against their names (rotating, so every file comes
+    /// round); a corrupt one is uploaded again.
+    pub verify_share: f64,
 }
 
 impl Default for ReplicateOptions {
@@ -54,6 +58,8 @@ impl Default for ReplicateOptions {
         ReplicateOptions {
             part_bytes: 8 << 20,
             timeout: Duration::from_secs(600),
+            // With a backup a day: every file read back about every 3 weeks.
+            verify_share: 0.05,
         }
     }
 }
@@ -71,6 +77,10 @@ pub struct TargetOutcome {
     pub files_present: u64,
     pub bytes_present: u64,
     pub deletions_requested: u64,
+    /// Files the store read back and checked, and those found corrupt (and
+    /// uploaded again).
+    pub files_verified: u64,
+    pub files_corrupt: u64,
     /// Seconds since the oldest local snapshot the target still lacks.
     pub lag_secs: u64,
     pub errors: Vec<String>,
@@ -274,8 +284,9 @@ fn sync_target(
     let ns = Namespace::new(customer, &repo.config.id).map_err(|e| e.to_string())?;
     let client = StoreClient::new(&target.endpoints(), cred, ns, bucket, opts.timeout)
         .map_err(|e| e.to_string())?;
-    let remote = client.list_all().map_err(|e| format!("listing: {e}"))?;
+    let mut remote = client.list_all().map_err(|e| format!("listing: {e}"))?;
     let dir = state_dir(state, &target.name);
+    verify_share(&client, local, &mut remote, opts.verify_share, &dir, out);
     let mut requested = load_requested(&dir);
     let remote_names: HashSet<&String> = remote.values().flat_map(|m| m.keys()).collect();
     requested.retain(|n| remote_names.contains(n));
@@ -335,6 +346,60 @@ fn sync_target(
         requested.extend(batch.iter().map(|(_, n)| n.clone()));
     }
     save_requested(&dir, &requested)
+}
+
+/// Has the store check the next share of the files it holds (a cursor in
+/// `verify.json` rotates through them); corrupt ones leave `remote`, so
+/// the plan uploads them again.
+fn verify_share(
+    client: &StoreClient,
+    local: &[LocalFile],
+    remote: &mut BTreeMap<FileKind, BTreeMap<String, u64>>,
+    share: f64,
+    dir: &Path,
+    out: &mut TargetOutcome,
+) {
+    let mut held: Vec<&LocalFile> = local
+        .iter()
+        .filter(|f| remote.get(&f.kind).is_some_and(|m| m.contains_key(&f.name)))
+        .collect();
+    if held.is_empty() || share <= 0.0 {
+        return;
+    }
+    held.sort_by(|a, b| a.name.cmp(&b.name));
+    let path = dir.join("verify.json");
+    let start: usize = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(0);
+    let n = ((held.len() as f64 * share.min(1.0)).ceil() as usize).clamp(1, held.len());
+    for i in 0..n {
+        let f = held[(start + i) % held.len()];
+        match client.verify(f.kind, &f.name) {
+            Ok(true) => out.files_verified += 1,
+            Ok(false) => {
+                out.files_verified += 1;
+                out.files_corrupt += 1;
+                tracing::warn!(target = %out.target, kind = f.kind.as_str(), file = %f.name, "offsite file corrupt: uploading it again");
+                if let Some(m) = remote.get_mut(&f.kind) {
+                    m.remove(&f.name);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target = %out.target, error = %e, "offsite verification stopped");
+                break;
+            }
+        }
+    }
+    let next = (start + n) % held.len();
+    let saved = std::fs::create_dir_all(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            write_atomic(&path, next.to_string().as_bytes(), 0o600).map_err(|e| e.to_string())
+        });
+    if let Err(e) = saved {
+        tracing::warn!(target = %out.target, error = %e, "verification cursor not saved");
+    }
 }
 
 /// Replicates the repository in `STATE/repo` to every target of `config`

@@ -216,6 +216,41 @@ impl Disk {
         }
     }
 
+    /// Re-reads a complete file and checks it against its name; one that
+    /// fails is moved to `.corrupt/` (kept for ops, out of the listing), so
+    /// the appliance can upload it again. `None`: no such file.
+    pub fn verify(&self, f: &FileRef, now: u64) -> std::io::Result<Option<bool>> {
+        let path = self.file_path(f);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        if hex::encode(h.finalize()) == f.name {
+            return Ok(Some(true));
+        }
+        let dir = self.ns_dir(&f.ns).join(".corrupt");
+        mkdirs(&dir)?;
+        fs::rename(
+            &path,
+            dir.join(format!("{}.{}.{now}", f.kind.as_str(), f.name)),
+        )?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        sync_dir(&dir)?;
+        Ok(Some(false))
+    }
+
     /// Complete files of a kind.
     pub fn list(&self, ns: &Namespace, kind: FileKind) -> std::io::Result<Vec<Listed>> {
         let dir = self.ns_dir(ns).join(kind.as_str());

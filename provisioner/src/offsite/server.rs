@@ -61,7 +61,7 @@ async fn handle(
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let (ns, writes) = match &parsed {
-        Request::Head(f) | Request::Get(f) => (f.ns.clone(), false),
+        Request::Head(f) | Request::Get(f) | Request::Verify(f) => (f.ns.clone(), false),
         Request::Put(f) => (f.ns.clone(), true),
         Request::List(ns, _) => (ns.clone(), false),
         Request::Delete(ns) => (ns.clone(), true),
@@ -87,6 +87,21 @@ async fn handle(
             }
         }
         Request::Put(f) => put(&state, appliance.id, f, req).await,
+        Request::Verify(f) => {
+            let (disk, f2) = (state.disk.clone(), f.clone());
+            let now = crate::store::now();
+            match tokio::task::spawn_blocking(move || disk.verify(&f2, now)).await {
+                Ok(Ok(Some(ok))) => {
+                    if !ok {
+                        warn!(appliance = appliance.id, file = %f.path(), "stored file does not match its name: quarantined for re-upload");
+                    }
+                    Json(levee_proto::offsite::Verified { ok }).into_response()
+                }
+                Ok(Ok(None)) => api_error(StatusCode::NOT_FOUND, "no such file"),
+                Ok(Err(e)) => io_error(e),
+                Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         Request::Delete(ns) => delete(&state, appliance.id, ns, req).await,
     }
 }
