@@ -20,6 +20,18 @@ use crate::enroll::Credential;
 /// How long an endpoint that failed is left alone.
 pub const REST: Duration = Duration::from_secs(30);
 
+/// The slowest uplink a part's time limit allows for (below it, a part
+/// times out and resumes on the next try from what the store holds).
+const SLOWEST: u64 = 256 * 1024;
+
+/// How long one part may take: a node that stops answering mid-part (a
+/// cut link sends no reset) is given up on after this, not after the
+/// client's whole-request limit.
+fn part_timeout(len: u64, rate: Option<u64>) -> Duration {
+    let pace = rate.map_or(SLOWEST, |r| r.min(SLOWEST)).max(1);
+    Duration::from_secs(30 + len / pace)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No endpoint answered (the target is down or unreachable).
@@ -287,6 +299,7 @@ impl StoreClient {
             let result = self
                 .client
                 .put(&url)
+                .timeout(part_timeout(len, self.bucket.rate()))
                 .header(UPLOAD_OFFSET, offset.to_string())
                 .header(UPLOAD_LENGTH, size.to_string())
                 .body(reqwest::blocking::Body::sized(body, len))
@@ -428,5 +441,22 @@ fn refused(url: &str, resp: reqwest::blocking::Response) -> StoreError {
         url: url.to_string(),
         status,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_part_may_take_as_long_as_the_cap_or_a_slow_uplink_needs() {
+        use super::*;
+        assert_eq!(part_timeout(8 << 20, None), Duration::from_secs(30 + 32));
+        assert_eq!(
+            part_timeout(8 << 20, Some(64 * 1024)),
+            Duration::from_secs(30 + 128)
+        );
+        assert_eq!(
+            part_timeout(8 << 20, Some(100 << 20)),
+            Duration::from_secs(30 + 32)
+        );
     }
 }

@@ -15,12 +15,17 @@ const STEP: usize = 16 * 1024;
 
 /// The shared bucket; `None` inside means unlimited.
 #[derive(Debug)]
-pub struct Bucket(Mutex<Option<Throttle>>);
+pub struct Bucket(Mutex<Option<Throttle>>, Option<u64>);
 
 impl Bucket {
     /// `rate` bytes per second; `None`: unlimited.
     pub fn new(rate: Option<u64>) -> Bucket {
-        Bucket(Mutex::new(Throttle::new(rate)))
+        Bucket(Mutex::new(Throttle::new(rate)), rate.filter(|r| *r > 0))
+    }
+
+    /// The rate, bytes per second; `None`: unlimited.
+    pub fn rate(&self) -> Option<u64> {
+        self.1
     }
 
     /// Takes `n` bytes' worth, sleeping as long as the rate asks.
