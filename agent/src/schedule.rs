@@ -51,6 +51,40 @@ pub struct JobReport {
     pub prune_times: (i64, i64),
 }
 
+/// Gives the repository a recovery slot for the customer's recovery key
+/// (`recovery_key:` in the configuration), so a lost appliance's offsite
+/// copies open with the customer's paper key; replaces the slot of a key
+/// the customer has replaced. A failure is logged, never fails a backup.
+fn add_recovery_slot(repo: &Repository, config: &CustomerConfig) {
+    use crate::backup::recovery::RecoverySlot;
+    let Some(text) = config.recovery_key.as_deref() else {
+        return;
+    };
+    let key = match levee_proto::recovery::RecoveryPublicKey::parse(text) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("recovery_key in the configuration: {e}; no recovery slot added");
+            return;
+        }
+    };
+    match repo.ensure_recovery_slot(&key) {
+        Ok(RecoverySlot::Present) => {}
+        Ok(RecoverySlot::Added { slot, replaced }) => tracing::info!(
+            "added recovery slot {slot} for the customer's recovery key {}{}",
+            key.fingerprint(),
+            if replaced.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; removed the slot(s) of the replaced key: {}",
+                    replaced.join(", ")
+                )
+            }
+        ),
+        Err(e) => tracing::warn!("cannot add the recovery slot: {e}"),
+    }
+}
+
 /// Runs schedule `schedule` of `config` now: opens the repository at
 /// `repo_dir` with `appliance_key` (creating it, with that secret in an
 /// "appliance" key slot, if absent), backs up each of the schedule's
@@ -95,6 +129,7 @@ pub fn run_job(
         )?,
         Err(e) => return Err(e.into()),
     };
+    add_recovery_slot(&repo, config);
     let mut runs = Vec::new();
     for src in sources {
         let started_at = unix_now();

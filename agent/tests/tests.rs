@@ -11,6 +11,7 @@ mod hardening;
 mod keys_config;
 mod locks;
 mod prune_converges;
+mod recovery;
 mod restore_dups;
 mod restore_safety;
 mod rotate;

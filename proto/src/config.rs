@@ -63,6 +63,12 @@ pub struct CustomerConfig {
     /// token bucket each), e.g. `20Mbit/s` or `2MiB/s`; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<String>,
+    /// The customer's recovery public key (`x25519:` and 64 hex digits,
+    /// printed by `levee customer recovery-key init`). Each appliance adds
+    /// a key slot to its repository that only the matching paper key opens
+    /// (proto/src/recovery.rs); none means no recovery slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
     /// How often the appliance reports in, e.g. `5m`. An appliance is shown
     /// offline after three intervals without a report.
     #[serde(default = "default_heartbeat")]

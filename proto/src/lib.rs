@@ -16,6 +16,7 @@ pub mod csr;
 pub mod enroll;
 pub mod image;
 pub mod offsite;
+pub mod recovery;
 pub mod release;
 pub mod repo;
 pub mod report;

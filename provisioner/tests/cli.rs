@@ -361,3 +361,90 @@ fn help_has_examples() -> Result<()> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn r14_recovery_key_init_prints_a_paper_key_and_check_matches_it() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let levee = Levee::new()?;
+    let paper = levee.dir.path().join("acme-recovery.txt");
+    let paper_arg = paper.display().to_string();
+    let out = levee.ok(&[
+        "customer",
+        "recovery-key",
+        "init",
+        "acme",
+        "--out",
+        &paper_arg,
+    ])?;
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("recovery_key: x25519:"))
+        .context("no recovery_key line printed")?
+        .to_string();
+    let mode = std::fs::metadata(&paper)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "paper key file mode {mode:o}");
+    let text = std::fs::read_to_string(&paper)?;
+    ensure!(text.contains("keep it offline"), "{text}");
+    // Never overwritten.
+    let err = levee.fails(&[
+        "customer",
+        "recovery-key",
+        "init",
+        "acme",
+        "--out",
+        &paper_arg,
+    ])?;
+    ensure!(err.contains("never overwritten"), "{err}");
+    ensure!(
+        std::fs::read_to_string(&paper)? == text,
+        "the paper key file changed"
+    );
+
+    let f = levee.write("acme.yaml", &format!("customer: acme\n{line}\n"))?;
+    levee.ok(&["customer", "apply", "-f", &f])?;
+    let ok = levee.ok(&[
+        "customer",
+        "recovery-key",
+        "check",
+        "acme",
+        "--key",
+        &paper_arg,
+    ])?;
+    ensure!(ok.starts_with("ok:"), "{ok}");
+    // The public key is shown; the paper key never is.
+    let shown = levee.ok(&["customer", "show", "acme"])?;
+    let paper_line = text.lines().last().context("paper line")?;
+    ensure!(
+        shown.contains("x25519:") && !shown.contains(paper_line),
+        "{shown}"
+    );
+
+    let other = levee.dir.path().join("other.txt");
+    let other_arg = other.display().to_string();
+    levee.ok(&[
+        "customer",
+        "recovery-key",
+        "init",
+        "acme",
+        "--out",
+        &other_arg,
+    ])?;
+    let err = levee.fails(&[
+        "customer",
+        "recovery-key",
+        "check",
+        "acme",
+        "--key",
+        &other_arg,
+    ])?;
+    ensure!(err.contains("not acme's configured recovery key"), "{err}");
+    // A bad key in the YAML is named with its line.
+    let bad = levee.write("bad.yaml", "customer: acme\nrecovery_key: x25519:abc\n")?;
+    let err = levee.fails(&["customer", "apply", "-f", &bad])?;
+    ensure!(
+        err.contains("bad.yaml:2:") && err.contains("recovery_key"),
+        "{err}"
+    );
+    Ok(())
+}

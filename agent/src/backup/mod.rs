@@ -21,6 +21,7 @@ pub mod index;
 pub mod lock;
 pub mod packer;
 pub mod progress;
+pub mod recovery;
 pub mod repository;
 pub mod source;
 pub mod target;

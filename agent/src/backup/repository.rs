@@ -80,6 +80,11 @@ pub enum RepoError {
     LastKey,
     #[error("no key slot {0:?}")]
     NoKey(String),
+    #[error(
+        "no recovery slot opens with this paper key ({0} recovery slot(s) here): it is another \
+         customer's key, or one the customer has since replaced"
+    )]
+    NoRecoverySlot(usize),
 }
 
 pub struct Repository {

@@ -21,6 +21,7 @@ use levee_agent::backup::commands::{backup, check, diff, forget, ls, prune, repa
 use levee_agent::backup::progress::Counters;
 use levee_agent::runs::build;
 use levee_agent::Repository;
+use levee_proto::recovery::RecoveryPrivateKey;
 use levee_proto::repo::KdfParams;
 use levee_proto::runs::RunKind;
 
@@ -51,6 +52,17 @@ pub struct Global {
     /// File holding the repository password (else $LEVEE_PASSWORD).
     #[arg(long, env = "LEVEE_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+    /// Open the repository with the customer's paper recovery key (a file
+    /// holding it as printed by `levee customer recovery-key init`) instead
+    /// of a password: for a copy of a lost appliance's repository, on any
+    /// machine.
+    #[arg(
+        long,
+        env = "LEVEE_RECOVERY_KEY_FILE",
+        global = true,
+        conflicts_with = "password_file"
+    )]
+    pub recovery_key: Option<PathBuf>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -234,6 +246,13 @@ fn repo_path(g: &Global) -> Result<PathBuf> {
 
 fn open(g: &Global) -> Result<Repository> {
     let path = repo_path(g)?;
+    if let Some(f) = &g.recovery_key {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the recovery key {}", f.display()))?;
+        let key = RecoveryPrivateKey::from_paper(&text)
+            .with_context(|| format!("the recovery key in {}", f.display()))?;
+        return Ok(Repository::open_with_recovery(&path, &key)?);
+    }
     Ok(Repository::open(&path, &password(g)?)?)
 }
 

@@ -127,6 +127,13 @@ pub struct KeySlot {
     /// metadata as associated data (version 2).
     #[serde(with = "hexbytes")]
     pub wrapped: Vec<u8>,
+    /// A recovery slot's secret, sealed to the customer's recovery key
+    /// (`crate::recovery`), so that a copy of the repository and the paper
+    /// key open it on any machine. Outside the authenticated metadata: the
+    /// sealing is itself authenticated (AES-GCM), and a slot whose sealed
+    /// secret was swapped opens nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_secret: Option<String>,
 }
 
 fn format_1() -> u8 {
@@ -182,6 +189,7 @@ impl KeySlot {
             kdf,
             format,
             wrapped: Vec::new(),
+            sealed_secret: None,
         };
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);

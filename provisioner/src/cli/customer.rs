@@ -44,11 +44,16 @@ pub enum CustomerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The customer's recovery key: opens a lost appliance's backups
+    /// without the appliance or the server (`recovery-key init --help`).
+    #[command(subcommand)]
+    RecoveryKey(super::recovery::RecoveryKeyCommand),
 }
 
 pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
     match cmd {
         CustomerCommand::Apply { file, dry_run } => apply(ctx, &file, dry_run),
+        CustomerCommand::RecoveryKey(cmd) => super::recovery::run(ctx, cmd),
         CustomerCommand::Show { name, json } => {
             let store = ctx.open_store()?;
             let c = store.customer(&name)?.with_context(|| {

@@ -9,6 +9,7 @@ mod image;
 mod image_build;
 mod operator;
 mod profile;
+mod recovery;
 mod release;
 mod rollout;
 mod serve;

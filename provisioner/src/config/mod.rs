@@ -143,6 +143,22 @@ mod tests {
     }
 
     #[test]
+    fn recovery_key_is_checked_with_its_position() {
+        let e = err("customer: acme\nrecovery_key: ed25519:00\n");
+        assert!(
+            e.starts_with("acme.yaml:2:") && e.contains("recovery_key") && e.contains("x25519:"),
+            "{e}"
+        );
+        let key = levee_proto::recovery::RecoveryPrivateKey::generate().public();
+        let ok = parse(
+            "acme.yaml",
+            &format!("customer: acme\nrecovery_key: {key}\n"),
+            Path::new("/nonexistent"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
     fn missing_password_points_at_the_source() {
         let e = err("customer: acme\nsources:\n  - name: a\n    path: /x\n  - name: b\n    smb: smb://u@h/s\n");
         assert_eq!(

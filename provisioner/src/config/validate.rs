@@ -282,6 +282,10 @@ pub fn validate(mut c: CustomerConfig, base_dir: &Path) -> Result<Customer, Prob
             )
         })?),
     };
+    if let Some(k) = &c.recovery_key {
+        levee_proto::recovery::RecoveryPublicKey::parse(k)
+            .map_err(|e| problem(vec![Key("recovery_key")], e.to_string()))?;
+    }
     if let Some(w) = &c.update_window {
         levee_proto::update::UpdateWindow::parse(w)
             .map_err(|e| problem(vec![Key("update_window")], e))?;

@@ -1,0 +1,124 @@
+//! `levee customer recovery-key ...`: the customer's recovery key pair
+//! (levee_proto::recovery). The server never keeps the private half: it
+//! is printed once, as a paper key, for the customer or ops to keep
+//! offline; the public half goes into the customer's YAML.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use levee_proto::recovery::{RecoveryPrivateKey, RecoveryPublicKey};
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryKeyCommand {
+    /// Make a new recovery key pair: the paper key goes to --out (and the
+    /// terminal), the public key into the customer's YAML as `recovery_key:`.
+    ///
+    /// Every appliance of the customer then adds a repository key slot that
+    /// only this paper key opens, so the offsite copies of a lost or stolen
+    /// appliance can be opened on any machine (`levee-agent --recovery-key
+    /// FILE --repo DIR snapshots`). The server keeps no copy of the paper
+    /// key and cannot open the backups. Replacing the key (init again,
+    /// apply) replaces every appliance's recovery slot at its next run.
+    #[command(
+        after_help = "Example:\n  levee customer recovery-key init acme --out /media/usb/acme-recovery.txt\n  # add the printed recovery_key: line to acme.yaml, then\n  levee customer apply -f acme.yaml\n  # print or copy the paper key, store it offline, then delete the file"
+    )]
+    Init {
+        /// The customer the key is for (named in the file and the output).
+        name: String,
+        /// Where to write the paper key (created 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check that a paper key matches the customer's configured
+    /// `recovery_key:` (e.g. after typing it back from paper).
+    #[command(
+        after_help = "Example:\n  levee customer recovery-key check acme --key acme-recovery.txt"
+    )]
+    Check {
+        name: String,
+        /// File holding the paper key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+pub fn run(ctx: &super::Ctx, cmd: RecoveryKeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        RecoveryKeyCommand::Init { name, out } => init(&name, &out),
+        RecoveryKeyCommand::Check { name, key } => check(ctx, &name, &key),
+    }
+}
+
+fn init(name: &str, out: &Path) -> anyhow::Result<()> {
+    let key = RecoveryPrivateKey::generate();
+    let public = key.public();
+    let paper = key.to_paper();
+    let text = format!(
+        "Levee recovery key for customer {name}\n\
+         Public key: {public} (fingerprint {})\n\
+         Paper key (opens every repository of {name}; keep it offline):\n\n{paper}\n",
+        public.fingerprint()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never overwritten)",
+                out.display()
+            )
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    println!(
+        "Wrote the paper key to {} (0600).\n\
+         Next: add this line to {name}'s YAML and run `levee customer apply -f FILE`:\n\n  \
+         recovery_key: {public}\n\n\
+         Then move the paper key offline (print it, or copy it to removable media) and delete \
+         the file. Check a typed-back copy with `levee customer recovery-key check {name} --key FILE`.",
+        out.display()
+    );
+    Ok(())
+}
+
+fn check(ctx: &super::Ctx, name: &str, file: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // The file `init` writes has a header; the paper key is its last
+    // non-empty line (a typed-back copy may hold only the key).
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let key = RecoveryPrivateKey::from_paper(line)
+        .with_context(|| format!("the paper key in {}", file.display()))?;
+    let store = ctx.open_store()?;
+    let c = store
+        .customer(name)?
+        .with_context(|| format!("no customer `{name}`: `levee customer list` shows them"))?;
+    let Some(configured) = c.config.recovery_key.as_deref() else {
+        bail!("customer {name} has no recovery_key: in its configuration; add the public key and apply");
+    };
+    let configured = RecoveryPublicKey::parse(configured)?;
+    if configured != key.public() {
+        bail!(
+            "this paper key is not {name}'s configured recovery key (paper key's fingerprint {}, \
+             configured {})",
+            key.public().fingerprint(),
+            configured.fingerprint()
+        );
+    }
+    println!(
+        "ok: the paper key matches {name}'s recovery key {}",
+        configured.fingerprint()
+    );
+    Ok(())
+}
