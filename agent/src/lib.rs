@@ -25,6 +25,7 @@
 //! assert_eq!(s.summary.files, 1);
 //! ```
 
+pub mod activity;
 pub mod backup;
 pub mod daemon;
 pub mod enroll;

@@ -256,6 +256,17 @@ fn open(g: &Global) -> Result<Repository> {
     Ok(Repository::open(&path, &password(g)?)?)
 }
 
+/// Holds an update's reboot back while this command runs (see
+/// `levee_agent::activity`); off the appliance (no `/run/levee`), nothing
+/// to hold back.
+fn hold_reboot() -> Option<levee_agent::activity::Held> {
+    levee_agent::activity::hold(
+        std::path::Path::new(levee_agent::activity::LOCK_PATH),
+        || eprintln!("waiting: the appliance is rebooting into an update"),
+    )
+    .ok()
+}
+
 pub fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     let out = output::Out { json: g.json };
@@ -279,6 +290,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Backup(o) => {
+            let _reboot_waits = hold_reboot();
             let run = report::Manual::start(&g.state_dir, RunKind::Backup, o.sources.clone());
             let s = open(g).and_then(|repo| {
                 let c = Counters::default();
@@ -303,6 +315,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Restore(o) => {
+            let _reboot_waits = hold_reboot();
             let run = report::Manual::start(&g.state_dir, RunKind::Restore, vec![o.target.clone()]);
             let s = open(g).and_then(|repo| {
                 let c = Counters::default();
@@ -326,6 +339,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Prune(o) => {
+            let _reboot_waits = hold_reboot();
             let run = report::Manual::start(&g.state_dir, RunKind::Prune, Vec::new());
             let r = open(g).and_then(|repo| {
                 let c = Counters::default();
@@ -352,6 +366,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if r.errors.is_empty() { 0 } else { 1 })
         }
         Command::Repair(o) => {
+            let _reboot_waits = hold_reboot();
             let repo = open(g)?;
             let c = Counters::default();
             let r = progress::with_progress(g, &c, "repair", || repair::repair(&repo, &o, &c))?;

@@ -72,6 +72,11 @@ pub(super) struct Updates {
     attempt: Option<(u64, String)>,
     /// Rollback reports the server accepted during this pass.
     acked_rollbacks: Vec<u64>,
+    /// Held from the decision to reboot until the reboot: commands started
+    /// meanwhile wait (see `crate::activity`).
+    quiet: Option<crate::activity::Held>,
+    /// The reboot waits for a command; said once.
+    said_waiting: bool,
 }
 
 impl Updates {
@@ -151,6 +156,8 @@ impl Updates {
             repo_ok: false,
             attempt: None,
             acked_rollbacks: Vec::new(),
+            quiet: None,
+            said_waiting: false,
         }
     }
 
@@ -484,6 +491,24 @@ impl Updates {
             self.gate.hold.store(false, Ordering::SeqCst);
             return;
         }
+        if self.quiet.is_none() {
+            match crate::activity::quiet(Path::new(crate::activity::LOCK_PATH)) {
+                Ok(Some(held)) => self.quiet = Some(held),
+                Ok(None) => {
+                    if !self.said_waiting {
+                        tracing::info!(
+                            "{}: the reboot into the update waits for a backup, restore, prune or repair started from the command line",
+                            self.who
+                        );
+                        self.said_waiting = true;
+                    }
+                    self.gate.hold.store(false, Ordering::SeqCst);
+                    return;
+                }
+                // Cannot tell (no /run/levee): the job gate is all we know.
+                Err(e) => tracing::warn!("{}: {}: {e}", self.who, crate::activity::LOCK_PATH),
+            }
+        }
         let Some(p) = self.state.pending.as_mut() else {
             return;
         };
@@ -507,6 +532,7 @@ impl Updates {
         if let Err(e) = reboot_step() {
             tracing::warn!("{}: reboot failed: {e}", self.who);
             self.gate.hold.store(false, Ordering::SeqCst);
+            self.quiet = None;
         }
     }
 }
