@@ -45,6 +45,8 @@ const PROFILE_CMDLINE: &str = "levee.url={url} levee.ca={ca} levee.token={token}
      levee.root={root_url} levee.sha256={root_sha256} {image_cmdline}";
 /// The failing release's trial gives up after this long (default 600 s).
 const BAD_HEALTH_SECS: u64 = 40;
+/// These tests' deadline (`.config/nextest.toml` matches it).
+const DEADLINE: Duration = Duration::from_secs(1320);
 /// One step's own limit; every wait is also cut at the test's deadline.
 const STEP: Duration = Duration::from_secs(420);
 
@@ -528,6 +530,7 @@ fn hangs(world: &World, vm: Vm, r: usize, running: usize, on: char) -> anyhow::R
 
 /// Runs `f` and fails the test with the server's log and every console.
 fn with_logs(f: impl FnOnce() -> anyhow::Result<World>) {
+    levee_tests::set_test_deadline(DEADLINE);
     let mut logs: Vec<(String, String)> = Vec::new();
     let result = f().map(|world| logs.push(("levee serve".into(), world.server.log_text())));
     if result.is_err() {
