@@ -128,16 +128,9 @@ impl VmBuilder {
             }
         }
         for (i, disk) in self.disks.iter().enumerate() {
-            // A `.qcow2` disk is an overlay (a scenario on top of a shared
-            // installed disk); anything else is raw.
-            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
-                "qcow2"
-            } else {
-                "raw"
-            };
             cmd.args([
                 "-drive",
-                &format!("file={},format={format},if=none,id=d{i}", disk.display()),
+                &format!("file={},format=raw,if=none,id=d{i}", disk.display()),
                 "-device",
                 &format!(
                     "virtio-blk-pci,drive=d{i},bootindex={}",
