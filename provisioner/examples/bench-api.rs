@@ -221,7 +221,10 @@ async fn run_store(kind: &'static str, levee: &Path, args: &Args) -> anyhow::Res
     if let Some(url) = &db_url {
         cmd.arg("--database").arg(url);
     }
+    // All clients come from 127.0.0.1: lift the per-address cap (16 by
+    // default, against one LAN host taking the listener), as nginx has none.
     cmd.args(["serve", "--no-tftp", "--no-ra"])
+        .args(["--max-conns", "4096", "--max-conns-per-ip", "4096"])
         .arg("--http")
         .arg(format!("127.0.0.1:{http_port}"))
         .arg("--https")
