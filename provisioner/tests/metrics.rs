@@ -5,19 +5,18 @@
 //! metrics` (Debian's `prometheus` package, installed by dev/setup)
 //! accepts it. On SQLite and PostgreSQL (whose size comes from the server).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+use common::ServeProcess;
 
 use levee_proto::enroll::{paths, EnrollmentResponse};
 use levee_proto::runs::{RunKind, RunReport, RunResult};
-use levee_provisioner::secrets::ServerKey;
 use levee_provisioner::store::testing::PgServer;
-use levee_provisioner::store::{PgStore, Profile, Registration, SqliteStore, Store, Transport};
 use reqwest::blocking::Client;
 
 const MACS: [&str; 3] = [
@@ -26,135 +25,56 @@ const MACS: [&str; 3] = [
     "52:54:00:15:00:03",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A store with an image as the default profile, customer `acme` with a
 /// daily backup, and the three machines registered for it.
 fn prepare(data: &Path, database: Option<&str>) {
-    let store: Arc<dyn Store> = match database {
-        Some(url) => Arc::new(PgStore::connect(url).expect("PostgreSQL")),
-        None => Arc::new(SqliteStore::open(data).expect("SQLite")),
-    };
-    let src = data.join("src");
-    std::fs::create_dir_all(&src).expect("src");
-    std::fs::write(src.join("k"), b"kernel").expect("k");
-    std::fs::write(src.join("i"), b"initrd").expect("i");
-    let image = levee_provisioner::images::import_files(
+    let store = common::open_store(data, database);
+    common::add_default_profile(
+        data,
         data,
         store.as_ref(),
-        "t",
-        &src.join("k"),
-        &src.join("i"),
-    )
-    .expect("image");
-    store
-        .put_profile(&Profile {
-            name: "default".into(),
-            image: image.id,
-            kernel: "vmlinuz".into(),
-            initrd: "initrd.img".into(),
-            cmdline: "levee.ca={ca} levee.token={token}".into(),
-            transport: Transport::Http,
-        })
-        .expect("profile");
-    let key = ServerKey::load_or_create(data).expect("server key");
-    let config = serde_json::from_value(serde_json::json!({
-        "customer": "acme",
-        "sources": [{"name": "docs", "path": "/srv/docs"}],
-        "schedules": [{"name": "daily", "every": "1d"}],
-        "install": {"to_disk": false},
-    }))
-    .expect("config");
-    store
-        .put_customer(&key.seal_config(&config))
-        .expect("customer");
+        "levee.ca={ca} levee.token={token}",
+    );
+    common::add_customer(
+        store.as_ref(),
+        data,
+        serde_json::json!({
+            "customer": "acme",
+            "sources": [{"name": "docs", "path": "/srv/docs"}],
+            "schedules": [{"name": "daily", "every": "1d"}],
+            "install": {"to_disk": false},
+        }),
+    );
     for mac in MACS {
-        store
-            .register_appliance(
-                mac.parse().expect("mac"),
-                &Registration {
-                    customer: Some("acme"),
-                    ..Default::default()
-                },
-            )
-            .expect("register");
+        common::register(store.as_ref(), mac, "acme");
     }
     store.close();
 }
 
+/// `levee serve` with `--metrics` on a port of its own. Ready when the
+/// plain listener answers (not /metrics: its store gauges would be cached
+/// from before the test's traffic).
 struct Serve {
-    child: Child,
+    /// Killed with the test.
+    _process: ServeProcess,
     http: String,
     metrics: String,
-    log: std::path::PathBuf,
 }
 
 impl Serve {
     fn start(data: &Path, database: Option<&str>) -> Serve {
-        let (hp, sp, mp) = (free_port(), free_port(), free_port());
-        let http = format!("http://127.0.0.1:{hp}");
-        let log = data.join("serve.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
-        cmd.arg("--data-dir").arg(data);
-        match database {
-            Some(url) => cmd.env("LEVEE_DATABASE", url),
-            None => cmd.env_remove("LEVEE_DATABASE"),
-        };
-        cmd.args(["serve", "--no-tftp", "--http"])
-            .arg(format!("127.0.0.1:{hp}"))
-            .arg("--https")
-            .arg(format!("127.0.0.1:{sp}"))
-            .arg("--metrics")
-            .arg(format!("127.0.0.1:{mp}"))
-            .arg("--public-url")
-            .arg(&http)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .process_group(0);
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let serve = Serve {
-            child: cmd.spawn().expect("start levee serve"),
-            http,
+        let mp = common::free_port();
+        let process = ServeProcess::spawn(
+            data,
+            database,
+            &data.join("serve.log"),
+            &["--metrics", &format!("127.0.0.1:{mp}")],
+        );
+        Serve {
+            http: process.http.clone(),
             metrics: format!("http://127.0.0.1:{mp}/metrics"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Ready when the plain listener answers (not /metrics: its store
-        // gauges would be cached from before the test's traffic).
-        while Client::new()
-            .get(format!("{}/healthz", serve.http))
-            .send()
-            .map_or(true, |r| !r.status().is_success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "levee serve --metrics not ready after 30 s:\n{}",
-                std::fs::read_to_string(&serve.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            _process: process,
         }
-        serve
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -27,8 +27,7 @@ use levee_proto::offsite::Namespace;
 use levee_proto::repo::KdfParams;
 use levee_provisioner::enroll::ca::ServerCa;
 use levee_provisioner::offsite::{Disk, StoreState, StoreStats};
-use levee_provisioner::secrets::ServerKey;
-use levee_provisioner::store::{Registration, Store};
+use levee_provisioner::store::Store;
 use tokio_util::sync::CancellationToken;
 
 const MAC_A: &str = "52:54:00:14:00:01";
@@ -56,37 +55,18 @@ impl Drop for World {
 fn world() -> World {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (data, store) = common::store_with_default_profile(
-        dir.path(),
-        "levee.url={url} levee.ca={ca} levee.token={token} levee.root={root_url}",
-    );
-    let key = ServerKey::load_or_create(&data).expect("key");
+    let (data, store) = common::store_with_default_profile(dir.path(), common::AGENT_CMDLINE);
     for customer in ["acme", "other"] {
-        let config = serde_json::from_value(serde_json::json!({
-            "customer": customer,
-            "install": {"to_disk": false},
-        }))
-        .expect("config");
-        store
-            .put_customer(&key.seal_config(&config))
-            .expect("customer");
+        common::add_customer(
+            store.as_ref(),
+            &data,
+            serde_json::json!({"customer": customer, "install": {"to_disk": false}}),
+        );
     }
     for (mac, customer) in [(MAC_A, "acme"), (MAC_B, "acme"), (MAC_C, "other")] {
-        store
-            .register_appliance(
-                mac.parse().expect("mac"),
-                &Registration {
-                    customer: Some(customer),
-                    ..Default::default()
-                },
-            )
-            .expect("register");
+        common::register(store.as_ref(), mac, customer);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let (http, stop) = rt.block_on(common::serve_on_loopback(
         store.clone(),
         data.clone(),
