@@ -25,7 +25,44 @@ use levee_proto::schedule::next_run;
 use serde::Serialize;
 
 use crate::enroll::ca::CLIENT_CERT_DAYS;
-use crate::store::{Appliance, BackupFacts, FailStreak, RunRecord};
+use crate::store::{Appliance, ApplianceState, BackupFacts, FailStreak, RunRecord, Store};
+
+/// Heartbeat interval assumed for machines without a customer (or whose
+/// customer's interval does not parse).
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 300;
+
+/// Each customer's heartbeat interval in seconds.
+pub fn heartbeat_intervals(
+    store: &dyn Store,
+) -> crate::store::Result<std::collections::HashMap<String, u64>> {
+    Ok(store
+        .customers()?
+        .into_iter()
+        .filter_map(|c| {
+            let secs = levee_proto::config::parse_duration(&c.config.heartbeat_interval)?;
+            Some((c.name, secs))
+        })
+        .collect())
+}
+
+/// The heartbeat interval that applies to `a`: its customer's, else
+/// [`DEFAULT_HEARTBEAT_SECS`].
+pub fn heartbeat_interval(
+    intervals: &std::collections::HashMap<String, u64>,
+    a: &Appliance,
+) -> u64 {
+    a.customer
+        .as_ref()
+        .and_then(|c| intervals.get(c).copied())
+        .unwrap_or(DEFAULT_HEARTBEAT_SECS)
+}
+
+/// Whether `a` is online at `now` (a report within three of its
+/// intervals); a retired appliance never is, whatever it last said. The CLI
+/// listings and the panel say the same.
+pub fn online(a: &Appliance, intervals: &std::collections::HashMap<String, u64>, now: u64) -> bool {
+    a.state != ApplianceState::Retired && a.online(heartbeat_interval(intervals, a), now)
+}
 
 /// How long past its expected start a backup may still be missing before
 /// it is overdue: the expected time is when the run starts, and its report

@@ -20,8 +20,7 @@ use crate::health::{assess, expected_since};
 use crate::secrets::ServerKey;
 use crate::store::{now, BackupFacts, NewAlert, Result, Store};
 
-/// Heartbeat interval assumed for machines without a customer.
-const DEFAULT_HEARTBEAT_SECS: u64 = 300;
+use crate::health::DEFAULT_HEARTBEAT_SECS;
 /// Deliveries posted per pass.
 const BATCH: usize = 50;
 /// Longest a receiver may take to answer.

@@ -1,17 +1,15 @@
 //! `levee appliance ...`: the boxes, from registration to retirement.
 
-use std::collections::HashMap;
-
 use anyhow::Context;
 use clap::Subcommand;
 use levee_pxe::boot::MacAddr;
 
 use super::backups::{last_backup_cell, overdue_cell, Detail, Fleet};
 use super::escape;
-use crate::store::{now, short_key, Appliance, ApplianceRef, ApplianceState, Registration, Store};
+use crate::health::{heartbeat_intervals, online};
+use crate::store::{now, short_key, Appliance, ApplianceRef, Registration, Store};
 
 /// Heartbeat interval assumed for machines without a customer.
-const DEFAULT_HEARTBEAT_SECS: u64 = 300;
 
 #[derive(Debug, Subcommand)]
 pub enum ApplianceCommand {
@@ -325,7 +323,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|a| customer.is_none() || a.customer == customer)
                 .collect();
-            let online = |a: &Appliance| is_online(a, interval(&heartbeats, a), t);
+            let online = |a: &Appliance| online(a, &heartbeats, t);
             let fleet = Fleet::load(store, None)?;
             if json {
                 let rows: Vec<serde_json::Value> = all
@@ -388,7 +386,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
         ApplianceCommand::Show { appliance, json } => {
             let a = find(store, appliance)?;
             let events = store.events(a.mac, 200)?;
-            let online = is_online(&a, interval(&heartbeat_intervals(store)?, &a), now());
+            let online = online(&a, &heartbeat_intervals(store)?, now());
             let backups = Detail::load(store, &a)?;
             let (updates, update_lines) = super::rollout::appliance_updates(store, &a)?;
             if json {
@@ -503,30 +501,6 @@ fn check_profile(store: &dyn Store, profile: Option<&str>) -> anyhow::Result<()>
         })?;
     }
     Ok(())
-}
-
-/// Each customer's heartbeat interval in seconds.
-fn heartbeat_intervals(store: &dyn Store) -> anyhow::Result<HashMap<String, u64>> {
-    Ok(store
-        .customers()?
-        .into_iter()
-        .filter_map(|c| {
-            let secs = levee_proto::config::parse_duration(&c.config.heartbeat_interval)?;
-            Some((c.name, secs))
-        })
-        .collect())
-}
-
-fn interval(intervals: &HashMap<String, u64>, a: &Appliance) -> u64 {
-    a.customer
-        .as_ref()
-        .and_then(|c| intervals.get(c).copied())
-        .unwrap_or(DEFAULT_HEARTBEAT_SECS)
-}
-
-/// Retired machines are never online, whatever they last said.
-fn is_online(a: &Appliance, heartbeat_secs: u64, now: u64) -> bool {
-    a.state != ApplianceState::Retired && a.online(heartbeat_secs, now)
 }
 
 /// The appliance as JSON plus the computed `online`.

@@ -24,10 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::{authed, may_view};
 use super::{blocking, ApiResult, UiState};
 use crate::cli::backups::Fleet;
-use crate::store::{now, short_key, Appliance, ApplianceState, ChangeStamp, Store};
+use crate::store::{now, short_key, ChangeStamp, Store};
 
 /// Heartbeat interval assumed for machines without a customer (as the CLI).
-const DEFAULT_HEARTBEAT_SECS: u64 = 300;
 /// Rows a page holds at most.
 pub const MAX_PER_PAGE: usize = 500;
 /// Seconds a computed fleet may be reused while nothing changed.
@@ -159,25 +158,10 @@ impl FleetCache {
 }
 
 fn heartbeat_intervals(store: &dyn Store) -> ApiResult<HashMap<String, u64>> {
-    Ok(store
-        .customers()?
-        .into_iter()
-        .filter_map(|c| {
-            let secs = levee_proto::config::parse_duration(&c.config.heartbeat_interval)?;
-            Some((c.name, secs))
-        })
-        .collect())
+    Ok(crate::health::heartbeat_intervals(store)?)
 }
 
-/// Whether `a` is online (a retired one never is), as the CLI says.
-pub fn online(a: &Appliance, intervals: &HashMap<String, u64>, t: u64) -> bool {
-    let secs = a
-        .customer
-        .as_ref()
-        .and_then(|c| intervals.get(c).copied())
-        .unwrap_or(DEFAULT_HEARTBEAT_SECS);
-    a.state != ApplianceState::Retired && a.online(secs, t)
-}
+pub use crate::health::online;
 
 fn compute(store: &dyn Store, runs: &RunFacts, t: u64) -> ApiResult<Vec<Row>> {
     let intervals = heartbeat_intervals(store)?;
