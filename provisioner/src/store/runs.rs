@@ -16,7 +16,7 @@ pub const RUNS_KEPT: i64 = 1000;
 /// The columns of `runs` that [`run_record!`] reads, in its order.
 pub(crate) const RUN_COLUMNS: &str = "received_at, report_id, kind, job, sources, started_at,
     ended_at, result, files_new, files_total, bytes_new, bytes_total, snapshot, errors,
-    error_count, repo_bytes";
+    error_count, repo_bytes, lag_secs";
 
 /// Decodes one row of [`RUN_COLUMNS`] into a [`RunRecord`], the same way
 /// for both stores: `$get` is the row's getter (`get` for rusqlite,
@@ -50,8 +50,7 @@ macro_rules! run_record {
                 errors: serde_json::from_str(&errors).map_err(corrupt)?,
                 error_count: u(14)?,
                 repo_bytes: r.$get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
-                // Not stored yet (docs/OFFSITE.md: open).
-                lag_secs: None,
+                lag_secs: r.$get::<_, Option<i64>>(16)?.map(|v| v.max(0) as u64),
             },
         }
     }};

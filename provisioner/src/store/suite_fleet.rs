@@ -78,6 +78,23 @@ pub(super) fn runs_are_kept_once_bounded_and_summed_up(s: &dyn Store) {
     let only = s.backup_facts(Some(b.id)).expect("facts");
     assert_eq!(only.len(), 1);
     assert_eq!(only[&b.id].failing, vec![]);
+    // A replication run keeps its lag (issue 14), also through latest_runs.
+    let c = register_for(s, 72, "acme");
+    let mut rep = run(
+        RunKind::Replication,
+        None,
+        "offsite-a",
+        4500,
+        RunResult::Warning,
+    );
+    rep.lag_secs = Some(3600);
+    s.record_run(c.id, &rep).expect("replication");
+    let latest = s.latest_runs(RunKind::Replication).expect("latest");
+    assert_eq!(latest[&c.id].report, rep, "stored as sent, lag included");
+    assert_eq!(
+        s.runs(c.id, 1).expect("runs")[0].report.lag_secs,
+        Some(3600)
+    );
     // A success of the stream ends its streak.
     s.record_run(
         a.id,

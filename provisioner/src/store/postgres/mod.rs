@@ -263,6 +263,10 @@ END $$;
 CREATE TRIGGER customers_notify AFTER INSERT OR UPDATE OR DELETE ON customers
     FOR EACH ROW EXECUTE FUNCTION levee_notify_customer();
 "#,
+    // Replication lag of each replication run (issue 14).
+    r#"
+ALTER TABLE runs ADD COLUMN lag_secs BIGINT;
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).

@@ -24,8 +24,9 @@ impl RunStore for PgStore {
                 &tx,
                 "INSERT INTO runs (appliance_id, received_at, report_id, kind, job, sources,
                    started_at, ended_at, result, files_new, files_total, bytes_new, bytes_total,
-                   snapshot, errors, error_count, repo_bytes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                   snapshot, errors, error_count, repo_bytes, lag_secs)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                   $18)
                  ON CONFLICT (appliance_id, report_id) DO NOTHING RETURNING id",
                 &[
                     &appliance,
@@ -45,6 +46,7 @@ impl RunStore for PgStore {
                     &errors,
                     &db_int(r.error_count),
                     &r.repo_bytes.map(db_int),
+                    &r.lag_secs.map(db_int),
                 ],
             )
             .await?;
@@ -139,7 +141,7 @@ impl RunStore for PgStore {
             )
             .await?
             .iter()
-            .map(|r| Ok((r.try_get(16)?, run_row(r)?)))
+            .map(|r| Ok((r.try_get(17)?, run_row(r)?)))
             .collect()
         })
     }

@@ -213,6 +213,10 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_target ON audit(target, id);
 "#,
+    // Replication lag of each replication run (issue 14).
+    r#"
+ALTER TABLE runs ADD COLUMN lag_secs INTEGER;
+"#,
 ];
 
 /// Events kept per machine.

@@ -22,8 +22,9 @@ impl RunStore for SqliteStore {
             .query_row_cached(
                 "INSERT INTO runs (appliance_id, received_at, report_id, kind, job, sources,
                    started_at, ended_at, result, files_new, files_total, bytes_new, bytes_total,
-                   snapshot, errors, error_count, repo_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                   snapshot, errors, error_count, repo_bytes, lag_secs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                   ?18)
                  ON CONFLICT (appliance_id, report_id) DO NOTHING RETURNING id",
                 params![
                     appliance,
@@ -43,6 +44,7 @@ impl RunStore for SqliteStore {
                     errors,
                     db_int(r.error_count),
                     r.repo_bytes.map(db_int),
+                    r.lag_secs.map(db_int),
                 ],
                 |row| row.get(0),
             )
@@ -112,7 +114,7 @@ impl RunStore for SqliteStore {
             "SELECT {RUN_COLUMNS}, appliance_id FROM runs WHERE id IN (
                SELECT MAX(id) FROM runs WHERE kind = ?1 GROUP BY appliance_id)"
         ))?;
-        let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(16)?, run_row(r)?)))?;
+        let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get(17)?, run_row(r)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
