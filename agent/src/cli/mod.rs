@@ -146,16 +146,7 @@ pub enum KeyCommand {
     /// List key slots.
     List,
     /// Add a key slot; the new secret comes from --new-password-file or $LEVEE_NEW_PASSWORD.
-    Add {
-        #[arg(long, default_value = "password")]
-        kind: String,
-        #[arg(long, default_value = "")]
-        label: String,
-        #[arg(long)]
-        new_password_file: Option<PathBuf>,
-        #[arg(long, default_value_t = 65536, hide = true)]
-        kdf_memory_kib: u32,
-    },
+    Add(NewSlot),
     /// Remove a key slot (by id prefix); the last one cannot be removed.
     ///
     /// This does NOT revoke the secret: the master key stays the same, so a
@@ -176,16 +167,20 @@ pub enum KeyCommand {
     /// until their retention removes them: whoever holds the leaked secret
     /// and such a copy still reads the data made before the rotation.
     /// Refused while a backup or prune runs; format 2 repositories only.
-    Rotate {
-        #[arg(long, default_value = "password")]
-        kind: String,
-        #[arg(long, default_value = "")]
-        label: String,
-        #[arg(long)]
-        new_password_file: Option<PathBuf>,
-        #[arg(long, default_value_t = 65536, hide = true)]
-        kdf_memory_kib: u32,
-    },
+    Rotate(NewSlot),
+}
+
+/// The slot `key add` and `key rotate` write.
+#[derive(Args, Clone)]
+pub struct NewSlot {
+    #[arg(long, default_value = "password")]
+    kind: String,
+    #[arg(long, default_value = "")]
+    label: String,
+    #[arg(long)]
+    new_password_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 65536, hide = true)]
+    kdf_memory_kib: u32,
 }
 
 /// The new secret for `key add` and `key rotate`.
@@ -383,12 +378,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let repo = open(g)?;
             match k {
                 KeyCommand::List => out.keys(&repo.key_slots()?)?,
-                KeyCommand::Add {
+                KeyCommand::Add(NewSlot {
                     kind,
                     label,
                     new_password_file,
                     kdf_memory_kib,
-                } => {
+                }) => {
                     let pw = new_secret(new_password_file)?.ok_or_else(|| {
                         anyhow!("no new secret: use --new-password-file or LEVEE_NEW_PASSWORD")
                     })?;
@@ -400,12 +395,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                     let id = repo.remove_key(&id)?;
                     out.key_removed(&id)?;
                 }
-                KeyCommand::Rotate {
+                KeyCommand::Rotate(NewSlot {
                     kind,
                     label,
                     new_password_file,
                     kdf_memory_kib,
-                } => {
+                }) => {
                     let pw = match new_secret(new_password_file)? {
                         Some(pw) => pw,
                         None => password(g)?,
