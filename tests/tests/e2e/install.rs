@@ -25,7 +25,9 @@ use levee_tests::server::{DhcpMode, LeveeServer};
 use levee_tests::vm::{check, Firmware, Vm, VmBuilder};
 use levee_tests::{require_tool, run, wait_until};
 
-const CUSTOMER: &str = "acme";
+use crate::offsite::{Backups, STORE_PORT};
+
+pub(crate) const CUSTOMER: &str = "acme";
 /// A test disk: room for the layout's smallest slots (256 MiB each).
 const DISK_BYTES: u64 = 2 << 30;
 /// What the imported image adds to its own kernel arguments.
@@ -44,10 +46,19 @@ struct World {
     net: TestNet,
     dir: tempfile::TempDir,
     image: serde_json::Value,
+    /// The customer's file share, schedule, recovery key and offsite store
+    /// (issue 14), for the test that checks backups.
+    backups: Option<Backups>,
 }
 
 impl World {
     fn new(tag: &str, to_disk: bool) -> anyhow::Result<World> {
+        World::with(tag, to_disk, false)
+    }
+
+    /// `backups`: the customer also backs up a Samba share on the test
+    /// network and replicates to `levee serve --store` (offsite.rs).
+    fn with(tag: &str, to_disk: bool, backups: bool) -> anyhow::Result<World> {
         let (image_dir, image) = image()?;
         let dir = tempfile::Builder::new().prefix("levee-e2e-").tempdir()?;
         let staged = dir.path().join("image");
@@ -75,11 +86,19 @@ impl World {
             "default",
         ])?;
         server.cli(&["profile", "set", "default", "--cmdline", PROFILE_CMDLINE])?;
+        let net = TestNet::new(tag)?;
+        let (backups, extra_yaml) = match backups {
+            true => {
+                let (b, yaml) = Backups::prepare(&server, &net, dir.path())?;
+                (Some(b), yaml)
+            }
+            false => (None, String::new()),
+        };
         let customer = dir.path().join("acme.yaml");
         std::fs::write(
             &customer,
             format!(
-                "customer: {CUSTOMER}\nheartbeat_interval: 10s\ninstall:\n  to_disk: {to_disk}\n  min_disk_size: 1GiB\n"
+                "customer: {CUSTOMER}\nheartbeat_interval: 10s\ninstall:\n  to_disk: {to_disk}\n  min_disk_size: 1GiB\n{extra_yaml}"
             ),
         )?;
         server.cli(&[
@@ -88,17 +107,19 @@ impl World {
             "-f",
             customer.to_str().context("path")?,
         ])?;
-        let net = TestNet::new(tag)?;
-        server.start(
-            &net,
-            DhcpMode::Full,
-            &["--https", &format!("{SERVER_IP}:8443")],
-        )?;
+        let https = format!("{SERVER_IP}:8443");
+        let store = format!("{SERVER_IP}:{STORE_PORT}");
+        let mut args = vec!["--https", &https];
+        if backups.is_some() {
+            args.extend(["--store", &store]);
+        }
+        server.start(&net, DhcpMode::Full, &args)?;
         Ok(World {
             server,
             net,
             dir,
             image: manifest,
+            backups,
         })
     }
 
@@ -322,10 +343,10 @@ fn wait_console(vm: &Vm, needle: &str, timeout: Duration) -> anyhow::Result<()> 
     })
 }
 
-fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
+fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool) {
     let mut logs = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        let world = World::new(tag, true)?;
+        let world = World::with(tag, true, backups)?;
         world.register(mac)?;
         let disk = world.blank_disk()?;
         // A blank box: blank disk first in the boot order, the NIC second.
@@ -408,6 +429,9 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
                 .count();
             ensure!(rendered == 1, "{rendered} boot scripts rendered for {mac}");
             attacker_tries_to_enroll(&world, mac)?;
+            if let Some(b) = &world.backups {
+                b.check(&world.server, mac)?;
+            }
             Ok(())
         })();
         logs.push(("levee serve", world.server.log_text()));
@@ -419,12 +443,12 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str) {
 
 #[test]
 fn install_bios_golden_path() {
-    golden_path("e2eib", Firmware::Bios, "52:54:00:04:01:01");
+    golden_path("e2eib", Firmware::Bios, "52:54:00:04:01:01", true);
 }
 
 #[test]
 fn install_uefi_golden_path() {
-    golden_path("e2eiu", Firmware::Uefi, "52:54:00:04:01:02");
+    golden_path("e2eiu", Firmware::Uefi, "52:54:00:04:01:02", false);
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {

@@ -2,5 +2,6 @@
 //! private network namespaces. One test binary; modules by subject.
 
 mod install;
+mod offsite;
 mod pxe_boot;
 mod update;
