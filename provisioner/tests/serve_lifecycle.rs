@@ -240,6 +240,40 @@ impl Tally {
             .filter(|e| f(e))
             .count()
     }
+
+    /// Outcomes per half second from `t0` (marks at `marks`), for the
+    /// failure messages of timing assertions.
+    fn timeline(&self, t0: Instant, marks: &[(Instant, &str)]) -> String {
+        let log = self.log.lock().expect("tally");
+        let mut rows =
+            std::collections::BTreeMap::<u128, (usize, usize, usize, Vec<String>)>::new();
+        for (at, o, what) in log.iter() {
+            let slot = at.saturating_duration_since(t0).as_millis() / 500;
+            let row = rows.entry(slot).or_default();
+            match o {
+                Outcome::Ok if *what == "reference" => row.1 += 1,
+                Outcome::Ok => row.0 += 1,
+                Outcome::Status(503) => row.2 += 1,
+                other => row.3.push(format!("{other:?}")),
+            }
+        }
+        let mut out = String::from("t (s)   ok   ref   503   other\n");
+        for (slot, (ok, reference, unavailable, other)) in rows {
+            let start = t0 + Duration::from_millis(slot as u64 * 500);
+            let here: Vec<&str> = marks
+                .iter()
+                .filter(|(m, _)| *m >= start && *m < start + Duration::from_millis(500))
+                .map(|(_, name)| *name)
+                .collect();
+            out.push_str(&format!(
+                "{:>5.1} {ok:>5} {reference:>5} {unavailable:>5}   {} {}\n",
+                slot as f64 / 2.0,
+                other.join(","),
+                here.join(" ")
+            ));
+        }
+        out
+    }
 }
 
 /// Config pulls by every identity and enrollments of the machines from
@@ -459,21 +493,47 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
             }
         }));
     }
-    // Rates are averaged over 2 s windows: single seconds on a shared
-    // 2-core machine vary by more than the factor of 2 this test allows
-    // (about 1 run in 5 failed comparing one second with another).
-    let ok_per_sec = |from: Instant| {
-        tally.count(|e| e.1 == Outcome::Ok && e.0 > from && e.0 <= from + Duration::from_secs(2))
-            / 2
+    // The reference: a request that needs no database (the server's
+    // time), from two more clients. Its rate measures what share of the
+    // machine the server gets at each moment, which on a shared 2-core
+    // machine swings by more than the factor of 2 this test allows (a
+    // neighbour's link step took the pull rate from 7,000/s to 600/s
+    // before PostgreSQL was even stopped: the flake of issue 16). So "full
+    // rate" compares pulls per reference request, a ratio the machine's
+    // load leaves alone and a degraded server (no cache, a pool not yet
+    // refilled, retries) lowers.
+    for _ in 0..2 {
+        let (http, stop, tally) = (serve.http.clone(), stop.clone(), tally.clone());
+        tasks.push(rt.spawn(async move {
+            let plain = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let o = match send(plain.get(format!("{http}{}", paths::TIME))).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(o) => o,
+                };
+                tally.add(o, "reference");
+            }
+        }));
+    }
+    // Averaged over 2 s windows.
+    let ok_per_ref = |from: Instant| {
+        let within = |e: &(Instant, Outcome, &'static str), what: &str| {
+            e.1 == Outcome::Ok && e.2 == what && e.0 > from && e.0 <= from + Duration::from_secs(2)
+        };
+        let pulls = tally.count(|e| within(e, "config"));
+        let reference = tally.count(|e| within(e, "reference"));
+        (pulls as f64 / reference.max(1) as f64, pulls / 2)
     };
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(3500));
-    let baseline = ok_per_sec(t0 + Duration::from_millis(1500));
+    let (baseline, baseline_rate) = ok_per_ref(t0 + Duration::from_millis(1500));
+    let stopping = Instant::now();
     pg.stop();
     let down = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     pg.start_again();
     let back = Instant::now();
+    let back_wall = std::time::SystemTime::now();
     std::thread::sleep(Duration::from_secs(6));
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
@@ -481,7 +541,18 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
             t.await.expect("a load task failed");
         }
     });
-    let log = serve.log();
+    let log = format!(
+        "{}\n{}",
+        tally.timeline(
+            t0,
+            &[
+                (stopping, "<- stopping"),
+                (down, "<- stopped"),
+                (back, "<- back")
+            ],
+        ),
+        serve.log()
+    );
     assert!(
         serve.child.try_wait().expect("wait").is_none(),
         "levee serve exited:\n{log}"
@@ -489,10 +560,11 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
     assert_eq!(serve.child.id(), pid);
     let broken = tally.count(|e| e.1 == Outcome::Broken || e.1 == Outcome::Refused);
     assert_eq!(broken, 0, "connections broke:\n{log}");
-    // While down (after the first second, when pooled connections have
-    // noticed): 503s, and no success.
+    // While down (after the first half second, when pooled connections
+    // have noticed): 503s, and no success.
+    let pulls = |e: &(Instant, Outcome, &'static str)| e.2 == "config";
     let in_outage = |e: &(Instant, Outcome, &'static str)| {
-        e.0 > down + Duration::from_millis(500) && e.0 < back
+        pulls(e) && e.0 > down + Duration::from_millis(500) && e.0 < back
     };
     let unavailable = tally.count(|e| in_outage(e) && e.1 == Outcome::Status(503));
     let other = tally.count(|e| in_outage(e) && e.1 != Outcome::Status(503));
@@ -501,23 +573,28 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
         other, 0,
         "answers other than 503 while PostgreSQL was down:\n{log}"
     );
-    // Back at full rate (half the baseline's, the machine being shared)
-    // by 5 s after PostgreSQL returned: averaged over [3.5 s, 5.5 s].
-    let recovered = ok_per_sec(back + Duration::from_millis(3500));
+    // Errors only while it is down: none before it stopped, none from 5 s
+    // after its return on.
+    let errors_outside = tally
+        .count(|e| e.1 != Outcome::Ok && (e.0 < stopping || e.0 > back + Duration::from_secs(5)));
+    assert_eq!(errors_outside, 0, "errors while PostgreSQL was up:\n{log}");
+    // Back at full rate (at least half the baseline's pulls per reference
+    // request) by 5 s after PostgreSQL returned: over [3 s, 5 s].
+    let (recovered, recovered_rate) = ok_per_ref(back + Duration::from_secs(3));
     let first_ok = tally
         .log
         .lock()
         .expect("tally")
         .iter()
-        .filter(|e| e.0 > back && e.1 == Outcome::Ok)
+        .filter(|e| pulls(e) && e.0 > back && e.1 == Outcome::Ok)
         .map(|e| e.0 - back)
         .min();
     eprintln!(
-        "baseline {baseline}/s; {unavailable} x 503 while down; first success {first_ok:?} after the restart; {recovered}/s in [3.5 s, 5.5 s]"
+        "baseline {baseline_rate}/s ({baseline:.2} per reference request); {unavailable} x 503 while down; first success {first_ok:?} after the restart; {recovered_rate}/s ({recovered:.2}) in [3 s, 5 s]"
     );
     assert!(
-        recovered * 2 >= baseline,
-        "rate {recovered}/s 3.5-5.5 s after the restart, baseline {baseline}/s:\n{log}"
+        recovered * 2.0 >= baseline,
+        "{recovered:.2} pulls per reference request 3-5 s after the restart ({recovered_rate}/s), baseline {baseline:.2} ({baseline_rate}/s):\n{log}"
     );
     assert!(log.contains("PostgreSQL unreachable"), "{log}");
     assert!(log.contains("PostgreSQL reachable again"), "{log}");
@@ -526,6 +603,34 @@ fn r16_postgres_restart_is_survived_without_a_server_restart() {
         1,
         "one line per outage:\n{log}"
     );
+    // Within 5 s of its return the server is as before the outage, the
+    // pool connected and the API cache listening again (pulls served from
+    // memory): what the full rate is made of, read from its log's clock,
+    // which the machine's load does not move.
+    for line in [
+        "PostgreSQL reachable again",
+        "listening for PostgreSQL notifications",
+    ] {
+        let after = serve
+            .log()
+            .lines()
+            .filter(|l| l.contains(line))
+            .filter_map(log_time)
+            .map(|t| t.duration_since(back_wall).unwrap_or_default())
+            .next_back();
+        assert!(
+            after.is_some_and(|t| t <= Duration::from_secs(5)),
+            "`{line}` logged {after:?} after PostgreSQL returned:\n{log}"
+        );
+    }
+}
+
+/// When a log line was written: its leading RFC 3339 time stamp.
+fn log_time(line: &str) -> Option<std::time::SystemTime> {
+    let stamp = line.split_whitespace().next()?;
+    chrono::DateTime::parse_from_rfc3339(stamp)
+        .ok()
+        .map(std::time::SystemTime::from)
 }
 
 /// Two servers (two provisioning LANs) on one database: an appliance

@@ -464,6 +464,10 @@ impl PgStore {
                 // proves the database is back. (Trusting the handout logged
                 // "reachable again" mid-outage, then "unreachable" a second
                 // time: the flaky restart test.)
+                // Only that proof marks it up: a caller that found it up
+                // and got a connection proves nothing (it may be a stale
+                // one handed out while another caller marks it down, and
+                // clearing that would log the outage twice).
                 if was_down {
                     if let Err(e) = c.simple_query("").await {
                         let e = StoreError::from(e);
@@ -473,8 +477,8 @@ impl PgStore {
                         }
                         return Err(e);
                     }
+                    self.mark_up();
                 }
-                self.mark_up();
                 Ok(c)
             }
             Err(e) => {
