@@ -180,9 +180,10 @@ pub async fn run_with(
             .clone()
             .unwrap_or_else(|| config.data_dir.join("offsite"));
         let state = crate::offsite::state(store.clone(), dir);
-        let (ca, grace, stop) = (ca.clone(), config.offsite.deletion_grace, shutdown.clone());
+        let tls = crate::enroll::https::tls_config(&ca, &host).context("--store")?;
+        let (grace, stop) = (config.offsite.deletion_grace, shutdown.clone());
         tasks.spawn(async move {
-            let served = crate::offsite::serve(listener, &ca, &host, state, grace, limits, stop)
+            let served = crate::offsite::serve(listener, tls, state, grace, limits, stop)
                 .await
                 .context("offsite store failed");
             ("store", served)

@@ -158,10 +158,10 @@ impl World {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         rt.spawn(async move {
+            let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
             let _ = levee_provisioner::offsite::serve(
                 listener,
-                &ca,
-                "127.0.0.1",
+                tls,
                 state,
                 levee_provisioner::offsite::DEFAULT_GRACE,
                 Default::default(),

@@ -94,7 +94,7 @@ pub enum Command {
     /// Operators of the web panel (`levee serve --ui`) and their audit log.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
-    /// The offsite store's files (deletion requests, abandoned uploads).
+    /// The offsite store: run it alone (`serve`, `cert`), prune its files.
     #[command(subcommand)]
     Store(store::StoreCommand),
 }

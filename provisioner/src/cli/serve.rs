@@ -440,7 +440,7 @@ fn ui_options(
 
 /// SIGTERM or SIGINT cancels `shutdown` (a clean stop: see
 /// [`serve::run`]); a second one exits at once, with 128 + its number.
-fn watch_signals(shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+pub(super) fn watch_signals(shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -479,7 +479,7 @@ fn url_host(url: &str) -> String {
 }
 
 /// `60s`, `5m` as a duration (at least a second).
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_interval(s: &str) -> Result<Duration, String> {
     levee_proto::config::parse_duration(s)
         .filter(|n| *n >= 1)
         .map(Duration::from_secs)

@@ -127,9 +127,20 @@ impl Peer {
 /// The rustls configuration: our server certificate for `host`, and client
 /// certificates required, verified against our CA only.
 pub fn tls_config(ca: &ServerCa, host: &str) -> Result<rustls::ServerConfig, HttpsError> {
-    let tls = |e: &dyn std::fmt::Display| HttpsError::Tls(e.to_string());
     let (cert_pem, key_pem) = ca.server_cert(host)?;
-    let ca_der = CertificateDer::from_pem_slice(ca.pem().as_bytes()).map_err(|e| tls(&e))?;
+    tls_config_pem(ca.pem(), &cert_pem, &key_pem)
+}
+
+/// [`tls_config`] from PEM: the CA that client certificates must chain to
+/// (also sent after our certificate), our certificate and its key. A
+/// server without the CA key (`levee store serve`) starts from its files.
+pub fn tls_config_pem(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ServerConfig, HttpsError> {
+    let tls = |e: &dyn std::fmt::Display| HttpsError::Tls(e.to_string());
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der.clone()).map_err(|e| tls(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -9,6 +9,7 @@
 
 pub mod disk;
 pub mod server;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use tracing::{error, info};
 pub use disk::{prune, Disk, PruneReport};
 pub use server::{StoreState, StoreStats};
 
-use crate::enroll::ca::ServerCa;
 use crate::listen::Limits;
 use crate::store::Store;
 
@@ -47,19 +47,18 @@ impl Default for OffsiteOptions {
     }
 }
 
-/// Serves the store on `listener` until `shutdown`: mTLS with `ca`'s
-/// server certificate for `host`; also carries out due deletion requests
-/// hourly.
+/// Serves the store on `listener` until `shutdown` with `tls` (mutual
+/// TLS: [`crate::enroll::https::tls_config`] in `levee serve --store`,
+/// [`tls::server_config`] in `levee store serve`); also carries out due
+/// deletion requests hourly.
 pub async fn serve(
     listener: TcpListener,
-    ca: &ServerCa,
-    host: &str,
+    tls: rustls::ServerConfig,
     state: StoreState,
     grace: Duration,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tls = crate::enroll::https::tls_config(ca, host)?;
     std::fs::create_dir_all(state.disk.root())?;
     info!(listen = %listener.local_addr()?, dir = %state.disk.root().display(), "offsite store listening");
     let disk = state.disk.clone();
@@ -100,5 +99,23 @@ pub fn state(store: Arc<dyn Store>, dir: PathBuf) -> StoreState {
         store,
         disk: Disk::new(dir),
         stats: Default::default(),
+    }
+}
+
+/// The fleet's CA certificate (PEM), which appliance certificates chain
+/// to: the one in the database (PostgreSQL, shared by every server), else
+/// `DATA_DIR/ca/ca.crt`. `None`: no server has made one yet.
+pub fn fleet_ca_pem(
+    store: &dyn Store,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if let Some(stored) = store.server_ca()? {
+        return Ok(Some(stored.cert_pem));
+    }
+    let path = data_dir.join("ca/ca.crt");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
 }

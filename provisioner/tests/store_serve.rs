@@ -1,0 +1,234 @@
+//! `levee store serve`: the offsite store alone, as its own process, with
+//! a certificate from `levee store cert` (issue 14). On loopback: an
+//! appliance enrolled with `levee serve` replicates to it; once retired it
+//! is refused at its next request; a store whose certificate names another
+//! host is refused by the agent.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_agent::backup::commands::backup::{backup, BackupOptions};
+use levee_agent::backup::progress::Counters;
+use levee_agent::enroll::Credential;
+use levee_agent::replicate::{self, Bucket, ReplicateOptions, StoreClient};
+use levee_agent::Repository;
+use levee_proto::config::OffsiteTarget;
+use levee_proto::offsite::Namespace;
+use levee_proto::repo::KdfParams;
+
+const MAC: &str = "52:54:00:14:10:01";
+
+/// A `levee store serve` child process, killed with the test.
+struct StoreProcess {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl StoreProcess {
+    fn spawn(data: &Path, cert: &Path, key: &Path, dir: &Path, log: &Path) -> StoreProcess {
+        let port = common::free_port();
+        let out = std::fs::File::create(log).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+        cmd.arg("--data-dir")
+            .arg(data)
+            .env_remove("LEVEE_DATABASE")
+            .args(["store", "serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg("--dir")
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .process_group(0);
+        // SAFETY: prctl only, between fork and exec: the store dies with
+        // the test process even when nextest kills it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("levee store serve");
+        let p = StoreProcess {
+            child,
+            url: format!("https://127.0.0.1:{port}"),
+            log: log.to_path_buf(),
+        };
+        common::wait_until("the store to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for StoreProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repository(state: &Path, src: &Path) -> Repository {
+    std::fs::create_dir_all(src).expect("src");
+    std::fs::write(src.join("f.txt"), "store serve test data\n".repeat(5000)).expect("write");
+    let repo = Repository::init(
+        &state.join("repo"),
+        b"appliance-secret-0123456789",
+        KdfParams::with_memory(1024),
+        "appliance",
+        "appliance",
+    )
+    .expect("init");
+    let opts = BackupOptions {
+        sources: vec![src.to_string_lossy().into()],
+        ..Default::default()
+    };
+    backup(&repo, &opts, None, &Counters::default()).expect("backup");
+    repo
+}
+
+fn target(url: &str) -> OffsiteTarget {
+    serde_json::from_value(serde_json::json!({"name": "site2", "urls": [url]})).expect("target")
+}
+
+fn opts() -> ReplicateOptions {
+    ReplicateOptions {
+        part_bytes: 1 << 20,
+        timeout: Duration::from_secs(20),
+        verify_share: 0.0,
+    }
+}
+
+#[test]
+fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wrong_hosts() {
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC],
+    );
+    let state = s.dir.path().join("appliance");
+    std::fs::create_dir_all(&state).expect("state");
+    common::agent_pass(&s.http, MAC, &state);
+    let cred = Credential::load(&state).expect("load").expect("credential");
+    let repo = repository(&state, &s.dir.path().join("src"));
+
+    // The certificate, made where the CA is; the store on "another
+    // machine": its own process and directory, the fleet's database.
+    let tls = s.dir.path().join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    let (cert, key) = (tls.join("store.crt"), tls.join("store.key"));
+    let out = s.levee(&[
+        "store",
+        "cert",
+        "127.0.0.1",
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(out.contains("mode 0600"), "{out}");
+    let cli = common::Cli::new(&s.data);
+    let again = cli
+        .fails(&[
+            "store",
+            "cert",
+            "127.0.0.1",
+            "--cert",
+            cert.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+        ])
+        .expect("run");
+    assert!(again.contains("never overwritten"), "{again}");
+    let dir = s.dir.path().join("offsite-elsewhere");
+    let store = StoreProcess::spawn(&s.data, &cert, &key, &dir, &s.dir.path().join("store.log"));
+
+    let t = target(&store.url);
+    let run = replicate::replicate_target(
+        &repo,
+        "acme",
+        &t,
+        &cred,
+        Arc::new(Bucket::new(None)),
+        &opts(),
+        &state,
+    );
+    assert!(run.ok(), "{:?}\n{}", run.errors, store.log());
+    assert!(run.files_uploaded >= 4, "{run:?}");
+    let held = dir.join("acme").join(&repo.config.id);
+    assert!(held.join(".owner").exists(), "{}", store.log());
+
+    // A certificate for another host name: the agent refuses the store.
+    let (cert2, key2) = (tls.join("other.crt"), tls.join("other.key"));
+    s.levee(&[
+        "store",
+        "cert",
+        "offsite.example",
+        "--cert",
+        cert2.to_str().expect("utf-8"),
+        "--key",
+        key2.to_str().expect("utf-8"),
+    ]);
+    let wrong = StoreProcess::spawn(
+        &s.data,
+        &cert2,
+        &key2,
+        &s.dir.path().join("offsite-wrong"),
+        &s.dir.path().join("wrong.log"),
+    );
+    let run = replicate::replicate_target(
+        &repo,
+        "acme",
+        &target(&wrong.url),
+        &cred,
+        Arc::new(Bucket::new(None)),
+        &opts(),
+        &state,
+    );
+    assert!(
+        !run.ok(),
+        "a store with another host's certificate was used"
+    );
+    let errors = format!("{:?}", run.errors);
+    assert!(
+        errors.contains("certificate") || errors.contains("NotValidForName"),
+        "{errors}"
+    );
+    assert!(
+        !s.dir.path().join("offsite-wrong/acme").exists(),
+        "nothing reached the wrong store"
+    );
+
+    // Retired: refused at once (the connection the client holds included).
+    let client = StoreClient::new(
+        &[&store.url],
+        &cred,
+        Namespace::new("acme", &repo.config.id).expect("ns"),
+        Arc::new(Bucket::new(None)),
+        Duration::from_secs(10),
+    )
+    .expect("client");
+    let (status, _) = client.raw(reqwest::Method::GET, "data/").expect("list");
+    assert_eq!(status, 200);
+    s.levee(&["appliance", "retire", MAC, "--reason", "stolen"]);
+    let (status, body) = client.raw(reqwest::Method::GET, "data/").expect("list");
+    assert_eq!(status, 403, "{body}");
+    assert!(store.log().contains("refused"), "{}", store.log());
+}
