@@ -23,6 +23,18 @@ use crate::store::{Store, StoredCa};
 /// secret copied into the CA row does not open.
 const CA_KEY_AAD: &str = "levee:server-ca-key";
 
+/// The CA this server issues and checks certificates with: the fleet's
+/// one in the database on a shared store (PostgreSQL), else the data
+/// directory's own (`DATA_DIR/ca/`, created on first use). `levee serve`
+/// and the CLI commands that issue certificates open it the same way.
+pub fn open_ca(store: &dyn Store, key: &ServerKey, data_dir: &Path) -> anyhow::Result<ServerCa> {
+    if store.shared() {
+        shared_ca(store, key, data_dir).context("fleet CA")
+    } else {
+        ServerCa::open_or_create(&data_dir.join("ca")).context("server CA")
+    }
+}
+
 /// The fleet's CA from the store, stored there by the first server to
 /// start: that server's `DATA_DIR/ca/` when it has one (a server that ran
 /// alone before keeps its fingerprint), else a new CA.

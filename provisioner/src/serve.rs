@@ -123,12 +123,7 @@ pub async fn run_with(
     // Created on first start; its fingerprint goes into every boot script.
     // A shared store (PostgreSQL) holds the fleet's one CA, so every server
     // on it issues and accepts the same certificates (see crate::fleet).
-    let ca = if store.shared() {
-        crate::fleet::shared_ca(store.as_ref(), &key, &config.data_dir).context("fleet CA")?
-    } else {
-        crate::enroll::ca::ServerCa::open_or_create(&config.data_dir.join("ca"))
-            .context("server CA")?
-    };
+    let ca = crate::fleet::open_ca(store.as_ref(), &key, &config.data_dir)?;
     let ca = Arc::new(ca);
     let boot = BootService {
         ca_fingerprint: ca.fingerprint().to_string(),

@@ -24,6 +24,7 @@ struct Panel {
     store: Arc<dyn Store>,
     url: String,
     client: Client,
+    ca: reqwest::Certificate,
     stop: CancellationToken,
     _rt: tokio::runtime::Runtime,
     _pg: Option<PgServer>,
@@ -116,7 +117,7 @@ fn start_on(pg: Option<PgServer>) -> Panel {
     };
     let ca = reqwest::Certificate::from_pem(&ca_pem).expect("pem");
     let client = Client::builder()
-        .add_root_certificate(ca)
+        .add_root_certificate(ca.clone())
         .tls_built_in_root_certs(false)
         .build()
         .expect("client");
@@ -127,6 +128,7 @@ fn start_on(pg: Option<PgServer>) -> Panel {
         store,
         url,
         client,
+        ca,
         stop,
         _rt: rt,
         _pg: pg,
@@ -224,6 +226,35 @@ impl Panel {
 
     fn origin(&self) -> String {
         self.url.clone()
+    }
+
+    /// A client that trusts the Levee CA and presents `identity`, from
+    /// `local` (another loopback address: another machine, as far as the
+    /// per-address login limit goes).
+    fn client_with(&self, identity: reqwest::Identity, local: &str) -> Client {
+        Client::builder()
+            .add_root_certificate(self.ca.clone())
+            .tls_built_in_root_certs(false)
+            .identity(identity)
+            .local_address(local.parse::<std::net::IpAddr>().expect("ip"))
+            .build()
+            .expect("client")
+    }
+
+    /// The session a successful login answer opened.
+    fn session_of(&self, r: Response) -> Session {
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .expect("cookie")
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        let body: Value = r.json().expect("json");
+        Session {
+            cookie: cookie.split(';').next().expect("pair").to_string(),
+            csrf: body["csrf"].as_str().expect("csrf").to_string(),
+        }
     }
 }
 
@@ -512,4 +543,218 @@ fn pages_are_embedded_with_strict_headers() {
         .send()
         .expect("api");
     assert_eq!(r.status(), 401);
+}
+
+/// Operator client certificates: `levee operator add --cert-out` and
+/// `levee operator cert` issue one from the Levee CA; with it on the
+/// connection, `{"certificate": true}` logs in without a password (CSRF
+/// rules unchanged). Refused: no certificate, an appliance's certificate,
+/// one from another CA (at the handshake), a certificate replaced by a
+/// newer one or revoked (its open session ends too), a removed operator's;
+/// a certificate-only operator has no password to guess.
+#[test]
+fn operator_client_certificates_log_in_and_are_revoked() {
+    operator_certs(start());
+}
+
+#[test]
+fn operator_client_certificates_log_in_and_are_revoked_on_postgres() {
+    operator_certs(start_on(Some(PgServer::start())));
+}
+
+fn operator_certs(p: Panel) {
+    let out = p.data.parent().expect("dir").join("certs");
+    let stdout = p
+        .cli
+        .ok(&[
+            "operator",
+            "add",
+            "bot",
+            "--cert-out",
+            out.to_str().expect("utf-8"),
+        ])
+        .expect("operator add --cert-out");
+    assert!(stdout.contains("fingerprint: sha256:"), "{stdout}");
+    assert!(!stdout.contains("one-time password"), "{stdout}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("bot.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let list = p.cli.ok(&["operator", "list"]).expect("list");
+    assert!(list.contains("certificate only"), "{list}");
+
+    // Logins are limited to a burst of 10 per address: the operator cy
+    // below works from 127.0.0.2.
+    let with_cert_from = |dir: &std::path::Path, name: &str, local: &str| {
+        let mut pem = std::fs::read(dir.join(format!("{name}.crt"))).expect("crt");
+        pem.extend(std::fs::read(dir.join(format!("{name}.key"))).expect("key"));
+        p.client_with(reqwest::Identity::from_pem(&pem).expect("identity"), local)
+    };
+    let with_cert = |dir: &std::path::Path, name: &str| with_cert_from(dir, name, "127.0.0.1");
+    let bot = with_cert(&out, "bot");
+    let cert_login = |c: &Client| {
+        c.post(format!("{}/ui/api/login", p.url))
+            .json(&json!({"certificate": true}))
+            .send()
+            .expect("login")
+    };
+    let r = cert_login(&bot);
+    assert_eq!(r.status(), 200);
+    let s = p.session_of(r);
+    let (status, me) = p.get(&s, "me");
+    assert_eq!(
+        (status, me["operator"].as_str()),
+        (200, Some("bot")),
+        "{me}"
+    );
+    assert_eq!(me["login"], "certificate");
+    assert_eq!(me["must_change"], false);
+    assert_eq!(p.get(&s, "fleet").0, 200);
+    // The CSRF rules hold for certificate sessions too.
+    let (status, _) = p.post(
+        &s,
+        "customers",
+        json!({"yaml": "customer: x\n"}),
+        None,
+        false,
+    );
+    assert_eq!(status, 403);
+    // No password to guess: the empty one and any other are refused.
+    assert_eq!(p.login_raw("bot", "").status(), 401);
+    assert_eq!(p.login_raw("bot", "anything at all").status(), 401);
+
+    // Without a certificate on the connection.
+    let r = cert_login(&p.client);
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no client certificate")),
+        "{body}"
+    );
+    // An appliance's certificate (same CA) never logs in.
+    let appliance_dir = p.data.parent().expect("dir").join("appliance");
+    std::fs::create_dir_all(&appliance_dir).expect("mkdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let server_key =
+        levee_provisioner::secrets::ServerKey::load_or_create(&p.data).expect("server key");
+    let ca = levee_provisioner::fleet::open_ca(p.store.as_ref(), &server_key, &p.data).expect("ca");
+    let issued = ca.issue_client(&csr, 7).expect("issue");
+    std::fs::write(appliance_dir.join("a.crt"), &issued.pem).expect("write");
+    std::fs::write(appliance_dir.join("a.key"), key.serialize_pem()).expect("write");
+    let r = cert_login(&with_cert(&appliance_dir, "a"));
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an operator's")),
+        "{body}"
+    );
+    // A certificate from another CA naming the operator: the handshake fails.
+    let other = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "levee:operator:bot".try_into().expect("uri"),
+    )];
+    let forged = params.self_signed(&other).expect("self-signed");
+    let forged_dir = p.data.parent().expect("dir").join("forged");
+    std::fs::create_dir_all(&forged_dir).expect("mkdir");
+    std::fs::write(forged_dir.join("bot.crt"), forged.pem()).expect("write");
+    std::fs::write(forged_dir.join("bot.key"), other.serialize_pem()).expect("write");
+    assert!(
+        with_cert(&forged_dir, "bot")
+            .post(format!("{}/ui/api/login", p.url))
+            .json(&json!({"certificate": true}))
+            .send()
+            .is_err(),
+        "a certificate from another CA was accepted"
+    );
+
+    // A new certificate revokes the old one and the sessions opened with it.
+    let out2 = p.data.parent().expect("dir").join("certs2");
+    p.cli
+        .ok(&[
+            "operator",
+            "cert",
+            "bot",
+            "--out",
+            out2.to_str().expect("utf-8"),
+        ])
+        .expect("operator cert");
+    assert_eq!(
+        p.get(&s, "me").0,
+        401,
+        "the old certificate's session lives on"
+    );
+    assert_eq!(cert_login(&bot).status(), 401);
+    let bot2 = with_cert(&out2, "bot");
+    let r = cert_login(&bot2);
+    assert_eq!(r.status(), 200);
+    let s2 = p.session_of(r);
+    // Never overwritten.
+    let err = p
+        .cli
+        .fails(&[
+            "operator",
+            "cert",
+            "bot",
+            "--out",
+            out2.to_str().expect("utf-8"),
+        ])
+        .expect("refused");
+    assert!(err.contains("exists"), "{err}");
+    // Revoked: the session ends, the certificate no longer logs in.
+    p.cli
+        .ok(&["operator", "cert", "bot", "--revoke"])
+        .expect("revoke");
+    assert_eq!(p.get(&s2, "me").0, 401);
+    assert_eq!(cert_login(&bot2).status(), 401);
+
+    // A password operator given a certificate may use either; removing
+    // the operator ends both.
+    p.operator("cy", "cy's long password", true);
+    let out3 = p.data.parent().expect("dir").join("certs3");
+    p.cli
+        .ok(&[
+            "operator",
+            "cert",
+            "cy",
+            "--out",
+            out3.to_str().expect("utf-8"),
+        ])
+        .expect("operator cert cy");
+    let cy = with_cert_from(&out3, "cy", "127.0.0.2");
+    let r = cert_login(&cy);
+    assert_eq!(r.status(), 200);
+    let s3 = p.session_of(r);
+    let (status, _) = p.post(
+        &s3,
+        "customers",
+        json!({"yaml": "customer: x\n"}),
+        Some(&p.origin()),
+        true,
+    );
+    assert_eq!(status, 403, "read-only holds for certificate sessions");
+    p.login("cy", "cy's long password");
+    p.cli.ok(&["operator", "remove", "cy"]).expect("remove");
+    assert_eq!(p.get(&s3, "me").0, 401);
+    assert_eq!(cert_login(&cy).status(), 401);
+    let log = p
+        .cli
+        .ok(&["operator", "log", "--target", "operator:bot"])
+        .expect("log");
+    assert!(
+        log.contains("operator-cert") && log.contains("login-failed"),
+        "{log}"
+    );
 }

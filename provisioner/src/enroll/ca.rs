@@ -232,6 +232,55 @@ impl ServerCa {
     }
 }
 
+impl ServerCa {
+    /// A panel operator's client certificate (URI SAN
+    /// `levee:operator:<name>`, client authentication only, one year),
+    /// with a new P-256 key made here: `levee operator cert` writes both
+    /// for the operator to import into a browser or give to curl. The
+    /// store records its fingerprint, so a newer certificate or the
+    /// operator's removal revokes it.
+    pub fn issue_operator(&self, name: &str) -> Result<(Issued, String), CaError> {
+        let key = KeyPair::generate().map_err(CaError::Create)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("operator-{name}"));
+        params.subject_alt_names = vec![SanType::URI(
+            operator_uri(name).try_into().map_err(CaError::Create)?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        let not_after = now + Duration::days(OPERATOR_CERT_DAYS);
+        params.not_after = not_after;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(CaError::Create)?;
+        let issued = Issued {
+            fingerprint: hex::encode(Sha256::digest(cert.der())),
+            pem: cert.pem(),
+            not_after_unix: not_after.unix_timestamp(),
+        };
+        Ok((issued, key.serialize_pem()))
+    }
+}
+
+/// How long an operator's client certificate is valid.
+pub const OPERATOR_CERT_DAYS: i64 = 365;
+
+/// The URI SAN that names a panel operator in their client certificate.
+pub fn operator_uri(name: &str) -> String {
+    format!("levee:operator:{name}")
+}
+
+/// The operator named by a URI SAN, if it is one of ours.
+pub fn parse_operator_uri(uri: &str) -> Option<&str> {
+    uri.strip_prefix("levee:operator:")
+        .filter(|n| !n.is_empty())
+}
+
 /// The URI SAN that names an appliance in its certificate.
 pub fn appliance_uri(id: i64) -> String {
     format!("levee:appliance:{id}")

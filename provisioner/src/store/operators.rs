@@ -23,6 +23,9 @@ pub struct Operator {
     /// first login must choose a new one before anything else.
     pub must_change: bool,
     pub created_at: u64,
+    /// sha256 (hex, of the DER) of the one client certificate that logs
+    /// this operator in (`levee operator cert`); a newer one replaces it.
+    pub cert_sha256: Option<String>,
 }
 
 /// One line of the audit log.
@@ -54,6 +57,9 @@ pub trait OperatorStore {
         password_hash: &str,
         must_change: bool,
     ) -> Result<()>;
+    /// The one client certificate that logs the operator in (`None`: no
+    /// certificate does); a NotFound error when there is no such operator.
+    fn set_operator_cert(&self, name: &str, cert_sha256: Option<&str>) -> Result<()>;
     fn add_audit(&self, operator: &str, action: &str, target: &str, detail: &str) -> Result<()>;
     /// Newest first; only entries on `target` when given.
     fn audit(&self, target: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>>;
@@ -73,6 +79,14 @@ pub struct ChangeStamp {
     pub last_event: i64,
     pub last_run: i64,
     pub last_audit: i64,
+}
+
+pub(crate) fn no_such_operator(name: &str) -> super::StoreError {
+    super::StoreError::NotFound {
+        what: "operator",
+        name: name.into(),
+        hint: ": `levee operator list` shows them",
+    }
 }
 
 /// Audit entries kept (the oldest beyond are dropped now and then).

@@ -252,6 +252,19 @@ pub(super) fn operators_and_the_audit_log(s: &dyn Store) {
         ("hash-3", false)
     );
     assert!(s.set_operator_password("nobody", "h", false).is_err());
+    // One client certificate per operator: a new one replaces the old.
+    assert_eq!(ann.cert_sha256, None);
+    s.set_operator_cert("ann", Some("aa11")).expect("cert");
+    s.set_operator_cert("ann", Some("bb22"))
+        .expect("cert again");
+    let ann = s.operator("ann").expect("get").expect("there");
+    assert_eq!(ann.cert_sha256.as_deref(), Some("bb22"));
+    s.set_operator_cert("ann", None).expect("revoke");
+    assert_eq!(
+        s.operator("ann").expect("get").expect("there").cert_sha256,
+        None
+    );
+    assert!(s.set_operator_cert("nobody", Some("cc")).is_err());
     assert!(s.remove_operator("bob").expect("remove"));
     assert!(!s.remove_operator("bob").expect("remove again"));
     assert!(s.operator("bob").expect("get").is_none());

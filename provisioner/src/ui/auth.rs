@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::session::{clear_cookie, cookie_token, same_secret, set_cookie};
-use super::{blocking, password, ApiError, ApiResult, ClientAddr, UiState};
+use super::{blocking, password, ApiError, ApiResult, ClientAddr, ClientCert, UiState};
 use crate::store::Operator;
 
 /// A request with a live session: who, and their session's tokens.
@@ -19,6 +19,9 @@ pub struct Authed {
     pub operator: Operator,
     pub token: String,
     pub csrf: String,
+    /// Logged in with the operator's client certificate: an unused
+    /// one-time password does not stand in the way.
+    pub via_cert: bool,
 }
 
 fn unauthorized() -> ApiError {
@@ -36,7 +39,14 @@ pub async fn authed(state: &UiState, headers: &HeaderMap) -> ApiResult<Authed> {
     let session = state.sessions.get(&token).ok_or_else(unauthorized)?;
     let name = session.operator.clone();
     let operator = blocking(state, move |s| Ok(s.operator(&name)?)).await?;
-    let Some(operator) = operator else {
+    // A certificate session ends with the certificate: a newer one issued
+    // (`levee operator cert`), or revoked.
+    let Some(operator) = operator.filter(|o| {
+        session
+            .cert
+            .as_ref()
+            .is_none_or(|fp| o.cert_sha256.as_ref() == Some(fp))
+    }) else {
         state.sessions.remove(&token);
         return Err(unauthorized());
     };
@@ -44,12 +54,13 @@ pub async fn authed(state: &UiState, headers: &HeaderMap) -> ApiResult<Authed> {
         operator,
         token,
         csrf: session.csrf,
+        via_cert: session.cert.is_some(),
     })
 }
 
 /// A page may only be viewed, a one-time password only replaced.
 pub fn may_view(a: &Authed) -> ApiResult<()> {
-    if a.operator.must_change {
+    if a.operator.must_change && !a.via_cert {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "choose a new password first (POST /ui/api/password)",
@@ -104,17 +115,24 @@ pub fn may_change(a: &Authed, method: &Method, headers: &HeaderMap) -> ApiResult
     Ok(())
 }
 
+/// A login: a name and password, or `{"certificate": true}` with the
+/// operator's client certificate on the connection.
 #[derive(Deserialize)]
 pub struct Login {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
     password: String,
+    #[serde(default)]
+    certificate: bool,
 }
 
-fn me_json(o: &Operator, csrf: &str) -> serde_json::Value {
+fn me_json(o: &Operator, csrf: &str, via_cert: bool) -> serde_json::Value {
     serde_json::json!({
         "operator": o.name,
         "read_only": o.read_only,
-        "must_change": o.must_change,
+        "must_change": o.must_change && !via_cert,
+        "login": if via_cert { "certificate" } else { "password" },
         "csrf": csrf,
     })
 }
@@ -122,6 +140,7 @@ fn me_json(o: &Operator, csrf: &str) -> serde_json::Value {
 pub async fn login(
     State(state): State<UiState>,
     Extension(ClientAddr(peer)): Extension<ClientAddr>,
+    cert: Option<Extension<Option<ClientCert>>>,
     headers: HeaderMap,
     Json(body): Json<Login>,
 ) -> ApiResult<Response> {
@@ -136,6 +155,10 @@ pub async fn login(
         .login_by_ip
         .check(&peer.ip())
         .map_err(|_| too_many())?;
+    if body.certificate {
+        let cert = cert.and_then(|Extension(c)| c);
+        return login_with_certificate(&state, peer, cert).await;
+    }
     let name = body.name.trim().to_string();
     if name.is_empty() || name.len() > 64 {
         return Err(ApiError::new(
@@ -148,9 +171,11 @@ pub async fn login(
     let operator = blocking(&state, move |s| {
         let op = s.operator(&n)?;
         // The same work whether or not the name exists.
+        // An operator with no password (certificate only) costs as much.
         let hash = op
             .as_ref()
             .map(|o| o.password_hash.clone())
+            .filter(|h| !h.is_empty())
             .unwrap_or_else(|| password::decoy_hash().to_string());
         let ok = password::verify(&pw, &hash) && op.is_some();
         s.add_audit(
@@ -169,11 +194,68 @@ pub async fn login(
             "wrong operator name or password",
         ));
     };
-    let (token, csrf) = state.sessions.create(&operator.name);
+    let (token, csrf) = state.sessions.create(&operator.name, None);
     info!(operator = %operator.name, peer = %peer, "panel login");
     Ok((
         [(header::SET_COOKIE, set_cookie(&token))],
-        Json(me_json(&operator, &csrf)),
+        Json(me_json(&operator, &csrf, false)),
+    )
+        .into_response())
+}
+
+/// A login with the operator's client certificate (verified against the
+/// Levee CA in the handshake): it must name an operator (URI SAN
+/// `levee:operator:<name>`) and be the one the store holds for them, so
+/// an older certificate, a removed operator's or an appliance's is refused.
+async fn login_with_certificate(
+    state: &UiState,
+    peer: std::net::SocketAddr,
+    cert: Option<ClientCert>,
+) -> ApiResult<Response> {
+    let refused = |why: &str| {
+        warn!(peer = %peer, reason = why, "panel certificate login refused");
+        ApiError::new(StatusCode::UNAUTHORIZED, why.to_string())
+    };
+    let Some(cert) = cert else {
+        return Err(refused(
+            "no client certificate on this connection: import the one `levee operator cert NAME --out DIR` wrote, or log in with a password",
+        ));
+    };
+    let Some(name) = cert.operator.clone() else {
+        return Err(refused(
+            "this certificate is not an operator's (only `levee operator cert` issues those)",
+        ));
+    };
+    let (n, fp) = (name.clone(), cert.fingerprint.clone());
+    let operator = blocking(state, move |s| {
+        let op = s
+            .operator(&n)?
+            .filter(|o| o.cert_sha256.as_deref() == Some(fp.as_str()));
+        s.add_audit(
+            &n,
+            if op.is_some() {
+                "login"
+            } else {
+                "login-failed"
+            },
+            &format!("operator:{n}"),
+            &format!("from {} with a client certificate", peer.ip()),
+        )?;
+        Ok(op)
+    })
+    .await?;
+    let Some(operator) = operator else {
+        return Err(refused(
+            "this operator certificate was replaced or revoked, or its operator removed",
+        ));
+    };
+    let (token, csrf) = state
+        .sessions
+        .create(&operator.name, Some(&cert.fingerprint));
+    info!(operator = %operator.name, peer = %peer, "panel login with a client certificate");
+    Ok((
+        [(header::SET_COOKIE, set_cookie(&token))],
+        Json(me_json(&operator, &csrf, true)),
     )
         .into_response())
 }
@@ -212,7 +294,7 @@ pub async fn me(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let a = authed(&state, &headers).await?;
-    Ok(Json(me_json(&a.operator, &a.csrf)))
+    Ok(Json(me_json(&a.operator, &a.csrf, a.via_cert)))
 }
 
 #[derive(Deserialize)]

@@ -197,7 +197,11 @@ pub fn router(state: UiState) -> Router {
 }
 
 /// The panel's TLS settings: a certificate from the Levee CA for the given
-/// names, or the operator's own files. No client certificate is asked for.
+/// names, or the operator's own files. A client certificate is asked for
+/// but optional: one the Levee CA issued to an operator (`levee operator
+/// cert`) logs in without a password ([`auth::login`]); a certificate from
+/// any other issuer fails the handshake; browsers without one go on to
+/// the password login.
 pub fn tls_config(ca: &ServerCa, tls: &UiTls) -> anyhow::Result<rustls::ServerConfig> {
     let (cert_pem, key_pem) = match tls {
         UiTls::Ca { hosts } => {
@@ -222,10 +226,21 @@ pub fn tls_config(ca: &ServerCa, tls: &UiTls) -> anyhow::Result<rustls::ServerCo
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .context("the panel's key is not a PEM private key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).context("the Levee CA")?)
+        .context("the Levee CA")?;
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(chain, key)
         .context("the panel's certificate and key do not match")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -255,7 +270,15 @@ pub async fn serve(
                     return;
                 }
             };
-            let app = app.layer(Extension(ClientAddr(addr)));
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|der| ClientCert::from_der(der));
+            let app = app
+                .layer(Extension(ClientAddr(addr)))
+                .layer(Extension(cert));
             listen::serve_connection(stream, addr, app, limits, stop, "ui").await
         }
     };
@@ -265,6 +288,39 @@ pub async fn serve(
 /// The client's address (login rate limits).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The client certificate of the connection (verified against the Levee
+/// CA during the handshake), when the client sent one.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// From the URI SAN `levee:operator:<name>`; `None` for any other
+    /// certificate of the CA (an appliance's never logs in).
+    pub operator: Option<String>,
+    /// sha256 of the certificate's DER (hex): compared with the one the
+    /// store holds for that operator.
+    pub fingerprint: String,
+}
+
+impl ClientCert {
+    fn from_der(der: &[u8]) -> ClientCert {
+        use sha2::Digest;
+        let operator = x509_parser::parse_x509_certificate(der)
+            .ok()
+            .and_then(|(_, cert)| {
+                let san = cert.subject_alternative_name().ok()??;
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => {
+                        crate::enroll::ca::parse_operator_uri(u).map(str::to_string)
+                    }
+                    _ => None,
+                })
+            });
+        ClientCert {
+            operator,
+            fingerprint: hex::encode(sha2::Sha256::digest(der)),
+        }
+    }
+}
 
 /// The panel as a service of `levee serve` (see [`crate::serve::run_with`]).
 pub fn service(listener: TcpListener, options: UiOptions) -> crate::serve::Service {

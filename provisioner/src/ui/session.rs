@@ -30,6 +30,9 @@ pub struct Session {
     pub operator: String,
     /// Sent back in `X-CSRF-Token` on every change.
     pub csrf: String,
+    /// The fingerprint of the client certificate it logged in with, if it
+    /// did: the session ends once that is no longer the operator's.
+    pub cert: Option<String>,
     created: Instant,
     used: Instant,
 }
@@ -54,8 +57,9 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new session for `operator`: (cookie token, its CSRF token).
-    pub fn create(&self, operator: &str) -> (String, String) {
+    /// A new session for `operator` (logged in with the client
+    /// certificate `cert`, or a password): (cookie token, its CSRF token).
+    pub fn create(&self, operator: &str, cert: Option<&str>) -> (String, String) {
         let (token, csrf) = (random_token(), random_token());
         let now = Instant::now();
         let mut map = self.lock();
@@ -70,6 +74,7 @@ impl Sessions {
             Session {
                 operator: operator.to_string(),
                 csrf: csrf.clone(),
+                cert: cert.map(str::to_string),
                 created: now,
                 used: now,
             },
@@ -155,7 +160,7 @@ mod tests {
     #[test]
     fn sessions_live_until_removed() {
         let s = Sessions::default();
-        let (token, csrf) = s.create("ann");
+        let (token, csrf) = s.create("ann", None);
         let got = s.get(&token).expect("live");
         assert_eq!(
             (got.operator.as_str(), got.csrf.as_str()),
@@ -163,8 +168,8 @@ mod tests {
         );
         s.remove(&token);
         assert!(s.get(&token).is_none(), "logout forgets it");
-        let (a, _) = s.create("ann");
-        let (b, _) = s.create("ann");
+        let (a, _) = s.create("ann", None);
+        let (b, _) = s.create("ann", None);
         s.remove_operator("ann", Some(&b));
         assert!(s.get(&a).is_none());
         assert!(s.get(&b).is_some());

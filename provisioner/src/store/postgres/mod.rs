@@ -267,6 +267,10 @@ CREATE TRIGGER customers_notify AFTER INSERT OR UPDATE OR DELETE ON customers
     r#"
 ALTER TABLE runs ADD COLUMN lag_secs BIGINT;
 "#,
+    // The client certificate that logs an operator in (issue 15).
+    r#"
+ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).

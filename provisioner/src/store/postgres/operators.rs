@@ -3,10 +3,11 @@
 use tokio_postgres::Row;
 
 use super::{execute, query, query_one, query_opt, PgStore};
-use crate::store::operators::{operator_exists, AUDIT_KEPT};
+use crate::store::operators::{no_such_operator, operator_exists, AUDIT_KEPT};
 use crate::store::{now, AuditEntry, ChangeStamp, Operator, OperatorStore, Result, StoreError};
 
-const OPERATOR_COLUMNS: &str = "name, password_hash, read_only, must_change, created_at";
+const OPERATOR_COLUMNS: &str =
+    "name, password_hash, read_only, must_change, created_at, cert_sha256";
 
 fn operator_row(r: &Row) -> Result<Operator> {
     Ok(Operator {
@@ -15,6 +16,7 @@ fn operator_row(r: &Row) -> Result<Operator> {
         read_only: r.try_get(2)?,
         must_change: r.try_get(3)?,
         created_at: r.try_get::<_, i64>(4)?.max(0) as u64,
+        cert_sha256: r.try_get(5)?,
     })
 }
 
@@ -95,6 +97,22 @@ impl OperatorStore for PgStore {
                     name: name.into(),
                     hint: ": `levee operator list` shows them",
                 });
+            }
+            Ok(())
+        })
+    }
+
+    fn set_operator_cert(&self, name: &str, cert_sha256: Option<&str>) -> Result<()> {
+        self.block(async {
+            let c = self.conn().await?;
+            let n = execute(
+                &c,
+                "UPDATE operators SET cert_sha256 = $2 WHERE name = $1",
+                &[&name, &cert_sha256],
+            )
+            .await?;
+            if n == 0 {
+                return Err(no_such_operator(name));
             }
             Ok(())
         })

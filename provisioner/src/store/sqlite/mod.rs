@@ -217,6 +217,10 @@ CREATE INDEX audit_by_target ON audit(target, id);
     r#"
 ALTER TABLE runs ADD COLUMN lag_secs INTEGER;
 "#,
+    // The client certificate that logs an operator in (issue 15).
+    r#"
+ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
+"#,
 ];
 
 /// Events kept per machine.

@@ -3,10 +3,11 @@
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{Cached, SqliteStore};
-use crate::store::operators::{operator_exists, AUDIT_KEPT};
+use crate::store::operators::{no_such_operator, operator_exists, AUDIT_KEPT};
 use crate::store::{now, AuditEntry, ChangeStamp, Operator, OperatorStore, Result};
 
-const OPERATOR_COLUMNS: &str = "name, password_hash, read_only, must_change, created_at";
+const OPERATOR_COLUMNS: &str =
+    "name, password_hash, read_only, must_change, created_at, cert_sha256";
 
 fn operator_row(r: &Row) -> rusqlite::Result<Operator> {
     Ok(Operator {
@@ -15,6 +16,7 @@ fn operator_row(r: &Row) -> rusqlite::Result<Operator> {
         read_only: r.get(2)?,
         must_change: r.get(3)?,
         created_at: r.get::<_, i64>(4)?.max(0) as u64,
+        cert_sha256: r.get(5)?,
     })
 }
 
@@ -78,6 +80,18 @@ impl OperatorStore for SqliteStore {
                 name: name.into(),
                 hint: ": `levee operator list` shows them",
             });
+        }
+        Ok(())
+    }
+
+    fn set_operator_cert(&self, name: &str, cert_sha256: Option<&str>) -> Result<()> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE operators SET cert_sha256 = ?2 WHERE name = ?1",
+            params![name, cert_sha256],
+        )?;
+        if n == 0 {
+            return Err(no_such_operator(name));
         }
         Ok(())
     }
