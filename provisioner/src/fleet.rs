@@ -35,6 +35,31 @@ pub fn open_ca(store: &dyn Store, key: &ServerKey, data_dir: &Path) -> anyhow::R
     }
 }
 
+/// The CA `levee serve` uses, with its key, for the CLI commands that
+/// issue certificates (`levee store cert`, `levee operator cert`): from the
+/// database (PostgreSQL, sealed with the server key) or `DATA_DIR/ca/`.
+/// Never made here: a CA nobody trusts would make certificates no
+/// appliance or panel accepts.
+pub fn existing_ca(store: &dyn Store, data_dir: &Path) -> anyhow::Result<ServerCa> {
+    if store.server_ca()?.is_some() {
+        let key_path = data_dir.join("server.key");
+        anyhow::ensure!(
+            key_path.exists(),
+            "{} is missing: it opens the fleet CA's key; run this on a server of the fleet",
+            key_path.display()
+        );
+        let key = ServerKey::load_or_create(data_dir)?;
+        return shared_ca(store, &key, data_dir);
+    }
+    let dir = data_dir.join("ca");
+    anyhow::ensure!(
+        dir.join("ca.crt").exists(),
+        "no Levee CA in {} (and none in the database): run this where `levee serve` keeps its data (it makes the CA at its first start), or give --database",
+        dir.display()
+    );
+    Ok(ServerCa::open_or_create(&dir)?)
+}
+
 /// The fleet's CA from the store, stored there by the first server to
 /// start: that server's `DATA_DIR/ca/` when it has one (a server that ran
 /// alone before keeps its fingerprint), else a new CA.

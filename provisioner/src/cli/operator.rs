@@ -266,8 +266,7 @@ fn issue_cert(
             );
         }
     }
-    let key = crate::secrets::ServerKey::load_or_create(ctx.data_dir()).context("server key")?;
-    let ca = crate::fleet::open_ca(store, &key, ctx.data_dir())?;
+    let ca = crate::fleet::existing_ca(store, ctx.data_dir())?;
     let (issued, key_pem) = ca.issue_operator(name)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_new(&key_path, key_pem.as_bytes(), 0o600)?;

@@ -141,29 +141,10 @@ fn serve(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// The fleet's CA with its key: from the database (PostgreSQL, sealed with
-/// the server key) or `DATA_DIR/ca/`. Never made here: a CA nobody trusts
-/// would make certificates no appliance accepts.
+/// The fleet's CA with its key (see [`crate::fleet::existing_ca`]).
 fn fleet_ca(ctx: &super::Ctx) -> anyhow::Result<crate::enroll::ca::ServerCa> {
     let store = ctx.open_store()?;
-    let data_dir = ctx.data_dir();
-    if store.server_ca()?.is_some() {
-        let key_path = data_dir.join("server.key");
-        anyhow::ensure!(
-            key_path.exists(),
-            "{} is missing: it opens the fleet CA's key; run this on a server of the fleet",
-            key_path.display()
-        );
-        let key = crate::secrets::ServerKey::load_or_create(data_dir)?;
-        return crate::fleet::shared_ca(store.as_ref(), &key, data_dir);
-    }
-    let dir = data_dir.join("ca");
-    anyhow::ensure!(
-        dir.join("ca.crt").exists(),
-        "no Levee CA in {} (and none in the database): run this where `levee serve` keeps its data, or give --database",
-        dir.display()
-    );
-    Ok(crate::enroll::ca::ServerCa::open_or_create(&dir)?)
+    crate::fleet::existing_ca(store.as_ref(), ctx.data_dir())
 }
 
 pub fn run(ctx: &super::Ctx, cmd: StoreCommand) -> anyhow::Result<()> {
