@@ -8,8 +8,10 @@
 #                                                # /usr/share/doc copied twice (duplicate content)
 #
 # Phases per tool: first backup of v1, second backup after 1% of files
-# changed (v2), full restore of v2, repository size, peak RSS (time -v).
-# Page cache is warm for every tool (the data is read once first).
+# changed (v2), full restore of v2 (each tool into a fresh ext4 file system
+# of its own when run as root, timed until synced), repository size, peak
+# RSS (time -v). Page cache is warm for every tool (the data is read once
+# first, each repository before its restore).
 set -euo pipefail
 
 SRC=${LEVEE_BENCH_SRC:-"/usr/share /usr/lib/x86_64-linux-gnu /usr/bin /usr/include /usr/lib/gcc /usr/libexec"}
@@ -29,6 +31,12 @@ done
 (cd "$ROOT" && cargo build --release -q -p levee-agent --bin levee-agent --example index_memory)
 LEVEE=$CARGO_TARGET_DIR/release/levee-agent
 
+# A run stopped half-way may have left restore file systems mounted.
+for m in "$WORK"/r-*; do
+    if mountpoint -q "$m" 2>/dev/null; then
+        dev=$(findmnt -n -o SOURCE "$m"); umount "$m"; losetup -d "$dev" 2>/dev/null || true
+    fi
+done
 rm -rf "$WORK"; mkdir -p "$WORK"
 DATA=$WORK/data
 echo "== copying data from: $SRC" >&2
@@ -65,7 +73,8 @@ phase() { # phase
     run borg "$1" borg create "$WORK/borg::$1" "$DATA"
 }
 
-echo "== first backup ($NFILES files, $BYTES bytes)" >&2
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
+echo "== first backup ($NFILES files, $BYTES bytes; load average $LOAD_START)" >&2
 phase first
 echo "== changing 1% of files" >&2
 awk 'NR % 100 == 0' "$WORK/files" | while read -r f; do
@@ -74,18 +83,54 @@ done
 echo "== second backup" >&2
 phase second
 
-echo "== restore" >&2
-# Each restore is removed (and the removal synced) before the next tool
-# runs: three full copies at once do not fit on a shared disk, and every tool
-# then starts from the same file system state.
-run levee restore "$LEVEE" --repo "$WORK/levee" --quiet restore latest --target "$WORK/r-levee"
-diff -rq --no-dereference "$DATA" "$WORK/r-levee/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
-rm -rf "$WORK/r-levee"; sync
-run restic restore restic --repo "$WORK/restic" restore latest --target "$WORK/r-restic"
-rm -rf "$WORK/r-restic"; sync
-mkdir -p "$WORK/r-borg"
-run borg restore sh -c "cd '$WORK/r-borg' && borg extract '$WORK/borg::second'"
-rm -rf "$WORK/r-borg"; sync
+LOAD_RESTORE=$(cut -d" " -f1-3 /proc/loadavg)
+echo "== restore (load average $LOAD_RESTORE)" >&2
+# Fair restores: each tool restores into an empty ext4 file system of its
+# own, made the same way (a loop image with direct I/O, so `sync -f` means on
+# disk); its repository is read once first so every tool starts with its
+# repository in the page cache (levee writes packs with O_DIRECT, so they
+# would otherwise be cold while restic's and borg's are warm); and the
+# timed command ends with `sync -f` on the target: every tool is timed until
+# its restore is on disk, whether or not it syncs itself. Restoring into the
+# work dir instead made the second tool pay for the first one's deletion
+# (ext4 without a journal skips inodes deleted in the last 60-360 s, and
+# `recently_deleted` was 45% of a restore right after `rm -rf`).
+# Without root (no loop mounts): fresh directories in $WORK, and a wait past
+# that window after each removal.
+FS_BYTES=$(( BYTES * 2 + (2 << 30) ))
+restore_target() { # name -> prints the empty directory to restore into
+    local mnt=$WORK/r-$1
+    mkdir -p "$mnt"
+    if [ "$(id -u)" = 0 ]; then
+        truncate -s "$FS_BYTES" "$WORK/fs.$1.img"
+        mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.$1.img"
+        local dev; dev=$(losetup -f --show --direct-io=on "$WORK/fs.$1.img")
+        mount "$dev" "$mnt"
+    fi
+    echo "$mnt"
+}
+drop_target() { # name
+    local mnt=$WORK/r-$1
+    if mountpoint -q "$mnt"; then
+        local dev; dev=$(findmnt -n -o SOURCE "$mnt")
+        umount "$mnt"; losetup -d "$dev" 2>/dev/null || true
+        rm -f "$WORK/fs.$1.img"
+    fi
+    rm -rf "$mnt"; sync
+    [ "$(id -u)" = 0 ] || sleep 65
+}
+warm() { find "$1" -type f -print0 | xargs -0 cat > /dev/null; sync; }
+trap 'for n in levee restic borg; do mountpoint -q "$WORK/r-$n" 2>/dev/null && drop_target "$n"; done' EXIT
+R=$(restore_target levee); warm "$WORK/levee"
+run levee restore sh -c "'$LEVEE' --repo '$WORK/levee' --quiet restore latest --target '$R' && sync -f '$R'"
+diff -rq --no-dereference "$DATA" "$R/data" >/dev/null || { echo "levee restore differs from the data!"; exit 1; }
+drop_target levee
+R=$(restore_target restic); warm "$WORK/restic"
+run restic restore sh -c "restic --repo '$WORK/restic' restore latest --target '$R' && sync -f '$R'"
+drop_target restic
+R=$(restore_target borg); warm "$WORK/borg"
+run borg restore sh -c "cd '$R' && borg extract '$WORK/borg::second' && sync -f ."
+drop_target borg
 
 SIZE_levee=$(du -sb "$WORK/levee" | cut -f1); SIZE_restic=$(du -sb "$WORK/restic" | cut -f1); SIZE_borg=$(du -sb "$WORK/borg" | cut -f1)
 IDX=$("$CARGO_TARGET_DIR/release/examples/index_memory" 2)
@@ -93,6 +138,7 @@ PACKS=$("$LEVEE" --repo "$WORK/levee" --json check | python3 -c 'import json,sys
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 echo
+echo "load average (1/5/15 min): start $LOAD_START, before the restores $LOAD_RESTORE, end $(cut -d" " -f1-3 /proc/loadavg)"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); data ($DATASET): $NFILES files, $((BYTES / 1000000)) MB from $SRC"
 printf '%-16s %10s %10s %10s %12s %12s\n' phase levee restic borg restic/levee borg/levee
 for p in first second restore; do

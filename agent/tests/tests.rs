@@ -13,6 +13,7 @@ mod locks;
 mod prune_converges;
 mod recovery;
 mod restore_dups;
+mod restore_parallel;
 mod restore_safety;
 mod rotate;
 mod samba;

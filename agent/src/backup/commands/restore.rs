@@ -1,11 +1,13 @@
 //! `restore`: write a snapshot (or a path inside it) to a local directory
-//! or an SMB share. Files are restored in parallel; a file whose blobs are
-//! damaged is reported and the rest still restore.
+//! or an SMB share. One walker makes the directories in order and hands
+//! each one's files to the workers in batches (`queue`: one directory per
+//! worker where it can); a file whose blobs are damaged is reported and the
+//! rest still restore. At the end directories get their metadata, deepest
+//! first, and the target is synced once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use crossbeam_channel::bounded;
 use levee_proto::repo::{BlobId, Node, NodeKind, Tree, TreeProblem};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,9 @@ use crate::backup::progress::Counters;
 use crate::backup::repository::{RepoError, Repository};
 use crate::backup::source::join;
 use crate::backup::target::{open_target, Target, TargetError};
+
+mod queue;
+use queue::{Batch, Queue};
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -171,6 +176,107 @@ struct Job {
     node: Node,
 }
 
+/// Files (and symlinks) per batch at most, and bytes: big enough that a
+/// worker stays in one directory for a while, small enough that a large
+/// directory (thousands of libraries) is still shared out.
+const BATCH_FILES: usize = 256;
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// Jobs queued at most ahead of the workers.
+const QUEUE_JOBS: usize = 4096;
+
+/// Queues the files and symlinks of directory `dir` in batches and puts
+/// its subdirectories on the walker's stack (in order).
+fn schedule(dir: &str, nodes: Vec<Node>, stack: &mut Vec<(String, Node)>, queue: &Queue<Job>) {
+    let key: std::sync::Arc<str> = std::sync::Arc::from(dir);
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    let mut subdirs = Vec::new();
+    for n in nodes {
+        let path = join(dir, &n.name);
+        if n.kind == NodeKind::Dir {
+            subdirs.push((path, n));
+            continue;
+        }
+        bytes += n.size;
+        batch.push(Job { path, node: n });
+        if batch.len() >= BATCH_FILES || bytes >= BATCH_BYTES {
+            queue.push(Batch {
+                dir: key.clone(),
+                jobs: std::mem::take(&mut batch),
+            });
+            bytes = 0;
+        }
+    }
+    queue.push(Batch {
+        dir: key,
+        jobs: batch,
+    });
+    stack.extend(subdirs.into_iter().rev());
+}
+
+/// What the workers share.
+struct Worker<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    target: &'a dyn Target,
+    overwrite: Overwrite,
+    counters: &'a Counters,
+    zero_blobs: Mutex<HashMap<BlobId, u64>>,
+    restored: Restored,
+    copied: std::sync::atomic::AtomicU64,
+}
+
+impl Worker<'_> {
+    fn entry(&self, j: Job) {
+        let counters = self.counters;
+        if j.node.kind == NodeKind::Symlink {
+            if self.overwrite == Overwrite::Never && self.target.existing(&j.path).is_some() {
+                Counters::add(&counters.files_unchanged, 1);
+            } else if let Err(e) = self.target.symlink(&j.path, &j.node) {
+                counters.error(e.to_string());
+            }
+            return;
+        }
+        let existing = if self.overwrite == Overwrite::Always {
+            None
+        } else {
+            self.target.existing(&j.path)
+        };
+        if let Some((size, mtime)) = existing {
+            let skip = match self.overwrite {
+                Overwrite::Never => true,
+                Overwrite::IfChanged => size == j.node.size && mtime == j.node.mtime_ns,
+                Overwrite::Always => false,
+            };
+            if skip {
+                Counters::add(&counters.files_unchanged, 1);
+                return;
+            }
+        }
+        let first = match self.restored.plan(self.target, &j) {
+            Plan::Copied => {
+                Counters::add(&self.copied, 1);
+                Counters::add(&counters.files, 1);
+                Counters::add(&counters.bytes_read, j.node.size);
+                return;
+            }
+            Plan::Restore(first) => first,
+        };
+        let r = restore_file(self.repo, self.index, self.target, &j, &self.zero_blobs);
+        if let Some(k) = first {
+            self.restored.finished(k, &j, r.is_ok());
+        }
+        match r {
+            Ok(n) => {
+                Counters::add(&counters.files, 1);
+                Counters::add(&counters.bytes_read, n);
+            }
+            Err(e) => counters.error(format!("{}: {e}", j.path)),
+        }
+    }
+}
+
 pub fn restore(
     repo: &Repository,
     opts: &RestoreOptions,
@@ -192,7 +298,7 @@ pub fn restore(
     let target: &dyn Target = &*target;
 
     // What to restore: the whole root, or one node inside it.
-    let (top, base): (Vec<Node>, String) = match opts
+    let top: Vec<Node> = match opts
         .path
         .as_deref()
         .map(|p| p.trim_matches('/'))
@@ -200,113 +306,62 @@ pub fn restore(
     {
         None => {
             let root = repo.load_tree(index, &snap.tree)?;
-            (safe_nodes(root, "", target, counters), String::new())
+            safe_nodes(root, "", target, counters)
         }
         Some(p) => {
             let n = find_node(repo, index, &snap.tree, p)?
                 .ok_or_else(|| RestoreError::NoPath(p.into()))?;
-            (
-                safe_nodes(Tree { nodes: vec![n] }, "", target, counters),
-                String::new(),
-            )
+            safe_nodes(Tree { nodes: vec![n] }, "", target, counters)
         }
     };
-    let zero_blobs: Mutex<HashMap<BlobId, u64>> = Mutex::new(HashMap::new());
-    let restored = Restored::default();
-    let copied = std::sync::atomic::AtomicU64::new(0);
-    let (tx, rx) = bounded::<Job>(256);
+    let worker = Worker {
+        repo,
+        index,
+        target,
+        overwrite: opts.overwrite,
+        counters,
+        zero_blobs: Mutex::new(HashMap::new()),
+        restored: Restored::default(),
+        copied: std::sync::atomic::AtomicU64::new(0),
+    };
+    let queue: Queue<Job> = Queue::new(QUEUE_JOBS);
     let mut dirs: Vec<(String, Node)> = Vec::new();
     std::thread::scope(|s| {
         for _ in 0..target.parallelism() {
-            let rx = rx.clone();
-            let zero_blobs = &zero_blobs;
-            let restored = &restored;
-            let copied = &copied;
+            let (worker, queue) = (&worker, &queue);
             s.spawn(move || {
-                for j in rx {
-                    let first = match restored.plan(target, &j) {
-                        Plan::Copied => {
-                            Counters::add(copied, 1);
-                            Counters::add(&counters.files, 1);
-                            Counters::add(&counters.bytes_read, j.node.size);
-                            continue;
-                        }
-                        Plan::Restore(first) => first,
-                    };
-                    let r = restore_file(repo, index, target, &j, zero_blobs);
-                    if let Some(k) = first {
-                        restored.finished(k, &j, r.is_ok());
+                while let Some(b) = queue.take() {
+                    for j in b.jobs {
+                        worker.entry(j);
                     }
-                    match r {
-                        Ok(n) => {
-                            Counters::add(&counters.files, 1);
-                            Counters::add(&counters.bytes_read, n);
-                        }
-                        Err(e) => counters.error(format!("{}: {e}", j.path)),
-                    }
+                    queue.done(&b.dir);
                 }
             });
         }
-        drop(rx);
-        let mut stack: Vec<(String, Node)> = top
-            .into_iter()
-            .rev()
-            .map(|n| (join(&base, &n.name), n))
-            .collect();
+        // The walker: directories are made here, in order, and each one's
+        // files and symlinks go to the workers in batches.
+        let mut stack: Vec<(String, Node)> = Vec::new();
+        schedule("", top, &mut stack, &queue);
         while let Some((path, node)) = stack.pop() {
-            match node.kind {
-                NodeKind::Dir => {
-                    if let Err(e) = target.mkdir(&path) {
-                        counters.error(e.to_string());
-                        continue;
-                    }
-                    Counters::add(&counters.dirs, 1);
-                    match node
-                        .subtree
-                        .map(|id| repo.load_tree(index, &id))
-                        .transpose()
-                    {
-                        Ok(t) => {
-                            let nodes = safe_nodes(t.unwrap_or_default(), &path, target, counters);
-                            for n in nodes.into_iter().rev() {
-                                stack.push((join(&path, &n.name), n));
-                            }
-                        }
-                        Err(e) => counters.error(format!("{path}: directory contents lost: {e}")),
-                    }
-                    dirs.push((path, node));
-                }
-                NodeKind::Symlink => {
-                    if opts.overwrite == Overwrite::Never && target.existing(&path).is_some() {
-                        Counters::add(&counters.files_unchanged, 1);
-                        continue;
-                    }
-                    if let Err(e) = target.symlink(&path, &node) {
-                        counters.error(e.to_string());
-                    }
-                }
-                NodeKind::File => {
-                    let existing = if opts.overwrite == Overwrite::Always {
-                        None
-                    } else {
-                        target.existing(&path)
-                    };
-                    if let Some((size, mtime)) = existing {
-                        let skip = match opts.overwrite {
-                            Overwrite::Never => true,
-                            Overwrite::IfChanged => size == node.size && mtime == node.mtime_ns,
-                            Overwrite::Always => false,
-                        };
-                        if skip {
-                            Counters::add(&counters.files_unchanged, 1);
-                            continue;
-                        }
-                    }
-                    let _ = tx.send(Job { path, node });
-                }
+            if let Err(e) = target.mkdir(&path) {
+                counters.error(e.to_string());
+                continue;
             }
+            Counters::add(&counters.dirs, 1);
+            match node
+                .subtree
+                .map(|id| repo.load_tree(index, &id))
+                .transpose()
+            {
+                Ok(t) => {
+                    let nodes = safe_nodes(t.unwrap_or_default(), &path, target, counters);
+                    schedule(&path, nodes, &mut stack, &queue);
+                }
+                Err(e) => counters.error(format!("{path}: directory contents lost: {e}")),
+            }
+            dirs.push((path, node));
         }
-        drop(tx);
+        queue.close();
     });
     // Directory times (and xattrs) last, deepest first, so writing children
     // does not move them again.
@@ -314,6 +369,11 @@ pub fn restore(
         if let Err(e) = target.set_dir_meta(path, node) {
             counters.error(e.to_string());
         }
+    }
+    // Durable when the command says it is done: one sync of the target's
+    // file system, not an fsync per file (see `Target::sync`).
+    if let Err(e) = target.sync() {
+        counters.error(e.to_string());
     }
     let report = target.report();
     let g = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
@@ -326,7 +386,7 @@ pub fn restore(
         errors: g(&counters.errors),
         error_messages: counters.errors(),
         security_descriptors: report.security_descriptors,
-        files_copied: copied.into_inner(),
+        files_copied: worker.copied.into_inner(),
         xattrs: report.xattrs,
         warnings: report.warnings.len() as u64,
         warning_messages: report.warnings,

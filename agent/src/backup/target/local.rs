@@ -11,29 +11,66 @@
 //! Directories get theirs after their contents, so a default ACL does not
 //! leak into restored children (each child has its own ACL, if any).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
-use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use levee_proto::repo::Node;
-use xattr::FileExt;
+use xattr::FileExt as _;
 
 use super::beneath::{self, Beneath};
 use super::{FileSink, Target, TargetError, TargetReport};
 
 /// A local directory. Every path is resolved beneath its descriptor and
 /// never through a symlink (`beneath`); directories are made one level at a
-/// time; files and symlinks are made under a temporary name and renamed.
+/// time; a file is created under its own name with `O_EXCL` (nothing can be
+/// in its place: no link is followed, nothing existing is truncated), and
+/// only where something already has the name, under a temporary name that
+/// is renamed over it when complete; symlinks always that way.
 pub struct LocalTarget {
     root: PathBuf,
     dir: Beneath,
     replace: bool,
     xattrs: Arc<XattrLog>,
+    dirs: Mutex<DirCache>,
+}
+
+/// Directories opened (beneath the target, as `Beneath::dir` does) by
+/// relative path, so the files of a directory do not each walk the path
+/// again (an `openat2` and a `close` per file). A descriptor stays the
+/// directory it was opened as, wherever that is later moved, exactly as
+/// one opened per file would between its open and its use.
+#[derive(Default)]
+struct DirCache {
+    open: HashMap<String, Arc<OwnedFd>>,
+    order: VecDeque<String>,
+}
+
+/// Directories kept open: the workers' current ones and the walker's, with
+/// room to spare, well under the usual 1024 descriptors.
+const DIR_CACHE_LEN: usize = 128;
+
+impl DirCache {
+    fn get(&self, rel: &str) -> Option<Arc<OwnedFd>> {
+        self.open.get(rel).cloned()
+    }
+    fn put(&mut self, rel: &str, fd: Arc<OwnedFd>) {
+        if self.open.contains_key(rel) {
+            return;
+        }
+        if self.order.len() >= DIR_CACHE_LEN {
+            if let Some(old) = self.order.pop_front() {
+                self.open.remove(&old);
+            }
+        }
+        self.order.push_back(rel.to_string());
+        self.open.insert(rel.to_string(), fd);
+    }
 }
 
 /// Extended attributes written back, and what could not be, shared by all
@@ -115,6 +152,7 @@ impl LocalTarget {
             dir,
             replace,
             xattrs: Arc::default(),
+            dirs: Mutex::default(),
         })
     }
     fn full(&self, p: &str) -> PathBuf {
@@ -125,13 +163,20 @@ impl LocalTarget {
         }
     }
     /// The descriptor of `path`'s parent and `path`'s last name.
-    fn parent<'a>(&self, path: &'a str) -> Result<(OwnedFd, &'a str), TargetError> {
+    fn parent<'a>(&self, path: &'a str) -> Result<(Arc<OwnedFd>, &'a str), TargetError> {
         let (parent, name) = beneath::split(path);
-        let fd = self
-            .dir
-            .dir(parent)
-            .map_err(|e| io(&self.full(parent), e))?;
-        Ok((fd, name))
+        Ok((self.dir_fd(parent)?, name))
+    }
+    /// The directory at `rel`, opened beneath the target (or from the cache).
+    fn dir_fd(&self, rel: &str) -> Result<Arc<OwnedFd>, TargetError> {
+        if let Some(fd) = self.dirs.lock().ok().and_then(|c| c.get(rel)) {
+            return Ok(fd);
+        }
+        let fd = Arc::new(self.dir.dir(rel).map_err(|e| io(&self.full(rel), e))?);
+        if let Ok(mut c) = self.dirs.lock() {
+            c.put(rel, fd.clone());
+        }
+        Ok(fd)
     }
 }
 
@@ -211,9 +256,10 @@ fn set_link_meta(
 
 struct LocalSink {
     f: File,
-    /// The directory the file is made in, its temporary and its real name.
-    dir: OwnedFd,
-    temp: String,
+    /// The directory the file is made in, its temporary name (if something
+    /// already had its real name) and its real name.
+    dir: Arc<OwnedFd>,
+    temp: Option<String>,
     name: String,
     done: bool,
     path: PathBuf,
@@ -291,16 +337,16 @@ fn file_times(node: &Node) -> [libc::timespec; 2] {
 
 impl FileSink for LocalSink {
     fn write(&mut self, data: &[u8]) -> Result<(), TargetError> {
-        self.f.write_all(data).map_err(|e| io(&self.path, e))?;
+        // At an offset: a hole before it costs no seek.
+        self.f
+            .write_all_at(data, self.pos)
+            .map_err(|e| io(&self.path, e))?;
         self.pos += data.len() as u64;
         self.written_end = self.pos;
         Ok(())
     }
     fn zeros(&mut self, n: u64) -> Result<(), TargetError> {
         self.pos += n;
-        self.f
-            .seek(SeekFrom::Start(self.pos))
-            .map_err(|e| io(&self.path, e))?;
         Ok(())
     }
     fn finish(self: Box<Self>, node: &Node) -> Result<(), TargetError> {
@@ -312,34 +358,58 @@ impl FileSink for LocalSink {
         set_meta_fd(&self.f, &self.path, node, 0o666 & !umask(), &self.xattrs)?;
         let mut this = self;
         this.done = true;
-        rename_at(&this.dir, &this.temp, &this.name).map_err(|e| io(&this.path, e))
+        match &this.temp {
+            Some(temp) => rename_at(&this.dir, temp, &this.name).map_err(|e| io(&this.path, e)),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for LocalSink {
-    /// A file that failed half-way goes, not a truncated copy.
+    /// A file that failed half-way goes, not a truncated copy: the
+    /// temporary one, or the one this restore created under the real name
+    /// (with `O_EXCL`, so it was nobody else's).
     fn drop(&mut self) {
         if !self.done {
-            unlink_at(&self.dir, &self.temp, false);
+            unlink_at(&self.dir, self.temp.as_deref().unwrap_or(&self.name), false);
         }
     }
 }
 
 impl LocalTarget {
+    /// Creates `path`'s file: under its own name when the name is free (a
+    /// fresh restore: one directory operation per file, as a plain create),
+    /// else under a temporary name renamed over the old entry when complete
+    /// (an old version stays whole until then; a symlink in the way is
+    /// replaced, never followed).
     fn create_local(&self, path: &str) -> Result<LocalSink, TargetError> {
         let (dir, name) = self.parent(path)?;
         let p = self.full(path);
-        let temp = temp_name();
-        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
-        // SAFETY: open dirfd, NUL-terminated name; the fd is ours.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
+        let create = |n: &str| -> Result<libc::c_int, TargetError> {
+            let c = beneath::cstr(n).map_err(|e| io(&p, e))?;
+            // O_EXCL: never opens what is there (a file, a link to
+            // anywhere); O_NOFOLLOW as well, for clarity.
+            // SAFETY: open dirfd, NUL-terminated name; the fd is ours.
+            Ok(unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o600,
+                )
+            })
         };
+        let mut temp = None;
+        let mut fd = create(name)?;
+        if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+            let t = temp_name();
+            fd = create(&t)?;
+            temp = Some(t);
+        }
         if fd < 0 {
             return Err(last_err(&p));
         }
@@ -483,6 +553,21 @@ impl Target for LocalTarget {
         let p = self.full(path);
         let fd = self.dir.dir(path).map_err(|e| io(&p, e))?;
         set_meta_fd(&File::from(fd), &p, node, 0o777 & !umask(), &self.xattrs)
+    }
+    /// `syncfs` of the target's file system, once: restic does not sync a
+    /// restore at all, and an `fsync` per file would cost one journal
+    /// commit per file; one `syncfs` writes back the same data once and
+    /// makes the restore durable when the command returns.
+    fn sync(&self) -> Result<(), TargetError> {
+        if let Ok(mut c) = self.dirs.lock() {
+            *c = DirCache::default();
+        }
+        let root = self.dir.dir("").map_err(|e| io(&self.root, e))?;
+        // SAFETY: an open descriptor of the target directory.
+        if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
+            return Err(last_err(&self.root));
+        }
+        Ok(())
     }
     fn parallelism(&self) -> usize {
         // Decrypting is CPU, writing is I/O: a few more threads than cores.

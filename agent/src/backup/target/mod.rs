@@ -42,6 +42,11 @@ pub trait Target: Send + Sync {
     /// Times, mode and attributes of a directory (after its contents).
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
     fn parallelism(&self) -> usize;
+    /// Makes everything written so far durable (once, at the end of a
+    /// restore: per-file fsyncs would cost a journal commit per file).
+    fn sync(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Whether `A` and `a` are the same name here (SMB shares).
     fn case_insensitive(&self) -> bool {
         false
