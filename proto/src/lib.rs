@@ -11,8 +11,10 @@
 //! assert_eq!(r.mac, "52:54:00:12:34:56");
 //! ```
 
+pub mod chunker;
 pub mod config;
 pub mod csr;
+pub mod delta;
 pub mod enroll;
 pub mod image;
 pub mod offsite;

@@ -256,9 +256,23 @@ fn r13_keys_publish_promote_and_a_client_verifies() -> Result<()> {
     assert_eq!(chans, ["beta", "stable"]);
     let stable = &status[1];
     assert_eq!(stable["releases"][1]["release"], 2);
+    // vmlinuz, initrd.img, rootfs.squashfs, image.json and the rootfs's
+    // chunk index for delta updates.
+    let artifacts: Vec<&str> = stable["releases"][1]["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["artifact"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        stable["releases"][1]["artifacts"].as_array().unwrap().len(),
-        4
+        artifacts,
+        [
+            "image.json",
+            "initrd.img",
+            "rootfs.chunks",
+            "rootfs.squashfs",
+            "vmlinuz"
+        ]
     );
     let human = l.ok(&["release", "status", "--channel", "stable"])?;
     assert!(human.contains("2026.12.02-bbbb"), "{human}");
@@ -351,7 +365,8 @@ fn r13_rotate_root_revokes_a_key_and_clients_follow_the_chain() -> Result<()> {
         2
     );
     let repo = rt().block_on(client_load(&l.data(), "stable", &root_v1, ds.path()))?;
-    assert_eq!(repo.targets().signed.targets_iter().count(), 8);
+    // Two releases of five targets (four artifacts and the chunk index).
+    assert_eq!(repo.targets().signed.targets_iter().count(), 10);
     Ok(())
 }
 

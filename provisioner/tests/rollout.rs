@@ -408,6 +408,7 @@ async fn r13_agent_writes_the_offered_release_into_the_inactive_slot() {
     let target = SlotTarget {
         rootfs: slot_b.clone(),
         esp: esp.clone(),
+        seed: None,
     };
     let img = srv.dir.path().join("img-2026.12.02-bbbb");
     let (state, prepared, lines) = tokio::task::spawn_blocking(move || {

@@ -59,6 +59,7 @@ fn child(job: &Job) {
     let target = SlotTarget {
         rootfs: job.dir.join("levee-b"),
         esp: job.dir.join("esp"),
+        seed: None,
     };
     let req = Request {
         running: &running,

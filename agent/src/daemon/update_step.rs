@@ -335,13 +335,15 @@ impl Updates {
         self.state = state;
         let slot = self.state.pending.as_ref().map(|p| p.slot.clone());
         match result {
+            // The reason of a `written` report says how the rootfs came
+            // (delta or full) and its bytes, for `appliance show`.
             Ok(Some(p)) => self.report(
                 client,
                 UpdateReport {
                     version: p.offer.version.clone(),
                     release: p.offer.release,
                     state: Wire::Written,
-                    reason: None,
+                    reason: Some(p.rootfs.summary()),
                     slot,
                 },
             ),
@@ -453,6 +455,9 @@ impl Updates {
                         .unwrap_or_else(|| {
                             PathBuf::from(format!("/dev/disk/by-partlabel/levee-{slot}"))
                         });
+                // The running slot: the chunks a delta update reuses.
+                let seed =
+                    crate::install::find_partition(&format!("levee-{running_slot}"), &running_slot);
                 let result = with_esp(&running_slot, |esp| {
                     let opts = ApplyOptions {
                         state_dir: &state_dir,
@@ -463,6 +468,7 @@ impl Updates {
                     let target = SlotTarget {
                         rootfs: target_rootfs.clone(),
                         esp: esp.to_path_buf(),
+                        seed: seed.clone(),
                     };
                     let req = Request {
                         running: &running,

@@ -7,10 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::client::{self, ChannelOptions, Decision, Offer, Running};
+use super::client::{self, ChannelOptions, Decision, Offer, Running, TargetRef};
 use super::decide::{Pending, Phase, UpdateState};
+use super::delta::{self, DeltaStats};
 use super::fetch::{self, FetchOptions, Throttle};
 use super::{slot, UpdateError};
+use levee_proto::delta::ROOTFS_INDEX;
 use levee_proto::image::{INITRD, KERNEL, ROOTFS};
 
 /// `STATE/update/`.
@@ -58,6 +60,9 @@ pub struct SlotTarget {
     pub rootfs: PathBuf,
     /// The mounted ESP.
     pub esp: PathBuf,
+    /// The running slot's partition: the source of a delta update's
+    /// chunks (`None`: full downloads only).
+    pub seed: Option<PathBuf>,
 }
 
 /// Settings of one update.
@@ -88,6 +93,54 @@ pub struct Prepared {
     pub offer: Offer,
     /// Bytes downloaded in this run (less than the total if resumed).
     pub downloaded: u64,
+    /// How the rootfs came: by delta or in full, and its bytes.
+    pub rootfs: RootfsTransfer,
+}
+
+/// How the rootfs was written, for the log and the `written` report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootfsTransfer {
+    /// The rootfs target's length.
+    pub length: u64,
+    /// Bytes received for it in this run (index and ranges, or the file).
+    pub downloaded: u64,
+    /// Set when the delta path wrote it.
+    pub delta: Option<DeltaStats>,
+    /// Why the delta path was not taken or failed (a full download).
+    pub full_because: Option<String>,
+}
+
+impl RootfsTransfer {
+    /// One line: how, how many bytes, and why not by delta.
+    pub fn summary(&self) -> String {
+        let pct = |n: u64| n as f64 * 100.0 / self.length.max(1) as f64;
+        match (&self.delta, &self.full_because) {
+            (Some(d), _) => format!(
+                "rootfs by delta: {} of {} bytes downloaded ({:.1}%: index {} bytes, {} bytes in {} ranges), {} bytes reused from the running slot{}",
+                self.downloaded,
+                self.length,
+                pct(self.downloaded),
+                d.index_bytes,
+                d.fetched,
+                d.ranges,
+                d.reused,
+                if d.resumed_chunk > 0 {
+                    format!(", resumed at chunk {} of {}", d.resumed_chunk, d.chunks)
+                } else {
+                    String::new()
+                }
+            ),
+            (None, why) => format!(
+                "rootfs in full: {} of {} bytes downloaded in this run ({:.1}%){}",
+                self.downloaded,
+                self.length,
+                pct(self.downloaded),
+                why.as_ref()
+                    .map(|w| format!("; no delta: {w}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
 }
 
 /// Verifies release `want` of the channel and writes it into `slot`
@@ -150,28 +203,19 @@ pub fn prepare(
             )
         })
     };
-    // The rootfs straight into the slot partition.
+    // The rootfs straight into the slot partition: by delta if it can.
     let rootfs = get(ROOTFS)?;
-    let mut last_pct = 0;
-    let mut report = |done: u64, total: u64| {
-        let pct = done * 100 / total.max(1);
-        if pct >= last_pct + 25 || done == total {
-            last_pct = pct;
-            log(&format!("{}: {done} of {total} bytes ({pct}%)", ROOTFS));
-        }
-    };
-    let f = fetch::fetch_into(
+    let transfer = write_rootfs(
+        &offer,
         rootfs,
-        &target.rootfs,
-        FetchOptions {
-            progress_dir: &progress_dir,
-            throttle: throttle.as_mut(),
-            timeout: opts.timeout,
-            progress: &mut report,
-        },
+        target,
+        &progress_dir,
+        &mut throttle,
+        opts.timeout,
+        log,
     )?;
-    downloaded += f.downloaded;
-    fetch::verify_on_disk(rootfs, &target.rootfs)?;
+    downloaded += transfer.downloaded;
+    log(&transfer.summary());
     // Kernel and initrd to `.part` files on the ESP, then renamed.
     for (artifact, name) in [(KERNEL, "vmlinuz"), (INITRD, "initrd.img")] {
         let t = get(artifact)?;
@@ -215,7 +259,101 @@ pub fn prepare(
         "slot {target_slot} holds release {} ({}), verified from disk, marked to be tried once ({downloaded} bytes downloaded)",
         offer.release, offer.version
     ));
-    Ok(Some(Prepared { offer, downloaded }))
+    Ok(Some(Prepared {
+        offer,
+        downloaded,
+        rootfs: transfer,
+    }))
+}
+
+/// Writes the rootfs into the slot: by delta when the release has a chunk
+/// index, the running slot is known and no full download is under way;
+/// otherwise, or if the delta fails in any way (including the final
+/// whole-file check), in full. Verified from disk either way.
+fn write_rootfs(
+    offer: &Offer,
+    rootfs: &TargetRef,
+    target: &SlotTarget,
+    progress_dir: &Path,
+    throttle: &mut Option<Throttle>,
+    timeout: Duration,
+    log: &mut dyn FnMut(&str),
+) -> Result<RootfsTransfer, UpdateError> {
+    let mut report = progress_logger(ROOTFS, log);
+    let why_not = match (offer.targets.get(ROOTFS_INDEX), &target.seed) {
+        (None, _) => Some(format!("release {} has no chunk index", offer.release)),
+        (_, None) => Some("the running slot's partition was not found".to_string()),
+        _ if fetch::progress_path(progress_dir, rootfs).exists() => {
+            Some("a full download is under way".to_string())
+        }
+        (Some(index), Some(seed)) => {
+            let attempt = delta::fetch_delta(
+                rootfs,
+                index,
+                seed,
+                &target.rootfs,
+                FetchOptions {
+                    progress_dir,
+                    throttle: throttle.as_mut(),
+                    timeout,
+                    progress: &mut report,
+                },
+            )
+            .and_then(|stats| {
+                fetch::verify_on_disk(rootfs, &target.rootfs)
+                    .inspect_err(|_| delta::forget(progress_dir, rootfs))?;
+                Ok(stats)
+            });
+            match attempt {
+                Ok(stats) => {
+                    return Ok(RootfsTransfer {
+                        length: rootfs.length,
+                        downloaded: stats.downloaded,
+                        delta: Some(stats),
+                        full_because: None,
+                    })
+                }
+                Err(e) => Some(format!(
+                    "the delta failed ({e}); fell back to the full download"
+                )),
+            }
+        }
+    };
+    drop(report);
+    if let Some(w) = &why_not {
+        log(&format!("{ROOTFS}: {w}"));
+    }
+    let mut report = progress_logger(ROOTFS, log);
+    let f = fetch::fetch_into(
+        rootfs,
+        &target.rootfs,
+        FetchOptions {
+            progress_dir,
+            throttle: throttle.as_mut(),
+            timeout,
+            progress: &mut report,
+        },
+    )?;
+    fetch::verify_on_disk(rootfs, &target.rootfs)?;
+    delta::forget(progress_dir, rootfs);
+    Ok(RootfsTransfer {
+        length: rootfs.length,
+        downloaded: f.downloaded,
+        delta: None,
+        full_because: why_not,
+    })
+}
+
+/// Logs a download's progress every 25%.
+fn progress_logger<'l>(what: &'l str, log: &'l mut dyn FnMut(&str)) -> impl FnMut(u64, u64) + 'l {
+    let mut last_pct = 0;
+    move |done: u64, total: u64| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last_pct + 25 || done == total {
+            last_pct = pct;
+            log(&format!("{what}: {done} of {total} bytes ({pct}%)"));
+        }
+    }
 }
 
 #[cfg(test)]

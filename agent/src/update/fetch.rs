@@ -22,7 +22,7 @@ use super::client::TargetRef;
 use super::{Refusal, UpdateError};
 
 /// Bytes between two progress records (each after a sync).
-const CHECKPOINT: u64 = 8 << 20;
+pub(crate) const CHECKPOINT: u64 = 8 << 20;
 
 /// A token bucket: `rate` bytes per second, bursts up to one second's worth.
 #[derive(Debug)]
@@ -84,7 +84,10 @@ pub struct FetchOptions<'a> {
     pub progress: &'a mut dyn FnMut(u64, u64),
 }
 
-fn io<'p>(what: &str, path: &'p Path) -> impl FnOnce(std::io::Error) -> UpdateError + 'p {
+pub(crate) fn io<'p>(
+    what: &str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> UpdateError + 'p {
     let what = what.to_string();
     move |e| UpdateError::Setup(format!("{what} {}: {e}", path.display()))
 }
@@ -98,9 +101,7 @@ pub fn fetch_into(
     opts: FetchOptions<'_>,
 ) -> Result<Fetched, UpdateError> {
     std::fs::create_dir_all(opts.progress_dir).map_err(io("creating", opts.progress_dir))?;
-    let progress_path = opts
-        .progress_dir
-        .join(format!("{}.progress", sanitize(&target.name)));
+    let progress_path = progress_path(opts.progress_dir, target);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -134,13 +135,7 @@ pub fn fetch_into(
     let resumed_at = done;
     let mut downloaded = 0;
     if done < target.length {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(opts.timeout)
-            .no_proxy()
-            .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UpdateError::Setup(format!("HTTP client: {e}")))?;
+        let client = http_client(opts.timeout)?;
         let mut req = client.get(&target.url);
         if done > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={done}-"));
@@ -237,6 +232,22 @@ pub fn fetch_into(
     })
 }
 
+/// Where a full download of `target` records its progress.
+pub(crate) fn progress_path(dir: &Path, target: &TargetRef) -> PathBuf {
+    dir.join(format!("{}.progress", sanitize(&target.name)))
+}
+
+/// The client of target downloads: `timeout` bounds one whole request.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::blocking::Client, UpdateError> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(timeout)
+        .no_proxy()
+        .user_agent(concat!("levee-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| UpdateError::Setup(format!("HTTP client: {e}")))
+}
+
 /// Reads `target.length` bytes of `dest` back (past the page cache) and
 /// checks them against the signed sha256.
 pub fn verify_on_disk(target: &TargetRef, dest: &Path) -> Result<(), UpdateError> {
@@ -297,7 +308,7 @@ fn hash_range(file: &File, path: &Path, len: u64, hasher: &mut Sha256) -> Result
 }
 
 /// The size of a block device (`None` for a regular file: it grows).
-fn capacity(file: &File, path: &Path) -> Result<Option<u64>, UpdateError> {
+pub(crate) fn capacity(file: &File, path: &Path) -> Result<Option<u64>, UpdateError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = file.metadata().map_err(io("inspecting", path))?;
     if !meta.file_type().is_block_device() {
@@ -308,7 +319,7 @@ fn capacity(file: &File, path: &Path) -> Result<Option<u64>, UpdateError> {
     Ok(Some(end))
 }
 
-fn drop_cache(file: &File) {
+pub(crate) fn drop_cache(file: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: advisory call on a descriptor we own.
     unsafe {
@@ -316,11 +327,11 @@ fn drop_cache(file: &File) {
     }
 }
 
-fn unreachable(url: &str, e: impl std::fmt::Display) -> UpdateError {
+pub(crate) fn unreachable(url: &str, e: impl std::fmt::Display) -> UpdateError {
     UpdateError::refused(Refusal::Unreachable, format!("{url}: {e}"))
 }
 
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {

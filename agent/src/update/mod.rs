@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod client;
 pub mod decide;
+pub mod delta;
 pub mod fetch;
 pub mod slot;
 pub mod transport;

@@ -11,7 +11,8 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use levee_proto::image::IMAGE_MANIFEST;
+use levee_proto::delta;
+use levee_proto::image::{IMAGE_MANIFEST, ROOTFS};
 use levee_proto::release::{self, ReleaseInfo, CUSTOM_KEY};
 use tough::editor::RepositoryEditor;
 use tough::key_source::KeySource;
@@ -231,7 +232,21 @@ pub async fn publish(
             target,
         });
     }
-    commit(
+    // The rootfs's chunk index, for delta updates: one more signed target.
+    let mut index_tmp = None;
+    if manifest.artifacts.contains_key(ROOTFS) {
+        let (tmp, mut target) = write_chunk_index(layout, channel, &image_dir.join(ROOTFS)).await?;
+        let value = serde_json::to_value(info(delta::ROOTFS_INDEX))
+            .map_err(|e| ReleaseError::Tuf(e.to_string()))?;
+        target.custom.insert(CUSTOM_KEY.into(), value);
+        targets.push(NewTarget {
+            name: release::target_name(&manifest.version, delta::ROOTFS_INDEX),
+            source: tmp.clone(),
+            target,
+        });
+        index_tmp = Some(tmp);
+    }
+    let done = commit(
         layout,
         channel,
         targets,
@@ -240,7 +255,49 @@ pub async fn publish(
         highest + 1,
         opts.min_release.max(1),
     )
-    .await
+    .await;
+    if let Some(tmp) = index_tmp {
+        let _ = std::fs::remove_file(tmp);
+    }
+    done
+}
+
+/// Chunks `rootfs` ([`delta::IndexBuilder`], the backup engine's FastCDC)
+/// into a temporary index file beside the channel's targets; returns it
+/// and its TUF target entry (length, sha256).
+async fn write_chunk_index(
+    layout: &Layout,
+    channel: &str,
+    rootfs: &Path,
+) -> Result<(PathBuf, Target), ReleaseError> {
+    use std::io::Read;
+    let mut input = std::fs::File::open(rootfs).map_err(io_err(rootfs))?;
+    let mut builder = delta::IndexBuilder::for_release();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).map_err(io_err(rootfs))?;
+        if n == 0 {
+            break;
+        }
+        builder.update(&buf[..n]);
+    }
+    let bytes = builder.finish().to_bytes();
+    if bytes.len() > delta::MAX_INDEX_BYTES {
+        return Err(ReleaseError::Usage(format!(
+            "{}: its chunk index would be {} bytes, over the {} agents accept",
+            rootfs.display(),
+            bytes.len(),
+            delta::MAX_INDEX_BYTES
+        )));
+    }
+    let dir = layout.targets_dir(channel);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let tmp = dir.join(format!(".rootfs.chunks.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+    let target = Target::from_path(&tmp)
+        .await
+        .map_err(|e| ReleaseError::Tuf(format!("{}: {e}", tmp.display())))?;
+    Ok((tmp, target))
 }
 
 /// Adds release `version` of channel `from` to channel `to`, with the same
