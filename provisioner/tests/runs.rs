@@ -155,7 +155,30 @@ fn spooled_reports_arrive_in_order_and_make_backup_health() {
     let per_day = b["repository"]["per_day"].as_i64().expect("growth");
     assert!((660_000..680_000).contains(&per_day), "{b}");
     assert_eq!(b["runs"][0]["id"], fresh.id.as_str(), "{b}");
+    // A replication run names its target, what went up and the lag.
+    let mut rep =
+        levee_proto::runs::RunReport::new(levee_proto::runs::RunKind::Replication, t - 200);
+    rep.ended_at = t - 190;
+    rep.sources = vec!["hq".into()];
+    rep.files_new = 7;
+    rep.bytes_new = 2 << 20;
+    rep.files_total = 9;
+    rep.result = RunResult::Success;
+    rep.lag_secs = Some(3 * 3600);
+    client.post_run(&rep).expect("replication run");
     let text = srv.levee(&["appliance", "show", MAC]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("replication"))
+        .expect("replication line");
+    assert!(
+        line.contains("to hq")
+            && line.contains("7 files uploaded, 2.0 MiB")
+            && line.contains("target holds 9 files")
+            && line.contains("3h behind")
+            && !line.contains("by hand"),
+        "{line}"
+    );
     assert!(text.contains("backups:"), "{text}");
     assert!(text.contains("overdue: no"), "{text}");
     assert!(text.contains("no such directory"), "{text}");

@@ -256,11 +256,21 @@ fn ago(secs: i64) -> String {
     }
 }
 
+/// How long an appliance that is installing itself may stay silent: it
+/// sends no heartbeat between its enrollment and its first boot from disk,
+/// and an install under a slow link takes minutes (a failed install has an
+/// alert of its own; this catches one that hangs).
+pub const INSTALL_SILENCE_SECS: u64 = 30 * 60;
+
 fn offline(v: &ApplianceView, s: &Snapshot) -> Option<(Severity, String)> {
     let a = &v.appliance;
     let heard = a.last_heartbeat.max(a.last_report_at).map(|t| t as i64);
     let silent_since = heard.unwrap_or(0).max(s.listening_since);
-    let limit = i64::try_from(v.heartbeat_secs.saturating_mul(3)).unwrap_or(i64::MAX);
+    let mut limit_secs = v.heartbeat_secs.saturating_mul(3);
+    if a.state == ApplianceState::Installing {
+        limit_secs = limit_secs.max(INSTALL_SILENCE_SECS);
+    }
+    let limit = i64::try_from(limit_secs).unwrap_or(i64::MAX);
     if !in_service(a) || s.now - silent_since <= limit {
         return None;
     }

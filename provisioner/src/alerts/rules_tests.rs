@@ -84,6 +84,25 @@ fn each_kind_opens_on_its_condition() {
         open: HashSet::new(),
     };
     assert!(evaluate(&rules, &restarted).is_empty());
+    // Installing: silent from its enrollment to its first boot from disk,
+    // offline only after INSTALL_SILENCE_SECS.
+    let mut installing = appliance(3);
+    installing.state = ApplianceState::Installing;
+    installing.last_heartbeat = None;
+    let enrolled_view = |silent: u64| Snapshot {
+        now: NOW,
+        listening_since: NOW - silent as i64,
+        appliances: vec![view(installing.clone())],
+        open: HashSet::new(),
+    };
+    assert!(evaluate(&rules, &enrolled_view(20 * 60)).is_empty());
+    assert_eq!(
+        evaluate(&rules, &enrolled_view(INSTALL_SILENCE_SECS + 1))
+            .iter()
+            .map(|f| f.kind.to_string())
+            .collect::<Vec<_>>(),
+        ["offline"]
+    );
 
     let mut v = view(appliance(2));
     v.backup.next_expected = Some(Expected {

@@ -158,17 +158,45 @@ impl Detail {
         }
         for r in &self.runs {
             let r = &r.report;
-            let mut line = format!(
-                "  {}  {:<7} {:<8} {:<12} {:>6}s  {} files new of {}, {} new",
-                super::ago(Some(r.ended_at.max(0) as u64)),
-                r.kind.as_str(),
-                r.result.as_str(),
-                r.job.as_deref().unwrap_or("(by hand)"),
-                r.duration_secs(),
-                r.files_new,
-                r.files_total,
-                bytes(r.bytes_new),
-            );
+            // A replication run names its target (in `sources`) and says
+            // what it uploaded and how far behind the target still is.
+            let replication = r.kind == levee_proto::runs::RunKind::Replication;
+            let what = match (&r.job, replication) {
+                (_, true) => format!(
+                    "to {}",
+                    super::escape(r.sources.first().map_or("?", |t| t.as_str()))
+                ),
+                (Some(job), false) => super::escape(job),
+                (None, false) => "(by hand)".into(),
+            };
+            let mut line = if replication {
+                format!(
+                    "  {}  {:<11} {:<8} {:<12} {:>6}s  {} files uploaded, {}; target holds {} files",
+                    super::ago(Some(r.ended_at.max(0) as u64)),
+                    r.kind.as_str(),
+                    r.result.as_str(),
+                    what,
+                    r.duration_secs(),
+                    r.files_new,
+                    bytes(r.bytes_new),
+                    r.files_total,
+                )
+            } else {
+                format!(
+                    "  {}  {:<11} {:<8} {:<12} {:>6}s  {} files new of {}, {} new",
+                    super::ago(Some(r.ended_at.max(0) as u64)),
+                    r.kind.as_str(),
+                    r.result.as_str(),
+                    what,
+                    r.duration_secs(),
+                    r.files_new,
+                    r.files_total,
+                    bytes(r.bytes_new),
+                )
+            };
+            if let Some(lag) = r.lag_secs.filter(|l| replication && *l > 0) {
+                line.push_str(&format!(", {} behind", super::span(lag)));
+            }
             if let Some(s) = &r.snapshot {
                 line.push_str(&format!(", snapshot {}", &s[..s.len().min(12)]));
             }

@@ -237,12 +237,16 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 /// `3m ago`-style age of a Unix time.
 fn ago(t: Option<u64>) -> String {
     let Some(t) = t else { return "never".into() };
-    let d = crate::store::now().saturating_sub(t);
+    format!("{} ago", span(crate::store::now().saturating_sub(t)))
+}
+
+/// `42s`, `3m`, `5h`, `2d`: a length of time, coarsely.
+fn span(d: u64) -> String {
     match d {
-        0..=59 => format!("{d}s ago"),
-        60..=3599 => format!("{}m ago", d / 60),
-        3600..=86_399 => format!("{}h ago", d / 3600),
-        _ => format!("{}d ago", d / 86_400),
+        0..=59 => format!("{d}s"),
+        60..=3599 => format!("{}m", d / 60),
+        3600..=86_399 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86_400),
     }
 }
 
