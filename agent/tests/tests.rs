@@ -12,6 +12,7 @@ mod keys_config;
 mod locks;
 mod prune_converges;
 mod recovery;
+mod replicate_s3;
 mod restore_dups;
 mod restore_parallel;
 mod restore_safety;

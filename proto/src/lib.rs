@@ -23,6 +23,7 @@ pub mod release;
 pub mod repo;
 pub mod report;
 pub mod runs;
+pub mod s3;
 pub mod schedule;
 pub mod update;
 #[cfg(feature = "yaml")]

@@ -18,6 +18,7 @@ pub mod http;
 pub mod image;
 pub mod net;
 pub mod release;
+pub mod s3;
 pub mod samba;
 pub mod server;
 pub mod vm;

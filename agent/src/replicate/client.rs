@@ -27,7 +27,7 @@ const SLOWEST: u64 = 256 * 1024;
 /// How long one part may take: a node that stops answering mid-part (a
 /// cut link sends no reset) is given up on after this, not after the
 /// client's whole-request limit.
-fn part_timeout(len: u64, rate: Option<u64>) -> Duration {
+pub(super) fn part_timeout(len: u64, rate: Option<u64>) -> Duration {
     let pace = rate.map_or(SLOWEST, |r| r.min(SLOWEST)).max(1);
     Duration::from_secs(30 + len / pace)
 }
@@ -408,7 +408,7 @@ impl StoreClient {
     }
 }
 
-fn transport(url: &str, e: impl std::error::Error) -> StoreError {
+pub(super) fn transport(url: &str, e: impl std::error::Error) -> StoreError {
     // reqwest's own message is generic ("error sending request"); the
     // cause (refused, reset, timed out) is in its sources.
     let mut reason = e.to_string();

@@ -16,6 +16,8 @@
 
 pub mod client;
 pub mod plan;
+pub mod s3;
+pub mod target;
 pub mod throttle;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,6 +35,8 @@ use crate::backup::Repository;
 use crate::enroll::{unix_now, write_atomic, Credential};
 pub use client::{StoreClient, StoreError};
 pub use plan::{LocalFile, Plan};
+pub use s3::{AppendOnly, S3Target};
+pub use target::{Listing, Target};
 pub use throttle::Bucket;
 
 /// Key slot kinds that may leave the appliance.
@@ -84,6 +88,10 @@ pub struct TargetOutcome {
     /// Seconds since the oldest local snapshot the target still lacks.
     pub lag_secs: u64,
     pub errors: Vec<String>,
+    /// What the run could do but an operator should know (a bucket that
+    /// is not append-only); in the report's errors, the run still counts
+    /// as a success.
+    pub warnings: Vec<String>,
 }
 
 impl TargetOutcome {
@@ -103,7 +111,7 @@ impl TargetOutcome {
         r.bytes_total = self.bytes_present;
         r.lag_secs = Some(self.lag_secs);
         let mut t = ErrorTally::default();
-        for e in &self.errors {
+        for e in self.errors.iter().chain(&self.warnings) {
             t.add(e);
         }
         t.into_report(&mut r);
@@ -278,15 +286,22 @@ fn sync_target(
     local: &[LocalFile],
     out: &mut TargetOutcome,
 ) -> Result<(), String> {
-    if target.is_s3() {
-        return Err("direct S3 targets are not replicated yet (docs/OFFSITE.md: open)".into());
-    }
     let ns = Namespace::new(customer, &repo.config.id).map_err(|e| e.to_string())?;
-    let client = StoreClient::new(&target.endpoints(), cred, ns, bucket, opts.timeout)
-        .map_err(|e| e.to_string())?;
-    let mut remote = client.list_all().map_err(|e| format!("listing: {e}"))?;
     let dir = state_dir(state, &target.name);
-    verify_share(&client, local, &mut remote, opts.verify_share, &dir, out);
+    let client: Box<dyn Target> = if target.is_s3() {
+        let s3 =
+            S3Target::new(target, ns, bucket, opts.timeout, &dir).map_err(|e| e.to_string())?;
+        check_append_only(&s3, target, out);
+        Box::new(s3)
+    } else {
+        Box::new(
+            StoreClient::new(&target.endpoints(), cred, ns, bucket, opts.timeout)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let client = client.as_ref();
+    let mut remote = client.list_all().map_err(|e| format!("listing: {e}"))?;
+    verify_share(client, local, &mut remote, opts.verify_share, &dir, out);
     let mut requested = load_requested(&dir);
     let remote_names: HashSet<&String> = remote.values().flat_map(|m| m.keys()).collect();
     requested.retain(|n| remote_names.contains(n));
@@ -339,20 +354,43 @@ fn sync_target(
                 })
                 .collect(),
         };
-        client
+        let taken = client
             .request_deletion(&req)
             .map_err(|e| format!("deletion request: {e}"))?;
+        if !taken {
+            tracing::info!(target = %target.name, files = p.deletions.len(), "files forgotten locally stay on this target: it takes no deletions from the appliance");
+            return Ok(());
+        }
         out.deletions_requested += batch.len() as u64;
         requested.extend(batch.iter().map(|(_, n)| n.clone()));
     }
     save_requested(&dir, &requested)
 }
 
+/// A bucket that keeps no versions and has no Object Lock lets whoever
+/// holds the appliance's keys destroy the copy: said in the run report and
+/// the log at every run (append-only holds only with one of them).
+fn check_append_only(s3: &S3Target, target: &OffsiteTarget, out: &mut TargetOutcome) {
+    let warn = match s3.append_only() {
+        Ok(AppendOnly::ObjectLock | AppendOnly::Versioning) => return,
+        Ok(AppendOnly::No) => format!(
+            "{}: NOT append-only: the bucket has neither versioning nor Object Lock, so anyone with these keys (a stolen appliance) can delete or overwrite the offsite copy; turn versioning or Object Lock on (docs/OFFSITE.md)",
+            target.name
+        ),
+        Err(e) => format!(
+            "{}: append-only not confirmed: asking for versioning and Object Lock failed: {e}",
+            target.name
+        ),
+    };
+    tracing::warn!(target = %target.name, "{warn}");
+    out.warnings.push(warn);
+}
+
 /// Has the store check the next share of the files it holds (a cursor in
 /// `verify.json` rotates through them); corrupt ones leave `remote`, so
 /// the plan uploads them again.
 fn verify_share(
-    client: &StoreClient,
+    client: &dyn Target,
     local: &[LocalFile],
     remote: &mut BTreeMap<FileKind, BTreeMap<String, u64>>,
     share: f64,

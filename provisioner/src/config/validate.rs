@@ -365,18 +365,16 @@ fn check_offsite(i: usize, o: &OffsiteTarget) -> Result<(), Problem> {
         if !seen.insert(*u) {
             return Err(problem(path.clone(), format!("`{u}` is listed twice")));
         }
-        if let Some(rest) = u.strip_prefix("s3://") {
+        if u.starts_with("s3://") {
             if endpoints.len() > 1 {
                 return Err(problem(
                     path.clone(),
                     "an s3:// target has one `url`; its nodes are behind the S3 `endpoint`",
                 ));
             }
-            if rest.split('/').next().unwrap_or("").is_empty() {
-                return Err(problem(
-                    path.clone(),
-                    format!("`{u}` names no bucket; expected s3://bucket[/prefix]"),
-                ));
+            // The agent reads it the same way (levee_proto::s3).
+            if let Err(e) = levee_proto::s3::S3Url::parse(u) {
+                return Err(problem(path.clone(), e.to_string()));
             }
         } else if let Some(rest) = u.strip_prefix("https://") {
             let host = rest.split('/').next().unwrap_or("");
@@ -553,23 +551,23 @@ mod tests {
                 "offsite[0].url",
             ),
             (
-                serde_json::json!({"name": "c", "url": "s3://b", "secret_access_key": "S"}),
+                serde_json::json!({"name": "c", "url": "s3://bkt", "secret_access_key": "S"}),
                 "offsite[0].access_key_id",
             ),
             (
-                serde_json::json!({"name": "c", "url": "s3://b", "access_key_id": "A"}),
+                serde_json::json!({"name": "c", "url": "s3://bkt", "access_key_id": "A"}),
                 "offsite[0].secret_access_key",
             ),
             (
-                serde_json::json!({"name": "c", "url": "s3://b", "endpoint": "s3.example", "access_key_id": "A", "secret_access_key": "S"}),
+                serde_json::json!({"name": "c", "url": "s3://bkt", "endpoint": "s3.example", "access_key_id": "A", "secret_access_key": "S"}),
                 "offsite[0].endpoint",
             ),
             (
-                serde_json::json!({"name": "c", "url": "s3://b", "region": "eu central", "access_key_id": "A", "secret_access_key": "S"}),
+                serde_json::json!({"name": "c", "url": "s3://bkt", "region": "eu central", "access_key_id": "A", "secret_access_key": "S"}),
                 "offsite[0].region",
             ),
             (
-                serde_json::json!({"name": "c", "url": "s3://b", "ca_file": "ca.pem", "access_key_id": "A", "secret_access_key": "S"}),
+                serde_json::json!({"name": "c", "url": "s3://bkt", "ca_file": "ca.pem", "access_key_id": "A", "secret_access_key": "S"}),
                 "offsite[0].ca_file",
             ),
             (

@@ -1,0 +1,81 @@
+//! What replication needs of a target, whatever it is: a Levee offsite
+//! store ([`super::StoreClient`], several nodes) or an S3 bucket
+//! ([`super::S3Target`]). The run (`super::sync_target`) and restores
+//! from offsite speak only this.
+
+use std::collections::BTreeMap;
+
+use levee_proto::offsite::{DeletionRequest, FileKind};
+
+use super::StoreError;
+
+/// What a target holds: name -> size, by kind.
+pub type Listing = BTreeMap<FileKind, BTreeMap<String, u64>>;
+
+/// `read(offset, len)`: local bytes of the file being uploaded.
+pub type ReadAt<'a> = &'a dyn Fn(u64, usize) -> Result<Vec<u8>, String>;
+
+pub trait Target {
+    /// Everything the target holds of this repository.
+    fn list_all(&self) -> Result<Listing, StoreError>;
+
+    /// Uploads one file of `size` bytes in parts of `part` bytes, resuming
+    /// after what the target holds; never replaces a file the target has
+    /// (unless [`Target::verify`] found it corrupt). Returns the
+    /// request-body bytes sent.
+    fn upload(
+        &self,
+        kind: FileKind,
+        name: &str,
+        size: u64,
+        part: u64,
+        read: ReadAt<'_>,
+    ) -> Result<u64, StoreError>;
+
+    /// Reads `name` back and checks it against its name. `Ok(false)`: it
+    /// is corrupt, and may be uploaded again.
+    fn verify(&self, kind: FileKind, name: &str) -> Result<bool, StoreError>;
+
+    /// Reads a whole file.
+    fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// Asks for files to be deleted after the target's grace period.
+    /// `Ok(false)`: this target takes no deletions from the appliance.
+    fn request_deletion(&self, req: &DeletionRequest) -> Result<bool, StoreError>;
+
+    /// Request-body bytes handed over so far, failed requests included.
+    fn total_sent(&self) -> u64;
+}
+
+impl Target for super::StoreClient {
+    fn list_all(&self) -> Result<Listing, StoreError> {
+        super::StoreClient::list_all(self)
+    }
+
+    fn upload(
+        &self,
+        kind: FileKind,
+        name: &str,
+        size: u64,
+        part: u64,
+        read: ReadAt<'_>,
+    ) -> Result<u64, StoreError> {
+        super::StoreClient::upload(self, kind, name, size, part, read)
+    }
+
+    fn verify(&self, kind: FileKind, name: &str) -> Result<bool, StoreError> {
+        super::StoreClient::verify(self, kind, name)
+    }
+
+    fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {
+        super::StoreClient::download(self, kind, name)
+    }
+
+    fn request_deletion(&self, req: &DeletionRequest) -> Result<bool, StoreError> {
+        super::StoreClient::request_deletion(self, req).map(|()| true)
+    }
+
+    fn total_sent(&self) -> u64 {
+        super::StoreClient::total_sent(self)
+    }
+}
