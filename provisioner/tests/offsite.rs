@@ -152,6 +152,7 @@ impl World {
             store: self.store.clone(),
             disk: Disk::new(&self.offsite),
             stats: self.stats.clone(),
+            usage: Default::default(),
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(addr))

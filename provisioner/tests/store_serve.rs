@@ -88,6 +88,17 @@ impl Drop for StoreProcess {
 fn repository(state: &Path, src: &Path) -> Repository {
     std::fs::create_dir_all(src).expect("src");
     std::fs::write(src.join("f.txt"), "store serve test data\n".repeat(5000)).expect("write");
+    // Incompressible, so the pack is about this large.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let noise: Vec<u8> = (0..(600 << 10) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(src.join("noise.bin"), noise).expect("write");
     let repo = Repository::init(
         &state.join("repo"),
         b"appliance-secret-0123456789",
@@ -116,8 +127,17 @@ fn opts() -> ReplicateOptions {
     }
 }
 
-#[test]
-fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wrong_hosts() {
+/// One enrolled appliance with a backed-up repository, and a `levee store
+/// serve` with a certificate for 127.0.0.1.
+struct Setup {
+    s: common::LoopbackServer,
+    state: PathBuf,
+    cred: Credential,
+    repo: Repository,
+    tls: PathBuf,
+}
+
+fn setup() -> Setup {
     let s = common::LoopbackServer::start(
         common::AGENT_CMDLINE,
         serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
@@ -128,24 +148,128 @@ fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wro
     common::agent_pass(&s.http, MAC, &state);
     let cred = Credential::load(&state).expect("load").expect("credential");
     let repo = repository(&state, &s.dir.path().join("src"));
-
-    // The certificate, made where the CA is; the store on "another
-    // machine": its own process and directory, the fleet's database.
     let tls = s.dir.path().join("tls");
     std::fs::create_dir_all(&tls).expect("tls dir");
-    let (cert, key) = (tls.join("store.crt"), tls.join("store.key"));
-    let out = s.levee(&[
-        "store",
-        "cert",
-        "127.0.0.1",
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.contains("mode 0600"), "{out}");
-    let cli = common::Cli::new(&s.data);
-    let again = cli
+    Setup {
+        s,
+        state,
+        cred,
+        repo,
+        tls,
+    }
+}
+
+impl Setup {
+    fn cert(&self, host: &str, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            self.tls.join(format!("{name}.crt")),
+            self.tls.join(format!("{name}.key")),
+        );
+        let out = self.s.levee(&[
+            "store",
+            "cert",
+            host,
+            "--cert",
+            cert.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+        ]);
+        assert!(out.contains("mode 0600"), "{out}");
+        (cert, key)
+    }
+
+    fn replicate(&self, url: &str) -> replicate::TargetOutcome {
+        replicate::replicate_target(
+            &self.repo,
+            "acme",
+            &target(url),
+            &self.cred,
+            Arc::new(Bucket::new(None)),
+            &opts(),
+            &self.state,
+        )
+    }
+}
+
+/// Every file under `dir`, relative.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).expect("under").to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn r14_a_quota_refuses_the_file_that_would_pass_it_and_leaves_nothing_partial() {
+    let t = setup();
+    let (cert, key) = t.cert("127.0.0.1", "store");
+    // DATA_DIR/offsite: where `customer show` counts usage.
+    let dir = t.s.data.join("offsite");
+    let store = StoreProcess::spawn(&t.s.data, &cert, &key, &dir, &t.s.dir.path().join("q.log"));
+    let bad = common::Cli::new(&t.s.data)
+        .fails(&["customer", "quota", "acme", "lots"])
+        .expect("run");
+    assert!(bad.contains("500GiB"), "{bad}");
+    t.s.levee(&["customer", "quota", "acme", "300KiB"]);
+    let shown = t.s.levee(&["customer", "show", "acme"]);
+    assert!(shown.contains("quota 300.0 KiB"), "{shown}");
+
+    let run = t.replicate(&store.url);
+    assert!(!run.ok(), "the pack does not fit in 300 KiB");
+    let errors = run.errors.join("\n");
+    assert!(
+        errors.contains("offsite quota is 300.0 KiB") && errors.contains("holds"),
+        "{errors}"
+    );
+    let report = serde_json::to_string(&run.report()).expect("report");
+    assert!(report.contains("offsite quota is 300.0 KiB"), "{report}");
+    // Config and key slot went; no pack, no snapshot, no partial upload.
+    let ns = dir.join("acme").join(&t.repo.config.id);
+    let held = files_under(&ns);
+    assert!(held.iter().any(|p| p.starts_with("config")), "{held:?}");
+    for p in &held {
+        let s = p.to_string_lossy();
+        assert!(
+            !s.starts_with("data") && !s.starts_with("snapshots") && !s.contains("partial"),
+            "{s} is on the store: {held:?}"
+        );
+    }
+    assert!(store.log().contains("over quota"), "{}", store.log());
+
+    // Lifted: the same run completes; `show` reports the usage.
+    t.s.levee(&["customer", "quota", "acme", "none"]);
+    let run = t.replicate(&store.url);
+    assert!(run.ok(), "{:?}", run.errors);
+    let json: serde_json::Value =
+        serde_json::from_str(&t.s.levee(&["customer", "show", "acme", "--json"])).expect("json");
+    assert_eq!(json["offsite_quota"], serde_json::Value::Null);
+    assert!(
+        json["offsite_bytes"].as_u64().expect("bytes") > 600 << 10,
+        "{json}"
+    );
+    // Raised above what it holds: a new backup's files fit again.
+    t.s.levee(&["customer", "quota", "acme", "50MiB"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&t.s.levee(&["customer", "show", "acme", "--json"])).expect("json");
+    assert_eq!(json["offsite_quota"], 50 << 20);
+}
+
+#[test]
+fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wrong_hosts() {
+    let t = setup();
+    // The certificate, made where the CA is; the store on "another
+    // machine": its own process and directory, the fleet's database.
+    let (cert, key) = t.cert("127.0.0.1", "store");
+    let again = common::Cli::new(&t.s.data)
         .fails(&[
             "store",
             "cert",
@@ -157,51 +281,31 @@ fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wro
         ])
         .expect("run");
     assert!(again.contains("never overwritten"), "{again}");
-    let dir = s.dir.path().join("offsite-elsewhere");
-    let store = StoreProcess::spawn(&s.data, &cert, &key, &dir, &s.dir.path().join("store.log"));
-
-    let t = target(&store.url);
-    let run = replicate::replicate_target(
-        &repo,
-        "acme",
-        &t,
-        &cred,
-        Arc::new(Bucket::new(None)),
-        &opts(),
-        &state,
+    let dir = t.s.dir.path().join("offsite-elsewhere");
+    let store = StoreProcess::spawn(
+        &t.s.data,
+        &cert,
+        &key,
+        &dir,
+        &t.s.dir.path().join("store.log"),
     );
+
+    let run = t.replicate(&store.url);
     assert!(run.ok(), "{:?}\n{}", run.errors, store.log());
     assert!(run.files_uploaded >= 4, "{run:?}");
-    let held = dir.join("acme").join(&repo.config.id);
+    let held = dir.join("acme").join(&t.repo.config.id);
     assert!(held.join(".owner").exists(), "{}", store.log());
 
     // A certificate for another host name: the agent refuses the store.
-    let (cert2, key2) = (tls.join("other.crt"), tls.join("other.key"));
-    s.levee(&[
-        "store",
-        "cert",
-        "offsite.example",
-        "--cert",
-        cert2.to_str().expect("utf-8"),
-        "--key",
-        key2.to_str().expect("utf-8"),
-    ]);
+    let (cert2, key2) = t.cert("offsite.example", "other");
     let wrong = StoreProcess::spawn(
-        &s.data,
+        &t.s.data,
         &cert2,
         &key2,
-        &s.dir.path().join("offsite-wrong"),
-        &s.dir.path().join("wrong.log"),
+        &t.s.dir.path().join("offsite-wrong"),
+        &t.s.dir.path().join("wrong.log"),
     );
-    let run = replicate::replicate_target(
-        &repo,
-        "acme",
-        &target(&wrong.url),
-        &cred,
-        Arc::new(Bucket::new(None)),
-        &opts(),
-        &state,
-    );
+    let run = t.replicate(&wrong.url);
     assert!(
         !run.ok(),
         "a store with another host's certificate was used"
@@ -212,22 +316,22 @@ fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wro
         "{errors}"
     );
     assert!(
-        !s.dir.path().join("offsite-wrong/acme").exists(),
+        !t.s.dir.path().join("offsite-wrong/acme").exists(),
         "nothing reached the wrong store"
     );
 
     // Retired: refused at once (the connection the client holds included).
     let client = StoreClient::new(
         &[&store.url],
-        &cred,
-        Namespace::new("acme", &repo.config.id).expect("ns"),
+        &t.cred,
+        Namespace::new("acme", &t.repo.config.id).expect("ns"),
         Arc::new(Bucket::new(None)),
         Duration::from_secs(10),
     )
     .expect("client");
     let (status, _) = client.raw(reqwest::Method::GET, "data/").expect("list");
     assert_eq!(status, 200);
-    s.levee(&["appliance", "retire", MAC, "--reason", "stolen"]);
+    t.s.levee(&["appliance", "retire", MAC, "--reason", "stolen"]);
     let (status, body) = client.raw(reqwest::Method::GET, "data/").expect("list");
     assert_eq!(status, 403, "{body}");
     assert!(store.log().contains("refused"), "{}", store.log());

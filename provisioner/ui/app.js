@@ -293,6 +293,13 @@ async function customersPage() {
     ], d.customers, { id: "customers-table" }));
 }
 
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n, u = 0;
+  while (v >= 1024 && u + 1 < units.length) { v /= 1024; u += 1; }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
 async function customerPage(name) {
   const fresh = name === "new";
   const c = fresh ? { yaml: "customer: NAME\nsources:\n  - name: files\n    path: /srv/files\nschedules:\n  - name: daily\n    every: 1d\n" }
@@ -300,7 +307,11 @@ async function customerPage(name) {
   const area = h("textarea", { class: "yaml", name: "yaml", id: "yaml", spellcheck: "false", "aria-describedby": "yaml-help" });
   area.value = c.yaml;
   const out = h("div", { id: "apply-result", "aria-live": "polite" });
+  const quota = fresh ? null : h("p", { id: "offsite-quota" }, "Offsite quota: ",
+    c.offsite_quota == null ? "none" : bytes(c.offsite_quota) + " in each store",
+    h("span", { class: "muted" }, " (levee customer quota " + name + " SIZE|none)"));
   const form = h("form", {},
+    quota,
     h("label", { for: "yaml" }, "Configuration (YAML)"),
     h("p", { id: "yaml-help", class: "muted" }, "Secrets show as ******** and keep their stored value unless you type a new one."),
     area,

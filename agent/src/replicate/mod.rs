@@ -338,6 +338,11 @@ fn sync_target(
                     // schedule catches it up.
                     return Ok(());
                 }
+                if matches!(e, StoreError::Refused { status: 413, .. }) {
+                    // The customer's quota is reached: nothing more fits
+                    // until ops raise it or a prune frees room.
+                    return Ok(());
+                }
             }
         }
     }

@@ -44,14 +44,64 @@ pub enum CustomerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Limit the bytes the customer may hold in each offsite store (every
+    /// target is a complete copy, so each store counts the same data). The
+    /// store refuses a file that would pass it before taking any of its
+    /// bytes; the appliance's replication run reports the refusal, naming
+    /// the quota and the usage. `none` lifts the limit. Kept beside the
+    /// configuration: `customer apply` does not change it.
+    #[command(
+        after_help = "Examples:\n  levee customer quota acme 500GiB\n  levee customer quota acme 2TB\n  levee customer quota acme none\n  levee customer show acme   # quota and usage"
+    )]
+    Quota {
+        name: String,
+        /// Bytes: 500GiB, 2TB, 750MB, ... or `none`.
+        #[arg(value_name = "SIZE|none", value_parser = parse_quota)]
+        size: QuotaArg,
+    },
     /// The customer's recovery key: opens a lost appliance's backups
     /// without the appliance or the server (`recovery-key init --help`).
     #[command(subcommand)]
     RecoveryKey(super::recovery::RecoveryKeyCommand),
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaArg(Option<u64>);
+
+fn parse_quota(s: &str) -> Result<QuotaArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(QuotaArg(None));
+    }
+    levee_proto::config::parse_size(s)
+        .filter(|n| *n > 0)
+        .map(|n| QuotaArg(Some(n)))
+        .ok_or_else(|| format!("`{s}` is not a size; expected e.g. 500GiB, 2TB, 750MB, or `none`"))
+}
+
 pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
     match cmd {
+        CustomerCommand::Quota { name, size } => {
+            let store = ctx.open_store()?;
+            store.set_offsite_quota(&name, size.0)?;
+            let detail = match size.0 {
+                Some(n) => format!("{n} bytes"),
+                None => "none".into(),
+            };
+            super::audit(
+                store.as_ref(),
+                "offsite-quota",
+                &format!("customer:{name}"),
+                &detail,
+            );
+            match size.0 {
+                Some(n) => println!(
+                    "customer {name}: offsite quota {} ({n} bytes) in each store",
+                    crate::offsite::quota::human(n)
+                ),
+                None => println!("customer {name}: no offsite quota"),
+            }
+            Ok(())
+        }
         CustomerCommand::Apply { file, dry_run } => apply(ctx, &file, dry_run),
         CustomerCommand::RecoveryKey(cmd) => super::recovery::run(ctx, cmd),
         CustomerCommand::Show { name, json } => {
@@ -70,6 +120,7 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
             let offsite_bytes = crate::offsite::Disk::new(ctx.data_dir().join("offsite"))
                 .usage(&name)
                 .unwrap_or(0);
+            let quota = store.offsite_quota(&name)?;
             if json {
                 let macs: Vec<String> = appliances.iter().map(|a| a.mac.to_string()).collect();
                 return super::print_json(&serde_json::json!({
@@ -79,14 +130,24 @@ pub fn run(ctx: &super::Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
                     "appliances": macs,
                     "config": shown.config,
                     "offsite_bytes": offsite_bytes,
+                    "offsite_quota": quota,
                 }));
             }
+            let quota_text = match quota {
+                Some(q) => format!(
+                    "quota {} ({}% used)",
+                    crate::offsite::quota::human(q),
+                    offsite_bytes.saturating_mul(100) / q.max(1)
+                ),
+                None => "no quota".into(),
+            };
             println!(
-                "# customer {} (created {}, updated {}; {} appliance(s); {offsite_bytes} bytes in this server's offsite store)",
+                "# customer {} (created {}, updated {}; {} appliance(s); offsite: {} in this server's store, {quota_text})",
                 c.name,
                 super::ago(Some(c.created_at)),
                 super::ago(Some(c.updated_at)),
-                appliances.len()
+                appliances.len(),
+                crate::offsite::quota::human(offsite_bytes),
             );
             print!("{}", serde_norway::to_string(&shown.config)?);
             Ok(())

@@ -8,6 +8,7 @@
 //! (`crate::store` is the central database; this is where backups go.)
 
 pub mod disk;
+pub mod quota;
 pub mod server;
 pub mod tls;
 
@@ -99,6 +100,7 @@ pub fn state(store: Arc<dyn Store>, dir: PathBuf) -> StoreState {
         store,
         disk: Disk::new(dir),
         stats: Default::default(),
+        usage: Default::default(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct StoreState {
     pub store: Arc<dyn Store>,
     pub disk: Disk,
     pub stats: Arc<StoreStats>,
+    /// Customers' usage, for their quotas.
+    pub usage: Arc<super::quota::Usage>,
 }
 
 /// Largest part of a file one PUT may carry.
@@ -226,6 +228,12 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
             return api_error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
+    if let Err(r) = within_quota(state, appliance, &f, range).await {
+        // The agent is still sending the part: read it (to a bound) so it
+        // gets this answer instead of a broken connection.
+        drain(req.into_body(), MAX_DRAIN_BYTES).await;
+        return *r;
+    }
     let (disk, f2) = (state.disk.clone(), f.clone());
     let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         if let FileState::Complete(n) = disk.state(&f2)? {
@@ -295,6 +303,7 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
             return io_error(e);
         }
         written += chunk.len() as u64;
+        state.usage.add(&f.ns.customer, chunk.len() as u64);
         state
             .stats
             .bytes_received
@@ -332,6 +341,64 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
         }
         Ok(Err(e)) => io_error(e),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A refused part's body is read and dropped up to this; past it the
+/// connection is closed (the agent then resynchronises with `HEAD`).
+const MAX_DRAIN_BYTES: usize = 64 << 20;
+
+async fn drain(body: Body, limit: usize) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > limit {
+            return;
+        }
+    }
+}
+
+/// Refuses (413, naming quota and usage) a part of a file that would take
+/// the customer past its quota; a file already complete passes (the
+/// answer is then 409 as for any existing file).
+async fn within_quota(
+    state: &StoreState,
+    appliance: i64,
+    f: &FileRef,
+    range: UploadRange,
+) -> Result<(), Box<Response>> {
+    let (st, f2) = (state.clone(), f.clone());
+    let judged =
+        tokio::task::spawn_blocking(move || -> Result<Result<(), String>, Box<Response>> {
+            let customer = &f2.ns.customer;
+            let quota = st
+                .store
+                .offsite_quota(customer)
+                .map_err(|e| Box::new(crate::enroll::https::store_error(&e)))?;
+            if quota.is_none() {
+                return Ok(Ok(()));
+            }
+            let boxed = |e| Box::new(io_error(e));
+            if matches!(st.disk.state(&f2).map_err(boxed)?, FileState::Complete(_)) {
+                return Ok(Ok(()));
+            }
+            let usage = st.usage.current(&st.disk, customer).map_err(boxed)?;
+            let need = range.length.saturating_sub(range.offset);
+            Ok(super::quota::check(customer, quota, usage, need))
+        })
+        .await;
+    match judged {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => {
+            warn!(appliance, file = %f.path(), %why, "upload refused: over quota");
+            Err(Box::new(api_error(StatusCode::PAYLOAD_TOO_LARGE, why)))
+        }
+        Ok(Err(r)) => Err(r),
+        Err(e) => Err(Box::new(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        ))),
     }
 }
 

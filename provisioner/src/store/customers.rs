@@ -30,4 +30,9 @@ pub trait CustomerStore {
     fn put_customer(&self, config: &CustomerConfig) -> Result<CustomerRecord>;
     fn customer(&self, name: &str) -> Result<Option<CustomerRecord>>;
     fn customers(&self) -> Result<Vec<CustomerRecord>>;
+    /// Sets the bytes the customer may hold in each offsite store (`None`:
+    /// no limit). Kept beside the configuration: `customer apply` leaves it.
+    fn set_offsite_quota(&self, name: &str, bytes: Option<u64>) -> Result<()>;
+    /// The customer's offsite quota; `None`: no limit.
+    fn offsite_quota(&self, name: &str) -> Result<Option<u64>>;
 }

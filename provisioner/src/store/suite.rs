@@ -439,6 +439,15 @@ fn customers_are_created_and_updated(s: &dyn Store) {
     let names: Vec<_> = s.customers().unwrap().into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["acme", "beta"]);
     assert!(s.put_customer(&customer("../evil", "5m")).is_err());
+    // The offsite quota is set beside the configuration and outlives apply.
+    assert_eq!(s.offsite_quota("acme").unwrap(), None);
+    s.set_offsite_quota("acme", Some(10 << 30)).unwrap();
+    s.put_customer(&customer("acme", "2m")).unwrap();
+    assert_eq!(s.offsite_quota("acme").unwrap(), Some(10 << 30));
+    s.set_offsite_quota("acme", None).unwrap();
+    assert_eq!(s.offsite_quota("acme").unwrap(), None);
+    assert!(s.set_offsite_quota("nobody", Some(1)).is_err());
+    assert!(s.offsite_quota("nobody").is_err());
 }
 
 fn an_appliance_comes_with_its_customer(s: &dyn Store) {

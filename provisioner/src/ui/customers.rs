@@ -65,11 +65,13 @@ pub async fn show(
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no customer `{name}`")))?;
         let yaml = serde_norway::to_string(&redact(&c.config))
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let quota = s.offsite_quota(&c.name)?;
         Ok(json!({
             "name": c.name,
             "created_at": c.created_at,
             "updated_at": c.updated_at,
             "yaml": yaml,
+            "offsite_quota": quota,
         }))
     })
     .await?;

@@ -4,7 +4,7 @@ use deadpool_postgres::GenericClient;
 use levee_proto::config::CustomerConfig;
 use tokio_postgres::Row;
 
-use super::{corrupt, query, query_one, query_opt, PgStore};
+use super::{corrupt, execute, query, query_one, query_opt, PgStore};
 use crate::store::{
     no_customer, now, validate_name, CustomerRecord, CustomerStore, Result, StoreError,
 };
@@ -76,6 +76,38 @@ impl CustomerStore for PgStore {
             .iter()
             .map(customer_row)
             .collect()
+        })
+    }
+
+    fn set_offsite_quota(&self, name: &str, bytes: Option<u64>) -> Result<()> {
+        let bytes = bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.block(async {
+            let c = self.conn().await?;
+            let n = execute(
+                &c,
+                "UPDATE customers SET offsite_quota = $2 WHERE name = $1",
+                &[&name, &bytes],
+            )
+            .await?;
+            if n == 0 {
+                return Err(no_customer(name));
+            }
+            Ok(())
+        })
+    }
+
+    fn offsite_quota(&self, name: &str) -> Result<Option<u64>> {
+        self.block(async {
+            let c = self.conn().await?;
+            let row = query_opt(
+                &c,
+                "SELECT offsite_quota FROM customers WHERE name = $1",
+                &[&name],
+            )
+            .await?
+            .ok_or_else(|| no_customer(name))?;
+            let q: Option<i64> = row.try_get(0)?;
+            Ok(q.map(|b| b.max(0) as u64))
         })
     }
 }

@@ -271,6 +271,10 @@ ALTER TABLE runs ADD COLUMN lag_secs BIGINT;
     r#"
 ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
 "#,
+    // Per-customer offsite quota in bytes, NULL: none (issue 14).
+    r#"
+ALTER TABLE customers ADD COLUMN offsite_quota BIGINT;
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).

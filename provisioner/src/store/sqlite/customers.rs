@@ -59,4 +59,29 @@ impl CustomerStore for SqliteStore {
         let rows = stmt.query_map([], customer_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    fn set_offsite_quota(&self, name: &str, bytes: Option<u64>) -> Result<()> {
+        let bytes = bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let n = self.lock().execute(
+            "UPDATE customers SET offsite_quota = ?2 WHERE name = ?1",
+            params![name, bytes],
+        )?;
+        if n == 0 {
+            return Err(no_customer(name));
+        }
+        Ok(())
+    }
+
+    fn offsite_quota(&self, name: &str) -> Result<Option<u64>> {
+        let q: Option<Option<i64>> = self
+            .lock()
+            .query_row_cached(
+                "SELECT offsite_quota FROM customers WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let q = q.ok_or_else(|| no_customer(name))?;
+        Ok(q.map(|b| b.max(0) as u64))
+    }
 }

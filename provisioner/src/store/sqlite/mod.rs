@@ -221,6 +221,10 @@ ALTER TABLE runs ADD COLUMN lag_secs INTEGER;
     r#"
 ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
 "#,
+    // Per-customer offsite quota in bytes, NULL: none (issue 14).
+    r#"
+ALTER TABLE customers ADD COLUMN offsite_quota INTEGER;
+"#,
 ];
 
 /// Events kept per machine.
