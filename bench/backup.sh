@@ -97,7 +97,7 @@ echo "== restore (load average $LOAD_RESTORE)" >&2
 # `recently_deleted` was 45% of a restore right after `rm -rf`).
 # Without root (no loop mounts): fresh directories in $WORK, and a wait past
 # that window after each removal.
-FS_BYTES=$(( BYTES * 2 + (2 << 30) ))
+FS_BYTES=$(( (BYTES * 2 / 1048576 + 2048) * 1048576 ))   # whole MiB: losetup wants sectors
 restore_target() { # name -> prints the empty directory to restore into
     local mnt=$WORK/r-$1
     mkdir -p "$mnt"
