@@ -3,6 +3,7 @@
 //! JSON document with `--json`); progress and logs go to stderr.
 
 mod install;
+mod offsite;
 mod output;
 mod progress;
 mod report;
@@ -46,7 +47,10 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Global {
-    /// Repository directory.
+    /// Repository directory; or a repository in a Levee offsite store,
+    /// https://HOST:PORT/CUSTOMER/REPOSITORY-ID, fetched into
+    /// STATE/recovered/ and opened with --recovery-key (disaster recovery,
+    /// with the replacement appliance's credential).
     #[arg(long, short = 'r', env = "LEVEE_REPO", global = true)]
     pub repo: Option<PathBuf>,
     /// File holding the repository password (else $LEVEE_PASSWORD).
@@ -241,6 +245,9 @@ fn repo_path(g: &Global) -> Result<PathBuf> {
 
 fn open(g: &Global) -> Result<Repository> {
     let path = repo_path(g)?;
+    if let Some(url) = path.to_str().filter(|p| p.starts_with("https://")) {
+        return offsite::open(url, g.recovery_key.as_deref(), &g.state_dir);
+    }
     if let Some(f) = &g.recovery_key {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading the recovery key {}", f.display()))?;

@@ -15,6 +15,7 @@
 //! Each target's run becomes a run report (`kind: replication`).
 
 pub mod client;
+pub mod fetch;
 pub mod plan;
 pub mod s3;
 pub mod target;
@@ -34,6 +35,7 @@ use crate::backup::backend::{FileKind as LocalKind, ReadBackend};
 use crate::backup::Repository;
 use crate::enroll::{unix_now, write_atomic, Credential};
 pub use client::{StoreClient, StoreError};
+pub use fetch::{fetch_repository, FetchError, Fetched};
 pub use plan::{LocalFile, Plan};
 pub use s3::{AppendOnly, S3Target};
 pub use target::{Listing, Target};

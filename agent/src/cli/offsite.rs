@@ -1,0 +1,99 @@
+//! `--repo https://STORE/<customer>/<repository id>`: a repository read
+//! from a Levee offsite store (disaster recovery). The copy is fetched
+//! into `STATE/recovered/<customer>/<repository id>/` (every file checked
+//! against its name; a second run fetches only what is missing) and opened
+//! with the customer's paper key. The store admits only the appliance the
+//! namespace is bound to, so this runs with the credential of the
+//! replacement (`levee appliance replace OLD --with NEW`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use levee_agent::enroll::Credential;
+use levee_agent::replicate::{fetch_repository, Bucket, StoreClient};
+use levee_agent::Repository;
+use levee_proto::offsite::Namespace;
+use levee_proto::recovery::RecoveryPrivateKey;
+
+/// The endpoint and namespace of `https://HOST[:PORT]/<customer>/<id>`
+/// (a `/store/v1` before them is accepted too).
+pub fn parse_store_url(url: &str) -> Result<(String, Namespace)> {
+    let bad = || {
+        anyhow!("`{url}` is not a Levee store repository URL: expected https://HOST:PORT/CUSTOMER/REPOSITORY-ID")
+    };
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let (authority, path) = rest.split_once('/').ok_or_else(bad)?;
+    let path = path.trim_end_matches('/');
+    let path = path.strip_prefix("store/v1/").unwrap_or(path);
+    let (customer, id) = path.split_once('/').ok_or_else(bad)?;
+    if authority.is_empty() {
+        return Err(bad());
+    }
+    let ns = Namespace::new(customer, id).with_context(bad)?;
+    Ok((format!("https://{authority}"), ns))
+}
+
+/// Fetches the repository at `url` and opens it with the paper key in
+/// `recovery_key`.
+pub fn open(url: &str, recovery_key: Option<&Path>, state: &Path) -> Result<Repository> {
+    let (endpoint, ns) = parse_store_url(url)?;
+    let Some(key_file) = recovery_key else {
+        bail!("a repository in an offsite store opens only with the customer's paper key: add --recovery-key FILE");
+    };
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading the recovery key {}", key_file.display()))?;
+    let key = RecoveryPrivateKey::from_paper(&text)
+        .with_context(|| format!("the recovery key in {}", key_file.display()))?;
+    let cred = Credential::load(state)?.ok_or_else(|| {
+        anyhow!(
+            "no appliance credential in {}: the store serves a repository only to the appliance it is bound to; \
+             replace the lost appliance (`levee appliance replace OLD --with NEW`) and run this on NEW (or give its --state-dir)",
+            state.display()
+        )
+    })?;
+    let dest = state.join("recovered").join(&ns.customer).join(&ns.repo);
+    let client = StoreClient::new(
+        &[&endpoint],
+        &cred,
+        ns,
+        Arc::new(Bucket::new(None)),
+        Duration::from_secs(600),
+    )?;
+    let got = fetch_repository(&client, &dest).with_context(|| format!("fetching {url}"))?;
+    eprintln!(
+        "fetched {} file(s), {} bytes from {url} into {} ({} already there)",
+        got.files,
+        got.bytes,
+        dest.display(),
+        got.skipped
+    );
+    Ok(Repository::open_with_recovery(&dest, &key)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_name_endpoint_and_namespace() {
+        let id = "a".repeat(64);
+        let (e, ns) = parse_store_url(&format!("https://offsite.example:8443/acme/{id}")).unwrap();
+        assert_eq!(e, "https://offsite.example:8443");
+        assert_eq!(
+            (ns.customer.as_str(), ns.repo.as_str()),
+            ("acme", id.as_str())
+        );
+        assert!(parse_store_url(&format!("https://h:1/store/v1/acme/{id}/")).is_ok());
+        for bad in [
+            "http://h/acme/x",
+            "https://h",
+            "https://h/acme",
+            "https:///acme/x",
+            "https://h/../x",
+        ] {
+            assert!(parse_store_url(bad).is_err(), "{bad}");
+        }
+    }
+}

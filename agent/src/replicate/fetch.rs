@@ -1,0 +1,99 @@
+//! Disaster recovery: a repository brought back from an offsite target
+//! into a local directory, which the customer's paper key then opens
+//! (`Repository::open_with_recovery`). Every file is checked against its
+//! name (its SHA-256) before it is written, so a store cannot slip in a
+//! file of its own; packs, index and key slots go first and the config
+//! last, so an interrupted fetch leaves no directory that looks like a
+//! complete repository, and a second fetch skips what the first wrote.
+
+use std::path::Path;
+
+use levee_proto::offsite::FileKind;
+
+use super::target::Target;
+use crate::backup::backend::local::LocalBackend;
+use crate::backup::backend::{FileKind as LocalKind, WriteBackend};
+
+/// What [`fetch_repository`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files already there from an earlier, interrupted fetch.
+    pub skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the target: {0}")]
+    Target(#[from] super::StoreError),
+    #[error(
+        "{kind} {name} from the target does not hash to its name: the copy is damaged or not ours"
+    )]
+    Mismatch { kind: &'static str, name: String },
+    #[error("the target holds {0} repository configs for this namespace; expected one")]
+    Config(usize),
+    #[error("{0}")]
+    Local(String),
+}
+
+fn local_kind(kind: FileKind) -> LocalKind {
+    match kind {
+        FileKind::Config => LocalKind::Config,
+        FileKind::Keys => LocalKind::Key,
+        FileKind::Data => LocalKind::Pack,
+        FileKind::Index => LocalKind::Index,
+        FileKind::Snapshots => LocalKind::Snapshot,
+    }
+}
+
+/// Copies every file `target` holds of the repository into `dest`.
+pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, FetchError> {
+    let listing = target.list_all()?;
+    let configs = listing.get(&FileKind::Config).map_or(0, |m| m.len());
+    if configs != 1 {
+        return Err(FetchError::Config(configs));
+    }
+    let local_err =
+        |e: &dyn std::fmt::Display| FetchError::Local(format!("{}: {e}", dest.display()));
+    std::fs::create_dir_all(dest).map_err(|e| local_err(&e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(crate::backup::backend::local::DIR_MODE);
+        std::fs::set_permissions(dest, private).map_err(|e| local_err(&e))?;
+    }
+    let local = LocalBackend::new(dest);
+    local.create_layout().map_err(|e| local_err(&e))?;
+    let mut out = Fetched::default();
+    for kind in [
+        FileKind::Data,
+        FileKind::Index,
+        FileKind::Keys,
+        FileKind::Snapshots,
+        FileKind::Config,
+    ] {
+        for (name, size) in listing.get(&kind).into_iter().flatten() {
+            let lk = local_kind(kind);
+            let local_name = if kind == FileKind::Config { "" } else { name };
+            let path = local.path(lk, local_name);
+            if kind != FileKind::Config && std::fs::metadata(&path).is_ok_and(|m| m.len() == *size)
+            {
+                out.skipped += 1;
+                continue;
+            }
+            let bytes = target.download(kind, name)?;
+            if levee_proto::repo::crypto::file_id(&bytes).to_hex() != *name {
+                return Err(FetchError::Mismatch {
+                    kind: kind.as_str(),
+                    name: name.clone(),
+                });
+            }
+            local
+                .write(lk, local_name, &bytes)
+                .map_err(|e| FetchError::Local(e.to_string()))?;
+            out.files += 1;
+            out.bytes += bytes.len() as u64;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,245 @@
+//! Disaster recovery from offsite (issue 14), on loopback: appliance A
+//! backs up (with a recovery slot for the customer's paper key) and
+//! replicates to the store; A's repository is destroyed; `levee appliance
+//! replace` gives the namespace to B; B fetches the repository from the
+//! store (every file checked against its name), opens it with the paper
+//! key, restores byte-identical, then continues the same history: a new
+//! backup deduplicated against the old data, replicated to the same
+//! namespace. A's certificate can no longer read it.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_agent::backup::commands::backup::{backup, BackupOptions, BackupSummary};
+use levee_agent::backup::commands::restore::{restore, RestoreOptions};
+use levee_agent::backup::progress::Counters;
+use levee_agent::enroll::Credential;
+use levee_agent::replicate::{
+    self, fetch_repository, Bucket, FetchError, ReplicateOptions, StoreClient,
+};
+use levee_agent::Repository;
+use levee_proto::config::OffsiteTarget;
+use levee_proto::offsite::Namespace;
+use levee_proto::recovery::RecoveryPrivateKey;
+use levee_proto::repo::KdfParams;
+use tokio_util::sync::CancellationToken;
+
+const MAC_A: &str = "52:54:00:14:20:01";
+const MAC_B: &str = "52:54:00:14:20:02";
+
+fn noise(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..bytes / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+fn back_up(repo: &Repository, src: &Path) -> BackupSummary {
+    let opts = BackupOptions {
+        sources: vec![src.to_string_lossy().into()],
+        ..Default::default()
+    };
+    backup(repo, &opts, None, &Counters::default()).expect("backup")
+}
+
+fn enroll(s: &common::LoopbackServer, mac: &str) -> (std::path::PathBuf, Credential) {
+    let state = s.dir.path().join(mac.replace(':', ""));
+    std::fs::create_dir_all(&state).expect("state");
+    common::agent_pass(&s.http, mac, &state);
+    let cred = Credential::load(&state).expect("load").expect("credential");
+    (state, cred)
+}
+
+fn replicate_to(
+    repo: &Repository,
+    url: &str,
+    cred: &Credential,
+    state: &Path,
+) -> replicate::TargetOutcome {
+    let t: OffsiteTarget =
+        serde_json::from_value(serde_json::json!({"name": "hq", "urls": [url]})).expect("target");
+    let opts = ReplicateOptions {
+        part_bytes: 1 << 20,
+        timeout: Duration::from_secs(20),
+        verify_share: 0.0,
+    };
+    replicate::replicate_target(
+        repo,
+        "acme",
+        &t,
+        cred,
+        Arc::new(Bucket::new(None)),
+        &opts,
+        state,
+    )
+}
+
+fn client(url: &str, cred: &Credential, id: &str) -> StoreClient {
+    StoreClient::new(
+        &[url],
+        cred,
+        Namespace::new("acme", id).expect("ns"),
+        Arc::new(Bucket::new(None)),
+        Duration::from_secs(10),
+    )
+    .expect("client")
+}
+
+#[test]
+fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_history() {
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A],
+    );
+    // Appliance A: a repository with its own slot and the recovery slot.
+    // (Enrolled first: the server has made its CA by then.)
+    let (state_a, cred_a) = enroll(&s, MAC_A);
+    // The store, as `levee serve --store` runs it.
+    let listener =
+        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let ca =
+        levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
+    let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
+    let offsite = s.data.join("offsite");
+    let state = levee_provisioner::offsite::state(s.store.clone(), offsite.clone());
+    let stop = CancellationToken::new();
+    s.rt.spawn(levee_provisioner::offsite::serve(
+        listener,
+        tls,
+        state,
+        levee_provisioner::offsite::DEFAULT_GRACE,
+        Default::default(),
+        stop.clone(),
+    ));
+
+    let src = s.dir.path().join("share");
+    std::fs::create_dir_all(src.join("sub")).expect("src");
+    std::fs::write(src.join("big.bin"), noise(2 << 20, 7)).expect("write");
+    std::fs::write(
+        src.join("sub/notes.txt"),
+        "minutes of the meeting\n".repeat(300),
+    )
+    .expect("write");
+    let paper = RecoveryPrivateKey::generate();
+    let id = {
+        let repo = Repository::init(
+            &state_a.join("repo"),
+            b"appliance-a-secret-0123456789",
+            KdfParams::with_memory(1024),
+            "appliance",
+            "appliance",
+        )
+        .expect("init");
+        repo.ensure_recovery_slot(&paper.public()).expect("slot");
+        let first = back_up(&repo, &src);
+        let run = replicate_to(&repo, &url, &cred_a, &state_a);
+        assert!(run.ok(), "{:?}", run.errors);
+        (repo.config.id.clone(), first.snapshot)
+    };
+    let (repo_id, snapshot) = id;
+    // A is lost, its disk with it.
+    std::fs::remove_dir_all(state_a.join("repo")).expect("destroy");
+
+    s.levee(&["appliance", "replace", MAC_A, "--with", MAC_B]);
+    let (state_b, cred_b) = enroll(&s, MAC_B);
+    let b = client(&url, &cred_b, &repo_id);
+    let dest = state_b.join("recovered/acme").join(&repo_id);
+
+    // A file the store altered is caught, nothing of it written as good.
+    let listing = b.list_all().expect("list");
+    let pack = listing[&levee_proto::offsite::FileKind::Data]
+        .keys()
+        .next()
+        .expect("a pack")
+        .clone();
+    let stored = offsite
+        .join("acme")
+        .join(&repo_id)
+        .join("data")
+        .join(&pack[..2])
+        .join(&pack);
+    let good = std::fs::read(&stored).expect("stored");
+    let mut bad = good.clone();
+    bad[50] ^= 1;
+    std::fs::write(&stored, &bad).expect("tamper");
+    let e = fetch_repository(&b, &s.dir.path().join("tampered")).expect_err("refused");
+    assert!(matches!(e, FetchError::Mismatch { .. }), "{e}");
+    std::fs::write(&stored, &good).expect("untamper");
+
+    let got = fetch_repository(&b, &dest).expect("fetch");
+    assert!(got.files >= 5, "{got:?}");
+    // Another customer's paper key opens nothing; the right one does.
+    assert!(Repository::open_with_recovery(&dest, &RecoveryPrivateKey::generate()).is_err());
+    let repo = Repository::open_with_recovery(&dest, &paper).expect("open with the paper key");
+    assert_eq!(repo.config.id, repo_id, "the same repository");
+
+    let out = s.dir.path().join("restored");
+    let r = restore(
+        &repo,
+        &RestoreOptions {
+            snapshot: snapshot.clone(),
+            path: None,
+            target: out.to_string_lossy().into(),
+            overwrite: Default::default(),
+            skip_damaged: false,
+        },
+        None,
+        &Counters::default(),
+    )
+    .expect("restore");
+    assert_eq!(r.errors, 0);
+    let restored_root = out.join("share");
+    for f in ["big.bin", "sub/notes.txt"] {
+        assert_eq!(
+            std::fs::read(restored_root.join(f)).expect("restored"),
+            std::fs::read(src.join(f)).expect("original"),
+            "{f} byte-identical"
+        );
+    }
+
+    // B continues the same history under its own slot: a new backup
+    // stores only the new file's bytes, and goes to the same namespace.
+    repo.add_key(
+        b"appliance-b-secret-0123456789",
+        KdfParams::with_memory(1024),
+        "appliance",
+        "appliance",
+    )
+    .expect("B's slot");
+    std::fs::write(src.join("new.txt"), "written after the fire\n").expect("write");
+    let second = back_up(&repo, &src);
+    assert_eq!(second.parent.as_deref(), Some(snapshot.as_str()));
+    assert!(
+        second.bytes_stored < 64 << 10,
+        "deduplicated against A's data: {} bytes stored",
+        second.bytes_stored
+    );
+    let run = replicate_to(&repo, &url, &cred_b, &state_b);
+    assert!(run.ok(), "{:?}", run.errors);
+    assert!(run.bytes_uploaded < 256 << 10, "{run:?}");
+    eprintln!(
+        "fetched {} files, {} bytes; second backup stored {} bytes; replicated {} bytes",
+        got.files, got.bytes, second.bytes_stored, run.bytes_uploaded
+    );
+    drop(repo);
+    let again = fetch_repository(&b, &dest).expect("fetch again");
+    assert_eq!(again.files, 1, "only the config is rewritten: {again:?}");
+
+    // A's certificate no longer reads the namespace.
+    let (status, _) = client(&url, &cred_a, &repo_id)
+        .raw(reqwest::Method::GET, "snapshots/")
+        .expect("old");
+    assert_eq!(status, 403);
+    stop.cancel();
+}
