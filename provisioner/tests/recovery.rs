@@ -5,7 +5,8 @@
 //! store (every file checked against its name), opens it with the paper
 //! key, restores byte-identical, then continues the same history: a new
 //! backup deduplicated against the old data, replicated to the same
-//! namespace. A's certificate can no longer read it.
+//! namespace. A's certificate can no longer read it. A local pack that
+//! fails its check is repaired from the offsite copy.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use levee_agent::backup::commands::backup::{backup, BackupOptions, BackupSummary};
+use levee_agent::backup::commands::check::{check, CheckOptions};
 use levee_agent::backup::commands::restore::{restore, RestoreOptions};
 use levee_agent::backup::progress::Counters;
 use levee_agent::enroll::Credential;
@@ -21,7 +23,7 @@ use levee_agent::replicate::{
     self, fetch_repository, Bucket, FetchError, ReplicateOptions, StoreClient,
 };
 use levee_agent::Repository;
-use levee_proto::config::OffsiteTarget;
+use levee_proto::config::{CustomerConfig, OffsiteTarget};
 use levee_proto::offsite::Namespace;
 use levee_proto::recovery::RecoveryPrivateKey;
 use levee_proto::repo::KdfParams;
@@ -93,6 +95,114 @@ fn client(url: &str, cred: &Credential, id: &str) -> StoreClient {
     .expect("client")
 }
 
+/// The store, as `levee serve --store` runs it, on the server's runtime
+/// (after an enrollment: the server has made its CA by then).
+fn store_node(s: &common::LoopbackServer) -> (String, CancellationToken) {
+    let listener =
+        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let ca =
+        levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
+    let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
+    let state = levee_provisioner::offsite::state(s.store.clone(), s.data.join("offsite"));
+    let stop = CancellationToken::new();
+    s.rt.spawn(levee_provisioner::offsite::serve(
+        listener,
+        tls,
+        state,
+        levee_provisioner::offsite::DEFAULT_GRACE,
+        Default::default(),
+        stop.clone(),
+    ));
+    (url, stop)
+}
+
+#[test]
+fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A],
+    );
+    let (state, cred) = enroll(&s, MAC_A);
+    let (url, stop) = store_node(&s);
+    let src = s.dir.path().join("share");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("big.bin"), noise(1 << 20, 11)).expect("write");
+    let dir = state.join("repo");
+    let repo = Repository::init(
+        &dir,
+        b"appliance-secret-0123456789",
+        KdfParams::with_memory(1024),
+        "appliance",
+        "appliance",
+    )
+    .expect("init");
+    let first = back_up(&repo, &src);
+    assert!(replicate_to(&repo, &url, &cred, &state).ok());
+    let id = repo.config.id.clone();
+    drop(repo);
+
+    // The data partition flips a byte of a pack.
+    let pack = std::fs::read_dir(dir.join("data"))
+        .expect("data")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&pack, &bytes).expect("corrupt");
+    let check_opts = CheckOptions {
+        read_data: Some(100.0),
+        repair_from_offsite: false,
+    };
+    let repo = Repository::open(&dir, b"appliance-secret-0123456789").expect("open");
+    let r = check(&repo, &check_opts, &Counters::default()).expect("check");
+    let mut damaged: Vec<String> = r.damaged_blobs.iter().map(|b| b.pack.clone()).collect();
+    damaged.dedup();
+    assert_eq!(damaged.len(), 1, "{r:?}");
+    drop(repo);
+
+    // Without a target that has it: named, nothing changed.
+    let none: CustomerConfig =
+        serde_json::from_value(serde_json::json!({"customer": "acme"})).expect("config");
+    let out = replicate::repair_from_offsite(&state, &none, &dir, &id, &damaged).expect("repair");
+    assert!(out.packs.is_empty() && out.failed.len() == 1, "{out:?}");
+
+    let config: CustomerConfig = serde_json::from_value(
+        serde_json::json!({"customer": "acme", "offsite": [{"name": "hq", "urls": [url]}]}),
+    )
+    .expect("config");
+    let out = replicate::repair_from_offsite(&state, &config, &dir, &id, &damaged).expect("repair");
+    assert_eq!(out.packs, damaged, "{out:?}");
+    let repo = Repository::open(&dir, b"appliance-secret-0123456789").expect("open");
+    let r = check(&repo, &check_opts, &Counters::default()).expect("check");
+    assert!(r.damaged_blobs.is_empty() && r.errors.is_empty(), "{r:?}");
+    let out_dir = s.dir.path().join("restored");
+    restore(
+        &repo,
+        &RestoreOptions {
+            snapshot: first.snapshot,
+            path: None,
+            target: out_dir.to_string_lossy().into(),
+            overwrite: Default::default(),
+            skip_damaged: false,
+        },
+        None,
+        &Counters::default(),
+    )
+    .expect("restore");
+    assert_eq!(
+        std::fs::read(out_dir.join("share/big.bin")).expect("restored"),
+        std::fs::read(src.join("big.bin")).expect("original")
+    );
+    stop.cancel();
+}
+
 #[test]
 fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_history() {
     let s = common::LoopbackServer::start(
@@ -103,26 +213,8 @@ fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_
     // Appliance A: a repository with its own slot and the recovery slot.
     // (Enrolled first: the server has made its CA by then.)
     let (state_a, cred_a) = enroll(&s, MAC_A);
-    // The store, as `levee serve --store` runs it.
-    let listener =
-        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let ca =
-        levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
-    let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
+    let (url, stop) = store_node(&s);
     let offsite = s.data.join("offsite");
-    let state = levee_provisioner::offsite::state(s.store.clone(), offsite.clone());
-    let stop = CancellationToken::new();
-    s.rt.spawn(levee_provisioner::offsite::serve(
-        listener,
-        tls,
-        state,
-        levee_provisioner::offsite::DEFAULT_GRACE,
-        Default::default(),
-        stop.clone(),
-    ));
-
     let src = s.dir.path().join("share");
     std::fs::create_dir_all(src.join("sub")).expect("src");
     std::fs::write(src.join("big.bin"), noise(2 << 20, 7)).expect("write");

@@ -358,6 +358,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             let run = report::Manual::start(&g.state_dir, RunKind::Check, Vec::new());
             let r = open(g).and_then(|repo| {
                 let c = Counters::default();
+                let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
+                if !o.repair_from_offsite || r.damaged_blobs.is_empty() {
+                    return Ok(r);
+                }
+                offsite::repair(g, &repo, &r)?;
+                // Reopened: the old handle may hold the damaged files open.
+                let repo = open(g)?;
                 Ok(progress::with_progress(g, &c, "check", || {
                     check::check(&repo, &o, &c)
                 })?)

@@ -72,6 +72,42 @@ pub fn open(url: &str, recovery_key: Option<&Path>, state: &Path) -> Result<Repo
     Ok(Repository::open_with_recovery(&dest, &key)?)
 }
 
+/// `check --read-data --repair-from-offsite`: the damaged packs of `r`
+/// replaced by their copies on the configuration's offsite targets.
+pub fn repair(
+    g: &super::Global,
+    repo: &Repository,
+    r: &levee_agent::backup::commands::check::CheckReport,
+) -> Result<()> {
+    let mut packs: Vec<String> = r.damaged_blobs.iter().map(|b| b.pack.clone()).collect();
+    packs.sort();
+    packs.dedup();
+    let cache = g.state_dir.join(levee_agent::enroll::CONFIG_CACHE);
+    let text = std::fs::read(&cache).with_context(|| {
+        format!(
+            "reading the appliance's configuration {} (its offsite targets)",
+            cache.display()
+        )
+    })?;
+    let config: levee_proto::config::CustomerConfig = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a configuration", cache.display()))?;
+    let repaired = levee_agent::replicate::repair_from_offsite(
+        &g.state_dir,
+        &config,
+        &repo.path,
+        &repo.config.id,
+        &packs,
+    )
+    .map_err(|e| anyhow!("repairing from offsite: {e}"))?;
+    for p in &repaired.packs {
+        eprintln!("repaired pack {p} from its offsite copy");
+    }
+    for (p, why) in &repaired.failed {
+        eprintln!("pack {p} not repaired: {why}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,3 +97,43 @@ pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, Fet
     }
     Ok(out)
 }
+
+/// What [`repair_packs`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// Packs replaced by the target's copy.
+    pub packs: Vec<String>,
+    /// Packs the target could not give (absent, damaged there too, or
+    /// unreachable), with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Replaces each local pack in `packs` (damaged ones, as `check
+/// --read-data` found them) with the target's copy, if that copy hashes to
+/// the pack's name. The local file is replaced atomically (written aside,
+/// renamed over it); a copy that does not match leaves it as it was.
+pub fn repair_packs(target: &dyn Target, repo_dir: &Path, packs: &[String]) -> Repaired {
+    let local = LocalBackend::new(repo_dir);
+    let mut out = Repaired::default();
+    for name in packs {
+        let got = target
+            .download(FileKind::Data, name)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                if levee_proto::repo::crypto::file_id(&bytes).to_hex() != *name {
+                    return Err("the offsite copy does not hash to its name either".into());
+                }
+                local
+                    .write(LocalKind::Pack, name, &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        match got {
+            Ok(()) => {
+                tracing::info!(pack = %name, "damaged local pack repaired from its offsite copy");
+                out.packs.push(name.clone());
+            }
+            Err(why) => out.failed.push((name.clone(), why)),
+        }
+    }
+    out
+}

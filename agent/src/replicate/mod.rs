@@ -35,7 +35,7 @@ use crate::backup::backend::{FileKind as LocalKind, ReadBackend};
 use crate::backup::Repository;
 use crate::enroll::{unix_now, write_atomic, Credential};
 pub use client::{StoreClient, StoreError};
-pub use fetch::{fetch_repository, FetchError, Fetched};
+pub use fetch::{fetch_repository, repair_packs, FetchError, Fetched, Repaired};
 pub use plan::{LocalFile, Plan};
 pub use s3::{AppendOnly, S3Target};
 pub use target::{Listing, Target};
@@ -296,10 +296,7 @@ fn sync_target(
         check_append_only(&s3, target, out);
         Box::new(s3)
     } else {
-        Box::new(
-            StoreClient::new(&target.endpoints(), cred, ns, bucket, opts.timeout)
-                .map_err(|e| e.to_string())?,
-        )
+        open_target(target, ns, cred, bucket, opts.timeout, state)?
     };
     let client = client.as_ref();
     let mut remote = client.list_all().map_err(|e| format!("listing: {e}"))?;
@@ -483,6 +480,95 @@ pub fn replicate_all(
             )
         })
         .collect())
+}
+
+/// The client of one target for the namespace `ns`.
+pub fn open_target(
+    target: &OffsiteTarget,
+    ns: Namespace,
+    cred: &Credential,
+    bucket: Arc<Bucket>,
+    timeout: Duration,
+    state: &Path,
+) -> Result<Box<dyn Target>, String> {
+    if target.is_s3() {
+        let dir = state_dir(state, &target.name);
+        return Ok(Box::new(
+            S3Target::new(target, ns, bucket, timeout, &dir).map_err(|e| e.to_string())?,
+        ));
+    }
+    Ok(Box::new(
+        StoreClient::new(&target.endpoints(), cred, ns, bucket, timeout)
+            .map_err(|e| e.to_string())?,
+    ))
+}
+
+/// Repairs damaged local packs of the repository in `repo_dir` (id
+/// `repo_id`) from the offsite targets of `config`, in their order: each
+/// pack from the first target whose copy matches its name. What no target
+/// could give stays in `failed`, with every target's reason.
+pub fn repair_from_offsite(
+    state: &Path,
+    config: &CustomerConfig,
+    repo_dir: &Path,
+    repo_id: &str,
+    packs: &[String],
+) -> Result<fetch::Repaired, String> {
+    let cred = Credential::load(state)
+        .map_err(|e| e.to_string())?
+        .ok_or("not enrolled: no credential to reach the offsite targets")?;
+    let mut left: Vec<String> = packs.to_vec();
+    let mut out = fetch::Repaired::default();
+    let mut why: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &config.offsite {
+        if left.is_empty() {
+            break;
+        }
+        let ns = Namespace::new(&config.customer, repo_id).map_err(|e| e.to_string())?;
+        let target = match open_target(
+            t,
+            ns,
+            &cred,
+            Arc::new(Bucket::new(None)),
+            Duration::from_secs(600),
+            state,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                for p in &left {
+                    why.entry(p.clone())
+                        .or_default()
+                        .push(format!("{}: {e}", t.name));
+                }
+                continue;
+            }
+        };
+        let r = fetch::repair_packs(target.as_ref(), repo_dir, &left);
+        out.packs.extend(r.packs);
+        left = r
+            .failed
+            .into_iter()
+            .map(|(p, e)| {
+                why.entry(p.clone())
+                    .or_default()
+                    .push(format!("{}: {e}", t.name));
+                p
+            })
+            .collect();
+    }
+    out.failed = left
+        .into_iter()
+        .map(|p| {
+            let reasons = why.remove(&p).unwrap_or_default().join("; ");
+            let reasons = if reasons.is_empty() {
+                "no offsite target is configured".to_string()
+            } else {
+                reasons
+            };
+            (p, reasons)
+        })
+        .collect();
+    Ok(out)
 }
 
 /// Names of everything a listing holds, for tests and verification.

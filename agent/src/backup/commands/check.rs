@@ -25,6 +25,12 @@ pub struct CheckOptions {
     #[cfg_attr(feature = "cli", arg(long, value_name = "PERCENT", num_args = 0..=1, default_missing_value = "100"))]
     #[serde(default)]
     pub read_data: Option<f64>,
+    /// Replace packs that fail the data check with their offsite copies
+    /// (the targets of the appliance's configuration, its credential), then
+    /// check again. Needs --read-data.
+    #[cfg_attr(feature = "cli", arg(long, requires = "read_data"))]
+    #[serde(default)]
+    pub repair_from_offsite: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
