@@ -32,12 +32,27 @@ struct StoreProcess {
 
 impl StoreProcess {
     fn spawn(data: &Path, cert: &Path, key: &Path, dir: &Path, log: &Path) -> StoreProcess {
+        Self::spawn_on(data, None, cert, key, dir, log)
+    }
+
+    /// On the PostgreSQL `database`, when given.
+    fn spawn_on(
+        data: &Path,
+        database: Option<&str>,
+        cert: &Path,
+        key: &Path,
+        dir: &Path,
+        log: &Path,
+    ) -> StoreProcess {
         let port = common::free_port();
         let out = std::fs::File::create(log).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+        match database {
+            Some(url) => cmd.env("LEVEE_DATABASE", url),
+            None => cmd.env_remove("LEVEE_DATABASE"),
+        };
         cmd.arg("--data-dir")
             .arg(data)
-            .env_remove("LEVEE_DATABASE")
             .args(["store", "serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--cert")
@@ -335,4 +350,87 @@ fn r14_store_serve_alone_with_its_certificate_refuses_retired_appliances_and_wro
     let (status, body) = client.raw(reqwest::Method::GET, "data/").expect("list");
     assert_eq!(status, 403, "{body}");
     assert!(store.log().contains("refused"), "{}", store.log());
+}
+
+/// The store on another machine, sharing the fleet's PostgreSQL: its data
+/// directory holds neither the CA nor the server key; the CA it trusts is
+/// the one in the database.
+#[test]
+fn r14_store_serve_on_postgres_needs_no_ca_key_and_follows_revocation() {
+    let pg = levee_provisioner::store::testing::PgServer::start();
+    let url = pg.create_db("store_serve");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = dir.path().join("central");
+    let store = common::open_store(&central, Some(&url));
+    common::add_default_profile(dir.path(), &central, store.as_ref(), common::AGENT_CMDLINE);
+    common::add_customer(
+        store.as_ref(),
+        &central,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+    );
+    common::register(store.as_ref(), MAC, "acme");
+    let serve =
+        common::ServeProcess::spawn(&central, Some(&url), &dir.path().join("serve.log"), &[]);
+    let state = dir.path().join("appliance");
+    std::fs::create_dir_all(&state).expect("state");
+    common::agent_pass(&serve.http, MAC, &state);
+    let cred = Credential::load(&state).expect("load").expect("credential");
+    let repo = repository(&state, &dir.path().join("src"));
+
+    let cli = common::Cli {
+        data: central.clone(),
+        database: Some(url.clone()),
+    };
+    let (cert, key) = (dir.path().join("store.crt"), dir.path().join("store.key"));
+    cli.ok(&[
+        "store",
+        "cert",
+        "127.0.0.1",
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ])
+    .expect("store cert");
+    let host = dir.path().join("storehost");
+    std::fs::create_dir_all(&host).expect("host");
+    let node = StoreProcess::spawn_on(
+        &host,
+        Some(&url),
+        &cert,
+        &key,
+        &host.join("offsite"),
+        &dir.path().join("store.log"),
+    );
+    let run = replicate::replicate_target(
+        &repo,
+        "acme",
+        &target(&node.url),
+        &cred,
+        Arc::new(Bucket::new(None)),
+        &opts(),
+        &state,
+    );
+    assert!(run.ok(), "{:?}\n{}", run.errors, node.log());
+    assert!(host
+        .join("offsite/acme")
+        .join(&repo.config.id)
+        .join(".owner")
+        .exists());
+    assert!(
+        !host.join("ca").exists() && !host.join("server.key").exists(),
+        "the store machine holds no CA and no server key"
+    );
+    cli.ok(&["appliance", "retire", MAC, "--reason", "stolen"])
+        .expect("retire");
+    let client = StoreClient::new(
+        &[&node.url],
+        &cred,
+        Namespace::new("acme", &repo.config.id).expect("ns"),
+        Arc::new(Bucket::new(None)),
+        Duration::from_secs(10),
+    )
+    .expect("client");
+    let (status, body) = client.raw(reqwest::Method::GET, "data/").expect("list");
+    assert_eq!(status, 403, "{body}");
 }
