@@ -434,3 +434,48 @@ fn r14_store_serve_on_postgres_needs_no_ca_key_and_follows_revocation() {
     let (status, body) = client.raw(reqwest::Method::GET, "data/").expect("list");
     assert_eq!(status, 403, "{body}");
 }
+
+/// A part the store refuses (409: the file exists) gets its answer even
+/// while 16 MiB of body are on their way: the store reads the body before
+/// answering, so the agent sees 409 and `levee-size`, not a broken
+/// connection.
+#[test]
+fn r14_a_refused_part_gets_its_answer_not_a_broken_connection() {
+    let t = setup();
+    let (cert, key) = t.cert("127.0.0.1", "store");
+    let dir = t.s.dir.path().join("offsite");
+    let store = StoreProcess::spawn(&t.s.data, &cert, &key, &dir, &t.s.dir.path().join("r.log"));
+    assert!(t.replicate(&store.url).ok());
+    let pack = replicate::local_files(&t.repo)
+        .expect("local")
+        .into_iter()
+        .find(|f| f.kind == levee_proto::offsite::FileKind::Data)
+        .expect("a pack");
+    let pem = format!("{}\n{}", t.cred.cert_pem.trim_end(), t.cred.key_pem);
+    let client = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(t.cred.ca_pem.as_bytes()).expect("ca"))
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let body = vec![0u8; 16 << 20];
+    let resp = client
+        .put(format!(
+            "{}/store/v1/acme/{}/data/{}",
+            store.url, t.repo.config.id, pack.name
+        ))
+        .header("upload-offset", "0")
+        .header("upload-length", (16u64 << 20).to_string())
+        .body(body)
+        .send()
+        .expect("an answer, not a broken connection");
+    assert_eq!(resp.status(), 409);
+    assert_eq!(
+        resp.headers()
+            .get("levee-size")
+            .and_then(|v| v.to_str().ok()),
+        Some(pack.size.to_string().as_str())
+    );
+}

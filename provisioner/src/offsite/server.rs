@@ -252,10 +252,12 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            drain(req.into_body(), MAX_DRAIN_BYTES).await;
             return r;
         }
         Ok(Ok(Err(n))) => {
             warn!(appliance, file = %f.path(), "refused to overwrite an existing offsite file");
+            drain(req.into_body(), MAX_DRAIN_BYTES).await;
             return (
                 StatusCode::CONFLICT,
                 [("levee-size", n.to_string())],
@@ -274,6 +276,9 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
     };
     if have != range.offset {
         info!(appliance, file = %f.path(), have, offset = range.offset, "upload part does not start where the store is");
+        // Unlocked first: another node may take the upload over meanwhile.
+        drop(file);
+        drain(req.into_body(), MAX_DRAIN_BYTES).await;
         return conflict(
             have,
             &format!("the store holds {have} bytes of this file; send from there"),
@@ -344,8 +349,10 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
     }
 }
 
-/// A refused part's body is read and dropped up to this; past it the
-/// connection is closed (the agent then resynchronises with `HEAD`).
+/// A refused part's body (over quota, or a 409) is read and dropped up to
+/// this, so the agent reads the answer instead of a connection broken
+/// mid-body; past it the connection is closed (the agent then
+/// resynchronises with `HEAD`).
 const MAX_DRAIN_BYTES: usize = 64 << 20;
 
 async fn drain(body: Body, limit: usize) {
