@@ -70,6 +70,11 @@ pub enum UpdateState {
     /// Refused or failed before the switch (e.g. a TUF refusal, a disk
     /// error); the running system was not touched. Retried later.
     Failed,
+    /// The appliance's own scheduled check of its channel (not prompted by
+    /// an offer) refused the channel's metadata, e.g. `freeze`: an expired
+    /// timestamp. Nothing was downloaded; `version` and `release` are what
+    /// the appliance runs (release 0: not known), `reason` the refusal.
+    CheckFailed,
 }
 
 impl UpdateState {
@@ -81,6 +86,7 @@ impl UpdateState {
             UpdateState::Committed => "committed",
             UpdateState::RolledBack => "rolled-back",
             UpdateState::Failed => "failed",
+            UpdateState::CheckFailed => "check-failed",
         }
     }
 
@@ -92,6 +98,7 @@ impl UpdateState {
             "committed" => UpdateState::Committed,
             "rolled-back" => UpdateState::RolledBack,
             "failed" => UpdateState::Failed,
+            "check-failed" => UpdateState::CheckFailed,
             _ => return None,
         })
     }
@@ -125,7 +132,8 @@ pub const MAX_REASON: usize = 2000;
 
 impl UpdateReport {
     /// Parses and checks a report from an appliance: a version of 1-128
-    /// characters without control characters, a release above 0, slot `a`
+    /// characters without control characters, a release above 0 (or 0 for
+    /// `check-failed`: the running release may be unknown), slot `a`
     /// or `b`; the reason is cut to [`MAX_REASON`] bytes and its control
     /// characters (newlines of an error chain, terminal escapes) become
     /// spaces, so it prints safely.
@@ -141,7 +149,7 @@ impl UpdateReport {
                     .into(),
             );
         }
-        if r.release == 0 {
+        if r.release == 0 && r.state != UpdateState::CheckFailed {
             return Err("an update report needs the release number (> 0)".into());
         }
         if r.slot.as_deref().is_some_and(|s| s != "a" && s != "b") {

@@ -345,6 +345,11 @@ async fn r13_rollout_pause_resume_rollback_unblock_and_status() {
     let body = serde_json::json!({"version": v2, "release": 2, "state": "committed", "slot": "b"});
     assert_eq!(inside.report(body).await, StatusCode::OK);
     assert_eq!(inside.offered(v2).await, None, "on it: no offer");
+    // The appliance's own channel check refused a frozen channel: an event
+    // and a log line, no update record (the counts below stay as they are).
+    let body = serde_json::json!({"version": v2, "release": 0, "state": "check-failed",
+        "reason": "scheduled check of channel stable refused (freeze): timestamp metadata is expired"});
+    assert_eq!(inside.report(body).await, StatusCode::OK);
     let s = tokio::task::block_in_place(|| status_json(&srv));
     let f = fleet_of(&s, v2);
     assert_eq!(
@@ -360,6 +365,9 @@ async fn r13_rollout_pause_resume_rollback_unblock_and_status() {
         .iter()
         .any(|e| e.step == "update" && e.detail.contains("rolled-back")));
     assert!(events.iter().any(|e| e.detail.contains("unblocked")));
+    assert!(events
+        .iter()
+        .any(|e| e.detail.contains("check-failed") && e.detail.contains("freeze")));
 
     // A rollout never goes back to an older release.
     let e = tokio::task::block_in_place(|| {

@@ -313,6 +313,63 @@ async fn r13_freeze_expired_metadata_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// The agent's own scheduled check (`update::schedule`), without any
+/// offer: a channel signing a newer release is only noted (the rollout
+/// decides when it is taken; nothing is downloaded), a frozen one is
+/// refused and becomes a `check-failed` report naming `freeze`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_scheduled_check_notices_a_frozen_channel_without_an_offer() -> Result<()> {
+    use levee_agent::update::schedule::{check_channel, CheckOutcome};
+    let f = Fixture::new().await?;
+    let running = Running {
+        version: "2026.12.01-aaaa".into(),
+        release: Some(1),
+    };
+    let found = check_channel(&f.options(), &running).await;
+    assert_eq!(
+        found,
+        CheckOutcome::Newer {
+            release: 2,
+            version: "2026.12.02-bbbb".into()
+        }
+    );
+    assert!(found.report("stable", &running).is_none());
+    assert!(found
+        .describe("stable")
+        .contains("when the rollout offers it"));
+    assert!(!f.appliance.join("update").exists(), "nothing downloaded");
+    // The server stops re-signing: two days later the timestamp expired.
+    {
+        let _lock = f.layout.lock()?;
+        refresh::resign_at(
+            &f.layout,
+            "stable",
+            true,
+            chrono::Utc::now() - chrono::Duration::days(2),
+        )
+        .await?;
+    }
+    let frozen = check_channel(&f.options(), &running).await;
+    assert!(
+        matches!(
+            frozen,
+            CheckOutcome::Refused {
+                kind: Refusal::Freeze,
+                ..
+            }
+        ),
+        "{frozen:?}"
+    );
+    let r = frozen.report("stable", &running).context("a report")?;
+    assert_eq!(r.state, levee_proto::update::UpdateState::CheckFailed);
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("refused (freeze)") && reason.contains("expired"),
+        "{reason}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r13_mix_and_match_is_refused() -> Result<()> {
     let f = Fixture::new().await?;

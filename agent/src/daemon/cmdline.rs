@@ -21,6 +21,10 @@ pub struct BootArgs {
     /// `levee.health=SECS`: how long a trial boot of an update may take to
     /// pass its health check (tests shorten it).
     pub health_secs: Option<u64>,
+    /// `levee.update_check=SECS`: the agent's own check of its release
+    /// channel, about every SECS seconds (0: never; default
+    /// `update::schedule::DEFAULT_EVERY`).
+    pub update_check_secs: Option<u64>,
 }
 
 impl BootArgs {
@@ -40,6 +44,7 @@ impl BootArgs {
                 "levee.root" => a.root = Some(v),
                 "levee.slot" => a.slot = Some(v),
                 "levee.health" => a.health_secs = v.parse().ok().filter(|s| *s > 0),
+                "levee.update_check" => a.update_check_secs = v.parse().ok(),
                 "levee.interval" => a.interval_secs = v.parse().ok().filter(|s| *s > 0),
                 "BOOTIF" => {
                     let mac = v

@@ -19,6 +19,7 @@ use super::BootArgs;
 use crate::enroll::MtlsClient;
 use crate::update::apply::{self, ApplyOptions, Request, SlotTarget};
 use crate::update::decide::{self, BootFinding, Now, Phase, SlotRelease, Step, UpdateState};
+use crate::update::schedule::{self, CheckOutcome};
 use crate::update::{ChannelOptions, Running, TransportOptions};
 
 /// How long a trial boot of a new slot may take to pass its health check
@@ -53,6 +54,7 @@ pub(super) struct Tick<'a> {
 }
 
 type Work = JoinHandle<(UpdateState, Result<Option<apply::Prepared>, String>)>;
+type Check = JoinHandle<(CheckOutcome, String, Running)>;
 
 pub(super) struct Updates {
     state_dir: PathBuf,
@@ -77,6 +79,11 @@ pub(super) struct Updates {
     quiet: Option<crate::activity::Held>,
     /// The reboot waits for a command; said once.
     said_waiting: bool,
+    /// The agent's own channel check (`update::schedule`): its period
+    /// (`None`: off), when it is due next, and the one running.
+    check_every: Option<Duration>,
+    next_check: Instant,
+    check: Option<Check>,
 }
 
 impl Updates {
@@ -158,6 +165,18 @@ impl Updates {
             acked_rollbacks: Vec::new(),
             quiet: None,
             said_waiting: false,
+            check_every: match args.update_check_secs {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => Some(schedule::DEFAULT_EVERY),
+            },
+            next_check: Instant::now()
+                + schedule::first_delay(
+                    args.update_check_secs
+                        .map_or(schedule::DEFAULT_EVERY, Duration::from_secs),
+                    rand::random(),
+                ),
+            check: None,
         }
     }
 
@@ -208,7 +227,10 @@ impl Updates {
         }
         if self.committed {
             self.poll_work(t.client);
-            if self.work.is_none() {
+            // One TUF client at a time: the check and an update share the
+            // channel's trusted state.
+            self.scheduled_check(t);
+            if self.work.is_none() && self.check.is_none() {
                 self.advance(t);
             }
         }
@@ -403,18 +425,89 @@ impl Updates {
         }
     }
 
-    fn spawn_fetch(&mut self, t: &Tick<'_>, release: u64, slot: String) {
-        let Some(config) = t.config else { return };
-        let Some(running_slot) = self.running.clone() else {
-            return;
-        };
-        let channel = ChannelOptions {
+    fn channel_options(&self, t: &Tick<'_>, config: &CustomerConfig) -> ChannelOptions {
+        ChannelOptions {
             server_url: t.server_url.to_string(),
             channel: config.update_channel.clone(),
             state_dir: self.state_dir.join("tuf").join(&config.update_channel),
             baked_root: PathBuf::from(levee_proto::release::BAKED_ROOT),
             transport: TransportOptions::METADATA,
+        }
+    }
+
+    /// The agent's own check of its channel, when due and no update runs:
+    /// metadata only, on a thread of its own; a refusal is logged and
+    /// reported (`check-failed`), a newer release only logged (the
+    /// rollout decides when it is taken).
+    fn scheduled_check(&mut self, t: &Tick<'_>) {
+        let Some(every) = self.check_every else {
+            return;
         };
+        if let Some(h) = &self.check {
+            if !h.is_finished() {
+                return;
+            }
+            if let Some(Ok((outcome, channel, running))) = self.check.take().map(|h| h.join()) {
+                let line = outcome.describe(&channel);
+                match outcome {
+                    CheckOutcome::Refused { .. } => tracing::warn!("{}: {line}", self.who),
+                    _ => tracing::info!("{}: {line}", self.who),
+                }
+                // Sent directly, best effort: it must not displace a
+                // rollback report waiting in `unsent`, and the next check
+                // reports again.
+                if let Some(r) = outcome.report(&channel, &running) {
+                    if let Err(e) = t.client.post_update(&r) {
+                        tracing::warn!("{}: cannot report the channel check: {e}", self.who);
+                    }
+                }
+            }
+            self.next_check = Instant::now() + schedule::next_delay(every, rand::random());
+            return;
+        }
+        if self.work.is_some() || Instant::now() < self.next_check {
+            return;
+        }
+        let Some(config) = t.config else { return };
+        let channel = self.channel_options(t, config);
+        let running = Running {
+            version: t.version.unwrap_or_default().to_string(),
+            release: self
+                .running
+                .as_deref()
+                .and_then(|s| self.state.slot(s))
+                .map(|s| s.release),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("levee-update-check".into())
+            .spawn(move || {
+                let outcome = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(schedule::check_channel(&channel, &running)),
+                    Err(e) => CheckOutcome::Refused {
+                        kind: crate::update::Refusal::Unreachable,
+                        detail: format!("runtime: {e}"),
+                    },
+                };
+                (outcome, channel.channel, running)
+            });
+        match spawned {
+            Ok(h) => self.check = Some(h),
+            Err(e) => {
+                tracing::warn!("{}: cannot start the channel check: {e}", self.who);
+                self.next_check = Instant::now() + schedule::next_delay(every, rand::random());
+            }
+        }
+    }
+
+    fn spawn_fetch(&mut self, t: &Tick<'_>, release: u64, slot: String) {
+        let Some(config) = t.config else { return };
+        let Some(running_slot) = self.running.clone() else {
+            return;
+        };
+        let channel = self.channel_options(t, config);
         let bandwidth = config
             .bandwidth_limit
             .as_deref()

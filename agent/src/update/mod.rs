@@ -15,6 +15,7 @@ pub mod client;
 pub mod decide;
 pub mod delta;
 pub mod fetch;
+pub mod schedule;
 pub mod slot;
 pub mod transport;
 

@@ -148,7 +148,7 @@ fn count(f: &mut Fleet, u: &UpdateRecord, a: &Appliance) {
     match u.state {
         s if s.in_progress() => f.updating += 1,
         UpdateState::Committed => f.committed += 1,
-        UpdateState::Failed => f.failed += 1,
+        UpdateState::Failed | UpdateState::CheckFailed => f.failed += 1,
         _ => {
             f.rolled_back += 1;
             f.rollbacks.push(Rollback {

@@ -59,7 +59,9 @@ pub(super) async fn post_update(
             Err(r) => return *r,
         };
         let reason = match (report.state, report.reason.as_deref()) {
-            (UpdateState::RolledBack | UpdateState::Failed, None) => Some("no reason given"),
+            (UpdateState::RolledBack | UpdateState::Failed | UpdateState::CheckFailed, None) => {
+                Some("no reason given")
+            }
             (_, r) => r,
         };
         let detail = format!(
@@ -74,6 +76,19 @@ pub(super) async fn post_update(
                 .unwrap_or_default(),
             reason.map(|r| format!(": {r}")).unwrap_or_default(),
         );
+        if report.state == UpdateState::CheckFailed {
+            // About the channel, not a release: an event and a log line,
+            // no update record (status counts releases).
+            warn!(
+                appliance = a.id, mac = %a.mac, running = %report.version,
+                reason = reason.unwrap_or("-"),
+                "the appliance's scheduled check refused its release channel"
+            );
+            return match st.store.add_event(a.mac, "update", &detail) {
+                Ok(()) => Json(serde_json::json!({"ok": true, "blocked": false})).into_response(),
+                Err(e) => store_error(&e),
+            };
+        }
         let stored = st
             .store
             .record_update(
