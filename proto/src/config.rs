@@ -191,6 +191,13 @@ pub struct OffsiteTarget {
     /// the appliance (s3 only; default: the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Share of what the target holds that the appliance reads back and
+    /// checks against the names each week, e.g. `10%` (default; `0%`
+    /// turns verification off, `100%` reads everything every week). The
+    /// appliance downloads the files itself: a target is not trusted to
+    /// vouch for its own contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_per_week: Option<String>,
     /// Gone: every target is a complete copy. Still read, so a stored
     /// configuration with it stays readable; `levee customer apply` refuses
     /// it by name.
@@ -212,6 +219,27 @@ impl OffsiteTarget {
     pub fn is_s3(&self) -> bool {
         self.endpoints().iter().any(|u| u.starts_with("s3://"))
     }
+
+    /// `verify_per_week` as a fraction (default
+    /// [`DEFAULT_VERIFY_PER_WEEK`]); `None` when it is not a percentage
+    /// from 0% to 100%.
+    pub fn verify_share_per_week(&self) -> Option<f64> {
+        match &self.verify_per_week {
+            None => Some(DEFAULT_VERIFY_PER_WEEK),
+            Some(s) => parse_percent(s),
+        }
+    }
+}
+
+/// What a target gets read back each week unless its `verify_per_week`
+/// says otherwise: every file comes round in about ten weeks, at a tenth
+/// of the repository's size in downloads a week.
+pub const DEFAULT_VERIFY_PER_WEEK: f64 = 0.10;
+
+/// `10%`, `0.5%`, `100%` -> 0.1, 0.005, 1.0; `None` outside 0-100%.
+pub fn parse_percent(s: &str) -> Option<f64> {
+    let n: f64 = s.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (n.is_finite() && (0.0..=100.0).contains(&n)).then_some(n / 100.0)
 }
 
 /// Install-to-disk settings.

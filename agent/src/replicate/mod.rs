@@ -53,9 +53,11 @@ pub struct ReplicateOptions {
     pub part_bytes: u64,
     /// Longest single request.
     pub timeout: Duration,
-    /// Share of the files a target holds that each run has the store read
-    /// back and check against their names (rotating, so every file comes
-    /// round); a corrupt one is uploaded again.
+    /// Share of the files a target holds that this run reads back and
+    /// checks against their names (rotating, so every file comes round); a
+    /// corrupt one is uploaded again. [`replicate_all`] (the daemon) sets
+    /// it per target from the configuration's `verify_per_week` and the
+    /// time since that target's last run.
     pub verify_share: f64,
 }
 
@@ -117,10 +119,10 @@ impl TargetOutcome {
             t.add(e);
         }
         t.into_report(&mut r);
-        r.result = if self.ok() {
-            RunResult::Success
-        } else {
-            RunResult::Failed
+        r.result = match (self.ok(), self.warnings.is_empty()) {
+            (false, _) => RunResult::Failed,
+            (true, true) => RunResult::Success,
+            (true, false) => RunResult::Warning,
         };
         r
     }
@@ -390,9 +392,45 @@ fn check_append_only(s3: &S3Target, target: &OffsiteTarget, out: &mut TargetOutc
     out.warnings.push(warn);
 }
 
-/// Has the store check the next share of the files it holds (a cursor in
-/// `verify.json` rotates through them); corrupt ones leave `remote`, so
-/// the plan uploads them again.
+/// Where verification stands on one target (`verify.json`): the next file
+/// to read (the held files sorted by name), the fraction of a file owed
+/// from earlier runs (small shares of a frequent schedule add up instead
+/// of rounding to a file per run), and when the last run verified.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct VerifyState {
+    cursor: usize,
+    #[serde(default)]
+    credit: f64,
+    #[serde(default)]
+    at: Option<i64>,
+}
+
+fn load_verify_state(dir: &Path) -> VerifyState {
+    let Ok(bytes) = std::fs::read(dir.join("verify.json")) else {
+        return VerifyState::default();
+    };
+    serde_json::from_slice(&bytes)
+        // Before the credit and time were kept: the cursor alone.
+        .or_else(|_| {
+            serde_json::from_slice(&bytes).map(|cursor| VerifyState {
+                cursor,
+                ..Default::default()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The share of a target to read back in a run `elapsed_secs` after the
+/// previous one, for `per_week` a week (one day's worth on a first run).
+pub fn share_for_run(per_week: f64, elapsed_secs: Option<i64>) -> f64 {
+    const WEEK: f64 = 7.0 * 86_400.0;
+    let elapsed = elapsed_secs.unwrap_or(86_400).max(0) as f64;
+    (per_week * elapsed / WEEK).clamp(0.0, 1.0)
+}
+
+/// Reads the next `share` of the files the target holds back from it and
+/// checks each against its name; a corrupt one leaves `remote` (so the
+/// plan uploads it again) and is named in the run's warnings.
 fn verify_share(
     client: &dyn Target,
     local: &[LocalFile],
@@ -405,16 +443,22 @@ fn verify_share(
         .iter()
         .filter(|f| remote.get(&f.kind).is_some_and(|m| m.contains_key(&f.name)))
         .collect();
+    let mut state = load_verify_state(dir);
+    state.at = Some(unix_now());
     if held.is_empty() || share <= 0.0 {
+        save_verify_state(dir, &state, out);
         return;
     }
     held.sort_by(|a, b| a.name.cmp(&b.name));
-    let path = dir.join("verify.json");
-    let start: usize = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(0);
-    let n = ((held.len() as f64 * share.min(1.0)).ceil() as usize).clamp(1, held.len());
+    let owed = held.len() as f64 * share.min(1.0) + state.credit.clamp(0.0, 1.0);
+    let n = (owed.floor() as usize).min(held.len());
+    state.credit = if n == held.len() {
+        0.0
+    } else {
+        owed - n as f64
+    };
+    let start = state.cursor % held.len();
+    let mut done = 0;
     for i in 0..n {
         let f = held[(start + i) % held.len()];
         match client.verify(f.kind, &f.name) {
@@ -422,7 +466,13 @@ fn verify_share(
             Ok(false) => {
                 out.files_verified += 1;
                 out.files_corrupt += 1;
-                tracing::warn!(target = %out.target, kind = f.kind.as_str(), file = %f.name, "offsite file corrupt: uploading it again");
+                let what = format!(
+                    "offsite file {}/{} was corrupt or missing on read-back: uploaded again",
+                    f.kind.as_str(),
+                    f.name
+                );
+                tracing::warn!(target = %out.target, "{what}");
+                out.warnings.push(what);
                 if let Some(m) = remote.get_mut(&f.kind) {
                     m.remove(&f.name);
                 }
@@ -432,15 +482,19 @@ fn verify_share(
                 break;
             }
         }
+        done += 1;
     }
-    let next = (start + n) % held.len();
+    state.cursor = (start + done) % held.len();
+    save_verify_state(dir, &state, out);
+}
+
+fn save_verify_state(dir: &Path, state: &VerifyState, out: &TargetOutcome) {
     let saved = std::fs::create_dir_all(dir)
         .map_err(|e| e.to_string())
-        .and_then(|()| {
-            write_atomic(&path, next.to_string().as_bytes(), 0o600).map_err(|e| e.to_string())
-        });
+        .and_then(|()| serde_json::to_vec(state).map_err(|e| e.to_string()))
+        .and_then(|b| write_atomic(&dir.join("verify.json"), &b, 0o600).map_err(|e| e.to_string()));
     if let Err(e) = saved {
-        tracing::warn!(target = %out.target, error = %e, "verification cursor not saved");
+        tracing::warn!(target = %out.target, error = %e, "verification state not saved");
     }
 }
 
@@ -469,13 +523,22 @@ pub fn replicate_all(
         .offsite
         .iter()
         .map(|t| {
+            // What this target owes of its weekly read-back since its last run.
+            let last = load_verify_state(&state_dir(state, &t.name)).at;
+            let per_week = t
+                .verify_share_per_week()
+                .unwrap_or(levee_proto::config::DEFAULT_VERIFY_PER_WEEK);
+            let opts = ReplicateOptions {
+                verify_share: share_for_run(per_week, last.map(|at| unix_now() - at)),
+                ..opts.clone()
+            };
             replicate_target(
                 &repo,
                 &config.customer,
                 t,
                 &cred,
                 bucket.clone(),
-                opts,
+                &opts,
                 state,
             )
         })
@@ -574,4 +637,113 @@ pub fn repair_from_offsite(
 /// Names of everything a listing holds, for tests and verification.
 pub fn names(listing: &BTreeMap<FileKind, BTreeMap<String, u64>>) -> HashSet<String> {
     listing.values().flat_map(|m| m.keys().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A target that holds every file and counts read-backs; `corrupt`
+    /// names fail.
+    struct Counting {
+        read: RefCell<Vec<String>>,
+        corrupt: HashSet<String>,
+    }
+
+    impl Target for Counting {
+        fn list_all(&self) -> Result<target::Listing, StoreError> {
+            Ok(BTreeMap::new())
+        }
+        fn upload(
+            &self,
+            _: FileKind,
+            _: &str,
+            _: u64,
+            _: u64,
+            _: target::ReadAt<'_>,
+        ) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn verify(&self, _: FileKind, name: &str) -> Result<bool, StoreError> {
+            self.read.borrow_mut().push(name.to_string());
+            Ok(!self.corrupt.contains(name))
+        }
+        fn download(&self, _: FileKind, _: &str) -> Result<Vec<u8>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn request_deletion(&self, _: &DeletionRequest) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn total_sent(&self) -> u64 {
+            0
+        }
+    }
+
+    fn files(n: usize) -> (Vec<LocalFile>, BTreeMap<FileKind, BTreeMap<String, u64>>) {
+        let local: Vec<LocalFile> = (0..n)
+            .map(|i| LocalFile {
+                kind: FileKind::Data,
+                name: format!("{i:064x}"),
+                size: 1,
+            })
+            .collect();
+        let mut remote = BTreeMap::new();
+        remote.insert(
+            FileKind::Data,
+            local.iter().map(|f| (f.name.clone(), 1)).collect(),
+        );
+        (local, remote)
+    }
+
+    #[test]
+    fn the_weekly_share_is_spread_over_the_runs_and_every_file_comes_round() {
+        assert_eq!(share_for_run(0.1, Some(7 * 86_400)), 0.1);
+        assert!((share_for_run(0.1, None) - 0.1 / 7.0).abs() < 1e-12);
+        assert_eq!(share_for_run(0.5, Some(30 * 86_400)), 1.0);
+        assert_eq!(share_for_run(0.1, Some(-5)), 0.0);
+
+        // 100 files, 10% a week, a run every 5 minutes: 10 files a week,
+        // not one per run (2,016 runs a week), and all of them in turn.
+        let dir = tempfile::tempdir().expect("dir");
+        let (local, mut remote) = files(100);
+        let t = Counting {
+            read: RefCell::new(Vec::new()),
+            corrupt: HashSet::new(),
+        };
+        let mut out = TargetOutcome::default();
+        let per_run = share_for_run(0.1, Some(300));
+        for _ in 0..(10 * 2016) {
+            verify_share(&t, &local, &mut remote, per_run, dir.path(), &mut out);
+        }
+        let read = t.read.borrow();
+        assert!(
+            (99..=101).contains(&read.len()),
+            "{} read in ten weeks",
+            read.len()
+        );
+        let distinct: HashSet<&String> = read.iter().collect();
+        assert!(distinct.len() >= 99, "{} distinct", distinct.len());
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named_and_leaves_the_listing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (local, mut remote) = files(4);
+        let bad = local[2].name.clone();
+        let t = Counting {
+            read: RefCell::new(Vec::new()),
+            corrupt: [bad.clone()].into(),
+        };
+        let mut out = TargetOutcome::default();
+        verify_share(&t, &local, &mut remote, 1.0, dir.path(), &mut out);
+        assert_eq!((out.files_verified, out.files_corrupt), (4, 1));
+        assert!(!remote[&FileKind::Data].contains_key(&bad));
+        assert!(out.warnings[0].contains(&bad), "{:?}", out.warnings);
+        assert_eq!(out.report().result, RunResult::Warning);
+        // An old cursor-only state file still reads.
+        std::fs::write(dir.path().join("verify.json"), b"3").expect("write");
+        assert_eq!(load_verify_state(dir.path()).cursor, 3);
+    }
 }

@@ -63,8 +63,27 @@ impl Target for super::StoreClient {
         super::StoreClient::upload(self, kind, name, size, part, read)
     }
 
+    /// Read back here, not taken on the store's word (someone with write
+    /// access to a store could make it vouch for anything). A file that
+    /// does not match goes to the store's own check, which quarantines it
+    /// so that the create-only store takes it again; a store whose check
+    /// passes what it served corrupt is an error, not a success.
     fn verify(&self, kind: FileKind, name: &str) -> Result<bool, StoreError> {
-        super::StoreClient::verify(self, kind, name)
+        let intact = match super::StoreClient::download(self, kind, name) {
+            Ok(bytes) => levee_proto::repo::crypto::file_id(&bytes).to_hex() == name,
+            Err(StoreError::Refused { status: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if intact {
+            return Ok(true);
+        }
+        if super::StoreClient::verify(self, kind, name)? {
+            return Err(StoreError::Malformed(format!(
+                "the store served {}/{name} with other contents than its name, yet its own check passes it",
+                kind.as_str()
+            )));
+        }
+        Ok(false)
     }
 
     fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {

@@ -329,6 +329,14 @@ fn check_offsite(i: usize, o: &OffsiteTarget) -> Result<(), Problem> {
     use Seg::{Index, Key};
     let at = |k: &'static str| vec![Key("offsite"), Index(i), Key(k)];
     check_name(at("name"), &o.name)?;
+    if let Some(v) = &o.verify_per_week {
+        if o.verify_share_per_week().is_none() {
+            return Err(problem(
+                at("verify_per_week"),
+                format!("`{v}` is not a share; expected a percentage from 0% to 100%, e.g. 10%"),
+            ));
+        }
+    }
     if o.weight.is_some() {
         return Err(problem(
             at("weight"),
@@ -491,6 +499,28 @@ mod tests {
     fn refused(target: serde_json::Value) -> String {
         let p = offsite(target).expect_err("refused");
         format!("{}: {}", crate::config::display_path(&p.path), p.message)
+    }
+
+    #[test]
+    fn verification_share_is_a_percentage() {
+        let t = |v: &str| {
+            offsite(
+                serde_json::json!({"name": "hq", "url": "https://a:8443", "verify_per_week": v}),
+            )
+        };
+        let c = t("25%").expect("25%");
+        assert_eq!(c.config.offsite[0].verify_share_per_week(), Some(0.25));
+        assert!(t("0%").is_ok() && t("100%").is_ok());
+        for bad in ["150%", "-1%", "10", "ten%", "NaN%"] {
+            let p = t(bad).expect_err(bad);
+            assert!(
+                p.path.contains(&Seg::Key("verify_per_week")) && p.message.contains("percentage"),
+                "{bad}: {p:?}"
+            );
+        }
+        let c =
+            offsite(serde_json::json!({"name": "hq", "url": "https://a:8443"})).expect("default");
+        assert_eq!(c.config.offsite[0].verify_share_per_week(), Some(0.10));
     }
 
     #[test]
