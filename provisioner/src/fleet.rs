@@ -9,7 +9,8 @@
 //! boot scripts is the same everywhere. Each server's DATA_DIR keeps the
 //! server key (the same file on every server: it opens the sealed secrets),
 //! its image files, its TFTP root and its HTTPS certificate (issued by the
-//! shared CA at each start).
+//! shared CA at each start); a server whose image files are missing says
+//! so at start ([`warn_missing_images`]).
 
 use std::path::Path;
 
@@ -96,4 +97,102 @@ pub fn shared_ca(store: &dyn Store, key: &ServerKey, data_dir: &Path) -> anyhow:
             "the fleet CA in the database is sealed with another server key: copy DATA_DIR/server.key from a server of this fleet to this one",
         )?;
     Ok(ServerCa::from_pem(&stored.cert_pem, &key_pem)?)
+}
+
+/// The images boot profiles point at whose files are not (all) in this
+/// server's `DATA_DIR/images`: `(profile, image id, missing file names)`.
+/// In a fleet the image records are shared and the files are not, so a
+/// server started beside the one that imported an image lacks them until
+/// they are imported there too or the directory is shared.
+pub fn missing_images(
+    store: &dyn Store,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<(String, String, Vec<String>)>> {
+    let mut missing = Vec::new();
+    for p in store.profiles().context("read the boot profiles")? {
+        let dir = crate::images::image_dir(data_dir, &p.image);
+        let names: Vec<String> = match store.image(&p.image).context("read an image record")? {
+            Some(img) => img
+                .manifest
+                .artifacts
+                .keys()
+                .filter(|name| !dir.join(name.as_str()).is_file())
+                .cloned()
+                .collect(),
+            None => vec![levee_proto::image::IMAGE_MANIFEST.to_string()],
+        };
+        if !names.is_empty() {
+            missing.push((p.name, p.image, names));
+        }
+    }
+    Ok(missing)
+}
+
+/// Logs, at start, each boot profile this server cannot serve for want of
+/// its image's files, and what to do about it.
+pub fn warn_missing_images(store: &dyn Store, data_dir: &Path) {
+    match missing_images(store, data_dir) {
+        Ok(missing) => {
+            for (profile, image, files) in missing {
+                tracing::warn!(
+                    %profile,
+                    %image,
+                    missing = %files.join(","),
+                    dir = %crate::images::image_dir(data_dir, &image).display(),
+                    "boot profile's image is not on this server: machines booting it get 404 here; import it on this server too (`levee image import DIR --profile {profile}`, the record is shared and stays the same) or mount the fleet's shared images directory at DATA_DIR/images"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot check the boot profiles' images"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ImageStore, SqliteStore};
+
+    /// A profile whose image was imported on another server of the fleet
+    /// (the record is in the shared store, the files are not here) is
+    /// reported; once the files are here, it is not.
+    #[test]
+    fn images_imported_elsewhere_are_reported() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(a.path()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("k"), b"kernel").unwrap();
+        std::fs::write(src.path().join("i"), b"initrd").unwrap();
+        let img = crate::images::import_files(
+            a.path(),
+            &store,
+            "t",
+            &src.path().join("k"),
+            &src.path().join("i"),
+        )
+        .unwrap();
+        store
+            .put_profile(&crate::store::Profile {
+                name: "default".into(),
+                image: img.id.clone(),
+                kernel: "vmlinuz".into(),
+                initrd: "initrd.img".into(),
+                cmdline: String::new(),
+                transport: crate::store::Transport::Http,
+            })
+            .unwrap();
+        assert!(missing_images(&store, a.path()).unwrap().is_empty());
+        let missing = missing_images(&store, b.path()).unwrap();
+        assert_eq!(
+            missing,
+            [(
+                "default".to_string(),
+                img.id.clone(),
+                vec!["initrd.img".to_string(), "vmlinuz".to_string()]
+            )]
+        );
+    }
 }

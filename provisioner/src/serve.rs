@@ -125,6 +125,9 @@ pub async fn run_with(
     // on it issues and accepts the same certificates (see crate::fleet).
     let ca = crate::fleet::open_ca(store.as_ref(), &key, &config.data_dir)?;
     let ca = Arc::new(ca);
+    // Image records are shared by a fleet, their files are not: say at
+    // start which profiles this server cannot boot yet.
+    crate::fleet::warn_missing_images(store.as_ref(), &config.data_dir);
     let boot = BootService {
         ca_fingerprint: ca.fingerprint().to_string(),
         store: store.clone(),

@@ -11,9 +11,11 @@ use levee_proto::enroll::{EnrollmentRequest, EnrollmentResponse};
 use levee_pxe::boot::MacAddr;
 use tracing::{debug, info, warn};
 
-use super::ca::{CaError, ServerCa};
+use super::ca::{CaError, Issued as IssuedCert, ServerCa};
 use super::token;
-use crate::store::{short_key, Appliance, PendingKey, Store, TokenCheck};
+use crate::store::{
+    short_key, Appliance, PendingKey, Store, TokenCheck, TokenEnrolled, TokenEnrollment,
+};
 
 /// What enrollment needs: the store, the CA, and where the mTLS API is.
 #[derive(Clone)]
@@ -181,35 +183,47 @@ impl EnrollService {
             }
             None => {}
         }
-        let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now, peer)
-            .map_err(store_failure)?;
-        let again = "boot the machine again for a fresh one";
-        match verdict {
-            TokenCheck::Valid => {}
-            TokenCheck::Unknown => {
-                return Err(forbidden(&format!(
-                    "unknown or superseded enrollment token: {again}"
-                )))
+        // The common case, a known machine whose row allows a certificate
+        // now: signed first, then token, certificate and history recorded
+        // in one store call (one transaction on PostgreSQL). Should the
+        // row change in between, the store records only the token and the
+        // sighting, and the checks below decide as for any other machine.
+        let seen = match known.filter(|a| self.issuable(a, now)) {
+            Some(k) => {
+                let signed = self.sign(&k, req)?;
+                let e = TokenEnrollment {
+                    token_sha256: &token::token_hash(&req.token),
+                    mac,
+                    at: now,
+                    peer: peer.map(token::canonical),
+                    id: k.id,
+                    fingerprint: &signed.fingerprint,
+                    not_after: u64::try_from(signed.not_after_unix).unwrap_or(0),
+                    facts: &facts_detail(req),
+                };
+                match self
+                    .store
+                    .enroll_with_token(&e, &|a| self.issuable(a, now))
+                    .map_err(record_failure)?
+                {
+                    TokenEnrolled::Refused(verdict) => return Err(token_refusal(verdict)),
+                    TokenEnrolled::Issued { appliance, revoked } => {
+                        return Ok(self.answer(&appliance, signed, revoked, csr, https_url, now))
+                    }
+                    TokenEnrolled::Seen(a) => a,
+                }
             }
-            TokenCheck::Used => {
-                return Err(forbidden(&format!(
-                    "enrollment token already used: {again}"
-                )))
+            None => {
+                let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now, peer)
+                    .map_err(store_failure)?;
+                if verdict != TokenCheck::Valid {
+                    return Err(token_refusal(verdict));
+                }
+                // Seen: a machine that enrolls unannounced is recorded as pending.
+                self.store.appliance_seen(mac).map_err(store_failure)?
             }
-            TokenCheck::Expired => {
-                return Err(forbidden(&format!("enrollment token expired: {again}")))
-            }
-            TokenCheck::OtherMac => {
-                return Err(forbidden("enrollment token was issued for another machine"))
-            }
-            TokenCheck::OtherAddress => {
-                return Err(forbidden(
-                    "enrollment token is bound to the address this server leased the machine, and was presented from another",
-                ))
-            }
-        }
-        // Seen: a machine that enrolls unannounced is recorded as pending.
-        let a = self.store.appliance_seen(mac).map_err(store_failure)?;
+        };
+        let a = seen;
         if a.revoked_at.is_some() {
             return Err(retired(&a));
         }
@@ -243,8 +257,54 @@ impl EnrollService {
         self.issue(&a, req, csr, https_url, now)
     }
 
-    /// Signs the request for appliance `a` and records the certificate;
-    /// a re-enrollment's revocation of the old one is logged at warn.
+    /// Whether a token enrollment of `a` would end in a certificate now,
+    /// with no pending key to keep first.
+    fn issuable(&self, a: &Appliance, now: u64) -> bool {
+        a.revoked_at.is_none()
+            && a.pending_key.is_none()
+            && a.approved()
+            && a.may_enroll(self.allow_pending, now).is_ok()
+    }
+
+    /// Signs the request for appliance `a`.
+    fn sign(&self, a: &Appliance, req: &EnrollmentRequest) -> Result<IssuedCert, Refusal> {
+        self.ca
+            .issue_client(&req.csr_pem, a.id)
+            .map_err(|e| match e {
+                CaError::BadCsr(_) | CaError::Csr(_) => {
+                    refusal(StatusCode::BAD_REQUEST, e.to_string())
+                }
+                other => internal(other),
+            })
+    }
+
+    /// The answer to an enrollment whose certificate is recorded; a
+    /// re-enrollment's revocation of the old one is logged at warn.
+    fn answer(
+        &self,
+        a: &Appliance,
+        signed: IssuedCert,
+        revoked: Option<String>,
+        csr: &CheckedCsr,
+        https_url: String,
+        now: u64,
+    ) -> EnrollmentResponse {
+        let mac = a.mac;
+        if let Some(old) = &revoked {
+            warn!(%mac, appliance = a.id, certificate = %old, "re-enrollment: old certificate revoked");
+            warn!(%mac, appliance = a.id, certificate = %signed.fingerprint, key = %short_key(&csr.key_sha256), "re-enrollment: new certificate issued");
+        }
+        EnrollmentResponse {
+            certificate_pem: signed.pem,
+            ca_pem: self.ca.pem().to_string(),
+            https_url,
+            appliance_id: a.id,
+            server_time_unix: now as i64,
+        }
+    }
+
+    /// Signs the request for appliance `a` and records the certificate
+    /// (the enrollments that need no token or kept a pending key).
     fn issue(
         &self,
         a: &Appliance,
@@ -253,44 +313,51 @@ impl EnrollService {
         https_url: String,
         now: u64,
     ) -> Result<EnrollmentResponse, Refusal> {
-        let mac = a.mac;
-        let facts = &req.facts;
-        let detail = format!(
-            "facts: dmi serial {}, dmi uuid {}, macs {}, {} disk(s)",
-            facts.dmi_serial.as_deref().unwrap_or("-"),
-            facts.dmi_uuid.as_deref().unwrap_or("-"),
-            facts.macs.join(","),
-            facts.disks.len()
-        );
-        let issued = self
-            .ca
-            .issue_client(&req.csr_pem, a.id)
-            .map_err(|e| match e {
-                CaError::BadCsr(_) | CaError::Csr(_) => {
-                    refusal(StatusCode::BAD_REQUEST, e.to_string())
-                }
-                other => internal(other),
-            })?;
+        let signed = self.sign(a, req)?;
         self.store
-            .add_event(mac, "enroll-facts", &detail)
+            .add_event(a.mac, "enroll-facts", &facts_detail(req))
             .map_err(store_failure)?;
-        let not_after = u64::try_from(issued.not_after_unix).unwrap_or(0);
+        let not_after = u64::try_from(signed.not_after_unix).unwrap_or(0);
         self.store
-            .record_certificate(a.id, &issued.fingerprint, not_after, true)
-            .map_err(|e| match e {
-                e if e.is_unavailable() => store_failure(e),
-                e => refusal(StatusCode::FORBIDDEN, e.to_string()),
-            })?;
-        if let Some(old) = &a.cert_fingerprint {
-            warn!(%mac, appliance = a.id, certificate = %old, armed = a.reenroll, "re-enrollment: old certificate revoked");
-            warn!(%mac, appliance = a.id, certificate = %issued.fingerprint, key = %short_key(&csr.key_sha256), "re-enrollment: new certificate issued");
-        }
-        Ok(EnrollmentResponse {
-            certificate_pem: issued.pem,
-            ca_pem: self.ca.pem().to_string(),
-            https_url,
-            appliance_id: a.id,
-            server_time_unix: now as i64,
-        })
+            .record_certificate(a.id, &signed.fingerprint, not_after, true)
+            .map_err(record_failure)?;
+        let revoked = a.cert_fingerprint.clone();
+        Ok(self.answer(a, signed, revoked, csr, https_url, now))
+    }
+}
+
+/// The machine's facts, for its history.
+fn facts_detail(req: &EnrollmentRequest) -> String {
+    let facts = &req.facts;
+    format!(
+        "facts: dmi serial {}, dmi uuid {}, macs {}, {} disk(s)",
+        facts.dmi_serial.as_deref().unwrap_or("-"),
+        facts.dmi_uuid.as_deref().unwrap_or("-"),
+        facts.macs.join(","),
+        facts.disks.len()
+    )
+}
+
+/// Why a token that is not valid refuses the enrollment.
+fn token_refusal(verdict: TokenCheck) -> Refusal {
+    let again = "boot the machine again for a fresh one";
+    let message = match verdict {
+        TokenCheck::Valid => return internal("a valid token was refused"),
+        TokenCheck::Unknown => format!("unknown or superseded enrollment token: {again}"),
+        TokenCheck::Used => format!("enrollment token already used: {again}"),
+        TokenCheck::Expired => format!("enrollment token expired: {again}"),
+        TokenCheck::OtherMac => "enrollment token was issued for another machine".into(),
+        TokenCheck::OtherAddress => "enrollment token is bound to the address this server leased the machine, and was presented from another".into(),
+    };
+    refusal(StatusCode::FORBIDDEN, message)
+}
+
+/// Recording the certificate failed: the store's reason for refusing it
+/// (a retired appliance, a live certificate) as 403, else as any store
+/// failure (503 while the database is out of reach).
+fn record_failure(e: crate::store::StoreError) -> Refusal {
+    match e {
+        crate::store::StoreError::Invalid(reason) => refusal(StatusCode::FORBIDDEN, reason),
+        e => store_failure(e),
     }
 }

@@ -26,6 +26,7 @@
 mod alerts;
 mod appliances;
 mod customers;
+mod enrollment;
 mod events;
 mod fleet;
 mod images;
@@ -57,6 +58,7 @@ pub use self::appliances::{
     ApplianceStore, Heartbeat, PendingKey, Registration, TokenCheck, REPORT_GRACE_SECS,
 };
 pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
+pub use self::enrollment::{TokenEnrolled, TokenEnrollment};
 pub use self::events::{Event, EventStore};
 pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
@@ -148,6 +150,20 @@ pub trait Store:
 
     /// Whether several servers may share this store (PostgreSQL): then the
     /// enrollment CA lives in it too (see [`crate::fleet`]).
+    /// An enrollment with a token, its certificate already signed for
+    /// appliance `e.id`: redeems the token, records the machine as seen
+    /// and, if its row still allows it (`issuable`, and what
+    /// [`ApplianceStore::record_certificate`] checks), records the
+    /// certificate and the history, durably, as one unit where the store
+    /// can (see `enrollment.rs`).
+    fn enroll_with_token(
+        &self,
+        e: &TokenEnrollment,
+        issuable: &(dyn Fn(&Appliance) -> bool + Sync),
+    ) -> Result<TokenEnrolled> {
+        enrollment::in_steps(self, e, issuable)
+    }
+
     fn shared(&self) -> bool {
         false
     }

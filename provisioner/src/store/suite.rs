@@ -18,6 +18,10 @@ use fleet_cases::{
     alerts_open_once_and_queue_deliveries_in_order, operators_and_the_audit_log,
     runs_are_kept_once_bounded_and_summed_up,
 };
+// An enrollment with a token as one unit: suite_enroll.rs.
+#[path = "suite_enroll.rs"]
+mod enroll_cases;
+use enroll_cases::an_enrollment_with_a_token_is_one_unit;
 
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
     let (k1, k2) = ("a1".repeat(32), "b2".repeat(32));
@@ -792,6 +796,7 @@ cases!(
     rollouts_and_update_records,
     alerts_open_once_and_queue_deliveries_in_order,
     operators_and_the_audit_log,
+    an_enrollment_with_a_token_is_one_unit,
 );
 
 mod postgres_only {

@@ -87,7 +87,7 @@ async fn get_by_mac_for_update(c: &impl GenericClient, mac: MacAddr) -> Result<O
     .transpose()
 }
 
-async fn token_row(
+pub(super) async fn token_row(
     c: &impl GenericClient,
     token_sha256: &str,
     for_update: bool,

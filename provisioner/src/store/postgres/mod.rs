@@ -3,8 +3,8 @@
 //! runs elsewhere.
 //!
 //! Split by domain as the trait is (`appliances.rs`, `customers.rs`,
-//! `images.rs`, `events.rs`); this file holds the pool and the outage
-//! handling, `tls.rs` the connection's TLS.
+//! `images.rs`, `events.rs`, `enrollment.rs`); this file holds the pool
+//! and the outage handling, `tls.rs` the connection's TLS.
 //!
 //! Connections are `tokio-postgres` ones in a `deadpool-postgres` pool,
 //! each statement prepared once per connection (`prepare_cached`). The
@@ -28,6 +28,7 @@ mod alerts;
 mod api_cache;
 mod appliances;
 mod customers;
+mod enrollment;
 mod events;
 mod fleet;
 mod images;
@@ -46,7 +47,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tracing::{debug, error, info};
 
-use super::{ApiLookup, Result, Store, StoreError};
+use super::{ApiLookup, Appliance, Result, Store, StoreError, TokenEnrolled, TokenEnrollment};
 
 /// Ordered schema migrations; `levee_schema` records how many ran.
 /// Append only: a released migration is never edited.
@@ -689,6 +690,14 @@ pub(super) fn opt_u64(row: &Row, idx: usize) -> Result<Option<u64>> {
 impl Store for PgStore {
     fn appliance_with_customer_async<'a>(&'a self, id: i64, cert: &'a str) -> ApiLookup<'a> {
         Box::pin(self.api_lookup(id, cert))
+    }
+
+    fn enroll_with_token(
+        &self,
+        e: &TokenEnrollment,
+        issuable: &(dyn Fn(&Appliance) -> bool + Sync),
+    ) -> Result<TokenEnrolled> {
+        self.enroll_in_one_transaction(e, issuable)
     }
 
     fn shared(&self) -> bool {
