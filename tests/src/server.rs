@@ -23,6 +23,9 @@ pub struct LeveeServer {
     pub log: PathBuf,
     /// The `levee` binary to run; `None` means the one `binary` finds.
     pub bin: Option<PathBuf>,
+    /// `--database`: a PostgreSQL connection string, else SQLite in the
+    /// data directory.
+    pub database: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -35,8 +38,39 @@ impl LeveeServer {
             data_dir: dir.path().join("data"),
             log: crate::log_file("serve"),
             bin: None,
+            database: None,
             _dir: dir,
         })
+    }
+
+    /// Another server of the same fleet: its own data directory holding
+    /// only a copy of this one's `server.key` (docs/POSTGRES.md), the same
+    /// database. Its log is `serve-<name>`.
+    pub fn fleet_peer(&self, name: &str) -> anyhow::Result<LeveeServer> {
+        let dir = tempfile::Builder::new().prefix("levee-test-").tempdir()?;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        std::fs::copy(
+            self.data_dir.join("server.key"),
+            data_dir.join("server.key"),
+        )
+        .context("copying server.key to the second server")?;
+        Ok(LeveeServer {
+            data_dir,
+            log: crate::log_file(&format!("serve-{name}")),
+            bin: self.bin.clone(),
+            database: self.database.clone(),
+            _dir: dir,
+        })
+    }
+
+    /// `levee --data-dir DIR [--database URL]`.
+    fn command(&self, mut cmd: Command) -> Command {
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if let Some(url) = &self.database {
+            cmd.args(["--database", url]);
+        }
+        cmd
     }
 
     fn levee(&self) -> anyhow::Result<PathBuf> {
@@ -48,18 +82,16 @@ impl LeveeServer {
 
     /// Runs `levee --data-dir DIR ARGS...` and returns stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new(self.levee()?);
-        cmd.arg("--data-dir").arg(&self.data_dir).args(args);
+        let mut cmd = self.command(Command::new(self.levee()?));
+        cmd.args(args);
         run(&mut cmd)
     }
 
     /// Starts `levee serve` in `net` on the bridge address, with DHCP on the
-    /// bridge in `mode`, and waits until it listens.
-    pub fn start(&self, net: &TestNet, mode: DhcpMode, extra: &[&str]) -> anyhow::Result<()> {
-        let mut cmd = net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?);
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["serve", "--http", &format!("{SERVER_IP}:80")])
+    /// bridge in `mode`, and waits until it listens; returns its pid.
+    pub fn start(&self, net: &TestNet, mode: DhcpMode, extra: &[&str]) -> anyhow::Result<u32> {
+        let mut cmd = self.command(net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?));
+        cmd.args(["serve", "--http", &format!("{SERVER_IP}:80")])
             .args(["--tftp", &format!("{SERVER_IP}:69")])
             .args(["--dhcp-interface", BRIDGE]);
         match mode {
@@ -72,7 +104,7 @@ impl LeveeServer {
             DhcpMode::Proxy => cmd.args(["--dhcp-mode", "proxy"]),
         };
         cmd.args(extra);
-        self.spawn(net, cmd).map(drop)
+        self.spawn(net, cmd)
     }
 
     /// Starts `levee serve ARGS...` in `net` as is (no DHCP, no TFTP unless
@@ -84,11 +116,8 @@ impl LeveeServer {
         args: &[&str],
         nofile: Option<u64>,
     ) -> anyhow::Result<u32> {
-        let mut cmd = net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?);
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("serve")
-            .args(args);
+        let mut cmd = self.command(net.cmd(self.levee()?.to_str().context("non-UTF-8 path")?));
+        cmd.arg("serve").args(args);
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit only, between fork and exec.
@@ -129,10 +158,8 @@ impl LeveeServer {
 
     /// The appliance record as `levee appliance show --json` prints it.
     pub fn appliance(&self, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let mut cmd = Command::new(self.levee()?);
-        cmd.arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["appliance", "show", mac, "--json"]);
+        let mut cmd = self.command(Command::new(self.levee()?));
+        cmd.args(["appliance", "show", mac, "--json"]);
         let out = cmd.output()?;
         if !out.status.success() {
             return Ok(None);

@@ -25,6 +25,8 @@ use levee_tests::server::{DhcpMode, LeveeServer};
 use levee_tests::vm::{check, Firmware, Vm, VmBuilder};
 use levee_tests::{require_tool, run, wait_until};
 
+use levee_provisioner::store::testing::PgServer;
+
 use crate::offsite::{Backups, STORE_PORT};
 
 pub(crate) const CUSTOMER: &str = "acme";
@@ -41,24 +43,32 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(480);
 
 /// One test's world: the server with the image as its default profile and
 /// customer `acme`, the network, and a directory for disks and logs.
-struct World {
-    server: LeveeServer,
-    net: TestNet,
-    dir: tempfile::TempDir,
-    image: serde_json::Value,
+pub(crate) struct World {
+    pub(crate) server: LeveeServer,
+    pub(crate) net: TestNet,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) image: serde_json::Value,
     /// The customer's file share, schedule, recovery key and offsite store
     /// (issue 14), for the test that checks backups.
-    backups: Option<Backups>,
+    pub(crate) backups: Option<Backups>,
+    /// `levee serve`'s pid.
+    pub(crate) pid: u32,
+    /// The customer's YAML, as applied.
+    pub(crate) customer_yaml: PathBuf,
+    /// The PostgreSQL the server keeps its state in (`None`: SQLite); last,
+    /// so it outlives the server.
+    pub(crate) _pg: Option<PgServer>,
 }
 
 impl World {
     fn new(tag: &str, to_disk: bool) -> anyhow::Result<World> {
-        World::with(tag, to_disk, false)
+        World::with(tag, to_disk, false, false)
     }
 
     /// `backups`: the customer also backs up a Samba share on the test
     /// network and replicates to `levee serve --store` (offsite.rs).
-    fn with(tag: &str, to_disk: bool, backups: bool) -> anyhow::Result<World> {
+    /// `postgres`: the state is in a PostgreSQL server of the test's own.
+    fn with(tag: &str, to_disk: bool, backups: bool, postgres: bool) -> anyhow::Result<World> {
         let (image_dir, image) = image()?;
         let dir = tempfile::Builder::new().prefix("levee-e2e-").tempdir()?;
         let staged = dir.path().join("image");
@@ -77,7 +87,9 @@ impl World {
             serde_json::to_vec_pretty(&manifest)?,
         )?;
 
-        let server = LeveeServer::new()?;
+        let pg = postgres.then(PgServer::start);
+        let mut server = LeveeServer::new()?;
+        server.database = pg.as_ref().map(|pg| pg.create_db("levee"));
         server.cli(&[
             "image",
             "import",
@@ -113,13 +125,16 @@ impl World {
         if backups.is_some() {
             args.extend(["--store", &store]);
         }
-        server.start(&net, DhcpMode::Full, &args)?;
+        let pid = server.start(&net, DhcpMode::Full, &args)?;
         Ok(World {
             server,
             net,
             dir,
             image: manifest,
             backups,
+            pid,
+            customer_yaml: customer,
+            _pg: pg,
         })
     }
 
@@ -225,7 +240,7 @@ fn attacker_tries_to_enroll(world: &World, mac: &str) -> anyhow::Result<()> {
 }
 
 /// `levee appliance show MAC --json`: the record and its history.
-fn show(world: &World, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
+pub(crate) fn show(world: &World, mac: &str) -> anyhow::Result<Option<serde_json::Value>> {
     world.server.appliance(mac)
 }
 
@@ -240,7 +255,7 @@ fn steps(a: &serde_json::Value, step: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -343,10 +358,12 @@ fn wait_console(vm: &Vm, needle: &str, timeout: Duration) -> anyhow::Result<()> 
     })
 }
 
-fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool) {
+/// `backups`: with a Samba share and offsite replication (offsite.rs);
+/// `fleet`: on PostgreSQL, and then served by a second server (fleet.rs).
+fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool, fleet: bool) {
     let mut logs = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        let world = World::with(tag, true, backups)?;
+        let world = World::with(tag, true, backups, fleet)?;
         world.register(mac)?;
         let disk = world.blank_disk()?;
         // A blank box: blank disk first in the boot order, the NIC second.
@@ -432,6 +449,9 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool) {
             if let Some(b) = &world.backups {
                 b.check(&world.server, mac)?;
             }
+            if fleet {
+                crate::fleet::served_by_a_second_server(&world, &vm, mac, tag)?;
+            }
             Ok(())
         })();
         logs.push(("levee serve", world.server.log_text()));
@@ -443,12 +463,12 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool) {
 
 #[test]
 fn install_bios_golden_path() {
-    golden_path("e2eib", Firmware::Bios, "52:54:00:04:01:01", true);
+    golden_path("e2eib", Firmware::Bios, "52:54:00:04:01:01", true, false);
 }
 
 #[test]
 fn install_uefi_golden_path() {
-    golden_path("e2eiu", Firmware::Uefi, "52:54:00:04:01:02", false);
+    golden_path("e2eiu", Firmware::Uefi, "52:54:00:04:01:02", false, true);
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
