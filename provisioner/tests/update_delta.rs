@@ -223,6 +223,11 @@ fn update(f: &Fixture, name: &str) -> Result<(Prepared, Vec<String>)> {
     let mut env = GrubEnv::fresh();
     env.commit("a");
     grubenv::write(&esp, &env)?;
+    // Slot a's kernel and initrd (the same in both releases).
+    std::fs::create_dir_all(esp.join("levee/a"))?;
+    for name in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(f.v1.join(name), esp.join("levee/a").join(name))?;
+    }
     let mut slot_a = std::fs::read(f.v1.join("rootfs.squashfs"))?;
     slot_a.resize(slot_a.len() + (3 << 20), 0);
     std::fs::write(work.join("levee-a"), &slot_a)?;
@@ -270,7 +275,8 @@ fn update(f: &Fixture, name: &str) -> Result<(Prepared, Vec<String>)> {
 }
 
 /// v1 -> v2, which differ in the agent binary: every byte the server sent
-/// (metadata, index, ranges, kernel, initrd) is at most 25% of the rootfs;
+/// (metadata, index, ranges; kernel and initrd are slot a's) is at most
+/// 25% of the rootfs;
 /// the log and the report's summary say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r13_delta_update_downloads_only_the_changed_chunks() -> Result<()> {
@@ -298,6 +304,14 @@ async fn r13_delta_update_downloads_only_the_changed_chunks() -> Result<()> {
     assert!(p.rootfs.summary().starts_with("rootfs by delta: "));
     assert!(
         lines.iter().any(|l| l.contains("rootfs by delta")),
+        "{lines:?}"
+    );
+    // Kernel and initrd did not change: copied from slot a, not fetched.
+    assert_eq!(p.downloaded, p.rootfs.downloaded, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("vmlinuz: the same as slot a's, copied")),
         "{lines:?}"
     );
     Ok(())

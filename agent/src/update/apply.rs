@@ -225,18 +225,27 @@ pub fn prepare(
                 .map_err(|e| UpdateError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let part = fetch::part_path(&dst);
-        let mut quiet = |_, _| {};
-        let f = fetch::fetch_into(
-            t,
-            &part,
-            FetchOptions {
-                progress_dir: &progress_dir,
-                throttle: throttle.as_mut(),
-                timeout: opts.timeout,
-                progress: &mut quiet,
-            },
-        )?;
-        downloaded += f.downloaded;
+        // The running slot's copy, when it is the same file (a release
+        // that changed only the rootfs): copied, not downloaded.
+        let running_copy = slot::boot_file(&target.esp, running_slot, name);
+        if copy_if_same(&running_copy, t, &part) {
+            log(&format!(
+                "{name}: the same as slot {running_slot}'s, copied (0 bytes downloaded)"
+            ));
+        } else {
+            let mut quiet = |_, _| {};
+            let f = fetch::fetch_into(
+                t,
+                &part,
+                FetchOptions {
+                    progress_dir: &progress_dir,
+                    throttle: throttle.as_mut(),
+                    timeout: opts.timeout,
+                    progress: &mut quiet,
+                },
+            )?;
+            downloaded += f.downloaded;
+        }
         fetch::verify_on_disk(t, &part)?;
         fetch::replace_file(&dst, &part)?;
     }
@@ -342,6 +351,16 @@ fn write_rootfs(
         delta: None,
         full_because: why_not,
     })
+}
+
+/// Copies `from` to `to` if it has the target's signed length and sha256;
+/// false (nothing copied that counts) otherwise. The copy is checked from
+/// disk afterwards like a download.
+fn copy_if_same(from: &Path, t: &TargetRef, to: &Path) -> bool {
+    use sha2::Digest;
+    let same = std::fs::metadata(from).is_ok_and(|m| m.len() == t.length)
+        && std::fs::read(from).is_ok_and(|b| hex::encode(sha2::Sha256::digest(&b)) == t.sha256);
+    same && std::fs::copy(from, to).is_ok_and(|n| n == t.length)
 }
 
 /// Logs a download's progress every 25%.
