@@ -146,6 +146,10 @@ run() {  # NAME OUTPUT_FILE COMMAND...
     ROWS+=("$(printf '%-14s %12s %7.1f%% %8s %8s' "$name" "$bytes" "$(echo "100 * $bytes / $LEN" | bc -l)" "$reqs" "$(cat "$WORK/time")")")
 }
 run levee-full "$WORK/c-full/levee-b" "$APPLY" "$URL" "$WORK/offline/root.json" "$WORK/c-full" $V1 2
+# The delta run's appliance has slot a's kernel and initrd on its ESP, as
+# an installed one does (the same files in both releases).
+mkdir -p "$WORK/c-delta/esp/levee/a"
+cp "$WORK/img-$V1/vmlinuz" "$WORK/img-$V1/initrd.img" "$WORK/c-delta/esp/levee/a/"
 run levee-delta "$WORK/c-delta/levee-b" "$APPLY" "$URL" "$WORK/offline/root.json" "$WORK/c-delta" $V1 2 "$WORK/slot-a"
 run casync-full "$WORK/ca-full.img" casync extract --store="$URL/casync/default.castr" "$URL/casync/v2.caibx" "$WORK/ca-full.img"
 run casync-delta "$WORK/ca-delta.img" casync extract --store="$URL/casync/default.castr" --seed="$WORK/slot-a" "$URL/casync/v2.caibx" "$WORK/ca-delta.img"
