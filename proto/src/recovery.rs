@@ -106,6 +106,20 @@ impl RecoveryPrivateKey {
             .join("-")
     }
 
+    /// Reads a paper key file: the one `levee customer recovery-key init`
+    /// writes (a header, then the key after the `Paper key` line) or a
+    /// typed-back copy holding only the key (see [`Self::from_paper`]).
+    pub fn from_key_file(text: &str) -> Result<Self, RecoveryError> {
+        let key = match text.find("\nPaper key") {
+            Some(at) => {
+                let rest = &text[at + 1..];
+                rest.split_once('\n').map_or("", |(_, key)| key)
+            }
+            None => text,
+        };
+        Self::from_paper(key)
+    }
+
     /// Reads a paper key as typed back: case, spaces, dashes and line
     /// breaks do not matter; a mistyped letter is caught by the checksum.
     pub fn from_paper(text: &str) -> Result<Self, RecoveryError> {
@@ -215,6 +229,28 @@ fn cipher(shared: &[u8; 32], eph: &PublicKey, to: &RecoveryPublicKey, context: &
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_file_init_writes_reads_back() {
+        let key = RecoveryPrivateKey::generate();
+        let paper = key.to_paper();
+        let file = format!(
+            "Levee recovery key for customer acme\nPublic key: {} (fingerprint x)\nPaper key (opens every repository of acme; keep it offline):\n\n{paper}\n",
+            key.public()
+        );
+        let back = RecoveryPrivateKey::from_key_file(&file).expect("init's file");
+        assert_eq!(back.public(), key.public());
+        // A typed-back copy, over two lines.
+        let (a, b) = paper.split_at(paper.len() / 2);
+        let typed = format!("{}\n{}\n", a.to_lowercase(), b);
+        assert_eq!(
+            RecoveryPrivateKey::from_key_file(&typed)
+                .expect("typed")
+                .public(),
+            key.public()
+        );
+    }
+
     use super::*;
 
     #[test]

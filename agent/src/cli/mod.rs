@@ -251,7 +251,7 @@ fn open(g: &Global) -> Result<Repository> {
     if let Some(f) = &g.recovery_key {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading the recovery key {}", f.display()))?;
-        let key = RecoveryPrivateKey::from_paper(&text)
+        let key = RecoveryPrivateKey::from_key_file(&text)
             .with_context(|| format!("the recovery key in {}", f.display()))?;
         return Ok(Repository::open_with_recovery(&path, &key)?);
     }

@@ -44,7 +44,7 @@ pub fn open(url: &str, recovery_key: Option<&Path>, state: &Path) -> Result<Repo
     };
     let text = std::fs::read_to_string(key_file)
         .with_context(|| format!("reading the recovery key {}", key_file.display()))?;
-    let key = RecoveryPrivateKey::from_paper(&text)
+    let key = RecoveryPrivateKey::from_key_file(&text)
         .with_context(|| format!("the recovery key in {}", key_file.display()))?;
     let cred = Credential::load(state)?.ok_or_else(|| {
         anyhow!(

@@ -91,14 +91,8 @@ fn init(name: &str, out: &Path) -> anyhow::Result<()> {
 fn check(ctx: &super::Ctx, name: &str, file: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    // The file `init` writes has a header; the paper key is its last
-    // non-empty line (a typed-back copy may hold only the key).
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    let key = RecoveryPrivateKey::from_paper(line)
+    // The file `init` writes, or a typed-back copy of the key alone.
+    let key = RecoveryPrivateKey::from_key_file(&text)
         .with_context(|| format!("the paper key in {}", file.display()))?;
     let store = ctx.open_store()?;
     let c = store

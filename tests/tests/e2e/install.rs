@@ -369,7 +369,7 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool, fleet: b
         // A blank box: blank disk first in the boot order, the NIC second.
         let vm = VmBuilder {
             memory_mib: 1024,
-            disks: vec![disk],
+            disks: vec![disk.clone()],
             allow_reboot: true,
             ..VmBuilder::new(firmware, mac)
         }
@@ -448,6 +448,7 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool, fleet: b
             attacker_tries_to_enroll(&world, mac)?;
             if let Some(b) = &world.backups {
                 b.check(&world.server, mac)?;
+                b.recover(&world.server, &world.net, &vm, &disk, mac, world.dir.path())?;
             }
             if fleet {
                 crate::fleet::served_by_a_second_server(&world, &vm, mac, tag)?;

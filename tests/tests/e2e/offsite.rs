@@ -8,6 +8,15 @@
 //! appliance and recovery key slots, no password slot) and only ciphertext
 //! (marker strings from the share found nowhere in it).
 //!
+//! Then disaster recovery: the VM is killed and its disk deleted; ops run
+//! `levee appliance replace OLD --with NEW`; the replacement (a host on
+//! the same LAN with a real appliance identity, enrolled with the token of
+//! its boot script: a second install under TCG would cost minutes and
+//! prove the install again, not the recovery) runs `levee-agent --repo
+//! https://STORE/acme/<id> --recovery-key PAPER restore latest` into a new
+//! path of the Samba server: every file byte-identical, the NT ACL the
+//! same (`smbcacls`, a client independent of ours).
+//!
 //! Folded into the install test on purpose: a second install under TCG
 //! would cost minutes; the backup and its replication add seconds.
 
@@ -15,9 +24,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use levee_tests::net::{TestNet, SERVER_IP};
+use levee_agent::enroll::{self, Attempt, Credential, NewKey, ServerInfo};
+use levee_proto::enroll::EnrollmentRequest;
+use levee_tests::net::{Host, TestNet, SERVER_IP};
 use levee_tests::samba::{Samba, PASSWORD};
 use levee_tests::server::LeveeServer;
+use levee_tests::vm::Vm;
 use levee_tests::wait_until;
 
 /// Where `levee serve --store` listens on the test network.
@@ -32,8 +44,15 @@ const FILE_DACL: &str = "ACL:S-1-5-21-1-2-3-1001:DENIED/0x0/0x00000002,\
 /// appliance is installed (the schedule is due at once; TCG is slow).
 const FIRST_RUNS: Duration = Duration::from_secs(300);
 
-/// What the customer's share holds that a store must never show.
+/// The replacement appliance's MAC and its address on the LAN.
+const REPLACEMENT: &str = "52:54:00:04:01:09";
+const REPLACEMENT_IP: &str = "10.99.0.10/24";
+
+/// The customer's file server, data and paper recovery key.
 pub(crate) struct Backups {
+    samba: Samba,
+    /// The paper key `levee customer recovery-key init` wrote.
+    paper_key: PathBuf,
     /// Strings in the share's files that must never appear in a store.
     markers: Vec<String>,
 }
@@ -88,7 +107,14 @@ impl Backups {
              recovery_key: \"{public}\"\n",
             samba.url(SHARE)
         );
-        Ok((Backups { markers }, yaml))
+        Ok((
+            Backups {
+                samba,
+                paper_key,
+                markers,
+            },
+            yaml,
+        ))
     }
 
     /// After the install: the first scheduled backup and its replication
@@ -170,6 +196,159 @@ impl Backups {
         );
         Ok(())
     }
+}
+
+impl Backups {
+    /// The appliance is lost with its disk; its replacement restores the
+    /// share from the offsite store with the paper key (see the module
+    /// doc). `disk` is the lost appliance's disk image.
+    pub(crate) fn recover(
+        &self,
+        server: &LeveeServer,
+        net: &TestNet,
+        vm: &Vm,
+        disk: &Path,
+        mac: &str,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on the QEMU this test started.
+        unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
+        wait_until(Duration::from_secs(30), "QEMU to stop", || {
+            Ok(vm.exited().then_some(()))
+        })?;
+        std::fs::remove_file(disk)?;
+        let root = server
+            .data_dir()
+            .join("offsite")
+            .join(super::install::CUSTOMER);
+        let repo_id = std::fs::read_dir(&root)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .context("no repository in the store")?;
+
+        server.cli(&["appliance", "replace", mac, "--with", REPLACEMENT])?;
+        let host = net.add_host(REPLACEMENT_IP)?;
+        let cred = enroll(&host, REPLACEMENT)?;
+        let state = dir.join("replacement-state");
+        cred.save(&state)?;
+        let url = format!(
+            "https://{SERVER_IP}:{STORE_PORT}/{}/{repo_id}",
+            super::install::CUSTOMER
+        );
+        let agent = levee_tests::binary("levee-agent")?;
+        let out = host
+            .cmd(agent.to_str().context("path")?)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--repo", &url, "--recovery-key"])
+            .arg(&self.paper_key)
+            .args(["--json", "--quiet", "restore", "latest", "--target"])
+            .arg(self.samba.url("restore/r1"))
+            .env("LEVEE_SMB_PASSWORD", PASSWORD)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success(),
+            "the restore from offsite failed: {stdout}\n{stderr}"
+        );
+        eprintln!("restore from offsite: {}", stderr.trim());
+        let report: serde_json::Value =
+            serde_json::from_str(&stdout).with_context(|| format!("restore output: {stdout}"))?;
+        ensure!(report["errors"] == 0, "restore: {report}");
+
+        // Byte-identical, and the ACL as it was.
+        let share = self.samba.share_dir(SHARE);
+        let restored = self.samba.share_dir("restore").join("r1").join(SHARE);
+        let originals = files_under(&share)?;
+        ensure!(originals.len() == 3, "{originals:?}");
+        for f in &originals {
+            let rel = f.strip_prefix(&share)?;
+            let back = std::fs::read(restored.join(rel)).with_context(|| {
+                format!("{} not restored (in {})", rel.display(), restored.display())
+            })?;
+            ensure!(
+                back == std::fs::read(f)?,
+                "{} differs after the restore",
+                rel.display()
+            );
+        }
+        let want = self.samba.descriptor(SHARE, "finance/payroll.txt")?;
+        let got = self
+            .samba
+            .descriptor("restore", &format!("r1/{SHARE}/finance/payroll.txt"))?;
+        ensure!(
+            want.iter()
+                .any(|l| l.contains("S-1-5-21-1-2-3-1001:1/0x0/0x00000002")),
+            "the test ACL was not set: {want:?}"
+        );
+        ensure!(
+            got == want,
+            "ACL after the restore: {got:?}, before: {want:?}"
+        );
+        // The lost appliance's certificate no longer opens the namespace:
+        // its record is replaced.
+        let old = server.appliance(mac)?.context("old appliance gone")?;
+        ensure!(
+            old["appliance"]["replaced_by"].is_number(),
+            "the old appliance is not marked replaced: {old}"
+        );
+        eprintln!(
+            "disaster recovery: {} files restored byte-identical from offsite with the paper key, NT ACL kept",
+            originals.len()
+        );
+        Ok(())
+    }
+}
+
+/// Enrolls `mac` from inside `host` as the agent does: token and CA pin
+/// from its boot script, a key made here, the pin checked.
+fn enroll(host: &Host, mac: &str) -> anyhow::Result<Credential> {
+    let mac = mac.to_string();
+    host.thread(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((SERVER_IP, 80))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET /boot/{mac}.ipxe HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut script = String::new();
+        s.read_to_string(&mut script)?;
+        let arg = |k: &str| {
+            script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+                .with_context(|| format!("no {k} in the boot script: {script}"))
+        };
+        let (pin, token) = (arg("levee.ca=")?, arg("levee.token=")?);
+        let key = NewKey::generate(&mac)?;
+        let req = EnrollmentRequest {
+            token,
+            mac: mac.clone(),
+            csr_pem: key.csr_pem.clone(),
+            facts: Default::default(),
+        };
+        let http = format!("http://{SERVER_IP}");
+        let Attempt::Enrolled(resp) = enroll::request_enrollment(&http, &req)? else {
+            anyhow::bail!("the replacement's enrollment is pending");
+        };
+        enroll::check_ca(&resp.ca_pem, &pin)?;
+        Ok(Credential {
+            key_pem: key.key_pem,
+            cert_pem: resp.certificate_pem,
+            ca_pem: resp.ca_pem,
+            server: ServerInfo {
+                http_url: http,
+                https_url: resp.https_url,
+                appliance_id: resp.appliance_id,
+            },
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("enrolling thread panicked"))?
 }
 
 fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
