@@ -78,8 +78,12 @@ impl World {
             store,
             http: serve.http.clone(),
             serve,
+            // A new connection per request: the server closes one after
+            // refusing an oversized body, and a pooled client would send
+            // the next request on it (a send error, not an answer).
             plain: Client::builder()
                 .timeout(Duration::from_secs(20))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
         }
