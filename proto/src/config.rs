@@ -288,6 +288,22 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// `1536` -> `1.5 KiB`, for people; exact bytes below a KiB.
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// `512MiB`, `32GiB`, `1TB`, `4096` -> bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();

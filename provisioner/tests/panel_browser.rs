@@ -182,16 +182,8 @@ fn the_panel_in_chromium() {
     let started = Instant::now();
     let mut node = Command::new("node");
     node.process_group(0);
-    // SAFETY: prctl only, between fork and exec: node (and the browser on
-    // its pipe) dies with the test process even when nextest kills it.
-    unsafe {
-        node.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // node (and the browser on its pipe) dies with the test.
+    common::dies_with_test(&mut node);
     node.arg(browser_dir().join("panel.mjs"))
         .env("PANEL_URL", &url)
         .env("OTHER_ORIGIN", format!("{http}/api/v1/time"))

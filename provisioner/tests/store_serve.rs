@@ -66,16 +66,7 @@ impl StoreProcess {
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .process_group(0);
-        // SAFETY: prctl only, between fork and exec: the store dies with
-        // the test process even when nextest kills it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        common::dies_with_test(&mut cmd);
         let child = cmd.spawn().expect("levee store serve");
         let p = StoreProcess {
             child,

@@ -11,10 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use levee_agent::enroll::{self, Attempt, Credential, MtlsClient, NewKey, ServerInfo};
-use levee_proto::enroll::EnrollmentRequest;
+use levee_agent::enroll::{Credential, MtlsClient};
 use levee_tests::net::{Host, TestNet, SERVER_IP};
 use levee_tests::server::LeveeServer;
+
+#[path = "common/identity.rs"]
+mod identity;
 
 const MAC: &str = "52:54:00:11:00:01";
 const HTTP: &str = "10.99.0.1:80";
@@ -63,61 +65,9 @@ fn prepare(server: &LeveeServer, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET path` on a new plain connection; the body.
-fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    ensure!(out.starts_with("HTTP/1.1 200"), "GET {path}: {out}");
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
-/// Enrolls `MAC` as the agent does (key made here, token and CA pin from
-/// its boot script, the pin checked), from inside `host`.
+/// Enrolls `MAC` as the agent does, from inside `host`.
 fn enroll(host: &Host) -> anyhow::Result<Credential> {
-    host.thread(|| {
-        let script = http_get(HTTP, &format!("/boot/{MAC}.ipxe"))?;
-        let arg = |k: &str| {
-            script
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-                .with_context(|| format!("no {k} in {script}"))
-        };
-        let (pin, token) = (arg("levee.ca=")?, arg("levee.token=")?);
-        let key = NewKey::generate(MAC)?;
-        let req = EnrollmentRequest {
-            token,
-            mac: MAC.into(),
-            csr_pem: key.csr_pem.clone(),
-            facts: Default::default(),
-        };
-        let Attempt::Enrolled(resp) = enroll::request_enrollment(&format!("http://{HTTP}"), &req)?
-        else {
-            anyhow::bail!("enrollment pending: the machine was registered");
-        };
-        enroll::check_ca(&resp.ca_pem, &pin)?;
-        Ok(Credential {
-            key_pem: key.key_pem,
-            cert_pem: resp.certificate_pem,
-            ca_pem: resp.ca_pem,
-            server: ServerInfo {
-                http_url: format!("http://{HTTP}"),
-                https_url: resp.https_url,
-                appliance_id: resp.appliance_id,
-            },
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("enrolling thread panicked"))?
+    identity::enroll_from(host, MAC, HTTP)
 }
 
 /// `n` configuration pulls, each on a new client (connection and
@@ -341,7 +291,7 @@ fn r11_out_of_descriptors_the_server_backs_off_and_recovers() -> anyhow::Result<
     let left = Instant::now();
     let back = appliance
         .thread(move || loop {
-            if http_get(HTTP, "/healthz").is_ok() {
+            if identity::http_get(HTTP, "/healthz").is_ok() {
                 return Ok(left.elapsed());
             }
             ensure!(

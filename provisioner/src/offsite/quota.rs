@@ -65,20 +65,9 @@ pub fn check(customer: &str, quota: Option<u64>, usage: u64, need: u64) -> Resul
     }
 }
 
-/// `1536` -> `1.5 KiB`; exact bytes below a KiB.
+/// `1536` -> `1.5 KiB` (see [`levee_proto::config::format_size`]).
 pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    levee_proto::config::format_size(n)
 }
 
 #[cfg(test)]

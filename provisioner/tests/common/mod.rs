@@ -416,16 +416,7 @@ impl ServeProcess {
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .process_group(0);
-        // SAFETY: prctl only, between fork and exec: the server dies with
-        // the test process even when nextest kills it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        dies_with_test(&mut cmd);
         let child = cmd.spawn().expect("levee serve");
         let serve = ServeProcess {
             child,
@@ -464,5 +455,20 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes the process `cmd` starts die with the test process (SIGKILL on
+/// its parent's death), even when nextest kills the test.
+pub fn dies_with_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

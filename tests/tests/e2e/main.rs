@@ -2,6 +2,8 @@
 //! private network namespaces. One test binary; modules by subject.
 
 mod fleet;
+#[path = "../common/identity.rs"]
+mod identity;
 mod install;
 mod offsite;
 mod pxe_boot;

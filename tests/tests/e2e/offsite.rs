@@ -24,9 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use levee_agent::enroll::{self, Attempt, Credential, NewKey, ServerInfo};
-use levee_proto::enroll::EnrollmentRequest;
-use levee_tests::net::{Host, TestNet, SERVER_IP};
+use levee_tests::net::{TestNet, SERVER_IP};
 use levee_tests::samba::{Samba, PASSWORD};
 use levee_tests::server::LeveeServer;
 use levee_tests::vm::Vm;
@@ -229,7 +227,7 @@ impl Backups {
 
         server.cli(&["appliance", "replace", mac, "--with", REPLACEMENT])?;
         let host = net.add_host(REPLACEMENT_IP)?;
-        let cred = enroll(&host, REPLACEMENT)?;
+        let cred = crate::identity::enroll_from(&host, REPLACEMENT, &format!("{SERVER_IP}:80"))?;
         let state = dir.join("replacement-state");
         cred.save(&state)?;
         let url = format!(
@@ -300,55 +298,6 @@ impl Backups {
         );
         Ok(())
     }
-}
-
-/// Enrolls `mac` from inside `host` as the agent does: token and CA pin
-/// from its boot script, a key made here, the pin checked.
-fn enroll(host: &Host, mac: &str) -> anyhow::Result<Credential> {
-    let mac = mac.to_string();
-    host.thread(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect((SERVER_IP, 80))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET /boot/{mac}.ipxe HTTP/1.1\r\nHost: {SERVER_IP}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut script = String::new();
-        s.read_to_string(&mut script)?;
-        let arg = |k: &str| {
-            script
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-                .with_context(|| format!("no {k} in the boot script: {script}"))
-        };
-        let (pin, token) = (arg("levee.ca=")?, arg("levee.token=")?);
-        let key = NewKey::generate(&mac)?;
-        let req = EnrollmentRequest {
-            token,
-            mac: mac.clone(),
-            csr_pem: key.csr_pem.clone(),
-            facts: Default::default(),
-        };
-        let http = format!("http://{SERVER_IP}");
-        let Attempt::Enrolled(resp) = enroll::request_enrollment(&http, &req)? else {
-            anyhow::bail!("the replacement's enrollment is pending");
-        };
-        enroll::check_ca(&resp.ca_pem, &pin)?;
-        Ok(Credential {
-            key_pem: key.key_pem,
-            cert_pem: resp.certificate_pem,
-            ca_pem: resp.ca_pem,
-            server: ServerInfo {
-                http_url: http,
-                https_url: resp.https_url,
-                appliance_id: resp.appliance_id,
-            },
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("enrolling thread panicked"))?
 }
 
 fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
