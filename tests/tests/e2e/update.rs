@@ -388,8 +388,25 @@ fn golden(world: &World, vm: Vm, disk: &Path, r: usize, on: char) -> anyhow::Res
     let v = world.version(r).to_string();
     let to = other(on);
     let t0 = Instant::now();
+    let from = vm.console().len();
     let at = offer_and_reboot(world, &vm, r, on)?;
     let t_written = t0.elapsed();
+    // The rootfs came by the delta path: only the chunks the running slot
+    // lacks were downloaded (the agent's line has the bytes).
+    let console = vm.console();
+    let delta = console
+        .get(from..)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("rootfs by delta:"))
+        .with_context(|| format!("release {r} did not come by delta"))?;
+    eprintln!("golden: {}", delta.trim());
+    let pct: f64 = delta
+        .split_once("downloaded (")
+        .and_then(|(_, rest)| rest.split_once('%'))
+        .and_then(|(n, _)| n.parse().ok())
+        .with_context(|| format!("no share in: {delta}"))?;
+    ensure!(pct <= 25.0, "the delta downloaded {pct}% of the rootfs");
     let at = wait_after(&vm, &grub_line(to, true), at)?;
     let at = wait_after(&vm, &root_line(to), at)?;
     let at = wait_after(&vm, &format!("trial boot of release {r}"), at)?;
