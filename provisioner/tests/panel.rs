@@ -174,21 +174,7 @@ impl Panel {
     fn login(&self, name: &str, pw: &str) -> Session {
         let r = self.login_raw(name, pw);
         assert_eq!(r.status(), 200, "login {name}");
-        let cookie = r
-            .headers()
-            .get("set-cookie")
-            .expect("cookie")
-            .to_str()
-            .expect("ascii")
-            .to_string();
-        for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
-            assert!(cookie.contains(attr), "{cookie}");
-        }
-        let body: Value = r.json().expect("json");
-        Session {
-            cookie: cookie.split(';').next().expect("pair").to_string(),
-            csrf: body["csrf"].as_str().expect("csrf").to_string(),
-        }
+        self.session_of(r)
     }
 
     fn get(&self, s: &Session, path: &str) -> (u16, Value) {
@@ -241,7 +227,8 @@ impl Panel {
             .expect("client")
     }
 
-    /// The session a successful login answer opened.
+    /// The session a successful login answer opened (its cookie with the
+    /// attributes that keep it from scripts and other sites).
     fn session_of(&self, r: Response) -> Session {
         let cookie = r
             .headers()
@@ -250,6 +237,9 @@ impl Panel {
             .to_str()
             .expect("ascii")
             .to_string();
+        for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
         let body: Value = r.json().expect("json");
         Session {
             cookie: cookie.split(';').next().expect("pair").to_string(),

@@ -158,31 +158,29 @@ impl Detail {
                 (Some(job), false) => super::escape(job),
                 (None, false) => "(by hand)".into(),
             };
-            let mut line = if replication {
+            let counts = if replication {
                 format!(
-                    "  {}  {:<11} {:<8} {:<12} {:>6}s  {} files uploaded, {}; target holds {} files",
-                    super::ago(Some(r.ended_at.max(0) as u64)),
-                    r.kind.as_str(),
-                    r.result.as_str(),
-                    what,
-                    r.duration_secs(),
+                    "{} files uploaded, {}; target holds {} files",
                     r.files_new,
                     bytes(r.bytes_new),
-                    r.files_total,
+                    r.files_total
                 )
             } else {
                 format!(
-                    "  {}  {:<11} {:<8} {:<12} {:>6}s  {} files new of {}, {} new",
-                    super::ago(Some(r.ended_at.max(0) as u64)),
-                    r.kind.as_str(),
-                    r.result.as_str(),
-                    what,
-                    r.duration_secs(),
+                    "{} files new of {}, {} new",
                     r.files_new,
                     r.files_total,
-                    bytes(r.bytes_new),
+                    bytes(r.bytes_new)
                 )
             };
+            let mut line = format!(
+                "  {}  {:<11} {:<8} {:<12} {:>6}s  {counts}",
+                super::ago(Some(r.ended_at.max(0) as u64)),
+                r.kind.as_str(),
+                r.result.as_str(),
+                what,
+                r.duration_secs(),
+            );
             if let Some(lag) = r.lag_secs.filter(|l| replication && *l > 0) {
                 line.push_str(&format!(", {} behind", super::span(lag)));
             }
