@@ -14,6 +14,8 @@ use crate::util;
 
 const INIT: &str = include_str!("../stage1/init.sh");
 const UDHCPC: &str = include_str!("../stage1/udhcpc.script");
+/// Module options of the hardware watchdogs (`/etc/modprobe.d/`).
+const WATCHDOG_CONF: &str = include_str!("../stage1/watchdog.conf");
 
 /// Hash of stage 1's own files, for the cache key.
 pub fn digest() -> String {
@@ -81,6 +83,12 @@ pub fn build(
             path: "etc/udhcpc.script".into(),
             mode: 0o755,
             data: UDHCPC.as_bytes().to_vec(),
+        },
+        dir("etc/modprobe.d"),
+        Entry::File {
+            path: "etc/modprobe.d/levee-watchdog.conf".into(),
+            mode: 0o644,
+            data: WATCHDOG_CONF.as_bytes().to_vec(),
         },
         Entry::File {
             path: "etc/levee-modules".into(),

@@ -41,9 +41,19 @@ fi
 # Drivers of the devices present only (modules.alias), in two passes since
 # virtio devices appear once virtio_pci is in: every module load costs ~0.1 s
 # under emulation. load_all is the fallback when no wanted device shows up.
+# Real boards' watchdogs that are platform devices are loaded the same way:
+# ACPI's WDAT, and Intel's TCO, which lpc_ich or i2c_i801 (loaded for their
+# PCI device in pass 1) registers for pass 2. Only those two aliases: each
+# modprobe costs time under emulation. AMD's sp5100_tco binds a PCI device.
+# Their timeouts (60 s) are in /etc/modprobe.d/levee-watchdog.conf.
 for pass in 1 2; do
     for f in /sys/bus/pci/devices/*/modalias /sys/bus/virtio/devices/*/modalias; do
         [ -r "$f" ] && modprobe -q "$(cat "$f")" 2>/dev/null
+    done
+    for f in /sys/bus/platform/devices/*/modalias; do
+        case "$(cat "$f" 2>/dev/null)" in
+        platform:iTCO_wdt | platform:wdat_wdt) modprobe -q "$(cat "$f")" 2>/dev/null ;;
+        esac
     done
 done
 for m in loop squashfs overlay; do modprobe -q "$m" 2>/dev/null; done
