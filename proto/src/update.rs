@@ -75,6 +75,11 @@ pub enum UpdateState {
     /// timestamp. Nothing was downloaded; `version` and `release` are what
     /// the appliance runs (release 0: not known), `reason` the refusal.
     CheckFailed,
+    /// The appliance's scheduled check verified its channel (sent after
+    /// boot and after a `check-failed`, not every time): what clears the
+    /// server's `channel-check-failing` alert. Same fields as
+    /// `check-failed`.
+    Checked,
 }
 
 impl UpdateState {
@@ -87,6 +92,7 @@ impl UpdateState {
             UpdateState::RolledBack => "rolled-back",
             UpdateState::Failed => "failed",
             UpdateState::CheckFailed => "check-failed",
+            UpdateState::Checked => "checked",
         }
     }
 
@@ -99,8 +105,14 @@ impl UpdateState {
             "rolled-back" => UpdateState::RolledBack,
             "failed" => UpdateState::Failed,
             "check-failed" => UpdateState::CheckFailed,
+            "checked" => UpdateState::Checked,
             _ => return None,
         })
+    }
+
+    /// About the channel (the scheduled check), not about a release.
+    pub fn is_channel_check(self) -> bool {
+        matches!(self, UpdateState::CheckFailed | UpdateState::Checked)
     }
 
     /// Under way: neither finished nor given up.
@@ -133,7 +145,7 @@ pub const MAX_REASON: usize = 2000;
 impl UpdateReport {
     /// Parses and checks a report from an appliance: a version of 1-128
     /// characters without control characters, a release above 0 (or 0 for
-    /// `check-failed`: the running release may be unknown), slot `a`
+    /// `check-failed` and `checked`: the running release may be unknown), slot `a`
     /// or `b`; the reason is cut to [`MAX_REASON`] bytes and its control
     /// characters (newlines of an error chain, terminal escapes) become
     /// spaces, so it prints safely.
@@ -149,7 +161,7 @@ impl UpdateReport {
                     .into(),
             );
         }
-        if r.release == 0 && r.state != UpdateState::CheckFailed {
+        if r.release == 0 && !r.state.is_channel_check() {
             return Err("an update report needs the release number (> 0)".into());
         }
         if r.slot.as_deref().is_some_and(|s| s != "a" && s != "b") {
@@ -301,6 +313,8 @@ mod tests {
             UpdateState::Committed,
             UpdateState::RolledBack,
             UpdateState::Failed,
+            UpdateState::CheckFailed,
+            UpdateState::Checked,
         ] {
             assert_eq!(UpdateState::parse(s.as_str()), Some(s));
             let j = serde_json::to_string(&s).unwrap();

@@ -254,3 +254,101 @@ async fn receiver(
     });
     url
 }
+
+/// A frozen release channel: the appliance's scheduled checks (the agent's
+/// own reports, `update::schedule::CheckOutcome::report`, over its mTLS
+/// client) are refused as `freeze`. One refusal is an event; the second
+/// in a row opens `channel-check-failing` (in `levee alert list`, with the
+/// reason; the checks in `levee appliance show`'s history); the first
+/// check that verifies again resolves it.
+#[test]
+fn a_channel_whose_checks_keep_failing_opens_an_alert_and_a_verified_check_resolves_it() {
+    use levee_agent::update::schedule::CheckOutcome;
+    use levee_agent::update::{Refusal, Running};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, store) = common::store_with_default_profile(dir.path(), common::AGENT_CMDLINE);
+    common::add_customer(
+        store.as_ref(),
+        &data,
+        serde_json::json!({"customer": "gamma", "install": {"to_disk": false}}),
+    );
+    common::register(store.as_ref(), MAC, "gamma");
+    let rt = common::runtime();
+    let alerts = AlertOptions {
+        interval: Duration::from_millis(200),
+        retry_base: Duration::from_millis(200),
+        rules: levee_provisioner::alerts::rules::RuleOptions {
+            disk_free_below: 0.0,
+            disk_free_resolve: 0.0,
+            ..Default::default()
+        },
+    };
+    let (http, stop) = rt.block_on(common::serve_on_loopback_with(
+        store.clone(),
+        data.clone(),
+        dir.path(),
+        alerts,
+    ));
+    let states = tempfile::tempdir().expect("state");
+    let cred = enroll(&http, &states.path().join("appliance"));
+    let client = MtlsClient::new(&cred).expect("client");
+    let running = Running {
+        version: "2026.12.01-aaaa".into(),
+        release: Some(1),
+    };
+    let kinds = || -> Vec<String> {
+        store
+            .open_alerts()
+            .expect("alerts")
+            .into_iter()
+            .map(|a| a.kind)
+            .collect()
+    };
+    // The first check after boot verifies: reported once, nothing opens.
+    let ok = CheckOutcome::UpToDate { release: 1 };
+    client
+        .post_update(&ok.report("stable", &running, None).expect("checked"))
+        .expect("report");
+    let frozen = CheckOutcome::Refused {
+        kind: Refusal::Freeze,
+        detail: "timestamp metadata expired at 2026-12-01T00:00:00Z".into(),
+    };
+    let refused = frozen
+        .report("stable", &running, Some(false))
+        .expect("check-failed");
+    client.post_update(&refused).expect("report");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(kinds().is_empty(), "one refusal is not an alert yet");
+    client.post_update(&refused).expect("report");
+    wait_until("the channel alert to open", || {
+        kinds() == ["channel-check-failing"]
+    });
+    let list = common::levee(&data, &["alert", "list"]);
+    assert!(
+        list.contains("channel-check-failing")
+            && list.contains("2 scheduled checks in a row refused")
+            && list.contains("refused (freeze)"),
+        "{list}"
+    );
+    let shown = common::levee(&data, &["appliance", "show", MAC]);
+    assert!(
+        shown.contains("check-failed") && shown.contains("channel-check"),
+        "{shown}"
+    );
+    // Still refused: the same alert, not a second one.
+    client.post_update(&refused).expect("report");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(store.open_alerts().expect("alerts").len(), 1);
+    // The channel moves again: the agent reports `checked` after a refusal.
+    let back = ok
+        .report("stable", &running, Some(true))
+        .expect("checked after a refusal");
+    client.post_update(&back).expect("report");
+    wait_until("the channel alert to resolve", || kinds().is_empty());
+    let all = common::levee(&data, &["alert", "list", "--all"]);
+    assert!(
+        all.contains("channel-check-failing") && all.contains("resolved"),
+        "{all}"
+    );
+    stop.cancel();
+}

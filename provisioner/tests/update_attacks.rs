@@ -133,6 +133,11 @@ impl Fixture {
     }
 
     async fn publish(&self, version: &str, fill: u8, ch: &str) -> Result<()> {
+        self.publish_with(version, fill, ch, &self.offline.join("targets.pem"))
+            .await
+    }
+
+    async fn publish_with(&self, version: &str, fill: u8, ch: &str, key: &Path) -> Result<()> {
         let img = self.data.parent().unwrap().join(format!("img-{version}"));
         std::fs::create_dir_all(&img)?;
         let mut artifacts = serde_json::Map::new();
@@ -157,7 +162,7 @@ impl Fixture {
             &img,
             ch,
             &channel::PublishOptions {
-                targets_key: self.offline.join("targets.pem"),
+                targets_key: key.to_path_buf(),
                 min_release: 1,
                 expires_days: 365,
             },
@@ -333,7 +338,11 @@ async fn r13_scheduled_check_notices_a_frozen_channel_without_an_offer() -> Resu
             version: "2026.12.02-bbbb".into()
         }
     );
-    assert!(found.report("stable", &running).is_none());
+    // Reported as `checked` only when the server may think otherwise
+    // (first after boot, or after a refusal).
+    let ok = found.report("stable", &running, None).context("checked")?;
+    assert_eq!(ok.state, levee_proto::update::UpdateState::Checked);
+    assert!(found.report("stable", &running, Some(false)).is_none());
     assert!(found
         .describe("stable")
         .contains("when the rollout offers it"));
@@ -360,7 +369,9 @@ async fn r13_scheduled_check_notices_a_frozen_channel_without_an_offer() -> Resu
         ),
         "{frozen:?}"
     );
-    let r = frozen.report("stable", &running).context("a report")?;
+    let r = frozen
+        .report("stable", &running, Some(false))
+        .context("a report")?;
     assert_eq!(r.state, levee_proto::update::UpdateState::CheckFailed);
     let reason = r.reason.unwrap_or_default();
     assert!(
@@ -500,5 +511,103 @@ async fn r13_revoked_key_and_fast_forward_recovery() -> Result<()> {
     f.forge_timestamp(&stolen, 5000).await?;
     let why = expect_refused(f.check().await, Refusal::Signature);
     assert!(why.contains("timestamp"), "{why}");
+    Ok(())
+}
+
+/// Targets key rotation (`levee release keys rotate-targets`): root v2
+/// names a new targets key and every channel's targets are re-signed with
+/// it. An appliance that trusted root v1 (and one that only has the baked
+/// v1) follows the chain and is still offered release 2; publishing with
+/// the old key is refused, with the new one it works; and targets signed
+/// by the old key, even with snapshot and timestamp signed by the real
+/// online keys (someone holding the old key and the server), are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r13_rotated_targets_key_is_followed_and_the_old_one_refused() -> Result<()> {
+    let f = Fixture::new().await?;
+    assert!(matches!(f.check().await?, Decision::Update(_)));
+    let old_key = f.offline.join("targets.pem");
+    let new_key = f.offline.join("targets-2.pem");
+    let r = root::rotate(
+        &f.layout,
+        &root::RotateOptions {
+            offline_dir: f.offline.clone(),
+            new_targets_key: Some(new_key.clone()),
+            targets_expires_days: 365,
+            root_expires_days: 365,
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(r.version, 2);
+    assert_eq!(r.channels_resigned, ["stable"]);
+    assert_eq!(r.targets_key.as_deref(), Some(new_key.as_path()));
+    // The appliance that checked under root v1 walks to v2.
+    let Decision::Update(offer) = f.check().await? else {
+        panic!("release 2 not offered after the rotation")
+    };
+    assert_eq!(offer.release, 2);
+    let trusted: tough::schema::Signed<tough::schema::Root> =
+        serde_json::from_slice(&std::fs::read(f.appliance.join("tuf/stable/root.json"))?)?;
+    assert_eq!(trusted.signed.version.get(), 2);
+    // A new appliance with only the baked root v1 as well.
+    let mut fresh = f.options();
+    fresh.state_dir = f.appliance.join("fresh/tuf/stable");
+    let running = Running {
+        version: "2026.12.01-aaaa".into(),
+        release: None,
+    };
+    assert!(matches!(
+        update::check(&fresh, &running, None).await?,
+        Decision::Update(_)
+    ));
+    // The old key no longer publishes; the new one does.
+    let err = f
+        .publish_with("2026.12.03-cccc", 3, "stable", &old_key)
+        .await
+        .expect_err("published with the old targets key");
+    assert!(
+        format!("{err:#}").contains("the targets key root version 2 names"),
+        "{err:#}"
+    );
+    f.publish_with("2026.12.03-cccc", 3, "stable", &new_key)
+        .await?;
+    let Decision::Update(offer) = f.check().await? else {
+        panic!("release 3 not offered")
+    };
+    assert_eq!(offer.release, 3);
+
+    // Targets signed by the old key, with a consistent snapshot and
+    // timestamp signed by the online keys: refused, nothing offered.
+    let meta = f.meta();
+    let ts: tough::schema::Signed<tough::schema::Timestamp> =
+        serde_json::from_slice(&std::fs::read(meta.join("timestamp.json"))?)?;
+    let sv = ts.signed.meta["snapshot.json"].version.get();
+    let mut snap: tough::schema::Signed<tough::schema::Snapshot> =
+        serde_json::from_slice(&std::fs::read(meta.join(format!("{sv}.snapshot.json")))?)?;
+    let tv = snap.signed.meta["targets.json"].version.get();
+    let mut targets: tough::schema::Signed<tough::schema::Targets> =
+        serde_json::from_slice(&std::fs::read(meta.join(format!("{tv}.targets.json")))?)?;
+    targets.signed.version = keys::nonzero(tv + 1)?;
+    let forged = keys::sign_role(&targets.signed, &[keys::PemKey::new(&old_key).load()?]).await?;
+    let forged_bytes = serde_json::to_vec_pretty(&forged)?;
+    std::fs::write(meta.join(format!("{}.targets.json", tv + 1)), &forged_bytes)?;
+    snap.signed.version = keys::nonzero(sv + 1)?;
+    snap.signed.meta.insert(
+        "targets.json".into(),
+        refresh::snapshot_metafile(&forged_bytes, tv + 1)?,
+    );
+    let snap = keys::sign_role(&snap.signed, &[f.layout.snapshot_key().load()?]).await?;
+    let snap_bytes = serde_json::to_vec_pretty(&snap)?;
+    std::fs::write(meta.join(format!("{}.snapshot.json", sv + 1)), &snap_bytes)?;
+    let mut ts = ts.signed;
+    ts.version = keys::nonzero(ts.version.get() + 1)?;
+    ts.meta.insert(
+        "snapshot.json".into(),
+        refresh::snapshot_metafile(&snap_bytes, sv + 1)?,
+    );
+    let ts = keys::sign_role(&ts, &[f.layout.timestamp_key().load()?]).await?;
+    std::fs::write(meta.join("timestamp.json"), serde_json::to_vec_pretty(&ts)?)?;
+    let why = expect_refused(f.check().await, Refusal::Signature);
+    assert!(why.contains("targets"), "{why}");
     Ok(())
 }

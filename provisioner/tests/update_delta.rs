@@ -6,8 +6,9 @@
 //! ranges it serves. The agent's apply path updates slot b from slot a
 //! (files here) and the ESP directory.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ use levee_agent::update::apply::{self, ApplyOptions, Prepared, Request, SlotTarg
 use levee_agent::update::decide::UpdateState;
 use levee_agent::update::{ChannelOptions, Running, TransportOptions};
 use levee_provisioner::releases::{channel, root, Layout};
-use sha2::Digest;
 
 const V1: &str = "2026.12.01-aaaa";
 const V2: &str = "2026.12.02-bbbb";
@@ -90,68 +90,6 @@ async fn serve_file(
     }
 }
 
-/// Pseudo-random text: compresses about as well as binaries do (2-3x).
-fn text(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b"abcdefghijklmnop"[(x & 15) as usize]
-        })
-        .collect()
-}
-
-/// An image directory whose rootfs is a squashfs of a small tree: 60
-/// libraries (15 MB), a 1 MB agent binary whose contents depend on `agent_seed`, and
-/// an os-release naming `version`.
-fn image(dir: &Path, version: &str, agent_seed: u64) -> Result<PathBuf> {
-    let tree = dir.join(format!("tree-{version}"));
-    std::fs::create_dir_all(tree.join("usr/lib"))?;
-    std::fs::create_dir_all(tree.join("usr/bin"))?;
-    for i in 0..60u64 {
-        std::fs::write(
-            tree.join(format!("usr/lib/lib{i}.so")),
-            text(250_000, i + 1),
-        )?;
-    }
-    std::fs::write(
-        tree.join("usr/bin/levee-agent"),
-        text(1_000_000, agent_seed),
-    )?;
-    std::fs::write(
-        tree.join("usr/lib/os-release"),
-        format!("ID=levee\nIMAGE_VERSION={version}\n"),
-    )?;
-    let img = dir.join(format!("img-{version}"));
-    std::fs::create_dir_all(&img)?;
-    // The image builder's options (image/src/rootfs.rs `squash`), at a
-    // faster compression level.
-    let out = Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(img.join("rootfs.squashfs"))
-        .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "3"])
-        .args(["-b", "1M", "-reproducible"])
-        .args(["-no-xattrs", "-mkfs-time", "1", "-all-time", "1", "-quiet"])
-        .output()
-        .context("mksquashfs (squashfs-tools, installed by dev/setup)")?;
-    anyhow::ensure!(out.status.success(), "mksquashfs: {out:?}");
-    std::fs::write(img.join("vmlinuz"), text(1000, 5))?;
-    std::fs::write(img.join("initrd.img"), text(2000, 6))?;
-    let mut artifacts = serde_json::Map::new();
-    for name in ["vmlinuz", "initrd.img", "rootfs.squashfs"] {
-        let data = std::fs::read(img.join(name))?;
-        artifacts.insert(
-            name.into(),
-            serde_json::json!({"sha256": hex::encode(sha2::Sha256::digest(&data)), "size": data.len()}),
-        );
-    }
-    let manifest = serde_json::json!({"name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet"});
-    std::fs::write(img.join("image.json"), serde_json::to_vec(&manifest)?)?;
-    Ok(img)
-}
-
 struct Fixture {
     dir: tempfile::TempDir,
     url: String,
@@ -180,8 +118,8 @@ async fn fixture() -> Result<Fixture> {
         min_release: 1,
         expires_days: 365,
     };
-    let v1 = image(dir.path(), V1, 1000)?;
-    let v2 = image(dir.path(), V2, 2000)?;
+    let v1 = common::squashfs_image(dir.path(), V1, 1000, &common::SQUASH_SMALL)?;
+    let v2 = common::squashfs_image(dir.path(), V2, 2000, &common::SQUASH_SMALL)?;
     channel::publish(&layout, &v1, "stable", &opts).await?;
     channel::publish(&layout, &v2, "stable", &opts).await?;
     // Each release carries its signed chunk index.

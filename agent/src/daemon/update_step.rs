@@ -84,6 +84,10 @@ pub(super) struct Updates {
     check_every: Option<Duration>,
     next_check: Instant,
     check: Option<Check>,
+    /// The last channel-check outcome the server accepted from this boot
+    /// (`Some(true)`: a refusal), so a verified check is reported only
+    /// when it tells the server something.
+    check_heard: Option<bool>,
 }
 
 impl Updates {
@@ -177,6 +181,7 @@ impl Updates {
                     rand::random(),
                 ),
             check: None,
+            check_heard: None,
         }
     }
 
@@ -456,9 +461,12 @@ impl Updates {
                 // Sent directly, best effort: it must not displace a
                 // rollback report waiting in `unsent`, and the next check
                 // reports again.
-                if let Some(r) = outcome.report(&channel, &running) {
-                    if let Err(e) = t.client.post_update(&r) {
-                        tracing::warn!("{}: cannot report the channel check: {e}", self.who);
+                if let Some(r) = outcome.report(&channel, &running, self.check_heard) {
+                    match t.client.post_update(&r) {
+                        Ok(()) => self.check_heard = Some(r.state == Wire::CheckFailed),
+                        Err(e) => {
+                            tracing::warn!("{}: cannot report the channel check: {e}", self.who)
+                        }
                     }
                 }
             }

@@ -63,27 +63,41 @@ impl CheckOutcome {
         }
     }
 
-    /// The report to send: only a refusal the server should know of (an
-    /// unreachable server hears nothing anyway).
-    pub fn report(&self, channel: &str, running: &Running) -> Option<UpdateReport> {
-        match self {
-            CheckOutcome::Refused { kind, .. } if *kind == Refusal::Unreachable => None,
-            CheckOutcome::Refused { kind, detail } => Some(UpdateReport {
-                version: if running.version.is_empty() {
-                    "unknown".into()
-                } else {
-                    running.version.clone()
-                },
-                release: running.release.unwrap_or(0),
-                state: Wire::CheckFailed,
-                reason: Some(format!(
+    /// The report to send: a refusal the server should know of (an
+    /// unreachable server hears nothing anyway), or `checked` when the
+    /// channel verified and the server has not heard so since this boot or
+    /// last heard a refusal (`heard`: what it last accepted from this
+    /// boot, `Some(true)` a refusal): that clears its
+    /// `channel-check-failing` alert without a report every period.
+    pub fn report(
+        &self,
+        channel: &str,
+        running: &Running,
+        heard: Option<bool>,
+    ) -> Option<UpdateReport> {
+        let (state, reason) = match self {
+            CheckOutcome::Refused { kind, .. } if *kind == Refusal::Unreachable => return None,
+            CheckOutcome::Refused { kind, detail } => (
+                Wire::CheckFailed,
+                format!(
                     "scheduled check of channel {channel} refused ({}): {detail}",
                     kind.as_str()
-                )),
-                slot: None,
-            }),
-            _ => None,
-        }
+                ),
+            ),
+            _ if heard == Some(false) => return None,
+            ok => (Wire::Checked, ok.describe(channel)),
+        };
+        Some(UpdateReport {
+            version: if running.version.is_empty() {
+                "unknown".into()
+            } else {
+                running.version.clone()
+            },
+            release: running.release.unwrap_or(0),
+            state,
+            reason: Some(reason),
+            slot: None,
+        })
     }
 }
 
@@ -133,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn only_refusals_the_server_can_hear_are_reported() {
+    fn refusals_and_recoveries_are_reported() {
         let running = Running {
             version: "v1".into(),
             release: Some(3),
@@ -142,7 +156,7 @@ mod tests {
             kind: Refusal::Freeze,
             detail: "timestamp metadata is expired".into(),
         };
-        let r = freeze.report("stable", &running).expect("a report");
+        let r = freeze.report("stable", &running, None).expect("a report");
         assert_eq!(
             (r.state, r.release, r.version.as_str()),
             (Wire::CheckFailed, 3, "v1")
@@ -151,7 +165,7 @@ mod tests {
         // It passes the server's checks.
         levee_proto::update::UpdateReport::parse(
             &freeze
-                .report("stable", &Running::default())
+                .report("stable", &Running::default(), None)
                 .unwrap()
                 .to_bytes(),
         )
@@ -160,12 +174,27 @@ mod tests {
             kind: Refusal::Unreachable,
             detail: "connection refused".into(),
         };
-        assert!(down.report("stable", &running).is_none());
-        assert!(CheckOutcome::Newer {
+        assert!(down.report("stable", &running, None).is_none());
+        // A channel that verifies: `checked` once after boot and once
+        // after each refusal the server heard, not every period.
+        let newer = CheckOutcome::Newer {
             release: 4,
-            version: "v2".into()
+            version: "v2".into(),
+        };
+        for heard in [None, Some(true)] {
+            let r = newer.report("stable", &running, heard).expect("checked");
+            assert_eq!((r.state, r.release), (Wire::Checked, 3));
+            assert!(r.reason.unwrap().contains("channel stable verified"));
         }
-        .report("stable", &running)
-        .is_none());
+        assert!(newer.report("stable", &running, Some(false)).is_none());
+        let ok = CheckOutcome::UpToDate { release: 3 };
+        levee_proto::update::UpdateReport::parse(
+            &ok.report("stable", &Running::default(), None)
+                .unwrap()
+                .to_bytes(),
+        )
+        .unwrap();
+        // Refusals are reported every time.
+        assert!(freeze.report("stable", &running, Some(true)).is_some());
     }
 }

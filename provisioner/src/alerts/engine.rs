@@ -74,7 +74,7 @@ pub fn snapshot(
     }
     let mut events: HashMap<_, Vec<_>> = HashMap::new();
     let since = (at - opts.event_window_secs).max(0) as u64;
-    for (mac, e) in store.enrollment_events(since)? {
+    for (mac, e) in store.alert_events(since)? {
         events.entry(mac).or_default().push(e);
     }
     let none = BackupFacts::default();

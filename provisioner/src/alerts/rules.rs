@@ -15,7 +15,7 @@ use levee_proto::runs::RunResult;
 use serde::Serialize;
 
 use crate::health::BackupHealth;
-use crate::store::{Appliance, ApplianceState, Event, RunRecord, UpdateRecord};
+use crate::store::{Appliance, ApplianceState, Event, RunRecord, UpdateRecord, CHANNEL_CHECK_STEP};
 use levee_proto::update::UpdateState;
 
 /// Thresholds of the rules.
@@ -32,8 +32,11 @@ pub struct RuleOptions {
     /// A certificate closer than this to its end has missed its renewal
     /// (the agent renews in the last 30 days).
     pub renewal_overdue_secs: i64,
-    /// How far back enrollment events count (key conflicts).
+    /// How far back events count (key conflicts, channel checks).
     pub event_window_secs: i64,
+    /// Scheduled channel checks that must be refused in a row (with none
+    /// verifying in between) to open `channel-check-failing`.
+    pub channel_checks_failed: usize,
 }
 
 impl Default for RuleOptions {
@@ -45,6 +48,7 @@ impl Default for RuleOptions {
             pending_secs: 86_400,
             renewal_overdue_secs: 20 * 86_400,
             event_window_secs: 86_400,
+            channel_checks_failed: 2,
         }
     }
 }
@@ -60,7 +64,8 @@ pub struct ApplianceView {
     pub last_update: Option<RunRecord>,
     /// Its newest update record (the rollout's view of its update).
     pub update: Option<UpdateRecord>,
-    /// Its recent enrollment events (within the window), oldest first.
+    /// Its recent enrollment and channel-check events (within the
+    /// window), oldest first.
     pub events: Vec<Event>,
 }
 
@@ -138,6 +143,12 @@ pub fn default_rules(opts: &RuleOptions) -> Vec<Box<dyn Rule>> {
         {
             let secs = o.renewal_overdue_secs;
             per_appliance("renewal-failing", move |v, s| renewal(v, s, secs))
+        },
+        {
+            let n = o.channel_checks_failed;
+            per_appliance("channel-check-failing", move |v, s| {
+                channel_check_failing(v, s, n)
+            })
         },
     ]
 }
@@ -463,6 +474,40 @@ fn renewal(v: &ApplianceView, s: &Snapshot, secs: i64) -> Option<(Severity, Stri
             ),
         )
     })
+}
+
+/// The appliance's own scheduled checks of its release channel keep being
+/// refused (`check-failed` reports, e.g. `freeze`: the channel's timestamp
+/// expired, so the server stopped re-signing or someone replays old
+/// metadata): at least `n` in a row within the window, none verifying
+/// since. A `checked` report (the agent sends one after a refusal once a
+/// check verifies again) resolves it. An update stuck this way is silent
+/// otherwise: no offer fails, the appliance just never learns of releases.
+fn channel_check_failing(v: &ApplianceView, s: &Snapshot, n: usize) -> Option<(Severity, String)> {
+    if !in_service(&v.appliance) {
+        return None;
+    }
+    let refused: Vec<&Event> = v
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.step == CHANNEL_CHECK_STEP)
+        .take_while(|e| e.detail.starts_with(UpdateState::CheckFailed.as_str()))
+        .collect();
+    let last = refused.first().filter(|_| refused.len() >= n.max(1))?;
+    // The detail is `check-failed VERSION (release N): REASON`.
+    let why = last
+        .detail
+        .split_once("): ")
+        .map_or(last.detail.as_str(), |(_, r)| r);
+    Some((
+        Severity::Critical,
+        format!(
+            "release channel check failing: {} scheduled checks in a row refused, the last {} ago: {why}",
+            refused.len(),
+            ago(s.now - last.at as i64)
+        ),
+    ))
 }
 
 /// The kinds `rules` judge.

@@ -213,6 +213,58 @@ fn each_kind_opens_on_its_condition() {
     assert!(kinds_found(vec![view(gone)]).is_empty());
 }
 
+/// Scheduled channel checks: one refusal is an event, two in a row an
+/// alert naming the last reason, and a check that verifies again clears
+/// it; other events in between do not break the run.
+#[test]
+fn channel_check_failing_opens_on_repeated_refusals_and_clears_on_success() {
+    let check = |ago: u64, detail: &str| Event {
+        at: NOW as u64 - ago,
+        step: CHANNEL_CHECK_STEP.into(),
+        detail: detail.into(),
+    };
+    let mut v = view(appliance(1));
+    v.events
+        .push(check(7 * 3600, "checked v1 (release 1): scheduled check"));
+    let frozen = "check-failed v1 (release 1): scheduled check of channel stable refused (freeze): timestamp metadata is expired";
+    v.events.push(check(6 * 3600, frozen));
+    assert!(kinds_found(vec![v.clone()]).is_empty(), "one refusal");
+    v.events.push(Event {
+        at: NOW as u64 - 3 * 3600,
+        step: "enrolled".into(),
+        detail: String::new(),
+    });
+    v.events.push(check(3600, frozen));
+    assert_eq!(kinds_found(vec![v.clone()]), ["channel-check-failing"]);
+    let snap = Snapshot {
+        now: NOW,
+        listening_since: 0,
+        appliances: vec![v.clone()],
+        open: HashSet::new(),
+    };
+    let f = evaluate(&default_rules(&RuleOptions::default()), &snap);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert!(
+        f[0].summary.contains("2 scheduled checks in a row refused, the last 1 h ago: scheduled check of channel stable refused (freeze)"),
+        "{}",
+        f[0].summary
+    );
+    // The check verifies again: resolved.
+    v.events.push(check(
+        60,
+        "checked v1 (release 1): scheduled check verified",
+    ));
+    assert!(kinds_found(vec![v.clone()]).is_empty());
+    // A retired machine owes no checks.
+    v.events.push(check(30, frozen));
+    v.events.push(check(20, frozen));
+    assert_eq!(kinds_found(vec![v.clone()]), ["channel-check-failing"]);
+    v.appliance.revoked_at = Some(1);
+    v.appliance.state = ApplianceState::Retired;
+    v.appliance.last_heartbeat = None;
+    assert!(kinds_found(vec![v]).is_empty());
+}
+
 #[test]
 fn disk_full_does_not_flap_at_the_edge() {
     let mut a = appliance(1);

@@ -1,6 +1,6 @@
 //! `levee release ...`: signed release channels (TUF) for appliance updates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -202,6 +202,29 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the targets key: make a new one at --new-targets-key, sign
+    /// the next root version naming it (with the root keys in
+    /// --offline-dir), and re-sign every channel's targets with it.
+    /// Appliances follow through the root chain; targets signed by the old
+    /// key are refused from then on. Give the new key to publish/promote.
+    #[command(
+        after_help = "Example:\n  levee release keys rotate-targets --offline-dir /media/usb/levee-root --new-targets-key /media/usb/levee-root/targets-2.pem"
+    )]
+    RotateTargets {
+        #[arg(long, value_name = "DIR")]
+        offline_dir: PathBuf,
+        /// Where to write the new targets key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        new_targets_key: PathBuf,
+        /// Life of the re-signed targets metadata.
+        #[arg(long, default_value_t = releases::TARGETS_DEFAULT_DAYS)]
+        targets_expires_days: i64,
+        /// Life of the new root.
+        #[arg(long, default_value_t = releases::ROOT_DEFAULT_DAYS)]
+        expires_days: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
@@ -348,6 +371,8 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
                 revoke,
                 root_threshold,
                 rotate_online,
+                new_targets_key: None,
+                targets_expires_days: releases::TARGETS_DEFAULT_DAYS,
                 root_expires_days: expires_days,
             };
             let r = releases::block_on(root::rotate(layout, &opts))
@@ -363,6 +388,38 @@ fn keys(layout: &Layout, cmd: KeysCommand) -> anyhow::Result<()> {
                 if r.online_keys_rotated { "replaced" } else { "kept" },
                 if r.channels_resigned.is_empty() { "none".into() } else { r.channels_resigned.join(", ") }
             );
+            Ok(())
+        }
+        KeysCommand::RotateTargets {
+            offline_dir,
+            new_targets_key,
+            targets_expires_days,
+            expires_days,
+            json,
+        } => {
+            let opts = root::RotateOptions {
+                offline_dir,
+                new_targets_key: Some(new_targets_key),
+                targets_expires_days,
+                root_expires_days: expires_days,
+                ..Default::default()
+            };
+            let r = releases::block_on(root::rotate(layout, &opts))
+                .context("cannot rotate the targets key")?;
+            if json {
+                return super::print_json(&r);
+            }
+            println!(
+                "root version {} names the new targets key {}; re-signed channels: {}",
+                r.version,
+                r.targets_key.as_deref().unwrap_or(Path::new("-")).display(),
+                if r.channels_resigned.is_empty() {
+                    "none".into()
+                } else {
+                    r.channels_resigned.join(", ")
+                }
+            );
+            println!("give the new key to publish and promote (--targets-key); the old one signs nothing any more");
             Ok(())
         }
     }

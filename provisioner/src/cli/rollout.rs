@@ -148,7 +148,9 @@ fn count(f: &mut Fleet, u: &UpdateRecord, a: &Appliance) {
     match u.state {
         s if s.in_progress() => f.updating += 1,
         UpdateState::Committed => f.committed += 1,
-        UpdateState::Failed | UpdateState::CheckFailed => f.failed += 1,
+        UpdateState::Failed => f.failed += 1,
+        // Channel checks are never update records (update_api.rs).
+        s if s.is_channel_check() => f.failed += 1,
         _ => {
             f.rolled_back += 1;
             f.rollbacks.push(Rollback {

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
 use crate::releases::rollout::offer_for;
+use crate::store::CHANNEL_CHECK_STEP;
 
 /// `GET /api/v1/update`: what the rollout says for this appliance now.
 pub(super) async fn get_update(
@@ -76,15 +77,20 @@ pub(super) async fn post_update(
                 .unwrap_or_default(),
             reason.map(|r| format!(": {r}")).unwrap_or_default(),
         );
-        if report.state == UpdateState::CheckFailed {
-            // About the channel, not a release: an event and a log line,
-            // no update record (status counts releases).
-            warn!(
-                appliance = a.id, mac = %a.mac, running = %report.version,
-                reason = reason.unwrap_or("-"),
-                "the appliance's scheduled check refused its release channel"
-            );
-            return match st.store.add_event(a.mac, "update", &detail) {
+        if report.state.is_channel_check() {
+            // About the channel, not a release: an event (which the
+            // `channel-check-failing` alert reads) and a log line, no update
+            // record (status counts releases).
+            if report.state == UpdateState::CheckFailed {
+                warn!(
+                    appliance = a.id, mac = %a.mac, running = %report.version,
+                    reason = reason.unwrap_or("-"),
+                    "the appliance's scheduled check refused its release channel"
+                );
+            } else {
+                debug!(appliance = a.id, mac = %a.mac, "the appliance's scheduled check verified its channel");
+            }
+            return match st.store.add_event(a.mac, CHANNEL_CHECK_STEP, &detail) {
                 Ok(()) => Json(serde_json::json!({"ok": true, "blocked": false})).into_response(),
                 Err(e) => store_error(&e),
             };

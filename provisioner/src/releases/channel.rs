@@ -386,8 +386,115 @@ async fn commit(
 ) -> Result<Published, ReleaseError> {
     // Check the targets key before copying anything large.
     PemKey::new(&opts.targets_key).load()?;
-    let (root_path, root) = layout.latest_root()?;
+    let (root_path, _) = layout.latest_root()?;
     let existing = load(layout, channel).await?;
+    let keys = SigningKeys {
+        targets: opts.targets_key.clone(),
+        snapshot: layout.snapshot_key().path,
+        timestamp: layout.timestamp_key().path,
+    };
+    let (staged, targets_version, targets_expires) = sign_staged(
+        layout,
+        channel,
+        existing,
+        &root_path,
+        &targets,
+        &keys,
+        opts.expires_days,
+    )
+    .await?;
+    staged.publish(layout)?;
+    Ok(Published {
+        channel: channel.to_string(),
+        version: version.to_string(),
+        release: release_no,
+        min_release,
+        targets_version,
+        targets_expires,
+    })
+}
+
+/// The keys that sign a channel's metadata (PEM files).
+#[derive(Debug, Clone)]
+pub struct SigningKeys {
+    pub targets: PathBuf,
+    pub snapshot: PathBuf,
+    pub timestamp: PathBuf,
+}
+
+/// A channel's newly signed metadata in a staging directory beside it,
+/// not yet visible to clients.
+#[derive(Debug)]
+pub struct Staged {
+    meta: PathBuf,
+    staging: PathBuf,
+}
+
+impl Staged {
+    /// Makes it visible in the order a reader needs: the root chain, the
+    /// versioned files, `timestamp.json` last (each write atomic).
+    pub fn publish(self, layout: &Layout) -> Result<(), ReleaseError> {
+        let meta = &self.meta;
+        for (n, path) in layout.root_chain()? {
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            super::write_atomic(meta, &format!("{n}.root.json"), &bytes)?;
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&self.staging)
+            .map_err(io_err(&self.staging))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort_by_key(|n| n == "timestamp.json");
+        for name in names {
+            let bytes = std::fs::read(self.staging.join(&name)).map_err(io_err(&self.staging))?;
+            super::write_atomic(meta, &name, &bytes)?;
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+        Ok(())
+    }
+}
+
+/// Re-signs channel `channel`'s targets as they are (every release kept)
+/// under the root at `root_path`, which need not be in the chain yet (a
+/// root that names a new targets key), with new versions of targets,
+/// snapshot and timestamp; staged, not visible. `None`: never published.
+pub async fn stage_resigned_targets(
+    layout: &Layout,
+    channel: &str,
+    root_path: &Path,
+    keys: &SigningKeys,
+    expires_days: i64,
+) -> Result<Option<Staged>, ReleaseError> {
+    let Some(existing) = load(layout, channel).await? else {
+        return Ok(None);
+    };
+    let (staged, _, _) = sign_staged(
+        layout,
+        channel,
+        Some(existing),
+        root_path,
+        &[],
+        keys,
+        expires_days,
+    )
+    .await?;
+    Ok(Some(staged))
+}
+
+/// Copies the new targets' files into the channel and signs its metadata
+/// with `targets` added (under the root at `root_path`) into a staging
+/// directory. Returns it, the targets version and its expiry.
+async fn sign_staged(
+    layout: &Layout,
+    channel: &str,
+    existing: Option<Repository>,
+    root_path: &Path,
+    targets: &[NewTarget],
+    keys: &SigningKeys,
+    expires_days: i64,
+) -> Result<(Staged, u64, DateTime<Utc>), ReleaseError> {
+    let root_version = super::read_json::<tough::schema::Signed<tough::schema::Root>>(root_path)
+        .map(|r| r.signed.version.get())
+        .unwrap_or(0);
     let (tv, sv, tsv) = match &existing {
         Some(r) => (
             r.targets().signed.version.get(),
@@ -397,14 +504,14 @@ async fn commit(
         None => (0, 0, 0),
     };
     let mut editor = match existing {
-        Some(repo) => RepositoryEditor::from_repo(&root_path, repo).await,
-        None => RepositoryEditor::new(&root_path).await,
+        Some(repo) => RepositoryEditor::from_repo(root_path, repo).await,
+        None => RepositoryEditor::new(root_path).await,
     }
     .map_err(|e| ReleaseError::Tuf(format!("cannot edit channel `{channel}`: {e}")))?;
 
     let targets_dir = layout.targets_dir(channel);
     std::fs::create_dir_all(&targets_dir).map_err(io_err(&targets_dir))?;
-    for t in &targets {
+    for t in targets {
         let sha = hex::encode(t.target.hashes.sha256.as_ref());
         copy_target(
             &t.source,
@@ -420,7 +527,7 @@ async fn commit(
             .map_err(|e| ReleaseError::Tuf(format!("target {}: {e}", t.name)))?;
     }
     let now = super::now();
-    let targets_expires = now + super::days(opts.expires_days);
+    let targets_expires = now + super::days(expires_days);
     let nz = |n: u64| NonZeroU64::new(n + 1).expect("n + 1 > 0");
     editor
         .targets_version(nz(tv))
@@ -433,20 +540,17 @@ async fn commit(
         .snapshot_expires(now + super::SNAPSHOT_LIFETIME)
         .timestamp_version(nz(tsv))
         .timestamp_expires(now + super::TIMESTAMP_LIFETIME);
-    let keys: Vec<Box<dyn KeySource>> = vec![
-        Box::new(PemKey::new(&opts.targets_key)),
-        Box::new(layout.snapshot_key()),
-        Box::new(layout.timestamp_key()),
+    let sources: Vec<Box<dyn KeySource>> = vec![
+        Box::new(PemKey::new(&keys.targets)),
+        Box::new(PemKey::new(&keys.snapshot)),
+        Box::new(PemKey::new(&keys.timestamp)),
     ];
-    let signed = editor.sign(&keys).await.map_err(|e| {
+    let signed = editor.sign(&sources).await.map_err(|e| {
         ReleaseError::Tuf(format!(
-            "signing channel `{channel}` failed (is {} the targets key root version {} names?): {e}",
-            opts.targets_key.display(),
-            root.signed.version
+            "signing channel `{channel}` failed (is {} the targets key root version {root_version} names?): {e}",
+            keys.targets.display(),
         ))
     })?;
-
-    // Stage, then move into place: versioned files first, timestamp last.
     let meta = layout.metadata_dir(channel);
     let staging = meta.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -454,28 +558,7 @@ async fn commit(
         .write(&staging)
         .await
         .map_err(|e| ReleaseError::Tuf(format!("writing metadata failed: {e}")))?;
-    for (n, path) in layout.root_chain()? {
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        super::write_atomic(&meta, &format!("{n}.root.json"), &bytes)?;
-    }
-    let mut names: Vec<String> = std::fs::read_dir(&staging)
-        .map_err(io_err(&staging))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort_by_key(|n| n == "timestamp.json");
-    for name in names {
-        let bytes = std::fs::read(staging.join(&name)).map_err(io_err(&staging))?;
-        super::write_atomic(&meta, &name, &bytes)?;
-    }
-    let _ = std::fs::remove_dir_all(&staging);
-    Ok(Published {
-        channel: channel.to_string(),
-        version: version.to_string(),
-        release: release_no,
-        min_release,
-        targets_version: tv + 1,
-        targets_expires,
-    })
+    Ok((Staged { meta, staging }, tv + 1, targets_expires))
 }
 
 /// Copies `src` to `dir/name` through a temporary file, checking length and

@@ -129,6 +129,12 @@ pub struct RotateOptions {
     pub root_threshold: Option<u64>,
     /// Replace the snapshot and timestamp keys (after a server compromise).
     pub rotate_online: bool,
+    /// Replace the targets key: a new key is made at this path (never
+    /// overwriting), the new root names it, and every channel's targets
+    /// are re-signed with it (`keys rotate-targets`).
+    pub new_targets_key: Option<PathBuf>,
+    /// Life of the re-signed targets metadata.
+    pub targets_expires_days: i64,
     pub root_expires_days: i64,
 }
 
@@ -138,6 +144,8 @@ pub struct RotateReport {
     pub revoked: Vec<String>,
     pub new_root_keys: Vec<PathBuf>,
     pub online_keys_rotated: bool,
+    /// The new targets key, when it was replaced.
+    pub targets_key: Option<PathBuf>,
     pub channels_resigned: Vec<String>,
     pub trust_root: PathBuf,
 }
@@ -217,11 +225,11 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
 
     // New online keys are made beside the old ones and renamed into place
     // only after the new root is stored.
-    let staged = |name: &str| layout.keys_dir().join(format!("{name}.pem.new"));
+    let staged_key = |name: &str| layout.keys_dir().join(format!("{name}.pem.new"));
     if opts.rotate_online {
         for name in ["snapshot", "timestamp"] {
-            let _ = std::fs::remove_file(staged(name));
-            let k = keys::generate(&staged(name))?;
+            let _ = std::fs::remove_file(staged_key(name));
+            let k = keys::generate(&staged_key(name))?;
             let key = k.load()?.tuf_key();
             if name == "snapshot" {
                 set.snapshot = key;
@@ -230,6 +238,15 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
             }
         }
     }
+
+    let new_targets = match &opts.new_targets_key {
+        Some(path) => {
+            let k = keys::generate(path)?;
+            set.targets = k.load()?.tuf_key();
+            Some(k)
+        }
+        None => None,
+    };
 
     let version = old_root.version.get() + 1;
     let expires = super::now() + super::days(opts.root_expires_days);
@@ -257,6 +274,51 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
         ReleaseError::Tuf(format!("the new root does not verify under itself: {e}"))
     })?;
 
+    // A new targets key: every channel's targets re-signed with it under
+    // the new root, staged before the root is stored (loading a channel
+    // verifies it under the newest root, which the old signatures would
+    // fail) and made visible right after it.
+    let mut staged = Vec::new();
+    if let Some(k) = &new_targets {
+        let next = layout
+            .root_dir()
+            .join(format!(".next-{}.root.json", std::process::id()));
+        std::fs::write(&next, role_bytes(&signed)?).map_err(io_err(&next))?;
+        let online = |name: &str| {
+            if opts.rotate_online {
+                staged_key(name)
+            } else {
+                layout.keys_dir().join(format!("{name}.pem"))
+            }
+        };
+        let signing = super::channel::SigningKeys {
+            targets: k.path.clone(),
+            snapshot: online("snapshot"),
+            timestamp: online("timestamp"),
+        };
+        let mut result = Ok(());
+        for channel in layout.channels()? {
+            match super::channel::stage_resigned_targets(
+                layout,
+                &channel,
+                &next,
+                &signing,
+                opts.targets_expires_days,
+            )
+            .await
+            {
+                Ok(Some(s)) => staged.push(s),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&next);
+        result?;
+    }
+
     // Move revoked key files aside so they are not used again by mistake.
     let revoked_dir = opts.offline_dir.join("revoked");
     for k in keys::root_keys_in(&opts.offline_dir)? {
@@ -271,8 +333,11 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
     if opts.rotate_online {
         for name in ["snapshot", "timestamp"] {
             let live = layout.keys_dir().join(format!("{name}.pem"));
-            std::fs::rename(staged(name), &live).map_err(io_err(&live))?;
+            std::fs::rename(staged_key(name), &live).map_err(io_err(&live))?;
         }
+    }
+    for s in staged {
+        s.publish(layout)?;
     }
     // Snapshot and timestamp must be signed by the keys the new root names;
     // re-sign them now when those changed (or always: it is cheap).
@@ -286,6 +351,7 @@ pub async fn rotate(layout: &Layout, opts: &RotateOptions) -> Result<RotateRepor
         revoked,
         new_root_keys: new_files.into_iter().map(|k| k.path).collect(),
         online_keys_rotated: opts.rotate_online,
+        targets_key: new_targets.map(|k| k.path),
         channels_resigned: resigned,
         trust_root,
     })

@@ -92,18 +92,25 @@ pub trait AlertStore {
     fn delivery_done(&self, id: i64) -> Result<()>;
     /// A delivery failed: tried again at `next_at`.
     fn delivery_failed(&self, id: i64, error: &str, next_at: u64) -> Result<()>;
-    /// Enrollment events ([`ENROLLMENT_STEPS`]) of every machine since
-    /// `since`, oldest first.
-    fn enrollment_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>>;
+    /// The events the alert rules read ([`ALERT_EVENT_STEPS`]: enrollment
+    /// steps and channel checks) of every machine since `since`, oldest
+    /// first.
+    fn alert_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>>;
 }
 
-/// The enrollment steps [`AlertStore::enrollment_events`] returns.
-pub const ENROLLMENT_STEPS: [&str; 5] = [
+/// The event step of an appliance's scheduled channel check
+/// (`check-failed` or `checked`, enroll/update_api.rs).
+pub const CHANNEL_CHECK_STEP: &str = "channel-check";
+
+/// The steps [`AlertStore::alert_events`] returns: enrollment steps (key
+/// conflicts) and channel checks (`channel-check-failing`).
+pub const ALERT_EVENT_STEPS: [&str; 6] = [
     "pending-key",
     "key-conflict",
     "enroll-refused",
     "enrolled",
     "reenrolled",
+    CHANNEL_CHECK_STEP,
 ];
 
 /// Resolved alerts are kept this long.

@@ -45,7 +45,8 @@ use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use self::alerts::{
-    Alert, AlertStore, Delivery, NewAlert, Webhook, ENROLLMENT_STEPS, RESOLVED_KEPT_SECS,
+    Alert, AlertStore, Delivery, NewAlert, Webhook, ALERT_EVENT_STEPS, CHANNEL_CHECK_STEP,
+    RESOLVED_KEPT_SECS,
 };
 pub(crate) use self::appliances::{
     approved_detail, came_back_detail, check_new_enrollment, check_not_retired, check_registration,

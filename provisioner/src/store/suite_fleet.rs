@@ -207,14 +207,22 @@ pub(super) fn alerts_open_once_and_queue_deliveries_in_order(s: &dyn Store) {
     assert!(!s
         .remove_webhook("http://127.0.0.1:9/acme", None)
         .expect("scope"));
-    // Enrollment events since a time, every machine at once.
+    // The events the rules read (enrollment steps and channel checks)
+    // since a time, every machine at once; other steps are left out.
     let m = s.appliance_seen(mac(80)).expect("seen");
     s.keep_pending_key(m.id, "k1").expect("key");
-    let ev = s.enrollment_events(now.saturating_sub(60)).expect("events");
+    s.add_event(mac(80), crate::store::CHANNEL_CHECK_STEP, "check-failed v1")
+        .expect("event");
+    s.add_event(mac(80), "update", "written v2").expect("event");
+    let ev = s.alert_events(now.saturating_sub(60)).expect("events");
     assert!(ev
         .iter()
         .any(|(m2, e)| *m2 == mac(80) && e.step == "pending-key"));
-    assert!(s.enrollment_events(now + 3600).expect("events").is_empty());
+    assert!(ev
+        .iter()
+        .any(|(m2, e)| *m2 == mac(80) && e.step == "channel-check"));
+    assert!(!ev.iter().any(|(_, e)| e.step == "update"));
+    assert!(s.alert_events(now + 3600).expect("events").is_empty());
 }
 
 pub(super) fn operators_and_the_audit_log(s: &dyn Store) {

@@ -203,6 +203,13 @@ pub fn publish_release(
         serde_json::to_vec_pretty(&manifest).expect("json"),
     )
     .expect("manifest");
+    publish_image(dir, data, &img);
+    img
+}
+
+/// `levee release publish IMG --channel stable` with the targets key of
+/// `dir/offline`.
+pub fn publish_image(dir: &Path, data: &Path, img: &Path) {
     let key = dir.join("offline/targets.pem").display().to_string();
     levee(
         data,
@@ -216,7 +223,6 @@ pub fn publish_release(
             &key,
         ],
     );
-    img
 }
 
 /// Starts `levee serve`'s plain-HTTP and HTTPS listeners on 127.0.0.1
@@ -471,4 +477,112 @@ pub fn dies_with_test(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Pseudo-random text: compresses about as well as binaries do (2-3x).
+pub fn text(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b"abcdefghijklmnop"[(x & 15) as usize]
+        })
+        .collect()
+}
+
+/// The tree of a [`squashfs_image`]'s rootfs.
+pub struct SquashTree {
+    /// Libraries in `usr/lib` and the length of each.
+    pub libs: u64,
+    pub lib_len: usize,
+    /// Libraries whose contents depend on the image's seed (like the agent
+    /// binary); the others are the same in every image.
+    pub varied: &'static [u64],
+    /// Libraries of random bytes (squashfs stores them as they are: a
+    /// large image quickly) instead of text.
+    pub random: bool,
+}
+
+/// 60 libraries (15 MB of text, about 4.5 MB squashed): the delta tests.
+pub const SQUASH_SMALL: SquashTree = SquashTree {
+    libs: 60,
+    lib_len: 250_000,
+    varied: &[],
+    random: false,
+};
+
+/// Random bytes (incompressible), different for every seed.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// An image directory (vmlinuz, initrd.img, rootfs.squashfs, image.json)
+/// whose rootfs is a real squashfs of a small tree: the libraries of
+/// `tree`, a 1 MB agent binary whose contents depend on `seed`, and an
+/// os-release naming `version`. Kernel and initrd are the same in every
+/// image.
+pub fn squashfs_image(
+    dir: &Path,
+    version: &str,
+    seed: u64,
+    tree: &SquashTree,
+) -> anyhow::Result<PathBuf> {
+    let root = dir.join(format!("tree-{version}"));
+    std::fs::create_dir_all(root.join("usr/lib"))?;
+    std::fs::create_dir_all(root.join("usr/bin"))?;
+    for i in 0..tree.libs {
+        let lib_seed = if tree.varied.contains(&i) {
+            seed * 1000 + i + 1
+        } else {
+            i + 1
+        };
+        let body = if tree.random {
+            noise(tree.lib_len, lib_seed)
+        } else {
+            text(tree.lib_len, lib_seed)
+        };
+        std::fs::write(root.join(format!("usr/lib/lib{i}.so")), body)?;
+    }
+    std::fs::write(root.join("usr/bin/levee-agent"), text(1_000_000, seed))?;
+    std::fs::write(
+        root.join("usr/lib/os-release"),
+        format!("ID=levee\nIMAGE_VERSION={version}\n"),
+    )?;
+    let img = dir.join(format!("img-{version}"));
+    std::fs::create_dir_all(&img)?;
+    // The image builder's options (image/src/rootfs.rs `squash`), at a
+    // faster compression level.
+    let out = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(img.join("rootfs.squashfs"))
+        .args(["-noappend", "-comp", "zstd", "-Xcompression-level", "3"])
+        .args(["-b", "1M", "-reproducible"])
+        .args(["-no-xattrs", "-mkfs-time", "1", "-all-time", "1", "-quiet"])
+        .output()
+        .context("mksquashfs (squashfs-tools, installed by dev/setup)")?;
+    ensure!(out.status.success(), "mksquashfs: {out:?}");
+    std::fs::write(img.join("vmlinuz"), text(1000, 5))?;
+    std::fs::write(img.join("initrd.img"), text(2000, 6))?;
+    let mut artifacts = serde_json::Map::new();
+    for name in ["vmlinuz", "initrd.img", "rootfs.squashfs"] {
+        let data = std::fs::read(img.join(name))?;
+        artifacts.insert(
+            name.into(),
+            serde_json::json!({"sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)), "size": data.len()}),
+        );
+    }
+    let manifest = serde_json::json!({"name": "levee-appliance", "version": version, "artifacts": artifacts, "cmdline": "quiet"});
+    std::fs::write(img.join("image.json"), serde_json::to_vec(&manifest)?)?;
+    Ok(img)
 }

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use super::{corrupt, execute, query, query_opt, PgStore};
 use crate::store::{
-    now, Alert, AlertStore, Delivery, Event, NewAlert, Result, Webhook, ENROLLMENT_STEPS,
+    now, Alert, AlertStore, Delivery, Event, NewAlert, Result, Webhook, ALERT_EVENT_STEPS,
     RESOLVED_KEPT_SECS,
 };
 
@@ -265,15 +265,15 @@ impl AlertStore for PgStore {
         })
     }
 
-    fn enrollment_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>> {
+    fn alert_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>> {
         self.block(async {
             let c = self.conn().await?;
-            let [a, b, d, e, f] = ENROLLMENT_STEPS;
+            let [a, b, d, e, f, g] = ALERT_EVENT_STEPS;
             query(
                 &c,
                 "SELECT mac, at, step, detail FROM events
-                 WHERE step IN ($1, $2, $3, $4, $5) AND at >= $6 ORDER BY id",
-                &[&a, &b, &d, &e, &f, &(since as i64)],
+                 WHERE step IN ($1, $2, $3, $4, $5, $6) AND at >= $7 ORDER BY id",
+                &[&a, &b, &d, &e, &f, &g, &(since as i64)],
             )
             .await?
             .iter()

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{mac_col, Cached, SqliteStore};
 use crate::store::{
-    now, Alert, AlertStore, Delivery, Event, NewAlert, Result, Webhook, ENROLLMENT_STEPS,
+    now, Alert, AlertStore, Delivery, Event, NewAlert, Result, Webhook, ALERT_EVENT_STEPS,
     RESOLVED_KEPT_SECS,
 };
 
@@ -215,14 +215,14 @@ impl AlertStore for SqliteStore {
         Ok(())
     }
 
-    fn enrollment_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>> {
+    fn alert_events(&self, since: u64) -> Result<Vec<(MacAddr, Event)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT mac, at, step, detail FROM events
-             WHERE step IN (?1, ?2, ?3, ?4, ?5) AND at >= ?6 ORDER BY id",
+             WHERE step IN (?1, ?2, ?3, ?4, ?5, ?6) AND at >= ?7 ORDER BY id",
         )?;
-        let [a, b, c, d, e] = ENROLLMENT_STEPS;
-        let rows = stmt.query_map(params![a, b, c, d, e, since as i64], |r| {
+        let [a, b, c, d, e, f] = ALERT_EVENT_STEPS;
+        let rows = stmt.query_map(params![a, b, c, d, e, f, since as i64], |r| {
             Ok((
                 mac_col(r, 0)?,
                 Event {
