@@ -32,6 +32,7 @@ pub mod enroll;
 pub mod http_client;
 pub mod install;
 pub mod logging;
+pub mod recover;
 pub mod replicate;
 pub mod runs;
 pub mod schedule;

@@ -155,6 +155,7 @@ fn r14_the_paper_key_opens_a_lost_appliances_repository_elsewhere() {
                 hex::encode([1u8; 32]).as_bytes(),
                 levee_proto::recovery::SLOT_CONTEXT,
             )
+            .expect("seal")
             .into();
             fs::write(&path, serde_json::to_vec(&slot).expect("json")).expect("write");
         }

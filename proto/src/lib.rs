@@ -19,6 +19,7 @@ pub mod enroll;
 pub mod image;
 pub mod offsite;
 pub mod recovery;
+pub mod recovery_api;
 pub mod release;
 pub mod repo;
 pub mod report;

@@ -46,6 +46,8 @@ pub enum RecoveryError {
     Malformed(String),
     #[error("the sealed secret does not open with this key (another customer's key, or altered)")]
     WrongKey,
+    #[error("the X25519 public key {0} is a low-order point: anything sealed to it could be opened by anyone")]
+    WeakKey(String),
 }
 
 /// A customer's recovery public key.
@@ -59,7 +61,24 @@ impl RecoveryPublicKey {
         let hex_part = s.trim().strip_prefix(PUBLIC_PREFIX).ok_or_else(bad)?;
         let bytes = hex::decode(hex_part).map_err(|_| bad())?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-        Ok(Self(key))
+        let key = Self(key);
+        key.check()?;
+        Ok(key)
+    }
+
+    /// Refuses a low-order point (all zeros, and the few others): the
+    /// shared secret with it is known to everyone, so a secret sealed to
+    /// it would be readable by whoever stores the sealed copy.
+    pub fn check(&self) -> Result<(), RecoveryError> {
+        let probe = StaticSecret::from(rand::random::<[u8; 32]>());
+        if probe
+            .diffie_hellman(&PublicKey::from(self.0))
+            .was_contributory()
+        {
+            Ok(())
+        } else {
+            Err(RecoveryError::WeakKey(self.fingerprint()))
+        }
     }
 
     /// Short, stable name for listings and slot labels (first 16 hex digits
@@ -190,11 +209,15 @@ impl RecoveryPrivateKey {
 /// Seals `secret` to `to` under `context` (what the secret is for, bound
 /// into the key and the tag so a sealed secret cannot be replayed as
 /// another kind): `levee-sealed-1:` and hex of ephemeral public key,
-/// nonce, ciphertext and tag.
-pub fn seal(to: &RecoveryPublicKey, secret: &[u8], context: &str) -> String {
+/// nonce, ciphertext and tag. A low-order key is refused
+/// ([`RecoveryError::WeakKey`]).
+pub fn seal(to: &RecoveryPublicKey, secret: &[u8], context: &str) -> Result<String, RecoveryError> {
     let eph_secret = StaticSecret::from(rand::random::<[u8; 32]>());
     let eph = PublicKey::from(&eph_secret);
     let shared = eph_secret.diffie_hellman(&PublicKey::from(to.0));
+    if !shared.was_contributory() {
+        return Err(RecoveryError::WeakKey(to.fingerprint()));
+    }
     let cipher = cipher(shared.as_bytes(), &eph, to, context);
     let nonce: [u8; 12] = rand::random();
     // Encrypting into a Vec cannot fail for inputs of this size.
@@ -211,7 +234,27 @@ pub fn seal(to: &RecoveryPublicKey, secret: &[u8], context: &str) -> String {
     out.extend_from_slice(eph.as_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    format!("{SEALED_PREFIX}{}", hex::encode(out))
+    Ok(format!("{SEALED_PREFIX}{}", hex::encode(out)))
+}
+
+/// Checks the shape of a sealed secret from outside (the API): the
+/// prefix, hex, and a length between the smallest seal and `max` chars.
+pub fn check_sealed(sealed: &str, max: usize) -> Result<(), RecoveryError> {
+    let body = sealed.strip_prefix(SEALED_PREFIX).ok_or_else(|| {
+        RecoveryError::Malformed(format!("it does not start with {SEALED_PREFIX}"))
+    })?;
+    if sealed.len() > max {
+        return Err(RecoveryError::Malformed(format!(
+            "{} characters, at most {max}",
+            sealed.len()
+        )));
+    }
+    if body.len() < 2 * (32 + 12 + 16) || !body.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RecoveryError::Malformed(
+            "not hex of an ephemeral key, nonce and tag".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// HKDF-SHA256 (RFC 5869) over the shared secret; salt: both public keys,
@@ -256,7 +299,7 @@ mod tests {
     #[test]
     fn seal_opens_with_the_paper_key_only() {
         let k = RecoveryPrivateKey::generate();
-        let sealed = seal(&k.public(), b"the repository secret", SLOT_CONTEXT);
+        let sealed = seal(&k.public(), b"the repository secret", SLOT_CONTEXT).unwrap();
         let paper = k.to_paper();
         assert_eq!(paper.len(), 55 + 10);
         let back = RecoveryPrivateKey::from_paper(&paper.to_lowercase().replace('-', " ")).unwrap();
@@ -276,7 +319,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_or_a_bad_string_is_named() {
         let k = RecoveryPrivateKey::generate();
-        let sealed = seal(&k.public(), b"secret", SLOT_CONTEXT);
+        let sealed = seal(&k.public(), b"secret", SLOT_CONTEXT).unwrap();
         for i in [
             SEALED_PREFIX.len(),
             SEALED_PREFIX.len() + 70,
@@ -330,5 +373,29 @@ mod tests {
             assert!(RecoveryPublicKey::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(k.fingerprint().len(), 16);
+    }
+
+    #[test]
+    fn low_order_keys_are_refused_for_sealing() {
+        // All zeros and the other small-order points: the shared secret
+        // would be all zeros, known to anyone holding the sealed copy.
+        let one = {
+            let mut k = [0u8; 32];
+            k[0] = 1;
+            k
+        };
+        for weak in [[0u8; 32], one] {
+            let key = RecoveryPublicKey(weak);
+            assert!(matches!(key.check(), Err(RecoveryError::WeakKey(_))));
+            assert!(matches!(
+                seal(&key, b"s", SLOT_CONTEXT),
+                Err(RecoveryError::WeakKey(_))
+            ));
+            assert!(RecoveryPublicKey::parse(&key.to_string()).is_err());
+        }
+        let sealed = seal(&RecoveryPrivateKey::generate().public(), b"s", SLOT_CONTEXT).unwrap();
+        assert!(check_sealed(&sealed, 4096).is_ok());
+        assert!(check_sealed(&sealed, 20).is_err());
+        assert!(check_sealed("levee-sealed-1:zz", 4096).is_err());
     }
 }

@@ -335,3 +335,267 @@ fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_
     assert_eq!(status, 403);
     stop.cancel();
 }
+
+/// The offsite target as the appliances' configuration names it.
+fn config_with(url: &str) -> CustomerConfig {
+    serde_json::from_value(serde_json::json!({
+        "customer": "acme",
+        "offsite": [{"name": "hq", "urls": [url]}],
+    }))
+    .expect("config")
+}
+
+fn grant_of(cred: &Credential) -> Result<levee_proto::recovery_api::RecoveryAnswer, String> {
+    levee_agent::enroll::MtlsClient::new(cred)
+        .expect("client")
+        .recovery()
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn r14_a_replacement_takes_over_the_repository_with_a_grant_only_it_opens() {
+    use levee_agent::recover::{self, Step};
+    use levee_proto::recovery::RecoveryError;
+    use levee_proto::recovery_api::{grant_context, RecoveryUpload};
+    const MAC_C: &str = "52:54:00:14:20:03";
+    const MAC_D: &str = "52:54:00:14:20:04";
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A, MAC_C],
+    );
+    common::add_customer(
+        s.store.as_ref(),
+        &s.data,
+        serde_json::json!({"customer": "beta", "install": {"to_disk": false}}),
+    );
+    common::register(s.store.as_ref(), MAC_D, "beta");
+    let (state_a, cred_a) = enroll(&s, MAC_A);
+    let (state_c, cred_c) = enroll(&s, MAC_C);
+    let (state_d, cred_d) = enroll(&s, MAC_D);
+    let (url, stop) = store_node(&s);
+    let config = config_with(&url);
+    let src = s.dir.path().join("share");
+    std::fs::create_dir_all(src.join("sub")).expect("src");
+    std::fs::write(src.join("big.bin"), noise(2 << 20, 21)).expect("write");
+    std::fs::write(src.join("sub/notes.txt"), "the books of 2026\n".repeat(200)).expect("write");
+    let paper = RecoveryPrivateKey::generate();
+    let paper_file = s.dir.path().join("acme-recovery.txt");
+    std::fs::write(&paper_file, paper.to_paper()).expect("paper");
+    let wrong_file = s.dir.path().join("other-recovery.txt");
+    std::fs::write(&wrong_file, RecoveryPrivateKey::generate().to_paper()).expect("paper");
+
+    // A: its service's step publishes its key and, once the repository has
+    // the recovery slot, the slot (sealed to the paper key).
+    let key_a = hex::encode([0xa1u8; 32]);
+    let (repo_id, snapshot) = {
+        let repo = Repository::init(
+            &state_a.join("repo"),
+            key_a.as_bytes(),
+            KdfParams::with_memory(1024),
+            "appliance",
+            "appliance",
+        )
+        .expect("init");
+        repo.ensure_recovery_slot(&paper.public()).expect("slot");
+        let first = back_up(&repo, &src);
+        assert!(replicate_to(&repo, &url, &cred_a, &state_a).ok());
+        (repo.config.id.clone(), first.snapshot)
+    };
+    assert_eq!(
+        recover::step(&state_a, &config, key_a.as_bytes()).expect("A's step"),
+        Step::Ready
+    );
+    let a = s.appliance(MAC_A);
+    let rec_a = s.store.recovery(a.id).expect("store").expect("A's row");
+    assert_eq!(rec_a.repository.as_deref(), Some(repo_id.as_str()));
+    // What the server holds opens only with the paper key.
+    let sealed_a = rec_a.sealed.expect("sealed slot");
+    assert!(paper
+        .open(&sealed_a, levee_proto::recovery::SLOT_CONTEXT)
+        .is_ok());
+    // A is lost with its disk.
+    std::fs::remove_dir_all(state_a.join("repo")).expect("destroy");
+
+    // A paper key that does not open A's slot replaces nothing.
+    let cli = common::Cli::new(&s.data);
+    let err = cli
+        .fails(&[
+            "appliance",
+            "replace",
+            MAC_A,
+            "--with",
+            MAC_B,
+            "--recovery-key",
+            wrong_file.to_str().expect("utf-8"),
+        ])
+        .expect("cli");
+    assert!(err.contains("does not open the recovery slot"), "{err}");
+    assert!(s.appliance(MAC_A).revoked_at.is_none());
+
+    // The replacement before B ever ran: replaced, nothing to seal to yet.
+    let paper_arg = paper_file.to_str().expect("utf-8");
+    let out = s.levee(&[
+        "appliance",
+        "replace",
+        MAC_A,
+        "--with",
+        MAC_B,
+        "--recovery-key",
+        paper_arg,
+    ]);
+    assert!(
+        out.contains("has not published its recovery key yet"),
+        "{out}"
+    );
+    let (state_b, cred_b) = enroll(&s, MAC_B);
+    let key_b = hex::encode([0xb2u8; 32]);
+    // B publishes its key and waits: no new repository beside A's.
+    match recover::step(&state_b, &config, key_b.as_bytes()).expect("B's step") {
+        Step::Waiting(why) => assert!(
+            why.contains(&repo_id) && why.contains("--recovery-key"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!state_b.join("repo").exists());
+
+    // A forged (low-order) key is refused by the server, B's stays.
+    let b = s.appliance(MAC_B);
+    let published = s
+        .store
+        .recovery(b.id)
+        .expect("store")
+        .expect("row")
+        .public_key;
+    let forged = levee_agent::enroll::MtlsClient::new(&cred_b)
+        .expect("client")
+        .post_recovery(&RecoveryUpload {
+            appliance_key: format!("x25519:{}", "00".repeat(32)),
+            repository: None,
+        })
+        .expect_err("refused");
+    assert!(forged.to_string().contains("low-order"), "{forged}");
+    assert_eq!(
+        s.store
+            .recovery(b.id)
+            .expect("store")
+            .expect("row")
+            .public_key,
+        published
+    );
+
+    // Now ops re-wraps: the replacement is not made twice.
+    let out = s.levee(&[
+        "appliance",
+        "replace",
+        MAC_A,
+        "--with",
+        MAC_B,
+        "--recovery-key",
+        paper_arg,
+    ]);
+    assert!(
+        out.contains("already replaced") && out.contains("re-wrapped"),
+        "{out}"
+    );
+
+    // Who gets what: A's certificate nothing (revoked), another appliance
+    // of acme and one of another customer only their own empty answer.
+    let e = grant_of(&cred_a).expect_err("A refused");
+    assert!(e.contains("403") || e.contains("revoked"), "{e}");
+    for (who, cred) in [("C", &cred_c), ("D", &cred_d)] {
+        let ans = grant_of(cred).expect("answer");
+        assert!(
+            ans.grant.is_none() && ans.waiting.is_none(),
+            "{who}: {ans:?}"
+        );
+    }
+    let grant = grant_of(&cred_b)
+        .expect("B's answer")
+        .grant
+        .expect("a grant");
+    assert_eq!(
+        (grant.customer.as_str(), grant.repository.as_str()),
+        ("acme", repo_id.as_str())
+    );
+    // The grant opens with B's key only: not the paper key, not C's, not
+    // under another repository's context.
+    let ctx = grant_context("acme", &repo_id);
+    assert!(recover::appliance_key(&state_b)
+        .expect("B")
+        .open(&grant.sealed, &ctx)
+        .is_ok());
+    for k in [
+        recover::appliance_key(&state_c).expect("C"),
+        recover::appliance_key(&state_d).expect("D"),
+        RecoveryPrivateKey::generate(),
+    ] {
+        assert_eq!(k.open(&grant.sealed, &ctx), Err(RecoveryError::WrongKey));
+    }
+    let other_ctx = grant_context("acme", &"0".repeat(64));
+    assert!(recover::appliance_key(&state_b)
+        .expect("B")
+        .open(&grant.sealed, &other_ctx)
+        .is_err());
+    // C's and D's steps see nothing to take over.
+    assert_eq!(
+        recover::step(&state_c, &config, b"c-key").expect("C"),
+        Step::Ready
+    );
+    assert!(!state_c.join("repo").exists());
+
+    // B's next step takes the repository over by itself.
+    let step = recover::step(&state_b, &config, key_b.as_bytes()).expect("B takes over");
+    assert_eq!(
+        step,
+        Step::Adopted {
+            repository: repo_id.clone(),
+            fetched: true
+        }
+    );
+    let repo = Repository::open(&state_b.join("repo"), key_b.as_bytes()).expect("B's own slot");
+    assert_eq!(repo.config.id, repo_id);
+    let out = s.dir.path().join("restored-b");
+    let r = restore(
+        &repo,
+        &RestoreOptions {
+            snapshot: snapshot.clone(),
+            path: None,
+            target: out.to_string_lossy().into(),
+            overwrite: Default::default(),
+            skip_damaged: false,
+        },
+        None,
+        &Counters::default(),
+    )
+    .expect("restore");
+    assert_eq!(r.errors, 0);
+    for f in ["big.bin", "sub/notes.txt"] {
+        assert_eq!(
+            std::fs::read(out.join("share").join(f)).expect("restored"),
+            std::fs::read(src.join(f)).expect("original"),
+            "{f}"
+        );
+    }
+    std::fs::write(src.join("after.txt"), "after the fire\n").expect("write");
+    let second = back_up(&repo, &src);
+    assert_eq!(second.parent.as_deref(), Some(snapshot.as_str()));
+    assert!(second.bytes_stored < 64 << 10, "{}", second.bytes_stored);
+    let run = replicate_to(&repo, &url, &cred_b, &state_b);
+    assert!(run.ok() && run.bytes_uploaded < 256 << 10, "{run:?}");
+    drop(repo);
+    // Again: nothing to fetch, the same repository.
+    assert_eq!(
+        recover::step(&state_b, &config, key_b.as_bytes()).expect("again"),
+        Step::Adopted {
+            repository: repo_id.clone(),
+            fetched: false
+        }
+    );
+    eprintln!(
+        "B took over {repo_id}: second backup stored {} bytes, replicated {} bytes",
+        second.bytes_stored, run.bytes_uploaded
+    );
+    stop.cancel();
+}

@@ -62,7 +62,9 @@ impl Repository {
             self.config.version,
         )
         .map_err(|e| RepoError::KeySlot("new".into(), e))?;
-        slot.sealed_secret = Some(recovery::seal(key, secret.as_bytes(), SLOT_CONTEXT));
+        let sealed = recovery::seal(key, secret.as_bytes(), SLOT_CONTEXT)
+            .map_err(|e| RepoError::Recovery(e.to_string()))?;
+        slot.sealed_secret = Some(sealed);
         let name = write_slot(self.local(), &slot)?;
         let mut replaced = Vec::new();
         for (old, _) in recovery {

@@ -85,6 +85,8 @@ pub enum RepoError {
          customer's key, or one the customer has since replaced"
     )]
     NoRecoverySlot(usize),
+    #[error("recovery: {0}")]
+    Recovery(String),
 }
 
 pub struct Repository {

@@ -72,6 +72,11 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
     // At start: a target that was down while the service was not running
     // (or a run cut by a reboot) is caught up now.
     let mut replicate_at: Option<i64> = Some(unix_now());
+    // Disaster recovery: publish this appliance's key and repository slot,
+    // take over a replaced appliance's repository (crate::recover). Done
+    // at start and after each job; no backup while it says to wait.
+    let mut recovery_ok = false;
+    let mut waiting: Option<String> = None;
     loop {
         let config = shared.lock().ok().and_then(|c| c.clone());
         let Some(config) = config else {
@@ -79,6 +84,13 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
             std::thread::sleep(Duration::from_secs(1));
             continue;
         };
+        if !recovery_ok {
+            recovery_ok = recovery_step(state_dir, &config, who, &mut waiting);
+            if !recovery_ok {
+                std::thread::sleep(RECHECK);
+                continue;
+            }
+        }
         let now = unix_now();
         if replicate_at.is_some_and(|t| t <= now) && !config.offsite.is_empty() {
             replicate_at = replicate(state_dir, &config, who, gate);
@@ -135,10 +147,67 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         let result = run_job(&config, &due.schedule, &state_dir.join(REPO_DIR), &key);
         gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         log_job(&due.schedule, &result, who);
+        // The job may have added the recovery slot: published next round.
+        recovery_ok = false;
         let reports = job_reports(&config, &due.schedule, now, state_dir, &result);
         report_runs(state_dir, &reports, who);
         if !config.offsite.is_empty() {
             replicate_at = replicate(state_dir, &config, who, gate);
+        }
+    }
+}
+
+/// One recovery step ([`crate::recover::step`]); whether backups may run.
+/// A server out of reach does not stop them; a grant that could not be
+/// taken over yet (a target down) does, so no new repository starts
+/// beside the one to continue.
+fn recovery_step(
+    state_dir: &Path,
+    config: &CustomerConfig,
+    who: &str,
+    waiting: &mut Option<String>,
+) -> bool {
+    use crate::recover::{RecoverError, Step};
+    let key = match repo_key(state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("{who}: recovery step not run: {e}");
+            return true;
+        }
+    };
+    match crate::recover::step(state_dir, config, &key) {
+        Ok(Step::Ready) | Ok(Step::Adopted { fetched: false, .. }) => {
+            *waiting = None;
+            true
+        }
+        Ok(Step::Adopted {
+            repository,
+            fetched: true,
+        }) => {
+            tracing::info!(
+                "{who}: took over repository {repository} from the appliance it replaces; \
+                 backups continue its history"
+            );
+            *waiting = None;
+            true
+        }
+        Ok(Step::Waiting(why)) => {
+            if waiting.as_deref() != Some(why.as_str()) {
+                tracing::warn!("{who}: no backup yet: {why}");
+            }
+            *waiting = Some(why);
+            false
+        }
+        Err(e @ (RecoverError::Server(_) | RecoverError::Local(_))) => {
+            tracing::warn!("{who}: recovery step: {e}");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{who}: taking over the replaced appliance's repository failed: {e}; retrying in {} s, no backup meanwhile",
+                RECHECK.as_secs()
+            );
+            false
         }
     }
 }

@@ -185,6 +185,20 @@ impl MtlsClient {
         self.post_json(levee_proto::update::PATH, report).map(drop)
     }
 
+    /// `GET /api/v1/recovery`: this appliance's recovery grant, if any.
+    pub fn recovery(&self) -> Result<levee_proto::recovery_api::RecoveryAnswer, EnrollError> {
+        self.get_json(levee_proto::recovery_api::PATH)
+    }
+
+    /// `POST /api/v1/recovery`: this appliance's key and sealed slot.
+    pub fn post_recovery(
+        &self,
+        upload: &levee_proto::recovery_api::RecoveryUpload,
+    ) -> Result<(), EnrollError> {
+        self.post_json(levee_proto::recovery_api::PATH, upload)
+            .map(drop)
+    }
+
     /// `POST /api/v1/runs`: one run's report.
     pub fn post_run(&self, report: &levee_proto::runs::RunReport) -> Result<(), EnrollError> {
         self.post_json(paths::RUNS, report).map(drop)

@@ -65,6 +65,10 @@ pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, Fet
     let local = LocalBackend::new(dest);
     local.create_layout().map_err(|e| local_err(&e))?;
     let mut out = Fetched::default();
+    // Progress for the journal: a line per 64 MiB (and per kind of file).
+    let total: u64 = listing.values().flat_map(|m| m.values()).sum();
+    let mut done = 0u64;
+    let mut logged = 0u64;
     for kind in [
         FileKind::Data,
         FileKind::Index,
@@ -93,6 +97,25 @@ pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, Fet
                 .map_err(|e| FetchError::Local(e.to_string()))?;
             out.files += 1;
             out.bytes += bytes.len() as u64;
+            done += bytes.len() as u64;
+            if done - logged >= 64 << 20 {
+                logged = done;
+                tracing::info!(
+                    "fetching {}: {} of {} MiB",
+                    dest.display(),
+                    done >> 20,
+                    total >> 20
+                );
+            }
+        }
+        if listing.get(&kind).is_some_and(|m| !m.is_empty()) {
+            tracing::info!(
+                "fetching {}: {} done ({} of {total} bytes fetched, {} file(s) already here)",
+                dest.display(),
+                kind.as_str(),
+                done,
+                out.skipped
+            );
         }
     }
     Ok(out)

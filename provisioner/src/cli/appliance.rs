@@ -75,8 +75,15 @@ pub enum ApplianceCommand {
     },
     /// Hand an appliance's customer and configuration to a new machine (a
     /// replacement unit); the old one's credential is revoked.
+    ///
+    /// With --recovery-key (the customer's paper key), the old appliance's
+    /// repository secret is also re-wrapped for the new machine: opened
+    /// here with the paper key and sealed to the new machine's own public
+    /// key, so it fetches and continues the old repository from its offsite
+    /// target by itself. The new machine publishes its key once enrolled:
+    /// run the command again then (it does not replace twice).
     #[command(
-        after_help = "Examples:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef\n  levee appliance replace 7 --with 52:54:00:ab:cd:ef"
+        after_help = "Examples:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef\n  levee appliance replace 7 --with 52:54:00:ab:cd:ef\n  # once 52:54:00:ab:cd:ef has enrolled:\n  levee appliance replace 52:54:00:12:34:56 --with 52:54:00:ab:cd:ef --recovery-key acme-recovery.txt"
     )]
     Replace {
         /// The old appliance: MAC or appliance id.
@@ -84,6 +91,10 @@ pub enum ApplianceCommand {
         /// MAC of the new machine.
         #[arg(long = "with", value_name = "NEW_MAC")]
         with: MacAddr,
+        /// The customer's paper key (`levee customer recovery-key init`):
+        /// re-wrap the old repository's secret for the new machine.
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<std::path::PathBuf>,
     },
     /// Revoke an appliance's credential and stop serving it (network boot
     /// included).
@@ -222,24 +233,16 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ApplianceCommand::Replace { old, with } => {
+        ApplianceCommand::Replace {
+            old,
+            with,
+            recovery_key,
+        } => {
             let o = find(store, old)?;
-            let n = store.replace_appliance(o.id, with)?;
-            super::audit(
-                store,
-                "replace",
-                &format!("appliance:{}", o.id),
-                &format!("by {with} (appliance {})", n.id),
-            );
-            println!(
-                "appliance {} (id {}) replaces {} (id {}) for customer {}; {}'s credential is revoked",
-                n.mac,
-                n.id,
-                o.mac,
-                o.id,
-                n.customer.as_deref().unwrap_or("-"),
-                o.mac
-            );
+            if let Some(file) = recovery_key {
+                return super::recovery::replace_with_key(store, &o, with, &file);
+            }
+            replace(store, &o, with)?;
             Ok(())
         }
         ApplianceCommand::Retire { appliance, reason } => {
@@ -524,4 +527,29 @@ fn key_cell(a: &Appliance) -> String {
             short_key(c)
         ),
     }
+}
+
+/// `appliance replace` itself: the store's hand-over, audited and said.
+pub(super) fn replace(
+    store: &dyn Store,
+    o: &Appliance,
+    with: MacAddr,
+) -> anyhow::Result<Appliance> {
+    let n = store.replace_appliance(o.id, with)?;
+    super::audit(
+        store,
+        "replace",
+        &format!("appliance:{}", o.id),
+        &format!("by {with} (appliance {})", n.id),
+    );
+    println!(
+        "appliance {} (id {}) replaces {} (id {}) for customer {}; {}'s credential is revoked",
+        n.mac,
+        n.id,
+        o.mac,
+        o.id,
+        n.customer.as_deref().unwrap_or("-"),
+        o.mac
+    );
+    Ok(n)
 }

@@ -116,3 +116,95 @@ fn check(ctx: &super::Ctx, name: &str, file: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `levee appliance replace OLD --with NEW --recovery-key FILE`: the paper
+/// key opens OLD's sealed recovery slot here (it never reaches the server
+/// process), the secret is sealed to NEW's own public key and stored as
+/// NEW's grant. Checks come first: a paper key that does not open OLD's
+/// slot replaces nothing. A replacement already made is not made again.
+pub(super) fn replace_with_key(
+    store: &dyn crate::store::Store,
+    old: &crate::store::Appliance,
+    with: levee_pxe::boot::MacAddr,
+    file: &Path,
+) -> anyhow::Result<()> {
+    use levee_proto::recovery::{seal, SLOT_CONTEXT};
+    use levee_proto::recovery_api::grant_context;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let key = RecoveryPrivateKey::from_key_file(&text)
+        .with_context(|| format!("the paper key in {}", file.display()))?;
+    let Some(customer) = old.customer.clone() else {
+        bail!(
+            "appliance {} (id {}) has no customer, hence no repository to hand over",
+            old.mac,
+            old.id
+        );
+    };
+    let rec = store.recovery(old.id)?.unwrap_or_default();
+    let (Some(repo), Some(sealed)) = (rec.repository, rec.sealed) else {
+        bail!(
+            "appliance {} (id {}) never published its repository's recovery slot (an agent \
+             before this feature, or no recovery_key: in the configuration while it ran): \
+             restore by hand on the new machine with `levee-agent --repo \
+             https://STORE/{customer}/REPOSITORY-ID --recovery-key FILE restore ...`",
+            old.mac,
+            old.id
+        );
+    };
+    let secret = key.open(&sealed, SLOT_CONTEXT).map_err(|e| {
+        anyhow::anyhow!(
+            "this paper key (fingerprint {}) does not open the recovery slot of {}'s repository \
+             {repo}: {e}",
+            key.public().fingerprint(),
+            old.mac
+        )
+    })?;
+    let new = match old.replaced_by {
+        None => super::appliance::replace(store, old, with)?,
+        Some(id) => {
+            let n = store.appliance_by_id(id)?.with_context(|| {
+                format!("{} was replaced by appliance {id}, which is gone", old.mac)
+            })?;
+            if n.mac != with {
+                bail!(
+                    "{} was already replaced by {} (id {}), not {with}",
+                    old.mac,
+                    n.mac,
+                    n.id
+                );
+            }
+            println!("{} already replaced by {with} (id {})", old.mac, n.id);
+            n
+        }
+    };
+    let new_key = store.recovery(new.id)?.and_then(|r| r.public_key);
+    let Some(new_key) = new_key else {
+        println!(
+            "{with} has not published its recovery key yet (it does once enrolled, when its service \
+             starts): run this command again then to re-wrap repository {repo} for it"
+        );
+        return Ok(());
+    };
+    let new_key = RecoveryPublicKey::parse(&new_key)
+        .with_context(|| format!("the recovery key {with} published"))?;
+    let grant = seal(&new_key, &secret, &grant_context(&customer, &repo))?;
+    store.put_recovery_grant(new.id, old.id, &repo, &grant)?;
+    super::audit(
+        store,
+        "recovery-grant",
+        &format!("appliance:{}", new.id),
+        &format!(
+            "repository {repo} of appliance {} re-wrapped for key {}",
+            old.id,
+            new_key.fingerprint()
+        ),
+    );
+    println!(
+        "repository {repo} of {} re-wrapped for {with} (its key {}); {with} fetches it from its \
+         offsite target and continues it at its next run",
+        old.mac,
+        new_key.fingerprint()
+    );
+    Ok(())
+}

@@ -178,6 +178,14 @@ pub fn router(state: ApiState) -> Router {
             levee_proto::update::PATH,
             get(super::update_api::get_update).post(super::update_api::post_update),
         )
+        .route(
+            levee_proto::recovery_api::PATH,
+            get(super::recovery_api::get_recovery)
+                .post(super::recovery_api::post_recovery)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    levee_proto::recovery_api::MAX_BODY,
+                )),
+        )
         .route(paths::TIME, get(time))
         .layer(axum::middleware::from_fn_with_state(
             "https",

@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod https;
+mod recovery_api;
 mod runs_api;
 pub mod service;
 pub mod token;

@@ -18,7 +18,8 @@
 //! [`ImageStore`] (with boot profiles), [`EventStore`], [`FleetStore`]
 //! (what the servers of a fleet share), [`RunStore`] (run reports) and
 //! [`AlertStore`] (alerts and their webhooks), [`OperatorStore`] (panel
-//! operators and the audit log);
+//! operators and the audit log), [`RecoveryStore`] (disaster recovery's
+//! keys and grants);
 //! [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
@@ -32,6 +33,7 @@ mod fleet;
 mod images;
 mod operators;
 mod postgres;
+mod recovery;
 mod rollouts;
 mod runs;
 mod sqlite;
@@ -65,6 +67,7 @@ pub use self::fleet::{FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::operators::{AuditEntry, ChangeStamp, Operator, OperatorStore, AUDIT_KEPT};
 pub use self::postgres::PgStore;
+pub use self::recovery::{RecoveryRecord, RecoveryStore, StoredGrant};
 pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
 pub use self::sqlite::SqliteStore;
@@ -124,6 +127,7 @@ pub trait Store:
     + RolloutStore
     + AlertStore
     + OperatorStore
+    + RecoveryStore
     + Send
     + Sync
     + 'static

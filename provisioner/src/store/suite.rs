@@ -21,7 +21,9 @@ use fleet_cases::{
 // An enrollment with a token as one unit: suite_enroll.rs.
 #[path = "suite_enroll.rs"]
 mod enroll_cases;
-use enroll_cases::an_enrollment_with_a_token_is_one_unit;
+use enroll_cases::{
+    an_enrollment_with_a_token_is_one_unit, recovery_rows_keep_keys_slots_and_grants,
+};
 
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
     let (k1, k2) = ("a1".repeat(32), "b2".repeat(32));
@@ -797,6 +799,7 @@ cases!(
     alerts_open_once_and_queue_deliveries_in_order,
     operators_and_the_audit_log,
     an_enrollment_with_a_token_is_one_unit,
+    recovery_rows_keep_keys_slots_and_grants,
 );
 
 mod postgres_only {

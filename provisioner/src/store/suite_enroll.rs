@@ -112,3 +112,55 @@ pub(super) fn an_enrollment_with_a_token_is_one_unit(s: &dyn Store) {
     assert!(seen.revoked_at.is_some());
     assert_eq!(seen.cert_fingerprint.as_deref(), Some("f2"));
 }
+
+/// Recovery rows: an appliance's key and sealed slot, a later upload
+/// without a slot keeping the stored one, a grant beside them, and
+/// nothing for an appliance that published nothing.
+pub(super) fn recovery_rows_keep_keys_slots_and_grants(s: &dyn Store) {
+    let a = s.appliance_seen(mac(70)).expect("seen");
+    let b = s.appliance_seen(mac(71)).expect("seen");
+    assert_eq!(s.recovery(a.id).expect("none"), None);
+    s.put_recovery(a.id, "x25519:aa", Some(("r1", "levee-sealed-1:01")))
+        .expect("put");
+    s.put_recovery(a.id, "x25519:bb", None).expect("key only");
+    let r = s.recovery(a.id).expect("get").expect("row");
+    assert_eq!(
+        (
+            r.public_key.as_deref(),
+            r.repository.as_deref(),
+            r.sealed.as_deref(),
+            r.grant.as_ref()
+        ),
+        (
+            Some("x25519:bb"),
+            Some("r1"),
+            Some("levee-sealed-1:01"),
+            None
+        )
+    );
+    // A grant for b before b published anything, then b's key: both kept.
+    s.put_recovery_grant(b.id, a.id, "r1", "levee-sealed-1:02")
+        .expect("grant");
+    s.put_recovery(b.id, "x25519:cc", None).expect("b's key");
+    let r = s.recovery(b.id).expect("get").expect("row");
+    let g = r.grant.expect("grant");
+    assert_eq!(
+        (
+            r.public_key.as_deref(),
+            g.from,
+            g.repository.as_str(),
+            g.sealed.as_str()
+        ),
+        (Some("x25519:cc"), a.id, "r1", "levee-sealed-1:02")
+    );
+    s.put_recovery_grant(b.id, a.id, "r1", "levee-sealed-1:03")
+        .expect("again");
+    let g = s
+        .recovery(b.id)
+        .expect("get")
+        .expect("row")
+        .grant
+        .expect("grant");
+    assert_eq!(g.sealed, "levee-sealed-1:03");
+    assert!(s.recovery(a.id).expect("a").expect("row").grant.is_none());
+}

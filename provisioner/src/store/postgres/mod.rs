@@ -33,6 +33,7 @@ mod events;
 mod fleet;
 mod images;
 mod operators;
+mod recovery;
 mod rollouts;
 mod runs;
 pub mod tls;
@@ -275,6 +276,21 @@ ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
     // Per-customer offsite quota in bytes, NULL: none (issue 14).
     r#"
 ALTER TABLE customers ADD COLUMN offsite_quota BIGINT;
+"#,
+    // Disaster recovery (issue 14, store/recovery.rs): each appliance's
+    // public key and sealed recovery slot, and ops' grants to replacements.
+    r#"
+CREATE TABLE recovery (
+    appliance_id BIGINT PRIMARY KEY REFERENCES appliances(id) ON DELETE CASCADE,
+    public_key TEXT,
+    repository TEXT,
+    sealed TEXT,
+    updated_at BIGINT NOT NULL,
+    grant_from BIGINT,
+    grant_repository TEXT,
+    grant_sealed TEXT,
+    grant_at BIGINT
+);
 "#,
 ];
 

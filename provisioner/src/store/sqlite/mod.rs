@@ -10,6 +10,7 @@ mod events;
 mod fleet;
 mod images;
 mod operators;
+mod recovery;
 mod rollouts;
 mod runs;
 
@@ -224,6 +225,21 @@ ALTER TABLE operators ADD COLUMN cert_sha256 TEXT;
     // Per-customer offsite quota in bytes, NULL: none (issue 14).
     r#"
 ALTER TABLE customers ADD COLUMN offsite_quota INTEGER;
+"#,
+    // Disaster recovery (issue 14, store/recovery.rs): each appliance's
+    // public key and sealed recovery slot, and ops' grants to replacements.
+    r#"
+CREATE TABLE recovery (
+    appliance_id INTEGER PRIMARY KEY REFERENCES appliances(id) ON DELETE CASCADE,
+    public_key TEXT,
+    repository TEXT,
+    sealed TEXT,
+    updated_at INTEGER NOT NULL,
+    grant_from INTEGER,
+    grant_repository TEXT,
+    grant_sealed TEXT,
+    grant_at INTEGER
+);
 "#,
 ];
 
