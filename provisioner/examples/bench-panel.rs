@@ -142,6 +142,7 @@ fn measure(
             limits: Default::default(),
             allow_pending: true,
             offsite: Default::default(),
+            fleet_url: None,
         };
         let options = UiOptions {
             tls: UiTls::Ca {

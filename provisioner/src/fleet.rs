@@ -10,7 +10,8 @@
 //! server key (the same file on every server: it opens the sealed secrets),
 //! its image files, its TFTP root and its HTTPS certificate (issued by the
 //! shared CA at each start); a server whose image files are missing says
-//! so at start ([`warn_missing_images`]).
+//! so at start ([`warn_missing_images`]) and fetches them from the others
+//! ([`crate::image_fetch`]).
 
 use std::path::Path;
 
@@ -139,7 +140,7 @@ pub fn warn_missing_images(store: &dyn Store, data_dir: &Path) {
                     %image,
                     missing = %files.join(","),
                     dir = %crate::images::image_dir(data_dir, &image).display(),
-                    "boot profile's image is not on this server: machines booting it get 404 here; import it on this server too (`levee image import DIR --profile {profile}`, the record is shared and stays the same) or mount the fleet's shared images directory at DATA_DIR/images"
+                    "boot profile's image is not on this server: on a shared database its files are fetched from the fleet's other servers (checked against the image record) in the background and on first request; until then machines booting it get 404 here. Else import it on this server too (`levee image import DIR --profile {profile}`, the record is shared and stays the same)"
                 );
             }
         }

@@ -38,6 +38,9 @@ pub struct HttpState {
     pub enroll: EnrollService,
     /// Where the iPXE binaries are (`--ipxe-dir`).
     pub ipxe_dir: PathBuf,
+    /// On a shared store: fetches an image file this server lacks from
+    /// the fleet's other servers on its first request.
+    pub images: Option<std::sync::Arc<crate::image_fetch::ImageFetcher>>,
 }
 
 /// iPXE binaries that UEFI HTTP Boot clients may fetch.
@@ -120,6 +123,14 @@ async fn image_file(
         return refuse(StatusCode::BAD_REQUEST, "bad image or artifact name");
     }
     let path = image_dir(&st.boot.data_dir, &image).join(&file);
+    if let Some(fetcher) = st.images.as_ref().filter(|_| !path.is_file()) {
+        // A file of the fleet's images that this server lacks: fetched
+        // (and checked against the database) before it is served.
+        if let Err(e) = fetcher.ensure(&image, &file).await {
+            warn!(%image, %file, error = %e, "image file not served");
+            return refuse(StatusCode::NOT_FOUND, e.to_string());
+        }
+    }
     serve_file(path, req).await
 }
 

@@ -48,6 +48,7 @@ fn state() -> (tempfile::TempDir, HttpState) {
             allow_pending: true,
         },
         ipxe_dir: dir.path().join("ipxe"),
+        images: None,
     };
     (dir, st)
 }

@@ -25,6 +25,7 @@ pub mod enroll;
 pub mod fleet;
 pub mod health;
 pub mod http;
+pub mod image_fetch;
 pub mod images;
 pub mod limit;
 pub mod listen;

@@ -55,6 +55,9 @@ pub struct ServeConfig {
     pub allow_pending: bool,
     /// The offsite store (`--store`): where its files live, deletion grace.
     pub offsite: crate::offsite::OffsiteOptions,
+    /// On a shared store: the base URL at which the fleet's other servers
+    /// reach this one's `--http` (`--fleet-url`); `None`: `public_url`.
+    pub fleet_url: Option<String>,
 }
 
 /// Sockets bound by the caller.
@@ -128,6 +131,7 @@ pub async fn run_with(
     // Image records are shared by a fleet, their files are not: say at
     // start which profiles this server cannot boot yet.
     crate::fleet::warn_missing_images(store.as_ref(), &config.data_dir);
+    let images = fleet_images(&store, &config, &shutdown).await?;
     let boot = BootService {
         ca_fingerprint: ca.fingerprint().to_string(),
         store: store.clone(),
@@ -196,6 +200,7 @@ pub async fn run_with(
             allow_pending: config.allow_pending,
         },
         ipxe_dir: config.ipxe_dir.clone(),
+        images,
     });
     let stop = shutdown.clone();
     tasks.spawn(async move {
@@ -339,6 +344,44 @@ pub async fn run_with(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// On a shared store (PostgreSQL): records where this server serves image
+/// files to the others, and fetches in the background the files of the
+/// boot profiles' images it lacks (see [`crate::image_fetch`]). `None`
+/// on SQLite, a fleet of one.
+async fn fleet_images(
+    store: &Arc<dyn Store>,
+    config: &ServeConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::image_fetch::ImageFetcher>>> {
+    if !store.shared() {
+        return Ok(None);
+    }
+    let url = config
+        .fleet_url
+        .clone()
+        .unwrap_or_else(|| config.public_url.clone());
+    let fetcher = Arc::new(
+        crate::image_fetch::ImageFetcher::new(store.clone(), config.data_dir.clone(), url.clone())
+            .context("image fetcher")?,
+    );
+    match fetcher.announce().await {
+        Ok(()) => {
+            info!(%url, "serving image files to the fleet's other servers at this URL (recorded in the database)")
+        }
+        Err(e) => {
+            warn!(%url, error = %e, "could not record this server in the database: the others will not fetch images from it")
+        }
+    }
+    let (background, stop) = (fetcher.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = background.fetch_profiles_images() => {}
+            () = stop.cancelled() => {}
+        }
+    });
+    Ok(Some(fetcher))
 }
 
 /// `http://10.0.0.1:8080/x` -> `10.0.0.1`; `http://[::1]:80` -> `::1`.

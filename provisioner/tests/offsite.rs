@@ -638,6 +638,7 @@ fn r14_serve_runs_the_store_and_a_replacement_takes_the_namespace_over() {
         limits: Default::default(),
         allow_pending: true,
         offsite: Default::default(),
+        fleet_url: None,
     };
     let listeners = levee_provisioner::serve::Listeners {
         http,

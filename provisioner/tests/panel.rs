@@ -79,6 +79,7 @@ fn start_on(pg: Option<PgServer>) -> Panel {
             limits: Default::default(),
             allow_pending: true,
             offsite: Default::default(),
+            fleet_url: None,
         };
         let options = UiOptions {
             tls: UiTls::Ca {

@@ -710,3 +710,77 @@ fn r16_two_servers_share_one_database() {
     }
     eprintln!("retirement refused by B after {:?}", t.elapsed());
 }
+
+/// Images for every server of a fleet: B, started beside A on one
+/// database with none of the image's files, fetches them from A (in the
+/// background at start, and on the first request for one it lacks), each
+/// checked against the image record in the database; a file A serves
+/// changed is refused by name and never served by B.
+#[test]
+fn r16_a_server_fetches_the_fleets_images_from_another() {
+    let fleet = Fleet::new(true, 0);
+    let url = fleet.database.clone().expect("url");
+    let data_a = fleet.dir.path().join("a");
+    let data_b = fleet.second_data_dir();
+    let image = std::fs::read_dir(data_a.join("images"))
+        .expect("A's images")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| !n.starts_with('.'))
+        .expect("the default profile's image");
+    let _a = Serve::start(&data_a, Some(&url), 5);
+    let b = Serve::start(&data_b, Some(&url), 5);
+    let dir_b = data_b.join("images").join(&image);
+    // In the background at start: the default profile's image, whole.
+    let t = Instant::now();
+    while !dir_b.join("image.json").is_file() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B did not fetch image {image} from A:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for name in ["vmlinuz", "initrd.img", "image.json"] {
+        assert_eq!(
+            std::fs::read(dir_b.join(name)).expect("B's copy"),
+            std::fs::read(data_a.join("images").join(&image).join(name)).expect("A's"),
+            "{name}"
+        );
+    }
+    let get = |file: &str| {
+        let r = reqwest::blocking::get(format!("{}/images/{image}/{file}", b.http)).expect("GET");
+        (r.status().as_u16(), r.text().expect("body"))
+    };
+    assert_eq!(get("vmlinuz"), (200, "kernel".to_string()));
+
+    // A's copy changed (same size): B, lacking the file, refuses it.
+    std::fs::remove_file(dir_b.join("initrd.img")).expect("rm");
+    let a_initrd = data_a.join("images").join(&image).join("initrd.img");
+    std::fs::write(&a_initrd, b"INITRD").expect("tamper");
+    let (status, body) = get("initrd.img");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("initrd.img") && body.contains("sha256"),
+        "the refusal names the file and the check: {body}"
+    );
+    let log = b.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("image file from another server refused")
+                && l.contains("initrd.img")
+                && l.contains("sha256")),
+        "B logs the refused file by name:\n{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir_b)
+        .expect("B's image dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.contains("initrd")),
+        "nothing of the bad copy is left in B: {left:?}"
+    );
+    // A good copy again: fetched on the first request and served.
+    std::fs::write(&a_initrd, b"initrd").expect("repair");
+    assert_eq!(get("initrd.img"), (200, "initrd".to_string()));
+    assert_eq!(get("no-such-file").0, 404);
+}

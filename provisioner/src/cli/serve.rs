@@ -94,6 +94,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
 
+    /// With --database (a fleet): the base URL at which the fleet's other
+    /// servers reach --http, recorded in the database so that a server
+    /// lacking an image's files fetches them from this one. Default:
+    /// --public-url (give this when the provisioning LANs do not route to
+    /// each other).
+    #[arg(long, value_name = "URL")]
+    fleet_url: Option<String>,
+
     /// Where the iPXE binaries are (undionly.kpxe, ipxe.efi, snponly.efi).
     #[arg(long, default_value = "/usr/lib/ipxe")]
     ipxe_dir: PathBuf,
@@ -360,6 +368,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
                 dir: args.store_dir.clone(),
                 deletion_grace: args.store_deletion_grace,
             },
+            fleet_url: args.fleet_url.clone(),
         };
         serve::run_with(
             served_store,

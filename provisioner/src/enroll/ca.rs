@@ -5,9 +5,10 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use levee_proto::csr::CheckedCsr;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -48,6 +49,10 @@ pub struct Issued {
     pub fingerprint: String,
     pub not_after_unix: i64,
 }
+
+/// An appliance's certificate request, checked and parsed, waiting for
+/// its appliance id ([`ServerCa::client_request`]).
+pub struct ClientRequest(SubjectPublicKeyInfo);
 
 pub struct ServerCa {
     /// The CA certificate exactly as stored (its hash is `levee.ca=`).
@@ -201,9 +206,23 @@ impl ServerCa {
     /// must pass [`levee_proto::csr::check_csr_pem`]: a P-256 key that
     /// signed it.
     pub fn issue_client(&self, csr_pem: &str, appliance_id: i64) -> Result<Issued, CaError> {
-        levee_proto::csr::check_csr_pem(csr_pem)?;
-        let mut csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+        let checked = levee_proto::csr::check_csr_pem(csr_pem)?;
+        self.sign_client(ServerCa::client_request(&checked)?, appliance_id)
+    }
+
+    /// The key of a request [`levee_proto::csr::check_csr_pem`] accepted
+    /// (which verified its signature: not verified again here, an ECDSA
+    /// verification costs more than the signing), waiting for its
+    /// appliance's id. What fails here is the request's fault.
+    pub fn client_request(csr: &CheckedCsr) -> Result<ClientRequest, CaError> {
+        Ok(ClientRequest(
+            SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(CaError::BadCsr)?,
+        ))
+    }
+
+    /// Signs the key of a request [`ServerCa::client_request`] accepted
+    /// for appliance `appliance_id`.
+    pub fn sign_client(&self, key: ClientRequest, appliance_id: i64) -> Result<Issued, CaError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -220,9 +239,8 @@ impl ServerCa {
         params.not_before = now - BACKDATE;
         let not_after = now + Duration::days(CLIENT_CERT_DAYS);
         params.not_after = not_after;
-        csr.params = params;
-        let cert = csr
-            .signed_by(&self.issuer, &self.key)
+        let cert = params
+            .signed_by(&key.0, &self.issuer, &self.key)
             .map_err(CaError::Create)?;
         Ok(Issued {
             fingerprint: hex::encode(Sha256::digest(cert.der())),

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use super::ca::{CaError, Issued as IssuedCert, ServerCa};
 use super::token;
 use crate::store::{
-    short_key, Appliance, PendingKey, Store, TokenCheck, TokenEnrolled, TokenEnrollment,
+    short_key, Appliance, Issuable, KnownEnrolled, KnownEnrollment, PendingKey, SignedCert, Signer,
+    Store, TokenCheck,
 };
 
 /// What enrollment needs: the store, the CA, and where the mTLS API is.
@@ -156,64 +157,60 @@ impl EnrollService {
                 a.id
             ))
         };
-        let known = self.store.appliance(mac).map_err(store_failure)?;
-        if let Some(a) = &known {
-            if a.revoked_at.is_some() {
-                return Err(retired(a));
-            }
-        }
-        // The retry of a pending machine: the key it proved with a token.
-        if let Some(a) = known
-            .as_ref()
-            .filter(|a| a.pending_key.as_deref() == Some(key))
-        {
-            if !a.approved() {
-                return Err(pending(mac, key));
-            }
-            return self.issue(a, req, csr, https_url, now);
-        }
-        // Anything else needs a token, and a machine that may enroll: a
-        // token never replaces a live certificate unless ops armed it.
-        match &known {
-            Some(a) => a.may_enroll(self.allow_pending, now).map_err(|m| forbidden(&m))?,
-            None if !self.allow_pending => {
-                return Err(forbidden(&format!(
-                    "{mac} is not registered and this server does not take pending enrollments: `levee appliance register --mac {mac} --customer NAME`"
-                )))
-            }
-            None => {}
-        }
-        // The common case, a known machine whose row allows a certificate
-        // now: signed first, then token, certificate and history recorded
-        // in one store call (one transaction on PostgreSQL). Should the
-        // row change in between, the store records only the token and the
-        // sighting, and the checks below decide as for any other machine.
-        let seen = match known.filter(|a| self.issuable(a, now)) {
-            Some(k) => {
-                let signed = self.sign(&k, req)?;
-                let e = TokenEnrollment {
-                    token_sha256: &token::token_hash(&req.token),
-                    mac,
-                    at: now,
-                    peer: peer.map(token::canonical),
-                    id: k.id,
-                    fingerprint: &signed.fingerprint,
-                    not_after: u64::try_from(signed.not_after_unix).unwrap_or(0),
-                    facts: &facts_detail(req),
+        // The common case first, a known machine whose row allows a
+        // certificate now: looked up, token redeemed, signed and recorded
+        // in one store call (on PostgreSQL one transaction of two round
+        // trips). Anything else wrote nothing, and goes the general way.
+        let seen = match self.enroll_known(mac, req, csr, peer, now)? {
+            KnownEnrolled::Issued {
+                appliance,
+                revoked,
+                cert,
+            } => {
+                let signed = IssuedCert {
+                    pem: cert.pem,
+                    fingerprint: cert.fingerprint,
+                    not_after_unix: i64::try_from(cert.not_after).unwrap_or(i64::MAX),
                 };
-                match self
-                    .store
-                    .enroll_with_token(&e, &|a| self.issuable(a, now))
-                    .map_err(record_failure)?
-                {
-                    TokenEnrolled::Refused(verdict) => return Err(token_refusal(verdict)),
-                    TokenEnrolled::Issued { appliance, revoked } => {
-                        return Ok(self.answer(&appliance, signed, revoked, csr, https_url, now))
-                    }
-                    TokenEnrolled::Seen(a) => a,
-                }
+                return Ok(self.answer(&appliance, signed, revoked, csr, https_url, now));
             }
+            KnownEnrolled::Refused(verdict) => return Err(token_refusal(verdict)),
+            KnownEnrolled::SignFailed(m) => return Err(internal(m)),
+            KnownEnrolled::Seen(a) => Some(a),
+            KnownEnrolled::NotIssuable => None,
+        };
+        let seen = match seen {
+            Some(a) => a,
             None => {
+                let known = self.store.appliance(mac).map_err(store_failure)?;
+                if let Some(a) = &known {
+                    if a.revoked_at.is_some() {
+                        return Err(retired(a));
+                    }
+                }
+                // The retry of a pending machine: the key it proved with a token.
+                if let Some(a) = known
+                    .as_ref()
+                    .filter(|a| a.pending_key.as_deref() == Some(key))
+                {
+                    if !a.approved() {
+                        return Err(pending(mac, key));
+                    }
+                    return self.issue(a, req, csr, https_url, now);
+                }
+                // Anything else needs a token, and a machine that may enroll: a
+                // token never replaces a live certificate unless ops armed it.
+                match &known {
+                    Some(a) => a
+                        .may_enroll(self.allow_pending, now)
+                        .map_err(|m| forbidden(&m))?,
+                    None if !self.allow_pending => {
+                        return Err(forbidden(&format!(
+                            "{mac} is not registered and this server does not take pending enrollments: `levee appliance register --mac {mac} --customer NAME`"
+                        )))
+                    }
+                    None => {}
+                }
                 let verdict = token::redeem(self.store.as_ref(), &req.token, mac, now, peer)
                     .map_err(store_failure)?;
                 if verdict != TokenCheck::Valid {
@@ -257,13 +254,42 @@ impl EnrollService {
         self.issue(&a, req, csr, https_url, now)
     }
 
-    /// Whether a token enrollment of `a` would end in a certificate now,
-    /// with no pending key to keep first.
-    fn issuable(&self, a: &Appliance, now: u64) -> bool {
-        a.revoked_at.is_none()
-            && a.pending_key.is_none()
-            && a.approved()
-            && a.may_enroll(self.allow_pending, now).is_ok()
+    /// [`Store::enroll_known`] for this request: the key of its checked
+    /// certificate request (a bad one is the machine's fault, 400), signed
+    /// for the appliance's id once the store has it.
+    fn enroll_known(
+        &self,
+        mac: MacAddr,
+        req: &EnrollmentRequest,
+        csr: &CheckedCsr,
+        peer: Option<IpAddr>,
+        now: u64,
+    ) -> Result<KnownEnrolled, Refusal> {
+        let request = ServerCa::client_request(csr).map_err(|e| match e {
+            CaError::BadCsr(_) | CaError::Csr(_) => refusal(StatusCode::BAD_REQUEST, e.to_string()),
+            other => internal(other),
+        })?;
+        let ca = self.ca.clone();
+        let sign: Signer = Box::new(move |id| {
+            let c = ca.sign_client(request, id).map_err(|e| e.to_string())?;
+            Ok(SignedCert {
+                pem: c.pem,
+                fingerprint: c.fingerprint,
+                not_after: u64::try_from(c.not_after_unix).unwrap_or(0),
+            })
+        });
+        let allow_pending = self.allow_pending;
+        let rule: Issuable = Arc::new(move |a: &Appliance| issuable(a, allow_pending, now));
+        let e = KnownEnrollment {
+            token_sha256: token::token_hash(&req.token),
+            mac,
+            at: now,
+            peer: peer.map(token::canonical),
+            facts: facts_detail(req),
+        };
+        self.store
+            .enroll_known(&e, rule, sign)
+            .map_err(record_failure)
     }
 
     /// Signs the request for appliance `a`.
@@ -324,6 +350,15 @@ impl EnrollService {
         let revoked = a.cert_fingerprint.clone();
         Ok(self.answer(a, signed, revoked, csr, https_url, now))
     }
+}
+
+/// Whether a token enrollment of `a` would end in a certificate now,
+/// with no pending key to keep first.
+fn issuable(a: &Appliance, allow_pending: bool, now: u64) -> bool {
+    a.revoked_at.is_none()
+        && a.pending_key.is_none()
+        && a.approved()
+        && a.may_enroll(allow_pending, now).is_ok()
 }
 
 /// The machine's facts, for its history.

@@ -61,9 +61,9 @@ pub use self::appliances::{
     ApplianceStore, Heartbeat, PendingKey, Registration, TokenCheck, REPORT_GRACE_SECS,
 };
 pub use self::customers::{no_customer, CustomerRecord, CustomerStore};
-pub use self::enrollment::{TokenEnrolled, TokenEnrollment};
+pub use self::enrollment::{Issuable, KnownEnrolled, KnownEnrollment, SignedCert, Signer};
 pub use self::events::{Event, EventStore};
-pub use self::fleet::{FleetStore, StoredCa};
+pub use self::fleet::{FleetServer, FleetStore, StoredCa};
 pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::operators::{AuditEntry, ChangeStamp, Operator, OperatorStore, AUDIT_KEPT};
 pub use self::postgres::PgStore;
@@ -153,22 +153,26 @@ pub trait Store:
         Box::pin(std::future::ready(self.appliance_with_customer(id)))
     }
 
-    /// Whether several servers may share this store (PostgreSQL): then the
-    /// enrollment CA lives in it too (see [`crate::fleet`]).
-    /// An enrollment with a token, its certificate already signed for
-    /// appliance `e.id`: redeems the token, records the machine as seen
-    /// and, if its row still allows it (`issuable`, and what
-    /// [`ApplianceStore::record_certificate`] checks), records the
-    /// certificate and the history, durably, as one unit where the store
-    /// can (see `enrollment.rs`).
-    fn enroll_with_token(
+    /// An enrollment with a token of the machine with `e.mac`, if the
+    /// store knows it and its row allows a certificate now (`issuable`,
+    /// and what [`ApplianceStore::record_certificate`] checks): redeems
+    /// the token, signs the certificate (`sign`, given the appliance's
+    /// id), records it with the sighting and the history, durably, as one
+    /// unit where the store can (see `enrollment.rs`). Otherwise writes
+    /// nothing and says why (but for [`KnownEnrolled::Seen`]: the row
+    /// changed after the token was redeemed, on a store that cannot lock
+    /// it first).
+    fn enroll_known(
         &self,
-        e: &TokenEnrollment,
-        issuable: &(dyn Fn(&Appliance) -> bool + Sync),
-    ) -> Result<TokenEnrolled> {
-        enrollment::in_steps(self, e, issuable)
+        e: &KnownEnrollment,
+        issuable: Issuable,
+        sign: Signer,
+    ) -> Result<KnownEnrolled> {
+        enrollment::in_steps(self, e, &issuable, sign)
     }
 
+    /// Whether several servers may share this store (PostgreSQL): then the
+    /// enrollment CA lives in it too (see [`crate::fleet`]).
     fn shared(&self) -> bool {
         false
     }

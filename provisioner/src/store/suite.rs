@@ -16,7 +16,7 @@ use super::*;
 mod fleet_cases;
 use fleet_cases::{
     alerts_open_once_and_queue_deliveries_in_order, operators_and_the_audit_log,
-    runs_are_kept_once_bounded_and_summed_up,
+    runs_are_kept_once_bounded_and_summed_up, servers_of_a_fleet_are_recorded,
 };
 // An enrollment with a token as one unit: suite_enroll.rs.
 #[path = "suite_enroll.rs"]
@@ -800,6 +800,7 @@ cases!(
     operators_and_the_audit_log,
     an_enrollment_with_a_token_is_one_unit,
     recovery_rows_keep_keys_slots_and_grants,
+    servers_of_a_fleet_are_recorded,
 );
 
 mod postgres_only {

@@ -1,6 +1,8 @@
 //! Store suite case for an enrollment with a token as one unit (run by
 //! `suite.rs`'s `cases!` on SQLite and PostgreSQL).
 
+use std::sync::Arc;
+
 use super::{customer, mac, register_for};
 use crate::store::*;
 
@@ -12,35 +14,54 @@ fn steps(s: &dyn Store, n: u8) -> Vec<String> {
         .collect()
 }
 
+/// Enrolls machine `n` with `token`, signing a certificate with
+/// fingerprint `fingerprint` (`None`: signing fails) for the id the store
+/// found, which must be `want_id`.
 fn enroll(
     s: &dyn Store,
-    a: &Appliance,
+    n: u8,
     token: &str,
-    fingerprint: &str,
+    fingerprint: Option<&str>,
     issuable: bool,
-) -> TokenEnrolled {
-    let e = TokenEnrollment {
-        token_sha256: token,
-        mac: a.mac,
+    want_id: i64,
+) -> KnownEnrolled {
+    let e = KnownEnrollment {
+        token_sha256: token.into(),
+        mac: mac(n),
         at: now(),
         peer: None,
-        id: a.id,
-        fingerprint,
-        not_after: now() + 1000,
-        facts: "facts: 1 disk(s)",
+        facts: "facts: 1 disk(s)".into(),
     };
-    s.enroll_with_token(&e, &|_| issuable).expect("enroll")
+    let fingerprint = fingerprint.map(str::to_string);
+    let sign: Signer = Box::new(move |id| {
+        assert_eq!(id, want_id, "signed for the appliance found by MAC");
+        match fingerprint {
+            Some(f) => Ok(SignedCert {
+                pem: format!("PEM {f}"),
+                fingerprint: f,
+                not_after: now() + 1000,
+            }),
+            None => Err("no signing today".into()),
+        }
+    });
+    s.enroll_known(&e, Arc::new(move |_| issuable), sign)
+        .expect("enroll")
 }
 
 pub(super) fn an_enrollment_with_a_token_is_one_unit(s: &dyn Store) {
     s.put_customer(&customer("acme", "5m")).expect("customer");
     let a = register_for(s, 80, "acme");
     let fresh = |t: &str| s.put_token(t, a.mac, now() + 900, None).expect("token");
-    // A token that is not valid writes nothing.
+    let valid = |t: &str| s.take_token(t, a.mac, now(), None).expect("take") == TokenCheck::Valid;
+    // A token that is not valid, or a failed signature, writes nothing.
     fresh("t1");
     assert!(matches!(
-        enroll(s, &a, "zz", "f0", true),
-        TokenEnrolled::Refused(TokenCheck::Unknown)
+        enroll(s, 80, "zz", Some("f0"), true, a.id),
+        KnownEnrolled::Refused(TokenCheck::Unknown)
+    ));
+    assert!(matches!(
+        enroll(s, 80, "t1", None, true, a.id),
+        KnownEnrolled::SignFailed(m) if m == "no signing today"
     ));
     assert_eq!(steps(s, 80), ["registered"]);
     assert_eq!(
@@ -48,33 +69,44 @@ pub(super) fn an_enrollment_with_a_token_is_one_unit(s: &dyn Store) {
         None
     );
     // Token, sighting, certificate and history, together.
-    let TokenEnrolled::Issued { appliance, revoked } = enroll(s, &a, "t1", "f1", true) else {
+    let KnownEnrolled::Issued {
+        appliance,
+        revoked,
+        cert,
+    } = enroll(s, 80, "t1", Some("f1"), true, a.id)
+    else {
         panic!("not issued")
     };
-    assert_eq!(revoked, None);
+    assert_eq!((revoked, cert.pem.as_str()), (None, "PEM f1"));
     assert_eq!(appliance.state, ApplianceState::Enrolled);
     assert_eq!(appliance.cert_fingerprint.as_deref(), Some("f1"));
     assert!(appliance.last_seen.is_some());
     assert_eq!(steps(s, 80), ["registered", "enroll-facts", "enrolled"]);
+    // The token is used up; the machine now holds a live certificate, so
+    // a second enrollment is not the common case: nothing is written.
     assert!(matches!(
-        enroll(s, &a, "t1", "f9", true),
-        TokenEnrolled::Refused(TokenCheck::Used)
+        enroll(s, 80, "t1", Some("f9"), true, a.id),
+        KnownEnrolled::NotIssuable
     ));
-    // A live certificate is not replaced unless ops armed it: the token
-    // is used up, nothing else changes.
-    fresh("t2");
-    let TokenEnrolled::Seen(seen) = enroll(s, &a, "t2", "evil", true) else {
-        panic!("issued over a live certificate")
-    };
-    assert_eq!(seen.cert_fingerprint.as_deref(), Some("f1"));
     assert_eq!(
-        s.take_token("t2", a.mac, now(), None).expect("take"),
+        s.take_token("t1", a.mac, now(), None).expect("take"),
         TokenCheck::Used
     );
+    // A live certificate is not replaced unless ops armed it: nothing is
+    // written, the token stays for the caller's general way.
+    fresh("t2");
+    assert!(matches!(
+        enroll(s, 80, "t2", Some("evil"), true, a.id),
+        KnownEnrolled::NotIssuable
+    ));
+    assert!(valid("t2"), "the token is not used up");
     // Armed: the old certificate is revoked, in the history too.
     s.set_reenroll(a.id, true).expect("arm");
     fresh("t3");
-    let TokenEnrolled::Issued { appliance, revoked } = enroll(s, &a, "t3", "f2", true) else {
+    let KnownEnrolled::Issued {
+        appliance, revoked, ..
+    } = enroll(s, 80, "t3", Some("f2"), true, a.id)
+    else {
         panic!("armed re-enrollment not issued")
     };
     assert_eq!(revoked.as_deref(), Some("f1"));
@@ -87,30 +119,25 @@ pub(super) fn an_enrollment_with_a_token_is_one_unit(s: &dyn Store) {
         "cert-revoked".into(),
         "reenrolled".into()
     ]));
-    // The caller's own rule, another appliance's id, a retired one: the
-    // token is redeemed and the machine seen, no certificate recorded.
+    // The caller's own rule, an unknown machine, a retired one: nothing.
     s.set_reenroll(a.id, true).expect("arm");
     fresh("t4");
     assert!(matches!(
-        enroll(s, &a, "t4", "f3", false),
-        TokenEnrolled::Seen(_)
+        enroll(s, 80, "t4", Some("f3"), false, a.id),
+        KnownEnrolled::NotIssuable
     ));
-    let other = Appliance {
-        id: a.id + 100,
-        ..a.clone()
-    };
-    fresh("t5");
     assert!(matches!(
-        enroll(s, &other, "t5", "f3", true),
-        TokenEnrolled::Seen(_)
+        enroll(s, 81, "t4", Some("f3"), true, a.id),
+        KnownEnrolled::NotIssuable
     ));
     s.retire_appliance(a.id, "stolen").expect("retire");
-    fresh("t6");
-    let TokenEnrolled::Seen(seen) = enroll(s, &a, "t6", "f3", true) else {
-        panic!("a retired appliance got a certificate")
-    };
-    assert!(seen.revoked_at.is_some());
-    assert_eq!(seen.cert_fingerprint.as_deref(), Some("f2"));
+    assert!(matches!(
+        enroll(s, 80, "t4", Some("f3"), true, a.id),
+        KnownEnrolled::NotIssuable
+    ));
+    assert!(valid("t4"));
+    let a = s.appliance(a.mac).expect("get").expect("there");
+    assert_eq!(a.cert_fingerprint.as_deref(), Some("f2"));
 }
 
 /// Recovery rows: an appliance's key and sealed slot, a later upload

@@ -299,3 +299,26 @@ pub(super) fn operators_and_the_audit_log(s: &dyn Store) {
         .expect("heartbeat");
     assert_ne!(s.change_stamp().expect("stamp"), stamp);
 }
+
+/// Each server of a fleet records where it serves image files; a restart
+/// refreshes its row, the most recently seen first.
+pub(super) fn servers_of_a_fleet_are_recorded(s: &dyn Store) {
+    assert!(s.fleet_servers().expect("none").is_empty());
+    s.announce_server("http://10.0.0.1:8080", 100).expect("a");
+    s.announce_server("http://10.1.0.1", 200).expect("b");
+    s.announce_server("http://10.0.0.1:8080", 300)
+        .expect("a again");
+    assert_eq!(
+        s.fleet_servers().expect("servers"),
+        [
+            FleetServer {
+                url: "http://10.0.0.1:8080".into(),
+                seen_at: 300
+            },
+            FleetServer {
+                url: "http://10.1.0.1".into(),
+                seen_at: 200
+            },
+        ]
+    );
+}

@@ -262,6 +262,7 @@ pub async fn serve_on_loopback_with(
         limits: Default::default(),
         allow_pending: true,
         offsite: Default::default(),
+        fleet_url: None,
     };
     let listeners = Listeners {
         http,

@@ -58,6 +58,7 @@ fn start(limits: Limits) -> Server {
             limits,
             allow_pending: true,
             offsite: Default::default(),
+            fleet_url: None,
         };
         let listeners = Listeners {
             http,

@@ -76,7 +76,10 @@ async fn get_by_id_for_update(c: &impl GenericClient, id: i64) -> Result<Applian
     appliance_row(&row)
 }
 
-async fn get_by_mac_for_update(c: &impl GenericClient, mac: MacAddr) -> Result<Option<Appliance>> {
+pub(super) async fn get_by_mac_for_update(
+    c: &impl GenericClient,
+    mac: MacAddr,
+) -> Result<Option<Appliance>> {
     query_opt(
         c,
         &format!("SELECT {APPLIANCE_COLS} FROM appliances WHERE mac = $1 FOR UPDATE"),

@@ -1,7 +1,7 @@
 //! PgStore: what the servers of a fleet share.
 
-use super::{execute, query_opt, PgStore};
-use crate::store::{now, FleetStore, Result, StoreError, StoredCa};
+use super::{execute, query, query_opt, PgStore};
+use crate::store::{now, FleetServer, FleetStore, Result, StoreError, StoredCa};
 
 impl FleetStore for PgStore {
     fn server_ca(&self) -> Result<Option<StoredCa>> {
@@ -39,5 +39,39 @@ impl FleetStore for PgStore {
         })?;
         self.server_ca()?
             .ok_or_else(|| StoreError::Corrupt("the stored CA vanished".into()))
+    }
+
+    fn announce_server(&self, url: &str, at: u64) -> Result<()> {
+        self.block(async {
+            let c = self.conn().await?;
+            execute(
+                &c,
+                "INSERT INTO fleet_servers (url, seen_at) VALUES ($1, $2)
+                 ON CONFLICT (url) DO UPDATE SET seen_at = excluded.seen_at",
+                &[&url, &(at as i64)],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn fleet_servers(&self) -> Result<Vec<FleetServer>> {
+        self.block(async {
+            let c = self.conn().await?;
+            query(
+                &c,
+                "SELECT url, seen_at FROM fleet_servers ORDER BY seen_at DESC, url",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(FleetServer {
+                    url: r.try_get(0)?,
+                    seen_at: r.try_get::<_, i64>(1)?.max(0) as u64,
+                })
+            })
+            .collect()
+        })
     }
 }

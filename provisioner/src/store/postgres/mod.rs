@@ -48,7 +48,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tracing::{debug, error, info};
 
-use super::{ApiLookup, Appliance, Result, Store, StoreError, TokenEnrolled, TokenEnrollment};
+use super::{
+    ApiLookup, Issuable, KnownEnrolled, KnownEnrollment, Result, Signer, Store, StoreError,
+};
 
 /// Ordered schema migrations; `levee_schema` records how many ran.
 /// Append only: a released migration is never edited.
@@ -292,6 +294,14 @@ CREATE TABLE recovery (
     grant_at BIGINT
 );
 "#,
+    // Where each server of a fleet serves image files to the others
+    // (issue 16, image_fetch.rs).
+    r#"
+CREATE TABLE fleet_servers (
+    url TEXT PRIMARY KEY,
+    seen_at BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Events kept per machine (as in the SQLite store).
@@ -314,20 +324,27 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 pub struct PgStore {
-    pool: Pool,
+    conns: Conns,
     /// Drives the connections the synchronous methods open (the CLI has no
     /// runtime of its own). Taken in `Drop` and shut down without waiting,
     /// which is allowed anywhere, unlike dropping a runtime (the old sync
     /// client's `block_on` in `Drop` aborted `levee serve` on SIGTERM).
     rt: Option<tokio::runtime::Runtime>,
-    health: Health,
-    /// `host:port/dbname`, for log lines (never the password).
-    target: String,
     /// The mTLS API's lookups, kept while PostgreSQL notifications say
     /// they are current (see `api_cache.rs`).
     api_cache: Arc<api_cache::ApiCache>,
     /// What the notification listener connects with.
     listen_with: (tokio_postgres::Config, tls::MakeRustls),
+}
+
+/// The pool and whether the database is reachable: what a task on the
+/// store's runtime needs of the store (cheap to clone).
+#[derive(Clone)]
+struct Conns {
+    pool: Pool,
+    health: Arc<Health>,
+    /// `host:port/dbname`, for log lines (never the password).
+    target: Arc<str>,
 }
 
 /// Whether the database is reachable, as the last connection attempt found.
@@ -398,15 +415,17 @@ impl PgStore {
             .map_err(|e| StoreError::Invalid(format!("PostgreSQL pool: {e}")))?;
         let epoch = Instant::now();
         let store = PgStore {
-            pool,
-            rt: Some(rt),
-            health: Health {
-                down: AtomicBool::new(false),
-                down_since: Mutex::new(None),
-                last_try_ms: AtomicU64::new(0),
-                epoch,
+            conns: Conns {
+                pool,
+                health: Arc::new(Health {
+                    down: AtomicBool::new(false),
+                    down_since: Mutex::new(None),
+                    last_try_ms: AtomicU64::new(0),
+                    epoch,
+                }),
+                target: target.into(),
             },
-            target,
+            rt: Some(rt),
             api_cache: Default::default(),
             listen_with,
         };
@@ -419,7 +438,7 @@ impl PgStore {
 
     /// Closes the pool: idle connections now, busy ones when returned.
     pub fn close(&self) {
-        self.pool.close();
+        self.conns.pool.close();
     }
 
     /// The API's lookup of appliance `id` presenting the certificate with
@@ -462,8 +481,35 @@ impl PgStore {
         futures_executor::block_on(f)
     }
 
+    /// Runs `f` as one task on the store's runtime, beside the connections
+    /// it talks to, and waits for it on the calling thread: one wake-up
+    /// each way, where [`PgStore::block`] has two per round trip (the
+    /// calling thread and the connection's task wake each other for every
+    /// message). For the calls that make several round trips under load
+    /// (an enrollment). Never call it on an async worker.
+    fn run_as_task<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let Some(rt) = self.rt.as_ref() else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        match futures_executor::block_on(rt.spawn(f)) {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Unavailable("the store is closing".into())),
+        }
+    }
+
     /// A pooled connection, or `Unavailable` at once while the database is
     /// known to be down (one caller per [`RETRY_EVERY`] tries again).
+    async fn conn(&self) -> Result<Object> {
+        self.conns.conn().await
+    }
+}
+
+impl Conns {
+    /// See [`PgStore::conn`].
     async fn conn(&self) -> Result<Object> {
         let h = &self.health;
         let was_down = h.down.load(Ordering::Acquire);
@@ -550,7 +596,7 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.pool.close();
+        self.conns.pool.close();
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -708,12 +754,13 @@ impl Store for PgStore {
         Box::pin(self.api_lookup(id, cert))
     }
 
-    fn enroll_with_token(
+    fn enroll_known(
         &self,
-        e: &TokenEnrollment,
-        issuable: &(dyn Fn(&Appliance) -> bool + Sync),
-    ) -> Result<TokenEnrolled> {
-        self.enroll_in_one_transaction(e, issuable)
+        e: &KnownEnrollment,
+        issuable: Issuable,
+        sign: Signer,
+    ) -> Result<KnownEnrolled> {
+        self.enroll_in_one_transaction(e, issuable, sign)
     }
 
     fn shared(&self) -> bool {

@@ -5,7 +5,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{Cached, SqliteStore};
-use crate::store::{now, FleetStore, Result, StoredCa};
+use crate::store::{now, FleetServer, FleetStore, Result, StoredCa};
 
 impl FleetStore for SqliteStore {
     fn server_ca(&self) -> Result<Option<StoredCa>> {
@@ -32,5 +32,27 @@ impl FleetStore for SqliteStore {
         )?;
         self.server_ca()?
             .ok_or_else(|| crate::store::StoreError::Corrupt("the stored CA vanished".into()))
+    }
+
+    fn announce_server(&self, url: &str, at: u64) -> Result<()> {
+        self.lock().execute_cached(
+            "INSERT INTO fleet_servers (url, seen_at) VALUES (?1, ?2)
+             ON CONFLICT(url) DO UPDATE SET seen_at = excluded.seen_at",
+            params![url, at as i64],
+        )?;
+        Ok(())
+    }
+
+    fn fleet_servers(&self) -> Result<Vec<FleetServer>> {
+        let c = self.lock();
+        let mut st =
+            c.prepare_cached("SELECT url, seen_at FROM fleet_servers ORDER BY seen_at DESC, url")?;
+        let rows = st.query_map([], |r| {
+            Ok(FleetServer {
+                url: r.get(0)?,
+                seen_at: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

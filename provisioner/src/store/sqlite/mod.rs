@@ -241,6 +241,14 @@ CREATE TABLE recovery (
     grant_at INTEGER
 );
 "#,
+    // Where each server of a fleet serves image files to the others
+    // (issue 16, image_fetch.rs).
+    r#"
+CREATE TABLE fleet_servers (
+    url TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Events kept per machine.
