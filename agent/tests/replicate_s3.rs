@@ -80,6 +80,7 @@ fn run(repo: &Repository, t: &OffsiteTarget, state: &Path, verify: f64) -> Targe
             part_bytes: PART,
             timeout: Duration::from_secs(30),
             verify_share: verify,
+            ..ReplicateOptions::default()
         },
         state,
     )

@@ -57,8 +57,8 @@ impl S3Url {
         })
     }
 
-    /// `<prefix>/` or nothing.
-    fn base(&self) -> String {
+    /// `<prefix>/` or nothing: where every key of this location starts.
+    pub fn base(&self) -> String {
         if self.prefix.is_empty() {
             String::new()
         } else {
@@ -66,9 +66,14 @@ impl S3Url {
         }
     }
 
+    /// The key prefix of one namespace, ending in `/`.
+    pub fn ns_prefix(&self, ns: &Namespace) -> String {
+        format!("{}{}/", self.base(), ns.path())
+    }
+
     /// The key prefix of one kind in one namespace, ending in `/`.
     pub fn kind_prefix(&self, ns: &Namespace, kind: FileKind) -> String {
-        format!("{}{}/{}/", self.base(), ns.path(), kind.as_str())
+        format!("{}{}/", self.ns_prefix(ns), kind.as_str())
     }
 
     /// The key of one file.

@@ -181,7 +181,13 @@ pub async fn run_with(
             .dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("offsite"));
-        let state = crate::offsite::state(store.clone(), dir);
+        // The S3 client blocks (reqwest's blocking client): made, and the
+        // bucket asked, off the async threads.
+        let s3 = config.offsite.s3.clone();
+        let files = tokio::task::spawn_blocking(move || crate::offsite::files(dir, s3.as_ref()))
+            .await
+            .context("--store-backend")??;
+        let state = crate::offsite::state(store.clone(), files);
         let tls = crate::enroll::https::tls_config(&ca, &host).context("--store")?;
         let (grace, stop) = (config.offsite.deletion_grace, shutdown.clone());
         tasks.spawn(async move {

@@ -6,6 +6,11 @@
 //! resending what the store holds (bytes counted on the server), the
 //! refusals (overwrite, delete, other appliance, other customer), no
 //! plaintext and no password slot on the store, and the bandwidth cap.
+//!
+//! The two-node and verification scenarios run twice: on a directory, and
+//! with the store's files in S3 (`--store-backend`, a real `s3s-fs` server
+//! on loopback), where the S3 run also replicates to a direct S3 target
+//! on the same server.
 
 mod common;
 
@@ -26,8 +31,9 @@ use levee_proto::config::OffsiteTarget;
 use levee_proto::offsite::Namespace;
 use levee_proto::repo::KdfParams;
 use levee_provisioner::enroll::ca::ServerCa;
-use levee_provisioner::offsite::{Disk, StoreState, StoreStats};
+use levee_provisioner::offsite::{Disk, Files, S3Files, S3Options, StoreState, StoreStats};
 use levee_provisioner::store::Store;
+use levee_tests::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use tokio_util::sync::CancellationToken;
 
 const MAC_A: &str = "52:54:00:14:00:01";
@@ -42,9 +48,22 @@ struct World {
     data: PathBuf,
     offsite: PathBuf,
     stats: Arc<StoreStats>,
+    /// The S3 server when the store's files are in S3 (bucket `offsite`,
+    /// and `direct` for a direct S3 target).
+    s3: Option<S3Server>,
     stop: CancellationToken,
     _rt: tokio::runtime::Runtime,
 }
+
+/// Where the store keeps its files in a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Dir,
+    S3,
+}
+
+/// The store's bucket location.
+const STORE_BUCKET: &str = "s3://offsite/levee";
 
 impl Drop for World {
     fn drop(&mut self) {
@@ -53,6 +72,10 @@ impl Drop for World {
 }
 
 fn world() -> World {
+    world_on(Backend::Dir)
+}
+
+fn world_on(backend: Backend) -> World {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, store) = common::store_with_default_profile(dir.path(), common::AGENT_CMDLINE);
@@ -73,6 +96,8 @@ fn world() -> World {
         dir.path(),
     ));
     let offsite = data.join("offsite");
+    let s3 = (backend == Backend::S3)
+        .then(|| S3Server::start(&dir.path().join("s3"), &["offsite", "direct"]).expect("s3s-fs"));
     World {
         dir,
         store,
@@ -80,6 +105,7 @@ fn world() -> World {
         data,
         offsite,
         stats: Arc::new(StoreStats::default()),
+        s3,
         stop,
         _rt: rt,
     }
@@ -148,9 +174,13 @@ impl World {
             .build()
             .expect("runtime");
         let ca = ServerCa::open_or_create(&self.data.join("ca")).expect("ca");
+        let files = match self.s3_options() {
+            Some(o) => Files::S3(S3Files::open(&o).expect("the store's bucket")),
+            None => Files::Dir(Disk::new(&self.offsite)),
+        };
         let state = StoreState {
             store: self.store.clone(),
-            disk: Disk::new(&self.offsite),
+            files,
             stats: self.stats.clone(),
             usage: Default::default(),
         };
@@ -173,6 +203,86 @@ impl World {
         Node { addr, rt: Some(rt) }
     }
 
+    fn s3_options(&self) -> Option<S3Options> {
+        self.s3.as_ref().map(|s| S3Options {
+            url: STORE_BUCKET.into(),
+            endpoint: Some(s.endpoint()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            ..Default::default()
+        })
+    }
+
+    /// `levee store prune` with this world's store files.
+    fn prune(&self, args: &[&str]) -> String {
+        let mut all = vec!["store", "prune"];
+        let endpoint = self.s3.as_ref().map(|s| s.endpoint());
+        if let Some(e) = &endpoint {
+            all.extend([
+                "--store-backend",
+                STORE_BUCKET,
+                "--store-s3-endpoint",
+                e,
+                "--store-s3-access-key-id",
+                ACCESS_KEY,
+                "--store-s3-secret-access-key",
+                SECRET_KEY,
+            ]);
+        }
+        all.extend(args);
+        common::levee(&self.data, &all)
+    }
+
+    /// Where the store's files are on disk: the directory, or the S3
+    /// server's (s3s-fs keeps objects as plain files).
+    fn files_root(&self) -> PathBuf {
+        match &self.s3 {
+            Some(s) => s.root.clone(),
+            None => self.offsite.clone(),
+        }
+    }
+
+    /// The store's own files (not the direct target's).
+    fn store_root(&self) -> PathBuf {
+        match &self.s3 {
+            Some(s) => s.root.join("offsite"),
+            None => self.offsite.clone(),
+        }
+    }
+
+    /// Where a stored pack's bytes are on disk.
+    fn stored_pack(&self, repo_id: &str, name: &str) -> PathBuf {
+        match &self.s3 {
+            Some(s) => s
+                .root
+                .join("offsite/levee/acme")
+                .join(repo_id)
+                .join("data")
+                .join(name),
+            None => self
+                .offsite
+                .join("acme")
+                .join(repo_id)
+                .join("data")
+                .join(&name[..2])
+                .join(name),
+        }
+    }
+
+    /// A direct S3 target on this world's S3 server.
+    fn direct_target(&self) -> Option<OffsiteTarget> {
+        self.s3.as_ref().map(|s| {
+            serde_json::from_value(serde_json::json!({
+                "name": "cold",
+                "url": "s3://direct/levee",
+                "endpoint": s.endpoint(),
+                "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY,
+            }))
+            .expect("direct target")
+        })
+    }
+
     fn received(&self) -> u64 {
         self.stats.bytes_received.load(Ordering::SeqCst)
     }
@@ -191,7 +301,7 @@ impl World {
             }
         }
         let mut out = Vec::new();
-        walk(&self.offsite, &mut out);
+        walk(&self.files_root(), &mut out);
         out
     }
 }
@@ -250,6 +360,7 @@ fn opts(part: u64) -> ReplicateOptions {
         part_bytes: part,
         timeout: Duration::from_secs(30),
         verify_share: 0.0,
+        ..ReplicateOptions::default()
     }
 }
 
@@ -294,7 +405,16 @@ fn client(cred: &Credential, node: &Node, repo_id: &str) -> StoreClient {
 
 #[test]
 fn r14_two_nodes_failover_catch_up_and_what_the_store_refuses() {
-    let w = world();
+    two_nodes(Backend::Dir);
+}
+
+#[test]
+fn r14_two_nodes_on_one_bucket_and_a_direct_s3_target() {
+    two_nodes(Backend::S3);
+}
+
+fn two_nodes(backend: Backend) {
+    let w = world_on(backend);
     let (state, cred) = w.enroll(MAC_A);
     let src = w.dir.path().join("src");
     write_source(&src, "a.bin", 3 << 20);
@@ -358,6 +478,13 @@ fn r14_two_nodes_failover_catch_up_and_what_the_store_refuses() {
         "only the new files went up: {} bytes",
         w.received() - before
     );
+    // The direct S3 target: a complete copy as well.
+    if let Some(direct) = w.direct_target() {
+        let d = replicate_once(&repo, &direct, &cred, &state, None, 256 << 10);
+        assert!(d.ok(), "direct S3 target: {:?}", d.errors);
+        let local = replicate::local_files(&repo).expect("local");
+        assert_eq!(d.files_present as usize, local.len(), "{d:?}");
+    }
     // The report of a run reaches the server's run log.
     let mtls = levee_agent::enroll::MtlsClient::new(&cred).expect("mtls");
     mtls.post_run(&caught.report())
@@ -377,6 +504,7 @@ fn r14_two_nodes_failover_catch_up_and_what_the_store_refuses() {
     }
     let slots = files
         .iter()
+        .filter(|(p, _)| p.starts_with(w.store_root()))
         .filter(|(p, _)| p.parent().is_some_and(|d| d.ends_with("keys")))
         .count();
     assert_eq!(
@@ -426,9 +554,12 @@ fn r14_two_nodes_failover_catch_up_and_what_the_store_refuses() {
     // Files are all still there, whole.
     let after = replicate::names(&c.list_all().expect("list"));
     assert!(local.iter().all(|f| after.contains(&f.name)));
-    let shown = common::levee(&w.data, &["customer", "show", "acme", "--json"]);
-    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
-    assert!(shown["offsite_bytes"].as_u64().unwrap_or(0) >= travelling_bytes(&repo));
+    if backend == Backend::Dir {
+        // `customer show` counts this server's store directory.
+        let shown = common::levee(&w.data, &["customer", "show", "acme", "--json"]);
+        let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+        assert!(shown["offsite_bytes"].as_u64().unwrap_or(0) >= travelling_bytes(&repo));
+    }
 
     // A snapshot forgotten locally: the next run asks for its deletion,
     // which waits out the grace period; ops can carry it out at once.
@@ -451,10 +582,10 @@ fn r14_two_nodes_failover_catch_up_and_what_the_store_refuses() {
     );
     let again = replicate_once(&repo, &t, &cred, &state, None, 256 << 10);
     assert_eq!(again.deletions_requested, 0, "asked once");
-    let kept = common::levee(&w.data, &["store", "prune", "--json"]);
+    let kept = w.prune(&["--json"]);
     assert!(kept.contains("\"requests_waiting\": 1"), "{kept}");
     assert!(replicate::names(&c.list_all().expect("list")).contains(&snap));
-    common::levee(&w.data, &["store", "prune", "--grace", "0s"]);
+    w.prune(&["--grace", "0s"]);
     assert!(!replicate::names(&c.list_all().expect("list")).contains(&snap));
 }
 
@@ -722,7 +853,16 @@ fn r14_serve_runs_the_store_and_a_replacement_takes_the_namespace_over() {
 
 #[test]
 fn r14_a_corrupt_stored_file_is_found_by_verification_and_sent_again() {
-    let w = world();
+    corrupt_file(Backend::Dir);
+}
+
+#[test]
+fn r14_a_corrupt_file_in_the_stores_bucket_is_found_and_sent_again() {
+    corrupt_file(Backend::S3);
+}
+
+fn corrupt_file(backend: Backend) {
+    let w = world_on(backend);
     let (state, cred) = w.enroll(MAC_A);
     let src = w.dir.path().join("src");
     write_source(&src, "v.bin", 300 << 10);
@@ -737,13 +877,7 @@ fn r14_a_corrupt_stored_file_is_found_by_verification_and_sent_again() {
         .into_iter()
         .find(|f| f.kind == levee_proto::offsite::FileKind::Data)
         .expect("a pack");
-    let stored = w
-        .offsite
-        .join("acme")
-        .join(&repo.config.id)
-        .join("data")
-        .join(&pack.name[..2])
-        .join(&pack.name);
+    let stored = w.stored_pack(&repo.config.id, &pack.name);
     let mut bytes = std::fs::read(&stored).expect("stored pack");
     bytes[100] ^= 0x40;
     std::fs::write(&stored, &bytes).expect("corrupt");

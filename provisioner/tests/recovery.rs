@@ -72,6 +72,7 @@ fn replicate_to(
         part_bytes: 1 << 20,
         timeout: Duration::from_secs(20),
         verify_share: 0.0,
+        ..ReplicateOptions::default()
     };
     replicate::replicate_target(
         repo,
@@ -105,7 +106,12 @@ fn store_node(s: &common::LoopbackServer) -> (String, CancellationToken) {
     let ca =
         levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
     let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
-    let state = levee_provisioner::offsite::state(s.store.clone(), s.data.join("offsite"));
+    let state = levee_provisioner::offsite::state(
+        s.store.clone(),
+        levee_provisioner::offsite::Files::Dir(levee_provisioner::offsite::Disk::new(
+            s.data.join("offsite"),
+        )),
+    );
     let stop = CancellationToken::new();
     s.rt.spawn(levee_provisioner::offsite::serve(
         listener,

@@ -44,6 +44,20 @@ impl StoreProcess {
         dir: &Path,
         log: &Path,
     ) -> StoreProcess {
+        let files = ["--dir".to_string(), dir.to_string_lossy().into_owned()];
+        Self::spawn_with(data, database, cert, key, &files, log)
+    }
+
+    /// With `files`: where the store keeps them (`--dir DIR`, or
+    /// `--store-backend` and its S3 options).
+    fn spawn_with(
+        data: &Path,
+        database: Option<&str>,
+        cert: &Path,
+        key: &Path,
+        files: &[String],
+        log: &Path,
+    ) -> StoreProcess {
         let port = common::free_port();
         let out = std::fs::File::create(log).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
@@ -59,8 +73,7 @@ impl StoreProcess {
             .arg(cert)
             .arg("--key")
             .arg(key)
-            .arg("--dir")
-            .arg(dir)
+            .args(files)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -130,6 +143,7 @@ fn opts() -> ReplicateOptions {
         part_bytes: 1 << 20,
         timeout: Duration::from_secs(20),
         verify_share: 0.0,
+        ..ReplicateOptions::default()
     }
 }
 
@@ -469,4 +483,116 @@ fn r14_a_refused_part_gets_its_answer_not_a_broken_connection() {
             .and_then(|v| v.to_str().ok()),
         Some(pack.size.to_string().as_str())
     );
+}
+
+/// Two `levee store serve` processes on one S3 bucket (a real `s3s-fs` on
+/// loopback) are one target with two endpoints: one is killed (SIGKILL)
+/// mid-upload, the run completes through the other; both then list the
+/// same complete copy, and the bucket holds no plaintext.
+#[test]
+fn r14_two_store_processes_on_one_bucket_fail_over() {
+    use levee_tests::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+    let t = setup();
+    let (cert, key) = t.cert("127.0.0.1", "store");
+    let s3 = S3Server::start(&t.s.dir.path().join("s3"), &["offsite"]).expect("s3s-fs");
+    let files: Vec<String> = [
+        "--store-backend",
+        "s3://offsite/site2",
+        "--store-s3-endpoint",
+        &s3.endpoint(),
+        "--store-s3-access-key-id",
+        ACCESS_KEY,
+        "--store-s3-secret-access-key",
+        SECRET_KEY,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let spawn = |name: &str| {
+        StoreProcess::spawn_with(
+            &t.s.data,
+            None,
+            &cert,
+            &key,
+            &files,
+            &t.s.dir.path().join(format!("{name}.log")),
+        )
+    };
+    let mut n1 = spawn("n1");
+    let n2 = spawn("n2");
+    let target: OffsiteTarget =
+        serde_json::from_value(serde_json::json!({"name": "site2", "urls": [n1.url, n2.url]}))
+            .expect("target");
+    // 256 KiB/s in 64 KiB parts: the pack takes seconds; node 1 dies in
+    // the middle of it.
+    let run = std::thread::scope(|sc| {
+        let r = sc.spawn(|| {
+            replicate::replicate_target(
+                &t.repo,
+                "acme",
+                &target,
+                &t.cred,
+                Arc::new(Bucket::new(Some(256 << 10))),
+                &ReplicateOptions {
+                    part_bytes: 64 << 10,
+                    ..opts()
+                },
+                &t.state,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = n1.child.kill();
+        let _ = n1.child.wait();
+        r.join().expect("replication")
+    });
+    assert!(run.ok(), "failover to node 2: {:?}", run.errors);
+    let local = replicate::local_files(&t.repo).expect("local");
+    eprintln!(
+        "measured: {} files, {} bytes sent for {} bytes of files",
+        run.files_uploaded,
+        run.bytes_uploaded,
+        local.iter().map(|f| f.size).sum::<u64>()
+    );
+    let list = |url: &str| {
+        replicate::names(
+            &StoreClient::new(
+                &[url],
+                &t.cred,
+                Namespace::new("acme", &t.repo.config.id).expect("ns"),
+                Arc::new(Bucket::new(None)),
+                Duration::from_secs(10),
+            )
+            .expect("client")
+            .list_all()
+            .expect("list"),
+        )
+    };
+    assert!(local.iter().all(|f| list(&n2.url).contains(&f.name)));
+    // Node 1 back on the same bucket: the same copy, nothing to send.
+    n1 = spawn("n1-again");
+    assert!(local.iter().all(|f| list(&n1.url).contains(&f.name)));
+    let again = replicate::replicate_target(
+        &t.repo,
+        "acme",
+        &target,
+        &t.cred,
+        Arc::new(Bucket::new(None)),
+        &opts(),
+        &t.state,
+    );
+    assert!(again.ok() && again.files_uploaded == 0, "{again:?}");
+    // No plaintext in the bucket, no segment left behind.
+    for f in files_under(&s3.root) {
+        let bytes = std::fs::read(s3.root.join(&f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(21).any(|w| w == b"store serve test data"),
+            "plaintext in {}",
+            f.display()
+        );
+        assert!(
+            !f.to_string_lossy().contains(".partial/"),
+            "{}",
+            f.display()
+        );
+    }
 }

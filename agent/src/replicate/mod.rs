@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod fetch;
+pub mod parallel;
 pub mod plan;
 pub mod s3;
 pub mod target;
@@ -59,6 +60,9 @@ pub struct ReplicateOptions {
     /// it per target from the configuration's `verify_per_week` and the
     /// time since that target's last run.
     pub verify_share: f64,
+    /// Files uploaded at the same time per target (within one kind:
+    /// packs and index before the snapshots that reference them).
+    pub streams: usize,
 }
 
 impl Default for ReplicateOptions {
@@ -68,6 +72,8 @@ impl Default for ReplicateOptions {
             timeout: Duration::from_secs(600),
             // With a backup a day: every file read back about every 3 weeks.
             verify_share: 0.05,
+            // As many as rclone's default transfers.
+            streams: 4,
         }
     }
 }
@@ -310,43 +316,15 @@ fn sync_target(
     out.files_present = p.present_files;
     out.bytes_present = p.present_bytes;
     tracing::info!(target = %target.name, missing = p.uploads.len(), present = p.present_files, "replication starting");
-    let mut data_complete = true;
-    for f in &p.uploads {
-        if f.kind == FileKind::Snapshots && !data_complete {
-            out.errors.push(format!(
-                "snapshot {} held back: some of its data did not reach the target",
-                f.name
-            ));
-            continue;
-        }
-        let read = |offset: u64, len: usize| read_local(repo, f, offset, len);
-        let result = client.upload(f.kind, &f.name, f.size, opts.part_bytes, &read);
-        out.bytes_uploaded = client.total_sent();
-        match result {
-            Ok(_) => {
-                out.files_uploaded += 1;
-                out.files_present += 1;
-                out.bytes_present += f.size;
-            }
-            Err(e) => {
-                if f.kind != FileKind::Snapshots {
-                    data_complete = false;
-                }
-                out.errors
-                    .push(format!("{} {}: {e}", f.kind.as_str(), f.name));
-                if matches!(e, StoreError::Transport { .. }) {
-                    // Every endpoint failed: the target is down; the retry
-                    // schedule catches it up.
-                    return Ok(());
-                }
-                if matches!(e, StoreError::Refused { status: 413, .. }) {
-                    // The customer's quota is reached: nothing more fits
-                    // until ops raise it or a prune frees room.
-                    return Ok(());
-                }
-            }
-        }
-    }
+    let read = |f: &LocalFile, offset: u64, len: usize| read_local(repo, f, offset, len);
+    parallel::upload_all(
+        client,
+        &p.uploads,
+        opts.streams,
+        opts.part_bytes,
+        &read,
+        out,
+    );
     if !out.ok() || p.deletions.is_empty() {
         return Ok(());
     }
@@ -642,12 +620,12 @@ pub fn names(listing: &BTreeMap<FileKind, BTreeMap<String, u64>>) -> HashSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     /// A target that holds every file and counts read-backs; `corrupt`
     /// names fail.
     struct Counting {
-        read: RefCell<Vec<String>>,
+        read: Mutex<Vec<String>>,
         corrupt: HashSet<String>,
     }
 
@@ -666,7 +644,7 @@ mod tests {
             Ok(0)
         }
         fn verify(&self, _: FileKind, name: &str) -> Result<bool, StoreError> {
-            self.read.borrow_mut().push(name.to_string());
+            self.read.lock().expect("lock").push(name.to_string());
             Ok(!self.corrupt.contains(name))
         }
         fn download(&self, _: FileKind, _: &str) -> Result<Vec<u8>, StoreError> {
@@ -708,7 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (local, mut remote) = files(100);
         let t = Counting {
-            read: RefCell::new(Vec::new()),
+            read: Mutex::new(Vec::new()),
             corrupt: HashSet::new(),
         };
         let mut out = TargetOutcome::default();
@@ -716,7 +694,7 @@ mod tests {
         for _ in 0..(10 * 2016) {
             verify_share(&t, &local, &mut remote, per_run, dir.path(), &mut out);
         }
-        let read = t.read.borrow();
+        let read = t.read.lock().expect("lock");
         assert!(
             (99..=101).contains(&read.len()),
             "{} read in ten weeks",
@@ -733,7 +711,7 @@ mod tests {
         let (local, mut remote) = files(4);
         let bad = local[2].name.clone();
         let t = Counting {
-            read: RefCell::new(Vec::new()),
+            read: Mutex::new(Vec::new()),
             corrupt: [bad.clone()].into(),
         };
         let mut out = TargetOutcome::default();

@@ -1,8 +1,9 @@
 //! A direct S3 target (`url: s3://bucket[/prefix]`): the same replication
 //! as to a Levee store, with what S3 offers instead of the store's
-//! protocol. Requests are signed by `rusty-s3` (presigned SigV4 URLs, the
-//! keys from the configuration only) and sent on the agent's own reqwest
-//! client, so `ca_file`, the bandwidth cap and the part time limits apply.
+//! protocol. Requests go through `levee_s3` (the workspace's one S3
+//! client, shared with the offsite store's S3 backend: `rusty-s3` signs,
+//! the agent's own reqwest client sends, the keys from the configuration
+//! only), so `ca_file`, the bandwidth cap and the part time limits apply.
 //!
 //! - Listing: `ListObjectsV2` under `<prefix>/<customer>/<repo>/<kind>/`.
 //! - Create-only from this side: a file the bucket has is never sent again
@@ -25,8 +26,8 @@ use std::time::Duration;
 
 use levee_proto::config::OffsiteTarget;
 use levee_proto::offsite::{check_name, DeletionRequest, FileKind, Namespace};
-use levee_proto::s3::{self as s3wire, S3Url};
-use rusty_s3::{Credentials, S3Action, UrlStyle};
+use levee_proto::s3 as s3wire;
+use levee_s3::S3Error;
 use serde::{Deserialize, Serialize};
 
 use super::client::part_timeout;
@@ -34,9 +35,6 @@ use super::target::{Listing, ReadAt, Target};
 use super::throttle::{Bucket, ThrottledBody};
 use super::StoreError;
 use crate::enroll::write_atomic;
-
-/// How long a signed request stays valid (it is sent at once).
-const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
 /// What keeps a bucket's history when the appliance's keys are misused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +57,15 @@ struct Upload {
 }
 
 pub struct S3Target {
-    http: reqwest::blocking::Client,
-    bucket: rusty_s3::Bucket,
-    creds: Credentials,
-    loc: S3Url,
+    s3: levee_s3::Client,
     ns: Namespace,
     throttle: Arc<Bucket>,
     total_sent: AtomicU64,
     /// `uploads.json`: key -> the upload in progress.
     uploads: PathBuf,
+    /// Held while `uploads.json` is read, changed and written: several
+    /// files go up at once ([`super::parallel`]).
+    uploads_lock: Mutex<()>,
     /// Keys verification found corrupt: the only ones sent over again.
     repairable: Mutex<HashSet<String>>,
 }
@@ -86,129 +84,63 @@ impl S3Target {
         timeout: Duration,
         state_dir: &Path,
     ) -> Result<S3Target, StoreError> {
-        let url = target.endpoints().first().copied().unwrap_or_default();
-        let loc = S3Url::parse(url).map_err(local)?;
-        let region = target.region.clone().unwrap_or_else(|| "us-east-1".into());
-        let (endpoint, style) = match &target.endpoint {
-            // Own endpoints (MinIO, Ceph, s3s...) rarely have a DNS name
-            // per bucket: path style.
-            Some(e) => (e.clone(), UrlStyle::Path),
-            None => (
-                format!("https://s3.{region}.amazonaws.com"),
-                UrlStyle::VirtualHost,
-            ),
+        let settings = levee_s3::Settings {
+            url: target.endpoints().first().copied().unwrap_or_default(),
+            endpoint: target.endpoint.as_deref(),
+            region: target.region.as_deref(),
+            access_key_id: target.access_key_id.as_deref(),
+            secret_access_key: target.secret_access_key.as_ref().map(|s| s.0.as_str()),
+            ca_file: target.ca_file.as_deref(),
         };
-        let endpoint = url::Url::parse(&endpoint).map_err(|e| local(format!("endpoint: {e}")))?;
-        let bucket = rusty_s3::Bucket::new(endpoint, style, loc.bucket.clone(), region)
-            .map_err(|e| local(format!("endpoint: {e}")))?;
-        let (Some(key), Some(secret)) = (&target.access_key_id, &target.secret_access_key) else {
-            return Err(local("access_key_id and secret_access_key are required"));
-        };
-        let mut builder = crate::http_client::blocking(timeout).use_rustls_tls();
-        if let Some(ca) = &target.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| local(format!("ca_file {ca}: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| local(format!("ca_file {ca}: {e}")))?;
-            if certs.is_empty() {
-                return Err(local(format!("ca_file {ca}: no certificate in it")));
-            }
-            builder = builder.tls_built_in_root_certs(false);
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder.build().map_err(local)?;
+        let s3 = levee_s3::Client::new(&settings, crate::http_client::blocking(timeout))
+            .map_err(local)?;
         Ok(S3Target {
-            http,
-            bucket,
-            creds: Credentials::new(key.clone(), secret.0.clone()),
-            loc,
+            s3,
             ns,
             throttle,
             total_sent: AtomicU64::new(0),
             uploads: state_dir.join("uploads.json"),
+            uploads_lock: Mutex::new(()),
             repairable: Mutex::new(HashSet::new()),
         })
     }
 
     fn key(&self, kind: FileKind, name: &str) -> String {
-        self.loc.key(&self.ns, kind, name)
+        self.s3.location().key(&self.ns, kind, name)
     }
 
-    /// Sends a signed request; 5xx and transport failures are
-    /// [`StoreError::Transport`] (try later), other refusals `Refused`.
-    fn send(
-        &self,
-        method: reqwest::Method,
-        url: url::Url,
-        body: Option<Vec<u8>>,
-    ) -> Result<reqwest::blocking::Response, StoreError> {
-        let shown = redact(&url);
-        let mut req = self.http.request(method, url.as_str());
+    /// A throttled request body of `data`, counted into `total_sent`
+    /// (what was handed over, also when the request fails), and its time
+    /// limit.
+    fn body(&self, data: Vec<u8>) -> (reqwest::blocking::Body, Duration, Arc<AtomicU64>) {
         let counted = Arc::new(AtomicU64::new(0));
-        if let Some(data) = body {
-            let len = data.len() as u64;
-            let b = ThrottledBody::new(data, self.throttle.clone(), counted.clone());
-            req = req
-                .timeout(part_timeout(len, self.throttle.rate()))
-                .body(reqwest::blocking::Body::sized(b, len));
-        }
-        let result = req.send();
+        let (b, timeout) = self.counted_body(data, counted.clone());
+        (b, timeout, counted)
+    }
+
+    fn counted_body(
+        &self,
+        data: Vec<u8>,
+        counted: Arc<AtomicU64>,
+    ) -> (reqwest::blocking::Body, Duration) {
+        let len = data.len() as u64;
+        let b = ThrottledBody::new(data, self.throttle.clone(), counted);
+        (
+            reqwest::blocking::Body::sized(b, len),
+            part_timeout(len, self.throttle.rate()),
+        )
+    }
+
+    fn count(&self, counted: &AtomicU64) {
         self.total_sent
             .fetch_add(counted.load(Ordering::Relaxed), Ordering::Relaxed);
-        let resp = result.map_err(|e| super::client::transport(&shown, e))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let text = resp.text().unwrap_or_default();
-        let code = s3wire::error_code(&text).unwrap_or("").to_string();
-        let message = s3wire::xml_value(&text, "Message")
-            .unwrap_or("")
-            .to_string();
-        let message = format!("{code} {message}").trim().to_string();
-        if status >= 500 {
-            return Err(StoreError::Transport {
-                url: shown,
-                reason: format!("{status}: {message}"),
-            });
-        }
-        Err(StoreError::Refused {
-            url: shown,
-            status,
-            message,
-        })
-    }
-
-    fn sign_bucket_query(&self, param: &str) -> url::Url {
-        rusty_s3::signing::sign(
-            &jiff::Timestamp::now(),
-            rusty_s3::Method::Get,
-            self.bucket.base_url().clone(),
-            self.creds.key(),
-            self.creds.secret(),
-            None,
-            self.bucket.region(),
-            SIGNED_FOR.as_secs(),
-            std::iter::once((param, "")),
-            std::iter::empty(),
-        )
     }
 
     /// Whether the bucket keeps what the appliance could destroy: Object
     /// Lock, else versioning. A server that does not know either request
     /// counts as neither.
     pub fn append_only(&self) -> Result<AppendOnly, StoreError> {
-        let ask = |param: &str| -> Result<Option<String>, StoreError> {
-            match self.send(reqwest::Method::GET, self.sign_bucket_query(param), None) {
-                Ok(r) => Ok(Some(r.text().unwrap_or_default())),
-                // Not configured (404) or not implemented (501: counted
-                // as Transport by `send`).
-                Err(StoreError::Refused { status: 404, .. }) => Ok(None),
-                Err(StoreError::Transport { reason, .. }) if reason.starts_with("501") => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
+        let ask = |param: &str| self.s3.bucket_setting(param).map_err(store_error);
         if ask("object-lock")?.is_some_and(|x| s3wire::object_lock_enabled(&x)) {
             return Ok(AppendOnly::ObjectLock);
         }
@@ -219,47 +151,20 @@ impl S3Target {
     }
 
     fn list_kind(&self, kind: FileKind) -> Result<BTreeMap<String, u64>, StoreError> {
-        let prefix = self.loc.kind_prefix(&self.ns, kind);
+        let prefix = self.s3.location().kind_prefix(&self.ns, kind);
         let mut out = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut action = self.bucket.list_objects_v2(Some(&self.creds));
-            action.with_prefix(prefix.clone());
-            if let Some(t) = token.take() {
-                action.with_continuation_token(t);
-            }
-            let url = action.sign(SIGNED_FOR);
-            let shown = redact(&url);
-            let text = self
-                .send(reqwest::Method::GET, url, None)?
-                .text()
-                .map_err(|e| super::client::transport(&shown, e))?;
-            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
-                .map_err(|e| StoreError::Malformed(format!("{shown}: {e}")))?;
-            for o in page.contents {
-                if let Some(name) = o.key.strip_prefix(&prefix) {
-                    if check_name(name).is_ok() {
-                        out.insert(name.to_string(), o.size.unwrap_or(0));
-                    }
+        for o in self.s3.list(&prefix).map_err(store_error)? {
+            if let Some(name) = o.key.strip_prefix(&prefix) {
+                if check_name(name).is_ok() {
+                    out.insert(name.to_string(), o.size);
                 }
             }
-            match page.next_continuation_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
         }
+        Ok(out)
     }
 
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        let url = self
-            .bucket
-            .head_object(Some(&self.creds), key)
-            .sign(SIGNED_FOR);
-        match self.send(reqwest::Method::HEAD, url, None) {
-            Ok(_) => Ok(true),
-            Err(StoreError::Refused { status: 404, .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.s3.head(key).map_err(store_error)?.is_some())
     }
 
     fn load_uploads(&self) -> BTreeMap<String, Upload> {
@@ -267,6 +172,17 @@ impl S3Target {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// Changes `uploads.json` under [`S3Target::uploads_lock`].
+    fn edit_uploads(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Upload>),
+    ) -> Result<(), StoreError> {
+        let _held = self.uploads_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut u = self.load_uploads();
+        change(&mut u);
+        self.save_uploads(&u)
     }
 
     fn save_uploads(&self, u: &BTreeMap<String, Upload>) -> Result<(), StoreError> {
@@ -279,52 +195,10 @@ impl S3Target {
 
     fn put_whole(&self, key: &str, size: u64, read: ReadAt<'_>) -> Result<(), StoreError> {
         let data = read(0, size as usize).map_err(StoreError::Local)?;
-        let url = self
-            .bucket
-            .put_object(Some(&self.creds), key)
-            .sign(SIGNED_FOR);
-        self.send(reqwest::Method::PUT, url, Some(data)).map(drop)
-    }
-
-    /// The parts an upload holds; `None` when the server no longer knows
-    /// the upload.
-    fn parts(&self, key: &str, id: &str) -> Result<Option<Vec<s3wire::Part>>, StoreError> {
-        let mut out = Vec::new();
-        let mut marker = None;
-        loop {
-            let mut action = self.bucket.list_parts(Some(&self.creds), key, id);
-            if let Some(m) = marker {
-                action.set_part_number_marker(m);
-            }
-            let url = action.sign(SIGNED_FOR);
-            let shown = redact(&url);
-            let text = match self.send(reqwest::Method::GET, url, None) {
-                Ok(r) => r.text().map_err(|e| super::client::transport(&shown, e))?,
-                Err(StoreError::Refused { status: 404, .. }) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let (parts, next) = s3wire::list_parts(&text);
-            out.extend(parts);
-            match next {
-                Some(m) if m > marker.unwrap_or(0) => marker = Some(m),
-                _ => return Ok(Some(out)),
-            }
-        }
-    }
-
-    fn create_upload(&self, key: &str) -> Result<String, StoreError> {
-        let url = self
-            .bucket
-            .create_multipart_upload(Some(&self.creds), key)
-            .sign(SIGNED_FOR);
-        let shown = redact(&url);
-        let text = self
-            .send(reqwest::Method::POST, url, None)?
-            .text()
-            .map_err(|e| super::client::transport(&shown, e))?;
-        let r = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
-            .map_err(|e| StoreError::Malformed(format!("{shown}: {e}")))?;
-        Ok(r.upload_id().to_string())
+        let (body, timeout, counted) = self.body(data);
+        let r = self.s3.put(key, body, timeout);
+        self.count(&counted);
+        r.map_err(store_error)
     }
 
     /// A multipart upload, resumed from the parts the server holds.
@@ -335,8 +209,8 @@ impl S3Target {
         part: u64,
         read: ReadAt<'_>,
     ) -> Result<(), StoreError> {
-        let mut uploads = self.load_uploads();
-        let known = uploads
+        let known = self
+            .load_uploads()
             .get(key)
             .filter(|u| u.size == size && u.part == part)
             .cloned();
@@ -345,7 +219,7 @@ impl S3Target {
         let mut done: BTreeMap<u16, (u64, String)> = BTreeMap::new();
         let mut id = String::new();
         if let Some(u) = known {
-            if let Some(held) = self.parts(key, &u.upload_id)? {
+            if let Some(held) = self.s3.list_parts(key, &u.upload_id).map_err(store_error)? {
                 for p in held {
                     if let Some(e) = p.etag.or_else(|| u.etags.get(&p.number).cloned()) {
                         done.insert(p.number, (p.size, e));
@@ -355,17 +229,18 @@ impl S3Target {
             }
         }
         let id = if id.is_empty() {
-            let id = self.create_upload(key)?;
-            uploads.insert(
-                key.to_string(),
-                Upload {
-                    upload_id: id.clone(),
-                    size,
-                    part,
-                    etags: BTreeMap::new(),
-                },
-            );
-            self.save_uploads(&uploads)?;
+            let id = self.s3.create_multipart(key).map_err(store_error)?;
+            self.edit_uploads(|u| {
+                u.insert(
+                    key.to_string(),
+                    Upload {
+                        upload_id: id.clone(),
+                        size,
+                        part,
+                        etags: BTreeMap::new(),
+                    },
+                );
+            })?;
             id
         } else {
             tracing::info!(key, parts = done.len(), "resuming an S3 multipart upload");
@@ -381,57 +256,60 @@ impl S3Target {
                 continue;
             }
             let data = read(offset, len as usize).map_err(StoreError::Local)?;
-            let url = self
-                .bucket
-                .upload_part(Some(&self.creds), key, n, &id)
-                .sign(SIGNED_FOR);
-            let resp = self.send(reqwest::Method::PUT, url, Some(data))?;
-            let etag = resp
-                .headers()
-                .get(reqwest::header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| StoreError::Malformed(format!("{key}: part {n} has no ETag")))?
-                .to_string();
+            let (body, timeout, counted) = self.body(data);
+            let etag = self.s3.upload_part(key, n, &id, body, timeout);
+            self.count(&counted);
+            let etag = etag.map_err(store_error)?;
             done.insert(n, (len, etag.clone()));
-            if let Some(u) = uploads.get_mut(key) {
-                u.etags.insert(n, etag);
-                self.save_uploads(&uploads)?;
-            }
+            self.edit_uploads(|u| {
+                if let Some(up) = u.get_mut(key) {
+                    up.etags.insert(n, etag);
+                }
+            })?;
         }
         let etags: Vec<&str> = (1..=count)
             .filter_map(|n| done.get(&n).map(|(_, e)| e.as_str()))
             .collect();
-        let action =
-            self.bucket
-                .complete_multipart_upload(Some(&self.creds), key, &id, etags.into_iter());
-        let url = action.sign(SIGNED_FOR);
-        let shown = redact(&url);
-        let resp = self.send(reqwest::Method::POST, url, Some(action.body().into_bytes()))?;
-        // S3 may answer 200 and put the error in the body.
-        let text = resp
-            .text()
-            .map_err(|e| super::client::transport(&shown, e))?;
-        if let Some(code) = s3wire::error_code(&text) {
-            if code == "NoSuchUpload" {
-                uploads.remove(key);
-                let _ = self.save_uploads(&uploads);
+        let counted = Arc::new(AtomicU64::new(0));
+        let completed = self.s3.complete_multipart(key, &id, &etags, &|xml| {
+            self.counted_body(xml, counted.clone())
+        });
+        self.count(&counted);
+        match completed {
+            Err(e @ S3Error::Refused { .. }) => {
+                if matches!(&e, S3Error::Refused { code, .. } if code == "NoSuchUpload") {
+                    let _ = self.edit_uploads(|u| {
+                        u.remove(key);
+                    });
+                }
+                return Err(store_error(e));
             }
-            return Err(StoreError::Refused {
-                url: shown,
-                status: 200,
-                message: code.to_string(),
-            });
+            r => r.map_err(store_error)?,
         }
-        uploads.remove(key);
-        self.save_uploads(&uploads)
+        self.edit_uploads(|u| {
+            u.remove(key);
+        })
     }
 }
 
-/// A signed URL without its signature, for messages and logs.
-fn redact(url: &url::Url) -> String {
-    let mut u = url.clone();
-    u.set_query(None);
-    u.to_string()
+/// The agent's error for an S3 one (same kinds: try later, refused,
+/// malformed).
+fn store_error(e: S3Error) -> StoreError {
+    match e {
+        S3Error::Transport { url, reason } => StoreError::Transport { url, reason },
+        S3Error::Refused {
+            url,
+            status,
+            message,
+            ..
+        } => StoreError::Refused {
+            url,
+            status,
+            message,
+        },
+        S3Error::Malformed(m) => StoreError::Malformed(m),
+        S3Error::Settings(m) => StoreError::Local(m),
+    }
 }
 
 impl Target for S3Target {
@@ -492,15 +370,18 @@ impl Target for S3Target {
 
     fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {
         let key = self.key(kind, name);
-        let url = self
-            .bucket
-            .get_object(Some(&self.creds), &key)
-            .sign(SIGNED_FOR);
-        let shown = redact(&url);
-        let mut resp = self.send(reqwest::Method::GET, url, None)?;
+        let mut resp =
+            self.s3
+                .get(&key)
+                .map_err(store_error)?
+                .ok_or_else(|| StoreError::Refused {
+                    url: key.clone(),
+                    status: 404,
+                    message: "no such object".into(),
+                })?;
         let mut out = Vec::new();
         resp.read_to_end(&mut out)
-            .map_err(|e| super::client::transport(&shown, e))?;
+            .map_err(|e| store_error(levee_s3::transport(&key, e)))?;
         Ok(out)
     }
 

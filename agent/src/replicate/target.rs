@@ -15,7 +15,8 @@ pub type Listing = BTreeMap<FileKind, BTreeMap<String, u64>>;
 /// `read(offset, len)`: local bytes of the file being uploaded.
 pub type ReadAt<'a> = &'a dyn Fn(u64, usize) -> Result<Vec<u8>, String>;
 
-pub trait Target {
+/// `Sync`: a run uploads several files at once ([`super::parallel`]).
+pub trait Target: Sync {
     /// Everything the target holds of this repository.
     fn list_all(&self) -> Result<Listing, StoreError>;
 

@@ -43,6 +43,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", requires = "store")]
     store_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    store_files: super::store::BackendArgs,
+
     /// How long an appliance's request to delete offsite files waits
     /// before the store carries it out (time to notice a compromised
     /// appliance), e.g. 14d or 36h.
@@ -366,6 +369,7 @@ pub fn run(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
             allow_pending: !args.no_pending_enrollment,
             offsite: crate::offsite::OffsiteOptions {
                 dir: args.store_dir.clone(),
+                s3: args.store_files.s3(args.store_dir.as_deref())?,
                 deletion_grace: args.store_deletion_grace,
             },
             fleet_url: args.fleet_url.clone(),

@@ -48,12 +48,14 @@ pub enum StoreCommand {
     /// and drop uploads abandoned that long. `levee serve --store` does
     /// this hourly by itself; `--grace 0s` acts on every request now.
     #[command(
-        after_help = "Examples:\n  levee store prune --dry-run\n  levee store prune --grace 0s   # carry out every request now\n  levee store prune --dir /srv/offsite --json"
+        after_help = "Examples:\n  levee store prune --dry-run\n  levee store prune --grace 0s   # carry out every request now\n  levee store prune --dir /srv/offsite --json\n  LEVEE_STORE_S3_ACCESS_KEY_ID=... LEVEE_STORE_S3_SECRET_ACCESS_KEY=... \\\n      levee store prune --store-backend s3://offsite/levee --store-s3-endpoint https://s3.example"
     )]
     Prune {
         /// The store's directory (default DATA_DIR/offsite).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        backend: BackendArgs,
         /// Requests younger than this wait, e.g. 14d, 36h, 0s.
         #[arg(long, default_value = "14d", value_parser = parse_grace)]
         grace: Duration,
@@ -63,6 +65,79 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where the store keeps its files when not in a directory: an S3 bucket.
+/// The keys come from these options (or their environment variables)
+/// only: no AWS profile, `AWS_*` variable or instance-metadata address is
+/// ever read.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Keep the store's files in S3 instead of a directory: s3://BUCKET[/PREFIX].
+    /// Store nodes on one bucket and prefix are endpoints of one target.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    store_backend: Option<String>,
+    /// The S3 endpoint (MinIO, Ceph, ...: path-style); default AWS,
+    /// https://s3.REGION.amazonaws.com.
+    #[arg(long, value_name = "URL", requires = "store_backend")]
+    store_s3_endpoint: Option<String>,
+    /// The bucket's region (default us-east-1).
+    #[arg(long, value_name = "REGION", requires = "store_backend")]
+    store_s3_region: Option<String>,
+    /// The access key id.
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "LEVEE_STORE_S3_ACCESS_KEY_ID",
+        requires = "store_backend"
+    )]
+    store_s3_access_key_id: Option<String>,
+    /// The secret key (prefer the environment variable: a command line is
+    /// visible to every user of the machine).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "LEVEE_STORE_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "store_backend"
+    )]
+    store_s3_secret_access_key: Option<String>,
+    /// The only CA trusted for the endpoint (PEM).
+    #[arg(long, value_name = "FILE", requires = "store_backend")]
+    store_s3_ca_file: Option<String>,
+}
+
+impl BackendArgs {
+    /// The S3 settings, if the store is in S3; refused beside a directory.
+    pub fn s3(
+        &self,
+        dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<crate::offsite::S3Options>> {
+        let Some(url) = &self.store_backend else {
+            return Ok(None);
+        };
+        if let Some(d) = dir {
+            anyhow::bail!(
+                "--store-backend {url} and the directory {} both given: the store keeps its files in one place",
+                d.display()
+            );
+        }
+        levee_proto::s3::S3Url::parse(url).map_err(|e| anyhow::anyhow!("--store-backend: {e}"))?;
+        if self.store_s3_access_key_id.is_none() || self.store_s3_secret_access_key.is_none() {
+            anyhow::bail!(
+                "--store-backend {url}: give the keys with --store-s3-access-key-id and --store-s3-secret-access-key \
+                 (or LEVEE_STORE_S3_ACCESS_KEY_ID and LEVEE_STORE_S3_SECRET_ACCESS_KEY)"
+            );
+        }
+        Ok(Some(crate::offsite::S3Options {
+            url: url.clone(),
+            endpoint: self.store_s3_endpoint.clone(),
+            region: self.store_s3_region.clone(),
+            access_key_id: self.store_s3_access_key_id.clone(),
+            secret_access_key: self.store_s3_secret_access_key.clone(),
+            ca_file: self.store_s3_ca_file.clone(),
+        }))
+    }
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
@@ -89,6 +164,8 @@ pub struct ServeArgs {
     /// endpoints of one target.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// How long an appliance's request to delete offsite files waits
     /// before the store carries it out, e.g. 14d or 36h.
     #[arg(long, default_value = "14d", value_parser = super::serve::parse_interval)]
@@ -112,8 +189,10 @@ fn serve(ctx: &super::Ctx, args: ServeArgs) -> anyhow::Result<()> {
     let loaded = crate::offsite::tls::load(&cert, &key, &fleet_ca)?;
     let tls = crate::offsite::tls::server_config(&loaded)
         .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    let s3 = args.backend.s3(args.dir.as_deref())?;
     let dir = args.dir.unwrap_or_else(|| data_dir.join("offsite"));
-    let state = crate::offsite::state(store.clone(), dir);
+    let files = crate::offsite::files(dir, s3.as_ref())?;
+    let state = crate::offsite::state(store.clone(), files);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -165,14 +244,16 @@ pub fn run(ctx: &super::Ctx, cmd: StoreCommand) -> anyhow::Result<()> {
         }
         StoreCommand::Prune {
             dir,
+            backend,
             grace,
             dry_run,
             json,
         } => {
+            let s3 = backend.s3(dir.as_deref())?;
             let dir = dir.unwrap_or_else(|| ctx.data_dir().join("offsite"));
-            let disk = crate::offsite::Disk::new(&dir);
-            let r = crate::offsite::prune(&disk, crate::store::now(), grace.as_secs(), dry_run)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let files = crate::offsite::files(dir, s3.as_ref())?;
+            let r = crate::offsite::prune(&files, crate::store::now(), grace.as_secs(), dry_run)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", files.describe()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

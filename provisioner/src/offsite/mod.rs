@@ -3,12 +3,15 @@
 //! repository (`<customer>/<repository id>`), over mutual TLS with the
 //! appliances' certificates. `docs/OFFSITE.md` describes the protocol and
 //! its guarantees; the request parsing is `levee_proto::offsite` (pure,
-//! fuzzed), the files are [`disk`], the handler [`server`].
+//! fuzzed), the files are [`files`] (a directory, [`disk`], or an S3
+//! bucket, [`s3`]), the handler [`server`].
 //!
 //! (`crate::store` is the central database; this is where backups go.)
 
 pub mod disk;
+pub mod files;
 pub mod quota;
+pub mod s3;
 pub mod server;
 pub mod tls;
 
@@ -20,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-pub use disk::{prune, Disk, PruneReport};
+pub use disk::{Disk, PruneReport};
+pub use files::{prune, Files};
+pub use s3::{S3Files, S3Options};
 pub use server::{StoreState, StoreStats};
 
 use crate::listen::Limits;
@@ -34,6 +39,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(14 * 86_400);
 pub struct OffsiteOptions {
     /// Where the files live; `None`: `DATA_DIR/offsite`.
     pub dir: Option<PathBuf>,
+    /// In S3 instead (`--store-backend`).
+    pub s3: Option<S3Options>,
     /// How long an appliance's deletion request waits before it is carried
     /// out (time for ops to notice a compromised appliance).
     pub deletion_grace: Duration,
@@ -43,6 +50,7 @@ impl Default for OffsiteOptions {
     fn default() -> Self {
         OffsiteOptions {
             dir: None,
+            s3: None,
             deletion_grace: DEFAULT_GRACE,
         }
     }
@@ -60,13 +68,15 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(state.disk.root())?;
-    info!(listen = %listener.local_addr()?, dir = %state.disk.root().display(), "offsite store listening");
-    let disk = state.disk.clone();
+    if let Files::Dir(d) = &state.files {
+        std::fs::create_dir_all(d.root())?;
+    }
+    info!(listen = %listener.local_addr()?, files = %state.files.describe(), "offsite store listening");
+    let files = state.files.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         loop {
-            let d = disk.clone();
+            let d = files.clone();
             let now = crate::store::now();
             match tokio::task::spawn_blocking(move || prune(&d, now, grace.as_secs(), false)).await
             {
@@ -94,11 +104,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// A store state over `dir` for `store`'s appliances.
-pub fn state(store: Arc<dyn Store>, dir: PathBuf) -> StoreState {
+/// The store's files: in S3 when `s3` is given (the bucket must answer),
+/// else in `dir`.
+pub fn files(dir: PathBuf, s3: Option<&S3Options>) -> anyhow::Result<Files> {
+    Ok(match s3 {
+        Some(o) => Files::S3(S3Files::open(o)?),
+        None => Files::Dir(Disk::new(dir)),
+    })
+}
+
+/// A store state over `files` for `store`'s appliances.
+pub fn state(store: Arc<dyn Store>, files: Files) -> StoreState {
     StoreState {
         store,
-        disk: Disk::new(dir),
+        files,
         stats: Default::default(),
         usage: Default::default(),
     }

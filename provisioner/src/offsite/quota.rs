@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
 use super::disk::Disk;
+use super::files::Files;
 
 /// How long a walked usage is trusted (plus this node's own writes).
 pub const FRESH: Duration = Duration::from_secs(30);
@@ -23,9 +25,9 @@ pub const FRESH: Duration = Duration::from_secs(30);
 pub struct Usage(Mutex<HashMap<String, (Instant, u64)>>);
 
 impl Usage {
-    /// The customer's bytes in `disk`, walking it when the count is older
-    /// than [`FRESH`].
-    pub fn current(&self, disk: &Disk, customer: &str) -> std::io::Result<u64> {
+    /// The customer's bytes in `files`, walking (or listing) them when the
+    /// count is older than [`FRESH`].
+    pub fn current(&self, files: &Files, customer: &str) -> std::io::Result<u64> {
         if let Ok(map) = self.0.lock() {
             if let Some((at, n)) = map.get(customer) {
                 if at.elapsed() < FRESH {
@@ -33,7 +35,7 @@ impl Usage {
                 }
             }
         }
-        let n = disk.usage(customer)?;
+        let n = files.usage(customer)?;
         if let Ok(mut map) = self.0.lock() {
             map.insert(customer.to_string(), (Instant::now(), n));
         }
@@ -88,7 +90,7 @@ mod tests {
     #[test]
     fn usage_is_walked_then_counted_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let disk = Disk::new(dir.path());
+        let disk = Files::Dir(Disk::new(dir.path()));
         std::fs::create_dir_all(dir.path().join("acme/r1")).expect("dir");
         std::fs::write(dir.path().join("acme/r1/f"), [0u8; 1000]).expect("file");
         let u = Usage::default();

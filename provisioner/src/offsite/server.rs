@@ -1,6 +1,6 @@
 //! The store's one handler: parse (`levee_proto::offsite`), authorize by
 //! the certificate's appliance and the namespace's binding, then act on
-//! [`Disk`]. Appliances can create files and read their own; nothing they
+//! [`Files`] (a directory or an S3 bucket). Appliances can create files and read their own; nothing they
 //! send deletes or replaces a file.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use levee_proto::offsite::{
 use tracing::{info, warn};
 
 use super::disk::{Disk, FileState, Finish};
+use super::files::Files;
 use crate::enroll::https::{api_error, authorize, Peer};
 use crate::store::{Appliance, Store};
 
@@ -32,7 +33,7 @@ pub struct StoreStats {
 #[derive(Clone)]
 pub struct StoreState {
     pub store: Arc<dyn Store>,
-    pub disk: Disk,
+    pub files: Files,
     pub stats: Arc<StoreStats>,
     /// Customers' usage, for their quotas.
     pub usage: Arc<super::quota::Usage>,
@@ -45,7 +46,7 @@ pub fn router(state: StoreState) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-fn io_error(e: std::io::Error) -> Response {
+pub(super) fn io_error(e: std::io::Error) -> Response {
     warn!(error = %e, "offsite store I/O failed");
     api_error(StatusCode::INTERNAL_SERVER_ERROR, format!("store I/O: {e}"))
 }
@@ -81,8 +82,8 @@ async fn handle(
         Request::Head(f) => head(&state, &f).await,
         Request::Get(f) => get(&state, &f).await,
         Request::List(ns, kind) => {
-            let disk = state.disk.clone();
-            match tokio::task::spawn_blocking(move || disk.list(&ns, kind)).await {
+            let files = state.files.clone();
+            match tokio::task::spawn_blocking(move || files.list(&ns, kind)).await {
                 Ok(Ok(l)) => Json(l).into_response(),
                 Ok(Err(e)) => io_error(e),
                 Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -90,9 +91,9 @@ async fn handle(
         }
         Request::Put(f) => put(&state, appliance.id, f, req).await,
         Request::Verify(f) => {
-            let (disk, f2) = (state.disk.clone(), f.clone());
+            let (files, f2) = (state.files.clone(), f.clone());
             let now = crate::store::now();
-            match tokio::task::spawn_blocking(move || disk.verify(&f2, now)).await {
+            match tokio::task::spawn_blocking(move || files.verify(&f2, now)).await {
                 Ok(Ok(Some(ok))) => {
                     if !ok {
                         warn!(appliance = appliance.id, file = %f.path(), "stored file does not match its name: quarantined for re-upload");
@@ -131,10 +132,10 @@ fn admit(
         )));
     }
     let io = |e: std::io::Error| Box::new(io_error(e));
-    let owner = match st.disk.owner(ns).map_err(io)? {
+    let owner = match st.files.owner(ns).map_err(io)? {
         Some(o) => o,
         None if writes => {
-            let o = st.disk.claim(ns, a.id).map_err(io)?;
+            let o = st.files.claim(ns, a.id).map_err(io)?;
             if o == a.id {
                 info!(appliance = a.id, namespace = %ns.path(), "offsite namespace bound");
             }
@@ -153,7 +154,7 @@ fn admit(
         };
         match replaced_by {
             Some(id) if id == a.id => {
-                st.disk.rebind(ns, a.id).map_err(io)?;
+                st.files.rebind(ns, a.id).map_err(io)?;
                 info!(appliance = a.id, previous = owner, namespace = %ns.path(), "offsite namespace rebound to the replacement");
                 return Ok(Some(a));
             }
@@ -168,8 +169,8 @@ fn admit(
 }
 
 async fn head(state: &StoreState, f: &FileRef) -> Response {
-    let (disk, f2) = (state.disk.clone(), f.clone());
-    match tokio::task::spawn_blocking(move || disk.state(&f2)).await {
+    let (files, f2) = (state.files.clone(), f.clone());
+    match tokio::task::spawn_blocking(move || files.state(&f2)).await {
         Ok(Ok(FileState::Complete(n))) => {
             (StatusCode::OK, [("levee-size", n.to_string())]).into_response()
         }
@@ -183,7 +184,11 @@ async fn head(state: &StoreState, f: &FileRef) -> Response {
 }
 
 async fn get(state: &StoreState, f: &FileRef) -> Response {
-    match tokio::fs::File::open(state.disk.file_path(f)).await {
+    let disk = match &state.files {
+        Files::Dir(d) => d,
+        Files::S3(s) => return super::s3::get(s, f).await,
+    };
+    match tokio::fs::File::open(disk.file_path(f)).await {
         Ok(file) => {
             let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
             let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
@@ -205,7 +210,7 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn conflict(offset: u64, why: &str) -> Response {
+pub(super) fn conflict(offset: u64, why: &str) -> Response {
     let mut r = api_error(StatusCode::CONFLICT, why);
     if let Ok(v) = HeaderValue::from_str(&offset.to_string()) {
         r.headers_mut().insert(UPLOAD_OFFSET, v);
@@ -234,12 +239,64 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
         drain(req.into_body(), MAX_DRAIN_BYTES).await;
         return *r;
     }
-    let (disk, f2) = (state.disk.clone(), f.clone());
+    match &state.files {
+        Files::Dir(d) => put_dir(state, d.clone(), appliance, f, range, req).await,
+        Files::S3(s) => super::s3::put(state, s, appliance, f, range, req).await,
+    }
+}
+
+/// 409 for a part of a file that exists: files are never overwritten.
+pub(super) fn exists(size: u64) -> Response {
+    (
+        StatusCode::CONFLICT,
+        [("levee-size", size.to_string())],
+        Json(levee_proto::enroll::ApiError {
+            error: "the file exists; files are create-only and never overwritten".into(),
+        }),
+    )
+        .into_response()
+}
+
+/// The answer to the last part, once the backend has checked the hash.
+pub(super) fn finished(
+    state: &StoreState,
+    appliance: i64,
+    f: &FileRef,
+    result: Result<std::io::Result<Finish>, tokio::task::JoinError>,
+) -> Response {
+    match result {
+        Ok(Ok(Finish::Created)) => {
+            state.stats.files_created.fetch_add(1, Ordering::Relaxed);
+            StatusCode::CREATED.into_response()
+        }
+        Ok(Ok(Finish::Exists)) => StatusCode::OK.into_response(),
+        Ok(Ok(Finish::Mismatch(got))) => {
+            warn!(appliance, file = %f.path(), %got, "upload does not match its name; dropped");
+            api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the bytes hash to {got}, not to the file's name; send the file again"),
+            )
+        }
+        Ok(Err(e)) => io_error(e),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A part on the directory backend: appended to the locked partial file.
+async fn put_dir(
+    state: &StoreState,
+    disk: Disk,
+    appliance: i64,
+    f: FileRef,
+    range: UploadRange,
+    req: HttpRequest,
+) -> Response {
+    let (d2, f2) = (disk.clone(), f.clone());
     let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        if let FileState::Complete(n) = disk.state(&f2)? {
+        if let FileState::Complete(n) = d2.state(&f2)? {
             return Ok(Err(n));
         }
-        Ok(Ok(disk.open_partial(&f2, range.length)?))
+        Ok(Ok(d2.open_partial(&f2, range.length)?))
     })
     .await;
     let file = match opened {
@@ -258,14 +315,7 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
         Ok(Ok(Err(n))) => {
             warn!(appliance, file = %f.path(), "refused to overwrite an existing offsite file");
             drain(req.into_body(), MAX_DRAIN_BYTES).await;
-            return (
-                StatusCode::CONFLICT,
-                [("levee-size", n.to_string())],
-                Json(levee_proto::enroll::ApiError {
-                    error: "the file exists; files are create-only and never overwritten".into(),
-                }),
-            )
-                .into_response();
+            return exists(n);
         }
         Ok(Err(e)) => return io_error(e),
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -329,33 +379,19 @@ async fn put(state: &StoreState, appliance: i64, f: FileRef, req: HttpRequest) -
         }
         return r;
     }
-    let (disk, file) = (state.disk.clone(), file.into_std().await);
+    let file = file.into_std().await;
     let f2 = f.clone();
-    match tokio::task::spawn_blocking(move || disk.finish(&f2, range.length, &file)).await {
-        Ok(Ok(Finish::Created)) => {
-            state.stats.files_created.fetch_add(1, Ordering::Relaxed);
-            StatusCode::CREATED.into_response()
-        }
-        Ok(Ok(Finish::Exists)) => StatusCode::OK.into_response(),
-        Ok(Ok(Finish::Mismatch(got))) => {
-            warn!(appliance, file = %f.path(), %got, "upload does not match its name; dropped");
-            api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the bytes hash to {got}, not to the file's name; send the file again"),
-            )
-        }
-        Ok(Err(e)) => io_error(e),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let result = tokio::task::spawn_blocking(move || disk.finish(&f2, range.length, &file)).await;
+    finished(state, appliance, &f, result)
 }
 
 /// A refused part's body (over quota, or a 409) is read and dropped up to
 /// this, so the agent reads the answer instead of a connection broken
 /// mid-body; past it the connection is closed (the agent then
 /// resynchronises with `HEAD`).
-const MAX_DRAIN_BYTES: usize = 64 << 20;
+pub(super) const MAX_DRAIN_BYTES: usize = 64 << 20;
 
-async fn drain(body: Body, limit: usize) {
+pub(super) async fn drain(body: Body, limit: usize) {
     let mut stream = body.into_data_stream();
     let mut seen = 0;
     while let Some(Ok(chunk)) = stream.next().await {
@@ -387,10 +423,10 @@ async fn within_quota(
                 return Ok(Ok(()));
             }
             let boxed = |e| Box::new(io_error(e));
-            if matches!(st.disk.state(&f2).map_err(boxed)?, FileState::Complete(_)) {
+            if matches!(st.files.state(&f2).map_err(boxed)?, FileState::Complete(_)) {
                 return Ok(Ok(()));
             }
-            let usage = st.usage.current(&st.disk, customer).map_err(boxed)?;
+            let usage = st.usage.current(&st.files, customer).map_err(boxed)?;
             let need = range.length.saturating_sub(range.offset);
             Ok(super::quota::check(customer, quota, usage, need))
         })
@@ -420,11 +456,11 @@ async fn delete(state: &StoreState, appliance: i64, ns: Namespace, req: HttpRequ
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let disk = state.disk.clone();
+    let files = state.files.clone();
     let n = parsed.files.len();
     let ns2 = ns.clone();
     let now = crate::store::now();
-    match tokio::task::spawn_blocking(move || disk.add_deletion(&ns2, &parsed, now)).await {
+    match tokio::task::spawn_blocking(move || files.add_deletion(&ns2, &parsed, now)).await {
         Ok(Ok(())) => {
             info!(appliance, namespace = %ns.path(), files = n, "deletion request kept for its grace period");
             StatusCode::ACCEPTED.into_response()
