@@ -494,7 +494,9 @@ fn restore_file(
     if let Some(id) = j.node.content.iter().find(|id| !index.contains(id)) {
         return Err(format!("blob {id} is missing from the repository"));
     }
-    let mut sink = target.create(&j.path).map_err(|e| e.to_string())?;
+    let mut sink = target
+        .create(&j.path, j.node.size)
+        .map_err(|e| e.to_string())?;
     let mut n = 0u64;
     for id in &j.node.content {
         let known_zero = zero_blobs.lock().ok().and_then(|z| z.get(id).copied());

@@ -24,6 +24,7 @@ use levee_proto::repo::Node;
 use xattr::FileExt as _;
 
 use super::beneath::{self, Beneath};
+use super::direct::{Staged, DIRECT_MIN_FILE};
 use super::{FileSink, Target, TargetError, TargetReport};
 
 /// A local directory. Every path is resolved beneath its descriptor and
@@ -267,6 +268,8 @@ struct LocalSink {
     pos: u64,
     /// End of the last byte written: a trailing hole needs a set_len.
     written_end: u64,
+    /// Large files: written with O_DIRECT through a staging buffer.
+    staged: Option<Staged>,
 }
 
 /// Owner, mode and times through the open descriptor: no path walks
@@ -337,19 +340,27 @@ fn file_times(node: &Node) -> [libc::timespec; 2] {
 
 impl FileSink for LocalSink {
     fn write(&mut self, data: &[u8]) -> Result<(), TargetError> {
-        // At an offset: a hole before it costs no seek.
-        self.f
-            .write_all_at(data, self.pos)
-            .map_err(|e| io(&self.path, e))?;
+        match &mut self.staged {
+            Some(st) => st.write(&self.f, data),
+            // At an offset: a hole before it costs no seek.
+            None => self.f.write_all_at(data, self.pos),
+        }
+        .map_err(|e| io(&self.path, e))?;
         self.pos += data.len() as u64;
         self.written_end = self.pos;
         Ok(())
     }
     fn zeros(&mut self, n: u64) -> Result<(), TargetError> {
+        if let Some(st) = &mut self.staged {
+            st.zeros(&self.f, n).map_err(|e| io(&self.path, e))?;
+        }
         self.pos += n;
         Ok(())
     }
-    fn finish(self: Box<Self>, node: &Node) -> Result<(), TargetError> {
+    fn finish(mut self: Box<Self>, node: &Node) -> Result<(), TargetError> {
+        if let Some(mut st) = self.staged.take() {
+            self.written_end = st.finish(&self.f).map_err(|e| io(&self.path, e))?;
+        }
         // Sets the length a trailing hole implies (the file was created
         // empty, so without one its length is already right).
         if self.pos != self.written_end {
@@ -382,7 +393,10 @@ impl LocalTarget {
     /// else under a temporary name renamed over the old entry when complete
     /// (an old version stays whole until then; a symlink in the way is
     /// replaced, never followed).
-    fn create_local(&self, path: &str) -> Result<LocalSink, TargetError> {
+    ///
+    /// `size`: the file's final size; a large file is written with O_DIRECT
+    /// (see `direct`), 0 for never.
+    fn create_local(&self, path: &str, size: u64) -> Result<LocalSink, TargetError> {
         let (dir, name) = self.parent(path)?;
         let p = self.full(path);
         let create = |n: &str| -> Result<libc::c_int, TargetError> {
@@ -413,9 +427,16 @@ impl LocalTarget {
         if fd < 0 {
             return Err(last_err(&p));
         }
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let staged = if size >= DIRECT_MIN_FILE {
+            Staged::new(&f)
+        } else {
+            None
+        };
         Ok(LocalSink {
-            // SAFETY: a fresh descriptor owned by nobody else.
-            f: unsafe { File::from_raw_fd(fd) },
+            f,
+            staged,
             dir,
             temp,
             name: name.to_string(),
@@ -472,8 +493,8 @@ impl Target for LocalTarget {
             st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
         ))
     }
-    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
-        Ok(Box::new(self.create_local(path)?))
+    fn create(&self, path: &str, size: u64) -> Result<Box<dyn FileSink>, TargetError> {
+        Ok(Box::new(self.create_local(path, size)?))
     }
     fn copy_restored(&self, from: &str, path: &str, node: &Node) -> Result<bool, TargetError> {
         use std::os::unix::fs::MetadataExt;
@@ -504,7 +525,7 @@ impl Target for LocalTarget {
         if !st.is_file() || st.len() != node.size || st.blocks() * 512 < st.len() {
             return Ok(false);
         }
-        let mut sink = self.create_local(path)?;
+        let mut sink = self.create_local(path, 0)?;
         let mut left = node.size;
         while left > 0 {
             let want = left.min(1 << 30) as usize;
@@ -535,19 +556,38 @@ impl Target for LocalTarget {
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let (dir, name) = self.parent(path)?;
         let p = self.full(path);
-        let temp = temp_name();
         let target =
             beneath::cstr(node.link_target.as_deref().unwrap_or("")).map_err(|e| io(&p, e))?;
-        let c = beneath::cstr(&temp).map_err(|e| io(&p, e))?;
-        // SAFETY: NUL-terminated strings, open dirfd.
-        if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) } != 0 {
+        let make = |n: &str| -> Result<bool, TargetError> {
+            let c = beneath::cstr(n).map_err(|e| io(&p, e))?;
+            // symlinkat never follows anything at the name: it fails
+            // with EEXIST if anything is there.
+            // SAFETY: NUL-terminated strings, open dirfd.
+            Ok(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), c.as_ptr()) } == 0)
+        };
+        // Under its own name when that is free (a fresh restore: one
+        // directory operation, as for files), else under a temporary name
+        // renamed over the old entry.
+        let (made, temp) = if make(name)? {
+            (name.to_string(), None)
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+            let t = temp_name();
+            if !make(&t)? {
+                return Err(last_err(&p));
+            }
+            (t.clone(), Some(t))
+        } else {
             return Err(last_err(&p));
-        }
-        if let Err(e) = set_link_meta(&dir, &temp, &p, node, &self.xattrs) {
-            unlink_at(&dir, &temp, false);
+        };
+        if let Err(e) = set_link_meta(&dir, &made, &p, node, &self.xattrs) {
+            // Ours either way: made just now with a name nothing had.
+            unlink_at(&dir, &made, false);
             return Err(e);
         }
-        rename_at(&dir, &temp, name).map_err(|e| io(&p, e))
+        match temp {
+            Some(t) => rename_at(&dir, &t, name).map_err(|e| io(&p, e)),
+            None => Ok(()),
+        }
     }
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError> {
         let p = self.full(path);

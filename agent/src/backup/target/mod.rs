@@ -1,6 +1,7 @@
 //! Where a restore writes: a local directory or an SMB share.
 
 pub mod beneath;
+mod direct;
 pub mod local;
 pub mod smb;
 
@@ -30,7 +31,8 @@ pub trait Target: Send + Sync {
     fn mkdir(&self, path: &str) -> Result<(), TargetError>;
     /// Size and mtime of an existing file, for `--overwrite`.
     fn existing(&self, path: &str) -> Option<(u64, i64)>;
-    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError>;
+    /// A new file of `size` bytes once complete (a hint: how to write it).
+    fn create(&self, path: &str, size: u64) -> Result<Box<dyn FileSink>, TargetError>;
     /// Makes `path` (with `node`'s metadata) a copy of `from`, a file this
     /// restore wrote with the same contents, without going back to the
     /// repository. `Ok(false)`: not possible here (the caller restores it

@@ -187,7 +187,7 @@ impl Target for SmbTarget {
             crate::backup::source::smb::filetime_to_ns(info.modified.0),
         ))
     }
-    fn create(&self, path: &str) -> Result<Box<dyn FileSink>, TargetError> {
+    fn create(&self, path: &str, _size: u64) -> Result<Box<dyn FileSink>, TargetError> {
         let c = &self.conn;
         let full = c.full(path);
         let w =
