@@ -148,6 +148,40 @@ pub fn decode_frame_keyed(
     Ok((raw, current))
 }
 
+/// [`decode_frame`] of a buffer the caller gives up (decrypted in place).
+pub fn decode_frame_owned(
+    key: &MasterKey,
+    id: BlobId,
+    compression: Compression,
+    stored: Vec<u8>,
+) -> Result<Vec<u8>, BlobError> {
+    let (plain, _) = key
+        .decrypt_pack_data_owned(stored)
+        .map_err(|_| BlobError::Decrypt(id))?;
+    match compression {
+        Compression::None => Ok(plain),
+        Compression::Zstd => decompress(&plain).map_err(|e| BlobError::Decompress(id, e)),
+    }
+}
+
+/// [`decode`] of a buffer the caller gives up.
+pub fn decode_owned(
+    key: &MasterKey,
+    id: BlobId,
+    compression: Compression,
+    member: u16,
+    stored: Vec<u8>,
+) -> Result<Vec<u8>, BlobError> {
+    let raw = decode_frame_owned(key, id, compression, stored)?;
+    if member != 0 {
+        return frame_member(key, id, &raw, member);
+    }
+    if !key.id_matches(&raw, &id) {
+        return Err(BlobError::Mismatch(id));
+    }
+    Ok(raw)
+}
+
 /// Blob `id`, member `member` of a decoded frame, verified against its id.
 pub fn frame_member(
     key: &MasterKey,

@@ -377,17 +377,23 @@ impl Repository {
             )
         };
         if loc.member == 0 {
-            return Ok(blob::decode(self.key(), *id, loc.compression, 0, &read()?)?);
+            return Ok(blob::decode_owned(
+                self.key(),
+                *id,
+                loc.compression,
+                0,
+                read()?,
+            )?);
         }
         let at = (loc.pack, loc.offset);
         let frame = match self.frames.get(&at) {
             Some(f) => f,
             None => {
-                let f = Arc::new(blob::decode_frame(
+                let f = Arc::new(blob::decode_frame_owned(
                     self.key(),
                     *id,
                     loc.compression,
-                    &read()?,
+                    read()?,
                 )?);
                 self.frames.put(at, f.clone());
                 f

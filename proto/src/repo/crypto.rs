@@ -83,6 +83,11 @@ impl XaesKdf {
 
     /// The AES-256-GCM key for the first 12 bytes of a 24-byte nonce.
     fn derive(&self, n: &[u8]) -> Aes256Gcm {
+        Aes256Gcm::new((&self.derive_bytes(n)).into())
+    }
+
+    /// [`derive`](Self::derive)'s key as bytes.
+    fn derive_bytes(&self, n: &[u8]) -> [u8; 32] {
         let mut out = [0u8; 32];
         for (i, half) in out.chunks_exact_mut(16).enumerate() {
             let mut m = [0u8; 16];
@@ -95,7 +100,28 @@ impl XaesKdf {
             self.aes.encrypt_block(&mut block);
             half.copy_from_slice(&block);
         }
-        Aes256Gcm::new((&out).into())
+        out
+    }
+
+    /// Opens `nonce || ct || tag` in place with ring's AES-256-GCM (the
+    /// same cipher as `aes-gcm`'s, 3-4x faster here: GHASH was ~5% of a
+    /// restore's samples); `buf` becomes the plaintext. On failure its
+    /// contents are unspecified.
+    fn open_in_place(&self, buf: &mut Vec<u8>, aad: &[u8]) -> Result<(), CryptoError> {
+        use ring::aead::{Aad, LessSafeKey, Nonce as RingNonce, UnboundKey, AES_256_GCM};
+        if buf.len() < XNONCE_LEN + TAG_LEN {
+            return Err(CryptoError::TooShort(buf.len()));
+        }
+        let key = UnboundKey::new(&AES_256_GCM, &self.derive_bytes(&buf[..12]))
+            .map_err(|_| CryptoError::Auth)?;
+        let nonce = RingNonce::try_assume_unique_for_key(&buf[12..XNONCE_LEN])
+            .map_err(|_| CryptoError::Auth)?;
+        let n = LessSafeKey::new(key)
+            .open_within(nonce, Aad::from(aad), buf, XNONCE_LEN..)
+            .map_err(|_| CryptoError::Auth)?
+            .len();
+        buf.truncate(n);
+        Ok(())
     }
 }
 
@@ -168,6 +194,32 @@ impl MasterKey {
     /// ([`id_matches`](Self::id_matches)), and other bytes with the same
     /// keyed hash are a second preimage of SHA-256, key known or not.
     pub fn decrypt_pack_data(&self, data: &[u8]) -> Result<(Vec<u8>, bool), CryptoError> {
+        if self.cipher == Cipher::Xaes256Gcm {
+            return self.decrypt_pack_data_owned(data.to_vec());
+        }
+        self.decrypt_pack_data_slice(data)
+    }
+
+    /// [`decrypt_pack_data`](Self::decrypt_pack_data) of a buffer the
+    /// caller gives up: XAES-256-GCM data is decrypted in place (no copy).
+    pub fn decrypt_pack_data_owned(&self, data: Vec<u8>) -> Result<(Vec<u8>, bool), CryptoError> {
+        if self.cipher != Cipher::Xaes256Gcm {
+            return self.decrypt_pack_data_slice(&data);
+        }
+        // In place destroys the input on failure: keep a copy only when a
+        // retired key may have to try it next.
+        let spare = (!self.retired.is_empty()).then(|| data.clone());
+        let mut buf = data;
+        match self.xaes.open_in_place(&mut buf, b"") {
+            Ok(()) => Ok((buf, true)),
+            Err(e) => match spare {
+                Some(d) => self.decrypt_pack_data_slice(&d).map_err(|_| e),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn decrypt_pack_data_slice(&self, data: &[u8]) -> Result<(Vec<u8>, bool), CryptoError> {
         match self.decrypt(data) {
             Ok(p) => Ok((p, true)),
             Err(e) => {
@@ -281,11 +333,9 @@ impl MasterKey {
         match self.cipher {
             Cipher::Aes256Gcm => decrypt_aad(&self.enc, data, aad),
             Cipher::Xaes256Gcm => {
-                if data.len() < XNONCE_LEN + TAG_LEN {
-                    return Err(CryptoError::TooShort(data.len()));
-                }
-                let (n, ct) = data.split_at(XNONCE_LEN);
-                open(&self.xaes.derive(n), &n[12..], ct, aad)
+                let mut buf = data.to_vec();
+                self.xaes.open_in_place(&mut buf, aad)?;
+                Ok(buf)
             }
         }
     }
