@@ -214,9 +214,8 @@ mod tests {
             for (k, (zero, n)) in list.iter().enumerate() {
                 if *zero {
                     want.resize(want.len() + n, 0);
-                    match &mut s {
-                        Some(s) => s.zeros(&f, *n as u64).expect("zeros"),
-                        None => {}
+                    if let Some(s) = &mut s {
+                        s.zeros(&f, *n as u64).expect("zeros");
                     }
                 } else {
                     let d: Vec<u8> = (0..*n).map(|j| (j * 7 + k + 1) as u8 | 1).collect();
