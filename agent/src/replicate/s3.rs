@@ -1,6 +1,6 @@
 //! A direct S3 target (`url: s3://bucket[/prefix]`): the same replication
 //! as to a Levee store, with what S3 offers instead of the store's
-//! protocol. Requests go through `levee_s3` (the workspace's one S3
+//! protocol. Requests go through `levee_proto::s3::client` (the workspace's one S3
 //! client, shared with the offsite store's S3 backend: `rusty-s3` signs,
 //! the agent's own reqwest client sends, the keys from the configuration
 //! only), so `ca_file`, the bandwidth cap and the part time limits apply.
@@ -27,7 +27,7 @@ use std::time::Duration;
 use levee_proto::config::OffsiteTarget;
 use levee_proto::offsite::{check_name, DeletionRequest, FileKind, Namespace};
 use levee_proto::s3 as s3wire;
-use levee_s3::S3Error;
+use levee_proto::s3::client::S3Error;
 use serde::{Deserialize, Serialize};
 
 use super::client::part_timeout;
@@ -57,7 +57,7 @@ struct Upload {
 }
 
 pub struct S3Target {
-    s3: levee_s3::Client,
+    s3: levee_proto::s3::client::Client,
     ns: Namespace,
     throttle: Arc<Bucket>,
     total_sent: AtomicU64,
@@ -84,7 +84,7 @@ impl S3Target {
         timeout: Duration,
         state_dir: &Path,
     ) -> Result<S3Target, StoreError> {
-        let settings = levee_s3::Settings {
+        let settings = levee_proto::s3::client::Settings {
             url: target.endpoints().first().copied().unwrap_or_default(),
             endpoint: target.endpoint.as_deref(),
             region: target.region.as_deref(),
@@ -92,8 +92,9 @@ impl S3Target {
             secret_access_key: target.secret_access_key.as_ref().map(|s| s.0.as_str()),
             ca_file: target.ca_file.as_deref(),
         };
-        let s3 = levee_s3::Client::new(&settings, crate::http_client::blocking(timeout))
-            .map_err(local)?;
+        let s3 =
+            levee_proto::s3::client::Client::new(&settings, crate::http_client::blocking(timeout))
+                .map_err(local)?;
         Ok(S3Target {
             s3,
             ns,
@@ -381,7 +382,7 @@ impl Target for S3Target {
                 })?;
         let mut out = Vec::new();
         resp.read_to_end(&mut out)
-            .map_err(|e| store_error(levee_s3::transport(&key, e)))?;
+            .map_err(|e| store_error(levee_proto::s3::client::transport(&key, e)))?;
         Ok(out)
     }
 

@@ -1,5 +1,5 @@
 //! The offsite store's files in S3 (`--store-backend s3://bucket[/prefix]`),
-//! through the workspace's one S3 client (`levee_s3`). Store nodes on one
+//! through the workspace's one S3 client (`levee_proto::s3::client`). Store nodes on one
 //! bucket are endpoints of one target, as nodes on one directory are.
 //!
 //! ```text
@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use levee_proto::offsite::{
     check_name, DeletionRequest, FileKind, FileRef, Listed, Namespace, UploadRange, UPLOAD_OFFSET,
 };
-use levee_s3::S3Error;
+use levee_proto::s3::client::S3Error;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -70,7 +70,7 @@ pub struct S3Options {
 
 #[derive(Clone)]
 pub struct S3Files {
-    s3: Arc<levee_s3::Client>,
+    s3: Arc<levee_proto::s3::client::Client>,
     url: String,
 }
 
@@ -102,7 +102,7 @@ impl S3Files {
     /// A client for `o`; checks at once that the bucket answers (a store
     /// with wrong keys or endpoint fails at start, not at the first upload).
     pub fn open(o: &S3Options) -> anyhow::Result<S3Files> {
-        let settings = levee_s3::Settings {
+        let settings = levee_proto::s3::client::Settings {
             url: &o.url,
             endpoint: o.endpoint.as_deref(),
             region: o.region.as_deref(),
@@ -115,7 +115,7 @@ impl S3Files {
             .connect_timeout(Duration::from_secs(30))
             .pool_idle_timeout(Duration::from_secs(20))
             .no_proxy();
-        let s3 = levee_s3::Client::new(&settings, http)
+        let s3 = levee_proto::s3::client::Client::new(&settings, http)
             .map_err(|e| anyhow::anyhow!("--store-backend {}: {e}", o.url))?;
         let files = S3Files {
             s3: Arc::new(s3),

@@ -7,6 +7,10 @@
 
 use crate::offsite::{FileKind, Namespace};
 
+/// The S3 client itself (I/O), for the crates that talk to S3.
+#[cfg(feature = "s3-client")]
+pub mod client;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum S3UrlError {
     #[error("{0:?}: an S3 location is s3://BUCKET[/PREFIX]")]

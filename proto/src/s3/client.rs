@@ -8,12 +8,14 @@
 //! Credentials come only from [`Settings`]: nothing here reads `AWS_*`
 //! variables, profiles or the instance-metadata address. The answers
 //! Levee reads itself (errors, `ListParts`, bucket settings) are parsed by
-//! `levee_proto::s3`, which is pure and shared too.
+//! the parent module `levee_proto::s3`, which is pure and always built;
+//! this client is the `s3-client` feature, so crates that need no S3
+//! (the PXE server, the image builder) do not link reqwest through proto.
 
 use std::io::Read;
 use std::time::Duration;
 
-use levee_proto::s3::{self as wire, S3Url};
+use super::{self as wire, S3Url};
 use rusty_s3::{Credentials, S3Action, UrlStyle};
 
 /// How long a signed request stays valid (it is sent at once).
