@@ -40,3 +40,21 @@ pub mod paths {
     /// `GET /images/<image-id>/<artifact>`: boot artifacts, with `Range`.
     pub const IMAGES_PREFIX: &str = "/images/";
 }
+
+/// An error's message followed by all its causes, `a: b: c` (reqwest's and
+/// tough's own messages are generic: the refused connection, the failed TLS
+/// check or the bad signature is in the sources). A cause whose text is
+/// already there is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
+}

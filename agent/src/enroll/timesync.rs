@@ -140,7 +140,7 @@ pub fn server_clock(cred: &Credential, now: Option<i64>) -> Result<ServerClock, 
     let resp = client
         .get(&url)
         .send()
-        .map_err(|e| transport(&url, with_sources(&e)))?;
+        .map_err(|e| transport(&url, levee_proto::error_chain(&e)))?;
     let date = resp
         .headers()
         .get(reqwest::header::DATE)
@@ -161,17 +161,6 @@ pub fn server_clock(cred: &Credential, now: Option<i64>) -> Result<ServerClock, 
         not_before,
         not_after,
     })
-}
-
-/// An error with its causes (reqwest's own message hides why TLS failed).
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text = format!("{text}: {c}");
-        cause = c.source();
-    }
-    text
 }
 
 /// A stand-in local clock for the certificate check.

@@ -409,18 +409,9 @@ impl StoreClient {
 }
 
 pub(super) fn transport(url: &str, e: impl std::error::Error) -> StoreError {
-    // reqwest's own message is generic ("error sending request"); the
-    // cause (refused, reset, timed out) is in its sources.
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
     StoreError::Transport {
         url: url.to_string(),
-        reason,
+        reason: levee_proto::error_chain(&e),
     }
 }
 

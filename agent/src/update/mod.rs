@@ -105,24 +105,9 @@ impl UpdateError {
     /// Names a tough error by the attack it stopped, keeping the full
     /// message (with every cause) as the detail.
     pub fn from_tough(stage: client::Stage, e: &tough::error::Error) -> UpdateError {
-        let detail = chain(e);
+        let detail = levee_proto::error_chain(e);
         UpdateError::refused(classify(stage, &detail), detail)
     }
-}
-
-/// The message of an error and all its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// tough's errors are one large enum; its messages are stable and say

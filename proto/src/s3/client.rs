@@ -94,16 +94,9 @@ pub fn redact(url: &url::Url) -> String {
 /// A transport failure with its causes (reqwest's own message is generic:
 /// "error sending request"; refused, reset or timed out is in its sources).
 pub fn transport(url: &str, e: impl std::error::Error) -> S3Error {
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
     S3Error::Transport {
         url: url.to_string(),
-        reason,
+        reason: crate::error_chain(&e),
     }
 }
 
