@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod files;
+mod part;
 pub mod quota;
 pub mod s3;
 pub mod server;

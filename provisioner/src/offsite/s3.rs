@@ -22,26 +22,22 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request as HttpRequest;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use levee_proto::offsite::{
-    check_name, DeletionRequest, FileKind, FileRef, Listed, Namespace, UploadRange, UPLOAD_OFFSET,
+    check_name, DeletionRequest, FileKind, FileRef, Listed, Namespace, UploadRange,
 };
 use levee_proto::s3::client::S3Error;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::disk::{FileState, Finish, PruneReport};
-use super::server::{
-    conflict, drain, exists, io_error, StoreState, MAX_DRAIN_BYTES, MAX_PART_BYTES,
-};
+use super::server::{drain, exists, io_error, StoreState, MAX_DRAIN_BYTES};
 use crate::enroll::https::api_error;
 
 /// Bytes per segment object of an upload in progress, and per part of the
@@ -576,10 +572,11 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// A `PUT` of a part on the S3 backend (after the quota check): the bytes
-/// become segments as they arrive ([`SEGMENT`] at most each), what
-/// arrived of a cut part included; the last part is hashed with the
-/// segments before it and the file is written.
+/// A `PUT` of a part on the S3 backend (after the quota check): refused
+/// (409) for a file the bucket has; else the shared part handling
+/// ([`super::part::receive`]) into segments ([`S3Part`]): what arrived of
+/// a cut part is kept too; the last part is hashed with the segments
+/// before it and the file is written.
 pub async fn put(
     state: &StoreState,
     files: &S3Files,
@@ -600,81 +597,73 @@ pub async fn put(
         Ok(Err(e)) => return io_error(e),
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if have != range.offset {
-        info!(appliance, file = %f.path(), have, offset = range.offset, "upload part does not start where the store is");
-        drain(req.into_body(), MAX_DRAIN_BYTES).await;
-        return conflict(
-            have,
-            &format!("the store holds {have} bytes of this file; send from there"),
-        );
-    }
-    let room = (range.length - range.offset).min(MAX_PART_BYTES);
-    // Bytes received, the first not yet in a segment, and those after it.
-    let (mut written, mut flushed_to) = (0u64, have);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut stream = req.into_body().into_data_stream();
-    let mut cut = None;
-    let segment = |buf: Vec<u8>, start: u64| {
-        let (fs, f2) = (files.clone(), f.clone());
-        tokio::task::spawn_blocking(move || fs.put_segment(&f2, range.length, start, buf))
+    let sink = S3Part {
+        files: files.clone(),
+        f: f.clone(),
+        length: range.length,
+        buf: Vec::new(),
+        flushed_to: have,
     };
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                cut = Some(e.to_string());
-                break;
-            }
-        };
-        if written + chunk.len() as u64 > room {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                format!("the body runs past Upload-Length or the {MAX_PART_BYTES}-byte part limit"),
-            );
-        }
-        buf.extend_from_slice(&chunk);
-        written += chunk.len() as u64;
-        state.usage.add(&f.ns.customer, chunk.len() as u64);
-        state
-            .stats
-            .bytes_received
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        // A part's bytes become segments of about SEGMENT bytes as they
-        // arrive; the last part's tail (up to SEGMENT) stays in memory for
-        // the hash at the end.
-        if buf.len() > SEGMENT {
-            let start = flushed_to;
-            flushed_to += buf.len() as u64;
-            match segment(std::mem::take(&mut buf), start).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return io_error(e),
-                Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
+    super::part::receive(state, appliance, &f, range, have, sink, req.into_body()).await
+}
+
+/// A part on S3: its bytes become segments of about [`SEGMENT`] bytes as
+/// they arrive; the last part's tail (up to [`SEGMENT`]) stays in memory
+/// for the hash at the end.
+struct S3Part {
+    files: S3Files,
+    f: FileRef,
+    length: u64,
+    /// Bytes not yet in a segment, from byte `flushed_to` of the file.
+    buf: Vec<u8>,
+    flushed_to: u64,
+}
+
+impl S3Part {
+    /// Writes what is buffered as a segment.
+    async fn flush(&mut self) -> Result<(), Response> {
+        let start = self.flushed_to;
+        let buf = std::mem::take(&mut self.buf);
+        self.flushed_to += buf.len() as u64;
+        let (fs, f, length) = (self.files.clone(), self.f.clone(), self.length);
+        match tokio::task::spawn_blocking(move || fs.put_segment(&f, length, start, buf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_error(e)),
+            Err(e) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         }
     }
-    let done = have + written;
-    if done < range.length || cut.is_some() {
-        if !buf.is_empty() {
-            match segment(buf, flushed_to).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return io_error(e),
-                Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
+}
+
+impl super::part::PartSink for S3Part {
+    async fn take(&mut self, chunk: bytes::Bytes) -> Result<(), Response> {
+        self.buf.extend_from_slice(&chunk);
+        if self.buf.len() > SEGMENT {
+            self.flush().await?;
         }
-        if let Some(why) = cut {
-            info!(appliance, file = %f.path(), kept = done, %why, "upload cut; its bytes so far are kept");
-            return conflict(done, "the upload was cut");
-        }
-        let mut r = StatusCode::ACCEPTED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&done.to_string()) {
-            r.headers_mut().insert(UPLOAD_OFFSET, v);
-        }
-        return r;
+        Ok(())
     }
-    let (fs, f2) = (files.clone(), f.clone());
-    let finished =
-        tokio::task::spawn_blocking(move || fs.finish(&f2, range.length, flushed_to, &buf)).await;
-    super::server::finished(state, appliance, &f, finished)
+
+    /// Segments already written stay: they hold the file's bytes, and the
+    /// hash at the end decides.
+    async fn overrun(&mut self) {}
+
+    async fn keep(&mut self) -> Result<(), Response> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.flush().await
+    }
+
+    async fn finish(self) -> Result<std::io::Result<Finish>, tokio::task::JoinError> {
+        let S3Part {
+            files,
+            f,
+            length,
+            buf,
+            flushed_to,
+        } = self;
+        tokio::task::spawn_blocking(move || files.finish(&f, length, flushed_to, &buf)).await
+    }
 }
 
 /// `GET` of a file on the S3 backend: streamed from S3 as it arrives.

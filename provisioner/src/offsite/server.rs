@@ -324,65 +324,51 @@ async fn put_dir(
         Ok(m) => m.len(),
         Err(e) => return io_error(e),
     };
-    if have != range.offset {
-        info!(appliance, file = %f.path(), have, offset = range.offset, "upload part does not start where the store is");
-        // Unlocked first: another node may take the upload over meanwhile.
-        drop(file);
-        drain(req.into_body(), MAX_DRAIN_BYTES).await;
-        return conflict(
-            have,
-            &format!("the store holds {have} bytes of this file; send from there"),
-        );
+    let sink = DirPart {
+        disk,
+        f: f.clone(),
+        length: range.length,
+        file: tokio::fs::File::from_std(file),
+        have,
+        written: 0,
+    };
+    super::part::receive(state, appliance, &f, range, have, sink, req.into_body()).await
+}
+
+/// A part on the directory: appended to the upload's locked partial file
+/// (the lock goes with it).
+struct DirPart {
+    disk: Disk,
+    f: FileRef,
+    length: u64,
+    file: tokio::fs::File,
+    /// What the file held before this part, and what this part added.
+    have: u64,
+    written: u64,
+}
+
+impl super::part::PartSink for DirPart {
+    async fn take(&mut self, chunk: bytes::Bytes) -> Result<(), Response> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.file, &chunk)
+            .await
+            .map_err(io_error)?;
+        self.written += chunk.len() as u64;
+        Ok(())
     }
-    let mut file = tokio::fs::File::from_std(file);
-    let room = (range.length - range.offset).min(MAX_PART_BYTES);
-    let mut written = 0u64;
-    let mut stream = req.into_body().into_data_stream();
-    let mut cut = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                cut = Some(e.to_string());
-                break;
-            }
-        };
-        if written + chunk.len() as u64 > room {
-            let _ = file.set_len(have + written).await;
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                format!("the body runs past Upload-Length or the {MAX_PART_BYTES}-byte part limit"),
-            );
-        }
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await {
-            return io_error(e);
-        }
-        written += chunk.len() as u64;
-        state.usage.add(&f.ns.customer, chunk.len() as u64);
-        state
-            .stats
-            .bytes_received
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+
+    async fn overrun(&mut self) {
+        let _ = self.file.set_len(self.have + self.written).await;
     }
-    if let Err(e) = file.sync_all().await {
-        return io_error(e);
+
+    async fn keep(&mut self) -> Result<(), Response> {
+        self.file.sync_all().await.map_err(io_error)
     }
-    let done = have + written;
-    if let Some(why) = cut {
-        info!(appliance, file = %f.path(), kept = done, %why, "upload cut; its bytes so far are kept");
-        return conflict(done, "the upload was cut");
+
+    async fn finish(self) -> Result<std::io::Result<Finish>, tokio::task::JoinError> {
+        let file = self.file.into_std().await;
+        let (disk, f, length) = (self.disk, self.f, self.length);
+        tokio::task::spawn_blocking(move || disk.finish(&f, length, &file)).await
     }
-    if done < range.length {
-        let mut r = StatusCode::ACCEPTED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&done.to_string()) {
-            r.headers_mut().insert(UPLOAD_OFFSET, v);
-        }
-        return r;
-    }
-    let file = file.into_std().await;
-    let f2 = f.clone();
-    let result = tokio::task::spawn_blocking(move || disk.finish(&f2, range.length, &file)).await;
-    finished(state, appliance, &f, result)
 }
 
 /// A refused part's body (over quota, or a 409) is read and dropped up to
