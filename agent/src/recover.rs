@@ -6,11 +6,14 @@
 //! its repository's recovery slot (sealed to the customer's paper key) at
 //! `POST /api/v1/recovery`. After `levee appliance replace OLD --with NEW
 //! --recovery-key FILE`, NEW's `GET /api/v1/recovery` holds OLD's slot
-//! secret sealed to NEW's key: [`step`] opens it, fetches the repository
-//! from an offsite target (every file checked against its name), opens it
-//! with that secret, adds NEW's own appliance slot and puts it in place
-//! as NEW's repository. From then on NEW's backups continue the same
-//! history and replicate to the same namespace.
+//! secret sealed to NEW's key: [`step`] opens it, fetches the repository's
+//! key slots, index, snapshots and config from an offsite target (every
+//! file checked against its name), opens it with that secret, adds NEW's
+//! own appliance slot, records which targets hold its packs
+//! (`crate::backup::unfetched`) and puts it in place as NEW's repository.
+//! The packs follow on demand and by the back-fill
+//! (`crate::replicate::ondemand`). From then on NEW's backups continue the
+//! same history and replicate to the same namespace.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,8 +26,9 @@ use levee_proto::recovery_api::{grant_context, RecoveryGrant, RecoveryUpload, Se
 use levee_proto::repo::KdfParams;
 
 use crate::backup::recovery::RECOVERY_KIND;
+use crate::backup::unfetched::Unfetched;
 use crate::enroll::{write_atomic, Credential, MtlsClient};
-use crate::replicate::{fetch_repository, open_target, Bucket};
+use crate::replicate::{fetch_metadata, open_target, Bucket};
 use crate::Repository;
 
 /// The appliance's own recovery key (hex of 32 random bytes).
@@ -216,7 +220,7 @@ fn adopt(
         .and_then(levee_proto::config::parse_rate);
     let bucket = Arc::new(Bucket::new(rate));
     let mut why = Vec::new();
-    let mut fetched = false;
+    let mut fetched_from = None;
     for t in &config.offsite {
         let target = match open_target(
             t,
@@ -232,17 +236,20 @@ fn adopt(
                 continue;
             }
         };
-        match fetch_repository(target.as_ref(), &dest) {
+        match fetch_metadata(target.as_ref(), &dest) {
             Ok(got) => {
                 tracing::info!(
-                    "fetched repository {} from offsite target {}: {} file(s), {} bytes ({} already here)",
+                    "fetched repository {} from offsite target {}: {} file(s), {} bytes ({} already here); \
+                     its {} pack(s), {} MiB, are fetched on demand and back-filled",
                     grant.repository,
                     t.name,
                     got.files,
                     got.bytes,
-                    got.skipped
+                    got.skipped,
+                    got.packs_left.0,
+                    got.packs_left.1 >> 20
                 );
-                fetched = true;
+                fetched_from = Some(t.name.clone());
                 break;
             }
             Err(e) => {
@@ -255,7 +262,7 @@ fn adopt(
             }
         }
     }
-    if !fetched {
+    let Some(from) = fetched_from else {
         return Err(RecoverError::Fetch {
             repo: grant.repository.clone(),
             why: if why.is_empty() {
@@ -264,7 +271,7 @@ fn adopt(
                 why.join("; ")
             },
         });
-    }
+    };
     let repo = Repository::open(&dest, &secret)
         .map_err(|e| RecoverError::Open(grant.repository.clone(), e))?;
     // A fetch resumed after a crash may hold this appliance's slot already.
@@ -277,6 +284,26 @@ fn adopt(
             grant.repository
         );
     }
+    // Before the repository takes its place: from then on its packs are
+    // known to be offsite, not lost (a crash before this leaves it in
+    // STATE/recovered/, where the next step resumes).
+    let mut targets = vec![from.clone()];
+    targets.extend(
+        config
+            .offsite
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| *n != from),
+    );
+    Unfetched {
+        version: 1,
+        customer: grant.customer.clone(),
+        repository: grant.repository.clone(),
+        targets,
+        since: crate::enroll::unix_now(),
+    }
+    .save(repo.local().as_ref())
+    .map_err(|e| RecoverError::Local(format!("{}: {e}", dest.display())))?;
     drop(repo);
     let repo_dir = state.join(REPO_DIR);
     if let Some(old) = local_id {
@@ -296,6 +323,8 @@ fn adopt(
             repo_dir.display()
         ))
     })?;
+    crate::backup::backend::local::sync_dir(state)
+        .map_err(|e| RecoverError::Local(e.to_string()))?;
     tracing::info!(
         "repository {} of appliance {} is now this appliance's repository: backups continue its history",
         grant.repository,

@@ -171,7 +171,17 @@ pub fn run_job(
                 ..Default::default()
             },
         )?;
-        if !f.remove.is_empty() {
+        let unfetched = crate::backup::unfetched::Unfetched::load(repo.local().as_ref())
+            .ok()
+            .flatten();
+        if let (false, Some(u)) = (f.remove.is_empty(), &unfetched) {
+            // Prune would refuse: its listing lacks the packs still offsite.
+            // The forgotten snapshots' data goes at the first prune after.
+            tracing::info!(
+                "prune waits until the back-fill from {} ends (packs of the taken-over repository are not all here)",
+                u.target_names()
+            );
+        } else if !f.remove.is_empty() {
             let started = unix_now();
             pruned = Some(
                 prune(

@@ -562,6 +562,10 @@ fn r14_a_replacement_takes_over_the_repository_with_a_grant_only_it_opens() {
     );
     let repo = Repository::open(&state_b.join("repo"), key_b.as_bytes()).expect("B's own slot");
     assert_eq!(repo.config.id, repo_id);
+    // The packs stayed offsite (tests/ondemand.rs): the restore fetches them.
+    replicate::ondemand::attach(&repo, &state_b, &config)
+        .expect("attach")
+        .expect("packs offsite");
     let out = s.dir.path().join("restored-b");
     let r = restore(
         &repo,

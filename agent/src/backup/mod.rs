@@ -25,5 +25,6 @@ pub mod recovery;
 pub mod repository;
 pub mod source;
 pub mod target;
+pub mod unfetched;
 
 pub use repository::{RepoError, Repository};

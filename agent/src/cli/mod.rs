@@ -120,6 +120,11 @@ pub enum Command {
     /// older than 30 minutes) and lock files that fail authentication;
     /// live locks are never removed.
     Unlock,
+    /// Fetch the packs of a repository taken over from an offsite copy that
+    /// are not here yet (what the service's back-fill does), from the
+    /// targets the take-over recorded, with the appliance's credential and
+    /// configuration in --state-dir. Resumes where any earlier run stopped.
+    Backfill(offsite::BackfillArgs),
     /// Manage key slots (passwords, appliance and recovery secrets).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -258,6 +263,14 @@ fn open(g: &Global) -> Result<Repository> {
     Ok(Repository::open(&path, &password(g)?)?)
 }
 
+/// [`open`], and for a repository taken over from an offsite copy, reads of
+/// packs not here yet fetch them (`offsite::attach`).
+fn open_fetching(g: &Global) -> Result<Repository> {
+    let repo = open(g)?;
+    offsite::attach(g, &repo);
+    Ok(repo)
+}
+
 /// Holds an update's reboot back while this command runs (see
 /// `levee_agent::activity`); off the appliance (no `/run/levee`), nothing
 /// to hold back.
@@ -312,14 +325,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if bad.is_empty() || skip_damaged { 0 } else { 1 })
         }
         Command::Ls { snapshot, path } => {
-            let repo = open(g)?;
+            let repo = open_fetching(g)?;
             out.ls(&ls::ls(&repo, &snapshot, path.as_deref())?)?;
             Ok(0)
         }
         Command::Restore(o) => {
             let _reboot_waits = hold_reboot();
             let run = report::Manual::start(&g.state_dir, RunKind::Restore, vec![o.target.clone()]);
-            let s = open(g).and_then(|repo| {
+            let s = open_fetching(g).and_then(|repo| {
                 let c = Counters::default();
                 Ok(progress::with_progress(g, &c, "restore", || {
                     restore::restore(&repo, &o, None, &c)
@@ -331,7 +344,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if s.errors > 0 { 3 } else { 0 })
         }
         Command::Diff { a, b } => {
-            let repo = open(g)?;
+            let repo = open_fetching(g)?;
             out.diff(&diff::diff(&repo, &a, &b)?)?;
             Ok(0)
         }
@@ -356,7 +369,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Check(o) => {
             let run = report::Manual::start(&g.state_dir, RunKind::Check, Vec::new());
-            let r = open(g).and_then(|repo| {
+            // Only reading the data fetches packs; the structure check
+            // reports those not yet here.
+            let opened = if o.read_data.is_some() {
+                open_fetching(g)
+            } else {
+                open(g)
+            };
+            let r = opened.and_then(|repo| {
                 let c = Counters::default();
                 let r = progress::with_progress(g, &c, "check", || check::check(&repo, &o, &c))?;
                 if !o.repair_from_offsite || r.damaged_blobs.is_empty() {
@@ -381,6 +401,22 @@ pub fn run(cli: Cli) -> Result<i32> {
             let r = progress::with_progress(g, &c, "repair", || repair::repair(&repo, &o, &c))?;
             out.repair(&r)?;
             Ok(0)
+        }
+        Command::Backfill(a) => {
+            let repo = open(g)?;
+            let b = offsite::backfill(g, &repo, &a)?;
+            out.message(
+                if b.complete {
+                    "back-fill complete"
+                } else {
+                    "back-fill stopped"
+                },
+                &format!(
+                    "{} pack(s), {} bytes fetched; {} left",
+                    b.packs_fetched, b.bytes_fetched, b.packs_left
+                ),
+            )?;
+            Ok(if b.errors.is_empty() { 0 } else { 1 })
         }
         Command::Unlock => {
             let repo = open(g)?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use levee_agent::enroll::Credential;
-use levee_agent::replicate::{fetch_repository, Bucket, StoreClient};
+use levee_agent::replicate::{fetch_repository, ondemand, Bucket, StoreClient};
 use levee_agent::Repository;
 use levee_proto::offsite::Namespace;
 use levee_proto::recovery::RecoveryPrivateKey;
@@ -106,6 +106,56 @@ pub fn repair(
         eprintln!("pack {p} not repaired: {why}");
     }
     Ok(())
+}
+
+/// Reads of `repo`'s packs that are not here fetch them, when it is a
+/// repository taken over from an offsite copy. A configuration or
+/// credential that cannot be had is said once; reads of such packs then
+/// fail naming the pack.
+pub fn attach(g: &super::Global, repo: &Repository) {
+    if !levee_agent::replicate::ondemand::pending(&repo.path) {
+        return;
+    }
+    let attached = ondemand::cached_config(&g.state_dir)
+        .and_then(|config| ondemand::attach(repo, &g.state_dir, &config));
+    if let Err(e) = attached {
+        eprintln!(
+            "levee-agent: packs not yet fetched from offsite cannot be fetched: {}",
+            super::output::esc(&e)
+        );
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BackfillArgs {
+    /// Download cap (`20Mbit/s`, `1MiB/s`); default: the configuration's
+    /// `bandwidth_limit`.
+    #[arg(long)]
+    pub bandwidth_limit: Option<String>,
+}
+
+/// `levee-agent backfill`.
+pub fn backfill(
+    g: &super::Global,
+    repo: &Repository,
+    a: &BackfillArgs,
+) -> Result<ondemand::Backfill> {
+    let config = ondemand::cached_config(&g.state_dir).map_err(|e| anyhow!(e))?;
+    let rate = match &a.bandwidth_limit {
+        Some(s) => Some(
+            levee_proto::config::parse_rate(s)
+                .ok_or_else(|| anyhow!("--bandwidth-limit {s:?}: not a rate (e.g. 20Mbit/s)"))?,
+        ),
+        None => config
+            .bandwidth_limit
+            .as_deref()
+            .and_then(levee_proto::config::parse_rate),
+    };
+    let b = ondemand::backfill(repo, &g.state_dir, &config, rate, None);
+    for e in &b.errors {
+        eprintln!("levee-agent: back-fill: {}", super::output::esc(e));
+    }
+    Ok(b)
 }
 
 #[cfg(test)]

@@ -47,11 +47,20 @@ impl Jobs {
     ) -> Jobs {
         let shared = Arc::new(Mutex::new(config));
         let theirs = shared.clone();
+        let (state2, who2, theirs2) = (state_dir.clone(), who.clone(), shared.clone());
         let spawned = std::thread::Builder::new()
             .name("levee-jobs".into())
             .spawn(move || run(&state_dir, &who, &theirs, &gate));
         if let Err(e) = spawned {
             tracing::warn!("cannot start the backup scheduler: {e}");
+        }
+        // Its own thread: a back-fill of a large repository under a low
+        // cap takes days and must not hold back a scheduled backup.
+        let spawned = std::thread::Builder::new()
+            .name("levee-backfill".into())
+            .spawn(move || backfill_loop(&state2, &who2, &theirs2));
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the back-fill: {e}");
         }
         Jobs { config: shared }
     }
@@ -153,6 +162,62 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         report_runs(state_dir, &reports, who);
         if !config.offsite.is_empty() {
             replicate_at = replicate(state_dir, &config, who, gate);
+        }
+    }
+}
+
+/// Longest back-fill run: each ends with a run report (progress for the
+/// server) and a fresh look at the configuration (its cap).
+const BACKFILL_SLICE: Duration = Duration::from_secs(600);
+
+/// While the repository has packs still offsite (a take-over), fetches
+/// them in runs of at most [`BACKFILL_SLICE`] under `bandwidth_limit`,
+/// beside the backups (they never wait for it: packs only appear, and
+/// prune waits for the end). Resumes after a restart from the listing.
+fn backfill_loop(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
+    let repo_dir = state_dir.join(REPO_DIR);
+    loop {
+        if !crate::replicate::ondemand::pending(&repo_dir) {
+            std::thread::sleep(RECHECK);
+            continue;
+        }
+        let Some(config) = shared.lock().ok().and_then(|c| c.clone()) else {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
+        let opened = repo_key(state_dir)
+            .and_then(|key| crate::Repository::open(&repo_dir, &key).map_err(|e| e.to_string()));
+        let repo = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{who}: back-fill not run: {e}");
+                std::thread::sleep(RECHECK * 10);
+                continue;
+            }
+        };
+        let rate = config
+            .bandwidth_limit
+            .as_deref()
+            .and_then(levee_proto::config::parse_rate);
+        let b = crate::replicate::ondemand::backfill(
+            &repo,
+            state_dir,
+            &config,
+            rate,
+            Some(BACKFILL_SLICE),
+        );
+        drop(repo);
+        report_runs(state_dir, &[b.report()], who);
+        if !b.errors.is_empty() {
+            tracing::warn!(
+                "{who}: back-fill from {}: {}; retrying in {} s",
+                b.targets,
+                b.errors.join("; "),
+                crate::replicate::RETRY.as_secs()
+            );
+            std::thread::sleep(crate::replicate::RETRY);
+        } else if !b.complete && b.packs_fetched == 0 {
+            std::thread::sleep(RECHECK);
         }
     }
 }

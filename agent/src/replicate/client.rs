@@ -375,6 +375,18 @@ impl StoreClient {
 
     /// Reads a whole file back (restores from offsite).
     pub fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.download_with(kind, name, None)
+    }
+
+    /// [`download`](Self::download), the body read at `pace` (when given):
+    /// the back-fill's share of `bandwidth_limit`, taken as the bytes
+    /// arrive, so the link is never filled by a whole pack at once.
+    pub fn download_with(
+        &self,
+        kind: FileKind,
+        name: &str,
+        pace: Option<&Bucket>,
+    ) -> Result<Vec<u8>, StoreError> {
         self.on_some_endpoint(|base| {
             let url = format!("{base}{}", self.file(kind, name).path());
             let mut resp = self
@@ -386,7 +398,11 @@ impl StoreClient {
                 return Err(refused(&url, resp));
             }
             let mut out = Vec::new();
-            resp.read_to_end(&mut out).map_err(|e| transport(&url, e))?;
+            match pace {
+                Some(b) => super::throttle::read_paced(&mut resp, b, &mut out),
+                None => resp.read_to_end(&mut out).map(drop),
+            }
+            .map_err(|e| transport(&url, e))?;
             Ok(out)
         })
     }

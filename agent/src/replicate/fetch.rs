@@ -5,6 +5,7 @@
 //! file of its own; packs, index and key slots go first and the config
 //! last, so an interrupted fetch leaves no directory that looks like a
 //! complete repository, and a second fetch skips what the first wrote.
+//! A take-over ([`fetch_metadata`]) copies everything but the packs.
 
 use std::path::Path;
 
@@ -21,6 +22,9 @@ pub struct Fetched {
     pub bytes: u64,
     /// Files already there from an earlier, interrupted fetch.
     pub skipped: u64,
+    /// [`fetch_metadata`]: the packs (count, bytes) the target holds and
+    /// that were left for later.
+    pub packs_left: (u64, u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,19 @@ fn local_kind(kind: FileKind) -> LocalKind {
 
 /// Copies every file `target` holds of the repository into `dest`.
 pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, FetchError> {
+    fetch_files(target, dest, true)
+}
+
+/// Copies all but the packs (key slots, index, snapshots, then the config):
+/// what a take-over needs to open the repository, list and find every
+/// snapshot and blob, and deduplicate new backups against the old data.
+/// The packs come later, on demand and by the back-fill
+/// ([`super::ondemand`]).
+pub fn fetch_metadata(target: &dyn Target, dest: &Path) -> Result<Fetched, FetchError> {
+    fetch_files(target, dest, false)
+}
+
+fn fetch_files(target: &dyn Target, dest: &Path, packs: bool) -> Result<Fetched, FetchError> {
     let listing = target.list_all()?;
     let configs = listing.get(&FileKind::Config).map_or(0, |m| m.len());
     if configs != 1 {
@@ -65,8 +82,17 @@ pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, Fet
     let local = LocalBackend::new(dest);
     local.create_layout().map_err(|e| local_err(&e))?;
     let mut out = Fetched::default();
+    let wanted = |kind: &FileKind| packs || *kind != FileKind::Data;
     // Progress for the journal: a line per 64 MiB (and per kind of file).
-    let total: u64 = listing.values().flat_map(|m| m.values()).sum();
+    let total: u64 = listing
+        .iter()
+        .filter(|(k, _)| wanted(k))
+        .flat_map(|(_, m)| m.values())
+        .sum();
+    out.packs_left = listing
+        .get(&FileKind::Data)
+        .filter(|_| !packs)
+        .map_or((0, 0), |m| (m.len() as u64, m.values().sum()));
     let mut done = 0u64;
     let mut logged = 0u64;
     for kind in [
@@ -76,6 +102,9 @@ pub fn fetch_repository(target: &dyn Target, dest: &Path) -> Result<Fetched, Fet
         FileKind::Snapshots,
         FileKind::Config,
     ] {
+        if !wanted(&kind) {
+            continue;
+        }
         for (name, size) in listing.get(&kind).into_iter().flatten() {
             let lk = local_kind(kind);
             let local_name = if kind == FileKind::Config { "" } else { name };

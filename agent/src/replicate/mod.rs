@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod fetch;
+pub mod ondemand;
 pub mod parallel;
 pub mod plan;
 pub mod s3;
@@ -36,7 +37,7 @@ use crate::backup::backend::{FileKind as LocalKind, ReadBackend};
 use crate::backup::Repository;
 use crate::enroll::{unix_now, write_atomic, Credential};
 pub use client::{StoreClient, StoreError};
-pub use fetch::{fetch_repository, repair_packs, FetchError, Fetched, Repaired};
+pub use fetch::{fetch_metadata, fetch_repository, repair_packs, FetchError, Fetched, Repaired};
 pub use plan::{LocalFile, Plan};
 pub use s3::{AppendOnly, S3Target};
 pub use target::{Listing, Target};
@@ -312,7 +313,8 @@ fn sync_target(
     let mut requested = load_requested(&dir);
     let remote_names: HashSet<&String> = remote.values().flat_map(|m| m.keys()).collect();
     requested.retain(|n| remote_names.contains(n));
-    let p = plan::plan(local, &remote, &requested);
+    let mut p = plan::plan(local, &remote, &requested);
+    let unfetched = hold_for_unfetched(repo, &remote, &mut p, out)?;
     out.files_present = p.present_files;
     out.bytes_present = p.present_bytes;
     tracing::info!(target = %target.name, missing = p.uploads.len(), present = p.present_files, "replication starting");
@@ -326,6 +328,12 @@ fn sync_target(
         out,
     );
     if !out.ok() || p.deletions.is_empty() {
+        return Ok(());
+    }
+    if unfetched {
+        // The local listing lacks the packs still offsite: it says nothing
+        // about what the repository no longer has.
+        tracing::info!(target = %target.name, "no deletion requests while packs of the taken-over repository are not all here");
         return Ok(());
     }
     for batch in p.deletions.chunks(levee_proto::offsite::MAX_DELETION_FILES) {
@@ -349,6 +357,46 @@ fn sync_target(
         requested.extend(batch.iter().map(|(_, n)| n.clone()));
     }
     save_requested(&dir, &requested)
+}
+
+/// A repository taken over from an offsite copy whose packs are not all
+/// here (`crate::backup::unfetched`): those packs are neither uploaded (not
+/// here) nor asked to be deleted (see the caller); a target that lacks any
+/// of them gets no snapshot yet (it would reference data it does not
+/// hold), which the run's warnings say. Returns whether packs are missing.
+fn hold_for_unfetched(
+    repo: &Repository,
+    remote: &Listing,
+    p: &mut Plan,
+    out: &mut TargetOutcome,
+) -> Result<bool, String> {
+    let e = |e: crate::RepoError| format!("local repository: {e}");
+    if crate::backup::unfetched::Unfetched::load(repo.local().as_ref())
+        .map_err(e)?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    let missing = crate::backup::unfetched::missing_packs(repo).map_err(e)?;
+    let held = remote.get(&FileKind::Data);
+    let lacking = missing
+        .iter()
+        .filter(|n| held.is_none_or(|m| !m.contains_key(*n)))
+        .count();
+    if lacking > 0 {
+        let before = p.uploads.len();
+        p.uploads.retain(|f| f.kind != FileKind::Snapshots);
+        let held_back = before - p.uploads.len();
+        if held_back > 0 {
+            let w = format!(
+                "{}: {held_back} snapshot(s) held back: {lacking} pack(s) of the taken-over repository are neither here nor on this target yet; they go once the back-fill brought them",
+                out.target
+            );
+            tracing::warn!(target = %out.target, "{w}");
+            out.warnings.push(w);
+        }
+    }
+    Ok(!missing.is_empty())
 }
 
 /// A bucket that keeps no versions and has no Object Lock lets whoever

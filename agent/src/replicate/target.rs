@@ -15,8 +15,9 @@ pub type Listing = BTreeMap<FileKind, BTreeMap<String, u64>>;
 /// `read(offset, len)`: local bytes of the file being uploaded.
 pub type ReadAt<'a> = &'a dyn Fn(u64, usize) -> Result<Vec<u8>, String>;
 
-/// `Sync`: a run uploads several files at once ([`super::parallel`]).
-pub trait Target: Sync {
+/// `Sync`: a run uploads several files at once ([`super::parallel`]);
+/// `Send`: a repository keeps its targets as its pack source.
+pub trait Target: Send + Sync {
     /// Everything the target holds of this repository.
     fn list_all(&self) -> Result<Listing, StoreError>;
 
@@ -39,6 +40,20 @@ pub trait Target: Sync {
 
     /// Reads a whole file.
     fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// [`Target::download`] under a download cap. By default the whole file
+    /// arrives at full speed and the bucket is paid after (the average
+    /// holds, not the peak); a Levee store paces the body as it arrives.
+    fn download_paced(
+        &self,
+        kind: FileKind,
+        name: &str,
+        bucket: &super::Bucket,
+    ) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.download(kind, name)?;
+        bucket.take(bytes.len());
+        Ok(bytes)
+    }
 
     /// Asks for files to be deleted after the target's grace period.
     /// `Ok(false)`: this target takes no deletions from the appliance.
@@ -89,6 +104,15 @@ impl Target for super::StoreClient {
 
     fn download(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, StoreError> {
         super::StoreClient::download(self, kind, name)
+    }
+
+    fn download_paced(
+        &self,
+        kind: FileKind,
+        name: &str,
+        bucket: &super::Bucket,
+    ) -> Result<Vec<u8>, StoreError> {
+        super::StoreClient::download_with(self, kind, name, Some(bucket))
     }
 
     fn request_deletion(&self, req: &DeletionRequest) -> Result<bool, StoreError> {

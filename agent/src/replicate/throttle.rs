@@ -1,5 +1,5 @@
 //! `bandwidth_limit` for replication: one token bucket for every upload of
-//! every target ([`crate::update::fetch::Throttle`], bursts of at most one
+//! every target (and one for the back-fill's downloads, [`read_paced`]) ([`crate::update::fetch::Throttle`], bursts of at most one
 //! second), charged for request-body bytes as reqwest reads them.
 
 use std::io::Read;
@@ -37,6 +37,22 @@ impl Bucket {
         if let Some(w) = wait.filter(|w| !w.is_zero()) {
             std::thread::sleep(w);
         }
+    }
+}
+
+/// Reads `r` to its end into `out`, paying `bucket` for every byte as it
+/// arrives (downloads under the cap: the back-fill).
+pub fn read_paced(r: &mut impl Read, bucket: &Bucket, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; STEP];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        bucket.take(n);
+        out.extend_from_slice(&buf[..n]);
     }
 }
 

@@ -8,27 +8,106 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rand::RngCore;
 
-use super::{BackendError, FileKind, ReadBackend, WriteBackend};
+use super::{BackendError, FileKind, PackSource, ReadBackend, WriteBackend};
 
 pub struct LocalBackend {
     root: PathBuf,
     /// Open packs for ranged reads (restores read many small blobs).
     open_packs: Mutex<HashMap<String, Arc<File>>>,
+    /// Where a pack that is not here is fetched from (a repository taken
+    /// over from an offsite copy); `None`: a missing pack is missing.
+    source: RwLock<Option<Arc<dyn PackSource>>>,
+    /// One lock per pack being fetched: the restore threads that want the
+    /// same pack wait for one download instead of each making their own.
+    fetching: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 const MAX_OPEN_PACKS: usize = 128;
 
 const TMP_PREFIX: &str = ".tmp-";
 
+/// The offsite targets that still hold packs not yet here
+/// ([`FileKind::Unfetched`], `crate::backup::unfetched`).
+pub const UNFETCHED_FILE: &str = "unfetched.json";
+
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
             open_packs: Mutex::new(HashMap::new()),
+            source: RwLock::new(None),
+            fetching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// From now on, a pack that is not here is fetched from `source`
+    /// (checked against its name, written like any file) before it is read.
+    pub fn set_pack_source(&self, source: Option<Arc<dyn PackSource>>) {
+        if let Ok(mut s) = self.source.write() {
+            *s = source;
+        }
+    }
+
+    pub fn has_pack_source(&self) -> bool {
+        self.source.read().is_ok_and(|s| s.is_some())
+    }
+
+    /// Makes pack `name` present from the pack source: `Ok(false)` when
+    /// there is none (the pack is simply missing). Fetched at most once
+    /// however many threads ask; the bytes are kept only if they hash to
+    /// the name, so a wrong copy is an error, never data.
+    pub fn fetch_pack(&self, name: &str) -> Result<bool, BackendError> {
+        let Some(source) = self.source.read().ok().and_then(|s| s.clone()) else {
+            return Ok(false);
+        };
+        let lock = match self.fetching.lock() {
+            Ok(mut m) => m.entry(name.to_string()).or_default().clone(),
+            Err(_) => Arc::new(Mutex::new(())),
+        };
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(FileKind::Pack, name);
+        let res = if path.exists() {
+            // Another thread fetched it while this one waited.
+            Ok(true)
+        } else {
+            self.fetch_now(source.as_ref(), name).map(|()| true)
+        };
+        if let Ok(mut m) = self.fetching.lock() {
+            m.remove(name);
+        }
+        res
+    }
+
+    fn fetch_now(&self, source: &dyn PackSource, name: &str) -> Result<(), BackendError> {
+        let unfetched = |why: String| BackendError::Unfetched {
+            name: name.to_string(),
+            why,
+        };
+        let bytes = source.fetch(name).map_err(unfetched)?;
+        if levee_proto::repo::crypto::file_id(&bytes).to_hex() != name {
+            return Err(unfetched(
+                "the copy does not hash to its name (damaged, or not this repository's): not used"
+                    .into(),
+            ));
+        }
+        self.write(FileKind::Pack, name, &bytes)
+    }
+
+    /// `f` on pack `name`, fetching the pack first if it is not here and a
+    /// source is set.
+    fn with_pack<T>(
+        &self,
+        kind: FileKind,
+        name: &str,
+        f: impl Fn() -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        match f() {
+            Err(e) if e.is_not_found() && kind == FileKind::Pack && self.fetch_pack(name)? => f(),
+            r => r,
         }
     }
 
@@ -59,7 +138,7 @@ impl LocalBackend {
 
     fn dir(&self, kind: FileKind) -> PathBuf {
         match kind {
-            FileKind::Config | FileKind::PruneState => self.root.clone(),
+            FileKind::Config | FileKind::PruneState | FileKind::Unfetched => self.root.clone(),
             FileKind::Key => self.root.join("keys"),
             FileKind::Snapshot => self.root.join("snapshots"),
             FileKind::Index => self.root.join("index"),
@@ -72,6 +151,7 @@ impl LocalBackend {
         match kind {
             FileKind::Config => self.root.join("config"),
             FileKind::PruneState => self.root.join("prune-state.json"),
+            FileKind::Unfetched => self.root.join(UNFETCHED_FILE),
             FileKind::Pack => self
                 .root
                 .join("data")
@@ -129,7 +209,7 @@ impl ReadBackend for LocalBackend {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>, BackendError> {
         let mut out = Vec::new();
         match kind {
-            FileKind::Config | FileKind::PruneState => {
+            FileKind::Config | FileKind::PruneState | FileKind::Unfetched => {
                 let p = self.path(kind, "");
                 if let Ok(md) = fs::metadata(&p) {
                     out.push((String::new(), md.len()));
@@ -146,6 +226,31 @@ impl ReadBackend for LocalBackend {
     }
 
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, BackendError> {
+        self.with_pack(kind, name, || self.read_here(kind, name))
+    }
+
+    fn read_at(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.with_pack(kind, name, || self.read_at_here(kind, name, offset, len))
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError> {
+        self.with_pack(kind, name, || {
+            let p = self.path(kind, name);
+            fs::metadata(&p)
+                .map(|m| m.len())
+                .map_err(|e| BackendError::io(&p, e))
+        })
+    }
+}
+
+impl LocalBackend {
+    fn read_here(&self, kind: FileKind, name: &str) -> Result<Vec<u8>, BackendError> {
         let p = self.path(kind, name);
         let mut f = File::open(&p).map_err(|e| BackendError::io(&p, e))?;
         let mut v = Vec::new();
@@ -153,7 +258,7 @@ impl ReadBackend for LocalBackend {
         Ok(v)
     }
 
-    fn read_at(
+    fn read_at_here(
         &self,
         kind: FileKind,
         name: &str,
@@ -188,13 +293,6 @@ impl ReadBackend for LocalBackend {
         f.read_exact_at(&mut v, offset)
             .map_err(|e| BackendError::io(&p, e))?;
         Ok(v)
-    }
-
-    fn size(&self, kind: FileKind, name: &str) -> Result<u64, BackendError> {
-        let p = self.path(kind, name);
-        fs::metadata(&p)
-            .map(|m| m.len())
-            .map_err(|e| BackendError::io(&p, e))
     }
 }
 
@@ -338,4 +436,68 @@ pub fn clean_tmp(root: &Path, max_age: std::time::Duration) -> usize {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serves `good` under its name and `bad` under another; counts calls.
+    struct Source {
+        good: Vec<u8>,
+        calls: AtomicUsize,
+    }
+
+    impl PackSource for Source {
+        fn fetch(&self, name: &str) -> Result<Vec<u8>, String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // Slow enough that the other readers queue up behind it.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if name == levee_proto::repo::crypto::file_id(&self.good).to_hex() {
+                Ok(self.good.clone())
+            } else {
+                Ok(b"someone else's bytes".to_vec())
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_pack_is_fetched_once_for_all_readers_and_a_wrong_copy_never_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let be = Arc::new(LocalBackend::new(dir.path()));
+        be.create_layout().expect("layout");
+        let good: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let name = levee_proto::repo::crypto::file_id(&good).to_hex();
+        let source = Arc::new(Source {
+            good: good.clone(),
+            calls: AtomicUsize::new(0),
+        });
+        // Without a source a missing pack is just missing.
+        assert!(be
+            .read_at(FileKind::Pack, &name, 0, 10)
+            .is_err_and(|e| e.is_not_found()));
+        be.set_pack_source(Some(source.clone()));
+        let readers: Vec<_> = (0..8)
+            .map(|i| {
+                let (be, name) = (be.clone(), name.clone());
+                std::thread::spawn(move || be.read_at(FileKind::Pack, &name, i * 1000, 100))
+            })
+            .collect();
+        for (i, r) in readers.into_iter().enumerate() {
+            let got = r.join().expect("thread").expect("read");
+            assert_eq!(got, good[i * 1000..i * 1000 + 100]);
+        }
+        assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(be.list(FileKind::Pack).expect("list").len(), 1);
+
+        let other = "ab".repeat(32);
+        let e = be.read(FileKind::Pack, &other).expect_err("a wrong copy");
+        let said = e.to_string();
+        assert!(
+            said.contains(&other) && said.contains("does not hash to its name"),
+            "{said}"
+        );
+        assert_eq!(be.list(FileKind::Pack).expect("list").len(), 1);
+    }
 }

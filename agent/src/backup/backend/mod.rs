@@ -18,6 +18,10 @@ pub enum BackendError {
     },
     #[error("{0}: not found")]
     NotFound(PathBuf),
+    /// A pack that is not here yet (a repository taken over from an
+    /// offsite copy, `docs/OFFSITE.md`) and that no target gave intact.
+    #[error("pack {name} is not here yet and could not be fetched: {why}")]
+    Unfetched { name: String, why: String },
     #[error("{kind:?} {name}: {what}")]
     Invalid {
         kind: FileKind,
@@ -51,6 +55,18 @@ pub enum FileKind {
     Lock,
     /// Prune's list of packs waiting for their deletion time fence.
     PruneState,
+    /// The offsite targets that still hold packs not yet here (a
+    /// repository taken over from an offsite copy).
+    Unfetched,
+}
+
+/// Where packs that are not here come from: a repository taken over from
+/// an offsite copy opens before its packs arrive, and a read of a missing
+/// pack asks this (`crate::replicate::ondemand`).
+pub trait PackSource: Send + Sync {
+    /// The whole pack. The backend checks it against its name before
+    /// keeping it; an error names the pack and every target's reason.
+    fn fetch(&self, name: &str) -> Result<Vec<u8>, String>;
 }
 
 pub trait ReadBackend: Send + Sync {

@@ -41,6 +41,10 @@ pub struct CheckReport {
     pub packs_read: usize,
     pub blobs_verified: u64,
     pub unindexed_packs: Vec<String>,
+    /// Packs the index names that are still only on the offsite targets
+    /// (a repository taken over from an offsite copy).
+    #[serde(default)]
+    pub unfetched_packs: usize,
     /// Every blob `--read-data` found damaged, with what it belongs to.
     pub damaged_blobs: Vec<DamagedBlob>,
     /// Not errors: states that the next prune or backup resolves.
@@ -79,8 +83,15 @@ pub fn check(
         ));
     }
 
-    let packs: HashMap<String, u64> = repo.be.list(FileKind::Pack)?.into_iter().collect();
+    let mut packs: HashMap<String, u64> = repo.be.list(FileKind::Pack)?.into_iter().collect();
     r.packs = packs.len();
+    // A repository taken over from an offsite copy: packs the index names
+    // that are still on the targets are not missing, only not here yet.
+    let marker = crate::backup::unfetched::Unfetched::load(repo.local().as_ref())?;
+    let unfetched = match &marker {
+        Some(_) => crate::backup::unfetched::missing_packs(repo)?,
+        None => Default::default(),
+    };
     // Which blobs each indexed pack should hold, from the index files.
     let mut expected: HashMap<PackId, Vec<levee_proto::repo::BlobEntry>> = HashMap::new();
     for name in &loaded.names {
@@ -94,6 +105,7 @@ pub fn check(
     }
     for (id, blobs) in &expected {
         match packs.get(&id.to_hex()) {
+            None if unfetched.contains(&id.to_hex()) => {}
             None => r
                 .errors
                 .push(format!("pack {id}: named in the index but missing")),
@@ -118,6 +130,17 @@ pub fn check(
             r.unindexed_packs.push(name.clone());
         }
     }
+
+    if let Some(m) = &marker {
+        r.unfetched_packs = unfetched.len();
+        r.notes.push(format!(
+            "{} packs not yet fetched from {} (taken over from an offsite copy; the back-fill \
+             brings them, a read fetches what it needs)",
+            unfetched.len(),
+            m.target_names()
+        ));
+    }
+    let mut unwalked = 0usize;
 
     counters.set_phase("snapshots");
     // Trees are walked with the index plus unindexed packs' headers, so a
@@ -157,7 +180,12 @@ pub fn check(
             let t = match repo.load_tree(full, &tid) {
                 Ok(t) => t,
                 Err(e) => {
-                    if full.contains(&tid) {
+                    let offsite = full
+                        .get(&tid)
+                        .is_some_and(|loc| unfetched.contains(&loc.pack.to_hex()));
+                    if offsite {
+                        unwalked += 1;
+                    } else if full.contains(&tid) {
                         r.errors
                             .push(format!("snapshot {name}: directory {path}: {e}"));
                     }
@@ -198,8 +226,25 @@ pub fn check(
         }
     }
 
+    if unwalked > 0 {
+        r.notes.push(format!(
+            "{unwalked} directories not checked: their trees are in packs not yet fetched"
+        ));
+    }
+
     if let Some(pct) = opts.read_data {
         counters.set_phase("read data");
+        if repo.local().has_pack_source() {
+            // Read means fetched first (each checked against its name).
+            for name in &unfetched {
+                packs.entry(name.clone()).or_insert(0);
+            }
+        } else if !unfetched.is_empty() {
+            r.notes.push(format!(
+                "{} packs not yet fetched were not read",
+                unfetched.len()
+            ));
+        }
         let mut names: Vec<(&String, &u64)> = packs.iter().collect();
         names.sort();
         if pct < 100.0 {

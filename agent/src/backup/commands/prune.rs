@@ -116,6 +116,8 @@ pub fn prune(
     opts: &PruneOptions,
     counters: &Counters,
 ) -> Result<PruneReport, PruneError> {
+    // Its listing lacks the packs still offsite: they would count as gone.
+    crate::backup::unfetched::refuse(repo, "prune")?;
     let now = now_ns();
     let lock = Lock::acquire(repo.local().clone(), repo.key(), "prune").map_err(RepoError::from)?;
     // Locks first, then snapshots: see the module comment.

@@ -58,6 +58,8 @@ pub fn repair(
     opts: &RepairOptions,
     counters: &Counters,
 ) -> Result<RepairReport, RepoError> {
+    // It rebuilds the index from the packs here: the unfetched would be lost.
+    crate::backup::unfetched::refuse(repo, "repair")?;
     let lock = Lock::acquire(repo.local().clone(), repo.key(), "prune")?;
     let now = now_ns();
     let (locks, _) = list_locks(repo.local(), repo.key())?;
