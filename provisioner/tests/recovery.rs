@@ -209,6 +209,118 @@ fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
     stop.cancel();
 }
 
+/// The daemon's scheduled read-back of the local repository
+/// (`replicate::scrub`, run after each replication): a flipped byte in a
+/// local pack is found, kept pending while no target can give a copy,
+/// repaired once one can, and reported as a `check` run each time.
+#[test]
+fn r14_the_scheduled_read_back_repairs_a_damaged_local_pack_from_offsite() {
+    use levee_proto::runs::{RunKind, RunResult};
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A],
+    );
+    let (state, cred) = enroll(&s, MAC_A);
+    let (url, stop) = store_node(&s);
+    let src = s.dir.path().join("share");
+    std::fs::create_dir_all(&src).expect("src");
+    for i in 0..3 {
+        std::fs::write(src.join(format!("f{i}.bin")), noise(1 << 20, 20 + i)).expect("write");
+    }
+    let dir = state.join("repo");
+    let secret = b"appliance-secret-0123456789";
+    let repo = Repository::init(
+        &dir,
+        secret,
+        KdfParams::with_memory(1024),
+        "appliance",
+        "appliance",
+    )
+    .expect("init");
+    back_up(&repo, &src);
+    assert!(replicate_to(&repo, &url, &cred, &state).ok());
+    drop(repo);
+    let pack = std::fs::read_dir(dir.join("data"))
+        .expect("data")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let name = pack
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&pack, &bytes).expect("corrupt");
+
+    // No target to repair from: found, named, reported failed, kept.
+    let none: CustomerConfig =
+        serde_json::from_value(serde_json::json!({"customer": "acme"})).expect("config");
+    let repo = Repository::open(&dir, secret).expect("open");
+    let out = replicate::scrub(&state, &none, &repo, Some(1.0));
+    assert_eq!(out.packs_read, out.packs_total, "{out:?}");
+    assert!(out.packs_total >= 1, "{out:?}");
+    assert_eq!(
+        out.damaged
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        [name.as_str()],
+        "{out:?}"
+    );
+    assert!(
+        out.repaired.is_empty() && out.unrepaired.len() == 1,
+        "{out:?}"
+    );
+    let r = out.report();
+    assert_eq!(
+        (r.kind, r.result),
+        (RunKind::Check, RunResult::Failed),
+        "{r:?}"
+    );
+    assert!(
+        r.errors.iter().any(|e| e.message.contains(&name)),
+        "the report names the pack: {r:?}"
+    );
+    assert_eq!(
+        std::fs::read(&pack).expect("pack"),
+        bytes,
+        "nothing changed"
+    );
+
+    // With the target, a later run with nothing more to read repairs it.
+    let config: CustomerConfig = serde_json::from_value(
+        serde_json::json!({"customer": "acme", "offsite": [{"name": "hq", "urls": [url]}]}),
+    )
+    .expect("config");
+    let out = replicate::scrub(&state, &config, &repo, Some(0.0));
+    assert_eq!(out.packs_read, 0, "{out:?}");
+    assert_eq!(out.repaired, std::slice::from_ref(&name), "{out:?}");
+    assert!(out.unrepaired.is_empty(), "{out:?}");
+    assert_eq!(out.report().result, RunResult::Warning);
+    let r = check(
+        &repo,
+        &CheckOptions {
+            read_data: Some(100.0),
+            repair_from_offsite: false,
+        },
+        &Counters::default(),
+    )
+    .expect("check");
+    assert!(r.damaged_blobs.is_empty() && r.errors.is_empty(), "{r:?}");
+
+    // Clean now: the next full read-back finds nothing and repairs nothing.
+    let out = replicate::scrub(&state, &config, &repo, Some(1.0));
+    assert!(out.damaged.is_empty() && out.repaired.is_empty(), "{out:?}");
+    assert_eq!(out.report().result, RunResult::Success);
+    stop.cancel();
+}
+
 #[test]
 fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_history() {
     let s = common::LoopbackServer::start(

@@ -299,7 +299,33 @@ fn replicate(state_dir: &Path, config: &CustomerConfig, who: &str, gate: &JobGat
     }
     let opts = crate::replicate::ReplicateOptions::default();
     let outcomes = crate::replicate::replicate_all(state_dir, config, &key, &opts);
+    // The local copy's read-back, with repair from the copies just
+    // brought up to date (crate::replicate::scrub).
+    let scrubbed = crate::Repository::open(&state_dir.join(REPO_DIR), &key)
+        .map(|repo| crate::replicate::scrub(state_dir, config, &repo, None));
     gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    match &scrubbed {
+        Ok(s) => {
+            for (p, why) in &s.unrepaired {
+                tracing::error!("{who}: damaged local pack {p} not repaired yet: {why}");
+            }
+            for p in &s.repaired {
+                tracing::warn!("{who}: damaged local pack {p} repaired from its offsite copy");
+            }
+            if s.packs_read > 0 || s.error.is_some() || !s.unrepaired.is_empty() {
+                tracing::info!(
+                    "{who}: local read-back: {} of {} pack(s), {} bytes, {} damaged, {} repaired",
+                    s.packs_read,
+                    s.packs_total,
+                    s.bytes_read,
+                    s.damaged.len(),
+                    s.repaired.len()
+                );
+                report_runs(state_dir, &[s.report()], who);
+            }
+        }
+        Err(e) => tracing::warn!("{who}: local read-back not run: {e}"),
+    }
     let outcomes = match outcomes {
         Ok(o) => o,
         Err(e) => {
