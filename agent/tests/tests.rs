@@ -21,5 +21,6 @@ mod samba;
 mod smb;
 mod smb_acl;
 mod smb_encryption;
+mod unfetched;
 mod util;
 mod xattrs;
