@@ -447,6 +447,12 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     common::dies_with_test(&mut cmd);
     let mut child = cmd.spawn().expect("levee-agent backfill");
     common::wait_until("a back-filled pack", Duration::from_secs(120), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{} backfill ended ({status}) before it could be killed: is it a current build?",
+                agent.display()
+            );
+        }
         local_packs(&repo_dir).len() >= 3
     });
     child.kill().expect("SIGKILL");
