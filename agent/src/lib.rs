@@ -26,6 +26,7 @@
 //! ```
 
 pub mod activity;
+pub mod asked_restore;
 pub mod backup;
 pub mod daemon;
 pub mod enroll;

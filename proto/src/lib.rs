@@ -23,6 +23,7 @@ pub mod recovery_api;
 pub mod release;
 pub mod repo;
 pub mod report;
+pub mod restore_api;
 pub mod runs;
 pub mod s3;
 pub mod schedule;

@@ -39,6 +39,10 @@ pub struct HeartbeatAnswer {
     /// Present when the rollout says this appliance should update now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateOffer>,
+    /// A restore ops asked this appliance to run (the oldest unfinished
+    /// one; `crate::restore_api`). Agents before it ignore the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::restore_api::RestoreRequest>,
 }
 
 /// The answer to `GET /api/v1/update`.

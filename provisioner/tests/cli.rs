@@ -349,6 +349,7 @@ fn help_has_examples() -> Result<()> {
         &["appliance", "register", "--help"],
         &["appliance", "approve", "--help"],
         &["appliance", "replace", "--help"],
+        &["appliance", "restore", "--help"],
         &["appliance", "retire", "--help"],
         &["appliance", "list", "--help"],
     ] {

@@ -98,16 +98,18 @@ pub(super) fn serve(
             gate.clone(),
         )
     });
+    let once_gate = gate.clone();
     let mut updates = Updates::start(&opts.state_dir, args, &who, gate);
     let mut config_pulled = config.is_some();
     let (mut sent, mut first) = (0u64, true);
     loop {
         let report = facts::report(args);
-        let mut offer = None;
+        let (mut offer, mut asked) = (None, None);
         let heartbeat_ok = match client.heartbeat(&report) {
             Ok(answer) => {
                 sent += 1;
                 offer = answer.update;
+                asked = answer.restore;
                 if sent == 1 || sent % 20 == 0 {
                     tracing::info!(
                         "{who}: heartbeat {sent} sent (slot {})",
@@ -134,6 +136,15 @@ pub(super) fn serve(
                 false
             }
         };
+        // A restore ops asked for: to the job thread; with `once` there
+        // is none, so it runs here (nothing else runs then).
+        match (&jobs, &asked, &config) {
+            (Some(j), _, _) => j.restore(asked.as_ref()),
+            (None, Some(req), Some(c)) => {
+                super::jobs::restore_asked(&opts.state_dir, c, &who, &once_gate, req);
+            }
+            _ => {}
+        }
         // Pulled just before the first heartbeat; revalidated (ETag) at
         // every later one.
         if !first {

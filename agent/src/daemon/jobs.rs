@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use levee_proto::config::CustomerConfig;
+use levee_proto::restore_api::RestoreRequest;
 
 use crate::enroll::{unix_now, write_atomic};
 use levee_proto::runs::{RunKind, RunReport};
@@ -29,9 +30,43 @@ pub(super) const REPO_DIR: &str = "repo";
 /// pulled meanwhile may have moved the next job earlier.
 const RECHECK: Duration = Duration::from_secs(30);
 
-/// The handle the heartbeat loop keeps: it hands over each configuration.
+/// The handle the heartbeat loop keeps: it hands over each configuration
+/// and each restore ops asked for.
 pub(super) struct Jobs {
     config: Arc<Mutex<Option<CustomerConfig>>>,
+    asked: Arc<Asked>,
+}
+
+/// The restore request the heartbeat brought, for the job thread, which
+/// naps on it: a request wakes it before the next job is due.
+#[derive(Default)]
+struct Asked {
+    next: Mutex<Option<RestoreRequest>>,
+    wake: Condvar,
+}
+
+impl Asked {
+    fn put(&self, req: RestoreRequest) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = Some(req);
+            self.wake.notify_all();
+        }
+    }
+
+    fn take(&self) -> Option<RestoreRequest> {
+        self.next.lock().ok().and_then(|mut n| n.take())
+    }
+
+    /// Sleeps `d`, or less if a request is (or comes) in.
+    fn nap(&self, d: Duration) {
+        let Ok(next) = self.next.lock() else {
+            std::thread::sleep(d);
+            return;
+        };
+        if next.is_none() {
+            let _ = self.wake.wait_timeout_while(next, d, |n| n.is_none());
+        }
+    }
 }
 
 use super::update_step::JobGate;
@@ -46,11 +81,12 @@ impl Jobs {
         gate: JobGate,
     ) -> Jobs {
         let shared = Arc::new(Mutex::new(config));
-        let theirs = shared.clone();
+        let asked = Arc::new(Asked::default());
+        let (theirs, their_asked) = (shared.clone(), asked.clone());
         let (state2, who2, theirs2) = (state_dir.clone(), who.clone(), shared.clone());
         let spawned = std::thread::Builder::new()
             .name("levee-jobs".into())
-            .spawn(move || run(&state_dir, &who, &theirs, &gate));
+            .spawn(move || run(&state_dir, &who, &theirs, &their_asked, &gate));
         if let Err(e) = spawned {
             tracing::warn!("cannot start the backup scheduler: {e}");
         }
@@ -62,7 +98,18 @@ impl Jobs {
         if let Err(e) = spawned {
             tracing::warn!("cannot start the back-fill: {e}");
         }
-        Jobs { config: shared }
+        Jobs {
+            config: shared,
+            asked,
+        }
+    }
+
+    /// A restore ops asked for (from a heartbeat answer): run on the job
+    /// thread after the job under way (see [`crate::asked_restore`]).
+    pub(super) fn restore(&self, req: Option<&RestoreRequest>) {
+        if let Some(r) = req {
+            self.asked.put(r.clone());
+        }
     }
 
     /// The configuration to schedule from, from now on.
@@ -75,7 +122,13 @@ impl Jobs {
     }
 }
 
-fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate: &JobGate) {
+fn run(
+    state_dir: &Path,
+    who: &str,
+    shared: &Mutex<Option<CustomerConfig>>,
+    asked: &Asked,
+    gate: &JobGate,
+) {
     let mut last_runs = load_last_runs(state_dir, who);
     let mut announced: Option<(String, i64)> = None;
     // At start: a target that was down while the service was not running
@@ -100,6 +153,15 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
                 continue;
             }
         }
+        // A restore ops asked for goes first, once the repository is the
+        // one to restore from (a take-over above is done).
+        if let Some(req) = asked.take() {
+            if !restore_asked(state_dir, &config, who, gate, &req) {
+                asked.put(req);
+                std::thread::sleep(RECHECK);
+            }
+            continue;
+        }
         let now = unix_now();
         if replicate_at.is_some_and(|t| t <= now) && !config.offsite.is_empty() {
             replicate_at = replicate(state_dir, &config, who, gate);
@@ -108,7 +170,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
         let due = match next_due(&config, &last_runs, now, 0) {
             Ok(Some(d)) => d,
             Ok(None) => {
-                std::thread::sleep(RECHECK);
+                asked.nap(RECHECK);
                 continue;
             }
             Err(e) => {
@@ -127,7 +189,7 @@ fn run(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>, gate
                 );
                 announced = Some(next);
             }
-            std::thread::sleep(RECHECK.min(Duration::from_secs((due.at - now) as u64)));
+            asked.nap(RECHECK.min(Duration::from_secs((due.at - now) as u64)));
             continue;
         }
         let key = match repo_key(state_dir) {
@@ -275,6 +337,36 @@ fn recovery_step(
             false
         }
     }
+}
+
+/// Runs a restore ops asked for ([`crate::asked_restore::run`]) with the
+/// gate shut, as a backup would, and reports its run; `false`: not now
+/// (the updater is rebooting into a new slot, or the key is unreadable).
+pub(super) fn restore_asked(
+    state_dir: &Path,
+    config: &CustomerConfig,
+    who: &str,
+    gate: &JobGate,
+    req: &RestoreRequest,
+) -> bool {
+    let key = match repo_key(state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("{who}: restore request {} not run yet: {e}", req.id);
+            return false;
+        }
+    };
+    gate.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+    if gate.hold.load(std::sync::atomic::Ordering::SeqCst) {
+        gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        return false;
+    }
+    let ran = crate::asked_restore::run(state_dir, config, &state_dir.join(REPO_DIR), &key, req);
+    gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    if let Some(report) = &ran.report {
+        report_runs(state_dir, std::slice::from_ref(report), who);
+    }
+    true
 }
 
 /// Replicates to every offsite target and reports each target's run;
@@ -589,5 +681,80 @@ mod tests {
         assert_eq!(r.sources, ["d"]);
         assert_eq!(r.files_total, 1);
         assert!(r.snapshot.is_some() && r.repo_bytes.is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn a_restore_ops_asked_for_runs_on_the_job_thread_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("credential")).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("f.txt"), b"hello").unwrap();
+        let config: CustomerConfig = serde_json::from_value(serde_json::json!({
+            "customer": "c",
+            "heartbeat_interval": "5m",
+            "sources": [{"name": "d", "path": data.to_string_lossy()}],
+            "schedules": [{"name": "often", "every": "1h"}],
+        }))
+        .unwrap();
+        let jobs = Jobs::start(state.clone(), "test".into(), None, JobGate::default());
+        jobs.update(Some(&config));
+        let spool = Spool::new(&state);
+        let t = std::time::Instant::now();
+        let reports = |kind: RunKind| -> Vec<RunReport> {
+            spool
+                .pending()
+                .unwrap()
+                .iter()
+                .filter_map(|f| RunReport::parse(&std::fs::read(f).ok()?).ok())
+                .filter(|r| r.kind == kind)
+                .collect()
+        };
+        while reports(RunKind::Backup).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(120), "no backup");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The next backup is an hour away: the request wakes the thread.
+        let out = dir.path().join("restored");
+        jobs.restore(Some(&RestoreRequest {
+            id: 1,
+            snapshot: "latest".into(),
+            path: None,
+            target: out.to_string_lossy().into(),
+            credentials_of: None,
+        }));
+        while reports(RunKind::Restore).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(60), "no restore run");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(std::fs::read(out.join("data/f.txt")).unwrap(), b"hello");
+        let r = &reports(RunKind::Restore)[0];
+        assert_eq!(r.job.as_deref(), Some("restore request 1"));
+        assert_eq!(r.files_new, 1);
+        // A bad target: refused with the reason, as a failed run.
+        jobs.restore(Some(&RestoreRequest {
+            id: 2,
+            snapshot: "latest".into(),
+            path: None,
+            target: "smb://10.0.0.1/nobody".into(),
+            credentials_of: None,
+        }));
+        while reports(RunKind::Restore).len() < 2 {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no second restore run"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let failed = reports(RunKind::Restore)
+            .into_iter()
+            .find(|r| r.job.as_deref() == Some("restore request 2"))
+            .unwrap();
+        assert!(
+            failed.errors[0].message.contains("no SMB source"),
+            "{:?}",
+            failed.errors
+        );
     }
 }

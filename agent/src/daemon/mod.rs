@@ -45,7 +45,8 @@ pub struct RunOptions {
     /// Time between attempts while none has got through yet.
     pub retry: Duration,
     /// Send one report and return (for scripts and tests). Enrolled: one
-    /// pass (config, install step, one heartbeat, renewal check); a pending
+    /// pass (config, install step, one heartbeat, a restore request the
+    /// heartbeat brought, renewal check; no scheduled job); a pending
     /// machine still waits for its approval first.
     pub once: bool,
     /// The agent's state (credential, cached configuration): the data

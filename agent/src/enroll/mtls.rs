@@ -199,6 +199,20 @@ impl MtlsClient {
             .map(drop)
     }
 
+    /// `GET /api/v1/restore`: this appliance's unfinished restore requests.
+    pub fn restores(&self) -> Result<levee_proto::restore_api::RestoreList, EnrollError> {
+        self.get_json(levee_proto::restore_api::PATH)
+    }
+
+    /// `POST /api/v1/restore`: a step of one restore request.
+    pub fn post_restore(
+        &self,
+        status: &levee_proto::restore_api::RestoreStatus,
+    ) -> Result<(), EnrollError> {
+        self.post_json(levee_proto::restore_api::PATH, status)
+            .map(drop)
+    }
+
     /// `POST /api/v1/runs`: one run's report.
     pub fn post_run(&self, report: &levee_proto::runs::RunReport) -> Result<(), EnrollError> {
         self.post_json(paths::RUNS, report).map(drop)

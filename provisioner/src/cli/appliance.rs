@@ -96,6 +96,56 @@ pub enum ApplianceCommand {
         #[arg(long, value_name = "FILE")]
         recovery_key: Option<std::path::PathBuf>,
     },
+    /// Have an appliance restore a snapshot (or a path in it) to an SMB
+    /// share or to a directory on the appliance.
+    ///
+    /// Nobody logs in to an appliance: the request is stored here and the
+    /// appliance gets it with its next heartbeat answer, runs it on its job
+    /// thread (never beside a backup or replication: it waits for the one
+    /// under way) from its own repository, and reports it as a run of kind
+    /// `restore`. `levee appliance show` follows it: requested, running,
+    /// done, or failed with the reason. Each request runs once; an
+    /// appliance restarted in the middle reports it failed (what was
+    /// written stays), and a new request starts it again.
+    ///
+    /// The target is smb://HOST[:PORT]/SHARE[/DIR] or an absolute directory
+    /// on the appliance. The SMB account and password are the customer's:
+    /// those of the source on the same host and share, or of the source
+    /// --credentials-of names (the URL carries no account). What the
+    /// snapshot holds lands under TARGET (a share backed up as
+    /// smb://HOST/finance comes back as TARGET/finance/...); files there are
+    /// overwritten. After a replacement took a lost
+    /// appliance's repository over (`replace --recovery-key`), the
+    /// replacement restores the lost appliance's snapshots.
+    #[command(after_help = "Examples:
+  # the whole latest snapshot into a new folder of the file server:
+  levee appliance restore 52:54:00:12:34:56 --to smb://files.acme.lan/finance/restored-2026-05-04
+  # one folder of an older snapshot, with the account of source `finance`:
+  levee appliance restore 7 --snapshot 3fa9c2d1 --path /finance/2026 --to smb://10.20.0.5/scratch --credentials-of finance
+  # then:
+  levee appliance show 7")]
+    Restore {
+        /// MAC or appliance id.
+        appliance: ApplianceRef,
+        /// `latest`, or a snapshot id (or its first digits) from the runs
+        /// `levee appliance show` lists.
+        #[arg(long, default_value = "latest", value_name = "latest|ID")]
+        snapshot: String,
+        /// Only this path inside the snapshot, e.g. /finance/2026.
+        #[arg(long, value_name = "PATH-IN-SNAPSHOT")]
+        path: Option<String>,
+        /// smb://HOST[:PORT]/SHARE[/DIR] or an absolute directory on the
+        /// appliance.
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// The source (in the customer's configuration) whose SMB account
+        /// writes to the target, when no source is on its host and share.
+        #[arg(long, value_name = "SOURCE-NAME")]
+        credentials_of: Option<String>,
+        /// Print the stored request as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke an appliance's credential and stop serving it (network boot
     /// included).
     #[command(
@@ -245,6 +295,24 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             replace(store, &o, with)?;
             Ok(())
         }
+        ApplianceCommand::Restore {
+            appliance,
+            snapshot,
+            path,
+            to,
+            credentials_of,
+            json,
+        } => {
+            let a = find(store, appliance)?;
+            let ask = super::restore::Ask {
+                snapshot: &snapshot,
+                path: path.as_deref(),
+                to: &to,
+                credentials_of: credentials_of.as_deref(),
+                json,
+            };
+            super::restore::request(store, &a, &ask)
+        }
         ApplianceCommand::Retire { appliance, reason } => {
             let a = find(store, appliance)?;
             let a = store.retire_appliance(a.id, &reason)?;
@@ -392,10 +460,12 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             let online = online(&a, &heartbeat_intervals(store)?, now());
             let backups = Detail::load(store, &a)?;
             let (updates, update_lines) = super::rollout::appliance_updates(store, &a)?;
+            let restores = super::restore::recent(store, &a)?;
             if json {
                 return super::print_json(&serde_json::json!({
                     "appliance": with_online(&a, online)?,
                     "backups": backups.json(),
+                    "restores": restores,
                     "updates": updates,
                     "events": events,
                 }));
@@ -468,6 +538,7 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
                 println!("    {}", escape(&serde_json::to_string(r)?));
             }
             backups.print();
+            super::restore::print(&restores);
             for line in update_lines {
                 println!("{line}");
             }

@@ -11,6 +11,7 @@ mod operator;
 mod profile;
 mod recovery;
 mod release;
+mod restore;
 mod rollout;
 mod serve;
 mod store;

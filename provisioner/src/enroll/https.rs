@@ -186,6 +186,14 @@ pub fn router(state: ApiState) -> Router {
                     levee_proto::recovery_api::MAX_BODY,
                 )),
         )
+        .route(
+            levee_proto::restore_api::PATH,
+            get(super::restore_api::get_restore)
+                .post(super::restore_api::post_restore)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    levee_proto::restore_api::MAX_BODY,
+                )),
+        )
         .route(paths::TIME, get(time))
         .layer(axum::middleware::from_fn_with_state(
             "https",
@@ -463,10 +471,20 @@ async fn heartbeat(
                         None
                     }
                 };
+                // A restore ops asked for rides on it too (the oldest
+                // unfinished one); a failure to look never fails it.
+                let restore = match st.store.pending_restores(a.id) {
+                    Ok(rows) => rows.first().map(|r| r.request()),
+                    Err(e) => {
+                        warn!(appliance = a.id, error = %e, "cannot look up restore requests");
+                        None
+                    }
+                };
                 Json(levee_proto::update::HeartbeatAnswer {
                     ok: true,
                     server_time_unix: Some(crate::store::now() as i64),
                     update,
+                    restore,
                 })
                 .into_response()
             }

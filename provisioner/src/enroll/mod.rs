@@ -8,6 +8,7 @@
 pub mod ca;
 pub mod https;
 mod recovery_api;
+mod restore_api;
 mod runs_api;
 pub mod service;
 pub mod token;

@@ -19,7 +19,7 @@
 //! (what the servers of a fleet share), [`RunStore`] (run reports) and
 //! [`AlertStore`] (alerts and their webhooks), [`OperatorStore`] (panel
 //! operators and the audit log), [`RecoveryStore`] (disaster recovery's
-//! keys and grants);
+//! keys and grants), [`RestoreStore`] (restores ops asks appliances for);
 //! [`Store`] is all
 //! of them together, and each implementation keeps the
 //! same split (`sqlite/appliances.rs`, `postgres/appliances.rs`, ...).
@@ -34,6 +34,7 @@ mod images;
 mod operators;
 mod postgres;
 mod recovery;
+mod restores;
 mod rollouts;
 mod runs;
 mod sqlite;
@@ -68,6 +69,7 @@ pub use self::images::{ImageRecord, ImageStore, Profile, Transport};
 pub use self::operators::{AuditEntry, ChangeStamp, Operator, OperatorStore, AUDIT_KEPT};
 pub use self::postgres::PgStore;
 pub use self::recovery::{RecoveryRecord, RecoveryStore, StoredGrant};
+pub use self::restores::{NewRestore, RestoreMove, RestoreRecord, RestoreStore, RESTORES_KEPT};
 pub use self::rollouts::{Rollout, RolloutStore, UpdateRecord};
 pub use self::runs::{BackupFacts, FailStreak, RunRecord, RunStore, RUNS_KEPT};
 pub use self::sqlite::SqliteStore;
@@ -128,6 +130,7 @@ pub trait Store:
     + AlertStore
     + OperatorStore
     + RecoveryStore
+    + RestoreStore
     + Send
     + Sync
     + 'static

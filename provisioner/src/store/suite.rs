@@ -23,6 +23,7 @@ use fleet_cases::{
 mod enroll_cases;
 use enroll_cases::{
     an_enrollment_with_a_token_is_one_unit, recovery_rows_keep_keys_slots_and_grants,
+    restore_requests_move_on_once_and_only_for_their_appliance,
 };
 
 fn pending_keys_are_kept_until_enrollment(s: &dyn Store) {
@@ -800,6 +801,7 @@ cases!(
     operators_and_the_audit_log,
     an_enrollment_with_a_token_is_one_unit,
     recovery_rows_keep_keys_slots_and_grants,
+    restore_requests_move_on_once_and_only_for_their_appliance,
     servers_of_a_fleet_are_recorded,
 );
 

@@ -191,3 +191,80 @@ pub(super) fn recovery_rows_keep_keys_slots_and_grants(s: &dyn Store) {
     assert_eq!(g.sealed, "levee-sealed-1:03");
     assert!(s.recovery(a.id).expect("a").expect("row").grant.is_none());
 }
+
+/// Restore requests: stored as `requested`, given to their appliance only,
+/// moved on by it (running, then done or failed, once), a status sent
+/// again changes nothing, and another appliance's status finds nothing.
+pub(super) fn restore_requests_move_on_once_and_only_for_their_appliance(s: &dyn Store) {
+    use levee_proto::restore_api::{RestoreState, RestoreStatus};
+    let a = s.appliance_seen(mac(72)).expect("seen");
+    let b = s.appliance_seen(mac(73)).expect("seen");
+    let r = s
+        .add_restore(
+            a.id,
+            &NewRestore {
+                snapshot: "latest",
+                path: Some("/finance"),
+                target: "smb://10.0.0.1/restore/r1",
+                credentials_of: Some("files"),
+            },
+        )
+        .expect("add");
+    assert_eq!(
+        (r.state.as_str(), r.path.as_deref(), r.started_at),
+        ("requested", Some("/finance"), None)
+    );
+    assert_eq!(s.pending_restores(a.id).expect("pending"), vec![r.clone()]);
+    assert!(s.pending_restores(b.id).expect("pending").is_empty());
+    let status = |state, reason: Option<&str>| RestoreStatus {
+        id: r.id,
+        state,
+        reason: reason.map(str::to_string),
+        files: 3,
+        bytes: 300,
+        errors: 0,
+    };
+    // B cannot move A's request.
+    assert_eq!(
+        s.set_restore_state(b.id, &status(RestoreState::Running, None))
+            .expect("b"),
+        RestoreMove::NotFound
+    );
+    let RestoreMove::Moved(running) = s
+        .set_restore_state(a.id, &status(RestoreState::Running, None))
+        .expect("running")
+    else {
+        panic!("not moved")
+    };
+    assert!(running.state == "running" && running.started_at.is_some());
+    assert_eq!(s.pending_restores(a.id).expect("pending").len(), 1);
+    let RestoreMove::Moved(done) = s
+        .set_restore_state(a.id, &status(RestoreState::Done, None))
+        .expect("done")
+    else {
+        panic!("not moved")
+    };
+    assert_eq!(
+        (done.state.as_str(), done.files, done.bytes),
+        ("done", 3, 300)
+    );
+    assert!(done.ended_at.is_some());
+    assert!(s.pending_restores(a.id).expect("pending").is_empty());
+    // Sent again: the same; a different end: refused, nothing changed.
+    assert_eq!(
+        s.set_restore_state(a.id, &status(RestoreState::Done, None))
+            .expect("again"),
+        RestoreMove::Moved(done.clone())
+    );
+    assert_eq!(
+        s.set_restore_state(a.id, &status(RestoreState::Failed, Some("late")))
+            .expect("late"),
+        RestoreMove::Refused(done.clone())
+    );
+    assert_eq!(
+        s.set_restore_state(a.id, &status(RestoreState::Running, None))
+            .expect("late"),
+        RestoreMove::Refused(done.clone())
+    );
+    assert_eq!(s.restores(a.id, 10).expect("list"), vec![done]);
+}

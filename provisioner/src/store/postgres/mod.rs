@@ -34,6 +34,7 @@ mod fleet;
 mod images;
 mod operators;
 mod recovery;
+mod restores;
 mod rollouts;
 mod runs;
 pub mod tls;
@@ -301,6 +302,26 @@ CREATE TABLE fleet_servers (
     url TEXT PRIMARY KEY,
     seen_at BIGINT NOT NULL
 );
+"#,
+    // Restores ops asks appliances to run (issue 14, store/restores.rs).
+    r#"
+CREATE TABLE restores (
+    id BIGSERIAL PRIMARY KEY,
+    appliance_id BIGINT NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    snapshot TEXT NOT NULL,
+    path TEXT,
+    target TEXT NOT NULL,
+    credentials_of TEXT,
+    state TEXT NOT NULL,
+    reason TEXT,
+    requested_at BIGINT NOT NULL,
+    started_at BIGINT,
+    ended_at BIGINT,
+    files BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    errors BIGINT NOT NULL
+);
+CREATE INDEX restores_by_appliance ON restores(appliance_id, state, id);
 "#,
 ];
 

@@ -11,6 +11,7 @@ mod fleet;
 mod images;
 mod operators;
 mod recovery;
+mod restores;
 mod rollouts;
 mod runs;
 
@@ -248,6 +249,26 @@ CREATE TABLE fleet_servers (
     url TEXT PRIMARY KEY,
     seen_at INTEGER NOT NULL
 );
+"#,
+    // Restores ops asks appliances to run (issue 14, store/restores.rs).
+    r#"
+CREATE TABLE restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    appliance_id INTEGER NOT NULL REFERENCES appliances(id) ON DELETE CASCADE,
+    snapshot TEXT NOT NULL,
+    path TEXT,
+    target TEXT NOT NULL,
+    credentials_of TEXT,
+    state TEXT NOT NULL,
+    reason TEXT,
+    requested_at INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    errors INTEGER NOT NULL
+);
+CREATE INDEX restores_by_appliance ON restores(appliance_id, state, id);
 "#,
 ];
 

@@ -1,0 +1,90 @@
+//! `/api/v1/restore` on the mTLS listener (issue 14; the protocol is in
+//! `levee_proto::restore_api`). `GET`: the appliance's own unfinished
+//! restore requests. `POST`: a step of one of them (running, done,
+//! failed). The certificate names the appliance; a request of another
+//! appliance is answered 404 as if it did not exist, so one appliance
+//! learns nothing of another's.
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use levee_proto::restore_api::{RestoreList, RestoreStatus};
+use tracing::{info, warn};
+
+use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
+use crate::store::RestoreMove;
+
+pub(super) async fn get_restore(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+) -> Response {
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        match st.store.pending_restores(a.id) {
+            Ok(rows) => Json(RestoreList {
+                requests: rows.iter().map(|r| r.request()).collect(),
+            })
+            .into_response(),
+            Err(e) => store_error(&e),
+        }
+    })
+    .await
+}
+
+pub(super) async fn post_restore(
+    State(st): State<ApiState>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let status = match RestoreStatus::parse(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(appliance = ?peer.appliance_id, error = %e, "restore status refused");
+            return api_error(StatusCode::BAD_REQUEST, e);
+        }
+    };
+    blocking(move || {
+        let a = match authorize(st.store.as_ref(), &peer) {
+            Ok(a) => a,
+            Err(r) => return *r,
+        };
+        match st.store.set_restore_state(a.id, &status) {
+            Ok(RestoreMove::Moved(r)) => {
+                info!(
+                    appliance = a.id, mac = %a.mac, restore = r.id, state = %r.state,
+                    files = r.files, bytes = r.bytes, errors = r.errors,
+                    reason = r.reason.as_deref().unwrap_or("-"),
+                    "restore request moved on"
+                );
+                Json(serde_json::json!({"ok": true, "state": r.state})).into_response()
+            }
+            Ok(RestoreMove::NotFound) => {
+                warn!(
+                    appliance = a.id,
+                    restore = status.id,
+                    "restore status for a request this appliance does not have"
+                );
+                api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("no restore request {} for this appliance", status.id),
+                )
+            }
+            Ok(RestoreMove::Refused(r)) => api_error(
+                StatusCode::CONFLICT,
+                format!(
+                    "restore request {} is {}: it cannot become {}",
+                    r.id,
+                    r.state,
+                    status.state.as_str()
+                ),
+            ),
+            Err(e) => store_error(&e),
+        }
+    })
+    .await
+}
