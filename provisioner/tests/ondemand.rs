@@ -462,12 +462,29 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     assert!(!left.is_empty(), "the back-fill ended before it was killed");
     let left_bytes: u64 = left.iter().map(|n| store_packs[*n]).sum();
 
-    // Resumed (here in-process, timed, at RATE): only the packs not here.
-    let repo = Repository::open(&repo_dir, key_b.as_bytes()).expect("open");
+    // Resumed as the service runs it (a slice of at most 10 minutes, the
+    // configuration's cap, the run reported to the server), timed: only
+    // the packs not here.
+    let mut capped = config_json.clone();
+    capped["bandwidth_limit"] = serde_json::json!(format!("{}KiB/s", RATE >> 10));
+    let capped: CustomerConfig = serde_json::from_value(capped).expect("config");
     let d0 = proxy.down();
     let t = Instant::now();
-    let b = ondemand::backfill(&repo, &state_b, &config, Some(RATE), None);
-    let secs = t.elapsed().as_secs_f64();
+    let (b, flushed) = ondemand::service_run(
+        &state_b,
+        &capped,
+        key_b.as_bytes(),
+        Duration::from_secs(600),
+    )
+    .expect("back-fill run");
+    eprintln!(
+        "back-fill run: {:.2} s in all (opening the repository, the listing, the report)",
+        t.elapsed().as_secs_f64()
+    );
+    let secs = b.fetch_time.as_secs_f64();
+    let flushed = flushed.expect("flush").expect("enrolled");
+    assert_eq!((flushed.sent, flushed.left), (1, 0), "{flushed:?}");
+    let repo = Repository::open(&repo_dir, key_b.as_bytes()).expect("open");
     let fetched = proxy.down() - d0;
     assert!(b.errors.is_empty() && b.complete, "{b:?}");
     assert_eq!(b.packs_fetched, left.len() as u64);
@@ -485,11 +502,19 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         secs >= expected * 0.9 && secs <= expected * 1.1 + 1.5,
         "{left_bytes} bytes at {RATE} B/s took {secs:.2} s; expected {expected:.2} s"
     );
-    let report = b.report();
-    assert_eq!(report.job.as_deref(), Some("back-fill"));
+    // The server holds the run's report.
+    let runs = s.store.runs(s.appliance(MAC_B).id, 10).expect("runs");
+    let report = &runs
+        .iter()
+        .find(|r| r.report.job.as_deref() == Some("back-fill"))
+        .expect("a back-fill run report")
+        .report;
+    assert_eq!(report.kind, levee_proto::runs::RunKind::Replication);
+    assert_eq!(report.sources, ["back-fill from hq"]);
+    assert_eq!(report.result, levee_proto::runs::RunResult::Success);
     assert_eq!(
-        (report.files_new, report.files_total),
-        (left.len() as u64, 0)
+        (report.files_new, report.bytes_new, report.files_total),
+        (left.len() as u64, left_bytes, 0)
     );
     assert!(!repo_dir.join("unfetched.json").exists());
     assert_eq!(local_packs(&repo_dir).len(), PACKS + 1);

@@ -237,6 +237,7 @@ const BACKFILL_SLICE: Duration = Duration::from_secs(600);
 /// beside the backups (they never wait for it: packs only appear, and
 /// prune waits for the end). Resumes after a restart from the listing.
 fn backfill_loop(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConfig>>) {
+    // ondemand::service_run opens STATE/repo: the same directory.
     let repo_dir = state_dir.join(REPO_DIR);
     loop {
         if !crate::replicate::ondemand::pending(&repo_dir) {
@@ -247,29 +248,20 @@ fn backfill_loop(state_dir: &Path, who: &str, shared: &Mutex<Option<CustomerConf
             std::thread::sleep(Duration::from_secs(1));
             continue;
         };
-        let opened = repo_key(state_dir)
-            .and_then(|key| crate::Repository::open(&repo_dir, &key).map_err(|e| e.to_string()));
-        let repo = match opened {
-            Ok(r) => r,
+        let run = repo_key(state_dir).and_then(|key| {
+            crate::replicate::ondemand::service_run(state_dir, &config, &key, BACKFILL_SLICE)
+        });
+        let b = match run {
+            Ok((b, flushed)) => {
+                log_flush(flushed, who);
+                b
+            }
             Err(e) => {
                 tracing::warn!("{who}: back-fill not run: {e}");
                 std::thread::sleep(RECHECK * 10);
                 continue;
             }
         };
-        let rate = config
-            .bandwidth_limit
-            .as_deref()
-            .and_then(levee_proto::config::parse_rate);
-        let b = crate::replicate::ondemand::backfill(
-            &repo,
-            state_dir,
-            &config,
-            rate,
-            Some(BACKFILL_SLICE),
-        );
-        drop(repo);
-        report_runs(state_dir, &[b.report()], who);
         if !b.errors.is_empty() {
             tracing::warn!(
                 "{who}: back-fill from {}: {}; retrying in {} s",

@@ -143,7 +143,7 @@ pub fn attach(
 }
 
 /// What one back-fill run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Backfill {
     /// The targets it fetched from (the marker's).
     pub targets: String,
@@ -159,6 +159,8 @@ pub struct Backfill {
     /// other.
     pub complete: bool,
     pub errors: Vec<String>,
+    /// Time spent fetching (from the first request to the last byte).
+    pub fetch_time: Duration,
 }
 
 impl Backfill {
@@ -292,6 +294,7 @@ fn run_backfill(
             );
         }
     }
+    out.fetch_time = started.elapsed();
     repo.local().set_pack_source(None);
     out.packs_left = left.len() as u64;
     out.bytes_left = left.iter().map(|n| size(n)).sum();
@@ -320,6 +323,32 @@ fn run_backfill(
         );
     }
     Ok(())
+}
+
+/// One run of the service's back-fill (`daemon/jobs.rs` calls it in a
+/// loop on a thread of its own): opens `STATE/repo` with the appliance's
+/// repository secret, fetches for at most `budget` under the
+/// configuration's `bandwidth_limit`, spools the run's report and sends
+/// the spool (what the flush did comes back for the journal).
+pub fn service_run(
+    state: &Path,
+    config: &CustomerConfig,
+    repo_key: &[u8],
+    budget: Duration,
+) -> Result<(Backfill, Result<Option<crate::runs::Flushed>, String>), String> {
+    let repo_dir = state.join("repo");
+    let repo = Repository::open(&repo_dir, repo_key)
+        .map_err(|e| format!("{}: {e}", repo_dir.display()))?;
+    let rate = config
+        .bandwidth_limit
+        .as_deref()
+        .and_then(levee_proto::config::parse_rate);
+    let b = backfill(&repo, state, config, rate, Some(budget));
+    drop(repo);
+    if let Err(e) = crate::runs::Spool::new(state).push(&b.report()) {
+        tracing::warn!("back-fill run report not kept: {e}");
+    }
+    Ok((b, crate::runs::flush_with_stored_credential(state)))
 }
 
 /// Whether `repo_dir` holds a repository with packs still offsite.
