@@ -402,3 +402,135 @@ fn r13_serve_resigns_timestamp_and_snapshot_before_expiry() -> Result<()> {
     assert_eq!(repo.snapshot().signed.version.get(), 2);
     Ok(())
 }
+
+/// `levee release prune`: the newest releases and the rollout's stay,
+/// older ones leave the signed targets and the disk; a client that
+/// followed the channel before and a new one both load it; superseded
+/// versioned metadata goes, root metadata stays; a dry run and a prune
+/// without the targets key change nothing.
+#[test]
+fn r13_prune_drops_old_releases_but_keeps_the_newest_and_the_rollouts() -> Result<()> {
+    let l = Levee::new()?;
+    l.init_keys()?;
+    let mut versions = Vec::new();
+    for i in 1..=5u8 {
+        let v = format!("2026.12.0{i}-prune{i}");
+        l.publish(&l.image(&v, i)?, "beta")?;
+        versions.push(v);
+    }
+    let root = std::fs::read(l.offline().join("1.root.json"))?;
+    let followed = l.dir.path().join("follower");
+    std::fs::create_dir_all(&followed)?;
+    rt().block_on(client_load(&l.data(), "beta", &root, &followed))?;
+    l.ok(&[
+        "release",
+        "rollout",
+        "beta",
+        &versions[0],
+        "--percent",
+        "10",
+    ])?;
+    let channel = l.data().join("releases/beta");
+    let listing = |dir: &str| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(channel.join(dir))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let (files_before, meta_before) = (listing("targets")?, listing("metadata")?);
+    let removed = |out: &serde_json::Value| -> Vec<String> {
+        out["removed"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["version"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let args = [
+        "release",
+        "prune",
+        "beta",
+        "--keep",
+        "2",
+        "--metadata-grace-hours",
+        "0",
+    ];
+    let dry: serde_json::Value =
+        serde_json::from_str(&l.ok(&[&args[..], &["--dry-run", "--json"]].concat())?)?;
+    assert_eq!(removed(&dry), versions[1..3]);
+    assert_eq!(dry["target_files_deleted"], 10, "{dry}");
+    let err = l.fails(&args)?;
+    assert!(err.contains("--targets-key"), "{err}");
+    assert_eq!(listing("targets")?, files_before);
+    assert_eq!(listing("metadata")?, meta_before);
+
+    let key = l.targets_key();
+    let out: serde_json::Value =
+        serde_json::from_str(&l.ok(&[&args[..], &["--targets-key", &key, "--json"]].concat())?)?;
+    assert_eq!(removed(&out), versions[1..3], "{out}");
+    assert_eq!(
+        out["kept"],
+        serde_json::json!([&versions[0], &versions[3], &versions[4]]),
+        "the rollout's release 1 and the newest two stay"
+    );
+    let files = listing("targets")?;
+    assert_eq!(files.len(), files_before.len() - 10, "{files:?}");
+    assert!(!files
+        .iter()
+        .any(|f| f.contains(&versions[1]) || f.contains(&versions[2])));
+
+    // Clients: the follower (higher versions, no rollback) and a new one.
+    for ds in [followed, l.dir.path().join("newcomer")] {
+        std::fs::create_dir_all(&ds)?;
+        let repo = rt().block_on(client_load(&l.data(), "beta", &root, &ds))?;
+        let mut names: Vec<String> = repo
+            .targets()
+            .signed
+            .targets
+            .keys()
+            .map(|n| n.raw().to_string())
+            .collect();
+        names.sort();
+        for (i, v) in versions.iter().enumerate() {
+            let listed = names.iter().any(|n| n.starts_with(&format!("{v}.")));
+            assert_eq!(listed, ![1, 2].contains(&i), "{v} in {names:?}");
+        }
+        let newest = tough::TargetName::new(format!("{}.rootfs.squashfs", versions[4]))?;
+        let bytes = rt().block_on(async {
+            let mut s = repo.read_target(&newest).await?.context("listed")?;
+            let mut all = Vec::new();
+            use futures::StreamExt;
+            while let Some(chunk) = s.next().await {
+                all.extend_from_slice(&chunk?);
+            }
+            Ok::<_, anyhow::Error>(all)
+        })?;
+        assert_eq!(
+            bytes,
+            std::fs::read(
+                l.dir
+                    .path()
+                    .join(format!("img-{}/rootfs.squashfs", versions[4]))
+            )?
+        );
+    }
+    // One targets and one snapshot file left, every root kept.
+    let meta = listing("metadata")?;
+    let count = |suffix: &str| meta.iter().filter(|f| f.ends_with(suffix)).count();
+    assert_eq!(
+        (count(".targets.json"), count(".snapshot.json")),
+        (1, 1),
+        "{meta:?}"
+    );
+    assert!(meta.iter().any(|f| f == "1.root.json"), "{meta:?}");
+    assert_eq!(
+        out["metadata_files_deleted"].as_array().map(Vec::len),
+        Some(10),
+        "{out}"
+    );
+    Ok(())
+}

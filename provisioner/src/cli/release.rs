@@ -118,6 +118,40 @@ pub enum ReleaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Drop old releases from a channel, with their files, and superseded
+    /// versioned metadata, so a channel followed for years stays small.
+    ///
+    /// Kept: the newest --keep releases and the release the channel's
+    /// rollout offers. Appliances never download the release they run
+    /// again (deltas chunk the running slot, rollbacks boot the old slot
+    /// from disk), so older ones are not needed. Removing releases re-signs
+    /// the targets (hence --targets-key); superseded `N.targets.json` and
+    /// `N.snapshot.json` go once their successor has been served for
+    /// --metadata-grace-hours. Root metadata is never removed.
+    #[command(
+        after_help = "Examples:\n  levee release prune stable --keep 3 --dry-run\n  levee release prune stable --keep 3 --targets-key /media/keys/targets.pem"
+    )]
+    Prune {
+        #[command(flatten)]
+        channel: ChannelArg,
+        /// How many of the newest releases stay (at least 1).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: u32,
+        /// The targets key (needed when a release is removed).
+        #[arg(long, value_name = "FILE")]
+        targets_key: Option<PathBuf>,
+        /// Superseded metadata is kept this long after its successor was
+        /// signed (a client mid-update may still ask for it).
+        #[arg(long, default_value_t = 24)]
+        metadata_grace_hours: u64,
+        /// Say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        expiry: TargetsExpiry,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-sign snapshot and timestamp of every channel that needs it now
     /// (`levee serve` does this by itself; for servers that are not running).
     Resign {
@@ -268,6 +302,35 @@ pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
             print_published(&p, json)
         }
         ReleaseCommand::Status { channel, json } => status(ctx, &layout, channel, json),
+        ReleaseCommand::Prune {
+            channel,
+            keep,
+            targets_key,
+            metadata_grace_hours,
+            dry_run,
+            expiry,
+            json,
+        } => {
+            let channel = channel.get();
+            // The rollout's release stays whatever its age.
+            let protect = ctx
+                .open_store()?
+                .rollout(&channel)?
+                .map(|r| r.release)
+                .into_iter()
+                .collect();
+            let opts = releases::prune::PruneOptions {
+                keep: keep as usize,
+                protect,
+                targets_key,
+                expires_days: expiry.expires_days,
+                metadata_grace: std::time::Duration::from_secs(metadata_grace_hours * 3600),
+                dry_run,
+            };
+            let p = releases::block_on(releases::prune::prune(&layout, &channel, &opts))
+                .with_context(|| format!("cannot prune channel `{channel}`"))?;
+            print_pruned(&p, json)
+        }
         ReleaseCommand::Rollout {
             channel,
             image_version,
@@ -301,6 +364,29 @@ pub fn run(ctx: &super::Ctx, cmd: ReleaseCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_pruned(p: &releases::prune::Pruned, json: bool) -> anyhow::Result<()> {
+    if json {
+        return super::print_json(p);
+    }
+    let verb = if p.dry_run { "would remove" } else { "removed" };
+    for r in &p.removed {
+        println!("{verb} release {} ({})", r.release, r.version);
+    }
+    println!(
+        "channel `{}`: {verb} {} release(s), {} target file(s) ({} bytes), {} superseded metadata file(s); keeps {}",
+        p.channel,
+        p.removed.len(),
+        p.target_files_deleted,
+        p.bytes_freed,
+        p.metadata_files_deleted.len(),
+        if p.kept.is_empty() { "nothing".to_string() } else { p.kept.join(", ") }
+    );
+    if let Some(v) = p.targets_version {
+        println!("targets metadata is now v{v}");
+    }
+    Ok(())
 }
 
 fn print_published(p: &releases::Published, json: bool) -> anyhow::Result<()> {

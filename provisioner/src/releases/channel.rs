@@ -163,7 +163,7 @@ pub struct Published {
 }
 
 /// A target to add: its name, the file it comes from, its entry.
-struct NewTarget {
+pub(super) struct NewTarget {
     name: String,
     source: PathBuf,
     target: Target,
@@ -398,7 +398,10 @@ async fn commit(
         channel,
         existing,
         &root_path,
-        &targets,
+        TargetChanges {
+            add: &targets,
+            remove: &[],
+        },
         &keys,
         opts.expires_days,
     )
@@ -472,7 +475,10 @@ pub async fn stage_resigned_targets(
         channel,
         Some(existing),
         root_path,
-        &[],
+        TargetChanges {
+            add: &[],
+            remove: &[],
+        },
         keys,
         expires_days,
     )
@@ -480,15 +486,22 @@ pub async fn stage_resigned_targets(
     Ok(Some(staged))
 }
 
-/// Copies the new targets' files into the channel and signs its metadata
-/// with `targets` added (under the root at `root_path`) into a staging
-/// directory. Returns it, the targets version and its expiry.
-async fn sign_staged(
+/// What a signing changes in a channel's targets.
+pub(super) struct TargetChanges<'a> {
+    pub add: &'a [NewTarget],
+    /// Target names dropped (`levee release prune`).
+    pub remove: &'a [String],
+}
+
+/// Copies the added targets' files into the channel and signs its
+/// metadata with `changes` made (under the root at `root_path`) into a
+/// staging directory. Returns it, the targets version and its expiry.
+pub(super) async fn sign_staged(
     layout: &Layout,
     channel: &str,
     existing: Option<Repository>,
     root_path: &Path,
-    targets: &[NewTarget],
+    changes: TargetChanges<'_>,
     keys: &SigningKeys,
     expires_days: i64,
 ) -> Result<(Staged, u64, DateTime<Utc>), ReleaseError> {
@@ -511,7 +524,7 @@ async fn sign_staged(
 
     let targets_dir = layout.targets_dir(channel);
     std::fs::create_dir_all(&targets_dir).map_err(io_err(&targets_dir))?;
-    for t in targets {
+    for t in changes.add {
         let sha = hex::encode(t.target.hashes.sha256.as_ref());
         copy_target(
             &t.source,
@@ -525,6 +538,13 @@ async fn sign_staged(
         editor
             .add_target(name, t.target.clone())
             .map_err(|e| ReleaseError::Tuf(format!("target {}: {e}", t.name)))?;
+    }
+    for t in changes.remove {
+        let name = TargetName::new(t.clone())
+            .map_err(|e| ReleaseError::Tuf(format!("target {t}: {e}")))?;
+        editor
+            .remove_target(&name)
+            .map_err(|e| ReleaseError::Tuf(format!("removing target {t}: {e}")))?;
     }
     let now = super::now();
     let targets_expires = now + super::days(expires_days);

@@ -22,6 +22,7 @@
 
 pub mod channel;
 pub mod keys;
+pub mod prune;
 pub mod refresh;
 pub mod rollout;
 pub mod root;
