@@ -124,8 +124,16 @@ fn store_node(s: &common::LoopbackServer) -> (String, CancellationToken) {
     (url, stop)
 }
 
-#[test]
-fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
+/// A server with appliance A enrolled (its state directory and
+/// credential) and a store node: `(server, state, credential, store URL,
+/// the node's stop)`.
+fn acme_with_a_store() -> (
+    common::LoopbackServer,
+    std::path::PathBuf,
+    Credential,
+    String,
+    CancellationToken,
+) {
     let s = common::LoopbackServer::start(
         common::AGENT_CMDLINE,
         serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
@@ -133,6 +141,29 @@ fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
     );
     let (state, cred) = enroll(&s, MAC_A);
     let (url, stop) = store_node(&s);
+    (s, state, cred, url, stop)
+}
+
+/// Bit rot: flips a byte in the middle of the largest pack of the
+/// repository in `dir`; returns the pack and its damaged bytes.
+fn flip_a_byte_of_the_largest_pack(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let pack = std::fs::read_dir(dir.join("data"))
+        .expect("data")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&pack, &bytes).expect("corrupt");
+    (pack, bytes)
+}
+
+#[test]
+fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
+    let (s, state, cred, url, stop) = acme_with_a_store();
     let src = s.dir.path().join("share");
     std::fs::create_dir_all(&src).expect("src");
     std::fs::write(src.join("big.bin"), noise(1 << 20, 11)).expect("write");
@@ -151,17 +182,7 @@ fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
     drop(repo);
 
     // The data partition flips a byte of a pack.
-    let pack = std::fs::read_dir(dir.join("data"))
-        .expect("data")
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a pack");
-    let mut bytes = std::fs::read(&pack).expect("pack");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    std::fs::write(&pack, &bytes).expect("corrupt");
+    flip_a_byte_of_the_largest_pack(&dir);
     let check_opts = CheckOptions {
         read_data: Some(100.0),
         repair_from_offsite: false,
@@ -216,13 +237,7 @@ fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
 #[test]
 fn r14_the_scheduled_read_back_repairs_a_damaged_local_pack_from_offsite() {
     use levee_proto::runs::{RunKind, RunResult};
-    let s = common::LoopbackServer::start(
-        common::AGENT_CMDLINE,
-        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
-        &[MAC_A],
-    );
-    let (state, cred) = enroll(&s, MAC_A);
-    let (url, stop) = store_node(&s);
+    let (s, state, cred, url, stop) = acme_with_a_store();
     let src = s.dir.path().join("share");
     std::fs::create_dir_all(&src).expect("src");
     for i in 0..3 {
