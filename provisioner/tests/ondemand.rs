@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::offsite::{back_up, enroll, store_node};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use levee_agent::backup::backend::local::LocalBackend;
 use levee_agent::backup::backend::{FileKind as LocalKind, ReadBackend};
-use levee_agent::backup::commands::backup::{backup, BackupOptions, BackupSummary};
 use levee_agent::backup::commands::check::{check, CheckOptions};
 use levee_agent::backup::commands::prune::{prune, PruneOptions};
 use levee_agent::backup::commands::restore::{restore, RestoreOptions, RestoreSummary};
 use levee_agent::backup::progress::Counters;
 use levee_agent::backup::unfetched::Unfetched;
-use levee_agent::enroll::Credential;
 use levee_agent::recover::{self, Step};
 use levee_agent::replicate::{self, ondemand, Bucket, ReplicateOptions, StoreClient};
 use levee_agent::Repository;
@@ -36,56 +36,12 @@ use levee_proto::config::{CustomerConfig, OffsiteTarget};
 use levee_proto::offsite::{FileKind, Namespace};
 use levee_proto::recovery::RecoveryPrivateKey;
 use levee_proto::repo::KdfParams;
-use tokio_util::sync::CancellationToken;
 
 const MAC_A: &str = "52:54:00:14:30:01";
 const MAC_B: &str = "52:54:00:14:30:02";
 const PACKS: usize = 6;
 /// The back-fill's cap in the timed part.
 const RATE: u64 = 512 << 10;
-
-fn back_up(repo: &Repository, src: &Path) -> BackupSummary {
-    let opts = BackupOptions {
-        sources: vec![src.to_string_lossy().into()],
-        ..Default::default()
-    };
-    backup(repo, &opts, None, &Counters::default()).expect("backup")
-}
-
-fn enroll(s: &common::LoopbackServer, mac: &str) -> (std::path::PathBuf, Credential) {
-    let state = s.dir.path().join(mac.replace(':', ""));
-    std::fs::create_dir_all(&state).expect("state");
-    common::agent_pass(&s.http, mac, &state);
-    let cred = Credential::load(&state).expect("load").expect("credential");
-    (state, cred)
-}
-
-/// The store, as `levee serve --store` runs it (see tests/recovery.rs).
-fn store_node(s: &common::LoopbackServer) -> (String, CancellationToken) {
-    let listener =
-        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let ca =
-        levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
-    let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
-    let state = levee_provisioner::offsite::state(
-        s.store.clone(),
-        levee_provisioner::offsite::Files::Dir(levee_provisioner::offsite::Disk::new(
-            s.data.join("offsite"),
-        )),
-    );
-    let stop = CancellationToken::new();
-    s.rt.spawn(levee_provisioner::offsite::serve(
-        listener,
-        tls,
-        state,
-        levee_provisioner::offsite::DEFAULT_GRACE,
-        Default::default(),
-        stop.clone(),
-    ));
-    (url, stop)
-}
 
 /// A loopback TCP proxy counting the bytes the store sends back.
 struct Proxy {

@@ -10,11 +10,13 @@
 
 mod common;
 
+use common::noise;
+use common::offsite::{back_up, enroll, store_node};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_agent::backup::commands::backup::{backup, BackupOptions, BackupSummary};
 use levee_agent::backup::commands::check::{check, CheckOptions};
 use levee_agent::backup::commands::restore::{restore, RestoreOptions};
 use levee_agent::backup::progress::Counters;
@@ -31,34 +33,6 @@ use tokio_util::sync::CancellationToken;
 
 const MAC_A: &str = "52:54:00:14:20:01";
 const MAC_B: &str = "52:54:00:14:20:02";
-
-fn noise(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..bytes / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
-}
-
-fn back_up(repo: &Repository, src: &Path) -> BackupSummary {
-    let opts = BackupOptions {
-        sources: vec![src.to_string_lossy().into()],
-        ..Default::default()
-    };
-    backup(repo, &opts, None, &Counters::default()).expect("backup")
-}
-
-fn enroll(s: &common::LoopbackServer, mac: &str) -> (std::path::PathBuf, Credential) {
-    let state = s.dir.path().join(mac.replace(':', ""));
-    std::fs::create_dir_all(&state).expect("state");
-    common::agent_pass(&s.http, mac, &state);
-    let cred = Credential::load(&state).expect("load").expect("credential");
-    (state, cred)
-}
 
 fn replicate_to(
     repo: &Repository,
@@ -94,34 +68,6 @@ fn client(url: &str, cred: &Credential, id: &str) -> StoreClient {
         Duration::from_secs(10),
     )
     .expect("client")
-}
-
-/// The store, as `levee serve --store` runs it, on the server's runtime
-/// (after an enrollment: the server has made its CA by then).
-fn store_node(s: &common::LoopbackServer) -> (String, CancellationToken) {
-    let listener =
-        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let ca =
-        levee_provisioner::enroll::ca::ServerCa::open_or_create(&s.data.join("ca")).expect("ca");
-    let tls = levee_provisioner::enroll::https::tls_config(&ca, "127.0.0.1").expect("tls");
-    let state = levee_provisioner::offsite::state(
-        s.store.clone(),
-        levee_provisioner::offsite::Files::Dir(levee_provisioner::offsite::Disk::new(
-            s.data.join("offsite"),
-        )),
-    );
-    let stop = CancellationToken::new();
-    s.rt.spawn(levee_provisioner::offsite::serve(
-        listener,
-        tls,
-        state,
-        levee_provisioner::offsite::DEFAULT_GRACE,
-        Default::default(),
-        stop.clone(),
-    ));
-    (url, stop)
 }
 
 /// A server with appliance A enrolled (its state directory and

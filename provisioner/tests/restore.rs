@@ -8,11 +8,13 @@
 
 mod common;
 
+use common::offsite::enroll;
+
 use std::path::Path;
 
 use levee_agent::backup::commands::backup::{backup, BackupOptions};
 use levee_agent::backup::progress::Counters;
-use levee_agent::enroll::{Credential, EnrollError, MtlsClient};
+use levee_agent::enroll::{EnrollError, MtlsClient};
 use levee_agent::Repository;
 use levee_proto::repo::KdfParams;
 use levee_proto::report::StatusReport;
@@ -22,14 +24,6 @@ const MAC_A: &str = "52:54:00:14:30:01";
 const MAC_B: &str = "52:54:00:14:30:02";
 /// The appliance's repository secret, as its service keeps it.
 const KEY: &str = "5e1f0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
-
-fn enroll(s: &common::LoopbackServer, mac: &str) -> (std::path::PathBuf, Credential) {
-    let state = s.dir.path().join(mac.replace(':', ""));
-    std::fs::create_dir_all(&state).expect("state");
-    common::agent_pass(&s.http, mac, &state);
-    let cred = Credential::load(&state).expect("load").expect("credential");
-    (state, cred)
-}
 
 fn show(s: &common::LoopbackServer, mac: &str) -> serde_json::Value {
     serde_json::from_str(&s.levee(&["appliance", "show", mac, "--json"])).expect("json")

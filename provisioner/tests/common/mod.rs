@@ -5,6 +5,8 @@
 //! Each test binary compiles this module and uses only its part of it.
 #![allow(dead_code)]
 
+pub mod offsite;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
