@@ -152,7 +152,13 @@ impl World {
 
     /// A sparse raw disk of `DISK_BYTES`.
     fn blank_disk(&self) -> anyhow::Result<PathBuf> {
-        let path = self.dir.path().join("disk.raw");
+        self.blank_disk_named("disk.raw")
+    }
+
+    /// A sparse raw disk of `DISK_BYTES` called `name` in the test's
+    /// directory.
+    pub(crate) fn blank_disk_named(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
         std::fs::File::create(&path)?.set_len(DISK_BYTES)?;
         Ok(path)
     }
@@ -237,6 +243,27 @@ fn attacker_tries_to_enroll(world: &World, mac: &str) -> anyhow::Result<()> {
         "the appliance's requests were refused after the attack"
     );
     Ok(())
+}
+
+/// A blank BIOS box (a blank disk `disk_name` first in the boot order, the
+/// NIC second) network-booted and installed as any new appliance: returns
+/// its VM once it is `installed`, back from its disk. A failure prints its
+/// serial console.
+pub(crate) fn install_blank(world: &World, mac: &str, disk_name: &str) -> anyhow::Result<Vm> {
+    let disk = world.blank_disk_named(disk_name)?;
+    let vm = VmBuilder {
+        memory_mib: 1024,
+        disks: vec![disk],
+        allow_reboot: true,
+        ..VmBuilder::new(Firmware::Bios, mac)
+    }
+    .start(&world.net, world.dir.path())?;
+    let mut phases = Phases::new(world, &vm, mac);
+    if let Err(e) = phases.wait(&["installed"], INSTALL_TIMEOUT) {
+        eprintln!("===== serial console of {mac} =====\n{}", vm.console());
+        return Err(e);
+    }
+    Ok(vm)
 }
 
 /// `levee appliance show MAC --json`: the record and its history.
@@ -448,7 +475,7 @@ fn golden_path(tag: &str, firmware: Firmware, mac: &str, backups: bool, fleet: b
             attacker_tries_to_enroll(&world, mac)?;
             if let Some(b) = &world.backups {
                 b.check(&world.server, mac)?;
-                b.recover(&world.server, &world.net, &vm, &disk, mac, world.dir.path())?;
+                b.recover(&world, &vm, &disk, mac)?;
             }
             if fleet {
                 crate::fleet::served_by_a_second_server(&world, &vm, mac, tag)?;

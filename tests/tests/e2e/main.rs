@@ -2,8 +2,6 @@
 //! private network namespaces. One test binary; modules by subject.
 
 mod fleet;
-#[path = "../common/identity.rs"]
-mod identity;
 mod install;
 mod offsite;
 mod pxe_boot;

@@ -8,20 +8,25 @@
 //! appliance and recovery key slots, no password slot) and only ciphertext
 //! (marker strings from the share found nowhere in it).
 //!
-//! Then disaster recovery: the VM is killed and its disk deleted; ops run
-//! `levee appliance replace OLD --with NEW`; the replacement (a host on
-//! the same LAN with a real appliance identity, enrolled with the token of
-//! its boot script: a second install under TCG would cost minutes and
-//! prove the install again, not the recovery) runs `levee-agent --repo
-//! https://STORE/acme/<id> --recovery-key PAPER restore latest` into a new
-//! path of the Samba server: every file byte-identical, the NT ACL the
-//! same (`smbcacls`, a client independent of ours).
+//! Then disaster recovery, as ops would run it: the VM is killed and its
+//! disk deleted; `levee appliance replace OLD --with NEW`; a blank VM (NEW)
+//! boots over the same PXE, enrolls and installs as any new appliance;
+//! `levee appliance replace OLD --with NEW --recovery-key PAPER` once NEW
+//! has published its key; NEW takes the repository over from the store by
+//! itself; `levee appliance restore NEW --snapshot <OLD's last> --to
+//! smb://SERVER/restore/r1 --credentials-of files` has NEW restore the share
+//! into a new Samba path: every file byte-identical, the NT ACL the same
+//! (`smbcacls`, a client independent of ours); NEW's next scheduled backup
+//! stores only a file written after the loss (deduplicated against the old
+//! data, read from the runs the server shows) and replicates to the same
+//! namespace.
 //!
-//! Folded into the install test on purpose: a second install under TCG
-//! would cost minutes; the backup and its replication add seconds.
+//! Folded into the install test on purpose: booting the first appliance
+//! again for this would cost minutes; the second install is what a
+//! replacement does.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use levee_tests::net::{TestNet, SERVER_IP};
@@ -29,6 +34,8 @@ use levee_tests::samba::{Samba, PASSWORD};
 use levee_tests::server::LeveeServer;
 use levee_tests::vm::Vm;
 use levee_tests::wait_until;
+
+use crate::install::World;
 
 /// Where `levee serve --store` listens on the test network.
 pub(crate) const STORE_PORT: u16 = 8444;
@@ -42,9 +49,10 @@ const FILE_DACL: &str = "ACL:S-1-5-21-1-2-3-1001:DENIED/0x0/0x00000002,\
 /// appliance is installed (the schedule is due at once; TCG is slow).
 const FIRST_RUNS: Duration = Duration::from_secs(300);
 
-/// The replacement appliance's MAC and its address on the LAN.
+/// The replacement appliance's MAC.
 const REPLACEMENT: &str = "52:54:00:04:01:09";
-const REPLACEMENT_IP: &str = "10.99.0.10/24";
+/// A file the share gets after the loss (in the replacement's backup only).
+const LATE_FILE: &str = "finance/after-the-fire.txt";
 
 /// The customer's file server, data and paper recovery key.
 pub(crate) struct Backups {
@@ -197,72 +205,155 @@ impl Backups {
 }
 
 impl Backups {
-    /// The appliance is lost with its disk; its replacement restores the
-    /// share from the offsite store with the paper key (see the module
-    /// doc). `disk` is the lost appliance's disk image.
+    /// The appliance is lost with its disk; a blank replacement takes its
+    /// repository over and restores the share (see the module doc). `disk`
+    /// is the lost appliance's disk image.
     pub(crate) fn recover(
         &self,
-        server: &LeveeServer,
-        net: &TestNet,
+        world: &World,
         vm: &Vm,
         disk: &Path,
         mac: &str,
-        dir: &Path,
     ) -> anyhow::Result<()> {
-        // SAFETY: kill(2) on the QEMU this test started.
-        unsafe { libc::kill(vm.pid as i32, libc::SIGKILL) };
-        wait_until(Duration::from_secs(30), "QEMU to stop", || {
-            Ok(vm.exited().then_some(()))
-        })?;
+        let server = &world.server;
+        let started = Instant::now();
+        // What the lost appliance last backed up and replicated: what ops
+        // restores.
+        let old = server.appliance(mac)?.context("old appliance gone")?;
+        let old_runs = runs_of(&old);
+        let replicated = old_runs
+            .iter()
+            .find(|r| r["kind"] == "replication" && r["result"] == "success")
+            .and_then(|r| r["started_at"].as_i64())
+            .context("no replication of the lost appliance")?;
+        let old_snapshot = old_runs
+            .iter()
+            .filter(|r| r["kind"] == "backup" && r["result"] == "success")
+            .find(|r| r["ended_at"].as_i64().is_some_and(|t| t <= replicated))
+            .and_then(|r| r["snapshot"].as_str())
+            .context("no replicated snapshot of the lost appliance")?
+            .to_string();
+        vm.power_cut()?;
         std::fs::remove_file(disk)?;
+        let repo_id = self.store_repositories(server)?;
+        ensure!(
+            repo_id.len() == 1,
+            "one repository in the store: {repo_id:?}"
+        );
+        // Written after the loss: the replacement's first backup stores
+        // this file, and only this, beside the old data.
+        let share = self.samba.share_dir(SHARE);
+        std::fs::write(share.join(LATE_FILE), "written after the fire\n")?;
+
+        server.cli(&["appliance", "replace", mac, "--with", REPLACEMENT])?;
+        let new_vm = crate::install::install_blank(world, REPLACEMENT, "replacement.raw")?;
+        let installed = started.elapsed();
+        let r = self.take_over_and_restore(server, mac, &old_snapshot, &repo_id[0], &share);
+        if r.is_err() {
+            eprintln!(
+                "===== serial console of the replacement {REPLACEMENT} =====\n{}",
+                new_vm.console()
+            );
+        }
+        r?;
+        eprintln!(
+            "disaster recovery: replacement installed {:.1} s after the loss, restored and backed up again at {:.1} s",
+            installed.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// The repository ids in the store's namespace of the customer.
+    fn store_repositories(&self, server: &LeveeServer) -> anyhow::Result<Vec<String>> {
         let root = server
             .data_dir()
             .join("offsite")
             .join(super::install::CUSTOMER);
-        let repo_id = std::fs::read_dir(&root)?
+        Ok(std::fs::read_dir(&root)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .next()
-            .context("no repository in the store")?;
+            .collect())
+    }
 
-        server.cli(&["appliance", "replace", mac, "--with", REPLACEMENT])?;
-        let host = net.add_host(REPLACEMENT_IP)?;
-        let cred = crate::identity::enroll_from(&host, REPLACEMENT, &format!("{SERVER_IP}:80"))?;
-        let state = dir.join("replacement-state");
-        cred.save(&state)?;
-        let url = format!(
-            "https://{SERVER_IP}:{STORE_PORT}/{}/{repo_id}",
-            super::install::CUSTOMER
+    /// The installed replacement: the paper key re-wraps the lost
+    /// appliance's repository for it, ops asks it to restore the lost
+    /// appliance's last snapshot into a new Samba path, and its next
+    /// scheduled backup continues the same repository.
+    fn take_over_and_restore(
+        &self,
+        server: &LeveeServer,
+        mac: &str,
+        old_snapshot: &str,
+        repo_id: &str,
+        share: &Path,
+    ) -> anyhow::Result<()> {
+        let paper = self.paper_key.to_str().context("path")?;
+        // The replacement publishes its own key once its service runs
+        // from its disk; the re-wrap needs it.
+        let t = Instant::now();
+        let out = wait_until(
+            Duration::from_secs(180),
+            "the replacement's recovery key",
+            || {
+                let out = server.cli(&[
+                    "appliance",
+                    "replace",
+                    mac,
+                    "--with",
+                    REPLACEMENT,
+                    "--recovery-key",
+                    paper,
+                ])?;
+                Ok(out.contains("re-wrapped").then_some(out))
+            },
+        )?;
+        eprintln!(
+            "re-wrap ({:.1} s after the install): {}",
+            t.elapsed().as_secs_f64(),
+            out.trim()
         );
-        let agent = levee_tests::binary("levee-agent")?;
-        let out = host
-            .cmd(agent.to_str().context("path")?)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--repo", &url, "--recovery-key"])
-            .arg(&self.paper_key)
-            .args(["--json", "--quiet", "restore", "latest", "--target"])
-            .arg(self.samba.url("restore/r1"))
-            .env("LEVEE_SMB_PASSWORD", PASSWORD)
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.success(),
-            "the restore from offsite failed: {stdout}\n{stderr}"
+        // No account in the URL: the appliance writes as source `files`.
+        let target = format!("smb://{SERVER_IP}/restore/r1");
+        server.cli(&[
+            "appliance",
+            "restore",
+            REPLACEMENT,
+            "--snapshot",
+            old_snapshot,
+            "--to",
+            &target,
+            "--credentials-of",
+            SHARE,
+        ])?;
+        let done = wait_until(
+            Duration::from_secs(300),
+            "the restore request to finish",
+            || {
+                let a = server.appliance(REPLACEMENT)?.context("replacement gone")?;
+                let r = a["restores"][0].clone();
+                match r["state"].as_str() {
+                    Some("done") => Ok(Some(r)),
+                    Some("failed") => anyhow::bail!("the restore failed: {r}"),
+                    _ => Ok(None),
+                }
+            },
+        )?;
+        eprintln!(
+            "restore request ({:.1} s after the re-wrap): {done}",
+            t.elapsed().as_secs_f64()
         );
-        eprintln!("restore from offsite: {}", stderr.trim());
-        let report: serde_json::Value =
-            serde_json::from_str(&stdout).with_context(|| format!("restore output: {stdout}"))?;
-        ensure!(report["errors"] == 0, "restore: {report}");
+        ensure!(done["files"] == 3 && done["errors"] == 0, "restore: {done}");
 
         // Byte-identical, and the ACL as it was.
-        let share = self.samba.share_dir(SHARE);
         let restored = self.samba.share_dir("restore").join("r1").join(SHARE);
-        let originals = files_under(&share)?;
+        let originals: Vec<PathBuf> = files_under(share)?
+            .into_iter()
+            .filter(|f| !f.ends_with(LATE_FILE))
+            .collect();
         ensure!(originals.len() == 3, "{originals:?}");
         for f in &originals {
-            let rel = f.strip_prefix(&share)?;
+            let rel = f.strip_prefix(share)?;
             let back = std::fs::read(restored.join(rel)).with_context(|| {
                 format!("{} not restored (in {})", rel.display(), restored.display())
             })?;
@@ -285,19 +376,80 @@ impl Backups {
             got == want,
             "ACL after the restore: {got:?}, before: {want:?}"
         );
-        // The lost appliance's certificate no longer opens the namespace:
-        // its record is replaced.
+
+        // The replacement's next scheduled backup continues the lost
+        // appliance's repository: only the late file is new; it replicates
+        // to the same namespace.
+        let runs = wait_until(
+            Duration::from_secs(300),
+            "the replacement's backup and replication",
+            || {
+                let a = server.appliance(REPLACEMENT)?.context("replacement gone")?;
+                let runs = runs_of(&a);
+                let done = |kind: &str| {
+                    runs.iter()
+                        .any(|r| r["kind"] == kind && r["result"] == "success")
+                };
+                // The replication after the backup (one may have run
+                // before it, right after the take-over, with nothing to do).
+                let backup_end = runs
+                    .iter()
+                    .find(|r| r["kind"] == "backup" && r["result"] == "success")
+                    .and_then(|r| r["ended_at"].as_i64());
+                let replicated = backup_end.is_some_and(|end| {
+                    runs.iter().any(|r| {
+                        r["kind"] == "replication"
+                            && r["result"] == "success"
+                            && r["started_at"].as_i64().is_some_and(|t| t >= end)
+                    })
+                });
+                Ok((replicated && done("restore")).then_some(runs))
+            },
+        )?;
+        let backup = runs
+            .iter()
+            .find(|r| r["kind"] == "backup" && r["result"] == "success")
+            .context("no backup run")?;
+        eprintln!("the replacement's backup run: {backup}");
+        ensure!(
+            backup["files_total"] == 4 && backup["error_count"] == 0,
+            "the replacement's backup: {backup}"
+        );
+        let new_bytes = backup["bytes_new"].as_u64().unwrap_or(u64::MAX);
+        ensure!(
+            new_bytes < 64 << 10,
+            "deduplicated against the lost appliance's data: {new_bytes} bytes new"
+        );
+        let restore_run = runs
+            .iter()
+            .find(|r| r["kind"] == "restore")
+            .context("no restore run")?;
+        ensure!(
+            restore_run["files_new"] == 3 && restore_run["sources"][0] == target,
+            "the restore run: {restore_run}"
+        );
+        let repos = self.store_repositories(server)?;
+        ensure!(
+            repos == [repo_id],
+            "the replacement replicates to the lost appliance's namespace: {repos:?}"
+        );
         let old = server.appliance(mac)?.context("old appliance gone")?;
         ensure!(
             old["appliance"]["replaced_by"].is_number(),
             "the old appliance is not marked replaced: {old}"
         );
         eprintln!(
-            "disaster recovery: {} files restored byte-identical from offsite with the paper key, NT ACL kept",
+            "disaster recovery: {} files restored byte-identical by the replacement, NT ACL kept; \
+             its first backup stored {new_bytes} bytes new",
             originals.len()
         );
         Ok(())
     }
+}
+
+/// The runs `levee appliance show --json` lists, newest first.
+fn runs_of(a: &serde_json::Value) -> Vec<serde_json::Value> {
+    a["backups"]["runs"].as_array().cloned().unwrap_or_default()
 }
 
 fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
