@@ -3,7 +3,10 @@
 //!
 //! Environment: LEVEE_REPO, LEVEE_PASSWORD, LEVEE_STATE_DIR (upload ids),
 //! S3_URL (s3://bucket/prefix), S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY_ID,
-//! S3_SECRET_ACCESS_KEY; optional LEVEE_CUSTOMER (default `bench`).
+//! S3_SECRET_ACCESS_KEY; optional LEVEE_CUSTOMER (default `bench`),
+//! LEVEE_STREAMS (the target's `streams`), LEVEE_WHOLE_BYTES (files up to
+//! this size in one request, `ReplicateOptions::whole_bytes`) and
+//! LEVEE_BANDWIDTH_LIMIT (`bandwidth_limit`, e.g. `100Mbit/s`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,14 +25,21 @@ fn main() -> anyhow::Result<()> {
         &PathBuf::from(env("LEVEE_REPO")?),
         env("LEVEE_PASSWORD")?.as_bytes(),
     )?;
-    let target = serde_json::from_value(serde_json::json!({
+    let mut target = serde_json::json!({
         "name": "bench-s3",
         "url": env("S3_URL")?,
         "endpoint": env("S3_ENDPOINT")?,
         "region": env("S3_REGION")?,
         "access_key_id": env("S3_ACCESS_KEY_ID")?,
         "secret_access_key": env("S3_SECRET_ACCESS_KEY")?,
-    }))?;
+    });
+    if let Ok(n) = std::env::var("LEVEE_STREAMS") {
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("$LEVEE_STREAMS: {n:?} is not a number"))?;
+        target["streams"] = n.into();
+    }
+    let target = serde_json::from_value(target)?;
     // A direct S3 target has no use for the appliance's certificate.
     let cred = Credential {
         key_pem: String::new(),
@@ -42,16 +52,29 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let customer = std::env::var("LEVEE_CUSTOMER").unwrap_or_else(|_| "bench".into());
+    let mut opts = ReplicateOptions {
+        verify_share: 0.0,
+        ..ReplicateOptions::default()
+    };
+    if let Ok(n) = std::env::var("LEVEE_WHOLE_BYTES") {
+        opts.whole_bytes = n
+            .parse()
+            .with_context(|| format!("$LEVEE_WHOLE_BYTES: {n:?} is not a number"))?;
+    }
+    let rate = match std::env::var("LEVEE_BANDWIDTH_LIMIT") {
+        Ok(r) => Some(
+            levee_proto::config::parse_rate(&r)
+                .with_context(|| format!("$LEVEE_BANDWIDTH_LIMIT: {r:?} is not a rate"))?,
+        ),
+        Err(_) => None,
+    };
     let out = replicate::replicate_target(
         &repo,
         &customer,
         &target,
         &cred,
-        Arc::new(Bucket::new(None)),
-        &ReplicateOptions {
-            verify_share: 0.0,
-            ..ReplicateOptions::default()
-        },
+        Arc::new(Bucket::new(rate)),
+        &opts,
         &PathBuf::from(env("LEVEE_STATE_DIR")?),
     );
     println!(

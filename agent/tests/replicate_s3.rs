@@ -78,6 +78,8 @@ fn run(repo: &Repository, t: &OffsiteTarget, state: &Path, verify: f64) -> Targe
         Arc::new(Bucket::new(None)),
         &ReplicateOptions {
             part_bytes: PART,
+            // Larger files in parts, so a cut can be resumed below.
+            whole_bytes: PART,
             timeout: Duration::from_secs(30),
             verify_share: verify,
             ..ReplicateOptions::default()
@@ -149,7 +151,8 @@ fn r14_direct_s3_replicates_resumes_verifies_and_never_overwrites() {
         Duration::from_secs(30),
         &sdir,
     )
-    .expect("client");
+    .expect("client")
+    .with_whole_max(PART);
     assert_eq!(client.append_only().expect("asked"), AppendOnly::No);
     let listing = client.list_all().expect("list");
     let names = replicate::names(&listing);

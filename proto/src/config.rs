@@ -198,6 +198,12 @@ pub struct OffsiteTarget {
     /// vouch for its own contents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_per_week: Option<String>,
+    /// Files uploaded to this target at the same time, 1 to
+    /// [`MAX_STREAMS`] (default [`DEFAULT_STREAMS`]): more streams fill a
+    /// long fat link or a store with several nodes; `bandwidth_limit`
+    /// caps their total either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<u32>,
     /// Gone: every target is a complete copy. Still read, so a stored
     /// configuration with it stays readable; `levee customer apply` refuses
     /// it by name.
@@ -230,6 +236,13 @@ impl OffsiteTarget {
         }
     }
 }
+
+/// Files uploaded at the same time per target unless its `streams` says
+/// otherwise (as many as rclone's default `--transfers`).
+pub const DEFAULT_STREAMS: u32 = 4;
+/// Most `streams` a target may ask for: each is a thread and a connection
+/// on the appliance.
+pub const MAX_STREAMS: u32 = 32;
 
 /// What a target gets read back each week unless its `verify_per_week`
 /// says otherwise: every file comes round in about ten weeks, at a tenth

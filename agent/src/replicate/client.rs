@@ -14,7 +14,7 @@ use levee_proto::offsite::{
     DeletionRequest, FileKind, FileRef, Listed, Namespace, PREFIX, UPLOAD_LENGTH, UPLOAD_OFFSET,
 };
 
-use super::throttle::{Bucket, ThrottledBody};
+use super::throttle::{self, Bucket};
 use crate::enroll::Credential;
 
 /// How long an endpoint that failed is left alone.
@@ -295,14 +295,14 @@ impl StoreClient {
             let len = part.max(1).min(size - offset);
             let data = read(offset, len as usize).map_err(StoreError::Local)?;
             let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let body = ThrottledBody::new(data, self.bucket.clone(), counted.clone());
+            let body = throttle::body(data, &self.bucket, counted.clone());
             let result = self
                 .client
                 .put(&url)
                 .timeout(part_timeout(len, self.bucket.rate()))
                 .header(UPLOAD_OFFSET, offset.to_string())
                 .header(UPLOAD_LENGTH, size.to_string())
-                .body(reqwest::blocking::Body::sized(body, len))
+                .body(body)
                 .send();
             let n = counted.load(std::sync::atomic::Ordering::Relaxed);
             *sent += n;

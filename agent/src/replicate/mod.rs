@@ -55,6 +55,9 @@ pub struct ReplicateOptions {
     /// Bytes per upload request (a cut loses at most the part in flight;
     /// the store keeps what arrived of it).
     pub part_bytes: u64,
+    /// S3 targets: files up to this size go up in one request (a cut
+    /// re-sends them), larger ones in parts of `part_bytes`.
+    pub whole_bytes: u64,
     /// Longest single request.
     pub timeout: Duration,
     /// Share of the files a target holds that this run reads back and
@@ -64,7 +67,8 @@ pub struct ReplicateOptions {
     /// time since that target's last run.
     pub verify_share: f64,
     /// Files uploaded at the same time per target (within one kind:
-    /// packs and index before the snapshots that reference them).
+    /// packs and index before the snapshots that reference them), for a
+    /// target whose configuration gives no `streams`.
     pub streams: usize,
 }
 
@@ -72,11 +76,11 @@ impl Default for ReplicateOptions {
     fn default() -> Self {
         ReplicateOptions {
             part_bytes: 8 << 20,
+            whole_bytes: s3::WHOLE_MAX,
             timeout: Duration::from_secs(600),
             // With a backup a day: every file read back about every 3 weeks.
             verify_share: 0.05,
-            // As many as rclone's default transfers.
-            streams: 4,
+            streams: levee_proto::config::DEFAULT_STREAMS as usize,
         }
     }
 }
@@ -302,8 +306,9 @@ fn sync_target(
     let ns = Namespace::new(customer, &repo.config.id).map_err(|e| e.to_string())?;
     let dir = state_dir(state, &target.name);
     let client: Box<dyn Target> = if target.is_s3() {
-        let s3 =
-            S3Target::new(target, ns, bucket, opts.timeout, &dir).map_err(|e| e.to_string())?;
+        let s3 = S3Target::new(target, ns, bucket, opts.timeout, &dir)
+            .map_err(|e| e.to_string())?
+            .with_whole_max(opts.whole_bytes);
         check_append_only(&s3, target, out);
         Box::new(s3)
     } else {
@@ -321,14 +326,12 @@ fn sync_target(
     out.bytes_present = p.present_bytes;
     tracing::info!(target = %target.name, missing = p.uploads.len(), present = p.present_files, "replication starting");
     let read = |f: &LocalFile, offset: u64, len: usize| read_local(repo, f, offset, len);
-    parallel::upload_all(
-        client,
-        &p.uploads,
-        opts.streams,
-        opts.part_bytes,
-        &read,
-        out,
-    );
+    // `levee customer apply` refuses other counts; clamped anyway, as a
+    // count is threads and connections here.
+    let streams = target.streams.map_or(opts.streams, |n| {
+        n.clamp(1, levee_proto::config::MAX_STREAMS) as usize
+    });
+    parallel::upload_all(client, &p.uploads, streams, opts.part_bytes, &read, out);
     if !out.ok() || p.deletions.is_empty() {
         return Ok(());
     }

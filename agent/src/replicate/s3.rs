@@ -11,7 +11,8 @@
 //!   found corrupt; the appliance never deletes. Against an appliance
 //!   whose keys are stolen only the bucket protects: versioning or Object
 //!   Lock, checked at the start of each run ([`S3Target::append_only`]).
-//! - Large files go up as multipart uploads; the upload id is kept in
+//! - Files up to [`WHOLE_MAX`] (every pack) go up in one `PutObject`;
+//!   larger ones as multipart uploads; the upload id is kept in
 //!   `STATE/replication/<target>/uploads.json` (S3 servers need not list
 //!   uploads in progress), the parts already there are asked for with
 //!   `ListParts`, so a cut re-sends at most the part in flight.
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::part_timeout;
 use super::target::{Listing, ReadAt, Target};
-use super::throttle::{Bucket, ThrottledBody};
+use super::throttle::{self, Bucket};
 use super::StoreError;
 use crate::enroll::write_atomic;
 
@@ -68,7 +69,17 @@ pub struct S3Target {
     uploads_lock: Mutex<()>,
     /// Keys verification found corrupt: the only ones sent over again.
     repairable: Mutex<HashSet<String>>,
+    /// Files up to this size go up in one `PutObject`, larger ones as
+    /// multipart uploads ([`S3Target::with_whole_max`]).
+    whole_max: u64,
 }
+
+/// Files up to this size go up in one `PutObject` unless the run says
+/// otherwise: every pack (they close at 16 MiB,
+/// `agent/src/backup/packer.rs`). A multipart upload costs the server a
+/// second write of the whole file (s3s-fs joins the parts at the end);
+/// rclone's `upload_cutoff` is 200 MiB. A cut re-sends such a file whole.
+pub const WHOLE_MAX: u64 = 32 << 20;
 
 fn local(e: impl std::fmt::Display) -> StoreError {
     StoreError::Local(e.to_string())
@@ -103,7 +114,15 @@ impl S3Target {
             uploads: state_dir.join("uploads.json"),
             uploads_lock: Mutex::new(()),
             repairable: Mutex::new(HashSet::new()),
+            whole_max: WHOLE_MAX,
         })
+    }
+
+    /// Files up to `bytes` go up in one request; larger ones in parts
+    /// that survive a cut.
+    pub fn with_whole_max(mut self, bytes: u64) -> S3Target {
+        self.whole_max = bytes;
+        self
     }
 
     fn key(&self, kind: FileKind, name: &str) -> String {
@@ -125,9 +144,8 @@ impl S3Target {
         counted: Arc<AtomicU64>,
     ) -> (reqwest::blocking::Body, Duration) {
         let len = data.len() as u64;
-        let b = ThrottledBody::new(data, self.throttle.clone(), counted);
         (
-            reqwest::blocking::Body::sized(b, len),
+            throttle::body(data, &self.throttle, counted),
             part_timeout(len, self.throttle.rate()),
         )
     }
@@ -342,8 +360,8 @@ impl Target for S3Target {
         if !repair && self.exists(&key)? {
             return Ok(0);
         }
-        let part = part.max(5 << 20); // S3's smallest part but the last
-        if size <= part {
+        let part = part.max(levee_proto::s3::client::MIN_PART); // S3's smallest part but the last
+        if size <= part.max(self.whole_max) {
             self.put_whole(&key, size, read)?;
         } else {
             self.put_parts(&key, size, part, read)?;

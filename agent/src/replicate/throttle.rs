@@ -90,6 +90,26 @@ impl Read for ThrottledBody {
     }
 }
 
+/// A request body of `data` that pays `bucket` and counts into `counted`.
+/// Without a cap the bytes go to the connection as they are, counted whole
+/// when handed over: reqwest reads a `Read` body in 8 KiB pieces, each
+/// handed from this thread to its connection thread, and `perf` put about
+/// 40% of an uncapped replication's samples in those hand-overs (futex
+/// waits and wake-ups; docs/BENCHMARKS.md). With a cap they are paced
+/// through a [`ThrottledBody`], counted as reqwest reads them.
+pub fn body(
+    data: Vec<u8>,
+    bucket: &Arc<Bucket>,
+    counted: Arc<AtomicU64>,
+) -> reqwest::blocking::Body {
+    let len = data.len() as u64;
+    if bucket.rate().is_none() {
+        counted.fetch_add(len, Ordering::Relaxed);
+        return reqwest::blocking::Body::from(data);
+    }
+    reqwest::blocking::Body::sized(ThrottledBody::new(data, bucket.clone(), counted), len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,6 +337,18 @@ fn check_offsite(i: usize, o: &OffsiteTarget) -> Result<(), Problem> {
             ));
         }
     }
+    if let Some(n) = o.streams {
+        if !(1..=levee_proto::config::MAX_STREAMS).contains(&n) {
+            return Err(problem(
+                at("streams"),
+                format!(
+                    "`{n}`: expected 1 to {} files uploaded at the same time (default {})",
+                    levee_proto::config::MAX_STREAMS,
+                    levee_proto::config::DEFAULT_STREAMS
+                ),
+            ));
+        }
+    }
     if o.weight.is_some() {
         return Err(problem(
             at("weight"),
@@ -521,6 +533,25 @@ mod tests {
         let c =
             offsite(serde_json::json!({"name": "hq", "url": "https://a:8443"})).expect("default");
         assert_eq!(c.config.offsite[0].verify_share_per_week(), Some(0.10));
+    }
+
+    #[test]
+    fn streams_are_one_to_the_most() {
+        let t = |v: serde_json::Value| {
+            offsite(serde_json::json!({"name": "hq", "url": "https://a:8443", "streams": v}))
+        };
+        assert_eq!(t(8.into()).expect("8").config.offsite[0].streams, Some(8));
+        assert!(t(1.into()).is_ok() && t(32.into()).is_ok());
+        for bad in [0, 33, 1000] {
+            let p = t(bad.into()).expect_err("refused");
+            assert!(
+                p.path.contains(&Seg::Key("streams")) && p.message.contains("1 to 32"),
+                "{bad}: {p:?}"
+            );
+        }
+        // Not a number: serde names the field.
+        let p = t("many".into()).expect_err("a word");
+        assert!(p.message.contains("invalid type"), "{p:?}");
     }
 
     #[test]
