@@ -17,6 +17,16 @@
 # them. One Python HTTP server (Range, keep-alive) serves both and counts
 # every body byte it sends. The old slot (v1's rootfs padded like a
 # partition) is levee's seed and casync's `--seed`.
+#
+# Then the time from publish to commit on one appliance under TCG: the
+# QEMU golden path (tests/tests/e2e/update/, `golden_path_v1_to_v2_then_v3_by_delta`)
+# on the same image, which publishes release 2 on a copy of the installed
+# base's server, boots release 1 from an overlay of the base disk, rolls
+# release 2 out and follows it to its commit, printing each step's time.
+# It needs root (network namespaces) and QEMU, about 4 minutes with the
+# base cached (its first run installs the base: 3 more). On a machine
+# shared with other QEMU tests, run the whole script under their lock.
+#   LEVEE_BENCH_TCG=0            leaves the TCG part out (said so at the end)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -159,3 +169,15 @@ echo "   host $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)
 printf '%-14s %12s %8s %8s %8s\n' run "bytes sent" "of v2" requests seconds
 printf '%s\n' "${ROWS[@]}"
 grep -h "rootfs by delta\|rootfs in full" "$WORK/levee-delta.err" "$WORK/levee-full.err" | sed 's/^/   /'
+kill $SERVER 2>/dev/null || true
+
+if [ "${LEVEE_BENCH_TCG:-1}" = 0 ]; then
+    echo "== publish -> commit under TCG: left out (LEVEE_BENCH_TCG=0)"
+    exit 0
+fi
+[ "$(id -u)" = 0 ] || { echo "publish -> commit under TCG needs root (network namespaces); LEVEE_BENCH_TCG=0 leaves it out" >&2; exit 1; }
+TEST=update::golden_path_v1_to_v2_then_v3_by_delta
+(cd "$ROOT" && LEVEE_TEST_IMAGE=$IMAGE cargo nextest run -p levee-tests --test e2e "$TEST" \
+    --no-capture > "$WORK/tcg.log" 2>&1) || { tail -60 "$WORK/tcg.log" >&2; echo "$TEST failed: $WORK/tcg.log" >&2; exit 1; }
+echo "== publish -> commit on one appliance under TCG (QEMU, 1 vCPU, 1 GiB; $TEST), load $(cut -d' ' -f1-3 /proc/loadavg)"
+grep -h "^update base:\|^golden: " "$WORK/tcg.log" | sed 's/^/   /'

@@ -154,8 +154,8 @@ pub fn test_deadline() -> Duration {
 static OWN_DEADLINE: OnceLock<Duration> = OnceLock::new();
 
 /// A test's own deadline, set before its first wait: only for the update
-/// tests, which boot a machine about ten times under TCG (about 11 minutes
-/// side by side, more than 15 on a machine shared with other builds);
+/// tests, one of which installs the base disk the others wait for before
+/// each boots its scenario under TCG (two to four boots);
 /// `.config/nextest.toml` gives them the same plus 60 s.
 pub fn set_test_deadline(d: Duration) {
     let _ = OWN_DEADLINE.set(d);

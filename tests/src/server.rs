@@ -43,6 +43,20 @@ impl LeveeServer {
         })
     }
 
+    /// A server whose data directory starts as a copy of `snapshot`, the
+    /// data directory of a stopped server (SQLite's write-ahead log
+    /// included, so even a killed server's store copies whole). The copy
+    /// is this server's own: `snapshot` is only read.
+    pub fn from_snapshot(snapshot: &Path) -> anyhow::Result<LeveeServer> {
+        let server = LeveeServer::new()?;
+        run(Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(snapshot)
+            .arg(&server.data_dir))
+        .context("copying a server's data directory")?;
+        Ok(server)
+    }
+
     /// Another server of the same fleet: its own data directory holding
     /// only a copy of this one's `server.key` (docs/POSTGRES.md), the same
     /// database. Its log is `serve-<name>`.
