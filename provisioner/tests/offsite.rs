@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::offsite::new_repo;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -309,14 +311,7 @@ impl World {
 /// A repository in the appliance's state with the appliance's key slot, a
 /// password slot (which must stay local), and a first backup of `src`.
 fn repository(state: &Path, src: &Path) -> Repository {
-    let repo = Repository::init(
-        &state.join("repo"),
-        b"appliance-secret-0123456789",
-        KdfParams::with_memory(1024),
-        "appliance",
-        "appliance",
-    )
-    .expect("init");
+    let repo = new_repo(&state.join("repo"), b"appliance-secret-0123456789");
     repo.add_key(
         b"ops-password-guessable",
         KdfParams::with_memory(1024),

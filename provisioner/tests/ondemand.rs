@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::offsite::{back_up, enroll, store_node};
+use common::offsite::{back_up, enroll, new_repo, paper_key, store_node};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -34,8 +34,6 @@ use levee_agent::replicate::{self, ondemand, Bucket, ReplicateOptions, StoreClie
 use levee_agent::Repository;
 use levee_proto::config::{CustomerConfig, OffsiteTarget};
 use levee_proto::offsite::{FileKind, Namespace};
-use levee_proto::recovery::RecoveryPrivateKey;
-use levee_proto::repo::KdfParams;
 
 const MAC_A: &str = "52:54:00:14:30:01";
 const MAC_B: &str = "52:54:00:14:30:02";
@@ -138,9 +136,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         "offsite": [{"name": "hq", "urls": [format!("https://{}", proxy.addr)]}],
     });
     let config: CustomerConfig = serde_json::from_value(config_json.clone()).expect("config");
-    let paper = RecoveryPrivateKey::generate();
-    let paper_file = s.dir.path().join("acme-recovery.txt");
-    std::fs::write(&paper_file, paper.to_paper()).expect("paper");
+    let (paper, paper_file) = paper_key(s.dir.path(), "acme-recovery.txt");
     let paper_arg = paper_file.to_str().expect("utf-8");
 
     // A: six backups, each adding one 1 MiB file: six packs, replicated.
@@ -148,14 +144,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     std::fs::create_dir_all(&src).expect("src");
     let key_a = hex::encode([0xa1u8; 32]);
     let (repo_id, snaps) = {
-        let repo = Repository::init(
-            &state_a.join("repo"),
-            key_a.as_bytes(),
-            KdfParams::with_memory(1024),
-            "appliance",
-            "appliance",
-        )
-        .expect("init");
+        let repo = new_repo(&state_a.join("repo"), key_a.as_bytes());
         repo.ensure_recovery_slot(&paper.public()).expect("slot");
         let mut snaps = Vec::new();
         for i in 0..PACKS {
@@ -205,30 +194,27 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     assert_eq!(store_packs.len(), PACKS, "{store_packs:?}");
 
     // The replacement: B takes over, copying everything but the packs.
-    s.levee(&[
-        "appliance",
-        "replace",
-        MAC_A,
-        "--with",
-        MAC_B,
-        "--recovery-key",
-        paper_arg,
-    ]);
+    // `levee appliance replace`: the first time B is not enrolled yet
+    // (B waits); the second time grants B the repository.
+    let replace = || {
+        s.levee(&[
+            "appliance",
+            "replace",
+            MAC_A,
+            "--with",
+            MAC_B,
+            "--recovery-key",
+            paper_arg,
+        ])
+    };
+    replace();
     let (state_b, cred_b) = enroll(&s, MAC_B);
     let key_b = hex::encode([0xb2u8; 32]);
     assert!(matches!(
         recover::step(&state_b, &config, key_b.as_bytes()).expect("B waits"),
         Step::Waiting(_)
     ));
-    s.levee(&[
-        "appliance",
-        "replace",
-        MAC_A,
-        "--with",
-        MAC_B,
-        "--recovery-key",
-        paper_arg,
-    ]);
+    replace();
     let d0 = proxy.down();
     assert_eq!(
         recover::step(&state_b, &config, key_b.as_bytes()).expect("B takes over"),

@@ -11,7 +11,7 @@
 mod common;
 
 use common::noise;
-use common::offsite::{back_up, enroll, store_node};
+use common::offsite::{back_up, enroll, new_repo, paper_key, store_node};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -90,16 +90,21 @@ fn acme_with_a_store() -> (
     (s, state, cred, url, stop)
 }
 
-/// Bit rot: flips a byte in the middle of the largest pack of the
-/// repository in `dir`; returns the pack and its damaged bytes.
-fn flip_a_byte_of_the_largest_pack(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
-    let pack = std::fs::read_dir(dir.join("data"))
+/// The largest pack of the repository in `dir`.
+fn largest_pack(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("data"))
         .expect("data")
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
         .map(|e| e.path())
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a pack");
+        .expect("a pack")
+}
+
+/// Bit rot: flips a byte in the middle of the largest pack of the
+/// repository in `dir`; returns the pack and its damaged bytes.
+fn flip_a_byte_of_the_largest_pack(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let pack = largest_pack(dir);
     let mut bytes = std::fs::read(&pack).expect("pack");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
@@ -114,14 +119,7 @@ fn r14_a_local_pack_that_fails_its_check_is_repaired_from_the_offsite_copy() {
     std::fs::create_dir_all(&src).expect("src");
     std::fs::write(src.join("big.bin"), noise(1 << 20, 11)).expect("write");
     let dir = state.join("repo");
-    let repo = Repository::init(
-        &dir,
-        b"appliance-secret-0123456789",
-        KdfParams::with_memory(1024),
-        "appliance",
-        "appliance",
-    )
-    .expect("init");
+    let repo = new_repo(&dir, b"appliance-secret-0123456789");
     let first = back_up(&repo, &src);
     assert!(replicate_to(&repo, &url, &cred, &state).ok());
     let id = repo.config.id.clone();
@@ -191,24 +189,11 @@ fn r14_the_scheduled_read_back_repairs_a_damaged_local_pack_from_offsite() {
     }
     let dir = state.join("repo");
     let secret = b"appliance-secret-0123456789";
-    let repo = Repository::init(
-        &dir,
-        secret,
-        KdfParams::with_memory(1024),
-        "appliance",
-        "appliance",
-    )
-    .expect("init");
+    let repo = new_repo(&dir, secret);
     back_up(&repo, &src);
     assert!(replicate_to(&repo, &url, &cred, &state).ok());
     drop(repo);
-    let pack = std::fs::read_dir(dir.join("data"))
-        .expect("data")
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a pack");
+    let pack = largest_pack(&dir);
     let name = pack
         .file_name()
         .and_then(|n| n.to_str())
@@ -304,14 +289,7 @@ fn r14_a_replacement_restores_from_offsite_with_the_paper_key_and_continues_the_
     .expect("write");
     let paper = RecoveryPrivateKey::generate();
     let id = {
-        let repo = Repository::init(
-            &state_a.join("repo"),
-            b"appliance-a-secret-0123456789",
-            KdfParams::with_memory(1024),
-            "appliance",
-            "appliance",
-        )
-        .expect("init");
+        let repo = new_repo(&state_a.join("repo"), b"appliance-a-secret-0123456789");
         repo.ensure_recovery_slot(&paper.public()).expect("slot");
         let first = back_up(&repo, &src);
         let run = replicate_to(&repo, &url, &cred_a, &state_a);
@@ -458,24 +436,14 @@ fn r14_a_replacement_takes_over_the_repository_with_a_grant_only_it_opens() {
     std::fs::create_dir_all(src.join("sub")).expect("src");
     std::fs::write(src.join("big.bin"), noise(2 << 20, 21)).expect("write");
     std::fs::write(src.join("sub/notes.txt"), "the books of 2026\n".repeat(200)).expect("write");
-    let paper = RecoveryPrivateKey::generate();
-    let paper_file = s.dir.path().join("acme-recovery.txt");
-    std::fs::write(&paper_file, paper.to_paper()).expect("paper");
-    let wrong_file = s.dir.path().join("other-recovery.txt");
-    std::fs::write(&wrong_file, RecoveryPrivateKey::generate().to_paper()).expect("paper");
+    let (paper, paper_file) = paper_key(s.dir.path(), "acme-recovery.txt");
+    let (_, wrong_file) = paper_key(s.dir.path(), "other-recovery.txt");
 
     // A: its service's step publishes its key and, once the repository has
     // the recovery slot, the slot (sealed to the paper key).
     let key_a = hex::encode([0xa1u8; 32]);
     let (repo_id, snapshot) = {
-        let repo = Repository::init(
-            &state_a.join("repo"),
-            key_a.as_bytes(),
-            KdfParams::with_memory(1024),
-            "appliance",
-            "appliance",
-        )
-        .expect("init");
+        let repo = new_repo(&state_a.join("repo"), key_a.as_bytes());
         repo.ensure_recovery_slot(&paper.public()).expect("slot");
         let first = back_up(&repo, &src);
         assert!(replicate_to(&repo, &url, &cred_a, &state_a).ok());

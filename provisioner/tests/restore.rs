@@ -8,15 +8,11 @@
 
 mod common;
 
-use common::offsite::enroll;
+use common::offsite::{back_up, enroll, new_repo};
 
 use std::path::Path;
 
-use levee_agent::backup::commands::backup::{backup, BackupOptions};
-use levee_agent::backup::progress::Counters;
 use levee_agent::enroll::{EnrollError, MtlsClient};
-use levee_agent::Repository;
-use levee_proto::repo::KdfParams;
 use levee_proto::report::StatusReport;
 use levee_proto::restore_api::{RestoreState, RestoreStatus};
 
@@ -50,19 +46,7 @@ fn refused_with(r: Result<(), EnrollError>, code: u16) {
 /// A's repository where its service keeps it, with one backup of `src`.
 fn back_up_as_the_service(state: &Path, src: &Path) {
     std::fs::write(state.join("credential/repo.key"), KEY).expect("key");
-    let repo = Repository::init(
-        &state.join("repo"),
-        KEY.as_bytes(),
-        KdfParams::with_memory(1024),
-        "appliance",
-        "appliance",
-    )
-    .expect("init");
-    let opts = BackupOptions {
-        sources: vec![src.to_string_lossy().into()],
-        ..Default::default()
-    };
-    backup(&repo, &opts, None, &Counters::default()).expect("backup");
+    back_up(&new_repo(&state.join("repo"), KEY.as_bytes()), src);
 }
 
 #[test]

@@ -6,20 +6,19 @@
 
 mod common;
 
+use common::offsite::{back_up, new_repo};
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_agent::backup::commands::backup::{backup, BackupOptions};
-use levee_agent::backup::progress::Counters;
 use levee_agent::enroll::Credential;
 use levee_agent::replicate::{self, Bucket, ReplicateOptions, StoreClient};
 use levee_agent::Repository;
 use levee_proto::config::OffsiteTarget;
 use levee_proto::offsite::Namespace;
-use levee_proto::repo::KdfParams;
 
 const MAC: &str = "52:54:00:14:10:01";
 
@@ -108,29 +107,9 @@ fn repository(state: &Path, src: &Path) -> Repository {
     std::fs::create_dir_all(src).expect("src");
     std::fs::write(src.join("f.txt"), "store serve test data\n".repeat(5000)).expect("write");
     // Incompressible, so the pack is about this large.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let noise: Vec<u8> = (0..(600 << 10) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    std::fs::write(src.join("noise.bin"), noise).expect("write");
-    let repo = Repository::init(
-        &state.join("repo"),
-        b"appliance-secret-0123456789",
-        KdfParams::with_memory(1024),
-        "appliance",
-        "appliance",
-    )
-    .expect("init");
-    let opts = BackupOptions {
-        sources: vec![src.to_string_lossy().into()],
-        ..Default::default()
-    };
-    backup(&repo, &opts, None, &Counters::default()).expect("backup");
+    std::fs::write(src.join("noise.bin"), common::noise(600 << 10, 7)).expect("write");
+    let repo = new_repo(&state.join("repo"), b"appliance-secret-0123456789");
+    back_up(&repo, src);
     repo
 }
 

@@ -623,8 +623,9 @@ mod tests {
         assert!(repo_key(dir.path()).unwrap_err().contains("64-digit"));
     }
 
-    #[test]
-    fn a_due_schedule_runs_into_the_repository_and_is_recorded() {
+    /// A state directory (`dir/state`) and a configuration that backs up
+    /// `dir/data` (one file, `f.txt`) every hour.
+    fn hourly_backup_of_one_file() -> (tempfile::TempDir, PathBuf, CustomerConfig) {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir_all(state.join("credential")).unwrap();
@@ -638,6 +639,12 @@ mod tests {
             "schedules": [{"name": "often", "every": "1h"}],
         }))
         .unwrap();
+        (dir, state, config)
+    }
+
+    #[test]
+    fn a_due_schedule_runs_into_the_repository_and_is_recorded() {
+        let (_dir, state, config) = hourly_backup_of_one_file();
         let jobs = Jobs::start(state.clone(), "test".into(), None, JobGate::default());
         jobs.update(Some(&config));
         // Never run: due at once; the run is recorded before it starts and
@@ -677,19 +684,7 @@ mod tests {
 
     #[test]
     fn a_restore_ops_asked_for_runs_on_the_job_thread_and_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(state.join("credential")).unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("f.txt"), b"hello").unwrap();
-        let config: CustomerConfig = serde_json::from_value(serde_json::json!({
-            "customer": "c",
-            "heartbeat_interval": "5m",
-            "sources": [{"name": "d", "path": data.to_string_lossy()}],
-            "schedules": [{"name": "often", "every": "1h"}],
-        }))
-        .unwrap();
+        let (dir, state, config) = hourly_backup_of_one_file();
         let jobs = Jobs::start(state.clone(), "test".into(), None, JobGate::default());
         jobs.update(Some(&config));
         let spool = Spool::new(&state);

@@ -348,6 +348,21 @@ pub(super) async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> R
         .unwrap_or_else(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// Runs `f` on the blocking pool (see [`blocking`]) for the appliance the
+/// client certificate names, once [`authorize`] has accepted it; a refusal
+/// is the answer.
+pub(super) async fn for_appliance(
+    st: ApiState,
+    peer: Peer,
+    f: impl FnOnce(&ApiState, Appliance) -> Response + Send + 'static,
+) -> Response {
+    blocking(move || match authorize(st.store.as_ref(), &peer) {
+        Ok(a) => f(&st, a),
+        Err(r) => *r,
+    })
+    .await
+}
+
 /// `GET /api/v1/config`: the appliance's customer configuration, secrets
 /// opened (it needs the SMB password), with a strong ETag.
 async fn config(state: State<ApiState>, peer: Extension<Peer>, headers: HeaderMap) -> Response {
@@ -432,11 +447,7 @@ async fn heartbeat(
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let hb = Heartbeat {
             image_version: report.image_version.as_deref(),
             slot: report.slot.as_deref(),
@@ -510,11 +521,7 @@ async fn renew(
             )
         }
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let now = crate::store::now();
         if let Err(reason) = renewal_allowed(a.cert_not_after, now) {
             warn!(appliance = a.id, %reason, "renewal refused");
@@ -623,11 +630,7 @@ pub fn plan_for(
 
 /// `GET /api/v1/install`: this appliance's install plan.
 async fn install_plan(State(st): State<ApiState>, Extension(peer): Extension<Peer>) -> Response {
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let Some(customer) = a.customer.as_deref() else {
             return api_error(StatusCode::FORBIDDEN, "this appliance has no customer yet");
         };
@@ -684,11 +687,7 @@ async fn install_status(
             )
         }
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let state = match status.state {
             InstallState::Installing => ApplianceState::Installing,
             InstallState::Installed => ApplianceState::Installed,

@@ -14,7 +14,7 @@ use axum::Json;
 use levee_proto::recovery_api::{RecoveryAnswer, RecoveryGrant, RecoveryUpload};
 use tracing::{info, warn};
 
-use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
+use super::https::{api_error, for_appliance, store_error, ApiState, Peer};
 use crate::store::Store;
 
 pub(super) async fn post_recovery(
@@ -29,11 +29,7 @@ pub(super) async fn post_recovery(
             return api_error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let slot = upload
             .repository
             .as_ref()
@@ -57,15 +53,9 @@ pub(super) async fn get_recovery(
     State(st): State<ApiState>,
     Extension(peer): Extension<Peer>,
 ) -> Response {
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
-        match answer(st.store.as_ref(), &a) {
-            Ok(ans) => Json(ans).into_response(),
-            Err(e) => store_error(&e),
-        }
+    for_appliance(st, peer, move |st, a| match answer(st.store.as_ref(), &a) {
+        Ok(ans) => Json(ans).into_response(),
+        Err(e) => store_error(&e),
     })
     .await
 }

@@ -13,18 +13,14 @@ use axum::Json;
 use levee_proto::restore_api::{RestoreList, RestoreStatus};
 use tracing::{info, warn};
 
-use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
+use super::https::{api_error, for_appliance, store_error, ApiState, Peer};
 use crate::store::RestoreMove;
 
 pub(super) async fn get_restore(
     State(st): State<ApiState>,
     Extension(peer): Extension<Peer>,
 ) -> Response {
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         match st.store.pending_restores(a.id) {
             Ok(rows) => Json(RestoreList {
                 requests: rows.iter().map(|r| r.request()).collect(),
@@ -48,11 +44,7 @@ pub(super) async fn post_restore(
             return api_error(StatusCode::BAD_REQUEST, e);
         }
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         match st.store.set_restore_state(a.id, &status) {
             Ok(RestoreMove::Moved(r)) => {
                 info!(

@@ -11,7 +11,7 @@ use axum::Json;
 use levee_proto::runs::{RunReport, RunResult};
 use tracing::{info, warn};
 
-use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
+use super::https::{api_error, for_appliance, store_error, ApiState, Peer};
 
 pub async fn post_run(
     State(st): State<ApiState>,
@@ -22,11 +22,7 @@ pub async fn post_run(
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         match st.store.record_run(a.id, &report) {
             Ok(new) => {
                 let r = &report;

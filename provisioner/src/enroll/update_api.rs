@@ -10,7 +10,7 @@ use axum::Json;
 use levee_proto::update::{UpdateAnswer, UpdateReport, UpdateState};
 use tracing::{debug, info, warn};
 
-use super::https::{api_error, authorize, blocking, store_error, ApiState, Peer};
+use super::https::{api_error, for_appliance, store_error, ApiState, Peer};
 use crate::releases::rollout::offer_for;
 use crate::store::CHANNEL_CHECK_STEP;
 
@@ -19,11 +19,7 @@ pub(super) async fn get_update(
     State(st): State<ApiState>,
     Extension(peer): Extension<Peer>,
 ) -> Response {
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         match offer_for(st.store.as_ref(), &a, None) {
             Ok(Ok(offer)) => {
                 debug!(appliance = a.id, release = offer.release, "update offered");
@@ -54,11 +50,7 @@ pub(super) async fn post_update(
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, e),
     };
-    blocking(move || {
-        let a = match authorize(st.store.as_ref(), &peer) {
-            Ok(a) => a,
-            Err(r) => return *r,
-        };
+    for_appliance(st, peer, move |st, a| {
         let reason = match (report.state, report.reason.as_deref()) {
             (UpdateState::RolledBack | UpdateState::Failed | UpdateState::CheckFailed, None) => {
                 Some("no reason given")

@@ -8,6 +8,8 @@ use levee_agent::backup::commands::backup::{backup, BackupOptions, BackupSummary
 use levee_agent::backup::progress::Counters;
 use levee_agent::enroll::Credential;
 use levee_agent::Repository;
+use levee_proto::recovery::RecoveryPrivateKey;
+use levee_proto::repo::KdfParams;
 use tokio_util::sync::CancellationToken;
 
 use super::LoopbackServer;
@@ -58,4 +60,26 @@ pub fn back_up(repo: &Repository, src: &Path) -> BackupSummary {
         ..Default::default()
     };
     backup(repo, &opts, None, &Counters::default()).expect("backup")
+}
+
+/// A new repository in `dir` opened by `key`, as an appliance makes it
+/// (with a KDF light enough for tests).
+pub fn new_repo(dir: &Path, key: &[u8]) -> Repository {
+    Repository::init(
+        dir,
+        key,
+        KdfParams::with_memory(1024),
+        "appliance",
+        "appliance",
+    )
+    .expect("init")
+}
+
+/// A new recovery key of the customer, printed as its paper key into
+/// `dir/NAME` (what `levee appliance replace --recovery-key` reads).
+pub fn paper_key(dir: &Path, name: &str) -> (RecoveryPrivateKey, PathBuf) {
+    let paper = RecoveryPrivateKey::generate();
+    let file = dir.join(name);
+    std::fs::write(&file, paper.to_paper()).expect("paper");
+    (paper, file)
 }
