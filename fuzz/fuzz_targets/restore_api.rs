@@ -2,7 +2,7 @@
 //! body (`RestoreStatus::parse`, server side) and a target string
 //! (`parse_target`, checked by the CLI and again by the appliance before
 //! it writes anything). Never panics; a parsed status carries no control
-//! characters and is never `requested`; a parsed target has no `..` or
+//! characters and is never `requested` or `cancelling` (ops' states); a parsed target has no `..` or
 //! `.` component and no account in it.
 #![no_main]
 use levee_proto::restore_api::{parse_target, RestoreState, RestoreStatus, RestoreTarget};
@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = RestoreStatus::parse(data) {
-        assert_ne!(s.state, RestoreState::Requested);
+        assert!(!matches!(
+            s.state,
+            RestoreState::Requested | RestoreState::Cancelling
+        ));
         if let Some(r) = &s.reason {
             assert!(!r.chars().any(char::is_control));
         }

@@ -51,6 +51,18 @@ pub struct RestoreRequest {
     /// source on the target's host and share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_of: Option<String>,
+    /// Ops withdrew it while it runs (`levee appliance restore --cancel`):
+    /// the appliance stops between files and reports `cancelled` (older
+    /// agents ignore the field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+}
+
+/// `POST` [`PATH`] answered: where the request stands now (`cancelling`:
+/// ops asked it to stop; the appliance's progress report was taken).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAnswer {
+    pub state: RestoreState,
 }
 
 /// `GET` [`PATH`]: this appliance's requests not yet finished, oldest first.
@@ -59,18 +71,28 @@ pub struct RestoreList {
     pub requests: Vec<RestoreRequest>,
 }
 
-/// Where a request stands.
+/// Where a request stands. The moves (the store refuses any other):
+/// `requested` -> `running` (appliance) or `cancelled` (ops: withdrawn
+/// before it started); `running` -> `cancelling` (ops asks it to stop),
+/// `done`, `failed` or `cancelled` (appliance); `cancelling` -> `cancelled`
+/// (the appliance stopped), `done` or `failed` (it ended first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestoreState {
     /// Stored by ops; the appliance has not started it.
     Requested,
     Running,
+    /// Running, and ops asked it to stop: the appliance stops between
+    /// files at its next heartbeat or progress report.
+    Cancelling,
     /// Finished; every file restored.
     Done,
-    /// Not started (a bad target, no credentials), cut (the appliance
-    /// restarted), or finished with files that could not be restored.
+    /// Not started (a bad target, no credentials), or finished with files
+    /// that could not be restored.
     Failed,
+    /// Withdrawn by ops: before it started (nothing written), or stopped
+    /// between files (what was written stays).
+    Cancelled,
 }
 
 impl RestoreState {
@@ -78,8 +100,10 @@ impl RestoreState {
         match self {
             RestoreState::Requested => "requested",
             RestoreState::Running => "running",
+            RestoreState::Cancelling => "cancelling",
             RestoreState::Done => "done",
             RestoreState::Failed => "failed",
+            RestoreState::Cancelled => "cancelled",
         }
     }
 
@@ -87,15 +111,20 @@ impl RestoreState {
         Some(match s {
             "requested" => RestoreState::Requested,
             "running" => RestoreState::Running,
+            "cancelling" => RestoreState::Cancelling,
             "done" => RestoreState::Done,
             "failed" => RestoreState::Failed,
+            "cancelled" => RestoreState::Cancelled,
             _ => return None,
         })
     }
 
-    /// Done or failed: nothing more happens to it.
+    /// Done, failed or cancelled: nothing more happens to it.
     pub fn finished(self) -> bool {
-        matches!(self, RestoreState::Done | RestoreState::Failed)
+        matches!(
+            self,
+            RestoreState::Done | RestoreState::Failed | RestoreState::Cancelled
+        )
     }
 }
 
@@ -104,7 +133,8 @@ impl RestoreState {
 #[serde(deny_unknown_fields)]
 pub struct RestoreStatus {
     pub id: i64,
-    /// `running`, `done` or `failed` (an appliance never sets `requested`).
+    /// `running` (also a progress report), `done`, `failed` or `cancelled`
+    /// (an appliance never sets `requested` or `cancelling`).
     pub state: RestoreState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -123,10 +153,11 @@ impl RestoreStatus {
     pub fn parse(body: &[u8]) -> Result<RestoreStatus, String> {
         let mut s: RestoreStatus =
             serde_json::from_slice(body).map_err(|e| format!("malformed restore status: {e}"))?;
-        if s.state == RestoreState::Requested {
-            return Err(
-                "an appliance reports `running`, `done` or `failed`, not `requested`".into(),
-            );
+        if matches!(s.state, RestoreState::Requested | RestoreState::Cancelling) {
+            return Err(format!(
+                "an appliance reports `running`, `done`, `failed` or `cancelled`, not `{}`",
+                s.state.as_str()
+            ));
         }
         if let Some(r) = s.reason.as_mut() {
             *r = printable(r);
@@ -432,6 +463,18 @@ mod tests {
         let s = RestoreStatus::parse(br#"{"id":3,"state":"failed","reason":"a\nb"}"#).unwrap();
         assert_eq!(s.reason.as_deref(), Some("a b"));
         assert!(RestoreStatus::parse(br#"{"id":3,"state":"requested"}"#).is_err());
+        assert!(RestoreStatus::parse(br#"{"id":3,"state":"cancelling"}"#).is_err());
+        assert!(RestoreStatus::parse(br#"{"id":3,"state":"cancelled"}"#).is_ok());
+        for s in [
+            "requested",
+            "running",
+            "cancelling",
+            "done",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(RestoreState::parse(s).map(RestoreState::as_str), Some(s));
+        }
         assert!(RestoreStatus::parse(br#"{"id":3,"state":"done","extra":1}"#).is_err());
     }
 }

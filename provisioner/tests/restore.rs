@@ -5,12 +5,23 @@
 //! (`levee appliance show`: the request's state and a run of kind
 //! `restore`). Loopback only: a real server, the real CLI, the real agent
 //! service (one pass), a real repository.
+//!
+//! Ops withdraws a request (`--cancel`): before it starts (it never runs),
+//! while it runs (the service, as its own process, stops between files
+//! and reports `cancelled`); a service killed mid-restore resumes it at
+//! its next start, writing only what the cut run had not finished. The
+//! service "as its own process" is this test binary running the same test
+//! with [`CHILD_ENV`] set: one pass of the real agent service
+//! (`levee_agent::daemon::run`), SIGSTOPped and SIGKILLed by the parent.
 
 mod common;
 
 use common::offsite::{back_up, enroll, new_repo};
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
 
 use levee_agent::enroll::{EnrollError, MtlsClient};
 use levee_proto::report::StatusReport;
@@ -36,7 +47,7 @@ fn status(id: i64, state: RestoreState) -> RestoreStatus {
     }
 }
 
-fn refused_with(r: Result<(), EnrollError>, code: u16) {
+fn refused_with<T: std::fmt::Debug>(r: Result<T, EnrollError>, code: u16) {
     match r {
         Err(EnrollError::Refused { status, .. }) if status == code => {}
         other => panic!("expected HTTP {code}, got {other:?}"),
@@ -212,8 +223,8 @@ fn r14_an_appliance_runs_the_restore_ops_asked_for_once_and_reports_it() {
     common::agent_pass(&s.http, MAC_A, &state_a);
     assert!(!out.exists(), "the request ran twice");
 
-    // A restore cut by a restart of the service: reported failed, not run
-    // again.
+    // A restore cut by a restart of the service (its journal says it
+    // started): resumed at the next start, done.
     let cut: serde_json::Value =
         serde_json::from_str(&s.levee(&["appliance", "restore", MAC_A, "--to", out_s, "--json"]))
             .expect("json");
@@ -228,16 +239,400 @@ fn r14_an_appliance_runs_the_restore_ops_asked_for_once_and_reports_it() {
     common::agent_pass(&s.http, MAC_A, &state_a);
     let r = &show(&s, MAC_A)["restores"][0];
     assert_eq!(
-        (&r["id"], &r["state"]),
-        (&cut["id"], &serde_json::json!("failed")),
+        (&r["id"], &r["state"], &r["files"]),
+        (
+            &cut["id"],
+            &serde_json::json!("done"),
+            &serde_json::json!(2)
+        ),
         "{r}"
     );
     assert!(
         r["reason"]
             .as_str()
             .unwrap_or("")
-            .contains("restarted during this restore"),
+            .contains("resumed after a restart"),
         "{r}"
     );
-    assert!(!out.exists(), "a cut restore ran again");
+    assert_eq!(
+        std::fs::read(out.join("share/ledger.csv")).expect("resumed"),
+        std::fs::read(src.join("ledger.csv")).expect("original")
+    );
+}
+
+/// Set in the child: the JSON of a [`ChildPass`].
+const CHILD_ENV: &str = "LEVEE_TEST_RESTORE_CHILD";
+/// Files in the large share: enough that a restore takes a while.
+const MANY: usize = 1200;
+
+/// What the child process runs: one pass of the agent service.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildPass {
+    http: String,
+    mac: String,
+    state: PathBuf,
+}
+
+/// In the child (see the module doc): runs the pass and returns true.
+fn child() -> bool {
+    let Ok(job) = std::env::var(CHILD_ENV) else {
+        return false;
+    };
+    let job: ChildPass = serde_json::from_str(&job).expect("child job");
+    common::agent_pass(&job.http, &job.mac, &job.state);
+    true
+}
+
+/// The agent service's pass for `mac` as its own process, running `test`
+/// of this binary; its log in `log`.
+fn spawn_pass(test: &str, s: &common::LoopbackServer, state: &Path, log: &Path) -> Child {
+    let job = ChildPass {
+        http: s.http.clone(),
+        mac: MAC_A.into(),
+        state: state.to_path_buf(),
+    };
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, serde_json::to_string(&job).expect("job"))
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(log).expect("log"))
+        .stderr(std::process::Stdio::null());
+    common::dies_with_test(&mut cmd);
+    cmd.spawn().expect("child agent pass")
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: a signal to our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// A server with appliance A enrolled and its service's repository
+/// holding one backup of `share/`: [`MANY`] files of 32 KiB in 12
+/// directories. The server, A's state directory and the share's files
+/// (path below the share, contents).
+fn a_with_a_large_backup() -> (common::LoopbackServer, PathBuf, BTreeMap<String, Vec<u8>>) {
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A],
+    );
+    let (state, _) = enroll(&s, MAC_A);
+    let src = s.dir.path().join("share");
+    let mut files = BTreeMap::new();
+    for i in 0..MANY {
+        let rel = format!("d{:02}/f{i:04}.bin", i % 12);
+        let data = common::noise(32 << 10, i as u64 + 1);
+        std::fs::create_dir_all(src.join(&rel).parent().expect("dir")).expect("dir");
+        std::fs::write(src.join(&rel), &data).expect("write");
+        files.insert(rel, data);
+    }
+    back_up_as_the_service(&state, &src);
+    (s, state, files)
+}
+
+/// Files below `dir` (relative paths), temporary files included.
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Stores a restore of A's latest snapshot into `out`; its id.
+fn ask(s: &common::LoopbackServer, out: &Path) -> i64 {
+    let stored: serde_json::Value = serde_json::from_str(&s.levee(&[
+        "appliance",
+        "restore",
+        MAC_A,
+        "--to",
+        out.to_str().expect("utf-8"),
+        "--json",
+    ]))
+    .expect("json");
+    stored["id"].as_i64().expect("id")
+}
+
+/// Lets the (stopped) child run in slices of 3 ms every 33 ms (a local
+/// restore is too fast to catch otherwise) until `enough` says so or it
+/// exits; it is left stopped. Whether it exited.
+fn throttle(child: &mut Child, mut enough: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(180);
+    while std::time::Instant::now() < until {
+        signal(child, libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(3));
+        signal(child, libc::SIGSTOP);
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        if enough() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    panic!("the throttled agent pass neither ended nor got there in 180 s");
+}
+
+/// The child pass, throttled until at least `at_least` files are in
+/// `out/share` (and fewer than all: else the test proves nothing), then
+/// stopped.
+fn stopped_mid_restore(
+    test: &str,
+    s: &common::LoopbackServer,
+    state: &Path,
+    out: &Path,
+    at_least: usize,
+) -> (Child, PathBuf) {
+    let log = s.dir.path().join("child.log");
+    let mut child = spawn_pass(test, s, state, &log);
+    signal(&child, libc::SIGSTOP);
+    let share = out.join("share");
+    if throttle(&mut child, || files_below(&share).len() >= at_least) {
+        panic!(
+            "the agent pass ended before it was stopped:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let n = files_below(&share).len();
+    assert!(
+        n < MANY,
+        "the restore ended before it could be stopped ({n} files)"
+    );
+    (child, log)
+}
+
+/// Every file below `out/share` is the share's, byte for byte; no
+/// temporary file is left.
+fn only_whole_files(out: &Path, files: &BTreeMap<String, Vec<u8>>) -> usize {
+    let here = files_below(&out.join("share"));
+    for rel in &here {
+        let want = files
+            .get(rel)
+            .unwrap_or_else(|| panic!("{rel}: not a file of the share (a temporary file?)"));
+        assert!(
+            std::fs::read(out.join("share").join(rel)).expect("read") == *want,
+            "{rel} is not byte-identical"
+        );
+    }
+    here.len()
+}
+
+#[test]
+fn r14_ops_withdraws_a_restore_the_appliance_has_not_started() {
+    if child() {
+        return;
+    }
+    let s = common::LoopbackServer::start(
+        common::AGENT_CMDLINE,
+        serde_json::json!({"customer": "acme", "install": {"to_disk": false}}),
+        &[MAC_A],
+    );
+    let (state, cred) = enroll(&s, MAC_A);
+    let src = s.dir.path().join("share");
+    std::fs::create_dir_all(&src).expect("src");
+    std::fs::write(src.join("a.txt"), "alpha\n").expect("write");
+    back_up_as_the_service(&state, &src);
+    let out = s.dir.path().join("restored");
+    let id = ask(&s, &out);
+    let cli = common::Cli::new(&s.data);
+    let help = cli.ok(&["appliance", "restore", "--help"]).expect("help");
+    assert!(help.contains("--cancel <REQUEST-ID>"), "{help}");
+    let err = cli
+        .fails(&["appliance", "restore", MAC_A, "--cancel", "999"])
+        .expect("run");
+    assert!(err.contains("has no restore request 999"), "{err}");
+    let err = cli
+        .fails(&[
+            "appliance",
+            "restore",
+            MAC_A,
+            "--cancel",
+            &id.to_string(),
+            "--to",
+            "/x",
+        ])
+        .expect("run");
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    let said = cli
+        .ok(&["appliance", "restore", MAC_A, "--cancel", &id.to_string()])
+        .expect("cancel");
+    assert!(
+        said.contains("withdrawn") && said.contains("will not run it"),
+        "{said}"
+    );
+    let r = &show(&s, MAC_A)["restores"][0];
+    assert_eq!(
+        (&r["id"], &r["state"]),
+        (&serde_json::json!(id), &serde_json::json!("cancelled")),
+        "{r}"
+    );
+    assert!(
+        r["cancel_asked_by"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cli:"),
+        "{r}"
+    );
+    let text = s.levee(&["appliance", "show", MAC_A]);
+    assert!(
+        text.contains("cancelled") && text.contains("cancel asked by cli:"),
+        "{text}"
+    );
+
+    // The appliance is never given it, and never runs it; had it got it
+    // just before, its `running` is refused.
+    let a = MtlsClient::new(&cred).expect("client");
+    let report = StatusReport {
+        mac: MAC_A.into(),
+        ..Default::default()
+    };
+    assert!(a.heartbeat(&report).expect("hb").restore.is_none());
+    assert!(a.restores().expect("list").requests.is_empty());
+    refused_with(a.post_restore(&status(id, RestoreState::Running)), 409);
+    common::agent_pass(&s.http, MAC_A, &state);
+    assert!(!out.exists(), "a withdrawn request ran");
+    assert_eq!(show(&s, MAC_A)["restores"][0]["state"], "cancelled");
+
+    // Finished requests cannot be cancelled: the error names the state.
+    let err = cli
+        .fails(&["appliance", "restore", MAC_A, "--cancel", &id.to_string()])
+        .expect("run");
+    assert!(
+        err.contains(&format!(
+            "restore request {id} of appliance {MAC_A} is cancelled"
+        )),
+        "{err}"
+    );
+    let done = ask(&s, &out);
+    common::agent_pass(&s.http, MAC_A, &state);
+    assert_eq!(show(&s, MAC_A)["restores"][0]["state"], "done");
+    let err = cli
+        .fails(&["appliance", "restore", MAC_A, "--cancel", &done.to_string()])
+        .expect("run");
+    assert!(
+        err.contains("is done")
+            && err.contains("only a requested or running restore can be cancelled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn r14_a_running_restore_ops_cancels_stops_between_files() {
+    const TEST: &str = "r14_a_running_restore_ops_cancels_stops_between_files";
+    if child() {
+        return;
+    }
+    let (s, state, files) = a_with_a_large_backup();
+    let out = s.dir.path().join("restored");
+    let id = ask(&s, &out);
+    let (mut child, log) = stopped_mid_restore(TEST, &s, &state, &out, 40);
+    let said = s.levee(&["appliance", "restore", MAC_A, "--cancel", &id.to_string()]);
+    assert!(
+        said.contains("is being cancelled") && said.contains("stay there"),
+        "{said}"
+    );
+    assert_eq!(show(&s, MAC_A)["restores"][0]["state"], "cancelling");
+    // Its next progress report (each heartbeat interval, 1 s here: due
+    // once it runs again) is answered `cancelling`, and it stops.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(throttle(&mut child, || false));
+    let ended = child.wait().expect("wait");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ended.success(), "{said}");
+    let r = &show(&s, MAC_A)["restores"][0];
+    assert_eq!(r["state"], "cancelled", "{r}\n{said}");
+    let why = r["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("stopped on request of ops") && why.contains("stays"),
+        "{r}"
+    );
+    let written = only_whole_files(&out, &files);
+    assert!(written < MANY, "it did not stop: {written} files");
+    assert_eq!(r["files"], written as u64, "{r}");
+    eprintln!("cancelled with {written} of {MANY} files written");
+    // Cancelled stays cancelled: not given again, nothing runs again.
+    std::fs::remove_dir_all(&out).expect("clean");
+    common::agent_pass(&s.http, MAC_A, &state);
+    assert!(!out.exists(), "a cancelled restore ran again");
+}
+
+#[test]
+fn r14_a_restore_cut_by_a_killed_service_is_resumed_and_completes_byte_identical() {
+    const TEST: &str =
+        "r14_a_restore_cut_by_a_killed_service_is_resumed_and_completes_byte_identical";
+    if child() {
+        return;
+    }
+    let (s, state, files) = a_with_a_large_backup();
+    let total: u64 = files.values().map(|f| f.len() as u64).sum();
+    let out = s.dir.path().join("restored");
+    let id = ask(&s, &out);
+    let (mut child, _log) = stopped_mid_restore(TEST, &s, &state, &out, 40);
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+    let cut = files_below(&out.join("share")).len();
+    assert_eq!(show(&s, MAC_A)["restores"][0]["state"], "running");
+
+    // The service starts again: the heartbeat brings the request back, the
+    // journal says it started: resumed.
+    common::agent_pass(&s.http, MAC_A, &state);
+    let shown = show(&s, MAC_A);
+    let r = &shown["restores"][0];
+    assert_eq!(
+        (&r["id"], &r["state"]),
+        (&serde_json::json!(id), &serde_json::json!("done")),
+        "{r}"
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("resumed after a restart"),
+        "{r}"
+    );
+    assert_eq!(
+        only_whole_files(&out, &files),
+        MANY,
+        "every file, and nothing else"
+    );
+    let (again_files, again_bytes) = (
+        r["files"].as_u64().expect("files"),
+        r["bytes"].as_u64().expect("bytes"),
+    );
+    assert!(
+        again_bytes < total && again_files < MANY as u64,
+        "resumed run wrote {again_files} files, {again_bytes} of {total} bytes; the cut run had \
+         {cut} files there"
+    );
+    eprintln!(
+        "cut with {cut} of {MANY} files there; resumed run wrote {again_files} files, \
+         {again_bytes} of {total} bytes"
+    );
+    // The files the cut run had finished were kept: at most the ones it
+    // was writing when killed are written again.
+    assert!(
+        again_files as usize + cut >= MANY && (again_files as usize) <= MANY - cut + 16,
+        "{again_files} written again, {cut} there after the cut"
+    );
+    let run = shown["backups"]["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["kind"] == "restore"))
+        .unwrap_or_else(|| panic!("no restore run: {shown}"))
+        .clone();
+    assert_eq!(
+        (&run["result"], &run["files_total"]),
+        (&serde_json::json!("success"), &serde_json::json!(MANY)),
+        "{run}"
+    );
+    assert_eq!(run["bytes_new"], again_bytes, "{run}");
 }

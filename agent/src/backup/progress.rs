@@ -20,6 +20,10 @@ pub struct Counters {
     pub done: AtomicU64,
     pub phase: Mutex<String>,
     pub error_messages: Mutex<Vec<String>>,
+    /// Set by another thread to stop the command at its next item (a
+    /// restore: between files; one being written is finished). Rides here
+    /// because every command already shares this handle with its watchers.
+    pub stop: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -40,6 +44,10 @@ impl Counters {
         if let Ok(mut g) = self.error_messages.lock() {
             g.push(msg);
         }
+    }
+    /// Whether [`Counters::stop`] was set.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
     pub fn errors(&self) -> Vec<String> {
         self.error_messages

@@ -138,10 +138,15 @@ pub(super) fn serve(
         };
         // A restore ops asked for: to the job thread; with `once` there
         // is none, so it runs here (nothing else runs then).
+        let every = heartbeat_interval(args.interval_secs, config.as_ref(), opts.interval);
         match (&jobs, &asked, &config) {
-            (Some(j), _, _) => j.restore(asked.as_ref()),
+            (Some(j), _, _) => j.restore(asked.as_ref(), every),
             (None, Some(req), Some(c)) => {
-                super::jobs::restore_asked(&opts.state_dir, c, &who, &once_gate, req);
+                let watch = crate::asked_restore::Watch {
+                    cancel: &crate::asked_restore::CancelAsked::default(),
+                    every,
+                };
+                super::jobs::restore_asked(&opts.state_dir, c, &who, &once_gate, req, watch);
             }
             _ => {}
         }

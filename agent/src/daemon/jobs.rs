@@ -14,6 +14,8 @@ use std::time::Duration;
 use levee_proto::config::CustomerConfig;
 use levee_proto::restore_api::RestoreRequest;
 
+use crate::asked_restore::{CancelAsked, Watch};
+
 use crate::enroll::{unix_now, write_atomic};
 use levee_proto::runs::{RunKind, RunReport};
 
@@ -43,6 +45,12 @@ pub(super) struct Jobs {
 struct Asked {
     next: Mutex<Option<RestoreRequest>>,
     wake: Condvar,
+    /// A running request ops cancels (the restore on the job thread
+    /// watches it).
+    cancel: CancelAsked,
+    /// The heartbeat interval: how often a running restore reports its
+    /// progress.
+    every: Mutex<Duration>,
 }
 
 impl Asked {
@@ -104,10 +112,17 @@ impl Jobs {
         }
     }
 
-    /// A restore ops asked for (from a heartbeat answer): run on the job
-    /// thread after the job under way (see [`crate::asked_restore`]).
-    pub(super) fn restore(&self, req: Option<&RestoreRequest>) {
+    /// A restore ops asked for (from a heartbeat answer, sent every
+    /// `every`): run on the job thread after the job under way (see
+    /// [`crate::asked_restore`]); one ops cancels stops if it runs.
+    pub(super) fn restore(&self, req: Option<&RestoreRequest>, every: Duration) {
+        if let Ok(mut e) = self.asked.every.lock() {
+            *e = every;
+        }
         if let Some(r) = req {
+            if r.cancel {
+                self.asked.cancel.ask(r.id);
+            }
             self.asked.put(r.clone());
         }
     }
@@ -156,7 +171,11 @@ fn run(
         // A restore ops asked for goes first, once the repository is the
         // one to restore from (a take-over above is done).
         if let Some(req) = asked.take() {
-            if !restore_asked(state_dir, &config, who, gate, &req) {
+            let watch = Watch {
+                cancel: &asked.cancel,
+                every: asked.every.lock().map(|e| *e).unwrap_or(RECHECK),
+            };
+            if !restore_asked(state_dir, &config, who, gate, &req, watch) {
                 asked.put(req);
                 std::thread::sleep(RECHECK);
             }
@@ -340,6 +359,7 @@ pub(super) fn restore_asked(
     who: &str,
     gate: &JobGate,
     req: &RestoreRequest,
+    watch: Watch,
 ) -> bool {
     let key = match repo_key(state_dir) {
         Ok(k) => k,
@@ -353,7 +373,14 @@ pub(super) fn restore_asked(
         gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
         return false;
     }
-    let ran = crate::asked_restore::run(state_dir, config, &state_dir.join(REPO_DIR), &key, req);
+    let ran = crate::asked_restore::run(
+        state_dir,
+        config,
+        &state_dir.join(REPO_DIR),
+        &key,
+        req,
+        watch,
+    );
     gate.busy.store(false, std::sync::atomic::Ordering::SeqCst);
     if let Some(report) = &ran.report {
         report_runs(state_dir, std::slice::from_ref(report), who);
@@ -704,13 +731,17 @@ mod tests {
         }
         // The next backup is an hour away: the request wakes the thread.
         let out = dir.path().join("restored");
-        jobs.restore(Some(&RestoreRequest {
-            id: 1,
-            snapshot: "latest".into(),
-            path: None,
-            target: out.to_string_lossy().into(),
-            credentials_of: None,
-        }));
+        jobs.restore(
+            Some(&RestoreRequest {
+                id: 1,
+                snapshot: "latest".into(),
+                path: None,
+                target: out.to_string_lossy().into(),
+                credentials_of: None,
+                cancel: false,
+            }),
+            Duration::from_secs(1),
+        );
         while reports(RunKind::Restore).is_empty() {
             assert!(t.elapsed() < Duration::from_secs(60), "no restore run");
             std::thread::sleep(Duration::from_millis(100));
@@ -720,13 +751,17 @@ mod tests {
         assert_eq!(r.job.as_deref(), Some("restore request 1"));
         assert_eq!(r.files_new, 1);
         // A bad target: refused with the reason, as a failed run.
-        jobs.restore(Some(&RestoreRequest {
-            id: 2,
-            snapshot: "latest".into(),
-            path: None,
-            target: "smb://10.0.0.1/nobody".into(),
-            credentials_of: None,
-        }));
+        jobs.restore(
+            Some(&RestoreRequest {
+                id: 2,
+                snapshot: "latest".into(),
+                path: None,
+                target: "smb://10.0.0.1/nobody".into(),
+                credentials_of: None,
+                cancel: false,
+            }),
+            Duration::from_secs(1),
+        );
         while reports(RunKind::Restore).len() < 2 {
             assert!(
                 t.elapsed() < Duration::from_secs(60),

@@ -204,13 +204,18 @@ impl MtlsClient {
         self.get_json(levee_proto::restore_api::PATH)
     }
 
-    /// `POST /api/v1/restore`: a step of one restore request.
+    /// `POST /api/v1/restore`: a step of one restore request (or its
+    /// progress); where the request stands now (`cancelling`: ops asked
+    /// it to stop). `None`: the server said nothing readable of it.
     pub fn post_restore(
         &self,
         status: &levee_proto::restore_api::RestoreStatus,
-    ) -> Result<(), EnrollError> {
-        self.post_json(levee_proto::restore_api::PATH, status)
-            .map(drop)
+    ) -> Result<Option<levee_proto::restore_api::RestoreState>, EnrollError> {
+        let resp = self.post_json(levee_proto::restore_api::PATH, status)?;
+        Ok(resp
+            .json::<levee_proto::restore_api::RestoreAnswer>()
+            .ok()
+            .map(|a| a.state))
     }
 
     /// `POST /api/v1/runs`: one run's report.

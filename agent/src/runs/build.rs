@@ -83,6 +83,11 @@ pub fn restore(ctx: &RunContext, s: &RestoreSummary) -> RunReport {
         t.add(m);
     }
     t.add_uncounted(s.errors.saturating_sub(s.error_messages.len() as u64));
+    if s.stopped {
+        // Not an error of the restore, but it did not restore everything:
+        // the run says so (a warning, or failed if nothing was written).
+        t.add("cancelled by ops: stopped between files; the rest was not restored");
+    }
     t.into_report(&mut r);
     r.result = match (r.error_count, s.files) {
         (0, _) => RunResult::Success,

@@ -105,8 +105,15 @@ pub enum ApplianceCommand {
     /// under way) from its own repository, and reports it as a run of kind
     /// `restore`. `levee appliance show` follows it: requested, running,
     /// done, or failed with the reason. Each request runs once; an
-    /// appliance restarted in the middle reports it failed (what was
-    /// written stays), and a new request starts it again.
+    /// appliance restarted in the middle resumes it (files already restored
+    /// whole, same size and modification time as in the snapshot, are
+    /// skipped).
+    ///
+    /// --cancel ID withdraws request ID: one the appliance has not started
+    /// never runs (cancelled); a running one is asked to stop (cancelling):
+    /// the appliance stops between files at its next heartbeat or progress
+    /// report and reports it cancelled. Files already written stay in the
+    /// target. A finished request cannot be cancelled.
     ///
     /// The target is smb://HOST[:PORT]/SHARE[/DIR] or an absolute directory
     /// on the appliance. The SMB account and password are the customer's:
@@ -123,7 +130,9 @@ pub enum ApplianceCommand {
   # one folder of an older snapshot, with the account of source `finance`:
   levee appliance restore 7 --snapshot 3fa9c2d1 --path /finance/2026 --to smb://10.20.0.5/scratch --credentials-of finance
   # then:
-  levee appliance show 7")]
+  levee appliance show 7
+  # withdraw request 12 (or stop it if it runs):
+  levee appliance restore 7 --cancel 12")]
     Restore {
         /// MAC or appliance id.
         appliance: ApplianceRef,
@@ -136,12 +145,20 @@ pub enum ApplianceCommand {
         path: Option<String>,
         /// smb://HOST[:PORT]/SHARE[/DIR] or an absolute directory on the
         /// appliance.
-        #[arg(long, value_name = "TARGET")]
-        to: String,
+        #[arg(long, value_name = "TARGET", required_unless_present = "cancel")]
+        to: Option<String>,
         /// The source (in the customer's configuration) whose SMB account
         /// writes to the target, when no source is on its host and share.
         #[arg(long, value_name = "SOURCE-NAME")]
         credentials_of: Option<String>,
+        /// Withdraw request ID of this appliance instead (stop it if it
+        /// runs); the ids are in `levee appliance show`.
+        #[arg(
+            long,
+            value_name = "REQUEST-ID",
+            conflicts_with_all = ["to", "snapshot", "path", "credentials_of"]
+        )]
+        cancel: Option<i64>,
         /// Print the stored request as JSON.
         #[arg(long)]
         json: bool,
@@ -301,9 +318,15 @@ pub fn run(ctx: &super::Ctx, cmd: ApplianceCommand) -> anyhow::Result<()> {
             path,
             to,
             credentials_of,
+            cancel,
             json,
         } => {
             let a = find(store, appliance)?;
+            if let Some(id) = cancel {
+                return super::restore::cancel(store, &a, id, json);
+            }
+            // clap asks for --to without --cancel.
+            let to = to.context("--to TARGET: where to restore")?;
             let ask = super::restore::Ask {
                 snapshot: &snapshot,
                 path: path.as_deref(),

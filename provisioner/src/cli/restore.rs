@@ -3,12 +3,13 @@
 //! the snapshot, the path, and that the customer's configuration has an
 //! SMB account for the target), stored, and carried to the appliance in
 //! its next heartbeat answer; `levee appliance show` follows it.
+//! `--cancel ID` withdraws a request (see [`cancel`]).
 
 use anyhow::{bail, Context};
 use levee_proto::restore_api::{self, RestoreTarget};
 
 use super::escape;
-use crate::store::{Appliance, NewRestore, RestoreRecord, Store};
+use crate::store::{Appliance, NewRestore, RestoreMove, RestoreRecord, Store};
 
 /// Requests shown by `levee appliance show`.
 const SHOWN: usize = 5;
@@ -109,6 +110,55 @@ pub(super) fn request(store: &dyn Store, a: &Appliance, ask: &Ask) -> anyhow::Re
     Ok(())
 }
 
+/// `levee appliance restore APPLIANCE --cancel ID`: a request not started
+/// is withdrawn (`cancelled`), a running one asked to stop (`cancelling`);
+/// a finished one is refused, naming its state.
+pub(super) fn cancel(store: &dyn Store, a: &Appliance, id: i64, json: bool) -> anyhow::Result<()> {
+    let operator = super::cli_operator();
+    let r = match store.cancel_restore(a.id, id, &operator)? {
+        RestoreMove::Moved(r) => r,
+        RestoreMove::NotFound => bail!(
+            "appliance {} has no restore request {id}; `levee appliance show {}` lists its requests",
+            a.mac,
+            a.mac
+        ),
+        RestoreMove::Refused(r) => bail!(
+            "restore request {id} of appliance {} is {}{}: only a requested or running restore can \
+             be cancelled",
+            a.mac,
+            r.state,
+            r.reason
+                .as_deref()
+                .map(|why| format!(" ({})", escape(why)))
+                .unwrap_or_default()
+        ),
+    };
+    super::audit(
+        store,
+        "restore-cancel",
+        &format!("appliance:{}", a.id),
+        &format!("request {id}: {}", r.state),
+    );
+    if json {
+        return super::print_json(&r);
+    }
+    if r.state == "cancelled" {
+        println!(
+            "restore request {id} withdrawn: appliance {} had not started it and will not run it",
+            a.mac
+        );
+    } else {
+        println!(
+            "restore request {id} is being cancelled: appliance {} stops between files at its next \
+             heartbeat or progress report and reports it cancelled; files already written to {} \
+             stay there",
+            a.mac,
+            escape(&r.target)
+        );
+    }
+    Ok(())
+}
+
 /// The appliance's latest requests, for `show --json`.
 pub(super) fn recent(store: &dyn Store, a: &Appliance) -> anyhow::Result<Vec<RestoreRecord>> {
     Ok(store.restores(a.id, SHOWN)?)
@@ -137,7 +187,7 @@ pub(super) fn print(rows: &[RestoreRecord]) {
                 .unwrap_or_default(),
             escape(&r.target)
         );
-        if r.state == "done" || r.state == "failed" {
+        if r.state != "requested" && (r.started_at.is_some() || r.files > 0) {
             line.push_str(&format!(
                 ", {} files, {}, {} errors",
                 r.files,
@@ -148,6 +198,13 @@ pub(super) fn print(rows: &[RestoreRecord]) {
         println!("{line}");
         if let Some(why) = &r.reason {
             println!("        {}", escape(why));
+        }
+        if let (Some(by), Some(at)) = (&r.cancel_asked_by, r.cancel_asked_at) {
+            println!(
+                "        cancel asked by {} {}",
+                escape(by),
+                super::ago(Some(at))
+            );
         }
     }
 }

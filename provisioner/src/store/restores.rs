@@ -1,7 +1,9 @@
 //! Restores ops asked appliances to run (issue 14;
 //! `levee_proto::restore_api`): what to restore where, and where each
-//! request stands (requested, running, done, failed and why). Only the
-//! appliance a request is for moves it on.
+//! request stands (requested, running, cancelling, done, failed,
+//! cancelled and why). Only the appliance a request is for moves it on;
+//! ops withdraws it ([`RestoreStore::cancel_restore`]). The moves are
+//! those of [`RestoreState`]; every other is refused.
 
 use levee_proto::restore_api::{RestoreRequest, RestoreState, RestoreStatus};
 use serde::Serialize;
@@ -37,6 +39,10 @@ pub struct RestoreRecord {
     pub files: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// When ops asked to withdraw it (`levee appliance restore --cancel`).
+    pub cancel_asked_at: Option<u64>,
+    /// The operator who asked.
+    pub cancel_asked_by: Option<String>,
 }
 
 impl RestoreRecord {
@@ -48,14 +54,17 @@ impl RestoreRecord {
             path: self.path.clone(),
             target: self.target.clone(),
             credentials_of: self.credentials_of.clone(),
+            cancel: self.state == RestoreState::Cancelling.as_str(),
         }
     }
 }
 
-/// What [`RestoreStore::set_restore_state`] did.
+/// What [`RestoreStore::set_restore_state`] and
+/// [`RestoreStore::cancel_restore`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestoreMove {
-    /// Moved on (or already in that state: a status sent again).
+    /// Moved on (or already in that state: a status sent again; a progress
+    /// report of a request being cancelled stays `cancelling`).
     Moved(RestoreRecord),
     /// No such request of this appliance.
     NotFound,
@@ -64,13 +73,35 @@ pub enum RestoreMove {
 }
 
 /// The states a request may be in for an appliance to move it to `to`
-/// (its own state included: a status sent again changes nothing).
+/// (its own state included: a status sent again changes nothing; `running`
+/// on a `cancelling` request is a progress report and keeps it
+/// `cancelling`). At most [`FROM_MAX`] states.
 pub(crate) fn allowed_from(to: RestoreState) -> &'static [&'static str] {
     match to {
-        RestoreState::Requested => &[],
-        RestoreState::Running => &["requested", "running"],
-        RestoreState::Done | RestoreState::Failed => &["requested", "running"],
+        // Ops' states, never an appliance's.
+        RestoreState::Requested | RestoreState::Cancelling => &[],
+        RestoreState::Running | RestoreState::Done | RestoreState::Failed => {
+            &["requested", "running", "cancelling"]
+        }
+        // Only what was started can stop; a request ops withdrew before it
+        // started is already `cancelled`.
+        RestoreState::Cancelled => &["running", "cancelling"],
     }
+}
+
+/// The longest list [`allowed_from`] returns.
+pub(crate) const FROM_MAX: usize = 3;
+
+/// [`allowed_from`] as exactly [`FROM_MAX`] statement parameters (the
+/// missing ones match no state).
+pub(crate) fn allowed_from_params(to: RestoreState) -> [&'static str; FROM_MAX] {
+    let from = allowed_from(to);
+    std::array::from_fn(|i| from.get(i).copied().unwrap_or(""))
+}
+
+/// The reason a request withdrawn before it started carries.
+pub(crate) fn withdrawn_reason(operator: &str) -> String {
+    format!("withdrawn by {operator} before the appliance started it; nothing was written")
 }
 
 /// Whether a request already in `current` took the status `s` before
@@ -82,7 +113,8 @@ pub(crate) fn same_again(current: &RestoreRecord, s: &RestoreStatus) -> bool {
 /// The columns [`restore_record!`] reads, in order.
 pub(crate) const RESTORE_COLUMNS: &str =
     "id, appliance_id, snapshot, path, target, credentials_of, \
-     state, reason, requested_at, started_at, ended_at, files, bytes, errors";
+     state, reason, requested_at, started_at, ended_at, files, bytes, errors, \
+     cancel_asked_at, cancel_asked_by";
 
 /// Decodes one row of [`RESTORE_COLUMNS`] for both stores (`$get`: `get`
 /// for rusqlite, `try_get` for tokio-postgres).
@@ -105,6 +137,8 @@ macro_rules! restore_record {
             files: r.$get::<_, i64>(11)?.max(0) as u64,
             bytes: r.$get::<_, i64>(12)?.max(0) as u64,
             errors: r.$get::<_, i64>(13)?.max(0) as u64,
+            cancel_asked_at: u(r.$get(14)?),
+            cancel_asked_by: r.$get(15)?,
         }
     }};
 }
@@ -116,10 +150,35 @@ pub trait RestoreStore {
     fn add_restore(&self, appliance: i64, r: &NewRestore) -> Result<RestoreRecord>;
     /// The appliance's requests, newest first (at most `limit`).
     fn restores(&self, appliance: i64, limit: usize) -> Result<Vec<RestoreRecord>>;
-    /// The appliance's unfinished requests (requested, running), oldest
-    /// first: what it is given.
+    /// The appliance's unfinished requests (requested, running,
+    /// cancelling), oldest first: what it is given.
     fn pending_restores(&self, appliance: i64) -> Result<Vec<RestoreRecord>>;
     /// Moves request `s.id` of appliance `appliance` on (see [`RestoreMove`]);
     /// a request of another appliance is [`RestoreMove::NotFound`].
     fn set_restore_state(&self, appliance: i64, s: &RestoreStatus) -> Result<RestoreMove>;
+    /// Ops withdraws request `id` of appliance `appliance` (`operator`
+    /// asks): `requested` becomes `cancelled` (it never runs), `running`
+    /// becomes `cancelling` (the appliance stops between files and reports
+    /// `cancelled`); already `cancelling`: [`RestoreMove::Moved`] unchanged;
+    /// finished: [`RestoreMove::Refused`].
+    fn cancel_restore(&self, appliance: i64, id: i64, operator: &str) -> Result<RestoreMove>;
+}
+
+/// What an appliance's status did: `moved` rows, then the request as it is.
+pub(crate) fn move_outcome(moved: u64, row: Option<RestoreRecord>) -> RestoreMove {
+    match (moved, row) {
+        (_, None) => RestoreMove::NotFound,
+        (0, Some(r)) => RestoreMove::Refused(r),
+        (_, Some(r)) => RestoreMove::Moved(r),
+    }
+}
+
+/// What a cancel that moved nothing found: already being cancelled (the
+/// same answer again), or a state it cannot leave.
+pub(crate) fn cancel_outcome(moved: u64, row: Option<RestoreRecord>) -> RestoreMove {
+    match (moved, row) {
+        (_, None) => RestoreMove::NotFound,
+        (0, Some(r)) if r.state != RestoreState::Cancelling.as_str() => RestoreMove::Refused(r),
+        (_, Some(r)) => RestoreMove::Moved(r),
+    }
 }

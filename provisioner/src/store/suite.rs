@@ -23,6 +23,7 @@ use fleet_cases::{
 mod enroll_cases;
 use enroll_cases::{
     an_enrollment_with_a_token_is_one_unit, recovery_rows_keep_keys_slots_and_grants,
+    restore_requests_are_withdrawn_or_stopped_and_refuse_impossible_moves,
     restore_requests_move_on_once_and_only_for_their_appliance,
 };
 
@@ -802,6 +803,7 @@ cases!(
     an_enrollment_with_a_token_is_one_unit,
     recovery_rows_keep_keys_slots_and_grants,
     restore_requests_move_on_once_and_only_for_their_appliance,
+    restore_requests_are_withdrawn_or_stopped_and_refuse_impossible_moves,
     servers_of_a_fleet_are_recorded,
 );
 

@@ -268,3 +268,154 @@ pub(super) fn restore_requests_move_on_once_and_only_for_their_appliance(s: &dyn
     );
     assert_eq!(s.restores(a.id, 10).expect("list"), vec![done]);
 }
+
+/// Withdrawing restore requests: a `requested` one is `cancelled` at once
+/// (never given to the appliance again), a `running` one `cancelling`
+/// (given with `cancel`, progress reports keep it so) until the appliance
+/// says `cancelled` (or ends first); a finished one refuses, naming its
+/// state, and an appliance cannot set ops' states or cancel what it never
+/// started.
+pub(super) fn restore_requests_are_withdrawn_or_stopped_and_refuse_impossible_moves(s: &dyn Store) {
+    use levee_proto::restore_api::{RestoreState, RestoreStatus};
+    let a = s.appliance_seen(mac(74)).expect("seen");
+    let b = s.appliance_seen(mac(75)).expect("seen");
+    let add = || {
+        s.add_restore(
+            a.id,
+            &NewRestore {
+                snapshot: "latest",
+                path: None,
+                target: "/srv/restore",
+                credentials_of: None,
+            },
+        )
+        .expect("add")
+    };
+    let status = |id, state, files| RestoreStatus {
+        id,
+        state,
+        reason: None,
+        files,
+        bytes: files * 100,
+        errors: 0,
+    };
+    let state_of = |m: RestoreMove| match m {
+        RestoreMove::Moved(r) => format!("moved {}", r.state),
+        RestoreMove::Refused(r) => format!("refused {}", r.state),
+        RestoreMove::NotFound => "not found".into(),
+    };
+
+    // Withdrawn before it started: cancelled, with who and why; gone from
+    // the appliance's list; its late `running` is refused.
+    let early = add();
+    assert_eq!(
+        state_of(s.cancel_restore(b.id, early.id, "olga").expect("b")),
+        "not found"
+    );
+    let RestoreMove::Moved(w) = s.cancel_restore(a.id, early.id, "olga").expect("cancel") else {
+        panic!("not withdrawn")
+    };
+    assert_eq!(w.state, "cancelled");
+    assert_eq!(w.cancel_asked_by.as_deref(), Some("olga"));
+    assert!(w.cancel_asked_at.is_some() && w.ended_at.is_some() && w.started_at.is_none());
+    assert!(w
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("before the appliance started it"));
+    assert!(s.pending_restores(a.id).expect("pending").is_empty());
+    for late in [
+        RestoreState::Running,
+        RestoreState::Done,
+        RestoreState::Failed,
+    ] {
+        assert_eq!(
+            state_of(
+                s.set_restore_state(a.id, &status(early.id, late, 0))
+                    .expect("late")
+            ),
+            "refused cancelled",
+            "{late:?}"
+        );
+    }
+    assert_eq!(
+        state_of(s.cancel_restore(a.id, early.id, "olga").expect("again")),
+        "refused cancelled"
+    );
+
+    // Asked to stop while it runs: cancelling, handed to the appliance
+    // with `cancel`; a progress report keeps it cancelling and takes the
+    // counts; `cancelled` from the appliance ends it.
+    let run = add();
+    assert_eq!(
+        state_of(
+            s.set_restore_state(a.id, &status(run.id, RestoreState::Cancelled, 0))
+                .expect("c")
+        ),
+        "refused requested",
+        "an appliance cannot cancel what it never started"
+    );
+    s.set_restore_state(a.id, &status(run.id, RestoreState::Running, 1))
+        .expect("running");
+    assert_eq!(
+        state_of(s.cancel_restore(a.id, run.id, "olga").expect("stop")),
+        "moved cancelling"
+    );
+    assert_eq!(
+        state_of(s.cancel_restore(a.id, run.id, "olga").expect("stop again")),
+        "moved cancelling"
+    );
+    let pending = s.pending_restores(a.id).expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].request().cancel);
+    let RestoreMove::Moved(p) = s
+        .set_restore_state(a.id, &status(run.id, RestoreState::Running, 7))
+        .expect("progress")
+    else {
+        panic!("progress refused")
+    };
+    assert_eq!((p.state.as_str(), p.files), ("cancelling", 7));
+    for ops_only in [RestoreState::Requested, RestoreState::Cancelling] {
+        assert_eq!(
+            state_of(
+                s.set_restore_state(a.id, &status(run.id, ops_only, 0))
+                    .expect("ops")
+            ),
+            "refused cancelling"
+        );
+    }
+    let RestoreMove::Moved(c) = s
+        .set_restore_state(a.id, &status(run.id, RestoreState::Cancelled, 9))
+        .expect("cancelled")
+    else {
+        panic!("not cancelled")
+    };
+    assert_eq!((c.state.as_str(), c.files), ("cancelled", 9));
+    assert!(c.ended_at.is_some());
+    assert!(s.pending_restores(a.id).expect("pending").is_empty());
+    assert_eq!(
+        state_of(
+            s.set_restore_state(a.id, &status(run.id, RestoreState::Cancelled, 9))
+                .expect("again")
+        ),
+        "moved cancelled",
+        "the same status sent again"
+    );
+
+    // Ended before it saw the cancel: done stands.
+    let raced = add();
+    s.set_restore_state(a.id, &status(raced.id, RestoreState::Running, 1))
+        .expect("running");
+    s.cancel_restore(a.id, raced.id, "olga").expect("stop");
+    assert_eq!(
+        state_of(
+            s.set_restore_state(a.id, &status(raced.id, RestoreState::Done, 2))
+                .expect("done")
+        ),
+        "moved done"
+    );
+    assert_eq!(
+        state_of(s.cancel_restore(a.id, raced.id, "olga").expect("too late")),
+        "refused done"
+    );
+}

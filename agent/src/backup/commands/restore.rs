@@ -84,6 +84,10 @@ pub struct RestoreSummary {
     pub warnings: u64,
     pub warning_messages: Vec<String>,
     pub duration_ms: u64,
+    /// Stopped before the end ([`Counters::stop`]): files not reached are
+    /// missing; each file written is whole.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Finds the node at `path` below a root tree.
@@ -225,11 +229,19 @@ struct Worker<'a> {
     zero_blobs: Mutex<HashMap<BlobId, u64>>,
     restored: Restored,
     copied: std::sync::atomic::AtomicU64,
+    /// Files and symlinks left because the restore was asked to stop.
+    left: std::sync::atomic::AtomicU64,
 }
 
 impl Worker<'_> {
     fn entry(&self, j: Job) {
         let counters = self.counters;
+        // Asked to stop: the files not started are left (between files,
+        // so none is left half-written).
+        if counters.stopping() {
+            Counters::add(&self.left, 1);
+            return;
+        }
         if j.node.kind == NodeKind::Symlink {
             if self.overwrite == Overwrite::Never && self.target.existing(&j.path).is_some() {
                 Counters::add(&counters.files_unchanged, 1);
@@ -323,7 +335,9 @@ pub fn restore(
         zero_blobs: Mutex::new(HashMap::new()),
         restored: Restored::default(),
         copied: std::sync::atomic::AtomicU64::new(0),
+        left: std::sync::atomic::AtomicU64::new(0),
     };
+    let mut walk_cut = false;
     let queue: Queue<Job> = Queue::new(QUEUE_JOBS);
     let mut dirs: Vec<(String, Node)> = Vec::new();
     std::thread::scope(|s| {
@@ -343,6 +357,10 @@ pub fn restore(
         let mut stack: Vec<(String, Node)> = Vec::new();
         schedule("", top, &mut stack, &queue);
         while let Some((path, node)) = stack.pop() {
+            if counters.stopping() {
+                walk_cut = true;
+                break;
+            }
             if let Err(e) = target.mkdir(&path) {
                 counters.error(e.to_string());
                 continue;
@@ -391,6 +409,7 @@ pub fn restore(
         warnings: report.warnings.len() as u64,
         warning_messages: report.warnings,
         duration_ms: started.elapsed().as_millis() as u64,
+        stopped: walk_cut || worker.left.load(std::sync::atomic::Ordering::Relaxed) > 0,
     })
 }
 

@@ -5,7 +5,8 @@ use tokio_postgres::Row;
 
 use super::{execute, query, query_one, query_opt, PgStore};
 use crate::store::restores::{
-    allowed_from, restore_record, same_again, RestoreMove, RESTORES_KEPT, RESTORE_COLUMNS,
+    allowed_from_params, cancel_outcome, move_outcome, restore_record, same_again,
+    withdrawn_reason, RestoreMove, RESTORES_KEPT, RESTORE_COLUMNS,
 };
 use crate::store::runs::db_int;
 use crate::store::{now, NewRestore, RestoreRecord, RestoreStore, Result};
@@ -53,7 +54,8 @@ impl RestoreStore for PgStore {
             // Finished requests beyond the newest RESTORES_KEPT go.
             execute(
                 &c,
-                "DELETE FROM restores WHERE appliance_id = $1 AND state IN ('done', 'failed')
+                "DELETE FROM restores WHERE appliance_id = $1
+                   AND state IN ('done', 'failed', 'cancelled')
                    AND id <= (SELECT id FROM restores WHERE appliance_id = $1
                               ORDER BY id DESC LIMIT 1 OFFSET $2)",
                 &[&appliance, &RESTORES_KEPT],
@@ -88,7 +90,8 @@ impl RestoreStore for PgStore {
                 &c,
                 &format!(
                     "SELECT {RESTORE_COLUMNS} FROM restores
-                     WHERE appliance_id = $1 AND state IN ('requested', 'running') ORDER BY id"
+                     WHERE appliance_id = $1 AND state IN ('requested', 'running', 'cancelling')
+                     ORDER BY id"
                 ),
                 &[&appliance],
             )
@@ -104,26 +107,25 @@ impl RestoreStore for PgStore {
         if same_again(&current, s) && s.state.finished() {
             return Ok(RestoreMove::Moved(current));
         }
-        let from = allowed_from(s.state);
+        let [f0, f1, f2] = allowed_from_params(s.state);
         let t = now() as i64;
         let (started, ended) = match s.state {
             RestoreState::Running => (Some(t), None),
             _ => (None, Some(t)),
         };
-        let (f0, f1) = (
-            from.first().copied().unwrap_or(""),
-            from.get(1).copied().unwrap_or(""),
-        );
         let moved = self.block(async {
             let c = self.conn().await?;
             // The state condition in the statement: two statuses at once
-            // cannot both move it.
+            // cannot both move it. A progress report (`running`) of a
+            // request ops is cancelling keeps it `cancelling`.
             execute(
                 &c,
-                "UPDATE restores SET state = $3, reason = $4,
+                "UPDATE restores SET
+                   state = CASE WHEN state = 'cancelling' AND $3 = 'running' THEN state ELSE $3 END,
+                   reason = $4,
                    started_at = COALESCE(started_at, $5), ended_at = COALESCE($6, ended_at),
                    files = $7, bytes = $8, errors = $9
-                 WHERE id = $1 AND appliance_id = $2 AND state IN ($10, $11)",
+                 WHERE id = $1 AND appliance_id = $2 AND state IN ($10, $11, $12)",
                 &[
                     &s.id,
                     &appliance,
@@ -136,14 +138,32 @@ impl RestoreStore for PgStore {
                     &db_int(s.errors),
                     &f0,
                     &f1,
+                    &f2,
                 ],
             )
             .await
         })?;
-        Ok(match (moved, self.restore_of(appliance, s.id)?) {
-            (_, None) => RestoreMove::NotFound,
-            (0, Some(r)) => RestoreMove::Refused(r),
-            (_, Some(r)) => RestoreMove::Moved(r),
-        })
+        Ok(move_outcome(moved, self.restore_of(appliance, s.id)?))
+    }
+
+    fn cancel_restore(&self, appliance: i64, id: i64, operator: &str) -> Result<RestoreMove> {
+        let reason = withdrawn_reason(operator);
+        let moved = self.block(async {
+            let c = self.conn().await?;
+            // One statement: the appliance's `running` cannot slip in
+            // between.
+            execute(
+                &c,
+                "UPDATE restores SET
+                   state = CASE state WHEN 'requested' THEN 'cancelled' ELSE 'cancelling' END,
+                   ended_at = CASE state WHEN 'requested' THEN $3 ELSE ended_at END,
+                   reason = CASE state WHEN 'requested' THEN $5 ELSE reason END,
+                   cancel_asked_at = $3, cancel_asked_by = $4
+                 WHERE id = $1 AND appliance_id = $2 AND state IN ('requested', 'running')",
+                &[&id, &appliance, &(now() as i64), &operator, &reason],
+            )
+            .await
+        })?;
+        Ok(cancel_outcome(moved, self.restore_of(appliance, id)?))
     }
 }

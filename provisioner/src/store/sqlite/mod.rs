@@ -270,6 +270,12 @@ CREATE TABLE restores (
 );
 CREATE INDEX restores_by_appliance ON restores(appliance_id, state, id);
 "#,
+    // Ops withdraws a restore request (issue 14, store/restores.rs): when
+    // and who; the states `cancelling` and `cancelled` need no schema.
+    r#"
+ALTER TABLE restores ADD COLUMN cancel_asked_at INTEGER;
+ALTER TABLE restores ADD COLUMN cancel_asked_by TEXT;
+"#,
 ];
 
 /// Events kept per machine.

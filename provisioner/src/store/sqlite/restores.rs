@@ -5,7 +5,8 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::{Cached, SqliteStore};
 use crate::store::restores::{
-    allowed_from, restore_record, same_again, RestoreMove, RESTORES_KEPT, RESTORE_COLUMNS,
+    allowed_from_params, cancel_outcome, move_outcome, restore_record, same_again,
+    withdrawn_reason, RestoreMove, RESTORES_KEPT, RESTORE_COLUMNS,
 };
 use crate::store::{now, NewRestore, RestoreRecord, RestoreStore, Result};
 
@@ -48,7 +49,8 @@ impl RestoreStore for SqliteStore {
             )?;
             // Finished requests beyond the newest RESTORES_KEPT go.
             conn.execute_cached(
-                "DELETE FROM restores WHERE appliance_id = ?1 AND state IN ('done', 'failed')
+                "DELETE FROM restores WHERE appliance_id = ?1
+                   AND state IN ('done', 'failed', 'cancelled')
                    AND id <= (SELECT id FROM restores WHERE appliance_id = ?1
                               ORDER BY id DESC LIMIT 1 OFFSET ?2)",
                 params![appliance, RESTORES_KEPT],
@@ -73,7 +75,8 @@ impl RestoreStore for SqliteStore {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {RESTORE_COLUMNS} FROM restores
-             WHERE appliance_id = ?1 AND state IN ('requested', 'running') ORDER BY id"
+             WHERE appliance_id = ?1 AND state IN ('requested', 'running', 'cancelling')
+             ORDER BY id"
         ))?;
         let rows = stmt.query_map(params![appliance], restore_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -86,19 +89,22 @@ impl RestoreStore for SqliteStore {
         if same_again(&current, s) && s.state.finished() {
             return Ok(RestoreMove::Moved(current));
         }
-        let from = allowed_from(s.state);
+        let from = allowed_from_params(s.state);
         let t = now() as i64;
         let (started, ended) = match s.state {
             RestoreState::Running => (Some(t), None),
             _ => (None, Some(t)),
         };
         // The state condition in the statement: two statuses at once
-        // cannot both move it.
+        // cannot both move it. A progress report (`running`) of a request
+        // ops is cancelling keeps it `cancelling`.
         let moved = self.lock().execute_cached(
-            "UPDATE restores SET state = ?3, reason = ?4,
+            "UPDATE restores SET
+               state = CASE WHEN state = 'cancelling' AND ?3 = 'running' THEN state ELSE ?3 END,
+               reason = ?4,
                started_at = COALESCE(started_at, ?5), ended_at = COALESCE(?6, ended_at),
                files = ?7, bytes = ?8, errors = ?9
-             WHERE id = ?1 AND appliance_id = ?2 AND state IN (?10, ?11)",
+             WHERE id = ?1 AND appliance_id = ?2 AND state IN (?10, ?11, ?12)",
             params![
                 s.id,
                 appliance,
@@ -109,15 +115,37 @@ impl RestoreStore for SqliteStore {
                 crate::store::runs::db_int(s.files),
                 crate::store::runs::db_int(s.bytes),
                 crate::store::runs::db_int(s.errors),
-                from.first().copied().unwrap_or(""),
-                from.get(1).copied().unwrap_or(""),
+                from[0],
+                from[1],
+                from[2],
             ],
         )?;
-        let now_row = self.restore_of(appliance, s.id)?;
-        Ok(match (moved, now_row) {
-            (_, None) => RestoreMove::NotFound,
-            (0, Some(r)) => RestoreMove::Refused(r),
-            (_, Some(r)) => RestoreMove::Moved(r),
-        })
+        Ok(move_outcome(
+            moved as u64,
+            self.restore_of(appliance, s.id)?,
+        ))
+    }
+
+    fn cancel_restore(&self, appliance: i64, id: i64, operator: &str) -> Result<RestoreMove> {
+        // One statement: the appliance's `running` cannot slip in between.
+        let moved = self.lock().execute_cached(
+            "UPDATE restores SET
+               state = CASE state WHEN 'requested' THEN 'cancelled' ELSE 'cancelling' END,
+               ended_at = CASE state WHEN 'requested' THEN ?3 ELSE ended_at END,
+               reason = CASE state WHEN 'requested' THEN ?5 ELSE reason END,
+               cancel_asked_at = ?3, cancel_asked_by = ?4
+             WHERE id = ?1 AND appliance_id = ?2 AND state IN ('requested', 'running')",
+            params![
+                id,
+                appliance,
+                now() as i64,
+                operator,
+                withdrawn_reason(operator)
+            ],
+        )?;
+        Ok(cancel_outcome(
+            moved as u64,
+            self.restore_of(appliance, id)?,
+        ))
     }
 }
