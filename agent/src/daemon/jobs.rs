@@ -778,5 +778,30 @@ mod tests {
             "{:?}",
             failed.errors
         );
+        // A request the heartbeat says ops cancels: the running restore
+        // is told (CancelAsked), and one not started never runs.
+        let gone = dir.path().join("cancelled");
+        jobs.restore(
+            Some(&RestoreRequest {
+                id: 3,
+                snapshot: "latest".into(),
+                path: None,
+                target: gone.to_string_lossy().into(),
+                credentials_of: None,
+                cancel: true,
+            }),
+            Duration::from_secs(1),
+        );
+        assert!(jobs.asked.cancel.asked(3));
+        let journal = state.join(crate::asked_restore::JOURNAL);
+        while !std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("cancelled by ops before it started")
+        {
+            assert!(t.elapsed() < Duration::from_secs(60), "not cancelled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!gone.exists(), "a cancelled request ran");
+        assert_eq!(reports(RunKind::Restore).len(), 2, "no run for it");
     }
 }
