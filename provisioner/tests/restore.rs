@@ -382,27 +382,24 @@ fn throttle(child: &mut Child, mut enough: impl FnMut() -> bool) -> bool {
     panic!("the throttled agent pass neither ended nor got there in 180 s");
 }
 
-/// The child pass, throttled until at least `at_least` files are in
-/// `out/share` (and fewer than all: else the test proves nothing), then
-/// stopped.
+/// The child pass, throttled until `restored` counts at least 40 files
+/// (and fewer than all: else the test proves nothing), then stopped.
 fn stopped_mid_restore(
     test: &str,
     s: &common::LoopbackServer,
     state: &Path,
-    out: &Path,
-    at_least: usize,
+    restored: impl Fn() -> usize,
 ) -> (Child, PathBuf) {
     let log = s.dir.path().join("child.log");
     let mut child = spawn_pass(test, s, state, &log);
     signal(&child, libc::SIGSTOP);
-    let share = out.join("share");
-    if throttle(&mut child, || files_below(&share).len() >= at_least) {
+    if throttle(&mut child, || restored() >= 40) {
         panic!(
             "the agent pass ended before it was stopped:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
-    let n = files_below(&share).len();
+    let n = restored();
     assert!(
         n < MANY,
         "the restore ended before it could be stopped ({n} files)"
@@ -535,7 +532,8 @@ fn r14_a_running_restore_ops_cancels_stops_between_files() {
     let (s, state, files) = a_with_a_large_backup();
     let out = s.dir.path().join("restored");
     let id = ask(&s, &out);
-    let (mut child, log) = stopped_mid_restore(TEST, &s, &state, &out, 40);
+    let (mut child, log) =
+        stopped_mid_restore(TEST, &s, &state, || files_below(&out.join("share")).len());
     let said = s.levee(&["appliance", "restore", MAC_A, "--cancel", &id.to_string()]);
     assert!(
         said.contains("is being cancelled") && said.contains("stay there"),
@@ -575,12 +573,35 @@ fn r14_a_restore_cut_by_a_killed_service_is_resumed_and_completes_byte_identical
     }
     let (s, state, files) = a_with_a_large_backup();
     let total: u64 = files.values().map(|f| f.len() as u64).sum();
+    // The target holds an older version of every file (other contents,
+    // same size), so the restore writes each under a temporary name and
+    // renames it over the old one: the kill leaves such files.
     let out = s.dir.path().join("restored");
+    for (i, rel) in files.keys().enumerate() {
+        let old = out.join("share").join(rel);
+        std::fs::create_dir_all(old.parent().expect("dir")).expect("dir");
+        std::fs::write(&old, common::noise(32 << 10, 9000 + i as u64)).expect("old");
+    }
+    // A file is restored once its size and time are the snapshot's (the
+    // share's): the target sets the time last.
+    let src = s.dir.path().join("share");
+    let like_src = |rel: &String| {
+        let meta = |p: PathBuf| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?)));
+        matches!(
+            (meta(out.join("share").join(rel)), meta(src.join(rel))),
+            (Ok(a), Ok(b)) if a == b
+        )
+    };
+    let restored = || files.keys().filter(|rel| like_src(rel)).count();
     let id = ask(&s, &out);
-    let (mut child, _log) = stopped_mid_restore(TEST, &s, &state, &out, 40);
+    let (mut child, _log) = stopped_mid_restore(TEST, &s, &state, restored);
     signal(&child, libc::SIGKILL);
     let _ = child.wait();
-    let cut = files_below(&out.join("share")).len();
+    let cut = restored();
+    let temps = files_below(&out.join("share"))
+        .iter()
+        .filter(|f| f.contains(".levee-restore-"))
+        .count();
     assert_eq!(show(&s, MAC_A)["restores"][0]["state"], "running");
 
     // The service starts again: the heartbeat brings the request back, the
@@ -615,8 +636,8 @@ fn r14_a_restore_cut_by_a_killed_service_is_resumed_and_completes_byte_identical
          {cut} files there"
     );
     eprintln!(
-        "cut with {cut} of {MANY} files there; resumed run wrote {again_files} files, \
-         {again_bytes} of {total} bytes"
+        "cut with {cut} of {MANY} files restored and {temps} temporary files; resumed run \
+         wrote {again_files} files, {again_bytes} of {total} bytes"
     );
     // The files the cut run had finished were kept: at most the ones it
     // was writing when killed are written again.

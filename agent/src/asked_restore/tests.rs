@@ -159,6 +159,11 @@ fn a_restore_cut_by_a_restart_is_resumed_keeping_the_files_it_finished() {
     assert_eq!(first.status.state, RestoreState::Done);
     let whole = std::fs::metadata(out.join("share/sub/b.bin")).unwrap();
     std::fs::write(out.join("share/a.txt"), b"alp").unwrap();
+    // ... and the temporary file of one it was overwriting (its process
+    // is gone).
+    let dead = crate::backup::target::local::tests::dead_pid();
+    let temp = out.join(format!("share/sub/.levee-restore-{dead}-7.tmp"));
+    std::fs::write(&temp, b"half").unwrap();
     let mut j = load(state);
     j.insert(5, Entry::new(RestoreState::Running, None));
     save(state, &mut j).unwrap();
@@ -182,6 +187,7 @@ fn a_restore_cut_by_a_restart_is_resumed_keeping_the_files_it_finished() {
         "{why}"
     );
     assert_eq!(std::fs::read(out.join("share/a.txt")).unwrap(), b"alpha\n");
+    assert!(!temp.exists(), "the killed run's temporary file was left");
     let kept = std::fs::metadata(out.join("share/sub/b.bin")).unwrap();
     assert_eq!(
         (kept.ino(), kept.len()),

@@ -338,6 +338,22 @@ pub fn restore(
         left: std::sync::atomic::AtomicU64::new(0),
     };
     let mut walk_cut = false;
+    // Not a fresh restore (a resumed one among them): temporary files a
+    // killed restore left in the directories it reaches go.
+    let sweep = |dir: &str| {
+        if opts.overwrite == Overwrite::Always {
+            return;
+        }
+        match target.sweep_stale(dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "{}: removed {n} temporary file(s) a killed restore left",
+                if dir.is_empty() { "." } else { dir }
+            ),
+            Err(e) => counters.error(e.to_string()),
+        }
+    };
+    sweep("");
     let queue: Queue<Job> = Queue::new(QUEUE_JOBS);
     let mut dirs: Vec<(String, Node)> = Vec::new();
     std::thread::scope(|s| {
@@ -366,6 +382,7 @@ pub fn restore(
                 continue;
             }
             Counters::add(&counters.dirs, 1);
+            sweep(&path);
             match node
                 .subtree
                 .map(|id| repo.load_tree(index, &id))

@@ -192,6 +192,26 @@ fn last_err(p: &Path) -> TargetError {
     io(p, std::io::Error::last_os_error())
 }
 
+/// Whether `name` is a [`temp_name`] of a process that no longer runs: a
+/// restore killed between a file's create and its rename left it (a
+/// live process's file, e.g. of a restore beside this one, is its own).
+fn stale_temp(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(".levee-restore-")
+        .and_then(|r| r.strip_suffix(".tmp"))
+        .and_then(|r| r.split_once('-'))
+        .filter(|(_, n)| n.parse::<u64>().is_ok())
+        .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: signal 0 only asks whether the process exists.
+    pid > 0
+        && pid as u32 != std::process::id()
+        && unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
 /// A fresh temporary name in a directory: files and symlinks are made under
 /// it and renamed into place, so a failed restore never leaves a truncated
 /// file under the real name.
@@ -485,6 +505,22 @@ impl Target for LocalTarget {
             Err(last_err(&p))
         }
     }
+    fn sweep_stale(&self, dir: &str) -> Result<u64, TargetError> {
+        let fd = self.dir_fd(dir)?;
+        // The directory as opened beneath the target, listed through its
+        // descriptor (no path is walked again).
+        let list = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let entries = std::fs::read_dir(&list).map_err(|e| io(&self.full(dir), e))?;
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if stale_temp(name) && unlink_at(&fd, name, false) {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
     fn existing(&self, path: &str) -> Option<(u64, i64)> {
         let (dir, name) = self.parent(path).ok()?;
         let st = beneath::stat_at(&dir, name).ok()?;
@@ -641,9 +677,41 @@ impl Target for LocalTarget {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use levee_proto::repo::NodeKind;
+
+    /// The pid of a process that has ended.
+    pub(crate) fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().expect("true");
+        c.wait().expect("wait");
+        c.id()
+    }
+
+    #[test]
+    fn only_temporary_files_of_ended_processes_are_swept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = LocalTarget::new(&dir.path().to_string_lossy(), true).expect("target");
+        t.mkdir("d").expect("mkdir");
+        let dead = dead_pid();
+        let live = temp_name();
+        let names = [
+            format!(".levee-restore-{dead}-3.tmp"),
+            live.clone(),
+            ".levee-restore-1-0.tmp".to_string(),
+            format!(".levee-restore-{dead}-x.tmp"),
+            format!("levee-restore-{dead}-3.tmp"),
+            "a.txt".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join("d").join(n), b"x").expect("write");
+        }
+        assert_eq!(t.sweep_stale("d").expect("sweep"), 1);
+        for n in &names[1..] {
+            assert!(dir.path().join("d").join(n).exists(), "{n} was removed");
+        }
+        assert!(!dir.path().join("d").join(&names[0]).exists());
+    }
 
     #[test]
     fn refused_xattrs_are_warnings_and_enotsup_is_one_per_kind() {

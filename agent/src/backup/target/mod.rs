@@ -41,6 +41,12 @@ pub trait Target: Send + Sync {
         Ok(false)
     }
     fn symlink(&self, path: &str, node: &Node) -> Result<(), TargetError>;
+    /// Removes the temporary files a restore that was killed left in
+    /// directory `dir` (see `local::temp_name`); how many. Where a target
+    /// has none, nothing.
+    fn sweep_stale(&self, _dir: &str) -> Result<u64, TargetError> {
+        Ok(0)
+    }
     /// Times, mode and attributes of a directory (after its contents).
     fn set_dir_meta(&self, path: &str, node: &Node) -> Result<(), TargetError>;
     fn parallelism(&self) -> usize;
