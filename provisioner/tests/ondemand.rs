@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::offsite::{back_up, enroll, new_repo, paper_key, store_node};
+use common::offsite::{back_up, enroll, new_repo, paper_key, replace_with_key, store_node};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -137,7 +137,6 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     });
     let config: CustomerConfig = serde_json::from_value(config_json.clone()).expect("config");
     let (paper, paper_file) = paper_key(s.dir.path(), "acme-recovery.txt");
-    let paper_arg = paper_file.to_str().expect("utf-8");
 
     // A: six backups, each adding one 1 MiB file: six packs, replicated.
     let src = s.dir.path().join("share");
@@ -196,17 +195,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     // The replacement: B takes over, copying everything but the packs.
     // `levee appliance replace`: the first time B is not enrolled yet
     // (B waits); the second time grants B the repository.
-    let replace = || {
-        s.levee(&[
-            "appliance",
-            "replace",
-            MAC_A,
-            "--with",
-            MAC_B,
-            "--recovery-key",
-            paper_arg,
-        ])
-    };
+    let replace = || replace_with_key(&s, MAC_A, MAC_B, &paper_file);
     replace();
     let (state_b, cred_b) = enroll(&s, MAC_B);
     let key_b = hex::encode([0xb2u8; 32]);

@@ -11,7 +11,7 @@
 mod common;
 
 use common::noise;
-use common::offsite::{back_up, enroll, new_repo, paper_key, store_node};
+use common::offsite::{back_up, enroll, new_repo, paper_key, replace_with_key, store_node};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -481,16 +481,7 @@ fn r14_a_replacement_takes_over_the_repository_with_a_grant_only_it_opens() {
     assert!(s.appliance(MAC_A).revoked_at.is_none());
 
     // The replacement before B ever ran: replaced, nothing to seal to yet.
-    let paper_arg = paper_file.to_str().expect("utf-8");
-    let out = s.levee(&[
-        "appliance",
-        "replace",
-        MAC_A,
-        "--with",
-        MAC_B,
-        "--recovery-key",
-        paper_arg,
-    ]);
+    let out = replace_with_key(&s, MAC_A, MAC_B, &paper_file);
     assert!(
         out.contains("has not published its recovery key yet"),
         "{out}"
@@ -533,15 +524,7 @@ fn r14_a_replacement_takes_over_the_repository_with_a_grant_only_it_opens() {
     );
 
     // Now ops re-wraps: the replacement is not made twice.
-    let out = s.levee(&[
-        "appliance",
-        "replace",
-        MAC_A,
-        "--with",
-        MAC_B,
-        "--recovery-key",
-        paper_arg,
-    ]);
+    let out = replace_with_key(&s, MAC_A, MAC_B, &paper_file);
     assert!(
         out.contains("already replaced") && out.contains("re-wrapped"),
         "{out}"

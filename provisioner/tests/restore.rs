@@ -54,6 +54,20 @@ fn refused_with<T: std::fmt::Debug>(r: Result<T, EnrollError>, code: u16) {
     }
 }
 
+/// The newest request in `levee appliance show --json` output: request
+/// `id`, done after a resume.
+fn resumed_and_done(shown: &serde_json::Value, id: i64) -> serde_json::Value {
+    let r = shown["restores"][0].clone();
+    assert_eq!(
+        (&r["id"], &r["state"]),
+        (&serde_json::json!(id), &serde_json::json!("done")),
+        "{r}"
+    );
+    let why = r["reason"].as_str().unwrap_or("");
+    assert!(why.contains("resumed after a restart"), "{r}");
+    r
+}
+
 /// A's repository where its service keeps it, with one backup of `src`.
 fn back_up_as_the_service(state: &Path, src: &Path) {
     std::fs::write(state.join("credential/repo.key"), KEY).expect("key");
@@ -237,23 +251,8 @@ fn r14_an_appliance_runs_the_restore_ops_asked_for_once_and_reports_it() {
     a.post_restore(&status(cut_id, RestoreState::Running))
         .expect("running");
     common::agent_pass(&s.http, MAC_A, &state_a);
-    let r = &show(&s, MAC_A)["restores"][0];
-    assert_eq!(
-        (&r["id"], &r["state"], &r["files"]),
-        (
-            &cut["id"],
-            &serde_json::json!("done"),
-            &serde_json::json!(2)
-        ),
-        "{r}"
-    );
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("resumed after a restart"),
-        "{r}"
-    );
+    let r = &resumed_and_done(&show(&s, MAC_A), cut["id"].as_i64().expect("id"));
+    assert_eq!(r["files"], 2, "{r}");
     assert_eq!(
         std::fs::read(out.join("share/ledger.csv")).expect("resumed"),
         std::fs::read(src.join("ledger.csv")).expect("original")
@@ -608,19 +607,7 @@ fn r14_a_restore_cut_by_a_killed_service_is_resumed_and_completes_byte_identical
     // journal says it started: resumed.
     common::agent_pass(&s.http, MAC_A, &state);
     let shown = show(&s, MAC_A);
-    let r = &shown["restores"][0];
-    assert_eq!(
-        (&r["id"], &r["state"]),
-        (&serde_json::json!(id), &serde_json::json!("done")),
-        "{r}"
-    );
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("resumed after a restart"),
-        "{r}"
-    );
+    let r = &resumed_and_done(&shown, id);
     assert_eq!(
         only_whole_files(&out, &files),
         MANY,

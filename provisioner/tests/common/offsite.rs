@@ -83,3 +83,17 @@ pub fn paper_key(dir: &Path, name: &str) -> (RecoveryPrivateKey, PathBuf) {
     std::fs::write(&file, paper.to_paper()).expect("paper");
     (paper, file)
 }
+
+/// `levee appliance replace OLD --with NEW --recovery-key PAPER` on `s`;
+/// its output.
+pub fn replace_with_key(s: &LoopbackServer, old: &str, new: &str, paper: &Path) -> String {
+    s.levee(&[
+        "appliance",
+        "replace",
+        old,
+        "--with",
+        new,
+        "--recovery-key",
+        paper.to_str().expect("utf-8"),
+    ])
+}
