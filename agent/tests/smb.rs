@@ -239,3 +239,53 @@ fn smb_locked_file_is_skipped_and_reported() {
     );
     let _ = holder.rt.block_on(writer.finish());
 }
+
+/// A snapshot of a local directory (nanosecond times) restored onto a
+/// share (100 ns steps) and again with `--overwrite if-changed` (as a
+/// resumed restore ops asked for runs): every file it restored is known
+/// again and skipped; one changed on the share is written again.
+#[test]
+fn smb_if_changed_knows_the_files_it_restored_from_a_local_snapshot() {
+    let samba = Samba::start();
+    let env = crate::util::Env::new().with_smb_password(PASSWORD);
+    let src = env.path("local");
+    fs::create_dir_all(src.join("sub")).expect("mkdir");
+    for (i, name) in ["a.txt", "sub/b.bin", "sub/c.bin"].iter().enumerate() {
+        fs::write(src.join(name), rand_bytes(40 + i as u64, 50_000)).expect("write");
+    }
+    // Times with nanoseconds that are not whole 100 ns steps.
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_767_225_600, 123_456_789);
+    for name in ["a.txt", "sub/b.bin", "sub/c.bin"] {
+        let f = fs::File::options()
+            .write(true)
+            .open(src.join(name))
+            .expect("open");
+        f.set_modified(t).expect("set mtime");
+    }
+    env.ok(&["backup", &src.to_string_lossy()]);
+    let target = samba.url("restore/ifc");
+    let first = env.json(&["restore", "latest", "--target", &target]);
+    assert_eq!(
+        (&first["files"], &first["skipped"]),
+        (&3.into(), &0.into()),
+        "{first}"
+    );
+    fs::write(samba.dir.path().join("restore/ifc/local/a.txt"), b"changed").expect("write");
+    let again = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        &target,
+        "--overwrite",
+        "if-changed",
+    ]);
+    assert_eq!(
+        (&again["files"], &again["skipped"]),
+        (&1.into(), &2.into()),
+        "{again}"
+    );
+    assert_eq!(
+        fs::read(samba.dir.path().join("restore/ifc/local/a.txt")).expect("read"),
+        rand_bytes(40, 50_000)
+    );
+}

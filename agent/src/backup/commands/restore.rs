@@ -258,7 +258,9 @@ impl Worker<'_> {
         if let Some((size, mtime)) = existing {
             let skip = match self.overwrite {
                 Overwrite::Never => true,
-                Overwrite::IfChanged => size == j.node.size && mtime == j.node.mtime_ns,
+                Overwrite::IfChanged => {
+                    size == j.node.size && mtime == self.target.kept_mtime(j.node.mtime_ns)
+                }
                 Overwrite::Always => false,
             };
             if skip {

@@ -31,6 +31,12 @@ pub trait Target: Send + Sync {
     fn mkdir(&self, path: &str) -> Result<(), TargetError>;
     /// Size and mtime of an existing file, for `--overwrite`.
     fn existing(&self, path: &str) -> Option<(u64, i64)>;
+    /// The mtime [`Target::existing`] reports for a file restored with
+    /// mtime `ns` (an SMB share keeps 100 ns steps), so `--overwrite
+    /// if-changed` knows a file it restored.
+    fn kept_mtime(&self, ns: i64) -> i64 {
+        ns
+    }
     /// A new file of `size` bytes once complete (a hint: how to write it).
     fn create(&self, path: &str, size: u64) -> Result<Box<dyn FileSink>, TargetError>;
     /// Makes `path` (with `node`'s metadata) a copy of `from`, a file this

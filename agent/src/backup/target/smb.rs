@@ -14,7 +14,9 @@ use smb2::{ErrorKind, FileAttributes, FileTimes, FileWriter};
 
 use super::{FileSink, Target, TargetError, TargetReport};
 use crate::backup::source::smb::security::{self, Restored};
-use crate::backup::source::smb::{ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY};
+use crate::backup::source::smb::{
+    filetime_to_ns, ns_to_filetime, SmbConn, FILE_ATTRIBUTE_DIRECTORY,
+};
 
 pub struct SmbTarget {
     conn: Arc<SmbConn>,
@@ -101,6 +103,12 @@ impl SmbTarget {
     }
 }
 
+/// What a share keeps of a time `ns` [`times`] sets: FILETIME's 100 ns
+/// steps.
+fn kept_mtime(ns: i64) -> i64 {
+    filetime_to_ns(ns_to_filetime(ns))
+}
+
 fn times(node: &Node, dir: bool) -> FileTimes {
     let ft = |ns: i64| FileTime(ns_to_filetime(ns));
     let mut t = FileTimes::new().set_modified(ft(node.mtime_ns));
@@ -173,6 +181,9 @@ impl Target for SmbTarget {
     fn mkdir(&self, path: &str) -> Result<(), TargetError> {
         self.mkdir_full(&self.conn.full(path))
     }
+    fn kept_mtime(&self, ns: i64) -> i64 {
+        kept_mtime(ns)
+    }
     fn existing(&self, path: &str) -> Option<(u64, i64)> {
         let c = &self.conn;
         let full = c.full(path);
@@ -242,5 +253,20 @@ impl Target for SmbTarget {
                 .unwrap_or_default(),
             ..TargetReport::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_time_is_known_again_in_the_shares_steps() {
+        // A local source's time has nanoseconds; the share keeps it in
+        // 100 ns steps, and `existing` reads that back.
+        let ns = 1_767_225_600_123_456_789;
+        assert_eq!(kept_mtime(ns), 1_767_225_600_123_456_700);
+        assert_eq!(kept_mtime(kept_mtime(ns)), kept_mtime(ns));
+        assert_eq!(filetime_to_ns(ns_to_filetime(ns)), kept_mtime(ns));
     }
 }
