@@ -1,17 +1,18 @@
 //! `/api/v1/restore` on the mTLS listener (issue 14; the protocol is in
 //! `levee_proto::restore_api`). `GET`: the appliance's own unfinished
 //! restore requests. `POST`: a step of one of them (running, done,
-//! failed). The certificate names the appliance; a request of another
-//! appliance is answered 404 as if it did not exist, so one appliance
-//! learns nothing of another's.
+//! failed, cancelled) or its progress; the answer says where it stands
+//! (`cancelling`: ops asked it to stop). The certificate names the
+//! appliance; a request of another appliance is answered 404 as if it
+//! did not exist, so one appliance learns nothing of another's.
 
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use levee_proto::restore_api::{RestoreList, RestoreStatus};
-use tracing::{info, warn};
+use levee_proto::restore_api::{RestoreList, RestoreState, RestoreStatus};
+use tracing::{debug, info, warn};
 
 use super::https::{api_error, for_appliance, store_error, ApiState, Peer};
 use crate::store::RestoreMove;
@@ -47,12 +48,21 @@ pub(super) async fn post_restore(
     for_appliance(st, peer, move |st, a| {
         match st.store.set_restore_state(a.id, &status) {
             Ok(RestoreMove::Moved(r)) => {
-                info!(
-                    appliance = a.id, mac = %a.mac, restore = r.id, state = %r.state,
-                    files = r.files, bytes = r.bytes, errors = r.errors,
-                    reason = r.reason.as_deref().unwrap_or("-"),
-                    "restore request moved on"
-                );
+                // A progress report (every heartbeat interval while it
+                // runs) is not a step: debug, not info.
+                if status.state == RestoreState::Running && status.files > 0 {
+                    debug!(
+                        appliance = a.id, restore = r.id, state = %r.state,
+                        files = r.files, bytes = r.bytes, "restore progress"
+                    );
+                } else {
+                    info!(
+                        appliance = a.id, mac = %a.mac, restore = r.id, state = %r.state,
+                        files = r.files, bytes = r.bytes, errors = r.errors,
+                        reason = r.reason.as_deref().unwrap_or("-"),
+                        "restore request moved on"
+                    );
+                }
                 Json(serde_json::json!({"ok": true, "state": r.state})).into_response()
             }
             Ok(RestoreMove::NotFound) => {
