@@ -130,6 +130,15 @@ pub fn run_job(
         Err(e) => return Err(e.into()),
     };
     add_recovery_slot(&repo, config);
+    // Taken over from an offsite copy: the backups fetch their parents'
+    // trees on demand (restricted to them by the backup itself), so
+    // unchanged files are not read again. Without a source they are read.
+    if crate::replicate::ondemand::pending(repo_dir) {
+        let state = repo_dir.parent().unwrap_or(repo_dir);
+        if let Err(e) = crate::replicate::ondemand::attach(&repo, state, config) {
+            tracing::warn!("the parent snapshots' trees cannot be fetched ({e}): unchanged files are read again");
+        }
+    }
     let mut runs = Vec::new();
     for src in sources {
         let started_at = unix_now();

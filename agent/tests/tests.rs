@@ -21,6 +21,7 @@ mod samba;
 mod smb;
 mod smb_acl;
 mod smb_encryption;
+mod tree_packs;
 mod unfetched;
 mod util;
 mod xattrs;

@@ -1,11 +1,14 @@
 //! Disaster recovery with packs on demand (issue 14), on loopback with the
-//! real server, store and agent code: appliance A makes six packs (six
-//! backups of one new 1 MiB file each) and replicates them; A is lost;
-//! B takes the repository over, copying only key slots, index, snapshots
-//! and config. Then: check reports the packs as not yet fetched, prune
-//! waits, a backup is deduplicated without fetching anything and
-//! replicates without re-uploading old packs, a restore of one file
-//! fetches its one pack, a tampered pack is refused by name, a back-fill
+//! real server, store and agent code: appliance A makes twelve packs (six
+//! backups of one new 1 MiB file each: a data pack and a tree pack each)
+//! and replicates them; A is lost; B takes the repository over, copying
+//! only key slots, index, snapshots and config. Then: check reports the
+//! packs as not yet fetched, prune waits, `ls` and a one-file restore
+//! straight from the store fetch only the tree packs they walk and that
+//! file's data pack, a backup fetches only its parent's tree pack, reads
+//! no unchanged file and replicates without re-uploading old packs, a
+//! restore of one file fetches its tree and data packs, a tampered pack
+//! is refused by name, a back-fill
 //! killed with SIGKILL resumes without fetching a finished pack again and
 //! runs at the cap, and afterwards the repository is like any other. The
 //! bytes the store sends are counted by a loopback proxy in front of it.
@@ -37,7 +40,9 @@ use levee_proto::offsite::{FileKind, Namespace};
 
 const MAC_A: &str = "52:54:00:14:30:01";
 const MAC_B: &str = "52:54:00:14:30:02";
-const PACKS: usize = 6;
+/// A's backups; each writes a data pack and a tree pack.
+const RUNS: usize = 6;
+const PACKS: usize = 2 * RUNS;
 /// The back-fill's cap in the timed part.
 const RATE: u64 = 512 << 10;
 
@@ -104,6 +109,21 @@ fn local_packs(repo_dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// (trees, data) blob counts of every pack of `repo`, by name.
+fn pack_kinds(repo: &Repository) -> BTreeMap<String, (usize, usize)> {
+    let mut out = BTreeMap::new();
+    for (name, size) in repo.local().list(LocalKind::Pack).expect("list") {
+        let h = repo.read_pack_header(&name, size).expect("header");
+        let trees = h
+            .blobs
+            .iter()
+            .filter(|b| b.kind == levee_proto::repo::BlobKind::Tree)
+            .count();
+        out.insert(name, (trees, h.blobs.len() - trees));
+    }
+    out
+}
+
 fn restore_to(repo: &Repository, snapshot: &str, path: Option<&str>, out: &Path) -> RestoreSummary {
     restore(
         repo,
@@ -138,15 +158,16 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     let config: CustomerConfig = serde_json::from_value(config_json.clone()).expect("config");
     let (paper, paper_file) = paper_key(s.dir.path(), "acme-recovery.txt");
 
-    // A: six backups, each adding one 1 MiB file: six packs, replicated.
+    // A: six backups, each adding one 1 MiB file: six data packs and six
+    // tree packs, replicated.
     let src = s.dir.path().join("share");
     std::fs::create_dir_all(&src).expect("src");
     let key_a = hex::encode([0xa1u8; 32]);
-    let (repo_id, snaps) = {
+    let (repo_id, snaps, a_packs) = {
         let repo = new_repo(&state_a.join("repo"), key_a.as_bytes());
         repo.ensure_recovery_slot(&paper.public()).expect("slot");
         let mut snaps = Vec::new();
-        for i in 0..PACKS {
+        for i in 0..RUNS {
             std::fs::write(
                 src.join(format!("f{i}.bin")),
                 common::noise(1 << 20, i as u64 + 1),
@@ -170,8 +191,9 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
             &state_a,
         );
         assert!(run.ok(), "{run:?}");
-        (repo.config.id.clone(), snaps)
+        (repo.config.id.clone(), snaps, pack_kinds(&repo))
     };
+    let tree_pack = |n: &str| a_packs.get(n).is_some_and(|(_, data)| *data == 0);
     assert_eq!(
         recover::step(&state_a, &config, key_a.as_bytes()).expect("A's step"),
         Step::Ready
@@ -191,6 +213,15 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         .remove(&FileKind::Data)
         .expect("packs");
     assert_eq!(store_packs.len(), PACKS, "{store_packs:?}");
+    assert_eq!(
+        a_packs.values().filter(|(t, d)| *t > 0 && *d == 0).count(),
+        RUNS,
+        "a tree pack per backup: {a_packs:?}"
+    );
+    assert!(
+        a_packs.values().all(|(t, d)| *t == 0 || *d == 0),
+        "{a_packs:?}"
+    );
 
     // The replacement: B takes over, copying everything but the packs.
     // `levee appliance replace`: the first time B is not enrolled yet
@@ -254,15 +285,86 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         "{e}"
     );
 
-    // A backup at once: deduplicated against the old data, nothing fetched.
+    // Straight from the store (`levee-agent --repo https://STORE/...`):
+    // `ls` fetches the tree pack of the snapshot it lists, a one-file
+    // restore that file's tree pack and data pack; nothing else.
+    {
+        let copy_dir = s.dir.path().join("copy");
+        let through_proxy = StoreClient::new(
+            &[&format!("https://{}", proxy.addr)],
+            &cred_b,
+            Namespace::new("acme", &repo_id).expect("ns"),
+            Arc::new(Bucket::new(None)),
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        let ns = Namespace::new("acme", &repo_id).expect("ns");
+        let url = format!("https://{}/acme/{repo_id}", proxy.addr);
+        let copy = ondemand::open_copy(Box::new(through_proxy), &url, &ns, &copy_dir, &paper)
+            .expect("open the copy");
+        assert!(copy_dir.join("unfetched.json").exists());
+        let d0 = proxy.down();
+        let listed =
+            levee_agent::backup::commands::ls::ls(&copy.repo, &snaps[RUNS - 1], None).expect("ls");
+        assert_eq!(listed.len(), RUNS + 1, "{listed:?}");
+        let out = s.dir.path().join("copy-out");
+        let r = restore_to(&copy.repo, &snaps[3], Some("/share/f3.bin"), &out);
+        assert_eq!(r.errors, 0, "{:?}", r.error_messages);
+        assert_eq!(
+            std::fs::read(out.join("f3.bin")).expect("restored"),
+            std::fs::read(src.join("f3.bin")).expect("original")
+        );
+        let fetched = proxy.down() - d0;
+        let got = local_packs(&copy_dir);
+        let trees: Vec<_> = got.iter().filter(|n| tree_pack(n)).collect();
+        assert_eq!((got.len(), trees.len()), (3, 2), "{got:?}");
+        let got_bytes: u64 = got.iter().map(|n| store_packs[n]).sum();
+        assert_eq!(copy.source.packs.load(Ordering::SeqCst), 3);
+        assert_eq!(copy.source.bytes.load(Ordering::SeqCst), got_bytes);
+        assert!(
+            fetched >= got_bytes && fetched < got_bytes + (64 << 10),
+            "{fetched} bytes from the store for {got_bytes} bytes of packs"
+        );
+        assert!(got_bytes * 3 < all_packs, "{got_bytes} of {all_packs}");
+        eprintln!(
+            "ls + one-file restore from the store: {fetched} bytes fetched ({} packs: {} tree, 1 data; {got_bytes} bytes) of a {all_packs}-byte repository",
+            got.len(),
+            trees.len()
+        );
+    }
+
+    // A backup at once: its parent's trees fetched (its tree pack alone),
+    // no unchanged file read, deduplicated against the old data.
+    let od = ondemand::attach(&repo, &state_b, &config)
+        .expect("attach")
+        .expect("packs to fetch");
     std::fs::write(src.join("after.txt"), "after the fire\n").expect("write");
     let d0 = proxy.down();
     let next = back_up(&repo, &src);
     assert_eq!(next.parent.as_deref(), snaps.last().map(String::as_str));
     assert!(next.bytes_stored < 64 << 10, "{}", next.bytes_stored);
-    assert_eq!(proxy.down(), d0, "the backup fetched something");
+    assert_eq!(next.summary.files_unchanged, RUNS as u64, "{next:?}");
+    assert_eq!(
+        next.summary.bytes_read, 15,
+        "only the new file read: {next:?}"
+    );
+    let fetched = proxy.down() - d0;
     let new_pack = local_packs(&repo_dir);
-    assert_eq!(new_pack.len(), 1);
+    let parent_trees: Vec<&String> = new_pack
+        .iter()
+        .filter(|n| a_packs.contains_key(*n))
+        .collect();
+    assert_eq!(parent_trees.len(), 1, "{parent_trees:?}");
+    assert!(tree_pack(parent_trees[0]), "the backup fetched a data pack");
+    let p_bytes = store_packs[parent_trees[0]];
+    assert!(
+        fetched >= p_bytes && fetched < p_bytes + (64 << 10),
+        "{fetched} bytes from the store for a {p_bytes}-byte tree pack"
+    );
+    assert_eq!(od.packs.load(Ordering::SeqCst), 1);
+    eprintln!("backup after the take-over: fetched {fetched} bytes (its parent's tree pack, {p_bytes} bytes) of {all_packs}; read {} bytes; stored {}", next.summary.bytes_read, next.bytes_stored);
+    // Here: the fetched tree pack, and the backup's data and tree packs.
+    assert_eq!(new_pack.len(), 3);
     // Replication sends the new pack and snapshot only, asks no deletion.
     let t: OffsiteTarget =
         serde_json::from_value(serde_json::json!({"name": "hq", "urls": [url]})).expect("t");
@@ -282,10 +384,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     assert!(run.bytes_uploaded < 256 << 10, "{run:?}");
     assert_eq!(run.deletions_requested, 0);
 
-    // A restore of one file fetches its one pack, once.
-    let od = ondemand::attach(&repo, &state_b, &config)
-        .expect("attach")
-        .expect("packs to fetch");
+    // A restore of one file fetches its tree pack and its data pack, once.
     let d0 = proxy.down();
     let out1 = s.dir.path().join("one");
     let r = restore_to(&repo, &snaps[0], Some("/share/f0.bin"), &out1);
@@ -299,19 +398,23 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         .difference(&new_pack)
         .cloned()
         .collect();
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(od.packs.load(Ordering::SeqCst), 1);
-    let p0 = store_packs[got.iter().next().expect("one")];
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.iter().filter(|n| tree_pack(n)).count(), 1, "{got:?}");
+    assert_eq!(od.packs.load(Ordering::SeqCst), 3);
+    let p0: u64 = got.iter().map(|n| store_packs[n]).sum();
     assert!(
         fetched >= p0 && fetched < p0 + (64 << 10),
-        "{fetched} bytes from the store for a {p0}-byte pack"
+        "{fetched} bytes from the store for {p0} bytes of packs"
     );
-    eprintln!("restore of one file: {fetched} bytes from the store for its {p0}-byte pack");
+    eprintln!("restore of one file: {fetched} bytes from the store for its tree and data packs ({p0} bytes)");
 
     // A tampered copy is refused by name; the restore fails, nothing kept.
     let offsite_dir = s.data.join("offsite/acme").join(&repo_id).join("data");
     let mut originals = Vec::new();
-    for name in store_packs.keys().filter(|n| !got.contains(*n)) {
+    for name in store_packs
+        .keys()
+        .filter(|n| !got.contains(*n) && !new_pack.contains(*n))
+    {
         let path = offsite_dir.join(&name[..2]).join(name);
         let bytes = std::fs::read(&path).expect("stored pack");
         let mut bad = bytes.clone();
@@ -351,7 +454,11 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
                 .any(|(p, _)| said.contains(&*p.file_name().expect("name").to_string_lossy())),
         "{said}"
     );
-    assert_eq!(local_packs(&repo_dir).len(), 2, "a tampered pack was kept");
+    assert_eq!(
+        local_packs(&repo_dir).len(),
+        new_pack.len() + got.len(),
+        "a tampered pack was kept"
+    );
     for (path, bytes) in &originals {
         std::fs::write(path, bytes).expect("untamper");
     }
@@ -384,7 +491,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
                 agent.display()
             );
         }
-        local_packs(&repo_dir).len() >= 3
+        local_packs(&repo_dir).len() > new_pack.len() + got.len()
     });
     child.kill().expect("SIGKILL");
     let _ = child.wait();
@@ -448,7 +555,8 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
         (left.len() as u64, left_bytes, 0)
     );
     assert!(!repo_dir.join("unfetched.json").exists());
-    assert_eq!(local_packs(&repo_dir).len(), PACKS + 1);
+    // A's packs and the new backup's two.
+    assert_eq!(local_packs(&repo_dir).len(), PACKS + 2);
 
     // Like any other repository now: nothing to fetch, a full restore is
     // byte-identical, check reads everything, prune runs.
@@ -459,7 +567,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     let out3 = s.dir.path().join("all");
     let r = restore_to(&repo, &next.snapshot, None, &out3);
     assert_eq!(r.errors, 0, "{:?}", r.error_messages);
-    for i in 0..PACKS {
+    for i in 0..RUNS {
         let f = format!("f{i}.bin");
         assert_eq!(
             std::fs::read(out3.join("share").join(&f)).expect("restored"),
@@ -482,7 +590,7 @@ fn r14_a_take_over_fetches_packs_on_demand_and_back_fills_the_rest_under_the_cap
     )
     .expect("check");
     assert!(r.errors.is_empty(), "{:?}", r.errors);
-    assert_eq!((r.unfetched_packs, r.packs_read), (0, PACKS + 1));
+    assert_eq!((r.unfetched_packs, r.packs_read), (0, PACKS + 2));
     prune(
         &repo,
         &PruneOptions {

@@ -3,6 +3,14 @@
 //! durably before any index names it, and an index file before any snapshot
 //! can reference its blobs (the backup writes the snapshot last).
 //!
+//! Trees and data go to separate packs (two streams into one writer):
+//! a tree pack holds only trees, a data pack only data, so whatever walks
+//! trees without the data (a backup's parent after a take-over, `ls` or a
+//! one-file restore from an offsite copy) fetches the small tree packs
+//! only. Trees are small, so the tree pack is usually flushed at the end of
+//! the run, or when it reaches the pack size. The pack format is unchanged:
+//! every header entry already names its blob's kind.
+//!
 //! Writing happens on a thread of its own, so the fsync of one pack overlaps
 //! the filling of the next instead of stalling the compressors behind the
 //! packer. Format 2 pads each pack (random bytes between the last blob
@@ -17,7 +25,7 @@ use std::thread::JoinHandle;
 use aligned_vec::{AVec, ConstAlign};
 use levee_proto::repo::crypto::file_id;
 use levee_proto::repo::pack::{padme, trailer};
-use levee_proto::repo::{BlobEntry, IndexFile, IndexPack, PackHeader};
+use levee_proto::repo::{BlobEntry, BlobKind, IndexFile, IndexPack, PackHeader};
 use rand::RngCore;
 
 use crate::backup::backend::crypt::{CryptBackend, CryptError};
@@ -51,12 +59,45 @@ struct PackJob {
     blobs: Vec<BlobEntry>,
 }
 
+/// One pack being filled.
+struct OpenPack {
+    buf: PackBuf,
+    entries: Vec<BlobEntry>,
+}
+
+impl OpenPack {
+    fn new(buf: PackBuf) -> Self {
+        Self {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, b: &EncodedBlob) {
+        let offset = self.buf.len() as u32;
+        for m in &b.blobs {
+            self.entries.push(BlobEntry {
+                kind: m.kind,
+                compression: b.compression,
+                id: m.id,
+                offset,
+                length: b.data.len() as u32,
+                raw_length: m.raw_length,
+                member: m.member,
+            });
+        }
+        self.buf.extend_from_slice(&b.data);
+    }
+}
+
 pub struct Packer {
     key: levee_proto::repo::MasterKey,
     /// Pad packs and headers (format 2).
     pad: bool,
-    buf: PackBuf,
-    entries: Vec<BlobEntry>,
+    /// Data blobs and frames.
+    data: OpenPack,
+    /// Trees, apart from data (module doc); allocated at the first tree.
+    trees: Option<OpenPack>,
     blobs: u64,
     to_writer: Option<SyncSender<PackJob>>,
     /// Buffers the writer is done with, for reuse: fresh 16 MiB buffers
@@ -82,8 +123,8 @@ impl Packer {
         Self {
             key,
             pad,
-            buf: pack_buf(),
-            entries: Vec::new(),
+            data: OpenPack::new(pack_buf()),
+            trees: None,
             blobs: 0,
             to_writer,
             free,
@@ -91,32 +132,47 @@ impl Packer {
         }
     }
 
+    /// Adds a blob or frame to the pack of its kind. A piece is a tree only
+    /// if every member is one (trees are stored alone; a frame is data).
     pub fn add(&mut self, b: EncodedBlob) -> Result<(), CryptError> {
-        let offset = self.buf.len() as u32;
-        for m in &b.blobs {
-            self.entries.push(BlobEntry {
-                kind: m.kind,
-                compression: b.compression,
-                id: m.id,
-                offset,
-                length: b.data.len() as u32,
-                raw_length: m.raw_length,
-                member: m.member,
-            });
-        }
-        self.buf.extend_from_slice(&b.data);
         self.blobs += b.blobs.len() as u64;
-        if self.buf.len() >= PACK_TARGET {
-            self.flush_pack()?;
+        let is_tree = !b.blobs.is_empty() && b.blobs.iter().all(|m| m.kind == BlobKind::Tree);
+        if is_tree {
+            // Grows as needed: most runs' trees are far below a pack.
+            let small = || OpenPack::new(AVec::with_capacity(DIRECT_ALIGN, 0));
+            let trees = self.trees.get_or_insert_with(small);
+            trees.push(&b);
+            if trees.buf.len() >= PACK_TARGET {
+                let full = std::mem::replace(trees, small());
+                self.send_pack(full)?;
+            }
+        } else {
+            self.data.push(&b);
+            if self.data.buf.len() >= PACK_TARGET {
+                self.flush_data()?;
+            }
         }
         Ok(())
     }
 
-    fn flush_pack(&mut self) -> Result<(), CryptError> {
-        if self.entries.is_empty() {
+    fn flush_data(&mut self) -> Result<(), CryptError> {
+        if self.data.entries.is_empty() {
             return Ok(());
         }
-        let blobs = std::mem::take(&mut self.entries);
+        let next = self.free.try_recv().unwrap_or_else(|_| pack_buf());
+        let full = std::mem::replace(&mut self.data, OpenPack::new(next));
+        self.send_pack(full)
+    }
+
+    /// Seals `pack` (header, padding, trailer) and hands it to the writer.
+    fn send_pack(&mut self, pack: OpenPack) -> Result<(), CryptError> {
+        let OpenPack {
+            mut buf,
+            entries: blobs,
+        } = pack;
+        if blobs.is_empty() {
+            return Ok(());
+        }
         let plain = PackHeader {
             blobs: blobs.clone(),
         };
@@ -126,16 +182,14 @@ impl Packer {
             self.key.encrypt(&plain.to_bytes())
         };
         if self.pad {
-            let len = (self.buf.len() + header.len() + 8) as u64;
+            let len = (buf.len() + header.len() + 8) as u64;
             let fill = (padme(len) - len) as usize;
-            let start = self.buf.len();
-            self.buf.resize(start + fill, 0);
-            rand::thread_rng().fill_bytes(&mut self.buf[start..]);
+            let start = buf.len();
+            buf.resize(start + fill, 0);
+            rand::thread_rng().fill_bytes(&mut buf[start..]);
         }
-        self.buf.extend_from_slice(&header);
-        self.buf.extend_from_slice(&trailer(header.len() as u32));
-        let next = self.free.try_recv().unwrap_or_else(|_| pack_buf());
-        let buf = std::mem::replace(&mut self.buf, next);
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&trailer(header.len() as u32));
         let sent = self
             .to_writer
             .as_ref()
@@ -158,7 +212,10 @@ impl Packer {
 
     /// Writes the last partial pack and the pending index entries.
     pub fn finish(mut self) -> Result<PackerStats, CryptError> {
-        self.flush_pack()?;
+        self.flush_data()?;
+        if let Some(trees) = self.trees.take() {
+            self.send_pack(trees)?;
+        }
         let mut stats = self.stop_writer()?;
         stats.blobs = self.blobs;
         Ok(stats)
@@ -198,7 +255,11 @@ fn write_packs(
         stats.packs += 1;
         stats.stored_bytes += buf.len() as u64;
         buf.clear();
-        let _ = give_back.try_send(buf);
+        // Only full-size buffers are reused for data (a small tree pack's
+        // would regrow).
+        if buf.capacity() >= PACK_TARGET {
+            let _ = give_back.try_send(buf);
+        }
         done.push(IndexPack { id, blobs });
         if done.len() >= PACKS_PER_INDEX {
             write_index(&be, &mut done, &mut stats)?;

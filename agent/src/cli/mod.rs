@@ -307,7 +307,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Backup(o) => {
             let _reboot_waits = hold_reboot();
             let run = report::Manual::start(&g.state_dir, RunKind::Backup, o.sources.clone());
-            let s = open(g).and_then(|repo| {
+            // Taken over: the parent's trees are fetched (the backup
+            // allows no other pack).
+            let s = open_fetching(g).and_then(|repo| {
                 let c = Counters::default();
                 Ok(progress::with_progress(g, &c, "backup", || {
                     backup::backup(&repo, &o, None, &c)

@@ -1,8 +1,9 @@
 //! `--repo https://STORE/<customer>/<repository id>`: a repository read
-//! from a Levee offsite store (disaster recovery). The copy is fetched
-//! into `STATE/recovered/<customer>/<repository id>/` (every file checked
-//! against its name; a second run fetches only what is missing) and opened
-//! with the customer's paper key. The store admits only the appliance the
+//! from a Levee offsite store (disaster recovery). Everything but the packs
+//! is fetched into `STATE/recovered/<customer>/<repository id>/` (every
+//! file checked against its name; a second run fetches only what is
+//! missing), the packs as they are read (`ondemand::open_copy`), and it is
+//! opened with the customer's paper key. The store admits only the appliance the
 //! namespace is bound to, so this runs with the credential of the
 //! replacement (`levee appliance replace OLD --with NEW`).
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use levee_agent::enroll::Credential;
-use levee_agent::replicate::{fetch_repository, ondemand, Bucket, StoreClient};
+use levee_agent::replicate::{ondemand, Bucket, StoreClient};
 use levee_agent::Repository;
 use levee_proto::offsite::Namespace;
 use levee_proto::recovery::RecoveryPrivateKey;
@@ -57,19 +58,24 @@ pub fn open(url: &str, recovery_key: Option<&Path>, state: &Path) -> Result<Repo
     let client = StoreClient::new(
         &[&endpoint],
         &cred,
-        ns,
+        ns.clone(),
         Arc::new(Bucket::new(None)),
         Duration::from_secs(600),
     )?;
-    let got = fetch_repository(&client, &dest).with_context(|| format!("fetching {url}"))?;
+    let copy = ondemand::open_copy(Box::new(client), url, &ns, &dest, &key)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("opening {url}"))?;
+    let got = &copy.fetched;
     eprintln!(
-        "fetched {} file(s), {} bytes from {url} into {} ({} already there)",
+        "fetched {} file(s), {} bytes from {url} into {} ({} already there); packs ({} on the store, {} bytes) are fetched as they are read",
         got.files,
         got.bytes,
         dest.display(),
-        got.skipped
+        got.skipped,
+        got.packs_left.0,
+        got.packs_left.1
     );
-    Ok(Repository::open_with_recovery(&dest, &key)?)
+    Ok(copy.repo)
 }
 
 /// `check --read-data --repair-from-offsite`: the damaged packs of `r`
@@ -113,7 +119,8 @@ pub fn repair(
 /// credential that cannot be had is said once; reads of such packs then
 /// fail naming the pack.
 pub fn attach(g: &super::Global, repo: &Repository) {
-    if !levee_agent::replicate::ondemand::pending(&repo.path) {
+    // A copy opened from a store URL has its source already (`open`).
+    if repo.local().has_pack_source() || !levee_agent::replicate::ondemand::pending(&repo.path) {
         return;
     }
     let attached = ondemand::cached_config(&g.state_dir)

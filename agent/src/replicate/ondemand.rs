@@ -89,6 +89,72 @@ impl OnDemand {
     }
 }
 
+impl OnDemand {
+    /// One target already opened, at full speed: a copy read straight
+    /// from an offsite store ([`open_copy`]).
+    pub fn from_target(name: &str, target: Box<dyn Target>) -> OnDemand {
+        OnDemand {
+            targets: vec![(name.to_string(), target)],
+            pace: None,
+            packs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What [`open_copy`] opened.
+pub struct Copy {
+    pub repo: Repository,
+    /// Fetches the packs as they are read (its counters say how many).
+    pub source: Arc<OnDemand>,
+    /// What was copied now (everything but the packs).
+    pub fetched: crate::replicate::Fetched,
+}
+
+/// A repository read straight from an offsite target (`levee-agent --repo
+/// https://STORE/<customer>/<id> restore|ls|snapshots`): key slots, index,
+/// snapshots and config are copied into `dest` (each checked against its
+/// name), the packs are fetched only when read. A listing walks trees
+/// only, so it fetches the tree packs; a one-file restore fetches those
+/// plus the data packs of that file. `unfetched.json` in `dest` names
+/// `label` (so prune and repair refuse the partial copy) until every pack
+/// is here.
+pub fn open_copy(
+    target: Box<dyn Target>,
+    label: &str,
+    ns: &Namespace,
+    dest: &Path,
+    key: &levee_proto::recovery::RecoveryPrivateKey,
+) -> Result<Copy, String> {
+    let fetched = super::fetch_metadata(target.as_ref(), dest).map_err(|e| e.to_string())?;
+    let repo = Repository::open_with_recovery(dest, key).map_err(|e| e.to_string())?;
+    let marker = Unfetched {
+        version: 1,
+        customer: ns.customer.clone(),
+        repository: ns.repo.clone(),
+        targets: vec![label.to_string()],
+        since: unix_now(),
+    };
+    let missing = missing_packs(&repo).map_err(|e| e.to_string())?;
+    if missing.is_empty() {
+        Unfetched::remove(repo.local().as_ref()).map_err(|e| e.to_string())?;
+    } else if Unfetched::load(repo.local().as_ref())
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        marker
+            .save(repo.local().as_ref())
+            .map_err(|e| e.to_string())?;
+    }
+    let source = Arc::new(OnDemand::from_target(label, target));
+    repo.local().set_pack_source(Some(source.clone()));
+    Ok(Copy {
+        repo,
+        source,
+        fetched,
+    })
+}
+
 impl PackSource for OnDemand {
     fn fetch(&self, name: &str) -> Result<Vec<u8>, String> {
         let mut why = Vec::new();

@@ -52,6 +52,11 @@ impl LocalBackend {
         }
     }
 
+    /// The pack source set, if any.
+    pub fn pack_source(&self) -> Option<Arc<dyn PackSource>> {
+        self.source.read().ok().and_then(|s| s.clone())
+    }
+
     pub fn has_pack_source(&self) -> bool {
         self.source.read().is_ok_and(|s| s.is_some())
     }

@@ -390,6 +390,22 @@ pub fn backup(
         tracing::warn!(pack = %name, "unreadable pack skipped: {err}");
     }
     let index = &loaded.index;
+    // A repository taken over from an offsite copy: the parent's trees may
+    // be fetched on demand, data never (`unfetched::trees_for_backup`).
+    let _trees_only = match crate::backup::unfetched::restrict_to_trees(repo)? {
+        Some((guard, f)) => {
+            if f.mixed_refused {
+                tracing::info!(
+                    mixed_packs = f.mixed_packs,
+                    mixed_bytes = f.mixed_bytes,
+                    missing_bytes = f.missing_bytes,
+                    "the parent's trees share packs with data not yet fetched: files are read again"
+                );
+            }
+            Some(guard)
+        }
+        None => None,
+    };
 
     let sources: Vec<Arc<dyn Source>> = opts
         .sources
