@@ -231,17 +231,26 @@ fn r14_a_quota_refuses_the_file_that_would_pass_it_and_leaves_nothing_partial() 
     );
     let report = serde_json::to_string(&run.report()).expect("report");
     assert!(report.contains("offsite quota is 300.0 KiB"), "{report}");
-    // Config and key slot went; no pack, no snapshot, no partial upload.
+    // Config and key slot went, and the small tree pack (trees have packs
+    // of their own) fits; not the data pack, no snapshot, no partial upload.
     let ns = dir.join("acme").join(&t.repo.config.id);
     let held = files_under(&ns);
     assert!(held.iter().any(|p| p.starts_with("config")), "{held:?}");
+    let mut total = 0;
     for p in &held {
         let s = p.to_string_lossy();
         assert!(
-            !s.starts_with("data") && !s.starts_with("snapshots") && !s.contains("partial"),
+            !s.starts_with("snapshots") && !s.contains("partial"),
             "{s} is on the store: {held:?}"
         );
+        let len = std::fs::metadata(ns.join(p)).expect("stat").len();
+        total += len;
+        assert!(
+            !s.starts_with("data") || len < 64 << 10,
+            "{s} ({len} bytes) is on the store: {held:?}"
+        );
     }
+    assert!(total <= 300 << 10, "{total} bytes held: {held:?}");
     assert!(store.log().contains("over quota"), "{}", store.log());
 
     // Lifted: the same run completes; `show` reports the usage.
