@@ -9,6 +9,7 @@ use levee_proto::repo::Snapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::backend::{FileKind, WriteBackend};
+use crate::backup::commands::prune::PruneState;
 use crate::backup::repository::{RepoError, Repository};
 use crate::util::civil_from_days;
 
@@ -142,6 +143,18 @@ pub fn forget(repo: &Repository, o: &ForgetOptions) -> Result<ForgetResult, Repo
         }
     }
     if !o.dry_run {
+        // The next prune frees what only these snapshots used in one run
+        // instead of two (`PruneState::forgotten`).
+        let roots: Vec<String> = snaps
+            .iter()
+            .filter(|(n, _)| res.remove.contains(n))
+            .map(|(_, s)| s.tree.to_hex())
+            .collect();
+        if !roots.is_empty() {
+            let mut state = PruneState::load(repo)?;
+            state.forgotten.extend(roots);
+            state.save(repo)?;
+        }
         for name in &res.remove {
             repo.be.remove(FileKind::Snapshot, name)?;
         }

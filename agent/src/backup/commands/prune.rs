@@ -1,7 +1,8 @@
 //! `prune`: reclaim space from blobs no snapshot uses, safely while backups
 //! run (a time fence, as in Kopia and Proxmox Backup Server).
 //!
-//! A pack is deleted in two steps, never in one run:
+//! A pack is deleted in two steps (in one run only when no backup could
+//! rely on it: a repacked pack, or one only forgotten snapshots used):
 //! 1. *Mark*: it holds no used blob, so it is written to `prune-state.json`
 //!    and then dropped from the index (partly used packs are first copied:
 //!    their used blobs go to new packs). Once no index file names it, its
@@ -79,6 +80,12 @@ pub struct PruneState {
     /// so the next run does not read them again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub rewritten: BTreeSet<String>,
+    /// Root trees (hex) of snapshots `forget` removed since the last prune.
+    /// A wholly unused pack whose every blob belonged to them is no running
+    /// backup's, so it goes in this run like a repacked pack (see
+    /// [`released_blobs`]). Only a hint: lost, the pack waits for the fence.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub forgotten: BTreeSet<String>,
 }
 
 impl PruneState {
@@ -288,6 +295,8 @@ pub fn prune(
     let mut keep: Vec<IndexPack> = Vec::new();
     let mut repack: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
     let mut newly_marked: Vec<String> = Vec::new();
+    let released = released_blobs(repo, &index, &state.forgotten, &used);
+    let mut released_packs: Vec<String> = Vec::new();
     for (id, blobs) in &by_pack {
         if !on_disk.contains_key(&id.to_hex()) {
             continue; // missing pack: dropping it from the index loses nothing
@@ -301,6 +310,9 @@ pub fn prune(
                 (t + len, if dead { u + len } else { u })
             });
         if unused == total {
+            if blobs.iter().all(|b| released.contains(&b.id)) {
+                released_packs.push(id.to_hex());
+            }
             newly_marked.push(id.to_hex());
         } else if state.repack.contains(&id.to_hex())
             || unused * 100 > total * u64::from(max_unused_percent.min(100))
@@ -440,14 +452,18 @@ pub fn prune(
     // every other prune re-index and repack them again (issue 12). A pack
     // no snapshot uses at all still waits for the fence: that is what a
     // running backup's packs look like before its snapshot is written
-    // (crash::snapshot_written_after_prune_marked_its_packs).
-    if !repacked.is_empty() && nothing_saw_old_index(repo, &lock, t, &snaps)? {
-        for name in &repacked {
+    // (crash::snapshot_written_after_prune_marked_its_packs), unless every
+    // blob of it belonged to snapshots `forget` removed (`released_packs`).
+    let now_free: Vec<&String> = repacked.iter().chain(&released_packs).collect();
+    if !now_free.is_empty() && nothing_saw_old_index(repo, &lock, t, &snaps)? {
+        for name in now_free {
             if !to_delete.contains(name) {
                 to_delete.push(name.clone());
             }
         }
     }
+    // Their blobs are marked or deleted now: the hint is spent.
+    state.forgotten.clear();
     // Delete, then forget: a kill in between leaves state naming a missing
     // pack (dropped next run), never an unmarked garbage pack.
     for name in &to_delete {
@@ -471,6 +487,34 @@ pub fn prune(
     clean_tmp(repo.local().root(), std::time::Duration::from_secs(3600));
     drop(lock);
     Ok(rep)
+}
+
+/// The blobs only forgotten snapshots used: the trees below the roots
+/// `forget` recorded and their contents, short of everything a remaining
+/// snapshot uses (a used tree's whole subtree is used, so the walk stops
+/// there). A tree that no longer loads is skipped: this only lets packs go
+/// sooner, and without it they wait for the fence as before.
+fn released_blobs(
+    repo: &Repository,
+    index: &crate::backup::index::MasterIndex,
+    roots: &BTreeSet<String>,
+    used: &HashSet<BlobId>,
+) -> HashSet<BlobId> {
+    let mut released = HashSet::new();
+    let mut stack: Vec<BlobId> = roots.iter().filter_map(|h| h.parse().ok()).collect();
+    while let Some(t) = stack.pop() {
+        if used.contains(&t) || !released.insert(t) {
+            continue;
+        }
+        let Ok(tree) = repo.load_tree(index, &t) else {
+            continue;
+        };
+        for n in tree.nodes {
+            released.extend(n.content.into_iter().filter(|b| !used.contains(b)));
+            stack.extend(n.subtree);
+        }
+    }
+    released
 }
 
 /// Whether no backup can hold an index that names packs unindexed at `t`:
