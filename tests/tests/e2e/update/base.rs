@@ -4,17 +4,24 @@
 //! directory like the shared test image, and only ever read afterwards
 //! (scenarios boot qcow2 overlays of it and copy its server's data).
 //!
-//! `target/levee-update-base/<key>/`, complete before it appears (built in
-//! a `.building-*` directory, then renamed), holds:
+//! One base per firmware, installed under it: `target/levee-update-base/`
+//! (BIOS) and `target/levee-update-base-uefi/` (OVMF), each with its own
+//! lock, so the two installs can run side by side. `<root>/<key>/`,
+//! complete before it appears (built in a `.building-*` directory, then
+//! renamed), holds:
 //! - `disk.raw`: the disk as the installer left it, release 1 in slot A,
-//!   shut down cleanly by its reboot and never booted;
+//!   shut down cleanly by its reboot and never booted (under UEFI no
+//!   OVMF variables are kept: the installer puts GRUB on the removable-
+//!   media path `EFI/BOOT/BOOTX64.EFI`, so each boot starts from a fresh
+//!   copy of OVMF's variables, like a replaced mainboard);
 //! - `data/`: the data directory of the server that installed it, copied
 //!   after the server was stopped (the appliance's enrollment, its
 //!   certificate's CA, the channel with release 1 published);
 //! - `offline/`: the channel's offline keys (root keys, the targets key
 //!   that publishes), as `levee release keys init` wrote them;
 //! - `releases/<name>/`: the image directories of release 1 and of the
-//!   scenarios' releases ([`Release`]), each baking in `offline/root.json`.
+//!   scenarios' releases ([`Release`], [`releases`]), each baking in
+//!   `offline/root.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,8 +78,19 @@ impl Release {
     }
 }
 
+/// The releases a base of `firmware` makes besides release 1: the UEFI
+/// test only updates to v2, so its base squashes nothing else.
+fn releases(firmware: Firmware) -> &'static [Release] {
+    match firmware {
+        // The hanging one last: it changes the tree.
+        Firmware::Bios => &[Release::V2, Release::V3, Release::Unhealthy, Release::Hangs],
+        Firmware::Uefi => &[Release::V2],
+    }
+}
+
 pub struct Base {
     pub dir: PathBuf,
+    pub firmware: Firmware,
     base_version: String,
 }
 
@@ -98,19 +116,23 @@ impl Base {
     }
 }
 
-/// The base for this shared image and server binary: the cached one, or
-/// one this test builds while the others wait on the lock.
-pub fn get() -> anyhow::Result<Base> {
+/// The base of `firmware` for this shared image and server binary: the
+/// cached one, or one this test builds while the others wait on the lock.
+pub fn get(firmware: Firmware) -> anyhow::Result<Base> {
     let t0 = Instant::now();
     let (image_dir, shared) = image()?;
     let base_version = shared["version"]
         .as_str()
         .context("image.json has no version")?
         .to_string();
-    let root = target_dir().join("levee-update-base");
+    let root = target_dir().join(match firmware {
+        Firmware::Bios => "levee-update-base",
+        Firmware::Uefi => "levee-update-base-uefi",
+    });
     std::fs::create_dir_all(&root)?;
     let base = Base {
         dir: root.join(key(image_dir)?),
+        firmware,
         base_version,
     };
     if base.dir.exists() {
@@ -136,7 +158,7 @@ pub fn get() -> anyhow::Result<Base> {
     build(&root, &base, image_dir, shared)?;
     prune(&root, &base.dir);
     eprintln!(
-        "update base: release 1 installed over PXE and cached in {:.1} s: {}",
+        "update base: release 1 installed over PXE ({firmware:?}) and cached in {:.1} s: {}",
         t0.elapsed().as_secs_f64(),
         base.dir.display()
     );
@@ -177,8 +199,9 @@ fn prune(root: &Path, keep: &Path) {
 
 /// Server, channel keys, release 1 imported as the boot image, customer
 /// `acme` following `stable`; the other releases squashed while the blank
-/// machine boots over PXE, installs release 1 and reboots (which ends
-/// QEMU); then the server stopped, and all of it renamed into place.
+/// machine boots over PXE under the base's firmware, installs release 1
+/// and reboots (which ends QEMU); then the server stopped, and all of it
+/// renamed into place.
 fn build(
     root: &Path,
     base: &Base,
@@ -204,8 +227,8 @@ fn build(
         "{} {TEST_ARGS}",
         shared["cmdline"].as_str().context("cmdline")?
     );
-    let releases = out.join("releases");
-    let v1 = releases.join(Release::V1.name());
+    let releases_dir = out.join("releases");
+    let v1 = releases_dir.join(Release::V1.name());
     tree.squash(&base.version(Release::V1), &cmdline, &v1)?;
     eprintln!(
         "update base: release 1 unpacked and re-squashed in {:.1} s",
@@ -216,7 +239,10 @@ fn build(
     server.cli(&["profile", "set", "default", "--cmdline", PROFILE_CMDLINE])?;
     apply_customer(&server, work.path())?;
     server.cli(&["appliance", "register", "--mac", MAC, "--customer", "acme"])?;
-    let net = TestNet::new("e2eub")?;
+    let net = TestNet::new(match base.firmware {
+        Firmware::Bios => "e2eub",
+        Firmware::Uefi => "e2eubu",
+    })?;
     server.start(
         &net,
         DhcpMode::Full,
@@ -225,11 +251,13 @@ fn build(
     publish(&server, &v1, &offline.join("targets.pem"))?;
 
     let squash = {
-        let version = |r: Release| base.version(r);
-        let versions = [Release::V2, Release::V3, Release::Unhealthy, Release::Hangs].map(version);
-        let releases = releases.clone();
+        let wanted: Vec<(Release, String)> = releases(base.firmware)
+            .iter()
+            .map(|r| (*r, base.version(*r)))
+            .collect();
+        let dir = releases_dir.clone();
         let cmdline = cmdline.clone();
-        std::thread::spawn(move || make_releases(&tree, &releases, &versions, &cmdline))
+        std::thread::spawn(move || make_releases(&tree, &dir, &wanted, &cmdline))
     };
     let disk = out.join("disk.raw");
     std::fs::File::create(&disk)?.set_len(DISK_BYTES)?;
@@ -243,7 +271,7 @@ fn build(
         disks: vec![disk.clone()],
         allow_reboot: false,
         watchdog: true,
-        ..VmBuilder::new(Firmware::Bios, MAC)
+        ..VmBuilder::new(base.firmware, MAC)
     }
     .start(&net, work.path())?;
     wait_after(&vm, "rebooting into the installed system", 0)?;
@@ -275,28 +303,36 @@ fn build(
     Ok(())
 }
 
-/// Releases 2, 3, unhealthy and hanging into `releases/<name>`, the
-/// hanging one last (it changes the tree).
+/// The releases `wanted` (release and version) into `releases/<name>`,
+/// in their order (a hanging one must come last: it changes the tree).
 fn make_releases(
     tree: &Tree,
     releases: &Path,
-    [v2, v3, unhealthy, hangs]: &[String; 4],
+    wanted: &[(Release, String)],
     cmdline: &str,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
     let out = |r: Release| releases.join(r.name());
-    tree.squash(v2, cmdline, &out(Release::V2))?;
-    tree.squash(v3, cmdline, &out(Release::V3))?;
-    relabel(
-        &out(Release::V1),
-        unhealthy,
-        &format!("{cmdline} levee.health={BAD_HEALTH_SECS}"),
-        &out(Release::Unhealthy),
-    )?;
-    tree.hang_init()?;
-    tree.squash(hangs, cmdline, &out(Release::Hangs))?;
+    for (r, version) in wanted {
+        match r {
+            Release::V1 => anyhow::bail!("release 1 is made before the install"),
+            Release::V2 | Release::V3 => {
+                tree.squash(version, cmdline, &out(*r))?;
+            }
+            Release::Unhealthy => {
+                let health = format!("{cmdline} levee.health={BAD_HEALTH_SECS}");
+                relabel(&out(Release::V1), version, &health, &out(*r))?;
+            }
+            Release::Hangs => {
+                tree.hang_init()?;
+                tree.squash(version, cmdline, &out(*r))?;
+            }
+        }
+    }
+    let names: Vec<&str> = wanted.iter().map(|(r, _)| r.name()).collect();
     eprintln!(
-        "update base: releases 2, 3, unhealthy and hanging made in {:.1} s",
+        "update base: releases {} made in {:.1} s",
+        names.join(", "),
         t.elapsed().as_secs_f64()
     );
     Ok(())

@@ -2,10 +2,11 @@
 //! (release 1) follows its signed channel through real GRUB boot counting,
 //! with QEMU's i6300esb watchdog armed by stage 1 and kept by systemd.
 //!
-//! One installed disk serves every scenario ([`base`]): the first update
-//! test of a run installs release 1 over PXE once and caches the disk, the
-//! server's data directory and the releases beside the shared test image;
-//! the others wait for it and reuse it. Each scenario then boots a qcow2
+//! One installed disk per firmware serves every scenario ([`base`]): the
+//! first update test of a run under that firmware installs release 1 over
+//! PXE once and caches the disk, the server's data directory and the
+//! releases beside the shared test image; the others wait for it and
+//! reuse it. Each scenario then boots a qcow2
 //! overlay of that disk against its own copy of that server, so every one
 //! starts from the same clean release 1 in slot A and none depends on what
 //! another left behind. One test per scenario, so nextest runs them two at
@@ -30,7 +31,12 @@
 //!   again;
 //! - `hung_userspace_is_reset_by_the_watchdog`: a v2 whose `/sbin/init`
 //!   hangs: stage 1 armed the watchdog, nothing keeps it, QEMU resets the
-//!   machine, GRUB falls back to slot A, the rollback is reported.
+//!   machine, GRUB falls back to slot A, the rollback is reported;
+//! - `golden_path_uefi_v1_to_v2_by_delta`: the same v1 -> v2 under OVMF,
+//!   from a base installed over PXE under UEFI (its own cached base):
+//!   GRUB's EFI image does the try of slot B. Its name sorts it second,
+//!   so nextest starts it early and its base installs beside the BIOS
+//!   one instead of after every other scenario.
 //!
 //! The releases are the shared test image re-squashed with another version
 //! and the channel's TUF root baked in (`levee_tests::release`).
@@ -66,6 +72,7 @@ struct World {
     server: LeveeServer,
     net: TestNet,
     dir: tempfile::TempDir,
+    firmware: Firmware,
     mac: String,
     targets_key: String,
     /// Versions by release number - 1 (release 1 is installed).
@@ -100,7 +107,7 @@ impl World {
     }
 
     fn boot(&self, disk: &Path) -> anyhow::Result<Vm> {
-        machine(&self.net, self.dir.path(), &self.mac, disk)
+        machine(&self.net, self.dir.path(), self.firmware, &self.mac, disk)
     }
 
     /// A heartbeat after `after` (unix seconds) naming `version` and `slot`.
@@ -171,13 +178,21 @@ impl World {
 }
 
 /// A boot of the machine: its disk first, the NIC second, a watchdog.
-fn machine(net: &TestNet, dir: &Path, mac: &str, disk: &Path) -> anyhow::Result<Vm> {
+/// Under UEFI each boot gets a fresh copy of OVMF's variables (GRUB is on
+/// the removable-media path, no boot entry needed).
+fn machine(
+    net: &TestNet,
+    dir: &Path,
+    firmware: Firmware,
+    mac: &str,
+    disk: &Path,
+) -> anyhow::Result<Vm> {
     VmBuilder {
         memory_mib: 1024,
         disks: vec![disk.to_path_buf()],
         allow_reboot: true,
         watchdog: true,
-        ..VmBuilder::new(Firmware::Bios, mac)
+        ..VmBuilder::new(firmware, mac)
     }
     .start(net, dir)
 }
@@ -307,12 +322,16 @@ fn window_now() -> String {
     format!("{:02}:00-{:02}:00", (h + 23) % 24, (h + 2) % 24)
 }
 
-/// One scenario's world: the base (installed by this test or another),
-/// a copy of its server with `releases` published as releases 2, 3, ...,
+/// One scenario's world: the base of `firmware` (installed by this test
+/// or another), a copy of its server with `releases` published as releases 2, 3, ...,
 /// and the machine booted from a fresh overlay of its disk, running
 /// release 1 in slot A with its boot committed.
-fn start(tag: &str, releases: &[Release]) -> anyhow::Result<(World, Vm, PathBuf)> {
-    let base = base::get()?;
+fn start(
+    tag: &str,
+    firmware: Firmware,
+    releases: &[Release],
+) -> anyhow::Result<(World, Vm, PathBuf)> {
+    let base = base::get(firmware)?;
     let t0 = Instant::now();
     // The installed appliance is bound to the server that installed it:
     // its certificate is signed by that server's CA and its enrollment is
@@ -336,6 +355,7 @@ fn start(tag: &str, releases: &[Release]) -> anyhow::Result<(World, Vm, PathBuf)
         server,
         net,
         targets_key: base.targets_key().display().to_string(),
+        firmware,
         mac: base::MAC.to_string(),
         dir,
         v: vec![base.version(Release::V1)],
@@ -361,16 +381,18 @@ fn start(tag: &str, releases: &[Release]) -> anyhow::Result<(World, Vm, PathBuf)
 }
 
 /// Runs one scenario in a test of its own, after [`start`] with
-/// `releases`, and prints its timings; fails with every log of the test.
+/// `firmware` and `releases`, and prints its timings; fails with every
+/// log of the test.
 fn scenario(
     tag: &str,
     name: &str,
+    firmware: Firmware,
     releases: &[Release],
     f: impl FnOnce(&World, Vm, &Path) -> anyhow::Result<()>,
 ) {
     with_logs(|| {
         let t0 = Instant::now();
-        let (world, vm, disk) = start(tag, releases)?;
+        let (world, vm, disk) = start(tag, firmware, releases)?;
         let t_start = t0.elapsed();
         f(&world, vm, &disk).context(name.to_string())?;
         eprintln!(
@@ -418,6 +440,7 @@ fn failing_health_check_falls_back_and_is_not_retried() {
     scenario(
         "e2euh",
         "a release failing its health check",
+        Firmware::Bios,
         &[Release::Unhealthy],
         |w, vm, _| scenarios::fails_health(w, vm).map(drop),
     );
@@ -428,8 +451,20 @@ fn golden_path_v1_to_v2_then_v3_by_delta() {
     scenario(
         "e2eug",
         "v1 -> v2 -> v3",
+        Firmware::Bios,
         &[Release::V2, Release::V3],
         |w, vm, _| scenarios::golden(w, &vm),
+    );
+}
+
+#[test]
+fn golden_path_uefi_v1_to_v2_by_delta() {
+    scenario(
+        "e2eugu",
+        "v1 -> v2 under UEFI",
+        Firmware::Uefi,
+        &[Release::V2],
+        |w, vm, _| scenarios::uefi(w, &vm),
     );
 }
 
@@ -438,6 +473,7 @@ fn hung_userspace_is_reset_by_the_watchdog() {
     scenario(
         "e2euw",
         "a release whose userspace hangs",
+        Firmware::Bios,
         &[Release::Hangs],
         |w, vm, _| scenarios::hangs(w, vm).map(drop),
     );
@@ -448,6 +484,7 @@ fn power_cut_after_commit_converges() {
     scenario(
         "e2eua",
         "a power cut right after the commit",
+        Firmware::Bios,
         &[Release::V2],
         |w, vm, disk| scenarios::cut_after_commit(w, vm, disk).map(drop),
     );
@@ -458,6 +495,7 @@ fn power_cut_before_commit_falls_back() {
     scenario(
         "e2euc",
         "a power cut before the commit",
+        Firmware::Bios,
         &[Release::V2],
         |w, vm, disk| scenarios::cut_before_commit(w, vm, disk).map(drop),
     );

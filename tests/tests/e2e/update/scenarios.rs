@@ -131,6 +131,47 @@ pub fn golden(world: &World, vm: &Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// v1 -> v2 by the delta path on a machine under OVMF (installed under
+/// it): GRUB's EFI image tries slot B, the trial commits it, heartbeats
+/// say v2 and slot b. Only the firmware differs from [`golden`]'s first
+/// update, so v3 is left to it.
+pub fn uefi(world: &World, vm: &Vm) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let rollout = unix_now();
+    let u = update_to(world, vm, 2, 'a').context("v1 -> v2 under UEFI")?;
+    // The agent's reboot went through OVMF: its boot manager started the
+    // disk's EFI loader, GRUB's EFI image tried slot B, and the kernel
+    // came up on EFI.
+    let console = vm.console();
+    let mut at = console
+        .find("rebooting into slot b for release 2")
+        .context("no reboot for release 2 on the console")?;
+    for needle in [
+        "BdsDxe: starting Boot",
+        &grub_line('b', true),
+        "efi: EFI v",
+        &root_line('b'),
+    ] {
+        at += console
+            .get(at..)
+            .and_then(|t| t.find(needle))
+            .with_context(|| format!("no `{needle}` after the reboot for release 2"))?;
+    }
+    eprintln!("uefi: release 2 {}", u.delta);
+    eprintln!(
+        "uefi: rollout -> written, rebooting {:.1} s; -> committed {:.1} s",
+        u.written.as_secs_f64(),
+        u.committed.as_secs_f64()
+    );
+    converged(world, 2, 'b', rollout).context("v2 committed under UEFI")?;
+    eprintln!(
+        "uefi: converged on {} in slot b, {:.1} s after the rollout",
+        world.version(2),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// v1 -> v2, the plug pulled right after the commit: the next boot runs
 /// slot B and converges.
 pub fn cut_after_commit(world: &World, vm: Vm, disk: &Path) -> anyhow::Result<Vm> {
