@@ -64,19 +64,7 @@ fn r14_packs_not_yet_fetched_are_not_missing_not_pruned_and_read_when_asked() {
     // Each backup: a data pack and a tree pack.
     let packs = repo.local().list(FileKind::Pack).expect("list");
     assert_eq!(packs.len(), 4);
-    for (name, _) in &packs {
-        let p = repo.local().path(FileKind::Pack, name);
-        fs::rename(&p, aside.join(name)).expect("aside");
-    }
-    Unfetched {
-        version: 1,
-        customer: "acme".into(),
-        repository: repo.config.id.clone(),
-        targets: vec!["hq".into()],
-        since: 0,
-    }
-    .save(repo.local().as_ref())
-    .expect("marker");
+    move_aside(&repo, &aside);
 
     let r = check(&repo, &CheckOptions::default(), &Counters::default()).expect("check");
     assert!(r.errors.is_empty(), "{:?}", r.errors);
@@ -120,12 +108,7 @@ fn r14_packs_not_yet_fetched_are_not_missing_not_pruned_and_read_when_asked() {
     assert_eq!(repo.local().list(FileKind::Pack).expect("list").len(), 0);
 
     // With a source, reading the data fetches each pack once and checks it.
-    let source = Arc::new(Aside {
-        dir: aside.clone(),
-        served: AtomicUsize::new(0),
-    });
-    let as_source: Arc<dyn PackSource> = source.clone();
-    repo.local().set_pack_source(Some(as_source));
+    let source = attach_source(&repo, &aside);
     let r = check(&repo, &read_all, &Counters::default()).expect("check");
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.packs_read, 4);
@@ -136,6 +119,13 @@ fn r14_packs_not_yet_fetched_are_not_missing_not_pruned_and_read_when_asked() {
 /// A repository whose packs are all moved aside with the marker written,
 /// as a take-over leaves it; the source serving them back.
 fn taken_over(repo: &Repository, aside: &std::path::Path) -> Arc<Aside> {
+    move_aside(repo, aside);
+    attach_source(repo, aside)
+}
+
+/// Moves every pack to `aside` and writes the marker, as a take-over
+/// leaves the repository (no source attached yet).
+fn move_aside(repo: &Repository, aside: &std::path::Path) {
     fs::create_dir_all(aside).expect("aside");
     for (name, _) in repo.local().list(FileKind::Pack).expect("list") {
         let p = repo.local().path(FileKind::Pack, &name);
@@ -150,6 +140,10 @@ fn taken_over(repo: &Repository, aside: &std::path::Path) -> Arc<Aside> {
     }
     .save(repo.local().as_ref())
     .expect("marker");
+}
+
+/// Serves the packs in `aside` to `repo` as its offsite source.
+fn attach_source(repo: &Repository, aside: &std::path::Path) -> Arc<Aside> {
     let source = Arc::new(Aside {
         dir: aside.to_path_buf(),
         served: AtomicUsize::new(0),
